@@ -1,0 +1,2 @@
+/* npy.c: placeholder */
+typedef int db_npy_placeholder;

@@ -1,0 +1,188 @@
+/* plan.c: gamma, thresholds, the generic mask rule and the exact scales (SPEC.md 2, 4, 5). */
+#include "plan.h"
+
+#include <string.h>
+
+#include "fp.h"
+
+typedef unsigned __int128 u128;
+
+float db_gamma(float rate, uint64_t H, uint64_t W, uint64_t bh, uint64_t bw)
+{
+    volatile float g = rate * (float)(H * W);
+    g = g / (float)(bh * bw);
+    g = g / (float)((H - bh + 1) * (W - bw + 1));
+    return g;
+}
+
+uint64_t db_threshold(float g)
+{
+    /* floor(g * 2^32) is exact in double: g has 24 significant bits */
+    double t = (double)g * 4294967296.0;
+    if (!(t > 0)) return 0;
+    if (t >= 4294967296.0) return UINT64_C(1) << 32;
+    return (uint64_t)t;
+}
+
+uint32_t db_ratio_f32_bits(uint64_t s, uint64_t k)
+{
+    if (s == 0 || k == 0) return 0;
+    u128 num = s, den = k;
+    int e = 0;
+    while (num < (den << 23)) { num <<= 1; e--; }
+    while (num >= (den << 24)) { den <<= 1; e++; }
+    uint64_t m = (uint64_t)(num / den);
+    u128 rem = num % den;
+    if (2 * rem > den || (2 * rem == den && (m & 1))) m++;
+    if (m == (UINT64_C(1) << 24)) { m >>= 1; e++; }
+    return (uint32_t)((e + 23 + 127) << 23) | (uint32_t)(m & 0x7FFFFFu);
+}
+
+/* float32 of a signed 129-bit integer given as sign and magnitude, round to nearest even */
+static float f32_of_signed(int neg, u128 mag)
+{
+    volatile float f = (float)mag; /* libgcc's __floatuntisf rounds correctly */
+    return neg ? -f : f;
+}
+
+static void set_u128(uint32_t w[4], u128 v)
+{
+    for (int i = 0; i < 4; i++) w[i] = (uint32_t)(v >> (32 * i));
+}
+
+static uint32_t clip32(uint64_t v, uint64_t lim) { return (uint32_t)(v < lim ? v : lim); }
+
+int db_plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, size_t len)
+{
+    memset(pl, 0, sizeof *pl);
+    pl->p = *p;
+    pl->N = p->shape[0]; pl->C = p->shape[1]; pl->H = p->shape[2]; pl->W = p->shape[3];
+    pl->numel = pl->N * pl->C * pl->H * pl->W;
+    pl->bh = p->block[0] < pl->H ? p->block[0] : pl->H;
+    pl->bw = p->block[1] < pl->W ? p->block[1] : pl->W;
+    pl->identity = !p->training || p->rate == 0.0f;
+    pl->keras = p->compat == DROPBLOCK_COMPAT_KERAS_CV;
+    const uint64_t H = pl->H, W = pl->W, C = pl->C;
+    if (!pl->keras) {
+        pl->gamma = db_gamma(p->rate, H, W, pl->bh, pl->bw);
+        pl->threshold = db_threshold(pl->gamma);
+        pl->wmask = 0xFFFFFFFFu;
+        pl->key[0] = (uint32_t)p->seed; pl->key[1] = (uint32_t)(p->seed >> 32);
+        pl->base[2] = (uint32_t)p->stream; pl->base[3] = (uint32_t)(p->stream >> 32);
+        pl->sW = 1; pl->sH = W;
+        pl->sC = (p->share & DROPBLOCK_SHARE_CHANNELS) ? 0 : H * W;
+        pl->sN = (p->share & DROPBLOCK_SHARE_BATCH) ? 0 : C * H * W;
+        pl->ilo = 0; pl->ihi = (int64_t)(H - pl->bh);
+        pl->jlo = 0; pl->jhi = (int64_t)(W - pl->bw);
+        pl->up = (uint32_t)(pl->bh - 1); pl->down = 0;
+        pl->left = (uint32_t)(pl->bw - 1); pl->right = 0;
+        return DROPBLOCK_OK;
+    }
+    /* keras_cv: gamma's area term uses the clamped block, the valid-count term the raw one */
+    const uint64_t bh = p->block[0], bw = p->block[1];
+    const uint64_t dh = H + 1, dw = W + 1; /* (W - bw + 1) may be negative or huge */
+    const int neg_w = bw > dw, neg_h = bh > dh;
+    const u128 mag_w = neg_w ? bw - dw : dw - bw, mag_h = neg_h ? bh - dh : dh - bh;
+    if (!pl->identity && (mag_w == 0 || mag_h == 0)) {
+        db_msg(msg, len, "compat keras_cv: block %llux%llu on a %llux%llu map makes keras-cv divide by zero "
+               "((W-bw+1)*(H-bh+1) = 0); use compat none, which drops the whole map",
+               (unsigned long long)bh, (unsigned long long)bw, (unsigned long long)H, (unsigned long long)W);
+        return DROPBLOCK_EINVAL;
+    }
+    volatile float g = p->rate * (float)(W * H);
+    g = g / (float)(pl->bh * pl->bw);
+    g = g / f32_of_signed(neg_w != neg_h, mag_w * mag_h);
+    volatile float keep = 1.0f - g;
+    pl->gamma = g;
+    pl->keras_keep = keep;
+    /* fires iff f32(keep + m * 2^-23) < 1 with m = word & 0x7FFFFF; monotone in m */
+    uint64_t lo = 0, hi = UINT64_C(1) << 23; /* answer in [lo, hi] */
+    while (lo < hi) {
+        uint64_t mid = (lo + hi) / 2;
+        volatile float s = keep + (float)mid * 0x1p-23f;
+        if (s < 1.0f) lo = mid + 1; else hi = mid;
+    }
+    pl->threshold = lo;
+    pl->wmask = 0x7FFFFFu;
+    u128 base = (u128)p->seed + (u128)p->stream * 256u * pl->numel;
+    set_u128(pl->base, base);
+    pl->sC = 1; pl->sW = C; pl->sH = W * C; pl->sN = H * W * C;
+    /* keras-cv's valid centres, with its h < W comparison */
+    pl->ilo = (int64_t)(pl->bh / 2);
+    int64_t hend = (int64_t)W - (int64_t)((pl->bh - 1) / 2);
+    if (hend > (int64_t)H) hend = (int64_t)H;
+    pl->ihi = hend - 1;
+    pl->jlo = (int64_t)(pl->bw / 2);
+    pl->jhi = (int64_t)W - (int64_t)((pl->bw - 1) / 2) - 1;
+    /* min-pool window of the raw block with SAME padding: rows h-ph .. h-ph+bh-1 */
+    uint64_t ph = (bh - 1) / 2, pw = (bw - 1) / 2;
+    pl->up = clip32(ph, H); pl->down = clip32(bh - 1 - ph, H);
+    pl->left = clip32(pw, W); pl->right = clip32(bw - 1 - pw, W);
+    return DROPBLOCK_OK;
+}
+
+int db_plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t *scale_bits, dropblock_result *res)
+{
+    const dropblock_params *p = &pl->p;
+    uint64_t K = 0;
+    for (uint64_t n = 0; n < pl->N; n++) K += kept[n];
+    res->kept = K;
+    res->total = pl->numel;
+    if (pl->keras) {
+        if (K == 0) {
+            db_msg(res->message, sizeof res->message,
+                   "compat keras_cv: every unit was dropped, where keras-cv returns NaN; use compat none");
+            return DROPBLOCK_EINVAL;
+        }
+        volatile float percent = (float)K / (float)pl->numel;
+        uint32_t pb = db_bits(percent), d = pb;
+        if (p->dtype == DROPBLOCK_F16) d = db_f16_to_f32(db_f32_to_f16(pb));
+        if (p->dtype == DROPBLOCK_BF16) d = db_bf16_to_f32(db_f32_to_bf16(pb));
+        if ((d & 0x7FFFFFFFu) == 0) {
+            db_msg(res->message, sizeof res->message,
+                   "compat keras_cv: the kept fraction %g rounds to 0 in f16, where keras-cv divides by zero",
+                   (double)percent);
+            return DROPBLOCK_EINVAL;
+        }
+        for (uint64_t n = 0; n < pl->N; n++) scale_bits[n] = d;
+        res->scale_bits = pb;
+        return DROPBLOCK_OK;
+    }
+    const uint64_t per = pl->C * pl->H * pl->W;
+    for (uint64_t n = 0; n < pl->N; n++) {
+        uint32_t s;
+        if (p->normalize == DROPBLOCK_NORMALIZE_NONE) s = 0x3F800000u;
+        else if (p->normalize == DROPBLOCK_NORMALIZE_GLOBAL) s = db_ratio_f32_bits(pl->numel, K);
+        else s = db_ratio_f32_bits(per, kept[n]);
+        scale_bits[n] = s;
+    }
+    res->scale_bits = scale_bits[0];
+    return DROPBLOCK_OK;
+}
+
+void db_mask_export_rows(const struct db_plan *pl, const uint32_t *words, uint64_t r0, uint64_t nrows, uint8_t *out)
+{
+    const uint64_t C = pl->C, H = pl->H, W = pl->W, RW = db_row_words(pl);
+    for (uint64_t k = 0; k < nrows; k++) {
+        uint64_t r = r0 + k, n, c, h;
+        if (pl->p.layout == DROPBLOCK_NHWC) { c = r % C; h = (r / C) % H; n = r / C / H; }
+        else { h = r % H; c = (r / H) % C; n = r / H / C; }
+        uint64_t bit = ((n * C + c) * H + h) * W;
+        const uint32_t *row = words + k * RW;
+        for (uint64_t w = 0; w < W; w++, bit++)
+            if ((row[w >> 5] >> (w & 31)) & 1u) out[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+    }
+}
+
+void db_identity(const struct db_plan *pl, const void *in, void *out, void *mask, dropblock_result *res)
+{
+    uint64_t bytes = pl->numel * dropblock_dtype_size(pl->p.dtype);
+    if (in != out) memmove(out, in, bytes);
+    if (mask) {
+        uint64_t full = pl->numel / 8;
+        memset(mask, 0xFF, full);
+        if (pl->numel % 8) ((uint8_t *)mask)[full] = (uint8_t)((1u << (pl->numel % 8)) - 1);
+    }
+    res->kept = res->total = pl->numel;
+    res->scale_bits = 0x3F800000u;
+}

@@ -1,0 +1,50 @@
+/* backend.h: the one vtable every device API implements (CPU, OpenCL, Vulkan).
+ *
+ * A backend enumerates its devices, prepares its kernels once per device, runs jobs and
+ * releases everything. The engine (engine.c) owns the device list, serialises jobs per
+ * device, and handles validation and the identity before a backend sees a job. All OpenCL
+ * calls live in backend_opencl.c and all Vulkan calls in backend_vulkan.c. */
+#ifndef DROPBLOCK_DAEMON_BACKEND_H
+#define DROPBLOCK_DAEMON_BACKEND_H
+
+#include <dropblock/dropblock.h>
+#include <stddef.h>
+
+#include "plan.h"
+
+struct db_backend_config {
+    const char *cache_dir; /* where compiled kernels are kept; NULL or "" disables the cache */
+};
+
+struct backend_ops;
+
+struct db_device {
+    dropblock_device_info info; /* id is set by the engine */
+    const struct backend_ops *ops;
+    void *priv;                 /* the backend's state for this device */
+};
+
+struct backend_ops {
+    const char *name; /* "cpu", "opencl", "vulkan" */
+    /* Appends up to cap devices (info filled except id, ops and priv set); returns how many,
+     * 0 when the API has none, or a negative DROPBLOCK_E* code with msg. */
+    int (*enumerate)(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg, size_t len);
+    /* Builds the device's kernels; called once before the first job. */
+    int (*prepare)(struct db_device *dev, const struct db_backend_config *cfg, char *msg, size_t len);
+    /* Runs one validated, non-identity job: in and out are host buffers of the plan's tensor
+     * (they may be the same), mask (optional) receives the exported mask, zeroed by the caller.
+     * Fills res->kept, total, scale_bits and timing_us; on failure res->message. */
+    int (*run)(struct db_device *dev, const struct db_plan *pl, const void *in, void *out, void *mask,
+               dropblock_result *res);
+    /* Frees the device's state (prepared or not). */
+    void (*release)(struct db_device *dev);
+};
+
+extern const struct backend_ops db_backend_cpu;
+extern const struct backend_ops db_backend_opencl;
+extern const struct backend_ops db_backend_vulkan;
+
+/* microseconds on a monotonic clock, for timing_us */
+uint64_t db_now_us(void);
+
+#endif

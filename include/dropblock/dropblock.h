@@ -1,0 +1,152 @@
+/* dropblock.h: the public C API of dropblockd.
+ *
+ * One API for two engines: an in-process engine (dropblock_open_local: the CPU, OpenCL and
+ * Vulkan backends inside the caller) and, later, the daemon over its Unix socket. Every call
+ * returns 0 or a negative DROPBLOCK_E* code; nothing aborts or prints. The exact semantics of a
+ * request are those of docs/semantics.md (SPEC.md). */
+#ifndef DROPBLOCK_DROPBLOCK_H
+#define DROPBLOCK_DROPBLOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DROPBLOCK_VERSION_MAJOR 0
+#define DROPBLOCK_VERSION_MINOR 1
+#define DROPBLOCK_PROTOCOL_VERSION 1
+
+/* Error codes: few and stable, mirrored by the wire protocol's "code" strings. */
+enum dropblock_error {
+    DROPBLOCK_OK = 0,
+    DROPBLOCK_EINVAL = -1,       /* invalid_argument */
+    DROPBLOCK_ENOTFOUND = -2,    /* not_found */
+    DROPBLOCK_ERANGE = -3,       /* out_of_range */
+    DROPBLOCK_EEXHAUSTED = -4,   /* resource_exhausted */
+    DROPBLOCK_EUNAVAILABLE = -5, /* unavailable */
+    DROPBLOCK_EPERM = -6,        /* permission_denied */
+    DROPBLOCK_EINTERNAL = -7     /* internal */
+};
+
+/* A short fixed description of an error code ("invalid argument", ...). */
+const char *dropblock_strerror(int code);
+/* The wire name of an error code ("invalid_argument", ...); NULL for an unknown code. */
+const char *dropblock_error_name(int code);
+/* The code of a wire name; DROPBLOCK_EINTERNAL for an unknown one. */
+int dropblock_error_from_name(const char *name);
+
+typedef enum { DROPBLOCK_NCHW = 0, DROPBLOCK_NHWC = 1 } dropblock_layout;
+typedef enum { DROPBLOCK_F32 = 0, DROPBLOCK_F16 = 1, DROPBLOCK_BF16 = 2 } dropblock_dtype;
+typedef enum {
+    DROPBLOCK_NORMALIZE_GLOBAL = 0, /* one scale for the tensor (keras-cv, torchvision) */
+    DROPBLOCK_NORMALIZE_SAMPLE = 1, /* one scale per sample n */
+    DROPBLOCK_NORMALIZE_NONE = 2    /* scale 1 */
+} dropblock_normalize;
+typedef enum { DROPBLOCK_FORWARD = 0, DROPBLOCK_BACKWARD = 1 } dropblock_mode;
+typedef enum { DROPBLOCK_COMPAT_NONE = 0, DROPBLOCK_COMPAT_KERAS_CV = 1 } dropblock_compat;
+
+#define DROPBLOCK_SHARE_CHANNELS 1u /* one mask for all channels of a sample */
+#define DROPBLOCK_SHARE_BATCH 2u    /* one mask for all samples */
+
+/* Limits of SPEC.md section 1. */
+#define DROPBLOCK_MAX_ELEMENTS (UINT64_C(1) << 40)
+#define DROPBLOCK_MAX_PLANE (UINT64_C(1) << 31)
+
+/* One DropBlock2D request. dropblock_params_init() fills in the defaults. */
+typedef struct dropblock_params {
+    uint64_t shape[4];       /* logical N, C, H, W whatever the layout; each >= 1 */
+    dropblock_layout layout; /* physical order of the buffers */
+    dropblock_dtype dtype;
+    float rate;              /* 0 <= rate <= 1 */
+    uint64_t block[2];       /* bh, bw, each >= 1; clamped to the map (SPEC.md section 2) */
+    uint64_t seed, stream;
+    dropblock_normalize normalize;
+    unsigned share;          /* DROPBLOCK_SHARE_* bits */
+    dropblock_mode mode;     /* backward applies the same mask and scale to dy */
+    dropblock_compat compat;
+    int training;            /* 0: the identity */
+} dropblock_params;
+
+void dropblock_params_init(dropblock_params *p);
+
+/* Checks every rule of SPEC.md section 1; on error writes a message naming the field and the
+ * allowed range into msg (if msg_len > 0) and returns DROPBLOCK_EINVAL. */
+int dropblock_params_validate(const dropblock_params *p, char *msg, size_t msg_len);
+
+/* Sizes of a request: elements, bytes of one tensor, bytes of the packed mask. 0 on overflow
+ * (an invalid shape). */
+uint64_t dropblock_numel(const dropblock_params *p);
+uint64_t dropblock_tensor_bytes(const dropblock_params *p);
+uint64_t dropblock_mask_bytes(const dropblock_params *p);
+size_t dropblock_dtype_size(dropblock_dtype t);
+
+/* Names used by the CLI, the wire protocol and error messages; parse returns -1 when unknown. */
+const char *dropblock_layout_name(dropblock_layout l);
+const char *dropblock_dtype_name(dropblock_dtype t);
+const char *dropblock_normalize_name(dropblock_normalize n);
+const char *dropblock_compat_name(dropblock_compat c);
+int dropblock_parse_layout(const char *s);
+int dropblock_parse_dtype(const char *s);
+int dropblock_parse_normalize(const char *s);
+int dropblock_parse_compat(const char *s);
+
+/* What a job reports (SPEC.md section 4). */
+typedef struct dropblock_result {
+    uint64_t kept, total; /* K and S over the whole tensor */
+    uint32_t scale_bits;  /* float32 bits of the scale (sample 0's for "sample"; keras_cv: percent) */
+    char device[64];      /* the device that ran it, e.g. "opencl:0" */
+    uint64_t timing_us[4];/* mask, scale, apply, total (microseconds; 0 where not measured) */
+    char message[256];    /* on failure: what went wrong, naming the field or resource */
+} dropblock_result;
+
+/* ---- devices ---------------------------------------------------------------------------- */
+typedef enum {
+    DROPBLOCK_DEVICE_CPU = 0,        /* the built-in CPU backend */
+    DROPBLOCK_DEVICE_CPU_API = 1,    /* a CPU behind OpenCL or Vulkan (PoCL, lavapipe) */
+    DROPBLOCK_DEVICE_INTEGRATED = 2,
+    DROPBLOCK_DEVICE_DISCRETE = 3,
+    DROPBLOCK_DEVICE_OTHER = 4
+} dropblock_device_kind;
+
+typedef struct dropblock_device_info {
+    char id[32];          /* "cpu:0", "opencl:1", "vulkan:0" */
+    char api[16];         /* "cpu", "opencl", "vulkan" */
+    char vendor[64];
+    char name[128];
+    char driver[64];
+    char uuid[40];        /* 32 hex digits with dashes where the API gives one, else "" */
+    dropblock_device_kind kind;
+    uint64_t max_buffer;  /* largest single buffer the device takes, bytes */
+    uint64_t global_mem;  /* device memory, bytes (0 if unknown) */
+} dropblock_device_info;
+
+const char *dropblock_device_kind_name(dropblock_device_kind k);
+
+/* ---- engine handle ---------------------------------------------------------------------- */
+typedef struct dropblock dropblock_t;
+
+typedef struct dropblock_local_options {
+    const char *backends;  /* comma list of "cpu", "opencl", "vulkan"; NULL: all that work */
+    const char *cache_dir; /* OpenCL binary cache; NULL: $XDG_CACHE_HOME/dropblock or ~/.cache/dropblock; "" disables */
+} dropblock_local_options;
+
+/* Opens the in-process engine: enumerates the devices of the chosen backends and prepares
+ * their kernels. A backend that has no usable device is skipped; the CPU one always works. */
+int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, char *msg, size_t msg_len);
+void dropblock_close(dropblock_t *h);
+
+/* Devices of the engine, in order; *count receives the number, infos up to cap of them. */
+int dropblock_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count);
+
+/* Runs one job. input and output point at tensor_bytes(p) bytes each and may be the same
+ * (in place). mask, when not NULL, receives mask_bytes(p) bytes: bit ((n*C+c)*H+h)*W+w, least
+ * significant first, 1 = kept. device: "auto", an id such as "opencl:0", or NULL for auto. */
+int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, void *output,
+                  void *mask, const char *device, dropblock_result *res);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -15,7 +15,7 @@ int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, 
     *out = NULL;
     dropblock_t *h = calloc(1, sizeof *h);
     if (!h) { db_msg(msg, len, "out of memory"); return DROPBLOCK_EEXHAUSTED; }
-    int rc = db_engine_open(&h->engine, opt ? opt->backends : NULL, opt ? opt->cache_dir : NULL, NULL, NULL, msg, len);
+    int rc = db_engine_open(&h->engine, opt ? opt->backends : NULL, NULL, opt ? opt->cache_dir : NULL, NULL, NULL, msg, len);
     if (rc) { free(h); return rc; }
     *out = h;
     return DROPBLOCK_OK;

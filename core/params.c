@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -39,6 +40,14 @@ int dropblock_error_from_name(const char *name)
     for (int i = 0; name && i <= -DROPBLOCK_EINTERNAL; i++)
         if (!strcmp(name, error_names[i])) return -i;
     return DROPBLOCK_EINTERNAL;
+}
+
+void dropblock_default_socket(char *buf, size_t len)
+{
+    const char *env = getenv("DROPBLOCK_SOCKET"), *xdg = getenv("XDG_RUNTIME_DIR");
+    if (env && *env) snprintf(buf, len, "%s", env);
+    else if (xdg && *xdg) snprintf(buf, len, "%s/dropblock/dropblockd.sock", xdg);
+    else snprintf(buf, len, "/run/dropblock/dropblockd.sock");
 }
 
 void dropblock_params_init(dropblock_params *p)

@@ -54,7 +54,7 @@ static void logf_(void (*log)(void *, const char *), void *ctx, const char *fmt,
     log(ctx, line);
 }
 
-int db_engine_open(struct db_engine **out, const char *backends, const char *cache_dir,
+int db_engine_open(struct db_engine **out, const char *backends, const char *visible, const char *cache_dir,
                    void (*log)(void *ctx, const char *line), void *log_ctx, char *msg, size_t len)
 {
     *out = NULL;
@@ -76,7 +76,7 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *cac
     if (cache_dir) snprintf(e->cache_dir, sizeof e->cache_dir, "%s", cache_dir);
     else db_default_cache_dir(e->cache_dir, sizeof e->cache_dir);
     e->cfg.cache_dir = e->cache_dir[0] ? e->cache_dir : NULL;
-    const char *visible = getenv("DROPBLOCK_VISIBLE_DEVICES");
+    if (!visible) visible = getenv("DROPBLOCK_VISIBLE_DEVICES");
     if (visible && !*visible) visible = NULL;
     for (size_t b = 0; b < sizeof all_backends / sizeof *all_backends; b++) {
         const struct backend_ops *ops = all_backends[b];

@@ -11,9 +11,9 @@ struct db_engine;
 
 /* backends: comma list of "cpu", "opencl", "vulkan" (NULL: all). A backend that fails to
  * enumerate or prepare is skipped (its reason goes to the log callback, if any); the CPU
- * backend always works. DROPBLOCK_VISIBLE_DEVICES (comma list of ids such as "opencl:0" or
- * API names) filters the devices. */
-int db_engine_open(struct db_engine **out, const char *backends, const char *cache_dir,
+ * backend always works. visible (comma list of ids such as "opencl:0" or API names; NULL:
+ * $DROPBLOCK_VISIBLE_DEVICES, unset or empty: all) filters the devices. */
+int db_engine_open(struct db_engine **out, const char *backends, const char *visible, const char *cache_dir,
                    void (*log)(void *ctx, const char *line), void *log_ctx, char *msg, size_t len);
 void db_engine_close(struct db_engine *e);
 

@@ -38,7 +38,7 @@ int main(int argc, char **argv)
     }
     struct db_engine *e;
     char msg[512];
-    if (db_engine_open(&e, backend, "", log_line, NULL, msg, sizeof msg)) {
+    if (db_engine_open(&e, backend, NULL, "", log_line, NULL, msg, sizeof msg)) {
         fprintf(stderr, "no engine: %s\n", msg);
         return 1;
     }

@@ -101,6 +101,10 @@ typedef struct dropblock_result {
     char message[256];    /* on failure: what went wrong, naming the field or resource */
 } dropblock_result;
 
+/* The daemon's socket path when none is given: $DROPBLOCK_SOCKET, else
+ * $XDG_RUNTIME_DIR/dropblock/dropblockd.sock, else /run/dropblock/dropblockd.sock. */
+void dropblock_default_socket(char *buf, size_t len);
+
 /* ---- devices ---------------------------------------------------------------------------- */
 typedef enum {
     DROPBLOCK_DEVICE_CPU = 0,        /* the built-in CPU backend */

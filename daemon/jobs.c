@@ -1,0 +1,206 @@
+/* jobs.c: per-device workers and queues; completions go back to the loop thread. */
+#include "jobs.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct worker {
+    struct jobs *js;
+    int dev;
+    pthread_t thread;
+    int started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct job *head, *tail; /* queued */
+    int stop;
+    struct jobs_device_stats st; /* under lock */
+};
+
+struct jobs {
+    struct db_engine *engine;
+    uv_async_t async;
+    jobs_done_fn done;
+    void *ctx;
+    pthread_mutex_t done_lock;
+    struct job *done_head, *done_tail;
+    int n;
+    struct worker *w;
+};
+
+static void push_done(struct jobs *js, struct job *j)
+{
+    pthread_mutex_lock(&js->done_lock);
+    j->next = NULL;
+    if (js->done_tail) js->done_tail->next = j; else js->done_head = j;
+    js->done_tail = j;
+    pthread_mutex_unlock(&js->done_lock);
+    uv_async_send(&js->async);
+}
+
+static void on_async(uv_async_t *a)
+{
+    struct jobs *js = a->data;
+    pthread_mutex_lock(&js->done_lock);
+    struct job *j = js->done_head;
+    js->done_head = js->done_tail = NULL;
+    pthread_mutex_unlock(&js->done_lock);
+    while (j) {
+        struct job *next = j->next;
+        js->done(j, js->ctx);
+        j = next;
+    }
+}
+
+static void on_async_closed(uv_handle_t *h) { free(h->data); }
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (!w->head && !w->stop) pthread_cond_wait(&w->cond, &w->lock);
+        if (!w->head) break; /* stop with an empty queue */
+        struct job *j = w->head;
+        w->head = j->next;
+        if (!w->head) w->tail = NULL;
+        w->st.queued--;
+        w->st.running++;
+        pthread_mutex_unlock(&w->lock);
+
+        j->t_start = db_now_us();
+        if (!atomic_load(&j->cancelled)) {
+            j->rc = db_engine_run(w->js->engine, w->dev, &j->p, j->in, j->out, j->mask, &j->res);
+            j->ran = 1;
+        }
+        uint64_t busy = db_now_us() - j->t_start;
+
+        pthread_mutex_lock(&w->lock);
+        w->st.running--;
+        if (j->ran) {
+            if (j->rc) w->st.failed++; else w->st.completed++;
+            w->st.busy_us += busy;
+            w->st.bytes += j->bytes;
+        }
+        pthread_mutex_unlock(&w->lock);
+        push_done(w->js, j);
+        pthread_mutex_lock(&w->lock);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+int jobs_start(struct jobs **out, struct db_engine *e, uv_loop_t *loop, jobs_done_fn done, void *ctx,
+               char *msg, size_t len)
+{
+    struct jobs *js = calloc(1, sizeof *js);
+    if (!js) { db_msg(msg, len, "out of memory"); return DROPBLOCK_EEXHAUSTED; }
+    js->engine = e;
+    js->done = done;
+    js->ctx = ctx;
+    js->n = (int)db_engine_device_count(e);
+    js->w = calloc((size_t)js->n, sizeof *js->w);
+    pthread_mutex_init(&js->done_lock, NULL);
+    if (!js->w || uv_async_init(loop, &js->async, on_async)) {
+        db_msg(msg, len, "cannot set up the job queues");
+        free(js->w);
+        free(js);
+        return DROPBLOCK_EINTERNAL;
+    }
+    js->async.data = js;
+    for (int i = 0; i < js->n; i++) {
+        struct worker *w = &js->w[i];
+        w->js = js;
+        w->dev = i;
+        pthread_mutex_init(&w->lock, NULL);
+        pthread_cond_init(&w->cond, NULL);
+        if (pthread_create(&w->thread, NULL, worker_main, w)) {
+            db_msg(msg, len, "cannot start the worker thread of device %s", db_engine_device(e, (size_t)i)->id);
+            jobs_stop(js);
+            return DROPBLOCK_EINTERNAL;
+        }
+        w->started = 1;
+    }
+    *out = js;
+    return DROPBLOCK_OK;
+}
+
+int jobs_device_count(const struct jobs *js) { return js->n; }
+
+int jobs_pick(struct jobs *js, const char *device, char *msg, size_t len)
+{
+    if (device && *device && strcmp(device, "auto"))
+        return db_engine_pick(js->engine, device, msg, len);
+    int best = -1, best_kind = -1;
+    uint64_t best_load = 0;
+    for (int i = 0; i < js->n; i++) {
+        dropblock_device_kind k = db_engine_device(js->engine, (size_t)i)->kind;
+        int kind = k == DROPBLOCK_DEVICE_OTHER ? 0 : (int)k;
+        pthread_mutex_lock(&js->w[i].lock);
+        uint64_t load = js->w[i].st.queued + js->w[i].st.running;
+        pthread_mutex_unlock(&js->w[i].lock);
+        if (kind > best_kind || (kind == best_kind && load < best_load)) {
+            best = i; best_kind = kind; best_load = load;
+        }
+    }
+    if (best < 0) db_msg(msg, len, "no device");
+    return best;
+}
+
+void jobs_submit(struct jobs *js, struct job *j)
+{
+    struct worker *w = &js->w[j->dev];
+    j->next = NULL;
+    pthread_mutex_lock(&w->lock);
+    if (w->tail) w->tail->next = j; else w->head = j;
+    w->tail = j;
+    w->st.queued++;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+struct job *jobs_take_queued(struct jobs *js)
+{
+    struct job *all = NULL, **tail = &all;
+    for (int i = 0; i < js->n; i++) {
+        struct worker *w = &js->w[i];
+        pthread_mutex_lock(&w->lock);
+        *tail = w->head;
+        while (*tail) tail = &(*tail)->next;
+        w->head = w->tail = NULL;
+        w->st.queued = 0;
+        pthread_mutex_unlock(&w->lock);
+    }
+    return all;
+}
+
+void jobs_stats(struct jobs *js, int dev, struct jobs_device_stats *st)
+{
+    pthread_mutex_lock(&js->w[dev].lock);
+    *st = js->w[dev].st;
+    pthread_mutex_unlock(&js->w[dev].lock);
+}
+
+void jobs_stop(struct jobs *js)
+{
+    if (!js) return;
+    for (int i = 0; i < js->n; i++) {
+        struct worker *w = &js->w[i];
+        pthread_mutex_lock(&w->lock);
+        w->stop = 1;
+        pthread_cond_broadcast(&w->cond);
+        pthread_mutex_unlock(&w->lock);
+    }
+    for (int i = 0; i < js->n; i++)
+        if (js->w[i].started) pthread_join(js->w[i].thread, NULL);
+    on_async(&js->async); /* hand back what finished last */
+    for (int i = 0; i < js->n; i++) {
+        pthread_mutex_destroy(&js->w[i].lock);
+        pthread_cond_destroy(&js->w[i].cond);
+    }
+    pthread_mutex_destroy(&js->done_lock);
+    free(js->w);
+    js->w = NULL;
+    /* js itself goes when the loop has closed the async handle */
+    uv_close((uv_handle_t *)&js->async, on_async_closed);
+}

@@ -1,0 +1,54 @@
+/* jobs.h: a worker thread and a queue per device. The loop thread submits validated jobs;
+ * workers run them on the engine and hand them back through a uv_async_t, so only the loop
+ * thread ever touches clients and sockets. */
+#ifndef DROPBLOCK_DAEMON_JOBS_H
+#define DROPBLOCK_DAEMON_JOBS_H
+
+#include <dropblock/dropblock.h>
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "engine.h"
+#include "regions.h"
+
+struct client;
+
+struct job {
+    struct job *next;           /* queue links (worker side) */
+    struct job *cprev, *cnext;  /* the client's in-flight list (loop thread only) */
+    struct client *client;      /* loop thread only */
+    char *id_json;              /* the request's id, serialised, to echo */
+    uint64_t seq;               /* daemon-wide job number, for logs */
+    dropblock_params p;
+    struct region *rin, *rout, *rmask; /* references held while the job lives */
+    void *in, *out, *mask;
+    int dev;
+    uint64_t bytes;             /* counted against the in-flight limits */
+    uint64_t t_submit, t_start;
+    atomic_int cancelled;       /* the client went away: skip if not started */
+    int ran;
+    int rc;
+    dropblock_result res;
+};
+
+struct jobs;
+
+typedef void (*jobs_done_fn)(struct job *j, void *ctx);
+
+int jobs_start(struct jobs **out, struct db_engine *e, uv_loop_t *loop, jobs_done_fn done, void *ctx,
+               char *msg, size_t len);
+/* "auto"/NULL: the best kind of device, then the shortest queue; else an id. -1 with msg. */
+int jobs_pick(struct jobs *js, const char *device, char *msg, size_t len);
+void jobs_submit(struct jobs *js, struct job *j);
+/* Removes every job still queued (not running) and returns them as a list (shutdown). */
+struct job *jobs_take_queued(struct jobs *js);
+/* Stops and joins the workers; jobs still queued are handed back through done first. */
+void jobs_stop(struct jobs *js);
+
+struct jobs_device_stats {
+    uint64_t queued, running, completed, failed, busy_us, bytes;
+};
+void jobs_stats(struct jobs *js, int dev, struct jobs_device_stats *st);
+int jobs_device_count(const struct jobs *js);
+
+#endif

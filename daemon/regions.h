@@ -1,0 +1,43 @@
+/* regions.h: shared-memory regions registered by clients (memfds, sealed against shrinking),
+ * mapped once and reference-counted so that unregister or a disconnect never unmaps under a
+ * running job. A region is what a job names; where its bytes live is this file's business. */
+#ifndef DROPBLOCK_DAEMON_REGIONS_H
+#define DROPBLOCK_DAEMON_REGIONS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct region {
+    atomic_int refs;
+    uint32_t id;
+    uint8_t *base;
+    uint64_t size;
+    int writable;
+};
+
+/* Validates fd (a memfd with F_SEAL_SHRINK, non-empty, at most max_bytes) and maps it. The fd
+ * is closed in every case. NULL with *code and msg on failure. */
+struct region *region_map(int fd, uint32_t id, uint64_t max_bytes, int *code, char *msg, size_t len);
+void region_ref(struct region *r);
+void region_unref(struct region *r); /* unmaps at zero; safe from any thread */
+
+/* A client's regions, by id. Loop thread only. */
+struct region_table {
+    struct region **items;
+    size_t count, cap;
+    uint32_t next_id;
+};
+
+struct region *region_table_find(const struct region_table *t, uint32_t id);
+int region_table_add(struct region_table *t, struct region *r); /* takes the reference */
+int region_table_remove(struct region_table *t, uint32_t id);   /* drops the table's reference */
+void region_table_clear(struct region_table *t);
+
+/* The bytes [offset, offset + bytes) of r, if they lie inside it (checked without overflow). */
+static inline int region_contains(const struct region *r, uint64_t offset, uint64_t bytes)
+{
+    return offset <= r->size && bytes <= r->size - offset;
+}
+
+#endif

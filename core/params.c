@@ -20,19 +20,19 @@ void db_msg(char *msg, size_t len, const char *fmt, ...)
 
 static const char *const error_names[] = {"ok", "invalid_argument", "not_found", "out_of_range",
                                           "resource_exhausted", "unavailable", "permission_denied",
-                                          "internal"};
+                                          "internal", "timeout"};
 static const char *const error_texts[] = {"success", "invalid argument", "not found", "out of range",
                                           "resource exhausted", "unavailable", "permission denied",
-                                          "internal error"};
+                                          "internal error", "timed out"};
 
 const char *dropblock_error_name(int code)
 {
-    return (code <= 0 && code >= DROPBLOCK_EINTERNAL) ? error_names[-code] : NULL;
+    return (code <= 0 && code >= DROPBLOCK_ETIMEDOUT) ? error_names[-code] : NULL;
 }
 
 const char *dropblock_strerror(int code)
 {
-    return (code <= 0 && code >= DROPBLOCK_EINTERNAL) ? error_texts[-code] : "unknown error";
+    return (code <= 0 && code >= DROPBLOCK_ETIMEDOUT) ? error_texts[-code] : "unknown error";
 }
 
 int dropblock_error_from_name(const char *name)

@@ -27,7 +27,8 @@ enum dropblock_error {
     DROPBLOCK_EEXHAUSTED = -4,   /* resource_exhausted */
     DROPBLOCK_EUNAVAILABLE = -5, /* unavailable */
     DROPBLOCK_EPERM = -6,        /* permission_denied */
-    DROPBLOCK_EINTERNAL = -7     /* internal */
+    DROPBLOCK_EINTERNAL = -7,    /* internal */
+    DROPBLOCK_ETIMEDOUT = -8     /* dropblock_wait's timeout passed (client side only, never on the wire) */
 };
 
 /* A short fixed description of an error code ("invalid argument", ...). */
@@ -128,7 +129,10 @@ typedef struct dropblock_device_info {
 
 const char *dropblock_device_kind_name(dropblock_device_kind k);
 
-/* ---- engine handle ---------------------------------------------------------------------- */
+/* ---- handles ----------------------------------------------------------------------------
+ * A handle is either the in-process engine (dropblock_open_local) or a connection to the daemon
+ * (dropblock_connect). Every call below works on both, and a handle may be used from many
+ * threads at once. */
 typedef struct dropblock dropblock_t;
 
 typedef struct dropblock_local_options {
@@ -139,16 +143,51 @@ typedef struct dropblock_local_options {
 /* Opens the in-process engine: enumerates the devices of the chosen backends and prepares
  * their kernels. A backend that has no usable device is skipped; the CPU one always works. */
 int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, char *msg, size_t msg_len);
+
+/* Connects to dropblockd at socket_path (NULL: dropblock_default_socket). DROPBLOCK_EUNAVAILABLE
+ * with a message saying how to start one when nothing answers. */
+int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, size_t msg_len);
+
+/* Closes the handle: a connection's regions are unregistered and unmapped, tickets not yet
+ * waited for are dropped. */
 void dropblock_close(dropblock_t *h);
 
-/* Devices of the engine, in order; *count receives the number, infos up to cap of them. */
+/* 1 for a daemon connection, 0 for the in-process engine. */
+int dropblock_is_remote(const dropblock_t *h);
+
+/* Devices of the engine or daemon, in order; *count receives the number, infos up to cap. */
 int dropblock_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count);
 
-/* Runs one job. input and output point at tensor_bytes(p) bytes each and may be the same
- * (in place). mask, when not NULL, receives mask_bytes(p) bytes: bit ((n*C+c)*H+h)*W+w, least
- * significant first, 1 = kept. device: "auto", an id such as "opencl:0", or NULL for auto. */
+/* Tensor memory the engine reads and writes without copies: for a connection a shared region
+ * (a memfd sized with posix_fallocate, sealed F_SEAL_SHRINK|F_SEAL_GROW, mapped here and
+ * registered with the daemon), for the local engine ordinary memory. Zero-filled. */
+int dropblock_alloc(dropblock_t *h, size_t bytes, void **ptr);
+/* Releases memory from dropblock_alloc (unregisters the region; running jobs keep theirs). */
+int dropblock_free(dropblock_t *h, void *ptr);
+
+/* Runs one job and waits for it. input and output hold tensor_bytes(p) bytes each and may be
+ * the same (in place); mask, when not NULL, receives mask_bytes(p) bytes: bit
+ * ((n*C+c)*H+h)*W+w, least significant first, 1 = kept. On a connection all three must lie in
+ * memory from dropblock_alloc (DROPBLOCK_EINVAL naming the one that does not). device: "auto",
+ * an id such as "opencl:0", or NULL for auto. res (may be NULL) receives K, S, the scale bits,
+ * the device and timings, or the error message. */
 int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, void *output,
                   void *mask, const char *device, dropblock_result *res);
+
+/* Asynchronous form: submit returns at once with a ticket (the local engine runs the job before
+ * returning); wait blocks up to timeout_ms (-1: forever) for it. wait returns DROPBLOCK_ETIMEDOUT
+ * while the job is still running (the ticket stays valid); any other return frees the ticket. */
+typedef struct dropblock_ticket dropblock_ticket;
+int dropblock_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output,
+                     void *mask, const char *device, dropblock_ticket **ticket);
+int dropblock_wait(dropblock_t *h, dropblock_ticket *ticket, int timeout_ms, dropblock_result *res);
+
+/* The daemon's status op as JSON text (counters, queues, per-device throughput); the local
+ * engine gives its device list. DROPBLOCK_ERANGE if len is too small. */
+int dropblock_status(dropblock_t *h, char *json, size_t len);
+
+/* Asks the daemon to stop as on SIGTERM (only the daemon's own uid may). */
+int dropblock_shutdown(dropblock_t *h, char *msg, size_t msg_len);
 
 #ifdef __cplusplus
 }

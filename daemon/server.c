@@ -351,6 +351,8 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
         send_error(c, id, DROPBLOCK_EUNAVAILABLE, "the daemon is shutting down");
         return;
     }
+    int dev = jobs_pick(s->jobs, pj.device, msg, sizeof msg);
+    if (dev < 0) { s->rejected++; send_error(c, id, DROPBLOCK_ENOTFOUND, msg); return; }
     uint64_t tb = dropblock_tensor_bytes(&pj.p), mb = dropblock_mask_bytes(&pj.p);
     struct region *rin, *rout, *rmask = NULL;
     uint8_t *in, *out, *mask = NULL;
@@ -390,8 +392,6 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
         send_error(c, id, DROPBLOCK_EEXHAUSTED, msg);
         return;
     }
-    int dev = jobs_pick(s->jobs, pj.device, msg, sizeof msg);
-    if (dev < 0) { s->rejected++; send_error(c, id, DROPBLOCK_ENOTFOUND, msg); return; }
     struct job *j = calloc(1, sizeof *j);
     cJSON *idcopy = cJSON_Duplicate(id, 1);
     char *idtext = idcopy ? cJSON_PrintUnformatted(idcopy) : NULL;

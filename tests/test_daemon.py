@@ -1,0 +1,502 @@
+#!/usr/bin/env python3
+"""Protocol and fault tests of dropblockd over its raw socket (docs/protocol.md).
+
+Each bad input must get an error naming the problem (or its connection closed) while a second
+client keeps getting exact results, and the daemon's descriptor count must come back to its
+baseline. Expected bits come from ../shared/spec/dropblock_ref.py, never from the daemon.
+
+  test_daemon.py --daemon build/daemon/dropblockd --spec-dir ../shared/spec
+"""
+import argparse
+import fcntl
+import json
+import mmap
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+PASSED, FAILED = 0, 0
+
+
+def check(cond, what):
+    global PASSED, FAILED
+    if cond:
+        PASSED += 1
+    else:
+        FAILED += 1
+        print("FAIL", what, flush=True)
+
+
+class Daemon:
+    def __init__(self, exe, extra=(), sockdir=None):
+        self.dir = sockdir or tempfile.mkdtemp(prefix="dbd-")
+        self.path = os.path.join(self.dir, "d.sock")
+        self.log = open(os.path.join(self.dir, "log"), "w+")
+        self.proc = subprocess.Popen([exe, "--socket", self.path, "--log-level", "info", *extra],
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
+        for _ in range(600):
+            if os.path.exists(self.path):
+                try:
+                    Client(self.path).close()
+                    return
+                except OSError:
+                    pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("dropblockd exited: " + self.logtext())
+            time.sleep(0.05)
+        raise RuntimeError("dropblockd did not start: " + self.logtext())
+
+    def logtext(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()[-3000:]
+
+    def fds(self):
+        return len(os.listdir("/proc/%d/fd" % self.proc.pid))
+
+    def wait_fds(self, baseline, timeout=10.0):
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.fds() <= baseline:
+                return True
+            time.sleep(0.05)
+        return self.fds() <= baseline
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class Client:
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(60)
+        self.s.connect(path)
+        self.next_id = 0
+
+    def close(self):
+        self.s.close()
+
+    def send_raw(self, data, fds=()):
+        if fds:
+            self.s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))])
+        else:
+            self.s.sendall(data)
+
+    def send(self, obj, fds=()):
+        body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        self.send_raw(struct.pack("<I", len(body)) + body, fds)
+
+    def recv(self):
+        head = self._read(4)
+        if head is None:
+            return None
+        n = struct.unpack("<I", head)[0]
+        body = self._read(n)
+        return None if body is None else json.loads(body)
+
+    def _read(self, n):
+        buf = b""
+        while len(buf) < n:
+            try:
+                chunk = self.s.recv(n - len(buf))
+            except (ConnectionResetError, socket.timeout):
+                return None
+            if not chunk:
+                return None
+            buf += chunk
+        return buf
+
+    def call(self, obj, fds=()):
+        self.next_id += 1
+        obj = dict(obj)
+        obj.setdefault("v", 1)
+        obj.setdefault("id", self.next_id)
+        self.send(obj, fds)
+        return self.recv()
+
+    def region(self, size, seals=fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW):
+        fd = os.memfd_create("t", os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, size)
+        if seals:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        m = mmap.mmap(fd, size)
+        r = self.call({"op": "region.register", "fds": 1}, [fd])
+        os.close(fd)
+        return r, m
+
+
+class Reference:
+    """Expected bits from the executable spec (dropblock_ref.py)."""
+
+    def __init__(self, spec_dir):
+        sys.path.insert(0, spec_dir)
+        import dropblock_ref  # noqa: E402
+        self.ref = dropblock_ref
+
+    def case(self, shape, layout="NCHW", dtype="f32", rate=0.1, block=(3, 3), seed=0, stream=0, compat="none",
+             normalize="global"):
+        r = self.ref
+        enc, _ = r.ENC[dtype]
+        n = shape[0] * shape[1] * shape[2] * shape[3]
+        x = [enc(v) for v in r.tf_stateless_uniform(n, 0, 1)]
+        if compat == "keras_cv":
+            y, kept, total, scale = r.keras_cv_dropblock2d(x, shape, layout, dtype, rate, block, seed, stream)
+        else:
+            y, kept, total, scale = r.dropblock2d(x, shape, layout, dtype, rate, block, seed, stream, normalize)
+        fmt = "<%d%s" % (n, "I" if dtype == "f32" else "H")
+        return struct.pack(fmt, *x), struct.pack(fmt, *y), kept, total, "0x%08x" % r.f32_bits(scale)
+
+
+def job(region, shape, offset=0, out_offset=None, **kw):
+    req = {"op": "dropblock2d", "input": {"region": region, "offset": offset}, "shape": list(shape),
+           "rate": kw.pop("rate", 0.1), "block": kw.pop("block", 3), "seed": kw.pop("seed", 0)}
+    if out_offset is not None:
+        req["output"] = {"region": region, "offset": out_offset}
+    req.update(kw)
+    return req
+
+
+def exact_job(c, m, region, ref, shape=(2, 3, 9, 7), **kw):
+    """Runs one job out of place and compares every bit with the reference."""
+    layout, dtype = kw.get("layout", "NCHW"), kw.get("dtype", "f32")
+    block = kw.get("block", [3, 2])
+    x, y, kept, total, scale = ref.case(shape, layout, dtype, kw.get("rate", 0.2), tuple(block), kw.get("seed", 42),
+                                        kw.get("stream", 5), kw.get("compat", "none"))
+    m[0:len(x)] = x
+    out = 1 << 16
+    r = c.call(job(region, shape, 0, out, rate=kw.get("rate", 0.2), block=block, seed=kw.get("seed", 42),
+                   stream=kw.get("stream", 5), layout=layout, dtype=dtype, compat=kw.get("compat", "none"),
+                   device=kw.get("device", "auto")))
+    ok = (r is not None and r.get("ok") and r["kept"] == kept and r["total"] == total and r["scale_bits"] == scale
+          and m[out:out + len(y)] == y)
+    return ok, r
+
+
+def expect_error(r, code, words, what):
+    ok = r is not None and r.get("ok") is False and r["error"]["code"] == code and all(
+        w in r["error"]["message"] for w in words)
+    check(ok, "%s: expected %s naming %s, got %s" % (what, code, words, r))
+
+
+def test_bad_inputs(exe, ref):
+    d = Daemon(exe)
+    try:
+        good = Client(d.path)
+        rg, gm = good.region(1 << 17)
+        check(rg["ok"], "register a sealed memfd: %s" % rg)
+        ok, r = exact_job(good, gm, rg["region"], ref)
+        check(ok, "the second client's first job is exact: %s" % r)
+        baseline = d.fds()
+
+        def bad(send, code, words, what, closes=False):
+            c = Client(d.path)
+            try:
+                r = send(c)
+                if closes:
+                    check(r is None or (r.get("ok") is False and r["error"]["code"] == code),
+                          "%s: expected %s or a closed connection, got %s" % (what, code, r))
+                    if r is not None:
+                        check(c.recv() is None, "%s: the connection is closed after the error" % what)
+                else:
+                    expect_error(r, code, words, what)
+            finally:
+                c.close()
+            ok, r2 = exact_job(good, gm, rg["region"], ref, seed=hash(what) & 0xFFFF)
+            check(ok, "after %s the other client still gets exact results: %s" % (what, r2))
+
+        bad(lambda c: (c.send_raw(struct.pack("<I", 0)), c.recv())[1], "invalid_argument", ["frame length 0"],
+            "zero-length frame", closes=True)
+        bad(lambda c: (c.send_raw(struct.pack("<I", 65537) + b"{" * 100), c.recv())[1], "invalid_argument",
+            ["65537"], "over-64-KiB frame", closes=True)
+        bad(lambda c: (c.send_raw(struct.pack("<I", 100) + b'{"v":1'), c.s.shutdown(socket.SHUT_WR), c.recv())[2],
+            "invalid_argument", [], "truncated frame", closes=True)
+        bad(lambda c: (c.send(b"{not json"), c.recv())[1], "invalid_argument", ["invalid JSON"], "invalid JSON")
+        bad(lambda c: (c.send(b"[1,2,3]"), c.recv())[1], "invalid_argument", ["object"], "a non-object")
+        bad(lambda c: c.call({"op": "frobnicate"}), "not_found", ["frobnicate"], "unknown op")
+        bad(lambda c: c.call({"op": "hello", "v": 2}), "invalid_argument", ["v:"], "wrong version")
+        bad(lambda c: (c.send({"v": 1, "op": "hello"}), c.recv())[1], "invalid_argument", ["id"], "missing id")
+        bad(lambda c: c.call({"op": 5}), "invalid_argument", ["op"], "ill-typed op")
+        region_job = lambda c, **kw: c.call(job(rg["region"], **kw))  # noqa: E731
+        bad(lambda c: c.call({"op": "dropblock2d", "shape": [1, 1, 4, 4], "rate": 0.1, "block": 2, "seed": 0}),
+            "invalid_argument", ["input"], "missing input")
+        bad(lambda c: c.call({"op": "dropblock2d", "input": {"region": 1}, "rate": 0.1, "block": 2, "seed": 0}),
+            "invalid_argument", ["shape"], "missing shape")
+        bad(lambda c: c.call({"op": "dropblock2d", "input": {"region": 1}, "shape": [1, 1, 4, 4], "rate": "0.1",
+                              "block": 2, "seed": 0}), "invalid_argument", ["rate"], "ill-typed rate")
+        bad(lambda c: c.call({"op": "dropblock2d", "input": "r1", "shape": [1, 1, 4, 4], "rate": 0.1, "block": 2,
+                              "seed": 0}), "invalid_argument", ["input"], "ill-typed input")
+        bad(lambda c: region_job(c, shape=(1, 0, 4, 4)), "invalid_argument", ["shape", "C"], "zero dimension")
+        bad(lambda c: region_job(c, shape=(1, -2, 4, 4)), "invalid_argument", ["shape", "C"], "negative dimension")
+        bad(lambda c: region_job(c, shape=(1 << 20, 1 << 20, 2, 2)), "invalid_argument", ["2^40"],
+            "overflowing shape")
+        bad(lambda c: region_job(c, shape=("18446744073709551615", "18446744073709551615", 1, 1)),
+            "invalid_argument", ["2^40"], "u64-overflowing shape")
+        bad(lambda c: region_job(c, shape=(1, 4, 4)), "invalid_argument", ["shape", "4 integers"], "3-D shape")
+        bad(lambda c: region_job(c, shape=(1, 1, 4, 4), seed="18446744073709551616"), "invalid_argument", ["seed"],
+            "seed beyond 2^64")
+        bad(lambda c: region_job(c, shape=(1, 1, 4, 4), seed=1.5), "invalid_argument", ["seed"], "fractional seed")
+        bad(lambda c: region_job(c, shape=(1, 1, 4, 4), rate=1.5), "invalid_argument", ["rate"], "rate above 1")
+        bad(lambda c: region_job(c, shape=(1, 1, 4, 4), rate=-0.1), "invalid_argument", ["rate"], "negative rate")
+        bad(lambda c: (c.send(b'{"v":1,"id":1,"op":"dropblock2d","input":{"region":1},"shape":[1,1,4,4],'
+                              b'"rate":NaN,"block":2,"seed":0}'), c.recv())[1], "invalid_argument", ["JSON"],
+            "NaN rate")
+        bad(lambda c: (c.send(b'{"v":1,"id":1,"op":"dropblock2d","input":{"region":1},"shape":[1,1,4,4],'
+                              b'"rate":1e999,"block":2,"seed":0}'), c.recv())[1], "invalid_argument", ["rate"],
+            "infinite rate")
+        bad(lambda c: region_job(c, shape=(1, 1, 4, 4), block=0), "invalid_argument", ["block"], "block 0")
+        bad(lambda c: region_job(c, shape=(1, 1, 4, 4), block=[2, 0]), "invalid_argument", ["block", "width"],
+            "block width 0")
+        bad(lambda c: region_job(c, shape=(1, 1, 4, 4), dtype="f64"), "invalid_argument", ["dtype", "f64"],
+            "unknown dtype")
+        bad(lambda c: region_job(c, shape=(1, 1, 4, 4), layout="HWCN"), "invalid_argument", ["layout", "HWCN"],
+            "unknown layout")
+        bad(lambda c: region_job(c, shape=(1, 1, 4, 4), device="tpu:7"), "not_found", ["tpu:7"], "unknown device")
+        bad(lambda c: c.call({"op": "region.register"}), "invalid_argument", ["region.register", "1 descriptor"],
+            "register without an fd")
+
+        def unsealed(c):
+            fd = os.memfd_create("t", os.MFD_ALLOW_SEALING)
+            os.ftruncate(fd, 4096)
+            r = c.call({"op": "region.register", "fds": 1}, [fd])
+            os.close(fd)
+            return r
+        bad(unsealed, "invalid_argument", ["F_SEAL_SHRINK"], "an unsealed memfd")
+
+        def pipe_fd(c):
+            a, b = os.pipe()
+            r = c.call({"op": "region.register", "fds": 1}, [a])
+            os.close(a)
+            os.close(b)
+            return r
+        bad(pipe_fd, "invalid_argument", ["pipe"], "a pipe fd")
+
+        def socket_fd(c):
+            a, b = socket.socketpair()
+            r = c.call({"op": "region.register", "fds": 1}, [a.fileno()])
+            a.close()
+            b.close()
+            return r
+        bad(socket_fd, "invalid_argument", ["socket"], "a socket fd")
+        bad(lambda c: c.call({"op": "region.register", "fds": 2}, [os.memfd_create("x")]), "invalid_argument",
+            ["2 declared", "1 received"], "fewer fds than declared")
+
+        def beyond(c):
+            r, m = c.region(4096)
+            return c.call(job(r["region"], (1, 1, 32, 32), offset=1))
+        bad(beyond, "out_of_range", ["exceeds", "4096"], "offset + size beyond the region")
+        bad(lambda c: c.call(job(2**31, (1, 1, 4, 4))), "not_found", ["not registered"], "an unknown region")
+        bad(lambda c: c.call(job(rg["region"], (1, 1, 4, 4))), "not_found", ["not registered"],
+            "another client's region")
+
+        def overlap(c):
+            r, m = c.region(8192)
+            return c.call(job(r["region"], (1, 1, 16, 16), offset=0, out_offset=4))
+        bad(overlap, "invalid_argument", ["overlaps"], "a shifted output overlap")
+
+        def too_many_fds(c):
+            fds = [os.memfd_create("x") for _ in range(17)]
+            try:
+                c.send({"v": 1, "id": 1, "op": "hello"}, fds)
+                return c.recv()
+            finally:
+                for f in fds:
+                    os.close(f)
+        bad(too_many_fds, "invalid_argument", [], "17 descriptors at once", closes=True)
+
+        def disconnect_in_flight(c):
+            r, m = c.region(64 << 20)
+            c.send({"v": 1, "id": 1, **job(r["region"], (16, 64, 64, 64), rate=0.2, block=7, device="cpu:0")})
+            time.sleep(0.05)
+            return None
+        bad(disconnect_in_flight, "", [], "disconnect with a job in flight", closes=True)
+        check(d.wait_fds(baseline, 30), "descriptor count back to baseline %d (now %d)" % (baseline, d.fds()))
+        check(d.proc.poll() is None, "the daemon survived every bad input")
+        good.close()
+    except Exception:
+        check(False, "bad-input test crashed: " + traceback.format_exc())
+    finally:
+        rc = d.stop()
+        check(rc == 0, "SIGTERM exits 0 (got %s); log tail: %s" % (rc, d.logtext() if rc else ""))
+        check(not os.path.exists(d.path), "the socket is removed at exit")
+
+
+def test_many_clients(exe, ref):
+    """16 clients x 50 mixed jobs at once, pipelined, all exact, none lost."""
+    d = Daemon(exe, ["--max-inflight-jobs", "1024"])
+    try:
+        cases = []
+        for i, (layout, dtype, compat) in enumerate([("NCHW", "f32", "none"), ("NHWC", "f16", "none"),
+                                                     ("NCHW", "bf16", "none"), ("NHWC", "f32", "keras_cv")]):
+            shape = (2, 3, 7 + i, 9)
+            x, y, kept, total, scale = ref.case(shape, layout, dtype, 0.3, (3, 2), 11 + i, 2, compat)
+            cases.append((shape, layout, dtype, compat, x, y, kept, total, scale, 11 + i))
+        clients = [Client(d.path) for _ in range(16)]
+        slot = 1 << 12
+        regions = []
+        for c in clients:
+            r, m = c.region(slot * 2 * 50)
+            regions.append((r["region"], m))
+        for ci, c in enumerate(clients):  # send everything first: many requests in flight per connection
+            reg, m = regions[ci]
+            for k in range(50):
+                shape, layout, dtype, compat, x, *_ , seed = cases[(ci + k) % 4]
+                m[2 * slot * k:2 * slot * k + len(x)] = x
+                c.send({"v": 1, "id": k, **job(reg, shape, 2 * slot * k, 2 * slot * k + slot, rate=0.3, block=[3, 2],
+                                               seed=seed, stream=2, layout=layout, dtype=dtype, compat=compat)})
+        exact = lost = busy = 0
+        for ci, c in enumerate(clients):
+            reg, m = regions[ci]
+            seen = set()
+            for _ in range(50):
+                r = c.recv()
+                if r is None:
+                    break
+                k = r["id"]
+                seen.add(k)
+                if not r["ok"]:
+                    busy += r["error"]["code"] == "resource_exhausted"
+                    print("  job error:", r)
+                    continue
+                shape, layout, dtype, compat, x, y, kept, total, scale, seed = cases[(ci + k) % 4]
+                o = 2 * slot * k + slot
+                exact += (r["kept"], r["total"], r["scale_bits"]) == (kept, total, scale) and m[o:o + len(y)] == y
+            lost += 50 - len(seen)
+        check(exact == 800 and lost == 0, "16 x 50 jobs: %d exact, %d lost, %d refused as busy" % (exact, lost, busy))
+        for c in clients:
+            c.close()
+    except Exception:
+        check(False, "many-clients test crashed: " + traceback.format_exc())
+    finally:
+        check(d.stop() == 0, "SIGTERM exits 0")
+
+
+def test_sigterm_with_queue(exe, ref):
+    """SIGTERM with jobs queued: running ones reply, queued ones get `unavailable`, exit 0."""
+    d = Daemon(exe, ["--devices", "cpu"])
+    try:
+        c = Client(d.path)
+        r, m = c.region(8 << 20)
+        n = 40
+        for k in range(n):
+            c.send({"v": 1, "id": k, **job(r["region"], (16, 32, 64, 64), rate=0.2, block=7, seed=k)})
+        time.sleep(0.3)
+        d.proc.send_signal(signal.SIGTERM)
+        replies = [c.recv() for _ in range(n)]
+        done = sum(1 for x in replies if x and x["ok"])
+        unavailable = sum(1 for x in replies if x and not x["ok"] and x["error"]["code"] == "unavailable")
+        check(done + unavailable == n and unavailable > 0 and done > 0,
+              "SIGTERM: %d finished, %d unavailable of %d" % (done, unavailable, n))
+        check(d.proc.wait(60) == 0, "exit status 0 after SIGTERM")
+        check(not os.path.exists(d.path), "socket removed after SIGTERM")
+        c.close()
+    except Exception:
+        check(False, "sigterm test crashed: " + traceback.format_exc())
+    finally:
+        d.stop()
+
+
+def test_stale_socket_and_second_daemon(exe):
+    d = Daemon(exe)
+    try:
+        second = subprocess.run([exe, "--socket", d.path], capture_output=True, text=True, timeout=60)
+        check(second.returncode != 0 and "another daemon" in second.stderr,
+              "a second daemon on a live socket refuses: %s" % second.stderr.strip())
+    finally:
+        d.stop()
+    # a stale socket file (nothing answers) is replaced
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(d.path)
+    s.close()
+    d2 = Daemon(exe, sockdir=d.dir)
+    check(Client(d2.path).call({"op": "hello"})["ok"], "a stale socket is replaced")
+    check(d2.stop() == 0, "exit 0")
+    with open(d.path, "w") as f:
+        f.write("not a socket")
+    r = subprocess.run([exe, "--socket", d.path], capture_output=True, text=True, timeout=60)
+    check(r.returncode != 0 and "not a socket" in r.stderr, "a regular file at the path is left alone")
+    os.unlink(d.path)
+
+
+def probe_as_nobody(path, op):
+    """Sends one request as uid/gid 65534 (setpriv) and returns the reply's error code or 'ok'."""
+    probe = ("import socket,struct,json\n"
+             "s=socket.socket(socket.AF_UNIX);s.settimeout(20);s.connect(%r)\n"
+             "b=json.dumps({'v':1,'id':1,'op':%r}).encode()\n"
+             "try: s.sendall(struct.pack('<I',len(b))+b)\n"
+             "except BrokenPipeError: pass  # a refused peer is answered and closed at once\n"
+             "h=b''\n"
+             "while len(h)<4: h+=s.recv(4-len(h))\n"
+             "n=struct.unpack('<I',h)[0];d=b''\n"
+             "while len(d)<n: d+=s.recv(n-len(d))\n"
+             "r=json.loads(d);print(r['error']['code'] if not r['ok'] else 'ok')\n") % (path, op)
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON, "-c", probe],
+                       capture_output=True, text=True, timeout=60)
+    return (r.stdout.strip() or r.stderr.strip()[-300:])
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # reachable by other users, unlike a python under /root
+
+
+def test_peer_credentials(exe):
+    """A uid not on the allow-list gets permission_denied (run as another user with setpriv)."""
+    if os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON):
+        print("skip peer-credential test: needs root and %s to act as another user" % SYSTEM_PYTHON)
+        return
+    d = Daemon(exe, sockdir=tempfile.mkdtemp(prefix="dbd-cred-"))
+    try:
+        os.chmod(d.dir, 0o755)
+        os.chmod(d.path, 0o666)  # let the other user reach the socket: SO_PEERCRED must stop it
+        got = probe_as_nobody(d.path, "hello")
+        check(got == "permission_denied", "uid 65534 is refused with permission_denied: %s" % got)
+        mode = os.stat(d.path).st_mode & 0o777
+        check(mode == 0o666, "test setup changed the mode")  # the daemon itself creates 0660
+    finally:
+        d.stop()
+    d = Daemon(exe)
+    try:
+        check(os.stat(d.path).st_mode & 0o777 == 0o660, "the socket is created with mode 0660")
+        check(os.stat(d.dir).st_mode & 0o777 in (0o700,), "the socket directory is private (0700)")
+        # allowed by --allow-uid
+    finally:
+        d.stop()
+    d = Daemon(exe, ["--allow-uid", "65534"], sockdir=tempfile.mkdtemp(prefix="dbd-cred2-"))
+    try:
+        os.chmod(d.dir, 0o755)
+        os.chmod(d.path, 0o666)
+        got = probe_as_nobody(d.path, "shutdown")
+        check(got == "permission_denied", "an allowed uid may connect but not stop the daemon: %s" % got)
+        got = probe_as_nobody(d.path, "hello")
+        check(got == "ok", "--allow-uid 65534 lets that user in: %s" % got)
+    finally:
+        d.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--daemon", required=True)
+    ap.add_argument("--spec-dir", default=os.environ.get("DROPBLOCK_SPEC_DIR"))
+    a = ap.parse_args()
+    ref = Reference(a.spec_dir)
+    for t in (lambda: test_bad_inputs(a.daemon, ref), lambda: test_many_clients(a.daemon, ref),
+              lambda: test_sigterm_with_queue(a.daemon, ref), lambda: test_stale_socket_and_second_daemon(a.daemon),
+              lambda: test_peer_credentials(a.daemon)):
+        t()
+    print("test_daemon: %d passed, %d failed" % (PASSED, FAILED))
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

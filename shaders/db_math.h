@@ -64,8 +64,8 @@ DBFN u32 db_f32_to_f16(u32 b)
         if (a < 0x33000000u) return sign;
         u32 e = a >> 23, m = (a & 0x7FFFFFu) | 0x800000u;
         u32 shift = 126u - e;
-        u32 q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-        if (rem > half || (rem == half && (q & 1u) != 0u)) q += 1u;
+        u32 q = m >> shift, rem = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+        if (rem > halfway || (rem == halfway && (q & 1u) != 0u)) q += 1u;
         return sign | q;
     }
     u32 q = (a >> 13) - (112u << 10), rem = a & 0x1FFFu;
@@ -108,8 +108,8 @@ DBFN u32 db_round_f32(u32 sign, u64 m, i64 e, u32 sticky)
     if (shift > I64(40)) shift = I64(40);
     u64 kept = m >> U64(shift);
     u64 rest = m & ((1ul << U64(shift)) - 1ul);
-    u64 half = 1ul << U64(shift - I64(1));
-    if (rest > half || (rest == half && (sticky != 0u || (kept & 1ul) != 0ul))) kept += 1ul;
+    u64 halfway = 1ul << U64(shift - I64(1));
+    if (rest > halfway || (rest == halfway && (sticky != 0u || (kept & 1ul) != 0ul))) kept += 1ul;
     if (ex < I64(-126)) return sign | U32(kept); /* subnormal, or the smallest normal on carry */
     /* normal: kept in [2^23, 2^24], carry may bump the exponent */
     if (kept == (1ul << 24)) { kept >>= 1; ex += I64(1); }

@@ -33,7 +33,7 @@
         u32 m_ = 0xFFFFFFFFu;                                                           \
         if (wi_ == ((lo) >> 5)) m_ &= 0xFFFFFFFFu << ((lo) & 31u);                      \
         if (wi_ == ((hi) >> 5)) m_ &= 0xFFFFFFFFu >> (31u - ((hi) & 31u));              \
-        mask[(wbase) + U64(wi_)] &= ~m_;                                                \
+        mask[IX((wbase) + U64(wi_))] &= ~m_;                                            \
     }
 
 /* Mask pass for mask row k of the chunk: writes its RW keep words, returns its kept count.
@@ -50,7 +50,7 @@ DBFN u32 db_mask_row(DB_MASK_BUFS u64 k)
     u64 wbase = k * U64(RW);
     for (u32 wi = 0u; wi < RW; wi++) {
         u32 rest = W - wi * 32u;
-        mask[wbase + U64(wi)] = rest >= 32u ? 0xFFFFFFFFu : ((1u << rest) - 1u);
+        mask[IX(wbase + U64(wi))] = rest >= 32u ? 0xFFFFFFFFu : ((1u << rest) - 1u);
     }
     u32 up = prm[DBP_UP], down = prm[DBP_DOWN], left = prm[DBP_LEFT], right = prm[DBP_RIGHT];
     u32 i0 = h >= up ? h - up : 0u;
@@ -88,7 +88,7 @@ DBFN u32 db_mask_row(DB_MASK_BUFS u64 k)
         }
     }
     u32 kept = 0u;
-    for (u32 wi = 0u; wi < RW; wi++) kept += POPCOUNT(mask[wbase + U64(wi)]);
+    for (u32 wi = 0u; wi < RW; wi++) kept += POPCOUNT(mask[IX(wbase + U64(wi))]);
     return kept;
 }
 
@@ -101,7 +101,7 @@ DBFN u64 db_count_sample(DB_COUNT_BUFS u64 s)
     if (a < r0) a = r0;
     if (b > r1) b = r1;
     u64 sum = 0ul;
-    for (u64 r = a; r < b; r++) sum += U64(counts[r - r0]);
+    for (u64 r = a; r < b; r++) sum += U64(counts[IX(r - r0)]);
     return sum;
 }
 

@@ -18,6 +18,8 @@
 #define MAKE_U32X4(a, b, c, d) uvec4(a, b, c, d)
 #define DBFN
 #define PRECISE precise
+/* GLSL indexes arrays with 32-bit integers only; chunks keep every index below 2^32 */
+#define IX(x) uint(x)
 #elif defined(DB_LANG_CL)
 #define u32 uint
 #define u64 ulong
@@ -32,6 +34,7 @@
 #define MAKE_U32X4(a, b, c, d) ((uint4)((a), (b), (c), (d)))
 #define DBFN
 #define PRECISE
+#define IX(x) (x)
 #elif defined(DB_LANG_C)
 #include <stdint.h>
 #include <string.h>
@@ -51,6 +54,7 @@ typedef struct { uint32_t x, y, z, w; } db_u32x4;
 #define MAKE_U32X4(a, b, c, d) ((db_u32x4){(a), (b), (c), (d)})
 #define DBFN static inline
 #define PRECISE volatile
+#define IX(x) (x)
 #else
 #error "define DB_LANG_C, DB_LANG_CL or DB_LANG_GLSL"
 #endif

@@ -1,2 +1,585 @@
+/* cli.c: the dropblock command-line tool.
+ *
+ *   dropblock [--socket PATH] [--local] run [options]     one DropBlock2D job
+ *   dropblock [--socket PATH] [--local] devices [options] the devices of the engine
+ *
+ * Flags and defaults are those of spec/dropblock_ref.py, and --format prints its JSON line byte
+ * for byte, so `dropblock run --local ... --format hex` and `dropblock_ref.py ... --format hex`
+ * compare with a string equality. Everything goes through the public API (dropblock.h): the
+ * engine is opened in one place (open_engine), so the daemon's socket only has to be added there.
+ * Exit status: 0 done, 1 failure (no device, job or I/O error), 2 bad arguments or an invalid
+ * request; messages go to stderr, prefixed "dropblock: ". */
+#include <dropblock/dropblock.h>
+#include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
-int main(void) { puts("placeholder"); return 0; }
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "format.h"
+#include "npy.h"
+#include "reference.h"
+
+enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+static const char usage_main[] =
+    "usage: dropblock [--socket PATH] [--local] COMMAND [options]\n"
+    "\n"
+    "DropBlock2D (spec/SPEC.md) on the CPU, OpenCL and Vulkan devices of this machine.\n"
+    "\n"
+    "commands:\n"
+    "  run       run one DropBlock2D job (dropblock run --help)\n"
+    "  devices   list the devices (dropblock devices --help)\n"
+    "\n"
+    "global options:\n"
+    "  --local        run in this process (the engine inside the tool); required in this build\n"
+    "  --socket PATH  the daemon's socket (daemon mode is not available in this build yet)\n"
+    "  --help         this text\n"
+    "  --version      the tool's version\n"
+    "\n"
+    "exit status: 0 done, 1 failure (no device, job or I/O error), 2 bad arguments or invalid request\n";
+
+static const char usage_run[] =
+    "usage: dropblock run --local [options]\n"
+    "\n"
+    "Runs DropBlock2D once; flags and defaults are those of spec/dropblock_ref.py.\n"
+    "\n"
+    "engine:\n"
+    "  --local                  run in this process\n"
+    "  --socket PATH            the daemon's socket (not available in this build yet)\n"
+    "  --backend B              cpu, opencl or vulkan (default: all that work)\n"
+    "  --device N|ID            the N-th device of --backend (id B:N; without --backend the N-th of\n"
+    "                           all devices), or an id such as opencl:0 (default: auto)\n"
+    "request:\n"
+    "  --shape N,C,H,W          logical shape, whatever the layout (optional with an .npy input)\n"
+    "  --layout NCHW|NHWC       physical order of the tensors (default NCHW)\n"
+    "  --dtype f32|f16|bf16     element type (default f32; with an .npy input: the file's)\n"
+    "  --rate R                 drop rate in [0, 1], as float32 (default 0.1)\n"
+    "  --block B|BH,BW          block size (default 7)\n"
+    "  --seed S                 unsigned 64-bit seed (default 0)\n"
+    "  --stream T               unsigned 64-bit stream (default 0)\n"
+    "  --normalize global|sample|none   scale scope (default global)\n"
+    "  --share-channels         one mask for all channels of a sample\n"
+    "  --share-batch            one mask for all samples\n"
+    "  --compat none|keras_cv   keras_cv: bit-exact with keras_cv.layers.DropBlock2D (default none)\n"
+    "  --backward               the input is the output gradient dy (same mask and scale)\n"
+    "  --eval                   training = false: the identity\n"
+    "data:\n"
+    "  --input tf-uniform:S0,S1|FILE.npy\n"
+    "                           tf.random.stateless_uniform values in physical order (default\n"
+    "                           tf-uniform:0,1), or an .npy file of the physical shape (N,C,H,W or\n"
+    "                           N,H,W,C) and dtype '<f4', '<f2', or '<u2' with --dtype bf16\n"
+    "  --output FILE.npy        write the result, physical shape (bf16 as '<u2')\n"
+    "  --mask FILE.bin          write the packed keep mask: bit ((n*C+c)*H+h)*W+w, LSB first, 1 = kept\n"
+    "  --format hex|dec         print dropblock_ref.py's JSON line (values as bit patterns or decimals);\n"
+    "                           without --format and --output a short summary is printed\n"
+    "\n"
+    "exit status: 0 done, 1 failure (no device, job or I/O error), 2 bad arguments or invalid request\n";
+
+static const char usage_devices[] =
+    "usage: dropblock devices --local [--backend cpu|opencl|vulkan]\n"
+    "\n"
+    "Lists the devices of the engine, one per line:\n"
+    "  ID kind=KIND vendor=\"...\" name=\"...\" driver=\"...\" uuid=UUID|- max_buffer=BYTES\n";
+
+static void err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void err(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("dropblock: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---- argument scanning ------------------------------------------------------------------ */
+struct opt {
+    const char *name;
+    int takes_value;
+};
+
+/* The option at argv[*i]: its table index, its value (NULL for flags). -1: not an option of the
+ * table (reported), -2: the caller's positional argument. Accepts "--name value" and "--name=value". */
+static int next_opt(const struct opt *table, int argc, char **argv, int *i, const char **value)
+{
+    const char *a = argv[*i];
+    *value = NULL;
+    if (strncmp(a, "--", 2) || !a[2]) return -2;
+    const char *eq = strchr(a, '=');
+    size_t nl = eq ? (size_t)(eq - a) : strlen(a);
+    for (int k = 0; table[k].name; k++) {
+        if (strlen(table[k].name) != nl || strncmp(table[k].name, a, nl)) continue;
+        if (!table[k].takes_value) {
+            if (eq) { err("%s takes no value (got \"%s\")", table[k].name, eq + 1); return -1; }
+            return k;
+        }
+        if (eq) *value = eq + 1;
+        else if (*i + 1 < argc) *value = argv[++*i];
+        else { err("%s needs a value", table[k].name); return -1; }
+        return k;
+    }
+    err("unknown option %.*s (see --help)", (int)nl, a);
+    return -1;
+}
+
+/* A decimal unsigned 64-bit integer, nothing else (no sign, spaces, hex or overflow). */
+static int parse_u64(const char *s, uint64_t *v)
+{
+    if (!s || *s < '0' || *s > '9') return -1;
+    errno = 0;
+    char *end;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (errno || *end) return -1;
+    *v = x;
+    return 0;
+}
+
+static int parse_u64_opt(const char *flag, const char *s, uint64_t *v)
+{
+    if (parse_u64(s, v)) {
+        err("%s %s: must be an unsigned 64-bit integer (0 to 18446744073709551615)", flag, s);
+        return -1;
+    }
+    return 0;
+}
+
+/* "a,b,c": between min_n and max_n unsigned integers; returns their count or -1. */
+static int parse_u64_list(const char *s, uint64_t *out, int min_n, int max_n)
+{
+    int n = 0;
+    char item[32];
+    for (const char *p = s;;) {
+        const char *comma = strchr(p, ',');
+        size_t l = comma ? (size_t)(comma - p) : strlen(p);
+        if (n >= max_n || l == 0 || l >= sizeof item) return -1;
+        memcpy(item, p, l);
+        item[l] = 0;
+        if (parse_u64(item, &out[n++])) return -1;
+        if (!comma) break;
+        p = comma + 1;
+    }
+    return n >= min_n ? n : -1;
+}
+
+/* The rate as dropblock_ref.py reads it: a double rounded to float32 (not strtof, whose single
+ * rounding can differ from the reference's double rounding). Range checks are validate's. */
+static int parse_rate(const char *s, float *r)
+{
+    if (!*s || strpbrk(s, "xX")) return -1; /* Python's float() takes no hex floats */
+    char *end;
+    double d = strtod(s, &end);
+    if (*end) return -1;
+    *r = (float)d;
+    return 0;
+}
+
+/* ---- the engine --------------------------------------------------------------------------- */
+struct engine_opts {
+    int local;
+    const char *socket;
+    const char *backend; /* NULL: all */
+};
+
+static int check_backend(const char *b)
+{
+    if (b && strcmp(b, "cpu") && strcmp(b, "opencl") && strcmp(b, "vulkan")) {
+        err("--backend %s: must be cpu, opencl or vulkan", b);
+        return -1;
+    }
+    return 0;
+}
+
+/* The one place that picks in-process or daemon. Returns an exit status (0 when *h is open). */
+static int open_engine(const struct engine_opts *o, dropblock_t **h)
+{
+    if (!o->local) {
+        err("daemon mode is not available in this build yet%s%s%s; use --local to run in this process",
+            o->socket ? " (socket " : "", o->socket ? o->socket : "", o->socket ? ")" : "");
+        return EXIT_FAIL;
+    }
+    dropblock_local_options lo = {o->backend, NULL};
+    char msg[512] = "";
+    int rc = dropblock_open_local(h, &lo, msg, sizeof msg);
+    if (rc) {
+        err("cannot open the engine: %s", msg[0] ? msg : dropblock_strerror(rc));
+        return rc == DROPBLOCK_EINVAL ? EXIT_USAGE : EXIT_FAIL;
+    }
+    return 0;
+}
+
+/* Reads the device list into a malloc'ed array. */
+static dropblock_device_info *list_devices(dropblock_t *h, size_t *count)
+{
+    size_t n = 0;
+    if (dropblock_devices(h, NULL, 0, &n)) return NULL;
+    dropblock_device_info *d = calloc(n ? n : 1, sizeof *d);
+    if (d && dropblock_devices(h, d, n, &n)) { free(d); d = NULL; }
+    *count = n;
+    return d;
+}
+
+/* ---- dropblock devices -------------------------------------------------------------------- */
+static int cmd_devices(int argc, char **argv, struct engine_opts eo)
+{
+    static const struct opt table[] = {{"--local", 0}, {"--socket", 1}, {"--backend", 1}, {"--help", 0}, {NULL, 0}};
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        int k = next_opt(table, argc, argv, &i, &v);
+        if (k == -2) { err("devices: unexpected argument \"%s\"", argv[i]); return EXIT_USAGE; }
+        if (k < 0) return EXIT_USAGE;
+        switch (k) {
+        case 0: eo.local = 1; break;
+        case 1: eo.socket = v; break;
+        case 2: eo.backend = v; break;
+        case 3: fputs(usage_devices, stdout); return 0;
+        }
+    }
+    if (check_backend(eo.backend)) return EXIT_USAGE;
+    dropblock_t *h;
+    int st = open_engine(&eo, &h);
+    if (st) return st;
+    size_t n;
+    dropblock_device_info *d = list_devices(h, &n);
+    if (!d) { err("cannot list the devices: out of memory"); dropblock_close(h); return EXIT_FAIL; }
+    for (size_t i = 0; i < n; i++)
+        printf("%s kind=%s vendor=\"%s\" name=\"%s\" driver=\"%s\" uuid=%s max_buffer=%llu\n", d[i].id,
+               dropblock_device_kind_name(d[i].kind), d[i].vendor, d[i].name, d[i].driver,
+               d[i].uuid[0] ? d[i].uuid : "-", (unsigned long long)d[i].max_buffer);
+    free(d);
+    dropblock_close(h);
+    return 0;
+}
+
+/* ---- dropblock run ------------------------------------------------------------------------ */
+struct run_args {
+    struct engine_opts eo;
+    dropblock_params p;
+    const char *device, *input, *output, *mask;
+    int have_shape, dtype_given, format; /* format: -1 none, 0 dec, 1 hex */
+};
+
+enum {
+    O_LOCAL, O_SOCKET, O_BACKEND, O_DEVICE, O_SHAPE, O_LAYOUT, O_DTYPE, O_RATE, O_BLOCK, O_SEED, O_STREAM,
+    O_NORMALIZE, O_SHARE_C, O_SHARE_N, O_COMPAT, O_BACKWARD, O_EVAL, O_INPUT, O_OUTPUT, O_MASK, O_FORMAT, O_HELP
+};
+static const struct opt run_table[] = {
+    [O_LOCAL] = {"--local", 0}, [O_SOCKET] = {"--socket", 1}, [O_BACKEND] = {"--backend", 1},
+    [O_DEVICE] = {"--device", 1}, [O_SHAPE] = {"--shape", 1}, [O_LAYOUT] = {"--layout", 1},
+    [O_DTYPE] = {"--dtype", 1}, [O_RATE] = {"--rate", 1}, [O_BLOCK] = {"--block", 1}, [O_SEED] = {"--seed", 1},
+    [O_STREAM] = {"--stream", 1}, [O_NORMALIZE] = {"--normalize", 1}, [O_SHARE_C] = {"--share-channels", 0},
+    [O_SHARE_N] = {"--share-batch", 0}, [O_COMPAT] = {"--compat", 1}, [O_BACKWARD] = {"--backward", 0},
+    [O_EVAL] = {"--eval", 0}, [O_INPUT] = {"--input", 1}, [O_OUTPUT] = {"--output", 1}, [O_MASK] = {"--mask", 1},
+    [O_FORMAT] = {"--format", 1}, [O_HELP] = {"--help", 0}, {NULL, 0}};
+
+/* Returns -1 to go on, else an exit status (0 after --help). */
+static int parse_run(int argc, char **argv, struct run_args *a)
+{
+    dropblock_params *p = &a->p;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        int k = next_opt(run_table, argc, argv, &i, &v), x;
+        if (k == -2) { err("run: unexpected argument \"%s\" (see dropblock run --help)", argv[i]); return EXIT_USAGE; }
+        if (k < 0) return EXIT_USAGE;
+        switch (k) {
+        case O_LOCAL: a->eo.local = 1; break;
+        case O_SOCKET: a->eo.socket = v; break;
+        case O_BACKEND: a->eo.backend = v; break;
+        case O_DEVICE: a->device = v; break;
+        case O_SHAPE:
+            if (parse_u64_list(v, p->shape, 4, 4) < 0) {
+                err("--shape %s: must be four unsigned integers N,C,H,W", v);
+                return EXIT_USAGE;
+            }
+            a->have_shape = 1;
+            break;
+        case O_LAYOUT:
+            /* exact names, as dropblock_ref.py's choices (the API's parser also takes lower case) */
+            if (strcmp(v, "NCHW") && strcmp(v, "NHWC")) { err("--layout %s: must be NCHW or NHWC", v); return EXIT_USAGE; }
+            p->layout = (dropblock_layout)dropblock_parse_layout(v);
+            break;
+        case O_DTYPE:
+            if ((x = dropblock_parse_dtype(v)) < 0) { err("--dtype %s: must be f32, f16 or bf16", v); return EXIT_USAGE; }
+            p->dtype = (dropblock_dtype)x;
+            a->dtype_given = 1;
+            break;
+        case O_RATE:
+            if (parse_rate(v, &p->rate)) { err("--rate %s: not a decimal number", v); return EXIT_USAGE; }
+            break;
+        case O_BLOCK:
+            if ((x = parse_u64_list(v, p->block, 1, 2)) < 0) {
+                err("--block %s: must be B or BH,BW (unsigned integers)", v);
+                return EXIT_USAGE;
+            }
+            if (x == 1) p->block[1] = p->block[0];
+            break;
+        case O_SEED: if (parse_u64_opt("--seed", v, &p->seed)) return EXIT_USAGE; break;
+        case O_STREAM: if (parse_u64_opt("--stream", v, &p->stream)) return EXIT_USAGE; break;
+        case O_NORMALIZE:
+            if ((x = dropblock_parse_normalize(v)) < 0) {
+                err("--normalize %s: must be global, sample or none", v);
+                return EXIT_USAGE;
+            }
+            p->normalize = (dropblock_normalize)x;
+            break;
+        case O_SHARE_C: p->share |= DROPBLOCK_SHARE_CHANNELS; break;
+        case O_SHARE_N: p->share |= DROPBLOCK_SHARE_BATCH; break;
+        case O_COMPAT:
+            if ((x = dropblock_parse_compat(v)) < 0) { err("--compat %s: must be none or keras_cv", v); return EXIT_USAGE; }
+            p->compat = (dropblock_compat)x;
+            break;
+        case O_BACKWARD: p->mode = DROPBLOCK_BACKWARD; break;
+        case O_EVAL: p->training = 0; break;
+        case O_INPUT: a->input = v; break;
+        case O_OUTPUT: a->output = v; break;
+        case O_MASK: a->mask = v; break;
+        case O_FORMAT:
+            if (strcmp(v, "hex") && strcmp(v, "dec")) { err("--format %s: must be hex or dec", v); return EXIT_USAGE; }
+            a->format = !strcmp(v, "hex");
+            break;
+        case O_HELP: fputs(usage_run, stdout); return 0;
+        }
+    }
+    if (check_backend(a->eo.backend)) return EXIT_USAGE;
+    return -1;
+}
+
+/* Physical dims of the logical shape in the layout's order. */
+static void physical_shape(const dropblock_params *p, uint64_t d[4])
+{
+    const uint64_t *s = p->shape;
+    if (p->layout == DROPBLOCK_NCHW) { d[0] = s[0]; d[1] = s[1]; d[2] = s[2]; d[3] = s[3]; }
+    else { d[0] = s[0]; d[1] = s[2]; d[2] = s[3]; d[3] = s[1]; }
+}
+
+/* Loads --input into *x (malloc'ed, tensor_bytes of the final request). Returns -1 or an exit status. */
+static int load_input(struct run_args *a, void **x)
+{
+    dropblock_params *p = &a->p;
+    static const char tfu[] = "tf-uniform:";
+    *x = NULL;
+    if (!strncmp(a->input, tfu, sizeof tfu - 1)) {
+        uint64_t s[2];
+        if (parse_u64_list(a->input + sizeof tfu - 1, s, 2, 2) < 0) {
+            err("--input %s: must be tf-uniform:S0,S1 with two unsigned 64-bit integers, or an .npy file", a->input);
+            return EXIT_USAGE;
+        }
+        if (!a->have_shape) { err("--shape is required unless --input is an .npy file"); return EXIT_USAGE; }
+        char msg[256];
+        if (dropblock_params_validate(p, msg, sizeof msg)) { err("%s", msg); return EXIT_USAGE; }
+        uint64_t bytes = dropblock_tensor_bytes(p);
+        if (bytes > SIZE_MAX || !(*x = malloc((size_t)bytes))) {
+            err("out of memory for a %llu-byte input", (unsigned long long)bytes);
+            return EXIT_FAIL;
+        }
+        if (db_fill_tf_uniform(p->dtype, s[0], s[1], dropblock_numel(p), *x)) {
+            err("out of memory generating the tf-uniform input");
+            free(*x);
+            *x = NULL;
+            return EXIT_FAIL;
+        }
+        return -1;
+    }
+    int dtype, nd;
+    uint64_t dims[DB_NPY_MAX_DIMS], nbytes;
+    char msg[512];
+    int rc = db_npy_read(a->input, a->dtype_given ? (int)p->dtype : -1, &dtype, dims, &nd, x, &nbytes, msg, sizeof msg);
+    if (rc) {
+        err("--input %s", msg);
+        /* a valid file of another dtype than --dtype asks for is an argument problem */
+        return rc == DROPBLOCK_ERANGE ? EXIT_USAGE : EXIT_FAIL;
+    }
+    const char *order = p->layout == DROPBLOCK_NCHW ? "N,C,H,W" : "N,H,W,C";
+    if (nd != 4) {
+        err("--input %s: the array has %d dimensions; a %s tensor needs 4 (%s)", a->input, nd,
+            dropblock_layout_name(p->layout), order);
+        goto usage;
+    }
+    uint64_t logical[4] = {dims[0], dims[1], dims[2], dims[3]};
+    if (p->layout == DROPBLOCK_NHWC) { logical[1] = dims[3]; logical[2] = dims[1]; logical[3] = dims[2]; }
+    if (a->have_shape && memcmp(logical, p->shape, sizeof logical)) {
+        err("--shape %llu,%llu,%llu,%llu does not match %s: its %s shape (%llu, %llu, %llu, %llu) is N,C,H,W = "
+            "%llu,%llu,%llu,%llu", (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
+            (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], a->input, order,
+            (unsigned long long)dims[0], (unsigned long long)dims[1], (unsigned long long)dims[2],
+            (unsigned long long)dims[3], (unsigned long long)logical[0], (unsigned long long)logical[1],
+            (unsigned long long)logical[2], (unsigned long long)logical[3]);
+        goto usage;
+    }
+    memcpy(p->shape, logical, sizeof logical);
+    p->dtype = (dropblock_dtype)dtype;
+    if (dropblock_params_validate(p, msg, sizeof msg)) { err("--input %s: %s", a->input, msg); goto usage; }
+    return -1;
+usage:
+    free(*x);
+    *x = NULL;
+    return EXIT_USAGE;
+}
+
+static int write_file(const char *path, const void *buf, uint64_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) { err("%s: cannot create: %s", path, strerror(errno)); return -1; }
+    int ok = fwrite(buf, 1, (size_t)n, f) == n;
+    int e = errno;
+    if (fclose(f) && ok) { ok = 0; e = errno; }
+    if (!ok) { err("%s: write failed: %s", path, strerror(e)); remove(path); return -1; }
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void print_summary(const struct run_args *a, const dropblock_result *r, const dropblock_device_info *dev,
+                          double wall)
+{
+    const dropblock_params *p = &a->p;
+    printf("device %s", r->device);
+    if (dev) printf(" (%s: %s)", dropblock_device_kind_name(dev->kind), dev->name);
+    printf("\nrequest %llux%llux%llux%llu %s %s, rate %g, block %llux%llu, seed %llu, stream %llu, normalize %s%s%s%s%s%s\n",
+           (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
+           (unsigned long long)p->shape[3], dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype),
+           (double)p->rate, (unsigned long long)p->block[0], (unsigned long long)p->block[1],
+           (unsigned long long)p->seed, (unsigned long long)p->stream, dropblock_normalize_name(p->normalize),
+           p->share & DROPBLOCK_SHARE_CHANNELS ? ", share channels" : "",
+           p->share & DROPBLOCK_SHARE_BATCH ? ", share batch" : "",
+           p->compat == DROPBLOCK_COMPAT_KERAS_CV ? ", compat keras_cv" : "",
+           p->mode == DROPBLOCK_BACKWARD ? ", backward" : "", p->training ? "" : ", eval");
+    float scale;
+    memcpy(&scale, &r->scale_bits, 4);
+    printf("kept K %llu of S %llu (%.4f%%), %s %.9g (0x%08x)\n", (unsigned long long)r->kept,
+           (unsigned long long)r->total, r->total ? 100.0 * (double)r->kept / (double)r->total : 0.0,
+           p->compat == DROPBLOCK_COMPAT_KERAS_CV ? "percent (divisor)" : "scale", (double)scale, r->scale_bits);
+    printf("time mask %llu us, scale %llu us, apply %llu us, job %llu us; wall %.0f us\n",
+           (unsigned long long)r->timing_us[0], (unsigned long long)r->timing_us[1],
+           (unsigned long long)r->timing_us[2], (unsigned long long)r->timing_us[3], wall * 1e6);
+}
+
+/* --device: "auto", an id, or a number (the N-th device of --backend, else of the list). */
+static int resolve_device(const struct run_args *a, const dropblock_device_info *d, size_t n, char *id, size_t len)
+{
+    uint64_t k;
+    if (!a->device || !strcmp(a->device, "auto")) { id[0] = 0; return 0; }
+    if (!parse_u64(a->device, &k)) {
+        if (a->eo.backend) { snprintf(id, len, "%s:%llu", a->eo.backend, (unsigned long long)k); return 0; }
+        if (k >= n) {
+            err("--device %s: there are only %zu devices (dropblock devices --local)", a->device, n);
+            return EXIT_FAIL;
+        }
+        snprintf(id, len, "%s", d[k].id);
+        return 0;
+    }
+    const char *colon = strchr(a->device, ':');
+    if (!colon) {
+        err("--device %s: must be a number or an id such as cpu:0, opencl:0, vulkan:0", a->device);
+        return EXIT_USAGE;
+    }
+    if (a->eo.backend && (strlen(a->eo.backend) != (size_t)(colon - a->device) ||
+                          strncmp(a->eo.backend, a->device, (size_t)(colon - a->device)))) {
+        err("--device %s is not a device of --backend %s", a->device, a->eo.backend);
+        return EXIT_USAGE;
+    }
+    snprintf(id, len, "%s", a->device);
+    return 0;
+}
+
+static int cmd_run(int argc, char **argv, struct engine_opts eo)
+{
+    struct run_args a;
+    memset(&a, 0, sizeof a);
+    a.eo = eo;
+    dropblock_params_init(&a.p);
+    a.input = "tf-uniform:0,1";
+    a.format = -1;
+    int st = parse_run(argc, argv, &a);
+    if (st >= 0) return st;
+
+    void *x = NULL, *y = NULL;
+    uint8_t *mask = NULL;
+    dropblock_t *h = NULL;
+    dropblock_device_info *devs = NULL;
+    if ((st = load_input(&a, &x)) >= 0) return st;
+    dropblock_params *p = &a.p;
+    uint64_t bytes = dropblock_tensor_bytes(p), n = dropblock_numel(p), mbytes = dropblock_mask_bytes(p);
+    st = EXIT_FAIL;
+    if (!(y = malloc(bytes ? (size_t)bytes : 1)) || (a.mask && !(mask = malloc(mbytes ? (size_t)mbytes : 1)))) {
+        err("out of memory for the %llu-byte output", (unsigned long long)bytes);
+        goto out;
+    }
+    if ((st = open_engine(&a.eo, &h))) goto out;
+    size_t ndev;
+    char id[64];
+    st = EXIT_FAIL;
+    if (!(devs = list_devices(h, &ndev))) { err("cannot list the devices: out of memory"); goto out; }
+    if ((st = resolve_device(&a, devs, ndev, id, sizeof id))) goto out;
+    dropblock_result res;
+    double t0 = now_s();
+    /* distinct input and output buffers: the input stays intact, whatever a backend does in place */
+    int rc = dropblock_run(h, p, x, y, mask, id[0] ? id : NULL, &res);
+    double wall = now_s() - t0;
+    if (rc) {
+        err("run failed%s%s: %s", res.device[0] ? " on " : "", res.device,
+            res.message[0] ? res.message : dropblock_strerror(rc));
+        /* invalid_argument: the request itself (e.g. keras_cv's division by zero), not the machine */
+        st = rc == DROPBLOCK_EINVAL ? EXIT_USAGE : EXIT_FAIL;
+        goto out;
+    }
+    st = EXIT_FAIL;
+    if (a.output) {
+        uint64_t phys[4];
+        char msg[512];
+        physical_shape(p, phys);
+        if (db_npy_write(a.output, p->dtype, phys, 4, y, msg, sizeof msg)) { err("--output %s", msg); goto out; }
+    }
+    if (a.mask && write_file(a.mask, mask, mbytes)) goto out;
+    if (a.format >= 0) {
+        if (db_print_result(stdout, &res, p->dtype, y, n, a.format)) { err("write error on stdout"); goto out; }
+    } else if (!a.output) {
+        const dropblock_device_info *dev = NULL;
+        for (size_t i = 0; i < ndev; i++)
+            if (!strcmp(devs[i].id, res.device)) dev = &devs[i];
+        print_summary(&a, &res, dev, wall);
+    }
+    st = fflush(stdout) ? (err("write error on stdout: %s", strerror(errno)), EXIT_FAIL) : 0;
+out:
+    free(devs);
+    if (h) dropblock_close(h);
+    free(x);
+    free(y);
+    free(mask);
+    return st;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct opt table[] = {{"--local", 0}, {"--socket", 1}, {"--help", 0}, {"--version", 0}, {NULL, 0}};
+    struct engine_opts eo = {0, NULL, NULL};
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *v;
+        int k = next_opt(table, argc, argv, &i, &v);
+        if (k == -2) break;
+        if (k < 0) return EXIT_USAGE;
+        if (k == 0) eo.local = 1;
+        else if (k == 1) eo.socket = v;
+        else if (k == 2) { fputs(usage_main, stdout); return 0; }
+        else { printf("dropblock %d.%d (protocol %d)\n", DROPBLOCK_VERSION_MAJOR, DROPBLOCK_VERSION_MINOR,
+                      DROPBLOCK_PROTOCOL_VERSION); return 0; }
+    }
+    if (i >= argc) { fputs(usage_main, stderr); return EXIT_USAGE; }
+    const char *cmd = argv[i++];
+    if (!strcmp(cmd, "run")) return cmd_run(argc - i, argv + i, eo);
+    if (!strcmp(cmd, "devices")) return cmd_devices(argc - i, argv + i, eo);
+    if (!strcmp(cmd, "help")) {
+        const char *what = i < argc ? argv[i] : "";
+        fputs(!strcmp(what, "run") ? usage_run : !strcmp(what, "devices") ? usage_devices : usage_main, stdout);
+        return 0;
+    }
+    err("unknown command \"%s\" (commands: run, devices; see dropblock --help)", cmd);
+    return EXIT_USAGE;
+}

@@ -8,7 +8,8 @@ uint64_t db_chunk_units(const struct db_plan *pl, uint64_t max_bytes, char *msg,
     uint64_t cap = max_bytes < DB_CHUNK_CAP ? max_bytes : DB_CHUNK_CAP;
     uint64_t data = db_unit_elems(pl) * dropblock_dtype_size(pl->p.dtype);
     uint64_t maskb = db_unit_rows(pl) * db_row_words(pl) * 4;
-    uint64_t cnt = db_unit_rows(pl) * 4;
+    /* counts (4 bytes a row) and per-sample partial sums (8 bytes a sample, at most one a row) */
+    uint64_t cnt = db_unit_rows(pl) * 8;
     uint64_t per = data > maskb ? data : maskb;
     if (cnt > per) per = cnt;
     if (per > cap) {

@@ -15,7 +15,7 @@ struct db_chunk {
     uint64_t n0, nsamp;   /* samples touched */
 };
 
-/* Units per chunk so that the chunk's data, mask and count buffers each fit in max_bytes
+/* Units per chunk so that the chunk's data, mask, count and partial-sum buffers each fit in max_bytes
  * (also capped at 1 GiB so indices stay 32-bit). 0 when a single unit does not fit: the
  * message then says why. */
 uint64_t db_chunk_units(const struct db_plan *pl, uint64_t max_bytes, char *msg, size_t len);

@@ -783,6 +783,35 @@ static int mkdir_parents(const char *path, mode_t mode)
     return 0;
 }
 
+/* Checks the path before the (slow) engine start: refuses a live daemon or a non-socket. */
+static int check_socket_path(const char *path)
+{
+    struct sockaddr_un sa = {0};
+    sa.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof sa.sun_path) {
+        fprintf(stderr, "dropblockd: socket path too long (%zu bytes, at most %zu): %s\n", strlen(path),
+                sizeof sa.sun_path - 1, path);
+        return -1;
+    }
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    struct stat st;
+    if (lstat(path, &st) < 0) return 0;
+    if (!S_ISSOCK(st.st_mode)) {
+        fprintf(stderr, "dropblockd: %s exists and is not a socket; not touching it\n", path);
+        return -1;
+    }
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (probe >= 0) close(probe);
+    if (live) {
+        fprintf(stderr, "dropblockd: another daemon is serving %s\n", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Binds the socket once the daemon can serve, so a client never connects to a daemon that is
+ * still starting its devices. */
 static int listen_on(struct server *s, const char *path, int dir_private)
 {
     struct sockaddr_un sa = {0};
@@ -797,21 +826,8 @@ static int listen_on(struct server *s, const char *path, int dir_private)
         fprintf(stderr, "dropblockd: cannot create the directory of %s: %s\n", path, strerror(errno));
         return -1;
     }
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            fprintf(stderr, "dropblockd: %s exists and is not a socket; not touching it\n", path);
-            return -1;
-        }
-        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0) {
-            close(probe);
-            fprintf(stderr, "dropblockd: another daemon is serving %s\n", path);
-            return -1;
-        }
-        if (probe >= 0) close(probe);
-        unlink(path); /* stale: nothing answers */
-    }
+    if (check_socket_path(path) < 0) return -1; /* again: the engine start took a while */
+    unlink(path);                                /* a stale socket: nothing answers on it */
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) { perror("dropblockd: socket"); return -1; }
     mode_t old = umask(0117); /* the socket is born 0660: no window with looser modes */
@@ -965,20 +981,23 @@ int main(int argc, char **argv)
 
     int act = activated_socket(s);
     if (act < 0) return 1;
-    if (!act) {
-        char path[sizeof s->socket_path];
-        if (socket_opt) snprintf(path, sizeof path, "%s", socket_opt);
-        else dropblock_default_socket(path, sizeof path);
-        const char *xdg = getenv("XDG_RUNTIME_DIR");
-        int private_dir = !socket_opt && xdg && *xdg && !getenv("DROPBLOCK_SOCKET");
-        if (listen_on(s, path, private_dir || socket_opt) < 0) return 1;
-    }
+    char path[sizeof s->socket_path];
+    if (socket_opt) snprintf(path, sizeof path, "%s", socket_opt);
+    else dropblock_default_socket(path, sizeof path);
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    int private_dir = socket_opt || (xdg && *xdg && !getenv("DROPBLOCK_SOCKET"));
+    if (!act && check_socket_path(path) < 0) return 1;
 
+    /* signals first: a SIGTERM during the device start-up stops the daemon cleanly */
+    uv_signal_init(s->loop, &s->sig_term);
+    uv_signal_init(s->loop, &s->sig_int);
+    s->sig_term.data = s->sig_int.data = s;
+    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&s->sig_int, on_signal, SIGINT);
     char msg[512];
     if (db_engine_open(&s->engine, NULL, devices, cache_dir, engine_log, s, msg, sizeof msg)) {
         fprintf(stderr, "dropblockd: %s\n", msg);
-        close(s->listen_fd);
-        if (s->owns_socket) unlink(s->socket_path);
+        if (act) close(s->listen_fd);
         return 1;
     }
     for (size_t i = 0; i < db_engine_device_count(s->engine); i++) {
@@ -991,17 +1010,18 @@ int main(int argc, char **argv)
         db_engine_close(s->engine);
         return 1;
     }
+    if (!act && listen_on(s, path, private_dir) < 0) {
+        jobs_stop(s->jobs);
+        uv_run(s->loop, UV_RUN_NOWAIT);
+        db_engine_close(s->engine);
+        return 1;
+    }
     uv_poll_init(s->loop, &s->listen_poll, s->listen_fd);
     s->listen_poll.data = s;
     uv_poll_start(&s->listen_poll, UV_READABLE, on_listen);
     s->listening = 1;
     uv_timer_init(s->loop, &s->accept_pause);
     s->accept_pause.data = s;
-    uv_signal_init(s->loop, &s->sig_term);
-    uv_signal_init(s->loop, &s->sig_int);
-    s->sig_term.data = s->sig_int.data = s;
-    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
-    uv_signal_start(&s->sig_int, on_signal, SIGINT);
     logmsg(s, LOG_INFO, "serving %s%s (pid %d)", s->socket_path, act ? " (socket activation)" : "", (int)getpid());
 
     uv_run(s->loop, UV_RUN_DEFAULT);

@@ -43,8 +43,11 @@ class Daemon:
         for _ in range(600):
             if os.path.exists(self.path):
                 try:
-                    Client(self.path).close()
-                    return
+                    c = Client(self.path)
+                    ok = (c.call({"op": "hello"}) or {}).get("ok")
+                    c.close()
+                    if ok:
+                        return
                 except OSError:
                     pass
             if self.proc.poll() is not None:

@@ -1,0 +1,456 @@
+#!/usr/bin/env python3
+"""The dropblock command-line tool against the executable spec's command line.
+
+  test_cli.py --cli build/client/dropblock [--spec-dir DIR] [--backends cpu,opencl,vulkan]
+
+For every backend that `dropblock devices --local` lists (or --backends), each case runs as
+`dropblock run --local --backend B ... --format hex|dec` and as `dropblock_ref.py ... --format
+hex|dec` with the same flags; stdout must be byte-identical. Then the tool's own behaviour:
+exit status 2 and a message for bad arguments, .npy input/output round trips (with a small .npy
+writer and reader here, so numpy is not needed), the packed mask file, and malformed .npy files.
+Python standard library only.
+"""
+import argparse
+import concurrent.futures as cf
+import importlib.util
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+U64_MAX = (1 << 64) - 1
+
+
+class Ctx:
+    cli = None
+    spec_dir = None
+    ref = None          # the dropblock_ref module, for inputs and masks
+    tmp = None
+
+
+def run(cmd, timeout=300):
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+def cli(*args):
+    return run([Ctx.cli] + [str(a) for a in args])
+
+
+def ref_cli(args):
+    return run([sys.executable, os.path.join(Ctx.spec_dir, "dropblock_ref.py")] + [str(a) for a in args])
+
+
+# ---------------------------------------------------------------- reference comparisons
+def matrix():
+    """(name, flags) with flags valid for dropblock_ref.py; --format is added per case."""
+    cases = []
+    for layout in ("NCHW", "NHWC"):
+        for dtype in ("f32", "f16", "bf16"):
+            L = ["--layout", layout, "--dtype", dtype]
+            cases += [
+                ("odd block %s %s" % (layout, dtype),
+                 L + ["--shape", "2,3,9,7", "--block", "3,2", "--rate", "0.2", "--seed", "42", "--stream", "5"]),
+                ("keras_cv %s %s" % (layout, dtype),
+                 L + ["--shape", "2,3,7,9", "--block", "3", "--rate", "0.5", "--seed", "7", "--compat", "keras_cv"]),
+                ("share channels, sample %s %s" % (layout, dtype),
+                 L + ["--shape", "3,2,6,6", "--block", "2", "--rate", "0.3", "--seed", "9", "--share-channels",
+                      "--normalize", "sample", "--input", "tf-uniform:5,6"]),
+            ]
+    cases += [
+        ("defaults", ["--shape", "1,2,8,8"]),
+        ("share batch, none", ["--shape", "3,2,7,7", "--block", "3", "--rate", "0.4", "--share-batch",
+                               "--normalize", "none"]),
+        ("share both NHWC f16", ["--shape", "3,2,7,7", "--block", "2,3", "--rate", "0.4", "--share-batch",
+                                 "--share-channels", "--layout", "NHWC", "--dtype", "f16"]),
+        ("backward", ["--shape", "2,3,8,8", "--block", "3", "--rate", "0.3", "--seed", "11", "--backward"]),
+        ("backward keras_cv NHWC bf16", ["--shape", "2,3,8,8", "--block", "3", "--rate", "0.3", "--seed", "11",
+                                         "--backward", "--compat", "keras_cv", "--layout", "NHWC", "--dtype", "bf16"]),
+        ("eval", ["--shape", "2,3,8,8", "--block", "3", "--rate", "0.3", "--eval", "--dtype", "f16"]),
+        ("u64 seed and stream", ["--shape", "2,3,9,9", "--block", "3", "--rate", "0.3",
+                                 "--seed", "18446744073709551557", "--stream", str(U64_MAX)]),
+        ("keras_cv u64 seed, stream 7", ["--shape", "2,3,9,9", "--block", "3", "--rate", "0.3", "--compat",
+                                         "keras_cv", "--seed", str(U64_MAX - 15), "--stream", "7"]),
+        ("keras_cv H>W, block > map", ["--shape", "1,2,9,5", "--block", "9,3", "--rate", "0.5", "--compat",
+                                       "keras_cv"]),
+        ("u64 tf-uniform seed", ["--shape", "1,3,5,37", "--block", "3,2", "--rate", "0.2",
+                                 "--input", "tf-uniform:%d,3" % U64_MAX]),
+        ("SPEC 6: 1x1x7x7 rate 1 block 7", ["--shape", "1,1,7,7", "--rate", "1", "--block", "7"]),
+        ("rate 0", ["--shape", "2,2,5,5", "--rate", "0", "--block", "2"]),
+        ("rate 1 block 3", ["--shape", "2,2,8,8", "--rate", "1", "--block", "3", "--layout", "NHWC"]),
+        ("block larger than map", ["--shape", "2,3,5,6", "--rate", "0.5", "--block", "7,9", "--dtype", "bf16"]),
+        ("1x1 maps", ["--shape", "3,7,1,1", "--rate", "0.5", "--block", "3"]),
+        ("width 100", ["--shape", "2,1,4,100", "--rate", "0.15", "--block", "1,33", "--layout", "NHWC"]),
+        ("rate needing double rounding", ["--shape", "1,2,12,12", "--rate", "0.333333343267", "--block", "3"]),
+        ("--flag=value syntax", ["--shape=2,2,6,6", "--rate=0.4", "--block=2", "--seed=3", "--layout=NHWC"]),
+    ]
+    out = [(n, f, "hex") for n, f in cases]
+    dec = [c for c in cases if c[0].startswith(("odd block", "keras_cv N", "eval", "SPEC", "block larger"))]
+    out += [(n + " (dec)", f, "dec") for n, f in dec]
+    return out
+
+
+def compare_case(backend, flags, fmt, ref_out):
+    rc, out, err = cli("run", "--local", "--backend", backend, *flags, "--format", fmt)
+    if rc != 0:
+        return False, "exit %d: %s" % (rc, err.strip())
+    if ref_out[0] != 0:
+        return False, "the reference failed: " + ref_out[2].strip()[-300:]
+    if out != ref_out[1]:
+        a, b = json.loads(out), json.loads(ref_out[1])
+        for k in ("kept", "total", "scale_bits"):
+            if a.get(k) != b.get(k):
+                return False, "%s: dropblock %s, reference %s" % (k, a.get(k), b.get(k))
+        va, vb = a.get("values", []), b.get("values", [])
+        for i, (x, y) in enumerate(zip(va, vb)):
+            if x != y:
+                return False, "value %d: dropblock %s, reference %s" % (i, x, y)
+        return False, "stdout differs (%d vs %d bytes)" % (len(out), len(ref_out[1]))
+    return True, ""
+
+
+# ---------------------------------------------------------------- tiny .npy writer and reader
+def npy_bytes(descr, shape, data, version=(1, 0), fortran=False, quote="'", tight=False):
+    """An .npy image as numpy writes it (or with other quoting/spacing, to test the parser)."""
+    q = quote
+    shp = "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    if tight:
+        d = "{%sdescr%s:%s%s%s,%sshape%s:%s,%sfortran_order%s:%s}" % (q, q, q, descr, q, q, q, shp, q, q,
+                                                                      "True" if fortran else "False")
+    else:
+        d = "{%sdescr%s: %s%s%s, %sfortran_order%s: %s, %sshape%s: %s, }" % (
+            q, q, q, descr, q, q, q, "True" if fortran else "False", q, q, shp)
+    pre = 10 if version[0] == 1 else 12
+    hlen = len(d) + 1
+    pad = 64 - (pre + hlen) % 64
+    h = (d + " " * pad + "\n").encode()
+    size = struct.pack("<H", len(h)) if version[0] == 1 else struct.pack("<I", len(h))
+    return b"\x93NUMPY" + bytes(version) + size + h + data
+
+
+def npy_parse(b):
+    """(descr, fortran, shape, header_total, data) of an .npy image written by the tool."""
+    assert b[:6] == b"\x93NUMPY", "bad magic"
+    assert b[6:8] == b"\x01\x00", "version %r" % b[6:8]
+    hl = struct.unpack("<H", b[8:10])[0]
+    h = b[10:10 + hl].decode()
+    assert h.endswith("\n"), "header does not end with a newline"
+    d = eval(h, {"__builtins__": {}}, {"True": True, "False": False})   # a dict literal, as numpy reads it
+    return d["descr"], d["fortran_order"], tuple(d["shape"]), 10 + hl, b[10 + hl:]
+
+
+def physical(shape, layout):
+    N, C, H, W = shape
+    return (N, C, H, W) if layout == "NCHW" else (N, H, W, C)
+
+
+def tf_input(shape, dtype, s0, s1):
+    """The bits of `--input tf-uniform:s0,s1` (physical order), from the spec module."""
+    enc = Ctx.ref.ENC[dtype][0]
+    n = shape[0] * shape[1] * shape[2] * shape[3]
+    return [enc(v) for v in Ctx.ref.tf_stateless_uniform(n, s0, s1)]
+
+
+def pack(bits, dtype):
+    return struct.pack("<%d%s" % (len(bits), "I" if dtype == "f32" else "H"), *bits)
+
+
+DESCR = {"f32": "<f4", "f16": "<f2", "bf16": "<u2"}
+
+
+def npy_roundtrip(backend, layout, dtype, give_dtype, give_shape):
+    shape, s0, s1 = (2, 3, 6, 5), 12, 34
+    flags = ["--block", "3,2", "--rate", "0.3", "--seed", "99", "--layout", layout]
+    sflag = ["--shape", ",".join(map(str, shape))]
+    x = tf_input(shape, dtype, s0, s1)
+    path = os.path.join(Ctx.tmp, "in-%s-%s-%s-%d%d.npy" % (backend, layout, dtype, give_dtype, give_shape))
+    outp = path.replace("in-", "out-")
+    with open(path, "wb") as f:
+        f.write(npy_bytes(DESCR[dtype], physical(shape, layout), pack(x, dtype)))
+    rrc, rout, rerr = ref_cli(flags + sflag + ["--dtype", dtype, "--input", "tf-uniform:%d,%d" % (s0, s1)])
+    if rrc:
+        return False, "reference failed: " + rerr[-300:]
+    args = ["run", "--local", "--backend", backend] + flags + ["--input", path, "--output", outp, "--format", "hex"]
+    args += (["--dtype", dtype] if give_dtype else []) + (sflag if give_shape else [])
+    rc, out, err = cli(*args)
+    if rc:
+        return False, "exit %d: %s" % (rc, err.strip())
+    if out != rout:
+        return False, "stdout with the .npy input differs from the reference with tf-uniform input"
+    with open(outp, "rb") as f:
+        descr, fortran, shp, htotal, data = npy_parse(f.read())
+    if (descr, fortran, shp) != (DESCR[dtype], False, physical(shape, layout)):
+        return False, "output header %r %r %r" % (descr, fortran, shp)
+    if htotal % 64:
+        return False, "data starts at %d, not a multiple of 64" % htotal
+    want = json.loads(rout)["values"]
+    width = 8 if dtype == "f32" else 4
+    n = len(want)
+    got = struct.unpack("<%d%s" % (n, "I" if dtype == "f32" else "H"), data) if len(data) == n * width // 2 else None
+    if got is None:
+        return False, "output data is %d bytes, expected %d" % (len(data), n * width // 2)
+    if ["0x%0*x" % (width, b) for b in got] != want:
+        return False, "output .npy values differ from --format hex"
+    # --output alone prints nothing
+    rc, out, err = cli(*[a for a in args if a not in ("--format", "hex")])
+    if rc or out:
+        return False, "--output without --format: exit %d, stdout %r" % (rc, out[:80])
+    return True, ""
+
+
+def expect_fail(args, code, words, name=None):
+    rc, out, err = cli(*args)
+    if rc != code:
+        return False, "exit %d, expected %d (stderr: %s)" % (rc, code, err.strip()[:300])
+    if not err.startswith("dropblock: "):
+        return False, "stderr does not start with 'dropblock: ': %r" % err[:200]
+    for w in words:
+        if w.lower() not in err.lower():
+            return False, "message %r does not mention %r" % (err.strip(), w)
+    if out:
+        return False, "stdout not empty: %r" % out[:100]
+    return True, ""
+
+
+def bad_arg_checks():
+    base = ["run", "--local", "--backend", "cpu", "--shape", "1,2,5,5"]
+    two = [
+        ("unknown flag", base + ["--frobnicate"], ["unknown option --frobnicate"]),
+        ("--rate 2", base + ["--rate", "2"], ["rate", "[0, 1]"]),
+        ("--rate nan", base + ["--rate", "nan"], ["rate", "nan"]),
+        ("--rate -0.5", base + ["--rate", "-0.5"], ["rate"]),
+        ("--rate abc", base + ["--rate", "abc"], ["--rate abc"]),
+        ("--rate empty", base + ["--rate", ""], ["--rate"]),
+        ("--block 0", base + ["--block", "0"], ["block", "0"]),
+        ("--block 3,0", base + ["--block", "3,0"], ["block width"]),
+        ("--block 1,2,3", base + ["--block", "1,2,3"], ["--block 1,2,3"]),
+        ("--shape 1,2,3", ["run", "--local", "--shape", "1,2,3"], ["--shape 1,2,3", "N,C,H,W"]),
+        ("--shape 0,1,1,1", ["run", "--local", "--shape", "0,1,1,1"], ["shape N is 0"]),
+        ("--shape over 2^40", ["run", "--local", "--shape", "1024,1024,1024,1025"], ["2^40"]),
+        ("--shape missing", ["run", "--local", "--rate", "0.5"], ["--shape is required"]),
+        ("--seed -1", base + ["--seed", "-1"], ["--seed -1", "unsigned 64-bit"]),
+        ("--seed 2^64", base + ["--seed", "18446744073709551616"], ["--seed 18446744073709551616"]),
+        ("--seed 0x10", base + ["--seed", "0x10"], ["--seed 0x10"]),
+        ("--stream abc", base + ["--stream", "abc"], ["--stream abc"]),
+        ("--dtype f64", base + ["--dtype", "f64"], ["--dtype f64", "f32, f16 or bf16"]),
+        ("--layout XYZ", base + ["--layout", "XYZ"], ["--layout XYZ", "NCHW or NHWC"]),
+        ("--normalize batch", base + ["--normalize", "batch"], ["--normalize batch"]),
+        ("--compat torch", base + ["--compat", "torch"], ["--compat torch"]),
+        ("--format xml", base + ["--format", "xml"], ["--format xml"]),
+        ("--backend metal", base + ["--backend", "metal"], ["--backend metal"]),
+        ("missing value", base + ["--rate"], ["--rate needs a value"]),
+        ("flag with a value", base + ["--eval=1"], ["--eval takes no value"]),
+        ("positional argument", base + ["extra"], ["unexpected argument"]),
+        ("--input tf-uniform:1", base + ["--input", "tf-uniform:1"], ["tf-uniform:S0,S1"]),
+        ("--input tf-uniform:-1,2", base + ["--input", "tf-uniform:-1,2"], ["tf-uniform"]),
+        ("keras_cv with sample", base + ["--compat", "keras_cv", "--normalize", "sample"], ["keras_cv"]),
+        ("keras_cv with share", base + ["--compat", "keras_cv", "--share-channels"], ["keras_cv"]),
+        ("keras_cv division by zero", base + ["--compat", "keras_cv", "--block", "6"], ["divide by zero"]),
+        ("keras_cv all dropped", ["run", "--local", "--backend", "cpu", "--shape", "1,1,3,3", "--block", "3",
+                                  "--rate", "1", "--compat", "keras_cv"], ["every unit was dropped"]),
+        ("--device of another backend", base + ["--device", "opencl:0"], ["not a device of --backend cpu"]),
+        ("--device garbage", base + ["--device", "gpu"], ["--device gpu"]),
+        ("unknown command", ["frob"], ["unknown command"]),
+        ("no command", ["--local"], []),
+        ("devices: unknown flag", ["devices", "--local", "--verbose"], ["unknown option --verbose"]),
+    ]
+    checks = []
+    for name, args, words in two:
+        if name == "no command":
+            checks.append(("bad args: " + name, lambda a=args: usage_on_stderr(a)))
+        else:
+            checks.append(("bad args: " + name, lambda a=args, w=words: expect_fail(a, 2, w)))
+    one = [
+        ("no --local", ["run", "--shape", "1,1,4,4"], ["daemon mode is not available", "--local"]),
+        ("no --local, --socket", ["--socket", "/tmp/x.sock", "run", "--shape", "1,1,4,4"], ["/tmp/x.sock"]),
+        ("devices without --local", ["devices"], ["--local"]),
+        ("--device 99", base + ["--device", "99"], ["cpu:99", "not found"]),
+        ("--device 99 without backend", ["run", "--local", "--shape", "1,1,4,4", "--device", "99"], ["only"]),
+        ("missing .npy", base[:4] + ["--input", os.path.join(Ctx.tmp, "nonexistent.npy")], ["cannot open"]),
+        ("unwritable --output", base + ["--output", os.path.join(Ctx.tmp, "no", "such", "dir.npy")],
+         ["cannot create"]),
+    ]
+    for name, args, words in one:
+        checks.append(("failure: " + name, lambda a=args, w=words: expect_fail(a, 1, w)))
+    return checks
+
+
+def usage_on_stderr(args):
+    rc, out, err = cli(*args)
+    return (rc == 2 and "usage:" in err and not out), "exit %d, stderr %r" % (rc, err[:100])
+
+
+def help_checks():
+    def h(args, words):
+        rc, out, err = cli(*args)
+        if rc or not all(w in out for w in words):
+            return False, "exit %d, stdout %r" % (rc, out[:200])
+        return True, ""
+    return [
+        ("--help", lambda: h(["--help"], ["usage: dropblock", "run", "devices", "--socket"])),
+        ("run --help", lambda: h(["run", "--help"], ["--shape", "--rate", "--input", "--output", "--mask",
+                                                     "--format", "--device", "--backend"])),
+        ("devices --help", lambda: h(["devices", "--help"], ["usage: dropblock devices"])),
+        ("summary without --format", lambda: h(["run", "--local", "--backend", "cpu", "--shape", "2,3,9,7"],
+                                               ["device cpu:0", "kept K", "scale", "time"])),
+    ]
+
+
+def npy_error_checks():
+    shape, dtype = (1, 2, 4, 5), "f32"
+    x = pack(tf_input(shape, dtype, 1, 2), dtype)
+    good = npy_bytes("<f4", shape, x)
+
+    def write(name, data):
+        p = os.path.join(Ctx.tmp, name)
+        with open(p, "wb") as f:
+            f.write(data)
+        return p
+
+    def ok_same(path, extra=()):
+        rc, out, err = cli("run", "--local", "--backend", "cpu", "--input", path, "--rate", "0.3", "--block", "2",
+                           "--format", "hex", *extra)
+        rrc, rout, _ = ref_cli(["--shape", "1,2,4,5", "--rate", "0.3", "--block", "2", "--input", "tf-uniform:1,2"])
+        return (rc == 0 and out == rout), "exit %d %s" % (rc, err.strip())
+
+    run_in = lambda p, *extra: ["run", "--local", "--backend", "cpu", "--input", p, *extra]
+    bf = npy_bytes("<u2", shape, pack(tf_input(shape, "bf16", 1, 2), "bf16"))
+    f16 = npy_bytes("<f2", shape, pack(tf_input(shape, "f16", 1, 2), "f16"))
+    return [
+        ("npy: version 2.0 header", lambda: ok_same(write("v2.npy", npy_bytes("<f4", shape, x, version=(2, 0))))),
+        ("npy: version 3.0 header", lambda: ok_same(write("v3.npy", npy_bytes("<f4", shape, x, version=(3, 0))))),
+        ("npy: double quotes, no spaces, other key order",
+         lambda: ok_same(write("dq.npy", npy_bytes("<f4", shape, x, quote='"', tight=True)))),
+        ("npy: --shape that matches", lambda: ok_same(write("good.npy", good), ["--shape", "1,2,4,5"])),
+        ("npy: --shape that does not match",
+         lambda: expect_fail(run_in(write("good2.npy", good), "--shape", "1,2,5,4"), 2, ["does not match"])),
+        ("npy: NHWC reads the file as N,H,W,C",
+         lambda: expect_fail(run_in(write("good3.npy", good), "--shape", "1,2,4,5", "--layout", "NHWC"), 2,
+                             ["does not match", "N,H,W,C"])),
+        ("npy: truncated data", lambda: expect_fail(run_in(write("trunc.npy", good[:-3])), 1,
+                                                    ["truncated", "160", "157"])),
+        ("npy: extra bytes", lambda: expect_fail(run_in(write("extra.npy", good + b"\0")), 1, ["extra bytes"])),
+        ("npy: truncated header", lambda: expect_fail(run_in(write("th.npy", good[:40])), 1, ["truncated"])),
+        ("npy: bad magic", lambda: expect_fail(run_in(write("magic.npy", b"PK" + good[2:])), 1, ["not an .npy"])),
+        ("npy: version 4.0", lambda: expect_fail(run_in(write("v4.npy", good[:6] + b"\x04\x00" + good[8:])), 1,
+                                                  ["version 4.0"])),
+        ("npy: Fortran order", lambda: expect_fail(run_in(write("fortran.npy", npy_bytes("<f4", shape, x,
+                                                                                           fortran=True))),
+                                                   1, ["Fortran order"])),
+        ("npy: big-endian", lambda: expect_fail(run_in(write("be.npy", npy_bytes(">f4", shape, x))), 1,
+                                                ["big-endian"])),
+        ("npy: float64", lambda: expect_fail(run_in(write("f8.npy", npy_bytes("<f8", shape, x + x))), 1,
+                                             ["'<f8' is not supported"])),
+        ("npy: negative dimension", lambda: expect_fail(run_in(write("neg.npy", npy_bytes("<f4", (1, -2, 4, 5),
+                                                                                          x))), 1, ["negative"])),
+        ("npy: 3 dimensions", lambda: expect_fail(run_in(write("3d.npy", npy_bytes("<f4", (2, 4, 5), x))), 2,
+                                                  ["3 dimensions"])),
+        ("npy: huge shape in a small file",
+         lambda: expect_fail(run_in(write("huge.npy", npy_bytes("<f4", (1 << 20, 1 << 20, 1 << 10, 1), x))),
+                             1, ["truncated", str(1 << 52), "160"])),
+        ("npy: shape whose size overflows 64 bits",
+         lambda: expect_fail(run_in(write("ovf.npy", npy_bytes("<f4", (1 << 40, 1 << 40, 1, 1), x))), 1,
+                             ["overflows"])),
+        ("npy: bf16 as '<u2' needs --dtype bf16",
+         lambda: expect_fail(run_in(write("bf.npy", bf)), 2, ["'<u2'", "--dtype bf16"])),
+        ("npy: '<u2' with --dtype f16", lambda: expect_fail(run_in(write("bf2.npy", bf), "--dtype", "f16"), 2,
+                                                            ["'<u2'", "f16"])),
+        ("npy: f16 file with --dtype f32", lambda: expect_fail(run_in(write("h.npy", f16), "--dtype", "f32"), 2,
+                                                               ["f16", "f32"])),
+        ("npy: f32 file with --dtype bf16", lambda: expect_fail(run_in(write("g.npy", good), "--dtype", "bf16"), 2,
+                                                                ["bf16"])),
+    ]
+
+
+def mask_check(backend):
+    shape, flags = (2, 3, 7, 9), ["--block", "3,2", "--rate", "0.3", "--seed", "5", "--stream", "6"]
+    path = os.path.join(Ctx.tmp, "mask-%s.bin" % backend)
+    rc, out, err = cli("run", "--local", "--backend", backend, "--shape", ",".join(map(str, shape)), *flags,
+                       "--mask", path, "--format", "hex")
+    if rc:
+        return False, "exit %d: %s" % (rc, err.strip())
+    N, C, H, W = shape
+    keep = Ctx.ref.keep_mask(N, C, H, W, Ctx.ref.f32(0.3), (3, 2), 5, 6)
+    bits = [keep[a][b][h][w] for a in range(N) for b in range(C) for h in range(H) for w in range(W)]
+    want = bytearray((len(bits) + 7) // 8)
+    for i, b in enumerate(bits):
+        want[i >> 3] |= b << (i & 7)
+    with open(path, "rb") as f:
+        got = f.read()
+    if got != bytes(want):
+        return False, "mask file (%d bytes) differs from the spec's keep mask (%d bytes)" % (len(got), len(want))
+    if json.loads(out)["kept"] != sum(bits):
+        return False, "kept differs from the mask's ones"
+    return True, ""
+
+
+def discover_backends():
+    rc, out, err = cli("devices", "--local")
+    if rc:
+        sys.exit("test_cli: dropblock devices --local failed (exit %d): %s" % (rc, err.strip()))
+    found = []
+    for line in out.splitlines():
+        api = line.split(":", 1)[0]
+        if api and api not in found:
+            found.append(api)
+    return found, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cli", required=True)
+    ap.add_argument("--spec-dir", default=os.environ.get("DROPBLOCK_SPEC_DIR"))
+    ap.add_argument("--backends", help="comma list; default: every backend `dropblock devices --local` lists")
+    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
+    a = ap.parse_args()
+    if not a.spec_dir or not os.path.exists(os.path.join(a.spec_dir, "dropblock_ref.py")):
+        sys.exit("test_cli: dropblock_ref.py not found (pass --spec-dir or set DROPBLOCK_SPEC_DIR)")
+    os.environ.setdefault("POCL_CACHE_DIR", os.path.join(tempfile.gettempdir(), "pocl-cli"))
+    Ctx.cli, Ctx.spec_dir = os.path.abspath(a.cli), a.spec_dir
+    spec = importlib.util.spec_from_file_location("dropblock_ref", os.path.join(a.spec_dir, "dropblock_ref.py"))
+    Ctx.ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(Ctx.ref)
+
+    listed, listing = discover_backends()
+    backends = a.backends.split(",") if a.backends else listed
+    print("test_cli: devices:\n" + listing.rstrip())
+    print("test_cli: backends under test: " + ", ".join(backends))
+
+    with tempfile.TemporaryDirectory(prefix="test_cli.") as tmp, cf.ThreadPoolExecutor(a.jobs) as pool:
+        Ctx.tmp = tmp
+        cases = matrix()
+        refs = {(tuple(f), fmt): pool.submit(ref_cli, f + ["--format", fmt]) for _, f, fmt in cases}
+        checks = []
+        for b in backends:
+            for name, flags, fmt in cases:
+                checks.append(("%s: %s" % (b, name),
+                               lambda b=b, f=flags, fmt=fmt: compare_case(b, f, fmt,
+                                                                                  refs[(tuple(f), fmt)].result())))
+            for layout in ("NCHW", "NHWC"):
+                for dtype in ("f32", "f16", "bf16"):
+                    checks.append(("%s: npy round trip %s %s" % (b, layout, dtype),
+                                   lambda b=b, l=layout, d=dtype: npy_roundtrip(b, l, d, d == "bf16", False)))
+            checks.append(("%s: npy round trip with --shape and --dtype" % b,
+                           lambda b=b: npy_roundtrip(b, "NHWC", "f16", True, True)))
+            checks.append(("%s: --mask" % b, lambda b=b: mask_check(b)))
+        checks += bad_arg_checks() + help_checks() + npy_error_checks()
+        futures = [(name, pool.submit(fn)) for name, fn in checks]
+        passed = failed = 0
+        for name, fut in futures:
+            try:
+                ok, why = fut.result()
+            except Exception as e:     # a crash in a check is a failure of that check, not of the run
+                ok, why = False, "%s: %s" % (type(e).__name__, e)
+            if ok:
+                passed += 1
+            else:
+                failed += 1
+                print("FAIL %s: %s" % (name, why))
+    print("test_cli: %d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -783,17 +783,25 @@ static int mkdir_parents(const char *path, mode_t mode)
     return 0;
 }
 
+/* The socket address of path; -1 (with a message) when it does not fit sun_path. */
+static int socket_addr(const char *path, struct sockaddr_un *sa)
+{
+    memset(sa, 0, sizeof *sa);
+    sa->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof sa->sun_path) {
+        fprintf(stderr, "dropblockd: socket path too long (%zu bytes, at most %zu): %s\n", strlen(path),
+                sizeof sa->sun_path - 1, path);
+        return -1;
+    }
+    snprintf(sa->sun_path, sizeof sa->sun_path, "%s", path);
+    return 0;
+}
+
 /* Checks the path before the (slow) engine start: refuses a live daemon or a non-socket. */
 static int check_socket_path(const char *path)
 {
-    struct sockaddr_un sa = {0};
-    sa.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof sa.sun_path) {
-        fprintf(stderr, "dropblockd: socket path too long (%zu bytes, at most %zu): %s\n", strlen(path),
-                sizeof sa.sun_path - 1, path);
-        return -1;
-    }
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    struct sockaddr_un sa;
+    if (socket_addr(path, &sa) < 0) return -1;
     struct stat st;
     if (lstat(path, &st) < 0) return 0;
     if (!S_ISSOCK(st.st_mode)) {
@@ -814,14 +822,8 @@ static int check_socket_path(const char *path)
  * still starting its devices. */
 static int listen_on(struct server *s, const char *path, int dir_private)
 {
-    struct sockaddr_un sa = {0};
-    sa.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof sa.sun_path) {
-        fprintf(stderr, "dropblockd: socket path too long (%zu bytes, at most %zu): %s\n", strlen(path),
-                sizeof sa.sun_path - 1, path);
-        return -1;
-    }
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    struct sockaddr_un sa;
+    if (socket_addr(path, &sa) < 0) return -1;
     if (mkdir_parents(path, dir_private ? 0700 : 0750) < 0) {
         fprintf(stderr, "dropblockd: cannot create the directory of %s: %s\n", path, strerror(errno));
         return -1;

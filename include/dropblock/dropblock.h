@@ -1,8 +1,8 @@
 /* dropblock.h: the public C API of dropblockd.
  *
  * One API for two engines: an in-process engine (dropblock_open_local: the CPU, OpenCL and
- * Vulkan backends inside the caller) and, later, the daemon over its Unix socket. Every call
- * returns 0 or a negative DROPBLOCK_E* code; nothing aborts or prints. The exact semantics of a
+ * Vulkan backends inside the caller) and the daemon over its Unix socket (dropblock_connect).
+ * Every call returns 0 or a negative DROPBLOCK_E* code; nothing aborts or prints. The exact semantics of a
  * request are those of docs/semantics.md (SPEC.md). */
 #ifndef DROPBLOCK_DROPBLOCK_H
 #define DROPBLOCK_DROPBLOCK_H
@@ -145,11 +145,15 @@ typedef struct dropblock_local_options {
 int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, char *msg, size_t msg_len);
 
 /* Connects to dropblockd at socket_path (NULL: dropblock_default_socket). DROPBLOCK_EUNAVAILABLE
- * with a message saying how to start one when nothing answers. */
+ * with a message saying how to start one when nothing answers; a peer the daemon does not allow
+ * gets DROPBLOCK_EPERM and the daemon's message. When the connection breaks later (the daemon
+ * stopped or was killed), calls in flight and every later call return DROPBLOCK_EUNAVAILABLE
+ * ("connection to dropblockd lost: ..."); close the handle and connect again. */
 int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, size_t msg_len);
 
-/* Closes the handle: a connection's regions are unregistered and unmapped, tickets not yet
- * waited for are dropped. */
+/* Closes the handle: a connection's regions are unregistered (the daemon drops them with the
+ * connection) and unmapped, the local engine's memory is freed, tickets not yet waited for are
+ * dropped. */
 void dropblock_close(dropblock_t *h);
 
 /* 1 for a daemon connection, 0 for the in-process engine. */
@@ -162,7 +166,9 @@ int dropblock_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, 
  * (a memfd sized with posix_fallocate, sealed F_SEAL_SHRINK|F_SEAL_GROW, mapped here and
  * registered with the daemon), for the local engine ordinary memory. Zero-filled. */
 int dropblock_alloc(dropblock_t *h, size_t bytes, void **ptr);
-/* Releases memory from dropblock_alloc (unregisters the region; running jobs keep theirs). */
+/* Releases memory from dropblock_alloc (unregisters the region; running jobs keep theirs).
+ * DROPBLOCK_EINVAL for a pointer that is not the start of such memory. On a lost connection the
+ * memory is still unmapped and free returns 0: the daemon dropped the region with it. */
 int dropblock_free(dropblock_t *h, void *ptr);
 
 /* Runs one job and waits for it. input and output hold tensor_bytes(p) bytes each and may be
@@ -175,8 +181,11 @@ int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, 
                   void *mask, const char *device, dropblock_result *res);
 
 /* Asynchronous form: submit returns at once with a ticket (the local engine runs the job before
- * returning); wait blocks up to timeout_ms (-1: forever) for it. wait returns DROPBLOCK_ETIMEDOUT
- * while the job is still running (the ticket stays valid); any other return frees the ticket. */
+ * returning); wait blocks up to timeout_ms (-1: forever, 0: poll) for it. wait returns
+ * DROPBLOCK_ETIMEDOUT while the job is still running (the ticket stays valid); any other return
+ * frees the ticket. Errors found before a job is sent (invalid params, memory not from
+ * dropblock_alloc, a lost connection) come from submit itself, with no ticket and no message:
+ * dropblock_run gives the same errors with their message. */
 typedef struct dropblock_ticket dropblock_ticket;
 int dropblock_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output,
                      void *mask, const char *device, dropblock_ticket **ticket);

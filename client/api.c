@@ -1,0 +1,112 @@
+/* api.c: the public handle calls of dropblock.h: the argument checks both kinds share, then
+ * dispatch to the in-process engine (local.c) or the daemon connection (client.c). */
+#include <dropblock/dropblock.h>
+#include <string.h>
+
+#include "handle.h"
+#include "plan.h"
+
+void dropblock_close(dropblock_t *h)
+{
+    if (!h) return;
+    if (h->remote) remote_close(h);
+    else local_close(h);
+}
+
+int dropblock_is_remote(const dropblock_t *h) { return h && h->remote; }
+
+int dropblock_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count)
+{
+    if (!h || !count || (!infos && cap)) return DROPBLOCK_EINVAL;
+    return h->remote ? remote_devices(h, infos, cap, count) : local_devices(h, infos, cap, count);
+}
+
+int dropblock_alloc(dropblock_t *h, size_t bytes, void **ptr)
+{
+    if (ptr) *ptr = NULL;
+    if (!h || !ptr || bytes == 0) return DROPBLOCK_EINVAL;
+    return h->remote ? remote_alloc(h, bytes, ptr) : local_alloc(h, bytes, ptr);
+}
+
+int dropblock_free(dropblock_t *h, void *ptr)
+{
+    if (!h) return DROPBLOCK_EINVAL;
+    if (!ptr) return DROPBLOCK_OK; /* like free(NULL) */
+    return h->remote ? remote_free(h, ptr) : local_free(h, ptr);
+}
+
+/* What run and submit check before either kind sees the job: the same messages everywhere. */
+static int check_job(const dropblock_t *h, const dropblock_params *p, const void *input, const void *output,
+                     char *msg, size_t len)
+{
+    if (!h || !p) {
+        db_msg(msg, len, "%s is NULL", h ? "params" : "handle");
+        return DROPBLOCK_EINVAL;
+    }
+    int rc = dropblock_params_validate(p, msg, len);
+    if (rc) return rc;
+    if (!input || !output) {
+        db_msg(msg, len, "%s is NULL", input ? "output" : "input");
+        return DROPBLOCK_EINVAL;
+    }
+    return DROPBLOCK_OK;
+}
+
+int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
+                  const char *device, dropblock_result *res)
+{
+    dropblock_result scratch;
+    if (!res) res = &scratch;
+    memset(res, 0, sizeof *res);
+    int rc = check_job(h, p, input, output, res->message, sizeof res->message);
+    if (rc) return rc;
+    if (!h->remote) return local_run(h, p, input, output, mask, device, res);
+    dropblock_ticket *t = NULL;
+    rc = remote_submit(h, p, input, output, mask, device, &t, res->message, sizeof res->message);
+    if (rc) return rc;
+    return remote_wait(h, t, -1, res);
+}
+
+int dropblock_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
+                     const char *device, dropblock_ticket **ticket)
+{
+    if (!ticket) return DROPBLOCK_EINVAL;
+    *ticket = NULL;
+    int rc = check_job(h, p, input, output, NULL, 0);
+    if (rc) return rc;
+    return h->remote ? remote_submit(h, p, input, output, mask, device, ticket, NULL, 0)
+                     : local_submit(h, p, input, output, mask, device, ticket);
+}
+
+int dropblock_wait(dropblock_t *h, dropblock_ticket *ticket, int timeout_ms, dropblock_result *res)
+{
+    dropblock_result scratch;
+    if (!res) res = &scratch;
+    memset(res, 0, sizeof *res);
+    if (!h || !ticket || ticket->owner != h) {
+        db_msg(res->message, sizeof res->message, "%s",
+               !h ? "handle is NULL" : !ticket ? "ticket is NULL" : "the ticket belongs to another handle");
+        return DROPBLOCK_EINVAL;
+    }
+    return h->remote ? remote_wait(h, ticket, timeout_ms, res) : local_wait(h, ticket, res);
+}
+
+int dropblock_status(dropblock_t *h, char *json, size_t len)
+{
+    if (!h || !json || !len) return DROPBLOCK_EINVAL;
+    return h->remote ? remote_status(h, json, len) : local_status(h, json, len);
+}
+
+int dropblock_shutdown(dropblock_t *h, char *msg, size_t msg_len)
+{
+    if (msg && msg_len) msg[0] = 0;
+    if (!h) {
+        db_msg(msg, msg_len, "handle is NULL");
+        return DROPBLOCK_EINVAL;
+    }
+    if (!h->remote) {
+        db_msg(msg, msg_len, "not a daemon connection (this handle is the in-process engine)");
+        return DROPBLOCK_EINVAL;
+    }
+    return remote_shutdown(h, msg, msg_len);
+}

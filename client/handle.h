@@ -1,0 +1,73 @@
+/* handle.h: libdropblock's internals: one handle type with two kinds, the in-process engine
+ * (local.c) and a connection to dropblockd (client.c). api.c checks the arguments every kind
+ * shares and dispatches each public call by kind. */
+#ifndef DROPBLOCK_CLIENT_HANDLE_H
+#define DROPBLOCK_CLIENT_HANDLE_H
+
+#include <cjson/cJSON.h>
+#include <dropblock/dropblock.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct db_engine;
+struct db_conn;
+
+/* Memory handed out by dropblock_alloc on the local engine. */
+struct local_alloc {
+    void *base;
+    size_t size;
+};
+
+struct dropblock {
+    int remote;
+    /* local */
+    struct db_engine *engine;
+    pthread_mutex_t lock;           /* allocs and tickets below */
+    struct local_alloc *allocs;
+    size_t nallocs, cap_allocs;
+    struct dropblock_ticket *tickets; /* not yet waited for, freed by close */
+    /* remote */
+    struct db_conn *conn;
+};
+
+/* A request in flight. On a connection every request (jobs from dropblock_submit and the
+ * internal ops alike) is one of these, found by id when its reply comes; on the local engine a
+ * ticket only holds a finished job's result. */
+struct dropblock_ticket {
+    struct dropblock_ticket *prev, *next; /* a connection's id bucket, or the local handle's list */
+    dropblock_t *owner;
+    uint64_t id;
+    int is_job;   /* the reply fills res; otherwise it is kept whole in reply */
+    int done, rc;
+    dropblock_result res;
+    cJSON *reply;
+    pthread_cond_t cond; /* remote: signalled when done */
+};
+
+/* local.c */
+void local_close(dropblock_t *h);
+int local_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count);
+int local_alloc(dropblock_t *h, size_t bytes, void **ptr);
+int local_free(dropblock_t *h, void *ptr);
+int local_run(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
+              const char *device, dropblock_result *res);
+int local_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
+                 const char *device, dropblock_ticket **ticket);
+int local_wait(dropblock_t *h, dropblock_ticket *t, dropblock_result *res);
+int local_status(dropblock_t *h, char *json, size_t len);
+
+/* client.c */
+int remote_connect(dropblock_t *h, const char *socket_path, char *msg, size_t msg_len);
+void remote_close(dropblock_t *h);
+int remote_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count);
+int remote_alloc(dropblock_t *h, size_t bytes, void **ptr);
+int remote_free(dropblock_t *h, void *ptr);
+/* submit with a message for the errors found before anything is sent */
+int remote_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
+                  const char *device, dropblock_ticket **ticket, char *msg, size_t msg_len);
+int remote_wait(dropblock_t *h, dropblock_ticket *t, int timeout_ms, dropblock_result *res);
+int remote_status(dropblock_t *h, char *json, size_t len);
+int remote_shutdown(dropblock_t *h, char *msg, size_t msg_len);
+
+#endif

@@ -2,6 +2,7 @@
  *
  *   dropblock [--socket PATH] [--local] run [options]     one DropBlock2D job
  *   dropblock [--socket PATH] [--local] devices [options] the devices of the engine
+ *   dropblock schedule [options]                         a scheduled drop rate (no engine)
  *
  * Flags and defaults are those of spec/dropblock_ref.py, and --format prints its JSON line byte
  * for byte, so `dropblock run --local ... --format hex` and `dropblock_ref.py ... --format hex`
@@ -31,6 +32,9 @@ static const char usage_main[] =
     "commands:\n"
     "  run       run one DropBlock2D job (dropblock run --help)\n"
     "  devices   list the devices (dropblock devices --help)\n"
+    "  schedule  a scheduled drop rate, the paper's linear ramp and/or the TF-TPU reference's per-group\n"
+    "            scaling: dropblock schedule --rate R [--linear --step S --steps N] [--group 1..4]\n"
+    "            (dropblock schedule --help)\n"
     "\n"
     "global options:\n"
     "  --local        run in this process (the engine inside the tool); required in this build\n"
@@ -82,6 +86,22 @@ static const char usage_devices[] =
     "\n"
     "Lists the devices of the engine, one per line:\n"
     "  ID kind=KIND vendor=\"...\" name=\"...\" driver=\"...\" uuid=UUID|- max_buffer=BYTES\n";
+
+static const char usage_schedule[] =
+    "usage: dropblock schedule --rate R [--linear --step S --steps N] [--group G] [--format dec|hex]\n"
+    "\n"
+    "Prints the drop rate a schedule gives (float32; dropblock.h, \"schedules\"), for --rate of\n"
+    "dropblock run. Needs no engine and no daemon.\n"
+    "  --rate R          the target drop rate in [0, 1] (read as float32, as dropblock run reads it)\n"
+    "  --linear          the paper's linear ramp from 0 at step 0 to R at step N and after:\n"
+    "                    R * min(S, N) / N, the exact value rounded once to float32; N = 0: R at once\n"
+    "  --step S          the training step (unsigned 64-bit integer)\n"
+    "  --steps N         the length of the ramp in steps (unsigned 64-bit integer)\n"
+    "  --group G         the TF-TPU reference's scaling for ResNet block group G (1..4): the rate\n"
+    "                    divided by 4^(4-G), group 4 the full rate; applied after --linear\n"
+    "  --format dec|hex  dec (default): the shortest decimal that reads back as the float32;\n"
+    "                    hex: its bit pattern, 0x followed by 8 digits\n"
+    "example: dropblock schedule --rate 0.1 --linear --step 500 --steps 1000 --group 3   prints 0.0125\n";
 
 static void err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void err(const char *fmt, ...)
@@ -249,6 +269,60 @@ static int cmd_devices(int argc, char **argv, struct engine_opts eo)
                d[i].uuid[0] ? d[i].uuid : "-", (unsigned long long)d[i].max_buffer);
     free(d);
     dropblock_close(h);
+    return 0;
+}
+
+/* ---- dropblock schedule ------------------------------------------------------------------- */
+static int cmd_schedule(int argc, char **argv)
+{
+    enum { S_RATE, S_LINEAR, S_STEP, S_STEPS, S_GROUP, S_FORMAT, S_HELP };
+    static const struct opt table[] = {
+        [S_RATE] = {"--rate", 1}, [S_LINEAR] = {"--linear", 0}, [S_STEP] = {"--step", 1}, [S_STEPS] = {"--steps", 1},
+        [S_GROUP] = {"--group", 1}, [S_FORMAT] = {"--format", 1}, [S_HELP] = {"--help", 0}, {NULL, 0}};
+    const char *rate_s = NULL;
+    float rate = 0.0f;
+    int linear = 0, have_step = 0, have_steps = 0, group = 0, hex = 0;
+    uint64_t step = 0, steps = 0, g;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        int k = next_opt(table, argc, argv, &i, &v);
+        if (k == -2) { err("schedule: unexpected argument \"%s\" (see dropblock schedule --help)", argv[i]); return EXIT_USAGE; }
+        if (k < 0) return EXIT_USAGE;
+        switch (k) {
+        case S_RATE:
+            if (parse_rate(v, &rate)) { err("--rate %s: not a decimal number", v); return EXIT_USAGE; }
+            rate_s = v;
+            break;
+        case S_LINEAR: linear = 1; break;
+        case S_STEP: if (parse_u64_opt("--step", v, &step)) return EXIT_USAGE; have_step = 1; break;
+        case S_STEPS: if (parse_u64_opt("--steps", v, &steps)) return EXIT_USAGE; have_steps = 1; break;
+        case S_GROUP:
+            if (parse_u64(v, &g) || g < 1 || g > 4) { err("--group %s: must be 1, 2, 3 or 4", v); return EXIT_USAGE; }
+            group = (int)g;
+            break;
+        case S_FORMAT:
+            if (strcmp(v, "hex") && strcmp(v, "dec")) { err("--format %s: must be hex or dec", v); return EXIT_USAGE; }
+            hex = !strcmp(v, "hex");
+            break;
+        case S_HELP: fputs(usage_schedule, stdout); return 0;
+        }
+    }
+    if (!rate_s) { err("schedule: --rate is required (see dropblock schedule --help)"); return EXIT_USAGE; }
+    if (!linear && !group) { err("schedule: give --linear, --group or both (see dropblock schedule --help)"); return EXIT_USAGE; }
+    if (linear && (!have_step || !have_steps)) { err("schedule: --linear needs --step and --steps"); return EXIT_USAGE; }
+    if (!linear && (have_step || have_steps)) { err("schedule: --step and --steps go with --linear"); return EXIT_USAGE; }
+    float r = rate;
+    if ((linear && dropblock_schedule_linear(r, step, steps, &r)) || (group && dropblock_schedule_group(r, group, &r))) {
+        err("--rate %s: must be in [0, 1]", rate_s);
+        return EXIT_USAGE;
+    }
+    uint32_t bits;
+    memcpy(&bits, &r, 4);
+    char buf[64];
+    if (hex) snprintf(buf, sizeof buf, "0x%08x", bits);
+    else db_format_f32(buf, sizeof buf, bits);
+    printf("%s\n", buf);
+    if (fflush(stdout)) { err("write error on stdout: %s", strerror(errno)); return EXIT_FAIL; }
     return 0;
 }
 
@@ -575,11 +649,13 @@ int main(int argc, char **argv)
     const char *cmd = argv[i++];
     if (!strcmp(cmd, "run")) return cmd_run(argc - i, argv + i, eo);
     if (!strcmp(cmd, "devices")) return cmd_devices(argc - i, argv + i, eo);
+    if (!strcmp(cmd, "schedule")) return cmd_schedule(argc - i, argv + i);
     if (!strcmp(cmd, "help")) {
         const char *what = i < argc ? argv[i] : "";
-        fputs(!strcmp(what, "run") ? usage_run : !strcmp(what, "devices") ? usage_devices : usage_main, stdout);
+        fputs(!strcmp(what, "run") ? usage_run : !strcmp(what, "devices") ? usage_devices
+              : !strcmp(what, "schedule") ? usage_schedule : usage_main, stdout);
         return 0;
     }
-    err("unknown command \"%s\" (commands: run, devices; see dropblock --help)", cmd);
+    err("unknown command \"%s\" (commands: run, devices, schedule; see dropblock --help)", cmd);
     return EXIT_USAGE;
 }

@@ -588,13 +588,36 @@ static void on_client_io(uv_poll_t *h, int status, int events)
 }
 
 /* ---------------------------------------------------------------- accepting */
-static int allowed(struct server *s, uid_t uid, gid_t gid)
+static int gid_allowed(const struct server *s, gid_t gid)
 {
-    for (int i = 0; i < s->n_allow_uid; i++)
-        if (s->allow_uid[i] == uid) return 1;
     for (int i = 0; i < s->n_allow_gid; i++)
         if (s->allow_gid[i] == gid) return 1;
     return 0;
+}
+
+/* The peer's uid, its primary gid, or (Linux >= 4.13, SO_PEERGROUPS) any of its supplementary
+ * groups as they were at connect(): a member of an --allow-gid group is let in whatever its
+ * primary group, as the socket file's group permission lets it reach the socket. */
+static int allowed(struct server *s, int fd, uid_t uid, gid_t gid)
+{
+    for (int i = 0; i < s->n_allow_uid; i++)
+        if (s->allow_uid[i] == uid) return 1;
+    if (gid_allowed(s, gid)) return 1;
+#ifdef SO_PEERGROUPS
+    gid_t small[64], *g = small;
+    socklen_t len = sizeof small;
+    int rc = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g, &len);
+    if (rc < 0 && errno == ERANGE && len > sizeof small && (g = malloc(len)) != NULL)
+        rc = getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g, &len);
+    int ok = 0;
+    if (rc == 0 && g)
+        for (size_t i = 0; i < len / sizeof *g && !ok; i++) ok = gid_allowed(s, g[i]);
+    if (g != small) free(g);
+    return ok;
+#else
+    (void)fd;
+    return 0;
+#endif
 }
 
 static void on_accept_resume(uv_timer_t *t);
@@ -622,7 +645,7 @@ static void on_listen(uv_poll_t *h, int status, int events)
             close(fd);
             continue;
         }
-        if (!allowed(s, cr.uid, cr.gid)) {
+        if (!allowed(s, fd, cr.uid, cr.gid)) {
             char m[160];
             snprintf(m, sizeof m, "uid %u / gid %u is not allowed to use this daemon (see --allow-uid, --allow-gid)",
                      (unsigned)cr.uid, (unsigned)cr.gid);
@@ -886,7 +909,8 @@ static void usage(FILE *f)
             "                         else /run/dropblock/dropblockd.sock; systemd socket activation is honoured\n"
             "  --devices LIST         ids or APIs to use, e.g. opencl:0,vulkan,cpu (default: all; also\n"
             "                         $DROPBLOCK_VISIBLE_DEVICES)\n"
-            "  --allow-uid/--allow-gid peers allowed besides the daemon's own uid and gid (numbers or names)\n"
+            "  --allow-uid/--allow-gid peers allowed besides the daemon's own uid and gid (numbers or names;\n"
+            "                         a gid matches the peer's primary or supplementary groups)\n"
             "  --max-inflight-jobs N  jobs queued or running, all clients (default 256); --max-client-jobs (64)\n"
             "  --max-inflight-bytes B tensor bytes in flight, all clients (default 8 GiB); --max-client-bytes (4 GiB)\n"
             "  --max-regions N        regions per connection (default 256)\n"

@@ -293,6 +293,10 @@ def help_checks():
         ("run --help", lambda: h(["run", "--help"], ["--shape", "--rate", "--input", "--output", "--mask",
                                                      "--format", "--device", "--backend"])),
         ("devices --help", lambda: h(["devices", "--help"], ["usage: dropblock devices"])),
+        ("schedule in --help", lambda: h(["--help"], ["schedule", "--linear", "--group"])),
+        ("schedule --help", lambda: h(["schedule", "--help"], ["--rate", "--linear", "--step", "--steps", "--group",
+                                                               "4^(4-G)"])),
+        ("help schedule", lambda: h(["help", "schedule"], ["usage: dropblock schedule"])),
         ("summary without --format", lambda: h(["run", "--local", "--backend", "cpu", "--shape", "2,3,9,7"],
                                                ["device cpu:0", "kept K", "scale", "time"])),
     ]
@@ -362,6 +366,97 @@ def npy_error_checks():
         ("npy: f32 file with --dtype bf16", lambda: expect_fail(run_in(write("g.npy", good), "--dtype", "bf16"), 2,
                                                                 ["bf16"])),
     ]
+
+
+# ---------------------------------------------------------------- dropblock schedule
+def f32_bits(x):
+    """float32 bits of a Python float (one rounding, to nearest even)."""
+    return struct.unpack("<I", struct.pack("<f", x))[0]
+
+
+def rn32(q):
+    """The float32 bits nearest the nonnegative Fraction q, ties to even: exact, no float math."""
+    from fractions import Fraction
+    if q == 0:
+        return 0
+    e = q.numerator.bit_length() - q.denominator.bit_length()
+    while Fraction(2) ** e > q:
+        e -= 1
+    while Fraction(2) ** (e + 1) <= q:
+        e += 1
+    e = max(e, -126)                       # subnormals share the smallest normal's ulp
+    a = q / Fraction(2) ** (e - 23)
+    n, r = divmod(a.numerator, a.denominator)
+    if 2 * r > a.denominator or (2 * r == a.denominator and n % 2):
+        n += 1
+    return f32_bits(float(n * Fraction(2) ** (e - 23)))
+
+
+def schedule_oracle(rate, step=None, steps=None, group=None):
+    """Bits of the documented schedule, from exact rationals: the float32 target, ramped
+    (rounded once), then divided by 4^(4-group) (rounded once)."""
+    from fractions import Fraction
+
+    def value(bits):
+        return Fraction(struct.unpack("<f", struct.pack("<I", bits))[0])
+    t = value(f32_bits(float(rate)))
+    if step is not None and steps != 0 and step < steps:
+        t = value(rn32(t * step / steps))
+    if group is not None:
+        t = t / 4 ** (4 - group)
+    return rn32(t)
+
+
+def schedule_case(rate, step=None, steps=None, group=None):
+    args = ["schedule", "--rate", rate, "--format", "hex"]
+    if step is not None:
+        args += ["--linear", "--step", step, "--steps", steps]
+    if group is not None:
+        args += ["--group", group]
+    rc, out, err = cli(*args)
+    want = "0x%08x" % schedule_oracle(rate, step, steps, group)
+    if rc or out != want + "\n":
+        return False, "%s: exit %d, stdout %r, expected %s (stderr %r)" % (" ".join(map(str, args)), rc, out, want,
+                                                                           err.strip())
+    # the decimal form reads back as the same float32
+    rc, out, err = cli(*[a for a in args if a not in ("--format", "hex")])
+    if rc or "0x%08x" % f32_bits(float(out)) != want:
+        return False, "%s without --format: exit %d, stdout %r, expected the float32 %s" % (" ".join(map(str, args)),
+                                                                                        rc, out, want)
+    return True, ""
+
+
+def schedule_checks():
+    import random
+    rnd = random.Random(5)
+    cases = [("0.1", 0, 100, None), ("0.1", 100, 100, None), ("0.1", 101, 100, None), ("0.1", 5, 0, None),
+             ("0.1", 500, 1000, 3), ("0.1", 1, 3, None), ("1", 1, 3, None), ("1", 1, (1 << 64) - 1, None),
+             ("0.1", (1 << 64) - 2, (1 << 64) - 1, None), ("0.1", 1 << 63, (1 << 64) - 2, 1),
+             ("1e-45", 1, 2, None), ("1e-45", 3, 4, None), ("0", 3, 4, 2), ("1", 0, 0, 1)]
+    cases += [("0.1", None, None, g) for g in (1, 2, 3, 4)] + [("1e-45", None, None, 3)]
+    for _ in range(40):
+        steps = rnd.choice([rnd.randrange(1, 1 << 12), rnd.randrange(1, 1 << 40), rnd.randrange(1, 1 << 64)])
+        cases.append(("%.9g" % rnd.random(), rnd.randrange(0, steps + 2), steps, rnd.choice([None, 1, 2, 3, 4])))
+    checks = [("schedule %s" % (c,), lambda c=c: schedule_case(*c)) for c in cases]
+    bad = [
+        ("rate 1.5", ["--rate", "1.5", "--group", "4"], ["--rate 1.5", "[0, 1]"]),
+        ("rate -0.1", ["--rate", "-0.1", "--linear", "--step", "1", "--steps", "2"], ["--rate -0.1"]),
+        ("rate nan", ["--rate", "nan", "--group", "4"], ["--rate nan"]),
+        ("rate missing", ["--group", "4"], ["--rate is required"]),
+        ("negative step", ["--rate", "0.1", "--linear", "--step", "-1", "--steps", "10"], ["--step -1", "unsigned"]),
+        ("negative steps", ["--rate", "0.1", "--linear", "--step", "1", "--steps", "-10"], ["--steps -10"]),
+        ("steps over 2^64", ["--rate", "0.1", "--linear", "--step", "1", "--steps", str(1 << 64)], ["--steps"]),
+        ("group 0", ["--rate", "0.1", "--group", "0"], ["--group 0", "1, 2, 3 or 4"]),
+        ("group 5", ["--rate", "0.1", "--group", "5"], ["--group 5"]),
+        ("group -1", ["--rate", "0.1", "--group", "-1"], ["--group -1"]),
+        ("linear without steps", ["--rate", "0.1", "--linear", "--step", "3"], ["--linear needs --step and --steps"]),
+        ("step without linear", ["--rate", "0.1", "--step", "3", "--steps", "4"], ["--linear"]),
+        ("nothing to do", ["--rate", "0.1"], ["--linear, --group"]),
+        ("unknown flag", ["--rate", "0.1", "--group", "4", "--cosine"], ["unknown option --cosine"]),
+        ("bad format", ["--rate", "0.1", "--group", "4", "--format", "bin"], ["--format bin"]),
+    ]
+    checks += [("schedule bad args: " + n, lambda a=a, w=w: expect_fail(["schedule"] + a, 2, w)) for n, a, w in bad]
+    return checks
 
 
 def mask_check(backend):
@@ -435,7 +530,7 @@ def main():
             checks.append(("%s: npy round trip with --shape and --dtype" % b,
                            lambda b=b: npy_roundtrip(b, "NHWC", "f16", True, True)))
             checks.append(("%s: --mask" % b, lambda b=b: mask_check(b)))
-        checks += bad_arg_checks() + help_checks() + npy_error_checks()
+        checks += bad_arg_checks() + help_checks() + npy_error_checks() + schedule_checks()
         futures = [(name, pool.submit(fn)) for name, fn in checks]
         passed = failed = 0
         for name, fut in futures:

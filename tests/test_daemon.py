@@ -433,8 +433,9 @@ def test_stale_socket_and_second_daemon(exe):
     os.unlink(d.path)
 
 
-def probe_as_nobody(path, op):
-    """Sends one request as uid/gid 65534 (setpriv) and returns the reply's error code or 'ok'."""
+def probe_as_nobody(path, op, groups=None):
+    """Sends one request as uid/gid 65534 (setpriv), with the supplementary groups given (else
+    none), and returns the reply's error code or 'ok'."""
     probe = ("import socket,struct,json\n"
              "s=socket.socket(socket.AF_UNIX);s.settimeout(20);s.connect(%r)\n"
              "b=json.dumps({'v':1,'id':1,'op':%r}).encode()\n"
@@ -445,7 +446,8 @@ def probe_as_nobody(path, op):
              "n=struct.unpack('<I',h)[0];d=b''\n"
              "while len(d)<n: d+=s.recv(n-len(d))\n"
              "r=json.loads(d);print(r['error']['code'] if not r['ok'] else 'ok')\n") % (path, op)
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON, "-c", probe],
+    gr = ["--groups=" + ",".join(map(str, groups))] if groups else ["--clear-groups"]
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534"] + gr + [SYSTEM_PYTHON, "-c", probe],
                        capture_output=True, text=True, timeout=60)
     return (r.stdout.strip() or r.stderr.strip()[-300:])
 
@@ -483,6 +485,19 @@ def test_peer_credentials(exe):
         check(got == "permission_denied", "an allowed uid may connect but not stop the daemon: %s" % got)
         got = probe_as_nobody(d.path, "hello")
         check(got == "ok", "--allow-uid 65534 lets that user in: %s" % got)
+    finally:
+        d.stop()
+    # --allow-gid matches a supplementary group too (SO_PEERGROUPS), not only the primary one
+    d = Daemon(exe, ["--allow-gid", "4242"], sockdir=tempfile.mkdtemp(prefix="dbd-cred3-"))
+    try:
+        os.chmod(d.dir, 0o755)
+        os.chmod(d.path, 0o666)
+        got = probe_as_nobody(d.path, "hello", groups=[4241, 4242])
+        check(got == "ok", "--allow-gid 4242 lets in a peer with 4242 as a supplementary group: %s" % got)
+        got = probe_as_nobody(d.path, "hello", groups=[4241])
+        check(got == "permission_denied", "a peer with other supplementary groups is refused: %s" % got)
+        got = probe_as_nobody(d.path, "hello")
+        check(got == "permission_denied", "a peer with no supplementary groups is refused: %s" % got)
     finally:
         d.stop()
 

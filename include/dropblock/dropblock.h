@@ -93,6 +93,30 @@ int dropblock_parse_dtype(const char *s);
 int dropblock_parse_normalize(const char *s);
 int dropblock_parse_compat(const char *s);
 
+/* ---- schedules ---------------------------------------------------------------------------
+ * Drop rates that change during training; the result goes into dropblock_params.rate. Pure
+ * functions of their arguments: every platform gets the same float32 bits.
+ *
+ * Linear ramp (the paper: the keep probability falls linearly from 1 to its target over
+ * training): rate = target * min(step, N) / N, the exact rational value rounded once to float32
+ * (round to nearest, ties to even; no intermediate rounding). step 0 gives +0 (also when
+ * target is 0), step >= N the target itself; N = 0 means the target from step 0.
+ *
+ * Per-group scaling (tensorflow/tpu models/official/resnet/resnet_main.py): ResNet's block group
+ * g (1..4) gets rate / 4^(4 - g): group 4 the full rate, group 3 a quarter, group 2 a sixteenth,
+ * group 1 a sixty-fourth. The reference writes it on keep probabilities,
+ * keep_g = 1 - (1 - keep) / 4.0**(4 - g), after ramping keep as 1 - (step / train_steps) *
+ * (1 - keep) in float32; here the rate is ramped and scaled directly (an exact division by a
+ * power of two), so a value can differ from the reference's 1 - keep_g in its last bits.
+ *
+ * Errors (DROPBLOCK_EINVAL, *rate set to NaN): target NaN or outside [0, 1], group outside 1..4,
+ * rate NULL. */
+int dropblock_schedule_linear(float target, uint64_t step, uint64_t total_steps, float *rate);
+int dropblock_schedule_group(float target, int group, float *rate);
+/* The ramp, then (group 1..4) the group scaling, as the reference orders them; group 0: the
+ * ramp alone. NaN for invalid arguments (which dropblock_params_validate rejects). */
+float dropblock_schedule_rate(float target, uint64_t step, uint64_t total_steps, int group);
+
 /* What a job reports (SPEC.md section 4). */
 typedef struct dropblock_result {
     uint64_t kept, total; /* K and S over the whole tensor */

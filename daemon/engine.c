@@ -155,8 +155,8 @@ int db_engine_pick(struct db_engine *e, const char *device, char *msg, size_t le
     return best;
 }
 
-int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
-                  dropblock_result *res)
+static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
+                      dropblock_result *res, int try_only)
 {
     memset(res, 0, sizeof *res);
     if (dev < 0 || (size_t)dev >= e->n) {
@@ -180,10 +180,27 @@ int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const
         res->timing_us[3] = db_now_us() - t0;
         return DROPBLOCK_OK;
     }
-    atomic_fetch_add(&s->busy, 1);
-    pthread_mutex_lock(&s->lock);
+    if (try_only) {
+        if (pthread_mutex_trylock(&s->lock)) return DB_ENGINE_BUSY;
+        atomic_fetch_add(&s->busy, 1);
+    } else {
+        atomic_fetch_add(&s->busy, 1);
+        pthread_mutex_lock(&s->lock);
+    }
     rc = s->dev.ops->run(&s->dev, &pl, in, out, mask, res);
     pthread_mutex_unlock(&s->lock);
     atomic_fetch_sub(&s->busy, 1);
     return rc;
+}
+
+int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
+                  dropblock_result *res)
+{
+    return engine_run(e, dev, p, in, out, mask, res, 0);
+}
+
+int db_engine_try_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
+                      dropblock_result *res)
+{
+    return engine_run(e, dev, p, in, out, mask, res, 1);
 }

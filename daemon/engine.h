@@ -27,6 +27,12 @@ int db_engine_pick(struct db_engine *e, const char *device, char *msg, size_t le
 int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                   dropblock_result *res);
 
+/* As db_engine_run, but returns DB_ENGINE_BUSY at once, running nothing, when the device is
+ * running another job (the daemon's loop thread uses it for tiny jobs it may not wait on). */
+#define DB_ENGINE_BUSY 1
+int db_engine_try_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out,
+                      void *mask, dropblock_result *res);
+
 /* The default cache directory ($XDG_CACHE_HOME/dropblock, else ~/.cache/dropblock). */
 void db_default_cache_dir(char *buf, size_t len);
 

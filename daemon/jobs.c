@@ -26,6 +26,7 @@ struct jobs {
     struct job *done_head, *done_tail;
     int n;
     struct worker *w;
+    uint64_t small_bytes;
 };
 
 static void push_done(struct jobs *js, struct job *j)
@@ -127,10 +128,20 @@ int jobs_start(struct jobs **out, struct db_engine *e, uv_loop_t *loop, jobs_don
 
 int jobs_device_count(const struct jobs *js) { return js->n; }
 
-int jobs_pick(struct jobs *js, const char *device, char *msg, size_t len)
+void jobs_set_small_job_bytes(struct jobs *js, uint64_t bytes) { js->small_bytes = bytes; }
+
+static int cpu_builtin(const struct jobs *js, int dev)
+{
+    return db_engine_device(js->engine, (size_t)dev)->kind == DROPBLOCK_DEVICE_CPU;
+}
+
+int jobs_pick(struct jobs *js, const char *device, uint64_t bytes, char *msg, size_t len)
 {
     if (device && *device && strcmp(device, "auto"))
         return db_engine_pick(js->engine, device, msg, len);
+    if (bytes <= js->small_bytes)
+        for (int i = 0; i < js->n; i++)
+            if (cpu_builtin(js, i)) return i;
     int best = -1, best_kind = -1;
     uint64_t best_load = 0;
     for (int i = 0; i < js->n; i++) {
@@ -145,6 +156,27 @@ int jobs_pick(struct jobs *js, const char *device, char *msg, size_t len)
     }
     if (best < 0) db_msg(msg, len, "no device");
     return best;
+}
+
+int jobs_run_inline(struct jobs *js, struct job *j)
+{
+    if (j->bytes > js->small_bytes || !cpu_builtin(js, j->dev)) return 0;
+    struct worker *w = &js->w[j->dev];
+    pthread_mutex_lock(&w->lock);
+    int idle = !w->head && !w->st.running;
+    pthread_mutex_unlock(&w->lock);
+    if (!idle) return 0;
+    j->t_start = db_now_us();
+    int rc = db_engine_try_run(js->engine, j->dev, &j->p, j->in, j->out, j->mask, &j->res);
+    if (rc == DB_ENGINE_BUSY) return 0;
+    j->rc = rc;
+    j->ran = 1;
+    pthread_mutex_lock(&w->lock);
+    if (rc) w->st.failed++; else w->st.completed++;
+    w->st.busy_us += db_now_us() - j->t_start;
+    w->st.bytes += j->bytes;
+    pthread_mutex_unlock(&w->lock);
+    return 1;
 }
 
 void jobs_submit(struct jobs *js, struct job *j)

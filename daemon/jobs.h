@@ -37,8 +37,15 @@ typedef void (*jobs_done_fn)(struct job *j, void *ctx);
 
 int jobs_start(struct jobs **out, struct db_engine *e, uv_loop_t *loop, jobs_done_fn done, void *ctx,
                char *msg, size_t len);
-/* "auto"/NULL: the best kind of device, then the shortest queue; else an id. -1 with msg. */
-int jobs_pick(struct jobs *js, const char *device, char *msg, size_t len);
+/* "auto"/NULL: the built-in CPU backend for jobs of at most the small-job size (moving them to
+ * a device costs more than the work), else the best kind of device, then the shortest queue;
+ * or an id. -1 with msg. */
+int jobs_pick(struct jobs *js, const char *device, uint64_t bytes, char *msg, size_t len);
+void jobs_set_small_job_bytes(struct jobs *js, uint64_t bytes);
+/* Runs a small job on the calling (loop) thread when its device is the built-in CPU backend and
+ * is idle: 1 if it ran (the caller completes it), 0 if it must be queued. Saves two thread
+ * hand-offs on the latency of tiny jobs without ever making the loop wait for a device. */
+int jobs_run_inline(struct jobs *js, struct job *j);
 void jobs_submit(struct jobs *js, struct job *j);
 /* Removes every job still queued (not running) and returns them as a list (shutdown). */
 struct job *jobs_take_queued(struct jobs *js);

@@ -79,6 +79,7 @@ struct server {
     uint64_t next_client_id, next_job_seq;
     /* limits */
     uint64_t max_jobs, max_bytes, max_client_jobs, max_client_bytes, max_regions, max_region_bytes;
+    uint64_t small_job_bytes;
     uid_t allow_uid[MAX_ALLOW];
     gid_t allow_gid[MAX_ALLOW];
     int n_allow_uid, n_allow_gid;
@@ -205,6 +206,8 @@ static void client_close(struct client *c, const char *why)
     uv_poll_stop(&c->poll);
     uv_close((uv_handle_t *)&c->poll, on_client_closed);
 }
+
+static void on_job_done(struct job *j, void *ctx);
 
 /* ---------------------------------------------------------------- ops */
 static void op_hello(struct client *c, const cJSON *id, int with_limits)
@@ -351,9 +354,9 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
         send_error(c, id, DROPBLOCK_EUNAVAILABLE, "the daemon is shutting down");
         return;
     }
-    int dev = jobs_pick(s->jobs, pj.device, msg, sizeof msg);
-    if (dev < 0) { s->rejected++; send_error(c, id, DROPBLOCK_ENOTFOUND, msg); return; }
     uint64_t tb = dropblock_tensor_bytes(&pj.p), mb = dropblock_mask_bytes(&pj.p);
+    int dev = jobs_pick(s->jobs, pj.device, tb + mb, msg, sizeof msg);
+    if (dev < 0) { s->rejected++; send_error(c, id, DROPBLOCK_ENOTFOUND, msg); return; }
     struct region *rin, *rout, *rmask = NULL;
     uint8_t *in, *out, *mask = NULL;
     if ((rc = resolve(c, "input", &pj.input, tb, 0, &rin, &in, msg, sizeof msg)) ||
@@ -425,7 +428,8 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
     s->submitted++;
     logmsg(s, LOG_DEBUG, "client=%llu job=%llu id=%s queued on %s", (unsigned long long)c->id,
            (unsigned long long)j->seq, j->id_json, db_engine_device(s->engine, (size_t)dev)->id);
-    jobs_submit(s->jobs, j);
+    if (jobs_run_inline(s->jobs, j)) on_job_done(j, s);
+    else jobs_submit(s->jobs, j);
 }
 
 static void begin_shutdown(struct server *s, const char *why);
@@ -903,7 +907,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: dropblockd [--socket PATH] [--devices LIST] [--allow-uid U,...] [--allow-gid G,...]\n"
             "                  [--max-inflight-jobs N] [--max-inflight-bytes B] [--max-client-jobs N]\n"
-            "                  [--max-client-bytes B] [--max-regions N] [--cache-dir DIR] [--log-level L]\n"
+            "                  [--max-client-bytes B] [--max-regions N] [--small-job-bytes B] [--cache-dir DIR]\n"
+            "                  [--log-level L]\n"
             "Serves DropBlock2D jobs over a Unix socket (protocol: docs/protocol.md) until SIGTERM/SIGINT.\n"
             "  --socket PATH          default $DROPBLOCK_SOCKET, else $XDG_RUNTIME_DIR/dropblock/dropblockd.sock,\n"
             "                         else /run/dropblock/dropblockd.sock; systemd socket activation is honoured\n"
@@ -914,6 +919,8 @@ static void usage(FILE *f)
             "  --max-inflight-jobs N  jobs queued or running, all clients (default 256); --max-client-jobs (64)\n"
             "  --max-inflight-bytes B tensor bytes in flight, all clients (default 8 GiB); --max-client-bytes (4 GiB)\n"
             "  --max-regions N        regions per connection (default 256)\n"
+            "  --small-job-bytes B    \"auto\" jobs of at most B bytes (tensors + mask) run on the built-in CPU\n"
+            "                         backend, on the loop thread when it is idle (default 65536; 0: never)\n"
             "  --cache-dir DIR        compiled kernels (default $XDG_CACHE_HOME/dropblock or ~/.cache/dropblock)\n"
             "  --log-level L          error, warn, info (default) or debug\n");
 }
@@ -964,6 +971,7 @@ int main(int argc, char **argv)
     s->max_client_bytes = UINT64_C(4) << 30;
     s->max_regions = 256;
     s->max_region_bytes = UINT64_C(1) << 40;
+    s->small_job_bytes = 65536;
     s->allow_uid[s->n_allow_uid++] = getuid();
     s->allow_gid[s->n_allow_gid++] = getgid();
     static const struct option opts[] = {
@@ -973,6 +981,7 @@ int main(int argc, char **argv)
         {"max-client-jobs", required_argument, 0, 'J'}, {"max-client-bytes", required_argument, 0, 'B'},
         {"max-regions", required_argument, 0, 'r'},     {"cache-dir", required_argument, 0, 'c'},
         {"log-level", required_argument, 0, 'l'},       {"help", no_argument, 0, 'h'},
+        {"small-job-bytes", required_argument, 0, 'S'},
         {"version", no_argument, 0, 'V'},               {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -987,6 +996,17 @@ int main(int argc, char **argv)
         case 'B': if (parse_u64_opt("--max-client-bytes", optarg, &s->max_client_bytes)) return 2; break;
         case 'r': if (parse_u64_opt("--max-regions", optarg, &s->max_regions)) return 2; break;
         case 'c': cache_dir = optarg; break;
+        case 'S': {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno || end == optarg || *end || optarg[0] == '-') {
+                fprintf(stderr, "dropblockd: --small-job-bytes %s: must be a byte count (0 disables)\n", optarg);
+                return 2;
+            }
+            s->small_job_bytes = v;
+            break;
+        }
         case 'l': {
             int lv = -1;
             for (int i = 0; i < 4; i++)
@@ -1036,6 +1056,7 @@ int main(int argc, char **argv)
         db_engine_close(s->engine);
         return 1;
     }
+    jobs_set_small_job_bytes(s->jobs, s->small_job_bytes);
     if (!act && listen_on(s, path, private_dir) < 0) {
         jobs_stop(s->jobs);
         uv_run(s->loop, UV_RUN_NOWAIT);

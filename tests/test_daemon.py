@@ -411,6 +411,47 @@ def test_sigterm_with_queue(exe, ref):
         d.stop()
 
 
+def test_limits_and_region_lifetime(exe, ref):
+    """Past the per-client job or byte limit a job is refused at once; a region unregistered
+    under a running job stays mapped until the job is done."""
+    d = Daemon(exe, ["--devices", "cpu", "--max-client-jobs", "2", "--max-client-bytes", str(40 << 20),
+                     "--small-job-bytes", "0"])
+    try:
+        c = Client(d.path)
+        r, m = c.region(48 << 20)
+        big = job(r["region"], (16, 64, 64, 64), rate=0.2, block=7)   # 16 MiB in place
+        for k in range(3):
+            c.send({"v": 1, "id": k, **big})
+        replies = {x["id"]: x for x in (c.recv() for _ in range(3))}
+        check(replies[2].get("ok") is False and replies[2]["error"]["code"] == "resource_exhausted"
+              and "per-client" in replies[2]["error"]["message"],
+              "a third job past --max-client-jobs 2 is refused at once: %s" % replies[2])
+        check(replies[0]["ok"] and replies[1]["ok"], "the first two jobs ran")
+        two = job(r["region"], (16, 64, 64, 64), out_offset=16 << 20, rate=0.2, block=7)  # 32 MiB in flight
+        c.send({"v": 1, "id": 10, **two})
+        c.send({"v": 1, "id": 11, **two})
+        replies = {x["id"]: x for x in (c.recv() for _ in range(2))}
+        check(replies[11].get("ok") is False and "bytes" in replies[11]["error"]["message"],
+              "a job past --max-client-bytes is refused: %s" % replies[11])
+        # unregister while the job runs: the job still completes with exact bits
+        x, y, kept, total, scale = ref.case((8, 16, 64, 64), "NCHW", "f32", 0.2, (7, 7), 3, 0)
+        m[0:len(x)] = x
+        c.send({"v": 1, "id": 20, **job(r["region"], (8, 16, 64, 64), out_offset=len(x), rate=0.2, block=7, seed=3)})
+        c.send({"v": 1, "id": 21, "op": "region.unregister", "region": r["region"]})
+        replies = {x["id"]: x for x in (c.recv() for _ in range(2))}
+        check(replies[21]["ok"], "unregister answered while a job runs on the region")
+        check(replies[20]["ok"] and replies[20]["kept"] == kept and m[len(x):2 * len(x)] == y,
+              "the job on the unregistered region finished exactly: %s" % {k: v for k, v in replies[20].items()
+                                                                          if k != "timing_us"})
+        r2 = c.call(job(r["region"], (1, 1, 4, 4)))
+        expect_error(r2, "not_found", ["not registered"], "a job on the unregistered region")
+        c.close()
+    except Exception:
+        check(False, "limits test crashed: " + traceback.format_exc())
+    finally:
+        check(d.stop() == 0, "SIGTERM exits 0")
+
+
 def test_stale_socket_and_second_daemon(exe):
     d = Daemon(exe)
     try:
@@ -509,7 +550,8 @@ def main():
     a = ap.parse_args()
     ref = Reference(a.spec_dir)
     for t in (lambda: test_bad_inputs(a.daemon, ref), lambda: test_many_clients(a.daemon, ref),
-              lambda: test_sigterm_with_queue(a.daemon, ref), lambda: test_stale_socket_and_second_daemon(a.daemon),
+              lambda: test_sigterm_with_queue(a.daemon, ref), lambda: test_limits_and_region_lifetime(a.daemon, ref),
+              lambda: test_stale_socket_and_second_daemon(a.daemon),
               lambda: test_peer_credentials(a.daemon)):
         t()
     print("test_daemon: %d passed, %d failed" % (PASSED, FAILED))

@@ -3,7 +3,7 @@ BUILD ?= build
 MESON_OPTS ?=
 export POCL_CACHE_DIR ?= $(CURDIR)/$(BUILD)/pocl-cache
 
-.PHONY: all build deps test demo clean
+.PHONY: all build deps test demo fuzz clean
 
 all: build
 
@@ -22,5 +22,15 @@ test: build
 demo: build
 	@bash scripts/demo.sh $(BUILD)
 
+# libFuzzer on the frame reader, the request parser/validator and the .npy reader, each for
+# FUZZ_SECONDS (default 60), starting from the committed corpus in fuzz/corpus/.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@command -v clang >/dev/null || DROPBLOCK_DEPS_EXTRA=clang bash scripts/install-deps.sh
+	@[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true \
+	    -Db_sanitize=address,undefined -Db_lundef=false -Dc_args=-fsanitize=fuzzer-no-link
+	meson compile -C build-fuzz fuzz/fuzz_frames fuzz/fuzz_request fuzz/fuzz_npy
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-fuzz

@@ -255,17 +255,16 @@ static void *receiver_main(void *arg)
         have += (size_t)n;
         size_t pos = 0;
         int fatal = 0;
-        while (!fatal && have - pos >= 4) {
-            const unsigned char *p = buf + pos;
-            uint32_t flen = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-            if (flen == 0 || flen > PROTO_MAX_FRAME) {
+        uint32_t flen = 0;
+        int st;
+        while (!fatal && (st = proto_frame_peek(buf + pos, have - pos, &flen)) != PROTO_FRAME_MORE) {
+            if (st == PROTO_FRAME_BAD) {
                 db_msg(why, sizeof why, "dropblockd sent a frame of %u bytes (the protocol allows 1 to %u)", flen,
                        PROTO_MAX_FRAME);
                 fatal = 1;
                 break;
             }
-            if (have - pos < 4 + (size_t)flen) break;
-            if (handle_reply(c, (const char *)p + 4, flen, why, sizeof why)) fatal = 1;
+            if (handle_reply(c, (const char *)buf + pos + 4, flen, why, sizeof why)) fatal = 1;
             pos += 4 + (size_t)flen;
         }
         if (fatal) break;

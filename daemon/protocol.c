@@ -8,6 +8,14 @@
 
 #include "plan.h"
 
+int proto_frame_peek(const unsigned char *buf, size_t len, uint32_t *flen)
+{
+    if (len < 4) return PROTO_FRAME_MORE;
+    *flen = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 | (uint32_t)buf[3] << 24;
+    if (*flen == 0 || *flen > PROTO_MAX_FRAME) return PROTO_FRAME_BAD;
+    return len - 4 < *flen ? PROTO_FRAME_MORE : PROTO_FRAME_OK;
+}
+
 int proto_get_u64(const cJSON *it, const char *field, uint64_t *out, char *msg, size_t len)
 {
     if (cJSON_IsNumber(it)) {

@@ -24,6 +24,14 @@ struct proto_job {
     char device[64];
 };
 
+/* Frames: a u32 little-endian length, then that many bytes of JSON. */
+enum { PROTO_FRAME_OK, PROTO_FRAME_MORE, PROTO_FRAME_BAD };
+/* Looks at the len bytes at buf: PROTO_FRAME_MORE when they do not hold a whole frame yet,
+ * PROTO_FRAME_BAD when the length prefix is 0 or above PROTO_MAX_FRAME (it cannot be skipped:
+ * the stream is lost), else PROTO_FRAME_OK with the body at buf + 4. *flen gets the length
+ * prefix whenever 4 bytes are there. */
+int proto_frame_peek(const unsigned char *buf, size_t len, uint32_t *flen);
+
 /* An unsigned integer field: a JSON number that is an integer below 2^53, or a decimal string
  * up to 2^64 - 1. */
 int proto_get_u64(const cJSON *it, const char *field, uint64_t *out, char *msg, size_t len);

@@ -564,17 +564,16 @@ static void client_read(struct client *c)
         if (n == 0) { client_close(c, "end of stream"); return; }
         c->rlen += (size_t)n;
         size_t pos = 0;
-        while (!c->closed && c->rlen - pos >= 4) {
-            const unsigned char *p = c->rbuf + pos;
-            uint32_t flen = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-            if (flen == 0 || flen > PROTO_MAX_FRAME) {
+        uint32_t flen = 0;
+        int st;
+        while (!c->closed && (st = proto_frame_peek(c->rbuf + pos, c->rlen - pos, &flen)) != PROTO_FRAME_MORE) {
+            if (st == PROTO_FRAME_BAD) {
                 char m[128];
                 snprintf(m, sizeof m, "frame length %u: must be 1 to %u bytes", flen, PROTO_MAX_FRAME);
                 protocol_fatal(c, m);
                 return;
             }
-            if (c->rlen - pos < 4 + (size_t)flen) break;
-            handle_frame(c, (const char *)p + 4, flen);
+            handle_frame(c, (const char *)c->rbuf + pos + 4, flen);
             pos += 4 + (size_t)flen;
         }
         if (c->closed) return;

@@ -28,6 +28,9 @@
 #define MAX_PENDING_FDS 16
 #define RBUF_CAP (4 + PROTO_MAX_FRAME)
 #define MAX_ALLOW 32
+/* Replies queued for a client that is not reading: past this, the daemon stops reading its
+ * requests until they drain (backpressure instead of memory growth). */
+#define MAX_QUEUED_REPLY_BYTES (1u << 20)
 
 enum { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
@@ -52,7 +55,8 @@ struct client {
     int fds[MAX_PENDING_FDS];
     int nfds;
     struct outbuf *wq_head, *wq_tail;
-    int want_write;
+    size_t wq_bytes;
+    int want_write; /* the uv_poll events now asked for */
     struct region_table regions;
     struct job *jobs; /* in flight (queued or running), linked by cprev/cnext */
     uint64_t jobs_inflight, bytes_inflight;
@@ -115,32 +119,38 @@ static void maybe_finish_shutdown(struct server *s);
 
 static void on_client_io(uv_poll_t *h, int status, int events);
 
-static void set_want_write(struct client *c, int want)
+/* Polls for what the client's state needs: writable while replies wait, readable unless too
+ * many replies wait (a client that does not read its replies gets no more requests read). */
+static void update_poll(struct client *c)
 {
-    if (c->want_write == want || c->closed) return;
-    c->want_write = want;
-    uv_poll_start(&c->poll, UV_READABLE | (want ? UV_WRITABLE : 0), on_client_io);
+    if (c->closed) return;
+    int events = (c->wq_head ? UV_WRITABLE : 0) | (c->wq_bytes <= MAX_QUEUED_REPLY_BYTES ? UV_READABLE : 0);
+    if (events == c->want_write) return;
+    c->want_write = events;
+    uv_poll_start(&c->poll, events, on_client_io);
 }
 
 static int client_flush(struct client *c)
 {
+    int rc = 0;
     while (c->wq_head) {
         struct outbuf *b = c->wq_head;
         ssize_t n = send(c->fd, b->data + b->off, b->len - b->off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) { set_want_write(c, 1); return 0; }
-            return -1;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) rc = -1;
+            break;
         }
         b->off += (size_t)n;
+        c->wq_bytes -= (size_t)n;
         if (b->off == b->len) {
             c->wq_head = b->next;
             if (!c->wq_head) c->wq_tail = NULL;
             free(b);
         }
     }
-    set_want_write(c, 0);
-    return 0;
+    update_poll(c);
+    return rc;
 }
 
 /* Queues a reply (obj is consumed). */
@@ -158,6 +168,7 @@ static void client_send(struct client *c, cJSON *obj)
     b->next = NULL;
     if (c->wq_tail) c->wq_tail->next = b; else c->wq_head = b;
     c->wq_tail = b;
+    c->wq_bytes += len;
     if (client_flush(c) < 0) client_close(c, "the peer stopped reading");
 }
 
@@ -528,7 +539,7 @@ static void protocol_fatal(struct client *c, const char *message)
 /* ---------------------------------------------------------------- clients: reading */
 static void client_read(struct client *c)
 {
-    while (!c->closed) {
+    while (!c->closed && c->wq_bytes <= MAX_QUEUED_REPLY_BYTES) {
         union {
             struct cmsghdr h;
             char buf[CMSG_SPACE(sizeof(int) * MAX_PENDING_FDS)];
@@ -680,6 +691,7 @@ static void on_listen(uv_poll_t *h, int status, int events)
         if (s->clients) s->clients->prev = c;
         s->clients = c;
         s->nclients++;
+        c->want_write = UV_READABLE;
         uv_poll_start(&c->poll, UV_READABLE, on_client_io);
         logmsg(s, LOG_INFO, "client=%llu connected (pid %d, uid %u)", (unsigned long long)c->id, (int)cr.pid,
                (unsigned)cr.uid);

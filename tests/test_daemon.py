@@ -452,6 +452,36 @@ def test_limits_and_region_lifetime(exe, ref):
         check(d.stop() == 0, "SIGTERM exits 0")
 
 
+def test_client_that_never_reads(exe, ref):
+    """A client that floods requests and never reads its replies stops being read (backpressure):
+    the daemon's memory stays bounded and other clients keep getting exact results."""
+    d = Daemon(exe)
+    try:
+        good = Client(d.path)
+        rg, gm = good.region(1 << 17)
+        flood = Client(d.path)
+        flood.s.setblocking(False)
+        body = json.dumps({"v": 1, "id": 1, "op": "status"}).encode()
+        frame = struct.pack("<I", len(body)) + body
+        sent = 0
+        t_end = time.time() + 5
+        while time.time() < t_end:
+            try:
+                sent += flood.s.send(frame * 64)
+            except BlockingIOError:
+                break   # the daemon stopped reading us: the socket buffers are full
+        rss = int(open("/proc/%d/status" % d.proc.pid).read().split("VmRSS:")[1].split()[0])
+        check(sent < 64 << 20, "the flood was stopped by backpressure after %d bytes" % sent)
+        check(rss < 200 * 1024, "daemon RSS %d KiB stays bounded under a flood of unread replies" % rss)
+        ok, r = exact_job(good, gm, rg["region"], ref)
+        check(ok, "another client is served during the flood: %s" % r)
+        flood.close()
+    except Exception:
+        check(False, "flood test crashed: " + traceback.format_exc())
+    finally:
+        check(d.stop() == 0, "SIGTERM exits 0")
+
+
 def test_stale_socket_and_second_daemon(exe):
     d = Daemon(exe)
     try:
@@ -551,7 +581,7 @@ def main():
     ref = Reference(a.spec_dir)
     for t in (lambda: test_bad_inputs(a.daemon, ref), lambda: test_many_clients(a.daemon, ref),
               lambda: test_sigterm_with_queue(a.daemon, ref), lambda: test_limits_and_region_lifetime(a.daemon, ref),
-              lambda: test_stale_socket_and_second_daemon(a.daemon),
+              lambda: test_client_that_never_reads(a.daemon, ref), lambda: test_stale_socket_and_second_daemon(a.daemon),
               lambda: test_peer_credentials(a.daemon)):
         t()
     print("test_daemon: %d passed, %d failed" % (PASSED, FAILED))

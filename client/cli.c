@@ -1,22 +1,29 @@
 /* cli.c: the dropblock command-line tool.
  *
- *   dropblock [--socket PATH] [--local] run [options]     one DropBlock2D job
- *   dropblock [--socket PATH] [--local] devices [options] the devices of the engine
- *   dropblock schedule [options]                         a scheduled drop rate (no engine)
+ *   dropblock [--socket PATH | --local] run [options]      one DropBlock2D job
+ *   dropblock [--socket PATH | --local] devices [options]  the devices of the daemon or engine
+ *   dropblock [--socket PATH] status [--json]              the daemon's status (a readiness probe)
+ *   dropblock [--socket PATH] stop [--timeout S]           asks the daemon to stop
+ *   dropblock schedule [options]                           a scheduled drop rate (no engine)
  *
+ * Without --local, run and devices talk to dropblockd over its socket (--socket, else
+ * dropblock_default_socket()); with it, they open the in-process engine. Both are the same
+ * dropblock_t handle of dropblock.h, opened in one place (open_engine), and the run path is written
+ * once for both: its tensors come from dropblock_alloc (shared memfd regions on a connection).
  * Flags and defaults are those of spec/dropblock_ref.py, and --format prints its JSON line byte
- * for byte, so `dropblock run --local ... --format hex` and `dropblock_ref.py ... --format hex`
- * compare with a string equality. Everything goes through the public API (dropblock.h): the
- * engine is opened in one place (open_engine), so the daemon's socket only has to be added there.
- * Exit status: 0 done, 1 failure (no device, job or I/O error), 2 bad arguments or an invalid
- * request; messages go to stderr, prefixed "dropblock: ". */
+ * for byte, so `dropblock run ... --format hex` and `dropblock_ref.py ... --format hex` compare
+ * with a string equality. Exit status: 0 done, 1 failure (no daemon, no device, job or I/O
+ * error), 2 bad arguments or an invalid request; messages go to stderr, prefixed "dropblock: ". */
 #include <dropblock/dropblock.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "format.h"
 #include "npy.h"
@@ -25,36 +32,46 @@
 enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
 static const char usage_main[] =
-    "usage: dropblock [--socket PATH] [--local] COMMAND [options]\n"
+    "usage: dropblock [--socket PATH | --local] COMMAND [options]\n"
     "\n"
-    "DropBlock2D (spec/SPEC.md) on the CPU, OpenCL and Vulkan devices of this machine.\n"
+    "DropBlock2D (spec/SPEC.md) on the CPU, OpenCL and Vulkan devices of this machine, through the\n"
+    "dropblockd daemon (default) or in this process (--local).\n"
     "\n"
     "commands:\n"
     "  run       run one DropBlock2D job (dropblock run --help)\n"
     "  devices   list the devices (dropblock devices --help)\n"
+    "  status    the daemon's status; exit 0 when it answers, 1 when none does (dropblock status --help)\n"
+    "  stop      ask the daemon to stop, as SIGTERM does (dropblock stop --help)\n"
     "  schedule  a scheduled drop rate, the paper's linear ramp and/or the TF-TPU reference's per-group\n"
     "            scaling: dropblock schedule --rate R [--linear --step S --steps N] [--group 1..4]\n"
     "            (dropblock schedule --help)\n"
     "\n"
     "global options:\n"
-    "  --local        run in this process (the engine inside the tool); required in this build\n"
-    "  --socket PATH  the daemon's socket (daemon mode is not available in this build yet)\n"
+    "  --socket PATH  the daemon's socket (default $DROPBLOCK_SOCKET, else\n"
+    "                 $XDG_RUNTIME_DIR/dropblock/dropblockd.sock, else /run/dropblock/dropblockd.sock)\n"
+    "  --local        run and devices: the engine inside this process, no daemon\n"
     "  --help         this text\n"
     "  --version      the tool's version\n"
     "\n"
-    "exit status: 0 done, 1 failure (no device, job or I/O error), 2 bad arguments or invalid request\n";
+    "Start a daemon with `dropblockd --socket PATH &` (dropblockd --help; docs/deploy.md for systemd\n"
+    "and Kubernetes).\n"
+    "exit status: 0 done, 1 failure (no daemon, no device, job or I/O error), 2 bad arguments or\n"
+    "invalid request\n";
 
 static const char usage_run[] =
-    "usage: dropblock run --local [options]\n"
+    "usage: dropblock run [--socket PATH | --local] [options]\n"
     "\n"
-    "Runs DropBlock2D once; flags and defaults are those of spec/dropblock_ref.py.\n"
+    "Runs DropBlock2D once; flags and defaults are those of spec/dropblock_ref.py. The tensors live\n"
+    "in memory from dropblock_alloc: shared with the daemon, or the engine's own with --local.\n"
     "\n"
     "engine:\n"
-    "  --local                  run in this process\n"
-    "  --socket PATH            the daemon's socket (not available in this build yet)\n"
-    "  --backend B              cpu, opencl or vulkan (default: all that work)\n"
-    "  --device N|ID            the N-th device of --backend (id B:N; without --backend the N-th of\n"
-    "                           all devices), or an id such as opencl:0 (default: auto)\n"
+    "  --socket PATH            the daemon's socket (default: see dropblock --help)\n"
+    "  --local                  run in this process instead of through the daemon\n"
+    "  --backend B              cpu, opencl or vulkan: only that API's devices (default: all); without\n"
+    "                           --device the best device of that API, ranked as auto ranks them\n"
+    "  --device N|ID            an id such as opencl:0, or a number: with --backend the N-th device of\n"
+    "                           that API (with --local the id B:N), without it the N-th device of the\n"
+    "                           list that dropblock devices prints (default: auto)\n"
     "request:\n"
     "  --shape N,C,H,W          logical shape, whatever the layout (optional with an .npy input)\n"
     "  --layout NCHW|NHWC       physical order of the tensors (default NCHW)\n"
@@ -79,13 +96,32 @@ static const char usage_run[] =
     "  --format hex|dec         print dropblock_ref.py's JSON line (values as bit patterns or decimals);\n"
     "                           without --format and --output a short summary is printed\n"
     "\n"
-    "exit status: 0 done, 1 failure (no device, job or I/O error), 2 bad arguments or invalid request\n";
+    "exit status: 0 done, 1 failure (no daemon, no device, job or I/O error), 2 bad arguments or\n"
+    "invalid request\n";
 
 static const char usage_devices[] =
-    "usage: dropblock devices --local [--backend cpu|opencl|vulkan]\n"
+    "usage: dropblock devices [--socket PATH | --local] [--backend cpu|opencl|vulkan]\n"
     "\n"
-    "Lists the devices of the engine, one per line:\n"
-    "  ID kind=KIND vendor=\"...\" name=\"...\" driver=\"...\" uuid=UUID|- max_buffer=BYTES\n";
+    "Lists the devices of the daemon (or with --local of the engine in this process), one per line:\n"
+    "  ID kind=KIND vendor=\"...\" name=\"...\" driver=\"...\" uuid=UUID|- max_buffer=BYTES\n"
+    "--backend keeps that API's devices only.\n";
+
+static const char usage_status[] =
+    "usage: dropblock status [--socket PATH] [--json]\n"
+    "\n"
+    "Asks the daemon for its status: a summary line, then the status JSON (docs/protocol.md, op\n"
+    "status: uptime, clients, regions, jobs, bytes in flight, per-device counters and throughput).\n"
+    "  --json   only the daemon's reply, as one line of JSON\n"
+    "Exit status 0 when the daemon answers, 1 when none is reachable or it refuses us: usable as a\n"
+    "readiness or liveness probe (deploy/kubernetes/daemonset.yaml).\n";
+
+static const char usage_stop[] =
+    "usage: dropblock stop [--socket PATH] [--timeout SECONDS]\n"
+    "\n"
+    "Asks the daemon to stop as on SIGTERM: it takes no new connections, answers queued jobs\n"
+    "`unavailable`, lets running jobs finish and exits 0. Only the daemon's own uid may. Then waits\n"
+    "until the daemon has closed our connection, at most --timeout seconds (default 60; 0: do not\n"
+    "wait). Exit status 0 when the daemon accepted, 1 when none is reachable or it refused.\n";
 
 static const char usage_schedule[] =
     "usage: dropblock schedule --rate R [--linear --step S --steps N] [--group G] [--format dec|hex]\n"
@@ -112,6 +148,13 @@ static void err(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 /* ---- argument scanning ------------------------------------------------------------------ */
@@ -198,7 +241,7 @@ static int parse_rate(const char *s, float *r)
 /* ---- the engine --------------------------------------------------------------------------- */
 struct engine_opts {
     int local;
-    const char *socket;
+    const char *socket;  /* NULL: dropblock_default_socket() */
     const char *backend; /* NULL: all */
 };
 
@@ -211,22 +254,85 @@ static int check_backend(const char *b)
     return 0;
 }
 
-/* The one place that picks in-process or daemon. Returns an exit status (0 when *h is open). */
-static int open_engine(const struct engine_opts *o, dropblock_t **h)
+/* --local and --socket name two different engines. */
+static int check_engine(const struct engine_opts *o)
 {
-    if (!o->local) {
-        err("daemon mode is not available in this build yet%s%s%s; use --local to run in this process",
-            o->socket ? " (socket " : "", o->socket ? o->socket : "", o->socket ? ")" : "");
-        return EXIT_FAIL;
-    }
-    dropblock_local_options lo = {o->backend, NULL};
-    char msg[512] = "";
-    int rc = dropblock_open_local(h, &lo, msg, sizeof msg);
-    if (rc) {
-        err("cannot open the engine: %s", msg[0] ? msg : dropblock_strerror(rc));
-        return rc == DROPBLOCK_EINVAL ? EXIT_USAGE : EXIT_FAIL;
+    if (o->local && o->socket) {
+        err("--local runs in this process and --socket %s names a daemon: give one of them", o->socket);
+        return -1;
     }
     return 0;
+}
+
+/* The daemon's socket path: --socket, else the default rules of dropblock.h. */
+static const char *socket_path(const struct engine_opts *o, char *buf, size_t len)
+{
+    if (o->socket) return o->socket;
+    dropblock_default_socket(buf, len);
+    return buf;
+}
+
+/* How to start the daemon from here: dropblockd next to this tool (the build tree's
+ * build/daemon/dropblockd for build/client/dropblock, or an installed ../sbin/dropblockd), else
+ * the bare name. */
+static void daemon_command(char *buf, size_t len)
+{
+    static const char *const rel[] = {"/../daemon/dropblockd", "/dropblockd", "/../sbin/dropblockd"};
+    char self[PATH_MAX], cand[PATH_MAX + 32], real[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    snprintf(buf, len, "dropblockd");
+    if (n <= 0) return;
+    self[n] = 0;
+    char *slash = strrchr(self, '/');
+    if (!slash) return;
+    *slash = 0;
+    for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+        snprintf(cand, sizeof cand, "%s%s", self, rel[i]);
+        if (!access(cand, X_OK) && realpath(cand, real)) {
+            snprintf(buf, len, "%s", real);
+            return;
+        }
+    }
+}
+
+/* The one place that picks in-process or daemon. Returns an exit status (0 when *h is open).
+ * hint_local: the no-daemon message also suggests --local (run, devices). */
+static int open_engine(const struct engine_opts *o, dropblock_t **h, int hint_local)
+{
+    char msg[1024] = "";
+    if (o->local) {
+        dropblock_local_options lo = {o->backend, NULL};
+        int rc = dropblock_open_local(h, &lo, msg, sizeof msg);
+        if (rc) {
+            err("cannot open the engine: %s", msg[0] ? msg : dropblock_strerror(rc));
+            return rc == DROPBLOCK_EINVAL ? EXIT_USAGE : EXIT_FAIL;
+        }
+        return 0;
+    }
+    char buf[4096];
+    const char *path = socket_path(o, buf, sizeof buf);
+    int rc = dropblock_connect(h, path, msg, sizeof msg);
+    if (!rc) return 0;
+    *h = NULL;
+    /* nothing listens there: say so, and how to start a daemon (the library's message is
+     * "cannot connect to dropblockd at PATH: REASON; start one ...") */
+    static const char cc[] = "cannot connect to dropblockd at ";
+    if (rc == DROPBLOCK_EUNAVAILABLE && !strncmp(msg, cc, sizeof cc - 1)) {
+        const char *reason = msg + sizeof cc - 1;
+        size_t pl = strlen(path);
+        if (!strncmp(reason, path, pl) && !strncmp(reason + pl, ": ", 2)) reason += pl + 2;
+        else reason = NULL;
+        int rl = reason ? (int)(strstr(reason, "; ") ? (size_t)(strstr(reason, "; ") - reason) : strlen(reason)) : 0;
+        char dcmd[PATH_MAX + 16];
+        daemon_command(dcmd, sizeof dcmd);
+        err("no dropblockd is reachable at %s%s%.*s%s", path, reason ? " (" : "", rl, reason ? reason : "",
+            reason ? ")" : "");
+        err("start one with `%s --socket %s &`%s", dcmd, path,
+            hint_local ? ", or run in this process with --local" : "");
+        return EXIT_FAIL;
+    }
+    err("%s", msg[0] ? msg : dropblock_strerror(rc));
+    return rc == DROPBLOCK_EINVAL ? EXIT_USAGE : EXIT_FAIL;
 }
 
 /* Reads the device list into a malloc'ed array. */
@@ -256,19 +362,169 @@ static int cmd_devices(int argc, char **argv, struct engine_opts eo)
         case 3: fputs(usage_devices, stdout); return 0;
         }
     }
-    if (check_backend(eo.backend)) return EXIT_USAGE;
+    if (check_backend(eo.backend) || check_engine(&eo)) return EXIT_USAGE;
     dropblock_t *h;
-    int st = open_engine(&eo, &h);
+    int st = open_engine(&eo, &h, 1);
     if (st) return st;
     size_t n;
     dropblock_device_info *d = list_devices(h, &n);
     if (!d) { err("cannot list the devices: out of memory"); dropblock_close(h); return EXIT_FAIL; }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        /* the local engine was opened with --backend's API only; the daemon has all of its own */
+        if (eo.backend && strcmp(d[i].api, eo.backend)) continue;
         printf("%s kind=%s vendor=\"%s\" name=\"%s\" driver=\"%s\" uuid=%s max_buffer=%llu\n", d[i].id,
                dropblock_device_kind_name(d[i].kind), d[i].vendor, d[i].name, d[i].driver,
                d[i].uuid[0] ? d[i].uuid : "-", (unsigned long long)d[i].max_buffer);
+    }
     free(d);
     dropblock_close(h);
+    if (fflush(stdout)) { err("write error on stdout: %s", strerror(errno)); return EXIT_FAIL; }
+    return 0;
+}
+
+/* ---- dropblock status and stop ------------------------------------------------------------ */
+static double json_num(const cJSON *o, const char *name)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsNumber(it) ? it->valuedouble : 0.0;
+}
+
+/* Options of status and stop: --socket, --help, and one more (--json or --timeout). Returns -1
+ * to go on, else an exit status. */
+static int daemon_cmd_args(const char *cmd, const char *usage, const struct opt *extra, int argc, char **argv,
+                           struct engine_opts *eo, const char **extra_value, int *extra_given)
+{
+    struct opt table[] = {{"--socket", 1}, {"--help", 0}, {"--local", 0}, {extra->name, extra->takes_value}, {NULL, 0}};
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        int k = next_opt(table, argc, argv, &i, &v);
+        if (k == -2) { err("%s: unexpected argument \"%s\" (see dropblock %s --help)", cmd, argv[i], cmd); return EXIT_USAGE; }
+        if (k < 0) return EXIT_USAGE;
+        if (k == 0) eo->socket = v;
+        else if (k == 1) { fputs(usage, stdout); return 0; }
+        else if (k == 2) eo->local = 1;
+        else { *extra_value = v; *extra_given = 1; }
+    }
+    if (eo->local) {
+        err("%s asks the daemon; --local has none (dropblock --local devices lists this process's devices)", cmd);
+        return EXIT_USAGE;
+    }
+    return -1;
+}
+
+static int cmd_status(int argc, char **argv, struct engine_opts eo)
+{
+    static const struct opt json_opt = {"--json", 0};
+    const char *unused = NULL;
+    int json_only = 0;
+    int st = daemon_cmd_args("status", usage_status, &json_opt, argc, argv, &eo, &unused, &json_only);
+    if (st >= 0) return st;
+    char buf[4096];
+    const char *path = socket_path(&eo, buf, sizeof buf);
+    dropblock_t *h;
+    if ((st = open_engine(&eo, &h, 0))) return st;
+    size_t len = 64 * 1024; /* a reply frame is at most 64 KiB */
+    char *text = malloc(len);
+    int rc = text ? dropblock_status(h, text, len) : DROPBLOCK_EEXHAUSTED;
+    size_t ndev = 0;
+    dropblock_device_info *devs = rc ? NULL : list_devices(h, &ndev);
+    dropblock_close(h);
+    if (rc) {
+        err("dropblockd at %s did not answer the status request: %s", path, dropblock_strerror(rc));
+        free(text);
+        return EXIT_FAIL;
+    }
+    cJSON *j = cJSON_Parse(text);
+    if (!j) { err("dropblockd at %s: the status reply is not JSON", path); free(text); free(devs); return EXIT_FAIL; }
+    if (json_only) {
+        printf("%s\n", text);
+    } else {
+        const cJSON *jobs = cJSON_GetObjectItemCaseSensitive(j, "jobs");
+        const cJSON *dl = cJSON_GetObjectItemCaseSensitive(j, "devices");
+        printf("dropblockd at %s is up %.1f s: %d device%s, %.0f client%s (this one included), %.0f region%s; "
+               "jobs %.0f submitted, %.0f completed, %.0f failed, %.0f rejected, %.0f queued, %.0f running; "
+               "%.0f bytes in flight\n",
+               path, json_num(j, "uptime_s"), cJSON_GetArraySize(dl), cJSON_GetArraySize(dl) == 1 ? "" : "s",
+               json_num(j, "clients"), json_num(j, "clients") == 1 ? "" : "s", json_num(j, "regions"),
+               json_num(j, "regions") == 1 ? "" : "s", json_num(jobs, "submitted"), json_num(jobs, "completed"),
+               json_num(jobs, "failed"), json_num(jobs, "rejected"), json_num(jobs, "queued"),
+               json_num(jobs, "running"), json_num(j, "inflight_bytes"));
+        const cJSON *d;
+        cJSON_ArrayForEach(d, dl) {
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(d, "id");
+            const char *name = "";
+            for (size_t i = 0; i < ndev && cJSON_IsString(id); i++)
+                if (!strcmp(devs[i].id, id->valuestring)) name = devs[i].name;
+            printf("  %-10s %.0f completed, %.0f failed, %.0f queued, %.0f running, busy %.0f us, %.3f GB/s  %s\n",
+                   cJSON_IsString(id) ? id->valuestring : "?", json_num(d, "completed"), json_num(d, "failed"),
+                   json_num(d, "queued"), json_num(d, "running"), json_num(d, "busy_us"),
+                   json_num(d, "throughput_gbps"), name);
+        }
+        /* the reply without its envelope (v, id, ok) */
+        cJSON_DeleteItemFromObjectCaseSensitive(j, "v");
+        cJSON_DeleteItemFromObjectCaseSensitive(j, "id");
+        cJSON_DeleteItemFromObjectCaseSensitive(j, "ok");
+        char *pretty = cJSON_Print(j);
+        if (pretty) {
+            /* cJSON indents with tabs and puts one after each colon (strings hold none: they are
+             * escaped); two spaces and one read better in a terminal */
+            for (const char *c = pretty; *c; c++) {
+                if (*c != '\t') putchar(*c);
+                else fputs(c > pretty && c[-1] == ':' ? " " : "  ", stdout);
+            }
+            putchar('\n');
+        }
+        cJSON_free(pretty);
+    }
+    cJSON_Delete(j);
+    free(text);
+    free(devs);
+    if (fflush(stdout)) { err("write error on stdout: %s", strerror(errno)); return EXIT_FAIL; }
+    return 0;
+}
+
+static int cmd_stop(int argc, char **argv, struct engine_opts eo)
+{
+    static const struct opt timeout_opt = {"--timeout", 1};
+    const char *tv = NULL;
+    int given = 0;
+    int st = daemon_cmd_args("stop", usage_stop, &timeout_opt, argc, argv, &eo, &tv, &given);
+    if (st >= 0) return st;
+    uint64_t timeout_s = 60;
+    if (given && (parse_u64(tv, &timeout_s) || timeout_s > 86400)) {
+        err("--timeout %s: must be a whole number of seconds, 0 to 86400", tv);
+        return EXIT_USAGE;
+    }
+    char buf[4096];
+    const char *path = socket_path(&eo, buf, sizeof buf);
+    dropblock_t *h;
+    if ((st = open_engine(&eo, &h, 0))) return st;
+    char msg[512] = "";
+    double t0 = now_s();
+    int rc = dropblock_shutdown(h, msg, sizeof msg);
+    if (rc) {
+        err("dropblockd at %s refused to stop: %s", path, msg[0] ? msg : dropblock_strerror(rc));
+        dropblock_close(h);
+        return EXIT_FAIL;
+    }
+    printf("dropblockd at %s is stopping: no new connections, queued jobs answered unavailable, running jobs "
+           "finish\n", path);
+    fflush(stdout);
+    /* the daemon closes every connection once its running jobs are done, just before it exits:
+     * a status request on ours fails from then on */
+    int closed = 0;
+    char tmp[16384];
+    while (timeout_s && now_s() - t0 < (double)timeout_s) {
+        if (dropblock_status(h, tmp, sizeof tmp) == DROPBLOCK_EUNAVAILABLE) { closed = 1; break; }
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    dropblock_close(h);
+    if (closed) printf("dropblockd at %s has stopped: it closed its connections after %.0f ms\n", path,
+                       (now_s() - t0) * 1e3);
+    else if (timeout_s) printf("dropblockd at %s is still finishing its running jobs after %llu s; it exits when "
+                               "they are done\n", path, (unsigned long long)timeout_s);
+    if (fflush(stdout)) { err("write error on stdout: %s", strerror(errno)); return EXIT_FAIL; }
     return 0;
 }
 
@@ -332,6 +588,8 @@ struct run_args {
     dropblock_params p;
     const char *device, *input, *output, *mask;
     int have_shape, dtype_given, format; /* format: -1 none, 0 dec, 1 hex */
+    int tf_uniform;                      /* --input tf-uniform:S0,S1, with its seeds: */
+    uint64_t tf_seed[2];
 };
 
 enum {
@@ -415,7 +673,7 @@ static int parse_run(int argc, char **argv, struct run_args *a)
         case O_HELP: fputs(usage_run, stdout); return 0;
         }
     }
-    if (check_backend(a->eo.backend)) return EXIT_USAGE;
+    if (check_backend(a->eo.backend) || check_engine(&a->eo)) return EXIT_USAGE;
     return -1;
 }
 
@@ -427,32 +685,28 @@ static void physical_shape(const dropblock_params *p, uint64_t d[4])
     else { d[0] = s[0]; d[1] = s[2]; d[2] = s[3]; d[3] = s[1]; }
 }
 
-/* Loads --input into *x (malloc'ed, tensor_bytes of the final request). Returns -1 or an exit status. */
+/* Reads --input and completes the request: a tf-uniform input is only checked here (its values
+ * are generated into the engine's memory later, fill_input), an .npy file is read into *x
+ * (malloc'ed, tensor_bytes of the final request) and gives the shape and dtype. Returns -1 to go
+ * on, else an exit status. */
 static int load_input(struct run_args *a, void **x)
 {
     dropblock_params *p = &a->p;
     static const char tfu[] = "tf-uniform:";
     *x = NULL;
     if (!strncmp(a->input, tfu, sizeof tfu - 1)) {
-        uint64_t s[2];
-        if (parse_u64_list(a->input + sizeof tfu - 1, s, 2, 2) < 0) {
+        if (parse_u64_list(a->input + sizeof tfu - 1, a->tf_seed, 2, 2) < 0) {
             err("--input %s: must be tf-uniform:S0,S1 with two unsigned 64-bit integers, or an .npy file", a->input);
             return EXIT_USAGE;
         }
         if (!a->have_shape) { err("--shape is required unless --input is an .npy file"); return EXIT_USAGE; }
         char msg[256];
         if (dropblock_params_validate(p, msg, sizeof msg)) { err("%s", msg); return EXIT_USAGE; }
-        uint64_t bytes = dropblock_tensor_bytes(p);
-        if (bytes > SIZE_MAX || !(*x = malloc((size_t)bytes))) {
-            err("out of memory for a %llu-byte input", (unsigned long long)bytes);
+        if (dropblock_tensor_bytes(p) > SIZE_MAX) {
+            err("out of memory for a %llu-byte input", (unsigned long long)dropblock_tensor_bytes(p));
             return EXIT_FAIL;
         }
-        if (db_fill_tf_uniform(p->dtype, s[0], s[1], dropblock_numel(p), *x)) {
-            err("out of memory generating the tf-uniform input");
-            free(*x);
-            *x = NULL;
-            return EXIT_FAIL;
-        }
+        a->tf_uniform = 1;
         return -1;
     }
     int dtype, nd;
@@ -502,13 +756,6 @@ static int write_file(const char *path, const void *buf, uint64_t n)
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static void print_summary(const struct run_args *a, const dropblock_result *r, const dropblock_device_info *dev,
                           double wall)
 {
@@ -534,15 +781,45 @@ static void print_summary(const struct run_args *a, const dropblock_result *r, c
            (unsigned long long)r->timing_us[2], (unsigned long long)r->timing_us[3], wall * 1e6);
 }
 
-/* --device: "auto", an id, or a number (the N-th device of --backend, else of the list). */
+/* Rank of a device kind for auto, as the engine and the daemon rank them: a discrete GPU over an
+ * integrated one over a CPU driver over the built-in CPU. */
+static int kind_rank(dropblock_device_kind k) { return k == DROPBLOCK_DEVICE_OTHER ? 0 : (int)k; }
+
+/* --device: "auto", an id, or a number (with --backend the N-th device of that API, else of the
+ * list). With --local, --backend opened only that API, so auto stays auto and N is the id B:N;
+ * the daemon has all of its devices, so --backend picks among those of its API here. */
 static int resolve_device(const struct run_args *a, const dropblock_device_info *d, size_t n, char *id, size_t len)
 {
+    const char *b = a->eo.backend, *list = a->eo.local ? "dropblock --local devices" : "dropblock devices";
+    int remote = !a->eo.local;
+    size_t nb = 0, best = 0;
     uint64_t k;
-    if (!a->device || !strcmp(a->device, "auto")) { id[0] = 0; return 0; }
+    for (size_t i = 0; i < n; i++) {
+        if (!b || strcmp(d[i].api, b)) continue;
+        if (!nb++ || kind_rank(d[i].kind) > kind_rank(d[best].kind)) best = i;
+    }
+    if (remote && b && !nb) {
+        err("--backend %s: the daemon has no %s device (%s lists them)", b, b, list);
+        return EXIT_FAIL;
+    }
+    if (!a->device || !strcmp(a->device, "auto")) {
+        if (remote && b) snprintf(id, len, "%s", d[best].id);
+        else id[0] = 0;
+        return 0;
+    }
     if (!parse_u64(a->device, &k)) {
-        if (a->eo.backend) { snprintf(id, len, "%s:%llu", a->eo.backend, (unsigned long long)k); return 0; }
+        if (b && !remote) { snprintf(id, len, "%s:%llu", b, (unsigned long long)k); return 0; }
+        if (b) {
+            if (k >= nb) {
+                err("--device %s: the daemon has only %zu %s device%s (%s)", a->device, nb, b, nb == 1 ? "" : "s", list);
+                return EXIT_FAIL;
+            }
+            for (size_t i = 0; i < n; i++)
+                if (!strcmp(d[i].api, b) && !k--) { snprintf(id, len, "%s", d[i].id); break; }
+            return 0;
+        }
         if (k >= n) {
-            err("--device %s: there are only %zu devices (dropblock devices --local)", a->device, n);
+            err("--device %s: there are only %zu devices (%s)", a->device, n, list);
             return EXIT_FAIL;
         }
         snprintf(id, len, "%s", d[k].id);
@@ -553,13 +830,24 @@ static int resolve_device(const struct run_args *a, const dropblock_device_info 
         err("--device %s: must be a number or an id such as cpu:0, opencl:0, vulkan:0", a->device);
         return EXIT_USAGE;
     }
-    if (a->eo.backend && (strlen(a->eo.backend) != (size_t)(colon - a->device) ||
-                          strncmp(a->eo.backend, a->device, (size_t)(colon - a->device)))) {
-        err("--device %s is not a device of --backend %s", a->device, a->eo.backend);
+    if (b && (strlen(b) != (size_t)(colon - a->device) || strncmp(b, a->device, (size_t)(colon - a->device)))) {
+        err("--device %s is not a device of --backend %s", a->device, b);
         return EXIT_USAGE;
     }
     snprintf(id, len, "%s", a->device);
     return 0;
+}
+
+/* Engine memory for a tensor (shared with the daemon on a connection). */
+static int engine_alloc(dropblock_t *h, uint64_t bytes, const char *what, void **p)
+{
+    int rc = bytes > SIZE_MAX ? DROPBLOCK_EEXHAUSTED : dropblock_alloc(h, (size_t)bytes, p);
+    if (rc) {
+        err("cannot allocate %llu bytes of %s memory for the %s: %s", (unsigned long long)bytes,
+            dropblock_is_remote(h) ? "shared" : "engine", what, dropblock_strerror(rc));
+        *p = NULL;
+    }
+    return rc;
 }
 
 static int cmd_run(int argc, char **argv, struct engine_opts eo)
@@ -573,27 +861,37 @@ static int cmd_run(int argc, char **argv, struct engine_opts eo)
     int st = parse_run(argc, argv, &a);
     if (st >= 0) return st;
 
-    void *x = NULL, *y = NULL;
-    uint8_t *mask = NULL;
+    void *file = NULL, *x = NULL, *y = NULL, *mask = NULL;
     dropblock_t *h = NULL;
     dropblock_device_info *devs = NULL;
-    if ((st = load_input(&a, &x)) >= 0) return st;
+    /* the request is complete and valid before any engine is opened: bad arguments are exit 2,
+     * with or without a daemon */
+    if ((st = load_input(&a, &file)) >= 0) return st;
     dropblock_params *p = &a.p;
     uint64_t bytes = dropblock_tensor_bytes(p), n = dropblock_numel(p), mbytes = dropblock_mask_bytes(p);
-    st = EXIT_FAIL;
-    if (!(y = malloc(bytes ? (size_t)bytes : 1)) || (a.mask && !(mask = malloc(mbytes ? (size_t)mbytes : 1)))) {
-        err("out of memory for the %llu-byte output", (unsigned long long)bytes);
-        goto out;
-    }
-    if ((st = open_engine(&a.eo, &h))) goto out;
+    if ((st = open_engine(&a.eo, &h, 1))) goto out;
     size_t ndev;
     char id[64];
     st = EXIT_FAIL;
     if (!(devs = list_devices(h, &ndev))) { err("cannot list the devices: out of memory"); goto out; }
     if ((st = resolve_device(&a, devs, ndev, id, sizeof id))) goto out;
+    st = EXIT_FAIL;
+    /* distinct input and output buffers: the input stays intact, whatever a backend does in place */
+    if (engine_alloc(h, bytes, "input", &x) || engine_alloc(h, bytes, "output", &y) ||
+        (a.mask && engine_alloc(h, mbytes, "mask", &mask)))
+        goto out;
+    if (a.tf_uniform) {
+        if (db_fill_tf_uniform(p->dtype, a.tf_seed[0], a.tf_seed[1], n, x)) {
+            err("out of memory generating the tf-uniform input");
+            goto out;
+        }
+    } else {
+        memcpy(x, file, (size_t)bytes);
+        free(file);
+        file = NULL;
+    }
     dropblock_result res;
     double t0 = now_s();
-    /* distinct input and output buffers: the input stays intact, whatever a backend does in place */
     int rc = dropblock_run(h, p, x, y, mask, id[0] ? id : NULL, &res);
     double wall = now_s() - t0;
     if (rc) {
@@ -603,7 +901,6 @@ static int cmd_run(int argc, char **argv, struct engine_opts eo)
         st = rc == DROPBLOCK_EINVAL ? EXIT_USAGE : EXIT_FAIL;
         goto out;
     }
-    st = EXIT_FAIL;
     if (a.output) {
         uint64_t phys[4];
         char msg[512];
@@ -622,10 +919,13 @@ static int cmd_run(int argc, char **argv, struct engine_opts eo)
     st = fflush(stdout) ? (err("write error on stdout: %s", strerror(errno)), EXIT_FAIL) : 0;
 out:
     free(devs);
-    if (h) dropblock_close(h);
-    free(x);
-    free(y);
-    free(mask);
+    if (h) {
+        dropblock_free(h, x);
+        dropblock_free(h, y);
+        dropblock_free(h, mask);
+        dropblock_close(h);
+    }
+    free(file);
     return st;
 }
 
@@ -649,13 +949,16 @@ int main(int argc, char **argv)
     const char *cmd = argv[i++];
     if (!strcmp(cmd, "run")) return cmd_run(argc - i, argv + i, eo);
     if (!strcmp(cmd, "devices")) return cmd_devices(argc - i, argv + i, eo);
+    if (!strcmp(cmd, "status")) return cmd_status(argc - i, argv + i, eo);
+    if (!strcmp(cmd, "stop")) return cmd_stop(argc - i, argv + i, eo);
     if (!strcmp(cmd, "schedule")) return cmd_schedule(argc - i, argv + i);
     if (!strcmp(cmd, "help")) {
         const char *what = i < argc ? argv[i] : "";
         fputs(!strcmp(what, "run") ? usage_run : !strcmp(what, "devices") ? usage_devices
+              : !strcmp(what, "status") ? usage_status : !strcmp(what, "stop") ? usage_stop
               : !strcmp(what, "schedule") ? usage_schedule : usage_main, stdout);
         return 0;
     }
-    err("unknown command \"%s\" (commands: run, devices, schedule; see dropblock --help)", cmd);
+    err("unknown command \"%s\" (commands: run, devices, status, stop, schedule; see dropblock --help)", cmd);
     return EXIT_USAGE;
 }

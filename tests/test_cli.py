@@ -8,6 +8,8 @@ For every backend that `dropblock devices --local` lists (or --backends), each c
 hex|dec` with the same flags; stdout must be byte-identical. Then the tool's own behaviour:
 exit status 2 and a message for bad arguments, .npy input/output round trips (with a small .npy
 writer and reader here, so numpy is not needed), the packed mask file, and malformed .npy files.
+$DROPBLOCK_SOCKET points at a path where no daemon is, for the no-daemon messages; the same
+comparisons through a running dropblockd are test_cli_daemon.py's (it imports this module).
 Python standard library only.
 """
 import argparse
@@ -92,8 +94,13 @@ def matrix():
     return out
 
 
-def compare_case(backend, flags, fmt, ref_out):
-    rc, out, err = cli("run", "--local", "--backend", backend, *flags, "--format", fmt)
+def local_engine(backend):
+    """The engine flags of a local run on one backend; test_cli_daemon.py passes the daemon's."""
+    return ["--local", "--backend", backend]
+
+
+def compare_case(backend, flags, fmt, ref_out, engine=None):
+    rc, out, err = cli("run", *(engine or local_engine(backend)), *flags, "--format", fmt)
     if rc != 0:
         return False, "exit %d: %s" % (rc, err.strip())
     if ref_out[0] != 0:
@@ -160,7 +167,7 @@ def pack(bits, dtype):
 DESCR = {"f32": "<f4", "f16": "<f2", "bf16": "<u2"}
 
 
-def npy_roundtrip(backend, layout, dtype, give_dtype, give_shape):
+def npy_roundtrip(backend, layout, dtype, give_dtype, give_shape, engine=None):
     shape, s0, s1 = (2, 3, 6, 5), 12, 34
     flags = ["--block", "3,2", "--rate", "0.3", "--seed", "99", "--layout", layout]
     sflag = ["--shape", ",".join(map(str, shape))]
@@ -172,7 +179,7 @@ def npy_roundtrip(backend, layout, dtype, give_dtype, give_shape):
     rrc, rout, rerr = ref_cli(flags + sflag + ["--dtype", dtype, "--input", "tf-uniform:%d,%d" % (s0, s1)])
     if rrc:
         return False, "reference failed: " + rerr[-300:]
-    args = ["run", "--local", "--backend", backend] + flags + ["--input", path, "--output", outp, "--format", "hex"]
+    args = ["run"] + (engine or local_engine(backend)) + flags + ["--input", path, "--output", outp, "--format", "hex"]
     args += (["--dtype", dtype] if give_dtype else []) + (sflag if give_shape else [])
     rc, out, err = cli(*args)
     if rc:
@@ -263,9 +270,11 @@ def bad_arg_checks():
         else:
             checks.append(("bad args: " + name, lambda a=args, w=words: expect_fail(a, 2, w)))
     one = [
-        ("no --local", ["run", "--shape", "1,1,4,4"], ["daemon mode is not available", "--local"]),
+        # no daemon (main() points $DROPBLOCK_SOCKET at a path where none is): say so, and how to start one
+        ("no --local", ["run", "--shape", "1,1,4,4"], ["no dropblockd is reachable", "no-daemon.sock",
+                                                       "dropblockd --socket", "--local"]),
         ("no --local, --socket", ["--socket", "/tmp/x.sock", "run", "--shape", "1,1,4,4"], ["/tmp/x.sock"]),
-        ("devices without --local", ["devices"], ["--local"]),
+        ("devices without --local", ["devices"], ["no dropblockd is reachable", "--local"]),
         ("--device 99", base + ["--device", "99"], ["cpu:99", "not found"]),
         ("--device 99 without backend", ["run", "--local", "--shape", "1,1,4,4", "--device", "99"], ["only"]),
         ("missing .npy", base[:4] + ["--input", os.path.join(Ctx.tmp, "nonexistent.npy")], ["cannot open"]),
@@ -289,7 +298,8 @@ def help_checks():
             return False, "exit %d, stdout %r" % (rc, out[:200])
         return True, ""
     return [
-        ("--help", lambda: h(["--help"], ["usage: dropblock", "run", "devices", "--socket"])),
+        ("--help", lambda: h(["--help"], ["usage: dropblock", "run", "devices", "status", "stop", "--socket",
+                                          "--local"])),
         ("run --help", lambda: h(["run", "--help"], ["--shape", "--rate", "--input", "--output", "--mask",
                                                      "--format", "--device", "--backend"])),
         ("devices --help", lambda: h(["devices", "--help"], ["usage: dropblock devices"])),
@@ -459,10 +469,10 @@ def schedule_checks():
     return checks
 
 
-def mask_check(backend):
+def mask_check(backend, engine=None):
     shape, flags = (2, 3, 7, 9), ["--block", "3,2", "--rate", "0.3", "--seed", "5", "--stream", "6"]
     path = os.path.join(Ctx.tmp, "mask-%s.bin" % backend)
-    rc, out, err = cli("run", "--local", "--backend", backend, "--shape", ",".join(map(str, shape)), *flags,
+    rc, out, err = cli("run", *(engine or local_engine(backend)), "--shape", ",".join(map(str, shape)), *flags,
                        "--mask", path, "--format", "hex")
     if rc:
         return False, "exit %d: %s" % (rc, err.strip())
@@ -515,6 +525,7 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="test_cli.") as tmp, cf.ThreadPoolExecutor(a.jobs) as pool:
         Ctx.tmp = tmp
+        os.environ["DROPBLOCK_SOCKET"] = os.path.join(tmp, "no-daemon.sock")   # never a real daemon
         cases = matrix()
         refs = {(tuple(f), fmt): pool.submit(ref_cli, f + ["--format", fmt]) for _, f, fmt in cases}
         checks = []

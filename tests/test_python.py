@@ -253,10 +253,14 @@ def check_pip_install(source_dir, env):
             cmd.insert(6, "--no-build-isolation")
         else:
             cmd.remove("--no-index")  # build isolation fetches setuptools
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-        if out.returncode != 0:
-            NOTES.append("pip install ./python could not run here (skipped): " + out.stderr.strip()[-300:])
-            print("SKIP pip install:", out.stderr.strip()[-600:])
+        try:
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+            err = out.stderr.strip()[-600:] if out.returncode != 0 else None
+        except subprocess.TimeoutExpired:
+            err = "pip took over 120 s (no network for build isolation?)"
+        if err is not None:
+            NOTES.append("pip install ./python could not run here (skipped): " + err[-300:])
+            print("SKIP pip install:", err)
             return
         code = ("import dropblock, sys; assert dropblock.__file__.startswith(%r), dropblock.__file__;"
                 "print(dropblock.schedule_rate(0.1, 5, 10, 3))" % target)
@@ -607,6 +611,8 @@ def main():
     try:
         import numpy as np
     except ImportError:
+        for n in NOTES:
+            print("NOTE", n)
         print("%d passed, %d failed (without NumPy)" % (PASSED, FAILED))
         if FAILED:
             return 1

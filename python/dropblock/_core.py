@@ -1,0 +1,629 @@
+"""The client: a handle of libdropblock (a daemon connection or the in-process engine), NumPy
+arrays in memory the engine sees, and DropBlock2D jobs. See python/README.md."""
+import collections
+import ctypes
+import json
+import operator
+import os
+import struct
+import threading
+import weakref
+
+from . import _lib
+from ._lib import lib
+
+U64_MAX = (1 << 64) - 1
+
+
+class Error(Exception):
+    """A failed request. `code` is the wire name of the error ("invalid_argument", "not_found",
+    "out_of_range", "resource_exhausted", "unavailable", "permission_denied", "internal"),
+    `message` says what went wrong, `rc` is the C library's negative DROPBLOCK_E* value."""
+
+    def __init__(self, code, message, rc=None):
+        super().__init__("%s: %s" % (code, message))
+        self.code = code
+        self.message = message
+        self.rc = rc if rc is not None else {
+            "invalid_argument": _lib.EINVAL, "not_found": _lib.ENOTFOUND, "out_of_range": _lib.ERANGE,
+            "resource_exhausted": _lib.EEXHAUSTED, "unavailable": _lib.EUNAVAILABLE,
+            "permission_denied": _lib.EPERM, "timeout": _lib.ETIMEDOUT}.get(code, _lib.EINTERNAL)
+
+
+def _error(rc, message=b""):
+    L = lib()
+    name = L.dropblock_error_name(rc)
+    code = name.decode() if name else "internal"
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", "replace")
+    if not message:
+        message = L.dropblock_strerror(rc).decode()
+    return Error(code, message, rc)
+
+
+def _invalid(message):
+    return Error("invalid_argument", message, _lib.EINVAL)
+
+
+def _numpy():
+    try:
+        import numpy
+    except ImportError:
+        raise ImportError("dropblock: this needs NumPy (pip install numpy); the schedules, devices() and "
+                          "status() work without it") from None
+    return numpy
+
+
+def _f32_of_bits(bits):
+    return struct.unpack("<f", struct.pack("<I", bits & 0xFFFFFFFF))[0]
+
+
+def _u64(value, what):
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise _invalid("%s %r: must be an integer" % (what, value)) from None
+    if v < 0 or v > U64_MAX:
+        raise _invalid("%s %d: must be in [0, 2^64 - 1]" % (what, v))
+    return v
+
+
+def _name(table, value, what):
+    if isinstance(value, str) and value in table:
+        return table[value]
+    if what == "layout" and isinstance(value, str) and value.upper() in table:
+        return table[value.upper()]
+    raise _invalid("%s %r: must be one of %s" % (what, value, ", ".join(table)))
+
+
+# ---- schedules --------------------------------------------------------------------------------
+
+def schedule_linear(target, step, total_steps):
+    """The paper's linear ramp: target * min(step, N) / N rounded once to float32 (N = 0: the
+    target from step 0). Returns that float32 as a Python float (dropblock_schedule_linear)."""
+    out = ctypes.c_float()
+    rc = lib().dropblock_schedule_linear(float(target), _u64(step, "step"), _u64(total_steps, "total_steps"),
+                                         ctypes.byref(out))
+    if rc:
+        raise _invalid("target %r: must be in [0, 1]" % (target,))
+    return out.value
+
+
+def schedule_group(target, group):
+    """The TF-TPU reference's per-group scaling: target / 4^(4 - group), group 1..4
+    (dropblock_schedule_group)."""
+    g = operator.index(group)
+    out = ctypes.c_float()
+    rc = lib().dropblock_schedule_group(float(target), g if -2**31 <= g < 2**31 else -1, ctypes.byref(out))
+    if rc:
+        raise _invalid("target %r, group %r: the target must be in [0, 1] and the group in 1..4" % (target, group))
+    return out.value
+
+
+def schedule_rate(target, step, total_steps, group=0):
+    """The ramp, then (group 1..4) the group scaling; group 0: the ramp alone
+    (dropblock_schedule_rate)."""
+    g = operator.index(group)
+    if not 0 <= g <= 4:
+        raise _invalid("group %d: must be in 0..4" % g)
+    r = lib().dropblock_schedule_rate(float(target), _u64(step, "step"), _u64(total_steps, "total_steps"), g)
+    if r != r:
+        raise _invalid("target %r: must be in [0, 1]" % (target,))
+    return r
+
+
+def default_socket():
+    """The socket path a Client() connects to: $DROPBLOCK_SOCKET, else
+    $XDG_RUNTIME_DIR/dropblock/dropblockd.sock, else /run/dropblock/dropblockd.sock."""
+    buf = ctypes.create_string_buffer(4096)
+    lib().dropblock_default_socket(buf, len(buf))
+    return os.fsdecode(buf.value)
+
+
+# ---- the handle and its memory --------------------------------------------------------------
+
+class _Handle:
+    """Owns the C handle. It is closed when close() was asked for and nothing uses it any more:
+    no call in progress and no memory from dropblock_alloc still referenced from Python."""
+
+    def __init__(self, ptr, remote):
+        self.ptr = ptr
+        self.remote = remote
+        self.lock = threading.Lock()
+        self.allocs = {}  # base address -> size of the live allocations
+        self.users = 0    # calls in progress
+        self.closing = False
+        self.closed = False
+
+    def acquire(self):
+        with self.lock:
+            if self.closing:
+                raise _invalid("the client is closed")
+            self.users += 1
+
+    def release(self):
+        with self.lock:
+            self.users -= 1
+            last = self._last()
+        if last:
+            self._close()
+
+    def _last(self):  # under the lock: whether the C handle may go now (and claims it)
+        if self.closing and not self.closed and self.users == 0 and not self.allocs:
+            self.closed = True
+            return True
+        return False
+
+    def _close(self):
+        lib().dropblock_close(self.ptr)
+        self.ptr = None
+
+    def request_close(self):
+        with self.lock:
+            self.closing = True
+            last = self._last()
+        if last:
+            self._close()
+
+    def alloc(self, nbytes):
+        self.acquire()
+        try:
+            p = ctypes.c_void_p()
+            rc = lib().dropblock_alloc(self.ptr, nbytes, ctypes.byref(p))
+            if rc:
+                raise _error(rc, "dropblock_alloc of %d bytes failed" % nbytes)
+            with self.lock:
+                self.allocs[p.value] = nbytes
+            return _Memory(self, p.value, nbytes)
+        finally:
+            self.release()
+
+    def free(self, base):  # the finalizer of a _Memory
+        with self.lock:
+            self.users += 1  # keeps the handle open across the call even when closing
+        try:
+            lib().dropblock_free(self.ptr, ctypes.c_void_p(base))
+        finally:
+            with self.lock:
+                self.allocs.pop(base, None)
+                self.users -= 1
+                last = self._last()
+            if last:
+                self._close()
+
+    def contains(self, arr):
+        """Whether all of arr's bytes lie in one live allocation."""
+        start, n = arr.ctypes.data, arr.nbytes
+        with self.lock:
+            for base, size in self.allocs.items():
+                if base <= start and start + n <= base + size:
+                    return True
+        return False
+
+
+class _Memory:
+    """One allocation of dropblock_alloc. NumPy arrays over it keep it alive (it is their base);
+    when the last is gone it is released with dropblock_free."""
+
+    __slots__ = ("handle", "base", "size", "_finalizer", "__weakref__")
+
+    def __init__(self, handle, base, size):
+        self.handle, self.base, self.size = handle, base, size
+        self._finalizer = weakref.finalize(self, handle.free, base)
+
+    @property
+    def __array_interface__(self):
+        return {"shape": (self.size,), "typestr": "|u1", "data": (self.base, False), "version": 3}
+
+
+# ---- results ------------------------------------------------------------------------------
+
+class JobInfo(collections.namedtuple("JobInfo", "kept total scale scale_bits device timing_us")):
+    """What a job reported: kept (K) and total (S) elements over the tensor, the scale as a float
+    and its float32 bits (sample 0's for normalize="sample"; the divisor `percent` for
+    compat="keras_cv"), the device that ran it, and timing_us: a dict of microseconds for "mask",
+    "scale", "apply" and "total" (0 where not measured)."""
+    __slots__ = ()
+
+
+def _job_info(res):
+    t = list(res.timing_us)
+    return JobInfo(res.kept, res.total, _f32_of_bits(res.scale_bits), res.scale_bits,
+                   res.device.decode("utf-8", "replace"),
+                   {"mask": t[0], "scale": t[1], "apply": t[2], "total": t[3]})
+
+
+# ---- dtypes -------------------------------------------------------------------------------
+
+_DTYPE_NAMES = {"f32": "f32", "float32": "f32", "f16": "f16", "float16": "f16", "half": "f16", "bf16": "bf16",
+                "bfloat16": "bf16"}
+
+
+def _dtype_name(dtype):
+    """"f32", "f16" or "bf16" for a dtype argument: those names, NumPy dtypes and their names."""
+    if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype.lower()]
+    np = _numpy()
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is not None:
+        if dt == np.float32:
+            return "f32"
+        if dt == np.float16:
+            return "f16"
+        if dt.name == "bfloat16" or dt == np.uint16:
+            return "bf16"
+    raise _invalid("dtype %r: must be f32 (float32), f16 (float16) or bf16 (stored as uint16)" % (dtype,))
+
+
+def _np_dtype(name):
+    np = _numpy()
+    return {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16), "bf16": np.dtype(np.uint16)}[name]
+
+
+def _dtype_of_array(x, dtype):
+    """The request dtype for array x: its own, or `dtype` if given (which must fit x)."""
+    np = _numpy()
+    dt = x.dtype
+    is_bf16_like = dt.itemsize == 2 and (dt.kind in "ui" or dt.name == "bfloat16")
+    if dtype is None:
+        if dt == np.float32:
+            return "f32"
+        if dt == np.float16:
+            return "f16"
+        if dt.name == "bfloat16":
+            return "bf16"
+        if is_bf16_like:
+            raise _invalid("array dtype %s: pass dtype=\"bf16\" for bfloat16 bits stored as 16-bit integers" % dt)
+        raise _invalid("array dtype %s: must be float32, float16, or bfloat16 bits (uint16) with "
+                       "dtype=\"bf16\"" % dt)
+    name = _dtype_name(dtype)
+    ok = {"f32": dt == np.float32, "f16": dt == np.float16, "bf16": is_bf16_like}[name]
+    if not ok:
+        raise _invalid("dtype %s does not fit an array of %s" % (name, dt))
+    return name
+
+
+# ---- the client ---------------------------------------------------------------------------
+
+class Client:
+    """A connection to dropblockd, or the in-process engine.
+
+    Client()                   connects to the default socket ($DROPBLOCK_SOCKET, ...)
+    Client("/path/d.sock")     connects to that socket
+    Client(local=True)         opens the in-process engine (backends="cpu,opencl,vulkan" or a part)
+
+    Use it from one process (not across fork) and from any number of threads. close(), or a
+    `with` block, ends it: at once when no client.array is alive any more, otherwise when the last
+    one is garbage collected (arrays never dangle); no new job or array is accepted after close.
+    """
+
+    def __init__(self, socket=None, local=False, backends=None, cache_dir=None):
+        L = lib()
+        h = ctypes.c_void_p()
+        msg = ctypes.create_string_buffer(512)
+        if local:
+            if socket is not None:
+                raise _invalid("socket and local=True exclude each other")
+            opt = _lib.LocalOptions(None if backends is None else str(backends).encode(),
+                                    None if cache_dir is None else os.fsencode(cache_dir))
+            rc = L.dropblock_open_local(ctypes.byref(h), ctypes.byref(opt), msg, len(msg))
+        else:
+            if backends is not None or cache_dir is not None:
+                raise _invalid("backends and cache_dir are options of the local engine (local=True); "
+                               "the daemon's devices are chosen with dropblockd --devices")
+            path = None if socket is None else os.fsencode(socket)
+            rc = L.dropblock_connect(ctypes.byref(h), path, msg, len(msg))
+        if rc:
+            raise _error(rc, msg.value)
+        self.socket = None if socket is None else os.fsdecode(socket)
+        self._h = _Handle(h.value, bool(L.dropblock_is_remote(h)))
+        self._finalizer = weakref.finalize(self, self._h.request_close)
+        self._tls = threading.local()
+        self._pool = []            # free scratch allocations (daemon connections only)
+        self._pool_lock = threading.Lock()
+
+    # -- life cycle
+    def close(self):
+        """Ends the client (see the class doc). Safe to call twice."""
+        with self._pool_lock:
+            self._pool = []
+        self._finalizer()
+
+    def __copy__(self):  # one connection per process: copies share it
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        raise TypeError("a dropblock.Client cannot be pickled (it is a connection); open one in each process")
+
+    @property
+    def closed(self):
+        return self._h.closing
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        kind = "daemon connection" if self._h.remote else "local engine"
+        return "<dropblock.Client %s%s>" % (kind, ", closed" if self._h.closing else "")
+
+    @property
+    def is_remote(self):
+        """True for a daemon connection, False for the in-process engine."""
+        return self._h.remote
+
+    @property
+    def last_result(self):
+        """JobInfo of this thread's last successful dropblock2d/backward call on this client, or None."""
+        return getattr(self._tls, "result", None)
+
+    # -- queries
+    def devices(self):
+        """The engine's or daemon's devices, in order: a list of dicts with id, api, vendor, name,
+        driver, uuid, kind ("discrete-gpu", "integrated-gpu", "cpu-api", "cpu", "other"),
+        max_buffer and global_mem (bytes)."""
+        L = lib()
+        cap = 16
+        while True:
+            infos = (_lib.DeviceInfo * cap)()
+            count = ctypes.c_size_t()
+            self._h.acquire()
+            try:
+                rc = L.dropblock_devices(self._h.ptr, infos, cap, ctypes.byref(count))
+            finally:
+                self._h.release()
+            if rc:
+                raise _error(rc)
+            if count.value <= cap:
+                break
+            cap = count.value
+        out = []
+        for d in infos[:count.value]:
+            text = {f: getattr(d, f).decode("utf-8", "replace")
+                    for f in ("id", "api", "vendor", "name", "driver", "uuid")}
+            text.update(kind=L.dropblock_device_kind_name(d.kind).decode(), max_buffer=d.max_buffer,
+                        global_mem=d.global_mem)
+            out.append(text)
+        return out
+
+    def status(self):
+        """The daemon's status op (counters, queues, per-device throughput; docs/protocol.md) as a
+        dict; the local engine gives {"engine": "local", "devices": [...]}."""
+        L = lib()
+        size = 1 << 16
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            self._h.acquire()
+            try:
+                rc = L.dropblock_status(self._h.ptr, buf, size)
+            finally:
+                self._h.release()
+            if rc == _lib.ERANGE and size < (1 << 26):
+                size *= 4
+                continue
+            if rc:
+                raise _error(rc)
+            st = json.loads(buf.value.decode("utf-8"))
+            for k in ("v", "id", "ok"):  # the reply's envelope
+                st.pop(k, None)
+            return st
+
+    def shutdown(self):
+        """Asks the daemon to stop as on SIGTERM (only the daemon's own uid may)."""
+        msg = ctypes.create_string_buffer(512)
+        self._h.acquire()
+        try:
+            rc = lib().dropblock_shutdown(self._h.ptr, msg, len(msg))
+        finally:
+            self._h.release()
+        if rc:
+            raise _error(rc, msg.value)
+
+    # -- memory
+    def array(self, shape, dtype="f32"):
+        """A zero-filled NumPy array in memory the engine reads and writes without copies (for a
+        daemon connection a shared memfd region registered with the daemon). dtype: "f32"
+        (float32), "f16" (float16), "bf16" (bfloat16 bits as uint16), or any NumPy dtype (uint8
+        for a mask buffer, say).
+        The memory is released when the array and every view of it are gone."""
+        np = _numpy()
+        if isinstance(dtype, str) and dtype.lower() in _DTYPE_NAMES:
+            dt = _np_dtype(_DTYPE_NAMES[dtype.lower()])
+        else:
+            try:
+                dt = np.dtype(dtype)
+            except TypeError:
+                raise _invalid("dtype %r: must be f32, f16, bf16 or a NumPy dtype" % (dtype,)) from None
+        return self._array(shape, dt)
+
+    def _array(self, shape, dt):
+        np = _numpy()
+        shape = (operator.index(shape),) if not isinstance(shape, (tuple, list)) else tuple(map(operator.index, shape))
+        if any(s < 0 for s in shape):
+            raise _invalid("shape %r: negative dimension" % (shape,))
+        nbytes = dt.itemsize
+        for s in shape:
+            nbytes *= s
+        raw = np.asarray(self._h.alloc(max(nbytes, 1)))
+        return raw[:nbytes].view(dt).reshape(shape)
+
+    def _scratch(self, nbytes):
+        with self._pool_lock:
+            best = None
+            for i, m in enumerate(self._pool):
+                if m.size >= nbytes and (best is None or m.size < self._pool[best].size):
+                    best = i
+            if best is not None:
+                return self._pool.pop(best)
+        return self._h.alloc(max(nbytes, 4096))
+
+    def _unscratch(self, mem):
+        with self._pool_lock:
+            if self._h.closing:
+                return
+            self._pool.append(mem)
+            if len(self._pool) > 4:  # keep the four largest
+                self._pool.sort(key=lambda m: m.size)
+                del self._pool[0]
+
+    # -- jobs
+    def dropblock2d(self, x, rate, block_size, seed=0, stream=0, layout="NCHW", normalize="global", share=(),
+                    compat="none", training=True, out=None, device="auto", mask=False, dtype=None):
+        """DropBlock2D of x (docs/semantics.md). x: a 4-D array, (N, C, H, W) for layout "NCHW",
+        (N, H, W, C) for "NHWC"; float32, float16, or bfloat16 bits as uint16 with dtype="bf16".
+        block_size: B or (BH, BW). share: names among "channels", "batch". compat: "none" or
+        "keras_cv". out: an array of x's shape and dtype to write (may be x: in place); None: a new
+        array (a client.array when x is one). mask=True also returns the packed keep mask
+        (uint8, bit ((n*C+c)*H+h)*W+w, least significant first, 1 = kept); an uint8 array of
+        the right size is filled instead. Returns out, or (out, mask). last_result has K, S, the
+        scale, the device and timings."""
+        return self._run("forward", x, rate, block_size, seed, stream, layout, normalize, share, compat, training,
+                         out, device, mask, dtype)
+
+    def backward(self, dy, rate, block_size, seed=0, stream=0, layout="NCHW", normalize="global", share=(),
+                 compat="none", training=True, out=None, device="auto", mask=False, dtype=None):
+        """The gradient of dropblock2d with the same arguments: the same mask (from seed and
+        stream) and scale applied to dy."""
+        return self._run("backward", dy, rate, block_size, seed, stream, layout, normalize, share, compat, training,
+                         out, device, mask, dtype)
+
+    def _params(self, mode, shape, dtype, rate, block_size, seed, stream, layout, normalize, share, compat, training):
+        L = lib()
+        p = _lib.Params()
+        L.dropblock_params_init(ctypes.byref(p))
+        lay = _name(_lib.LAYOUTS, layout, "layout")
+        if lay == _lib.LAYOUTS["NCHW"]:
+            n, c, h, w = shape
+        else:
+            n, h, w, c = shape
+        p.shape[:] = [n, c, h, w]
+        p.layout = lay
+        p.dtype = _lib.DTYPES[dtype]
+        try:
+            p.rate = float(rate)
+        except (TypeError, ValueError):
+            raise _invalid("rate %r: must be a number in [0, 1]" % (rate,)) from None
+        if isinstance(block_size, (tuple, list)):
+            if len(block_size) != 2:
+                raise _invalid("block_size %r: must be B or (BH, BW)" % (block_size,))
+            bh, bw = block_size
+        else:
+            bh = bw = block_size
+        p.block[:] = [_u64(bh, "block height"), _u64(bw, "block width")]
+        p.seed = _u64(seed, "seed")
+        p.stream = _u64(stream, "stream")
+        p.normalize = _name(_lib.NORMALIZE, normalize, "normalize")
+        if isinstance(share, str):
+            share = [s for s in share.replace(",", " ").split() if s]
+        bits = 0
+        for s in share or ():
+            bits |= _name(_lib.SHARE, s, "share")
+        p.share = bits
+        p.mode = _lib.MODES[mode]
+        p.compat = _name(_lib.COMPAT, compat, "compat")
+        p.training = 1 if training else 0
+        msg = ctypes.create_string_buffer(256)
+        rc = L.dropblock_params_validate(ctypes.byref(p), msg, len(msg))
+        if rc:
+            raise _error(rc, msg.value)
+        return p
+
+    def _run(self, mode, x, rate, block_size, seed, stream, layout, normalize, share, compat, training, out,
+             device, mask, dtype):
+        np = _numpy()
+        L = lib()
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        if x.ndim != 4:
+            raise _invalid("array of shape %r: must be 4-D, (N, C, H, W) or (N, H, W, C) by layout" % (x.shape,))
+        dt = _dtype_of_array(x, dtype)
+        if not x.dtype.isnative:
+            raise _invalid("array byte order %r: must be the machine's" % x.dtype.byteorder)
+        p = self._params(mode, x.shape, dt, rate, block_size, seed, stream, layout, normalize, share, compat,
+                         training)
+        dev = b"auto" if device is None else str(device).encode()
+        xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        h = self._h
+        if out is None:
+            out = self._array(x.shape, x.dtype) if h.contains(xc) else np.empty(x.shape, x.dtype)
+        else:
+            if not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype:
+                raise _invalid("out: must be an array of x's shape %r and dtype %s" % (x.shape, x.dtype))
+            if not out.flags.c_contiguous or not out.flags.writeable:
+                raise _invalid("out: must be C-contiguous and writeable")
+        mbytes = L.dropblock_mask_bytes(ctypes.byref(p))
+        mask_arr = None
+        if mask is True:
+            mask_arr = np.empty(mbytes, np.uint8)
+        elif mask is not None and mask is not False:
+            mask_arr = mask
+            if (not isinstance(mask_arr, np.ndarray) or mask_arr.dtype != np.uint8 or mask_arr.size != mbytes
+                    or not mask_arr.flags.c_contiguous or not mask_arr.flags.writeable):
+                raise _invalid("mask: must be True or a writeable C-contiguous uint8 array of %d bytes" % mbytes)
+        res = _lib.Result()
+        scratch = None
+        copies = []  # (from, to) after the run
+        if not h.remote:  # the local engine works on any memory
+            src, dst, mdst = xc, out, mask_arr
+        else:
+            in_place = out.ctypes.data == xc.ctypes.data
+            need = []  # (name, nbytes) to place in one scratch region
+            if not h.contains(xc):
+                need.append(("in", xc.nbytes))
+            if not in_place and not h.contains(out):
+                need.append(("out", out.nbytes))
+            if mask_arr is not None and not h.contains(mask_arr):
+                need.append(("mask", mask_arr.nbytes))
+            places, total = {}, 0
+            for name, nb in need:
+                places[name] = total
+                total += (nb + 63) // 64 * 64
+            if need:
+                scratch = self._scratch(total)
+                raw = np.asarray(scratch)
+
+                def at(name, like):
+                    return raw[places[name]:places[name] + like.nbytes].view(like.dtype).reshape(like.shape)
+            src = xc
+            if "in" in places:
+                src = at("in", xc)
+                src[...] = xc
+            if in_place:
+                dst = src
+                if "in" in places:
+                    copies.append((dst, out))
+            elif "out" in places:
+                dst = at("out", out)
+                copies.append((dst, out))
+            else:
+                dst = out
+            mdst = mask_arr
+            if "mask" in places:
+                mdst = at("mask", mask_arr)
+                copies.append((mdst, mask_arr))
+        try:
+            h.acquire()
+            try:
+                rc = L.dropblock_run(h.ptr, ctypes.byref(p), ctypes.c_void_p(src.ctypes.data),
+                                     ctypes.c_void_p(dst.ctypes.data),
+                                     None if mdst is None else ctypes.c_void_p(mdst.ctypes.data), dev,
+                                     ctypes.byref(res))
+            finally:
+                h.release()
+            if rc:
+                raise _error(rc, res.message)
+            for a, b in copies:
+                b[...] = a
+        finally:
+            if scratch is not None:
+                self._unscratch(scratch)
+        self._tls.result = _job_info(res)
+        return (out, mask_arr) if mask_arr is not None else out

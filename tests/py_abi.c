@@ -1,0 +1,35 @@
+/* py_abi.c: sizes and field offsets of the structs of dropblock.h as this compiler lays them out,
+ * as JSON, for tests/test_python.py to compare with the ctypes mirror in python/dropblock/_lib.py. */
+#include <dropblock/dropblock.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#define F(s, f) printf("%s\"%s\":%zu", first ? "" : ",", #f, offsetof(struct s, f)), first = 0
+#define S(s) printf("%s\"%s\":{\"size\":%zu,\"fields\":{", nstruct++ ? "," : "", #s, sizeof(struct s)), first = 1
+#define E() printf("}}")
+
+int main(void)
+{
+    int first = 1, nstruct = 0;
+    printf("{");
+    S(dropblock_params);
+    F(dropblock_params, shape); F(dropblock_params, layout); F(dropblock_params, dtype); F(dropblock_params, rate);
+    F(dropblock_params, block); F(dropblock_params, seed); F(dropblock_params, stream);
+    F(dropblock_params, normalize); F(dropblock_params, share); F(dropblock_params, mode);
+    F(dropblock_params, compat); F(dropblock_params, training);
+    E();
+    S(dropblock_result);
+    F(dropblock_result, kept); F(dropblock_result, total); F(dropblock_result, scale_bits);
+    F(dropblock_result, device); F(dropblock_result, timing_us); F(dropblock_result, message);
+    E();
+    S(dropblock_device_info);
+    F(dropblock_device_info, id); F(dropblock_device_info, api); F(dropblock_device_info, vendor);
+    F(dropblock_device_info, name); F(dropblock_device_info, driver); F(dropblock_device_info, uuid);
+    F(dropblock_device_info, kind); F(dropblock_device_info, max_buffer); F(dropblock_device_info, global_mem);
+    E();
+    S(dropblock_local_options);
+    F(dropblock_local_options, backends); F(dropblock_local_options, cache_dir);
+    E();
+    printf(",\"enum_size\":%zu}\n", sizeof(dropblock_layout));
+    return 0;
+}

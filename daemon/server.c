@@ -238,8 +238,11 @@ static void op_hello(struct client *c, const cJSON *id, int with_limits)
         proto_add_u64(l, "max_region_bytes", s->max_region_bytes);
     }
     cJSON *devs = cJSON_AddArrayToObject(r, "devices");
-    for (size_t i = 0; i < db_engine_device_count(s->engine); i++)
-        cJSON_AddItemToArray(devs, proto_device_json(db_engine_device(s->engine, i)));
+    for (size_t i = 0; i < db_engine_device_count(s->engine); i++) {
+        dropblock_device_info info;
+        db_engine_device_info(s->engine, i, &info);
+        cJSON_AddItemToArray(devs, proto_device_json(&info));
+    }
     client_send(c, r);
 }
 
@@ -260,6 +263,10 @@ static void op_status(struct client *c, const cJSON *id)
         running += st.running;
         cJSON *d = cJSON_CreateObject();
         cJSON_AddStringToObject(d, "id", db_engine_device(s->engine, (size_t)i)->id);
+        char why[256];
+        int healthy = db_engine_healthy(s->engine, (size_t)i, why, sizeof why);
+        cJSON_AddBoolToObject(d, "healthy", healthy);
+        if (!healthy) cJSON_AddStringToObject(d, "unhealthy_reason", why);
         proto_add_u64(d, "queued", st.queued);
         proto_add_u64(d, "running", st.running);
         proto_add_u64(d, "completed", st.completed);
@@ -367,7 +374,7 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
     }
     uint64_t tb = dropblock_tensor_bytes(&pj.p), mb = dropblock_mask_bytes(&pj.p);
     int dev = jobs_pick(s->jobs, pj.device, tb + mb, msg, sizeof msg);
-    if (dev < 0) { s->rejected++; send_error(c, id, DROPBLOCK_ENOTFOUND, msg); return; }
+    if (dev < 0) { s->rejected++; send_error(c, id, dev, msg); return; }
     struct region *rin, *rout, *rmask = NULL;
     uint8_t *in, *out, *mask = NULL;
     if ((rc = resolve(c, "input", &pj.input, tb, 0, &rin, &in, msg, sizeof msg)) ||

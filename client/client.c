@@ -4,11 +4,21 @@
  * Every request is a ticket registered under a per-connection id before its frame is sent; one
  * receiver thread per connection reads the replies and completes the matching ticket (any order,
  * as the daemon answers). Sends are serialised by a mutex so frames never interleave. When the
- * connection breaks, every ticket in flight and every later call fails with the reason, so no
- * caller ever waits on a daemon that is gone. */
+ * connection breaks, every ticket in flight fails with the reason at once, so no caller ever
+ * waits on a daemon that is gone, and no job is ever sent twice.
+ *
+ * Reconnecting: the next call that needs the daemon (devices, alloc, submit/run, status,
+ * shutdown) makes one attempt to connect to the same path again. The new connection is set up
+ * privately (hello, then every region's memfd, which the handle keeps open for this, registered
+ * anew) before it replaces the old one, so no other thread ever sends on it with stale region
+ * ids. Each connection has a generation number: a request prepared for one generation is never
+ * sent on another.
+ *
+ * Lock order: reconnect_lock, region_lock, send_lock, lock. */
 #include <dropblock/dropblock.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -29,23 +39,27 @@
 #define HELLO_TIMEOUT_MS 120000
 
 struct region {
-    uint32_t id;
+    uint32_t id;   /* on the current connection */
     uint8_t *base;
     size_t size;
+    int fd;        /* the memfd, kept to register the region again after a reconnect */
 };
 
 struct db_conn {
-    int fd;
+    int fd;       /* written under send_lock and lock (and region_lock) on a reconnect */
+    uint64_t gen; /* the connection's generation: 1, then +1 per reconnect (same locks as fd) */
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     pthread_t rx;
-    int rx_started;
+    int rx_started; /* reconnect_lock or the only thread (connect, close) */
     pthread_condattr_t condattr; /* CLOCK_MONOTONIC for dropblock_wait's timeout */
+
+    pthread_mutex_t reconnect_lock; /* one reconnect at a time */
 
     pthread_mutex_t lock; /* the buckets, ticket completion and the broken state */
     dropblock_ticket *buckets[NBUCKETS];
     uint64_t next_id;
     int broken, err_code;
-    char err_msg[256];    /* what every call fails with once broken */
+    char err_msg[256];    /* what calls fail with once broken */
     char daemon_msg[224]; /* the daemon's own words when it closed the connection with an error */
 
     pthread_mutex_t send_lock; /* one frame at a time */
@@ -53,9 +67,6 @@ struct db_conn {
     pthread_mutex_t region_lock;
     struct region *regions;
     size_t nregions, cap_regions;
-
-    dropblock_device_info *devices; /* from hello; fixed after connect */
-    size_t ndevices;
 };
 
 /* cJSON 1.7 resets a global error pointer on every parse: receivers of different connections
@@ -243,12 +254,13 @@ static int handle_reply(struct db_conn *c, const char *data, size_t len, char *w
 static void *receiver_main(void *arg)
 {
     struct db_conn *c = arg;
+    const int fd = c->fd; /* replaced only after this thread is joined */
     const size_t cap = 4 + PROTO_MAX_FRAME;
     unsigned char *buf = malloc(cap);
     size_t have = 0;
     char why[200] = "out of memory for the receive buffer";
     while (buf) {
-        ssize_t n = recv(c->fd, buf + have, cap - have, 0);
+        ssize_t n = recv(fd, buf + have, cap - have, 0);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) { db_msg(why, sizeof why, "%s", strerror(errno)); break; }
         if (n == 0) { db_msg(why, sizeof why, "the daemon closed the connection (it stopped or was killed)"); break; }
@@ -276,7 +288,7 @@ static void *receiver_main(void *arg)
     conn_break(c, DROPBLOCK_EUNAVAILABLE, "connection to dropblockd lost: %s", why);
     pthread_mutex_unlock(&c->lock);
     /* a reply we could not follow ends the conversation for the daemon too */
-    shutdown(c->fd, SHUT_RDWR);
+    shutdown(fd, SHUT_RDWR);
     return NULL;
 }
 
@@ -324,10 +336,11 @@ static int send_frame(int sock, const char *buf, size_t len, int fd, size_t *sen
     return 0;
 }
 
-/* Registers t under a fresh id and sends req (consumed) with that id. 0: t is in flight and will
- * be completed by its reply or by the connection breaking. Else the error, with msg, and t is
- * out of the table (the caller frees it). */
-static int send_request(dropblock_t *h, dropblock_ticket *t, cJSON *req, int fd, char *msg, size_t len)
+/* Registers t under a fresh id and sends req (consumed) with that id, on the connection of
+ * generation *gen (0: the current one; *gen receives the generation used). 0: t is in flight and
+ * will be completed by its reply or by the connection breaking. Else the error, with msg, and t
+ * is out of the table (the caller frees it). Never reconnects: the caller did that first. */
+static int send_request(dropblock_t *h, dropblock_ticket *t, cJSON *req, int fd, uint64_t *gen, char *msg, size_t len)
 {
     struct db_conn *c = h->conn;
     if (!req) {
@@ -335,14 +348,18 @@ static int send_request(dropblock_t *h, dropblock_ticket *t, cJSON *req, int fd,
         return DROPBLOCK_EEXHAUSTED;
     }
     pthread_mutex_lock(&c->lock);
-    if (c->broken) {
-        int rc = c->err_code;
-        db_msg(msg, len, "%s", c->err_msg);
+    if (c->broken || (gen && *gen && *gen != c->gen)) {
+        int rc = c->broken ? c->err_code : DROPBLOCK_EUNAVAILABLE;
+        if (c->broken) db_msg(msg, len, "%s", c->err_msg);
+        else db_msg(msg, len, "connection to dropblockd lost and re-established while this request was prepared; "
+                    "nothing was sent");
         pthread_mutex_unlock(&c->lock);
         cJSON_Delete(req);
         return rc;
     }
     t->id = ++c->next_id;
+    t->gen = c->gen;
+    if (gen) *gen = c->gen;
     ticket_insert(c, t);
     pthread_mutex_unlock(&c->lock);
 
@@ -360,8 +377,21 @@ static int send_request(dropblock_t *h, dropblock_ticket *t, cJSON *req, int fd,
                PROTO_MAX_FRAME);
     } else {
         pthread_mutex_lock(&c->send_lock);
-        int err = send_frame(c->fd, frame, flen, fd, &sent);
+        int err = 0, stale = c->gen != t->gen;
+        int sock = c->fd;
+        /* a request of a connection that broke (and was replaced) meanwhile is never sent on the
+         * new one: its ticket was failed with the connection */
+        if (!stale) err = send_frame(sock, frame, flen, fd, &sent);
         pthread_mutex_unlock(&c->send_lock);
+        if (stale) {
+            pthread_mutex_lock(&c->lock);
+            ticket_remove(c, t);
+            rc = t->done && t->rc ? t->rc : DROPBLOCK_EUNAVAILABLE;
+            db_msg(msg, len, "%s", t->done && t->res.message[0] ? t->res.message : "connection to dropblockd lost");
+            pthread_mutex_unlock(&c->lock);
+            free(frame);
+            return rc;
+        }
         if (err && sent > 0) {
             /* half a frame is on the wire: nothing after it can be understood */
             pthread_mutex_lock(&c->lock);
@@ -370,7 +400,7 @@ static int send_request(dropblock_t *h, dropblock_ticket *t, cJSON *req, int fd,
             db_msg(msg, len, "%s", c->err_msg);
             rc = c->err_code;
             pthread_mutex_unlock(&c->lock);
-            shutdown(c->fd, SHUT_RDWR);
+            shutdown(sock, SHUT_RDWR);
             free(frame);
             return rc;
         }
@@ -413,7 +443,8 @@ static int wait_ticket(struct db_conn *c, dropblock_ticket *t, int timeout_ms)
 
 /* One request, waited for up to timeout_ms (-1: as long as the connection lives): the reply
  * (caller deletes) or the error with msg. */
-static int request(dropblock_t *h, cJSON *req, int fd, int timeout_ms, cJSON **reply, char *msg, size_t len)
+static int request(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeout_ms, cJSON **reply, char *msg,
+                   size_t len)
 {
     *reply = NULL;
     dropblock_ticket *t = ticket_new(h, 0);
@@ -422,7 +453,7 @@ static int request(dropblock_t *h, cJSON *req, int fd, int timeout_ms, cJSON **r
         db_msg(msg, len, "out of memory for a request");
         return DROPBLOCK_EEXHAUSTED;
     }
-    int rc = send_request(h, t, req, fd, msg, len);
+    int rc = send_request(h, t, req, fd, gen, msg, len);
     if (!rc && wait_ticket(h->conn, t, timeout_ms) == DROPBLOCK_ETIMEDOUT) {
         pthread_mutex_lock(&h->conn->lock);
         ticket_remove(h->conn, t); /* a late reply finds no ticket and is dropped */
@@ -447,28 +478,192 @@ static dropblock_device_kind parse_kind(const char *s)
     return DROPBLOCK_DEVICE_OTHER;
 }
 
-static int parse_devices(struct db_conn *c, const cJSON *reply)
+/* The device list of a hello or devices reply into infos (up to cap); -1 without one. */
+static int parse_devices(const cJSON *reply, dropblock_device_info *infos, size_t cap, size_t *count)
 {
     const cJSON *devs = field(reply, "devices");
     if (!cJSON_IsArray(devs)) return -1;
-    int n = cJSON_GetArraySize(devs);
-    c->devices = calloc(n > 0 ? (size_t)n : 1, sizeof *c->devices);
-    if (!c->devices) return -1;
+    size_t n = 0;
     const cJSON *d;
     cJSON_ArrayForEach(d, devs) {
-        dropblock_device_info *info = &c->devices[c->ndevices++];
-        copy_string(info->id, sizeof info->id, d, "id");
-        copy_string(info->api, sizeof info->api, d, "api");
-        copy_string(info->vendor, sizeof info->vendor, d, "vendor");
-        copy_string(info->name, sizeof info->name, d, "name");
-        copy_string(info->driver, sizeof info->driver, d, "driver");
-        copy_string(info->uuid, sizeof info->uuid, d, "uuid");
-        const cJSON *k = field(d, "kind");
-        info->kind = cJSON_IsString(k) ? parse_kind(k->valuestring) : DROPBLOCK_DEVICE_OTHER;
-        info->max_buffer = u64_or_zero(d, "max_buffer");
-        info->global_mem = u64_or_zero(d, "global_mem");
+        if (n < cap) {
+            dropblock_device_info *info = &infos[n];
+            memset(info, 0, sizeof *info);
+            copy_string(info->id, sizeof info->id, d, "id");
+            copy_string(info->api, sizeof info->api, d, "api");
+            copy_string(info->vendor, sizeof info->vendor, d, "vendor");
+            copy_string(info->name, sizeof info->name, d, "name");
+            copy_string(info->driver, sizeof info->driver, d, "driver");
+            copy_string(info->uuid, sizeof info->uuid, d, "uuid");
+            const cJSON *k = field(d, "kind");
+            info->kind = cJSON_IsString(k) ? parse_kind(k->valuestring) : DROPBLOCK_DEVICE_OTHER;
+            info->max_buffer = u64_or_zero(d, "max_buffer");
+            info->global_mem = u64_or_zero(d, "global_mem");
+            /* a daemon from before health reports gives no field: healthy */
+            info->healthy = !cJSON_IsFalse(field(d, "healthy"));
+        }
+        n++;
+    }
+    *count = n;
+    return 0;
+}
+
+/* Blocking I/O on a connection no other thread uses yet (setting one up): exactly len bytes
+ * within the deadline (a CLOCK_MONOTONIC time in ms). 0, or -1 with why. */
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int read_exact(int fd, void *buf, size_t len, int64_t deadline, char *why, size_t wl)
+{
+    size_t have = 0;
+    while (have < len) {
+        int64_t left = deadline - now_ms();
+        if (left <= 0) { db_msg(why, wl, "no reply within %d s", HELLO_TIMEOUT_MS / 1000); return -1; }
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int pr = poll(&pfd, 1, left > INT32_MAX ? INT32_MAX : (int)left);
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr < 0) { db_msg(why, wl, "poll: %s", strerror(errno)); return -1; }
+        if (pr == 0) continue;
+        ssize_t n = recv(fd, (char *)buf + have, len - have, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) { db_msg(why, wl, "%s", strerror(errno)); return -1; }
+        if (n == 0) { db_msg(why, wl, "the daemon closed the connection"); return -1; }
+        have += (size_t)n;
     }
     return 0;
+}
+
+/* One request and its reply on a private connection: the reply (caller deletes) or NULL with
+ * *code and why. An error reply with a null id (the daemon refusing the peer) sets refused. */
+static cJSON *private_call(int sock, cJSON *req, uint64_t id, int fd, int *code, int *refused, char *why, size_t wl)
+{
+    *refused = 0;
+    *code = DROPBLOCK_EUNAVAILABLE;
+    if (!req || !cJSON_AddNumberToObject(req, "id", (double)id)) {
+        cJSON_Delete(req);
+        *code = DROPBLOCK_EEXHAUSTED;
+        db_msg(why, wl, "out of memory for a request");
+        return NULL;
+    }
+    size_t flen = 0, sent = 0;
+    char *frame = proto_frame(req, &flen);
+    if (!frame) { *code = DROPBLOCK_EEXHAUSTED; db_msg(why, wl, "out of memory for a request"); return NULL; }
+    int err = send_frame(sock, frame, flen, fd, &sent);
+    free(frame);
+    int64_t deadline = now_ms() + HELLO_TIMEOUT_MS;
+    unsigned char head[4];
+    if (err && err != EPIPE && err != ECONNRESET) {
+        db_msg(why, wl, "cannot send: %s", strerror(err));
+        return NULL;
+    }
+    /* after EPIPE a refusal may still be there to read */
+    for (;;) {
+        if (read_exact(sock, head, 4, deadline, why, wl)) return NULL;
+        uint32_t len = 0;
+        if (proto_frame_peek(head, 4, &len) == PROTO_FRAME_BAD) {
+            db_msg(why, wl, "dropblockd sent a frame of %u bytes (the protocol allows 1 to %u)", len, PROTO_MAX_FRAME);
+            return NULL;
+        }
+        char *body = malloc(len);
+        if (!body) { *code = DROPBLOCK_EEXHAUSTED; db_msg(why, wl, "out of memory for a reply"); return NULL; }
+        if (read_exact(sock, body, len, deadline, why, wl)) { free(body); return NULL; }
+        cJSON *r = parse_json(body, len);
+        free(body);
+        if (!cJSON_IsObject(r)) {
+            cJSON_Delete(r);
+            db_msg(why, wl, "dropblockd sent a frame that is not a JSON object");
+            return NULL;
+        }
+        const cJSON *rid = field(r, "id");
+        uint64_t got = 0;
+        if (!rid || cJSON_IsNull(rid)) {
+            if (cJSON_IsTrue(field(r, "ok"))) db_msg(why, wl, "a reply without an id");
+            else *code = parse_error(r, why, wl);
+            *refused = 1;
+            cJSON_Delete(r);
+            return NULL;
+        }
+        if (!proto_get_u64(rid, "id", &got, NULL, 0) && got == id) {
+            if (!cJSON_IsTrue(field(r, "ok"))) {
+                *code = parse_error(r, why, wl);
+                cJSON_Delete(r);
+                return NULL;
+            }
+            *code = DROPBLOCK_OK;
+            return r;
+        }
+        cJSON_Delete(r); /* not ours (cannot happen on a new connection) */
+    }
+}
+
+/* Connects to c->path and says hello: the socket, or -1 with code and msg (the whole message a
+ * caller of dropblock_connect gets). hello (if not NULL) receives the reply. */
+static int open_socket(struct db_conn *c, cJSON **hello, int *code, char *msg, size_t len)
+{
+    if (hello) *hello = NULL;
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        db_msg(msg, len, "cannot connect to dropblockd at %s: %s; start one with `dropblockd --socket %s` or run with --local",
+               c->path, strerror(errno), c->path);
+        if (fd >= 0) close(fd);
+        *code = DROPBLOCK_EUNAVAILABLE;
+        return -1;
+    }
+    char why[224];
+    int refused = 0;
+    /* bounded: a socket that is not dropblockd may never answer (the daemon itself answers once
+     * its devices are ready, which can take seconds the first time kernels are built) */
+    cJSON *reply = private_call(fd, new_request("hello"), 1, -1, code, &refused, why, sizeof why);
+    if (!reply) {
+        if (refused) db_msg(msg, len, "dropblockd at %s refused the connection: %s", c->path, why);
+        else db_msg(msg, len, "dropblockd at %s: hello failed: %s", c->path, why);
+        close(fd);
+        return -1;
+    }
+    const cJSON *proto = field(reply, "protocol");
+    size_t ndev = 0;
+    if (!cJSON_IsNumber(proto) || proto->valuedouble != PROTO_VERSION) {
+        db_msg(msg, len, "dropblockd at %s speaks protocol %g; this library speaks %d", c->path,
+               cJSON_IsNumber(proto) ? proto->valuedouble : 0.0, PROTO_VERSION);
+        *code = DROPBLOCK_EUNAVAILABLE;
+    } else if (parse_devices(reply, NULL, 0, &ndev)) {
+        db_msg(msg, len, "dropblockd at %s: the hello reply has no device list", c->path);
+        *code = DROPBLOCK_EINTERNAL;
+    } else {
+        *code = DROPBLOCK_OK;
+    }
+    if (*code) {
+        cJSON_Delete(reply);
+        close(fd);
+        return -1;
+    }
+    if (hello) *hello = reply;
+    else cJSON_Delete(reply);
+    return fd;
+}
+
+static int start_receiver(struct db_conn *c, char *msg, size_t len)
+{
+    /* the receiver takes no signals: they belong to the application's threads */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int err = pthread_create(&c->rx, NULL, receiver_main, c);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err) {
+        db_msg(msg, len, "cannot start the receiver thread: %s", strerror(err));
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    c->rx_started = 1;
+    return DROPBLOCK_OK;
 }
 
 int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, size_t len)
@@ -479,14 +674,11 @@ int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, siz
     char path[4096];
     if (socket_path) snprintf(path, sizeof path, "%s", socket_path);
     else dropblock_default_socket(path, sizeof path);
-    struct sockaddr_un sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    if (!path[0] || strlen(path) >= sizeof sa.sun_path) {
-        db_msg(msg, len, "socket path \"%.200s\": must be 1 to %zu bytes", path, sizeof sa.sun_path - 1);
+    if (!path[0] || strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        db_msg(msg, len, "socket path \"%.200s\": must be 1 to %zu bytes", path,
+               sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
         return DROPBLOCK_EINVAL;
     }
-    memcpy(sa.sun_path, path, strlen(path) + 1);
 
     dropblock_t *h = calloc(1, sizeof *h);
     struct db_conn *c = calloc(1, sizeof *c);
@@ -499,60 +691,23 @@ int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, siz
     h->remote = 1;
     h->conn = c;
     c->fd = -1;
+    c->gen = 1;
     snprintf(c->path, sizeof c->path, "%s", path);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->send_lock, NULL);
     pthread_mutex_init(&c->region_lock, NULL);
+    pthread_mutex_init(&c->reconnect_lock, NULL);
     pthread_condattr_init(&c->condattr);
     pthread_condattr_setclock(&c->condattr, CLOCK_MONOTONIC);
 
     int rc;
-    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        db_msg(msg, len, "cannot connect to dropblockd at %s: %s; start one with `dropblockd --socket %s` or run with --local",
-               path, strerror(errno), path);
-        rc = DROPBLOCK_EUNAVAILABLE;
-        goto fail;
+    c->fd = open_socket(c, NULL, &rc, msg, len);
+    if (c->fd < 0 || (rc = start_receiver(c, msg, len))) {
+        remote_close(h);
+        return rc;
     }
-    /* the receiver takes no signals: they belong to the application's threads */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int err = pthread_create(&c->rx, NULL, receiver_main, c);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (err) {
-        db_msg(msg, len, "cannot start the receiver thread: %s", strerror(err));
-        rc = DROPBLOCK_EEXHAUSTED;
-        goto fail;
-    }
-    c->rx_started = 1;
-
-    cJSON *reply = NULL;
-    char why[256];
-    /* bounded: a socket that is not dropblockd may never answer (the daemon itself answers once
-     * its devices are ready, which can take seconds the first time kernels are built) */
-    rc = request(h, new_request("hello"), -1, HELLO_TIMEOUT_MS, &reply, why, sizeof why);
-    if (rc) {
-        if (c->daemon_msg[0]) db_msg(msg, len, "dropblockd at %s refused the connection: %s", path, c->daemon_msg);
-        else db_msg(msg, len, "dropblockd at %s: hello failed: %s", path, why);
-        goto fail;
-    }
-    const cJSON *proto = field(reply, "protocol");
-    if (!cJSON_IsNumber(proto) || proto->valuedouble != PROTO_VERSION) {
-        db_msg(msg, len, "dropblockd at %s speaks protocol %g; this library speaks %d", path,
-               cJSON_IsNumber(proto) ? proto->valuedouble : 0.0, PROTO_VERSION);
-        rc = DROPBLOCK_EUNAVAILABLE;
-    } else if (parse_devices(c, reply)) {
-        db_msg(msg, len, "dropblockd at %s: the hello reply has no device list", path);
-        rc = DROPBLOCK_EINTERNAL;
-    }
-    cJSON_Delete(reply);
-    if (rc) goto fail;
     *out = h;
     return DROPBLOCK_OK;
-fail:
-    remote_close(h);
-    return rc;
 }
 
 void remote_close(dropblock_t *h)
@@ -570,34 +725,125 @@ void remote_close(dropblock_t *h)
             c->buckets[i] = t->next;
             ticket_free(t);
         }
-    for (size_t i = 0; i < c->nregions; i++) munmap(c->regions[i].base, c->regions[i].size);
+    for (size_t i = 0; i < c->nregions; i++) {
+        munmap(c->regions[i].base, c->regions[i].size);
+        close(c->regions[i].fd);
+    }
     free(c->regions);
-    free(c->devices);
     pthread_condattr_destroy(&c->condattr);
     pthread_mutex_destroy(&c->lock);
     pthread_mutex_destroy(&c->send_lock);
     pthread_mutex_destroy(&c->region_lock);
+    pthread_mutex_destroy(&c->reconnect_lock);
     free(c);
     free(h);
 }
 
-/* The error a broken connection gives every call, or 0. */
-static int broken_code(struct db_conn *c)
+/* A new connection for a broken one (reconnect_lock held): hello, every region registered anew
+ * on it, then it replaces the old one. rc with msg saying what was lost and why it stays so. */
+static int reconnect(struct db_conn *c, char *msg, size_t len)
 {
+    char lost[256];
     pthread_mutex_lock(&c->lock);
-    int rc = c->broken ? c->err_code : DROPBLOCK_OK;
+    snprintf(lost, sizeof lost, "%s", c->err_msg);
     pthread_mutex_unlock(&c->lock);
+    /* the receiver of the broken connection has stopped or is stopping: reap it */
+    if (c->rx_started) {
+        shutdown(c->fd, SHUT_RDWR);
+        pthread_join(c->rx, NULL);
+        c->rx_started = 0;
+    }
+    int rc;
+    char why[256];
+    int fd = open_socket(c, NULL, &rc, why, sizeof why);
+    if (fd < 0) {
+        db_msg(msg, len, "%s; reconnecting failed: %s", lost, why);
+        return rc;
+    }
+    /* the regions, registered on the new connection while no other thread can change the list
+     * or name a region in a request (submit finds region ids under region_lock) */
+    pthread_mutex_lock(&c->region_lock);
+    uint32_t *ids = calloc(c->nregions ? c->nregions : 1, sizeof *ids);
+    rc = ids ? DROPBLOCK_OK : DROPBLOCK_EEXHAUSTED;
+    if (!ids) db_msg(why, sizeof why, "out of memory");
+    for (size_t i = 0; !rc && i < c->nregions; i++) {
+        cJSON *req = new_request("region.register");
+        if (req) cJSON_AddNumberToObject(req, "fds", 1);
+        int refused;
+        cJSON *reply = private_call(fd, req, 2 + i, c->regions[i].fd, &rc, &refused, why, sizeof why);
+        uint64_t rid = 0, size = 0;
+        if (reply && (proto_get_u64(field(reply, "region"), "region", &rid, NULL, 0) || rid > UINT32_MAX ||
+                      proto_get_u64(field(reply, "size"), "size", &size, NULL, 0) || size != c->regions[i].size)) {
+            rc = DROPBLOCK_EINTERNAL;
+            db_msg(why, sizeof why, "the region.register reply does not match the region");
+        }
+        cJSON_Delete(reply);
+        if (rc) {
+            char w[256];
+            snprintf(w, sizeof w, "%s", why);
+            db_msg(why, sizeof why, "registering again the %zu-byte region at %p: %s", c->regions[i].size,
+                   (void *)c->regions[i].base, w);
+        } else {
+            ids[i] = (uint32_t)rid;
+        }
+    }
+    if (rc) {
+        pthread_mutex_unlock(&c->region_lock);
+        free(ids);
+        close(fd);
+        db_msg(msg, len, "%s; reconnected to dropblockd at %s, but %s", lost, c->path, why);
+        return rc;
+    }
+    pthread_mutex_lock(&c->send_lock);
+    pthread_mutex_lock(&c->lock);
+    int old = c->fd;
+    c->fd = fd;
+    c->gen++;
+    c->broken = 0;
+    c->err_code = 0;
+    c->err_msg[0] = 0;
+    c->daemon_msg[0] = 0;
+    for (size_t i = 0; i < c->nregions; i++) c->regions[i].id = ids[i];
+    pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&c->send_lock);
+    pthread_mutex_unlock(&c->region_lock);
+    free(ids);
+    close(old);
+    if ((rc = start_receiver(c, msg, len))) {
+        pthread_mutex_lock(&c->lock);
+        conn_break(c, rc, "connection to dropblockd lost: %s", msg);
+        pthread_mutex_unlock(&c->lock);
+    }
+    return rc;
+}
+
+/* For every call that needs the daemon: 0 when the connection is up, or up again after one
+ * attempt to reconnect; else the error with msg. */
+static int ensure_connected(dropblock_t *h, char *msg, size_t len)
+{
+    struct db_conn *c = h->conn;
+    pthread_mutex_lock(&c->lock);
+    int broken = c->broken;
+    pthread_mutex_unlock(&c->lock);
+    if (!broken) return DROPBLOCK_OK;
+    pthread_mutex_lock(&c->reconnect_lock);
+    pthread_mutex_lock(&c->lock);
+    broken = c->broken;
+    pthread_mutex_unlock(&c->lock);
+    int rc = broken ? reconnect(c, msg, len) : DROPBLOCK_OK; /* another thread may have done it */
+    pthread_mutex_unlock(&c->reconnect_lock);
     return rc;
 }
 
 int remote_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count)
 {
-    struct db_conn *c = h->conn;
-    int rc = broken_code(c);
+    int rc = ensure_connected(h, NULL, 0);
     if (rc) return rc;
-    for (size_t i = 0; i < c->ndevices && i < cap; i++) infos[i] = c->devices[i];
-    *count = c->ndevices;
-    return DROPBLOCK_OK;
+    cJSON *reply = NULL;
+    rc = request(h, new_request("devices"), -1, NULL, -1, &reply, NULL, 0);
+    if (!rc && parse_devices(reply, infos, cap, count)) rc = DROPBLOCK_EINTERNAL;
+    cJSON_Delete(reply);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- regions */
@@ -611,7 +857,7 @@ static int errno_code(int e)
 int remote_alloc(dropblock_t *h, size_t bytes, void **ptr)
 {
     struct db_conn *c = h->conn;
-    int rc = broken_code(c);
+    int rc = ensure_connected(h, NULL, 0);
     if (rc) return rc;
     if (bytes > (size_t)INT64_MAX) return DROPBLOCK_EEXHAUSTED;
     int fd = memfd_create("dropblock", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -631,8 +877,8 @@ int remote_alloc(dropblock_t *h, size_t bytes, void **ptr)
     if (req) cJSON_AddNumberToObject(req, "fds", 1);
     cJSON *reply = NULL;
     char msg[256];
-    rc = request(h, req, fd, -1, &reply, msg, sizeof msg);
-    close(fd); /* the daemon has its own reference now */
+    uint64_t gen = 0;
+    rc = request(h, req, fd, &gen, -1, &reply, msg, sizeof msg);
     uint64_t rid = 0, size = 0;
     if (!rc && (proto_get_u64(field(reply, "region"), "region", &rid, NULL, 0) || rid > UINT32_MAX ||
                 proto_get_u64(field(reply, "size"), "size", &size, NULL, 0) || size != bytes))
@@ -648,10 +894,14 @@ int remote_alloc(dropblock_t *h, size_t bytes, void **ptr)
                 c->cap_regions = cap;
             }
         }
-        if (c->nregions < c->cap_regions) {
+        if (c->gen != gen) {
+            /* the connection it was registered on broke and was replaced meanwhile */
+            rc = DROPBLOCK_EUNAVAILABLE;
+        } else if (c->nregions < c->cap_regions) {
             c->regions[c->nregions].id = (uint32_t)rid;
             c->regions[c->nregions].base = base;
             c->regions[c->nregions].size = bytes;
+            c->regions[c->nregions].fd = fd;
             c->nregions++;
         } else {
             rc = DROPBLOCK_EEXHAUSTED; /* the daemon keeps the region until we disconnect */
@@ -660,6 +910,7 @@ int remote_alloc(dropblock_t *h, size_t bytes, void **ptr)
     }
     if (rc) {
         munmap(base, bytes);
+        close(fd);
         return rc;
     }
     *ptr = base;
@@ -670,12 +921,14 @@ int remote_free(dropblock_t *h, void *ptr)
 {
     struct db_conn *c = h->conn;
     struct region r;
+    uint64_t gen = 0;
     int found = 0;
     pthread_mutex_lock(&c->region_lock);
     for (size_t i = 0; i < c->nregions; i++)
         if (c->regions[i].base == ptr) {
             r = c->regions[i];
             c->regions[i] = c->regions[--c->nregions];
+            gen = c->gen;
             found = 1;
             break;
         }
@@ -685,11 +938,17 @@ int remote_free(dropblock_t *h, void *ptr)
     if (req) cJSON_AddNumberToObject(req, "region", r.id);
     cJSON *reply = NULL;
     char msg[256];
-    int rc = request(h, req, -1, -1, &reply, msg, sizeof msg);
+    /* only on the connection that knows the id; never reconnects (a new one does not have it) */
+    int rc = request(h, req, -1, &gen, -1, &reply, msg, sizeof msg);
     cJSON_Delete(reply);
     munmap(r.base, r.size);
-    /* a lost connection took the region with it on the daemon's side: the memory is released */
-    if (rc && broken_code(c)) rc = DROPBLOCK_OK;
+    close(r.fd);
+    if (rc) {
+        /* a lost connection took the region with it on the daemon's side: the memory is released */
+        pthread_mutex_lock(&c->lock);
+        if (c->broken || c->gen != gen) rc = DROPBLOCK_OK;
+        pthread_mutex_unlock(&c->lock);
+    }
     return rc;
 }
 
@@ -775,8 +1034,12 @@ int remote_submit(dropblock_t *h, const dropblock_params *p, const void *input, 
     uint64_t tb = dropblock_tensor_bytes(p), mb = dropblock_mask_bytes(p);
     uint32_t rid[3] = {0, 0, 0};
     uint64_t off[3] = {0, 0, 0};
+    int rc = ensure_connected(h, msg, len);
+    if (rc) return rc;
+    /* the region ids belong to one connection: the request goes on that one or nowhere */
     pthread_mutex_lock(&c->region_lock);
-    int rc = locate(c, "input", input, tb, &rid[0], &off[0], msg, len);
+    uint64_t gen = c->gen;
+    rc = locate(c, "input", input, tb, &rid[0], &off[0], msg, len);
     if (!rc) rc = locate(c, "output", output, tb, &rid[1], &off[1], msg, len);
     if (!rc && mask) rc = locate(c, "mask", mask, mb, &rid[2], &off[2], msg, len);
     pthread_mutex_unlock(&c->region_lock);
@@ -786,7 +1049,7 @@ int remote_submit(dropblock_t *h, const dropblock_params *p, const void *input, 
         db_msg(msg, len, "out of memory for a request");
         return DROPBLOCK_EEXHAUSTED;
     }
-    rc = send_request(h, t, job_request(p, rid, off, mask != NULL, device), -1, msg, len);
+    rc = send_request(h, t, job_request(p, rid, off, mask != NULL, device), -1, &gen, msg, len);
     if (rc) {
         ticket_free(t);
         return rc;
@@ -811,7 +1074,8 @@ int remote_wait(dropblock_t *h, dropblock_ticket *t, int timeout_ms, dropblock_r
 int remote_status(dropblock_t *h, char *json, size_t len)
 {
     cJSON *reply = NULL;
-    int rc = request(h, new_request("status"), -1, -1, &reply, NULL, 0);
+    int rc = ensure_connected(h, NULL, 0);
+    if (!rc) rc = request(h, new_request("status"), -1, NULL, -1, &reply, NULL, 0);
     if (rc) return rc;
     char *text = cJSON_PrintUnformatted(reply);
     cJSON_Delete(reply);
@@ -826,7 +1090,8 @@ int remote_status(dropblock_t *h, char *json, size_t len)
 int remote_shutdown(dropblock_t *h, char *msg, size_t len)
 {
     cJSON *reply = NULL;
-    int rc = request(h, new_request("shutdown"), -1, -1, &reply, msg, len);
+    int rc = ensure_connected(h, msg, len);
+    if (!rc) rc = request(h, new_request("shutdown"), -1, NULL, -1, &reply, msg, len);
     cJSON_Delete(reply);
     return rc;
 }

@@ -38,6 +38,7 @@ struct dropblock_ticket {
     struct dropblock_ticket *prev, *next; /* a connection's id bucket, or the local handle's list */
     dropblock_t *owner;
     uint64_t id;
+    uint64_t gen; /* remote: the connection generation it was sent on */
     int is_job;   /* the reply fills res; otherwise it is kept whole in reply */
     int done, rc;
     dropblock_result res;

@@ -39,7 +39,7 @@ void local_close(dropblock_t *h)
 int local_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count)
 {
     size_t n = db_engine_device_count(h->engine);
-    for (size_t i = 0; i < n && i < cap; i++) infos[i] = *db_engine_device(h->engine, i);
+    for (size_t i = 0; i < n && i < cap; i++) db_engine_device_info(h->engine, i, &infos[i]);
     *count = n;
     return DROPBLOCK_OK;
 }
@@ -88,7 +88,7 @@ int local_run(dropblock_t *h, const dropblock_params *p, const void *input, void
               const char *device, dropblock_result *res)
 {
     int dev = db_engine_pick(h->engine, device, res->message, sizeof res->message);
-    if (dev < 0) return DROPBLOCK_ENOTFOUND;
+    if (dev < 0) return dev;
     return db_engine_run(h->engine, dev, p, input, output, mask, res);
 }
 
@@ -129,8 +129,11 @@ int local_status(dropblock_t *h, char *json, size_t len)
     if (!o) return DROPBLOCK_EEXHAUSTED;
     cJSON_AddStringToObject(o, "engine", "local");
     cJSON *devs = cJSON_AddArrayToObject(o, "devices");
-    for (size_t i = 0; devs && i < db_engine_device_count(h->engine); i++)
-        cJSON_AddItemToArray(devs, proto_device_json(db_engine_device(h->engine, i)));
+    for (size_t i = 0; devs && i < db_engine_device_count(h->engine); i++) {
+        dropblock_device_info info;
+        db_engine_device_info(h->engine, i, &info);
+        cJSON_AddItemToArray(devs, proto_device_json(&info));
+    }
     char *text = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!text) return DROPBLOCK_EEXHAUSTED;

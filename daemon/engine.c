@@ -8,11 +8,26 @@
 #include <string.h>
 
 #define DB_MAX_DEVICES 64
+#define DB_MAX_FAULTS 32
+
+enum { FAULT_FAIL, FAULT_ALLOC, FAULT_VANISH };
+static const char *const fault_names[] = {"fail", "alloc", "vanish"};
+
+struct db_fault {
+    int kind;
+    uint64_t at;   /* the device's job number, from 1 */
+    char dev[32];  /* the device id it names */
+};
 
 struct db_slot {
     struct db_device dev;
     pthread_mutex_t lock; /* one job at a time per device */
     atomic_int busy;      /* jobs running or waiting here */
+    atomic_int healthy;   /* 1 until the device fails for good */
+    char why[200];        /* why it is unhealthy: written once, before healthy drops to 0 */
+    uint64_t njobs;       /* jobs that reached the device (under lock) */
+    struct db_fault faults[DB_MAX_FAULTS]; /* injected, for this device */
+    int nfaults;
 };
 
 struct db_engine {
@@ -20,6 +35,8 @@ struct db_engine {
     size_t n;
     struct db_backend_config cfg;
     char cache_dir[512];
+    void (*log)(void *ctx, const char *line);
+    void *log_ctx;
 };
 
 static const struct backend_ops *const all_backends[] = {&db_backend_opencl, &db_backend_vulkan, &db_backend_cpu};
@@ -54,6 +71,56 @@ static void logf_(void (*log)(void *, const char *), void *ctx, const char *fmt,
     log(ctx, line);
 }
 
+/* Parses $DROPBLOCK_FAULTS (engine.h): KIND:DEVICE:N[,KIND:DEVICE:N...]. */
+static int parse_faults(const char *spec, struct db_fault *out, int *n, char *msg, size_t len)
+{
+    *n = 0;
+    for (const char *s = spec; s && *s;) {
+        const char *end = strchr(s, ',');
+        size_t l = end ? (size_t)(end - s) : strlen(s);
+        char entry[96];
+        if (l >= sizeof entry) {
+            db_msg(msg, len, "DROPBLOCK_FAULTS: entry \"%.40s...\" is too long", s);
+            return DROPBLOCK_EINVAL;
+        }
+        memcpy(entry, s, l);
+        entry[l] = 0;
+        char *first = strchr(entry, ':'), *last = strrchr(entry, ':');
+        const char *why = NULL;
+        int kind = -1;
+        if (!first || first == last) why = "must be KIND:DEVICE:N, e.g. fail:opencl:0:3";
+        if (!why) {
+            *first = 0;
+            *last = 0;
+            for (int k = 0; k < 3; k++)
+                if (!strcmp(entry, fault_names[k])) kind = k;
+            if (kind < 0) why = "KIND must be fail, alloc or vanish";
+        }
+        char *stop = NULL;
+        unsigned long long at = 0;
+        if (!why) {
+            at = strtoull(last + 1, &stop, 10);
+            if (!last[1] || *stop || last[1] == '-' || last[1] == '+' || at == 0)
+                why = "N must be a job number >= 1";
+            else if (!first[1] || strlen(first + 1) >= sizeof out->dev)
+                why = "DEVICE must be a device id such as opencl:0";
+            else if (*n >= DB_MAX_FAULTS)
+                why = "at most 32 entries";
+        }
+        if (why) {
+            db_msg(msg, len, "DROPBLOCK_FAULTS: entry \"%.*s\": %s", (int)l, s, why);
+            return DROPBLOCK_EINVAL;
+        }
+        out[*n].kind = kind;
+        out[*n].at = at;
+        snprintf(out[*n].dev, sizeof out[*n].dev, "%s", first + 1);
+        (*n)++;
+        if (!end) break;
+        s = end + 1;
+    }
+    return DROPBLOCK_OK;
+}
+
 int db_engine_open(struct db_engine **out, const char *backends, const char *visible, const char *cache_dir,
                    void (*log)(void *ctx, const char *line), void *log_ctx, char *msg, size_t len)
 {
@@ -71,8 +138,19 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *vis
             s = end + 1;
         }
     }
+    /* checked before any device is opened: a typo fails fast */
+    struct db_fault faults[DB_MAX_FAULTS];
+    int nfaults = 0;
+#if DB_FAULT_INJECTION
+    int frc = parse_faults(getenv("DROPBLOCK_FAULTS"), faults, &nfaults, msg, len);
+    if (frc) return frc;
+#else
+    (void)parse_faults;
+#endif
     struct db_engine *e = calloc(1, sizeof *e);
     if (!e) { db_msg(msg, len, "out of memory"); return DROPBLOCK_EEXHAUSTED; }
+    e->log = log;
+    e->log_ctx = log_ctx;
     if (cache_dir) snprintf(e->cache_dir, sizeof e->cache_dir, "%s", cache_dir);
     else db_default_cache_dir(e->cache_dir, sizeof e->cache_dir);
     e->cfg.cache_dir = e->cache_dir[0] ? e->cache_dir : NULL;
@@ -102,6 +180,8 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *vis
             s->dev = *d;
             pthread_mutex_init(&s->lock, NULL);
             atomic_init(&s->busy, 0);
+            atomic_init(&s->healthy, 1);
+            s->dev.info.healthy = 1;
         }
     }
     if (e->n == 0) {
@@ -109,6 +189,22 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *vis
                visible ? ", DROPBLOCK_VISIBLE_DEVICES=" : "", visible ? visible : "");
         free(e);
         return DROPBLOCK_ENOTFOUND;
+    }
+    for (int f = 0; f < nfaults; f++) {
+        struct db_slot *s = NULL;
+        for (size_t i = 0; i < e->n && !s; i++)
+            if (!strcmp(e->slots[i].dev.info.id, faults[f].dev)) s = &e->slots[i];
+        char at[32];
+        snprintf(at, sizeof at, "%llu", (unsigned long long)faults[f].at);
+        if (!s) {
+            logf_(log, log_ctx, "DROPBLOCK_FAULTS: no device %s here; its %s fault is ignored", faults[f].dev,
+                  fault_names[faults[f].kind]);
+            continue;
+        }
+        s->faults[s->nfaults++] = faults[f];
+        char what[64];
+        snprintf(what, sizeof what, "\"%s\" at its job %s", fault_names[faults[f].kind], at);
+        logf_(log, log_ctx, "DROPBLOCK_FAULTS: device %s: injected fault %s", s->dev.info.id, what);
     }
     *out = e;
     return DROPBLOCK_OK;
@@ -131,6 +227,33 @@ const dropblock_device_info *db_engine_device(const struct db_engine *e, size_t 
     return i < e->n ? &e->slots[i].dev.info : NULL;
 }
 
+int db_engine_healthy(const struct db_engine *e, size_t i, char *why, size_t len)
+{
+    if (i >= e->n) return 0;
+    /* acquire: pairs with the release in mark_unhealthy, so why is complete when read */
+    int ok = atomic_load_explicit(&e->slots[i].healthy, memory_order_acquire);
+    if (!ok) db_msg(why, len, "%s", e->slots[i].why);
+    else db_msg(why, len, "%s", "");
+    return ok;
+}
+
+void db_engine_device_info(const struct db_engine *e, size_t i, dropblock_device_info *out)
+{
+    memset(out, 0, sizeof *out);
+    if (i >= e->n) return;
+    *out = e->slots[i].dev.info;
+    out->healthy = db_engine_healthy(e, i, NULL, 0);
+}
+
+/* Marks a device unhealthy for good (s->lock held, so one writer). */
+static void mark_unhealthy(struct db_engine *e, struct db_slot *s, const char *why)
+{
+    if (!atomic_load_explicit(&s->healthy, memory_order_relaxed)) return;
+    snprintf(s->why, sizeof s->why, "%s", why);
+    atomic_store_explicit(&s->healthy, 0, memory_order_release);
+    logf_(e->log, e->log_ctx, "device %s is unhealthy from now on: %s", s->dev.info.id, why);
+}
+
 int db_engine_pick(struct db_engine *e, const char *device, char *msg, size_t len)
 {
     if (device && *device && strcmp(device, "auto")) {
@@ -142,17 +265,47 @@ int db_engine_pick(struct db_engine *e, const char *device, char *msg, size_t le
             snprintf(ids + l, sizeof ids - l, "%s%s", i ? ", " : "", e->slots[i].dev.info.id);
         }
         db_msg(msg, len, "device \"%s\" not found (devices: %s)", device, ids);
-        return -1;
+        return DROPBLOCK_ENOTFOUND;
     }
     int best = -1, best_kind = -1, best_busy = 0;
     for (size_t i = 0; i < e->n; i++) {
+        if (!db_engine_healthy(e, i, NULL, 0)) continue;
         int kind = e->slots[i].dev.info.kind == DROPBLOCK_DEVICE_OTHER ? 0 : (int)e->slots[i].dev.info.kind;
         int busy = atomic_load(&e->slots[i].busy);
         if (kind > best_kind || (kind == best_kind && busy < best_busy)) {
             best = (int)i; best_kind = kind; best_busy = busy;
         }
     }
+    if (best < 0) {
+        db_engine_no_healthy(e, msg, len);
+        return DROPBLOCK_EUNAVAILABLE;
+    }
     return best;
+}
+
+void db_engine_no_healthy(const struct db_engine *e, char *msg, size_t len)
+{
+    char ids[256] = "";
+    for (size_t i = 0; i < e->n; i++) {
+        size_t l = strlen(ids);
+        snprintf(ids + l, sizeof ids - l, "%s%s", i ? ", " : "", e->slots[i].dev.info.id);
+    }
+    db_msg(msg, len, "no healthy device: every device (%s) has failed and is marked unhealthy", ids);
+}
+
+/* The message of a job sent to an unhealthy device. */
+static void unavailable_msg(const struct db_slot *s, char *msg, size_t len)
+{
+    db_msg(msg, len, "device %s is unavailable (unhealthy: %s); \"auto\" picks the healthy devices", s->dev.info.id,
+           s->why);
+}
+
+/* An injected fault at the device's job number n, or -1. */
+static int fault_at(const struct db_slot *s, uint64_t n)
+{
+    for (int i = 0; i < s->nfaults; i++)
+        if (s->faults[i].at == n) return s->faults[i].kind;
+    return -1;
 }
 
 static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
@@ -173,6 +326,10 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
         db_msg(res->message, sizeof res->message, "%s buffer is NULL", in ? "output" : "input");
         return DROPBLOCK_EINVAL;
     }
+    if (!db_engine_healthy(e, (size_t)dev, NULL, 0)) {
+        unavailable_msg(s, res->message, sizeof res->message);
+        return DROPBLOCK_EUNAVAILABLE;
+    }
     if (mask) memset(mask, 0, dropblock_mask_bytes(p));
     if (pl.identity) {
         uint64_t t0 = db_now_us();
@@ -187,12 +344,51 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
         atomic_fetch_add(&s->busy, 1);
         pthread_mutex_lock(&s->lock);
     }
-    rc = s->dev.ops->run(&s->dev, &pl, in, out, mask, res);
+    const char *id = s->dev.info.id;
+    if (!atomic_load_explicit(&s->healthy, memory_order_relaxed)) {
+        /* it failed while this job waited for it */
+        unavailable_msg(s, res->message, sizeof res->message);
+        rc = DROPBLOCK_EUNAVAILABLE;
+    } else {
+        uint64_t n = ++s->njobs;
+        switch (fault_at(s, n)) {
+        case FAULT_FAIL:
+            db_msg(res->message, sizeof res->message, "device %s failed the job: injected fault", id);
+            rc = DROPBLOCK_EINTERNAL;
+            break;
+        case FAULT_ALLOC:
+            db_msg(res->message, sizeof res->message, "device %s could not allocate the job's buffers: injected fault", id);
+            rc = DROPBLOCK_EEXHAUSTED;
+            break;
+        case FAULT_VANISH: {
+            char why[96];
+            snprintf(why, sizeof why, "it vanished at its job %llu: injected fault", (unsigned long long)n);
+            mark_unhealthy(e, s, why);
+            db_msg(res->message, sizeof res->message, "device %s is unavailable: %s; it is marked unhealthy", id, why);
+            rc = DROPBLOCK_EUNAVAILABLE;
+            break;
+        }
+        default:
+            rc = s->dev.ops->run(&s->dev, &pl, in, out, mask, res);
+            if (rc == DROPBLOCK_EUNAVAILABLE) {
+                /* the device is gone (lost by its driver): no job goes to it again */
+                char why[200];
+                snprintf(why, sizeof why, "its driver lost it at its job %llu: %s", (unsigned long long)n, res->message);
+                mark_unhealthy(e, s, why);
+            }
+            /* a failure names the device whatever the backend wrote */
+            if (rc && rc != DROPBLOCK_EINVAL && !strstr(res->message, id)) {
+                char m[sizeof res->message];
+                snprintf(m, sizeof m, "%s", res->message);
+                db_msg(res->message, sizeof res->message, "device %s: %s%s", id, m[0] ? m : dropblock_strerror(rc),
+                       rc == DROPBLOCK_EUNAVAILABLE ? " (it is marked unhealthy)" : "");
+            }
+        }
+    }
     pthread_mutex_unlock(&s->lock);
     atomic_fetch_sub(&s->busy, 1);
     return rc;
 }
-
 int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                   dropblock_result *res)
 {

@@ -12,18 +12,46 @@ struct db_engine;
 /* backends: comma list of "cpu", "opencl", "vulkan" (NULL: all). A backend that fails to
  * enumerate or prepare is skipped (its reason goes to the log callback, if any); the CPU
  * backend always works. visible (comma list of ids such as "opencl:0" or API names; NULL:
- * $DROPBLOCK_VISIBLE_DEVICES, unset or empty: all) filters the devices. */
+ * $DROPBLOCK_VISIBLE_DEVICES, unset or empty: all) filters the devices.
+ *
+ * Fault injection (built with -Dfault_injection=true, the default; docs/reliability.md): open
+ * reads $DROPBLOCK_FAULTS, a comma list of KIND:DEVICE:N, e.g.
+ *     DROPBLOCK_FAULTS=fail:opencl:0:3,alloc:vulkan:0:2,vanish:opencl:0:5
+ * DEVICE is a device id, N >= 1 the number of the job on that device, counting from 1 the jobs
+ * that reach the device (valid, not the identity, in the order they take the device) since open.
+ * At job N, instead of running it:
+ *     fail    DROPBLOCK_EINTERNAL   "device opencl:0 failed the job: injected fault"
+ *     alloc   DROPBLOCK_EEXHAUSTED  "device vulkan:0 could not allocate the job's buffers: injected fault"
+ *     vanish  DROPBLOCK_EUNAVAILABLE, and the device is unhealthy from then on (as when its
+ *             backend returns DROPBLOCK_EUNAVAILABLE: a lost device)
+ * A malformed list fails open with DROPBLOCK_EINVAL; an entry naming a device this engine does
+ * not have is logged and ignored. Without fault injection built in the variable is ignored. */
 int db_engine_open(struct db_engine **out, const char *backends, const char *visible, const char *cache_dir,
                    void (*log)(void *ctx, const char *line), void *log_ctx, char *msg, size_t len);
 void db_engine_close(struct db_engine *e);
 
 size_t db_engine_device_count(const struct db_engine *e);
+/* The device as found at open: its healthy field stays 1 (see db_engine_healthy). */
 const dropblock_device_info *db_engine_device(const struct db_engine *e, size_t i);
+/* A copy of the device's info with healthy as of now. */
+void db_engine_device_info(const struct db_engine *e, size_t i, dropblock_device_info *out);
 
-/* Resolves "auto"/NULL (best kind, then least busy) or an id; -1 with msg when unknown. */
+/* Health: 1 until the device fails for good (its backend returned DROPBLOCK_EUNAVAILABLE, or an
+ * injected "vanish"); then 0 for the engine's life, and why (if not NULL) gets the reason. Any
+ * thread. */
+int db_engine_healthy(const struct db_engine *e, size_t i, char *why, size_t len);
+
+/* Resolves "auto"/NULL (best kind, then least busy, among healthy devices) or an id (healthy or
+ * not: a job sent to an unhealthy device gets DROPBLOCK_EUNAVAILABLE from db_engine_run). The
+ * device index, or with msg DROPBLOCK_ENOTFOUND (unknown id) or DROPBLOCK_EUNAVAILABLE (no
+ * healthy device left). */
 int db_engine_pick(struct db_engine *e, const char *device, char *msg, size_t len);
+/* The message of DROPBLOCK_EUNAVAILABLE when no device is healthy. */
+void db_engine_no_healthy(const struct db_engine *e, char *msg, size_t len);
 
-/* Validates and runs a job on device index dev (serialised per device). */
+/* Validates and runs a job on device index dev (serialised per device). A device failure is
+ * reported with a message naming the device; DROPBLOCK_EUNAVAILABLE from the backend marks the
+ * device unhealthy. */
 int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                   dropblock_result *res);
 

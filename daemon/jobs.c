@@ -141,10 +141,11 @@ int jobs_pick(struct jobs *js, const char *device, uint64_t bytes, char *msg, si
         return db_engine_pick(js->engine, device, msg, len);
     if (bytes <= js->small_bytes)
         for (int i = 0; i < js->n; i++)
-            if (cpu_builtin(js, i)) return i;
+            if (cpu_builtin(js, i) && db_engine_healthy(js->engine, (size_t)i, NULL, 0)) return i;
     int best = -1, best_kind = -1;
     uint64_t best_load = 0;
     for (int i = 0; i < js->n; i++) {
+        if (!db_engine_healthy(js->engine, (size_t)i, NULL, 0)) continue; /* failed for good */
         dropblock_device_kind k = db_engine_device(js->engine, (size_t)i)->kind;
         int kind = k == DROPBLOCK_DEVICE_OTHER ? 0 : (int)k;
         pthread_mutex_lock(&js->w[i].lock);
@@ -154,7 +155,10 @@ int jobs_pick(struct jobs *js, const char *device, uint64_t bytes, char *msg, si
             best = i; best_kind = kind; best_load = load;
         }
     }
-    if (best < 0) db_msg(msg, len, "no device");
+    if (best < 0) {
+        db_engine_no_healthy(js->engine, msg, len);
+        return DROPBLOCK_EUNAVAILABLE;
+    }
     return best;
 }
 

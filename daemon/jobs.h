@@ -38,8 +38,9 @@ typedef void (*jobs_done_fn)(struct job *j, void *ctx);
 int jobs_start(struct jobs **out, struct db_engine *e, uv_loop_t *loop, jobs_done_fn done, void *ctx,
                char *msg, size_t len);
 /* "auto"/NULL: the built-in CPU backend for jobs of at most the small-job size (moving them to
- * a device costs more than the work), else the best kind of device, then the shortest queue;
- * or an id. -1 with msg. */
+ * a device costs more than the work), else the best kind of device, then the shortest queue,
+ * among the healthy devices only; or an id (healthy or not). The index, or with msg
+ * DROPBLOCK_ENOTFOUND (unknown id) or DROPBLOCK_EUNAVAILABLE (no healthy device). */
 int jobs_pick(struct jobs *js, const char *device, uint64_t bytes, char *msg, size_t len);
 void jobs_set_small_job_bytes(struct jobs *js, uint64_t bytes);
 /* Runs a small job on the calling (loop) thread when its device is the built-in CPU backend and

@@ -285,5 +285,6 @@ cJSON *proto_device_json(const dropblock_device_info *d)
     cJSON_AddStringToObject(o, "kind", dropblock_device_kind_name(d->kind));
     proto_add_u64(o, "max_buffer", d->max_buffer);
     proto_add_u64(o, "global_mem", d->global_mem);
+    cJSON_AddBoolToObject(o, "healthy", d->healthy != 0);
     return o;
 }

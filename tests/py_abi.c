@@ -25,7 +25,7 @@ int main(void)
     S(dropblock_device_info);
     F(dropblock_device_info, id); F(dropblock_device_info, api); F(dropblock_device_info, vendor);
     F(dropblock_device_info, name); F(dropblock_device_info, driver); F(dropblock_device_info, uuid);
-    F(dropblock_device_info, kind); F(dropblock_device_info, max_buffer); F(dropblock_device_info, global_mem);
+    F(dropblock_device_info, kind); F(dropblock_device_info, max_buffer); F(dropblock_device_info, global_mem); F(dropblock_device_info, healthy);
     E();
     S(dropblock_local_options);
     F(dropblock_local_options, backends); F(dropblock_local_options, cache_dir);

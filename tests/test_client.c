@@ -1,5 +1,7 @@
 /* test_client: libdropblock against a real dropblockd on a temporary socket.
  *   test_client DROPBLOCKD [KERNEL_CACHE_DIR]
+ * $DROPBLOCK_DAEMON_WRAPPER (words split at spaces, e.g. "valgrind --error-exitcode=99 ...") is
+ * put before the daemon's command line; the daemon must exit 0 at the end.
  * Every result is compared bit for bit with core's CPU reference computed here, never with
  * anything the daemon or the library says about itself. */
 #include <dirent.h>
@@ -62,16 +64,25 @@ static uint64_t rng_next(uint64_t *s)
 static const char *daemon_exe, *cache_dir;
 static char tmpdir[64], sock_path[128];
 
+static int slow = 1; /* 10 under a wrapper (valgrind): longer waits */
+
 static pid_t daemon_start(const char *const *extra)
 {
     pid_t pid = fork();
     if (pid == 0) {
-        const char *argv[32] = {daemon_exe, "--socket", sock_path, "--log-level", "warn", "--cache-dir", cache_dir};
-        int n = 7;
-        for (int i = 0; extra && extra[i] && n < 31; i++) argv[n++] = extra[i];
+        const char *argv[96];
+        int n = 0;
+        static char wrapper[1024];
+        const char *w = getenv("DROPBLOCK_DAEMON_WRAPPER");
+        snprintf(wrapper, sizeof wrapper, "%s", w ? w : "");
+        for (char *save = NULL, *t = strtok_r(wrapper, " ", &save); t && n < 48; t = strtok_r(NULL, " ", &save))
+            argv[n++] = t;
+        const char *base[] = {daemon_exe, "--socket", sock_path, "--log-level", "warn", "--cache-dir", cache_dir};
+        for (size_t i = 0; i < sizeof base / sizeof *base; i++) argv[n++] = base[i];
+        for (int i = 0; extra && extra[i] && n < 95; i++) argv[n++] = extra[i];
         argv[n] = NULL;
-        execv(daemon_exe, (char *const *)argv);
-        fprintf(stderr, "test_client: cannot run %s: %s\n", daemon_exe, strerror(errno));
+        execvp(argv[0], (char *const *)argv);
+        fprintf(stderr, "test_client: cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
     /* listening: a plain connect succeeds (hello waits for the engine, the library's business) */
@@ -79,7 +90,7 @@ static pid_t daemon_start(const char *const *extra)
     memset(&sa, 0, sizeof sa);
     sa.sun_family = AF_UNIX;
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock_path);
-    for (double t0 = now_s(); now_s() - t0 < 120;) {
+    for (double t0 = now_s(); now_s() - t0 < 120 * slow;) {
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             printf("FAIL dropblockd exited at start (status 0x%x)\n", st);
@@ -574,7 +585,7 @@ static int test_shutdown(dropblock_t *h, pid_t daemon)
     char msg[256];
     int rc = dropblock_shutdown(h, msg, sizeof msg);
     check(rc == 0, "shutdown: rc %d \"%s\"", rc, msg);
-    int st = daemon_reap(daemon, 30);
+    int st = daemon_reap(daemon, 30 * slow);
     check(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the daemon exits 0 after shutdown (status 0x%x)", st);
     struct stat sb;
     check(lstat(sock_path, &sb) < 0 && errno == ENOENT, "the socket file is removed");
@@ -605,11 +616,53 @@ static void *waiter_main(void *arg)
     return NULL;
 }
 
+/* Jobs through a shared handle from several threads, as the first calls after a daemon restart:
+ * one of them reconnects, the others wait for it and go on. */
+struct rerun {
+    dropblock_t *h;
+    uint8_t *mem;      /* allocated before the kill */
+    dropblock_params p;
+    const char *device;
+    int ok;
+    char why[512];
+};
+
+static void *rerun_main(void *arg)
+{
+    struct rerun *r = arg;
+    uint64_t n = dropblock_numel(&r->p), tb = dropblock_tensor_bytes(&r->p), mb = dropblock_mask_bytes(&r->p);
+    void *x = malloc(tb), *want = malloc(tb);
+    uint8_t *wmask = calloc(1, mb);
+    r->ok = 1;
+    for (int k = 0; k < 8 && r->ok; k++) {
+        r->p.seed = 1000 + (uint64_t)k;
+        db_fill_tf_uniform(r->p.dtype, (uint64_t)k + 3, 17, n, r->mem);
+        memcpy(x, r->mem, tb);
+        dropblock_result wr, gr;
+        db_reference_run(&r->p, x, want, wmask, NULL, &wr);
+        int rc = dropblock_run(r->h, &r->p, r->mem, r->mem + align64(tb), r->mem + 2 * align64(tb), r->device, &gr);
+        if (rc || gr.kept != wr.kept || gr.scale_bits != wr.scale_bits || memcmp(r->mem + align64(tb), want, tb) ||
+            memcmp(r->mem + 2 * align64(tb), wmask, mb)) {
+            r->ok = 0;
+            snprintf(r->why, sizeof r->why, "job %d on %s: rc %d \"%s\"%s", k, r->device ? r->device : "auto", rc,
+                     gr.message, rc ? "" : " (bits differ from the reference)");
+        }
+    }
+    free(x);
+    free(want);
+    free(wmask);
+    return NULL;
+}
+
+/* SIGKILL with a job in flight: the waiting thread and every later call fail promptly; then a
+ * daemon restarted on the same socket serves the same handle again, on memory allocated before
+ * the kill, without the caller doing anything. */
 static void test_killed(void)
 {
     static const char *const cpu_only[] = {"--devices", "cpu", NULL};
     pid_t d = daemon_start(cpu_only);
     if (d < 0) { check(0, "second daemon"); return; }
+    int fds_before = count_fds();
     dropblock_t *h = NULL;
     char msg[512];
     if (dropblock_connect(&h, sock_path, msg, sizeof msg)) {
@@ -619,10 +672,25 @@ static void test_killed(void)
         return;
     }
     dropblock_params p = small_params();
-    uint64_t tb = dropblock_tensor_bytes(&p);
-    uint8_t *r = NULL;
+    uint64_t tb = dropblock_tensor_bytes(&p), mb = dropblock_mask_bytes(&p);
+    uint8_t *r = NULL, *gone = NULL;
     int rc = dropblock_alloc(h, tb, (void **)&r);
     check(rc == 0, "alloc on the second daemon: %d", rc);
+    check(dropblock_alloc(h, 8192, (void **)&gone) == 0, "a second alloc");
+    /* regions for the threads after the restart: output and mask beside the input */
+    enum { NRERUN = 4 };
+    static struct rerun rr[NRERUN];
+    for (int i = 0; i < NRERUN; i++) {
+        rr[i].h = h;
+        rr[i].p = small_params();
+        rr[i].p.dtype = (dropblock_dtype)(i % 3);
+        rr[i].p.layout = (dropblock_layout)(i % 2);
+        uint64_t b = dropblock_tensor_bytes(&rr[i].p);
+        rc = dropblock_alloc(h, 2 * align64(b) + dropblock_mask_bytes(&rr[i].p), (void **)&rr[i].mem);
+        check(rc == 0, "alloc %d before the kill: %d", i, rc);
+    }
+    rc = dropblock_run(h, &p, r, r, NULL, NULL, NULL);
+    check(rc == 0, "a job before the kill: %d", rc);
     kill(d, SIGSTOP); /* the job cannot finish before the kill */
     struct waiter w = {h, NULL, 0, 0, {0}};
     rc = dropblock_submit(h, &p, r, r, NULL, NULL, &w.t);
@@ -637,24 +705,71 @@ static void test_killed(void)
               w.t_done - t_kill < 2,
           "pending wait after SIGKILL: rc %d after %.3f s \"%s\"", w.rc, w.t_done - t_kill, w.res.message);
     waitpid(d, NULL, 0);
+    /* nothing answers: each call tries once to reconnect, fails at once and says so */
     dropblock_result res;
     double t0 = now_s();
     rc = dropblock_run(h, &p, r, r, NULL, NULL, &res);
-    check(rc == DROPBLOCK_EUNAVAILABLE && strstr(res.message, "connection to dropblockd lost"),
+    check(rc == DROPBLOCK_EUNAVAILABLE && strstr(res.message, "connection to dropblockd lost") &&
+              strstr(res.message, "reconnecting failed") && strstr(res.message, sock_path),
           "run after SIGKILL: rc %d \"%s\"", rc, res.message);
+    printf("run while the daemon is down: %s\n", res.message);
     dropblock_ticket *t = NULL;
     check(dropblock_submit(h, &p, r, r, NULL, NULL, &t) == DROPBLOCK_EUNAVAILABLE && !t, "submit after SIGKILL");
     void *q = NULL;
     check(dropblock_alloc(h, 4096, &q) == DROPBLOCK_EUNAVAILABLE && !q, "alloc after SIGKILL");
-    char json[1024];
+    char json[8192];
     check(dropblock_status(h, json, sizeof json) == DROPBLOCK_EUNAVAILABLE, "status after SIGKILL");
     size_t n;
     check(dropblock_devices(h, devs, 16, &n) == DROPBLOCK_EUNAVAILABLE, "devices after SIGKILL");
-    check(dropblock_shutdown(h, msg, sizeof msg) == DROPBLOCK_EUNAVAILABLE, "shutdown after SIGKILL");
-    check(dropblock_free(h, r) == 0, "free after SIGKILL releases the memory");
+    check(dropblock_shutdown(h, msg, sizeof msg) == DROPBLOCK_EUNAVAILABLE && strstr(msg, "reconnecting failed"),
+          "shutdown after SIGKILL: \"%s\"", msg);
+    check(dropblock_free(h, gone) == 0, "free after SIGKILL releases the memory");
     check(now_s() - t0 < 2, "calls after SIGKILL return promptly (%.3f s)", now_s() - t0);
+
+    /* a new daemon on the same path (all its devices): the handle reconnects on its next call */
+    d = daemon_start(NULL);
+    if (d < 0) { check(0, "restarted daemon"); dropblock_close(h); return; }
+    pthread_t ths[NRERUN];
+    for (int i = 0; i < NRERUN; i++) {
+        rr[i].device = i == 0 ? NULL : i == 1 ? "cpu:0" : "auto";
+        pthread_create(&ths[i], NULL, rerun_main, &rr[i]);
+    }
+    for (int i = 0; i < NRERUN; i++) {
+        pthread_join(ths[i], NULL);
+        check(rr[i].ok, "after the restart, thread %d's jobs on memory from before the kill are exact: %s", i, rr[i].why);
+    }
+    rc = dropblock_devices(h, devs, 16, &n);
+    check(rc == 0 && n > 0, "devices after the restart: rc %d, %zu", rc, n);
+    for (size_t i = 0; i < n && i < 16; i++) {
+        check(devs[i].healthy == 1, "%s is healthy", devs[i].id);
+        char why[512];
+        check(job_check(h, &p, devs[i].id, 0, 1, (int)(i % 2), 77 + i, why, sizeof why),
+              "after the restart, a job on %s is exact: %s", devs[i].id, why);
+    }
+    /* the first region: in place, on memory from before the kill */
+    db_fill_tf_uniform(p.dtype, 5, 17, dropblock_numel(&p), r);
+    void *want = malloc(tb);
+    uint8_t *wmask = calloc(1, mb);
+    dropblock_result wr;
+    db_reference_run(&p, r, want, NULL, NULL, &wr);
+    rc = dropblock_run(h, &p, r, r, NULL, NULL, &res);
+    check(rc == 0 && res.kept == wr.kept && res.scale_bits == wr.scale_bits && !memcmp(r, want, tb),
+          "after the restart, an in-place job on the first region is exact: rc %d \"%s\"", rc, res.message);
+    free(want);
+    free(wmask);
+    rc = dropblock_status(h, json, sizeof json);
+    check(rc == 0 && strstr(json, "\"regions\":5"), "status after the restart counts the 5 regions registered again: %s",
+          json);
+    check(dropblock_free(h, r) == 0, "free after the restart");
+    for (int i = 0; i < NRERUN; i++) check(dropblock_free(h, rr[i].mem) == 0, "free %d after the restart", i);
+    check(dropblock_free(h, r) == DROPBLOCK_EINVAL, "free twice is still EINVAL");
     dropblock_close(h);
-    unlink(sock_path); /* a killed daemon leaves its socket */
+    check(count_fds() == fds_before, "descriptors back to %d after close (now %d): the memfds kept for reconnects "
+          "are closed", fds_before, count_fds());
+    kill(d, SIGTERM);
+    int st = daemon_reap(d, 30 * slow);
+    check(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the restarted daemon exits 0 on SIGTERM (0x%x)", st);
+    if (st < 0) { kill(d, SIGKILL); waitpid(d, NULL, 0); }
 }
 
 int main(int argc, char **argv)
@@ -665,6 +780,8 @@ int main(int argc, char **argv)
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     daemon_exe = argv[1];
+    const char *wrapper = getenv("DROPBLOCK_DAEMON_WRAPPER");
+    if (wrapper && *wrapper) slow = 10;
     /* PoCL writes its kernel cache under POCL_CACHE_DIR; never into a home that may be read-only */
     if (!getenv("POCL_CACHE_DIR")) {
         mkdir("/tmp/pocl-client", 0700);

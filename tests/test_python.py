@@ -419,7 +419,8 @@ def check_misc(np, client, label, ref):
     # devices and status
     devs = client.devices()
     check(len(devs) >= 1 and all(set(d) == {"id", "api", "vendor", "name", "driver", "uuid", "kind", "max_buffer",
-                                            "global_mem"} for d in devs), label + ": devices() fields")
+                                            "global_mem", "healthy"} for d in devs), label + ": devices() fields")
+    check(all(d["healthy"] is True for d in devs), label + ": every device healthy")
     check(any(d["id"] == "cpu:0" and d["kind"] == "cpu" for d in devs), label + ": devices() lists cpu:0")
     check(all(d["kind"] in ("discrete-gpu", "integrated-gpu", "cpu-api", "cpu", "other") for d in devs),
           label + ": device kinds")

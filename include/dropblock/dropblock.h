@@ -149,6 +149,9 @@ typedef struct dropblock_device_info {
     dropblock_device_kind kind;
     uint64_t max_buffer;  /* largest single buffer the device takes, bytes */
     uint64_t global_mem;  /* device memory, bytes (0 if unknown) */
+    int healthy;          /* 1: usable; 0: the device failed (the driver lost it, or an injected
+                           * "vanish" fault): jobs sent to it get DROPBLOCK_EUNAVAILABLE naming it
+                           * and "auto" never picks it. Added last, after global_mem. */
 } dropblock_device_info;
 
 const char *dropblock_device_kind_name(dropblock_device_kind k);
@@ -170,9 +173,14 @@ int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, 
 
 /* Connects to dropblockd at socket_path (NULL: dropblock_default_socket). DROPBLOCK_EUNAVAILABLE
  * with a message saying how to start one when nothing answers; a peer the daemon does not allow
- * gets DROPBLOCK_EPERM and the daemon's message. When the connection breaks later (the daemon
- * stopped or was killed), calls in flight and every later call return DROPBLOCK_EUNAVAILABLE
- * ("connection to dropblockd lost: ..."); close the handle and connect again. */
+ * gets DROPBLOCK_EPERM and the daemon's message. When the connection breaks (the daemon stopped
+ * or was killed), every request in flight fails at once with DROPBLOCK_EUNAVAILABLE ("connection
+ * to dropblockd lost: ..."); jobs are never resent. The next call that needs the daemon (devices,
+ * alloc, run, submit, status, shutdown) tries once to reconnect to the same path: when a daemon
+ * answers there again, every region from dropblock_alloc is registered with it anew (the same
+ * memory: the caller's pointers stay valid) and the call goes on; when none answers, the call
+ * returns DROPBLOCK_EUNAVAILABLE saying so, and the next call tries again. dropblock_wait and
+ * dropblock_free never reconnect. */
 int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, size_t msg_len);
 
 /* Closes the handle: a connection's regions are unregistered (the daemon drops them with the
@@ -183,7 +191,8 @@ void dropblock_close(dropblock_t *h);
 /* 1 for a daemon connection, 0 for the in-process engine. */
 int dropblock_is_remote(const dropblock_t *h);
 
-/* Devices of the engine or daemon, in order; *count receives the number, infos up to cap. */
+/* Devices of the engine or daemon, in order, with their health as of now (a connection asks the
+ * daemon each time); *count receives the number, infos up to cap. */
 int dropblock_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count);
 
 /* Tensor memory the engine reads and writes without copies: for a connection a shared region

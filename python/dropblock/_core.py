@@ -369,7 +369,7 @@ class Client:
     def devices(self):
         """The engine's or daemon's devices, in order: a list of dicts with id, api, vendor, name,
         driver, uuid, kind ("discrete-gpu", "integrated-gpu", "cpu-api", "cpu", "other"),
-        max_buffer and global_mem (bytes)."""
+        max_buffer and global_mem (bytes), healthy (False once the device failed)."""
         L = lib()
         cap = 16
         while True:
@@ -390,7 +390,7 @@ class Client:
             text = {f: getattr(d, f).decode("utf-8", "replace")
                     for f in ("id", "api", "vendor", "name", "driver", "uuid")}
             text.update(kind=L.dropblock_device_kind_name(d.kind).decode(), max_buffer=d.max_buffer,
-                        global_mem=d.global_mem)
+                        global_mem=d.global_mem, healthy=bool(d.healthy))
             out.append(text)
         return out
 

@@ -58,6 +58,7 @@ class DeviceInfo(ctypes.Structure):
         ("kind", c_enum),
         ("max_buffer", ctypes.c_uint64),
         ("global_mem", ctypes.c_uint64),
+        ("healthy", ctypes.c_int),
     ]
 
 

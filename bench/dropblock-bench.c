@@ -11,7 +11,8 @@
  * (torchvision's multi-pass method written with the same API, shaders/db_baseline.h); also
  * run_us, the whole in-process job from host memory to host memory (dropblock_run's path).
  * Each figure is the median of --reps timed runs after --warmup untimed ones (PoCL compiles a
- * kernel on its first launch). GB/s counts one read of x and one write of y. --check compares
+ * kernel on its first launch); the device measures run interleaved, one of each per round, so
+ * that other load on the machine weighs on all of them alike. GB/s counts one read of x and one write of y. --check compares
  * one run_us output with the CPU reference bit for bit. With --json the last line is one JSON
  * object with every figure (null where a backend cannot time one).
  *
@@ -161,25 +162,25 @@ static int device_mode(const struct opts *o)
                (unsigned long long)p->shape[1], (unsigned long long)p->shape[2], (unsigned long long)p->shape[3],
                dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0],
                (unsigned long long)p->block[1], (double)p->rate, (unsigned long long)bytes);
-    for (int f = 0; f < F_N; f++) {
-        dropblock_params q = *p;
-        if (f == F_BACKWARD) q.mode = DROPBLOCK_BACKWARD;
-        int r = 0;
-        if (f == F_RUN) {
-            dropblock_result res;
-            for (int i = -o->warmup; i < o->reps && !r; i++) {
-                double t0 = db_now_us_f();
-                r = db_engine_run(e, dev, &q, x, y, NULL, &res);
-                if (i >= 0) t[i] = db_now_us_f() - t0;
-            }
-            if (r) snprintf(msg, sizeof msg, "%s", res.message);
-        } else {
-            static const int what[F_N] = {DB_BENCH_COPY, DB_BENCH_OP, DB_BENCH_OP, DB_BENCH_MASK, DB_BENCH_BASELINE, 0};
-            r = db_engine_bench(e, dev, &q, x, what[f], o->warmup, o->reps, t, msg, sizeof msg);
-        }
-        fig[f] = r ? -1 : median(t, o->reps);
-        if (r) fprintf(stderr, "dropblock-bench: %s: %s\n", fig_names[f], msg);
+    /* the device measures in one call, interleaved round by round; then the whole job */
+    double *all = calloc((size_t)DB_BENCH_N * (size_t)o->reps, sizeof *all);
+    static const int what_of[F_RUN] = {DB_BENCH_COPY, DB_BENCH_OP, DB_BENCH_BACKWARD, DB_BENCH_MASK, DB_BENCH_BASELINE};
+    msg[0] = 0;
+    int r = all ? db_engine_bench(e, dev, p, x, (1u << DB_BENCH_N) - 1, o->warmup, o->reps, all, msg, sizeof msg)
+                : DROPBLOCK_EEXHAUSTED;
+    if (r) fprintf(stderr, "dropblock-bench: %s\n", all ? msg : "out of memory");
+    else if (msg[0]) fprintf(stderr, "dropblock-bench: %s\n", msg);
+    for (int f = 0; f < F_RUN; f++) fig[f] = r || all[what_of[f] * o->reps] < 0 ? -1 : median(all + what_of[f] * o->reps, o->reps);
+    free(all);
+    dropblock_result res;
+    r = 0;
+    for (int i = -o->warmup; i < o->reps && !r; i++) {
+        double t0 = db_now_us_f();
+        r = db_engine_run(e, dev, p, x, y, NULL, &res);
+        if (i >= 0) t[i] = db_now_us_f() - t0;
     }
+    if (r) fprintf(stderr, "dropblock-bench: run_us: %s\n", res.message);
+    fig[F_RUN] = r ? -1 : median(t, o->reps);
     int check = -1;
     if (o->check) {
         dropblock_result want, got;

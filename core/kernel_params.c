@@ -1,6 +1,8 @@
 /* kernel_params.c: chunks and kernel parameter words for the GPU backends. */
 #include "kernel_params.h"
 
+#include <string.h>
+
 #define DB_CHUNK_CAP (UINT64_C(1) << 30)
 /* room for what does not grow with the units of a chunk (a mask word, two tiles, a sample) */
 #define DB_CHUNK_SLACK 64
@@ -146,4 +148,33 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const
     uint32_t epw = db_fast_apply_ok(pl, tu->epw) ? tu->epw : 0;
     prm[DBP_EPW] = epw;
     prm[DBP_GROUPS] = epw ? (uint32_t)(ch->nelem / epw) : 0;
+}
+
+int db_baseline_params(const struct db_plan *pl, uint32_t blp[BLP_COUNT], uint64_t *npad, uint64_t *nparts, char *msg,
+                       size_t len)
+{
+    const uint64_t b = pl->bh;
+    if (pl->bh != pl->bw || b % 2 == 0) {
+        db_msg(msg, len, "the baseline (torchvision) takes odd square blocks only");
+        return DROPBLOCK_EINVAL;
+    }
+    if (pl->numel >= (UINT64_C(1) << 32)) {
+        db_msg(msg, len, "the baseline takes tensors of fewer than 2^32 elements");
+        return DROPBLOCK_EINVAL;
+    }
+    memset(blp, 0, BLP_COUNT * sizeof *blp);
+    blp[BLP_PLANES] = (uint32_t)(pl->N * pl->C);
+    blp[BLP_H] = (uint32_t)pl->H;
+    blp[BLP_W] = (uint32_t)pl->W;
+    blp[BLP_BS] = (uint32_t)b;
+    blp[BLP_HN] = (uint32_t)(pl->H - b + 1);
+    blp[BLP_WN] = (uint32_t)(pl->W - b + 1);
+    blp[BLP_KEY] = pl->key[0];
+    blp[BLP_KEY + 1] = pl->key[1];
+    memcpy(&blp[BLP_GAMMA], &pl->gamma, 4);
+    blp[BLP_NUMEL] = (uint32_t)pl->numel;
+    blp[BLP_DTYPE] = (uint32_t)pl->p.dtype;
+    *npad = pl->N * pl->C * (pl->H - b + 1 + 2 * (b / 2)) * (pl->W - b + 1 + 2 * (b / 2));
+    *nparts = 2 * (pl->numel / BL_SEG) + 64; /* part[0], then every level of partial sums */
+    return DROPBLOCK_OK;
 }

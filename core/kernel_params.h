@@ -4,6 +4,7 @@
 
 #include "plan.h"
 
+#include "../shaders/db_baseline_params.h"
 #include "../shaders/db_params.h"
 
 /* A chunk: units [u0, u1) of the tensor (a unit is one physical row: W elements for NCHW, W*C
@@ -54,5 +55,12 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const
 
 /* Mask tiles of a chunk (what the mask pass is launched over). */
 uint64_t db_chunk_tiles(const struct db_plan *pl, const struct db_chunk *ch, const struct db_tuning *tu);
+
+/* The benchmark's baseline (shaders/db_baseline.h) for a plan: its BLP_COUNT parameter words
+ * and the sizes of its float32 intermediates (noise and pooled: numel; padded: npad; partial
+ * sums: nparts words). DROPBLOCK_EINVAL with a message where torchvision would refuse the block
+ * (even or not square) or the tensor has 2^32 elements or more. */
+int db_baseline_params(const struct db_plan *pl, uint32_t blp[BLP_COUNT], uint64_t *npad, uint64_t *nparts, char *msg,
+                       size_t len);
 
 #endif

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "kernel_params.h"
 #include "reference.h"
 
 /* the baseline's kernels take every buffer, as GLSL sees them all; each uses a few */
@@ -84,62 +85,46 @@ static void run_baseline(const uint32_t *prm, uint32_t *noise, uint32_t *padded,
     for (uint64_t i = 0; i < nwords; i++) bl_mul(prm, noise, padded, pooled, part, x, y, (uint32_t)i);
 }
 
-static int cpu_bench(struct db_device *dev, const struct db_plan *pl, const void *x, int what, int warmup, int reps,
-                     double *us, char *msg, size_t len)
+static int cpu_bench(struct db_device *dev, const struct db_plan *pl, const void *x, unsigned whats, int warmup,
+                     int reps, double *us, char *msg, size_t len)
 {
-    (void)dev;
     const uint64_t bytes = pl->numel * dropblock_dtype_size(pl->p.dtype), nwords = (bytes + 3) / 4;
-    if (what == DB_BENCH_MASK) {
-        db_msg(msg, len, "the CPU reference has no separate mask pass");
-        return DROPBLOCK_EINVAL;
-    }
-    if (pl->numel >= (UINT64_C(1) << 32)) {
-        db_msg(msg, len, "the benchmark takes tensors of fewer than 2^32 elements");
-        return DROPBLOCK_EINVAL;
-    }
-    const uint64_t b = pl->bh;
-    if (what == DB_BENCH_BASELINE && (pl->bh != pl->bw || b % 2 == 0)) {
-        db_msg(msg, len, "the baseline (torchvision) takes odd square blocks only");
-        return DROPBLOCK_EINVAL;
-    }
     uint32_t blp[BLP_COUNT] = {0};
-    const uint64_t npad = pl->N * pl->C * (pl->H - b + 1 + 2 * (b / 2)) * (pl->W - b + 1 + 2 * (b / 2));
-    uint32_t *y = malloc(nwords * 4 + 4), *noise = NULL, *padded = NULL, *pooled = NULL, *part = NULL;
-    int rc = DROPBLOCK_OK;
-    if (what == DB_BENCH_BASELINE) {
-        noise = malloc(pl->numel * 4);
-        padded = malloc(npad * 4 + 4);
-        pooled = malloc(pl->numel * 4);
-        part = malloc((pl->numel / BL_SEG + 64) * 8);
-        blp[BLP_PLANES] = (uint32_t)(pl->N * pl->C);
-        blp[BLP_H] = (uint32_t)pl->H;
-        blp[BLP_W] = (uint32_t)pl->W;
-        blp[BLP_BS] = (uint32_t)b;
-        blp[BLP_HN] = (uint32_t)(pl->H - b + 1);
-        blp[BLP_WN] = (uint32_t)(pl->W - b + 1);
-        blp[BLP_KEY] = pl->key[0];
-        blp[BLP_KEY + 1] = pl->key[1];
-        memcpy(&blp[BLP_GAMMA], &pl->gamma, 4);
-        blp[BLP_NUMEL] = (uint32_t)pl->numel;
-        blp[BLP_DTYPE] = (uint32_t)pl->p.dtype;
+    uint64_t npad = 0, nparts = 0;
+    if (whats & (1u << DB_BENCH_MASK)) {
+        db_msg(msg, len, "the CPU reference has no separate mask pass");
+        whats &= ~(1u << DB_BENCH_MASK);
+        for (int r = 0; r < reps; r++) us[DB_BENCH_MASK * reps + r] = -1;
     }
-    uint32_t *xw = malloc(nwords * 4 + 4);
-    if (!y || !xw || (what == DB_BENCH_BASELINE && (!noise || !padded || !pooled || !part))) {
+    if ((whats & (1u << DB_BENCH_BASELINE)) && db_baseline_params(pl, blp, &npad, &nparts, msg, len)) {
+        whats &= ~(1u << DB_BENCH_BASELINE);
+        for (int r = 0; r < reps; r++) us[DB_BENCH_BASELINE * reps + r] = -1;
+    }
+    const int base = (whats & (1u << DB_BENCH_BASELINE)) != 0;
+    uint32_t *xw = malloc(nwords * 4 + 4), *y = malloc(nwords * 4 + 4);
+    uint32_t *noise = base ? malloc(pl->numel * 4) : NULL, *padded = base ? malloc(npad * 4 + 4) : NULL;
+    uint32_t *pooled = base ? malloc(pl->numel * 4) : NULL, *part = base ? malloc(nparts * 4) : NULL;
+    int rc = DROPBLOCK_OK;
+    if (!y || !xw || (base && (!noise || !padded || !pooled || !part))) {
         db_msg(msg, len, "out of host memory");
         rc = DROPBLOCK_EEXHAUSTED;
         goto done;
     }
     memcpy(xw, x, bytes);
-    for (int r = -warmup; r < reps && !rc; r++) {
-        double t0 = db_now_us_f();
-        dropblock_result res;
-        memset(&res, 0, sizeof res);
-        if (what == DB_BENCH_COPY) memcpy(y, xw, bytes);
-        else if (what == DB_BENCH_OP) rc = cpu_run(dev, pl, xw, y, NULL, &res);
-        else run_baseline(blp, noise, padded, pooled, part, xw, y, nwords);
-        if (rc) db_msg(msg, len, "%s", res.message);
-        if (r >= 0) us[r] = db_now_us_f() - t0;
-    }
+    struct db_plan bw = *pl;
+    bw.p.mode = DROPBLOCK_BACKWARD;
+    for (int r = -warmup; r < reps && !rc; r++)
+        for (int w = 0; w < DB_BENCH_N && !rc; w++) {
+            if (!(whats & (1u << w))) continue;
+            double t0 = db_now_us_f();
+            dropblock_result res;
+            memset(&res, 0, sizeof res);
+            if (w == DB_BENCH_COPY) memcpy(y, xw, bytes);
+            else if (w == DB_BENCH_OP || w == DB_BENCH_BACKWARD) rc = cpu_run(dev, w == DB_BENCH_OP ? pl : &bw, xw, y, NULL, &res);
+            else run_baseline(blp, noise, padded, pooled, part, xw, y, nwords);
+            if (rc) db_msg(msg, len, "%s", res.message);
+            if (r >= 0) us[w * reps + r] = db_now_us_f() - t0;
+        }
 done:
     free(xw); free(y); free(noise); free(padded); free(pooled); free(part);
     return rc;

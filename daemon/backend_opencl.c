@@ -1081,8 +1081,43 @@ static cl_int enqueue_baseline(struct ocl_dev *od, const cl_mem *bufs, const uin
     return e;
 }
 
-static int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, int what, int warmup, int reps,
-                     double *us, char *msg, size_t len)
+/* One measure of ocl_bench on the resident x and y. */
+static int bench_one(struct ocl_dev *od, const struct db_plan *pl, int what, cl_mem x, cl_mem y, const cl_mem *bl,
+                     const uint32_t *blp, const uint32_t *prm, uint64_t nwords, char *msg, size_t len)
+{
+    int rc = DROPBLOCK_OK;
+    if (what == DB_BENCH_OP || what == DB_BENCH_BACKWARD) {
+        dropblock_result res;
+        memset(&res, 0, sizeof res);
+        struct db_plan bw = *pl; /* backward applies the same mask and scale to dy: the same passes */
+        bw.p.mode = DROPBLOCK_BACKWARD;
+        return ocl_job(od, what == DB_BENCH_OP ? pl : &bw, NULL, NULL, NULL, x, y, &res, msg, len);
+    }
+    if (what == DB_BENCH_COPY) {
+        uint64_t vwords = (uint64_t)od->vw * od->vpw, groups = nwords / vwords;
+        cl_mem a[2] = {x, y};
+        CK(set_args(od->bk[BK_COPY], 2, a), "clSetKernelArg(bl_copy)");
+        CK(launch_exact(od, od->bk[BK_COPY], od->wg_apply, groups), "clEnqueueNDRangeKernel(bl_copy)");
+        if (groups * vwords < nwords) {
+            cl_uint first = (cl_uint)(groups * vwords), n = (cl_uint)nwords;
+            CK(set_args(od->bk[BK_COPY_TAIL], 2, a), "clSetKernelArg(bl_copy_tail)");
+            CK(clSetKernelArg(od->bk[BK_COPY_TAIL], 2, sizeof first, &first), "clSetKernelArg(bl_copy_tail)");
+            CK(clSetKernelArg(od->bk[BK_COPY_TAIL], 3, sizeof n, &n), "clSetKernelArg(bl_copy_tail)");
+            CK(launch_round(od, od->bk[BK_COPY_TAIL], od->wg_small, n - first), "clEnqueueNDRangeKernel(bl_copy_tail)");
+        }
+    } else if (what == DB_BENCH_MASK) {
+        CK(enqueue_mask(od, prm, od->masks[0].m), "enqueue(db_mask)");
+    } else {
+        cl_mem bufs[7] = {bl[0], bl[1], bl[2], bl[3], bl[4], x, y};
+        CK(enqueue_baseline(od, bufs, blp, nwords), "enqueue(baseline)");
+    }
+    CK(clFinish(od->queue), "clFinish");
+done:
+    return rc;
+}
+
+static int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup,
+                     int reps, double *us, char *msg, size_t len)
 {
     struct ocl_dev *od = dev->priv;
     const uint64_t bytes = pl->numel * dropblock_dtype_size(pl->p.dtype), nwords = (bytes + 3) / 4;
@@ -1093,74 +1128,41 @@ static int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void
         return DROPBLOCK_EINVAL;
     }
     struct ocl_buf x = {0}, y = {0}, bl[5] = {{0}};
-    uint32_t blp[BLP_COUNT] = {0};
-    dropblock_result res;
+    cl_mem blm[5] = {NULL};
+    uint32_t blp[BLP_COUNT] = {0}, prm[DBP_COUNT];
     struct job j;
-    uint32_t prm[DBP_COUNT];
+    struct db_chunk ch;
     CK(ensure_buf(od, &x, nwords * 4 + 64), "clCreateBuffer(x)");
     CK(ensure_buf(od, &y, nwords * 4 + 64), "clCreateBuffer(y)");
     CK(clEnqueueWriteBuffer(od->queue, x.m, CL_TRUE, 0, (size_t)bytes, xh, 0, NULL, NULL), "clEnqueueWriteBuffer(x)");
-    if (what == DB_BENCH_MASK) {
-        if ((rc = plan_job(od, pl, &j, msg, len))) goto done;
-        struct db_chunk ch;
-        chunk_of(&j, 0, &ch);
-        db_kernel_params(pl, &ch, &j.tu, prm);
-        CK(ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)");
-            CK(ensure_masks(od, 1, j.max_words), "clCreateBuffer(mask)");
-    }
-    if (what == DB_BENCH_BASELINE) {
-        uint64_t b = pl->bh;
-        if (pl->bh != pl->bw || b % 2 == 0) {
-            db_msg(msg, len, "the baseline (torchvision) takes odd square blocks only");
-            rc = DROPBLOCK_EINVAL;
-            goto done;
-        }
-        blp[BLP_PLANES] = (uint32_t)(pl->N * pl->C);
-        blp[BLP_H] = (uint32_t)pl->H;
-        blp[BLP_W] = (uint32_t)pl->W;
-        blp[BLP_BS] = (uint32_t)b;
-        blp[BLP_HN] = (uint32_t)(pl->H - b + 1);
-        blp[BLP_WN] = (uint32_t)(pl->W - b + 1);
-        blp[BLP_KEY] = pl->key[0];
-        blp[BLP_KEY + 1] = pl->key[1];
-        blp[BLP_GAMMA] = db_bits(pl->gamma);
-        blp[BLP_NUMEL] = (uint32_t)pl->numel;
-        blp[BLP_DTYPE] = (uint32_t)pl->p.dtype;
-        uint64_t npad = pl->N * pl->C * (pl->H - b + 1 + 2 * (b / 2)) * (pl->W - b + 1 + 2 * (b / 2));
-        const uint64_t sizes[5] = {BLP_COUNT * 4, pl->numel * 4, npad * 4, pl->numel * 4,
-                                   (pl->numel / BL_SEG + 64) * 8};
-        for (int i = 0; i < 5; i++) CK(ensure_buf(od, &bl[i], sizes[i]), "clCreateBuffer(baseline)");
-        CK(clEnqueueWriteBuffer(od->queue, bl[0].m, CL_TRUE, 0, sizeof blp, blp, 0, NULL, NULL),
-           "clEnqueueWriteBuffer(baseline params)");
-    }
-    for (int r = -warmup; r < reps; r++) {
-        double t0 = db_now_us_f();
-        if (what == DB_BENCH_COPY) {
-            uint64_t vwords = (uint64_t)od->vw * od->vpw, groups = nwords / vwords;
-            cl_mem a[2] = {x.m, y.m};
-            CK(set_args(od->bk[BK_COPY], 2, a), "clSetKernelArg(bl_copy)");
-            CK(launch_exact(od, od->bk[BK_COPY], od->wg_apply, groups), "clEnqueueNDRangeKernel(bl_copy)");
-            if (groups * vwords < nwords) {
-                cl_uint first = (cl_uint)(groups * vwords), n = (cl_uint)nwords;
-                CK(set_args(od->bk[BK_COPY_TAIL], 2, a), "clSetKernelArg(bl_copy_tail)");
-                CK(clSetKernelArg(od->bk[BK_COPY_TAIL], 2, sizeof first, &first), "clSetKernelArg(bl_copy_tail)");
-                CK(clSetKernelArg(od->bk[BK_COPY_TAIL], 3, sizeof n, &n), "clSetKernelArg(bl_copy_tail)");
-                CK(launch_round(od, od->bk[BK_COPY_TAIL], od->wg_small, n - first), "clEnqueueNDRangeKernel(bl_copy_tail)");
-            }
-            CK(clFinish(od->queue), "clFinish");
-        } else if (what == DB_BENCH_OP) {
-            memset(&res, 0, sizeof res);
-            if ((rc = ocl_job(od, pl, NULL, NULL, NULL, x.m, y.m, &res, msg, len))) goto done;
-        } else if (what == DB_BENCH_MASK) {
-            CK(enqueue_mask(od, prm, od->masks[0].m), "enqueue(db_mask)");
-            CK(clFinish(od->queue), "clFinish");
+    if ((rc = plan_job(od, pl, &j, msg, len))) goto done;
+    chunk_of(&j, 0, &ch);
+    db_kernel_params(pl, &ch, &j.tu, prm);
+    CK(ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)");
+    CK(ensure_buf(od, &od->kept, j.max_samp * 8 + 8), "clCreateBuffer(kept)");
+    CK(ensure_masks(od, 1, j.max_words), "clCreateBuffer(mask)");
+    if (whats & (1u << DB_BENCH_BASELINE)) {
+        uint64_t npad, nparts;
+        if (db_baseline_params(pl, blp, &npad, &nparts, msg, len)) {
+            whats &= ~(1u << DB_BENCH_BASELINE);
+            for (int r = 0; r < reps; r++) us[DB_BENCH_BASELINE * reps + r] = -1;
         } else {
-            cl_mem bufs[7] = {bl[0].m, bl[1].m, bl[2].m, bl[3].m, bl[4].m, x.m, y.m};
-            CK(enqueue_baseline(od, bufs, blp, nwords), "enqueue(baseline)");
-            CK(clFinish(od->queue), "clFinish");
+            const uint64_t sizes[5] = {BLP_COUNT * 4, pl->numel * 4, npad * 4, pl->numel * 4, nparts * 4};
+            for (int i = 0; i < 5; i++) {
+                CK(ensure_buf(od, &bl[i], sizes[i]), "clCreateBuffer(baseline)");
+                blm[i] = bl[i].m;
+            }
+            CK(clEnqueueWriteBuffer(od->queue, bl[0].m, CL_TRUE, 0, sizeof blp, blp, 0, NULL, NULL),
+               "clEnqueueWriteBuffer(baseline params)");
         }
-        if (r >= 0) us[r] = db_now_us_f() - t0;
     }
+    for (int r = -warmup; r < reps && !rc; r++)
+        for (int w = 0; w < DB_BENCH_N && !rc; w++) {
+            if (!(whats & (1u << w))) continue;
+            double t0 = db_now_us_f();
+            rc = bench_one(od, pl, w, x.m, y.m, blm, blp, prm, nwords, msg, len);
+            if (r >= 0) us[w * reps + r] = db_now_us_f() - t0;
+        }
 done:
     clFinish(od->queue);
     release_buf(&x);

@@ -994,8 +994,51 @@ static void bench_step(struct vk_dev *d, int s, uint32_t n, uint32_t a, uint32_t
     vkCmdDispatch(d->cmd, groups_for(d, n), 1, 1);
 }
 
-static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, int what, int warmup, int reps,
-                    double *us, char *msg, size_t len)
+/* One measure of vk_bench on the resident x (bufs[B_X]) and y (bufs[B_Y]). */
+static int bench_one(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, int what, const uint32_t *blp,
+                     const uint32_t *prm, uint64_t nwords, char *msg, size_t len)
+{
+    if (what == DB_BENCH_OP || what == DB_BENCH_BACKWARD) {
+        dropblock_result res;
+        memset(&res, 0, sizeof res);
+        struct db_plan bw = *pl; /* backward applies the same mask and scale to dy: the same passes */
+        bw.p.mode = DROPBLOCK_BACKWARD;
+        return vk_job(d, dev, what == DB_BENCH_OP ? pl : &bw, NULL, NULL, NULL, 1, &res, msg, len);
+    }
+    int rc;
+    if (what == DB_BENCH_MASK) memcpy(d->bufs[B_PRM].map, prm, DBP_COUNT * 4);
+    if (what == DB_BENCH_BASELINE) memcpy(d->bufs[B_PRM].map, blp, BLP_COUNT * 4);
+    bind_all(d, d->bufs[B_X].buf, d->bufs[B_Y].buf);
+    if ((rc = begin(d, msg, len))) return rc;
+    if (what == DB_BENCH_COPY) {
+        uint32_t nvec = (uint32_t)(nwords / 4);
+        bench_step(d, BS_COPY, nvec, 0, 0, 0, 1);
+        if (4 * (uint64_t)nvec < nwords) bench_step(d, BS_COPY_TAIL, (uint32_t)(nwords - 4 * nvec), 4 * nvec, 0, 0, 0);
+    } else if (what == DB_BENCH_MASK) {
+        record_mask(d, prm);
+    } else {
+        const uint32_t planes = blp[BLP_PLANES], n = blp[BLP_NUMEL], nnoise = planes * blp[BLP_HN] * blp[BLP_WN];
+        const uint32_t npad = planes * (blp[BLP_HN] + blp[BLP_BS] - 1) * (blp[BLP_WN] + blp[BLP_BS] - 1);
+        bench_step(d, BS_BERNOULLI, (nnoise + 3) / 4, 0, 0, 0, 1);
+        bench_step(d, BS_PAD, npad, 0, 0, 0, 0);
+        bench_step(d, BS_POOL, n, 0, 0, 0, 0);
+        bench_step(d, BS_ONE_MINUS, n, 0, 0, 0, 0);
+        uint32_t nin = (n + BL_SEG - 1) / BL_SEG, src = 1;
+        bench_step(d, BS_SUM_NOISE, nin, 0, 0, 0, 0);
+        while (nin > BL_SEG) {
+            uint32_t nout = (nin + BL_SEG - 1) / BL_SEG;
+            bench_step(d, BS_SUM_PART, nout, src, nin, src + nin, 0);
+            src += nin;
+            nin = nout;
+        }
+        bench_step(d, BS_SCALE, 1, src, nin, 0, 0);
+        bench_step(d, BS_MUL, (uint32_t)nwords, 0, 0, 0, 0);
+    }
+    return submit(d, msg, len);
+}
+
+static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup,
+                    int reps, double *us, char *msg, size_t len)
 {
     struct vk_dev *d = dev->priv;
     const uint64_t bytes = pl->numel * dropblock_dtype_size(pl->p.dtype), nwords = (bytes + 3) / 4;
@@ -1009,95 +1052,39 @@ static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void 
                (unsigned long long)dev->info.max_buffer);
         return DROPBLOCK_EINVAL;
     }
-    /* x and y resident in the device's x and y buffers (y owns its memory for the bench only) */
+    uint32_t blp[BLP_COUNT] = {0}, prm[DBP_COUNT];
+    uint64_t npad = 0, nparts = 0;
+    if ((whats & (1u << DB_BENCH_BASELINE)) && db_baseline_params(pl, blp, &npad, &nparts, msg, len)) {
+        whats &= ~(1u << DB_BENCH_BASELINE);
+        for (int i = 0; i < reps; i++) us[DB_BENCH_BASELINE * reps + i] = -1;
+    }
+    const struct db_tuning tu = job_tuning(d, pl);
+    struct db_chunk ch;
+    db_chunk_at(pl, 0, db_units(pl), &ch);
+    db_kernel_params(pl, &ch, &tu, prm);
+    /* x and y resident in the device's x and y buffers (y owns its memory for the bench only);
+     * the baseline's buffers on the pass bindings: noise on mask, padded on aux, pooled on kept,
+     * part on scales */
     struct vk_buf y = {0};
+    const int base = (whats & (1u << DB_BENCH_BASELINE)) != 0;
+    const uint64_t words = (ch.nelem + 31) / 32 + 16;
     if ((rc = buf_ensure(d, B_X, nwords * 4 + 64, msg, len)) || (rc = buf_make(d, &y, nwords * 4 + 64, "y", msg, len)))
         return rc;
     d->bufs[B_Y] = y;
     memcpy(d->bufs[B_X].map, xh, bytes);
-    uint32_t blp[BLP_COUNT] = {0};
-    const uint64_t b = pl->bh;
-    if (what == DB_BENCH_BASELINE) {
-        if (pl->bh != pl->bw || b % 2 == 0) {
-            db_msg(msg, len, "the baseline (torchvision) takes odd square blocks only");
-            rc = DROPBLOCK_EINVAL;
-            goto done;
+    const uint64_t sizes[B_N] = {DBP_COUNT * 4 > BLP_COUNT * 4 ? DBP_COUNT * 4 : BLP_COUNT * 4,
+                                 base && pl->numel > words ? pl->numel * 4 : words * 4, base ? npad * 4 : 64,
+                                 base && pl->numel > ch.nsamp * 2 + 2 ? pl->numel * 4 : ch.nsamp * 8 + 64, 0, 0,
+                                 base && nparts > pl->N ? nparts * 4 : pl->N * 4 + 64, words * 4};
+    for (int i = 0; i < B_N && !rc; i++)
+        if (i != B_X && i != B_Y) rc = buf_ensure(d, i, sizes[i], msg, len);
+    for (int rep = -warmup; rep < reps && !rc; rep++)
+        for (int w = 0; w < DB_BENCH_N && !rc; w++) {
+            if (!(whats & (1u << w))) continue;
+            double t0 = db_now_us_f();
+            rc = bench_one(d, dev, pl, w, blp, prm, nwords, msg, len);
+            if (rep >= 0) us[w * reps + rep] = db_now_us_f() - t0;
         }
-        /* baseline buffers on the pass bindings: noise on mask, padded on aux, pooled on kept,
-         * part on scales */
-        uint64_t npad = pl->N * pl->C * (pl->H - b + 1 + 2 * (b / 2)) * (pl->W - b + 1 + 2 * (b / 2));
-        if ((rc = buf_ensure(d, B_PRM, BLP_COUNT * 4, msg, len)) || (rc = buf_ensure(d, B_MASK, pl->numel * 4, msg, len)) ||
-            (rc = buf_ensure(d, B_AUX, npad * 4, msg, len)) || (rc = buf_ensure(d, B_KEPT, pl->numel * 4, msg, len)) ||
-            (rc = buf_ensure(d, B_SCALES, (pl->numel / BL_SEG + 64) * 8, msg, len)) ||
-            (rc = buf_ensure(d, B_FIXUP, 64, msg, len)))
-            goto done;
-        blp[BLP_PLANES] = (uint32_t)(pl->N * pl->C);
-        blp[BLP_H] = (uint32_t)pl->H;
-        blp[BLP_W] = (uint32_t)pl->W;
-        blp[BLP_BS] = (uint32_t)b;
-        blp[BLP_HN] = (uint32_t)(pl->H - b + 1);
-        blp[BLP_WN] = (uint32_t)(pl->W - b + 1);
-        blp[BLP_KEY] = pl->key[0];
-        blp[BLP_KEY + 1] = pl->key[1];
-        memcpy(&blp[BLP_GAMMA], &pl->gamma, 4);
-        blp[BLP_NUMEL] = (uint32_t)pl->numel;
-        blp[BLP_DTYPE] = (uint32_t)pl->p.dtype;
-        memcpy(d->bufs[B_PRM].map, blp, sizeof blp);
-        bind_all(d, d->bufs[B_X].buf, y.buf);
-    }
-    struct db_chunk ch;
-    uint32_t prm[DBP_COUNT];
-    if (what == DB_BENCH_MASK || what == DB_BENCH_COPY) {
-        const struct db_tuning tu = job_tuning(d, pl);
-        db_chunk_at(pl, 0, db_units(pl), &ch);
-        db_kernel_params(pl, &ch, &tu, prm);
-        if (what == DB_BENCH_MASK &&
-            ((rc = buf_ensure(d, B_PRM, DBP_COUNT * 4, msg, len)) ||
-             (rc = buf_ensure(d, B_MASK, (ch.nelem + 31) / 32 * 4 + 64, msg, len)) ||
-             (rc = buf_ensure(d, B_KEPT, (uint64_t)prm[DBP_NSAMP] * 8 + 64, msg, len))))
-            goto done;
-        for (int i = 0; i < B_N && !rc; i++)
-            if (i != B_X && i != B_Y && !d->bufs[i].buf) rc = buf_ensure(d, i, 64, msg, len);
-        if (rc) goto done;
-        if (what == DB_BENCH_MASK) memcpy(d->bufs[B_PRM].map, prm, sizeof prm);
-        bind_all(d, d->bufs[B_X].buf, y.buf);
-    }
-    for (int rep = -warmup; rep < reps && !rc; rep++) {
-        double t0 = db_now_us_f();
-        if (what == DB_BENCH_OP) {
-            dropblock_result res;
-            memset(&res, 0, sizeof res);
-            rc = vk_job(d, dev, pl, NULL, NULL, NULL, 1, &res, msg, len);
-        } else if (!(rc = begin(d, msg, len))) {
-            if (what == DB_BENCH_COPY) {
-                uint32_t nvec = (uint32_t)(nwords / 4);
-                bench_step(d, BS_COPY, nvec, 0, 0, 0, 1);
-                if (4 * (uint64_t)nvec < nwords) bench_step(d, BS_COPY_TAIL, (uint32_t)(nwords - 4 * nvec), 4 * nvec, 0, 0, 0);
-            } else if (what == DB_BENCH_MASK) {
-                record_mask(d, prm);
-            } else {
-                const uint32_t planes = blp[BLP_PLANES], n = blp[BLP_NUMEL], nnoise = planes * blp[BLP_HN] * blp[BLP_WN];
-                const uint32_t npad = planes * (blp[BLP_HN] + blp[BLP_BS] - 1) * (blp[BLP_WN] + blp[BLP_BS] - 1);
-                bench_step(d, BS_BERNOULLI, (nnoise + 3) / 4, 0, 0, 0, 1);
-                bench_step(d, BS_PAD, npad, 0, 0, 0, 0);
-                bench_step(d, BS_POOL, n, 0, 0, 0, 0);
-                bench_step(d, BS_ONE_MINUS, n, 0, 0, 0, 0);
-                uint32_t nin = (n + BL_SEG - 1) / BL_SEG, src = 1;
-                bench_step(d, BS_SUM_NOISE, nin, 0, 0, 0, 0);
-                while (nin > BL_SEG) {
-                    uint32_t nout = (nin + BL_SEG - 1) / BL_SEG;
-                    bench_step(d, BS_SUM_PART, nout, src, nin, src + nin, 0);
-                    src += nin;
-                    nin = nout;
-                }
-                bench_step(d, BS_SCALE, 1, src, nin, 0, 0);
-                bench_step(d, BS_MUL, (uint32_t)nwords, 0, 0, 0, 0);
-            }
-            rc = submit(d, msg, len);
-        }
-        if (rep >= 0) us[rep] = db_now_us_f() - t0;
-    }
-done:
     vkQueueWaitIdle(d->queue);
     buf_free(d, &y);
     memset(&d->bufs[B_Y], 0, sizeof d->bufs[B_Y]);

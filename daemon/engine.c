@@ -188,7 +188,7 @@ int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const
     return rc;
 }
 
-int db_engine_bench(struct db_engine *e, int dev, const dropblock_params *p, const void *x, int what, int warmup,
+int db_engine_bench(struct db_engine *e, int dev, const dropblock_params *p, const void *x, unsigned whats, int warmup,
                     int reps, double *us, char *msg, size_t len)
 {
     if (dev < 0 || (size_t)dev >= e->n) {
@@ -203,13 +203,13 @@ int db_engine_bench(struct db_engine *e, int dev, const dropblock_params *p, con
         db_msg(msg, len, "rate 0 or eval is the identity: nothing to benchmark");
         return DROPBLOCK_EINVAL;
     }
-    if (what < 0 || what >= DB_BENCH_N || reps < 1 || warmup < 0) {
+    if (whats == 0 || whats >= (1u << DB_BENCH_N) || reps < 1 || warmup < 0) {
         db_msg(msg, len, "bench: bad request");
         return DROPBLOCK_EINVAL;
     }
     struct db_slot *s = &e->slots[dev];
     pthread_mutex_lock(&s->lock);
-    rc = s->dev.ops->bench(&s->dev, &pl, x, what, warmup, reps, us, msg, len);
+    rc = s->dev.ops->bench(&s->dev, &pl, x, whats, warmup, reps, us, msg, len);
     pthread_mutex_unlock(&s->lock);
     return rc;
 }

@@ -27,9 +27,9 @@ int db_engine_pick(struct db_engine *e, const char *device, char *msg, size_t le
 int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                   dropblock_result *res);
 
-/* Benchmark support (bench/dropblock-bench): validates p and runs the device's bench op for
- * what (enum db_bench_what), serialised with the device's jobs. */
-int db_engine_bench(struct db_engine *e, int dev, const dropblock_params *p, const void *x, int what, int warmup,
+/* Benchmark support (bench/dropblock-bench): validates p and runs the device's bench op for the
+ * measures whats (bits 1 << enum db_bench_what), serialised with the device's jobs. */
+int db_engine_bench(struct db_engine *e, int dev, const dropblock_params *p, const void *x, unsigned whats, int warmup,
                     int reps, double *us, char *msg, size_t len);
 
 /* The default cache directory ($XDG_CACHE_HOME/dropblock, else ~/.cache/dropblock). */

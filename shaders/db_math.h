@@ -195,52 +195,80 @@ DBFN u32 db_ratio(u64 s, u64 k)
 }
 
 /* ---- candidate words in batches -----------------------------------------------------------
- * db_fire_batch runs Philox on counters base + blk[l] for the n <= DB_BATCH queued blocks and
- * returns bit 4*l + k set where word k of block l fires: (word & wmask) < thr, or always when
- * all. OpenCL keeps the ten rounds of sixteen blocks in 16-lane vectors, the shape in which CPU
- * devices run them on SIMD units; GPUs and the C build go one block at a time. */
+ * db_fire_batch runs Philox on counters base + blk[l] for the n <= DB_BATCH queued blocks (or,
+ * where run is not DB_NO_RUN, on the n blocks run, run + 1, ..., with blk unread) and
+ * returns a 128-bit set (word t / 32, bit t % 32 of the u32x4) with t = 4 l + k set where word
+ * k of block l fires: (word & wmask) < thr, or always when all. OpenCL keeps the ten rounds of
+ * thirty-two blocks in four independent chains of 8-lane vectors, the shape in which CPU
+ * devices run them on SIMD units with each multiply's latency hidden by the other chains; GPUs
+ * and the C build go one block at a time. */
+#define DB_NO_RUN 0xFFFFFFFFFFFFFFFFul
 #if defined(DB_LANG_CL)
-#define DB_BATCH 16
-DBFN u64 db_fire_batch(const u64 *blk, u32 n, u32x4 base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all)
-{
-    ulong16 b = vload16(0, blk);
-    ulong16 s = (ulong16)(base.x) + (b & 0xFFFFFFFFul);
-    uint16 c0 = convert_uint16(s);
-    s = (s >> 32) + (ulong16)(base.y) + (b >> 32);
-    uint16 c1 = convert_uint16(s);
-    s = (s >> 32) + (ulong16)(base.z);
-    uint16 c2 = convert_uint16(s);
-    s = (s >> 32) + (ulong16)(base.w);
-    uint16 c3 = convert_uint16(s);
-    for (int r = 0; r < 10; r++) {
-        /* high halves from even and odd 64-bit lanes, low halves from 32-bit products */
-        ulong8 p0e = (as_ulong8(c0) & 0xFFFFFFFFul) * 0xD2511F53ul, p0o = (as_ulong8(c0) >> 32) * 0xD2511F53ul;
-        ulong8 p1e = (as_ulong8(c2) & 0xFFFFFFFFul) * 0xCD9E8D57ul, p1o = (as_ulong8(c2) >> 32) * 0xCD9E8D57ul;
-        uint16 h0 = as_uint16((p0e >> 32) | (p0o & 0xFFFFFFFF00000000ul));
-        uint16 h1 = as_uint16((p1e >> 32) | (p1o & 0xFFFFFFFF00000000ul));
-        uint16 l0 = c0 * 0xD2511F53u, l1 = c2 * 0xCD9E8D57u;
-        c0 = h1 ^ c1 ^ k0;
-        c1 = l1;
-        c2 = h0 ^ c3 ^ k1;
-        c3 = l0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
+#define DB_BATCH 32
+/* Eight blocks a vector of 64-bit lanes holding 32-bit words: a lane's product of two words is
+ * one vpmuludq-style multiply with both halves in place, and whatever the upper halves hold
+ * never reaches a lower half (multiplies read the low 32 bits, XORs and adds keep them apart). */
+#define DB_L32 0xFFFFFFFFul
+#define DB_PHILOX8(c0, c1, c2, c3, k0, k1)                                                         \
+    {                                                                                              \
+        ulong8 p0_ = (c0 & DB_L32) * 0xD2511F53ul, p1_ = (c2 & DB_L32) * 0xCD9E8D57ul;             \
+        c0 = (p1_ >> 32) ^ c1 ^ k0;                                                                \
+        c1 = p1_;                                                                                  \
+        c2 = (p0_ >> 32) ^ c3 ^ k1;                                                                \
+        c3 = p0_;                                                                                  \
     }
-    int16 live = convert_int16((uint16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) < (uint16)(n));
-    int16 fa = (int16)(all != 0u ? -1 : 0);
-    int16 f0 = (((c0 & wmask) < thr) | fa) & live, f1 = (((c1 & wmask) < thr) | fa) & live;
-    int16 f2 = (((c2 & wmask) < thr) | fa) & live, f3 = (((c3 & wmask) < thr) | fa) & live;
-    if (!any(f0 | f1 | f2 | f3)) return 0ul;
-    int f[64];
-    vstore16(f0, 0, f);
-    vstore16(f1, 1, f);
-    vstore16(f2, 2, f);
-    vstore16(f3, 3, f);
-    u64 bits = 0ul;
-    for (int l = 0; l < 16; l++)
-        for (int k = 0; k < 4; k++)
-            if (f[16 * k + l] != 0) bits |= 1ul << (4 * l + k);
-    return bits;
+
+/* counters base + b for 8 blocks, words in the low halves */
+inline void db_ctr8(ulong8 b, u32x4 base, ulong8 *c0, ulong8 *c1, ulong8 *c2, ulong8 *c3)
+{
+    ulong8 s = (ulong8)(base.x) + (b & DB_L32);
+    *c0 = s;
+    s = (s >> 32) + (ulong8)(base.y) + (b >> 32);
+    *c1 = s;
+    s = (s >> 32) + (ulong8)(base.z);
+    *c2 = s;
+    *c3 = (s >> 32) + (ulong8)(base.w);
+}
+
+/* the fire bits of 8 blocks' four words, lane l at bits 4 l .. 4 l + 3 */
+inline uint db_fire8(ulong8 c0, ulong8 c1, ulong8 c2, ulong8 c3, long8 live, ulong wmask, ulong thr, long8 fa)
+{
+    long8 f0 = (((c0 & wmask) < thr) | fa) & live, f1 = (((c1 & wmask) < thr) | fa) & live;
+    long8 f2 = (((c2 & wmask) < thr) | fa) & live, f3 = (((c3 & wmask) < thr) | fa) & live;
+    if (!any(f0 | f1 | f2 | f3)) return 0u;
+    /* lane l's word k to bit 4 l + k, then an OR across the lanes */
+    ulong8 sh = (ulong8)(0, 4, 8, 12, 16, 20, 24, 28);
+    ulong8 v = ((as_ulong8(f0) & 1ul) << sh) | ((as_ulong8(f1) & 2ul) << sh) | ((as_ulong8(f2) & 4ul) << sh) |
+               ((as_ulong8(f3) & 8ul) << sh);
+    ulong4 v4 = v.lo | v.hi;
+    ulong2 v2 = v4.lo | v4.hi;
+    return (uint)(v2.lo | v2.hi);
+}
+
+DBFN u32x4 db_fire_batch(const u64 *blk, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all)
+{
+    ulong8 a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;
+    ulong8 iota = (ulong8)(0, 1, 2, 3, 4, 5, 6, 7);
+    int r8 = run != DB_NO_RUN;
+    db_ctr8(r8 ? run + iota : vload8(0, blk), base, &a0, &a1, &a2, &a3);
+    db_ctr8(r8 ? run + 8ul + iota : vload8(1, blk), base, &b0, &b1, &b2, &b3);
+    db_ctr8(r8 ? run + 16ul + iota : vload8(2, blk), base, &c0, &c1, &c2, &c3);
+    db_ctr8(r8 ? run + 24ul + iota : vload8(3, blk), base, &d0, &d1, &d2, &d3);
+    ulong8 ka = (ulong8)(k0), kb = (ulong8)(k1);
+    for (int r = 0; r < 10; r++) { /* four independent chains hide the multiplies' latency */
+        DB_PHILOX8(a0, a1, a2, a3, ka, kb)
+        DB_PHILOX8(b0, b1, b2, b3, ka, kb)
+        DB_PHILOX8(c0, c1, c2, c3, ka, kb)
+        DB_PHILOX8(d0, d1, d2, d3, ka, kb)
+        ka += 0x9E3779B9ul;
+        kb += 0xBB67AE85ul;
+    }
+    ulong8 lanes = (ulong8)(0, 1, 2, 3, 4, 5, 6, 7), nn = (ulong8)(n);
+    long8 fa = (long8)(all != 0u ? -1 : 0);
+    ulong wm = wmask, th = thr;
+    return (uint4)(db_fire8(a0, a1, a2, a3, lanes < nn, wm, th, fa), db_fire8(b0, b1, b2, b3, lanes + 8ul < nn, wm, th, fa),
+                   db_fire8(c0, c1, c2, c3, lanes + 16ul < nn, wm, th, fa),
+                   db_fire8(d0, d1, d2, d3, lanes + 24ul < nn, wm, th, fa));
 }
 #else
 #if defined(DB_LANG_GLSL)
@@ -250,16 +278,16 @@ DBFN u64 db_fire_batch(const u64 *blk, u32 n, u32x4 base, u32 k0, u32 k1, u32 wm
 #define DB_BATCH 8
 #define DB_BLK_ARR const u64 *blk
 #endif
-DBFN u64 db_fire_batch(DB_BLK_ARR, u32 n, u32x4 base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all)
+DBFN u32x4 db_fire_batch(DB_BLK_ARR, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all)
 {
-    u64 bits = 0ul;
+    u32 bits = 0u; /* DB_BATCH <= 8: one word */
     for (u32 l = 0u; l < n; l++) {
-        u32x4 w = db_philox(db_ctr_add(base, blk[l]), k0, k1);
-        u64 f = U64(all != 0u || (w.x & wmask) < thr ? 1u : 0u) | U64(all != 0u || (w.y & wmask) < thr ? 2u : 0u) |
-                U64(all != 0u || (w.z & wmask) < thr ? 4u : 0u) | U64(all != 0u || (w.w & wmask) < thr ? 8u : 0u);
+        u32x4 w = db_philox(db_ctr_add(base, run != DB_NO_RUN ? run + U64(l) : blk[l]), k0, k1);
+        u32 f = (all != 0u || (w.x & wmask) < thr ? 1u : 0u) | (all != 0u || (w.y & wmask) < thr ? 2u : 0u) |
+                (all != 0u || (w.z & wmask) < thr ? 4u : 0u) | (all != 0u || (w.w & wmask) < thr ? 8u : 0u);
         bits |= f << (4u * l);
     }
-    return bits;
+    return MAKE_U32X4(bits, 0u, 0u, 0u);
 }
 #endif
 

@@ -50,15 +50,16 @@
 
 /* ---- pass 1: mask ------------------------------------------------------------------------ */
 
-/* Sets (set = 1) or clears the chunk's mask bits lo..hi (inclusive) for a tile owning bits
- * [a, b): words wholly inside are the tile's own, the rest are shared and take atomics. */
-DBFN void db_mark_bits(DB_BITS_BUFS u64 lo, u64 hi, u64 a, u64 b, u32 set)
+/* Sets (set = 1) or clears the chunk's mask bits lo..hi (inclusive) for a tile owning the words
+ * [wa, wb) (those wholly inside its bits): the rest are shared with the neighbouring tiles and
+ * take atomics. */
+DBFN void db_mark_bits(DB_BITS_BUFS u64 lo, u64 hi, u64 wa, u64 wb, u32 set)
 {
     for (u64 wi = lo >> 5; wi <= (hi >> 5); wi++) {
         u32 m = 0xFFFFFFFFu;
         if (wi == (lo >> 5)) m &= 0xFFFFFFFFu << U32(lo & 31ul);
         if (wi == (hi >> 5)) m &= 0xFFFFFFFFu >> (31u - U32(hi & 31ul));
-        if (wi * 32ul >= a && wi * 32ul + 32ul <= b) {
+        if (wi >= wa && wi < wb) {
             if (set != 0u) mask[IX(wi)] = m == 0xFFFFFFFFu ? m : (mask[IX(wi)] | m);
             else mask[IX(wi)] &= ~m;
         } else if (set != 0u) {
@@ -69,9 +70,37 @@ DBFN void db_mark_bits(DB_BITS_BUFS u64 lo, u64 hi, u64 a, u64 b, u32 set)
     }
 }
 
+/* The set bits among lo..hi (inclusive) of shared words. */
+DBFN u32 db_count_shared(DB_BITS_BUFS u64 lo, u64 hi)
+{
+    u32 n = 0u;
+    for (u64 wi = lo >> 5; wi <= (hi >> 5); wi++) {
+        u32 m = 0xFFFFFFFFu;
+        if (wi == (lo >> 5)) m &= 0xFFFFFFFFu << U32(lo & 31ul);
+        if (wi == (hi >> 5)) m &= 0xFFFFFFFFu >> (31u - U32(hi & 31ul));
+        n += POPCOUNT(ATOMIC_LOAD(mask, wi) & m);
+    }
+    return n;
+}
+
+/* Clears the n < 32 bits from lo on: the one or two words they touch, plainly where both are
+ * the tile's own (the common case of a fired block's row), else by db_mark_bits. */
+DBFN void db_clear_short(DB_BITS_BUFS u64 lo, u32 n, u64 wa, u64 wb)
+{
+    u64 wi = lo >> 5;
+    u32 sh = U32(lo & 31ul);
+    u64 m = ((1ul << n) - 1ul) << sh;
+    if (wi >= wa && wi + 1ul < wb) {
+        mask[IX(wi)] &= ~U32(m);
+        if ((m >> 32) != 0ul) mask[IX(wi + 1ul)] &= ~U32(m >> 32);
+    } else {
+        db_mark_bits(DB_BITS_ARGS lo, lo + U64(n) - 1ul, wa, wb, 0u);
+    }
+}
+
 /* What a tile needs to drop a fired candidate's block (see db_mask_tile). */
-#define DB_TILE_ARGS u64 gh, u32 h0, u32 h1, u32 w0, u32 w1, u64 ue, u64 cbit, u64 a, u64 b
-#define DB_TILE_PASS gh, h0, h1, w0, w1, ue, cbit, a, b
+#define DB_TILE_ARGS u64 gh, u32 h0, u32 h1, u32 w0, u32 w1, u64 ue, u64 cbit, u64 wa, u64 wb
+#define DB_TILE_PASS gh, h0, h1, w0, w1, ue, cbit, wa, wb
 
 /* Clears the outputs of fired candidate (i, j) within the tile's rows [h0, h1) and columns
  * [w0, w1). */
@@ -88,34 +117,50 @@ DBFN void db_drop(DB_DROP_BUFS DB_TILE_ARGS, u32 i, u32 j)
     if (whi >= U64(w1)) whi = U64(w1) - 1ul;
     if (U64(wlo) > whi) return;
     u64 E0 = DB_PRM64(DBP_E0);
+    u32 span = U32(whi - U64(wlo)) + 1u;
     for (u64 h = U64(r0); h < r1; h++) {
         u64 row = (gh + h) * ue - E0 + cbit;
         if (prm[DBP_LAYOUT] == 0u) {
-            db_mark_bits(DB_BITS_ARGS row + U64(wlo), row + whi, a, b, 0u);
+            if (span < 32u) db_clear_short(DB_BITS_ARGS row + U64(wlo), span, wa, wb);
+            else db_mark_bits(DB_BITS_ARGS row + U64(wlo), row + whi, wa, wb, 0u);
         } else {
             u64 C = DB_PRM64(DBP_C);
-            for (u64 w = U64(wlo); w <= whi; w++) db_mark_bits(DB_BITS_ARGS row + w * C, row + w * C, a, b, 0u);
+            for (u64 w = U64(wlo); w <= whi; w++) db_mark_bits(DB_BITS_ARGS row + w * C, row + w * C, wa, wb, 0u);
         }
     }
 }
 
-/* Runs the queued candidate blocks blk[0..n) of plane (n, c) (candidate index base ebase) and
- * drops every fired candidate of rows [ci0, ci1), columns [cj0, cj1) among them. */
-DBFN void db_flush(DB_DROP_BUFS DB_TILE_ARGS, DB_BLK_PARAM(blk), u32 n, u64 ebase, u32 ci0, u32 ci1, u32 cj0, u32 cj1)
+/* Runs the queued candidate blocks blk[0..n) (or the run of n blocks from run, db_fire_batch) of
+ * plane (n, c) (candidate index base ebase) and drops every fired candidate of rows
+ * [ci0, ci1), columns [cj0, cj1) among them. */
+DBFN void db_flush(DB_DROP_BUFS DB_TILE_ARGS, DB_BLK_PARAM(blk), u64 run, u32 n, u64 ebase, u32 ci0, u32 ci1,
+                   u32 cj0, u32 cj1)
 {
     u64 thr = DB_PRM64(DBP_THR);
     u32x4 base = MAKE_U32X4(prm[DBP_BASE], prm[DBP_BASE + 1], prm[DBP_BASE + 2], prm[DBP_BASE + 3]);
-    u64 bits = db_fire_batch(blk, n, base, prm[DBP_KEY], prm[DBP_KEY + 1], prm[DBP_WMASK], U32(thr),
-                             thr > 0xFFFFFFFFul ? 1u : 0u);
+    u32x4 fired = db_fire_batch(blk, run, n, base, prm[DBP_KEY], prm[DBP_KEY + 1], prm[DBP_WMASK], U32(thr),
+                                thr > 0xFFFFFFFFul ? 1u : 0u);
     u64 sH = DB_PRM64(DBP_SH), sW = DB_PRM64(DBP_SW);
-    while (bits != 0ul) {
-        u32 t = MSB64(bits);
-        bits ^= 1ul << t;
-        /* the word's candidate, if it is one of this tile's (blocks may hold others) */
-        u64 off = 4ul * blk[t >> 2] + U64(t & 3u) - ebase;
-        u64 i = off / sH, rem = off - i * sH, j = rem / sW;
-        if (rem == j * sW && i >= U64(ci0) && i < U64(ci1) && j >= U64(cj0) && j < U64(cj1))
-            db_drop(DB_DROP_ARGS DB_TILE_PASS, U32(i), U32(j));
+    for (u32 q = 0u; q < (U32(DB_BATCH) + 7u) / 8u; q++) {
+        for (u32 bits = db_sel4(fired, q); bits != 0u;) {
+            u32 t = MSB32(bits);
+            bits ^= 1u << t;
+            t += 32u * q;
+            /* the word's candidate, if it is one of this tile's (blocks may hold others) */
+            u64 off = 4ul * (run != DB_NO_RUN ? run + U64(t >> 2) : blk[t >> 2]) + U64(t & 3u) - ebase;
+            u64 i, rem, j;
+            if (off < 0xFFFFFFFFul && sH < 0xFFFFFFFFul && sW < 0xFFFFFFFFul) { /* 32-bit division: cheaper */
+                i = U64(U32(off) / U32(sH));
+                rem = off - i * sH;
+                j = U64(U32(rem) / U32(sW));
+            } else {
+                i = off / sH;
+                rem = off - i * sH;
+                j = rem / sW;
+            }
+            if (rem == j * sW && i >= U64(ci0) && i < U64(ci1) && j >= U64(cj0) && j < U64(cj1))
+                db_drop(DB_DROP_ARGS DB_TILE_PASS, U32(i), U32(j));
+        }
     }
 }
 
@@ -157,7 +202,16 @@ DBFN u32 db_mask_tile(DB_MASK_BUFS u64 g)
      * channels: contiguous in every case */
     u64 a = (gh + U64(h0)) * ue + U64(w0) * cw - E0, b = (gh + U64(h1 - 1u)) * ue + U64(w1) * cw - E0;
     if (NC > 1ul) { b = a + c1; a += c0; }
-    db_mark_bits(DB_BITS_ARGS a, b - 1ul, a, b, 1u);
+    /* all kept to start with: the shared words at the two ends by atomics, the rest stored */
+    u64 wa = (a + 31ul) >> 5, wb = b >> 5; /* own words [wa, wb) */
+    if (wa > wb) wb = wa; /* inside one shared word: no own words */
+    if (wa == wb) {
+        db_mark_bits(DB_BITS_ARGS a, b - 1ul, wa, wb, 1u);
+    } else {
+        if ((a & 31ul) != 0ul) db_mark_bits(DB_BITS_ARGS a, (wa << 5) - 1ul, wa, wb, 1u);
+        for (u64 wi = wa; wi < wb; wi++) mask[IX(wi)] = 0xFFFFFFFFu;
+        if ((b & 31ul) != 0ul) db_mark_bits(DB_BITS_ARGS wb << 5, b - 1ul, wa, wb, 1u);
+    }
 
     /* candidates whose block reaches rows [h0, h1), columns [w0, w1) */
     u32 up = prm[DBP_UP], left = prm[DBP_LEFT];
@@ -175,33 +229,58 @@ DBFN u32 db_mask_tile(DB_MASK_BUFS u64 g)
         u64 blk[DB_BATCH];
         u32 nb = 0u;
         u64 last = 0xFFFFFFFFFFFFFFFFul;
+        /* unit stride with candidate rows nearly as wide as the stride: every block from the
+         * first candidate to the last, the few columns between rows included (their words are
+         * not candidates and never drop anything) */
+        if (sW == 1ul && 4ul * (sH - U64(cj1 - cj0)) <= sH) {
+            u64 run = (ebase + U64(ci0) * sH + U64(cj0)) >> 2, end = ((ebase + U64(ci1 - 1u) * sH + U64(cj1 - 1u)) >> 2) + 1ul;
+            for (; run < end; run += U64(DB_BATCH)) {
+                u32 take = end - run < U64(DB_BATCH) ? U32(end - run) : U32(DB_BATCH);
+                db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, run, take, ebase, ci0, ci1, cj0, cj1);
+            }
+            continue;
+        }
         for (u32 i = ci0; i < ci1; i++) {
-            u64 erow = ebase + U64(i) * sH;
-            /* unit stride: every block of the row's span, the last one reached by clamping a step
-             * past the end; otherwise one block per candidate */
-            u64 step = sW == 1ul ? 4ul : sW, efirst = erow + U64(cj0) * sW, elast = erow + U64(cj1 - 1u) * sW;
-            for (u64 e = efirst; e <= elast + (sW == 1ul ? 3ul : 0ul); e += step) {
-                u64 bk = (e > elast ? elast : e) >> 2;
-                if (bk == last) continue;
-                last = bk;
-                blk[nb] = bk;
+            u64 erow = ebase + U64(i) * sH, efirst = erow + U64(cj0) * sW, elast = erow + U64(cj1 - 1u) * sW;
+            if (sW == 1ul) { /* unit stride: the row's span of blocks, queued as a range */
+                u64 b0 = efirst >> 2, b1 = elast >> 2;
+                if (b0 == last) b0++;
+                last = b1;
+                while (b0 <= b1) {
+                    u32 take = U32(DB_BATCH) - nb;
+                    if (U64(take) > b1 - b0 + 1ul) take = U32(b1 - b0 + 1ul);
+                    for (u32 l = 0u; l < take; l++) blk[nb + l] = b0 + U64(l);
+                    nb += take;
+                    b0 += U64(take);
+                    if (nb == U32(DB_BATCH)) {
+                        db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
+                        nb = 0u;
+                    }
+                }
+                continue;
+            }
+            for (u64 e = efirst; e <= elast; e += sW) { /* one block per candidate */
+                if ((e >> 2) == last) continue;
+                last = e >> 2;
+                blk[nb] = last;
                 nb++;
                 if (nb == U32(DB_BATCH)) {
-                    db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, nb, ebase, ci0, ci1, cj0, cj1);
+                    db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
                     nb = 0u;
                 }
             }
         }
-        if (nb > 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, nb, ebase, ci0, ci1, cj0, cj1);
+        if (nb > 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
     }
 
+    /* the kept bits: own words, then the tile's part of the shared ones */
     u32 nkept = 0u;
-    for (u64 wi = a >> 5; wi <= ((b - 1ul) >> 5); wi++) {
-        u32 m = 0xFFFFFFFFu;
-        if (wi == (a >> 5)) m &= 0xFFFFFFFFu << U32(a & 31ul);
-        if (wi == ((b - 1ul) >> 5)) m &= 0xFFFFFFFFu >> (31u - U32((b - 1ul) & 31ul));
-        u32 v = wi * 32ul >= a && wi * 32ul + 32ul <= b ? mask[IX(wi)] : ATOMIC_LOAD(mask, wi);
-        nkept += POPCOUNT(v & m);
+    for (u64 wi = wa; wi < wb; wi++) nkept += POPCOUNT(mask[IX(wi)]);
+    if (wa == wb) {
+        nkept += db_count_shared(DB_BITS_ARGS a, b - 1ul);
+    } else {
+        if ((a & 31ul) != 0ul) nkept += db_count_shared(DB_BITS_ARGS a, (wa << 5) - 1ul);
+        if ((b & 31ul) != 0ul) nkept += db_count_shared(DB_BITS_ARGS wb << 5, b - 1ul);
     }
     db_add_kept(DB_TOTAL_ARGS n - DB_PRM64(DBP_N0), nkept);
     return nkept;

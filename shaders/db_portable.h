@@ -27,8 +27,8 @@
 #define ATOMIC_AND(arr, i, v) atomicAnd(arr[IX(i)], (v))
 #define ATOMIC_LOAD(arr, i) atomicOr(arr[IX(i)], 0u)
 #define ATOMIC_ADD(arr, i, v) atomicAdd(arr[IX(i)], (v))
-/* index of the highest set bit of a nonzero u64 */
-#define MSB64(x) (U32((x) >> 32) != 0u ? 32u + U32(findMSB(U32((x) >> 32))) : U32(findMSB(U32(x))))
+/* index of the highest set bit of a nonzero u32 */
+#define MSB32(x) U32(findMSB(x))
 /* the fast apply's lane type: GPUs gain nothing from vectors inside an invocation */
 #define DBV_T uint
 #define DBV(x) uint(x)
@@ -61,7 +61,7 @@
 #define ATOMIC_AND(arr, i, v) atomic_and(&arr[i], (v))
 #define ATOMIC_LOAD(arr, i) atomic_or(&arr[i], 0u)
 #define ATOMIC_ADD(arr, i, v) atomic_add(&arr[i], (v))
-#define MSB64(x) (63u - U32(clz(x)))
+#define MSB32(x) (31u - clz(x))
 /* the fast apply's lane type: DB_VW 32-bit lanes (4, 8 or 16; the host passes -DDB_VW), so that
  * CPU devices get whole SIMD registers and GPUs 16-byte loads */
 #ifndef DB_VW
@@ -118,7 +118,7 @@ typedef struct { uint32_t x, y, z, w; } db_u32x4;
 #define ATOMIC_LOAD(arr, i) (arr[i])
 #define ATOMIC_ADD(arr, i, v) db_c_add(&arr[i], (v))
 static inline uint32_t db_c_add(uint32_t *p, uint32_t v) { uint32_t old = *p; *p = old + v; return old; }
-#define MSB64(x) (63u - U32(__builtin_clzll(x)))
+#define MSB32(x) (31u - U32(__builtin_clz(x)))
 #define DBV_T uint32_t
 #define DBV(x) ((uint32_t)(x))
 #define DBV_AS_F(x) db_as_f32(x)

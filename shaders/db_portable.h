@@ -112,12 +112,18 @@ typedef struct { uint32_t x, y, z, w; } db_u32x4;
 /* with FLT_EVAL_METHOD 0 (x86-64 SSE, AArch64) and -ffp-contract=off a product is IEEE */
 #define VPRECISE
 #define IX(x) (x)
-/* the C build of the passes runs work items one after another: no atomics needed */
+#ifdef DB_C_THREADS /* the CPU backend runs work items on several threads */
+#define ATOMIC_OR(arr, i, v) __atomic_fetch_or(&arr[i], (v), __ATOMIC_RELAXED)
+#define ATOMIC_AND(arr, i, v) __atomic_fetch_and(&arr[i], (v), __ATOMIC_RELAXED)
+#define ATOMIC_LOAD(arr, i) __atomic_load_n(&arr[i], __ATOMIC_RELAXED)
+#define ATOMIC_ADD(arr, i, v) __atomic_fetch_add(&arr[i], (v), __ATOMIC_RELAXED)
+#else /* the test runs work items one after another */
 #define ATOMIC_OR(arr, i, v) (arr[i] |= (v))
 #define ATOMIC_AND(arr, i, v) (arr[i] &= (v))
 #define ATOMIC_LOAD(arr, i) (arr[i])
 #define ATOMIC_ADD(arr, i, v) db_c_add(&arr[i], (v))
 static inline uint32_t db_c_add(uint32_t *p, uint32_t v) { uint32_t old = *p; *p = old + v; return old; }
+#endif
 #define MSB32(x) (31u - U32(__builtin_clz(x)))
 #define DBV_T uint32_t
 #define DBV(x) ((uint32_t)(x))

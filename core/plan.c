@@ -163,7 +163,14 @@ int db_plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t *sca
 void db_mask_export_flat(const struct db_plan *pl, const uint32_t *words, uint64_t e0, uint64_t nelem, uint8_t *out)
 {
     const uint64_t C = pl->C, H = pl->H, W = pl->W;
-    for (uint64_t k = 0; k < nelem; k++) {
+    uint64_t k = 0;
+    if (pl->p.layout == DROPBLOCK_NCHW && e0 % 8 == 0) {
+        /* the physical order is the exported one: whole bytes, bit k of word k / 32 being bit
+         * k % 8 of byte k / 8 of the word's little-endian bytes */
+        for (; k + 32 <= nelem; k += 32)
+            for (int b = 0; b < 4; b++) out[(e0 + k) / 8 + (uint64_t)b] = (uint8_t)(words[k >> 5] >> (8 * b));
+    }
+    for (; k < nelem; k++) {
         if (!((words[k >> 5] >> (k & 31)) & 1u)) continue;
         uint64_t p = e0 + k, bit = p; /* NCHW: the physical order is the exported one */
         if (pl->p.layout == DROPBLOCK_NHWC) {

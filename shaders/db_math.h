@@ -230,13 +230,12 @@ inline void db_ctr8(ulong8 b, u32x4 base, ulong8 *c0, ulong8 *c1, ulong8 *c2, ul
     *c3 = (s >> 32) + (ulong8)(base.w);
 }
 
-/* the fire bits of 8 blocks' four words, lane l at bits 4 l .. 4 l + 3 */
-inline uint db_fire8(ulong8 c0, ulong8 c1, ulong8 c2, ulong8 c3, long8 live, ulong wmask, ulong thr, long8 fa)
+/* the fire masks of 8 blocks' four words, and their bits (lane l at bits 4 l .. 4 l + 3) */
+#define DB_FIRE8(c0, c1, c2, c3, live, f0, f1, f2, f3)                                              \
+    long8 f0 = (((c0 & wm) < th) | fa) & (live), f1 = (((c1 & wm) < th) | fa) & (live);           \
+    long8 f2 = (((c2 & wm) < th) | fa) & (live), f3 = (((c3 & wm) < th) | fa) & (live);
+inline uint db_bits8(long8 f0, long8 f1, long8 f2, long8 f3)
 {
-    long8 f0 = (((c0 & wmask) < thr) | fa) & live, f1 = (((c1 & wmask) < thr) | fa) & live;
-    long8 f2 = (((c2 & wmask) < thr) | fa) & live, f3 = (((c3 & wmask) < thr) | fa) & live;
-    if (!any(f0 | f1 | f2 | f3)) return 0u;
-    /* lane l's word k to bit 4 l + k, then an OR across the lanes */
     ulong8 sh = (ulong8)(0, 4, 8, 12, 16, 20, 24, 28);
     ulong8 v = ((as_ulong8(f0) & 1ul) << sh) | ((as_ulong8(f1) & 2ul) << sh) | ((as_ulong8(f2) & 4ul) << sh) |
                ((as_ulong8(f3) & 8ul) << sh);
@@ -263,12 +262,18 @@ DBFN u32x4 db_fire_batch(const u64 *blk, u64 run, u32 n, u32x4 base, u32 k0, u32
         ka += 0x9E3779B9ul;
         kb += 0xBB67AE85ul;
     }
-    ulong8 lanes = (ulong8)(0, 1, 2, 3, 4, 5, 6, 7), nn = (ulong8)(n);
+    ulong8 nn = (ulong8)(n);
     long8 fa = (long8)(all != 0u ? -1 : 0);
     ulong wm = wmask, th = thr;
-    return (uint4)(db_fire8(a0, a1, a2, a3, lanes < nn, wm, th, fa), db_fire8(b0, b1, b2, b3, lanes + 8ul < nn, wm, th, fa),
-                   db_fire8(c0, c1, c2, c3, lanes + 16ul < nn, wm, th, fa),
-                   db_fire8(d0, d1, d2, d3, lanes + 24ul < nn, wm, th, fa));
+    DB_FIRE8(a0, a1, a2, a3, iota < nn, fa0, fa1, fa2, fa3)
+    DB_FIRE8(b0, b1, b2, b3, iota + 8ul < nn, fb0, fb1, fb2, fb3)
+    DB_FIRE8(c0, c1, c2, c3, iota + 16ul < nn, fc0, fc1, fc2, fc3)
+    DB_FIRE8(d0, d1, d2, d3, iota + 24ul < nn, fd0, fd1, fd2, fd3)
+    /* mostly nothing fires: one test for all 128 words */
+    if (!any(fa0 | fa1 | fa2 | fa3 | fb0 | fb1 | fb2 | fb3 | fc0 | fc1 | fc2 | fc3 | fd0 | fd1 | fd2 | fd3))
+        return (uint4)(0u);
+    return (uint4)(db_bits8(fa0, fa1, fa2, fa3), db_bits8(fb0, fb1, fb2, fb3), db_bits8(fc0, fc1, fc2, fc3),
+                   db_bits8(fd0, fd1, fd2, fd3));
 }
 #else
 #if defined(DB_LANG_GLSL)

@@ -9,7 +9,9 @@
  * taking a contiguous share. Subnormal inputs take the exact integer path (db_vbad with hwexact
  * 0): the caller's process may run with flush-to-zero or denormals-are-zero set.
  *
- * DROPBLOCK_CPU_THREADS=<n> sets the number of threads (default: the online cores). */
+ * A job takes a thread per 64 Ki elements, up to the online cores. DROPBLOCK_CPU_THREADS=<n>
+ * runs every job on exactly n threads (the tests use it to take the threaded path on small
+ * tensors). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,9 +49,11 @@ double db_now_us_f(void)
 
 #define CPU_MAX_THREADS 64
 #define CPU_EPW 32 /* elements of a fast-apply group: one mask word */
+#define CPU_PER_THREAD (UINT64_C(1) << 16) /* elements worth a thread's start (tens of microseconds) */
 
 struct cpu_dev {
-    int threads;
+    int threads; /* at most */
+    int forced;  /* DROPBLOCK_CPU_THREADS: every job on exactly that many */
 };
 
 static int cpu_enumerate(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg, size_t len)
@@ -62,6 +66,7 @@ static int cpu_enumerate(const struct db_backend_config *cfg, struct db_device *
     const char *env = getenv("DROPBLOCK_CPU_THREADS");
     if (env && atoi(env) > 0) n = atoi(env);
     cd->threads = n < 1 ? 1 : n > CPU_MAX_THREADS ? CPU_MAX_THREADS : (int)n;
+    cd->forced = env && atoi(env) > 0;
     memset(out, 0, sizeof *out);
     snprintf(out->info.api, sizeof out->info.api, "cpu");
     snprintf(out->info.vendor, sizeof out->info.vendor, "dropblockd");
@@ -205,6 +210,12 @@ static void run_threads(const struct cpu_work *w)
     for (int t = 1; t <= started; t++) pthread_join(th[t], NULL);
 }
 
+static int threads_for(const struct cpu_dev *cd, uint64_t numel)
+{
+    if (cd->forced || numel / CPU_PER_THREAD >= (uint64_t)cd->threads) return cd->threads;
+    return (int)(numel / CPU_PER_THREAD) + 1;
+}
+
 /* The job (or, mask_only, its mask pass) from in to out in host memory. */
 static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const void *in, void *out, void *mask,
                    int mask_only, dropblock_result *res)
@@ -215,6 +226,7 @@ static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const voi
     uint64_t per = db_chunk_units(pl, UINT64_C(1) << 30, res->message, sizeof res->message);
     if (!per) return DROPBLOCK_EEXHAUSTED;
     const uint64_t units = db_units(pl), nchunks = (units + per - 1) / per;
+    const int threads = threads_for(cd, pl->numel);
     uint32_t *prms = malloc(nchunks * DBP_COUNT * 4);
     uint32_t **masks = calloc(nchunks, sizeof *masks);
     uint64_t *kept = calloc(pl->N, sizeof *kept);
@@ -228,7 +240,7 @@ static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const voi
         db_kernel_params(pl, &ch, &tu, prm);
         free(partial);
         if (!(masks[q] = malloc((ch.nelem + 31) / 32 * 4)) || !(partial = calloc(ch.nsamp * 2, 4))) goto oom;
-        struct cpu_work w = {PH_MASK, cd->threads, pl, prm, masks[q], partial, NULL, NULL, NULL, prm[DBP_NTILES]};
+        struct cpu_work w = {PH_MASK, threads, pl, prm, masks[q], partial, NULL, NULL, NULL, prm[DBP_NTILES]};
         if ((uint64_t)w.nthreads > w.n) w.nthreads = (int)w.n;
         run_threads(&w);
         for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] += partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
@@ -239,7 +251,7 @@ static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const voi
     const uint64_t t2 = db_now_us();
     for (uint64_t q = 0; q < nchunks; q++) {
         db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        struct cpu_work w = {PH_APPLY, cd->threads, pl, prms + q * DBP_COUNT, masks[q], NULL, scales + ch.n0,
+        struct cpu_work w = {PH_APPLY, threads, pl, prms + q * DBP_COUNT, masks[q], NULL, scales + ch.n0,
                              (const char *)in + ch.e0 * es, (char *)out + ch.e0 * es, ch.nelem};
         if ((uint64_t)w.nthreads * CPU_EPW > w.n) w.nthreads = 1;
         run_threads(&w);
@@ -327,7 +339,8 @@ static int cpu_bench(struct db_device *dev, const struct db_plan *pl, const void
             dropblock_result res;
             memset(&res, 0, sizeof res);
             if (w == DB_BENCH_COPY) {
-                struct cpu_work cw = {PH_COPY, cd->threads, pl, NULL, NULL, NULL, NULL, (const char *)xw, (char *)y, bytes};
+                struct cpu_work cw = {PH_COPY, threads_for(cd, pl->numel), pl, NULL, NULL, NULL, NULL, (const char *)xw,
+                                      (char *)y, bytes};
                 run_threads(&cw);
             } else if (w == DB_BENCH_OP || w == DB_BENCH_BACKWARD) {
                 rc = cpu_run(dev, w == DB_BENCH_OP ? pl : &bw, xw, y, NULL, &res);

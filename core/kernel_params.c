@@ -145,6 +145,12 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const
     prm[DBP_NC] = (uint32_t)(nsc / prm[DBP_NS]);
     put64(prm, DBP_TA0, tile_at(pl, ch->u0, &t, nt, nsc));
     prm[DBP_NTILES] = (uint32_t)db_chunk_tiles(pl, ch, tu);
+    /* tiles an item: as many as make item_cands candidates (and keep within cand_budget) */
+    uint64_t cands = (t.rows + (uint64_t)pl->up + pl->down) * (t.cols + (uint64_t)pl->left + pl->right) *
+                     (pl->p.layout == DROPBLOCK_NHWC ? t.chans : 1);
+    uint64_t want = tu->item_cands, tpw = want > cands ? want / cands : 1;
+    if (tu->cand_budget && tpw * cands > tu->cand_budget) tpw = tu->cand_budget / cands ? tu->cand_budget / cands : 1;
+    prm[DBP_TPW] = (uint32_t)(tpw < prm[DBP_NTILES] ? tpw : (prm[DBP_NTILES] ? prm[DBP_NTILES] : 1));
     uint32_t epw = db_fast_apply_ok(pl, tu->epw) ? tu->epw : 0;
     prm[DBP_EPW] = epw;
     prm[DBP_GROUPS] = epw ? (uint32_t)(ch->nelem / epw) : 0;

@@ -31,6 +31,8 @@ struct db_tuning {
     uint32_t cand_budget; /* at most about this many candidates a tile (fewer rows, then one row cut
                            * into columns, then for NHWC one column cut into channels), 0 for no
                            * limit */
+    uint32_t item_cands;  /* tiles are grouped into work items of about this many candidates (at
+                           * most cand_budget where there is one), 0: one tile an item */
 };
 
 /* The tile of the passes for a plan and a device: rows, columns (W unless rows is 1) and, for
@@ -53,8 +55,10 @@ int db_fast_apply_ok(const struct db_plan *pl, uint32_t epw);
 void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const struct db_tuning *tu,
                       uint32_t prm[DBP_COUNT]);
 
-/* Mask tiles of a chunk (what the mask pass is launched over). */
+/* Mask tiles of a chunk, and the work items the mask pass is launched over (prm[DBP_TPW] tiles
+ * each). */
 uint64_t db_chunk_tiles(const struct db_plan *pl, const struct db_chunk *ch, const struct db_tuning *tu);
+static inline uint64_t db_mask_items(const uint32_t *prm) { return ((uint64_t)prm[DBP_NTILES] + prm[DBP_TPW] - 1) / prm[DBP_TPW]; }
 
 /* The benchmark's baseline (shaders/db_baseline.h) for a plan: its BLP_COUNT parameter words
  * and the sizes of its float32 intermediates (noise and pooled: numel; padded: npad; partial

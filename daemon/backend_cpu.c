@@ -98,7 +98,7 @@ struct cpu_work {
     const uint32_t *scales; /* the chunk's first sample on */
     const char *in;       /* the chunk's elements (or, PH_COPY, bytes) */
     char *out;
-    uint64_t n;           /* tiles (mask), elements (apply) or bytes (copy) */
+    uint64_t n;           /* mask work items, elements (apply) or bytes (copy) */
 };
 
 struct cpu_thread {
@@ -181,7 +181,7 @@ static void *cpu_worker(void *arg)
     const struct cpu_work *w = ct->w;
     const uint64_t T = (uint64_t)w->nthreads, t = (uint64_t)ct->t;
     if (w->phase == PH_MASK) {
-        for (uint64_t g = w->n * t / T; g < w->n * (t + 1) / T; g++) db_mask_tile(w->prm, w->mask, w->kept, g);
+        for (uint64_t i = w->n * t / T; i < w->n * (t + 1) / T; i++) db_mask_item(w->prm, w->mask, w->kept, i);
     } else {
         /* contiguous shares on group (or cache line) boundaries */
         uint64_t q = w->phase == PH_APPLY ? CPU_EPW : 64, units = (w->n + q - 1) / q;
@@ -222,7 +222,7 @@ static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const voi
 {
     const uint64_t t0 = db_now_us();
     const size_t es = dropblock_dtype_size(pl->p.dtype);
-    const struct db_tuning tu = {UINT32_MAX, CPU_EPW, 0};
+    const struct db_tuning tu = {UINT32_MAX, CPU_EPW, 0, 4096};
     uint64_t per = db_chunk_units(pl, UINT64_C(1) << 30, res->message, sizeof res->message);
     if (!per) return DROPBLOCK_EEXHAUSTED;
     const uint64_t units = db_units(pl), nchunks = (units + per - 1) / per;
@@ -240,7 +240,7 @@ static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const voi
         db_kernel_params(pl, &ch, &tu, prm);
         free(partial);
         if (!(masks[q] = malloc((ch.nelem + 31) / 32 * 4)) || !(partial = calloc(ch.nsamp * 2, 4))) goto oom;
-        struct cpu_work w = {PH_MASK, threads, pl, prm, masks[q], partial, NULL, NULL, NULL, prm[DBP_NTILES]};
+        struct cpu_work w = {PH_MASK, threads, pl, prm, masks[q], partial, NULL, NULL, NULL, db_mask_items(prm)};
         if ((uint64_t)w.nthreads > w.n) w.nthreads = (int)w.n;
         run_threads(&w);
         for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] += partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);

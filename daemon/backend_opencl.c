@@ -78,6 +78,7 @@ struct ocl_dev {
     uint32_t vw, vpw;      /* fast apply: lanes a vector, vectors a work item */
     uint32_t tile_rows;    /* mask rows a tile */
     uint32_t cand_budget;  /* candidates a tile, about (0: no limit) */
+    uint32_t item_cands;   /* candidates a mask work item, about (small tiles go several to an item) */
     size_t wg_mask, wg_small, wg_apply;
     uint64_t mem_align;    /* CL_DEVICE_MEM_BASE_ADDR_ALIGN, bytes */
     /* buffers kept between jobs */
@@ -464,7 +465,8 @@ static size_t kernel_wg(struct ocl_dev *od, cl_kernel k, size_t want)
  * CPU devices (PoCL): a work item is ordinary loop code, vectorized by the compiler only where
  * the source says vectors, so the fast apply works on whole SIMD registers (the device's native
  * int vector width) covering one mask word per work item, and the mask pass on whole planes
- * (every candidate's Philox word made once) in small groups spread over the cores. GPUs: one
+ * (every candidate's Philox word made once; small planes several to a work item) in small
+ * groups spread over the cores. GPUs: one
  * 16-byte vector per work item, mask tiles of a few rows (and a bounded number of candidates)
  * for parallelism, groups of a few subgroups (CL_KERNEL_PREFERRED_WORK_GROUP_SIZE_MULTIPLE,
  * the warp or wavefront). */
@@ -485,11 +487,13 @@ static void choose_shape(struct ocl_dev *od)
         od->vpw = 32 / od->vw;
         od->tile_rows = UINT32_MAX;
         od->cand_budget = 0;
+        od->item_cands = 4096;
     } else {
         od->vw = 4;
         od->vpw = 1;
         od->tile_rows = 8;
         od->cand_budget = 4096;
+        od->item_cands = 256;
     }
     snprintf(od->build_options, sizeof od->build_options, "-DDB_LANG_CL -DDB_VW=%u -DDB_VPW=%u%s", od->vw, od->vpw,
              od->cpu ? " -DDB_VLOAD" : "");
@@ -759,7 +763,7 @@ static uint64_t samples_bound(const struct db_plan *pl, uint64_t per)
 static struct db_tuning job_tuning(const struct ocl_dev *od, const struct db_plan *pl)
 {
     uint32_t epv = pl->p.dtype == DROPBLOCK_F32 ? od->vw : 2 * od->vw; /* elements a vector */
-    struct db_tuning tu = {od->tile_rows, epv * od->vpw, od->cand_budget};
+    struct db_tuning tu = {od->tile_rows, epv * od->vpw, od->cand_budget, od->item_cands};
     return tu;
 }
 
@@ -829,7 +833,7 @@ static cl_int enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem maskb
         e = clEnqueueFillBuffer(od->queue, od->kept.m, &zero, sizeof zero, 0, (size_t)prm[DBP_NSAMP] * 8, 0, NULL, NULL);
     cl_mem a[3] = {od->prm.m, maskbuf, od->kept.m};
     if (e == CL_SUCCESS) e = set_args(od->k[K_MASK], 3, a);
-    if (e == CL_SUCCESS) e = launch_round(od, od->k[K_MASK], od->wg_mask, prm[DBP_NTILES]);
+    if (e == CL_SUCCESS) e = launch_round(od, od->k[K_MASK], od->wg_mask, db_mask_items(prm));
     return e;
 }
 

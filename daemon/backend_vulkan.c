@@ -103,6 +103,7 @@ struct vk_dev {
     uint32_t local;         /* work-group size of every pipeline */
     uint32_t tile_rows;     /* mask rows a tile */
     uint32_t cand_budget;   /* candidates a tile, about */
+    uint32_t item_cands;    /* candidates an invocation of the mask pass, about */
     /* buffers kept between jobs, by binding (B_Y is B_X: the apply runs in place) */
     struct vk_buf bufs[B_N];
 };
@@ -455,7 +456,8 @@ static VkResult make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipelin
  * Work groups of four subgroups (the queried subgroup size, 64 to 256 invocations); mask tiles
  * as tall as 2048 candidates allow on CPU devices (lavapipe runs invocations as SIMD lanes of a
  * few threads, so every Philox word is best made once, but it ends an invocation whose loops
- * pass 65535 iterations), of 8 rows and at most 4096 candidates on GPUs, for parallelism. */
+ * pass 65535 iterations), of 8 rows and at most 4096 candidates on GPUs, for parallelism; small
+ * tiles several to an invocation. */
 static void choose_tuning(struct vk_dev *d)
 {
     uint32_t sg = d->subgroup ? d->subgroup : 32, local = 4 * sg;
@@ -467,6 +469,7 @@ static void choose_tuning(struct vk_dev *d)
     int cpu = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
     d->tile_rows = cpu ? UINT32_MAX : 8;
     d->cand_budget = cpu ? 2048 : 4096;
+    d->item_cands = cpu ? 2048 : 256;
 }
 
 static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg, char *msg, size_t len)
@@ -790,7 +793,7 @@ static int submit(struct vk_dev *d, char *msg, size_t len)
 static void record_mask(struct vk_dev *d, const uint32_t *prm)
 {
     vkCmdFillBuffer(d->cmd, d->bufs[B_KEPT].buf, 0, ((uint64_t)prm[DBP_NSAMP] * 8 + 63) & ~UINT64_C(63), 0);
-    step(d, d->pipes[PASS_MASK], prm[DBP_NTILES], 0);
+    step(d, d->pipes[PASS_MASK], db_mask_items(prm), 0);
 }
 
 /* Records pass 3 of the chunk (scales in place, after a barrier): fast, tail, fixup. */
@@ -829,7 +832,7 @@ static uint64_t chunk_units(const struct db_plan *pl, uint64_t max_buffer, char 
 static struct db_tuning job_tuning(const struct vk_dev *d, const struct db_plan *pl)
 {
     /* apply.comp: one 16-byte vector an invocation */
-    struct db_tuning tu = {d->tile_rows, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, d->cand_budget};
+    struct db_tuning tu = {d->tile_rows, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, d->cand_budget, d->item_cands};
     return tu;
 }
 

@@ -48,6 +48,7 @@
 #define DBP_NS 56      /* column tiles per row: ceil(W / TILEW) */
 #define DBP_TILEC 57   /* NHWC: channels per tile, C or less for tiles of one row and one column */
 #define DBP_NC 58      /* channel tiles: ceil(C / TILEC) (1 for NCHW, whose groups are planes) */
+#define DBP_TPW 59     /* mask tiles a work item takes, one after another (a device choice) */
 #define DBP_COUNT 60
 
 #endif

@@ -19,6 +19,9 @@
 
 #if defined(DB_LANG_GLSL)
 #define DB_MASK_BUFS
+#define DB_MASK_ARGS
+#define DB_PRM_BUFS
+#define DB_PRM_ARGS
 #define DB_DROP_BUFS
 #define DB_DROP_ARGS
 #define DB_BITS_BUFS
@@ -35,6 +38,9 @@
 #define DB_GLOBAL
 #endif
 #define DB_MASK_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL u32 *mask, DB_GLOBAL u32 *kept,
+#define DB_MASK_ARGS prm, mask, kept,
+#define DB_PRM_BUFS DB_GLOBAL const u32 *prm,
+#define DB_PRM_ARGS prm,
 #define DB_DROP_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL u32 *mask,
 #define DB_DROP_ARGS prm, mask,
 #define DB_BITS_BUFS DB_GLOBAL u32 *mask,
@@ -50,9 +56,9 @@
 
 /* ---- pass 1: mask ------------------------------------------------------------------------ */
 
-/* Sets (set = 1) or clears the chunk's mask bits lo..hi (inclusive) for a tile owning the words
- * [wa, wb) (those wholly inside its bits): the rest are shared with the neighbouring tiles and
- * take atomics. */
+/* Sets (set = 1) or clears the chunk's mask bits lo..hi (inclusive) for a work item owning the
+ * words [wa, wb) (those wholly inside its tiles' bits): the rest are shared with the
+ * neighbouring work items and take atomics. */
 DBFN void db_mark_bits(DB_BITS_BUFS u64 lo, u64 hi, u64 wa, u64 wb, u32 set)
 {
     for (u64 wi = lo >> 5; wi <= (hi >> 5); wi++) {
@@ -70,15 +76,15 @@ DBFN void db_mark_bits(DB_BITS_BUFS u64 lo, u64 hi, u64 wa, u64 wb, u32 set)
     }
 }
 
-/* The set bits among lo..hi (inclusive) of shared words. */
-DBFN u32 db_count_shared(DB_BITS_BUFS u64 lo, u64 hi)
+/* The set bits among lo..hi (inclusive), for a work item owning the words [wa, wb). */
+DBFN u32 db_count_bits(DB_BITS_BUFS u64 lo, u64 hi, u64 wa, u64 wb)
 {
     u32 n = 0u;
     for (u64 wi = lo >> 5; wi <= (hi >> 5); wi++) {
         u32 m = 0xFFFFFFFFu;
         if (wi == (lo >> 5)) m &= 0xFFFFFFFFu << U32(lo & 31ul);
         if (wi == (hi >> 5)) m &= 0xFFFFFFFFu >> (31u - U32(hi & 31ul));
-        n += POPCOUNT(ATOMIC_LOAD(mask, wi) & m);
+        n += POPCOUNT((wi >= wa && wi < wb ? mask[IX(wi)] : ATOMIC_LOAD(mask, wi)) & m);
     }
     return n;
 }
@@ -165,19 +171,26 @@ DBFN void db_flush(DB_DROP_BUFS DB_TILE_ARGS, DB_BLK_PARAM(blk), u64 run, u32 n,
 }
 
 /* kept[2 s .. 2 s + 1] += v as one 64-bit count from 32-bit atomics: the carry of the low
- * word's addition goes to the high word (an add of v < 2^32 wraps at most once). */
-DBFN void db_add_kept(DB_TOTAL_BUFS u64 s, u32 v)
+ * word's addition goes to the high word (an add of a 32-bit value wraps at most once). */
+DBFN void db_add_kept(DB_TOTAL_BUFS u64 s, u64 v)
 {
-    if (v == 0u) return;
-    u32 old = ATOMIC_ADD(kept, 2ul * s, v);
-    if (old + v < old) ATOMIC_ADD(kept, 2ul * s + 1ul, 1u);
+    if (v == 0ul) return;
+    u32 lo = U32(v), old = ATOMIC_ADD(kept, 2ul * s, lo);
+    u32 hi = U32(v >> 32) + (old + lo < old ? 1u : 0u);
+    if (hi != 0u) ATOMIC_ADD(kept, 2ul * s + 1ul, hi);
+}
+
+/* The sample (from the chunk's first) that tile g belongs to. */
+DBFN u64 db_tile_sample(DB_PRM_BUFS u64 g)
+{
+    u64 grp = (DB_PRM64(DBP_TA0) + g) / (U64(prm[DBP_NT]) * U64(prm[DBP_NS]) * U64(prm[DBP_NC]));
+    return (prm[DBP_LAYOUT] != 0u ? grp : grp / DB_PRM64(DBP_C)) - DB_PRM64(DBP_N0);
 }
 
 /* Mask pass for tile g of the chunk: writes the keep bits of its rows (or of its columns of
- * its one row, or of its channels of one row and column) and adds how many it keeps to its
- * sample's count (db_add_kept); returns that number. Random words are made only for candidate blocks,
+ * its one row, or of its channels of one row and column); returns how many it keeps. Random words are made only for candidate blocks,
  * DB_BATCH at a time (db_fire_batch). */
-DBFN u32 db_mask_tile(DB_MASK_BUFS u64 g)
+DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
 {
     u64 C = DB_PRM64(DBP_C);
     u32 H = prm[DBP_H], W = prm[DBP_W], nhwc = prm[DBP_LAYOUT];
@@ -199,19 +212,10 @@ DBFN u32 db_mask_tile(DB_MASK_BUFS u64 g)
     u64 c0 = nhwc != 0u ? cc * U64(prm[DBP_TILEC]) : grp - n * C, c1 = c0 + 1ul;
     if (nhwc != 0u) c1 = NC == 1ul || C - c0 <= U64(prm[DBP_TILEC]) ? C : c0 + U64(prm[DBP_TILEC]);
     /* the tile's bits: whole rows, or (one row) its columns, or (one row, one column, NHWC) its
-     * channels: contiguous in every case */
+     * channels: contiguous in every case, and all kept to start with */
     u64 a = (gh + U64(h0)) * ue + U64(w0) * cw - E0, b = (gh + U64(h1 - 1u)) * ue + U64(w1) * cw - E0;
     if (NC > 1ul) { b = a + c1; a += c0; }
-    /* all kept to start with: the shared words at the two ends by atomics, the rest stored */
-    u64 wa = (a + 31ul) >> 5, wb = b >> 5; /* own words [wa, wb) */
-    if (wa > wb) wb = wa; /* inside one shared word: no own words */
-    if (wa == wb) {
-        db_mark_bits(DB_BITS_ARGS a, b - 1ul, wa, wb, 1u);
-    } else {
-        if ((a & 31ul) != 0ul) db_mark_bits(DB_BITS_ARGS a, (wa << 5) - 1ul, wa, wb, 1u);
-        for (u64 wi = wa; wi < wb; wi++) mask[IX(wi)] = 0xFFFFFFFFu;
-        if ((b & 31ul) != 0ul) db_mark_bits(DB_BITS_ARGS wb << 5, b - 1ul, wa, wb, 1u);
-    }
+    db_mark_bits(DB_BITS_ARGS a, b - 1ul, wa, wb, 1u);
 
     /* candidates whose block reaches rows [h0, h1), columns [w0, w1) */
     u32 up = prm[DBP_UP], left = prm[DBP_LEFT];
@@ -229,11 +233,11 @@ DBFN u32 db_mask_tile(DB_MASK_BUFS u64 g)
         u64 blk[DB_BATCH];
         u32 nb = 0u;
         u64 last = 0xFFFFFFFFFFFFFFFFul;
-        /* unit stride with candidate rows nearly as wide as the stride: every block from the
-         * first candidate to the last, the few columns between rows included (their words are
-         * not candidates and never drop anything) */
-        if (sW == 1ul && 4ul * (sH - U64(cj1 - cj0)) <= sH) {
-            u64 run = (ebase + U64(ci0) * sH + U64(cj0)) >> 2, end = ((ebase + U64(ci1 - 1u) * sH + U64(cj1 - 1u)) >> 2) + 1ul;
+        /* unit stride: every block from the first candidate to the last, the columns between
+         * rows included (their words are no candidates and drop nothing), where that makes at
+         * most half again the blocks of the rows' own spans: a run needs no queue */
+        u64 run = (ebase + U64(ci0) * sH + U64(cj0)) >> 2, end = ((ebase + U64(ci1 - 1u) * sH + U64(cj1 - 1u)) >> 2) + 1ul;
+        if (sW == 1ul && 2ul * (end - run) <= 3ul * U64(ci1 - ci0) * (U64(cj1 - cj0 + 3u) / 4ul + 1ul)) {
             for (; run < end; run += U64(DB_BATCH)) {
                 u32 take = end - run < U64(DB_BATCH) ? U32(end - run) : U32(DB_BATCH);
                 db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, run, take, ebase, ci0, ci1, cj0, cj1);
@@ -273,17 +277,55 @@ DBFN u32 db_mask_tile(DB_MASK_BUFS u64 g)
         if (nb > 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
     }
 
-    /* the kept bits: own words, then the tile's part of the shared ones */
-    u32 nkept = 0u;
-    for (u64 wi = wa; wi < wb; wi++) nkept += POPCOUNT(mask[IX(wi)]);
-    if (wa == wb) {
-        nkept += db_count_shared(DB_BITS_ARGS a, b - 1ul);
-    } else {
-        if ((a & 31ul) != 0ul) nkept += db_count_shared(DB_BITS_ARGS a, (wa << 5) - 1ul);
-        if ((b & 31ul) != 0ul) nkept += db_count_shared(DB_BITS_ARGS wb << 5, b - 1ul);
+    return db_count_bits(DB_BITS_ARGS a, b - 1ul, wa, wb);
+}
+
+/* The first bit (end 0) or the end bit (end 1) of tile g in the chunk (db_mask_tile's a, b). */
+DBFN u64 db_tile_edge(DB_PRM_BUFS u64 g, u32 end)
+{
+    u64 C = DB_PRM64(DBP_C);
+    u32 H = prm[DBP_H], W = prm[DBP_W], nhwc = prm[DBP_LAYOUT];
+    u64 NC = U64(prm[DBP_NC]), NSC = U64(prm[DBP_NS]) * NC, NTSC = U64(prm[DBP_NT]) * NSC;
+    u64 ta = DB_PRM64(DBP_TA0) + g;
+    u64 grp = ta / NTSC, rt = ta - grp * NTSC, t = rt / NSC, rs = rt - t * NSC, st = rs / NC, cc = rs - st * NC;
+    u32 h0 = U32(t) * prm[DBP_TILE];
+    u32 h1 = H - h0 > prm[DBP_TILE] ? h0 + prm[DBP_TILE] : H;
+    u32 w0 = U32(st) * prm[DBP_TILEW];
+    u32 w1 = W - w0 > prm[DBP_TILEW] ? w0 + prm[DBP_TILEW] : W;
+    u64 gh = grp * U64(H), u0 = DB_PRM64(DBP_U0), u1 = DB_PRM64(DBP_U1);
+    if (u0 > gh + U64(h0)) h0 = U32(u0 - gh);
+    if (u1 < gh + U64(h1)) h1 = U32(u1 - gh);
+    u64 ue = nhwc != 0u ? U64(W) * C : U64(W), cw = nhwc != 0u ? C : 1ul;
+    u64 a = (gh + U64(h0)) * ue + U64(w0) * cw - DB_PRM64(DBP_E0), b = (gh + U64(h1 - 1u)) * ue + U64(w1) * cw - DB_PRM64(DBP_E0);
+    if (NC > 1ul) {
+        u64 c0 = cc * U64(prm[DBP_TILEC]);
+        b = a + (C - c0 <= U64(prm[DBP_TILEC]) ? C : c0 + U64(prm[DBP_TILEC]));
+        a += c0;
     }
-    db_add_kept(DB_TOTAL_ARGS n - DB_PRM64(DBP_N0), nkept);
-    return nkept;
+    return end != 0u ? b : a;
+}
+
+/* Mask pass, work item w: tiles w * TPW .. of the chunk one after another, their kept bits
+ * added to their samples' counts once per run of tiles of one sample (db_add_kept): small
+ * tiles go in numbers, so that neither the work items nor the atomics outnumber the work (the
+ * words between an item's tiles are its own; only those at its two ends are shared). */
+DBFN void db_mask_item(DB_MASK_BUFS u64 w)
+{
+    u64 t0 = w * U64(prm[DBP_TPW]), t1 = t0 + U64(prm[DBP_TPW]);
+    if (t1 > U64(prm[DBP_NTILES])) t1 = U64(prm[DBP_NTILES]);
+    u64 wa = (db_tile_edge(DB_PRM_ARGS t0, 0u) + 31ul) >> 5, wb = db_tile_edge(DB_PRM_ARGS t1 - 1ul, 1u) >> 5;
+    if (wb < wa) wb = wa; /* inside one shared word: none its own */
+    u64 cur = 0ul, acc = 0ul;
+    for (u64 t = t0; t < t1; t++) {
+        u64 s = db_tile_sample(DB_PRM_ARGS t);
+        if (s != cur) {
+            db_add_kept(DB_TOTAL_ARGS cur, acc);
+            cur = s;
+            acc = 0ul;
+        }
+        acc += U64(db_mask_tile(DB_DROP_ARGS t, wa, wb));
+    }
+    db_add_kept(DB_TOTAL_ARGS cur, acc);
 }
 
 /* ---- pass 2: scales ---------------------------------------------------------------------- */

@@ -59,7 +59,9 @@
 #define IX(x) (x)
 #define ATOMIC_OR(arr, i, v) atomic_or(&arr[i], (v))
 #define ATOMIC_AND(arr, i, v) atomic_and(&arr[i], (v))
-#define ATOMIC_LOAD(arr, i) atomic_or(&arr[i], 0u)
+/* a word others change by atomics in other bits: a volatile load (an idempotent atomic would
+ * be a full fence on x86) suffices, the bits read being this work item's own */
+#define ATOMIC_LOAD(arr, i) (*(volatile __global uint *)&arr[i])
 #define ATOMIC_ADD(arr, i, v) atomic_add(&arr[i], (v))
 #define MSB32(x) (31u - clz(x))
 /* the fast apply's lane type: DB_VW 32-bit lanes (4, 8 or 16; the host passes -DDB_VW), so that

@@ -29,11 +29,12 @@
 #error "DB_VW must be 4, 8 or 16"
 #endif
 
-/* Pass 1: tile g of the chunk -> its keep bits, its kept bits added to its sample's count. */
+/* Pass 1: work item w's tiles -> their keep bits, their kept bits added to their samples'
+ * counts. */
 __kernel void db_mask(__global const uint *prm, __global uint *mask, __global uint *kept)
 {
-    uint g = (uint)get_global_id(0);
-    if (g < prm[DBP_NTILES]) db_mask_tile(prm, mask, kept, g);
+    ulong w = (ulong)get_global_id(0);
+    if (w * prm[DBP_TPW] < (ulong)prm[DBP_NTILES]) db_mask_item(prm, mask, kept, w);
 }
 
 /* Pass 2b, the scales on the device (whole tensor in one chunk, compat none): K in one work

@@ -18,19 +18,20 @@ struct variant {
     const char *name;
     uint32_t tile_rows, epw; /* epw 0: no fast apply */
     uint32_t budget;         /* candidates a tile, 0: no limit */
+    uint32_t item;           /* candidates a mask work item, 0: a tile each */
     int hwexact;             /* 0: every subnormal lane goes through the fixup */
     int per;                 /* units per chunk, 0: one chunk */
 };
 
 static const struct variant variants[] = {
-    {"planes, fast 32", 1u << 30, 32, 0, 1, 0},
-    {"tiles of 1, fast 4, fixup", 1, 4, 0, 0, 0},
-    {"tiles of 3, exact apply", 3, 0, 0, 1, 0},
-    {"tiles of 2, fast 8, chunks of 1 unit", 2, 8, 0, 0, 1},
-    {"planes, fast 16, chunks of 3 units", 1u << 30, 16, 0, 1, 3},
-    {"budget 40: one-row tiles of columns, chunks of 2 units", 1u << 30, 8, 40, 0, 2},
-    {"budget 200, fast 4", 8, 4, 200, 1, 0},
-    {"budget 5: one-column tiles, NHWC cut into channels", 1u << 30, 8, 5, 1, 0},
+    {"planes, fast 32", 1u << 30, 32, 0, 0, 1, 0},
+    {"tiles of 1, fast 4, fixup, 3 a work item", 1, 4, 0, 60, 0, 0},
+    {"tiles of 3, exact apply, many a work item", 3, 0, 0, 100000, 1, 0},
+    {"tiles of 2, fast 8, chunks of 1 unit", 2, 8, 0, 0, 0, 1},
+    {"planes, fast 16, chunks of 3 units, 2 a work item", 1u << 30, 16, 0, 300, 1, 3},
+    {"budget 40: one-row tiles of columns, chunks of 2 units", 1u << 30, 8, 40, 40, 0, 2},
+    {"budget 200, fast 4", 8, 4, 200, 0, 1, 0},
+    {"budget 5: one-column tiles, NHWC cut into channels", 1u << 30, 8, 5, 5, 1, 0},
 };
 
 static uint32_t load_elem(const void *buf, size_t es, uint64_t i)
@@ -54,7 +55,7 @@ static int run_passes(void *ctx, const dropblock_params *p, const void *in, void
     if (rc) return rc;
     if (pl.identity) { db_identity(&pl, in, out, maskout, res); return 0; }
     const size_t es = dropblock_dtype_size(p->dtype);
-    const struct db_tuning tu = {v->tile_rows, v->epw * (p->dtype == DROPBLOCK_F32 ? 1u : 2u), v->budget};
+    const struct db_tuning tu = {v->tile_rows, v->epw * (p->dtype == DROPBLOCK_F32 ? 1u : 2u), v->budget, v->item};
     uint64_t units = db_units(&pl), per = v->per ? (uint64_t)v->per : units;
     uint64_t nchunks = (units + per - 1) / per;
     uint32_t **masks = calloc(nchunks, sizeof *masks);
@@ -70,9 +71,8 @@ static int run_passes(void *ctx, const dropblock_params *p, const void *in, void
         uint64_t words = (ch.nelem + 31) / 32;
         masks[q] = malloc(words * 4);
         memset(masks[q], 0x5A, words * 4);
-        uint64_t ntiles = prm[DBP_NTILES];
         uint32_t *partial = calloc(ch.nsamp * 2 + 2, 4);
-        for (uint64_t g = 0; g < ntiles; g++) db_mask_tile(prm, masks[q], partial, g);
+        for (uint64_t w = 0; w < db_mask_items(prm); w++) db_mask_item(prm, masks[q], partial, w);
         for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] += partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
         if (on_device) {
             db_total_kept(partial, prm[DBP_NSAMP]);
@@ -147,7 +147,8 @@ static int check_add_kept(void)
     db_add_kept(kept, 0, 0x20);
     db_add_kept(kept, 1, 0xFFFFFFFFu);
     db_add_kept(kept, 1, 0);
-    int ok = kept[0] == 0x10 && kept[1] == 8 && kept[2] == 4 && kept[3] == 1;
+    db_add_kept(kept, 0, UINT64_C(0x300000000));
+    int ok = kept[0] == 0x10 && kept[1] == 11 && kept[2] == 4 && kept[3] == 1;
     if (!ok) printf("FAIL add_kept: %08x %08x %08x %08x\n", kept[0], kept[1], kept[2], kept[3]);
     return !ok;
 }

@@ -59,33 +59,52 @@
 /* Sets (set = 1) or clears the chunk's mask bits lo..hi (inclusive) for a work item owning the
  * words [wa, wb) (those wholly inside its tiles' bits): the rest are shared with the
  * neighbouring work items and take atomics. */
-DBFN void db_mark_bits(DB_BITS_BUFS u64 lo, u64 hi, u64 wa, u64 wb, u32 set)
+DBFN void db_mark_word(DB_BITS_BUFS u64 wi, u32 m, u64 wa, u64 wb, u32 set)
 {
-    for (u64 wi = lo >> 5; wi <= (hi >> 5); wi++) {
-        u32 m = 0xFFFFFFFFu;
-        if (wi == (lo >> 5)) m &= 0xFFFFFFFFu << U32(lo & 31ul);
-        if (wi == (hi >> 5)) m &= 0xFFFFFFFFu >> (31u - U32(hi & 31ul));
-        if (wi >= wa && wi < wb) {
-            if (set != 0u) mask[IX(wi)] = m == 0xFFFFFFFFu ? m : (mask[IX(wi)] | m);
-            else mask[IX(wi)] &= ~m;
-        } else if (set != 0u) {
-            ATOMIC_OR(mask, wi, m);
-        } else {
-            ATOMIC_AND(mask, wi, ~m);
-        }
+    if (wi >= wa && wi < wb) {
+        if (set != 0u) mask[IX(wi)] = m == 0xFFFFFFFFu ? m : (mask[IX(wi)] | m);
+        else mask[IX(wi)] &= ~m;
+    } else if (set != 0u) {
+        ATOMIC_OR(mask, wi, m);
+    } else {
+        ATOMIC_AND(mask, wi, ~m);
     }
 }
 
+DBFN void db_mark_bits(DB_BITS_BUFS u64 lo, u64 hi, u64 wa, u64 wb, u32 set)
+{
+    u64 w0 = lo >> 5, w1 = hi >> 5;
+    u32 m0 = 0xFFFFFFFFu << U32(lo & 31ul), m1 = 0xFFFFFFFFu >> (31u - U32(hi & 31ul));
+    if (w0 == w1) {
+        db_mark_word(DB_BITS_ARGS w0, m0 & m1, wa, wb, set);
+        return;
+    }
+    db_mark_word(DB_BITS_ARGS w0, m0, wa, wb, set);
+    u64 i = w0 + 1ul;
+    if (i >= wa && w1 <= wb) { /* whole own words between: plain stores */
+        for (; i < w1; i++) mask[IX(i)] = set != 0u ? 0xFFFFFFFFu : 0u;
+    }
+    for (; i < w1; i++) db_mark_word(DB_BITS_ARGS i, 0xFFFFFFFFu, wa, wb, set);
+    db_mark_word(DB_BITS_ARGS w1, m1, wa, wb, set);
+}
+
 /* The set bits among lo..hi (inclusive), for a work item owning the words [wa, wb). */
+DBFN u32 db_count_word(DB_BITS_BUFS u64 wi, u32 m, u64 wa, u64 wb)
+{
+    return POPCOUNT((wi >= wa && wi < wb ? mask[IX(wi)] : ATOMIC_LOAD(mask, wi)) & m);
+}
+
 DBFN u32 db_count_bits(DB_BITS_BUFS u64 lo, u64 hi, u64 wa, u64 wb)
 {
-    u32 n = 0u;
-    for (u64 wi = lo >> 5; wi <= (hi >> 5); wi++) {
-        u32 m = 0xFFFFFFFFu;
-        if (wi == (lo >> 5)) m &= 0xFFFFFFFFu << U32(lo & 31ul);
-        if (wi == (hi >> 5)) m &= 0xFFFFFFFFu >> (31u - U32(hi & 31ul));
-        n += POPCOUNT((wi >= wa && wi < wb ? mask[IX(wi)] : ATOMIC_LOAD(mask, wi)) & m);
+    u64 w0 = lo >> 5, w1 = hi >> 5;
+    u32 m0 = 0xFFFFFFFFu << U32(lo & 31ul), m1 = 0xFFFFFFFFu >> (31u - U32(hi & 31ul));
+    if (w0 == w1) return db_count_word(DB_BITS_ARGS w0, m0 & m1, wa, wb);
+    u32 n = db_count_word(DB_BITS_ARGS w0, m0, wa, wb) + db_count_word(DB_BITS_ARGS w1, m1, wa, wb);
+    u64 i = w0 + 1ul;
+    if (i >= wa && w1 <= wb) { /* whole own words between */
+        for (; i < w1; i++) n += POPCOUNT(mask[IX(i)]);
     }
+    for (; i < w1; i++) n += db_count_word(DB_BITS_ARGS i, 0xFFFFFFFFu, wa, wb);
     return n;
 }
 
@@ -146,6 +165,7 @@ DBFN void db_flush(DB_DROP_BUFS DB_TILE_ARGS, DB_BLK_PARAM(blk), u64 run, u32 n,
     u32x4 base = MAKE_U32X4(prm[DBP_BASE], prm[DBP_BASE + 1], prm[DBP_BASE + 2], prm[DBP_BASE + 3]);
     u32x4 fired = db_fire_batch(blk, run, n, base, prm[DBP_KEY], prm[DBP_KEY + 1], prm[DBP_WMASK], U32(thr),
                                 thr > 0xFFFFFFFFul ? 1u : 0u);
+    if ((fired.x | fired.y | fired.z | fired.w) == 0u) return; /* mostly */
     u64 sH = DB_PRM64(DBP_SH), sW = DB_PRM64(DBP_SW);
     for (u32 q = 0u; q < (U32(DB_BATCH) + 7u) / 8u; q++) {
         for (u32 bits = db_sel4(fired, q); bits != 0u;) {

@@ -124,10 +124,10 @@ static int find_device(struct db_engine *e, const char *api, int nth)
 enum { F_COPY, F_OP, F_BACKWARD, F_MASK, F_BASELINE, F_RUN, F_N };
 static const char *const fig_names[F_N] = {"copy_us", "op_us", "backward_us", "mask_us", "baseline_us", "run_us"};
 
-static void print_num(double v)
+static void print_num(double v, int digits)
 {
     if (v < 0) printf("null");
-    else printf("%.1f", v);
+    else printf("%.*f", digits, v);
 }
 
 static int device_mode(const struct opts *o)
@@ -209,16 +209,16 @@ static int device_mode(const struct opts *o)
                (double)p->rate, o->reps, (unsigned long long)bytes);
         for (int f = 0; f < F_N; f++) {
             printf(", \"%s\": ", fig_names[f]);
-            print_num(fig[f]);
+            print_num(fig[f], 1);
             if (f != F_MASK) {
                 printf(", \"%.*s_gbs\": ", (int)(strlen(fig_names[f]) - 3), fig_names[f]);
-                print_num(fig[f] > 0 ? gb / fig[f] : -1);
+                print_num(fig[f] > 0 ? gb / fig[f] : -1, 2);
             }
         }
         printf(", \"copy_over_op\": ");
-        print_num(fig[F_COPY] > 0 && fig[F_OP] > 0 ? fig[F_COPY] / fig[F_OP] : -1);
+        print_num(fig[F_COPY] > 0 && fig[F_OP] > 0 ? fig[F_COPY] / fig[F_OP] : -1, 3);
         printf(", \"baseline_over_op\": ");
-        print_num(fig[F_BASELINE] > 0 && fig[F_OP] > 0 ? fig[F_BASELINE] / fig[F_OP] : -1);
+        print_num(fig[F_BASELINE] > 0 && fig[F_OP] > 0 ? fig[F_BASELINE] / fig[F_OP] : -1, 2);
         if (check >= 0) printf(", \"check\": %s", check ? "true" : "false");
         printf("}\n");
     }

@@ -1,21 +1,27 @@
 /* kernel_params.c: chunks and kernel parameter words for the GPU backends. */
 #include "kernel_params.h"
 
+#include <string.h>
+
 #define DB_CHUNK_CAP (UINT64_C(1) << 30)
+/* room for what does not grow with the units of a chunk (a mask word, two tiles, a sample) */
+#define DB_CHUNK_SLACK 64
 
 uint64_t db_chunk_units(const struct db_plan *pl, uint64_t max_bytes, char *msg, size_t len)
 {
-    uint64_t cap = max_bytes < DB_CHUNK_CAP ? max_bytes : DB_CHUNK_CAP;
+    const uint64_t limit = max_bytes < DB_CHUNK_CAP ? max_bytes : DB_CHUNK_CAP;
+    const uint64_t cap = limit > 2 * DB_CHUNK_SLACK ? limit - DB_CHUNK_SLACK : limit / 2;
     uint64_t data = db_unit_elems(pl) * dropblock_dtype_size(pl->p.dtype);
     uint64_t maskb = db_unit_rows(pl) * db_row_words(pl) * 4;
-    /* counts (4 bytes a row) and per-sample partial sums (8 bytes a sample, at most one a row) */
+    /* tile counts (4 bytes, at most one a unit) and per-sample partial sums (8 bytes a sample,
+     * at most one a row) */
     uint64_t cnt = db_unit_rows(pl) * 8;
     uint64_t per = data > maskb ? data : maskb;
     if (cnt > per) per = cnt;
     if (per > cap) {
         db_msg(msg, len, "one %s row of %llu elements (%llu bytes) exceeds the device's %llu-byte buffer limit",
                dropblock_layout_name(pl->p.layout), (unsigned long long)db_unit_elems(pl),
-               (unsigned long long)per, (unsigned long long)cap);
+               (unsigned long long)(per + (limit - cap)), (unsigned long long)limit);
         return 0;
     }
     uint64_t units = cap / per, all = db_units(pl);
@@ -43,16 +49,77 @@ static uint32_t clamp_end(int64_t hi_inclusive)
     return hi_inclusive < 0 ? 0u : (uint32_t)(hi_inclusive + 1);
 }
 
-void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, uint32_t prm[DBP_COUNT])
+void db_tile_shape(const struct db_plan *pl, const struct db_tuning *tu, struct db_tile *tile)
+{
+    uint64_t t = tu->tile_rows ? tu->tile_rows : 1, tw = pl->W, tc = pl->p.layout == DROPBLOCK_NHWC ? pl->C : 1;
+    if (t > pl->H) t = pl->H;
+    if (tu->cand_budget) {
+        /* a tile of t rows, tw columns and tc planes looks at tc (t + up + down) (tw + left + right)
+         * candidates: cut rows, then columns, then channels */
+        const uint64_t b = tu->cand_budget, rx = (uint64_t)pl->up + pl->down, cx = (uint64_t)pl->left + pl->right;
+        const uint64_t bp = b / tc ? b / tc : 1; /* a plane's share */
+        if ((t + rx) * (tw + cx) > bp) t = bp / (tw + cx) > rx + 1 ? bp / (tw + cx) - rx : 1;
+        if (t == 1 && (1 + rx) * (tw + cx) > bp) tw = bp / (1 + rx) > cx + 1 ? bp / (1 + rx) - cx : 1;
+        if (tw > pl->W) tw = pl->W;
+        if (t == 1 && tw == 1 && tc * (1 + rx) * (1 + cx) > b) tc = b / ((1 + rx) * (1 + cx)) ? b / ((1 + rx) * (1 + cx)) : 1;
+    }
+    tile->rows = (uint32_t)t;
+    tile->cols = (uint32_t)tw;
+    tile->chans = pl->p.layout == DROPBLOCK_NHWC ? tc : pl->C;
+}
+
+/* tile counts per row tile (column and channel tiles) and per group */
+static void tile_counts(const struct db_plan *pl, const struct db_tile *t, uint64_t *nt, uint64_t *nsc)
+{
+    uint64_t nc = pl->p.layout == DROPBLOCK_NHWC ? (pl->C + t->chans - 1) / t->chans : 1;
+    *nt = (pl->H + t->rows - 1) / t->rows;
+    *nsc = (pl->W + t->cols - 1) / t->cols * nc;
+}
+
+/* index of unit u's first tile: group u / H, row u % H (unit = group * H + h in both layouts) */
+static uint64_t tile_at(const struct db_plan *pl, uint64_t u, const struct db_tile *t, uint64_t nt, uint64_t nsc)
+{
+    return (u / pl->H * nt + (u % pl->H) / t->rows) * nsc;
+}
+
+uint64_t db_chunk_tiles(const struct db_plan *pl, const struct db_chunk *ch, const struct db_tuning *tu)
+{
+    struct db_tile t;
+    uint64_t nt, nsc;
+    db_tile_shape(pl, tu, &t);
+    tile_counts(pl, &t, &nt, &nsc);
+    return tile_at(pl, ch->u1 - 1, &t, nt, nsc) + nsc - tile_at(pl, ch->u0, &t, nt, nsc);
+}
+
+int db_fast_apply_ok(const struct db_plan *pl, uint32_t epw)
+{
+    if (pl->keras || epw == 0) return 0;
+    return pl->p.normalize != DROPBLOCK_NORMALIZE_SAMPLE || pl->C * pl->H * pl->W >= epw;
+}
+
+void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const struct db_tuning *tu,
+                      uint32_t prm[DBP_COUNT])
 {
     for (int i = 0; i < DBP_COUNT; i++) prm[i] = 0;
+    struct db_tile t;
+    uint64_t nt, nsc;
+    db_tile_shape(pl, tu, &t);
+    tile_counts(pl, &t, &nt, &nsc);
     put64(prm, DBP_C, pl->C);
     prm[DBP_H] = (uint32_t)pl->H;
     prm[DBP_W] = (uint32_t)pl->W;
-    prm[DBP_RW] = (uint32_t)db_row_words(pl);
     prm[DBP_LAYOUT] = pl->p.layout == DROPBLOCK_NHWC;
-    put64(prm, DBP_R0, ch->r0);
-    put64(prm, DBP_NROWS, ch->nrows);
+    prm[DBP_DTYPE] = (uint32_t)pl->p.dtype;
+    prm[DBP_KERAS] = (uint32_t)pl->keras;
+    prm[DBP_NORM] = (uint32_t)pl->p.normalize;
+    put64(prm, DBP_U0, ch->u0);
+    put64(prm, DBP_U1, ch->u1);
+    put64(prm, DBP_E0, ch->e0);
+    put64(prm, DBP_NELEM, ch->nelem);
+    put64(prm, DBP_N0, ch->n0);
+    prm[DBP_NSAMP] = (uint32_t)ch->nsamp;
+    put64(prm, DBP_CHW, pl->C * pl->H * pl->W);
+    put64(prm, DBP_NUMEL, pl->numel);
     prm[DBP_KEY] = pl->key[0];
     prm[DBP_KEY + 1] = pl->key[1];
     for (int i = 0; i < 4; i++) prm[DBP_BASE + i] = pl->base[i];
@@ -70,11 +137,50 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, uint3
     prm[DBP_DOWN] = pl->down;
     prm[DBP_LEFT] = pl->left;
     prm[DBP_RIGHT] = pl->right;
-    put64(prm, DBP_E0, ch->e0);
-    put64(prm, DBP_NELEM, ch->nelem);
-    put64(prm, DBP_N0, ch->n0);
-    prm[DBP_NSAMP] = (uint32_t)ch->nsamp;
-    prm[DBP_DTYPE] = (uint32_t)pl->p.dtype;
-    prm[DBP_KERAS] = (uint32_t)pl->keras;
-    put64(prm, DBP_CH, pl->C * pl->H);
+    prm[DBP_TILE] = t.rows;
+    prm[DBP_NT] = (uint32_t)nt;
+    prm[DBP_TILEW] = t.cols;
+    prm[DBP_NS] = (uint32_t)((pl->W + t.cols - 1) / t.cols);
+    prm[DBP_TILEC] = (uint32_t)(pl->p.layout == DROPBLOCK_NHWC ? t.chans : 1);
+    prm[DBP_NC] = (uint32_t)(nsc / prm[DBP_NS]);
+    put64(prm, DBP_TA0, tile_at(pl, ch->u0, &t, nt, nsc));
+    prm[DBP_NTILES] = (uint32_t)db_chunk_tiles(pl, ch, tu);
+    /* tiles an item: as many as make item_cands candidates (and keep within cand_budget) */
+    uint64_t cands = (t.rows + (uint64_t)pl->up + pl->down) * (t.cols + (uint64_t)pl->left + pl->right) *
+                     (pl->p.layout == DROPBLOCK_NHWC ? t.chans : 1);
+    uint64_t want = tu->item_cands, tpw = want > cands ? want / cands : 1;
+    if (tu->cand_budget && tpw * cands > tu->cand_budget) tpw = tu->cand_budget / cands ? tu->cand_budget / cands : 1;
+    prm[DBP_TPW] = (uint32_t)(tpw < prm[DBP_NTILES] ? tpw : (prm[DBP_NTILES] ? prm[DBP_NTILES] : 1));
+    uint32_t epw = db_fast_apply_ok(pl, tu->epw) ? tu->epw : 0;
+    prm[DBP_EPW] = epw;
+    prm[DBP_GROUPS] = epw ? (uint32_t)(ch->nelem / epw) : 0;
+}
+
+int db_baseline_params(const struct db_plan *pl, uint32_t blp[BLP_COUNT], uint64_t *npad, uint64_t *nparts, char *msg,
+                       size_t len)
+{
+    const uint64_t b = pl->bh;
+    if (pl->bh != pl->bw || b % 2 == 0) {
+        db_msg(msg, len, "the baseline (torchvision) takes odd square blocks only");
+        return DROPBLOCK_EINVAL;
+    }
+    if (pl->numel >= (UINT64_C(1) << 32)) {
+        db_msg(msg, len, "the baseline takes tensors of fewer than 2^32 elements");
+        return DROPBLOCK_EINVAL;
+    }
+    memset(blp, 0, BLP_COUNT * sizeof *blp);
+    blp[BLP_PLANES] = (uint32_t)(pl->N * pl->C);
+    blp[BLP_H] = (uint32_t)pl->H;
+    blp[BLP_W] = (uint32_t)pl->W;
+    blp[BLP_BS] = (uint32_t)b;
+    blp[BLP_HN] = (uint32_t)(pl->H - b + 1);
+    blp[BLP_WN] = (uint32_t)(pl->W - b + 1);
+    blp[BLP_KEY] = pl->key[0];
+    blp[BLP_KEY + 1] = pl->key[1];
+    memcpy(&blp[BLP_GAMMA], &pl->gamma, 4);
+    blp[BLP_NUMEL] = (uint32_t)pl->numel;
+    blp[BLP_DTYPE] = (uint32_t)pl->p.dtype;
+    *npad = pl->N * pl->C * (pl->H - b + 1 + 2 * (b / 2)) * (pl->W - b + 1 + 2 * (b / 2));
+    *nparts = 2 * (pl->numel / BL_SEG) + 64; /* part[0], then every level of partial sums */
+    return DROPBLOCK_OK;
 }

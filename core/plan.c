@@ -160,17 +160,24 @@ int db_plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t *sca
     return DROPBLOCK_OK;
 }
 
-void db_mask_export_rows(const struct db_plan *pl, const uint32_t *words, uint64_t r0, uint64_t nrows, uint8_t *out)
+void db_mask_export_flat(const struct db_plan *pl, const uint32_t *words, uint64_t e0, uint64_t nelem, uint8_t *out)
 {
-    const uint64_t C = pl->C, H = pl->H, W = pl->W, RW = db_row_words(pl);
-    for (uint64_t k = 0; k < nrows; k++) {
-        uint64_t r = r0 + k, n, c, h;
-        if (pl->p.layout == DROPBLOCK_NHWC) { c = r % C; h = (r / C) % H; n = r / C / H; }
-        else { h = r % H; c = (r / H) % C; n = r / H / C; }
-        uint64_t bit = ((n * C + c) * H + h) * W;
-        const uint32_t *row = words + k * RW;
-        for (uint64_t w = 0; w < W; w++, bit++)
-            if ((row[w >> 5] >> (w & 31)) & 1u) out[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+    const uint64_t C = pl->C, H = pl->H, W = pl->W;
+    uint64_t k = 0;
+    if (pl->p.layout == DROPBLOCK_NCHW && e0 % 8 == 0) {
+        /* the physical order is the exported one: whole bytes, bit k of word k / 32 being bit
+         * k % 8 of byte k / 8 of the word's little-endian bytes */
+        for (; k + 32 <= nelem; k += 32)
+            for (int b = 0; b < 4; b++) out[(e0 + k) / 8 + (uint64_t)b] = (uint8_t)(words[k >> 5] >> (8 * b));
+    }
+    for (; k < nelem; k++) {
+        if (!((words[k >> 5] >> (k & 31)) & 1u)) continue;
+        uint64_t p = e0 + k, bit = p; /* NCHW: the physical order is the exported one */
+        if (pl->p.layout == DROPBLOCK_NHWC) {
+            uint64_t c = p % C, t = p / C, w = t % W, nh = t / W;
+            bit = ((nh / H * C + c) * H + nh % H) * W + w;
+        }
+        out[bit >> 3] |= (uint8_t)(1u << (bit & 7));
     }
 }
 

@@ -56,19 +56,18 @@ uint32_t db_ratio_f32_bits(uint64_t s, uint64_t k);
 int db_plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t *scale_bits,
                    dropblock_result *res);
 
-/* Internal mask layout, shared by the GPU backends: one row of RW = ceil(W/32) 32-bit words per
- * (n, c, h), bit w % 32 of word w / 32 is element w (1 = kept, bits past W are 0). Rows go in
- * the physical row order of the layout: NCHW r = (n*C + c)*H + h, NHWC r = (n*H + h)*C + c, so
- * that a contiguous range of whole physical rows of the tensor (a "unit": W elements for NCHW,
- * W*C for NHWC) has a contiguous range of mask rows. */
+/* Chunks, shared by the GPU backends: a contiguous range of whole physical rows of the tensor
+ * (a "unit": W elements for NCHW, W*C for NHWC). A chunk's internal mask is flat: bit k (LSB
+ * first in 32-bit words) keeps the chunk's element k in physical order. */
 static inline uint64_t db_row_words(const struct db_plan *pl) { return (pl->W + 31) / 32; }
 static inline uint64_t db_unit_rows(const struct db_plan *pl) { return pl->p.layout == DROPBLOCK_NHWC ? pl->C : 1; }
 static inline uint64_t db_unit_elems(const struct db_plan *pl) { return pl->p.layout == DROPBLOCK_NHWC ? pl->W * pl->C : pl->W; }
 static inline uint64_t db_units(const struct db_plan *pl) { return pl->numel / db_unit_elems(pl); }
 
-/* Converts internal mask rows [r0, r0 + nrows) (words) into the exported packed mask (bit
- * ((n*C + c)*H + h)*W + w, LSB first). out must hold dropblock_mask_bytes and be zeroed first. */
-void db_mask_export_rows(const struct db_plan *pl, const uint32_t *words, uint64_t r0, uint64_t nrows,
+/* Converts a chunk's flat mask (elements [e0, e0 + nelem) in physical order) into the exported
+ * packed mask (bit ((n*C + c)*H + h)*W + w, LSB first). out must hold dropblock_mask_bytes and
+ * be zeroed first. */
+void db_mask_export_flat(const struct db_plan *pl, const uint32_t *words, uint64_t e0, uint64_t nelem,
                          uint8_t *out);
 
 /* Output for the identity (copies unless in place). */

@@ -18,6 +18,16 @@ struct db_backend_config {
 
 struct backend_ops;
 
+/* What bench/dropblock-bench times with a backend's bench op, on data resident on the device. */
+enum db_bench_what {
+    DB_BENCH_COPY,     /* a copy kernel of the tensor's bytes, loads and stores as the apply's: the roofline */
+    DB_BENCH_OP,       /* the forward job from x to y, scales and K included */
+    DB_BENCH_BACKWARD, /* the same job in backward mode (dy to dx) */
+    DB_BENCH_MASK,     /* the mask pass alone */
+    DB_BENCH_BASELINE, /* torchvision's multi-pass method, one kernel a torch op (shaders/db_baseline.h) */
+    DB_BENCH_N
+};
+
 struct db_device {
     dropblock_device_info info; /* id is set by the engine */
     const struct backend_ops *ops;
@@ -36,6 +46,14 @@ struct backend_ops {
      * Fills res->kept, total, scale_bits and timing_us; on failure res->message. */
     int (*run)(struct db_device *dev, const struct db_plan *pl, const void *in, void *out, void *mask,
                dropblock_result *res);
+    /* Times the measures in whats (bits 1 << enum db_bench_what) on the device: x (the plan's
+     * tensor) is put on the device once, then warmup untimed rounds, then reps rounds, each
+     * running every measure once (so that a changing load on the machine falls on all alike);
+     * the wall times (microseconds, submission to completion) go to us[what * reps + r]. A
+     * measure the device cannot take gets -1 and its reason in msg; the rest still run. The
+     * tensor must fit in one chunk. */
+    int (*bench)(struct db_device *dev, const struct db_plan *pl, const void *x, unsigned whats, int warmup, int reps,
+                 double *us, char *msg, size_t len);
     /* Frees the device's state (prepared or not). */
     void (*release)(struct db_device *dev);
 };
@@ -46,5 +64,7 @@ extern const struct backend_ops db_backend_vulkan;
 
 /* microseconds on a monotonic clock, for timing_us */
 uint64_t db_now_us(void);
+/* the same, with sub-microsecond resolution, for the benchmark */
+double db_now_us_f(void);
 
 #endif

@@ -1,13 +1,18 @@
 /* backend_opencl.c: the OpenCL backend. Every OpenCL call of the project lives in this file.
  *
- * enumerate lists every device of every platform; prepare builds shaders/dropblock.cl once per
- * device (through an on-disk binary cache, see "program cache" below); run follows the host flow
- * of tests/test_passes.c: per chunk the mask and count passes, then the scales on the host, then
- * per chunk the apply pass, with each chunk's mask kept on the device in between.
+ * enumerate lists every device of every platform; prepare picks the device's kernel shape (see
+ * "tuning"), builds shaders/dropblock.cl once per device (through an on-disk binary cache, see
+ * "program cache" below) and probes whether its multiply keeps subnormals. run follows the host
+ * flow of tests/test_passes.c: per chunk the mask pass (which counts); for a one-chunk job the
+ * scales on the device and the apply pass in the same queue, with no host round trip; else the
+ * scales on the host between the passes. Buffers are kept per device and reused; on CPU devices
+ * the tensors are used in place (CL_MEM_USE_HOST_PTR), elsewhere copied in and out per chunk.
  *
- * Testing knob: DROPBLOCK_OPENCL_MAX_BUFFER=<bytes> caps every device's max_buffer (reported
+ * Testing knobs: DROPBLOCK_OPENCL_MAX_BUFFER=<bytes> caps every device's max_buffer (reported
  * in the device info and used for chunking), so the chunked path can be exercised on small
- * tensors, e.g. DROPBLOCK_OPENCL_MAX_BUFFER=4096. */
+ * tensors, e.g. DROPBLOCK_OPENCL_MAX_BUFFER=4096; DROPBLOCK_OPENCL_FIXUP=1 takes the fixup path
+ * for subnormals even where the probe found the device exact, and DROPBLOCK_OPENCL_COPY=1 copies
+ * the tensors even on CPU devices. */
 #define CL_TARGET_OPENCL_VERSION 120
 #include <CL/cl.h>
 #include <CL/cl_ext.h>
@@ -21,6 +26,8 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "db_baseline_params.h"
+#include "fp.h"
 #include "kernel_params.h"
 
 #ifndef CL_PLATFORM_NOT_FOUND_KHR
@@ -32,12 +39,27 @@
 
 extern const char db_opencl_source[];
 extern const size_t db_opencl_source_len;
+extern const char db_opencl_bench_source[];
+extern const size_t db_opencl_bench_source_len;
 
-/* Never fast-math: the kernels rely on IEEE float32 multiplication (db_math.h). */
-static const char build_options[] = "-DDB_LANG_CL";
+/* A buffer kept by the device between jobs, grown when a job needs more. */
+struct ocl_buf {
+    cl_mem m;
+    uint64_t size;
+};
 
-#define WG_MASK 64   /* mask rows are heavy work items: small groups spread them out */
-#define WG_APPLY 256
+enum { K_MASK, K_TOTAL, K_SCALE, K_EXACT, K_FIXUP, K_PROBE, K_N };
+/* fast apply kernels by [dtype][per-sample scale][fixup]; f16 needs no fixup */
+static const char *const apply_names[3][2][2] = {
+    {{"db_apply_f32", "db_apply_f32_x"}, {"db_apply_f32_s", "db_apply_f32_sx"}},
+    {{"db_apply_f16", NULL}, {"db_apply_f16_s", NULL}},
+    {{"db_apply_bf16", "db_apply_bf16_x"}, {"db_apply_bf16_s", "db_apply_bf16_sx"}},
+};
+static const char *const kernel_names[K_N] = {"db_mask", "db_total", "db_scale", "db_apply_exact", "db_fixup", "db_probe"};
+
+enum { BK_COPY, BK_COPY_TAIL, BK_BERNOULLI, BK_PAD, BK_POOL, BK_ONE_MINUS, BK_SUM_NOISE, BK_SUM_PART, BK_SCALE, BK_MUL, BK_N };
+static const char *const bench_names[BK_N] = {"bl_copy", "bl_copy_tail", "k_bl_bernoulli", "k_bl_pad", "k_bl_pool",
+                                              "k_bl_one_minus", "k_bl_sum_noise", "k_bl_sum_part", "k_bl_scale", "k_bl_mul"};
 
 struct ocl_dev {
     cl_platform_id platform;
@@ -46,8 +68,26 @@ struct ocl_dev {
     cl_context ctx;
     cl_command_queue queue;
     cl_program program;
-    cl_kernel k_mask, k_count, k_apply;
-    size_t wg_mask, wg_count, wg_apply;
+    cl_kernel k[K_N];
+    cl_kernel k_apply[3][2][2];
+    /* tuning (prepare): kernel shape and work-group sizes */
+    char build_options[128];
+    int cpu;               /* a CPU device: host memory is its memory */
+    int zero_copy;         /* tensors used in place with CL_MEM_USE_HOST_PTR */
+    int hwexact;           /* db_probe found subnormal products exact: no fixup pass */
+    uint32_t vw, vpw;      /* fast apply: lanes a vector, vectors a work item */
+    uint32_t tile_rows;    /* mask rows a tile */
+    uint32_t cand_budget;  /* candidates a tile, about (0: no limit) */
+    uint32_t item_cands;   /* candidates a mask work item, about (small tiles go several to an item) */
+    size_t wg_mask, wg_small, wg_apply;
+    uint64_t mem_align;    /* CL_DEVICE_MEM_BASE_ADDR_ALIGN, bytes */
+    /* buffers kept between jobs */
+    struct ocl_buf prm, kept, scales, data, fixup;
+    struct ocl_buf *masks; /* one per chunk of the largest job so far */
+    uint64_t nmasks;
+    /* the benchmark's program, built on its first use */
+    cl_program bench_program;
+    cl_kernel bk[BK_N];
 };
 
 static const char *cl_err_name(cl_int e)
@@ -272,7 +312,7 @@ static uint64_t cache_key(struct ocl_dev *od)
     char *drv = dev_str(od->device, CL_DRIVER_VERSION);
     uint64_t h = FNV_INIT;
     h = fnv1a(h, db_opencl_source, db_opencl_source_len);
-    h = fnv_part(h, build_options);
+    h = fnv_part(h, od->build_options);
     h = fnv_part(h, pv);
     h = fnv_part(h, dn);
     h = fnv_part(h, dv);
@@ -395,11 +435,15 @@ static unsigned char *program_binary(cl_program prog, size_t *blen)
 
 static void drop_program(struct ocl_dev *od)
 {
-    if (od->k_mask) clReleaseKernel(od->k_mask);
-    if (od->k_count) clReleaseKernel(od->k_count);
-    if (od->k_apply) clReleaseKernel(od->k_apply);
+    for (int i = 0; i < K_N; i++)
+        if (od->k[i]) clReleaseKernel(od->k[i]);
+    for (int i = 0; i < 12; i++) {
+        cl_kernel *k = &od->k_apply[i / 4][(i / 2) % 2][i % 2];
+        if (*k) clReleaseKernel(*k);
+    }
     if (od->program) clReleaseProgram(od->program);
-    od->k_mask = od->k_count = od->k_apply = NULL;
+    memset(od->k, 0, sizeof od->k);
+    memset(od->k_apply, 0, sizeof od->k_apply);
     od->program = NULL;
 }
 
@@ -417,26 +461,81 @@ static size_t kernel_wg(struct ocl_dev *od, cl_kernel k, size_t want)
     return max < want ? max : want;
 }
 
+/* ---- tuning ----------------------------------------------------------------------------
+ * CPU devices (PoCL): a work item is ordinary loop code, vectorized by the compiler only where
+ * the source says vectors, so the fast apply works on whole SIMD registers (the device's native
+ * int vector width) covering one mask word per work item, and the mask pass on whole planes
+ * (every candidate's Philox word made once; small planes several to a work item) in small
+ * groups spread over the cores. GPUs: one
+ * 16-byte vector per work item, mask tiles of a few rows (and a bounded number of candidates)
+ * for parallelism, groups of a few subgroups (CL_KERNEL_PREFERRED_WORK_GROUP_SIZE_MULTIPLE,
+ * the warp or wavefront). */
+static void choose_shape(struct ocl_dev *od)
+{
+    cl_device_type type = 0;
+    cl_uint nat = 4;
+    cl_uint align_bits = 0;
+    clGetDeviceInfo(od->device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+    clGetDeviceInfo(od->device, CL_DEVICE_NATIVE_VECTOR_WIDTH_INT, sizeof nat, &nat, NULL);
+    clGetDeviceInfo(od->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
+    od->mem_align = align_bits >= 8 ? align_bits / 8 : 4;
+    od->cpu = (type & CL_DEVICE_TYPE_CPU) != 0;
+    const char *copy = getenv("DROPBLOCK_OPENCL_COPY");
+    od->zero_copy = od->cpu && !(copy && !strcmp(copy, "1"));
+    if (od->cpu) {
+        od->vw = nat >= 16 ? 16 : nat >= 8 ? 8 : 4;
+        od->vpw = 32 / od->vw;
+        od->tile_rows = UINT32_MAX;
+        od->cand_budget = 0;
+        od->item_cands = 4096;
+    } else {
+        od->vw = 4;
+        od->vpw = 1;
+        od->tile_rows = 8;
+        od->cand_budget = 4096;
+        od->item_cands = 256;
+    }
+    snprintf(od->build_options, sizeof od->build_options, "-DDB_LANG_CL -DDB_VW=%u -DDB_VPW=%u%s", od->vw, od->vpw,
+             od->cpu ? " -DDB_VLOAD" : "");
+}
+
+static void choose_work_groups(struct ocl_dev *od)
+{
+    size_t mult = 0;
+    cl_kernel fast = od->k_apply[0][0][0];
+    if (clGetKernelWorkGroupInfo(fast, od->device, CL_KERNEL_PREFERRED_WORK_GROUP_SIZE_MULTIPLE, sizeof mult, &mult,
+                                 NULL) != CL_SUCCESS || mult == 0)
+        mult = 1;
+    if (od->cpu) {
+        /* PoCL runs a group on one core: groups of a few work items balance the cores */
+        od->wg_mask = kernel_wg(od, od->k[K_MASK], 4);
+        od->wg_apply = kernel_wg(od, fast, 16 > mult ? 16 : mult);
+    } else {
+        od->wg_mask = kernel_wg(od, od->k[K_MASK], 2 * mult);
+        od->wg_apply = kernel_wg(od, fast, 8 * mult > 256 ? 8 * mult : 256);
+    }
+    od->wg_small = kernel_wg(od, od->k[K_SCALE], mult > 64 ? mult : 64);
+}
+
 /* Creates the kernels of od->program (built); on failure drops the program. */
 static int make_kernels(struct ocl_dev *od, char *msg, size_t len)
 {
-    static const char *names[3] = {"db_mask", "db_count", "db_apply"};
-    cl_kernel *ks[3] = {&od->k_mask, &od->k_count, &od->k_apply};
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < K_N + 12; i++) {
+        const char *name = i < K_N ? kernel_names[i] : apply_names[(i - K_N) / 4][((i - K_N) / 2) % 2][(i - K_N) % 2];
+        cl_kernel *k = i < K_N ? &od->k[i] : &od->k_apply[(i - K_N) / 4][((i - K_N) / 2) % 2][(i - K_N) % 2];
+        if (!name) continue;
         cl_int e;
-        *ks[i] = clCreateKernel(od->program, names[i], &e);
+        *k = clCreateKernel(od->program, name, &e);
         if (e != CL_SUCCESS) {
-            *ks[i] = NULL;
+            *k = NULL;
             char what[64];
-            snprintf(what, sizeof what, "clCreateKernel(%s)", names[i]);
+            snprintf(what, sizeof what, "clCreateKernel(%s)", name);
             int rc = cl_fail(msg, len, what, e);
             drop_program(od);
             return rc;
         }
     }
-    od->wg_mask = kernel_wg(od, od->k_mask, WG_MASK);
-    od->wg_count = kernel_wg(od, od->k_count, WG_MASK);
-    od->wg_apply = kernel_wg(od, od->k_apply, WG_APPLY);
+    choose_work_groups(od);
     return DROPBLOCK_OK;
 }
 
@@ -455,7 +554,7 @@ static int load_cached(struct ocl_dev *od, const char *path, uint64_t key)
         od->program = NULL;
         return 0;
     }
-    if (clBuildProgram(od->program, 1, &od->device, build_options, NULL, NULL) != CL_SUCCESS) {
+    if (clBuildProgram(od->program, 1, &od->device, od->build_options, NULL, NULL) != CL_SUCCESS) {
         drop_program(od);
         return 0;
     }
@@ -463,38 +562,136 @@ static int load_cached(struct ocl_dev *od, const char *path, uint64_t key)
     return make_kernels(od, ignored, sizeof ignored) == DROPBLOCK_OK;
 }
 
-static int build_from_source(struct ocl_dev *od, char *msg, size_t len)
+/* Builds src into *prog; on failure the build log goes into msg. */
+static int build_source(struct ocl_dev *od, const char *src, size_t slen, const char *name, cl_program *prog,
+                        char *msg, size_t len)
 {
     cl_int e;
-    const char *src = db_opencl_source;
-    size_t slen = db_opencl_source_len;
-    od->program = clCreateProgramWithSource(od->ctx, 1, &src, &slen, &e);
-    if (e != CL_SUCCESS) { od->program = NULL; return cl_fail(msg, len, "clCreateProgramWithSource", e); }
-    e = clBuildProgram(od->program, 1, &od->device, build_options, NULL, NULL);
+    *prog = clCreateProgramWithSource(od->ctx, 1, &src, &slen, &e);
+    if (e != CL_SUCCESS) { *prog = NULL; return cl_fail(msg, len, "clCreateProgramWithSource", e); }
+    e = clBuildProgram(*prog, 1, &od->device, od->build_options, NULL, NULL);
     if (e != CL_SUCCESS) {
         size_t ln = 0;
         char *log = NULL;
-        if (clGetProgramBuildInfo(od->program, od->device, CL_PROGRAM_BUILD_LOG, 0, NULL, &ln) == CL_SUCCESS &&
+        if (clGetProgramBuildInfo(*prog, od->device, CL_PROGRAM_BUILD_LOG, 0, NULL, &ln) == CL_SUCCESS &&
             (log = malloc(ln + 1)) &&
-            clGetProgramBuildInfo(od->program, od->device, CL_PROGRAM_BUILD_LOG, ln, log, NULL) == CL_SUCCESS)
+            clGetProgramBuildInfo(*prog, od->device, CL_PROGRAM_BUILD_LOG, ln, log, NULL) == CL_SUCCESS)
             log[ln] = 0;
         else if (log) log[0] = 0;
-        db_msg(msg, len, "clBuildProgram(dropblock.cl): %s (%d): %s", cl_err_name(e), (int)e,
+        db_msg(msg, len, "clBuildProgram(%s): %s (%d): %s", name, cl_err_name(e), (int)e,
                log && *log ? log : "(no build log)");
         free(log);
-        drop_program(od);
+        clReleaseProgram(*prog);
+        *prog = NULL;
         return cl_code(e);
     }
-    return make_kernels(od, msg, len);
+    return DROPBLOCK_OK;
+}
+
+static int build_from_source(struct ocl_dev *od, char *msg, size_t len)
+{
+    int rc = build_source(od, db_opencl_source, db_opencl_source_len, "dropblock.cl", &od->program, msg, len);
+    return rc ? rc : make_kernels(od, msg, len);
+}
+
+static void release_buf(struct ocl_buf *b)
+{
+    if (b->m) clReleaseMemObject(b->m);
+    b->m = NULL;
+    b->size = 0;
 }
 
 static void teardown(struct ocl_dev *od)
 {
     drop_program(od);
+    for (int i = 0; i < BK_N; i++)
+        if (od->bk[i]) clReleaseKernel(od->bk[i]);
+    if (od->bench_program) clReleaseProgram(od->bench_program);
+    memset(od->bk, 0, sizeof od->bk);
+    od->bench_program = NULL;
+    struct ocl_buf *bufs[] = {&od->prm, &od->kept, &od->scales, &od->data, &od->fixup};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) release_buf(bufs[i]);
+    for (uint64_t i = 0; i < od->nmasks; i++) release_buf(&od->masks[i]);
+    free(od->masks);
+    od->masks = NULL;
+    od->nmasks = 0;
     if (od->queue) clReleaseCommandQueue(od->queue);
     if (od->ctx) clReleaseContext(od->ctx);
     od->queue = NULL;
     od->ctx = NULL;
+}
+
+/* A device buffer of at least bytes (rounded up to 64), kept from an earlier job when large enough. */
+static cl_int ensure_buf(struct ocl_dev *od, struct ocl_buf *b, uint64_t bytes)
+{
+    bytes = bytes < 64 ? 64 : (bytes + 63) & ~UINT64_C(63);
+    if (b->m && b->size >= bytes) return CL_SUCCESS;
+    release_buf(b);
+    if (bytes > SIZE_MAX) return CL_INVALID_BUFFER_SIZE;
+    cl_int e;
+    b->m = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE, (size_t)bytes, NULL, &e);
+    if (e != CL_SUCCESS) { b->m = NULL; return e; }
+    b->size = bytes;
+    return CL_SUCCESS;
+}
+
+static cl_int set_args(cl_kernel k, int n, const cl_mem *args)
+{
+    cl_int e = CL_SUCCESS;
+    for (int i = 0; i < n && e == CL_SUCCESS; i++) e = clSetKernelArg(k, (cl_uint)i, sizeof(cl_mem), &args[i]);
+    return e;
+}
+
+/* n work items of k (arguments set), in groups of wg with a rounded-up global size */
+static cl_int launch_round(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t n)
+{
+    if (n == 0) return CL_SUCCESS;
+    size_t global = (size_t)((n + wg - 1) / wg * wg);
+    return clEnqueueNDRangeKernel(od->queue, k, 1, NULL, &global, &wg, 0, NULL, NULL);
+}
+
+/* exactly n work items of k, for kernels without a bounds check: whole groups of wg, then one
+ * group of the rest at an offset */
+static cl_int launch_exact(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t n)
+{
+    size_t whole = (size_t)(n / wg * wg), rest = (size_t)(n - whole);
+    cl_int e = CL_SUCCESS;
+    if (whole) e = clEnqueueNDRangeKernel(od->queue, k, 1, NULL, &whole, &wg, 0, NULL, NULL);
+    if (e == CL_SUCCESS && rest) e = clEnqueueNDRangeKernel(od->queue, k, 1, &whole, &rest, &rest, 0, NULL, NULL);
+    return e;
+}
+
+/* Whether the device's fast apply keeps subnormal f32 products exact: db_probe on subnormal
+ * inputs (every magnitude class, both signs) and scales 1 to 2^40, against core/fp.h. */
+static int probe_exact(struct ocl_dev *od)
+{
+    enum { NP = 256 };
+    static const uint32_t sc[8] = {0x3F800000u, 0x3F8CCCCDu, 0x3FC00000u, 0x40400000u,
+                                   0x41A00001u, 0x4B7FFFFFu, 0x53800000u, 0x3F800001u};
+    uint32_t x[NP], s[NP], y[NP];
+    for (int i = 0; i < NP; i++) {
+        uint32_t m = (UINT32_C(0x7FFFFF) >> (i % 23)) ^ (uint32_t)(i * 2654435761u >> 9);
+        x[i] = ((uint32_t)(i & 64) << 25) | (m & 0x7FFFFFu ? m & 0x7FFFFFu : 1u);
+        s[i] = sc[i % 8];
+    }
+    cl_int e;
+    cl_mem b[3];
+    for (int i = 0; i < 3; i++) {
+        b[i] = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE | (i < 2 ? CL_MEM_COPY_HOST_PTR : 0), sizeof x,
+                              i == 0 ? (void *)x : i == 1 ? (void *)s : NULL, &e);
+        if (e != CL_SUCCESS) {
+            for (int j = 0; j < i; j++) clReleaseMemObject(b[j]);
+            return 0;
+        }
+    }
+    size_t global = NP / od->vw;
+    int ok = set_args(od->k[K_PROBE], 3, b) == CL_SUCCESS &&
+             clEnqueueNDRangeKernel(od->queue, od->k[K_PROBE], 1, NULL, &global, NULL, 0, NULL, NULL) == CL_SUCCESS &&
+             clEnqueueReadBuffer(od->queue, b[2], CL_TRUE, 0, sizeof y, y, 0, NULL, NULL) == CL_SUCCESS;
+    for (int i = 0; i < NP && ok; i++) ok = y[i] == db_mul32(x[i], s[i]);
+    for (int i = 0; i < 3; i++) clReleaseMemObject(b[i]);
+    const char *force = getenv("DROPBLOCK_OPENCL_FIXUP");
+    return ok && !(force && !strcmp(force, "1"));
 }
 
 static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cfg, char *msg, size_t len)
@@ -502,11 +699,12 @@ static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cf
     struct ocl_dev *od = dev->priv;
     if (!od) { db_msg(msg, len, "device was not enumerated"); return DROPBLOCK_EINTERNAL; }
     if (od->program) return DROPBLOCK_OK;
+    choose_shape(od);
     cl_int e;
     cl_context_properties props[3] = {CL_CONTEXT_PLATFORM, (cl_context_properties)od->platform, 0};
     od->ctx = clCreateContext(props, 1, &od->device, NULL, NULL, &e);
     if (e != CL_SUCCESS) { od->ctx = NULL; return cl_fail(msg, len, "clCreateContext", e); }
-    od->queue = clCreateCommandQueue(od->ctx, od->device, 0, &e); /* in order: chunks rely on it */
+    od->queue = clCreateCommandQueue(od->ctx, od->device, 0, &e); /* in order: the passes rely on it */
     if (e != CL_SUCCESS) {
         od->queue = NULL;
         int rc = cl_fail(msg, len, "clCreateCommandQueue", e);
@@ -516,19 +714,23 @@ static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cf
     const char *dir = cfg && cfg->cache_dir && *cfg->cache_dir ? cfg->cache_dir : NULL;
     char path[1024] = "";
     uint64_t key = 0;
+    int cached = 0;
     if (dir) {
         key = cache_key(od);
         cache_path(path, sizeof path, dir, key);
-        if (load_cached(od, path, key)) return DROPBLOCK_OK;
+        cached = load_cached(od, path, key);
     }
-    int rc = build_from_source(od, msg, len);
-    if (rc) { teardown(od); return rc; }
-    if (dir) { /* (re)write the entry: it was missing, stale or bad */
-        size_t blen = 0;
-        unsigned char *bin = program_binary(od->program, &blen);
-        if (bin) cache_store(dir, path, key, bin, blen);
-        free(bin);
+    if (!cached) {
+        int rc = build_from_source(od, msg, len);
+        if (rc) { teardown(od); return rc; }
+        if (dir) { /* (re)write the entry: it was missing, stale or bad */
+            size_t blen = 0;
+            unsigned char *bin = program_binary(od->program, &blen);
+            if (bin) cache_store(dir, path, key, bin, blen);
+            free(bin);
+        }
     }
+    od->hwexact = probe_exact(od);
     return DROPBLOCK_OK;
 }
 
@@ -544,50 +746,11 @@ static void ocl_release(struct db_device *dev)
 
 /* ---- run ------------------------------------------------------------------------------ */
 
-struct run_state {
-    cl_mem d_prm, d_counts, d_kept, d_scales, d_data;
-    cl_mem *masks;      /* one per chunk, kept from pass 1 to pass 3 */
-    uint64_t nchunks;
-    uint32_t *kept_host; /* a chunk's partial counts, two words per sample */
-    uint64_t *kept;      /* per sample, whole tensor */
-    uint32_t *scales;
-    uint32_t *words;     /* a chunk's mask words, for export */
-};
-
-static void free_state(struct run_state *st)
-{
-    cl_mem *m[] = {&st->d_prm, &st->d_counts, &st->d_kept, &st->d_scales, &st->d_data};
-    for (size_t i = 0; i < sizeof m / sizeof *m; i++)
-        if (*m[i]) clReleaseMemObject(*m[i]);
-    for (uint64_t q = 0; st->masks && q < st->nchunks; q++)
-        if (st->masks[q]) clReleaseMemObject(st->masks[q]);
-    free(st->masks);
-    free(st->kept_host);
-    free(st->kept);
-    free(st->scales);
-    free(st->words);
-}
-
-static cl_int make_buffer(struct ocl_dev *od, uint64_t bytes, cl_mem *out)
-{
-    cl_int e;
-    if (bytes < 4) bytes = 4; /* zero-size buffers are invalid */
-    bytes = (bytes + 3) & ~UINT64_C(3);
-    if (bytes > SIZE_MAX) return CL_INVALID_BUFFER_SIZE;
-    *out = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE, (size_t)bytes, NULL, &e);
-    if (e != CL_SUCCESS) *out = NULL;
-    return e;
-}
-
-static cl_int launch(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t n, cl_mem a, cl_mem b, cl_mem c, cl_mem d)
-{
-    cl_mem args[4] = {a, b, c, d};
-    cl_int e = CL_SUCCESS;
-    for (cl_uint i = 0; i < 4 && args[i] && e == CL_SUCCESS; i++) e = clSetKernelArg(k, i, sizeof(cl_mem), &args[i]);
-    if (e != CL_SUCCESS) return e;
-    size_t global = (size_t)((n + wg - 1) / wg * wg);
-    return clEnqueueNDRangeKernel(od->queue, k, 1, NULL, &global, &wg, 0, NULL, NULL);
-}
+#define CK(call, what)                                                                                     \
+    do {                                                                                                   \
+        cl_int e_ = (call);                                                                                \
+        if (e_ != CL_SUCCESS) { rc = cl_fail(msg, len, what, e_); goto done; }                            \
+    } while (0)
 
 /* Samples a chunk of per units can touch, at most. */
 static uint64_t samples_bound(const struct db_plan *pl, uint64_t per)
@@ -597,123 +760,419 @@ static uint64_t samples_bound(const struct db_plan *pl, uint64_t per)
     return b < pl->N ? b : pl->N;
 }
 
-#define CK(call, what)                                                     \
-    do {                                                                   \
-        cl_int e_ = (call);                                                \
-        if (e_ != CL_SUCCESS) { rc = cl_fail(res->message, sizeof res->message, what, e_); goto done; } \
-    } while (0)
+static struct db_tuning job_tuning(const struct ocl_dev *od, const struct db_plan *pl)
+{
+    uint32_t epv = pl->p.dtype == DROPBLOCK_F32 ? od->vw : 2 * od->vw; /* elements a vector */
+    struct db_tuning tu = {od->tile_rows, epv * od->vpw, od->cand_budget, od->item_cands};
+    return tu;
+}
+
+/* The job as a sequence of chunks, and what it needs. */
+struct job {
+    const struct db_plan *pl;
+    struct db_tuning tu;
+    uint64_t per, nchunks, units;
+    uint64_t max_elem, max_samp, max_words;
+    int fused; /* one chunk, compat none, not too many samples: scales on the device, no host round trip */
+};
+
+static int plan_job(struct ocl_dev *od, const struct db_plan *pl, struct job *j, char *msg, size_t len)
+{
+    memset(j, 0, sizeof *j);
+    j->pl = pl;
+    j->tu = job_tuning(od, pl);
+    j->units = db_units(pl);
+    j->per = db_chunk_units(pl, od->max_buffer, msg, len);
+    if (!j->per) return DROPBLOCK_EEXHAUSTED;
+    /* the per-sample partial counts (8 bytes a sample) must fit in a buffer too */
+    while (j->per > 1 && samples_bound(pl, j->per) * 8 > od->max_buffer) j->per /= 2;
+    j->nchunks = (j->units + j->per - 1) / j->per;
+    struct db_chunk ch;
+    for (uint64_t q = 0; q < j->nchunks; q++) {
+        db_chunk_at(pl, q * j->per, (q + 1) * j->per < j->units ? (q + 1) * j->per : j->units, &ch);
+        if (ch.nelem > j->max_elem) j->max_elem = ch.nelem;
+        if (ch.nsamp > j->max_samp) j->max_samp = ch.nsamp;
+    }
+    j->max_words = (j->max_elem + 31) / 32;
+    j->fused = j->nchunks == 1 && !pl->keras && j->max_samp <= DB_DEVICE_SCALE_MAX_SAMPLES;
+    if (j->nchunks > SIZE_MAX / sizeof(struct ocl_buf) || j->nchunks > SIZE_MAX / (DBP_COUNT * 4) ||
+        j->max_samp > SIZE_MAX / 8 || j->max_words > SIZE_MAX / 4) {
+        db_msg(msg, len, "job too large for this host");
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    return DROPBLOCK_OK;
+}
+
+static void chunk_of(const struct job *j, uint64_t q, struct db_chunk *ch)
+{
+    db_chunk_at(j->pl, q * j->per, (q + 1) * j->per < j->units ? (q + 1) * j->per : j->units, ch);
+}
+
+/* One mask buffer per chunk, all of them holding max_words, kept by the device. */
+static cl_int ensure_masks(struct ocl_dev *od, uint64_t n, uint64_t words)
+{
+    if (n > od->nmasks) {
+        struct ocl_buf *m = realloc(od->masks, n * sizeof *m);
+        if (!m) return CL_OUT_OF_HOST_MEMORY;
+        memset(m + od->nmasks, 0, (n - od->nmasks) * sizeof *m);
+        od->masks = m;
+        od->nmasks = n;
+    }
+    cl_int e = CL_SUCCESS;
+    for (uint64_t i = 0; i < n && e == CL_SUCCESS; i++) e = ensure_buf(od, &od->masks[i], words * 4);
+    return e;
+}
+
+/* Enqueues the mask pass of chunk prm (written to od->prm first), the per-sample counts
+ * zeroed before it. */
+static cl_int enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem maskbuf)
+{
+    cl_uint zero = 0;
+    cl_int e = clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL);
+    if (e == CL_SUCCESS)
+        e = clEnqueueFillBuffer(od->queue, od->kept.m, &zero, sizeof zero, 0, (size_t)prm[DBP_NSAMP] * 8, 0, NULL, NULL);
+    cl_mem a[3] = {od->prm.m, maskbuf, od->kept.m};
+    if (e == CL_SUCCESS) e = set_args(od->k[K_MASK], 3, a);
+    if (e == CL_SUCCESS) e = launch_round(od, od->k[K_MASK], od->wg_mask, db_mask_items(prm));
+    return e;
+}
+
+/* Enqueues the apply pass of a chunk from x to y (device buffers of the chunk, maybe the same). */
+static cl_int enqueue_apply(struct ocl_dev *od, const struct db_plan *pl, const uint32_t *prm, cl_mem maskbuf,
+                            cl_mem x, cl_mem y)
+{
+    cl_int e = CL_SUCCESS;
+    uint64_t groups = prm[DBP_GROUPS], fast = groups * prm[DBP_EPW], nelem = (uint64_t)prm[DBP_NELEM];
+    int fix = !od->hwexact && pl->p.dtype != DROPBLOCK_F16;
+    uint64_t fwords = (fast + 31) / 32;
+    if (groups) {
+        if (fix) {
+            if ((e = ensure_buf(od, &od->fixup, fwords * 4)) != CL_SUCCESS) return e;
+            cl_uint zero = 0;
+            e = clEnqueueFillBuffer(od->queue, od->fixup.m, &zero, sizeof zero, 0, (size_t)(fwords * 4), 0, NULL, NULL);
+        }
+        cl_kernel k = od->k_apply[pl->p.dtype][pl->p.normalize == DROPBLOCK_NORMALIZE_SAMPLE][fix];
+        cl_mem a[6] = {od->prm.m, maskbuf, od->scales.m, x, y, fix ? od->fixup.m : od->scales.m};
+        if (e == CL_SUCCESS) e = set_args(k, 6, a);
+        if (e == CL_SUCCESS) e = launch_exact(od, k, od->wg_apply, groups);
+    }
+    if (e == CL_SUCCESS && fast < nelem) {
+        cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, x, y};
+        e = set_args(od->k[K_EXACT], 5, a);
+        if (e == CL_SUCCESS) e = launch_round(od, od->k[K_EXACT], od->wg_small, nelem - fast);
+    }
+    if (e == CL_SUCCESS && groups && fix) {
+        cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, y, od->fixup.m};
+        e = set_args(od->k[K_FIXUP], 5, a);
+        if (e == CL_SUCCESS) e = launch_round(od, od->k[K_FIXUP], od->wg_small, fwords);
+    }
+    return e;
+}
+
+/* A buffer over the caller's memory at p (bytes), or NULL where it cannot be used in place:
+ * the kernels need 4-byte alignment (vload/vstore); the rest PoCL takes as it is. */
+static cl_mem wrap_host(struct ocl_dev *od, const void *p, uint64_t bytes, int readonly)
+{
+    if (!od->zero_copy || ((uintptr_t)p & 3) || bytes == 0 || bytes > SIZE_MAX) return NULL;
+    cl_int e;
+    cl_mem m = clCreateBuffer(od->ctx, CL_MEM_USE_HOST_PTR | (readonly ? CL_MEM_READ_ONLY : CL_MEM_READ_WRITE),
+                              (size_t)bytes, (void *)p, &e);
+    return e == CL_SUCCESS ? m : NULL;
+}
+
+/* The job from x to y: in/out in host memory, or (bench) xres/yres already on the device. */
+static int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *out, void *mask,
+                   cl_mem xres, cl_mem yres, dropblock_result *res, char *msg, size_t len)
+{
+    const uint64_t t_start = db_now_us();
+    const size_t es = dropblock_dtype_size(pl->p.dtype);
+    struct job j;
+    int rc = plan_job(od, pl, &j, msg, len);
+    if (rc) return rc;
+    if (xres && j.nchunks != 1) {
+        db_msg(msg, len, "the tensor takes %llu chunks on this device; the benchmark takes one",
+               (unsigned long long)j.nchunks);
+        return DROPBLOCK_EINVAL;
+    }
+    uint32_t *prms = malloc(j.nchunks * DBP_COUNT * 4);
+    uint32_t *partial = malloc(j.nchunks * j.max_samp * 8);
+    uint64_t *kept = calloc(pl->N, sizeof *kept);
+    uint32_t *scales = calloc(pl->N, sizeof *scales), *dscales = calloc(pl->N, sizeof *scales);
+    uint32_t *words = mask ? malloc(j.max_words * 4 * j.nchunks) : NULL;
+    cl_mem *xs = calloc(j.nchunks, sizeof *xs), *ys = calloc(j.nchunks, sizeof *ys);
+    uint64_t t_mask = 0, t_scale = 0;
+    if (!prms || !partial || !kept || !scales || !dscales || (mask && !words) || !xs || !ys) {
+        db_msg(msg, len, "out of host memory for %llu chunks", (unsigned long long)j.nchunks);
+        rc = DROPBLOCK_EEXHAUSTED;
+        goto done;
+    }
+    CK(ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)");
+    CK(ensure_buf(od, &od->kept, j.max_samp * 8 + 8), "clCreateBuffer(kept)");
+    CK(ensure_buf(od, &od->scales, (j.fused ? pl->N : j.max_samp) * 4), "clCreateBuffer(scales)");
+    CK(ensure_masks(od, j.nchunks, j.max_words), "clCreateBuffer(mask)");
+
+    /* pass 1 per chunk; the host arrays written and read here live until the final
+     * clFinish, so every transfer can be non-blocking on the in-order queue */
+    struct db_chunk ch;
+    for (uint64_t q = 0; q < j.nchunks; q++) {
+        chunk_of(&j, q, &ch);
+        uint32_t *prm = prms + q * DBP_COUNT;
+        db_kernel_params(pl, &ch, &j.tu, prm);
+        CK(enqueue_mask(od, prm, od->masks[q].m), "enqueue(db_mask)");
+        CK(clEnqueueReadBuffer(od->queue, od->kept.m, CL_FALSE, 0, (size_t)ch.nsamp * 8, partial + q * j.max_samp * 2,
+                               0, NULL, NULL),
+           "clEnqueueReadBuffer(kept)");
+    }
+    if (j.fused) {
+        cl_mem a[3] = {od->prm.m, od->kept.m, od->scales.m};
+        size_t one = 1;
+        CK(set_args(od->k[K_TOTAL], 2, a), "clSetKernelArg(db_total)");
+        CK(clEnqueueNDRangeKernel(od->queue, od->k[K_TOTAL], 1, NULL, &one, &one, 0, NULL, NULL),
+           "clEnqueueNDRangeKernel(db_total)");
+        CK(set_args(od->k[K_SCALE], 3, a), "clSetKernelArg(db_scale)");
+        CK(launch_round(od, od->k[K_SCALE], od->wg_small, pl->N), "clEnqueueNDRangeKernel(db_scale)");
+        CK(clEnqueueReadBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)pl->N * 4, dscales, 0, NULL, NULL),
+           "clEnqueueReadBuffer(scales)");
+    } else {
+        CK(clFinish(od->queue), "clFinish(db_mask)");
+        t_mask = db_now_us() - t_start;
+        for (uint64_t q = 0; q < j.nchunks; q++) {
+            chunk_of(&j, q, &ch);
+            const uint32_t *pp = partial + q * j.max_samp * 2;
+            for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] += (uint64_t)pp[2 * s] | ((uint64_t)pp[2 * s + 1] << 32);
+        }
+        uint64_t t0 = db_now_us();
+        rc = db_plan_scales(pl, kept, scales, res);
+        t_scale = db_now_us() - t0;
+        if (rc) goto done;
+    }
+
+    /* pass 3 per chunk */
+    const uint64_t t_apply = db_now_us();
+    for (uint64_t q = 0; q < j.nchunks; q++) {
+        chunk_of(&j, q, &ch);
+        const uint32_t *prm = prms + q * DBP_COUNT;
+        const uint64_t bytes = ch.nelem * es;
+        const char *xin = xres ? NULL : (const char *)in + ch.e0 * es;
+        char *yout = xres ? NULL : (char *)out + ch.e0 * es;
+        cl_mem x = xres, y = yres;
+        if (!xres) {
+            xs[q] = wrap_host(od, xin, bytes, xin != yout);
+            ys[q] = xin == yout ? NULL : wrap_host(od, yout, bytes, 0);
+            if (xs[q] && (xin == yout || ys[q])) {
+                x = xs[q];
+                y = xin == yout ? xs[q] : ys[q];
+            } else { /* copy in, apply in place, copy out */
+                CK(ensure_buf(od, &od->data, ((j.max_elem * es + 3) & ~UINT64_C(3)) + 64), "clCreateBuffer(data)");
+                CK(clEnqueueWriteBuffer(od->queue, od->data.m, CL_FALSE, 0, (size_t)bytes, xin, 0, NULL, NULL),
+                   "clEnqueueWriteBuffer(x)");
+                x = y = od->data.m;
+            }
+        }
+        CK(clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL),
+           "clEnqueueWriteBuffer(params)");
+        if (!j.fused)
+            CK(clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4, scales + ch.n0, 0, NULL,
+                                    NULL),
+               "clEnqueueWriteBuffer(scales)");
+        CK(enqueue_apply(od, pl, prm, od->masks[q].m, x, y), "enqueue(db_apply)");
+        if (!xres && y == od->data.m) {
+            CK(clEnqueueReadBuffer(od->queue, y, CL_FALSE, 0, (size_t)bytes, yout, 0, NULL, NULL), "clEnqueueReadBuffer(y)");
+        } else if (!xres) { /* makes the device's writes visible in the caller's memory */
+            void *p = clEnqueueMapBuffer(od->queue, y, CL_FALSE, CL_MAP_READ, 0, (size_t)bytes, 0, NULL, NULL, NULL);
+            if (p) CK(clEnqueueUnmapMemObject(od->queue, y, p, 0, NULL, NULL), "clEnqueueUnmapMemObject(y)");
+        }
+        if (mask)
+            CK(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0, (size_t)((ch.nelem + 31) / 32 * 4),
+                                   words + q * j.max_words, 0, NULL, NULL),
+               "clEnqueueReadBuffer(mask)");
+    }
+    CK(clFinish(od->queue), "clFinish(db_apply)");
+    if (j.fused) {
+        /* K for the reply, and the host's exact scales as a check of the device's */
+        chunk_of(&j, 0, &ch);
+        for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] = (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
+        if ((rc = db_plan_scales(pl, kept, scales, res))) goto done;
+        if (memcmp(scales, dscales, pl->N * 4)) {
+            db_msg(msg, len, "the device's scale 0x%08x differs from the exact 0x%08x", dscales[0], scales[0]);
+            rc = DROPBLOCK_EINTERNAL;
+            goto done;
+        }
+    }
+    for (uint64_t q = 0; q < j.nchunks && mask; q++) {
+        chunk_of(&j, q, &ch);
+        db_mask_export_flat(pl, words + q * j.max_words, ch.e0, ch.nelem, mask);
+    }
+    res->timing_us[0] = t_mask;
+    res->timing_us[1] = t_scale;
+    res->timing_us[2] = j.fused ? 0 : db_now_us() - t_apply;
+done:
+    /* nothing may still use host memory we are about to free (non-blocking transfers) */
+    clFinish(od->queue);
+    for (uint64_t q = 0; xs && ys && q < j.nchunks; q++) {
+        if (xs[q]) clReleaseMemObject(xs[q]);
+        if (ys[q]) clReleaseMemObject(ys[q]);
+    }
+    free(xs); free(ys);
+    free(prms); free(partial); free(kept); free(scales); free(dscales); free(words);
+    res->timing_us[3] = db_now_us() - t_start;
+    return rc;
+}
 
 static int ocl_run(struct db_device *dev, const struct db_plan *pl, const void *in, void *out, void *mask,
                    dropblock_result *res)
 {
     struct ocl_dev *od = dev->priv;
-    uint64_t t_start = db_now_us();
     if (!od || !od->program) { db_msg(res->message, sizeof res->message, "OpenCL device not prepared"); return DROPBLOCK_EINTERNAL; }
-    struct run_state st;
-    memset(&st, 0, sizeof st);
-    int rc = DROPBLOCK_OK;
-    const size_t es = dropblock_dtype_size(pl->p.dtype);
-    const uint64_t RW = db_row_words(pl), units = db_units(pl);
-    uint64_t per = db_chunk_units(pl, od->max_buffer, res->message, sizeof res->message);
-    if (!per) return DROPBLOCK_EEXHAUSTED;
-    /* the per-sample partial counts (8 bytes a sample) must fit in a buffer too */
-    while (per > 1 && samples_bound(pl, per) * 8 > od->max_buffer) per /= 2;
-    st.nchunks = (units + per - 1) / per;
-    uint64_t max_rows = 0, max_elem = 0, max_samp = 0;
-    struct db_chunk ch;
-    for (uint64_t q = 0; q < st.nchunks; q++) {
-        db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        if (ch.nrows > max_rows) max_rows = ch.nrows;
-        if (ch.nelem > max_elem) max_elem = ch.nelem;
-        if (ch.nsamp > max_samp) max_samp = ch.nsamp;
-    }
-    if (st.nchunks > SIZE_MAX / sizeof(cl_mem) || max_samp > SIZE_MAX / 8 || max_rows * RW > SIZE_MAX / 4 ||
-        !(st.masks = calloc((size_t)st.nchunks, sizeof(cl_mem))) ||
-        !(st.kept_host = malloc((size_t)max_samp * 8)) || !(st.kept = calloc((size_t)pl->N, sizeof(uint64_t))) ||
-        !(st.scales = calloc((size_t)pl->N, sizeof(uint32_t))) ||
-        (mask && !(st.words = malloc((size_t)(max_rows * RW * 4))))) {
-        db_msg(res->message, sizeof res->message, "out of host memory for %llu chunks",
-               (unsigned long long)st.nchunks);
-        rc = DROPBLOCK_EEXHAUSTED;
-        goto done;
-    }
-    CK(make_buffer(od, DBP_COUNT * 4, &st.d_prm), "clCreateBuffer(params)");
-    CK(make_buffer(od, max_rows * 4, &st.d_counts), "clCreateBuffer(counts)");
-    CK(make_buffer(od, max_samp * 8, &st.d_kept), "clCreateBuffer(kept)");
-    uint32_t prm[DBP_COUNT];
-    uint64_t t_mask = 0, t_count = 0, t0;
+    return ocl_job(od, pl, in, out, mask, NULL, NULL, res, res->message, sizeof res->message);
+}
 
-    /* passes 1 and 2, per chunk; host writes may be non-blocking because every chunk ends with
-     * a blocking read on the in-order queue before prm is reused */
-    for (uint64_t q = 0; q < st.nchunks; q++) {
-        db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        db_kernel_params(pl, &ch, prm);
-        t0 = db_now_us();
-        CK(make_buffer(od, ch.nrows * RW * 4, &st.masks[q]), "clCreateBuffer(mask)");
-        CK(clEnqueueWriteBuffer(od->queue, st.d_prm, CL_FALSE, 0, sizeof prm, prm, 0, NULL, NULL),
-           "clEnqueueWriteBuffer(params)");
-        CK(launch(od, od->k_mask, od->wg_mask, ch.nrows, st.d_prm, st.masks[q], st.d_counts, NULL),
-           "clEnqueueNDRangeKernel(db_mask)");
-        CK(clFinish(od->queue), "clFinish(db_mask)");
-        uint64_t t1 = db_now_us();
-        t_mask += t1 - t0;
-        CK(launch(od, od->k_count, od->wg_count, ch.nsamp, st.d_prm, st.d_counts, st.d_kept, NULL),
-           "clEnqueueNDRangeKernel(db_count)");
-        CK(clEnqueueReadBuffer(od->queue, st.d_kept, CL_TRUE, 0, (size_t)ch.nsamp * 8, st.kept_host, 0, NULL, NULL),
-           "clEnqueueReadBuffer(kept)");
-        for (uint64_t s = 0; s < ch.nsamp; s++)
-            st.kept[ch.n0 + s] += (uint64_t)st.kept_host[2 * s] | ((uint64_t)st.kept_host[2 * s + 1] << 32);
-        t_count += db_now_us() - t1;
-    }
-    /* the count-sized buffers are done: free them before the data buffer needs room */
-    clReleaseMemObject(st.d_counts);
-    clReleaseMemObject(st.d_kept);
-    st.d_counts = st.d_kept = NULL;
-    t0 = db_now_us();
-    rc = db_plan_scales(pl, st.kept, st.scales, res);
-    t_count += db_now_us() - t0;
-    res->timing_us[0] = t_mask;
-    res->timing_us[1] = t_count;
-    if (rc) goto done;
+/* ---- bench ---------------------------------------------------------------------------- */
 
-    /* pass 3, per chunk: upload x, apply in place, read y back (in may equal out: each chunk is
-     * uploaded before it is downloaded, and chunks do not overlap) */
-    t0 = db_now_us();
-    CK(make_buffer(od, max_samp * 4, &st.d_scales), "clCreateBuffer(scales)");
-    CK(make_buffer(od, max_elem * es, &st.d_data), "clCreateBuffer(data)");
-    for (uint64_t q = 0; q < st.nchunks; q++) {
-        db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        db_kernel_params(pl, &ch, prm);
-        CK(clEnqueueWriteBuffer(od->queue, st.d_prm, CL_FALSE, 0, sizeof prm, prm, 0, NULL, NULL),
-           "clEnqueueWriteBuffer(params)");
-        CK(clEnqueueWriteBuffer(od->queue, st.d_scales, CL_FALSE, 0, (size_t)ch.nsamp * 4, st.scales + ch.n0, 0, NULL,
-                                NULL),
-           "clEnqueueWriteBuffer(scales)");
-        CK(clEnqueueWriteBuffer(od->queue, st.d_data, CL_FALSE, 0, (size_t)(ch.nelem * es),
-                                (const char *)in + ch.e0 * es, 0, NULL, NULL),
-           "clEnqueueWriteBuffer(x)");
-        CK(launch(od, od->k_apply, od->wg_apply, ch.nelem, st.d_prm, st.masks[q], st.d_scales, st.d_data),
-           "clEnqueueNDRangeKernel(db_apply)");
-        CK(clEnqueueReadBuffer(od->queue, st.d_data, CL_TRUE, 0, (size_t)(ch.nelem * es), (char *)out + ch.e0 * es, 0,
-                               NULL, NULL),
-           "clEnqueueReadBuffer(y)");
-        if (mask) {
-            CK(clEnqueueReadBuffer(od->queue, st.masks[q], CL_TRUE, 0, (size_t)(ch.nrows * RW * 4), st.words, 0, NULL,
-                                   NULL),
-               "clEnqueueReadBuffer(mask)");
-            db_mask_export_rows(pl, st.words, ch.r0, ch.nrows, mask);
-        }
-        /* this chunk's mask is no longer needed */
-        clReleaseMemObject(st.masks[q]);
-        st.masks[q] = NULL;
+static int bench_program(struct ocl_dev *od, char *msg, size_t len)
+{
+    if (od->bench_program) return DROPBLOCK_OK;
+    int rc = build_source(od, db_opencl_bench_source, db_opencl_bench_source_len, "bench.cl", &od->bench_program, msg,
+                          len);
+    for (int i = 0; i < BK_N && !rc; i++) {
+        cl_int e;
+        od->bk[i] = clCreateKernel(od->bench_program, bench_names[i], &e);
+        if (e != CL_SUCCESS) { od->bk[i] = NULL; rc = cl_fail(msg, len, bench_names[i], e); }
     }
-    res->timing_us[2] = db_now_us() - t0;
-done:
-    /* nothing may still read host memory we are about to free (non-blocking writes) */
-    clFinish(od->queue);
-    free_state(&st);
-    res->timing_us[3] = db_now_us() - t_start;
     return rc;
 }
 
-const struct backend_ops db_backend_opencl = {"opencl", ocl_enumerate, ocl_prepare, ocl_run, ocl_release};
+/* torchvision's method, kernel by kernel (shaders/db_baseline.h); bufs: prm, noise, padded,
+ * pooled, part, x, y */
+static cl_int enqueue_baseline(struct ocl_dev *od, const cl_mem *bufs, const uint32_t *blp, uint64_t nwords)
+{
+    const cl_uint planes = blp[BLP_PLANES], n = blp[BLP_NUMEL], nnoise = planes * blp[BLP_HN] * blp[BLP_WN];
+    const cl_uint npad = planes * (blp[BLP_HN] + blp[BLP_BS] - 1) * (blp[BLP_WN] + blp[BLP_BS] - 1);
+    const cl_uint counts[] = {(nnoise + 3) / 4, npad, n, n};
+    const int ks[] = {BK_BERNOULLI, BK_PAD, BK_POOL, BK_ONE_MINUS};
+    const size_t wg = od->wg_small;
+    cl_int e = CL_SUCCESS;
+    for (int i = 0; i < 4 && e == CL_SUCCESS; i++) {
+        e = set_args(od->bk[ks[i]], 7, bufs);
+        if (e == CL_SUCCESS) e = clSetKernelArg(od->bk[ks[i]], 7, sizeof(cl_uint), &counts[i]);
+        if (e == CL_SUCCESS) e = launch_round(od, od->bk[ks[i]], wg, counts[i]);
+    }
+    /* noise.sum() in levels of BL_SEG, then the scale */
+    cl_uint nin = (n + BL_SEG - 1) / BL_SEG, src = 1, dst;
+    if (e == CL_SUCCESS) e = set_args(od->bk[BK_SUM_NOISE], 7, bufs);
+    if (e == CL_SUCCESS) e = clSetKernelArg(od->bk[BK_SUM_NOISE], 7, sizeof nin, &nin);
+    /* level one writes part[1 ..] (part[0] is the scale) */
+    if (e == CL_SUCCESS) e = launch_round(od, od->bk[BK_SUM_NOISE], wg, nin);
+    while (e == CL_SUCCESS && nin > BL_SEG) {
+        cl_uint nout = (nin + BL_SEG - 1) / BL_SEG;
+        dst = src + nin;
+        e = set_args(od->bk[BK_SUM_PART], 7, bufs);
+        cl_uint a[4] = {nout, src, nin, dst};
+        for (int i = 0; i < 4 && e == CL_SUCCESS; i++) e = clSetKernelArg(od->bk[BK_SUM_PART], 7 + i, sizeof(cl_uint), &a[i]);
+        if (e == CL_SUCCESS) e = launch_round(od, od->bk[BK_SUM_PART], wg, nout);
+        src = dst;
+        nin = nout;
+    }
+    if (e == CL_SUCCESS) e = set_args(od->bk[BK_SCALE], 7, bufs);
+    if (e == CL_SUCCESS) e = clSetKernelArg(od->bk[BK_SCALE], 7, sizeof src, &src);
+    if (e == CL_SUCCESS) e = clSetKernelArg(od->bk[BK_SCALE], 8, sizeof nin, &nin);
+    size_t one = 1;
+    if (e == CL_SUCCESS) e = clEnqueueNDRangeKernel(od->queue, od->bk[BK_SCALE], 1, NULL, &one, &one, 0, NULL, NULL);
+    cl_uint nw = (cl_uint)nwords;
+    if (e == CL_SUCCESS) e = set_args(od->bk[BK_MUL], 7, bufs);
+    if (e == CL_SUCCESS) e = clSetKernelArg(od->bk[BK_MUL], 7, sizeof nw, &nw);
+    if (e == CL_SUCCESS) e = launch_round(od, od->bk[BK_MUL], wg, nw);
+    return e;
+}
+
+/* One measure of ocl_bench on the resident x and y. */
+static int bench_one(struct ocl_dev *od, const struct db_plan *pl, int what, cl_mem x, cl_mem y, const cl_mem *bl,
+                     const uint32_t *blp, const uint32_t *prm, uint64_t nwords, char *msg, size_t len)
+{
+    int rc = DROPBLOCK_OK;
+    if (what == DB_BENCH_OP || what == DB_BENCH_BACKWARD) {
+        dropblock_result res;
+        memset(&res, 0, sizeof res);
+        struct db_plan bw = *pl; /* backward applies the same mask and scale to dy: the same passes */
+        bw.p.mode = DROPBLOCK_BACKWARD;
+        return ocl_job(od, what == DB_BENCH_OP ? pl : &bw, NULL, NULL, NULL, x, y, &res, msg, len);
+    }
+    if (what == DB_BENCH_COPY) {
+        uint64_t vwords = (uint64_t)od->vw * od->vpw, groups = nwords / vwords;
+        cl_mem a[2] = {x, y};
+        CK(set_args(od->bk[BK_COPY], 2, a), "clSetKernelArg(bl_copy)");
+        CK(launch_exact(od, od->bk[BK_COPY], od->wg_apply, groups), "clEnqueueNDRangeKernel(bl_copy)");
+        if (groups * vwords < nwords) {
+            cl_uint first = (cl_uint)(groups * vwords), n = (cl_uint)nwords;
+            CK(set_args(od->bk[BK_COPY_TAIL], 2, a), "clSetKernelArg(bl_copy_tail)");
+            CK(clSetKernelArg(od->bk[BK_COPY_TAIL], 2, sizeof first, &first), "clSetKernelArg(bl_copy_tail)");
+            CK(clSetKernelArg(od->bk[BK_COPY_TAIL], 3, sizeof n, &n), "clSetKernelArg(bl_copy_tail)");
+            CK(launch_round(od, od->bk[BK_COPY_TAIL], od->wg_small, n - first), "clEnqueueNDRangeKernel(bl_copy_tail)");
+        }
+    } else if (what == DB_BENCH_MASK) {
+        CK(enqueue_mask(od, prm, od->masks[0].m), "enqueue(db_mask)");
+    } else {
+        cl_mem bufs[7] = {bl[0], bl[1], bl[2], bl[3], bl[4], x, y};
+        CK(enqueue_baseline(od, bufs, blp, nwords), "enqueue(baseline)");
+    }
+    CK(clFinish(od->queue), "clFinish");
+done:
+    return rc;
+}
+
+static int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup,
+                     int reps, double *us, char *msg, size_t len)
+{
+    struct ocl_dev *od = dev->priv;
+    const uint64_t bytes = pl->numel * dropblock_dtype_size(pl->p.dtype), nwords = (bytes + 3) / 4;
+    int rc = bench_program(od, msg, len);
+    if (rc) return rc;
+    if (bytes > od->max_buffer || pl->numel >= (UINT64_C(1) << 32)) {
+        db_msg(msg, len, "the benchmark takes tensors of one device buffer (%llu bytes)", (unsigned long long)od->max_buffer);
+        return DROPBLOCK_EINVAL;
+    }
+    struct ocl_buf x = {0}, y = {0}, bl[5] = {{0}};
+    cl_mem blm[5] = {NULL};
+    uint32_t blp[BLP_COUNT] = {0}, prm[DBP_COUNT];
+    struct job j;
+    struct db_chunk ch;
+    CK(ensure_buf(od, &x, nwords * 4 + 64), "clCreateBuffer(x)");
+    CK(ensure_buf(od, &y, nwords * 4 + 64), "clCreateBuffer(y)");
+    CK(clEnqueueWriteBuffer(od->queue, x.m, CL_TRUE, 0, (size_t)bytes, xh, 0, NULL, NULL), "clEnqueueWriteBuffer(x)");
+    if ((rc = plan_job(od, pl, &j, msg, len))) goto done;
+    chunk_of(&j, 0, &ch);
+    db_kernel_params(pl, &ch, &j.tu, prm);
+    CK(ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)");
+    CK(ensure_buf(od, &od->kept, j.max_samp * 8 + 8), "clCreateBuffer(kept)");
+    CK(ensure_masks(od, 1, j.max_words), "clCreateBuffer(mask)");
+    if (whats & (1u << DB_BENCH_BASELINE)) {
+        uint64_t npad, nparts;
+        if (db_baseline_params(pl, blp, &npad, &nparts, msg, len)) {
+            whats &= ~(1u << DB_BENCH_BASELINE);
+            for (int r = 0; r < reps; r++) us[DB_BENCH_BASELINE * reps + r] = -1;
+        } else {
+            const uint64_t sizes[5] = {BLP_COUNT * 4, pl->numel * 4, npad * 4, pl->numel * 4, nparts * 4};
+            for (int i = 0; i < 5; i++) {
+                CK(ensure_buf(od, &bl[i], sizes[i]), "clCreateBuffer(baseline)");
+                blm[i] = bl[i].m;
+            }
+            CK(clEnqueueWriteBuffer(od->queue, bl[0].m, CL_TRUE, 0, sizeof blp, blp, 0, NULL, NULL),
+               "clEnqueueWriteBuffer(baseline params)");
+        }
+    }
+    for (int r = -warmup; r < reps && !rc; r++)
+        for (int w = 0; w < DB_BENCH_N && !rc; w++) {
+            if (!(whats & (1u << w))) continue;
+            double t0 = db_now_us_f();
+            rc = bench_one(od, pl, w, x.m, y.m, blm, blp, prm, nwords, msg, len);
+            if (r >= 0) us[w * reps + r] = db_now_us_f() - t0;
+        }
+done:
+    clFinish(od->queue);
+    release_buf(&x);
+    release_buf(&y);
+    for (int i = 0; i < 5; i++) release_buf(&bl[i]);
+    return rc;
+}
+
+const struct backend_ops db_backend_opencl = {"opencl", ocl_enumerate, ocl_prepare, ocl_run, ocl_bench, ocl_release};

@@ -2,20 +2,24 @@
  *
  * enumerate makes one VkInstance (Vulkan 1.1) and lists every physical device; the devices share
  * the instance through a reference count, so it lives while any of them does. prepare makes a
- * logical device with one compute queue, one descriptor set layout whose seven storage buffers
- * are shared by the three passes (binding numbers as in the .comp shaders), the three compute
- * pipelines from the SPIR-V compiled into the binary, and a pipeline cache kept on disk under
- * the cache directory. run follows tests/test_passes.c: pass 1 (mask, then count) chunk by
- * chunk, the scales on the host, pass 3 (apply) chunk by chunk.
+ * logical device with one compute queue (and VK_EXT_external_memory_host where offered), one
+ * descriptor set layout whose eight storage buffers are shared by the passes (binding numbers
+ * as in shaders/db_glsl.h), the compute pipelines from the SPIR-V compiled into the binary with
+ * the work-group size as a specialization constant chosen from the subgroup size, and a
+ * pipeline cache kept on disk under the cache directory. run follows tests/test_passes.c: a job
+ * of one chunk is one submission (mask, total, scale, apply, barriers between) with no host
+ * round trip; a larger one runs pass 1 chunk by chunk, the scales on the host, then pass 3.
  *
- * Memory is HOST_VISIBLE | HOST_COHERENT, mapped for the whole run: correct on every device
- * (on discrete GPUs the passes then read system memory; staging is a later speed issue). A run
- * allocates a fixed set of buffers sized for its largest chunk, whatever the number of chunks,
- * so that it stays far below maxMemoryAllocationCount; with several chunks the mask rows wait
- * on the host between pass 1 and pass 3 (they are 1/32 of f32 data).
+ * Memory is HOST_VISIBLE | HOST_COHERENT, mapped, kept by the device between jobs and grown
+ * when a job needs more: correct on every device (on discrete GPUs the passes then read system
+ * memory; staging is a later speed issue). A one-chunk job whose tensors are aligned to
+ * minImportedHostPointerAlignment uses them in place through VK_EXT_external_memory_host
+ * instead of copying them. With several chunks the mask bits wait on the host between pass 1
+ * and pass 3 (they are 1/32 of f32 data).
  *
- * Test/debug knob: DROPBLOCK_VULKAN_MAX_BUFFER=<bytes> caps every device's max_buffer (at least
- * 256), so that small tensors take the chunked path; the tests run the matrix with 4096. */
+ * Test/debug knobs: DROPBLOCK_VULKAN_MAX_BUFFER=<bytes> caps every device's max_buffer (at
+ * least 256), so that small tensors take the chunked path; the tests run the matrix with 4096.
+ * DROPBLOCK_VULKAN_COPY=1 never imports host memory. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -32,18 +36,43 @@
 #include "kernel_params.h"
 
 #include "spv_apply.h"
-#include "spv_count.h"
+#include "spv_bench0.h"
+#include "spv_bench1.h"
+#include "spv_bench2.h"
+#include "spv_bench3.h"
+#include "spv_bench4.h"
+#include "spv_bench5.h"
+#include "spv_bench6.h"
+#include "spv_bench7.h"
+#include "spv_bench8.h"
+#include "spv_bench9.h"
+#include "spv_exact.h"
+#include "spv_fixup.h"
 #include "spv_mask.h"
+#include "spv_scale.h"
+#include "spv_total.h"
 
-enum { PASS_MASK, PASS_COUNT, PASS_APPLY, PASS_N };
-/* descriptor bindings, as declared in the shaders */
-enum { B_PRM, B_MASK, B_COUNTS, B_KEPT, B_X, B_Y, B_SCALES, B_N };
-#define LOCAL_SIZE 64u
+#include "db_baseline_params.h"
+
+enum { PASS_MASK, PASS_TOTAL, PASS_SCALE, PASS_APPLY, PASS_EXACT, PASS_FIXUP, PASS_N };
+/* bench.comp's steps: the copy, torchvision's kernels, the copy's tail */
+enum { BS_COPY, BS_BERNOULLI, BS_PAD, BS_POOL, BS_ONE_MINUS, BS_SUM_NOISE, BS_SUM_PART, BS_SCALE, BS_MUL, BS_COPY_TAIL, BS_N };
+/* descriptor bindings, as declared in the shaders (db_glsl.h); bench.comp reuses them, and
+ * B_AUX is its alone */
+enum { B_PRM, B_MASK, B_AUX, B_KEPT, B_X, B_Y, B_SCALES, B_FIXUP, B_N };
 #define CACHE_FILE_MAX (UINT64_C(256) << 20)
+#define PUSH_BYTES 16u
 
 struct vk_inst {
     VkInstance inst;
     int refs; /* devices alive from this instance; enumerate and release run on the engine's thread */
+};
+
+struct vk_buf {
+    VkBuffer buf;
+    VkDeviceMemory mem;
+    void *map;
+    VkDeviceSize size;
 };
 
 struct vk_dev {
@@ -53,25 +82,30 @@ struct vk_dev {
     VkPhysicalDeviceMemoryProperties mem;
     int has_int64;
     int64_t qfam; /* -1: no compute queue */
+    uint32_t subgroup;      /* VkPhysicalDeviceSubgroupProperties::subgroupSize, 0 if unknown */
+    int has_import;         /* VK_EXT_external_memory_host */
+    uint64_t import_align;  /* minImportedHostPointerAlignment */
 
     VkDevice dev;
     VkQueue queue;
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;
     VkPipeline pipes[PASS_N];
+    VkPipeline bench[BS_N]; /* made on the first benchmark */
     VkPipelineCache cache;
     VkDescriptorPool dpool;
     VkDescriptorSet set;
     VkCommandPool cpool;
     VkCommandBuffer cmd;
     VkFence fence;
-};
-
-struct vk_buf {
-    VkBuffer buf;
-    VkDeviceMemory mem;
-    void *map;
-    VkDeviceSize size;
+    PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;
+    /* tuning (prepare) */
+    uint32_t local;         /* work-group size of every pipeline */
+    uint32_t tile_rows;     /* mask rows a tile */
+    uint32_t cand_budget;   /* candidates a tile, about */
+    uint32_t item_cands;    /* candidates an invocation of the mask pass, about */
+    /* buffers kept between jobs, by binding (B_Y is B_X: the apply runs in place) */
+    struct vk_buf bufs[B_N];
 };
 
 static const char *vk_result_name(VkResult r, char *buf, size_t len)
@@ -173,6 +207,7 @@ static void describe(struct vk_dev *d, dropblock_device_info *info)
         free(qf);
     }
 
+    d->has_import = has_extension(pd, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
     const VkPhysicalDeviceProperties *p = &d->props;
     snprintf(info->api, sizeof info->api, "vulkan");
     vendor_name(p->vendorID, info->vendor, sizeof info->vendor);
@@ -196,11 +231,20 @@ static void describe(struct vk_dev *d, dropblock_device_info *info)
     if (p->apiVersion >= VK_API_VERSION_1_1) {
         VkPhysicalDeviceDriverProperties drv = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
         VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
-        VkPhysicalDeviceIDProperties idp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_ID_PROPERTIES, .pNext = &m3};
+        VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+        VkPhysicalDeviceExternalMemoryHostPropertiesEXT hp = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT, .pNext = &sg};
+        VkPhysicalDeviceIDProperties idp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_ID_PROPERTIES,
+                                            .pNext = d->has_import ? (void *)&hp : (void *)&sg};
+        m3.pNext = &idp;
         int have_drv = p->apiVersion >= VK_API_VERSION_1_2 || has_extension(pd, VK_KHR_DRIVER_PROPERTIES_EXTENSION_NAME);
-        if (have_drv) m3.pNext = &drv;
-        VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &idp};
+        if (have_drv) drv.pNext = &m3;
+        VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                          .pNext = have_drv ? (void *)&drv : (void *)&m3};
         vkGetPhysicalDeviceProperties2(pd, &p2);
+        d->subgroup = sg.subgroupSize;
+        d->import_align = hp.minImportedHostPointerAlignment;
+        if (d->import_align == 0 || (d->import_align & (d->import_align - 1))) d->has_import = 0;
         if (have_drv && drv.driverName[0])
             snprintf(info->driver, sizeof info->driver, "%s%s%s", drv.driverName, drv.driverInfo[0] ? " " : "",
                      drv.driverInfo);
@@ -282,13 +326,26 @@ static int vk_enumerate(const struct db_backend_config *cfg, struct db_device *o
 
 /* FNV-1a of the embedded SPIR-V: a rebuilt shader starts a new file instead of piling its
  * pipelines onto the old ones in the same cache */
+static const struct spv { const uint32_t *code; size_t size; const char *name; } pass_spv[PASS_N] = {
+    {db_spv_mask, sizeof db_spv_mask, "mask"},    {db_spv_total, sizeof db_spv_total, "total"},
+    {db_spv_scale, sizeof db_spv_scale, "scale"}, {db_spv_apply, sizeof db_spv_apply, "apply"},
+    {db_spv_exact, sizeof db_spv_exact, "exact"}, {db_spv_fixup, sizeof db_spv_fixup, "fixup"},
+};
+static const struct spv bench_spv[BS_N] = {
+    {db_spv_bench0, sizeof db_spv_bench0, "bench copy"},   {db_spv_bench1, sizeof db_spv_bench1, "bench bernoulli"},
+    {db_spv_bench2, sizeof db_spv_bench2, "bench pad"},    {db_spv_bench3, sizeof db_spv_bench3, "bench pool"},
+    {db_spv_bench4, sizeof db_spv_bench4, "bench 1-x"},    {db_spv_bench5, sizeof db_spv_bench5, "bench sum"},
+    {db_spv_bench6, sizeof db_spv_bench6, "bench sum2"},   {db_spv_bench7, sizeof db_spv_bench7, "bench scale"},
+    {db_spv_bench8, sizeof db_spv_bench8, "bench mul"},    {db_spv_bench9, sizeof db_spv_bench9, "bench copy tail"},
+};
+
 static uint64_t spirv_hash(void)
 {
-    const struct { const void *p; size_t n; } blobs[PASS_N] = {
-        {db_spv_mask, sizeof db_spv_mask}, {db_spv_count, sizeof db_spv_count}, {db_spv_apply, sizeof db_spv_apply}};
     uint64_t h = UINT64_C(0xcbf29ce484222325);
-    for (int b = 0; b < PASS_N; b++)
-        for (size_t i = 0; i < blobs[b].n; i++) h = (h ^ ((const uint8_t *)blobs[b].p)[i]) * UINT64_C(0x100000001b3);
+    for (int b = 0; b < PASS_N + BS_N; b++) {
+        const struct spv *s = b < PASS_N ? &pass_spv[b] : &bench_spv[b - PASS_N];
+        for (size_t i = 0; i < s->size; i++) h = (h ^ ((const uint8_t *)s->code)[i]) * UINT64_C(0x100000001b3);
+    }
     return h;
 }
 
@@ -373,6 +430,48 @@ static void cache_save(const struct vk_dev *d, const char *dir, const char *path
 
 /* ---- prepare / release ----------------------------------------------------------------- */
 
+/* A compute pipeline of spv with the work-group size d->local (specialization constant 0). */
+static VkResult make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *out)
+{
+    VkShaderModuleCreateInfo smi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = spv->size,
+                                    .pCode = spv->code};
+    VkShaderModule sm;
+    VkResult r = vkCreateShaderModule(d->dev, &smi, NULL, &sm);
+    if (r) return r;
+    VkSpecializationMapEntry me = {.constantID = 0, .offset = 0, .size = sizeof(uint32_t)};
+    VkSpecializationInfo si = {.mapEntryCount = 1, .pMapEntries = &me, .dataSize = sizeof d->local, .pData = &d->local};
+    VkComputePipelineCreateInfo cpi = {
+        .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+        .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+                  .module = sm, .pName = "main", .pSpecializationInfo = &si},
+        .layout = d->layout,
+    };
+    r = vkCreateComputePipelines(d->dev, d->cache, 1, &cpi, NULL, out);
+    if (r) *out = VK_NULL_HANDLE;
+    vkDestroyShaderModule(d->dev, sm, NULL);
+    return r;
+}
+
+/* ---- tuning ----------------------------------------------------------------------------
+ * Work groups of four subgroups (the queried subgroup size, 64 to 256 invocations); mask tiles
+ * as tall as 2048 candidates allow on CPU devices (lavapipe runs invocations as SIMD lanes of a
+ * few threads, so every Philox word is best made once, but it ends an invocation whose loops
+ * pass 65535 iterations), of 8 rows and at most 4096 candidates on GPUs, for parallelism; small
+ * tiles several to an invocation. */
+static void choose_tuning(struct vk_dev *d)
+{
+    uint32_t sg = d->subgroup ? d->subgroup : 32, local = 4 * sg;
+    if (local < 64) local = 64;
+    if (local > 256) local = 256;
+    if (local > d->props.limits.maxComputeWorkGroupSize[0]) local = d->props.limits.maxComputeWorkGroupSize[0];
+    if (local > d->props.limits.maxComputeWorkGroupInvocations) local = d->props.limits.maxComputeWorkGroupInvocations;
+    d->local = local ? local : 1;
+    int cpu = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+    d->tile_rows = cpu ? UINT32_MAX : 8;
+    d->cand_budget = cpu ? 2048 : 4096;
+    d->item_cands = cpu ? 2048 : 256;
+}
+
 static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg, char *msg, size_t len)
 {
     struct vk_dev *d = dev->priv;
@@ -390,18 +489,29 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
         db_msg(msg, len, "device has no compute queue");
         return DROPBLOCK_EUNAVAILABLE;
     }
+    choose_tuning(d);
 
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                    .queueFamilyIndex = (uint32_t)d->qfam, .queueCount = 1, .pQueuePriorities = &prio};
     VkPhysicalDeviceFeatures feat = {.shaderInt64 = VK_TRUE};
+    const char *exts[2] = {VK_KHR_EXTERNAL_MEMORY_EXTENSION_NAME, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME};
     VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .queueCreateInfoCount = 1,
                               .pQueueCreateInfos = &qci, .pEnabledFeatures = &feat};
+    /* VK_KHR_external_memory is core in 1.1: only the host extension is named */
+    if (d->has_import) {
+        dci.enabledExtensionCount = 1;
+        dci.ppEnabledExtensionNames = &exts[1];
+    }
     if ((r = vkCreateDevice(d->pd, &dci, NULL, &d->dev))) {
         d->dev = VK_NULL_HANDLE;
         return vk_fail(msg, len, r, "vkCreateDevice");
     }
     vkGetDeviceQueue(d->dev, (uint32_t)d->qfam, 0, &d->queue);
+    if (d->has_import)
+        d->get_host_ptr_props =
+            (PFN_vkGetMemoryHostPointerPropertiesEXT)vkGetDeviceProcAddr(d->dev, "vkGetMemoryHostPointerPropertiesEXT");
+    if (!d->get_host_ptr_props) d->has_import = 0;
 
     VkDescriptorSetLayoutBinding b[B_N];
     for (int i = 0; i < B_N; i++)
@@ -410,8 +520,9 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
     VkDescriptorSetLayoutCreateInfo dli = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
                                            .bindingCount = B_N, .pBindings = b};
     if ((r = vkCreateDescriptorSetLayout(d->dev, &dli, NULL, &d->dsl))) return vk_fail(msg, len, r, "vkCreateDescriptorSetLayout");
+    VkPushConstantRange pcr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .offset = 0, .size = PUSH_BYTES};
     VkPipelineLayoutCreateInfo pli = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO, .setLayoutCount = 1,
-                                      .pSetLayouts = &d->dsl};
+                                      .pSetLayouts = &d->dsl, .pushConstantRangeCount = 1, .pPushConstantRanges = &pcr};
     if ((r = vkCreatePipelineLayout(d->dev, &pli, NULL, &d->layout))) return vk_fail(msg, len, r, "vkCreatePipelineLayout");
 
     /* the pipeline cache: any unreadable or foreign file just means starting empty */
@@ -431,34 +542,13 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
         if (vkCreatePipelineCache(d->dev, &pci, NULL, &d->cache) != VK_SUCCESS) d->cache = VK_NULL_HANDLE;
     }
 
-    static const struct { const uint32_t *code; size_t size; const char *name; } spv[PASS_N] = {
-        {db_spv_mask, sizeof db_spv_mask, "mask"},
-        {db_spv_count, sizeof db_spv_count, "count"},
-        {db_spv_apply, sizeof db_spv_apply, "apply"},
-    };
     int rc = DROPBLOCK_OK;
     for (int i = 0; i < PASS_N && !rc; i++) {
-        char what[96];
-        VkShaderModuleCreateInfo smi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = spv[i].size,
-                                        .pCode = spv[i].code};
-        VkShaderModule sm;
-        if ((r = vkCreateShaderModule(d->dev, &smi, NULL, &sm))) {
-            snprintf(what, sizeof what, "vkCreateShaderModule(%s)", spv[i].name);
-            rc = vk_fail(msg, len, r, what);
-            break;
-        }
-        VkComputePipelineCreateInfo cpi = {
-            .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
-            .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
-                      .module = sm, .pName = "main"},
-            .layout = d->layout,
-        };
-        if ((r = vkCreateComputePipelines(d->dev, d->cache, 1, &cpi, NULL, &d->pipes[i]))) {
-            d->pipes[i] = VK_NULL_HANDLE;
-            snprintf(what, sizeof what, "vkCreateComputePipelines(%s)", spv[i].name);
+        if ((r = make_pipeline(d, &pass_spv[i], &d->pipes[i]))) {
+            char what[96];
+            snprintf(what, sizeof what, "vkCreateComputePipelines(%s)", pass_spv[i].name);
             rc = vk_fail(msg, len, r, what);
         }
-        vkDestroyShaderModule(d->dev, sm, NULL);
     }
     if (!rc && d->cache && path[0]) cache_save(d, dir, path, old, old_size);
     free(old);
@@ -484,16 +574,27 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
     return DROPBLOCK_OK;
 }
 
+static void buf_free(const struct vk_dev *d, struct vk_buf *b)
+{
+    if (b->map) vkUnmapMemory(d->dev, b->mem);
+    vkDestroyBuffer(d->dev, b->buf, NULL);
+    vkFreeMemory(d->dev, b->mem, NULL);
+    memset(b, 0, sizeof *b);
+}
+
 static void vk_release(struct db_device *dev)
 {
     struct vk_dev *d = dev->priv;
     if (!d) return;
     if (d->dev) {
         vkDeviceWaitIdle(d->dev); /* nothing should run, but never free under the GPU */
+        for (int i = 0; i < B_N; i++)
+            if (i != B_Y) buf_free(d, &d->bufs[i]);
         vkDestroyFence(d->dev, d->fence, NULL);
         vkDestroyCommandPool(d->dev, d->cpool, NULL); /* frees the command buffer */
         vkDestroyDescriptorPool(d->dev, d->dpool, NULL); /* frees the set */
         for (int i = 0; i < PASS_N; i++) vkDestroyPipeline(d->dev, d->pipes[i], NULL);
+        for (int i = 0; i < BS_N; i++) vkDestroyPipeline(d->dev, d->bench[i], NULL);
         vkDestroyPipelineCache(d->dev, d->cache, NULL);
         vkDestroyPipelineLayout(d->dev, d->layout, NULL);
         vkDestroyDescriptorSetLayout(d->dev, d->dsl, NULL);
@@ -504,7 +605,7 @@ static void vk_release(struct db_device *dev)
     dev->priv = NULL;
 }
 
-/* ---- run ------------------------------------------------------------------------------- */
+/* ---- buffers --------------------------------------------------------------------------- */
 
 /* a host-visible coherent type among bits, cached if there is one (the host reads y back) */
 static int64_t host_memory_type(const struct vk_dev *d, uint32_t bits)
@@ -521,23 +622,16 @@ static int64_t host_memory_type(const struct vk_dev *d, uint32_t bits)
     return best;
 }
 
-static void buf_free(const struct vk_dev *d, struct vk_buf *b)
-{
-    if (b->map) vkUnmapMemory(d->dev, b->mem);
-    vkDestroyBuffer(d->dev, b->buf, NULL);
-    vkFreeMemory(d->dev, b->mem, NULL);
-    memset(b, 0, sizeof *b);
-}
-
-/* A mapped storage buffer of at least size bytes (rounded up to whole words). */
+/* A mapped storage buffer of at least size bytes (rounded up to 64). */
 static int buf_make(const struct vk_dev *d, struct vk_buf *b, uint64_t size, const char *what, char *msg, size_t len)
 {
     char call[128];
     VkResult r;
     memset(b, 0, sizeof *b);
-    b->size = (size + 3) & ~UINT64_C(3);
+    b->size = size < 64 ? 64 : (size + 63) & ~UINT64_C(63);
     VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = b->size,
-                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT, .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                              .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
     if ((r = vkCreateBuffer(d->dev, &bci, NULL, &b->buf))) {
         b->buf = VK_NULL_HANDLE;
         snprintf(call, sizeof call, "vkCreateBuffer(%s, %llu bytes)", what, (unsigned long long)b->size);
@@ -573,24 +667,89 @@ static int buf_make(const struct vk_dev *d, struct vk_buf *b, uint64_t size, con
     return DROPBLOCK_OK;
 }
 
+/* The device's buffer for binding i, kept from an earlier job when large enough. */
+static int buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t len)
+{
+    static const char *const names[B_N] = {"params", "mask", "bench scratch", "kept", "x", "y", "scales", "fixup"};
+    struct vk_buf *b = &d->bufs[i];
+    if (b->buf && b->size >= size) return DROPBLOCK_OK;
+    if (b->buf) buf_free(d, b);
+    return buf_make(d, b, size, names[i], msg, len);
+}
+
+/* A buffer over the caller's memory (VK_EXT_external_memory_host), or 0 where the pointer, the
+ * size or the driver does not allow one; the tensor is then copied. */
+static int buf_import(const struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t bytes)
+{
+    const char *copy = getenv("DROPBLOCK_VULKAN_COPY");
+    memset(b, 0, sizeof *b);
+    if (!d->has_import || (copy && !strcmp(copy, "1")) || ((uintptr_t)p & (d->import_align - 1)) || bytes % 4)
+        return 0;
+    uint64_t size = (bytes + d->import_align - 1) & ~(d->import_align - 1);
+    VkMemoryHostPointerPropertiesEXT hp = {.sType = VK_STRUCTURE_TYPE_MEMORY_HOST_POINTER_PROPERTIES_EXT};
+    if (d->get_host_ptr_props(d->dev, VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT, p, &hp) != VK_SUCCESS)
+        return 0;
+    VkExternalMemoryBufferCreateInfo ebi = {.sType = VK_STRUCTURE_TYPE_EXTERNAL_MEMORY_BUFFER_CREATE_INFO,
+                                            .handleTypes = VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT};
+    VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .pNext = &ebi, .size = size,
+                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT, .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+    if (vkCreateBuffer(d->dev, &bci, NULL, &b->buf) != VK_SUCCESS) { b->buf = VK_NULL_HANDLE; return 0; }
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(d->dev, b->buf, &req);
+    int64_t type = host_memory_type(d, req.memoryTypeBits & hp.memoryTypeBits);
+    VkImportMemoryHostPointerInfoEXT imp = {.sType = VK_STRUCTURE_TYPE_IMPORT_MEMORY_HOST_POINTER_INFO_EXT,
+                                            .handleType = VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT,
+                                            .pHostPointer = (void *)p};
+    VkMemoryAllocateInfo mai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .pNext = &imp,
+                                .allocationSize = size > req.size ? size : req.size, .memoryTypeIndex = (uint32_t)type};
+    if (type < 0 || req.size > size || vkAllocateMemory(d->dev, &mai, NULL, &b->mem) != VK_SUCCESS) {
+        b->mem = VK_NULL_HANDLE;
+        buf_free(d, b);
+        return 0;
+    }
+    if (vkBindBufferMemory(d->dev, b->buf, b->mem, 0) != VK_SUCCESS) {
+        buf_free(d, b);
+        return 0;
+    }
+    b->size = size;
+    return 1;
+}
+
+/* Points the descriptor set at the device's buffers, x and y (maybe the same) at xb and yb. */
+static void bind_all(struct vk_dev *d, VkBuffer xb, VkBuffer yb)
+{
+    VkDescriptorBufferInfo dbi[B_N];
+    VkWriteDescriptorSet w[B_N];
+    for (int i = 0; i < B_N; i++) {
+        VkBuffer buf = i == B_X ? xb : i == B_Y ? yb : d->bufs[i].buf;
+        dbi[i] = (VkDescriptorBufferInfo){.buffer = buf, .offset = 0, .range = VK_WHOLE_SIZE};
+        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstSet = d->set,
+                                      .dstBinding = (uint32_t)i, .descriptorCount = 1,
+                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .pBufferInfo = &dbi[i]};
+    }
+    vkUpdateDescriptorSets(d->dev, B_N, w, 0, NULL);
+}
+
+/* ---- recording and submitting ---------------------------------------------------------- */
+
 /* workgroups for n invocations; the shaders loop over the rest (grid stride) */
 static uint32_t groups_for(const struct vk_dev *d, uint64_t n)
 {
-    uint64_t g = (n + LOCAL_SIZE - 1) / LOCAL_SIZE, cap = d->props.limits.maxComputeWorkGroupCount[0];
+    uint64_t g = (n + d->local - 1) / d->local, cap = d->props.limits.maxComputeWorkGroupCount[0];
     if (g > cap) g = cap;
     return g ? (uint32_t)g : 1u;
 }
 
-static void barrier(VkCommandBuffer cmd, VkPipelineStageFlags dst_stage, VkAccessFlags dst_access)
+static void barrier(VkCommandBuffer cmd, VkPipelineStageFlags src_stage, VkPipelineStageFlags dst_stage,
+                    VkAccessFlags dst_access)
 {
-    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
                           .dstAccessMask = dst_access};
-    vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, dst_stage, 0, 1, &mb, 0, NULL, 0, NULL);
+    vkCmdPipelineBarrier(cmd, src_stage, dst_stage, 0, 1, &mb, 0, NULL, 0, NULL);
 }
 
-/* Records passes first..last (groups[i] workgroups each, a barrier between), submits them and
- * waits; their writes are then visible to the host. */
-static int dispatch(struct vk_dev *d, int first, int last, const uint32_t *groups, char *msg, size_t len)
+static int begin(struct vk_dev *d, char *msg, size_t len)
 {
     VkResult r;
     if ((r = vkResetCommandBuffer(d->cmd, 0))) return vk_fail(msg, len, r, "vkResetCommandBuffer");
@@ -598,13 +757,24 @@ static int dispatch(struct vk_dev *d, int first, int last, const uint32_t *group
                                     .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
     if ((r = vkBeginCommandBuffer(d->cmd, &cbi))) return vk_fail(msg, len, r, "vkBeginCommandBuffer");
     vkCmdBindDescriptorSets(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->layout, 0, 1, &d->set, 0, NULL);
-    for (int p = first; p <= last; p++) {
-        if (p > first)
-            barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
-        vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->pipes[p]);
-        vkCmdDispatch(d->cmd, groups[p], 1, 1);
-    }
-    barrier(d->cmd, VK_PIPELINE_STAGE_HOST_BIT, VK_ACCESS_HOST_READ_BIT);
+    return DROPBLOCK_OK;
+}
+
+/* Records pipe over n invocations after a barrier on the previous work (first: none). */
+static void step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
+{
+    if (!first)
+        barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+    vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
+    vkCmdDispatch(d->cmd, groups_for(d, n), 1, 1);
+}
+
+/* Ends the recording, submits it and waits; its writes are then visible to the host. */
+static int submit(struct vk_dev *d, char *msg, size_t len)
+{
+    VkResult r;
+    barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_HOST_BIT, VK_ACCESS_HOST_READ_BIT);
     if ((r = vkEndCommandBuffer(d->cmd))) return vk_fail(msg, len, r, "vkEndCommandBuffer");
     /* reset first: a failed wait of an earlier job may have left the fence in any state */
     if ((r = vkResetFences(d->dev, 1, &d->fence))) return vk_fail(msg, len, r, "vkResetFences");
@@ -612,11 +782,33 @@ static int dispatch(struct vk_dev *d, int first, int last, const uint32_t *group
     if ((r = vkQueueSubmit(d->queue, 1, &si, d->fence))) return vk_fail(msg, len, r, "vkQueueSubmit");
     if ((r = vkWaitForFences(d->dev, 1, &d->fence, VK_TRUE, UINT64_MAX))) {
         int rc = vk_fail(msg, len, r, "vkWaitForFences");
-        vkQueueWaitIdle(d->queue); /* the buffers are freed next: never under a running pass */
+        vkQueueWaitIdle(d->queue); /* the buffers are reused next: never under a running pass */
         return rc;
     }
     return DROPBLOCK_OK;
 }
+
+/* Records pass 1 of the chunk whose parameters are in the params buffer: the per-sample
+ * counts zeroed, then the mask pass, which adds to them. */
+static void record_mask(struct vk_dev *d, const uint32_t *prm)
+{
+    vkCmdFillBuffer(d->cmd, d->bufs[B_KEPT].buf, 0, ((uint64_t)prm[DBP_NSAMP] * 8 + 63) & ~UINT64_C(63), 0);
+    step(d, d->pipes[PASS_MASK], db_mask_items(prm), 0);
+}
+
+/* Records pass 3 of the chunk (scales in place, after a barrier): fast, tail, fixup. */
+static void record_apply(struct vk_dev *d, const struct db_plan *pl, const uint32_t *prm)
+{
+    uint64_t groups = prm[DBP_GROUPS], fast = groups * prm[DBP_EPW], nelem = (uint64_t)prm[DBP_NELEM];
+    int fix = groups && pl->p.dtype != DROPBLOCK_F16;
+    uint64_t fwords = (fast + 31) / 32;
+    if (fix) vkCmdFillBuffer(d->cmd, d->bufs[B_FIXUP].buf, 0, (fwords * 4 + 63) & ~UINT64_C(63), 0);
+    if (groups) step(d, d->pipes[PASS_APPLY], groups, 0);
+    if (fast < nelem) step(d, d->pipes[PASS_EXACT], pl->p.dtype == DROPBLOCK_F32 ? nelem - fast : (nelem - fast + 1) / 2, 0);
+    if (fix) step(d, d->pipes[PASS_FIXUP], fwords, 0);
+}
+
+/* ---- run ------------------------------------------------------------------------------- */
 
 /* Units per chunk: db_chunk_units, also so that the 8-byte per-sample partials of a chunk fit
  * in one buffer (a chunk of L >= 2 rows touches at most (L-2)/CH + 2 samples). */
@@ -637,108 +829,269 @@ static uint64_t chunk_units(const struct db_plan *pl, uint64_t max_buffer, char 
     return per;
 }
 
-static int vk_run(struct db_device *dev, const struct db_plan *pl, const void *in, void *out, void *mask,
-                  dropblock_result *res)
+static struct db_tuning job_tuning(const struct vk_dev *d, const struct db_plan *pl)
 {
-    struct vk_dev *d = dev->priv;
-    char *msg = res->message;
-    const size_t len = sizeof res->message;
+    /* apply.comp: one 16-byte vector an invocation */
+    struct db_tuning tu = {d->tile_rows, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, d->cand_budget, d->item_cands};
+    return tu;
+}
+
+/* The job from x to y: in/out in host memory, or (bench, resident) the device's x/y buffers
+ * already hold x. */
+static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, const void *in, void *out,
+                  void *mask, int resident, dropblock_result *res, char *msg, size_t len)
+{
     const uint64_t t0 = db_now_us();
     const size_t es = dropblock_dtype_size(pl->p.dtype);
-    const uint64_t RW = db_row_words(pl), units = db_units(pl);
+    const uint64_t units = db_units(pl);
+    const struct db_tuning tu = job_tuning(d, pl);
     uint64_t per = chunk_units(pl, dev->info.max_buffer, msg, len);
     if (!per) return DROPBLOCK_EEXHAUSTED;
     const uint64_t nchunks = (units + per - 1) / per;
+    if (resident && nchunks != 1) {
+        db_msg(msg, len, "the tensor takes %llu chunks on this device; the benchmark takes one", (unsigned long long)nchunks);
+        return DROPBLOCK_EINVAL;
+    }
 
     /* every chunk fits buffers sized for the largest one */
     struct db_chunk ch;
-    uint64_t max_rows = 0, max_elem = 0, max_samp = 0;
+    uint64_t max_elem = 0, max_samp = 0;
     for (uint64_t q = 0; q < nchunks; q++) {
         db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        if (ch.nrows > max_rows) max_rows = ch.nrows;
         if (ch.nelem > max_elem) max_elem = ch.nelem;
         if (ch.nsamp > max_samp) max_samp = ch.nsamp;
     }
+    const uint64_t max_words = (max_elem + 31) / 32;
+    const int fused = nchunks == 1 && !pl->keras && max_samp <= DB_DEVICE_SCALE_MAX_SAMPLES;
 
     int rc = DROPBLOCK_OK;
-    struct vk_buf bufs[B_N];
-    memset(bufs, 0, sizeof bufs);
+    struct vk_buf xi = {0}, yi = {0}; /* the caller's tensors, imported */
     uint64_t *kept = calloc(pl->N, sizeof *kept);
     uint32_t *scales = calloc(pl->N, sizeof *scales);
-    const uint64_t total_rows = pl->numel / pl->W;
-    uint32_t *hmask = NULL; /* all mask rows, between the passes, when there are several chunks */
-    if (nchunks > 1 && total_rows <= SIZE_MAX / 4 / RW) hmask = malloc(total_rows * RW * 4);
+    uint32_t *hmask = NULL; /* the mask of every chunk, between the passes, when there are several */
+    if (nchunks > 1 && units * db_unit_elems(pl) / 32 + nchunks < SIZE_MAX / 4)
+        hmask = malloc((units * db_unit_elems(pl) / 32 + nchunks) * 4);
     if (!kept || !scales || (nchunks > 1 && !hmask)) {
-        db_msg(msg, len, "out of host memory for the mask of %llu rows", (unsigned long long)total_rows);
+        db_msg(msg, len, "out of host memory for the mask of %llu elements", (unsigned long long)pl->numel);
         rc = DROPBLOCK_EEXHAUSTED;
         goto done;
     }
-
-    static const char *const names[B_N] = {"params", "mask chunk", "counts chunk", "kept partials", "x chunk", "", "scales"};
-    const uint64_t sizes[B_N] = {DBP_COUNT * 4, max_rows * RW * 4, max_rows * 4, max_samp * 8,
-                                 /* 16-bit pairs: an odd chunk's last word is whole */
-                                 ((max_elem + 1) & ~UINT64_C(1)) * es, 0, max_samp * 4};
+    const uint64_t sizes[B_N] = {DBP_COUNT * 4, max_words * 4 + 64, 64, max_samp * 8 + 8,
+                                 ((max_elem * es + 3) & ~UINT64_C(3)) + 64, 0, (fused ? pl->N : max_samp) * 4,
+                                 max_words * 4 + 64};
     for (int i = 0; i < B_N && !rc; i++)
-        if (i != B_Y) rc = buf_make(d, &bufs[i], sizes[i], names[i], msg, len);
+        if (i != B_Y && !(resident && i == B_X)) rc = buf_ensure(d, i, sizes[i], msg, len);
     if (rc) goto done;
-    bufs[B_Y] = bufs[B_X]; /* in place on the device: each invocation reads its word, then writes it */
-
-    VkDescriptorBufferInfo dbi[B_N];
-    VkWriteDescriptorSet w[B_N];
-    for (int i = 0; i < B_N; i++) {
-        dbi[i] = (VkDescriptorBufferInfo){.buffer = bufs[i].buf, .offset = 0, .range = VK_WHOLE_SIZE};
-        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstSet = d->set,
-                                      .dstBinding = (uint32_t)i, .descriptorCount = 1,
-                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .pBufferInfo = &dbi[i]};
+    VkBuffer xb = d->bufs[B_X].buf, yb = xb;
+    if (resident) {
+        yb = d->bufs[B_Y].buf;
+    } else if (nchunks == 1 && buf_import(d, &xi, in, pl->numel * es)) {
+        if (in == out) yb = xb = xi.buf;
+        else if (buf_import(d, &yi, out, pl->numel * es)) { xb = xi.buf; yb = yi.buf; }
+        else buf_free(d, &xi);
     }
-    vkUpdateDescriptorSets(d->dev, B_N, w, 0, NULL);
+    bind_all(d, xb, yb);
+    uint32_t *prm = d->bufs[B_PRM].map;
+    const uint32_t *partial = d->bufs[B_KEPT].map;
+    const int copy_in = !resident && xb == d->bufs[B_X].buf;
 
-    uint32_t *prm = bufs[B_PRM].map, *mwords = bufs[B_MASK].map;
-    const uint32_t *partial = bufs[B_KEPT].map;
+    if (fused) {
+        db_chunk_at(pl, 0, units, &ch);
+        db_kernel_params(pl, &ch, &tu, prm);
+        if (copy_in) memcpy(d->bufs[B_X].map, in, ch.nelem * es);
+        if ((rc = begin(d, msg, len))) goto done;
+        record_mask(d, prm);
+        step(d, d->pipes[PASS_TOTAL], 1, 0);
+        step(d, d->pipes[PASS_SCALE], ch.nsamp, 0);
+        record_apply(d, pl, prm);
+        if ((rc = submit(d, msg, len))) goto done;
+        for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] = (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
+        if ((rc = db_plan_scales(pl, kept, scales, res))) goto done;
+        if (memcmp(scales, d->bufs[B_SCALES].map, pl->N * 4)) {
+            db_msg(msg, len, "the device's scale 0x%08x differs from the exact 0x%08x",
+                   ((const uint32_t *)d->bufs[B_SCALES].map)[0], scales[0]);
+            rc = DROPBLOCK_EINTERNAL;
+            goto done;
+        }
+        if (copy_in) memcpy(out, d->bufs[B_X].map, ch.nelem * es);
+        if (mask) db_mask_export_flat(pl, d->bufs[B_MASK].map, ch.e0, ch.nelem, mask);
+        res->timing_us[0] = res->timing_us[1] = res->timing_us[2] = 0; /* one submission: not separable */
+        goto done;
+    }
 
-    /* pass 1: mask rows and their counts, then each sample's kept bits in the chunk */
+    /* pass 1: mask bits and counts, chunk by chunk */
+    uint64_t *mofs = hmask ? calloc(nchunks, sizeof *mofs) : NULL; /* each chunk's words in hmask */
+    if (hmask && !mofs) {
+        db_msg(msg, len, "out of host memory");
+        rc = DROPBLOCK_EEXHAUSTED;
+        goto done;
+    }
+    uint64_t at = 0;
     for (uint64_t q = 0; q < nchunks && !rc; q++) {
         db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        db_kernel_params(pl, &ch, prm);
-        uint32_t groups[PASS_N] = {groups_for(d, ch.nrows), groups_for(d, ch.nsamp), 0};
-        if ((rc = dispatch(d, PASS_MASK, PASS_COUNT, groups, msg, len))) break;
+        db_kernel_params(pl, &ch, &tu, prm);
+        if (!(rc = begin(d, msg, len))) {
+            record_mask(d, prm);
+            rc = submit(d, msg, len);
+        }
+        if (rc) break;
         for (uint64_t s = 0; s < ch.nsamp; s++)
             kept[ch.n0 + s] += (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
-        if (hmask) memcpy(hmask + ch.r0 * RW, mwords, ch.nrows * RW * 4);
+        if (hmask) {
+            mofs[q] = at;
+            memcpy(hmask + at, d->bufs[B_MASK].map, (ch.nelem + 31) / 32 * 4);
+            at += (ch.nelem + 31) / 32;
+        }
     }
-    if (rc) goto done;
     const uint64_t t1 = db_now_us();
-
-    if ((rc = db_plan_scales(pl, kept, scales, res))) goto done;
+    if (!rc) rc = db_plan_scales(pl, kept, scales, res);
     const uint64_t t2 = db_now_us();
 
-    /* pass 3: y = (x * scale) * keep */
+    /* pass 3: y = (x * scale) * keep, chunk by chunk */
     for (uint64_t q = 0; q < nchunks && !rc; q++) {
         db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        db_kernel_params(pl, &ch, prm);
-        memcpy(bufs[B_SCALES].map, scales + ch.n0, ch.nsamp * 4);
-        if (hmask) memcpy(mwords, hmask + ch.r0 * RW, ch.nrows * RW * 4);
-        memcpy(bufs[B_X].map, (const char *)in + ch.e0 * es, ch.nelem * es);
-        uint64_t inv = pl->p.dtype == DROPBLOCK_F32 ? ch.nelem : (ch.nelem + 1) / 2;
-        uint32_t groups[PASS_N] = {0, 0, groups_for(d, inv)};
-        if ((rc = dispatch(d, PASS_APPLY, PASS_APPLY, groups, msg, len))) break;
-        memcpy((char *)out + ch.e0 * es, bufs[B_Y].map, ch.nelem * es);
+        db_kernel_params(pl, &ch, &tu, prm);
+        memcpy(d->bufs[B_SCALES].map, scales + ch.n0, ch.nsamp * 4);
+        if (hmask) memcpy(d->bufs[B_MASK].map, hmask + mofs[q], (ch.nelem + 31) / 32 * 4);
+        if (copy_in) memcpy(d->bufs[B_X].map, (const char *)in + ch.e0 * es, ch.nelem * es);
+        if (!(rc = begin(d, msg, len))) {
+            record_apply(d, pl, prm);
+            rc = submit(d, msg, len);
+        }
+        if (rc) break;
+        if (copy_in) memcpy((char *)out + ch.e0 * es, d->bufs[B_X].map, ch.nelem * es);
+        if (mask) db_mask_export_flat(pl, hmask ? hmask + mofs[q] : d->bufs[B_MASK].map, ch.e0, ch.nelem, mask);
     }
-    if (rc) goto done;
-    if (mask) db_mask_export_rows(pl, hmask ? hmask : mwords, 0, total_rows, mask);
-    const uint64_t t3 = db_now_us();
+    free(mofs);
     res->timing_us[0] = t1 - t0; /* buffers, mask and count passes */
     res->timing_us[1] = t2 - t1;
-    res->timing_us[2] = t3 - t2;
-    res->timing_us[3] = t3 - t0;
+    res->timing_us[2] = db_now_us() - t2;
 
 done:
-    for (int i = 0; i < B_N; i++)
-        if (i != B_Y) buf_free(d, &bufs[i]);
+    if (xi.buf) buf_free(d, &xi);
+    if (yi.buf) buf_free(d, &yi);
     free(hmask);
     free(kept);
     free(scales);
+    res->timing_us[3] = db_now_us() - t0;
     return rc;
 }
 
-const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate, vk_prepare, vk_run, vk_release};
+static int vk_run(struct db_device *dev, const struct db_plan *pl, const void *in, void *out, void *mask,
+                  dropblock_result *res)
+{
+    return vk_job(dev->priv, dev, pl, in, out, mask, 0, res, res->message, sizeof res->message);
+}
+
+/* ---- bench ----------------------------------------------------------------------------- */
+
+/* Records bench step s over n invocations, push constants n, a, b, c. */
+static void bench_step(struct vk_dev *d, int s, uint32_t n, uint32_t a, uint32_t b, uint32_t c, int first)
+{
+    uint32_t push[4] = {n, a, b, c};
+    if (!first)
+        barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+    vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->bench[s]);
+    vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
+    vkCmdDispatch(d->cmd, groups_for(d, n), 1, 1);
+}
+
+/* One measure of vk_bench on the resident x (bufs[B_X]) and y (bufs[B_Y]). */
+static int bench_one(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, int what, const uint32_t *blp,
+                     const uint32_t *prm, uint64_t nwords, char *msg, size_t len)
+{
+    if (what == DB_BENCH_OP || what == DB_BENCH_BACKWARD) {
+        dropblock_result res;
+        memset(&res, 0, sizeof res);
+        struct db_plan bw = *pl; /* backward applies the same mask and scale to dy: the same passes */
+        bw.p.mode = DROPBLOCK_BACKWARD;
+        return vk_job(d, dev, what == DB_BENCH_OP ? pl : &bw, NULL, NULL, NULL, 1, &res, msg, len);
+    }
+    int rc;
+    if (what == DB_BENCH_MASK) memcpy(d->bufs[B_PRM].map, prm, DBP_COUNT * 4);
+    if (what == DB_BENCH_BASELINE) memcpy(d->bufs[B_PRM].map, blp, BLP_COUNT * 4);
+    bind_all(d, d->bufs[B_X].buf, d->bufs[B_Y].buf);
+    if ((rc = begin(d, msg, len))) return rc;
+    if (what == DB_BENCH_COPY) {
+        uint32_t nvec = (uint32_t)(nwords / 4);
+        bench_step(d, BS_COPY, nvec, 0, 0, 0, 1);
+        if (4 * (uint64_t)nvec < nwords) bench_step(d, BS_COPY_TAIL, (uint32_t)(nwords - 4 * nvec), 4 * nvec, 0, 0, 0);
+    } else if (what == DB_BENCH_MASK) {
+        record_mask(d, prm);
+    } else {
+        const uint32_t planes = blp[BLP_PLANES], n = blp[BLP_NUMEL], nnoise = planes * blp[BLP_HN] * blp[BLP_WN];
+        const uint32_t npad = planes * (blp[BLP_HN] + blp[BLP_BS] - 1) * (blp[BLP_WN] + blp[BLP_BS] - 1);
+        bench_step(d, BS_BERNOULLI, (nnoise + 3) / 4, 0, 0, 0, 1);
+        bench_step(d, BS_PAD, npad, 0, 0, 0, 0);
+        bench_step(d, BS_POOL, n, 0, 0, 0, 0);
+        bench_step(d, BS_ONE_MINUS, n, 0, 0, 0, 0);
+        uint32_t nin = (n + BL_SEG - 1) / BL_SEG, src = 1;
+        bench_step(d, BS_SUM_NOISE, nin, 0, 0, 0, 0);
+        while (nin > BL_SEG) {
+            uint32_t nout = (nin + BL_SEG - 1) / BL_SEG;
+            bench_step(d, BS_SUM_PART, nout, src, nin, src + nin, 0);
+            src += nin;
+            nin = nout;
+        }
+        bench_step(d, BS_SCALE, 1, src, nin, 0, 0);
+        bench_step(d, BS_MUL, (uint32_t)nwords, 0, 0, 0, 0);
+    }
+    return submit(d, msg, len);
+}
+
+static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup,
+                    int reps, double *us, char *msg, size_t len)
+{
+    struct vk_dev *d = dev->priv;
+    const uint64_t bytes = pl->numel * dropblock_dtype_size(pl->p.dtype), nwords = (bytes + 3) / 4;
+    int rc = DROPBLOCK_OK;
+    VkResult r;
+    for (int i = 0; i < BS_N && !rc; i++)
+        if (!d->bench[i] && (r = make_pipeline(d, &bench_spv[i], &d->bench[i]))) rc = vk_fail(msg, len, r, bench_spv[i].name);
+    if (rc) return rc;
+    if (bytes > dev->info.max_buffer || pl->numel >= (UINT64_C(1) << 32)) {
+        db_msg(msg, len, "the benchmark takes tensors of one device buffer (%llu bytes)",
+               (unsigned long long)dev->info.max_buffer);
+        return DROPBLOCK_EINVAL;
+    }
+    uint32_t blp[BLP_COUNT] = {0}, prm[DBP_COUNT];
+    uint64_t npad = 0, nparts = 0;
+    if ((whats & (1u << DB_BENCH_BASELINE)) && db_baseline_params(pl, blp, &npad, &nparts, msg, len)) {
+        whats &= ~(1u << DB_BENCH_BASELINE);
+        for (int i = 0; i < reps; i++) us[DB_BENCH_BASELINE * reps + i] = -1;
+    }
+    const struct db_tuning tu = job_tuning(d, pl);
+    struct db_chunk ch;
+    db_chunk_at(pl, 0, db_units(pl), &ch);
+    db_kernel_params(pl, &ch, &tu, prm);
+    /* x and y resident in the device's x and y buffers (y owns its memory for the bench only);
+     * the baseline's buffers on the pass bindings: noise on mask, padded on aux, pooled on kept,
+     * part on scales */
+    struct vk_buf y = {0};
+    const int base = (whats & (1u << DB_BENCH_BASELINE)) != 0;
+    const uint64_t words = (ch.nelem + 31) / 32 + 16;
+    if ((rc = buf_ensure(d, B_X, nwords * 4 + 64, msg, len)) || (rc = buf_make(d, &y, nwords * 4 + 64, "y", msg, len)))
+        return rc;
+    d->bufs[B_Y] = y;
+    memcpy(d->bufs[B_X].map, xh, bytes);
+    const uint64_t sizes[B_N] = {DBP_COUNT * 4 > BLP_COUNT * 4 ? DBP_COUNT * 4 : BLP_COUNT * 4,
+                                 base && pl->numel > words ? pl->numel * 4 : words * 4, base ? npad * 4 : 64,
+                                 base && pl->numel > ch.nsamp * 2 + 2 ? pl->numel * 4 : ch.nsamp * 8 + 64, 0, 0,
+                                 base && nparts > pl->N ? nparts * 4 : pl->N * 4 + 64, words * 4};
+    for (int i = 0; i < B_N && !rc; i++)
+        if (i != B_X && i != B_Y) rc = buf_ensure(d, i, sizes[i], msg, len);
+    for (int rep = -warmup; rep < reps && !rc; rep++)
+        for (int w = 0; w < DB_BENCH_N && !rc; w++) {
+            if (!(whats & (1u << w))) continue;
+            double t0 = db_now_us_f();
+            rc = bench_one(d, dev, pl, w, blp, prm, nwords, msg, len);
+            if (rep >= 0) us[w * reps + rep] = db_now_us_f() - t0;
+        }
+    vkQueueWaitIdle(d->queue);
+    buf_free(d, &y);
+    memset(&d->bufs[B_Y], 0, sizeof d->bufs[B_Y]);
+    return rc;
+}
+
+const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate, vk_prepare, vk_run, vk_bench, vk_release};

@@ -400,3 +400,29 @@ int db_engine_try_run(struct db_engine *e, int dev, const dropblock_params *p, c
 {
     return engine_run(e, dev, p, in, out, mask, res, 1);
 }
+
+int db_engine_bench(struct db_engine *e, int dev, const dropblock_params *p, const void *x, unsigned whats, int warmup,
+                    int reps, double *us, char *msg, size_t len)
+{
+    if (dev < 0 || (size_t)dev >= e->n) {
+        db_msg(msg, len, "device index %d out of range", dev);
+        return DROPBLOCK_ENOTFOUND;
+    }
+    int rc = dropblock_params_validate(p, msg, len);
+    if (rc) return rc;
+    struct db_plan pl;
+    if ((rc = db_plan_init(&pl, p, msg, len))) return rc;
+    if (pl.identity) {
+        db_msg(msg, len, "rate 0 or eval is the identity: nothing to benchmark");
+        return DROPBLOCK_EINVAL;
+    }
+    if (whats == 0 || whats >= (1u << DB_BENCH_N) || reps < 1 || warmup < 0) {
+        db_msg(msg, len, "bench: bad request");
+        return DROPBLOCK_EINVAL;
+    }
+    struct db_slot *s = &e->slots[dev];
+    pthread_mutex_lock(&s->lock);
+    rc = s->dev.ops->bench(&s->dev, &pl, x, whats, warmup, reps, us, msg, len);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}

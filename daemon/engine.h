@@ -61,6 +61,11 @@ int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const
 int db_engine_try_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out,
                       void *mask, dropblock_result *res);
 
+/* Benchmark support (bench/dropblock-bench): validates p and runs the device's bench op for the
+ * measures whats (bits 1 << enum db_bench_what), serialised with the device's jobs. */
+int db_engine_bench(struct db_engine *e, int dev, const dropblock_params *p, const void *x, unsigned whats, int warmup,
+                    int reps, double *us, char *msg, size_t len);
+
 /* The default cache directory ($XDG_CACHE_HOME/dropblock, else ~/.cache/dropblock). */
 void db_default_cache_dir(char *buf, size_t len);
 

@@ -1,46 +1,56 @@
 #version 450
-/* apply.comp: pass 3, y = (x * scale) * keep for every element of the chunk, one source for
- * every dtype. x and y are arrays of 32-bit words (the host may bind one buffer to both, for
- * in place): for f32 an invocation handles one element, for f16/bf16 the two halves of one
- * word, so no two invocations write the same word and no 16-bit storage feature is needed. */
+/* apply.comp: pass 3, fast: invocation q takes tensor words 4q .. 4q + 3 (four f32 elements or
+ * eight f16/bf16 ones) of the first DBP_GROUPS * DBP_EPW elements, as one 16-byte vector, with
+ * db_vapply. Lanes db_vbad reports keep x and are marked in fixup for fixup.comp (Vulkan does
+ * not promise to keep subnormals). x and y may be one buffer (in place). */
 #extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
 #extension GL_GOOGLE_include_directive : require
-#define DB_LANG_GLSL
+#include "db_glsl.h"
 
-layout(local_size_x = 64) in;
+layout(std430, set = 0, binding = 4) readonly buffer X { uvec4 x[]; };
+layout(std430, set = 0, binding = 5) writeonly buffer Y { uvec4 y[]; };
 
-/* db_passes.h reaches its buffers by these global names and GLSL checks every function of it,
- * so each pass declares all three before the include (binding numbers are shared by all passes) */
-layout(std430, set = 0, binding = 0) readonly buffer Prm { uint prm[]; };
-layout(std430, set = 0, binding = 1) buffer Mask { uint mask[]; };
-layout(std430, set = 0, binding = 2) buffer Counts { uint counts[]; };
-layout(std430, set = 0, binding = 4) readonly buffer X { uint x[]; };
-layout(std430, set = 0, binding = 5) writeonly buffer Y { uint y[]; };
-layout(std430, set = 0, binding = 6) readonly buffer Scales { uint scales[]; };
-
-#include "db_passes.h"
-
-/* element k of the chunk, with input bits xb (dtype-wide, in the low bits) */
-u32 apply_one(u64 k, u32 xb)
+/* element k's scale: sample boundaries are found once per invocation (host: CHW >= EPW) */
+uint scale_of(uint k, uint k0, uint s0, uint s1, u64 bnd)
 {
-    u32x4 loc = db_apply_locate(k);
-    return db_apply_bits(xb, scales[loc.z], (mask[loc.x] >> loc.y) & 1u, prm[DBP_KERAS], prm[DBP_DTYPE]);
+    return U64(k - k0) >= bnd ? s1 : s0;
 }
 
 void main()
 {
-    u64 nelem = DB_PRM64(DBP_NELEM);
-    u64 stride = U64(gl_NumWorkGroups.x) * U64(gl_WorkGroupSize.x);
-    if (prm[DBP_DTYPE] == DB_DTYPE_F32) {
-        for (u64 k = U64(gl_GlobalInvocationID.x); k < nelem; k += stride) y[IX(k)] = apply_one(k, x[IX(k)]);
-    } else {
-        u64 words = (nelem + 1ul) >> 1;
-        for (u64 q = U64(gl_GlobalInvocationID.x); q < words; q += stride) {
-            u32 xw = x[IX(q)];
-            u32 lo = apply_one(2ul * q, xw & 0xFFFFu);
-            /* an odd chunk's last word has one element: its upper half is padding */
-            u32 hi = 2ul * q + 1ul < nelem ? apply_one(2ul * q + 1ul, xw >> 16) : 0u;
-            y[IX(q)] = lo | (hi << 16);
+    uint groups = prm[DBP_GROUPS], dtype = prm[DBP_DTYPE];
+    uint epv = dtype == DB_DTYPE_F32 ? 4u : 8u;
+    for (u64 q64 = U64(gl_GlobalInvocationID.x); q64 < U64(groups); q64 += DB_STRIDE) {
+        uint q = uint(q64), k0 = q * epv, sh = k0 & 31u;
+        uint word = mask[k0 >> 5] >> sh;
+        uint s0 = scales[0], s1 = s0;
+        u64 bnd = 64ul;
+        if (prm[DBP_NORM] == 1u) {
+            u64 E0 = DB_PRM64(DBP_E0), CHW = DB_PRM64(DBP_CHW), N0 = DB_PRM64(DBP_N0);
+            u64 si = (E0 + U64(k0)) / CHW;
+            bnd = (si + 1ul) * CHW - E0 - U64(k0);
+            s0 = scales[IX(si - N0)];
+            s1 = si + 1ul - N0 < U64(prm[DBP_NSAMP]) ? scales[IX(si + 1ul - N0)] : s0;
         }
+        uvec4 xv = x[q], yv;
+        uint bad = 0u;
+        for (uint l = 0u; l < 4u; l++) {
+            uint xw = xv[l], yw;
+            if (dtype == DB_DTYPE_F32) {
+                uint k = k0 + l;
+                yw = db_vapply(xw, scale_of(k, k0, s0, s1, bnd), (word >> l) & 1u, dtype);
+                if (db_vbad(xw, dtype, 0u) != 0u) { yw = xw; bad |= 1u << l; }
+            } else {
+                uint lo = xw & 0xFFFFu, hi = xw >> 16, k = k0 + 2u * l;
+                uint ylo = db_vapply(lo, scale_of(k, k0, s0, s1, bnd), (word >> (2u * l)) & 1u, dtype);
+                uint yhi = db_vapply(hi, scale_of(k + 1u, k0, s0, s1, bnd), (word >> (2u * l + 1u)) & 1u, dtype);
+                if (db_vbad(lo, dtype, 0u) != 0u) { ylo = lo; bad |= 1u << (2u * l); }
+                if (db_vbad(hi, dtype, 0u) != 0u) { yhi = hi; bad |= 2u << (2u * l); }
+                yw = ylo | (yhi << 16);
+            }
+            yv[l] = yw;
+        }
+        y[q] = yv;
+        if (bad != 0u) atomicOr(fixup[k0 >> 5], bad << sh);
     }
 }

@@ -14,16 +14,24 @@
 
 DBFN u32 db_sel4(u32x4 v, u32 k) { return k == 0u ? v.x : (k == 1u ? v.y : (k == 2u ? v.z : v.w)); }
 
+/* one Philox round; written out ten times below, not looped: llvmpipe (lavapipe) ends any
+ * invocation whose loops run more than 65535 iterations in all, and a candidate block must not
+ * spend ten of them */
+#define DB_PHILOX_ROUND(c, k0, k1)                                                                 \
+    {                                                                                              \
+        u64 p0_ = U64(0xD2511F53u) * U64(c.x);                                                     \
+        u64 p1_ = U64(0xCD9E8D57u) * U64(c.z);                                                     \
+        c = MAKE_U32X4(U32(p1_ >> 32) ^ c.y ^ k0, U32(p1_), U32(p0_ >> 32) ^ c.w ^ k1, U32(p0_));  \
+        k0 += 0x9E3779B9u;                                                                         \
+        k1 += 0xBB67AE85u;                                                                         \
+    }
+
 /* Philox4x32-10 on counter c, key (k0, k1) */
 DBFN u32x4 db_philox(u32x4 c, u32 k0, u32 k1)
 {
-    for (int r = 0; r < 10; r++) {
-        u64 p0 = U64(0xD2511F53u) * U64(c.x);
-        u64 p1 = U64(0xCD9E8D57u) * U64(c.z);
-        c = MAKE_U32X4(U32(p1 >> 32) ^ c.y ^ k0, U32(p1), U32(p0 >> 32) ^ c.w ^ k1, U32(p0));
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
+    DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1)
+    DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1)
+    DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1)
     return c;
 }
 
@@ -167,6 +175,201 @@ DBFN u32 db_apply_bits(u32 x, u32 s, u32 keep, u32 keras, u32 dtype)
     }
     if (keep == 0u) v = db_mul(v, 0u);
     return db_narrow(v, dtype);
+}
+
+/* float32 nearest to s/k (k >= 1), ties to even, as bits: the device's form of core/plan.c
+ * db_ratio_f32_bits (exact for s, k < 2^62), so that the scale needs no trip to the host.
+ * Long division gives at least 27 quotient bits; the remainder is the sticky bit. */
+DBFN u32 db_ratio(u64 s, u64 k)
+{
+    if (s == 0ul || k == 0ul) return 0u;
+    u64 m = s / k, r = s - m * k;
+    i64 e = I64(0);
+    while (m < (1ul << 26)) {
+        r <<= 1;
+        m <<= 1;
+        if (r >= k) { m |= 1ul; r -= k; }
+        e -= I64(1);
+    }
+    return db_round_f32(0u, m, e, r != 0ul ? 1u : 0u);
+}
+
+/* ---- candidate words in batches -----------------------------------------------------------
+ * db_fire_batch runs Philox on counters base + blk[l] for the n <= DB_BATCH queued blocks (or,
+ * where run is not DB_NO_RUN, on the n blocks run, run + 1, ..., with blk unread) and
+ * returns a 128-bit set (word t / 32, bit t % 32 of the u32x4) with t = 4 l + k set where word
+ * k of block l fires: (word & wmask) < thr, or always when all. OpenCL keeps the ten rounds of
+ * thirty-two blocks in four independent chains of 8-lane vectors, the shape in which CPU
+ * devices run them on SIMD units with each multiply's latency hidden by the other chains; GPUs
+ * and the C build go one block at a time. */
+#define DB_NO_RUN 0xFFFFFFFFFFFFFFFFul
+#if defined(DB_LANG_CL)
+#define DB_BATCH 32
+/* Eight blocks a vector of 64-bit lanes holding 32-bit words: a lane's product of two words is
+ * one vpmuludq-style multiply with both halves in place, and whatever the upper halves hold
+ * never reaches a lower half (multiplies read the low 32 bits, XORs and adds keep them apart). */
+#define DB_L32 0xFFFFFFFFul
+#define DB_PHILOX8(c0, c1, c2, c3, k0, k1)                                                         \
+    {                                                                                              \
+        ulong8 p0_ = (c0 & DB_L32) * 0xD2511F53ul, p1_ = (c2 & DB_L32) * 0xCD9E8D57ul;             \
+        c0 = (p1_ >> 32) ^ c1 ^ k0;                                                                \
+        c1 = p1_;                                                                                  \
+        c2 = (p0_ >> 32) ^ c3 ^ k1;                                                                \
+        c3 = p0_;                                                                                  \
+    }
+
+/* counters base + b for 8 blocks, words in the low halves */
+inline void db_ctr8(ulong8 b, u32x4 base, ulong8 *c0, ulong8 *c1, ulong8 *c2, ulong8 *c3)
+{
+    ulong8 s = (ulong8)(base.x) + (b & DB_L32);
+    *c0 = s;
+    s = (s >> 32) + (ulong8)(base.y) + (b >> 32);
+    *c1 = s;
+    s = (s >> 32) + (ulong8)(base.z);
+    *c2 = s;
+    *c3 = (s >> 32) + (ulong8)(base.w);
+}
+
+/* the fire masks of 8 blocks' four words, and their bits (lane l at bits 4 l .. 4 l + 3) */
+#define DB_FIRE8(c0, c1, c2, c3, live, f0, f1, f2, f3)                                              \
+    long8 f0 = (((c0 & wm) < th) | fa) & (live), f1 = (((c1 & wm) < th) | fa) & (live);           \
+    long8 f2 = (((c2 & wm) < th) | fa) & (live), f3 = (((c3 & wm) < th) | fa) & (live);
+inline uint db_bits8(long8 f0, long8 f1, long8 f2, long8 f3)
+{
+    ulong8 sh = (ulong8)(0, 4, 8, 12, 16, 20, 24, 28);
+    ulong8 v = ((as_ulong8(f0) & 1ul) << sh) | ((as_ulong8(f1) & 2ul) << sh) | ((as_ulong8(f2) & 4ul) << sh) |
+               ((as_ulong8(f3) & 8ul) << sh);
+    ulong4 v4 = v.lo | v.hi;
+    ulong2 v2 = v4.lo | v4.hi;
+    return (uint)(v2.lo | v2.hi);
+}
+
+DBFN u32x4 db_fire_batch(const u64 *blk, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all)
+{
+    ulong8 a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3;
+    ulong8 iota = (ulong8)(0, 1, 2, 3, 4, 5, 6, 7);
+    int r8 = run != DB_NO_RUN;
+    db_ctr8(r8 ? run + iota : vload8(0, blk), base, &a0, &a1, &a2, &a3);
+    db_ctr8(r8 ? run + 8ul + iota : vload8(1, blk), base, &b0, &b1, &b2, &b3);
+    db_ctr8(r8 ? run + 16ul + iota : vload8(2, blk), base, &c0, &c1, &c2, &c3);
+    db_ctr8(r8 ? run + 24ul + iota : vload8(3, blk), base, &d0, &d1, &d2, &d3);
+    ulong8 ka = (ulong8)(k0), kb = (ulong8)(k1);
+    for (int r = 0; r < 10; r++) { /* four independent chains hide the multiplies' latency */
+        DB_PHILOX8(a0, a1, a2, a3, ka, kb)
+        DB_PHILOX8(b0, b1, b2, b3, ka, kb)
+        DB_PHILOX8(c0, c1, c2, c3, ka, kb)
+        DB_PHILOX8(d0, d1, d2, d3, ka, kb)
+        ka += 0x9E3779B9ul;
+        kb += 0xBB67AE85ul;
+    }
+    ulong8 nn = (ulong8)(n);
+    long8 fa = (long8)(all != 0u ? -1 : 0);
+    ulong wm = wmask, th = thr;
+    DB_FIRE8(a0, a1, a2, a3, iota < nn, fa0, fa1, fa2, fa3)
+    DB_FIRE8(b0, b1, b2, b3, iota + 8ul < nn, fb0, fb1, fb2, fb3)
+    DB_FIRE8(c0, c1, c2, c3, iota + 16ul < nn, fc0, fc1, fc2, fc3)
+    DB_FIRE8(d0, d1, d2, d3, iota + 24ul < nn, fd0, fd1, fd2, fd3)
+    /* mostly nothing fires: one test for all 128 words */
+    if (!any(fa0 | fa1 | fa2 | fa3 | fb0 | fb1 | fb2 | fb3 | fc0 | fc1 | fc2 | fc3 | fd0 | fd1 | fd2 | fd3))
+        return (uint4)(0u);
+    return (uint4)(db_bits8(fa0, fa1, fa2, fa3), db_bits8(fb0, fb1, fb2, fb3), db_bits8(fc0, fc1, fc2, fc3),
+                   db_bits8(fd0, fd1, fd2, fd3));
+}
+#else
+#if defined(DB_LANG_GLSL)
+#define DB_BATCH 1
+#define DB_BLK_ARR u64 blk[DB_BATCH]
+#else
+#define DB_BATCH 8
+#define DB_BLK_ARR const u64 *blk
+#endif
+DBFN u32x4 db_fire_batch(DB_BLK_ARR, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all)
+{
+    u32 bits = 0u; /* DB_BATCH <= 8: one word */
+    for (u32 l = 0u; l < n; l++) {
+        u32x4 w = db_philox(db_ctr_add(base, run != DB_NO_RUN ? run + U64(l) : blk[l]), k0, k1);
+        u32 f = (all != 0u || (w.x & wmask) < thr ? 1u : 0u) | (all != 0u || (w.y & wmask) < thr ? 2u : 0u) |
+                (all != 0u || (w.z & wmask) < thr ? 4u : 0u) | (all != 0u || (w.w & wmask) < thr ? 8u : 0u);
+        bits |= f << (4u * l);
+    }
+    return MAKE_U32X4(bits, 0u, 0u, 0u);
+}
+#endif
+
+/* ---- the fast apply --------------------------------------------------------------------
+ * Branch-free forms over DBV_T lanes (db_portable.h: a vector in OpenCL, a scalar elsewhere),
+ * so that CPU compilers vectorize them. They give db_apply_bits's bits for compat none, where
+ * the scale s is +0 or a normal float >= 1: NaN, infinity and zero are chosen by integer
+ * selects, and the one hardware product is of normal operands with a normal or infinite result
+ * (correctly rounded on every OpenCL and Vulkan device), except for subnormal f32/bf16 inputs,
+ * which db_vbad reports unless the device was found to keep subnormals (hwexact). */
+
+/* f16 bits -> f32 bits, exact; a subnormal is m * 2^-24, a normal float32 product of normals */
+DBFN DBV_T db_vwiden_f16(DBV_T h)
+{
+    DBV_T sign = (h & DBV(0x8000u)) << 16, e = (h >> 10) & DBV(0x1Fu), m = h & DBV(0x3FFu);
+    DBV_T normal = sign | ((e + DBV(112u)) << 23) | (m << 13);
+    VPRECISE DBV_FLOAT f = DBV_TO_F(m) * 5.9604644775390625e-8f;
+    DBV_T sub = sign | DBV_AS_U(f);
+    DBV_T special = sign | DBV_SEL(m != DBV(0u), DBV(0x7FC00000u), DBV(0x7F800000u));
+    return DBV_SEL(e == DBV(0x1Fu), special, DBV_SEL(e == DBV(0u), sub, normal));
+}
+
+/* f32 bits -> f16 bits, db_f32_to_f16 without branches */
+DBFN DBV_T db_vnarrow_f16(DBV_T b)
+{
+    DBV_T sign = (b >> 16) & DBV(0x8000u), a = b & DBV(0x7FFFFFFFu);
+    DBV_T q = (a >> 13) - DBV(112u << 10), rem = a & DBV(0x1FFFu);
+    q = q + DBV_SEL(rem > DBV(0x1000u) || (rem == DBV(0x1000u) && (q & DBV(1u)) != DBV(0u)), DBV(1u), DBV(0u));
+    /* subnormal results: shift 126 - e is 14..24 there; clamped so other lanes shift safely */
+    DBV_T sh = DBV(126u) - DBV_MIN(DBV_MAX(a >> 23, DBV(102u)), DBV(112u));
+    DBV_T mm = (a & DBV(0x7FFFFFu)) | DBV(0x800000u);
+    DBV_T sq = mm >> sh, srem = mm & ((DBV(1u) << sh) - DBV(1u)), halfway = DBV(1u) << (sh - DBV(1u));
+    sq = sq + DBV_SEL(srem > halfway || (srem == halfway && (sq & DBV(1u)) != DBV(0u)), DBV(1u), DBV(0u));
+    DBV_T r = DBV_SEL(a < DBV(0x33000000u), DBV(0u), DBV_SEL(a < DBV(0x38800000u), sq, q));
+    r = DBV_SEL(a >= DBV(0x477FF000u), DBV(0x7C00u), r);
+    r = DBV_SEL(a > DBV(0x7F800000u), DBV(0x7E00u), r);
+    return sign | r;
+}
+
+/* f32 bits -> bf16 bits, db_f32_to_bf16 without branches */
+DBFN DBV_T db_vnarrow_bf16(DBV_T b)
+{
+    DBV_T nan = ((b >> 16) | DBV(0x40u)) & DBV(0xFFFFu);
+    DBV_T rounded = ((b + DBV(0x7FFFu) + ((b >> 16) & DBV(1u))) >> 16) & DBV(0xFFFFu);
+    return DBV_SEL((b & DBV(0x7FFFFFFFu)) > DBV(0x7F800000u), nan, rounded);
+}
+
+/* y (dtype bits) = db_apply_bits(x, s, keep, 0, dtype) for s = +0 or normal >= 1; lanes that
+ * db_vbad reports come out wrong and are redone by the caller */
+DBFN DBV_T db_vapply(DBV_T x, DBV_T s, DBV_T keep, u32 dtype)
+{
+    DBV_T v = x;
+    if (dtype == DB_DTYPE_F16) v = db_vwiden_f16(x);
+    if (dtype == DB_DTYPE_BF16) v = x << 16;
+    DBV_T av = v & DBV(0x7FFFFFFFu);
+    VPRECISE DBV_FLOAT p = DBV_AS_F(v) * DBV_AS_F(s);
+    DBV_T r = DBV_AS_U(p);
+    DBV_T qnan = v | DBV(0x00400000u);
+    /* kept: x * s; an infinite x stays infinite unless s is 0 */
+    DBV_T yk = DBV_SEL(av == DBV(0x7F800000u), DBV_SEL(s == DBV(0u), DBV(DB_DEFAULT_NAN), v), r);
+    /* dropped: (x * s) * 0, the signed zero of a finite product, NaN for an infinite one */
+    DBV_T yd = DBV_SEL(av == DBV(0x7F800000u) || (r & DBV(0x7FFFFFFFu)) == DBV(0x7F800000u), DBV(DB_DEFAULT_NAN),
+                       r & DBV(0x80000000u));
+    DBV_T y = DBV_SEL(av > DBV(0x7F800000u), qnan, DBV_SEL(keep != DBV(0u), yk, yd));
+    if (dtype == DB_DTYPE_F16) y = db_vnarrow_f16(y);
+    if (dtype == DB_DTYPE_BF16) y = db_vnarrow_bf16(y);
+    return y;
+}
+
+/* 1 in the lanes db_vapply may get wrong on this device: a subnormal f32 (or bf16) input where
+ * the device is not known to keep subnormals (f16 inputs widen to normal floats) */
+DBFN DBV_T db_vbad(DBV_T x, u32 dtype, u32 hwexact)
+{
+    if (hwexact != 0u || dtype == DB_DTYPE_F16) return DBV(0u);
+    DBV_T a = x & DBV(0x7FFFFFFFu);
+    if (dtype == DB_DTYPE_BF16) a = (x << 16) & DBV(0x7FFFFFFFu);
+    return DBV_SEL(a != DBV(0u) && a < DBV(0x00800000u), DBV(1u), DBV(0u));
 }
 
 #endif

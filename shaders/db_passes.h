@@ -1,8 +1,15 @@
-/* db_passes.h: the three passes of DESIGN.md as functions in db_portable.h's subset, shared by
- * the OpenCL kernels (dropblock.cl), the Vulkan shaders (*.comp) and the C test of the
- * algorithm. Buffers are named prm (parameter words), mask (mask rows of the chunk), counts
- * (kept bits per mask row), so the API files only declare them: GLSL as anonymous storage
- * blocks with these member names, OpenCL/C as pointer parameters (DB_*_BUFS). */
+/* db_passes.h: the passes of DESIGN.md as functions in db_portable.h's subset, shared by the
+ * OpenCL kernels (dropblock.cl), the Vulkan shaders (*.comp) and the C test of the algorithm.
+ * Buffers are named prm (parameter words), mask (the chunk's keep bits), kept (the chunk's
+ * kept count per sample, two words each, zeroed before the mask pass) and scales (per-sample
+ * scale bits), so the API files only declare them: GLSL as storage blocks with these member
+ * names, OpenCL/C as pointer parameters (DB_*_BUFS, passed on with DB_*_ARGS).
+ *
+ * The mask of a chunk is flat: bit k (word k / 32, bit k % 32) keeps the chunk's element k in
+ * physical order, so the apply pass reads one bit per element with no index arithmetic. The
+ * mask pass works in tiles of up to DBP_TILE rows of one group (db_params.h): a tile owns the
+ * contiguous bits of its rows, and only the words it shares with its neighbours at its two
+ * ends are written with atomics. */
 #ifndef DB_PASSES_H
 #define DB_PASSES_H
 
@@ -12,118 +19,367 @@
 
 #if defined(DB_LANG_GLSL)
 #define DB_MASK_BUFS
-#define DB_COUNT_BUFS
+#define DB_MASK_ARGS
 #define DB_PRM_BUFS
+#define DB_PRM_ARGS
+#define DB_DROP_BUFS
+#define DB_DROP_ARGS
+#define DB_BITS_BUFS
+#define DB_BITS_ARGS
+#define DB_TOTAL_BUFS
+#define DB_TOTAL_ARGS
+#define DB_SCALE_BUFS
+#define DB_APPLY_BUFS
+#define DB_BLK_PARAM(name) u64 name[DB_BATCH]
 #else
 #if defined(DB_LANG_CL)
 #define DB_GLOBAL __global
 #else
 #define DB_GLOBAL
 #endif
-#define DB_MASK_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL u32 *mask,
-#define DB_COUNT_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL const u32 *counts,
+#define DB_MASK_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL u32 *mask, DB_GLOBAL u32 *kept,
+#define DB_MASK_ARGS prm, mask, kept,
 #define DB_PRM_BUFS DB_GLOBAL const u32 *prm,
+#define DB_PRM_ARGS prm,
+#define DB_DROP_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL u32 *mask,
+#define DB_DROP_ARGS prm, mask,
+#define DB_BITS_BUFS DB_GLOBAL u32 *mask,
+#define DB_BITS_ARGS mask,
+#define DB_TOTAL_BUFS DB_GLOBAL u32 *kept,
+#define DB_TOTAL_ARGS kept,
+#define DB_SCALE_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL const u32 *kept, DB_GLOBAL u32 *scales,
+#define DB_APPLY_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL const u32 *mask, DB_GLOBAL const u32 *scales,
+#define DB_BLK_PARAM(name) const u64 *name
 #endif
 
 #define DB_PRM64(i) (U64(prm[(i)]) | (U64(prm[(i) + 1]) << 32))
 
-/* Clears keep bits lo..hi (inclusive) of the row starting at word wbase. */
-#define DB_CLEAR_BITS(wbase, lo, hi)                                                   \
-    for (u32 wi_ = (lo) >> 5; wi_ <= ((hi) >> 5); wi_++) {                              \
-        u32 m_ = 0xFFFFFFFFu;                                                           \
-        if (wi_ == ((lo) >> 5)) m_ &= 0xFFFFFFFFu << ((lo) & 31u);                      \
-        if (wi_ == ((hi) >> 5)) m_ &= 0xFFFFFFFFu >> (31u - ((hi) & 31u));              \
-        mask[IX((wbase) + U64(wi_))] &= ~m_;                                            \
-    }
+/* ---- pass 1: mask ------------------------------------------------------------------------ */
 
-/* Mask pass for mask row k of the chunk: writes its RW keep words, returns its kept count.
- * Each fired candidate clears its whole span of the row once (covered tracks the end). */
-DBFN u32 db_mask_row(DB_MASK_BUFS u64 k)
+/* Sets (set = 1) or clears the chunk's mask bits lo..hi (inclusive) for a work item owning the
+ * words [wa, wb) (those wholly inside its tiles' bits): the rest are shared with the
+ * neighbouring work items and take atomics. */
+DBFN void db_mark_word(DB_BITS_BUFS u64 wi, u32 m, u64 wa, u64 wb, u32 set)
+{
+    if (wi >= wa && wi < wb) {
+        if (set != 0u) mask[IX(wi)] = m == 0xFFFFFFFFu ? m : (mask[IX(wi)] | m);
+        else mask[IX(wi)] &= ~m;
+    } else if (set != 0u) {
+        ATOMIC_OR(mask, wi, m);
+    } else {
+        ATOMIC_AND(mask, wi, ~m);
+    }
+}
+
+DBFN void db_mark_bits(DB_BITS_BUFS u64 lo, u64 hi, u64 wa, u64 wb, u32 set)
+{
+    u64 w0 = lo >> 5, w1 = hi >> 5;
+    u32 m0 = 0xFFFFFFFFu << U32(lo & 31ul), m1 = 0xFFFFFFFFu >> (31u - U32(hi & 31ul));
+    if (w0 == w1) {
+        db_mark_word(DB_BITS_ARGS w0, m0 & m1, wa, wb, set);
+        return;
+    }
+    db_mark_word(DB_BITS_ARGS w0, m0, wa, wb, set);
+    u64 i = w0 + 1ul;
+    if (i >= wa && w1 <= wb) { /* whole own words between: plain stores */
+        for (; i < w1; i++) mask[IX(i)] = set != 0u ? 0xFFFFFFFFu : 0u;
+    }
+    for (; i < w1; i++) db_mark_word(DB_BITS_ARGS i, 0xFFFFFFFFu, wa, wb, set);
+    db_mark_word(DB_BITS_ARGS w1, m1, wa, wb, set);
+}
+
+/* The set bits among lo..hi (inclusive), for a work item owning the words [wa, wb). */
+DBFN u32 db_count_word(DB_BITS_BUFS u64 wi, u32 m, u64 wa, u64 wb)
+{
+    return POPCOUNT((wi >= wa && wi < wb ? mask[IX(wi)] : ATOMIC_LOAD(mask, wi)) & m);
+}
+
+DBFN u32 db_count_bits(DB_BITS_BUFS u64 lo, u64 hi, u64 wa, u64 wb)
+{
+    u64 w0 = lo >> 5, w1 = hi >> 5;
+    u32 m0 = 0xFFFFFFFFu << U32(lo & 31ul), m1 = 0xFFFFFFFFu >> (31u - U32(hi & 31ul));
+    if (w0 == w1) return db_count_word(DB_BITS_ARGS w0, m0 & m1, wa, wb);
+    u32 n = db_count_word(DB_BITS_ARGS w0, m0, wa, wb) + db_count_word(DB_BITS_ARGS w1, m1, wa, wb);
+    u64 i = w0 + 1ul;
+    if (i >= wa && w1 <= wb) { /* whole own words between */
+        for (; i < w1; i++) n += POPCOUNT(mask[IX(i)]);
+    }
+    for (; i < w1; i++) n += db_count_word(DB_BITS_ARGS i, 0xFFFFFFFFu, wa, wb);
+    return n;
+}
+
+/* Clears the n < 32 bits from lo on: the one or two words they touch, plainly where both are
+ * the tile's own (the common case of a fired block's row), else by db_mark_bits. */
+DBFN void db_clear_short(DB_BITS_BUFS u64 lo, u32 n, u64 wa, u64 wb)
+{
+    u64 wi = lo >> 5;
+    u32 sh = U32(lo & 31ul);
+    u64 m = ((1ul << n) - 1ul) << sh;
+    if (wi >= wa && wi + 1ul < wb) {
+        mask[IX(wi)] &= ~U32(m);
+        if ((m >> 32) != 0ul) mask[IX(wi + 1ul)] &= ~U32(m >> 32);
+    } else {
+        db_mark_bits(DB_BITS_ARGS lo, lo + U64(n) - 1ul, wa, wb, 0u);
+    }
+}
+
+/* What a tile needs to drop a fired candidate's block (see db_mask_tile). */
+#define DB_TILE_ARGS u64 gh, u32 h0, u32 h1, u32 w0, u32 w1, u64 ue, u64 cbit, u64 wa, u64 wb
+#define DB_TILE_PASS gh, h0, h1, w0, w1, ue, cbit, wa, wb
+
+/* Clears the outputs of fired candidate (i, j) within the tile's rows [h0, h1) and columns
+ * [w0, w1). */
+DBFN void db_drop(DB_DROP_BUFS DB_TILE_ARGS, u32 i, u32 j)
+{
+    u32 up = prm[DBP_UP], down = prm[DBP_DOWN];
+    u32 r0 = i >= down ? i - down : 0u;
+    if (r0 < h0) r0 = h0;
+    u64 r1 = U64(i) + U64(up) + 1ul;
+    if (r1 > U64(h1)) r1 = U64(h1);
+    u32 wlo = j >= prm[DBP_RIGHT] ? j - prm[DBP_RIGHT] : 0u;
+    if (wlo < w0) wlo = w0;
+    u64 whi = U64(j) + U64(prm[DBP_LEFT]);
+    if (whi >= U64(w1)) whi = U64(w1) - 1ul;
+    if (U64(wlo) > whi) return;
+    u64 E0 = DB_PRM64(DBP_E0);
+    u32 span = U32(whi - U64(wlo)) + 1u;
+    for (u64 h = U64(r0); h < r1; h++) {
+        u64 row = (gh + h) * ue - E0 + cbit;
+        if (prm[DBP_LAYOUT] == 0u) {
+            if (span < 32u) db_clear_short(DB_BITS_ARGS row + U64(wlo), span, wa, wb);
+            else db_mark_bits(DB_BITS_ARGS row + U64(wlo), row + whi, wa, wb, 0u);
+        } else {
+            u64 C = DB_PRM64(DBP_C);
+            for (u64 w = U64(wlo); w <= whi; w++) db_mark_bits(DB_BITS_ARGS row + w * C, row + w * C, wa, wb, 0u);
+        }
+    }
+}
+
+/* Runs the queued candidate blocks blk[0..n) (or the run of n blocks from run, db_fire_batch) of
+ * plane (n, c) (candidate index base ebase) and drops every fired candidate of rows
+ * [ci0, ci1), columns [cj0, cj1) among them. */
+DBFN void db_flush(DB_DROP_BUFS DB_TILE_ARGS, DB_BLK_PARAM(blk), u64 run, u32 n, u64 ebase, u32 ci0, u32 ci1,
+                   u32 cj0, u32 cj1)
+{
+    u64 thr = DB_PRM64(DBP_THR);
+    u32x4 base = MAKE_U32X4(prm[DBP_BASE], prm[DBP_BASE + 1], prm[DBP_BASE + 2], prm[DBP_BASE + 3]);
+    u32x4 fired = db_fire_batch(blk, run, n, base, prm[DBP_KEY], prm[DBP_KEY + 1], prm[DBP_WMASK], U32(thr),
+                                thr > 0xFFFFFFFFul ? 1u : 0u);
+    if ((fired.x | fired.y | fired.z | fired.w) == 0u) return; /* mostly */
+    u64 sH = DB_PRM64(DBP_SH), sW = DB_PRM64(DBP_SW);
+    for (u32 q = 0u; q < (U32(DB_BATCH) + 7u) / 8u; q++) {
+        for (u32 bits = db_sel4(fired, q); bits != 0u;) {
+            u32 t = MSB32(bits);
+            bits ^= 1u << t;
+            t += 32u * q;
+            /* the word's candidate, if it is one of this tile's (blocks may hold others) */
+            u64 off = 4ul * (run != DB_NO_RUN ? run + U64(t >> 2) : blk[t >> 2]) + U64(t & 3u) - ebase;
+            u64 i, rem, j;
+            if (off < 0xFFFFFFFFul && sH < 0xFFFFFFFFul && sW < 0xFFFFFFFFul) { /* 32-bit division: cheaper */
+                i = U64(U32(off) / U32(sH));
+                rem = off - i * sH;
+                j = U64(U32(rem) / U32(sW));
+            } else {
+                i = off / sH;
+                rem = off - i * sH;
+                j = rem / sW;
+            }
+            if (rem == j * sW && i >= U64(ci0) && i < U64(ci1) && j >= U64(cj0) && j < U64(cj1))
+                db_drop(DB_DROP_ARGS DB_TILE_PASS, U32(i), U32(j));
+        }
+    }
+}
+
+/* kept[2 s .. 2 s + 1] += v as one 64-bit count from 32-bit atomics: the carry of the low
+ * word's addition goes to the high word (an add of a 32-bit value wraps at most once). */
+DBFN void db_add_kept(DB_TOTAL_BUFS u64 s, u64 v)
+{
+    if (v == 0ul) return;
+    u32 lo = U32(v), old = ATOMIC_ADD(kept, 2ul * s, lo);
+    u32 hi = U32(v >> 32) + (old + lo < old ? 1u : 0u);
+    if (hi != 0u) ATOMIC_ADD(kept, 2ul * s + 1ul, hi);
+}
+
+/* The sample (from the chunk's first) that tile g belongs to. */
+DBFN u64 db_tile_sample(DB_PRM_BUFS u64 g)
+{
+    u64 grp = (DB_PRM64(DBP_TA0) + g) / (U64(prm[DBP_NT]) * U64(prm[DBP_NS]) * U64(prm[DBP_NC]));
+    return (prm[DBP_LAYOUT] != 0u ? grp : grp / DB_PRM64(DBP_C)) - DB_PRM64(DBP_N0);
+}
+
+/* Mask pass for tile g of the chunk: writes the keep bits of its rows (or of its columns of
+ * its one row, or of its channels of one row and column); returns how many it keeps. Random words are made only for candidate blocks,
+ * DB_BATCH at a time (db_fire_batch). */
+DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
 {
     u64 C = DB_PRM64(DBP_C);
-    u32 H = prm[DBP_H], W = prm[DBP_W], RW = prm[DBP_RW];
-    u64 r = DB_PRM64(DBP_R0) + k;
-    u64 n, c;
-    u32 h;
-    if (prm[DBP_LAYOUT] == 1u) { c = r % C; u64 t = r / C; h = U32(t % U64(H)); n = t / U64(H); }
-    else { h = U32(r % U64(H)); u64 t = r / U64(H); c = t % C; n = t / C; }
-    u64 wbase = k * U64(RW);
-    for (u32 wi = 0u; wi < RW; wi++) {
-        u32 rest = W - wi * 32u;
-        mask[IX(wbase + U64(wi))] = rest >= 32u ? 0xFFFFFFFFu : ((1u << rest) - 1u);
-    }
-    u32 up = prm[DBP_UP], down = prm[DBP_DOWN], left = prm[DBP_LEFT], right = prm[DBP_RIGHT];
-    u32 i0 = h >= up ? h - up : 0u;
-    if (i0 < prm[DBP_ILO]) i0 = prm[DBP_ILO];
-    u64 i1 = U64(h) + U64(down) + 1ul;
-    if (i1 > U64(prm[DBP_IEND])) i1 = U64(prm[DBP_IEND]);
-    u32 jlo = prm[DBP_JLO], jend = prm[DBP_JEND], wmask = prm[DBP_WMASK];
-    u64 thr = DB_PRM64(DBP_THR), sH = DB_PRM64(DBP_SH), sW = DB_PRM64(DBP_SW);
-    u64 ebase = n * DB_PRM64(DBP_SN) + c * DB_PRM64(DBP_SC);
-    u32x4 base = MAKE_U32X4(prm[DBP_BASE], prm[DBP_BASE + 1], prm[DBP_BASE + 2], prm[DBP_BASE + 3]);
-    u32 k0 = prm[DBP_KEY], k1 = prm[DBP_KEY + 1];
-    u32x4 words = MAKE_U32X4(0u, 0u, 0u, 0u);
-    u64 blk = 0ul;
-    u32 have = 0u;
-    for (u64 i = U64(i0); i < i1; i++) {
-        u64 erow = ebase + i * sH;
-        u32 covered = 0u; /* bits below this are already cleared for row i */
-        for (u32 j = jlo; j < jend; j++) {
-            u64 e = erow + U64(j) * sW;
-            if (have == 0u || (e >> 2) != blk) {
-                blk = e >> 2;
-                words = db_philox(db_ctr_add(base, blk), k0, k1);
-                have = 1u;
+    u32 H = prm[DBP_H], W = prm[DBP_W], nhwc = prm[DBP_LAYOUT];
+    u64 NC = U64(prm[DBP_NC]), NSC = U64(prm[DBP_NS]) * NC, NTSC = U64(prm[DBP_NT]) * NSC;
+    u64 ta = DB_PRM64(DBP_TA0) + g;
+    u64 grp = ta / NTSC, rt = ta - grp * NTSC, t = rt / NSC, rs = rt - t * NSC, st = rs / NC, cc = rs - st * NC;
+    u32 h0 = U32(t) * prm[DBP_TILE];
+    u32 h1 = H - h0 > prm[DBP_TILE] ? h0 + prm[DBP_TILE] : H;
+    u32 w0 = U32(st) * prm[DBP_TILEW];
+    u32 w1 = W - w0 > prm[DBP_TILEW] ? w0 + prm[DBP_TILEW] : W;
+    /* rows of the group inside the chunk's units [U0, U1) */
+    u64 gh = grp * U64(H), u0 = DB_PRM64(DBP_U0), u1 = DB_PRM64(DBP_U1);
+    if (u0 > gh + U64(h0)) h0 = U32(u0 - gh);
+    if (u1 < gh + U64(h1)) h1 = u1 > gh + U64(h0) ? U32(u1 - gh) : h0;
+    if (h0 >= h1) return 0u;
+    u64 ue = nhwc != 0u ? U64(W) * C : U64(W), cw = nhwc != 0u ? C : 1ul;
+    u64 E0 = DB_PRM64(DBP_E0);
+    u64 n = nhwc != 0u ? grp : grp / C;
+    u64 c0 = nhwc != 0u ? cc * U64(prm[DBP_TILEC]) : grp - n * C, c1 = c0 + 1ul;
+    if (nhwc != 0u) c1 = NC == 1ul || C - c0 <= U64(prm[DBP_TILEC]) ? C : c0 + U64(prm[DBP_TILEC]);
+    /* the tile's bits: whole rows, or (one row) its columns, or (one row, one column, NHWC) its
+     * channels: contiguous in every case, and all kept to start with */
+    u64 a = (gh + U64(h0)) * ue + U64(w0) * cw - E0, b = (gh + U64(h1 - 1u)) * ue + U64(w1) * cw - E0;
+    if (NC > 1ul) { b = a + c1; a += c0; }
+    db_mark_bits(DB_BITS_ARGS a, b - 1ul, wa, wb, 1u);
+
+    /* candidates whose block reaches rows [h0, h1), columns [w0, w1) */
+    u32 up = prm[DBP_UP], left = prm[DBP_LEFT];
+    u32 ci0 = h0 >= up ? h0 - up : 0u;
+    if (ci0 < prm[DBP_ILO]) ci0 = prm[DBP_ILO];
+    u64 ci1_64 = U64(h1) + U64(prm[DBP_DOWN]);
+    u32 ci1 = ci1_64 < U64(prm[DBP_IEND]) ? U32(ci1_64) : prm[DBP_IEND];
+    u32 cj0 = w0 >= left ? w0 - left : 0u;
+    if (cj0 < prm[DBP_JLO]) cj0 = prm[DBP_JLO];
+    u64 cj1_64 = U64(w1) + U64(prm[DBP_RIGHT]);
+    u32 cj1 = cj1_64 < U64(prm[DBP_JEND]) ? U32(cj1_64) : prm[DBP_JEND];
+    u64 sN = DB_PRM64(DBP_SN), sC = DB_PRM64(DBP_SC), sH = DB_PRM64(DBP_SH), sW = DB_PRM64(DBP_SW);
+    for (u64 c = c0; c < c1 && ci0 < ci1 && cj0 < cj1; c++) {
+        u64 ebase = n * sN + c * sC, cbit = nhwc != 0u ? c : 0ul;
+        u64 blk[DB_BATCH];
+        u32 nb = 0u;
+        u64 last = 0xFFFFFFFFFFFFFFFFul;
+        /* unit stride: every block from the first candidate to the last, the columns between
+         * rows included (their words are no candidates and drop nothing), where that makes at
+         * most half again the blocks of the rows' own spans: a run needs no queue */
+        u64 run = (ebase + U64(ci0) * sH + U64(cj0)) >> 2, end = ((ebase + U64(ci1 - 1u) * sH + U64(cj1 - 1u)) >> 2) + 1ul;
+        if (sW == 1ul && 2ul * (end - run) <= 3ul * U64(ci1 - ci0) * (U64(cj1 - cj0 + 3u) / 4ul + 1ul)) {
+            for (; run < end; run += U64(DB_BATCH)) {
+                u32 take = end - run < U64(DB_BATCH) ? U32(end - run) : U32(DB_BATCH);
+                db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, run, take, ebase, ci0, ci1, cj0, cj1);
             }
-            if (U64(db_sel4(words, U32(e & 3ul)) & wmask) < thr) {
-                u32 lo = j >= right ? j - right : 0u;
-                u64 hi64 = U64(j) + U64(left);
-                u32 hi = hi64 >= U64(W) ? W - 1u : U32(hi64);
-                if (lo < covered) lo = covered;
-                if (lo <= hi) {
-                    DB_CLEAR_BITS(wbase, lo, hi)
-                    covered = hi + 1u;
+            continue;
+        }
+        for (u32 i = ci0; i < ci1; i++) {
+            u64 erow = ebase + U64(i) * sH, efirst = erow + U64(cj0) * sW, elast = erow + U64(cj1 - 1u) * sW;
+            if (sW == 1ul) { /* unit stride: the row's span of blocks, queued as a range */
+                u64 b0 = efirst >> 2, b1 = elast >> 2;
+                if (b0 == last) b0++;
+                last = b1;
+                while (b0 <= b1) {
+                    u32 take = U32(DB_BATCH) - nb;
+                    if (U64(take) > b1 - b0 + 1ul) take = U32(b1 - b0 + 1ul);
+                    for (u32 l = 0u; l < take; l++) blk[nb + l] = b0 + U64(l);
+                    nb += take;
+                    b0 += U64(take);
+                    if (nb == U32(DB_BATCH)) {
+                        db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
+                        nb = 0u;
+                    }
+                }
+                continue;
+            }
+            for (u64 e = efirst; e <= elast; e += sW) { /* one block per candidate */
+                if ((e >> 2) == last) continue;
+                last = e >> 2;
+                blk[nb] = last;
+                nb++;
+                if (nb == U32(DB_BATCH)) {
+                    db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
+                    nb = 0u;
                 }
             }
         }
+        if (nb > 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
     }
-    u32 kept = 0u;
-    for (u32 wi = 0u; wi < RW; wi++) kept += POPCOUNT(mask[IX(wbase + U64(wi))]);
-    return kept;
+
+    return db_count_bits(DB_BITS_ARGS a, b - 1ul, wa, wb);
 }
 
-/* Count pass: the kept bits of sample n0 + s within the chunk (64-bit). */
-DBFN u64 db_count_sample(DB_COUNT_BUFS u64 s)
+/* The first bit (end 0) or the end bit (end 1) of tile g in the chunk (db_mask_tile's a, b). */
+DBFN u64 db_tile_edge(DB_PRM_BUFS u64 g, u32 end)
 {
-    u64 CH = DB_PRM64(DBP_CH), r0 = DB_PRM64(DBP_R0), r1 = r0 + DB_PRM64(DBP_NROWS);
-    u64 n = DB_PRM64(DBP_N0) + s;
-    u64 a = n * CH, b = a + CH;
-    if (a < r0) a = r0;
-    if (b > r1) b = r1;
-    u64 sum = 0ul;
-    for (u64 r = a; r < b; r++) sum += U64(counts[IX(r - r0)]);
-    return sum;
+    u64 C = DB_PRM64(DBP_C);
+    u32 H = prm[DBP_H], W = prm[DBP_W], nhwc = prm[DBP_LAYOUT];
+    u64 NC = U64(prm[DBP_NC]), NSC = U64(prm[DBP_NS]) * NC, NTSC = U64(prm[DBP_NT]) * NSC;
+    u64 ta = DB_PRM64(DBP_TA0) + g;
+    u64 grp = ta / NTSC, rt = ta - grp * NTSC, t = rt / NSC, rs = rt - t * NSC, st = rs / NC, cc = rs - st * NC;
+    u32 h0 = U32(t) * prm[DBP_TILE];
+    u32 h1 = H - h0 > prm[DBP_TILE] ? h0 + prm[DBP_TILE] : H;
+    u32 w0 = U32(st) * prm[DBP_TILEW];
+    u32 w1 = W - w0 > prm[DBP_TILEW] ? w0 + prm[DBP_TILEW] : W;
+    u64 gh = grp * U64(H), u0 = DB_PRM64(DBP_U0), u1 = DB_PRM64(DBP_U1);
+    if (u0 > gh + U64(h0)) h0 = U32(u0 - gh);
+    if (u1 < gh + U64(h1)) h1 = U32(u1 - gh);
+    u64 ue = nhwc != 0u ? U64(W) * C : U64(W), cw = nhwc != 0u ? C : 1ul;
+    u64 a = (gh + U64(h0)) * ue + U64(w0) * cw - DB_PRM64(DBP_E0), b = (gh + U64(h1 - 1u)) * ue + U64(w1) * cw - DB_PRM64(DBP_E0);
+    if (NC > 1ul) {
+        u64 c0 = cc * U64(prm[DBP_TILEC]);
+        b = a + (C - c0 <= U64(prm[DBP_TILEC]) ? C : c0 + U64(prm[DBP_TILEC]));
+        a += c0;
+    }
+    return end != 0u ? b : a;
 }
 
-/* Apply pass, element k of the chunk: x = (mask word index in the chunk, bit, sample index in
- * the chunk's scales). The caller loads x, the word and the scale, and stores
- * db_apply_bits(x, scale, bit of word, prm[DBP_KERAS], prm[DBP_DTYPE]). */
-DBFN u32x4 db_apply_locate(DB_PRM_BUFS u64 k)
+/* Mask pass, work item w: tiles w * TPW .. of the chunk one after another, their kept bits
+ * added to their samples' counts once per run of tiles of one sample (db_add_kept): small
+ * tiles go in numbers, so that neither the work items nor the atomics outnumber the work (the
+ * words between an item's tiles are its own; only those at its two ends are shared). */
+DBFN void db_mask_item(DB_MASK_BUFS u64 w)
 {
-    u64 C = DB_PRM64(DBP_C), W = U64(prm[DBP_W]);
-    u64 p = DB_PRM64(DBP_E0) + k;
-    u64 r, w;
-    if (prm[DBP_LAYOUT] == 1u) {
-        u64 c = p % C, t = p / C;
-        w = t % W;
-        r = (t / W) * C + c;
-    } else {
-        r = p / W;
-        w = p % W;
+    u64 t0 = w * U64(prm[DBP_TPW]), t1 = t0 + U64(prm[DBP_TPW]);
+    if (t1 > U64(prm[DBP_NTILES])) t1 = U64(prm[DBP_NTILES]);
+    u64 wa = (db_tile_edge(DB_PRM_ARGS t0, 0u) + 31ul) >> 5, wb = db_tile_edge(DB_PRM_ARGS t1 - 1ul, 1u) >> 5;
+    if (wb < wa) wb = wa; /* inside one shared word: none its own */
+    u64 cur = 0ul, acc = 0ul;
+    for (u64 t = t0; t < t1; t++) {
+        u64 s = db_tile_sample(DB_PRM_ARGS t);
+        if (s != cur) {
+            db_add_kept(DB_TOTAL_ARGS cur, acc);
+            cur = s;
+            acc = 0ul;
+        }
+        acc += U64(db_mask_tile(DB_DROP_ARGS t, wa, wb));
     }
-    u64 wi = (r - DB_PRM64(DBP_R0)) * U64(prm[DBP_RW]) + (w >> 5);
-    u64 si = r / DB_PRM64(DBP_CH) - DB_PRM64(DBP_N0);
-    return MAKE_U32X4(U32(wi), U32(w & 31ul), U32(si), 0u);
+    db_add_kept(DB_TOTAL_ARGS cur, acc);
+}
+
+/* ---- pass 2: scales ---------------------------------------------------------------------- */
+
+/* Total pass, one work item, for a chunk that is the whole tensor: K, the sum of the
+ * ns = prm[DBP_NSAMP] per-sample counts, into kept[2 ns] (low) and kept[2 ns + 1]. */
+DBFN void db_total_kept(DB_TOTAL_BUFS u32 ns)
+{
+    u64 K = 0ul;
+    for (u32 s = 0u; s < ns; s++) K += U64(kept[IX(2u * s)]) | (U64(kept[IX(2u * s + 1u)]) << 32);
+    kept[IX(2u * ns)] = U32(K);
+    kept[IX(2u * ns + 1u)] = U32(K >> 32);
+}
+
+/* Scale pass, sample s of a chunk that is the whole tensor, compat none: its scale bits, as
+ * db_plan_scales computes them, so that the apply pass needs no trip to the host. */
+DBFN void db_scale_sample(DB_SCALE_BUFS u32 s)
+{
+    u32 ns = prm[DBP_NSAMP], v = 0x3F800000u; /* DROPBLOCK_NORMALIZE_NONE */
+    if (prm[DBP_NORM] == 0u) v = db_ratio(DB_PRM64(DBP_NUMEL), U64(kept[IX(2u * ns)]) | (U64(kept[IX(2u * ns + 1u)]) << 32));
+    if (prm[DBP_NORM] == 1u) v = db_ratio(DB_PRM64(DBP_CHW), U64(kept[IX(2u * s)]) | (U64(kept[IX(2u * s + 1u)]) << 32));
+    scales[IX(s)] = v;
+}
+
+/* ---- pass 3: apply ----------------------------------------------------------------------- */
+
+/* Element k of the chunk, exactly: its keep bit and its sample's scale applied to input bits x
+ * (dtype-wide) with db_apply_bits. The fast kernels leave this to the tail of a chunk, to
+ * compat keras_cv, and to the lanes db_vbad reports. */
+DBFN u32 db_apply_elem(DB_APPLY_BUFS u64 k, u32 x)
+{
+    u32 keep = (mask[IX(k >> 5)] >> U32(k & 31ul)) & 1u;
+    u64 si = (DB_PRM64(DBP_E0) + k) / DB_PRM64(DBP_CHW) - DB_PRM64(DBP_N0);
+    return db_apply_bits(x, scales[IX(si)], keep, prm[DBP_KERAS], prm[DBP_DTYPE]);
 }
 
 #endif

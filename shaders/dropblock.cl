@@ -1,47 +1,173 @@
-/* dropblock.cl: the three passes of DESIGN.md for OpenCL C 1.2. The pass bodies live in
- * db_passes.h (shared with the Vulkan shaders and checked in C by tests/test_passes.c); this
- * file only binds buffers and work items to them. One source serves f32, f16 and bf16: the
- * dtype is a parameter word, so one program is built per device.
+/* dropblock.cl: the passes of DESIGN.md for OpenCL C 1.2. The pass bodies live in db_passes.h
+ * (shared with the Vulkan shaders and checked in C by tests/test_passes.c); this file binds
+ * buffers and work items to them and moves the data of the fast apply in vectors.
  *
- * Launches use a global size rounded up to the work-group size, so every kernel bounds-checks
- * its id against the chunk's size from the parameter words. */
+ * The host builds it per device with -DDB_VW=<lanes> -DDB_VPW=<vectors per work item>: CPU
+ * devices take the device's native int vector width in lanes (16 with AVX-512) and enough
+ * vectors that a work item covers one mask word of f32, plus -DDB_VLOAD (db_portable.h); GPUs
+ * take 4 lanes and one vector (16-byte loads). The
+ * dtype, the per-sample scale and the fixup are separate kernels, not run-time branches, so
+ * that CPU compilers vectorize the work-item loop of each.
+ *
+ * Kernels whose global size is rounded up to the work-group size bounds-check their id; the
+ * fast apply kernels are launched on exact sizes and do not. */
 #ifndef DB_LANG_CL
 #define DB_LANG_CL
 #endif
+#ifndef DB_VPW
+#define DB_VPW 1
+#endif
 #include "db_passes.h"
 
-/* Pass 1: mask row k of the chunk -> its RW keep words and its kept count. */
-__kernel void db_mask(__global const uint *prm, __global uint *mask, __global uint *counts)
+#if DB_VW == 4
+#define DB_LANES ((uint4)(0, 1, 2, 3))
+#elif DB_VW == 8
+#define DB_LANES ((uint8)(0, 1, 2, 3, 4, 5, 6, 7))
+#elif DB_VW == 16
+#define DB_LANES ((uint16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+#else
+#error "DB_VW must be 4, 8 or 16"
+#endif
+
+/* Pass 1: work item w's tiles -> their keep bits, their kept bits added to their samples'
+ * counts. */
+__kernel void db_mask(__global const uint *prm, __global uint *mask, __global uint *kept)
 {
-    ulong k = (ulong)get_global_id(0);
-    if (k >= DB_PRM64(DBP_NROWS)) return;
-    counts[k] = db_mask_row(prm, mask, k);
+    ulong w = (ulong)get_global_id(0);
+    if (w * prm[DBP_TPW] < (ulong)prm[DBP_NTILES]) db_mask_item(prm, mask, kept, w);
 }
 
-/* Pass 2: kept count of sample n0 + s within the chunk, as two words (low first). */
-__kernel void db_count(__global const uint *prm, __global const uint *counts, __global uint *kept)
+/* Pass 2b, the scales on the device (whole tensor in one chunk, compat none): K in one work
+ * item, then each sample's scale. */
+__kernel void db_total(__global const uint *prm, __global uint *kept)
 {
-    ulong s = (ulong)get_global_id(0);
-    if (s >= (ulong)prm[DBP_NSAMP]) return;
-    ulong v = db_count_sample(prm, counts, s);
-    kept[2 * s] = (uint)v;
-    kept[2 * s + 1] = (uint)(v >> 32);
+    if (get_global_id(0) == 0) db_total_kept(kept, prm[DBP_NSAMP]);
 }
 
-/* Pass 3: element k of the chunk, in place: y = db_apply_bits(x, scale, keep). 16-bit dtypes
- * are addressed as ushort so that neighbouring elements are never rewritten. */
-__kernel void db_apply(__global const uint *prm, __global const uint *mask, __global const uint *scales,
-                       __global uint *data)
+__kernel void db_scale(__global const uint *prm, __global const uint *kept, __global uint *scales)
 {
-    ulong k = (ulong)get_global_id(0);
-    if (k >= DB_PRM64(DBP_NELEM)) return;
-    uint4 loc = db_apply_locate(prm, k);
-    uint dtype = prm[DBP_DTYPE];
-    uint keep = (mask[loc.x] >> loc.y) & 1u;
-    if (dtype == DB_DTYPE_F32) {
-        data[k] = db_apply_bits(data[k], scales[loc.z], keep, prm[DBP_KERAS], dtype);
-    } else {
-        __global ushort *h = (__global ushort *)data;
-        h[k] = (ushort)db_apply_bits((uint)h[k], scales[loc.z], keep, prm[DBP_KERAS], dtype);
+    uint s = (uint)get_global_id(0);
+    if (s < prm[DBP_NSAMP]) db_scale_sample(prm, kept, scales, s);
+}
+
+/* Lanes bad != 0 as bits, lane l at bit l * stride + offset (rare: fixup kernels only). */
+inline uint db_lane_bits(DBV_T bad, uint stride, uint offset)
+{
+    uint b[DB_VW], bits = 0u;
+    DB_CAT(vstore, DB_VW)(bad, 0, b);
+    for (uint l = 0u; l < DB_VW; l++)
+        if (b[l] != 0u) bits |= 1u << (l * stride + offset);
+    return bits;
+}
+
+/* Pass 3, fast: work item g takes DB_VPW vectors of DB_VW words of x (f32: one element a lane,
+ * f16/bf16: two) from vector g * DB_VPW on. fix: lanes db_vbad reports keep x and are marked in
+ * fixup, one bit per element, for db_fixup. */
+inline void db_apply_fast(__global const uint *prm, __global const uint *mask, __global const uint *scales,
+                          __global const uint *x, __global uint *y, __global uint *fixup, uint g,
+                          const uint dtype, const uint per_sample, const uint fix)
+{
+    const uint epv = dtype == DB_DTYPE_F32 ? DB_VW : 2u * DB_VW; /* elements a vector */
+    DBV_T s = DBV(scales[0]);
+    for (uint v = 0u; v < DB_VPW; v++) {
+        uint q = g * DB_VPW + v, k0 = q * epv, sh = k0 & 31u;
+        uint word = mask[k0 >> 5] >> sh;
+        DBV_T xv = DB_LOADV(x, q);
+        DBV_T pos = dtype == DB_DTYPE_F32 ? DB_LANES : 2u * DB_LANES;
+        if (per_sample) { /* at most one sample boundary in a vector: the host checks CHW >= EPW */
+            ulong E0 = DB_PRM64(DBP_E0), CHW = DB_PRM64(DBP_CHW), N0 = DB_PRM64(DBP_N0);
+            ulong si = (E0 + k0) / CHW, bnd = (si + 1ul) * CHW - E0 - k0;
+            ulong s1 = si + 1ul - N0 < (ulong)prm[DBP_NSAMP] ? si + 1ul - N0 : si - N0;
+            s = DBV_SEL(pos >= (DBV_T)((uint)min(bnd, (ulong)epv)), DBV(scales[s1]), DBV(scales[si - N0]));
+        }
+        if (dtype == DB_DTYPE_F32) {
+            DBV_T yv = db_vapply(xv, s, (DBV(word) >> pos) & 1u, dtype);
+            if (fix) {
+                DBV_T bad = db_vbad(xv, dtype, 0u);
+                yv = DBV_SEL(bad != 0u, xv, yv);
+                if (any(bad != 0u)) atomic_or(&fixup[k0 >> 5], db_lane_bits(bad, 1u, sh));
+            }
+            DB_STOREV(y, q, yv);
+        } else {
+            DBV_T lo = xv & 0xFFFFu, hi = xv >> 16;
+            DBV_T s_hi = s;
+            if (per_sample) { /* the odd elements may be past the boundary where the even are not */
+                ulong E0 = DB_PRM64(DBP_E0), CHW = DB_PRM64(DBP_CHW), N0 = DB_PRM64(DBP_N0);
+                ulong si = (E0 + k0) / CHW, bnd = (si + 1ul) * CHW - E0 - k0;
+                ulong s1 = si + 1ul - N0 < (ulong)prm[DBP_NSAMP] ? si + 1ul - N0 : si - N0;
+                s_hi = DBV_SEL(pos + 1u >= (DBV_T)((uint)min(bnd, (ulong)epv)), DBV(scales[s1]), DBV(scales[si - N0]));
+            }
+            DBV_T ylo = db_vapply(lo, s, (DBV(word) >> pos) & 1u, dtype);
+            DBV_T yhi = db_vapply(hi, s_hi, (DBV(word) >> (pos + 1u)) & 1u, dtype);
+            if (fix) {
+                DBV_T blo = db_vbad(lo, dtype, 0u), bhi = db_vbad(hi, dtype, 0u);
+                ylo = DBV_SEL(blo != 0u, lo, ylo);
+                yhi = DBV_SEL(bhi != 0u, hi, yhi);
+                if (any((blo | bhi) != 0u))
+                    atomic_or(&fixup[k0 >> 5], db_lane_bits(blo, 2u, sh) | db_lane_bits(bhi, 2u, sh + 1u));
+            }
+            DB_STOREV(y, q, ylo | (yhi << 16));
+        }
     }
+}
+
+#define DB_APPLY_KERNEL(name, dtype, per_sample, fix)                                                          \
+    __kernel void name(__global const uint *prm, __global const uint *mask, __global const uint *scales,        \
+                       __global const uint *x, __global uint *y, __global uint *fixup)                            \
+    {                                                                                                           \
+        db_apply_fast(prm, mask, scales, x, y, fixup, (uint)get_global_id(0), dtype, per_sample, fix);          \
+    }
+DB_APPLY_KERNEL(db_apply_f32, DB_DTYPE_F32, 0u, 0u)
+DB_APPLY_KERNEL(db_apply_f16, DB_DTYPE_F16, 0u, 0u)
+DB_APPLY_KERNEL(db_apply_bf16, DB_DTYPE_BF16, 0u, 0u)
+DB_APPLY_KERNEL(db_apply_f32_s, DB_DTYPE_F32, 1u, 0u)
+DB_APPLY_KERNEL(db_apply_f16_s, DB_DTYPE_F16, 1u, 0u)
+DB_APPLY_KERNEL(db_apply_bf16_s, DB_DTYPE_BF16, 1u, 0u)
+DB_APPLY_KERNEL(db_apply_f32_x, DB_DTYPE_F32, 0u, 1u)
+DB_APPLY_KERNEL(db_apply_bf16_x, DB_DTYPE_BF16, 0u, 1u)
+DB_APPLY_KERNEL(db_apply_f32_sx, DB_DTYPE_F32, 1u, 1u)
+DB_APPLY_KERNEL(db_apply_bf16_sx, DB_DTYPE_BF16, 1u, 1u)
+
+/* Pass 3, exact: elements GROUPS * EPW + id of the chunk (the tail of the fast kernels, or the
+ * whole chunk when they do not apply). 16-bit dtypes are addressed as ushort so that
+ * neighbouring elements are never rewritten. */
+__kernel void db_apply_exact(__global const uint *prm, __global const uint *mask, __global const uint *scales,
+                             __global const uint *x, __global uint *y)
+{
+    ulong k = (ulong)prm[DBP_GROUPS] * prm[DBP_EPW] + get_global_id(0);
+    if (k >= DB_PRM64(DBP_NELEM)) return;
+    if (prm[DBP_DTYPE] == DB_DTYPE_F32) {
+        y[k] = db_apply_elem(prm, mask, scales, k, x[k]);
+    } else {
+        __global const ushort *xh = (__global const ushort *)x;
+        __global ushort *yh = (__global ushort *)y;
+        yh[k] = (ushort)db_apply_elem(prm, mask, scales, k, (uint)xh[k]);
+    }
+}
+
+/* Pass 3, fixup: the elements of fixup word f that the fast kernel left as x in y, exactly. */
+__kernel void db_fixup(__global const uint *prm, __global const uint *mask, __global const uint *scales,
+                       __global uint *y, __global const uint *fixup)
+{
+    uint f = (uint)get_global_id(0);
+    if ((ulong)f * 32ul >= (ulong)prm[DBP_GROUPS] * prm[DBP_EPW]) return;
+    uint bits = fixup[f];
+    for (uint b = 0u; bits != 0u; b++, bits >>= 1) {
+        if ((bits & 1u) == 0u) continue;
+        ulong k = 32ul * f + b;
+        if (prm[DBP_DTYPE] == DB_DTYPE_F32) {
+            y[k] = db_apply_elem(prm, mask, scales, k, y[k]);
+        } else {
+            __global ushort *yh = (__global ushort *)y;
+            yh[k] = (ushort)db_apply_elem(prm, mask, scales, k, (uint)yh[k]);
+        }
+    }
+}
+
+/* Whether this device's db_vapply is exact for subnormal f32 inputs: lane i of vector i / DB_VW
+ * multiplies x[i] by s[i] (keep 1); the host compares with db_apply_bits. */
+__kernel void db_probe(__global const uint *x, __global const uint *s, __global uint *y)
+{
+    uint i = (uint)get_global_id(0);
+    DB_STOREV(y, i, db_vapply(DB_LOADV(x, i), DB_LOADV(s, i), DBV(1u), DB_DTYPE_F32));
 }

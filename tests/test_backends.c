@@ -1,7 +1,10 @@
 /* test_backends: every device of every backend equals the CPU reference bit for bit on the
  * case matrix (tests/test_cases.c): output, mask, K, S and scale bits.
  *   test_backends [--backend cpu|opencl|vulkan] [--require opencl,vulkan] [--filter TEXT]
- * --require fails the test when a named API has no device (CI sets it for PoCL and lavapipe). */
+ *                 [--aligned] [--in-place]
+ * --require fails the test when a named API has no device (CI sets it for PoCL and lavapipe).
+ * --aligned hands the device page-aligned tensors (the paths that use the caller's memory in
+ * place: Vulkan host-pointer import); --in-place runs each job with input == output. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,13 +15,25 @@
 struct ctx {
     struct db_engine *e;
     int dev;
+    int aligned, in_place;
 };
 
 static int run_on_device(void *c, const dropblock_params *p, const void *in, void *out, uint8_t *mask,
                          dropblock_result *res)
 {
     struct ctx *x = c;
-    return db_engine_run(x->e, x->dev, p, in, out, mask, res);
+    if (!x->aligned && !x->in_place) return db_engine_run(x->e, x->dev, p, in, out, mask, res);
+    const size_t bytes = dropblock_tensor_bytes(p), page = 4096, cap = (bytes + page - 1) / page * page;
+    char *a = x->aligned ? aligned_alloc(page, cap) : malloc(bytes), *b = x->in_place ? a : x->aligned ? aligned_alloc(page, cap) : malloc(bytes);
+    int rc = DROPBLOCK_EEXHAUSTED;
+    if (a && b) {
+        memcpy(a, in, bytes);
+        rc = db_engine_run(x->e, x->dev, p, a, b, mask, res);
+        memcpy(out, b, bytes);
+    }
+    if (b != a) free(b);
+    free(a);
+    return rc;
 }
 
 static void log_line(void *ctx, const char *line)
@@ -30,11 +45,17 @@ static void log_line(void *ctx, const char *line)
 int main(int argc, char **argv)
 {
     const char *backend = NULL, *require = NULL, *filter = NULL;
+    int aligned = 0, in_place = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend = argv[++i];
+        if (!strcmp(argv[i], "--aligned")) aligned = 1;
+        else if (!strcmp(argv[i], "--in-place")) in_place = 1;
+        else if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend = argv[++i];
         else if (!strcmp(argv[i], "--require") && i + 1 < argc) require = argv[++i];
         else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
-        else { fprintf(stderr, "usage: %s [--backend B] [--require A,B] [--filter TEXT]\n", argv[0]); return 2; }
+        else {
+            fprintf(stderr, "usage: %s [--backend B] [--require A,B] [--filter TEXT] [--aligned] [--in-place]\n", argv[0]);
+            return 2;
+        }
     }
     struct db_engine *e;
     char msg[512];
@@ -49,7 +70,7 @@ int main(int argc, char **argv)
         const dropblock_device_info *info = db_engine_device(e, d);
         printf("device %s: %s / %s / %s\n", info->id, info->vendor, info->name, info->driver);
         fflush(stdout);
-        struct ctx c = {e, (int)d};
+        struct ctx c = {e, (int)d, aligned, in_place};
         int dfail = 0;
         for (int i = 0; i < ncases; i++) {
             if (filter && !strstr(cases[i].name, filter)) continue;

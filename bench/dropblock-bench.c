@@ -1,0 +1,241 @@
+/* dropblock-bench: how close DropBlock runs to the memory roofline, on one device.
+ *
+ *   dropblock-bench --backend cpu|opencl|vulkan [--device N] --shape N,C,H,W
+ *                   [--dtype f32|f16|bf16] --block B[,B] [--rate R] [--reps K] [--warmup W]
+ *                   [--layout nchw|nhwc] [--check] [--json]
+ *
+ * Device mode (the one mode so far) times, on the chosen device, in one run and on data
+ * resident on the device: copy_us (a copy kernel of the tensor's bytes with the apply pass's
+ * loads and stores: the roofline), op_us (the forward job: mask, counts, scales, apply, K read
+ * back), backward_us (the same in backward mode), mask_us (the mask pass alone) and baseline_us
+ * (torchvision's multi-pass method written with the same API, shaders/db_baseline.h); also
+ * run_us, the whole in-process job from host memory to host memory (dropblock_run's path).
+ * Each figure is the median of --reps timed runs after --warmup untimed ones (PoCL compiles a
+ * kernel on its first launch); the device measures run interleaved, one of each per round, so
+ * that other load on the machine weighs on all of them alike. GB/s counts one read of x and one write of y. --check compares
+ * one run_us output with the CPU reference bit for bit. With --json the last line is one JSON
+ * object with every figure (null where a backend cannot time one).
+ *
+ * The daemon modes (--socket PATH --latency / --throughput) time round trips and shared-memory
+ * jobs through a running dropblockd with libdropblock (bench_socket.c). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench_socket.h"
+
+#include "engine.h"
+#include "reference.h"
+
+enum mode { MODE_DEVICE, MODE_LATENCY, MODE_THROUGHPUT };
+
+struct opts {
+    enum mode mode;
+    const char *backend, *socket;
+    int device, reps, warmup, json, check;
+    dropblock_params p;
+};
+
+static int usage(const char *argv0)
+{
+    fprintf(stderr,
+            "usage: %s --backend cpu|opencl|vulkan [--device N] --shape N,C,H,W [--dtype f32|f16|bf16]\n"
+            "          --block B[,B] [--rate R] [--reps K] [--warmup W] [--layout nchw|nhwc] [--check] [--json]\n",
+            argv0);
+    return 2;
+}
+
+static int parse_u64_list(const char *s, uint64_t *out, int n)
+{
+    char *end;
+    for (int i = 0; i < n; i++) {
+        unsigned long long v = strtoull(s, &end, 10);
+        if (end == s) return i;
+        out[i] = v;
+        if (*end != ',') return *end ? -1 : i + 1;
+        s = end + 1;
+    }
+    return -1;
+}
+
+static int parse(int argc, char **argv, struct opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->reps = 10;
+    o->warmup = 3;
+    dropblock_params_init(&o->p);
+    o->p.rate = 0.1f;
+    o->p.training = 1;
+    o->p.seed = 42;
+    int have_shape = 0, have_block = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--json")) { o->json = 1; continue; }
+        if (!strcmp(a, "--check")) { o->check = 1; continue; }
+        if (!strcmp(a, "--latency")) { o->mode = MODE_LATENCY; continue; }
+        if (!strcmp(a, "--throughput")) { o->mode = MODE_THROUGHPUT; continue; }
+        if (!v) return -1;
+        i++;
+        if (!strcmp(a, "--backend")) o->backend = v;
+        else if (!strcmp(a, "--socket")) o->socket = v;
+        else if (!strcmp(a, "--device")) o->device = atoi(v);
+        else if (!strcmp(a, "--reps")) o->reps = atoi(v);
+        else if (!strcmp(a, "--warmup")) o->warmup = atoi(v);
+        else if (!strcmp(a, "--rate")) o->p.rate = strtof(v, NULL);
+        else if (!strcmp(a, "--shape")) have_shape = parse_u64_list(v, o->p.shape, 4) == 4;
+        else if (!strcmp(a, "--dtype")) {
+            int t = dropblock_parse_dtype(v);
+            if (t < 0) return -1;
+            o->p.dtype = (dropblock_dtype)t;
+        } else if (!strcmp(a, "--layout")) {
+            int l = dropblock_parse_layout(v);
+            if (l < 0) return -1;
+            o->p.layout = (dropblock_layout)l;
+        } else if (!strcmp(a, "--block")) {
+            int k = parse_u64_list(v, o->p.block, 2);
+            if (k == 1) o->p.block[1] = o->p.block[0];
+            have_block = k == 1 || k == 2;
+        } else return -1;
+    }
+    if (o->mode != MODE_DEVICE || o->socket) return o->socket ? 1 : -1;
+    if (!o->backend || !have_shape || !have_block || o->reps < 1 || o->warmup < 0) return -1;
+    return 0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* The device index of the --device'th device of the chosen API. */
+static int find_device(struct db_engine *e, const char *api, int nth)
+{
+    for (size_t i = 0, k = 0; i < db_engine_device_count(e); i++)
+        if (!strcmp(db_engine_device(e, i)->api, api) && (int)k++ == nth) return (int)i;
+    return -1;
+}
+
+enum { F_COPY, F_OP, F_BACKWARD, F_MASK, F_BASELINE, F_RUN, F_N };
+static const char *const fig_names[F_N] = {"copy_us", "op_us", "backward_us", "mask_us", "baseline_us", "run_us"};
+
+static void print_num(double v, int digits)
+{
+    if (v < 0) printf("null");
+    else printf("%.*f", digits, v);
+}
+
+static int device_mode(const struct opts *o)
+{
+    struct db_engine *e;
+    char msg[512];
+    if (db_engine_open(&e, o->backend, NULL, NULL, NULL, NULL, msg, sizeof msg)) {
+        fprintf(stderr, "dropblock-bench: %s\n", msg);
+        return 1;
+    }
+    int dev = find_device(e, o->backend, o->device);
+    if (dev < 0) {
+        fprintf(stderr, "dropblock-bench: no %s device %d\n", o->backend, o->device);
+        db_engine_close(e);
+        return 1;
+    }
+    const dropblock_device_info *info = db_engine_device(e, (size_t)dev);
+    const dropblock_params *p = &o->p;
+    const uint64_t n = dropblock_numel(p), bytes = dropblock_tensor_bytes(p);
+    void *x = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096), *y = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+    double *t = calloc((size_t)o->reps, sizeof *t), fig[F_N];
+    int rc = 0;
+    if (!x || !y || !t) {
+        fprintf(stderr, "dropblock-bench: out of memory for a %llu-byte tensor\n", (unsigned long long)bytes);
+        rc = 1;
+        goto out;
+    }
+    db_fill_tf_uniform(p->dtype, 1, 2, n, x);
+    if (!o->json)
+        printf("device %s: %s / %s / %s\nshape %llux%llux%llux%llu %s %s, block %llux%llu, rate %g: %llu bytes\n",
+               info->id, info->vendor, info->name, info->driver, (unsigned long long)p->shape[0],
+               (unsigned long long)p->shape[1], (unsigned long long)p->shape[2], (unsigned long long)p->shape[3],
+               dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0],
+               (unsigned long long)p->block[1], (double)p->rate, (unsigned long long)bytes);
+    /* the device measures in one call, interleaved round by round; then the whole job */
+    double *all = calloc((size_t)DB_BENCH_N * (size_t)o->reps, sizeof *all);
+    static const int what_of[F_RUN] = {DB_BENCH_COPY, DB_BENCH_OP, DB_BENCH_BACKWARD, DB_BENCH_MASK, DB_BENCH_BASELINE};
+    msg[0] = 0;
+    int r = all ? db_engine_bench(e, dev, p, x, (1u << DB_BENCH_N) - 1, o->warmup, o->reps, all, msg, sizeof msg)
+                : DROPBLOCK_EEXHAUSTED;
+    if (r) fprintf(stderr, "dropblock-bench: %s\n", all ? msg : "out of memory");
+    else if (msg[0]) fprintf(stderr, "dropblock-bench: %s\n", msg);
+    for (int f = 0; f < F_RUN; f++) fig[f] = r || all[what_of[f] * o->reps] < 0 ? -1 : median(all + what_of[f] * o->reps, o->reps);
+    free(all);
+    dropblock_result res;
+    r = 0;
+    for (int i = -o->warmup; i < o->reps && !r; i++) {
+        double t0 = db_now_us_f();
+        r = db_engine_run(e, dev, p, x, y, NULL, &res);
+        if (i >= 0) t[i] = db_now_us_f() - t0;
+    }
+    if (r) fprintf(stderr, "dropblock-bench: run_us: %s\n", res.message);
+    fig[F_RUN] = r ? -1 : median(t, o->reps);
+    int check = -1;
+    if (o->check) {
+        dropblock_result want, got;
+        void *ref = malloc(bytes);
+        check = ref && !db_reference_run(p, x, ref, NULL, NULL, &want) && !db_engine_run(e, dev, p, x, y, NULL, &got) &&
+                !memcmp(ref, y, bytes) && want.kept == got.kept && want.scale_bits == got.scale_bits;
+        free(ref);
+    }
+    const double gb = 2.0 * (double)bytes / 1e3; /* GB/s = gb / microseconds */
+    if (!o->json) {
+        for (int f = 0; f < F_N; f++) {
+            printf("%-12s ", fig_names[f]);
+            if (fig[f] < 0) printf("%12s\n", "-");
+            else if (f == F_MASK) printf("%12.1f\n", fig[f]);
+            else printf("%12.1f  %7.2f GB/s\n", fig[f], gb / fig[f]);
+        }
+        if (fig[F_COPY] > 0 && fig[F_OP] > 0) printf("copy/op      %12.3f\n", fig[F_COPY] / fig[F_OP]);
+        if (fig[F_BASELINE] > 0 && fig[F_OP] > 0) printf("baseline/op  %12.3f\n", fig[F_BASELINE] / fig[F_OP]);
+        if (check >= 0) printf("check        %12s\n", check ? "bit-exact" : "MISMATCH");
+    } else {
+        printf("{\"backend\": \"%s\", \"device\": \"%s\", \"name\": \"%s\", \"shape\": [%llu, %llu, %llu, %llu], "
+               "\"layout\": \"%s\", \"dtype\": \"%s\", \"block\": [%llu, %llu], \"rate\": %g, \"reps\": %d, \"bytes\": %llu",
+               o->backend, info->id, info->name, (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
+               (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], dropblock_layout_name(p->layout),
+               dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0], (unsigned long long)p->block[1],
+               (double)p->rate, o->reps, (unsigned long long)bytes);
+        for (int f = 0; f < F_N; f++) {
+            printf(", \"%s\": ", fig_names[f]);
+            print_num(fig[f], 1);
+            if (f != F_MASK) {
+                printf(", \"%.*s_gbs\": ", (int)(strlen(fig_names[f]) - 3), fig_names[f]);
+                print_num(fig[f] > 0 ? gb / fig[f] : -1, 2);
+            }
+        }
+        printf(", \"copy_over_op\": ");
+        print_num(fig[F_COPY] > 0 && fig[F_OP] > 0 ? fig[F_COPY] / fig[F_OP] : -1, 3);
+        printf(", \"baseline_over_op\": ");
+        print_num(fig[F_BASELINE] > 0 && fig[F_OP] > 0 ? fig[F_BASELINE] / fig[F_OP] : -1, 2);
+        if (check >= 0) printf(", \"check\": %s", check ? "true" : "false");
+        printf("}\n");
+    }
+    if (check == 0) rc = 1;
+out:
+    free(x); free(y); free(t);
+    db_engine_close(e);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse(argc, argv, &o);
+    if (r > 0) return bench_socket(argc, argv);
+    if (r < 0) return usage(argv[0]);
+    static int (*const modes[])(const struct opts *) = {[MODE_DEVICE] = device_mode};
+    return modes[o.mode](&o);
+}

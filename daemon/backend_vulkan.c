@@ -833,6 +833,16 @@ static struct db_tuning job_tuning(const struct vk_dev *d, const struct db_plan 
 {
     /* apply.comp: one 16-byte vector an invocation */
     struct db_tuning tu = {d->tile_rows, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, d->cand_budget, d->item_cands};
+    if (d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU) {
+        /* lavapipe ends an invocation past 65535 loop iterations: a fired candidate costs about
+         * rows x (3 columns + 1) of them when dropping its block (NHWC marks bit by bit), so a
+         * job where most candidates fire (high rates) must give each invocation fewer of them */
+        uint64_t rows = (uint64_t)pl->up + pl->down + 1, cols = (uint64_t)pl->left + pl->right + 1;
+        uint64_t cost = rows * (3 * cols + 1) + 16, fit = 24000 / cost;
+        if (fit < 1) fit = 1;
+        if (fit < tu.cand_budget) tu.cand_budget = (uint32_t)fit;
+        if (fit < tu.item_cands) tu.item_cands = (uint32_t)fit;
+    }
     return tu;
 }
 

@@ -261,7 +261,19 @@ static void finish(struct client *c, struct pending *j, int rc, const dropblock_
     } else if (gr->kept != j->wr.kept || gr->total != j->wr.total || gr->scale_bits != j->wr.scale_bits ||
                memcmp(j->out, j->want, tb) || (j->mask && memcmp(j->mask, j->wmask, mb))) {
         c->wrong++;
-        problem(c, "result on %s differs from the reference%s", gr->device, "");
+        char what[400];
+        const dropblock_params *q = &j->p;
+        const char *part = (gr->kept != j->wr.kept || gr->total != j->wr.total || gr->scale_bits != j->wr.scale_bits)
+                               ? "K/S/scale" : memcmp(j->out, j->want, tb) ? "output" : "mask";
+        snprintf(what, sizeof what, " (%s differs): %llux%llux%llux%llu %s %s rate %g block %llux%llu seed %llu "
+                 "stream %llu %s share %u %s %s%s%s", part,
+                 (unsigned long long)q->shape[0], (unsigned long long)q->shape[1], (unsigned long long)q->shape[2],
+                 (unsigned long long)q->shape[3], dropblock_layout_name(q->layout), dropblock_dtype_name(q->dtype),
+                 (double)q->rate, (unsigned long long)q->block[0], (unsigned long long)q->block[1],
+                 (unsigned long long)q->seed, (unsigned long long)q->stream, dropblock_normalize_name(q->normalize),
+                 q->share, dropblock_compat_name(q->compat), q->mode ? "backward" : "forward",
+                 q->training ? "" : " eval", j->out == j->in ? " in place" : "");
+        problem(c, "result on %s differs from the reference%s", gr->device, what);
     } else {
         c->exact++;
     }

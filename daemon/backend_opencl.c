@@ -650,14 +650,15 @@ static cl_int launch_round(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t 
     return clEnqueueNDRangeKernel(od->queue, k, 1, NULL, &global, &wg, 0, NULL, NULL);
 }
 
-/* exactly n work items of k, for kernels without a bounds check: whole groups of wg, then one
- * group of the rest at an offset */
+/* exactly n work items of k, for kernels without a bounds check: whole groups of wg, then the
+ * rest at an offset in groups of one (a group of the rest's own size would make drivers that
+ * specialise on the group size, PoCL among them, compile a kernel for every remainder) */
 static cl_int launch_exact(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t n)
 {
-    size_t whole = (size_t)(n / wg * wg), rest = (size_t)(n - whole);
+    size_t whole = (size_t)(n / wg * wg), rest = (size_t)(n - whole), one = 1;
     cl_int e = CL_SUCCESS;
     if (whole) e = clEnqueueNDRangeKernel(od->queue, k, 1, NULL, &whole, &wg, 0, NULL, NULL);
-    if (e == CL_SUCCESS && rest) e = clEnqueueNDRangeKernel(od->queue, k, 1, &whole, &rest, &rest, 0, NULL, NULL);
+    if (e == CL_SUCCESS && rest) e = clEnqueueNDRangeKernel(od->queue, k, 1, &whole, &rest, &one, 0, NULL, NULL);
     return e;
 }
 

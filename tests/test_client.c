@@ -24,6 +24,7 @@
 #include <dropblock/dropblock.h>
 
 #include "reference.h"
+#include "testutil.h"
 #include "test_cases.h"
 
 static atomic_int passed, failed;
@@ -45,20 +46,7 @@ static void check(int ok, const char *fmt, ...)
     pthread_mutex_unlock(&out_lock);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
-static uint64_t rng_next(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
 
 /* ---------------------------------------------------------------- the daemon under test */
 static const char *daemon_exe, *cache_dir;
@@ -68,50 +56,13 @@ static int slow = 1; /* 10 under a wrapper (valgrind): longer waits */
 
 static pid_t daemon_start(const char *const *extra)
 {
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *argv[96];
-        int n = 0;
-        static char wrapper[1024];
-        const char *w = getenv("DROPBLOCK_DAEMON_WRAPPER");
-        snprintf(wrapper, sizeof wrapper, "%s", w ? w : "");
-        for (char *save = NULL, *t = strtok_r(wrapper, " ", &save); t && n < 48; t = strtok_r(NULL, " ", &save))
-            argv[n++] = t;
-        const char *base[] = {daemon_exe, "--socket", sock_path, "--log-level", "warn", "--cache-dir", cache_dir};
-        for (size_t i = 0; i < sizeof base / sizeof *base; i++) argv[n++] = base[i];
-        for (int i = 0; extra && extra[i] && n < 95; i++) argv[n++] = extra[i];
-        argv[n] = NULL;
-        execvp(argv[0], (char *const *)argv);
-        fprintf(stderr, "test_client: cannot run %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    /* listening: a plain connect succeeds (hello waits for the engine, the library's business) */
-    struct sockaddr_un sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock_path);
-    for (double t0 = now_s(); now_s() - t0 < 120 * slow;) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            printf("FAIL dropblockd exited at start (status 0x%x)\n", st);
-            return -1;
-        }
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
-        if (fd >= 0) close(fd);
-        if (ok) return pid;
-        usleep(20000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    printf("FAIL dropblockd did not listen on %s within 120 s\n", sock_path);
-    return -1;
+    return tu_daemon_start("test_client", daemon_exe, sock_path, cache_dir, extra, 120.0 * slow);
 }
 
 /* Waits up to secs for the daemon to exit; its wait status or -1. */
 static int daemon_reap(pid_t pid, double secs)
 {
-    for (double t0 = now_s(); now_s() - t0 < secs;) {
+    for (double t0 = tu_now_s(); tu_now_s() - t0 < secs;) {
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) return st;
         usleep(10000);
@@ -391,9 +342,9 @@ static void test_timeout(dropblock_t *h, pid_t daemon)
     check(rc == 0 && t, "submit to a stopped daemon returns at once: rc %d", rc);
     rc = dropblock_wait(h, t, 0, &gr);
     check(rc == DROPBLOCK_ETIMEDOUT, "wait 0 on a running job: rc %d, want ETIMEDOUT", rc);
-    double t0 = now_s();
+    double t0 = tu_now_s();
     rc = dropblock_wait(h, t, 80, &gr);
-    double dt = now_s() - t0;
+    double dt = tu_now_s() - t0;
     check(rc == DROPBLOCK_ETIMEDOUT && dt >= 0.075 && dt < 2, "wait 80 ms: rc %d after %.3f s", rc, dt);
     kill(daemon, SIGCONT);
     rc = dropblock_wait(h, t, -1, &gr);
@@ -432,25 +383,25 @@ static dropblock_params random_params(uint64_t *s)
 {
     dropblock_params p;
     dropblock_params_init(&p);
-    p.shape[0] = 1 + rng_next(s) % 3;
-    p.shape[1] = 1 + rng_next(s) % 8;
-    p.shape[2] = 1 + rng_next(s) % 32;
-    p.shape[3] = 1 + rng_next(s) % 64;
-    p.layout = (dropblock_layout)(rng_next(s) % 2);
-    p.dtype = (dropblock_dtype)(rng_next(s) % 3);
+    p.shape[0] = 1 + tu_rng_next(s) % 3;
+    p.shape[1] = 1 + tu_rng_next(s) % 8;
+    p.shape[2] = 1 + tu_rng_next(s) % 32;
+    p.shape[3] = 1 + tu_rng_next(s) % 64;
+    p.layout = (dropblock_layout)(tu_rng_next(s) % 2);
+    p.dtype = (dropblock_dtype)(tu_rng_next(s) % 3);
     static const float rates[] = {0.0f, 0.05f, 0.1f, 0.25f, 0.5f, 0.9f, 1.0f};
-    p.rate = rates[rng_next(s) % 7];
-    p.block[0] = 1 + rng_next(s) % 7;
-    p.block[1] = 1 + rng_next(s) % 7;
-    p.seed = rng_next(s) % 3 ? rng_next(s) % 100000 : rng_next(s); /* some above 2^53: decimal strings */
-    p.stream = rng_next(s) % 2 ? rng_next(s) : 0;
-    p.mode = (dropblock_mode)(rng_next(s) % 4 == 0);
-    p.training = rng_next(s) % 10 != 0;
-    if (rng_next(s) % 4 == 0) {
+    p.rate = rates[tu_rng_next(s) % 7];
+    p.block[0] = 1 + tu_rng_next(s) % 7;
+    p.block[1] = 1 + tu_rng_next(s) % 7;
+    p.seed = tu_rng_next(s) % 3 ? tu_rng_next(s) % 100000 : tu_rng_next(s); /* some above 2^53: decimal strings */
+    p.stream = tu_rng_next(s) % 2 ? tu_rng_next(s) : 0;
+    p.mode = (dropblock_mode)(tu_rng_next(s) % 4 == 0);
+    p.training = tu_rng_next(s) % 10 != 0;
+    if (tu_rng_next(s) % 4 == 0) {
         p.compat = DROPBLOCK_COMPAT_KERAS_CV;
     } else {
-        p.normalize = (dropblock_normalize)(rng_next(s) % 3);
-        p.share = (unsigned)(rng_next(s) % 4);
+        p.normalize = (dropblock_normalize)(tu_rng_next(s) % 3);
+        p.share = (unsigned)(tu_rng_next(s) % 4);
     }
     return p;
 }
@@ -470,7 +421,7 @@ static int batch_check(dropblock_t *h, uint64_t *s, char *why, size_t wl)
         want[i] = malloc(tb);
         dropblock_result wr;
         if (!want[i] || dropblock_alloc(h, 2 * tb, (void **)&r[i])) { ok = 0; snprintf(why, wl, "alloc"); break; }
-        db_fill_tf_uniform(p[i].dtype, rng_next(s), 3, dropblock_numel(&p[i]), r[i]);
+        db_fill_tf_uniform(p[i].dtype, tu_rng_next(s), 3, dropblock_numel(&p[i]), r[i]);
         db_reference_run(&p[i], r[i], want[i], NULL, NULL, &wr);
         int rc = dropblock_submit(h, &p[i], r[i], r[i] + tb, NULL, i % 2 ? "auto" : NULL, &t[i]);
         if (rc) { ok = 0; snprintf(why, wl, "submit %d: rc %d", i, rc); }
@@ -505,12 +456,12 @@ static void *worker_main(void *arg)
     uint64_t s = 0x9E3779B97F4A7C15ull * (uint64_t)(w->index + 1) + (w->shared ? 1 : 2);
     for (int j = 0; j < JOBS; j++) {
         dropblock_params p = random_params(&s);
-        size_t d = rng_next(&s) % (ndevs + 1);
-        const char *dev = d < ndevs ? devs[d].id : (rng_next(&s) % 2 ? "auto" : NULL);
+        size_t d = tu_rng_next(&s) % (ndevs + 1);
+        const char *dev = d < ndevs ? devs[d].id : (tu_rng_next(&s) % 2 ? "auto" : NULL);
         char why[512];
         if (j % 10 == 9 ? batch_check(h, &s, why, sizeof why)
-                        : job_check(h, &p, dev, (int)(rng_next(&s) % 2), (int)(rng_next(&s) % 2),
-                                    (int)(rng_next(&s) % 2), rng_next(&s), why, sizeof why))
+                        : job_check(h, &p, dev, (int)(tu_rng_next(&s) % 2), (int)(tu_rng_next(&s) % 2),
+                                    (int)(tu_rng_next(&s) % 2), tu_rng_next(&s), why, sizeof why))
             w->ok++;
         else {
             w->bad++;
@@ -526,7 +477,7 @@ static void test_threads(dropblock_t *h)
 {
     static struct worker ws[2 * THREADS];
     pthread_t th[2 * THREADS];
-    double t0 = now_s();
+    double t0 = tu_now_s();
     for (int i = 0; i < 2 * THREADS; i++) {
         ws[i].shared = i < THREADS ? h : NULL;
         ws[i].index = i % THREADS;
@@ -542,7 +493,7 @@ static void test_threads(dropblock_t *h)
           ok[0], bad[0]);
     check(ok[1] == THREADS * JOBS && !bad[1], "%d connections x %d jobs: %d exact, %d not", THREADS, JOBS, ok[1],
           bad[1]);
-    printf("threads: %d + %d jobs exact in %.1f s\n", ok[0], ok[1], now_s() - t0);
+    printf("threads: %d + %d jobs exact in %.1f s\n", ok[0], ok[1], tu_now_s() - t0);
     char json[8192];
     if (!dropblock_status(h, json, sizeof json)) printf("status: %s\n", json);
 }
@@ -590,9 +541,9 @@ static int test_shutdown(dropblock_t *h, pid_t daemon)
     struct stat sb;
     check(lstat(sock_path, &sb) < 0 && errno == ENOENT, "the socket file is removed");
     void *q = NULL;
-    double t0 = now_s();
+    double t0 = tu_now_s();
     rc = dropblock_alloc(h, 4096, &q);
-    check(rc == DROPBLOCK_EUNAVAILABLE && now_s() - t0 < 5, "alloc after shutdown: rc %d", rc);
+    check(rc == DROPBLOCK_EUNAVAILABLE && tu_now_s() - t0 < 5, "alloc after shutdown: rc %d", rc);
     char json[1024];
     rc = dropblock_status(h, json, sizeof json);
     check(rc == DROPBLOCK_EUNAVAILABLE, "status after shutdown: rc %d", rc);
@@ -612,7 +563,7 @@ static void *waiter_main(void *arg)
 {
     struct waiter *w = arg;
     w->rc = dropblock_wait(w->h, w->t, -1, &w->res);
-    w->t_done = now_s();
+    w->t_done = tu_now_s();
     return NULL;
 }
 
@@ -698,7 +649,7 @@ static void test_killed(void)
     pthread_t th;
     pthread_create(&th, NULL, waiter_main, &w);
     usleep(100000);
-    double t_kill = now_s();
+    double t_kill = tu_now_s();
     kill(d, SIGKILL);
     pthread_join(th, NULL);
     check(w.rc == DROPBLOCK_EUNAVAILABLE && strstr(w.res.message, "connection to dropblockd lost") &&
@@ -707,7 +658,7 @@ static void test_killed(void)
     waitpid(d, NULL, 0);
     /* nothing answers: each call tries once to reconnect, fails at once and says so */
     dropblock_result res;
-    double t0 = now_s();
+    double t0 = tu_now_s();
     rc = dropblock_run(h, &p, r, r, NULL, NULL, &res);
     check(rc == DROPBLOCK_EUNAVAILABLE && strstr(res.message, "connection to dropblockd lost") &&
               strstr(res.message, "reconnecting failed") && strstr(res.message, sock_path),
@@ -724,7 +675,7 @@ static void test_killed(void)
     check(dropblock_shutdown(h, msg, sizeof msg) == DROPBLOCK_EUNAVAILABLE && strstr(msg, "reconnecting failed"),
           "shutdown after SIGKILL: \"%s\"", msg);
     check(dropblock_free(h, gone) == 0, "free after SIGKILL releases the memory");
-    check(now_s() - t0 < 2, "calls after SIGKILL return promptly (%.3f s)", now_s() - t0);
+    check(tu_now_s() - t0 < 2, "calls after SIGKILL return promptly (%.3f s)", tu_now_s() - t0);
 
     /* a new daemon on the same path (all its devices): the handle reconnects on its next call */
     d = daemon_start(NULL);
@@ -793,7 +744,7 @@ int main(int argc, char **argv)
     char cache_buf[256];
     snprintf(cache_buf, sizeof cache_buf, "%s/cache", tmpdir);
     cache_dir = argc > 2 ? argv[2] : cache_buf;
-    double t0 = now_s();
+    double t0 = tu_now_s();
 
     test_connect_refused();
     /* 65534 may connect (for the shutdown permission check), 65533 may not */
@@ -827,6 +778,6 @@ int main(int argc, char **argv)
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmpdir);
-    printf("test_client: %d passed, %d failed (%.1f s)\n", atomic_load(&passed), atomic_load(&failed), now_s() - t0);
+    printf("test_client: %d passed, %d failed (%.1f s)\n", atomic_load(&passed), atomic_load(&failed), tu_now_s() - t0);
     return atomic_load(&failed) ? 1 : 0;
 }

@@ -34,21 +34,9 @@
 #include <dropblock/dropblock.h>
 
 #include "reference.h"
+#include "testutil.h"
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
-static uint64_t rng_next(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
 
 /* ---------------------------------------------------------------- the daemon */
 static const char *daemon_exe, *cache_dir;
@@ -57,42 +45,7 @@ static int slow = 1;
 
 static pid_t daemon_start(void)
 {
-    pid_t pid = fork();
-    if (pid == 0) {
-        const char *argv[64];
-        int n = 0;
-        static char wrapper[1024];
-        const char *w = getenv("DROPBLOCK_DAEMON_WRAPPER");
-        snprintf(wrapper, sizeof wrapper, "%s", w ? w : "");
-        for (char *save = NULL, *t = strtok_r(wrapper, " ", &save); t && n < 48; t = strtok_r(NULL, " ", &save))
-            argv[n++] = t;
-        const char *base[] = {daemon_exe, "--socket", sock_path, "--log-level", "warn", "--cache-dir", cache_dir};
-        for (size_t i = 0; i < sizeof base / sizeof *base; i++) argv[n++] = base[i];
-        argv[n] = NULL;
-        execvp(argv[0], (char *const *)argv);
-        fprintf(stderr, "load_test: cannot run %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    struct sockaddr_un sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sun_family = AF_UNIX;
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock_path);
-    for (double t0 = now_s(); now_s() - t0 < 120 * slow;) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            fprintf(stderr, "load_test: dropblockd exited at start (status 0x%x)\n", st);
-            return -1;
-        }
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
-        if (fd >= 0) close(fd);
-        if (ok) return pid;
-        usleep(20000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    fprintf(stderr, "load_test: dropblockd did not listen on %s\n", sock_path);
-    return -1;
+    return tu_daemon_start("load_test", daemon_exe, sock_path, cache_dir, NULL, 120.0 * slow);
 }
 
 static int count_fds(pid_t pid)
@@ -159,31 +112,31 @@ static dropblock_params random_params(uint64_t *s)
 {
     dropblock_params p;
     dropblock_params_init(&p);
-    uint64_t size = rng_next(s) % 50;
+    uint64_t size = tu_rng_next(s) % 50;
     uint64_t cap = size < 30 ? 16384 : size < 45 ? 131072 : size < 49 ? 524288 : HUGE_ELEMS; /* elements */
     uint64_t mc = size < 30 ? 8 : size < 49 ? 32 : 128, mh = size < 30 ? 24 : size < 49 ? 64 : 128;
     do {
-        p.shape[0] = 1 + rng_next(s) % 4;
-        p.shape[1] = 1 + rng_next(s) % mc;
-        p.shape[2] = 1 + rng_next(s) % mh;
-        p.shape[3] = 1 + rng_next(s) % (mh + mh / 2);
+        p.shape[0] = 1 + tu_rng_next(s) % 4;
+        p.shape[1] = 1 + tu_rng_next(s) % mc;
+        p.shape[2] = 1 + tu_rng_next(s) % mh;
+        p.shape[3] = 1 + tu_rng_next(s) % (mh + mh / 2);
     } while (dropblock_numel(&p) > cap || (size >= 30 && dropblock_numel(&p) <= cap / 8));
-    p.layout = (dropblock_layout)(rng_next(s) % 2);
-    p.dtype = (dropblock_dtype)(rng_next(s) % 3);
+    p.layout = (dropblock_layout)(tu_rng_next(s) % 2);
+    p.dtype = (dropblock_dtype)(tu_rng_next(s) % 3);
     static const float rates[] = {0.0f, 0.05f, 0.1f, 0.2f, 0.3f, 0.5f, 0.9f};
-    p.rate = rates[rng_next(s) % 7];
-    p.block[0] = 1 + rng_next(s) % 7;
-    p.block[1] = 1 + rng_next(s) % 7;
-    p.seed = rng_next(s);
-    p.stream = rng_next(s) % 4;
-    p.mode = (dropblock_mode)(rng_next(s) % 5 == 0);
-    p.training = rng_next(s) % 20 != 0;
-    if (rng_next(s) % 6 == 0) {
+    p.rate = rates[tu_rng_next(s) % 7];
+    p.block[0] = 1 + tu_rng_next(s) % 7;
+    p.block[1] = 1 + tu_rng_next(s) % 7;
+    p.seed = tu_rng_next(s);
+    p.stream = tu_rng_next(s) % 4;
+    p.mode = (dropblock_mode)(tu_rng_next(s) % 5 == 0);
+    p.training = tu_rng_next(s) % 20 != 0;
+    if (tu_rng_next(s) % 6 == 0) {
         p.compat = DROPBLOCK_COMPAT_KERAS_CV; /* some refused (a division by zero): by both sides */
         p.layout = DROPBLOCK_NHWC;
     } else {
-        p.normalize = (dropblock_normalize)(rng_next(s) % 3);
-        p.share = (unsigned)(rng_next(s) % 4);
+        p.normalize = (dropblock_normalize)(tu_rng_next(s) % 3);
+        p.share = (unsigned)(tu_rng_next(s) % 4);
     }
     return p;
 }
@@ -229,11 +182,11 @@ static void prepare(struct client *c, struct pending *j, const dropblock_params 
 {
     j->p = *p;
     uint64_t n = dropblock_numel(&j->p), tb = dropblock_tensor_bytes(&j->p), mb = dropblock_mask_bytes(&j->p);
-    int inplace = rng_next(&c->rng) % 3 == 0, with_mask = rng_next(&c->rng) % 2;
+    int inplace = tu_rng_next(&c->rng) % 3 == 0, with_mask = tu_rng_next(&c->rng) % 2;
     j->in = base;
     j->out = inplace ? base : base + align64(tb);
     j->mask = with_mask ? base + 2 * align64(tb) : NULL;
-    db_fill_tf_uniform(j->p.dtype, rng_next(&c->rng), 7, n, j->in);
+    db_fill_tf_uniform(j->p.dtype, tu_rng_next(&c->rng), 7, n, j->in);
     j->want = malloc(tb);
     j->wmask = calloc(1, mb);
     j->wrc = db_reference_run(&j->p, j->in, j->want, j->mask ? j->wmask : NULL, NULL, &j->wr);
@@ -241,14 +194,14 @@ static void prepare(struct client *c, struct pending *j, const dropblock_params 
 
 static const char *pick_device(struct client *c)
 {
-    uint64_t r = rng_next(&c->rng) % 10;
+    uint64_t r = tu_rng_next(&c->rng) % 10;
     if (r < 7 || !ndevs) return r % 2 ? "auto" : NULL;
-    return devs[rng_next(&c->rng) % ndevs].id;
+    return devs[tu_rng_next(&c->rng) % ndevs].id;
 }
 
 static void finish(struct client *c, struct pending *j, int rc, const dropblock_result *gr, int measured)
 {
-    double dt = now_s() - j->t0;
+    double dt = tu_now_s() - j->t0;
     uint64_t tb = dropblock_tensor_bytes(&j->p), mb = dropblock_mask_bytes(&j->p);
     if (rc || j->wrc) {
         if (rc == j->wrc) c->exact++; /* both refuse it (none expected) */
@@ -310,7 +263,7 @@ static void run_phase(struct client *c, int njobs, int measured)
                 struct pending j;
                 dropblock_result gr;
                 prepare(c, &j, &p, big + off);
-                j.t0 = now_s();
+                j.t0 = tu_now_s();
                 rc = dropblock_run(c->h, &j.p, j.in, j.out, j.mask, devs[c->index].id, &gr);
                 finish(c, &j, rc, &gr, measured);
                 done++;
@@ -319,7 +272,7 @@ static void run_phase(struct client *c, int njobs, int measured)
         }
     }
     while (done < njobs) {
-        uint64_t kind = rng_next(&c->rng) % 20;
+        uint64_t kind = tu_rng_next(&c->rng) % 20;
         if (kind == 0 && njobs - done >= 3) {
             /* a batch: three submits at once, waited for in reverse order, each in its own region */
             struct pending j[3];
@@ -329,7 +282,7 @@ static void run_phase(struct client *c, int njobs, int measured)
                 do p = random_params(&c->rng); while (dropblock_numel(&p) > MAX_ELEMS);
                 if ((rc = dropblock_alloc(c->h, REGION_BYTES, (void **)&mem[i]))) break;
                 prepare(c, &j[i], &p, mem[i]);
-                j[i].t0 = now_s();
+                j[i].t0 = tu_now_s();
                 if ((rc = dropblock_submit(c->h, &j[i].p, j[i].in, j[i].out, j[i].mask, pick_device(c), &j[i].t))) {
                     dropblock_result gr;
                     memset(&gr, 0, sizeof gr);
@@ -359,7 +312,7 @@ static void run_phase(struct client *c, int njobs, int measured)
         }
         prepare(c, &j, &p, fresh ? fresh : region);
         dropblock_result gr;
-        j.t0 = now_s();
+        j.t0 = tu_now_s();
         rc = dropblock_run(c->h, &j.p, j.in, j.out, j.mask, pick_device(c), &gr);
         finish(c, &j, rc, &gr, measured);
         if (fresh) dropblock_free(c->h, fresh);
@@ -469,10 +422,10 @@ int main(int argc, char **argv)
     struct rss warm = read_rss(d);
     save_smaps(d, "warm");
     int fds_warm = count_fds(d);
-    double t0 = now_s();
+    double t0 = tu_now_s();
     pthread_barrier_wait(&phase_barrier);
     pthread_barrier_wait(&phase_barrier);
-    double wall = now_s() - t0;
+    double wall = tu_now_s() - t0;
     usleep(500000);
     struct rss end = read_rss(d);
     save_smaps(d, "end");
@@ -515,7 +468,7 @@ int main(int argc, char **argv)
     }
     /* descriptors: back to the baseline once every client is gone */
     int fds_end = -1;
-    for (double t = now_s(); now_s() - t < 10 * slow; usleep(50000))
+    for (double t = tu_now_s(); tu_now_s() - t < 10 * slow; usleep(50000))
         if ((fds_end = count_fds(d)) <= fds_base) break;
     printf("load: daemon descriptors %d before the clients, %d after the warm-up (16 connected), %d after they left\n",
            fds_base, fds_warm, fds_end);
@@ -525,7 +478,7 @@ int main(int argc, char **argv)
     }
     kill(d, SIGTERM);
     int st = -1;
-    for (double t = now_s(); now_s() - t < 60 * slow; usleep(20000))
+    for (double t = tu_now_s(); tu_now_s() - t < 60 * slow; usleep(20000))
         if (waitpid(d, &st, WNOHANG) == d) break;
         else st = -1;
     if (st < 0) {

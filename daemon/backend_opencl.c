@@ -480,6 +480,10 @@ static void choose_shape(struct ocl_dev *od)
     clGetDeviceInfo(od->device, CL_DEVICE_MEM_BASE_ADDR_ALIGN, sizeof align_bits, &align_bits, NULL);
     od->mem_align = align_bits >= 8 ? align_bits / 8 : 4;
     od->cpu = (type & CL_DEVICE_TYPE_CPU) != 0;
+    /* DROPBLOCK_OPENCL_SHAPE=gpu gives a CPU device the GPU shape (tests: the GPU kernels'
+     * configuration compiled and checked on PoCL) */
+    const char *shape = getenv("DROPBLOCK_OPENCL_SHAPE");
+    if (shape && !strcmp(shape, "gpu")) od->cpu = 0;
     const char *copy = getenv("DROPBLOCK_OPENCL_COPY");
     od->zero_copy = od->cpu && !(copy && !strcmp(copy, "1"));
     if (od->cpu) {
@@ -496,7 +500,7 @@ static void choose_shape(struct ocl_dev *od)
         od->item_cands = 256;
     }
     snprintf(od->build_options, sizeof od->build_options, "-DDB_LANG_CL -DDB_VW=%u -DDB_VPW=%u%s", od->vw, od->vpw,
-             od->cpu ? " -DDB_VLOAD" : "");
+             od->cpu ? " -DDB_VLOAD -DDB_CPU" : "");
 }
 
 static void choose_work_groups(struct ocl_dev *od)

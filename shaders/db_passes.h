@@ -155,6 +155,13 @@ DBFN void db_drop(DB_DROP_BUFS DB_TILE_ARGS, u32 i, u32 j)
     }
 }
 
+/* db_mask_tile takes the run of blocks from a plane's first candidate to its last (blocks
+ * between rows included: their words are no candidates and drop nothing, and a run needs no
+ * queue) where that makes at most half again the blocks of the rows' own spans: queueing a
+ * block costs about half as much as making its words (on PoCL: 56 columns and a block of 7
+ * make 14 blocks a row where 13 hold candidates, and the run is the faster by 5%). */
+#define DB_TAKE_RUN(blocks, rows, cols) (2ul * (blocks) <= 3ul * (rows) * (((cols) + 3ul) / 4ul + 1ul))
+
 /* Runs the queued candidate blocks blk[0..n) (or the run of n blocks from run, db_fire_batch) of
  * plane (n, c) (candidate index base ebase) and drops every fired candidate of rows
  * [ci0, ci1), columns [cj0, cj1) among them. */
@@ -163,12 +170,12 @@ DBFN void db_flush(DB_DROP_BUFS DB_TILE_ARGS, DB_BLK_PARAM(blk), u64 run, u32 n,
 {
     u64 thr = DB_PRM64(DBP_THR);
     u32x4 base = MAKE_U32X4(prm[DBP_BASE], prm[DBP_BASE + 1], prm[DBP_BASE + 2], prm[DBP_BASE + 3]);
-    u32x4 fired = db_fire_batch(blk, run, n, base, prm[DBP_KEY], prm[DBP_KEY + 1], prm[DBP_WMASK], U32(thr),
-                                thr > 0xFFFFFFFFul ? 1u : 0u);
-    if ((fired.x | fired.y | fired.z | fired.w) == 0u) return; /* mostly */
+    DB_FIRED fired = db_fire_batch(blk, run, n, base, prm[DBP_KEY], prm[DBP_KEY + 1], prm[DBP_WMASK], U32(thr),
+                                   thr > 0xFFFFFFFFul ? 1u : 0u);
+    if (db_fired_any(fired) == 0u) return; /* mostly */
     u64 sH = DB_PRM64(DBP_SH), sW = DB_PRM64(DBP_SW);
     for (u32 q = 0u; q < (U32(DB_BATCH) + 7u) / 8u; q++) {
-        for (u32 bits = db_sel4(fired, q); bits != 0u;) {
+        for (u32 bits = db_fired_word(fired, q); bits != 0u;) {
             u32 t = MSB32(bits);
             bits ^= 1u << t;
             t += 32u * q;
@@ -250,14 +257,37 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
     u64 sN = DB_PRM64(DBP_SN), sC = DB_PRM64(DBP_SC), sH = DB_PRM64(DBP_SH), sW = DB_PRM64(DBP_SW);
     for (u64 c = c0; c < c1 && ci0 < ci1 && cj0 < cj1; c++) {
         u64 ebase = n * sN + c * sC, cbit = nhwc != 0u ? c : 0ul;
-        u64 blk[DB_BATCH];
+#if defined(DB_LANG_CL) && defined(DB_CPU)
+        /* two queues: one fills while the other, full, waits for its words, so that the vector
+         * loads of a batch never meet the stores that just filled it (store forwarding fails
+         * for loads wider than a store and costs more than the batch's arithmetic) */
+        u64 qs[2 * DB_QUEUE];
+        u64 *blk = qs;
+        u32 pend = 0u; /* blocks in the other queue */
+#define DB_QUEUE_FULL()                                                                                  \
+    {                                                                                                  \
+        u64 *other = blk == qs ? qs + DB_QUEUE : qs;                                                     \
+        if (pend != 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, other, DB_NO_RUN, pend, ebase, ci0, ci1, cj0, cj1); \
+        pend = nb;                                                                                     \
+        blk = other;                                                                                   \
+        nb = 0u;                                                                                       \
+    }
+#define DB_QUEUE_REST()                                                                                  \
+    if (pend != 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, blk == qs ? qs + DB_QUEUE : qs, DB_NO_RUN, pend, ebase, ci0, ci1, cj0, cj1);
+#else
+        u64 blk[DB_QUEUE];
+#define DB_QUEUE_FULL()                                                                                  \
+    {                                                                                                  \
+        db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);             \
+        nb = 0u;                                                                                       \
+    }
+#define DB_QUEUE_REST()
+#endif
         u32 nb = 0u;
         u64 last = 0xFFFFFFFFFFFFFFFFul;
-        /* unit stride: every block from the first candidate to the last, the columns between
-         * rows included (their words are no candidates and drop nothing), where that makes at
-         * most half again the blocks of the rows' own spans: a run needs no queue */
+        /* unit stride: the run of blocks from the first candidate to the last (DB_TAKE_RUN) */
         u64 run = (ebase + U64(ci0) * sH + U64(cj0)) >> 2, end = ((ebase + U64(ci1 - 1u) * sH + U64(cj1 - 1u)) >> 2) + 1ul;
-        if (sW == 1ul && 2ul * (end - run) <= 3ul * U64(ci1 - ci0) * (U64(cj1 - cj0 + 3u) / 4ul + 1ul)) {
+        if (sW == 1ul && DB_TAKE_RUN(end - run, U64(ci1 - ci0), U64(cj1 - cj0))) {
             for (; run < end; run += U64(DB_BATCH)) {
                 u32 take = end - run < U64(DB_BATCH) ? U32(end - run) : U32(DB_BATCH);
                 db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, run, take, ebase, ci0, ci1, cj0, cj1);
@@ -273,13 +303,14 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
                 while (b0 <= b1) {
                     u32 take = U32(DB_BATCH) - nb;
                     if (U64(take) > b1 - b0 + 1ul) take = U32(b1 - b0 + 1ul);
+#if defined(DB_LANG_CL) && defined(DB_CPU)
+                    db_queue_span(blk, nb, b0, take);
+#else
                     for (u32 l = 0u; l < take; l++) blk[nb + l] = b0 + U64(l);
+#endif
                     nb += take;
                     b0 += U64(take);
-                    if (nb == U32(DB_BATCH)) {
-                        db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
-                        nb = 0u;
-                    }
+                    if (nb == U32(DB_BATCH)) DB_QUEUE_FULL()
                 }
                 continue;
             }
@@ -288,13 +319,13 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
                 last = e >> 2;
                 blk[nb] = last;
                 nb++;
-                if (nb == U32(DB_BATCH)) {
-                    db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
-                    nb = 0u;
-                }
+                if (nb == U32(DB_BATCH)) DB_QUEUE_FULL()
             }
         }
+        DB_QUEUE_REST()
         if (nb > 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
+#undef DB_QUEUE_FULL
+#undef DB_QUEUE_REST
     }
 
     return db_count_bits(DB_BITS_ARGS a, b - 1ul, wa, wb);

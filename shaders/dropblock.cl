@@ -4,7 +4,8 @@
  *
  * The host builds it per device with -DDB_VW=<lanes> -DDB_VPW=<vectors per work item>: CPU
  * devices take the device's native int vector width in lanes (16 with AVX-512) and enough
- * vectors that a work item covers one mask word of f32, plus -DDB_VLOAD (db_portable.h); GPUs
+ * vectors that a work item covers one mask word of f32, plus -DDB_VLOAD (db_portable.h) and
+ * -DDB_CPU (the mask pass's vector batches, db_math.h); GPUs
  * take 4 lanes and one vector (16-byte loads). The
  * dtype, the per-sample scale and the fixup are separate kernels, not run-time branches, so
  * that CPU compilers vectorize the work-item loop of each.

@@ -74,6 +74,11 @@ int test_cases_matrix(struct test_case *out, int cap)
             p = base(2, 3, 9, 6, 0.6f, 3, 5); p.compat = DROPBLOCK_COMPAT_KERAS_CV; CASE("keras_cv H>W", p);
             p = base(1, 2, 5, 5, 0.5f, 9, 3); p.compat = DROPBLOCK_COMPAT_KERAS_CV; CASE("keras_cv block > map", p);
             p = base(2, 3, 9, 9, 0.3f, 3, 3); p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.stream = 7; p.seed = UINT64_C(0xFFFFFFFFFFFFFFF0); CASE("keras_cv stream", p);
+            /* Philox counters whose upper words change inside a batch of blocks (a carry out of
+             * the lowest word, and out of the lowest two): the vector batches' shortcut for
+             * counters that agree there must not be taken */
+            p = base(2, 3, 9, 9, 0.3f, 3, 3); p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.stream = 0; p.seed = UINT64_C(0xFFFFFFF8); CASE("keras_cv counter carry", p);
+            p = base(2, 3, 9, 9, 0.3f, 3, 3); p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.stream = 0; p.seed = UINT64_C(0xFFFFFFFFFFFFFFFA); CASE("keras_cv counter carry 64", p);
             /* most candidates fire and each drops a tall thin block: lavapipe's per-invocation
              * loop limit once cut this short (found by the load test) */
             p = base(1, 8, 20, 30, 0.9f, 4, 1); p.compat = DROPBLOCK_COMPAT_KERAS_CV; CASE("keras_cv high rate thin block", p);

@@ -257,32 +257,7 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
     u64 sN = DB_PRM64(DBP_SN), sC = DB_PRM64(DBP_SC), sH = DB_PRM64(DBP_SH), sW = DB_PRM64(DBP_SW);
     for (u64 c = c0; c < c1 && ci0 < ci1 && cj0 < cj1; c++) {
         u64 ebase = n * sN + c * sC, cbit = nhwc != 0u ? c : 0ul;
-#if defined(DB_LANG_CL) && defined(DB_CPU)
-        /* two queues: one fills while the other, full, waits for its words, so that the vector
-         * loads of a batch never meet the stores that just filled it (store forwarding fails
-         * for loads wider than a store and costs more than the batch's arithmetic) */
-        u64 qs[2 * DB_QUEUE];
-        u64 *blk = qs;
-        u32 pend = 0u; /* blocks in the other queue */
-#define DB_QUEUE_FULL()                                                                                  \
-    {                                                                                                  \
-        u64 *other = blk == qs ? qs + DB_QUEUE : qs;                                                     \
-        if (pend != 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, other, DB_NO_RUN, pend, ebase, ci0, ci1, cj0, cj1); \
-        pend = nb;                                                                                     \
-        blk = other;                                                                                   \
-        nb = 0u;                                                                                       \
-    }
-#define DB_QUEUE_REST()                                                                                  \
-    if (pend != 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, blk == qs ? qs + DB_QUEUE : qs, DB_NO_RUN, pend, ebase, ci0, ci1, cj0, cj1);
-#else
         u64 blk[DB_QUEUE];
-#define DB_QUEUE_FULL()                                                                                  \
-    {                                                                                                  \
-        db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);             \
-        nb = 0u;                                                                                       \
-    }
-#define DB_QUEUE_REST()
-#endif
         u32 nb = 0u;
         u64 last = 0xFFFFFFFFFFFFFFFFul;
         /* unit stride: the run of blocks from the first candidate to the last (DB_TAKE_RUN) */
@@ -310,7 +285,10 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
 #endif
                     nb += take;
                     b0 += U64(take);
-                    if (nb == U32(DB_BATCH)) DB_QUEUE_FULL()
+                    if (nb == U32(DB_BATCH)) {
+                        db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
+                        nb = 0u;
+                    }
                 }
                 continue;
             }
@@ -319,13 +297,13 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
                 last = e >> 2;
                 blk[nb] = last;
                 nb++;
-                if (nb == U32(DB_BATCH)) DB_QUEUE_FULL()
+                if (nb == U32(DB_BATCH)) {
+                    db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
+                    nb = 0u;
+                }
             }
         }
-        DB_QUEUE_REST()
         if (nb > 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
-#undef DB_QUEUE_FULL
-#undef DB_QUEUE_REST
     }
 
     return db_count_bits(DB_BITS_ARGS a, b - 1ul, wa, wb);

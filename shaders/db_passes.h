@@ -207,11 +207,49 @@ DBFN void db_add_kept(DB_TOTAL_BUFS u64 s, u64 v)
     if (hi != 0u) ATOMIC_ADD(kept, 2ul * s + 1ul, hi);
 }
 
+/* a / b, in 32 bits where both fit (a 64-bit division costs several times more) */
+DBFN u64 db_udiv(u64 a, u64 b)
+{
+    if (b == 1ul) return a;
+    return (a >> 32) == 0ul && (b >> 32) == 0ul ? U64(U32(a) / U32(b)) : a / b;
+}
+
+/* Tile g's group (n C + c in NCHW, n in NHWC): tiles go NT row tiles a group, NS column tiles a
+ * row tile, NC channel tiles a column tile. */
+DBFN u64 db_tile_group(DB_PRM_BUFS u64 g)
+{
+    return db_udiv(DB_PRM64(DBP_TA0) + g, U64(prm[DBP_NT]) * U64(prm[DBP_NS]) * U64(prm[DBP_NC]));
+}
+
+/* Tile g of group grp: its rows [h0, h1) and columns [w0, w1) of the map, and its channel tile
+ * (MAKE_U32X4(h0, h1, w0, w1), channel tile from db_tile_chan). Whole planes, the CPU shape,
+ * take no division. */
+DBFN u32x4 db_tile_box(DB_PRM_BUFS u64 g, u64 grp)
+{
+    u32 H = prm[DBP_H], W = prm[DBP_W];
+    u64 NC = U64(prm[DBP_NC]), NSC = U64(prm[DBP_NS]) * NC;
+    u64 rt = DB_PRM64(DBP_TA0) + g - grp * (U64(prm[DBP_NT]) * NSC);
+    if (rt == 0ul) return MAKE_U32X4(0u, H > prm[DBP_TILE] ? prm[DBP_TILE] : H, 0u, W > prm[DBP_TILEW] ? prm[DBP_TILEW] : W);
+    u64 t = db_udiv(rt, NSC), st = db_udiv(rt - t * NSC, NC);
+    u32 h0 = U32(t) * prm[DBP_TILE], w0 = U32(st) * prm[DBP_TILEW];
+    return MAKE_U32X4(h0, H - h0 > prm[DBP_TILE] ? h0 + prm[DBP_TILE] : H, w0,
+                      W - w0 > prm[DBP_TILEW] ? w0 + prm[DBP_TILEW] : W);
+}
+
+/* Tile g's channel tile (NHWC): its first channel */
+DBFN u64 db_tile_chan(DB_PRM_BUFS u64 g, u64 grp)
+{
+    u64 NC = U64(prm[DBP_NC]);
+    if (NC == 1ul) return 0ul;
+    u64 rt = DB_PRM64(DBP_TA0) + g - grp * (U64(prm[DBP_NT]) * U64(prm[DBP_NS]) * NC);
+    return (rt - db_udiv(rt, NC) * NC) * U64(prm[DBP_TILEC]);
+}
+
 /* The sample (from the chunk's first) that tile g belongs to. */
 DBFN u64 db_tile_sample(DB_PRM_BUFS u64 g)
 {
-    u64 grp = (DB_PRM64(DBP_TA0) + g) / (U64(prm[DBP_NT]) * U64(prm[DBP_NS]) * U64(prm[DBP_NC]));
-    return (prm[DBP_LAYOUT] != 0u ? grp : grp / DB_PRM64(DBP_C)) - DB_PRM64(DBP_N0);
+    u64 grp = db_tile_group(DB_PRM_ARGS g);
+    return (prm[DBP_LAYOUT] != 0u ? grp : db_udiv(grp, DB_PRM64(DBP_C))) - DB_PRM64(DBP_N0);
 }
 
 /* Mask pass for tile g of the chunk: writes the keep bits of its rows (or of its columns of
@@ -221,13 +259,10 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
 {
     u64 C = DB_PRM64(DBP_C);
     u32 H = prm[DBP_H], W = prm[DBP_W], nhwc = prm[DBP_LAYOUT];
-    u64 NC = U64(prm[DBP_NC]), NSC = U64(prm[DBP_NS]) * NC, NTSC = U64(prm[DBP_NT]) * NSC;
-    u64 ta = DB_PRM64(DBP_TA0) + g;
-    u64 grp = ta / NTSC, rt = ta - grp * NTSC, t = rt / NSC, rs = rt - t * NSC, st = rs / NC, cc = rs - st * NC;
-    u32 h0 = U32(t) * prm[DBP_TILE];
-    u32 h1 = H - h0 > prm[DBP_TILE] ? h0 + prm[DBP_TILE] : H;
-    u32 w0 = U32(st) * prm[DBP_TILEW];
-    u32 w1 = W - w0 > prm[DBP_TILEW] ? w0 + prm[DBP_TILEW] : W;
+    u64 NC = U64(prm[DBP_NC]);
+    u64 grp = db_tile_group(DB_PRM_ARGS g);
+    u32x4 box = db_tile_box(DB_PRM_ARGS g, grp);
+    u32 h0 = box.x, h1 = box.y, w0 = box.z, w1 = box.w;
     /* rows of the group inside the chunk's units [U0, U1) */
     u64 gh = grp * U64(H), u0 = DB_PRM64(DBP_U0), u1 = DB_PRM64(DBP_U1);
     if (u0 > gh + U64(h0)) h0 = U32(u0 - gh);
@@ -235,8 +270,8 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
     if (h0 >= h1) return 0u;
     u64 ue = nhwc != 0u ? U64(W) * C : U64(W), cw = nhwc != 0u ? C : 1ul;
     u64 E0 = DB_PRM64(DBP_E0);
-    u64 n = nhwc != 0u ? grp : grp / C;
-    u64 c0 = nhwc != 0u ? cc * U64(prm[DBP_TILEC]) : grp - n * C, c1 = c0 + 1ul;
+    u64 n = nhwc != 0u ? grp : db_udiv(grp, C);
+    u64 c0 = nhwc != 0u ? db_tile_chan(DB_PRM_ARGS g, grp) : grp - n * C, c1 = c0 + 1ul;
     if (nhwc != 0u) c1 = NC == 1ul || C - c0 <= U64(prm[DBP_TILEC]) ? C : c0 + U64(prm[DBP_TILEC]);
     /* the tile's bits: whole rows, or (one row) its columns, or (one row, one column, NHWC) its
      * channels: contiguous in every case, and all kept to start with */
@@ -314,20 +349,17 @@ DBFN u64 db_tile_edge(DB_PRM_BUFS u64 g, u32 end)
 {
     u64 C = DB_PRM64(DBP_C);
     u32 H = prm[DBP_H], W = prm[DBP_W], nhwc = prm[DBP_LAYOUT];
-    u64 NC = U64(prm[DBP_NC]), NSC = U64(prm[DBP_NS]) * NC, NTSC = U64(prm[DBP_NT]) * NSC;
-    u64 ta = DB_PRM64(DBP_TA0) + g;
-    u64 grp = ta / NTSC, rt = ta - grp * NTSC, t = rt / NSC, rs = rt - t * NSC, st = rs / NC, cc = rs - st * NC;
-    u32 h0 = U32(t) * prm[DBP_TILE];
-    u32 h1 = H - h0 > prm[DBP_TILE] ? h0 + prm[DBP_TILE] : H;
-    u32 w0 = U32(st) * prm[DBP_TILEW];
-    u32 w1 = W - w0 > prm[DBP_TILEW] ? w0 + prm[DBP_TILEW] : W;
+    u64 NC = U64(prm[DBP_NC]);
+    u64 grp = db_tile_group(DB_PRM_ARGS g);
+    u32x4 box = db_tile_box(DB_PRM_ARGS g, grp);
+    u32 h0 = box.x, h1 = box.y, w0 = box.z, w1 = box.w;
     u64 gh = grp * U64(H), u0 = DB_PRM64(DBP_U0), u1 = DB_PRM64(DBP_U1);
     if (u0 > gh + U64(h0)) h0 = U32(u0 - gh);
     if (u1 < gh + U64(h1)) h1 = U32(u1 - gh);
     u64 ue = nhwc != 0u ? U64(W) * C : U64(W), cw = nhwc != 0u ? C : 1ul;
     u64 a = (gh + U64(h0)) * ue + U64(w0) * cw - DB_PRM64(DBP_E0), b = (gh + U64(h1 - 1u)) * ue + U64(w1) * cw - DB_PRM64(DBP_E0);
     if (NC > 1ul) {
-        u64 c0 = cc * U64(prm[DBP_TILEC]);
+        u64 c0 = db_tile_chan(DB_PRM_ARGS g, grp);
         b = a + (C - c0 <= U64(prm[DBP_TILEC]) ? C : c0 + U64(prm[DBP_TILEC]));
         a += c0;
     }

@@ -366,6 +366,108 @@ DBFN u64 db_tile_edge(DB_PRM_BUFS u64 g, u32 end)
     return end != 0u ? b : a;
 }
 
+#if defined(DB_LANG_CL) && defined(DB_CPU)
+/* ---- CPU devices: the planes of a work item in one queue ----------------------------------
+ * In the CPU shape (whole planes as tiles) a plane of a 14 x 14 map with a block of 7 holds 27
+ * candidate blocks, and a batch per plane would leave 21 of its 48 lanes empty. For NCHW
+ * masks that no planes share, db_mask_planes queues the blocks of all of a work item's planes
+ * together, and a fired word finds its plane, row and column from its candidate index alone. */
+
+/* Runs the n queued blocks of whole planes of map W x H (HW = H W elements) and drops every
+ * fired candidate among them. */
+DBFN void db_flush_planes(DB_DROP_BUFS const u64 *blk, u32 n, u64 HW, u32 H, u32 W, u64 wa, u64 wb)
+{
+    u64 thr = DB_PRM64(DBP_THR);
+    u32x4 base = MAKE_U32X4(prm[DBP_BASE], prm[DBP_BASE + 1], prm[DBP_BASE + 2], prm[DBP_BASE + 3]);
+    DB_FIRED fired = db_fire_batch(blk, DB_NO_RUN, n, base, prm[DBP_KEY], prm[DBP_KEY + 1], prm[DBP_WMASK], U32(thr),
+                                   thr > 0xFFFFFFFFul ? 1u : 0u);
+    if (db_fired_any(fired) == 0u) return; /* mostly */
+    for (u32 q = 0u; q < (U32(DB_BATCH) + 7u) / 8u; q++) {
+        for (u32 bits = db_fired_word(fired, q); bits != 0u;) {
+            u32 t = MSB32(bits);
+            bits ^= 1u << t;
+            t += 32u * q;
+            u64 e = 4ul * blk[t >> 2] + U64(t & 3u), g = db_udiv(e, HW), off = e - g * HW;
+            u32 i = U32(off) / W, j = U32(off) - i * W;
+            if (i >= prm[DBP_ILO] && i < prm[DBP_IEND] && j >= prm[DBP_JLO] && j < prm[DBP_JEND])
+                db_drop(DB_DROP_ARGS g * U64(H), 0u, H, 0u, W, U64(W), 0ul, wa, wb, i, j);
+        }
+    }
+}
+
+/* Queues blocks b0 .. b1 (inclusive), running each batch that fills. */
+DBFN void db_queue_planes(DB_DROP_BUFS u64 *blk, u32 *nb, u64 b0, u64 b1, u64 HW, u32 H, u32 W, u64 wa, u64 wb)
+{
+    while (b0 <= b1) {
+        u32 take = U32(DB_BATCH) - *nb;
+        if (U64(take) > b1 - b0 + 1ul) take = U32(b1 - b0 + 1ul);
+        db_queue_span(blk, *nb, b0, take);
+        *nb += take;
+        b0 += U64(take);
+        if (*nb == U32(DB_BATCH)) {
+            db_flush_planes(DB_DROP_ARGS blk, *nb, HW, H, W, wa, wb);
+            *nb = 0u;
+        }
+    }
+}
+
+/* The mask pass of work item w's tiles t0 .. t1 - 1 when they are whole NCHW planes inside the
+ * chunk with unshared masks (then returns 1; else 0, and does nothing). */
+DBFN u32 db_mask_planes(DB_MASK_BUFS u64 t0, u64 t1, u64 wa, u64 wb)
+{
+    u64 C = DB_PRM64(DBP_C);
+    u32 H = prm[DBP_H], W = prm[DBP_W];
+    u64 HW = U64(H) * U64(W);
+    if (prm[DBP_LAYOUT] != 0u || U64(prm[DBP_NT]) * U64(prm[DBP_NS]) * U64(prm[DBP_NC]) != 1ul) return 0u;
+    if (DB_PRM64(DBP_SW) != 1ul || DB_PRM64(DBP_SH) != U64(W) || DB_PRM64(DBP_SC) != HW || DB_PRM64(DBP_SN) != C * HW)
+        return 0u;
+    u64 g0 = DB_PRM64(DBP_TA0) + t0, g1 = DB_PRM64(DBP_TA0) + t1; /* planes n C + c */
+    if (DB_PRM64(DBP_U0) > g0 * U64(H) || DB_PRM64(DBP_U1) < g1 * U64(H)) return 0u;
+    u32 ci0 = prm[DBP_ILO], ci1 = prm[DBP_IEND], cj0 = prm[DBP_JLO], cj1 = prm[DBP_JEND];
+    /* a plane's run of blocks, about; from two batches on, the tile path's runs (no queue) win */
+    u64 span = ci0 < ci1 && cj0 < cj1
+                   ? ((U64(ci1 - 1u) * U64(W) + U64(cj1 - 1u)) >> 2) - ((U64(ci0) * U64(W) + U64(cj0)) >> 2) + 2ul
+                   : 0ul;
+    if (span >= 2ul * U64(DB_BATCH)) return 0u;
+    u64 E0 = DB_PRM64(DBP_E0);
+    db_mark_bits(DB_BITS_ARGS g0 * HW - E0, g1 * HW - E0 - 1ul, wa, wb, 1u);
+    if (span != 0ul) {
+        u64 blk[DB_QUEUE];
+        u32 nb = 0u;
+        u64 last = 0xFFFFFFFFFFFFFFFFul; /* a block two planes share is queued once */
+        int run = DB_TAKE_RUN(span, U64(ci1 - ci0), U64(cj1 - cj0));
+        for (u64 g = g0; g < g1; g++) {
+            u64 eb = g * HW;
+            for (u32 i = ci0; i < ci1; i++) {
+                u64 b0 = (eb + U64(i) * U64(W) + U64(cj0)) >> 2, b1 = (eb + U64(i) * U64(W) + U64(cj1 - 1u)) >> 2;
+                if (run) { /* the plane's run of blocks, rows between included */
+                    b1 = (eb + U64(ci1 - 1u) * U64(W) + U64(cj1 - 1u)) >> 2;
+                    i = ci1;
+                }
+                if (b0 == last) b0++;
+                if (b0 > b1) continue;
+                last = b1;
+                db_queue_planes(DB_DROP_ARGS blk, &nb, b0, b1, HW, H, W, wa, wb);
+            }
+        }
+        if (nb > 0u) db_flush_planes(DB_DROP_ARGS blk, nb, HW, H, W, wa, wb);
+    }
+    /* kept bits, counted per plane and added per sample */
+    u64 cur = db_udiv(g0, C) - DB_PRM64(DBP_N0), acc = 0ul;
+    for (u64 g = g0; g < g1; g++) {
+        u64 s = db_udiv(g, C) - DB_PRM64(DBP_N0);
+        if (s != cur) {
+            db_add_kept(DB_TOTAL_ARGS cur, acc);
+            cur = s;
+            acc = 0ul;
+        }
+        acc += U64(db_count_bits(DB_BITS_ARGS g * HW - E0, (g + 1ul) * HW - E0 - 1ul, wa, wb));
+    }
+    db_add_kept(DB_TOTAL_ARGS cur, acc);
+    return 1u;
+}
+#endif
+
 /* Mask pass, work item w: tiles w * TPW .. of the chunk one after another, their kept bits
  * added to their samples' counts once per run of tiles of one sample (db_add_kept): small
  * tiles go in numbers, so that neither the work items nor the atomics outnumber the work (the
@@ -376,6 +478,9 @@ DBFN void db_mask_item(DB_MASK_BUFS u64 w)
     if (t1 > U64(prm[DBP_NTILES])) t1 = U64(prm[DBP_NTILES]);
     u64 wa = (db_tile_edge(DB_PRM_ARGS t0, 0u) + 31ul) >> 5, wb = db_tile_edge(DB_PRM_ARGS t1 - 1ul, 1u) >> 5;
     if (wb < wa) wb = wa; /* inside one shared word: none its own */
+#if defined(DB_LANG_CL) && defined(DB_CPU)
+    if (db_mask_planes(DB_MASK_ARGS t0, t1, wa, wb) != 0u) return;
+#endif
     u64 cur = 0ul, acc = 0ul;
     for (u64 t = t0; t < t1; t++) {
         u64 s = db_tile_sample(DB_PRM_ARGS t);

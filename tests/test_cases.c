@@ -44,10 +44,19 @@ int test_cases_matrix(struct test_case *out, int cap)
     int n = 0;
     for (int layout = 0; layout < 2; layout++)
         for (int dtype = 0; dtype < 3; dtype++) {
-            dropblock_params v[32];
-            const char *names[32];
+            dropblock_params v[64];
+            const char *names[64];
             int k = 0;
-#define CASE(nm, expr) do { v[k] = (expr); names[k] = (nm); k++; } while (0)
+#define CASE(nm, expr)                                                                       \
+    do {                                                                                     \
+        if (k == (int)(sizeof v / sizeof v[0])) {                                            \
+            fprintf(stderr, "test_cases: more cases than v[] holds\n");                      \
+            abort();                                                                         \
+        }                                                                                    \
+        v[k] = (expr);                                                                       \
+        names[k] = (nm);                                                                     \
+        k++;                                                                                 \
+    } while (0)
             CASE("odd block", base(2, 3, 9, 7, 0.2f, 3, 3));
             CASE("even block", base(2, 3, 10, 12, 0.3f, 4, 4));
             CASE("non-square block", base(3, 5, 11, 13, 0.25f, 2, 5));
@@ -60,6 +69,11 @@ int test_cases_matrix(struct test_case *out, int cap)
             CASE("width 64", base(1, 2, 3, 64, 0.3f, 2, 7));
             CASE("wide row 100", base(2, 1, 4, 100, 0.15f, 1, 33));
             CASE("N*C odd", base(5, 7, 6, 5, 0.3f, 2, 3));
+            /* planes of an odd size whose candidate blocks share Philox blocks with the next plane's */
+            CASE("odd planes, block 1", base(2, 5, 5, 5, 0.5f, 1, 1));
+            /* planes of more candidate blocks than two vector batches (CPU devices run them by
+             * plane, not in one queue) */
+            CASE("large planes", base(1, 2, 40, 41, 0.3f, 5, 4));
             dropblock_params p;
             p = base(3, 4, 9, 9, 0.4f, 3, 3); p.normalize = DROPBLOCK_NORMALIZE_SAMPLE; CASE("sample", p);
             p = base(3, 4, 9, 9, 0.4f, 3, 3); p.normalize = DROPBLOCK_NORMALIZE_NONE; CASE("none", p);

@@ -6,13 +6,16 @@
  * flow of tests/test_passes.c: per chunk the mask pass (which counts); for a one-chunk job the
  * scales on the device and the apply pass in the same queue, with no host round trip; else the
  * scales on the host between the passes. Buffers are kept per device and reused; on CPU devices
- * the tensors are used in place (CL_MEM_USE_HOST_PTR), elsewhere copied in and out per chunk.
+ * the tensors are used in place (CL_MEM_USE_HOST_PTR), elsewhere copied in and out: per chunk
+ * for a tensor of one slice, else staged through pinned memory in slices with the copies and the
+ * applies overlapped on three queues (see "staged copies").
  *
  * Testing knobs: DROPBLOCK_OPENCL_MAX_BUFFER=<bytes> caps every device's max_buffer (reported
  * in the device info and used for chunking), so the chunked path can be exercised on small
  * tensors, e.g. DROPBLOCK_OPENCL_MAX_BUFFER=4096; DROPBLOCK_OPENCL_FIXUP=1 takes the fixup path
  * for subnormals even where the probe found the device exact, and DROPBLOCK_OPENCL_COPY=1 copies
- * the tensors even on CPU devices. */
+ * the tensors even on CPU devices; DROPBLOCK_OPENCL_STAGE_BYTES=<bytes> sets the staged path's
+ * slice (default 4 MiB), so that small tensors take many slices. */
 #define CL_TARGET_OPENCL_VERSION 120
 #include <CL/cl.h>
 #include <CL/cl_ext.h>

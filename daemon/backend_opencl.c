@@ -64,6 +64,8 @@ enum { BK_COPY, BK_COPY_TAIL, BK_BERNOULLI, BK_PAD, BK_POOL, BK_ONE_MINUS, BK_SU
 static const char *const bench_names[BK_N] = {"bl_copy", "bl_copy_tail", "k_bl_bernoulli", "k_bl_pad", "k_bl_pool",
                                               "k_bl_one_minus", "k_bl_sum_noise", "k_bl_sum_part", "k_bl_scale", "k_bl_mul"};
 
+#define STAGE_SLOTS 3 /* pinned slots each way, for the staged copies */
+
 struct ocl_dev {
     cl_platform_id platform;
     cl_device_id device;
@@ -93,7 +95,7 @@ struct ocl_dev {
     cl_kernel bk[BK_N];
     /* the staged copy path (see "staged copies"), set up on its first use */
     cl_command_queue q_up, q_down; /* uploads and downloads; the passes stay on queue */
-    struct ocl_stage { cl_mem m; void *p; } st_in[3], st_out[3]; /* pinned slots, mapped once */
+    struct ocl_stage { cl_mem m; void *p; } st_in[STAGE_SLOTS], st_out[STAGE_SLOTS]; /* pinned, mapped once */
     uint64_t stage_size;           /* bytes a slot */
 };
 
@@ -916,7 +918,6 @@ static cl_mem wrap_host(struct ocl_dev *od, const void *p, uint64_t bytes, int r
  * DROPBLOCK_OPENCL_STAGE_BYTES=<bytes> sets the slice (default 4 MiB; tests use a few hundred
  * bytes for many slices with remainders). */
 
-#define STAGE_SLOTS 3
 #define STAGE_DEFAULT (UINT64_C(4) << 20)
 
 /* The pinned slots, unmapped and released (q_up must still be there). */
@@ -989,8 +990,9 @@ static uint64_t stage_slice(const struct ocl_dev *od, const struct job *j, size_
         if (end && !*end && v > 0) want = v;
     }
     uint64_t epw = j->tu.epw ? j->tu.epw : 1, g = 32 / gcd64(32, epw) * epw; /* lcm(32, epw) */
-    uint64_t n = want / es / g * g;
+    uint64_t n = want / es / g * g, chunk = (j->max_elem + g - 1) / g * g;
     if (n < g) n = g;
+    if (n > chunk) n = chunk; /* no slot larger than a chunk */
     return j->pl->numel > n ? n : 0;
 }
 

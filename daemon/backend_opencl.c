@@ -6,13 +6,16 @@
  * flow of tests/test_passes.c: per chunk the mask pass (which counts); for a one-chunk job the
  * scales on the device and the apply pass in the same queue, with no host round trip; else the
  * scales on the host between the passes. Buffers are kept per device and reused; on CPU devices
- * the tensors are used in place (CL_MEM_USE_HOST_PTR), elsewhere copied in and out per chunk.
+ * the tensors are used in place (CL_MEM_USE_HOST_PTR), elsewhere copied in and out: per chunk
+ * for a tensor of one slice, else staged through pinned memory in slices with the copies and the
+ * applies overlapped on three queues (see "staged copies").
  *
  * Testing knobs: DROPBLOCK_OPENCL_MAX_BUFFER=<bytes> caps every device's max_buffer (reported
  * in the device info and used for chunking), so the chunked path can be exercised on small
  * tensors, e.g. DROPBLOCK_OPENCL_MAX_BUFFER=4096; DROPBLOCK_OPENCL_FIXUP=1 takes the fixup path
  * for subnormals even where the probe found the device exact, and DROPBLOCK_OPENCL_COPY=1 copies
- * the tensors even on CPU devices. */
+ * the tensors even on CPU devices; DROPBLOCK_OPENCL_STAGE_BYTES=<bytes> sets the staged path's
+ * slice (default 4 MiB), so that small tensors take many slices. */
 #define CL_TARGET_OPENCL_VERSION 120
 #include <CL/cl.h>
 #include <CL/cl_ext.h>
@@ -61,6 +64,8 @@ enum { BK_COPY, BK_COPY_TAIL, BK_BERNOULLI, BK_PAD, BK_POOL, BK_ONE_MINUS, BK_SU
 static const char *const bench_names[BK_N] = {"bl_copy", "bl_copy_tail", "k_bl_bernoulli", "k_bl_pad", "k_bl_pool",
                                               "k_bl_one_minus", "k_bl_sum_noise", "k_bl_sum_part", "k_bl_scale", "k_bl_mul"};
 
+#define STAGE_SLOTS 3 /* pinned slots each way, for the staged copies */
+
 struct ocl_dev {
     cl_platform_id platform;
     cl_device_id device;
@@ -88,6 +93,10 @@ struct ocl_dev {
     /* the benchmark's program, built on its first use */
     cl_program bench_program;
     cl_kernel bk[BK_N];
+    /* the staged copy path (see "staged copies"), set up on its first use */
+    cl_command_queue q_up, q_down; /* uploads and downloads; the passes stay on queue */
+    struct ocl_stage { cl_mem m; void *p; } st_in[STAGE_SLOTS], st_out[STAGE_SLOTS]; /* pinned, mapped once */
+    uint64_t stage_size;           /* bytes a slot */
 };
 
 static const char *cl_err_name(cl_int e)
@@ -605,8 +614,11 @@ static void release_buf(struct ocl_buf *b)
     b->size = 0;
 }
 
+static void release_staging(struct ocl_dev *od);
+
 static void teardown(struct ocl_dev *od)
 {
+    release_staging(od);
     drop_program(od);
     for (int i = 0; i < BK_N; i++)
         if (od->bk[i]) clReleaseKernel(od->bk[i]);
@@ -885,6 +897,317 @@ static cl_mem wrap_host(struct ocl_dev *od, const void *p, uint64_t bytes, int r
     return e == CL_SUCCESS ? m : NULL;
 }
 
+/* ---- staged copies ----------------------------------------------------------------------
+ * Where the tensors cannot be used in place (a GPU, or DROPBLOCK_OPENCL_COPY=1), a job larger
+ * than one slice moves through pinned host memory in slices, pipelined over three in-order
+ * queues: q_up (host to device), queue (the passes) and q_down (device to host). Slots are
+ * CL_MEM_ALLOC_HOST_PTR buffers mapped once (how NVIDIA's OpenCL hands out pinned memory, which
+ * its DMA engines read and write without a bounce), three for uploads and three for downloads,
+ * each of one slice.
+ *
+ *   queue:  mask passes of every chunk (never read x) | scales | apply s0 | apply s1 | apply s2 ...
+ *   q_up:   x s0 | x s1 | x s2 | x s3 ...               (runs under the mask passes)
+ *   q_down:                                     | y s0 | y s1 | ...
+ *
+ * The host copies slice k+1 of x into an upload slot while the device uploads slice k, applies
+ * slice k-1 and downloads slice k-2; it copies a download slot out to y just before the slot is
+ * reused. Events tie the queues: apply k waits for upload k, download k for apply k, and the
+ * upload of a chunk's slice i for the download of the previous chunk's slice i (they share the
+ * device buffer od->data). The engine's semantics hold: no apply is enqueued before the scales
+ * of the whole tensor are known; for one fused chunk they come from the device in queue order,
+ * otherwise the host polls the mask passes' marker between uploads and computes them when the
+ * passes are done. A slice is a range of the chunk's elements, a multiple of 32 and of the fast
+ * apply's elements a work item long, so each kernel of the apply takes it as a range of its own
+ * work items (global offset) with the chunk's parameter words: the bits are the unstaged path's.
+ * DROPBLOCK_OPENCL_STAGE_BYTES=<bytes> sets the slice (default 4 MiB; tests use a few hundred
+ * bytes for many slices with remainders). */
+
+#define STAGE_DEFAULT (UINT64_C(4) << 20)
+
+/* The pinned slots, unmapped and released (q_up must still be there). */
+static void release_slots(struct ocl_dev *od)
+{
+    for (int i = 0; i < 2 * STAGE_SLOTS; i++) {
+        struct ocl_stage *s = i < STAGE_SLOTS ? &od->st_in[i] : &od->st_out[i - STAGE_SLOTS];
+        if (s->m && s->p && od->q_up) clEnqueueUnmapMemObject(od->q_up, s->m, s->p, 0, NULL, NULL);
+    }
+    if (od->q_up) clFinish(od->q_up);
+    for (int i = 0; i < 2 * STAGE_SLOTS; i++) {
+        struct ocl_stage *s = i < STAGE_SLOTS ? &od->st_in[i] : &od->st_out[i - STAGE_SLOTS];
+        if (s->m) clReleaseMemObject(s->m);
+        s->m = NULL;
+        s->p = NULL;
+    }
+    od->stage_size = 0;
+}
+
+static void release_staging(struct ocl_dev *od)
+{
+    if (od->q_down) clFinish(od->q_down);
+    release_slots(od);
+    if (od->q_down) clReleaseCommandQueue(od->q_down);
+    if (od->q_up) clReleaseCommandQueue(od->q_up);
+    od->q_up = od->q_down = NULL;
+}
+
+/* The queues and pinned slots of at least bytes each (kept by the device, grown when needed). */
+static cl_int ensure_staging(struct ocl_dev *od, uint64_t bytes)
+{
+    cl_int e = CL_SUCCESS;
+    if (!od->q_up) od->q_up = clCreateCommandQueue(od->ctx, od->device, 0, &e);
+    if (e == CL_SUCCESS && !od->q_down) od->q_down = clCreateCommandQueue(od->ctx, od->device, 0, &e);
+    if (e != CL_SUCCESS) return e;
+    if (od->stage_size >= bytes) return CL_SUCCESS;
+    release_slots(od);
+    for (int i = 0; i < 2 * STAGE_SLOTS && e == CL_SUCCESS; i++) {
+        struct ocl_stage *s = i < STAGE_SLOTS ? &od->st_in[i] : &od->st_out[i - STAGE_SLOTS];
+        s->m = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR, (size_t)bytes, NULL, &e);
+        if (e != CL_SUCCESS) { s->m = NULL; break; }
+        s->p = clEnqueueMapBuffer(od->q_up, s->m, CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, 0, (size_t)bytes, 0, NULL,
+                                  NULL, &e);
+        if (e != CL_SUCCESS) s->p = NULL;
+    }
+    if (e != CL_SUCCESS) {
+        release_slots(od);
+        return e;
+    }
+    od->stage_size = bytes;
+    return CL_SUCCESS;
+}
+
+static uint64_t gcd64(uint64_t a, uint64_t b)
+{
+    while (b) { uint64_t t = a % b; a = b; b = t; }
+    return a;
+}
+
+/* Elements a slice for the job, or 0 where it takes the unstaged path: the tensors are used in
+ * place, the data is already on the device (bench), or the tensor fits in one slice. */
+static uint64_t stage_slice(const struct ocl_dev *od, const struct job *j, size_t es, int resident)
+{
+    if (od->zero_copy || resident) return 0;
+    uint64_t want = STAGE_DEFAULT;
+    const char *env = getenv("DROPBLOCK_OPENCL_STAGE_BYTES");
+    if (env && *env) {
+        char *end = NULL;
+        unsigned long long v = strtoull(env, &end, 10);
+        if (end && !*end && v > 0) want = v;
+    }
+    uint64_t epw = j->tu.epw ? j->tu.epw : 1, g = 32 / gcd64(32, epw) * epw; /* lcm(32, epw) */
+    uint64_t n = want / es / g * g, chunk = (j->max_elem + g - 1) / g * g;
+    if (n < g) n = g;
+    if (n > chunk) n = chunk; /* no slot larger than a chunk */
+    return j->pl->numel > n ? n : 0;
+}
+
+/* Items [a, b) of a kernel without a bounds check beyond its own: whole groups of wg from a,
+ * the rest in groups of one (launch_exact's rule, at a global offset). */
+static cl_int launch_range(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t a, uint64_t b)
+{
+    size_t off = (size_t)a, whole = (size_t)((b - a) / wg * wg), rest = (size_t)(b - a) - whole, one = 1;
+    cl_int e = CL_SUCCESS;
+    if (whole) e = clEnqueueNDRangeKernel(od->queue, k, 1, &off, &whole, &wg, 0, NULL, NULL);
+    off += whole;
+    if (e == CL_SUCCESS && rest) e = clEnqueueNDRangeKernel(od->queue, k, 1, &off, &rest, &one, 0, NULL, NULL);
+    return e;
+}
+
+/* Enqueues the apply pass of elements [s0, s1) of a chunk whose parameters are in od->prm,
+ * scales in od->scales and fixup words zeroed: the same kernels as enqueue_apply, each over its
+ * work items of the range. */
+static cl_int enqueue_apply_range(struct ocl_dev *od, const struct db_plan *pl, const uint32_t *prm, cl_mem maskbuf,
+                                  cl_mem xy, uint64_t s0, uint64_t s1)
+{
+    cl_int e = CL_SUCCESS;
+    const uint64_t groups = prm[DBP_GROUPS], epw = prm[DBP_EPW], fast = groups * epw;
+    const int fix = !od->hwexact && pl->p.dtype != DROPBLOCK_F16;
+    if (groups && s0 < fast) {
+        cl_kernel k = od->k_apply[pl->p.dtype][pl->p.normalize == DROPBLOCK_NORMALIZE_SAMPLE][fix];
+        cl_mem a[6] = {od->prm.m, maskbuf, od->scales.m, xy, xy, fix ? od->fixup.m : od->scales.m};
+        e = set_args(k, 6, a);
+        if (e == CL_SUCCESS) e = launch_range(od, k, od->wg_apply, s0 / epw, (s1 < fast ? s1 : fast) / epw);
+    }
+    if (e == CL_SUCCESS && s1 > fast) {
+        cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, xy, xy};
+        e = set_args(od->k[K_EXACT], 5, a);
+        if (e == CL_SUCCESS) e = launch_range(od, od->k[K_EXACT], od->wg_small, (s0 > fast ? s0 : fast) - fast, s1 - fast);
+    }
+    if (e == CL_SUCCESS && groups && fix && s0 < fast) {
+        cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, xy, od->fixup.m};
+        e = set_args(od->k[K_FIXUP], 5, a);
+        if (e == CL_SUCCESS) e = launch_range(od, od->k[K_FIXUP], od->wg_small, s0 / 32, ((s1 < fast ? s1 : fast) + 31) / 32);
+    }
+    return e;
+}
+
+/* The staged job's state: slices in order (chunk by chunk), their events, and how far the
+ * host has got. */
+struct staged {
+    struct ocl_dev *od;
+    const struct job *j;
+    size_t es;
+    const char *in;
+    char *out;
+    const uint32_t *prms;
+    uint64_t L, spc, ns;   /* elements a slice, slices a (full) chunk, slices in all */
+    cl_event *up, *ap, *dn;
+    uint64_t napplied, nconsumed;
+    int scales_ready;
+    const uint32_t *scales; /* host scales (unfused), valid once scales_ready */
+};
+
+static void slice_of(const struct staged *st, uint64_t k, struct db_chunk *ch, uint64_t *s0, uint64_t *s1)
+{
+    chunk_of(st->j, k / st->spc, ch);
+    *s0 = k % st->spc * st->L;
+    *s1 = *s0 + st->L < ch->nelem ? *s0 + st->L : ch->nelem;
+}
+
+/* Host x -> upload slot -> device (q_up), after the previous chunk's download of the region. */
+static cl_int stage_upload(struct staged *st, uint64_t k)
+{
+    struct ocl_dev *od = st->od;
+    struct db_chunk ch;
+    uint64_t s0, s1;
+    slice_of(st, k, &ch, &s0, &s1);
+    cl_int e = CL_SUCCESS;
+    if (k >= STAGE_SLOTS && (e = clWaitForEvents(1, &st->up[k - STAGE_SLOTS])) != CL_SUCCESS) return e;
+    const size_t bytes = (size_t)((s1 - s0) * st->es);
+    memcpy(od->st_in[k % STAGE_SLOTS].p, st->in + (ch.e0 + s0) * st->es, bytes);
+    const cl_event *war = k >= st->spc ? &st->dn[k - st->spc] : NULL;
+    e = clEnqueueWriteBuffer(od->q_up, od->data.m, CL_FALSE, (size_t)(s0 * st->es), bytes, od->st_in[k % STAGE_SLOTS].p,
+                             war ? 1 : 0, war, &st->up[k]);
+    return e == CL_SUCCESS ? clFlush(od->q_up) : e;
+}
+
+/* Download slot -> host y, once the download of slice k is done. */
+static cl_int stage_consume(struct staged *st, uint64_t k)
+{
+    struct db_chunk ch;
+    uint64_t s0, s1;
+    slice_of(st, k, &ch, &s0, &s1);
+    cl_int e = clWaitForEvents(1, &st->dn[k]);
+    if (e == CL_SUCCESS) memcpy(st->out + (ch.e0 + s0) * st->es, st->od->st_out[k % STAGE_SLOTS].p, (size_t)((s1 - s0) * st->es));
+    return e;
+}
+
+/* Apply of slice k after its upload (queue), then its download into a free slot (q_down). A
+ * chunk's first slice first loads the chunk's parameters (and host scales) and zeroes fixup. */
+static cl_int stage_apply(struct staged *st, uint64_t k)
+{
+    struct ocl_dev *od = st->od;
+    const struct db_plan *pl = st->j->pl;
+    struct db_chunk ch;
+    uint64_t s0, s1, q = k / st->spc;
+    slice_of(st, k, &ch, &s0, &s1);
+    const uint32_t *prm = st->prms + q * DBP_COUNT;
+    cl_int e = CL_SUCCESS;
+    if (s0 == 0) {
+        e = clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL);
+        if (e == CL_SUCCESS && !st->j->fused)
+            e = clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4, st->scales + ch.n0, 0,
+                                     NULL, NULL);
+        uint64_t fwords = ((uint64_t)prm[DBP_GROUPS] * prm[DBP_EPW] + 31) / 32;
+        cl_uint zero = 0;
+        if (e == CL_SUCCESS && fwords && !od->hwexact && pl->p.dtype != DROPBLOCK_F16)
+            e = clEnqueueFillBuffer(od->queue, od->fixup.m, &zero, sizeof zero, 0, (size_t)(fwords * 4), 0, NULL, NULL);
+    }
+    if (e == CL_SUCCESS) e = clEnqueueBarrierWithWaitList(od->queue, 1, &st->up[k], NULL);
+    if (e == CL_SUCCESS) e = enqueue_apply_range(od, pl, prm, od->masks[q].m, od->data.m, s0, s1);
+    if (e == CL_SUCCESS) e = clEnqueueMarkerWithWaitList(od->queue, 0, NULL, &st->ap[k]);
+    if (e == CL_SUCCESS) e = clFlush(od->queue);
+    while (e == CL_SUCCESS && st->nconsumed + STAGE_SLOTS <= k) e = stage_consume(st, st->nconsumed++);
+    if (e == CL_SUCCESS)
+        e = clEnqueueReadBuffer(od->q_down, od->data.m, CL_FALSE, (size_t)(s0 * st->es), (size_t)((s1 - s0) * st->es),
+                                od->st_out[k % STAGE_SLOTS].p, 1, &st->ap[k], &st->dn[k]);
+    if (e == CL_SUCCESS) e = clFlush(od->q_down);
+    st->napplied = k + 1;
+    return e;
+}
+
+/* K and the scales on the host from the chunks' per-sample counts (pass 1 done). */
+static int host_scales(const struct job *j, const uint32_t *partial, uint64_t *kept, uint32_t *scales,
+                       dropblock_result *res)
+{
+    struct db_chunk ch;
+    for (uint64_t q = 0; q < j->nchunks; q++) {
+        chunk_of(j, q, &ch);
+        const uint32_t *pp = partial + q * j->max_samp * 2;
+        for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] += (uint64_t)pp[2 * s] | ((uint64_t)pp[2 * s + 1] << 32);
+    }
+    return db_plan_scales(j->pl, kept, scales, res);
+}
+
+/* Pass 3 of a staged job, pass 1 (and for a fused job the device's scales) already enqueued on
+ * queue: slices of L elements from in to out, and the chunks' masks read into words where wanted.
+ * t[0..2]: mask, scale (unfused only) and the start of the apply. */
+static int stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L, const void *in, void *out,
+                     const uint32_t *prms, const uint32_t *partial, uint64_t *kept, uint32_t *scales, uint32_t *words,
+                     uint64_t t_start, uint64_t t[3], dropblock_result *res, char *msg, size_t len)
+{
+    int rc = DROPBLOCK_OK;
+    struct db_chunk last;
+    chunk_of(j, j->nchunks - 1, &last);
+    struct staged st = {.od = od, .j = j, .es = es, .in = in, .out = out, .prms = prms, .L = L, .scales = scales,
+                        .scales_ready = j->fused};
+    st.spc = (j->max_elem + L - 1) / L; /* every chunk but the last is full */
+    st.ns = (j->nchunks - 1) * st.spc + (last.nelem + L - 1) / L;
+    cl_event mask_ev = NULL;
+    st.up = calloc(3 * st.ns, sizeof(cl_event));
+    if (!st.up) {
+        db_msg(msg, len, "out of host memory for %llu slices", (unsigned long long)st.ns);
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    st.ap = st.up + st.ns;
+    st.dn = st.ap + st.ns;
+    CK(ensure_staging(od, L * es), "clCreateBuffer(staging)");
+    CK(ensure_buf(od, &od->data, ((j->max_elem * es + 3) & ~UINT64_C(3)) + 64), "clCreateBuffer(data)");
+    if (!od->hwexact && j->pl->p.dtype != DROPBLOCK_F16)
+        CK(ensure_buf(od, &od->fixup, (j->max_elem + 31) / 32 * 4), "clCreateBuffer(fixup)");
+    if (!j->fused) CK(clEnqueueMarkerWithWaitList(od->queue, 0, NULL, &mask_ev), "clEnqueueMarkerWithWaitList(mask)");
+    CK(clFlush(od->queue), "clFlush(db_mask)");
+    for (uint64_t k = 0; k <= st.ns; k++) {
+        /* the scales, once the mask passes are done: at once when an apply must go before the
+         * next upload (the previous chunk's slice in the device buffer), or at the end; else
+         * when the marker shows them done */
+        int need = k == st.ns || (k >= st.spc && st.napplied <= k - st.spc);
+        if (!st.scales_ready && !need) {
+            cl_int status = CL_QUEUED;
+            CK(clGetEventInfo(mask_ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL),
+               "clGetEventInfo(mask)");
+            need = status <= CL_COMPLETE;
+        }
+        if (!st.scales_ready && need) {
+            CK(clWaitForEvents(1, &mask_ev), "clWaitForEvents(db_mask)");
+            t[0] = db_now_us() - t_start;
+            uint64_t t0 = db_now_us();
+            if ((rc = host_scales(j, partial, kept, scales, res))) goto done;
+            t[1] = db_now_us() - t0;
+            st.scales_ready = 1;
+        }
+        if (st.scales_ready && !t[2]) t[2] = db_now_us();
+        /* applies of the slices uploaded so far; at the end, all of them */
+        while (st.scales_ready && st.napplied < k) CK(stage_apply(&st, st.napplied), "enqueue(staged apply)");
+        if (k < st.ns) CK(stage_upload(&st, k), "enqueue(staged upload)");
+    }
+    for (uint64_t q = 0; q < j->nchunks && words; q++) {
+        chunk_of(j, q, &last);
+        CK(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0, (size_t)((last.nelem + 31) / 32 * 4),
+                               words + q * j->max_words, 0, NULL, NULL),
+           "clEnqueueReadBuffer(mask)");
+    }
+    while (st.nconsumed < st.ns) CK(stage_consume(&st, st.nconsumed++), "clWaitForEvents(staged download)");
+done:
+    clFinish(od->q_up);
+    clFinish(od->queue);
+    clFinish(od->q_down);
+    for (uint64_t k = 0; k < 3 * st.ns; k++)
+        if (st.up[k]) clReleaseEvent(st.up[k]);
+    if (mask_ev) clReleaseEvent(mask_ev);
+    free(st.up);
+    return rc;
+}
+
 /* The job from x to y: in/out in host memory, or (bench) xres/yres already on the device. */
 static int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *out, void *mask,
                    cl_mem xres, cl_mem yres, dropblock_result *res, char *msg, size_t len)
@@ -905,7 +1228,8 @@ static int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in,
     uint32_t *scales = calloc(pl->N, sizeof *scales), *dscales = calloc(pl->N, sizeof *scales);
     uint32_t *words = mask ? malloc(j.max_words * 4 * j.nchunks) : NULL;
     cl_mem *xs = calloc(j.nchunks, sizeof *xs), *ys = calloc(j.nchunks, sizeof *ys);
-    uint64_t t_mask = 0, t_scale = 0;
+    uint64_t t_mask = 0, t_scale = 0, t_apply = 0;
+    const uint64_t L = stage_slice(od, &j, es, xres != NULL); /* 0: unstaged */
     if (!prms || !partial || !kept || !scales || !dscales || (mask && !words) || !xs || !ys) {
         db_msg(msg, len, "out of host memory for %llu chunks", (unsigned long long)j.nchunks);
         rc = DROPBLOCK_EEXHAUSTED;
@@ -938,22 +1262,26 @@ static int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in,
         CK(launch_round(od, od->k[K_SCALE], od->wg_small, pl->N), "clEnqueueNDRangeKernel(db_scale)");
         CK(clEnqueueReadBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)pl->N * 4, dscales, 0, NULL, NULL),
            "clEnqueueReadBuffer(scales)");
-    } else {
+    } else if (!L) {
         CK(clFinish(od->queue), "clFinish(db_mask)");
         t_mask = db_now_us() - t_start;
-        for (uint64_t q = 0; q < j.nchunks; q++) {
-            chunk_of(&j, q, &ch);
-            const uint32_t *pp = partial + q * j.max_samp * 2;
-            for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] += (uint64_t)pp[2 * s] | ((uint64_t)pp[2 * s + 1] << 32);
-        }
         uint64_t t0 = db_now_us();
-        rc = db_plan_scales(pl, kept, scales, res);
+        rc = host_scales(&j, partial, kept, scales, res);
         t_scale = db_now_us() - t0;
         if (rc) goto done;
     }
+    if (L) { /* pass 3 in slices through pinned memory, overlapped with the copies */
+        uint64_t t[3] = {0, 0, 0};
+        rc = stage_run(od, &j, es, L, in, out, prms, partial, kept, scales, words, t_start, t, res, msg, len);
+        if (rc) goto done;
+        t_mask = t[0];
+        t_scale = t[1];
+        t_apply = t[2];
+        goto applied;
+    }
 
     /* pass 3 per chunk */
-    const uint64_t t_apply = db_now_us();
+    t_apply = db_now_us();
     for (uint64_t q = 0; q < j.nchunks; q++) {
         chunk_of(&j, q, &ch);
         const uint32_t *prm = prms + q * DBP_COUNT;
@@ -993,6 +1321,7 @@ static int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in,
                "clEnqueueReadBuffer(mask)");
     }
     CK(clFinish(od->queue), "clFinish(db_apply)");
+applied:
     if (j.fused) {
         /* K for the reply, and the host's exact scales as a check of the device's */
         chunk_of(&j, 0, &ch);
@@ -1014,6 +1343,8 @@ static int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in,
 done:
     /* nothing may still use host memory we are about to free (non-blocking transfers) */
     clFinish(od->queue);
+    if (od->q_up) clFinish(od->q_up);
+    if (od->q_down) clFinish(od->q_down);
     for (uint64_t q = 0; xs && ys && q < j.nchunks; q++) {
         if (xs[q]) clReleaseMemObject(xs[q]);
         if (ys[q]) clReleaseMemObject(ys[q]);

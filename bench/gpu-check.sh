@@ -1,0 +1,33 @@
+#!/bin/bash
+# gpu-check.sh: issue 4's GPU verification in one call on a lent GPU machine (../shared/gpu/README.md):
+# the cross-backend matrix on every device, then dropblock-bench on each GPU device (OpenCL and
+# Vulkan; f32 and f16; 64x1024x14x14, 32x256x56x56, 256x1024x14x14; block 7) next to the PyTorch
+# peers, every output under $OUT. Run from the repository root after `source .gpu/setup.sh`, with
+# build/ (a release build from the development machine) and .gpu/ carried:
+#   source .gpu/setup.sh && bash bench/gpu-check.sh
+set -u
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu-check.txt") 2>&1
+date -u
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
+for b in opencl vulkan; do
+    echo "== test_backends --backend $b"
+    timeout 240 build/tests/test_backends --backend "$b" 2>&1 | tail -4
+done
+bench() { # backend device dtype shape
+    timeout 120 build/bench/dropblock-bench --backend "$1" --device "$2" --dtype "$3" --shape "$4" --block 7 \
+        --reps 20 --check --json 2>&1 | tail -1 | tee -a "$OUT/bench.jsonl"
+}
+for b in opencl vulkan; do
+    for d in 0 1 2 3; do # the backend's NVIDIA devices (a tiny job tells a device's name)
+        name=$(build/bench/dropblock-bench --backend "$b" --device "$d" --shape 1,1,8,8 --block 3 --reps 1 --json \
+               2>/dev/null | tail -1)
+        case "$name" in *NVIDIA*|*nvidia*) ;; *) continue ;; esac
+        for t in f32 f16; do
+            for s in 64,1024,14,14 32,256,56,56 256,1024,14,14; do bench "$b" "$d" "$t" "$s"; done
+        done
+    done
+done
+echo "== torch peers"
+timeout 300 python3 .gpu/torch_peers.py 2>&1 | tee "$OUT/torch_peers.txt"

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "smalljob.h"
+
 struct worker {
     struct jobs *js;
     int dev;
@@ -160,6 +162,85 @@ int jobs_pick(struct jobs *js, const char *device, uint64_t bytes, char *msg, si
         return DROPBLOCK_EUNAVAILABLE;
     }
     return best;
+}
+
+/* ---- the small-job threshold, measured ----------------------------------------------------- */
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The ladder's jobs: f32 NCHW 1 x C x 32 x 32 (the first two rungs 1 x 1 x 4 x 4 and
+ * 1 x 1 x 16 x 16), block 3, rate 0.1; each 4x the last. */
+static void rung_params(int i, dropblock_params *p)
+{
+    dropblock_params_init(p);
+    p->shape[0] = 1;
+    if (i == 0) { p->shape[1] = 1; p->shape[2] = p->shape[3] = 4; }
+    else if (i == 1) { p->shape[1] = 1; p->shape[2] = p->shape[3] = 16; }
+    else { p->shape[1] = UINT64_C(1) << (2 * (i - 2)); p->shape[2] = p->shape[3] = 32; }
+    p->rate = 0.1f;
+    p->block[0] = p->block[1] = 3;
+    p->seed = 42;
+}
+
+int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *out)
+{
+    memset(out, 0, sizeof *out);
+    out->cpu = out->dev = -1;
+    for (int i = 0; i < js->n; i++)
+        if (cpu_builtin(js, i) && db_engine_healthy(js->engine, (size_t)i, NULL, 0)) { out->cpu = i; break; }
+    uint64_t saved = js->small_bytes;
+    js->small_bytes = 0;
+    int dev = jobs_pick(js, "auto", UINT64_MAX, NULL, 0); /* where a large auto job goes */
+    js->small_bytes = saved;
+    if (out->cpu < 0 || dev < 0 || cpu_builtin(js, dev)) return -1; /* nothing to compare */
+    out->dev = dev;
+    enum { WARMUP = 5, REPS = 11 };
+    const uint64_t t0 = db_now_us();
+    uint64_t last_rung_us = 0;
+    for (int i = 0; i < JOBS_SMALL_RUNGS; i++) {
+        dropblock_params p;
+        rung_params(i, &p);
+        uint64_t tb = dropblock_tensor_bytes(&p), elapsed = db_now_us() - t0;
+        /* the next rung costs about 4x the last one (its jobs are 4x larger) */
+        if (i > 0 && elapsed + 4 * last_rung_us > budget_us) break;
+        /* page-aligned, as memfd regions are, so the device takes its zero-copy path if it has one */
+        size_t alloc = (size_t)((tb + 4095) / 4096 * 4096);
+        float *x = aligned_alloc(4096, alloc), *y = aligned_alloc(4096, alloc);
+        if (!x || !y) { free(x); free(y); break; }
+        for (uint64_t k = 0; k < tb / 4; k++) x[k] = (float)(k % 251) / 251.0f;
+        double cpu[REPS], devt[REPS];
+        int ok = 1;
+        uint64_t r0 = db_now_us();
+        for (int r = 0; ok && r < WARMUP + REPS; r++) {
+            dropblock_result res;
+            p.stream = (uint64_t)r; /* a new mask each time, as in training */
+            /* alternate, so that other load on the machine falls on both alike */
+            uint64_t a = db_now_us();
+            ok = !db_engine_run_probe(js->engine, out->cpu, &p, x, y, &res);
+            uint64_t b = db_now_us();
+            ok = ok && !db_engine_run_probe(js->engine, dev, &p, x, y, &res);
+            uint64_t c = db_now_us();
+            if (r >= WARMUP) { cpu[r - WARMUP] = (double)(b - a); devt[r - WARMUP] = (double)(c - b); }
+            if (c - t0 > 2 * budget_us) ok = 0; /* a device far slower than expected: give up */
+        }
+        free(x);
+        free(y);
+        if (!ok) break;
+        last_rung_us = db_now_us() - r0;
+        qsort(cpu, REPS, sizeof *cpu, cmp_double);
+        qsort(devt, REPS, sizeof *devt, cmp_double);
+        struct sj_rung *g = &out->ladder[out->n++];
+        g->bytes = tb + dropblock_mask_bytes(&p);
+        g->cpu_us = cpu[REPS / 2];
+        g->dev_us = devt[REPS / 2];
+        if (g->cpu_us > g->dev_us) break; /* the crossover is found */
+    }
+    out->elapsed_us = db_now_us() - t0;
+    out->bytes = sj_choose(out->ladder, out->n);
+    return out->n ? 0 : -1;
 }
 
 int jobs_run_inline(struct jobs *js, struct job *j)

@@ -38,6 +38,14 @@
 #define IDLE_TRIM_MS 100
 
 enum { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+/* Where the small-job threshold came from (the status reply's small_jobs.source). */
+enum { SMALL_MEASURED, SMALL_OPTION, SMALL_FALLBACK, SMALL_AUTO /* not yet measured */ };
+static const char *const small_sources[] = {"measured", "option", "fallback"};
+/* --small-job-bytes auto: the ladder's time at start-up, and the threshold when there is
+ * nothing to measure (the default device is the built-in CPU backend: the bound on the jobs run
+ * inline on the loop thread). */
+#define SMALL_BUDGET_US 1000000
+#define SMALL_FALLBACK_BYTES 65536
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 struct outbuf {
@@ -90,6 +98,8 @@ struct server {
     /* limits */
     uint64_t max_jobs, max_bytes, max_client_jobs, max_client_bytes, max_regions, max_region_bytes;
     uint64_t small_job_bytes;
+    int small_source; /* SMALL_* */
+    struct jobs_small small;
     uid_t allow_uid[MAX_ALLOW];
     gid_t allow_gid[MAX_ALLOW];
     int n_allow_uid, n_allow_gid;
@@ -289,6 +299,22 @@ static void op_status(struct client *c, const cJSON *id)
     proto_add_u64(jo, "queued", queued);
     proto_add_u64(jo, "running", running);
     proto_add_u64(r, "inflight_bytes", s->inflight_bytes);
+    cJSON *sj = cJSON_AddObjectToObject(r, "small_jobs");
+    proto_add_u64(sj, "max_bytes", s->small_job_bytes);
+    cJSON_AddStringToObject(sj, "source", small_sources[s->small_source]);
+    if (s->small_source == SMALL_MEASURED) {
+        cJSON_AddStringToObject(sj, "cpu", db_engine_device(s->engine, (size_t)s->small.cpu)->id);
+        cJSON_AddStringToObject(sj, "device", db_engine_device(s->engine, (size_t)s->small.dev)->id);
+        proto_add_u64(sj, "measure_us", s->small.elapsed_us);
+        cJSON *lad = cJSON_AddArrayToObject(sj, "ladder");
+        for (int i = 0; lad && i < s->small.n; i++) {
+            cJSON *g = cJSON_CreateObject();
+            proto_add_u64(g, "bytes", s->small.ladder[i].bytes);
+            cJSON_AddNumberToObject(g, "cpu_us", s->small.ladder[i].cpu_us);
+            cJSON_AddNumberToObject(g, "device_us", s->small.ladder[i].dev_us);
+            cJSON_AddItemToArray(lad, g);
+        }
+    }
     cJSON_AddItemToObject(r, "devices", devs);
     client_send(c, r);
 }
@@ -939,13 +965,43 @@ static int activated_socket(struct server *s)
     return 1;
 }
 
+/* ---------------------------------------------------------------- small jobs */
+/* --small-job-bytes auto: times the ladder (jobs_measure_small) after the devices are up and
+ * before the socket is bound, and logs what it found. */
+static void measure_small_jobs(struct server *s)
+{
+    struct jobs_small *m = &s->small;
+    if (jobs_measure_small(s->jobs, SMALL_BUDGET_US, m)) {
+        s->small_source = SMALL_FALLBACK;
+        s->small_job_bytes = SMALL_FALLBACK_BYTES;
+        logmsg(s, LOG_INFO, "small jobs: auto jobs of at most %llu bytes run on the built-in CPU backend (%s)",
+               (unsigned long long)s->small_job_bytes,
+               m->dev < 0 ? "not measured: the default device is the built-in CPU backend, or there is none"
+                          : "not measured: the ladder's first job failed");
+        return;
+    }
+    s->small_source = SMALL_MEASURED;
+    s->small_job_bytes = m->bytes;
+    char lad[512];
+    size_t o = 0;
+    for (int i = 0; i < m->n && o < sizeof lad; i++) {
+        int k = snprintf(lad + o, sizeof lad - o, "%s%llu B %.0f/%.0f us", i ? ", " : "",
+                         (unsigned long long)m->ladder[i].bytes, m->ladder[i].cpu_us, m->ladder[i].dev_us);
+        if (k < 0) break;
+        o += (size_t)k;
+    }
+    logmsg(s, LOG_INFO, "small jobs: auto jobs of at most %llu bytes run on %s, larger ones on %s (measured in %llu ms; "
+           "bytes cpu/device median: %s)", (unsigned long long)m->bytes, db_engine_device(s->engine, (size_t)m->cpu)->id,
+           db_engine_device(s->engine, (size_t)m->dev)->id, (unsigned long long)(m->elapsed_us / 1000), lad);
+}
+
 /* ---------------------------------------------------------------- options */
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: dropblockd [--socket PATH] [--devices LIST] [--allow-uid U,...] [--allow-gid G,...]\n"
             "                  [--max-inflight-jobs N] [--max-inflight-bytes B] [--max-client-jobs N]\n"
-            "                  [--max-client-bytes B] [--max-regions N] [--small-job-bytes B] [--cache-dir DIR]\n"
+            "                  [--max-client-bytes B] [--max-regions N] [--small-job-bytes B|auto] [--cache-dir DIR]\n"
             "                  [--log-level L]\n"
             "Serves DropBlock2D jobs over a Unix socket (protocol: docs/protocol.md) until SIGTERM/SIGINT.\n"
             "  --socket PATH          default $DROPBLOCK_SOCKET, else $XDG_RUNTIME_DIR/dropblock/dropblockd.sock,\n"
@@ -957,8 +1013,10 @@ static void usage(FILE *f)
             "  --max-inflight-jobs N  jobs queued or running, all clients (default 256); --max-client-jobs (64)\n"
             "  --max-inflight-bytes B tensor bytes in flight, all clients (default 8 GiB); --max-client-bytes (4 GiB)\n"
             "  --max-regions N        regions per connection (default 256)\n"
-            "  --small-job-bytes B    \"auto\" jobs of at most B bytes (tensors + mask) run on the built-in CPU\n"
-            "                         backend, on the loop thread when it is idle (default 65536; 0: never)\n"
+            "  --small-job-bytes B|auto \"auto\" jobs of at most B bytes (tensors + mask) run on the built-in CPU\n"
+            "                         backend, on the loop thread when it is idle; 0: never. auto (the default):\n"
+            "                         B is measured at start-up (about 1 s at most), the size where the default\n"
+            "                         device gets faster than the CPU backend\n"
             "  --cache-dir DIR        compiled kernels (default $XDG_CACHE_HOME/dropblock or ~/.cache/dropblock)\n"
             "  --log-level L          error, warn, info (default) or debug\n");
 }
@@ -1009,7 +1067,8 @@ int main(int argc, char **argv)
     s->max_client_bytes = UINT64_C(4) << 30;
     s->max_regions = 256;
     s->max_region_bytes = UINT64_C(1) << 40;
-    s->small_job_bytes = 65536;
+    s->small_job_bytes = SMALL_FALLBACK_BYTES;
+    s->small_source = SMALL_AUTO;
     s->allow_uid[s->n_allow_uid++] = getuid();
     s->allow_gid[s->n_allow_gid++] = getgid();
     static const struct option opts[] = {
@@ -1035,14 +1094,16 @@ int main(int argc, char **argv)
         case 'r': if (parse_u64_opt("--max-regions", optarg, &s->max_regions)) return 2; break;
         case 'c': cache_dir = optarg; break;
         case 'S': {
+            if (!strcmp(optarg, "auto")) { s->small_source = SMALL_AUTO; break; }
             char *end;
             errno = 0;
             unsigned long long v = strtoull(optarg, &end, 10);
             if (errno || end == optarg || *end || optarg[0] == '-') {
-                fprintf(stderr, "dropblockd: --small-job-bytes %s: must be a byte count (0 disables)\n", optarg);
+                fprintf(stderr, "dropblockd: --small-job-bytes %s: must be auto or a byte count (0 disables)\n", optarg);
                 return 2;
             }
             s->small_job_bytes = v;
+            s->small_source = SMALL_OPTION;
             break;
         }
         case 'l': {
@@ -1102,6 +1163,7 @@ int main(int argc, char **argv)
         db_engine_close(s->engine);
         return 1;
     }
+    if (s->small_source == SMALL_AUTO) measure_small_jobs(s);
     jobs_set_small_job_bytes(s->jobs, s->small_job_bytes);
     if (!act && listen_on(s, path, private_dir) < 0) {
         jobs_stop(s->jobs);

@@ -195,7 +195,7 @@ int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *o
     js->small_bytes = 0;
     int dev = jobs_pick(js, "auto", UINT64_MAX, NULL, 0); /* where a large auto job goes */
     js->small_bytes = saved;
-    if (out->cpu < 0 || dev < 0 || cpu_builtin(js, dev)) return -1; /* nothing to compare */
+    if (out->cpu < 0 || dev < 0 || cpu_builtin(js, dev)) { out->why = JOBS_SMALL_NOTHING; return -1; }
     out->dev = dev;
     enum { WARMUP = 5, REPS = 11 };
     const uint64_t t0 = db_now_us();
@@ -212,7 +212,7 @@ int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *o
         if (!x || !y) { free(x); free(y); break; }
         for (uint64_t k = 0; k < tb / 4; k++) x[k] = (float)(k % 251) / 251.0f;
         double cpu[REPS], devt[REPS];
-        int ok = 1;
+        int ok = 1, late = 0;
         uint64_t r0 = db_now_us();
         for (int r = 0; ok && r < WARMUP + REPS; r++) {
             dropblock_result res;
@@ -224,11 +224,14 @@ int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *o
             ok = ok && !db_engine_run_probe(js->engine, dev, &p, x, y, &res);
             uint64_t c = db_now_us();
             if (r >= WARMUP) { cpu[r - WARMUP] = (double)(b - a); devt[r - WARMUP] = (double)(c - b); }
-            if (c - t0 > 2 * budget_us) ok = 0; /* a device far slower than expected: give up */
+            if (ok && c - t0 > 2 * budget_us) ok = 0, late = 1; /* far slower than expected: give up */
         }
         free(x);
         free(y);
-        if (!ok) break;
+        if (!ok) {
+            out->why = late ? JOBS_SMALL_LATE : JOBS_SMALL_FAILED;
+            break;
+        }
         last_rung_us = db_now_us() - r0;
         qsort(cpu, REPS, sizeof *cpu, cmp_double);
         qsort(devt, REPS, sizeof *devt, cmp_double);
@@ -240,6 +243,7 @@ int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *o
     }
     out->elapsed_us = db_now_us() - t0;
     out->bytes = sj_choose(out->ladder, out->n);
+    if (out->n) out->why = JOBS_SMALL_OK;
     return out->n ? 0 : -1;
 }
 

@@ -52,7 +52,8 @@ void jobs_set_small_job_bytes(struct jobs *js, uint64_t bytes);
  * without the hand-off to its worker thread and back that a queued job also pays, so the
  * threshold errs towards the device. Call it before any job is submitted.
  * 0 with out filled; -1 when there is nothing to compare (no built-in CPU backend, or the
- * default device is that backend: out->dev < 0) or not even the first rung could be timed. The
+ * default device is that backend: out->dev < 0) or not even the first rung could be timed (a
+ * job failed, or it took more than twice the budget, e.g. under valgrind): out->why says. The
  * probes are not counted as the devices' jobs (db_engine_run_probe). */
 #define JOBS_SMALL_RUNGS 8
 struct jobs_small {
@@ -61,7 +62,9 @@ struct jobs_small {
     struct sj_rung ladder[JOBS_SMALL_RUNGS];
     uint64_t bytes;     /* the threshold chosen */
     uint64_t elapsed_us;
+    int why;            /* JOBS_SMALL_*: measured, or why not */
 };
+enum { JOBS_SMALL_OK, JOBS_SMALL_NOTHING, JOBS_SMALL_FAILED, JOBS_SMALL_LATE };
 int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *out);
 /* Runs a small job on the calling (loop) thread when its device is the built-in CPU backend and
  * is idle: 1 if it ran (the caller completes it), 0 if it must be queued. Saves two thread

@@ -1009,8 +1009,9 @@ static void measure_small_jobs(struct server *s)
         s->small_job_bytes = SMALL_FALLBACK_BYTES;
         logmsg(s, LOG_INFO, "small jobs: auto jobs of at most %llu bytes run on the built-in CPU backend (%s)",
                (unsigned long long)s->small_job_bytes,
-               m->dev < 0 ? "not measured: the default device is the built-in CPU backend, or there is none"
-                          : "not measured: the ladder's first job failed");
+               m->why == JOBS_SMALL_NOTHING ? "not measured: the default device is the built-in CPU backend, or there is none"
+               : m->why == JOBS_SMALL_LATE  ? "not measured: the ladder's first size took longer than its time budget"
+                                            : "not measured: a job of the ladder's first size failed");
         return;
     }
     s->small_source = SMALL_MEASURED;

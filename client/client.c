@@ -288,13 +288,22 @@ static int handle_reply(struct db_conn *c, const char *data, size_t len, char *w
     return 0;
 }
 
-/* One read from the socket (blocking) into rbuf, and every whole frame in it handled. The
+/* One read from the socket (waiting for it) into rbuf, and every whole frame in it handled. The
  * caller is the reader (c->reader, without the lock). 0, or -1 when the connection cannot go on
  * (why says why; the caller breaks it). */
 static int read_some(struct db_conn *c, int fd, char *why, size_t why_len)
 {
     ssize_t n;
-    do n = recv(fd, c->rbuf + c->rlen, RBUF_CAP - c->rlen, 0); while (n < 0 && errno == EINTR);
+    for (;;) {
+        /* wait in poll, not in recv: a thread asleep in recv is woken (for nothing) each time
+         * the daemon reads a request and frees room in our send queue, poll only by replies
+         * (measured: 16.6 against 19.0 us p50 per round trip, both on one CPU; 37 against 44-52 us
+         * on two) */
+        struct pollfd pfd = {fd, POLLIN, 0};
+        if (poll(&pfd, 1, -1) < 0 && errno != EINTR) { db_msg(why, why_len, "poll: %s", strerror(errno)); return -1; }
+        n = recv(fd, c->rbuf + c->rlen, RBUF_CAP - c->rlen, MSG_DONTWAIT);
+        if (n >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) break;
+    }
     if (n < 0) { db_msg(why, why_len, "%s", strerror(errno)); return -1; }
     if (n == 0) { db_msg(why, why_len, "the daemon closed the connection (it stopped or was killed)"); return -1; }
     c->rlen += (size_t)n;

@@ -320,6 +320,7 @@ static void op_status(struct client *c, const cJSON *id)
         cJSON_AddStringToObject(sj, "cpu", db_engine_device(s->engine, (size_t)s->small.cpu)->id);
         cJSON_AddStringToObject(sj, "device", db_engine_device(s->engine, (size_t)s->small.dev)->id);
         proto_add_u64(sj, "measure_us", s->small.elapsed_us);
+        proto_add_u64(sj, "reps", (uint64_t)s->small.reps);
         cJSON *lad = cJSON_AddArrayToObject(sj, "ladder");
         for (int i = 0; lad && i < s->small.n; i++) {
             cJSON *g = cJSON_CreateObject();
@@ -1025,8 +1026,9 @@ static void measure_small_jobs(struct server *s)
         o += (size_t)k;
     }
     logmsg(s, LOG_INFO, "small jobs: auto jobs of at most %llu bytes run on %s, larger ones on %s (measured in %llu ms; "
-           "bytes cpu/device median: %s)", (unsigned long long)m->bytes, db_engine_device(s->engine, (size_t)m->cpu)->id,
-           db_engine_device(s->engine, (size_t)m->dev)->id, (unsigned long long)(m->elapsed_us / 1000), lad);
+           "bytes cpu/device median of %d: %s)", (unsigned long long)m->bytes,
+           db_engine_device(s->engine, (size_t)m->cpu)->id, db_engine_device(s->engine, (size_t)m->dev)->id,
+           (unsigned long long)(m->elapsed_us / 1000), m->reps, lad);
 }
 
 /* ---------------------------------------------------------------- options */

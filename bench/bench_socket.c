@@ -1,10 +1,14 @@
 /* bench_socket.c: what a training process sees of the daemon: client call to reply.
  *   --latency:    a 1x1x4x4 f32 job, many round trips, p50/p99/mean in microseconds
  *   --throughput: a large job end to end (shared memory in, device, shared memory out), GB/s
+ *   --crossover:  round-trip p50 by job size on the built-in CPU backend (cpu:0) and on a device,
+ *                 the daemon's small-job ladder (daemon/jobs.c) seen from a client, and where
+ *                 the device gets faster (daemon/smalljob.h's rule)
  * Medians over warmed-up repetitions; these machines are noisy, so no single timing counts. */
 #include "bench_socket.h"
 
 #include "reference.h"
+#include "smalljob.h"
 
 #include <dropblock/dropblock.h>
 #include <stdio.h>
@@ -37,16 +41,114 @@ static int parse_shape(const char *s, uint64_t shape[4])
                   (unsigned long long *)&shape[2], (unsigned long long *)&shape[3]) == 4 ? 0 : -1;
 }
 
+/* The p50 of reps round trips of p on each of two devices, alternating (warm first). */
+static int time_pair(dropblock_t *h, dropblock_params *p, void *x, void *y, const char *dev[2], int reps, double p50[2])
+{
+    double *t = calloc((size_t)reps * 2, sizeof *t);
+    if (!t) return -1;
+    dropblock_result res;
+    for (int i = 0; i < 3 + reps; i++)
+        for (int d = 0; d < 2; d++) {
+            p->stream = (uint64_t)i;
+            double t0 = now_us();
+            int rc = dropblock_run(h, p, x, y, NULL, dev[d], &res);
+            double dt = now_us() - t0;
+            if (rc) {
+                fprintf(stderr, "dropblock-bench: job on %s failed: %s: %s\n", dev[d], dropblock_strerror(rc), res.message);
+                free(t);
+                return -1;
+            }
+            if (i >= 3) t[d * reps + i - 3] = dt;
+        }
+    for (int d = 0; d < 2; d++) {
+        qsort(t + d * reps, (size_t)reps, sizeof *t, cmp_double);
+        p50[d] = pct(t + d * reps, reps, 0.5);
+    }
+    free(t);
+    return 0;
+}
+
+/* --crossover: the ladder of daemon/jobs.c (f32 1x1x4x4, 1x1x16x16, then 1xCx32x32 with C = 1, 4,
+ * ... 1024), each size's round trip on cpu:0 and on the device, up to the first size the device
+ * wins and one more. */
+static int bench_crossover(dropblock_t *h, const char *device, int reps, int json)
+{
+    char devbuf[sizeof((dropblock_device_info *)0)->id];
+    if (!strcmp(device, "auto")) {
+        /* the device a large auto job goes to: the best kind other than the built-in CPU */
+        dropblock_device_info infos[32];
+        size_t n = 0;
+        if (dropblock_devices(h, infos, 32, &n)) { fprintf(stderr, "dropblock-bench: cannot list devices\n"); return 1; }
+        int best = -1;
+        for (size_t i = 0; i < n && i < 32; i++)
+            if (infos[i].healthy && infos[i].kind != DROPBLOCK_DEVICE_CPU &&
+                (best < 0 || (infos[i].kind != DROPBLOCK_DEVICE_OTHER &&
+                              (infos[best].kind == DROPBLOCK_DEVICE_OTHER || infos[i].kind > infos[best].kind))))
+                best = (int)i;
+        if (best < 0) { fprintf(stderr, "dropblock-bench: no device besides the built-in CPU to compare\n"); return 1; }
+        snprintf(devbuf, sizeof devbuf, "%s", infos[best].id);
+        device = devbuf;
+    }
+    const char *dev[2] = {"cpu:0", device};
+    struct sj_rung r[8];
+    int n = 0, lost_at = -1;
+    size_t cap = (size_t)1024 * 32 * 32 * 4;
+    void *x, *y;
+    if (dropblock_alloc(h, cap, &x) || dropblock_alloc(h, cap, &y)) {
+        fprintf(stderr, "dropblock-bench: cannot allocate %zu bytes of shared memory twice\n", cap);
+        return 1;
+    }
+    db_fill_tf_uniform(DROPBLOCK_F32, 0, 1, cap / 4, x);
+    if (!json) printf("%10s %12s %12s   (round trip p50, us; %d each)\n", "bytes", dev[0], dev[1], reps);
+    for (int i = 0; i < 8 && (lost_at < 0 || i <= lost_at + 1); i++) {
+        dropblock_params p;
+        dropblock_params_init(&p);
+        p.shape[0] = 1;
+        if (i == 0) { p.shape[1] = 1; p.shape[2] = p.shape[3] = 4; }
+        else if (i == 1) { p.shape[1] = 1; p.shape[2] = p.shape[3] = 16; }
+        else { p.shape[1] = UINT64_C(1) << (2 * (i - 2)); p.shape[2] = p.shape[3] = 32; }
+        p.rate = 0.1f;
+        p.block[0] = p.block[1] = 3;
+        p.seed = 42;
+        double p50[2];
+        /* fewer round trips for the larger jobs */
+        int rr = reps >> (i > 3 ? i - 3 : 0);
+        if (time_pair(h, &p, x, y, dev, rr < 5 ? 5 : rr, p50)) return 1;
+        r[n].bytes = dropblock_tensor_bytes(&p) + dropblock_mask_bytes(&p);
+        r[n].cpu_us = p50[0];
+        r[n].dev_us = p50[1];
+        if (!json) printf("%10llu %12.1f %12.1f\n", (unsigned long long)r[n].bytes, p50[0], p50[1]);
+        if (lost_at < 0 && p50[0] > p50[1]) lost_at = n;
+        n++;
+    }
+    /* the daemon's rule on the first crossing: the rungs above it only show it holds */
+    uint64_t thr = sj_choose(r, lost_at < 0 ? n : lost_at + 1);
+    printf("crossover cpu:0 vs %s: auto jobs of at most %llu bytes are faster on cpu:0 (round trips through the "
+           "daemon)\n", device, (unsigned long long)thr);
+    if (json) {
+        printf("{\"mode\":\"crossover\",\"cpu\":\"cpu:0\",\"device\":\"%s\",\"threshold_bytes\":%llu,\"ladder\":[",
+               device, (unsigned long long)thr);
+        for (int i = 0; i < n; i++)
+            printf("%s{\"bytes\":%llu,\"cpu_p50_us\":%.1f,\"device_p50_us\":%.1f}", i ? "," : "",
+                   (unsigned long long)r[i].bytes, r[i].cpu_us, r[i].dev_us);
+        printf("]}\n");
+    }
+    dropblock_free(h, x);
+    dropblock_free(h, y);
+    return 0;
+}
+
 int bench_socket(int argc, char **argv)
 {
     const char *path = NULL, *device = "auto", *dtype = "f32";
-    int latency = 0, throughput = 0, json = 0, reps = 0;
+    int latency = 0, throughput = 0, crossover = 0, json = 0, reps = 0;
     uint64_t shape[4] = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--socket") && v) { path = v; i++; }
         else if (!strcmp(a, "--latency")) latency = 1;
         else if (!strcmp(a, "--throughput")) throughput = 1;
+        else if (!strcmp(a, "--crossover")) crossover = 1;
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--device") && v) { device = v; i++; }
         else if (!strcmp(a, "--dtype") && v) { dtype = v; i++; }
@@ -56,14 +158,23 @@ int bench_socket(int argc, char **argv)
             i++;
         } else {
             fprintf(stderr, "dropblock-bench: unknown argument %s\n"
-                    "usage: dropblock-bench --socket PATH --latency|--throughput [--device ID] [--reps N]"
+                    "usage: dropblock-bench --socket PATH --latency|--throughput|--crossover [--device ID] [--reps N]"
                     " [--shape N,C,H,W] [--dtype f32|f16|bf16] [--json]\n", a);
             return 2;
         }
     }
-    if (latency == throughput) {
-        fprintf(stderr, "dropblock-bench: give one of --latency or --throughput with --socket\n");
+    if (latency + throughput + crossover != 1) {
+        fprintf(stderr, "dropblock-bench: give one of --latency, --throughput or --crossover with --socket\n");
         return 2;
+    }
+    char msg[512];
+    if (crossover) {
+        dropblock_t *h;
+        int rc = dropblock_connect(&h, path, msg, sizeof msg);
+        if (rc) { fprintf(stderr, "dropblock-bench: %s\n", msg); return 1; }
+        rc = bench_crossover(h, device, reps > 0 ? reps : 400, json);
+        dropblock_close(h);
+        return rc;
     }
     dropblock_params p;
     dropblock_params_init(&p);
@@ -73,7 +184,6 @@ int bench_socket(int argc, char **argv)
     int dt = dropblock_parse_dtype(dtype);
     if (dt < 0) { fprintf(stderr, "dropblock-bench: --dtype %s: must be f32, f16 or bf16\n", dtype); return 2; }
     p.dtype = (dropblock_dtype)dt;
-    char msg[512];
     if (dropblock_params_validate(&p, msg, sizeof msg)) { fprintf(stderr, "dropblock-bench: %s\n", msg); return 2; }
     if (reps <= 0) reps = latency ? 5000 : 20;
 

@@ -16,8 +16,8 @@
  * one run_us output with the CPU reference bit for bit. With --json the last line is one JSON
  * object with every figure (null where a backend cannot time one).
  *
- * The daemon modes (--socket PATH --latency / --throughput) time round trips and shared-memory
- * jobs through a running dropblockd with libdropblock (bench_socket.c). */
+ * The daemon modes (--socket PATH --latency / --throughput / --crossover) time round trips and
+ * shared-memory jobs through a running dropblockd with libdropblock (bench_socket.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +27,7 @@
 #include "engine.h"
 #include "reference.h"
 
-enum mode { MODE_DEVICE, MODE_LATENCY, MODE_THROUGHPUT };
+enum mode { MODE_DEVICE, MODE_LATENCY, MODE_THROUGHPUT, MODE_CROSSOVER };
 
 struct opts {
     enum mode mode;
@@ -40,8 +40,9 @@ static int usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s --backend cpu|opencl|vulkan [--device N] --shape N,C,H,W [--dtype f32|f16|bf16]\n"
-            "          --block B[,B] [--rate R] [--reps K] [--warmup W] [--layout nchw|nhwc] [--check] [--json]\n",
-            argv0);
+            "          --block B[,B] [--rate R] [--reps K] [--warmup W] [--layout nchw|nhwc] [--check] [--json]\n"
+            "       %s --socket PATH --latency|--throughput|--crossover [--device ID] [--reps K] [--json]\n",
+            argv0, argv0);
     return 2;
 }
 
@@ -74,6 +75,7 @@ static int parse(int argc, char **argv, struct opts *o)
         if (!strcmp(a, "--check")) { o->check = 1; continue; }
         if (!strcmp(a, "--latency")) { o->mode = MODE_LATENCY; continue; }
         if (!strcmp(a, "--throughput")) { o->mode = MODE_THROUGHPUT; continue; }
+        if (!strcmp(a, "--crossover")) { o->mode = MODE_CROSSOVER; continue; }
         if (!v) return -1;
         i++;
         if (!strcmp(a, "--backend")) o->backend = v;

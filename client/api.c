@@ -62,7 +62,7 @@ int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, 
     if (rc) return rc;
     if (!h->remote) return local_run(h, p, input, output, mask, device, res);
     dropblock_ticket *t = NULL;
-    rc = remote_submit(h, p, input, output, mask, device, &t, res->message, sizeof res->message);
+    rc = remote_submit(h, 1, p, input, output, mask, device, &t, res->message, sizeof res->message);
     if (rc) return rc;
     return remote_wait(h, t, -1, res);
 }
@@ -74,7 +74,7 @@ int dropblock_submit(dropblock_t *h, const dropblock_params *p, const void *inpu
     *ticket = NULL;
     int rc = check_job(h, p, input, output, NULL, 0);
     if (rc) return rc;
-    return h->remote ? remote_submit(h, p, input, output, mask, device, ticket, NULL, 0)
+    return h->remote ? remote_submit(h, 0, p, input, output, mask, device, ticket, NULL, 0)
                      : local_submit(h, p, input, output, mask, device, ticket);
 }
 

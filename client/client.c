@@ -1,11 +1,22 @@
 /* client.c: a connection to dropblockd (dropblock_connect): the Unix socket, protocol v1 framing
  * (docs/protocol.md), memfd regions for dropblock_alloc, and requests in flight.
  *
- * Every request is a ticket registered under a per-connection id before its frame is sent; one
- * receiver thread per connection reads the replies and completes the matching ticket (any order,
- * as the daemon answers). Sends are serialised by a mutex so frames never interleave. When the
- * connection breaks, every ticket in flight fails with the reason at once, so no caller ever
- * waits on a daemon that is gone, and no job is ever sent twice.
+ * Every request is a ticket registered under a per-connection id before its frame is sent; the
+ * thread reading the socket completes the matching ticket (any order, as the daemon answers).
+ * Sends are serialised by a mutex so frames never interleave. When the connection breaks, every
+ * ticket in flight fails with the reason at once, so no caller ever waits on a daemon that is
+ * gone, and no job is ever sent twice.
+ *
+ * Who reads: one thread at a time (c->reader), with the frame buffer of the connection. A caller
+ * that waits for its own reply at once and without a timeout (dropblock_run, the requests behind
+ * alloc, devices, status: a "sync" ticket) reads the socket itself when nobody else does, and
+ * completes every reply it meets on the way; when its own is done it hands the socket on. The
+ * connection's receiver thread reads only while tickets that nobody waits on in that way are in
+ * flight (dropblock_submit's; c->nasync) and no caller reads; otherwise it sleeps on rx_cond,
+ * not on the socket. A small job's round trip then wakes one thread, not the receiver and then
+ * the caller. While nothing is in flight nobody reads: every call first looks (poll, no wait)
+ * whether the daemon has closed the connection or said something, so that a daemon that went
+ * away is still noticed before the next request (and reconnected to).
  *
  * Reconnecting: the next call that needs the daemon (devices, alloc, submit/run, status,
  * shutdown) makes one attempt to connect to the same path again. The new connection is set up
@@ -36,6 +47,8 @@
 #include "protocol.h"
 
 #define NBUCKETS 256 /* tickets by id */
+#define RBUF_CAP (4 + PROTO_MAX_FRAME)
+enum { READER_NONE, READER_RX, READER_CALLER };
 #define HELLO_TIMEOUT_MS 120000
 
 struct region {
@@ -55,10 +68,18 @@ struct db_conn {
 
     pthread_mutex_t reconnect_lock; /* one reconnect at a time */
 
-    pthread_mutex_t lock; /* the buckets, ticket completion and the broken state */
+    pthread_mutex_t lock; /* the buckets, ticket completion, the broken state and who reads */
     dropblock_ticket *buckets[NBUCKETS];
     uint64_t next_id;
     int broken, err_code;
+    int closing;          /* remote_close: the receiver thread ends */
+    int reader;           /* READER_*: who reads the socket (and owns rbuf) now */
+    uint64_t nasync;      /* tickets in flight that no caller reads for (not sync) */
+    uint64_t nlead_waiting; /* sync callers waiting for the socket to be free */
+    pthread_cond_t rx_cond;   /* the receiver: read, or end */
+    pthread_cond_t idle_cond; /* broadcast when nobody reads any more (reconnect waits for it) */
+    unsigned char *rbuf;  /* received bytes not yet a whole frame: the reader's */
+    size_t rlen;
     char err_msg[256];    /* what calls fail with once broken */
     char daemon_msg[224]; /* the daemon's own words when it closed the connection with an error */
 
@@ -86,6 +107,11 @@ static size_t bucket_of(uint64_t id) { return (size_t)(id % NBUCKETS); }
 
 static void ticket_insert(struct db_conn *c, dropblock_ticket *t)
 {
+    if (!t->sync) {
+        t->counted = 1;
+        /* someone must read for it: the receiver, unless a caller reads already */
+        if (c->nasync++ == 0 && c->reader == READER_NONE) pthread_cond_signal(&c->rx_cond);
+    }
     dropblock_ticket **b = &c->buckets[bucket_of(t->id)];
     t->prev = NULL;
     t->next = *b;
@@ -93,8 +119,17 @@ static void ticket_insert(struct db_conn *c, dropblock_ticket *t)
     *b = t;
 }
 
+static void ticket_uncount(struct db_conn *c, dropblock_ticket *t)
+{
+    if (t->counted) {
+        t->counted = 0;
+        c->nasync--;
+    }
+}
+
 static void ticket_remove(struct db_conn *c, dropblock_ticket *t)
 {
+    ticket_uncount(c, t);
     if (t->prev) t->prev->next = t->next;
     else if (c->buckets[bucket_of(t->id)] == t) c->buckets[bucket_of(t->id)] = t->next;
     if (t->next) t->next->prev = t->prev;
@@ -108,8 +143,9 @@ static dropblock_ticket *ticket_find(struct db_conn *c, uint64_t id)
     return NULL;
 }
 
-static void ticket_complete(dropblock_ticket *t, int rc, const char *message)
+static void ticket_complete(struct db_conn *c, dropblock_ticket *t, int rc, const char *message)
 {
+    ticket_uncount(c, t);
     t->rc = rc;
     if (message) snprintf(t->res.message, sizeof t->res.message, "%s", message);
     t->done = 1;
@@ -147,7 +183,8 @@ static void conn_break(struct db_conn *c, int code, const char *fmt, ...)
     }
     for (size_t i = 0; i < NBUCKETS; i++)
         for (dropblock_ticket *t = c->buckets[i]; t; t = t->next)
-            if (!t->done) ticket_complete(t, c->err_code, c->err_msg);
+            if (!t->done) ticket_complete(c, t, c->err_code, c->err_msg);
+    pthread_cond_broadcast(&c->rx_cond); /* the receiver ends */
 }
 
 /* ---------------------------------------------------------------- replies */
@@ -244,52 +281,120 @@ static int handle_reply(struct db_conn *c, const char *data, size_t len, char *w
             r = NULL;
             t->rc = DROPBLOCK_OK;
         }
-        ticket_complete(t, t->rc, NULL);
+        ticket_complete(c, t, t->rc, NULL);
     }
     pthread_mutex_unlock(&c->lock);
     cJSON_Delete(r);
     return 0;
 }
 
+/* One read from the socket (waiting for it) into rbuf, and every whole frame in it handled. The
+ * caller is the reader (c->reader, without the lock). 0, or -1 when the connection cannot go on
+ * (why says why; the caller breaks it). */
+static int read_some(struct db_conn *c, int fd, char *why, size_t why_len)
+{
+    ssize_t n;
+    for (;;) {
+        /* wait in poll, not in recv: a thread asleep in recv is woken (for nothing) each time
+         * the daemon reads a request and frees room in our send queue, poll only by replies
+         * (measured: 16.6 against 19.0 us p50 per round trip, both on one CPU; 37 against 44-52 us
+         * on two) */
+        struct pollfd pfd = {fd, POLLIN, 0};
+        if (poll(&pfd, 1, -1) < 0 && errno != EINTR) { db_msg(why, why_len, "poll: %s", strerror(errno)); return -1; }
+        n = recv(fd, c->rbuf + c->rlen, RBUF_CAP - c->rlen, MSG_DONTWAIT);
+        if (n >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) break;
+    }
+    if (n < 0) { db_msg(why, why_len, "%s", strerror(errno)); return -1; }
+    if (n == 0) { db_msg(why, why_len, "the daemon closed the connection (it stopped or was killed)"); return -1; }
+    c->rlen += (size_t)n;
+    size_t pos = 0;
+    uint32_t flen = 0;
+    int st, rc = 0;
+    while (!rc && (st = proto_frame_peek(c->rbuf + pos, c->rlen - pos, &flen)) != PROTO_FRAME_MORE) {
+        if (st == PROTO_FRAME_BAD) {
+            db_msg(why, why_len, "dropblockd sent a frame of %u bytes (the protocol allows 1 to %u)", flen, PROTO_MAX_FRAME);
+            return -1;
+        }
+        if (handle_reply(c, (const char *)c->rbuf + pos + 4, flen, why, why_len)) rc = -1;
+        pos += 4 + (size_t)flen;
+    }
+    memmove(c->rbuf, c->rbuf + pos, c->rlen - pos);
+    c->rlen -= pos;
+    return rc;
+}
+
+/* The reader gives the socket up (lock held): to a sync caller waiting for it, else to the
+ * receiver if tickets nobody else reads for are in flight. */
+static void release_reader(struct db_conn *c)
+{
+    c->reader = READER_NONE;
+    pthread_cond_broadcast(&c->idle_cond);
+    if (c->nlead_waiting) {
+        for (size_t i = 0; i < NBUCKETS; i++)
+            for (dropblock_ticket *t = c->buckets[i]; t; t = t->next)
+                if (t->lead_waiting && !t->done) {
+                    pthread_cond_signal(&t->cond);
+                    return;
+                }
+    }
+    if (c->nasync) pthread_cond_signal(&c->rx_cond);
+}
+
+/* A read by the reader that failed: the connection is broken for everyone (lock held). */
+static void read_failed(struct db_conn *c, int fd, const char *why)
+{
+    conn_break(c, DROPBLOCK_EUNAVAILABLE, "connection to dropblockd lost: %s", why);
+    /* a reply we could not follow ends the conversation for the daemon too */
+    shutdown(fd, SHUT_RDWR);
+}
+
 static void *receiver_main(void *arg)
 {
     struct db_conn *c = arg;
-    const int fd = c->fd; /* replaced only after this thread is joined */
-    const size_t cap = 4 + PROTO_MAX_FRAME;
-    unsigned char *buf = malloc(cap);
-    size_t have = 0;
-    char why[200] = "out of memory for the receive buffer";
-    while (buf) {
-        ssize_t n = recv(fd, buf + have, cap - have, 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) { db_msg(why, sizeof why, "%s", strerror(errno)); break; }
-        if (n == 0) { db_msg(why, sizeof why, "the daemon closed the connection (it stopped or was killed)"); break; }
-        have += (size_t)n;
-        size_t pos = 0;
-        int fatal = 0;
-        uint32_t flen = 0;
-        int st;
-        while (!fatal && (st = proto_frame_peek(buf + pos, have - pos, &flen)) != PROTO_FRAME_MORE) {
-            if (st == PROTO_FRAME_BAD) {
-                db_msg(why, sizeof why, "dropblockd sent a frame of %u bytes (the protocol allows 1 to %u)", flen,
-                       PROTO_MAX_FRAME);
-                fatal = 1;
-                break;
-            }
-            if (handle_reply(c, (const char *)buf + pos + 4, flen, why, sizeof why)) fatal = 1;
-            pos += 4 + (size_t)flen;
-        }
-        if (fatal) break;
-        memmove(buf, buf + pos, have - pos);
-        have -= pos;
-    }
-    free(buf);
+    char why[200];
     pthread_mutex_lock(&c->lock);
-    conn_break(c, DROPBLOCK_EUNAVAILABLE, "connection to dropblockd lost: %s", why);
+    for (;;) {
+        while (!c->broken && !c->closing && (c->reader != READER_NONE || !c->nasync)) {
+            pthread_cond_wait(&c->rx_cond, &c->lock);
+        }
+        if (c->broken || c->closing) break;
+        c->reader = READER_RX;
+        int fd = c->fd;
+        pthread_mutex_unlock(&c->lock);
+        int rc = read_some(c, fd, why, sizeof why);
+        pthread_mutex_lock(&c->lock);
+        if (rc) read_failed(c, fd, why);
+        release_reader(c);
+    }
     pthread_mutex_unlock(&c->lock);
-    /* a reply we could not follow ends the conversation for the daemon too */
-    shutdown(fd, SHUT_RDWR);
     return NULL;
+}
+
+/* Before a call sends anything (lock not held): when nobody reads, whether the daemon closed the
+ * connection or sent something meanwhile (a late reply; its reason before closing), without
+ * waiting; what is there is read, so a daemon that went away is noticed now. */
+static void check_idle(struct db_conn *c)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->broken || c->reader != READER_NONE) {
+        pthread_mutex_unlock(&c->lock);
+        return;
+    }
+    c->reader = READER_CALLER;
+    int fd = c->fd;
+    pthread_mutex_unlock(&c->lock);
+    char why[200];
+    int rc = 0;
+    for (int k = 0; k < 16 && !rc; k++) {
+        struct pollfd pfd = {fd, POLLIN | POLLRDHUP, 0};
+        int pr = poll(&pfd, 1, 0);
+        if (pr <= 0) break;          /* nothing there (or EINTR: look next time) */
+        rc = read_some(c, fd, why, sizeof why); /* readable: recv does not block */
+    }
+    pthread_mutex_lock(&c->lock);
+    if (rc) read_failed(c, fd, why);
+    release_reader(c);
+    pthread_mutex_unlock(&c->lock);
 }
 
 /* ---------------------------------------------------------------- requests */
@@ -340,13 +445,48 @@ static int send_frame(int sock, const char *buf, size_t len, int fd, size_t *sen
  * generation *gen (0: the current one; *gen receives the generation used). 0: t is in flight and
  * will be completed by its reply or by the connection breaking. Else the error, with msg, and t
  * is out of the table (the caller frees it). Never reconnects: the caller did that first. */
+/* The frame of a request whose JSON is body (an object without its closing brace) plus the id;
+ * NULL without memory. */
+static char *frame_with_id(const char *body, uint64_t id, size_t *flen)
+{
+    size_t n = strlen(body);
+    char *f = malloc(4 + n + 32);
+    if (!f) return NULL;
+    memcpy(f + 4, body, n);
+    int k = snprintf(f + 4 + n, 32, ",\"id\":%llu}", (unsigned long long)id);
+    n += (size_t)k;
+    f[0] = (char)(n & 0xFF); f[1] = (char)((n >> 8) & 0xFF);
+    f[2] = (char)((n >> 16) & 0xFF); f[3] = (char)((n >> 24) & 0xFF);
+    *flen = n + 4;
+    return f;
+}
+
+static int send_request_any(dropblock_t *h, dropblock_ticket *t, cJSON *req, char *body, int fd, uint64_t *gen,
+                            char *msg, size_t len);
+
 static int send_request(dropblock_t *h, dropblock_ticket *t, cJSON *req, int fd, uint64_t *gen, char *msg, size_t len)
 {
-    struct db_conn *c = h->conn;
     if (!req) {
         db_msg(msg, len, "out of memory for a request");
         return DROPBLOCK_EEXHAUSTED;
     }
+    return send_request_any(h, t, req, NULL, fd, gen, msg, len);
+}
+
+/* send_request for a request given as text (body, consumed: see frame_with_id). */
+static int send_request_text(dropblock_t *h, dropblock_ticket *t, char *body, uint64_t *gen, char *msg, size_t len)
+{
+    if (!body) {
+        db_msg(msg, len, "out of memory for a request");
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    return send_request_any(h, t, NULL, body, -1, gen, msg, len);
+}
+
+static int send_request_any(dropblock_t *h, dropblock_ticket *t, cJSON *req, char *body, int fd, uint64_t *gen,
+                            char *msg, size_t len)
+{
+    struct db_conn *c = h->conn;
     pthread_mutex_lock(&c->lock);
     if (c->broken || (gen && *gen && *gen != c->gen)) {
         int rc = c->broken ? c->err_code : DROPBLOCK_EUNAVAILABLE;
@@ -355,6 +495,7 @@ static int send_request(dropblock_t *h, dropblock_ticket *t, cJSON *req, int fd,
                     "nothing was sent");
         pthread_mutex_unlock(&c->lock);
         cJSON_Delete(req);
+        free(body);
         return rc;
     }
     t->id = ++c->next_id;
@@ -366,8 +507,14 @@ static int send_request(dropblock_t *h, dropblock_ticket *t, cJSON *req, int fd,
     int rc = DROPBLOCK_OK;
     size_t flen = 0, sent = 0;
     char *frame = NULL;
-    if (cJSON_AddNumberToObject(req, "id", (double)t->id)) frame = proto_frame(req, &flen); /* frees req */
-    else cJSON_Delete(req);
+    if (body) {
+        frame = frame_with_id(body, t->id, &flen);
+        free(body);
+    } else if (cJSON_AddNumberToObject(req, "id", (double)t->id)) {
+        frame = proto_frame(req, &flen); /* frees req */
+    } else {
+        cJSON_Delete(req);
+    }
     if (!frame) {
         rc = DROPBLOCK_EEXHAUSTED;
         db_msg(msg, len, "out of memory for a request");
@@ -424,7 +571,28 @@ static int send_request(dropblock_t *h, dropblock_ticket *t, cJSON *req, int fd,
 static int wait_ticket(struct db_conn *c, dropblock_ticket *t, int timeout_ms)
 {
     pthread_mutex_lock(&c->lock);
-    if (timeout_ms < 0) {
+    if (t->sync && timeout_ms < 0) {
+        /* read the socket ourselves when nobody does; else wait for the reply or for the socket */
+        while (!t->done) {
+            if (c->reader == READER_NONE && !c->broken) {
+                c->reader = READER_CALLER;
+                int fd = c->fd;
+                pthread_mutex_unlock(&c->lock);
+                char why[200];
+                int rc = read_some(c, fd, why, sizeof why);
+                pthread_mutex_lock(&c->lock);
+                if (rc) read_failed(c, fd, why);
+                c->reader = READER_NONE;
+                if (t->done) release_reader(c);
+                continue;
+            }
+            t->lead_waiting = 1;
+            c->nlead_waiting++;
+            pthread_cond_wait(&t->cond, &c->lock);
+            c->nlead_waiting--;
+            t->lead_waiting = 0;
+        }
+    } else if (timeout_ms < 0) {
         while (!t->done) pthread_cond_wait(&t->cond, &c->lock);
     } else {
         struct timespec dl;
@@ -453,6 +621,7 @@ static int request(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeou
         db_msg(msg, len, "out of memory for a request");
         return DROPBLOCK_EEXHAUSTED;
     }
+    t->sync = timeout_ms < 0;
     int rc = send_request(h, t, req, fd, gen, msg, len);
     if (!rc && wait_ticket(h->conn, t, timeout_ms) == DROPBLOCK_ETIMEDOUT) {
         pthread_mutex_lock(&h->conn->lock);
@@ -699,8 +868,15 @@ int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, siz
     pthread_mutex_init(&c->reconnect_lock, NULL);
     pthread_condattr_init(&c->condattr);
     pthread_condattr_setclock(&c->condattr, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->rx_cond, NULL);
+    pthread_cond_init(&c->idle_cond, NULL);
 
-    int rc;
+    int rc = DROPBLOCK_EEXHAUSTED;
+    if (!(c->rbuf = malloc(RBUF_CAP))) {
+        db_msg(msg, len, "out of memory");
+        remote_close(h);
+        return rc;
+    }
     c->fd = open_socket(c, NULL, &rc, msg, len);
     if (c->fd < 0 || (rc = start_receiver(c, msg, len))) {
         remote_close(h);
@@ -714,11 +890,19 @@ void remote_close(dropblock_t *h)
 {
     struct db_conn *c = h->conn;
     if (c->rx_started) {
-        /* wakes the receiver's recv with end of stream; the daemon drops our regions and jobs */
+        /* ends the receiver, waiting or reading (recv sees end of stream); the daemon drops our
+         * regions and jobs */
+        pthread_mutex_lock(&c->lock);
+        c->closing = 1;
+        pthread_cond_broadcast(&c->rx_cond);
+        pthread_mutex_unlock(&c->lock);
         shutdown(c->fd, SHUT_RDWR);
         pthread_join(c->rx, NULL);
     }
     if (c->fd >= 0) close(c->fd);
+    free(c->rbuf);
+    pthread_cond_destroy(&c->rx_cond);
+    pthread_cond_destroy(&c->idle_cond);
     for (size_t i = 0; i < NBUCKETS; i++)
         while (c->buckets[i]) {
             dropblock_ticket *t = c->buckets[i];
@@ -747,12 +931,16 @@ static int reconnect(struct db_conn *c, char *msg, size_t len)
     pthread_mutex_lock(&c->lock);
     snprintf(lost, sizeof lost, "%s", c->err_msg);
     pthread_mutex_unlock(&c->lock);
-    /* the receiver of the broken connection has stopped or is stopping: reap it */
+    /* the receiver of the broken connection has stopped or is stopping: reap it; and a caller
+     * still reading the old socket gets out of it */
+    shutdown(c->fd, SHUT_RDWR);
     if (c->rx_started) {
-        shutdown(c->fd, SHUT_RDWR);
         pthread_join(c->rx, NULL);
         c->rx_started = 0;
     }
+    pthread_mutex_lock(&c->lock);
+    while (c->reader != READER_NONE) pthread_cond_wait(&c->idle_cond, &c->lock);
+    pthread_mutex_unlock(&c->lock);
     int rc;
     char why[256];
     int fd = open_socket(c, NULL, &rc, why, sizeof why);
@@ -798,6 +986,7 @@ static int reconnect(struct db_conn *c, char *msg, size_t len)
     pthread_mutex_lock(&c->lock);
     int old = c->fd;
     c->fd = fd;
+    c->rlen = 0; /* what the old connection left half-read */
     c->gen++;
     c->broken = 0;
     c->err_code = 0;
@@ -822,6 +1011,7 @@ static int reconnect(struct db_conn *c, char *msg, size_t len)
 static int ensure_connected(dropblock_t *h, char *msg, size_t len)
 {
     struct db_conn *c = h->conn;
+    check_idle(c);
     pthread_mutex_lock(&c->lock);
     int broken = c->broken;
     pthread_mutex_unlock(&c->lock);
@@ -978,56 +1168,93 @@ static int locate(struct db_conn *c, const char *what, const void *ptr, uint64_t
 }
 
 /* ---------------------------------------------------------------- jobs */
-static cJSON *u64_item(uint64_t v)
+/* Text being built: appends stop (and bad is set) when it would not fit. */
+struct text {
+    char *buf;
+    size_t len, cap;
+    int bad;
+};
+
+static void put(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct text *t, const char *fmt, ...)
 {
-    if (v < (UINT64_C(1) << 53)) return cJSON_CreateNumber((double)v);
-    char s[24];
-    snprintf(s, sizeof s, "%llu", (unsigned long long)v);
-    return cJSON_CreateString(s);
+    if (t->bad) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
+    va_end(ap);
+    if (k < 0 || (size_t)k >= t->cap - t->len) t->bad = 1;
+    else t->len += (size_t)k;
 }
 
-static void add_tensor(cJSON *req, const char *name, uint32_t rid, uint64_t off)
+/* A u64 as protocol v1 writes it: a number below 2^53, else a decimal string. */
+static void put_u64(struct text *t, uint64_t v)
 {
-    cJSON *t = cJSON_AddObjectToObject(req, name);
-    if (!t) return;
-    proto_add_u64(t, "region", rid);
-    proto_add_u64(t, "offset", off);
+    put(t, v < (UINT64_C(1) << 53) ? "%llu" : "\"%llu\"", (unsigned long long)v);
 }
 
-/* The dropblock2d request of docs/protocol.md; NULL without memory. */
-static cJSON *job_request(const dropblock_params *p, const uint32_t rid[3], const uint64_t off[3], int has_mask,
-                          const char *device)
+/* A JSON string (quotes, backslashes and control characters escaped). */
+static void put_string(struct text *t, const char *s)
 {
-    cJSON *req = new_request("dropblock2d");
-    if (!req) return NULL;
-    add_tensor(req, "input", rid[0], off[0]);
-    add_tensor(req, "output", rid[1], off[1]);
-    if (has_mask) add_tensor(req, "mask", rid[2], off[2]);
-    cJSON *shape = cJSON_AddArrayToObject(req, "shape");
-    for (int i = 0; shape && i < 4; i++) cJSON_AddItemToArray(shape, u64_item(p->shape[i]));
-    cJSON_AddStringToObject(req, "layout", dropblock_layout_name(p->layout));
-    cJSON_AddStringToObject(req, "dtype", dropblock_dtype_name(p->dtype));
-    /* a float widened to double prints exactly and narrows back to the same float */
-    cJSON_AddNumberToObject(req, "rate", (double)p->rate);
-    cJSON *block = cJSON_AddArrayToObject(req, "block");
-    if (block) {
-        cJSON_AddItemToArray(block, u64_item(p->block[0]));
-        cJSON_AddItemToArray(block, u64_item(p->block[1]));
+    put(t, "\"");
+    for (; *s && !t->bad; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') put(t, "\\%c", ch);
+        else if (ch < 0x20) put(t, "\\u%04x", ch);
+        else if (t->len + 1 < t->cap) t->buf[t->len++] = (char)ch, t->buf[t->len] = 0;
+        else t->bad = 1;
     }
-    proto_add_u64(req, "seed", p->seed);
-    proto_add_u64(req, "stream", p->stream);
-    cJSON_AddStringToObject(req, "normalize", dropblock_normalize_name(p->normalize));
-    cJSON *share = cJSON_AddArrayToObject(req, "share");
-    if (share && (p->share & DROPBLOCK_SHARE_CHANNELS)) cJSON_AddItemToArray(share, cJSON_CreateString("channels"));
-    if (share && (p->share & DROPBLOCK_SHARE_BATCH)) cJSON_AddItemToArray(share, cJSON_CreateString("batch"));
-    cJSON_AddStringToObject(req, "mode", p->mode == DROPBLOCK_BACKWARD ? "backward" : "forward");
-    cJSON_AddStringToObject(req, "compat", dropblock_compat_name(p->compat));
-    cJSON_AddBoolToObject(req, "training", p->training != 0);
-    cJSON_AddStringToObject(req, "device", device && *device ? device : "auto");
-    return req;
+    put(t, "\"");
 }
 
-int remote_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
+static void put_tensor(struct text *t, const char *name, uint32_t rid, uint64_t off)
+{
+    put(t, ",\"%s\":{\"region\":%u,\"offset\":", name, rid);
+    put_u64(t, off);
+    put(t, "}");
+}
+
+/* The dropblock2d request of docs/protocol.md, as text for frame_with_id (the same fields
+ * cJSON would print, written directly: this is every job's path); NULL without memory. */
+static char *job_request(const dropblock_params *p, const uint32_t rid[3], const uint64_t off[3], int has_mask,
+                         const char *device)
+{
+    const char *dev = device && *device ? device : "auto";
+    struct text t = {NULL, 0, 1024 + 6 * strlen(dev), 0};
+    if (!(t.buf = malloc(t.cap))) return NULL;
+    t.buf[0] = 0;
+    put(&t, "{\"v\":%d,\"op\":\"dropblock2d\"", PROTO_VERSION);
+    put_tensor(&t, "input", rid[0], off[0]);
+    put_tensor(&t, "output", rid[1], off[1]);
+    if (has_mask) put_tensor(&t, "mask", rid[2], off[2]);
+    put(&t, ",\"shape\":[");
+    for (int i = 0; i < 4; i++) {
+        if (i) put(&t, ",");
+        put_u64(&t, p->shape[i]);
+    }
+    put(&t, "],\"layout\":\"%s\",\"dtype\":\"%s\"", dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype));
+    /* a float widened to double prints exactly in 17 digits and narrows back to the same float */
+    put(&t, ",\"rate\":%.17g,\"block\":[", (double)p->rate);
+    put_u64(&t, p->block[0]);
+    put(&t, ",");
+    put_u64(&t, p->block[1]);
+    put(&t, "],\"seed\":");
+    put_u64(&t, p->seed);
+    put(&t, ",\"stream\":");
+    put_u64(&t, p->stream);
+    put(&t, ",\"normalize\":\"%s\",\"share\":[%s%s%s]", dropblock_normalize_name(p->normalize),
+        (p->share & DROPBLOCK_SHARE_CHANNELS) ? "\"channels\"" : "",
+        (p->share & DROPBLOCK_SHARE_CHANNELS) && (p->share & DROPBLOCK_SHARE_BATCH) ? "," : "",
+        (p->share & DROPBLOCK_SHARE_BATCH) ? "\"batch\"" : "");
+    put(&t, ",\"mode\":\"%s\",\"compat\":\"%s\",\"training\":%s,\"device\":",
+        p->mode == DROPBLOCK_BACKWARD ? "backward" : "forward", dropblock_compat_name(p->compat),
+        p->training ? "true" : "false");
+    put_string(&t, dev);
+    if (t.bad) { free(t.buf); return NULL; }
+    return t.buf;
+}
+
+int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const void *input, void *output, void *mask,
                   const char *device, dropblock_ticket **ticket, char *msg, size_t len)
 {
     struct db_conn *c = h->conn;
@@ -1049,7 +1276,8 @@ int remote_submit(dropblock_t *h, const dropblock_params *p, const void *input, 
         db_msg(msg, len, "out of memory for a request");
         return DROPBLOCK_EEXHAUSTED;
     }
-    rc = send_request(h, t, job_request(p, rid, off, mask != NULL, device), -1, &gen, msg, len);
+    t->sync = sync;
+    rc = send_request_text(h, t, job_request(p, rid, off, mask != NULL, device), &gen, msg, len);
     if (rc) {
         ticket_free(t);
         return rc;

@@ -40,6 +40,9 @@ struct dropblock_ticket {
     uint64_t id;
     uint64_t gen; /* remote: the connection generation it was sent on */
     int is_job;   /* the reply fills res; otherwise it is kept whole in reply */
+    int sync;     /* remote: its caller waits for it at once, without a timeout, reading the socket itself */
+    int counted;  /* remote: counted in the connection's nasync (not sync, not done) */
+    int lead_waiting; /* remote: its caller waits for its reply or for the socket to read */
     int done, rc;
     dropblock_result res;
     cJSON *reply;
@@ -65,7 +68,8 @@ int remote_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, siz
 int remote_alloc(dropblock_t *h, size_t bytes, void **ptr);
 int remote_free(dropblock_t *h, void *ptr);
 /* submit with a message for the errors found before anything is sent */
-int remote_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
+/* sync: the caller calls remote_wait(h, t, -1, ...) at once (dropblock_run) */
+int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const void *input, void *output, void *mask,
                   const char *device, dropblock_ticket **ticket, char *msg, size_t msg_len);
 int remote_wait(dropblock_t *h, dropblock_ticket *t, int timeout_ms, dropblock_result *res);
 int remote_status(dropblock_t *h, char *json, size_t len);

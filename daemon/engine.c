@@ -309,7 +309,7 @@ static int fault_at(const struct db_slot *s, uint64_t n)
 }
 
 static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
-                      dropblock_result *res, int try_only)
+                      dropblock_result *res, int try_only, int probe)
 {
     memset(res, 0, sizeof *res);
     if (dev < 0 || (size_t)dev >= e->n) {
@@ -350,8 +350,8 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
         unavailable_msg(s, res->message, sizeof res->message);
         rc = DROPBLOCK_EUNAVAILABLE;
     } else {
-        uint64_t n = ++s->njobs;
-        switch (fault_at(s, n)) {
+        uint64_t n = probe ? s->njobs : ++s->njobs;
+        switch (probe ? -1 : fault_at(s, n)) {
         case FAULT_FAIL:
             db_msg(res->message, sizeof res->message, "device %s failed the job: injected fault", id);
             rc = DROPBLOCK_EINTERNAL;
@@ -392,13 +392,19 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
 int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                   dropblock_result *res)
 {
-    return engine_run(e, dev, p, in, out, mask, res, 0);
+    return engine_run(e, dev, p, in, out, mask, res, 0, 0);
 }
 
 int db_engine_try_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                       dropblock_result *res)
 {
-    return engine_run(e, dev, p, in, out, mask, res, 1);
+    return engine_run(e, dev, p, in, out, mask, res, 1, 0);
+}
+
+int db_engine_run_probe(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out,
+                        dropblock_result *res)
+{
+    return engine_run(e, dev, p, in, out, NULL, res, 0, 1);
 }
 
 int db_engine_bench(struct db_engine *e, int dev, const dropblock_params *p, const void *x, unsigned whats, int warmup,

@@ -61,6 +61,12 @@ int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const
 int db_engine_try_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out,
                       void *mask, dropblock_result *res);
 
+/* As db_engine_run, for the daemon's own measurements at start-up (the small-job threshold):
+ * the job is not counted among the device's jobs, so injected faults (DROPBLOCK_FAULTS) keep
+ * their numbering and never fire on it. */
+int db_engine_run_probe(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out,
+                        dropblock_result *res);
+
 /* Benchmark support (bench/dropblock-bench): validates p and runs the device's bench op for the
  * measures whats (bits 1 << enum db_bench_what), serialised with the device's jobs. */
 int db_engine_bench(struct db_engine *e, int dev, const dropblock_params *p, const void *x, unsigned whats, int warmup,

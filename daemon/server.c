@@ -38,6 +38,14 @@
 #define IDLE_TRIM_MS 100
 
 enum { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+/* Where the small-job threshold came from (the status reply's small_jobs.source). */
+enum { SMALL_MEASURED, SMALL_OPTION, SMALL_FALLBACK, SMALL_AUTO /* not yet measured */ };
+static const char *const small_sources[] = {"measured", "option", "fallback"};
+/* --small-job-bytes auto: the ladder's time at start-up, and the threshold when there is
+ * nothing to measure (the default device is the built-in CPU backend: the bound on the jobs run
+ * inline on the loop thread). */
+#define SMALL_BUDGET_US 1000000
+#define SMALL_FALLBACK_BYTES 65536
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 struct outbuf {
@@ -90,6 +98,8 @@ struct server {
     /* limits */
     uint64_t max_jobs, max_bytes, max_client_jobs, max_client_bytes, max_regions, max_region_bytes;
     uint64_t small_job_bytes;
+    int small_source; /* SMALL_* */
+    struct jobs_small small;
     uid_t allow_uid[MAX_ALLOW];
     gid_t allow_gid[MAX_ALLOW];
     int n_allow_uid, n_allow_gid;
@@ -159,16 +169,21 @@ static int client_flush(struct client *c)
     return rc;
 }
 
-/* Queues a reply (obj is consumed). */
-static void client_send(struct client *c, cJSON *obj)
+/* Sends a frame, or queues what the socket does not take now (frame is copied). */
+static void client_send_frame(struct client *c, const char *frame, size_t len)
 {
-    size_t len = 0;
-    char *frame = proto_frame(obj, &len);
-    if (!frame || c->closed) { free(frame); return; }
+    if (c->closed) return;
+    if (!c->wq_head) {
+        /* nothing queued: straight to the socket, no copy (the common case of a reply) */
+        ssize_t n;
+        do n = send(c->fd, frame, len, MSG_NOSIGNAL | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { client_close(c, "the peer stopped reading"); return; }
+        if (n > 0) { frame += n; len -= (size_t)n; }
+        if (!len) return;
+    }
     struct outbuf *b = malloc(sizeof *b + len);
-    if (!b) { free(frame); client_close(c, "out of memory for a reply"); return; }
+    if (!b) { client_close(c, "out of memory for a reply"); return; }
     memcpy(b->data, frame, len);
-    free(frame);
     b->len = len;
     b->off = 0;
     b->next = NULL;
@@ -176,6 +191,15 @@ static void client_send(struct client *c, cJSON *obj)
     c->wq_tail = b;
     c->wq_bytes += len;
     if (client_flush(c) < 0) client_close(c, "the peer stopped reading");
+}
+
+/* Queues a reply (obj is consumed). */
+static void client_send(struct client *c, cJSON *obj)
+{
+    size_t len = 0;
+    char *frame = proto_frame(obj, &len);
+    if (frame) client_send_frame(c, frame, len);
+    free(frame);
 }
 
 static void send_error(struct client *c, const cJSON *id, int code, const char *message)
@@ -289,6 +313,23 @@ static void op_status(struct client *c, const cJSON *id)
     proto_add_u64(jo, "queued", queued);
     proto_add_u64(jo, "running", running);
     proto_add_u64(r, "inflight_bytes", s->inflight_bytes);
+    cJSON *sj = cJSON_AddObjectToObject(r, "small_jobs");
+    proto_add_u64(sj, "max_bytes", s->small_job_bytes);
+    cJSON_AddStringToObject(sj, "source", small_sources[s->small_source]);
+    if (s->small_source == SMALL_MEASURED) {
+        cJSON_AddStringToObject(sj, "cpu", db_engine_device(s->engine, (size_t)s->small.cpu)->id);
+        cJSON_AddStringToObject(sj, "device", db_engine_device(s->engine, (size_t)s->small.dev)->id);
+        proto_add_u64(sj, "measure_us", s->small.elapsed_us);
+        proto_add_u64(sj, "reps", (uint64_t)s->small.reps);
+        cJSON *lad = cJSON_AddArrayToObject(sj, "ladder");
+        for (int i = 0; lad && i < s->small.n; i++) {
+            cJSON *g = cJSON_CreateObject();
+            proto_add_u64(g, "bytes", s->small.ladder[i].bytes);
+            cJSON_AddNumberToObject(g, "cpu_us", s->small.ladder[i].cpu_us);
+            cJSON_AddNumberToObject(g, "device_us", s->small.ladder[i].dev_us);
+            cJSON_AddItemToArray(lad, g);
+        }
+    }
     cJSON_AddItemToObject(r, "devices", devs);
     client_send(c, r);
 }
@@ -420,9 +461,7 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
         return;
     }
     struct job *j = calloc(1, sizeof *j);
-    cJSON *idcopy = cJSON_Duplicate(id, 1);
-    char *idtext = idcopy ? cJSON_PrintUnformatted(idcopy) : NULL;
-    cJSON_Delete(idcopy);
+    char *idtext = cJSON_PrintUnformatted(id); /* the id alone (number or string), as JSON */
     if (!j || !idtext) {
         free(j);
         cJSON_free(idtext);
@@ -603,6 +642,10 @@ static void client_read(struct client *c)
         if (c->closed) return;
         memmove(c->rbuf, c->rbuf + pos, c->rlen - pos);
         c->rlen -= pos;
+        /* a read that did not fill the buffer took all there was: the poll is level-triggered
+         * and reports the socket again when more comes, so no second recvmsg just to see
+         * EAGAIN (one syscall fewer per request) */
+        if ((size_t)n < iov.iov_len) return;
     }
 }
 
@@ -729,6 +772,36 @@ static void on_idle_trim(uv_timer_t *t)
 #endif
 }
 
+/* A u64 as protocol v1 writes it (a number below 2^53, else a decimal string). */
+static int fmt_u64(char *buf, size_t len, uint64_t v)
+{
+    return snprintf(buf, len, v < (UINT64_C(1) << 53) ? "%llu" : "\"%llu\"", (unsigned long long)v);
+}
+
+/* A job's success reply, written straight into its frame: the same JSON as proto_reply and
+ * proto_add_u64 would give, without building and printing a cJSON tree on the loop thread for
+ * every job (the latency of small jobs). */
+static void send_job_reply(struct client *c, const struct job *j, const char *dev)
+{
+    char frame[1024], n[7][32];
+    uint64_t v[7] = {j->res.kept, j->res.total, j->t_start > j->t_submit ? j->t_start - j->t_submit : 0,
+                     j->res.timing_us[0], j->res.timing_us[1], j->res.timing_us[2], j->res.timing_us[3]};
+    for (int i = 0; i < 7; i++) fmt_u64(n[i], sizeof n[i], v[i]);
+    /* device ids are the engine's own ("opencl:0"): nothing in them needs escaping */
+    int k = snprintf(frame + 4, sizeof frame - 4,
+                     "{\"v\":%d,\"id\":%s,\"ok\":true,\"kept\":%s,\"total\":%s,\"scale_bits\":\"0x%08x\",\"device\":\"%s\","
+                     "\"timing_us\":{\"queue\":%s,\"mask\":%s,\"scale\":%s,\"apply\":%s,\"total\":%s}}",
+                     PROTO_VERSION, j->id_json, n[0], n[1], j->res.scale_bits, dev, n[2], n[3], n[4], n[5], n[6]);
+    if (k < 0 || (size_t)k >= sizeof frame - 4) {
+        client_close(c, "a reply did not fit its buffer");
+        return;
+    }
+    uint32_t len = (uint32_t)k;
+    frame[0] = (char)(len & 0xFF); frame[1] = (char)((len >> 8) & 0xFF);
+    frame[2] = (char)((len >> 16) & 0xFF); frame[3] = (char)((len >> 24) & 0xFF);
+    client_send_frame(c, frame, (size_t)k + 4);
+}
+
 static void on_job_done(struct job *j, void *ctx)
 {
     struct server *s = ctx;
@@ -744,26 +817,13 @@ static void on_job_done(struct job *j, void *ctx)
     else if (j->ran) s->failed++;
     const char *dev = db_engine_device(s->engine, (size_t)j->dev)->id;
     if (!c->closed) {
-        cJSON *id = cJSON_Parse(j->id_json);
+        cJSON *id = j->ran && !j->rc ? NULL : cJSON_Parse(j->id_json); /* errors only */
         if (!j->ran) {
             send_error(c, id, DROPBLOCK_EUNAVAILABLE, "the daemon is shutting down; the job was not started");
         } else if (j->rc) {
             send_error(c, id, j->rc, j->res.message);
         } else {
-            cJSON *r = proto_reply(id, 1);
-            proto_add_u64(r, "kept", j->res.kept);
-            proto_add_u64(r, "total", j->res.total);
-            char sb[16];
-            snprintf(sb, sizeof sb, "0x%08x", j->res.scale_bits);
-            cJSON_AddStringToObject(r, "scale_bits", sb);
-            cJSON_AddStringToObject(r, "device", dev);
-            cJSON *t = cJSON_AddObjectToObject(r, "timing_us");
-            proto_add_u64(t, "queue", j->t_start > j->t_submit ? j->t_start - j->t_submit : 0);
-            proto_add_u64(t, "mask", j->res.timing_us[0]);
-            proto_add_u64(t, "scale", j->res.timing_us[1]);
-            proto_add_u64(t, "apply", j->res.timing_us[2]);
-            proto_add_u64(t, "total", j->res.timing_us[3]);
-            client_send(c, r);
+            send_job_reply(c, j, dev);
             logmsg(s, LOG_DEBUG, "client=%llu job=%llu done on %s in %llu us", (unsigned long long)c->id,
                    (unsigned long long)j->seq, dev, (unsigned long long)j->res.timing_us[3]);
         }
@@ -939,13 +999,45 @@ static int activated_socket(struct server *s)
     return 1;
 }
 
+/* ---------------------------------------------------------------- small jobs */
+/* --small-job-bytes auto: times the ladder (jobs_measure_small) after the devices are up and
+ * before the socket is bound, and logs what it found. */
+static void measure_small_jobs(struct server *s)
+{
+    struct jobs_small *m = &s->small;
+    if (jobs_measure_small(s->jobs, SMALL_BUDGET_US, m)) {
+        s->small_source = SMALL_FALLBACK;
+        s->small_job_bytes = SMALL_FALLBACK_BYTES;
+        logmsg(s, LOG_INFO, "small jobs: auto jobs of at most %llu bytes run on the built-in CPU backend (%s)",
+               (unsigned long long)s->small_job_bytes,
+               m->why == JOBS_SMALL_NOTHING ? "not measured: the default device is the built-in CPU backend, or there is none"
+               : m->why == JOBS_SMALL_LATE  ? "not measured: the ladder's first size took longer than its time budget"
+                                            : "not measured: a job of the ladder's first size failed");
+        return;
+    }
+    s->small_source = SMALL_MEASURED;
+    s->small_job_bytes = m->bytes;
+    char lad[512];
+    size_t o = 0;
+    for (int i = 0; i < m->n && o < sizeof lad; i++) {
+        int k = snprintf(lad + o, sizeof lad - o, "%s%llu B %.0f/%.0f us", i ? ", " : "",
+                         (unsigned long long)m->ladder[i].bytes, m->ladder[i].cpu_us, m->ladder[i].dev_us);
+        if (k < 0) break;
+        o += (size_t)k;
+    }
+    logmsg(s, LOG_INFO, "small jobs: auto jobs of at most %llu bytes run on %s, larger ones on %s (measured in %llu ms; "
+           "bytes cpu/device median of %d: %s)", (unsigned long long)m->bytes,
+           db_engine_device(s->engine, (size_t)m->cpu)->id, db_engine_device(s->engine, (size_t)m->dev)->id,
+           (unsigned long long)(m->elapsed_us / 1000), m->reps, lad);
+}
+
 /* ---------------------------------------------------------------- options */
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: dropblockd [--socket PATH] [--devices LIST] [--allow-uid U,...] [--allow-gid G,...]\n"
             "                  [--max-inflight-jobs N] [--max-inflight-bytes B] [--max-client-jobs N]\n"
-            "                  [--max-client-bytes B] [--max-regions N] [--small-job-bytes B] [--cache-dir DIR]\n"
+            "                  [--max-client-bytes B] [--max-regions N] [--small-job-bytes B|auto] [--cache-dir DIR]\n"
             "                  [--log-level L]\n"
             "Serves DropBlock2D jobs over a Unix socket (protocol: docs/protocol.md) until SIGTERM/SIGINT.\n"
             "  --socket PATH          default $DROPBLOCK_SOCKET, else $XDG_RUNTIME_DIR/dropblock/dropblockd.sock,\n"
@@ -957,8 +1049,10 @@ static void usage(FILE *f)
             "  --max-inflight-jobs N  jobs queued or running, all clients (default 256); --max-client-jobs (64)\n"
             "  --max-inflight-bytes B tensor bytes in flight, all clients (default 8 GiB); --max-client-bytes (4 GiB)\n"
             "  --max-regions N        regions per connection (default 256)\n"
-            "  --small-job-bytes B    \"auto\" jobs of at most B bytes (tensors + mask) run on the built-in CPU\n"
-            "                         backend, on the loop thread when it is idle (default 65536; 0: never)\n"
+            "  --small-job-bytes B|auto \"auto\" jobs of at most B bytes (tensors + mask) run on the built-in CPU\n"
+            "                         backend, on the loop thread when it is idle; 0: never. auto (the default):\n"
+            "                         B is measured at start-up (about 1 s at most), the size where the default\n"
+            "                         device gets faster than the CPU backend\n"
             "  --cache-dir DIR        compiled kernels (default $XDG_CACHE_HOME/dropblock or ~/.cache/dropblock)\n"
             "  --log-level L          error, warn, info (default) or debug\n");
 }
@@ -1009,7 +1103,8 @@ int main(int argc, char **argv)
     s->max_client_bytes = UINT64_C(4) << 30;
     s->max_regions = 256;
     s->max_region_bytes = UINT64_C(1) << 40;
-    s->small_job_bytes = 65536;
+    s->small_job_bytes = SMALL_FALLBACK_BYTES;
+    s->small_source = SMALL_AUTO;
     s->allow_uid[s->n_allow_uid++] = getuid();
     s->allow_gid[s->n_allow_gid++] = getgid();
     static const struct option opts[] = {
@@ -1035,14 +1130,16 @@ int main(int argc, char **argv)
         case 'r': if (parse_u64_opt("--max-regions", optarg, &s->max_regions)) return 2; break;
         case 'c': cache_dir = optarg; break;
         case 'S': {
+            if (!strcmp(optarg, "auto")) { s->small_source = SMALL_AUTO; break; }
             char *end;
             errno = 0;
             unsigned long long v = strtoull(optarg, &end, 10);
             if (errno || end == optarg || *end || optarg[0] == '-') {
-                fprintf(stderr, "dropblockd: --small-job-bytes %s: must be a byte count (0 disables)\n", optarg);
+                fprintf(stderr, "dropblockd: --small-job-bytes %s: must be auto or a byte count (0 disables)\n", optarg);
                 return 2;
             }
             s->small_job_bytes = v;
+            s->small_source = SMALL_OPTION;
             break;
         }
         case 'l': {
@@ -1102,6 +1199,7 @@ int main(int argc, char **argv)
         db_engine_close(s->engine);
         return 1;
     }
+    if (s->small_source == SMALL_AUTO) measure_small_jobs(s);
     jobs_set_small_job_bytes(s->jobs, s->small_job_bytes);
     if (!act && listen_on(s, path, private_dir) < 0) {
         jobs_stop(s->jobs);

@@ -502,6 +502,87 @@ def test_client_that_never_reads(exe, ref):
         check(d.stop() == 0, "SIGTERM exits 0")
 
 
+def test_small_job_threshold(exe):
+    """--small-job-bytes: auto (the default) measures the threshold at start-up, on a ladder of
+    job sizes timed on the built-in CPU backend and on the default device, and the status reply
+    and the start-up log report it; an explicit byte count (0 included) is taken as given; with
+    nothing to compare (only the built-in CPU backend) a fixed bound is used and said so."""
+    d = Daemon(exe)
+    try:
+        c = Client(d.path)
+        st = c.call({"op": "status"})
+        devs = [x["id"] for x in st["devices"]]
+        c.close()
+        sj = st.get("small_jobs")
+        check(isinstance(sj, dict) and isinstance(sj.get("max_bytes"), int),
+              "status reports small_jobs.max_bytes: %s" % sj)
+        only_cpu = all(x.startswith("cpu") for x in devs)
+        if sj and sj.get("source") == "measured":
+            lad = sj.get("ladder") or []
+            check(len(lad) >= 1 and all(isinstance(g.get(k), (int, float)) for g in lad
+                                        for k in ("bytes", "cpu_us", "device_us")),
+                  "a measured threshold comes with its ladder: %s" % sj)
+            check(all(a["bytes"] < b["bytes"] for a, b in zip(lad, lad[1:])), "the ladder grows: %s" % lad)
+            check(sj.get("cpu") in devs and sj.get("device") in devs and sj["device"] != sj["cpu"],
+                  "the two devices compared are named: %s" % sj)
+            # the crossover rule (daemon/smalljob.h): at most the largest rung; below a rung the
+            # CPU lost, at or above every rung below that it won
+            loses = [g["bytes"] for g in lad if g["cpu_us"] > g["device_us"]]
+            check(sj["max_bytes"] <= lad[-1]["bytes"], "never past the ladder: %s" % sj)
+            if loses:
+                first = loses[0]
+                wins_below = [g["bytes"] for g in lad if g["bytes"] < first]
+                check(sj["max_bytes"] < first and (not wins_below or sj["max_bytes"] >= wins_below[-1]),
+                      "the threshold lies between the last rung the CPU won and the first it lost: %s" % sj)
+            else:
+                check(sj["max_bytes"] == lad[-1]["bytes"], "the CPU won every rung: the largest one: %s" % sj)
+            check(isinstance(sj.get("measure_us"), int) and sj["measure_us"] < 3_000_000 * SLOW,
+                  "the measurement is bounded in time: %s" % sj.get("measure_us"))
+            check("small jobs: auto jobs of at most %d bytes" % sj["max_bytes"] in d.logtext(),
+                  "the start-up log states the measured threshold: %s" % d.logtext()[-800:])
+        else:
+            # (under valgrind the ladder's first size may take longer than its budget: said so)
+            check(sj and sj.get("source") == "fallback" and sj.get("max_bytes") == 65536
+                  and (only_cpu or "longer than its time budget" in d.logtext()),
+                  "without a device to compare the threshold is the fixed fallback: %s (devices %s)" % (sj, devs))
+    except Exception:
+        check(False, "small-job threshold test crashed: " + traceback.format_exc())
+    finally:
+        check(d.stop() == 0, "SIGTERM exits 0")
+
+    for arg, want in (("12345", 12345), ("0", 0)):
+        d = Daemon(exe, ["--small-job-bytes", arg])
+        try:
+            c = Client(d.path)
+            sj = c.call({"op": "status"}).get("small_jobs") or {}
+            c.close()
+            check(sj.get("max_bytes") == want and sj.get("source") == "option" and "ladder" not in sj,
+                  "--small-job-bytes %s is taken as given, nothing measured: %s" % (arg, sj))
+        except Exception:
+            check(False, "small-job option test crashed: " + traceback.format_exc())
+        finally:
+            check(d.stop() == 0, "SIGTERM exits 0")
+
+    d = Daemon(exe, ["--devices", "cpu", "--small-job-bytes", "auto"])
+    try:
+        c = Client(d.path)
+        sj = c.call({"op": "status"}).get("small_jobs") or {}
+        c.close()
+        check(sj.get("source") == "fallback" and sj.get("max_bytes") == 65536,
+              "only the built-in CPU backend: nothing to measure, the fixed bound: %s" % sj)
+        check("not measured" in d.logtext(), "the log says it was not measured")
+    except Exception:
+        check(False, "small-job fallback test crashed: " + traceback.format_exc())
+    finally:
+        check(d.stop() == 0, "SIGTERM exits 0")
+
+    for bad in ("-1", "12k", "automatic"):
+        p = subprocess.run(daemon_cmd(exe, "--socket", "/nonexistent/x.sock", "--small-job-bytes", bad),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60 * SLOW)
+        check(p.returncode == 2 and "--small-job-bytes" in p.stderr,
+              "--small-job-bytes %s is refused with status 2: %d %s" % (bad, p.returncode, p.stderr))
+
+
 def device_ids(exe):
     """The daemon's device ids, from a daemon started for the purpose."""
     d = Daemon(exe)
@@ -837,7 +918,7 @@ def main():
     for t in (lambda: test_bad_inputs(a.daemon, ref), lambda: test_many_clients(a.daemon, ref),
               lambda: test_sigterm_with_queue(a.daemon, ref), lambda: test_limits_and_region_lifetime(a.daemon, ref),
               lambda: test_client_that_never_reads(a.daemon, ref), lambda: test_stale_socket_and_second_daemon(a.daemon),
-              lambda: test_peer_credentials(a.daemon),
+              lambda: test_peer_credentials(a.daemon), lambda: test_small_job_threshold(a.daemon),
               lambda: test_faults(a.daemon, ref) if a.fault_injection == "on" else test_faults_ignored(a.daemon, ref),
               lambda: test_client_killed_mid_job(a.daemon, ref)):
         t()

@@ -5,9 +5,9 @@
  * The host builds it per device with -DDB_VW=<lanes> -DDB_VPW=<vectors per work item>: CPU
  * devices take the device's native int vector width in lanes (16 with AVX-512) and enough
  * vectors that a work item covers one mask word of f32, plus -DDB_VLOAD (db_portable.h); GPUs
- * take 4 lanes and one vector (16-byte loads). The
- * dtype, the per-sample scale and the fixup are separate kernels, not run-time branches, so
- * that CPU compilers vectorize the work-item loop of each.
+ * take 4 lanes and one vector (16-byte loads). The dtype, the per-sample scale, the fixup and
+ * f16's conversions (integers, or the device's where a probe found them exact) are separate
+ * kernels, not run-time branches, so that CPU compilers vectorize the work-item loop of each.
  *
  * Kernels whose global size is rounded up to the work-group size bounds-check their id; the
  * fast apply kernels are launched on exact sizes and do not. */

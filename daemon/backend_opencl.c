@@ -710,51 +710,60 @@ static int probe_exact(struct ocl_dev *od)
     return ok && !(force && !strcmp(force, "1"));
 }
 
-/* Whether db_hwiden / db_hnarrow (vload_half, vstore_half_rte) give core/fp.h's bits on this
- * device: the widening of all 65536 f16 words, and the narrowing of every finite f16 value's
- * float32, the midpoints to the next one (the rounding ties, up to the overflow bound 0x477FF000)
- * and their neighbours, with both signs, infinities, the quiet NaN the apply pass makes, huge
- * values and float32 subnormals. Only CPU devices use it (there the integer conversions are the
- * apply pass's bottleneck; on GPUs the pass is memory-bound either way). */
+/* Whether the fast f16 apply through the device's conversions (db_hwiden, db_happly,
+ * db_hnarrow: vload_half, two IEEE products, vstore_half_rte) gives core/fp.h's bits on this
+ * device: the widening of all 65536 f16 words, and the apply (scale 1) and narrowing of every
+ * finite f16 value's float32, the midpoints to the next one (the rounding ties, up to the
+ * overflow bound 0x477FF000) and their neighbours, with both signs, and of infinities, the
+ * quiet NaN, huge values and tiny ones, kept and dropped. Only CPU devices use it (there the
+ * integer conversions are the apply pass's bottleneck; on GPUs the pass is memory-bound either
+ * way). */
 static int probe_half(struct ocl_dev *od)
 {
     enum { NH = 1 << 17, NF = 1 << 18 }; /* u32 words of halves, float32 values */
     if (!od->cpu) return 0;
-    uint32_t *h = malloc(NH * 4), *f = malloc(NF * 4), *fw = malloc(NF * 4), *hn = malloc(NH * 4);
-    cl_mem b[4] = {NULL, NULL, NULL, NULL};
-    int ok = h && f && fw && hn;
+    uint32_t *h = malloc(NH * 4), *f = malloc(NF * 4), *keep = malloc(NF * 4), *fw = malloc(NF * 4),
+             *hn = malloc(NH * 4);
+    cl_mem b[5] = {NULL, NULL, NULL, NULL, NULL};
+    int ok = h && f && keep && fw && hn;
     for (uint32_t i = 0; ok && i < NH; i++) h[i] = (2 * i) % 65536 | ((2 * i + 1) % 65536) << 16;
     for (uint32_t i = 0; ok && i < NF; i++) {
         uint32_t sign = (i & 1) << 31, k = (i >> 3) & 0x7FFF, c = (i >> 1) & 3, v;
+        keep[i] = 1;
         if (k == 0) { /* 0, and below, at and above 2^-25, halfway to the least subnormal */
             v = c == 0 ? 0 : 0x33000000u - 2 + c;
         } else if (k < 0x7C00) { /* k, and below, at and above halfway to k + 1 (65536 past the largest) */
             uint32_t lo = db_f16_to_f32((uint16_t)k), hi = k == 0x7BFF ? 0x47800000u : db_f16_to_f32((uint16_t)(k + 1));
             v = c == 0 ? lo : (lo + hi) / 2 - 2 + c;
-        } else {
+        } else { /* half of them dropped */
             uint32_t j = k - 0x7C00;
-            v = c == 0 ? (j & 1 ? 0x7FC00000u : 0x7F800000u) : c == 1 ? 0x477FF000u + j * 0x3FFFFu : j * 0x13579u;
+            v = c == 0 ? (j & 1 ? 0x7FC00000u : 0x7F800000u) : c == 1 ? 0x477FF000u + j * 0x3FFFFu : 0x33800000u + j * 0x13579u;
+            keep[i] = (j >> 1) & 1;
         }
         f[i] = sign | v;
     }
     cl_int e = CL_SUCCESS;
-    for (int i = 0; ok && i < 4; i++) {
-        size_t bytes = i == 0 || i == 3 ? NH * 4 : NF * 4;
-        b[i] = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE | (i < 2 ? CL_MEM_COPY_HOST_PTR : 0), bytes,
-                              i == 0 ? (void *)h : i == 1 ? (void *)f : NULL, &e);
+    void *src[5] = {h, f, keep, NULL, NULL};
+    size_t bytes[5] = {NH * 4, NF * 4, NF * 4, NF * 4, NH * 4};
+    for (int i = 0; ok && i < 5; i++) {
+        b[i] = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE | (src[i] ? CL_MEM_COPY_HOST_PTR : 0), bytes[i], src[i], &e);
         ok = e == CL_SUCCESS;
     }
     size_t global = NH / od->vw;
-    ok = ok && set_args(od->k[K_PROBE_HALF], 4, b) == CL_SUCCESS &&
+    ok = ok && set_args(od->k[K_PROBE_HALF], 5, b) == CL_SUCCESS &&
          clEnqueueNDRangeKernel(od->queue, od->k[K_PROBE_HALF], 1, NULL, &global, NULL, 0, NULL, NULL) == CL_SUCCESS &&
-         clEnqueueReadBuffer(od->queue, b[2], CL_TRUE, 0, NF * 4, fw, 0, NULL, NULL) == CL_SUCCESS &&
-         clEnqueueReadBuffer(od->queue, b[3], CL_TRUE, 0, NH * 4, hn, 0, NULL, NULL) == CL_SUCCESS;
+         clEnqueueReadBuffer(od->queue, b[3], CL_TRUE, 0, NF * 4, fw, 0, NULL, NULL) == CL_SUCCESS &&
+         clEnqueueReadBuffer(od->queue, b[4], CL_TRUE, 0, NH * 4, hn, 0, NULL, NULL) == CL_SUCCESS;
     /* vector i of h holds halves 2 vw i ..; db_hwiden puts them in order into vectors 2i, 2i+1 */
     for (uint32_t i = 0; ok && i < NF; i++) ok = fw[i] == db_f16_to_f32((uint16_t)(i % 65536));
-    for (uint32_t i = 0; ok && i < NF; i++) ok = (uint16_t)(hn[i / 2] >> (16 * (i % 2))) == db_f32_to_f16(f[i]);
-    for (int i = 0; i < 4; i++)
+    for (uint32_t i = 0; ok && i < NF; i++) {
+        uint32_t y = db_mul32(f[i], 0x3F800000u);
+        if (!keep[i]) y = db_mul32(y, 0);
+        ok = (uint16_t)(hn[i / 2] >> (16 * (i % 2))) == db_f32_to_f16(y);
+    }
+    for (int i = 0; i < 5; i++)
         if (b[i]) clReleaseMemObject(b[i]);
-    free(h); free(f); free(fw); free(hn);
+    free(h); free(f); free(keep); free(fw); free(hn);
     const char *force = getenv("DROPBLOCK_OPENCL_FIXUP");
     return ok && !(force && !strcmp(force, "1"));
 }

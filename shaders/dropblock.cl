@@ -89,6 +89,17 @@ inline DBV_T db_hnarrow(DBV_T a, DBV_T b)
     return DB_CAT(vload, DB_VW)(0, w);
 }
 
+/* db_vapply(v, s, keep, DB_DTYPE_F32) for v from db_hwiden (never subnormal; NaN quiet without
+ * payload) and s +0 or normal >= 1, in two IEEE products, (v * s) * m: only a NaN needs a
+ * select, since the hardware's NaN bits differ between devices (and operand orders) */
+inline DBV_T db_happly(DBV_T v, DBV_T s, DBV_T keep)
+{
+    DBV_FLOAT m = DBV_AS_F(DBV_SEL(keep != 0u, DBV(0x3F800000u), DBV(0u)));
+    DBV_T r = DBV_AS_U((DBV_AS_F(v) * DBV_AS_F(s)) * m);
+    DBV_T made = DBV_SEL((v & 0x7FFFFFFFu) > 0x7F800000u, v, DBV(DB_DEFAULT_NAN)); /* x NaN, or inf * 0 */
+    return DBV_SEL((r & 0x7FFFFFFFu) > 0x7F800000u, made, r);
+}
+
 /* Pass 3, fast: work item g takes DB_VPW vectors of DB_VW words of x (f32: one element a lane,
  * f16/bf16: two) from vector g * DB_VPW on. Element a of a lane is its low half (f16/bf16) and
  * b its high half; with hw (f16 only) a vector's halves are widened in order instead, a taking
@@ -120,7 +131,7 @@ inline void db_apply_fast(__global const uint *prm, __global const uint *mask, _
         if (inorder) {
             DBV_T xa, xb;
             db_hwiden(xv, &xa, &xb);
-            DB_STOREV(y, q, db_hnarrow(db_vapply(xa, s, keep, DB_DTYPE_F32), db_vapply(xb, s_b, keep_b, DB_DTYPE_F32)));
+            DB_STOREV(y, q, db_hnarrow(db_happly(xa, s, keep), db_happly(xb, s_b, keep_b)));
         } else if (dtype == DB_DTYPE_F32) {
             DBV_T yv = db_vapply(xv, s, keep, dtype);
             if (fix) {
@@ -208,15 +219,19 @@ __kernel void db_probe(__global const uint *x, __global const uint *s, __global 
     DB_STOREV(y, i, db_vapply(DB_LOADV(x, i), DB_LOADV(s, i), DBV(1u), DB_DTYPE_F32));
 }
 
-/* Whether db_hwiden and db_hnarrow are exact on this device: work item i widens vector i of h
- * (2 DB_VW halves) into vectors 2i, 2i+1 of fw, and narrows vectors 2i, 2i+1 of f (float32
- * bits) into vector i of hn; the host compares with core/fp.h. */
-__kernel void db_probe_half(__global const uint *h, __global const uint *f, __global uint *fw, __global uint *hn)
+/* Whether db_hwiden, db_happly and db_hnarrow are exact on this device: work item i widens
+ * vector i of h (2 DB_VW halves) into vectors 2i, 2i+1 of fw, and takes vectors 2i, 2i+1 of f
+ * (float32 bits) with keep bits from k, times scale 1, to f16 in vector i of hn; the host
+ * compares with core/fp.h. */
+__kernel void db_probe_half(__global const uint *h, __global const uint *f, __global const uint *k,
+                            __global uint *fw, __global uint *hn)
 {
     uint i = (uint)get_global_id(0);
     DBV_T a, b;
     db_hwiden(DB_LOADV(h, i), &a, &b);
     DB_STOREV(fw, 2u * i, a);
     DB_STOREV(fw, 2u * i + 1u, b);
-    DB_STOREV(hn, i, db_hnarrow(DB_LOADV(f, 2u * i), DB_LOADV(f, 2u * i + 1u)));
+    a = db_happly(DB_LOADV(f, 2u * i), DBV(0x3F800000u), DB_LOADV(k, 2u * i));
+    b = db_happly(DB_LOADV(f, 2u * i + 1u), DBV(0x3F800000u), DB_LOADV(k, 2u * i + 1u));
+    DB_STOREV(hn, i, db_hnarrow(a, b));
 }

@@ -2,7 +2,8 @@
  *
  * enumerate lists every device of every platform; prepare picks the device's kernel shape (see
  * "tuning"), builds shaders/dropblock.cl once per device (through an on-disk binary cache, see
- * "program cache" below) and probes whether its multiply keeps subnormals. run follows the host
+ * "program cache" below) and probes whether its multiply keeps subnormals and whether its f16
+ * conversions (vload_half / vstore_half_rte) give the integer path's bits. run follows the host
  * flow of tests/test_passes.c: per chunk the mask pass (which counts); for a one-chunk job the
  * scales on the device and the apply pass in the same queue, with no host round trip; else the
  * scales on the host between the passes. Buffers are kept per device and reused; on CPU devices
@@ -12,10 +13,12 @@
  *
  * Testing knobs: DROPBLOCK_OPENCL_MAX_BUFFER=<bytes> caps every device's max_buffer (reported
  * in the device info and used for chunking), so the chunked path can be exercised on small
- * tensors, e.g. DROPBLOCK_OPENCL_MAX_BUFFER=4096; DROPBLOCK_OPENCL_FIXUP=1 takes the fixup path
- * for subnormals even where the probe found the device exact, and DROPBLOCK_OPENCL_COPY=1 copies
- * the tensors even on CPU devices; DROPBLOCK_OPENCL_STAGE_BYTES=<bytes> sets the staged path's
- * slice (default 4 MiB), so that small tensors take many slices. */
+ * tensors, e.g. DROPBLOCK_OPENCL_MAX_BUFFER=4096; DROPBLOCK_OPENCL_FIXUP=1 takes the paths of a
+ * device whose probes failed (the fixup pass for subnormals, f16 in integers) even where they
+ * passed, DROPBLOCK_OPENCL_COPY=1 copies the tensors even on CPU devices,
+ * DROPBLOCK_OPENCL_STAGE_BYTES=<bytes> sets the staged path's slice (default 4 MiB), so that
+ * small tensors take many slices, and DROPBLOCK_OPENCL_SHAPE=gpu gives a CPU device the GPU
+ * configuration. */
 #define CL_TARGET_OPENCL_VERSION 120
 #include <CL/cl.h>
 #include <CL/cl_ext.h>
@@ -51,14 +54,18 @@ struct ocl_buf {
     uint64_t size;
 };
 
-enum { K_MASK, K_TOTAL, K_SCALE, K_EXACT, K_FIXUP, K_PROBE, K_N };
+enum { K_MASK, K_TOTAL, K_SCALE, K_EXACT, K_FIXUP, K_PROBE, K_PROBE_HALF, K_N };
 /* fast apply kernels by [dtype][per-sample scale][fixup]; f16 needs no fixup */
 static const char *const apply_names[3][2][2] = {
     {{"db_apply_f32", "db_apply_f32_x"}, {"db_apply_f32_s", "db_apply_f32_sx"}},
     {{"db_apply_f16", NULL}, {"db_apply_f16_s", NULL}},
     {{"db_apply_bf16", "db_apply_bf16_x"}, {"db_apply_bf16_s", "db_apply_bf16_sx"}},
 };
-static const char *const kernel_names[K_N] = {"db_mask", "db_total", "db_scale", "db_apply_exact", "db_fixup", "db_probe"};
+/* f16 through the device's conversions, by [per-sample scale]: where probe_half passes they
+ * take the place of k_apply[DROPBLOCK_F16][s][0] (the integer kernels move here) */
+static const char *const apply_half_names[2] = {"db_apply_f16h", "db_apply_f16h_s"};
+static const char *const kernel_names[K_N] = {"db_mask",  "db_total", "db_scale",     "db_apply_exact",
+                                              "db_fixup", "db_probe", "db_probe_half"};
 
 enum { BK_COPY, BK_COPY_TAIL, BK_BERNOULLI, BK_PAD, BK_POOL, BK_ONE_MINUS, BK_SUM_NOISE, BK_SUM_PART, BK_SCALE, BK_MUL, BK_N };
 static const char *const bench_names[BK_N] = {"bl_copy", "bl_copy_tail", "k_bl_bernoulli", "k_bl_pad", "k_bl_pool",
@@ -75,11 +82,13 @@ struct ocl_dev {
     cl_program program;
     cl_kernel k[K_N];
     cl_kernel k_apply[3][2][2];
+    cl_kernel k_apply_half[2];
     /* tuning (prepare): kernel shape and work-group sizes */
     char build_options[128];
     int cpu;               /* a CPU device: host memory is its memory */
     int zero_copy;         /* tensors used in place with CL_MEM_USE_HOST_PTR */
     int hwexact;           /* db_probe found subnormal products exact: no fixup pass */
+    int hwhalf;            /* db_probe_half found the f16 conversions exact: f16 kernels swapped */
     uint32_t vw, vpw;      /* fast apply: lanes a vector, vectors a work item */
     uint32_t tile_rows;    /* mask rows a tile */
     uint32_t cand_budget;  /* candidates a tile, about (0: no limit) */
@@ -450,9 +459,13 @@ static void drop_program(struct ocl_dev *od)
         cl_kernel *k = &od->k_apply[i / 4][(i / 2) % 2][i % 2];
         if (*k) clReleaseKernel(*k);
     }
+    for (int i = 0; i < 2; i++)
+        if (od->k_apply_half[i]) clReleaseKernel(od->k_apply_half[i]);
     if (od->program) clReleaseProgram(od->program);
     memset(od->k, 0, sizeof od->k);
     memset(od->k_apply, 0, sizeof od->k_apply);
+    memset(od->k_apply_half, 0, sizeof od->k_apply_half);
+    od->hwhalf = 0;
     od->program = NULL;
 }
 
@@ -533,9 +546,13 @@ static void choose_work_groups(struct ocl_dev *od)
 /* Creates the kernels of od->program (built); on failure drops the program. */
 static int make_kernels(struct ocl_dev *od, char *msg, size_t len)
 {
-    for (int i = 0; i < K_N + 12; i++) {
-        const char *name = i < K_N ? kernel_names[i] : apply_names[(i - K_N) / 4][((i - K_N) / 2) % 2][(i - K_N) % 2];
-        cl_kernel *k = i < K_N ? &od->k[i] : &od->k_apply[(i - K_N) / 4][((i - K_N) / 2) % 2][(i - K_N) % 2];
+    for (int i = 0; i < K_N + 14; i++) {
+        const char *name = i < K_N        ? kernel_names[i]
+                           : i < K_N + 12 ? apply_names[(i - K_N) / 4][((i - K_N) / 2) % 2][(i - K_N) % 2]
+                                          : apply_half_names[i - K_N - 12];
+        cl_kernel *k = i < K_N        ? &od->k[i]
+                       : i < K_N + 12 ? &od->k_apply[(i - K_N) / 4][((i - K_N) / 2) % 2][(i - K_N) % 2]
+                                      : &od->k_apply_half[i - K_N - 12];
         if (!name) continue;
         cl_int e;
         *k = clCreateKernel(od->program, name, &e);
@@ -711,6 +728,64 @@ static int probe_exact(struct ocl_dev *od)
     return ok && !(force && !strcmp(force, "1"));
 }
 
+/* Whether the fast f16 apply through the device's conversions (db_hwiden, db_happly,
+ * db_hnarrow: vload_half, two IEEE products, vstore_half_rte) gives core/fp.h's bits on this
+ * device: the widening of all 65536 f16 words, and the apply (scale 1) and narrowing of every
+ * finite f16 value's float32, the midpoints to the next one (the rounding ties, up to the
+ * overflow bound 0x477FF000) and their neighbours, with both signs, and of infinities, the
+ * quiet NaN, huge values and tiny ones, kept and dropped. Only CPU devices use it (there the
+ * integer conversions are the apply pass's bottleneck; on GPUs the pass is memory-bound either
+ * way). */
+static int probe_half(struct ocl_dev *od)
+{
+    enum { NH = 1 << 17, NF = 1 << 18 }; /* u32 words of halves, float32 values */
+    if (!od->cpu) return 0;
+    uint32_t *h = malloc(NH * 4), *f = malloc(NF * 4), *keep = malloc(NF * 4), *fw = malloc(NF * 4),
+             *hn = malloc(NH * 4);
+    cl_mem b[5] = {NULL, NULL, NULL, NULL, NULL};
+    int ok = h && f && keep && fw && hn;
+    for (uint32_t i = 0; ok && i < NH; i++) h[i] = (2 * i) % 65536 | ((2 * i + 1) % 65536) << 16;
+    for (uint32_t i = 0; ok && i < NF; i++) {
+        uint32_t sign = (i & 1) << 31, k = (i >> 3) & 0x7FFF, c = (i >> 1) & 3, v;
+        keep[i] = 1;
+        if (k == 0) { /* 0, and below, at and above 2^-25, halfway to the least subnormal */
+            v = c == 0 ? 0 : 0x33000000u - 2 + c;
+        } else if (k < 0x7C00) { /* k, and below, at and above halfway to k + 1 (65536 past the largest) */
+            uint32_t lo = db_f16_to_f32((uint16_t)k), hi = k == 0x7BFF ? 0x47800000u : db_f16_to_f32((uint16_t)(k + 1));
+            v = c == 0 ? lo : (lo + hi) / 2 - 2 + c;
+        } else { /* half of them dropped */
+            uint32_t j = k - 0x7C00;
+            v = c == 0 ? (j & 1 ? 0x7FC00000u : 0x7F800000u) : c == 1 ? 0x477FF000u + j * 0x3FFFFu : 0x33800000u + j * 0x13579u;
+            keep[i] = (j >> 1) & 1;
+        }
+        f[i] = sign | v;
+    }
+    cl_int e = CL_SUCCESS;
+    void *src[5] = {h, f, keep, NULL, NULL};
+    size_t bytes[5] = {NH * 4, NF * 4, NF * 4, NF * 4, NH * 4};
+    for (int i = 0; ok && i < 5; i++) {
+        b[i] = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE | (src[i] ? CL_MEM_COPY_HOST_PTR : 0), bytes[i], src[i], &e);
+        ok = e == CL_SUCCESS;
+    }
+    size_t global = NH / od->vw;
+    ok = ok && set_args(od->k[K_PROBE_HALF], 5, b) == CL_SUCCESS &&
+         clEnqueueNDRangeKernel(od->queue, od->k[K_PROBE_HALF], 1, NULL, &global, NULL, 0, NULL, NULL) == CL_SUCCESS &&
+         clEnqueueReadBuffer(od->queue, b[3], CL_TRUE, 0, NF * 4, fw, 0, NULL, NULL) == CL_SUCCESS &&
+         clEnqueueReadBuffer(od->queue, b[4], CL_TRUE, 0, NH * 4, hn, 0, NULL, NULL) == CL_SUCCESS;
+    /* vector i of h holds halves 2 vw i ..; db_hwiden puts them in order into vectors 2i, 2i+1 */
+    for (uint32_t i = 0; ok && i < NF; i++) ok = fw[i] == db_f16_to_f32((uint16_t)(i % 65536));
+    for (uint32_t i = 0; ok && i < NF; i++) {
+        uint32_t y = db_mul32(f[i], 0x3F800000u);
+        if (!keep[i]) y = db_mul32(y, 0);
+        ok = (uint16_t)(hn[i / 2] >> (16 * (i % 2))) == db_f32_to_f16(y);
+    }
+    for (int i = 0; i < 5; i++)
+        if (b[i]) clReleaseMemObject(b[i]);
+    free(h); free(f); free(keep); free(fw); free(hn);
+    const char *force = getenv("DROPBLOCK_OPENCL_FIXUP");
+    return ok && !(force && !strcmp(force, "1"));
+}
+
 static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cfg, char *msg, size_t len)
 {
     struct ocl_dev *od = dev->priv;
@@ -748,6 +823,13 @@ static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cf
         }
     }
     od->hwexact = probe_exact(od);
+    od->hwhalf = probe_half(od);
+    if (od->hwhalf)
+        for (int s = 0; s < 2; s++) {
+            cl_kernel t = od->k_apply[DROPBLOCK_F16][s][0];
+            od->k_apply[DROPBLOCK_F16][s][0] = od->k_apply_half[s];
+            od->k_apply_half[s] = t;
+        }
     return DROPBLOCK_OK;
 }
 

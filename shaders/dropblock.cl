@@ -5,10 +5,10 @@
  * The host builds it per device with -DDB_VW=<lanes> -DDB_VPW=<vectors per work item>: CPU
  * devices take the device's native int vector width in lanes (16 with AVX-512) and enough
  * vectors that a work item covers one mask word of f32, plus -DDB_VLOAD (db_portable.h) and
- * -DDB_CPU (the mask pass's vector batches, db_math.h); GPUs
- * take 4 lanes and one vector (16-byte loads). The
- * dtype, the per-sample scale and the fixup are separate kernels, not run-time branches, so
- * that CPU compilers vectorize the work-item loop of each.
+ * -DDB_CPU (the mask pass's vector batches, db_math.h); GPUs take 4 lanes and one vector
+ * (16-byte loads). The dtype, the per-sample scale, the fixup and f16's conversions (integers,
+ * or the device's where a probe found them exact) are separate kernels, not run-time branches,
+ * so that CPU compilers vectorize the work-item loop of each.
  *
  * Kernels whose global size is rounded up to the work-group size bounds-check their id; the
  * fast apply kernels are launched on exact sizes and do not. */
@@ -61,28 +61,80 @@ inline uint db_lane_bits(DBV_T bad, uint stride, uint offset)
     return bits;
 }
 
+/* f16 through the device's own conversions: vload_half and vstore_half_rte (core OpenCL 1.2,
+ * storage only, no cl_khr_fp16; F16C's vcvtph2ps / vcvtps2ph on x86), used where db_probe_half
+ * found them to give db_vwiden_f16's and db_f32_to_f16's bits. The words go through a private
+ * array, which the compiler keeps in registers, so that the tensors' alignment stays that of
+ * DB_LOADV. db_hwiden: the 2 DB_VW halves of xv -> the float32 bits of elements 0 .. DB_VW-1
+ * (*a) and DB_VW .. 2 DB_VW-1 (*b), NaN quiet without payload as db_f16_to_f32 gives it. */
+inline DBV_T db_hquiet(DBV_T v)
+{
+    return DBV_SEL((v & 0x7FFFFFFFu) > 0x7F800000u, (v & 0x80000000u) | 0x7FC00000u, v);
+}
+
+inline void db_hwiden(DBV_T xv, DBV_T *a, DBV_T *b)
+{
+    uint w[DB_VW] __attribute__((aligned(4 * DB_VW)));
+    DB_CAT(vstore, DB_VW)(xv, 0, w);
+    *a = db_hquiet(DBV_AS_U(DB_CAT(vload_half, DB_VW)(0, (const half *)w)));
+    *b = db_hquiet(DBV_AS_U(DB_CAT(vload_half, DB_VW)(1, (const half *)w)));
+}
+
+/* db_hnarrow: float32 bits of elements 0 .. DB_VW-1 (a) and DB_VW .. 2 DB_VW-1 (b), NaN only
+ * as db_vapply gives it from db_hwiden's input (quiet, no payload) -> their f16 words */
+inline DBV_T db_hnarrow(DBV_T a, DBV_T b)
+{
+    uint w[DB_VW] __attribute__((aligned(4 * DB_VW)));
+    DB_CAT(DB_CAT(vstore_half, DB_VW), _rte)(DBV_AS_F(a), 0, (half *)w);
+    DB_CAT(DB_CAT(vstore_half, DB_VW), _rte)(DBV_AS_F(b), 1, (half *)w);
+    return DB_CAT(vload, DB_VW)(0, w);
+}
+
+/* db_vapply(v, s, keep, DB_DTYPE_F32) for v from db_hwiden (never subnormal; NaN quiet without
+ * payload) and s +0 or normal >= 1, in two IEEE products, (v * s) * m: only a NaN needs a
+ * select, since the hardware's NaN bits differ between devices (and operand orders) */
+inline DBV_T db_happly(DBV_T v, DBV_T s, DBV_T keep)
+{
+    DBV_FLOAT m = DBV_AS_F(DBV_SEL(keep != 0u, DBV(0x3F800000u), DBV(0u)));
+    DBV_T r = DBV_AS_U((DBV_AS_F(v) * DBV_AS_F(s)) * m);
+    DBV_T made = DBV_SEL((v & 0x7FFFFFFFu) > 0x7F800000u, v, DBV(DB_DEFAULT_NAN)); /* x NaN, or inf * 0 */
+    return DBV_SEL((r & 0x7FFFFFFFu) > 0x7F800000u, made, r);
+}
+
 /* Pass 3, fast: work item g takes DB_VPW vectors of DB_VW words of x (f32: one element a lane,
- * f16/bf16: two) from vector g * DB_VPW on. fix: lanes db_vbad reports keep x and are marked in
+ * f16/bf16: two) from vector g * DB_VPW on. Element a of a lane is its low half (f16/bf16) and
+ * b its high half; with hw (f16 only) a vector's halves are widened in order instead, a taking
+ * elements 0 .. DB_VW-1 and b the rest. fix: lanes db_vbad reports keep x and are marked in
  * fixup, one bit per element, for db_fixup. */
 inline void db_apply_fast(__global const uint *prm, __global const uint *mask, __global const uint *scales,
                           __global const uint *x, __global uint *y, __global uint *fixup, uint g,
-                          const uint dtype, const uint per_sample, const uint fix)
+                          const uint dtype, const uint per_sample, const uint fix, const uint hw)
 {
     const uint epv = dtype == DB_DTYPE_F32 ? DB_VW : 2u * DB_VW; /* elements a vector */
-    DBV_T s = DBV(scales[0]);
+    const uint inorder = dtype == DB_DTYPE_F16 && hw;
+    /* element offsets in the vector of each lane's a and b */
+    const DBV_T pos = dtype == DB_DTYPE_F32 || inorder ? DB_LANES : 2u * DB_LANES;
+    const DBV_T pos_b = inorder ? DB_LANES + DB_VW : pos + 1u;
+    DBV_T s = DBV(scales[0]), s_b = s;
     for (uint v = 0u; v < DB_VPW; v++) {
         uint q = g * DB_VPW + v, k0 = q * epv, sh = k0 & 31u;
         uint word = mask[k0 >> 5] >> sh;
         DBV_T xv = DB_LOADV(x, q);
-        DBV_T pos = dtype == DB_DTYPE_F32 ? DB_LANES : 2u * DB_LANES;
         if (per_sample) { /* at most one sample boundary in a vector: the host checks CHW >= EPW */
             ulong E0 = DB_PRM64(DBP_E0), CHW = DB_PRM64(DBP_CHW), N0 = DB_PRM64(DBP_N0);
             ulong si = (E0 + k0) / CHW, bnd = (si + 1ul) * CHW - E0 - k0;
             ulong s1 = si + 1ul - N0 < (ulong)prm[DBP_NSAMP] ? si + 1ul - N0 : si - N0;
-            s = DBV_SEL(pos >= (DBV_T)((uint)min(bnd, (ulong)epv)), DBV(scales[s1]), DBV(scales[si - N0]));
+            DBV_T first = (DBV_T)((uint)min(bnd, (ulong)epv)); /* first element of sample s1 */
+            s = DBV_SEL(pos >= first, DBV(scales[s1]), DBV(scales[si - N0]));
+            s_b = DBV_SEL(pos_b >= first, DBV(scales[s1]), DBV(scales[si - N0]));
         }
-        if (dtype == DB_DTYPE_F32) {
-            DBV_T yv = db_vapply(xv, s, (DBV(word) >> pos) & 1u, dtype);
+        DBV_T keep = (DBV(word) >> pos) & 1u, keep_b = (DBV(word) >> pos_b) & 1u;
+        if (inorder) {
+            DBV_T xa, xb;
+            db_hwiden(xv, &xa, &xb);
+            DB_STOREV(y, q, db_hnarrow(db_happly(xa, s, keep), db_happly(xb, s_b, keep_b)));
+        } else if (dtype == DB_DTYPE_F32) {
+            DBV_T yv = db_vapply(xv, s, keep, dtype);
             if (fix) {
                 DBV_T bad = db_vbad(xv, dtype, 0u);
                 yv = DBV_SEL(bad != 0u, xv, yv);
@@ -91,15 +143,8 @@ inline void db_apply_fast(__global const uint *prm, __global const uint *mask, _
             DB_STOREV(y, q, yv);
         } else {
             DBV_T lo = xv & 0xFFFFu, hi = xv >> 16;
-            DBV_T s_hi = s;
-            if (per_sample) { /* the odd elements may be past the boundary where the even are not */
-                ulong E0 = DB_PRM64(DBP_E0), CHW = DB_PRM64(DBP_CHW), N0 = DB_PRM64(DBP_N0);
-                ulong si = (E0 + k0) / CHW, bnd = (si + 1ul) * CHW - E0 - k0;
-                ulong s1 = si + 1ul - N0 < (ulong)prm[DBP_NSAMP] ? si + 1ul - N0 : si - N0;
-                s_hi = DBV_SEL(pos + 1u >= (DBV_T)((uint)min(bnd, (ulong)epv)), DBV(scales[s1]), DBV(scales[si - N0]));
-            }
-            DBV_T ylo = db_vapply(lo, s, (DBV(word) >> pos) & 1u, dtype);
-            DBV_T yhi = db_vapply(hi, s_hi, (DBV(word) >> (pos + 1u)) & 1u, dtype);
+            DBV_T ylo = db_vapply(lo, s, keep, dtype);
+            DBV_T yhi = db_vapply(hi, s_b, keep_b, dtype);
             if (fix) {
                 DBV_T blo = db_vbad(lo, dtype, 0u), bhi = db_vbad(hi, dtype, 0u);
                 ylo = DBV_SEL(blo != 0u, lo, ylo);
@@ -112,22 +157,24 @@ inline void db_apply_fast(__global const uint *prm, __global const uint *mask, _
     }
 }
 
-#define DB_APPLY_KERNEL(name, dtype, per_sample, fix)                                                          \
+#define DB_APPLY_KERNEL(name, dtype, per_sample, fix, hw)                                                      \
     __kernel void name(__global const uint *prm, __global const uint *mask, __global const uint *scales,        \
                        __global const uint *x, __global uint *y, __global uint *fixup)                            \
     {                                                                                                           \
-        db_apply_fast(prm, mask, scales, x, y, fixup, (uint)get_global_id(0), dtype, per_sample, fix);          \
+        db_apply_fast(prm, mask, scales, x, y, fixup, (uint)get_global_id(0), dtype, per_sample, fix, hw);      \
     }
-DB_APPLY_KERNEL(db_apply_f32, DB_DTYPE_F32, 0u, 0u)
-DB_APPLY_KERNEL(db_apply_f16, DB_DTYPE_F16, 0u, 0u)
-DB_APPLY_KERNEL(db_apply_bf16, DB_DTYPE_BF16, 0u, 0u)
-DB_APPLY_KERNEL(db_apply_f32_s, DB_DTYPE_F32, 1u, 0u)
-DB_APPLY_KERNEL(db_apply_f16_s, DB_DTYPE_F16, 1u, 0u)
-DB_APPLY_KERNEL(db_apply_bf16_s, DB_DTYPE_BF16, 1u, 0u)
-DB_APPLY_KERNEL(db_apply_f32_x, DB_DTYPE_F32, 0u, 1u)
-DB_APPLY_KERNEL(db_apply_bf16_x, DB_DTYPE_BF16, 0u, 1u)
-DB_APPLY_KERNEL(db_apply_f32_sx, DB_DTYPE_F32, 1u, 1u)
-DB_APPLY_KERNEL(db_apply_bf16_sx, DB_DTYPE_BF16, 1u, 1u)
+DB_APPLY_KERNEL(db_apply_f32, DB_DTYPE_F32, 0u, 0u, 0u)
+DB_APPLY_KERNEL(db_apply_f16, DB_DTYPE_F16, 0u, 0u, 0u)
+DB_APPLY_KERNEL(db_apply_bf16, DB_DTYPE_BF16, 0u, 0u, 0u)
+DB_APPLY_KERNEL(db_apply_f32_s, DB_DTYPE_F32, 1u, 0u, 0u)
+DB_APPLY_KERNEL(db_apply_f16_s, DB_DTYPE_F16, 1u, 0u, 0u)
+DB_APPLY_KERNEL(db_apply_bf16_s, DB_DTYPE_BF16, 1u, 0u, 0u)
+DB_APPLY_KERNEL(db_apply_f32_x, DB_DTYPE_F32, 0u, 1u, 0u)
+DB_APPLY_KERNEL(db_apply_bf16_x, DB_DTYPE_BF16, 0u, 1u, 0u)
+DB_APPLY_KERNEL(db_apply_f32_sx, DB_DTYPE_F32, 1u, 1u, 0u)
+DB_APPLY_KERNEL(db_apply_bf16_sx, DB_DTYPE_BF16, 1u, 1u, 0u)
+DB_APPLY_KERNEL(db_apply_f16h, DB_DTYPE_F16, 0u, 0u, 1u)
+DB_APPLY_KERNEL(db_apply_f16h_s, DB_DTYPE_F16, 1u, 0u, 1u)
 
 /* Pass 3, exact: elements GROUPS * EPW + id of the chunk (the tail of the fast kernels, or the
  * whole chunk when they do not apply). 16-bit dtypes are addressed as ushort so that
@@ -171,4 +218,21 @@ __kernel void db_probe(__global const uint *x, __global const uint *s, __global 
 {
     uint i = (uint)get_global_id(0);
     DB_STOREV(y, i, db_vapply(DB_LOADV(x, i), DB_LOADV(s, i), DBV(1u), DB_DTYPE_F32));
+}
+
+/* Whether db_hwiden, db_happly and db_hnarrow are exact on this device: work item i widens
+ * vector i of h (2 DB_VW halves) into vectors 2i, 2i+1 of fw, and takes vectors 2i, 2i+1 of f
+ * (float32 bits) with keep bits from k, times scale 1, to f16 in vector i of hn; the host
+ * compares with core/fp.h. */
+__kernel void db_probe_half(__global const uint *h, __global const uint *f, __global const uint *k,
+                            __global uint *fw, __global uint *hn)
+{
+    uint i = (uint)get_global_id(0);
+    DBV_T a, b;
+    db_hwiden(DB_LOADV(h, i), &a, &b);
+    DB_STOREV(fw, 2u * i, a);
+    DB_STOREV(fw, 2u * i + 1u, b);
+    a = db_happly(DB_LOADV(f, 2u * i), DBV(0x3F800000u), DB_LOADV(k, 2u * i));
+    b = db_happly(DB_LOADV(f, 2u * i + 1u), DBV(0x3F800000u), DB_LOADV(k, 2u * i + 1u));
+    DB_STOREV(hn, i, db_hnarrow(a, b));
 }

@@ -39,6 +39,33 @@ static dropblock_params base(uint64_t n, uint64_t c, uint64_t h, uint64_t w, flo
     return p;
 }
 
+/* p with the first seed from p's on whose mask (the reference's) keeps want[n] whole maps of
+ * sample n (p's block covers the map, so a map is kept or dropped as one): the scales of the
+ * "every word" cases are then n / want[n] maps, e.g. 1.5, whose products of f16/bf16 inputs
+ * hit the narrowing's rounding ties and overflow. */
+static dropblock_params seed_keeping(dropblock_params p, const int *want)
+{
+    uint64_t n = dropblock_numel(&p), N = p.shape[0], C = p.shape[1], HW = p.shape[2] * p.shape[3];
+    float *x = calloc(n, sizeof *x), *y = calloc(n, sizeof *y);
+    uint8_t *mask = calloc(dropblock_mask_bytes(&p), 1);
+    dropblock_result r;
+    for (int tries = 0; x && y && mask && tries < 1000; tries++, p.seed++) {
+        if (db_reference_run(&p, x, y, mask, NULL, &r)) break;
+        int ok = 1;
+        for (uint64_t i = 0; i < N && ok; i++) {
+            int kept = 0;
+            for (uint64_t c = 0; c < C; c++) {
+                uint64_t e = (i * C + c) * HW;
+                kept += (mask[e / 8] >> (e % 8)) & 1;
+            }
+            ok = kept == want[i];
+        }
+        if (ok) break;
+    }
+    free(x); free(y); free(mask);
+    return p;
+}
+
 int test_cases_matrix(struct test_case *out, int cap)
 {
     int n = 0;
@@ -99,11 +126,23 @@ int test_cases_matrix(struct test_case *out, int cap)
             p = base(1, 8, 20, 30, 0.9f, 2, 1); CASE("high rate thin block", p);
             p = base(1, 3, 8, 8, 0.3f, 3, 3); CASE("specials", p);
             p = base(1, 3, 8, 8, 0.3f, 3, 3); p.compat = DROPBLOCK_COMPAT_KERAS_CV; CASE("specials keras_cv", p);
+            /* every 16-bit word (test_case_input) through each map: subnormals, NaN payloads,
+             * infinities, overflow to infinity and rounding ties after scaling, in the fast
+             * apply's vectors and in the tail after them (H*W = 65608, not a multiple of any
+             * vector; rows short enough for the chunked tests' 4 KiB buffers) */
+            static const int keep2[] = {2}, keep3[] = {3}, keep21[] = {2, 1};
+            p = base(1, 3, 472, 139, 0.5f, 472, 139); CASE("every word scale 3/2", seed_keeping(p, keep2));
+            p = base(1, 7, 472, 139, 0.5f, 472, 139); CASE("every word scale 7/3", seed_keeping(p, keep3));
+            p = base(2, 3, 472, 139, 0.5f, 472, 139); p.normalize = DROPBLOCK_NORMALIZE_SAMPLE;
+            CASE("every word sample scales 3/2 3", seed_keeping(p, keep21));
+            p = base(1, 3, 472, 139, 0.5f, 472, 139); p.normalize = DROPBLOCK_NORMALIZE_NONE;
+            CASE("every word scale 1", seed_keeping(p, keep2));
 #undef CASE
             for (int i = 0; i < k; i++) {
                 v[i].layout = (dropblock_layout)layout;
                 v[i].dtype = (dropblock_dtype)dtype;
-                add(out, &n, cap, names[i], &v[i], !strncmp(names[i], "specials", 8));
+                int specials = !strncmp(names[i], "specials", 8) ? 1 : !strncmp(names[i], "every word", 10) ? 2 : 0;
+                add(out, &n, cap, names[i], &v[i], specials);
             }
         }
     return n;
@@ -116,7 +155,18 @@ void *test_case_input(const struct test_case *tc)
     void *x = malloc(n * es + 4);
     if (!x) return NULL;
     db_fill_tf_uniform(tc->p.dtype, tc->s0, tc->s1, n, x);
-    if (tc->specials) {
+    if (tc->specials == 2) { /* element i (physical order): word i mod 2^16 (f32: in its upper half) */
+        for (uint64_t i = 0; i < n; i++) {
+            uint32_t w = (uint32_t)(i % 65536);
+            if (tc->p.dtype == DROPBLOCK_F32) {
+                w = w << 16 | (uint32_t)(i * 0x9E3779B9u >> 16);
+                memcpy((char *)x + 4 * i, &w, 4);
+            } else {
+                uint16_t h = (uint16_t)w;
+                memcpy((char *)x + 2 * i, &h, 2);
+            }
+        }
+    } else if (tc->specials) {
         static const uint32_t f32s[] = {0x7FC00000u, 0xFFC00001u, 0x7F800001u, 0x7F800000u, 0xFF800000u, 0x80000000u,
                                         0x00000001u, 0x807FFFFFu, 0x00400000u, 0x7F7FFFFFu, 0xFF7FFFFFu, 0x00800000u};
         static const uint16_t f16s[] = {0x7E00u, 0xFE01u, 0x7C01u, 0x7C00u, 0xFC00u, 0x8000u,

@@ -1,12 +1,15 @@
 /* bench_socket.c: what a training process sees of the daemon: client call to reply.
  *   --latency:    a 1x1x4x4 f32 job, many round trips, p50/p99/mean in microseconds
- *   --throughput: a large job end to end (shared memory in, device, shared memory out), GB/s
+ *   --throughput: a large job end to end (shared memory in, device, shared memory out), GB/s, next
+ *                 to the host<->device copy bandwidth of the same device through the same API,
+ *                 measured in-process with the engine afterwards (DB_BENCH_XFER), and their ratio
  *   --crossover:  round-trip p50 by job size on the built-in CPU backend (cpu:0) and on a device,
  *                 the daemon's small-job ladder (daemon/jobs.c) seen from a client, and where
  *                 the device gets faster (daemon/smalljob.h's rule)
  * Medians over warmed-up repetitions; these machines are noisy, so no single timing counts. */
 #include "bench_socket.h"
 
+#include "engine.h"
 #include "reference.h"
 #include "smalljob.h"
 
@@ -66,6 +69,42 @@ static int time_pair(dropblock_t *h, dropblock_params *p, void *x, void *y, cons
     }
     free(t);
     return 0;
+}
+
+/* The median host<->device copy time (DB_BENCH_XFER) of x, a tensor of p, on the device whose
+ * id the daemon reported (e.g. "opencl:0"), opened in-process with the same backend; -1 with
+ * the reason in msg where it cannot be timed. */
+static double xfer_median(const char *id, const dropblock_params *p, const void *x, int reps, char *msg, size_t len)
+{
+    char api[32];
+    size_t n = strcspn(id, ":");
+    if (n == 0 || n >= sizeof api || !id[n]) {
+        snprintf(msg, len, "device id %s: want API:N", id);
+        return -1;
+    }
+    memcpy(api, id, n);
+    api[n] = 0;
+    struct db_engine *e;
+    char why[512];
+    if (db_engine_open(&e, api, id, NULL, NULL, NULL, why, sizeof why)) {
+        snprintf(msg, len, "cannot open %s in-process: %s", id, why);
+        return -1;
+    }
+    double *us = calloc((size_t)DB_BENCH_N * (size_t)reps, sizeof *us), med = -1;
+    int dev = db_engine_pick(e, id, why, sizeof why);
+    if (dev >= 0) why[0] = 0;
+    if (dev < 0) snprintf(msg, len, "cannot open %s in-process: %s", id, why);
+    else if (!us) snprintf(msg, len, "out of memory");
+    else if (db_engine_bench(e, dev, p, x, 1u << DB_BENCH_XFER, 3, reps, us, why, sizeof why))
+        snprintf(msg, len, "%s in-process: %s", id, why);
+    else if (us[DB_BENCH_XFER * reps] < 0) snprintf(msg, len, "%s cannot time it: %s", id, why);
+    else {
+        qsort(us + DB_BENCH_XFER * reps, (size_t)reps, sizeof *us, cmp_double);
+        med = pct(us + DB_BENCH_XFER * reps, reps, 0.5);
+    }
+    free(us);
+    db_engine_close(e);
+    return med;
 }
 
 /* --crossover: the ladder of daemon/jobs.c (f32 1x1x4x4, 1x1x16x16, then 1xCx32x32 with C = 1, 4,
@@ -234,11 +273,22 @@ int bench_socket(int argc, char **argv)
                "device time %llu us\n", (unsigned long long)p.shape[0], (unsigned long long)p.shape[1],
                (unsigned long long)p.shape[2], (unsigned long long)p.shape[3], dtype, res.device, p50, gbps,
                (unsigned long long)res.timing_us[3]);
-        if (json)
+        /* the same bytes host to device and back through the same API, in this process */
+        char why[640];
+        double xus = xfer_median(res.device, &p, x, reps, why, sizeof why);
+        double xgbps = xus > 0 ? 2.0 * (double)bytes / xus / 1e3 : -1, ratio = xgbps > 0 ? gbps / xgbps : -1;
+        if (xus < 0) printf("host<->device copy on %s: not timed: %s\n", res.device, why);
+        else
+            printf("host<->device copy on %s (in-process, the same API, host to device then back): median %.1f us, "
+                   "%.2f GB/s; end to end / copy %.3f\n", res.device, xus, xgbps, ratio);
+        if (json) {
             printf("{\"mode\":\"throughput\",\"device\":\"%s\",\"shape\":[%llu,%llu,%llu,%llu],\"dtype\":\"%s\",\"reps\":%d,"
-                   "\"median_us\":%.0f,\"gbps\":%.3f,\"device_us\":%llu}\n", res.device,
+                   "\"median_us\":%.0f,\"gbps\":%.3f,\"device_us\":%llu", res.device,
                    (unsigned long long)p.shape[0], (unsigned long long)p.shape[1], (unsigned long long)p.shape[2],
                    (unsigned long long)p.shape[3], dtype, reps, p50, gbps, (unsigned long long)res.timing_us[3]);
+            if (xus < 0) printf(",\"xfer_us\":null,\"xfer_gbs\":null,\"e2e_over_xfer\":null}\n");
+            else printf(",\"xfer_us\":%.1f,\"xfer_gbs\":%.3f,\"e2e_over_xfer\":%.3f}\n", xus, xgbps, ratio);
+        }
     }
     free(t);
     dropblock_free(h, x);

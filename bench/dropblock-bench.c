@@ -8,8 +8,11 @@
  * resident on the device: copy_us (a copy kernel of the tensor's bytes with the apply pass's
  * loads and stores: the roofline), op_us (the forward job: mask, counts, scales, apply, K read
  * back), backward_us (the same in backward mode), mask_us (the mask pass alone) and baseline_us
- * (torchvision's multi-pass method written with the same API, shaders/db_baseline.h); also
- * run_us, the whole in-process job from host memory to host memory (dropblock_run's path).
+ * (torchvision's multi-pass method written with the same API, shaders/db_baseline.h), xfer_us
+ * (the tensor's bytes host to device and back through the API, as a job from host memory that
+ * cannot be used in place copies them: OpenCL write/read buffer, Vulkan the mapped buffer's
+ * copies, CPU two memcpys); also run_us, the whole in-process job from host memory to host
+ * memory (dropblock_run's path).
  * Each figure is the median of --reps timed runs after --warmup untimed ones (PoCL compiles a
  * kernel on its first launch); the device measures run interleaved, one of each per round, so
  * that other load on the machine weighs on all of them alike. GB/s counts one read of x and one write of y. --check compares
@@ -124,8 +127,9 @@ static int find_device(struct db_engine *e, const char *api, int nth)
     return -1;
 }
 
-enum { F_COPY, F_OP, F_BACKWARD, F_MASK, F_BASELINE, F_RUN, F_N };
-static const char *const fig_names[F_N] = {"copy_us", "op_us", "backward_us", "mask_us", "baseline_us", "run_us"};
+enum { F_COPY, F_OP, F_BACKWARD, F_MASK, F_BASELINE, F_XFER, F_RUN, F_N };
+static const char *const fig_names[F_N] = {"copy_us",     "op_us",   "backward_us", "mask_us",
+                                           "baseline_us", "xfer_us", "run_us"};
 
 static void print_num(double v, int digits)
 {
@@ -167,7 +171,8 @@ static int device_mode(const struct opts *o)
                (unsigned long long)p->block[1], (double)p->rate, (unsigned long long)bytes);
     /* the device measures in one call, interleaved round by round; then the whole job */
     double *all = calloc((size_t)DB_BENCH_N * (size_t)o->reps, sizeof *all);
-    static const int what_of[F_RUN] = {DB_BENCH_COPY, DB_BENCH_OP, DB_BENCH_BACKWARD, DB_BENCH_MASK, DB_BENCH_BASELINE};
+    static const int what_of[F_RUN] = {DB_BENCH_COPY,     DB_BENCH_OP,  DB_BENCH_BACKWARD, DB_BENCH_MASK,
+                                       DB_BENCH_BASELINE, DB_BENCH_XFER};
     msg[0] = 0;
     int r = all ? db_engine_bench(e, dev, p, x, (1u << DB_BENCH_N) - 1, o->warmup, o->reps, all, msg, sizeof msg)
                 : DROPBLOCK_EEXHAUSTED;

@@ -25,6 +25,8 @@ enum db_bench_what {
     DB_BENCH_BACKWARD, /* the same job in backward mode (dy to dx) */
     DB_BENCH_MASK,     /* the mask pass alone */
     DB_BENCH_BASELINE, /* torchvision's multi-pass method, one kernel a torch op (shaders/db_baseline.h) */
+    DB_BENCH_XFER,     /* the tensor's bytes host to device then device to host through the API, as a job from host
+                        * memory that cannot be used in place moves them (no kernel) */
     DB_BENCH_N
 };
 

@@ -346,6 +346,10 @@ static int cpu_bench(struct db_device *dev, const struct db_plan *pl, const void
                 rc = cpu_run(dev, w == DB_BENCH_OP ? pl : &bw, xw, y, NULL, &res);
             } else if (w == DB_BENCH_MASK) {
                 rc = cpu_job(cd, pl, xw, y, NULL, 1, &res);
+            } else if (w == DB_BENCH_XFER) {
+                /* no device: the two copies a job would make if it copied, one thread (its jobs never do) */
+                memcpy(xw, x, bytes);
+                memcpy(y, xw, bytes);
             } else {
                 run_baseline(blp, noise, padded, pooled, part, xw, y, nwords);
             }

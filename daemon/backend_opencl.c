@@ -1538,6 +1538,17 @@ done:
     return rc;
 }
 
+/* DB_BENCH_XFER: the host x to the device buffer x and the same bytes back to the host yh, as a
+ * job from ordinary (unpinned) host memory that cannot be used in place copies them; blocking. */
+static int bench_xfer(struct ocl_dev *od, cl_mem x, const void *xh, void *yh, uint64_t bytes, char *msg, size_t len)
+{
+    int rc = DROPBLOCK_OK;
+    CK(clEnqueueWriteBuffer(od->queue, x, CL_FALSE, 0, (size_t)bytes, xh, 0, NULL, NULL), "clEnqueueWriteBuffer(xfer)");
+    CK(clEnqueueReadBuffer(od->queue, x, CL_TRUE, 0, (size_t)bytes, yh, 0, NULL, NULL), "clEnqueueReadBuffer(xfer)");
+done:
+    return rc;
+}
+
 static int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup,
                      int reps, double *us, char *msg, size_t len)
 {
@@ -1551,6 +1562,11 @@ static int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void
     }
     struct ocl_buf x = {0}, y = {0}, bl[5] = {{0}};
     cl_mem blm[5] = {NULL};
+    void *yh = NULL; /* DB_BENCH_XFER's host y */
+    if ((whats & (1u << DB_BENCH_XFER)) && !(yh = malloc((size_t)bytes))) {
+        db_msg(msg, len, "out of host memory");
+        return DROPBLOCK_EEXHAUSTED;
+    }
     uint32_t blp[BLP_COUNT] = {0}, prm[DBP_COUNT];
     struct job j;
     struct db_chunk ch;
@@ -1582,11 +1598,13 @@ static int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void
         for (int w = 0; w < DB_BENCH_N && !rc; w++) {
             if (!(whats & (1u << w))) continue;
             double t0 = db_now_us_f();
-            rc = bench_one(od, pl, w, x.m, y.m, blm, blp, prm, nwords, msg, len);
+            rc = w == DB_BENCH_XFER ? bench_xfer(od, x.m, xh, yh, bytes, msg, len)
+                                    : bench_one(od, pl, w, x.m, y.m, blm, blp, prm, nwords, msg, len);
             if (r >= 0) us[w * reps + r] = db_now_us_f() - t0;
         }
 done:
     clFinish(od->queue);
+    free(yh);
     release_buf(&x);
     release_buf(&y);
     for (int i = 0; i < 5; i++) release_buf(&bl[i]);

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""dropblock-bench's host<->device copy figure, in device mode and through a daemon.
+
+  test_bench.py --bench build/bench/dropblock-bench --daemon build/daemon/dropblockd --cache-dir DIR
+
+Device mode on PoCL and on the built-in CPU backend, a tiny shape: the --json line has xfer_us
+(the tensor host to device and back through the API) and xfer_gbs, positive numbers, next to the
+other figures. Then a daemon on a socket in a temporary directory: `--socket S --throughput` on
+opencl:0 and on cpu:0 (a tiny shape) reports, besides the end-to-end figures, the same device's copy
+bandwidth measured in-process (xfer_us, xfer_gbs) and e2e_over_xfer = gbps / xfer_gbs. Timings
+are not checked, only that they are there and consistent. Python standard library only.
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run(args, timeout=120):
+    p = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    if p.returncode != 0:
+        sys.exit("test_bench: %s exited %d:\n%s%s" % (" ".join(map(str, args)), p.returncode, p.stdout.decode(),
+                                                      p.stderr.decode()))
+    return json.loads(p.stdout.decode().strip().splitlines()[-1])
+
+
+def positive(j, key, what):
+    v = j.get(key)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+        sys.exit("test_bench: %s: %s is %r, want a positive number:\n%s" % (what, key, v, json.dumps(j)))
+    return v
+
+
+def device_mode_has_xfer(bench, backend):
+    j = run([bench, "--backend", backend, "--shape", "2,3,16,16", "--block", "3", "--reps", "2", "--json"])
+    us = positive(j, "xfer_us", backend)
+    gbs = positive(j, "xfer_gbs", backend)
+    # xfer_us is printed to 0.1 us, xfer_gbs to 0.01 GB/s
+    lo, hi = 2 * j["bytes"] / (us + 0.05) / 1e3 - 0.006, 2 * j["bytes"] / max(us - 0.05, 1e-3) / 1e3 + 0.006
+    if not lo <= gbs <= hi:
+        sys.exit("test_bench: %s: xfer_gbs %g is not 2 x bytes / xfer_us (%g to %g)" % (backend, gbs, lo, hi))
+    for k in ("copy_us", "op_us", "run_us"):
+        positive(j, k, backend)
+    print("ok device mode %s: xfer_us %g, xfer_gbs %g" % (backend, us, gbs))
+
+
+def throughput_has_xfer(bench, sock, device):
+    j = run([bench, "--socket", sock, "--throughput", "--device", device, "--shape", "2,16,16,16", "--reps", "3",
+             "--json"])
+    if j.get("mode") != "throughput" or j.get("device") != device:
+        sys.exit("test_bench: --throughput on %s: %s" % (device, json.dumps(j)))
+    positive(j, "xfer_us", device)
+    xg = positive(j, "xfer_gbs", device)
+    ratio = positive(j, "e2e_over_xfer", device)
+    g = positive(j, "gbps", device)
+    if abs(ratio - g / xg) > 0.0011 + 0.01 * ratio:
+        sys.exit("test_bench: %s: e2e_over_xfer %g is not gbps / xfer_gbs (%g)" % (device, ratio, g / xg))
+    print("ok --socket --throughput %s: %g GB/s end to end, copy %g GB/s, ratio %g" % (device, g, xg, ratio))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", required=True)
+    ap.add_argument("--daemon", required=True)
+    ap.add_argument("--cache-dir", required=True)
+    a = ap.parse_args()
+
+    for backend in ("opencl", "cpu"):
+        device_mode_has_xfer(a.bench, backend)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = os.path.join(tmp, "run", "dropblockd.sock")
+        log = open(os.path.join(tmp, "dropblockd.log"), "w+")
+        proc = subprocess.Popen([a.daemon, "--socket", sock, "--cache-dir", a.cache_dir],
+                                stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            end = time.time() + 120
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    sys.exit("test_bench: dropblockd exited with %d:\n%s" % (proc.returncode, log.read()[-3000:]))
+                try:
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.connect(sock)
+                    break
+                except OSError:
+                    if time.time() > end:
+                        sys.exit("test_bench: no daemon on %s within 120 s" % sock)
+                    time.sleep(0.1)
+            for device in ("opencl:0", "cpu:0"):
+                throughput_has_xfer(a.bench, sock, device)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+        if rc != 0:
+            log.seek(0)
+            sys.exit("test_bench: dropblockd exited with %d after SIGTERM:\n%s" % (rc, log.read()[-3000:]))
+    print("test_bench: all passed")
+
+
+if __name__ == "__main__":
+    main()

@@ -56,6 +56,13 @@
 
 /* ---- pass 1: mask ------------------------------------------------------------------------ */
 
+/* a / b, in 32 bits where both fit (a 64-bit division costs several times more) */
+DBFN u64 db_udiv(u64 a, u64 b)
+{
+    if (b == 1ul) return a;
+    return (a >> 32) == 0ul && (b >> 32) == 0ul ? U64(U32(a) / U32(b)) : a / b;
+}
+
 /* Sets (set = 1) or clears the chunk's mask bits lo..hi (inclusive) for a work item owning the
  * words [wa, wb) (those wholly inside its tiles' bits): the rest are shared with the
  * neighbouring work items and take atomics. */
@@ -181,16 +188,7 @@ DBFN void db_flush(DB_DROP_BUFS DB_TILE_ARGS, DB_BLK_PARAM(blk), u64 run, u32 n,
             t += 32u * q;
             /* the word's candidate, if it is one of this tile's (blocks may hold others) */
             u64 off = 4ul * (run != DB_NO_RUN ? run + U64(t >> 2) : blk[t >> 2]) + U64(t & 3u) - ebase;
-            u64 i, rem, j;
-            if (off < 0xFFFFFFFFul && sH < 0xFFFFFFFFul && sW < 0xFFFFFFFFul) { /* 32-bit division: cheaper */
-                i = U64(U32(off) / U32(sH));
-                rem = off - i * sH;
-                j = U64(U32(rem) / U32(sW));
-            } else {
-                i = off / sH;
-                rem = off - i * sH;
-                j = rem / sW;
-            }
+            u64 i = db_udiv(off, sH), rem = off - i * sH, j = db_udiv(rem, sW);
             if (rem == j * sW && i >= U64(ci0) && i < U64(ci1) && j >= U64(cj0) && j < U64(cj1))
                 db_drop(DB_DROP_ARGS DB_TILE_PASS, U32(i), U32(j));
         }
@@ -205,13 +203,6 @@ DBFN void db_add_kept(DB_TOTAL_BUFS u64 s, u64 v)
     u32 lo = U32(v), old = ATOMIC_ADD(kept, 2ul * s, lo);
     u32 hi = U32(v >> 32) + (old + lo < old ? 1u : 0u);
     if (hi != 0u) ATOMIC_ADD(kept, 2ul * s + 1ul, hi);
-}
-
-/* a / b, in 32 bits where both fit (a 64-bit division costs several times more) */
-DBFN u64 db_udiv(u64 a, u64 b)
-{
-    if (b == 1ul) return a;
-    return (a >> 32) == 0ul && (b >> 32) == 0ul ? U64(U32(a) / U32(b)) : a / b;
 }
 
 /* Tile g's group (n C + c in NCHW, n in NHWC): tiles go NT row tiles a group, NS column tiles a

@@ -1,0 +1,340 @@
+/* philox_simd.c: db_philox_fire (philox_simd.h) on AVX-512F, AVX2 or one block at a time.
+ *
+ * The vector paths follow db_math.h's OpenCL CPU branch: a block per 64-bit lane holding a
+ * 32-bit word in its low half, so that each product is one vpmuludq with both halves in place
+ * (the multiply reads the low halves; XORs and adds never carry an upper half into a lower
+ * one); independent chains of vectors hide the multiplies' latency; when the first and the last
+ * counter of the batch share their three upper words, so do all (the blocks ascend) and round
+ * 1's second product and round 2's first are made once, in scalar; and one test of the least
+ * word against thr (the common batch where nothing fires) comes before the exact bits.
+ * Written in intrinsics: GCC's generic vectors make vpmullq and scalar inserts of this. */
+#include "philox_simd.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define DB_LANG_C
+#include "db_math.h"
+
+#define NW (DB_SIMD_BATCH / 8) /* fire words */
+#define MA 0xD2511F53u
+#define MB 0xCD9E8D57u
+#define WA 0x9E3779B9u
+#define WB 0xBB67AE85u
+
+/* the shared-prefix shortcut's scalar part: counters cf (first) .. cl (last) agree in their
+ * upper three words; t[0..3] as db_math.h's CL branch names them */
+static int shared_upper(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t ka,
+                        uint32_t kb, uint32_t t[4])
+{
+    u32x4 b = MAKE_U32X4(base[0], base[1], base[2], base[3]);
+    u32x4 cf = db_ctr_add(b, run != DB_NO_RUN ? run : blk[0]);
+    u32x4 cl = db_ctr_add(b, run != DB_NO_RUN ? run + (n - 1u) : blk[n - 1u]);
+    if (cf.y != cl.y || cf.z != cl.z || cf.w != cl.w) return 0;
+    uint64_t q1 = (uint64_t)MB * cf.z;
+    uint32_t u0 = (uint32_t)(q1 >> 32) ^ cf.y ^ ka; /* round 1: c0 (c1 is lo(q1)) */
+    uint64_t q0 = (uint64_t)MA * u0;                /* round 2's first product */
+    t[0] = cf.w ^ kb;
+    t[1] = (uint32_t)q1 ^ (ka + WA);
+    t[2] = (uint32_t)(q0 >> 32) ^ (kb + WB);
+    t[3] = (uint32_t)q0;
+    return 1;
+}
+
+/* lanes [8 q, 8 q + 8) of the n live ones, as 8 bits */
+static inline uint32_t live8(uint32_t n, uint32_t q)
+{
+    return n >= 8u * q + 8u ? 0xFFu : n > 8u * q ? (1u << (n - 8u * q)) - 1u : 0u;
+}
+
+/* 8 bits to bits 0, 4, ..., 28 */
+static inline uint32_t spread8(uint32_t x)
+{
+    x = (x | (x << 12)) & 0x000F000Fu;
+    x = (x | (x << 6)) & 0x03030303u;
+    return (x | (x << 3)) & 0x11111111u;
+}
+
+/* one block at a time: the portable db_fire_batch's loop */
+static void fire_scalar(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t k0, uint32_t k1,
+                        uint32_t wmask, uint32_t thr, uint32_t all, uint32_t *fired)
+{
+    u32x4 b = MAKE_U32X4(base[0], base[1], base[2], base[3]);
+    memset(fired, 0, NW * 4);
+    for (uint32_t l = 0; l < n; l++) {
+        u32x4 w = db_philox(db_ctr_add(b, run != DB_NO_RUN ? run + l : blk[l]), k0, k1);
+        uint32_t f = (all || (w.x & wmask) < thr ? 1u : 0u) | (all || (w.y & wmask) < thr ? 2u : 0u) |
+                     (all || (w.z & wmask) < thr ? 4u : 0u) | (all || (w.w & wmask) < thr ? 8u : 0u);
+        fired[l / 8] |= f << (4u * (l % 8));
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define AVX512 __attribute__((target("avx512f")))
+#define AVX2 __attribute__((target("avx2")))
+
+/* the batch's counters as 64-bit words: padded with the last queued block past n, so that no
+ * lane reads an unset queue entry and the shortcut's test holds for every lane */
+static const uint64_t *batch_blocks(const uint64_t *blk, uint64_t run, uint32_t n, uint64_t *pad)
+{
+    if (run != DB_NO_RUN || n == DB_SIMD_BATCH) return blk;
+    memcpy(pad, blk, n * sizeof *blk);
+    for (uint32_t l = n; l < DB_SIMD_BATCH; l++) pad[l] = blk[n - 1u];
+    return pad;
+}
+
+/* ---- AVX-512F: six chains of 8 lanes (six was the fastest under PoCL; 24 words + 4 in 32) */
+#define C5 6
+
+#define CTR512(b, c0, c1, c2, c3)                                                                  \
+    {                                                                                              \
+        __m512i s_ = _mm512_add_epi64(bx, _mm512_and_si512(b, l32));                               \
+        c0 = s_;                                                                                   \
+        s_ = _mm512_add_epi64(_mm512_add_epi64(_mm512_srli_epi64(s_, 32), by), _mm512_srli_epi64(b, 32)); \
+        c1 = s_;                                                                                   \
+        s_ = _mm512_add_epi64(_mm512_srli_epi64(s_, 32), bz);                                      \
+        c2 = s_;                                                                                   \
+        c3 = _mm512_add_epi64(_mm512_srli_epi64(s_, 32), bw);                                      \
+    }
+
+/* a round: c0 = hi(p1) ^ c1 ^ k0, c1 = p1, c2 = hi(p0) ^ c3 ^ k1, c3 = p0 (one vpternlogq each) */
+#define ROUND512(c0, c1, c2, c3, k0, k1)                                                           \
+    {                                                                                              \
+        __m512i p0_ = _mm512_mul_epu32(c0, ma), p1_ = _mm512_mul_epu32(c2, mb);                    \
+        c0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1_, 32), c1, k0, 0x96);                  \
+        c1 = p1_;                                                                                  \
+        c2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0_, 32), c3, k1, 0x96);                  \
+        c3 = p0_;                                                                                  \
+    }
+
+AVX512 static void fire_avx512(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t k0,
+                               uint32_t k1, uint32_t wmask, uint32_t thr, uint32_t all, uint32_t *fired)
+{
+    uint64_t pad[DB_SIMD_BATCH];
+    const uint64_t *src = batch_blocks(blk, run, n, pad);
+    const __m512i l32 = _mm512_set1_epi64(0xFFFFFFFF), ma = _mm512_set1_epi64(MA), mb = _mm512_set1_epi64(MB);
+    const __m512i bx = _mm512_set1_epi64(base[0]), by = _mm512_set1_epi64(base[1]);
+    const __m512i bz = _mm512_set1_epi64(base[2]), bw = _mm512_set1_epi64(base[3]);
+    const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    uint32_t t[4], ka = k0, kb = k1;
+    const int shared = shared_upper(blk, run, n, base, ka, kb, t); /* a call: before the vectors */
+    __m512i c0[C5], c1[C5], c2[C5], c3[C5];
+#pragma GCC unroll 8
+    for (int q = 0; q < C5; q++) {
+        __m512i b = run != DB_NO_RUN ? _mm512_add_epi64(_mm512_set1_epi64((long long)(run + 8u * (unsigned)q)), iota)
+                                     : _mm512_loadu_si512(src + 8 * q);
+        CTR512(b, c0[q], c1[q], c2[q], c3[q])
+    }
+    if (shared) {
+        const __m512i t0 = _mm512_set1_epi64(t[0]), t1 = _mm512_set1_epi64(t[1]);
+        const __m512i t2 = _mm512_set1_epi64(t[2]), t3 = _mm512_set1_epi64(t[3]);
+#pragma GCC unroll 8
+        for (int q = 0; q < C5; q++) {
+            __m512i p0 = _mm512_mul_epu32(c0[q], ma); /* round 1: c2 = hi ^ c3 ^ k1, c3 = lo */
+            __m512i p1 = _mm512_mul_epu32(_mm512_xor_si512(_mm512_srli_epi64(p0, 32), t0), mb); /* round 2 */
+            c0[q] = _mm512_xor_si512(_mm512_srli_epi64(p1, 32), t1);
+            c1[q] = p1;
+            c2[q] = _mm512_xor_si512(p0, t2);
+            c3[q] = t3;
+        }
+    } else {
+#pragma GCC unroll 2
+        for (int r = 0; r < 2; r++) {
+            const __m512i a = _mm512_set1_epi64(ka + (uint32_t)r * WA), b = _mm512_set1_epi64(kb + (uint32_t)r * WB);
+#pragma GCC unroll 8
+            for (int q = 0; q < C5; q++) ROUND512(c0[q], c1[q], c2[q], c3[q], a, b)
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 2; r < 10; r++) {
+        const __m512i a = _mm512_set1_epi64(ka + (uint32_t)r * WA), b = _mm512_set1_epi64(kb + (uint32_t)r * WB);
+#pragma GCC unroll 8
+        for (int q = 0; q < C5; q++) ROUND512(c0[q], c1[q], c2[q], c3[q], a, b)
+    }
+    if (!all && wmask == 0xFFFFFFFFu) {
+        /* mostly nothing fires: the least word (the even 32-bit lanes; lanes past n may only
+         * make a false alarm) against thr */
+        __m512i m = _mm512_min_epu32(_mm512_min_epu32(c0[0], c1[0]), _mm512_min_epu32(c2[0], c3[0]));
+#pragma GCC unroll 8
+        for (int q = 1; q < C5; q++)
+            m = _mm512_min_epu32(m, _mm512_min_epu32(_mm512_min_epu32(c0[q], c1[q]), _mm512_min_epu32(c2[q], c3[q])));
+        if (!_mm512_mask_cmplt_epu32_mask(0x5555, m, _mm512_set1_epi32((int)thr))) {
+            memset(fired, 0, NW * 4);
+            return;
+        }
+    }
+    const __m512i wm = _mm512_set1_epi64(wmask), th = _mm512_set1_epi64(thr);
+#pragma GCC unroll 8
+    for (int q = 0; q < C5; q++) {
+        __mmask8 live = (__mmask8)live8(n, (uint32_t)q);
+        uint32_t f0 = live, f1 = live, f2 = live, f3 = live;
+        if (!all) {
+            f0 = _mm512_mask_cmplt_epu64_mask(live, _mm512_and_si512(c0[q], wm), th);
+            f1 = _mm512_mask_cmplt_epu64_mask(live, _mm512_and_si512(c1[q], wm), th);
+            f2 = _mm512_mask_cmplt_epu64_mask(live, _mm512_and_si512(c2[q], wm), th);
+            f3 = _mm512_mask_cmplt_epu64_mask(live, _mm512_and_si512(c3[q], wm), th);
+        }
+        fired[q] = spread8(f0) | spread8(f1) << 1 | spread8(f2) << 2 | spread8(f3) << 3;
+    }
+}
+
+/* ---- AVX2: 4 lanes a vector, four chains at a time (16 words: a few spill, but two and three
+ * chains were slower) */
+#define C2 4
+#define G2 (DB_SIMD_BATCH / 4 / C2) /* groups of chains a batch */
+
+#define ROUND256(c0, c1, c2, c3, k0, k1)                                                           \
+    {                                                                                              \
+        __m256i p0_ = _mm256_mul_epu32(c0, ma), p1_ = _mm256_mul_epu32(c2, mb);                    \
+        c0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1_, 32), c1), k0);               \
+        c1 = p1_;                                                                                  \
+        c2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0_, 32), c3), k1);               \
+        c3 = p0_;                                                                                  \
+    }
+
+AVX2 static void fire_avx2(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t k0,
+                           uint32_t k1, uint32_t wmask, uint32_t thr, uint32_t all, uint32_t *fired)
+{
+    uint64_t pad[DB_SIMD_BATCH];
+    const uint64_t *src = batch_blocks(blk, run, n, pad);
+    const __m256i l32 = _mm256_set1_epi64x(0xFFFFFFFF), ma = _mm256_set1_epi64x(MA), mb = _mm256_set1_epi64x(MB);
+    const __m256i iota = _mm256_set_epi64x(3, 2, 1, 0);
+    uint32_t t[4], ka = k0, kb = k1;
+    const int shared = shared_upper(blk, run, n, base, ka, kb, t);
+    __m256i w[DB_SIMD_BATCH / 4][4]; /* the words, vector v of blocks 4 v .. 4 v + 3 */
+    __m256i m = _mm256_set1_epi32(-1);
+    for (int g = 0; g < G2; g++) {
+        __m256i c0[C2], c1[C2], c2[C2], c3[C2];
+#pragma GCC unroll 4
+        for (int q = 0; q < C2; q++) {
+            const int v = g * C2 + q;
+            __m256i b = run != DB_NO_RUN ? _mm256_add_epi64(_mm256_set1_epi64x((long long)(run + 4u * (unsigned)v)), iota)
+                                         : _mm256_loadu_si256((const __m256i *)(src + 4 * v));
+            __m256i s = _mm256_add_epi64(_mm256_set1_epi64x(base[0]), _mm256_and_si256(b, l32));
+            c0[q] = s;
+            s = _mm256_add_epi64(_mm256_add_epi64(_mm256_srli_epi64(s, 32), _mm256_set1_epi64x(base[1])),
+                                 _mm256_srli_epi64(b, 32));
+            c1[q] = s;
+            s = _mm256_add_epi64(_mm256_srli_epi64(s, 32), _mm256_set1_epi64x(base[2]));
+            c2[q] = s;
+            c3[q] = _mm256_add_epi64(_mm256_srli_epi64(s, 32), _mm256_set1_epi64x(base[3]));
+        }
+        if (shared) {
+            const __m256i t0 = _mm256_set1_epi64x(t[0]), t1 = _mm256_set1_epi64x(t[1]);
+            const __m256i t2 = _mm256_set1_epi64x(t[2]), t3 = _mm256_set1_epi64x(t[3]);
+#pragma GCC unroll 4
+            for (int q = 0; q < C2; q++) {
+                __m256i p0 = _mm256_mul_epu32(c0[q], ma);
+                __m256i p1 = _mm256_mul_epu32(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), t0), mb);
+                c0[q] = _mm256_xor_si256(_mm256_srli_epi64(p1, 32), t1);
+                c1[q] = p1;
+                c2[q] = _mm256_xor_si256(p0, t2);
+                c3[q] = t3;
+            }
+        } else {
+#pragma GCC unroll 2
+            for (int r = 0; r < 2; r++) {
+                const __m256i a = _mm256_set1_epi64x(ka + (uint32_t)r * WA), b = _mm256_set1_epi64x(kb + (uint32_t)r * WB);
+#pragma GCC unroll 4
+                for (int q = 0; q < C2; q++) ROUND256(c0[q], c1[q], c2[q], c3[q], a, b)
+            }
+        }
+#pragma GCC unroll 8
+        for (int r = 2; r < 10; r++) {
+            const __m256i a = _mm256_set1_epi64x(ka + (uint32_t)r * WA), b = _mm256_set1_epi64x(kb + (uint32_t)r * WB);
+#pragma GCC unroll 4
+            for (int q = 0; q < C2; q++) ROUND256(c0[q], c1[q], c2[q], c3[q], a, b)
+        }
+#pragma GCC unroll 4
+        for (int q = 0; q < C2; q++) {
+            const int v = g * C2 + q;
+            m = _mm256_min_epu32(m, _mm256_min_epu32(_mm256_min_epu32(c0[q], c1[q]), _mm256_min_epu32(c2[q], c3[q])));
+            w[v][0] = c0[q];
+            w[v][1] = c1[q];
+            w[v][2] = c2[q];
+            w[v][3] = c3[q];
+        }
+    }
+    memset(fired, 0, NW * 4);
+    if (!all && wmask == 0xFFFFFFFFu) {
+        /* the least word (even 32-bit lanes) below thr, unsigned: thr > m iff max(m, thr) != m */
+        __m256i ne = _mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_max_epu32(m, _mm256_set1_epi32((int)thr)), m),
+                                      _mm256_set1_epi32(-1));
+        if (!(_mm256_movemask_ps(_mm256_castsi256_ps(ne)) & 0x55)) return;
+    }
+    /* words and thr below 2^32 after the mask: a signed 64-bit compare is the unsigned one */
+    const __m256i wm = _mm256_set1_epi64x(wmask), th = _mm256_set1_epi64x(thr);
+    for (uint32_t v = 0; v < DB_SIMD_BATCH / 4 && 4u * v < n; v++) {
+        uint32_t live = n >= 4u * v + 4u ? 0xFu : (1u << (n - 4u * v)) - 1u, f = 0;
+        for (int k = 0; k < 4; k++) {
+            uint32_t fk = all ? live
+                              : live & (uint32_t)_mm256_movemask_pd(_mm256_castsi256_pd(
+                                            _mm256_cmpgt_epi64(th, _mm256_and_si256(w[v][k], wm))));
+            f |= spread8(fk) << k;
+        }
+        fired[v / 2] |= f << (16u * (v % 2));
+    }
+}
+#endif
+
+static int supported(enum db_simd_path p)
+{
+    if (p == DB_SIMD_SCALAR) return 1;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (p == DB_SIMD_AVX2) return __builtin_cpu_supports("avx2");
+    if (p == DB_SIMD_AVX512) return __builtin_cpu_supports("avx512f");
+#endif
+    return 0;
+}
+
+int db_simd_supported(enum db_simd_path path) { return path < DB_SIMD_PATHS && supported(path); }
+
+const char *db_simd_name(enum db_simd_path path)
+{
+    return path == DB_SIMD_AVX512 ? "avx512" : path == DB_SIMD_AVX2 ? "avx2" : "scalar";
+}
+
+enum db_simd_path db_simd_choose(const char *want)
+{
+    enum db_simd_path p = DB_SIMD_AVX512;
+    for (int i = 0; want && i < DB_SIMD_PATHS; i++)
+        if (!strcmp(want, db_simd_name((enum db_simd_path)i))) p = (enum db_simd_path)i;
+    while (p > DB_SIMD_SCALAR && !supported(p)) p--;
+    return p;
+}
+
+void db_philox_fire_on(enum db_simd_path path, const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base,
+                       uint32_t k0, uint32_t k1, uint32_t wmask, uint32_t thr, uint32_t all, uint32_t *fired)
+{
+    if (n == 0u) { memset(fired, 0, NW * 4); return; }
+#if defined(__x86_64__)
+    if (path == DB_SIMD_AVX512) { fire_avx512(blk, run, n, base, k0, k1, wmask, thr, all, fired); return; }
+    if (path == DB_SIMD_AVX2) { fire_avx2(blk, run, n, base, k0, k1, wmask, thr, all, fired); return; }
+#else
+    (void)path;
+#endif
+    fire_scalar(blk, run, n, base, k0, k1, wmask, thr, all, fired);
+}
+
+/* the process's path, DB_SIMD_PATHS until the first call chooses it (every thread that races
+ * there chooses the same) */
+static enum db_simd_path chosen = DB_SIMD_PATHS;
+
+enum db_simd_path db_simd_path(void)
+{
+    enum db_simd_path p = __atomic_load_n(&chosen, __ATOMIC_RELAXED);
+    if (p == DB_SIMD_PATHS) {
+        p = db_simd_choose(getenv("DROPBLOCK_CPU_SIMD"));
+        __atomic_store_n(&chosen, p, __ATOMIC_RELAXED);
+    }
+    return p;
+}
+
+void db_philox_fire(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t k0, uint32_t k1,
+                    uint32_t wmask, uint32_t thr, uint32_t all, uint32_t *fired)
+{
+    db_philox_fire_on(db_simd_path(), blk, run, n, base, k0, k1, wmask, thr, all, fired);
+}

@@ -22,6 +22,23 @@
 #define WA 0x9E3779B9u
 #define WB 0xBB67AE85u
 
+/* one block at a time: the portable db_fire_batch's loop */
+static void fire_scalar(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t k0, uint32_t k1,
+                        uint32_t wmask, uint32_t thr, uint32_t all, uint32_t *fired)
+{
+    u32x4 b = MAKE_U32X4(base[0], base[1], base[2], base[3]);
+    memset(fired, 0, NW * 4);
+    for (uint32_t l = 0; l < n; l++) {
+        u32x4 w = db_philox(db_ctr_add(b, run != DB_NO_RUN ? run + l : blk[l]), k0, k1);
+        uint32_t f = (all || (w.x & wmask) < thr ? 1u : 0u) | (all || (w.y & wmask) < thr ? 2u : 0u) |
+                     (all || (w.z & wmask) < thr ? 4u : 0u) | (all || (w.w & wmask) < thr ? 8u : 0u);
+        fired[l / 8] |= f << (4u * (l % 8));
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
 /* the shared-prefix shortcut's scalar part: counters cf (first) .. cl (last) agree in their
  * upper three words; t[0..3] as db_math.h's CL branch names them */
 static int shared_upper(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t ka,
@@ -55,23 +72,6 @@ static inline uint32_t spread8(uint32_t x)
     return (x | (x << 3)) & 0x11111111u;
 }
 
-/* one block at a time: the portable db_fire_batch's loop */
-static void fire_scalar(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t k0, uint32_t k1,
-                        uint32_t wmask, uint32_t thr, uint32_t all, uint32_t *fired)
-{
-    u32x4 b = MAKE_U32X4(base[0], base[1], base[2], base[3]);
-    memset(fired, 0, NW * 4);
-    for (uint32_t l = 0; l < n; l++) {
-        u32x4 w = db_philox(db_ctr_add(b, run != DB_NO_RUN ? run + l : blk[l]), k0, k1);
-        uint32_t f = (all || (w.x & wmask) < thr ? 1u : 0u) | (all || (w.y & wmask) < thr ? 2u : 0u) |
-                     (all || (w.z & wmask) < thr ? 4u : 0u) | (all || (w.w & wmask) < thr ? 8u : 0u);
-        fired[l / 8] |= f << (4u * (l % 8));
-    }
-}
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-
 #define AVX512 __attribute__((target("avx512f")))
 #define AVX2 __attribute__((target("avx2")))
 
@@ -85,7 +85,7 @@ static const uint64_t *batch_blocks(const uint64_t *blk, uint64_t run, uint32_t 
     return pad;
 }
 
-/* ---- AVX-512F: six chains of 8 lanes (six was the fastest under PoCL; 24 words + 4 in 32) */
+/* ---- AVX-512F: six chains of 8 lanes, their 24 words and the constants in 32 registers */
 #define C5 6
 
 #define CTR512(b, c0, c1, c2, c3)                                                                  \

@@ -180,76 +180,119 @@ AVX512 static void fire_avx512(const uint64_t *blk, uint64_t run, uint32_t n, co
     }
 }
 
-/* ---- AVX2: 4 lanes a vector, four chains at a time (16 words: a few spill, but two and three
- * chains were slower) */
-#define C2 4
-#define G2 (DB_SIMD_BATCH / 4 / C2) /* groups of chains a batch */
+/* ---- AVX2: 8 blocks a vector of 32-bit words (the 8 lanes of 64 bits of AVX-512 do not fit
+ * 16 registers): products of the even lanes and of the odd ones (shifted down), their halves
+ * put back in place by blends; CP chains of 8 blocks at a time. Lane order in a vector of
+ * blocks 8 v .. 8 v + 7: 0, 4, 1, 5, 2, 6, 3, 7 (the packing of two 4-block halves). */
+#define CP 3
+#define GP (DB_SIMD_BATCH / 8 / CP) /* groups of chains a batch */
+
+/* hi and lo of the 32 x 32-bit products x * m, lane by lane */
+#define MUL256(x, m, hi, lo)                                                                       \
+    {                                                                                              \
+        __m256i e_ = _mm256_mul_epu32(x, m), o_ = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), m);   \
+        hi = _mm256_blend_epi32(_mm256_srli_epi64(e_, 32), o_, 0xAA);                              \
+        lo = _mm256_blend_epi32(e_, _mm256_slli_epi64(o_, 32), 0xAA);                              \
+    }
 
 #define ROUND256(c0, c1, c2, c3, k0, k1)                                                           \
     {                                                                                              \
-        __m256i p0_ = _mm256_mul_epu32(c0, ma), p1_ = _mm256_mul_epu32(c2, mb);                    \
-        c0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1_, 32), c1), k0);               \
-        c1 = p1_;                                                                                  \
-        c2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0_, 32), c3), k1);               \
-        c3 = p0_;                                                                                  \
+        __m256i h0_, l0_, h1_, l1_;                                                                \
+        MUL256(c0, ma, h0_, l0_)                                                                   \
+        MUL256(c2, mb, h1_, l1_)                                                                   \
+        c0 = _mm256_xor_si256(_mm256_xor_si256(h1_, c1), k0);                                      \
+        c1 = l1_;                                                                                  \
+        c2 = _mm256_xor_si256(_mm256_xor_si256(h0_, c3), k1);                                      \
+        c3 = l0_;                                                                                  \
     }
+
+/* 4 blocks' counters base + b, in the low halves of 64-bit lanes */
+#define CTR256(b, c0, c1, c2, c3)                                                                  \
+    {                                                                                              \
+        __m256i s_ = _mm256_add_epi64(bx, _mm256_and_si256(b, l32));                               \
+        c0 = s_;                                                                                   \
+        s_ = _mm256_add_epi64(_mm256_add_epi64(_mm256_srli_epi64(s_, 32), by), _mm256_srli_epi64(b, 32)); \
+        c1 = s_;                                                                                   \
+        s_ = _mm256_add_epi64(_mm256_srli_epi64(s_, 32), bz);                                      \
+        c2 = s_;                                                                                   \
+        c3 = _mm256_add_epi64(_mm256_srli_epi64(s_, 32), bw);                                      \
+    }
+
+#define PACK256(a, b) _mm256_blend_epi32(a, _mm256_slli_epi64(b, 32), 0xAA)
+
+/* the 8 lane bits of a vector of blocks (lane order above) in block order */
+static inline uint32_t unpack8(uint32_t m)
+{
+    uint32_t r = 0;
+    for (uint32_t i = 0; i < 4; i++) r |= ((m >> (2 * i)) & 1u) << i | ((m >> (2 * i + 1)) & 1u) << (i + 4);
+    return r;
+}
 
 AVX2 static void fire_avx2(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t k0,
                            uint32_t k1, uint32_t wmask, uint32_t thr, uint32_t all, uint32_t *fired)
 {
     uint64_t pad[DB_SIMD_BATCH];
+    uint32_t t[4], ka = k0, kb = k1;
+    const int shared = shared_upper(blk, run, n, base, ka, kb, t); /* a call: before the vectors */
     const uint64_t *src = batch_blocks(blk, run, n, pad);
     const __m256i l32 = _mm256_set1_epi64x(0xFFFFFFFF), ma = _mm256_set1_epi64x(MA), mb = _mm256_set1_epi64x(MB);
+    const __m256i bx = _mm256_set1_epi64x(base[0]), by = _mm256_set1_epi64x(base[1]);
+    const __m256i bz = _mm256_set1_epi64x(base[2]), bw = _mm256_set1_epi64x(base[3]);
     const __m256i iota = _mm256_set_epi64x(3, 2, 1, 0);
-    uint32_t t[4], ka = k0, kb = k1;
-    const int shared = shared_upper(blk, run, n, base, ka, kb, t);
-    __m256i w[DB_SIMD_BATCH / 4][4]; /* the words, vector v of blocks 4 v .. 4 v + 3 */
+    __m256i w[DB_SIMD_BATCH / 8][4]; /* the words, vector v of blocks 8 v .. 8 v + 7 */
     __m256i m = _mm256_set1_epi32(-1);
-    for (int g = 0; g < G2; g++) {
-        __m256i c0[C2], c1[C2], c2[C2], c3[C2];
+    for (int g = 0; g < GP; g++) {
+        __m256i c0[CP], c1[CP], c2[CP], c3[CP];
 #pragma GCC unroll 4
-        for (int q = 0; q < C2; q++) {
-            const int v = g * C2 + q;
-            __m256i b = run != DB_NO_RUN ? _mm256_add_epi64(_mm256_set1_epi64x((long long)(run + 4u * (unsigned)v)), iota)
-                                         : _mm256_loadu_si256((const __m256i *)(src + 4 * v));
-            __m256i s = _mm256_add_epi64(_mm256_set1_epi64x(base[0]), _mm256_and_si256(b, l32));
-            c0[q] = s;
-            s = _mm256_add_epi64(_mm256_add_epi64(_mm256_srli_epi64(s, 32), _mm256_set1_epi64x(base[1])),
-                                 _mm256_srli_epi64(b, 32));
-            c1[q] = s;
-            s = _mm256_add_epi64(_mm256_srli_epi64(s, 32), _mm256_set1_epi64x(base[2]));
-            c2[q] = s;
-            c3[q] = _mm256_add_epi64(_mm256_srli_epi64(s, 32), _mm256_set1_epi64x(base[3]));
+        for (int q = 0; q < CP; q++) {
+            const int v = g * CP + q;
+            __m256i ba, bb, a0, a1, a2, a3, b0, b1, b2, b3;
+            if (run != DB_NO_RUN) {
+                ba = _mm256_add_epi64(_mm256_set1_epi64x((long long)(run + 8u * (unsigned)v)), iota);
+                bb = _mm256_add_epi64(ba, _mm256_set1_epi64x(4));
+            } else {
+                ba = _mm256_loadu_si256((const __m256i *)(src + 8 * v));
+                bb = _mm256_loadu_si256((const __m256i *)(src + 8 * v + 4));
+            }
+            CTR256(ba, a0, a1, a2, a3)
+            CTR256(bb, b0, b1, b2, b3)
+            c0[q] = PACK256(a0, b0);
+            c1[q] = PACK256(a1, b1);
+            c2[q] = PACK256(a2, b2);
+            c3[q] = PACK256(a3, b3);
         }
         if (shared) {
-            const __m256i t0 = _mm256_set1_epi64x(t[0]), t1 = _mm256_set1_epi64x(t[1]);
-            const __m256i t2 = _mm256_set1_epi64x(t[2]), t3 = _mm256_set1_epi64x(t[3]);
+            const __m256i t0 = _mm256_set1_epi32((int)t[0]), t1 = _mm256_set1_epi32((int)t[1]);
+            const __m256i t2 = _mm256_set1_epi32((int)t[2]), t3 = _mm256_set1_epi32((int)t[3]);
 #pragma GCC unroll 4
-            for (int q = 0; q < C2; q++) {
-                __m256i p0 = _mm256_mul_epu32(c0[q], ma);
-                __m256i p1 = _mm256_mul_epu32(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), t0), mb);
-                c0[q] = _mm256_xor_si256(_mm256_srli_epi64(p1, 32), t1);
-                c1[q] = p1;
-                c2[q] = _mm256_xor_si256(p0, t2);
+            for (int q = 0; q < CP; q++) {
+                __m256i h0, l0, h1, l1;
+                MUL256(c0[q], ma, h0, l0) /* round 1: c2 = hi ^ c3 ^ k1, c3 = lo */
+                MUL256(_mm256_xor_si256(h0, t0), mb, h1, l1) /* round 2 */
+                c0[q] = _mm256_xor_si256(h1, t1);
+                c1[q] = l1;
+                c2[q] = _mm256_xor_si256(l0, t2);
                 c3[q] = t3;
             }
         } else {
 #pragma GCC unroll 2
             for (int r = 0; r < 2; r++) {
-                const __m256i a = _mm256_set1_epi64x(ka + (uint32_t)r * WA), b = _mm256_set1_epi64x(kb + (uint32_t)r * WB);
+                const __m256i a = _mm256_set1_epi32((int)(ka + (uint32_t)r * WA));
+                const __m256i b = _mm256_set1_epi32((int)(kb + (uint32_t)r * WB));
 #pragma GCC unroll 4
-                for (int q = 0; q < C2; q++) ROUND256(c0[q], c1[q], c2[q], c3[q], a, b)
+                for (int q = 0; q < CP; q++) ROUND256(c0[q], c1[q], c2[q], c3[q], a, b)
             }
         }
 #pragma GCC unroll 8
         for (int r = 2; r < 10; r++) {
-            const __m256i a = _mm256_set1_epi64x(ka + (uint32_t)r * WA), b = _mm256_set1_epi64x(kb + (uint32_t)r * WB);
+            const __m256i a = _mm256_set1_epi32((int)(ka + (uint32_t)r * WA));
+            const __m256i b = _mm256_set1_epi32((int)(kb + (uint32_t)r * WB));
 #pragma GCC unroll 4
-            for (int q = 0; q < C2; q++) ROUND256(c0[q], c1[q], c2[q], c3[q], a, b)
+            for (int q = 0; q < CP; q++) ROUND256(c0[q], c1[q], c2[q], c3[q], a, b)
         }
 #pragma GCC unroll 4
-        for (int q = 0; q < C2; q++) {
-            const int v = g * C2 + q;
+        for (int q = 0; q < CP; q++) {
+            const int v = g * CP + q;
             m = _mm256_min_epu32(m, _mm256_min_epu32(_mm256_min_epu32(c0[q], c1[q]), _mm256_min_epu32(c2[q], c3[q])));
             w[v][0] = c0[q];
             w[v][1] = c1[q];
@@ -258,23 +301,24 @@ AVX2 static void fire_avx2(const uint64_t *blk, uint64_t run, uint32_t n, const 
         }
     }
     memset(fired, 0, NW * 4);
+    const __m256i th = _mm256_set1_epi32((int)thr);
     if (!all && wmask == 0xFFFFFFFFu) {
-        /* the least word (even 32-bit lanes) below thr, unsigned: thr > m iff max(m, thr) != m */
-        __m256i ne = _mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_max_epu32(m, _mm256_set1_epi32((int)thr)), m),
-                                      _mm256_set1_epi32(-1));
-        if (!(_mm256_movemask_ps(_mm256_castsi256_ps(ne)) & 0x55)) return;
+        /* the least word below thr, unsigned: thr > m iff max(m, thr) != m (lanes past n may only
+         * make a false alarm) */
+        if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(m, th), m)) == -1) return;
     }
-    /* words and thr below 2^32 after the mask: a signed 64-bit compare is the unsigned one */
-    const __m256i wm = _mm256_set1_epi64x(wmask), th = _mm256_set1_epi64x(thr);
-    for (uint32_t v = 0; v < DB_SIMD_BATCH / 4 && 4u * v < n; v++) {
-        uint32_t live = n >= 4u * v + 4u ? 0xFu : (1u << (n - 4u * v)) - 1u, f = 0;
+    /* x < thr unsigned, as signed with the sign bits flipped */
+    const __m256i wm = _mm256_set1_epi32((int)wmask), sb = _mm256_set1_epi32((int)0x80000000u);
+    const __m256i ths = _mm256_xor_si256(th, sb);
+    for (uint32_t v = 0; v < DB_SIMD_BATCH / 8 && 8u * v < n; v++) {
+        uint32_t live = live8(n, v), f = 0;
         for (int k = 0; k < 4; k++) {
+            __m256i x = _mm256_xor_si256(_mm256_and_si256(w[v][k], wm), sb);
             uint32_t fk = all ? live
-                              : live & (uint32_t)_mm256_movemask_pd(_mm256_castsi256_pd(
-                                            _mm256_cmpgt_epi64(th, _mm256_and_si256(w[v][k], wm))));
+                              : live & unpack8((uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(ths, x))));
             f |= spread8(fk) << k;
         }
-        fired[v / 2] |= f << (16u * (v % 2));
+        fired[v] = f;
     }
 }
 #endif

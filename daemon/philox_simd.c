@@ -1,9 +1,11 @@
 /* philox_simd.c: db_philox_fire (philox_simd.h) on AVX-512F, AVX2 or one block at a time.
  *
- * The vector paths follow db_math.h's OpenCL CPU branch: a block per 64-bit lane holding a
- * 32-bit word in its low half, so that each product is one vpmuludq with both halves in place
- * (the multiply reads the low halves; XORs and adds never carry an upper half into a lower
- * one); independent chains of vectors hide the multiplies' latency; when the first and the last
+ * The vector paths follow db_math.h's OpenCL CPU branch. AVX-512F: a block per 64-bit lane
+ * holding a 32-bit word in its low half, so that each product is one vpmuludq with both halves
+ * in place (the multiply reads the low halves; XORs and adds never carry an upper half into a
+ * lower one). AVX2, with half the registers: a block per 32-bit lane, two vpmuludq a product
+ * (even and odd lanes) and blends. Independent chains of vectors hide the multiplies' latency
+ * (no spills in the rounds: check with objdump -d); when the first and the last
  * counter of the batch share their three upper words, so do all (the blocks ascend) and round
  * 1's second product and round 2's first are made once, in scalar; and one test of the least
  * word against thr (the common batch where nothing fires) comes before the exact bits.

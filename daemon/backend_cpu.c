@@ -11,7 +11,9 @@
  *
  * A job takes a thread per 64 Ki elements, up to the online cores. DROPBLOCK_CPU_THREADS=<n>
  * runs every job on exactly n threads (the tests use it to take the threaded path on small
- * tensors). */
+ * tensors). The mask pass's Philox runs in AVX-512F or AVX2 where the CPU has them
+ * (philox_simd.h; DROPBLOCK_CPU_SIMD=avx512|avx2|scalar forces a path); the device's name says
+ * which. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,7 @@
 
 #include "backend.h"
 #include "kernel_params.h"
+#include "philox_simd.h"
 #include "reference.h"
 
 /* the passes and the baseline's kernels, as C; the baseline's take every buffer, as GLSL sees
@@ -29,9 +32,11 @@
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 #define DB_LANG_C
 #define DB_C_THREADS
+#define DB_C_SIMD /* db_fire_batch in vectors: philox_simd.c */
 #include "db_baseline.h"
 #include "db_passes.h"
 #pragma GCC diagnostic pop
+_Static_assert(DB_BATCH == DB_SIMD_BATCH, "db_math.h's C SIMD batch is philox_simd.h's");
 
 uint64_t db_now_us(void)
 {
@@ -70,7 +75,8 @@ static int cpu_enumerate(const struct db_backend_config *cfg, struct db_device *
     memset(out, 0, sizeof *out);
     snprintf(out->info.api, sizeof out->info.api, "cpu");
     snprintf(out->info.vendor, sizeof out->info.vendor, "dropblockd");
-    snprintf(out->info.name, sizeof out->info.name, "built-in CPU, %d threads", cd->threads);
+    snprintf(out->info.name, sizeof out->info.name, "built-in CPU, %d threads, %s", cd->threads,
+             db_simd_name(db_simd_path()));
     snprintf(out->info.driver, sizeof out->info.driver, "%d.%d", DROPBLOCK_VERSION_MAJOR, DROPBLOCK_VERSION_MINOR);
     out->info.kind = DROPBLOCK_DEVICE_CPU;
     out->info.max_buffer = UINT64_MAX;

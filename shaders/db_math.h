@@ -201,8 +201,9 @@ DBFN u32 db_ratio(u64 s, u64 k)
  * k of block l fires: (word & wmask) < thr, or always when all. CPU devices under OpenCL
  * (-DDB_CPU) keep the ten rounds of 48 blocks in six independent chains of 8-lane vectors, the
  * shape in which they run them on SIMD units with each multiply's latency hidden by the other
- * chains (six was the fastest on AVX-512, four and eight slower); GPUs and the C build go one
- * block at a time. */
+ * chains (six was the fastest on AVX-512, four and eight slower); the CPU backend (C with
+ * -DDB_C_SIMD) does the same in intrinsics (daemon/philox_simd.c); GPUs and the other C builds
+ * (the test of the passes) go one block at a time. */
 #define DB_NO_RUN 0xFFFFFFFFFFFFFFFFul
 #if defined(DB_LANG_CL) && defined(DB_CPU)
 #define DB_CHAINS 6
@@ -324,6 +325,30 @@ DBFN void db_queue_span(u64 *blk, u32 nb, u64 b0, u32 take)
 {
     ulong8 v = (ulong8)(b0) + (ulong8)(0, 1, 2, 3, 4, 5, 6, 7);
     for (u32 l = 0u; l < take; l += 8u, v += 8ul) vstore8(v, 0, blk + nb + l);
+}
+#elif defined(DB_LANG_C) && defined(DB_C_SIMD)
+/* the CPU backend (backend_cpu.c): the same batches in explicit SIMD, daemon/philox_simd.c
+ * (declared here, not included: the kernels' sources are embedded with their includes) */
+#define DB_BATCH 48
+void db_philox_fire(const u64 *blk, u64 run, u32 n, const u32 *base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all,
+                    u32 *fired);
+#define DB_QUEUE DB_BATCH
+typedef struct { u32 w[DB_BATCH / 8]; } db_fired_set;
+#define DB_FIRED db_fired_set
+#define db_fired_word(f, q) ((f).w[(q)])
+DBFN u32 db_fired_any(db_fired_set f)
+{
+    u32 a = 0u;
+    for (u32 q = 0u; q < U32(DB_BATCH / 8); q++) a |= f.w[q];
+    return a;
+}
+DBFN db_fired_set db_fire_batch(const u64 *blk, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u32 wmask, u32 thr,
+                                u32 all)
+{
+    const u32 b[4] = {base.x, base.y, base.z, base.w};
+    db_fired_set f;
+    db_philox_fire(blk, run, n, b, k0, k1, wmask, thr, all, f.w);
+    return f;
 }
 #else
 #if defined(DB_LANG_GLSL)

@@ -88,7 +88,15 @@ struct db_conn {
     pthread_mutex_t region_lock;
     struct region *regions;
     size_t nregions, cap_regions;
+
+    long spin_us; /* DROPBLOCK_SPIN_US at connect: how long a reader polls before it sleeps */
 };
+
+/* Default reader spin: a small job's reply comes back in tens of microseconds, and a thread that
+ * sleeps for it waits for the kernel to wake its (often idle) CPU as well (measured on a 2-vCPU
+ * VM, idle: p50 52 us round trip sleeping at once, 22 us spinning up to 50 us first). */
+#define DEFAULT_SPIN_US 50L
+#define MAX_SPIN_US 100000L
 
 /* cJSON 1.7 resets a global error pointer on every parse: receivers of different connections
  * must not parse at the same time. */
@@ -288,12 +296,26 @@ static int handle_reply(struct db_conn *c, const char *data, size_t len, char *w
     return 0;
 }
 
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 /* One read from the socket (waiting for it) into rbuf, and every whole frame in it handled. The
  * caller is the reader (c->reader, without the lock). 0, or -1 when the connection cannot go on
  * (why says why; the caller breaks it). */
 static int read_some(struct db_conn *c, int fd, char *why, size_t why_len)
 {
     ssize_t n;
+    if (c->spin_us > 0) { /* a short busy wait first: see DEFAULT_SPIN_US */
+        int64_t t0 = now_us();
+        do {
+            n = recv(fd, c->rbuf + c->rlen, RBUF_CAP - c->rlen, MSG_DONTWAIT);
+            if (n >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) goto got;
+        } while (now_us() - t0 < c->spin_us);
+    }
     for (;;) {
         /* wait in poll, not in recv: a thread asleep in recv is woken (for nothing) each time
          * the daemon reads a request and frees room in our send queue, poll only by replies
@@ -304,6 +326,7 @@ static int read_some(struct db_conn *c, int fd, char *why, size_t why_len)
         n = recv(fd, c->rbuf + c->rlen, RBUF_CAP - c->rlen, MSG_DONTWAIT);
         if (n >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) break;
     }
+got:
     if (n < 0) { db_msg(why, why_len, "%s", strerror(errno)); return -1; }
     if (n == 0) { db_msg(why, why_len, "the daemon closed the connection (it stopped or was killed)"); return -1; }
     c->rlen += (size_t)n;
@@ -862,6 +885,10 @@ int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, siz
     c->fd = -1;
     c->gen = 1;
     snprintf(c->path, sizeof c->path, "%s", path);
+    const char *spin = getenv("DROPBLOCK_SPIN_US");
+    char *end = NULL;
+    long sv = spin && *spin ? strtol(spin, &end, 10) : DEFAULT_SPIN_US;
+    c->spin_us = end && *end ? DEFAULT_SPIN_US : sv < 0 ? 0 : sv > MAX_SPIN_US ? MAX_SPIN_US : sv;
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->send_lock, NULL);
     pthread_mutex_init(&c->region_lock, NULL);

@@ -776,9 +776,13 @@ static void print_summary(const struct run_args *a, const dropblock_result *r, c
     printf("kept K %llu of S %llu (%.4f%%), %s %.9g (0x%08x)\n", (unsigned long long)r->kept,
            (unsigned long long)r->total, r->total ? 100.0 * (double)r->kept / (double)r->total : 0.0,
            p->compat == DROPBLOCK_COMPAT_KERAS_CV ? "percent (divisor)" : "scale", (double)scale, r->scale_bits);
-    printf("time mask %llu us, scale %llu us, apply %llu us, job %llu us; wall %.0f us\n",
-           (unsigned long long)r->timing_us[0], (unsigned long long)r->timing_us[1],
-           (unsigned long long)r->timing_us[2], (unsigned long long)r->timing_us[3], wall * 1e6);
+    if (r->timing_us[0] || r->timing_us[1] || r->timing_us[2])
+        printf("time mask %llu us, scale %llu us, apply %llu us, job %llu us; wall %.0f us\n",
+               (unsigned long long)r->timing_us[0], (unsigned long long)r->timing_us[1],
+               (unsigned long long)r->timing_us[2], (unsigned long long)r->timing_us[3], wall * 1e6);
+    else /* one chunk with the scales on the device: the passes run back to back, timed as one */
+        printf("time job %llu us (passes queued back to back on the device); wall %.0f us\n",
+               (unsigned long long)r->timing_us[3], wall * 1e6);
 }
 
 /* Rank of a device kind for auto, as the engine and the daemon rank them: a discrete GPU over an

@@ -320,6 +320,14 @@ DBFN uint8 db_fire_batch(const u64 *blk, u64 run, u32 n, u32x4 base, u32 k0, u32
     return vload8(0, w);
 }
 
+/* An empty queue, all of it defined: db_fire_batch reads its eight-lane vectors whole, and the
+ * lanes past n, masked out of the result, still take part in the early test (valgrind checks
+ * that no branch depends on undefined memory). */
+DBFN void db_queue_clear(u64 *blk)
+{
+    for (u32 l = 0u; l < U32(DB_QUEUE); l += 8u) vstore8((ulong8)(0ul), 0, blk + l);
+}
+
 /* blk[nb ..] = b0, b0 + 1, ... (take of them), eight lanes a store (the queue has room) */
 DBFN void db_queue_span(u64 *blk, u32 nb, u64 b0, u32 take)
 {

@@ -284,6 +284,9 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
     for (u64 c = c0; c < c1 && ci0 < ci1 && cj0 < cj1; c++) {
         u64 ebase = n * sN + c * sC, cbit = nhwc != 0u ? c : 0ul;
         u64 blk[DB_QUEUE];
+#if defined(DB_LANG_CL) && defined(DB_CPU)
+        db_queue_clear(blk);
+#endif
         u32 nb = 0u;
         u64 last = 0xFFFFFFFFFFFFFFFFul;
         /* unit stride: the run of blocks from the first candidate to the last (DB_TAKE_RUN) */
@@ -424,6 +427,7 @@ DBFN u32 db_mask_planes(DB_MASK_BUFS u64 t0, u64 t1, u64 wa, u64 wb)
     db_mark_bits(DB_BITS_ARGS g0 * HW - E0, g1 * HW - E0 - 1ul, wa, wb, 1u);
     if (span != 0ul) {
         u64 blk[DB_QUEUE];
+        db_queue_clear(blk);
         u32 nb = 0u;
         u64 last = 0xFFFFFFFFFFFFFFFFul; /* a block two planes share is queued once */
         int run = DB_TAKE_RUN(span, U64(ci1 - ci0), U64(cj1 - cj0));

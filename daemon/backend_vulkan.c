@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,6 +105,7 @@ struct vk_dev {
     uint32_t tile_rows;     /* mask rows a tile */
     uint32_t cand_budget;   /* candidates a tile, about */
     uint32_t item_cands;    /* candidates an invocation of the mask pass, about */
+    uint64_t mask_reruns;   /* mask passes rerun with the worst-case budget (mask_pass) */
     /* buffers kept between jobs, by binding (B_Y is B_X: the apply runs in place) */
     struct vk_buf bufs[B_N];
 };
@@ -792,7 +794,8 @@ static int submit(struct vk_dev *d, char *msg, size_t len)
  * counts zeroed, then the mask pass, which adds to them. */
 static void record_mask(struct vk_dev *d, const uint32_t *prm)
 {
-    vkCmdFillBuffer(d->cmd, d->bufs[B_KEPT].buf, 0, ((uint64_t)prm[DBP_NSAMP] * 8 + 63) & ~UINT64_C(63), 0);
+    /* the counts, then the total pass's K and mask.comp's two completion words */
+    vkCmdFillBuffer(d->cmd, d->bufs[B_KEPT].buf, 0, ((uint64_t)prm[DBP_NSAMP] * 8 + 16 + 63) & ~UINT64_C(63), 0);
     step(d, d->pipes[PASS_MASK], db_mask_items(prm), 0);
 }
 
@@ -829,21 +832,91 @@ static uint64_t chunk_units(const struct db_plan *pl, uint64_t max_buffer, char 
     return per;
 }
 
-static struct db_tuning job_tuning(const struct vk_dev *d, const struct db_plan *pl)
+/* lavapipe ends every loop of an invocation once its loops have run 65535 iterations in all
+ * (mask.comp): the mask pass plans for at most MASK_LOOP_BUDGET of them an invocation. A fired
+ * candidate costs about rows x (3 columns + 1) + 16 iterations when dropping its block (NHWC
+ * marks bit by bit), any candidate about MASK_CAND_COST (its word, its share of the tile's
+ * rows and counts). */
+#define MASK_LOOP_BUDGET 24000u
+#define MASK_CAND_COST 4u
+
+/* DROPBLOCK_VULKAN_MASK_FAULT (tests): on CPU devices the first try of every mask pass takes
+ * that many candidates an invocation whatever the loop limit, and a job none of whose mask
+ * passes then had to be rerun fails, so that a test proves the completion check; 0 when unset */
+static uint32_t mask_fault(void)
+{
+    const char *s = getenv("DROPBLOCK_VULKAN_MASK_FAULT");
+    char *end;
+    unsigned long v = s && *s ? strtoul(s, &end, 10) : 0;
+    return s && *s && !*end && v <= UINT32_MAX ? (uint32_t)v : 0;
+}
+
+/* The job's tuning. On CPU devices, safe: so few candidates an invocation that its loops stay
+ * within the budget even if every candidate fires; else as many as the expected fires allow
+ * (n p + 8 sqrt(n p) + 16 of them, p the firing probability T / (wmask + 1), T / 2^32 or for
+ * keras_cv T / 2^23), which is the safe tuning at high rates; mask.comp's completion check and a
+ * rerun with the safe tuning (mask_pass) cover the rare tail. */
+static struct db_tuning job_tuning(const struct vk_dev *d, const struct db_plan *pl, int safe)
 {
     /* apply.comp: one 16-byte vector an invocation */
     struct db_tuning tu = {d->tile_rows, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, d->cand_budget, d->item_cands};
-    if (d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU) {
-        /* lavapipe ends an invocation past 65535 loop iterations: a fired candidate costs about
-         * rows x (3 columns + 1) of them when dropping its block (NHWC marks bit by bit), so a
-         * job where most candidates fire (high rates) must give each invocation fewer of them */
-        uint64_t rows = (uint64_t)pl->up + pl->down + 1, cols = (uint64_t)pl->left + pl->right + 1;
-        uint64_t cost = rows * (3 * cols + 1) + 16, fit = 24000 / cost;
-        if (fit < 1) fit = 1;
-        if (fit < tu.cand_budget) tu.cand_budget = (uint32_t)fit;
-        if (fit < tu.item_cands) tu.item_cands = (uint32_t)fit;
+    if (d->props.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU) return tu;
+    const uint32_t fault = safe ? 0 : mask_fault();
+    if (fault) {
+        tu.cand_budget = tu.item_cands = fault;
+        return tu;
     }
+    uint64_t rows = (uint64_t)pl->up + pl->down + 1, cols = (uint64_t)pl->left + pl->right + 1;
+    uint64_t cost = rows * (3 * cols + 1) + 16, fit = MASK_LOOP_BUDGET / cost;
+    if (fit < 1) fit = 1;
+    if (!safe) {
+        /* the most candidates n (up to the defaults) whose expected work fits: binary search */
+        const double p = (double)pl->threshold / ((double)pl->wmask + 1); /* fires: (word & wmask) < T */
+        uint64_t lo = fit, hi = tu.item_cands > tu.cand_budget ? tu.item_cands : tu.cand_budget;
+        while (lo < hi) {
+            uint64_t n = lo + (hi - lo + 1) / 2;
+            double mu = (double)n * p, fires = mu + 8 * sqrt(mu) + 16;
+            if ((double)n * MASK_CAND_COST + fires * (double)cost <= MASK_LOOP_BUDGET) lo = n;
+            else hi = n - 1;
+        }
+        fit = lo;
+    }
+    if (fit < tu.cand_budget) tu.cand_budget = (uint32_t)fit;
+    if (fit < tu.item_cands) tu.item_cands = (uint32_t)fit;
     return tu;
+}
+
+/* Whether every invocation of the mask pass just run (parameters prm) that took tiles ran to
+ * its end (mask.comp's completion count). */
+static int mask_done(const struct vk_dev *d, const uint32_t *prm)
+{
+    const uint64_t items = db_mask_items(prm), ran = (uint64_t)groups_for(d, items) * d->local;
+    const uint32_t *k = d->bufs[B_KEPT].map;
+    return k[2 * (uint64_t)prm[DBP_NSAMP] + 2] == (ran < items ? ran : items);
+}
+
+/* Pass 1 of chunk ch, submitted alone, with tuning tu; where an invocation was cut short, again
+ * with the worst-case tuning safe (counted in *reruns and d->mask_reruns). Its parameters are
+ * left in the parameter buffer. */
+static int mask_pass(struct vk_dev *d, const struct db_plan *pl, const struct db_chunk *ch,
+                     const struct db_tuning *tu, const struct db_tuning *safe, uint64_t *reruns, char *msg,
+                     size_t len)
+{
+    uint32_t *prm = d->bufs[B_PRM].map;
+    int rc;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        const struct db_tuning *t = attempt ? safe : tu;
+        db_kernel_params(pl, ch, t, prm);
+        if ((rc = begin(d, msg, len))) return rc;
+        record_mask(d, prm);
+        if ((rc = submit(d, msg, len))) return rc;
+        if (mask_done(d, prm)) return DROPBLOCK_OK;
+        if (!memcmp(t, safe, sizeof *t)) break;
+        (*reruns)++;
+        d->mask_reruns++;
+    }
+    db_msg(msg, len, "the mask pass was cut short (an invocation did not run to its end) with the worst-case budget");
+    return DROPBLOCK_EINTERNAL;
 }
 
 /* The job from x to y: in/out in host memory, or (bench, resident) the device's x/y buffers
@@ -854,7 +927,9 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
     const uint64_t t0 = db_now_us();
     const size_t es = dropblock_dtype_size(pl->p.dtype);
     const uint64_t units = db_units(pl);
-    const struct db_tuning tu = job_tuning(d, pl);
+    const struct db_tuning tu = job_tuning(d, pl, 0), safe = job_tuning(d, pl, 1);
+    const uint32_t fault = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? mask_fault() : 0;
+    uint64_t reruns = 0;
     uint64_t per = chunk_units(pl, dev->info.max_buffer, msg, len);
     if (!per) return DROPBLOCK_EEXHAUSTED;
     const uint64_t nchunks = (units + per - 1) / per;
@@ -886,7 +961,7 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
         rc = DROPBLOCK_EEXHAUSTED;
         goto done;
     }
-    const uint64_t sizes[B_N] = {DBP_COUNT * 4, max_words * 4 + 64, 64, max_samp * 8 + 8,
+    const uint64_t sizes[B_N] = {DBP_COUNT * 4, max_words * 4 + 64, 64, max_samp * 8 + 80,
                                  ((max_elem * es + 3) & ~UINT64_C(3)) + 64, 0, (fused ? pl->N : max_samp) * 4,
                                  max_words * 4 + 64};
     for (int i = 0; i < B_N && !rc; i++)
@@ -907,15 +982,31 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
 
     if (fused) {
         db_chunk_at(pl, 0, units, &ch);
-        db_kernel_params(pl, &ch, &tu, prm);
         if (copy_in) memcpy(d->bufs[B_X].map, in, ch.nelem * es);
+        /* one submission, unless the mask pass may need a rerun (the apply may overwrite x) */
+        const int alone = memcmp(&tu, &safe, sizeof tu) != 0;
+        if (alone) {
+            if ((rc = mask_pass(d, pl, &ch, &tu, &safe, &reruns, msg, len))) goto done;
+        } else {
+            db_kernel_params(pl, &ch, &tu, prm);
+        }
         if ((rc = begin(d, msg, len))) goto done;
-        record_mask(d, prm);
-        step(d, d->pipes[PASS_TOTAL], 1, 0);
+        if (!alone) record_mask(d, prm);
+        step(d, d->pipes[PASS_TOTAL], 1, 0); /* after a barrier, for the mask pass of either submission */
         step(d, d->pipes[PASS_SCALE], ch.nsamp, 0);
         record_apply(d, pl, prm);
         if ((rc = submit(d, msg, len))) goto done;
+        if (!alone && !mask_done(d, prm)) {
+            db_msg(msg, len, "the mask pass was cut short (an invocation did not run to its end)");
+            rc = DROPBLOCK_EINTERNAL;
+            goto done;
+        }
         for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] = (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
+        if (fault && !reruns) {
+            db_msg(msg, len, "DROPBLOCK_VULKAN_MASK_FAULT=%u: no mask pass was rerun", (unsigned)fault);
+            rc = DROPBLOCK_EINTERNAL;
+            goto done;
+        }
         if ((rc = db_plan_scales(pl, kept, scales, res))) goto done;
         if (memcmp(scales, d->bufs[B_SCALES].map, pl->N * 4)) {
             db_msg(msg, len, "the device's scale 0x%08x differs from the exact 0x%08x",
@@ -939,12 +1030,7 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
     uint64_t at = 0;
     for (uint64_t q = 0; q < nchunks && !rc; q++) {
         db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        db_kernel_params(pl, &ch, &tu, prm);
-        if (!(rc = begin(d, msg, len))) {
-            record_mask(d, prm);
-            rc = submit(d, msg, len);
-        }
-        if (rc) break;
+        if ((rc = mask_pass(d, pl, &ch, &tu, &safe, &reruns, msg, len))) break;
         for (uint64_t s = 0; s < ch.nsamp; s++)
             kept[ch.n0 + s] += (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
         if (hmask) {
@@ -954,6 +1040,10 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
         }
     }
     const uint64_t t1 = db_now_us();
+    if (!rc && fault && !reruns) {
+        db_msg(msg, len, "DROPBLOCK_VULKAN_MASK_FAULT=%u: no mask pass was rerun", (unsigned)fault);
+        rc = DROPBLOCK_EINTERNAL;
+    }
     if (!rc) rc = db_plan_scales(pl, kept, scales, res);
     const uint64_t t2 = db_now_us();
 
@@ -978,6 +1068,9 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
     res->timing_us[2] = db_now_us() - t2;
 
 done:
+    if (reruns)
+        fprintf(stderr, "dropblockd: vulkan: %llu mask pass(es) of a job cut short by the loop limit, rerun with the worst-case budget (%llu so far)\n",
+                (unsigned long long)reruns, (unsigned long long)d->mask_reruns);
     if (xi.buf) buf_free(d, &xi);
     if (yi.buf) buf_free(d, &yi);
     free(hmask);
@@ -1009,7 +1102,7 @@ static void bench_step(struct vk_dev *d, int s, uint32_t n, uint32_t a, uint32_t
 
 /* One measure of vk_bench on the resident x (bufs[B_X]) and y (bufs[B_Y]). */
 static int bench_one(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, int what, const uint32_t *blp,
-                     const uint32_t *prm, uint64_t nwords, char *msg, size_t len)
+                     const uint32_t *prm, const uint32_t *prm_safe, uint64_t nwords, char *msg, size_t len)
 {
     if (what == DB_BENCH_OP || what == DB_BENCH_BACKWARD) {
         dropblock_result res;
@@ -1029,6 +1122,16 @@ static int bench_one(struct vk_dev *d, struct db_device *dev, const struct db_pl
         if (4 * (uint64_t)nvec < nwords) bench_step(d, BS_COPY_TAIL, (uint32_t)(nwords - 4 * nvec), 4 * nvec, 0, 0, 0);
     } else if (what == DB_BENCH_MASK) {
         record_mask(d, prm);
+        /* an invocation cut short: the measure includes the rerun with the worst-case budget */
+        if ((rc = submit(d, msg, len)) || mask_done(d, prm)) return rc;
+        d->mask_reruns++;
+        memcpy(d->bufs[B_PRM].map, prm_safe, DBP_COUNT * 4);
+        if ((rc = begin(d, msg, len))) return rc;
+        record_mask(d, prm_safe);
+        if ((rc = submit(d, msg, len))) return rc;
+        if (mask_done(d, prm_safe)) return DROPBLOCK_OK;
+        db_msg(msg, len, "the mask pass was cut short (an invocation did not run to its end) with the worst-case budget");
+        return DROPBLOCK_EINTERNAL;
     } else {
         const uint32_t planes = blp[BLP_PLANES], n = blp[BLP_NUMEL], nnoise = planes * blp[BLP_HN] * blp[BLP_WN];
         const uint32_t npad = planes * (blp[BLP_HN] + blp[BLP_BS] - 1) * (blp[BLP_WN] + blp[BLP_BS] - 1);
@@ -1065,16 +1168,18 @@ static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void 
                (unsigned long long)dev->info.max_buffer);
         return DROPBLOCK_EINVAL;
     }
-    uint32_t blp[BLP_COUNT] = {0}, prm[DBP_COUNT];
+    uint32_t blp[BLP_COUNT] = {0}, prm[DBP_COUNT], prm_safe[DBP_COUNT];
     uint64_t npad = 0, nparts = 0;
     if ((whats & (1u << DB_BENCH_BASELINE)) && db_baseline_params(pl, blp, &npad, &nparts, msg, len)) {
         whats &= ~(1u << DB_BENCH_BASELINE);
         for (int i = 0; i < reps; i++) us[DB_BENCH_BASELINE * reps + i] = -1;
     }
-    const struct db_tuning tu = job_tuning(d, pl);
+    const struct db_tuning tu = job_tuning(d, pl, 0), safe = job_tuning(d, pl, 1);
+    const uint64_t reruns0 = d->mask_reruns;
     struct db_chunk ch;
     db_chunk_at(pl, 0, db_units(pl), &ch);
     db_kernel_params(pl, &ch, &tu, prm);
+    db_kernel_params(pl, &ch, &safe, prm_safe);
     /* x and y resident in the device's x and y buffers (y owns its memory for the bench only);
      * the baseline's buffers on the pass bindings: noise on mask, padded on aux, pooled on kept,
      * part on scales */
@@ -1087,7 +1192,7 @@ static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void 
     memcpy(d->bufs[B_X].map, xh, bytes);
     const uint64_t sizes[B_N] = {DBP_COUNT * 4 > BLP_COUNT * 4 ? DBP_COUNT * 4 : BLP_COUNT * 4,
                                  base && pl->numel > words ? pl->numel * 4 : words * 4, base ? npad * 4 : 64,
-                                 base && pl->numel > ch.nsamp * 2 + 2 ? pl->numel * 4 : ch.nsamp * 8 + 64, 0, 0,
+                                 base && pl->numel > ch.nsamp * 2 + 20 ? pl->numel * 4 : ch.nsamp * 8 + 80, 0, 0,
                                  base && nparts > pl->N ? nparts * 4 : pl->N * 4 + 64, words * 4};
     for (int i = 0; i < B_N && !rc; i++)
         if (i != B_X && i != B_Y) rc = buf_ensure(d, i, sizes[i], msg, len);
@@ -1106,10 +1211,13 @@ static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void 
                 memcpy(d->bufs[B_X].map, xh, bytes);
                 memcpy(yh, d->bufs[B_X].map, bytes);
             } else
-                rc = bench_one(d, dev, pl, w, blp, prm, nwords, msg, len);
+                rc = bench_one(d, dev, pl, w, blp, prm, prm_safe, nwords, msg, len);
             if (rep >= 0) us[w * reps + rep] = db_now_us_f() - t0;
         }
     free(yh);
+    if (d->mask_reruns != reruns0)
+        fprintf(stderr, "dropblockd: vulkan: %llu benchmark mask pass(es) cut short by the loop limit, rerun with the worst-case budget\n",
+                (unsigned long long)(d->mask_reruns - reruns0));
     vkQueueWaitIdle(d->queue);
     buf_free(d, &y);
     memset(&d->bufs[B_Y], 0, sizeof d->bufs[B_Y]);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "fp.h"
+#include "fpenv.h"
 
 typedef unsigned __int128 u128;
 
@@ -52,7 +53,7 @@ static void set_u128(uint32_t w[4], u128 v)
 
 static uint32_t clip32(uint64_t v, uint64_t lim) { return (uint32_t)(v < lim ? v : lim); }
 
-int db_plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, size_t len)
+static int plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, size_t len)
 {
     memset(pl, 0, sizeof *pl);
     pl->p = *p;
@@ -121,7 +122,7 @@ int db_plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, size_
     return DROPBLOCK_OK;
 }
 
-int db_plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t *scale_bits, dropblock_result *res)
+static int plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t *scale_bits, dropblock_result *res)
 {
     const dropblock_params *p = &pl->p;
     uint64_t K = 0;
@@ -192,4 +193,22 @@ void db_identity(const struct db_plan *pl, const void *in, void *out, void *mask
     }
     res->kept = res->total = pl->numel;
     res->scale_bits = 0x3F800000u;
+}
+
+int db_plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, size_t len)
+{
+    db_fpenv fe;
+    db_fpenv_enter(&fe);
+    int rc = plan_init(pl, p, msg, len);
+    db_fpenv_leave(&fe);
+    return rc;
+}
+
+int db_plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t *scale_bits, dropblock_result *res)
+{
+    db_fpenv fe;
+    db_fpenv_enter(&fe);
+    int rc = plan_scales(pl, kept, scale_bits, res);
+    db_fpenv_leave(&fe);
+    return rc;
 }

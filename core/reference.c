@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "fp.h"
+#include "fpenv.h"
 #include "philox.h"
 #include "plan.h"
 
@@ -132,8 +133,8 @@ static void store_y(void *buf, dropblock_dtype t, uint64_t i, uint32_t b)
     memcpy((char *)buf + 2 * i, &h, 2);
 }
 
-int db_reference_run(const dropblock_params *p, const void *in, void *out, void *mask, uint32_t *scales,
-                     dropblock_result *res)
+static int reference_run(const dropblock_params *p, const void *in, void *out, void *mask, uint32_t *scales,
+                         dropblock_result *res)
 {
     struct db_plan pl;
     int rc = dropblock_params_validate(p, res->message, sizeof res->message);
@@ -176,6 +177,16 @@ int db_reference_run(const dropblock_params *p, const void *in, void *out, void 
         if (scales) memcpy(scales, scale, pl.N * sizeof *scale);
     }
     free(keep); free(kept_n); free(scale); free(sat);
+    return rc;
+}
+
+int db_reference_run(const dropblock_params *p, const void *in, void *out, void *mask, uint32_t *scales,
+                     dropblock_result *res)
+{
+    db_fpenv fe;
+    db_fpenv_enter(&fe);
+    int rc = reference_run(p, in, out, mask, scales, res);
+    db_fpenv_leave(&fe);
     return rc;
 }
 

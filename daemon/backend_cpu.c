@@ -6,14 +6,15 @@
  * A job goes in chunks of at most 1 GiB (the passes index a chunk with 32-bit counts): per
  * chunk the mask pass over its tiles (whole planes: each candidate's Philox word made once),
  * then the exact scales on the host, then the apply pass over 32-element groups, each thread
- * taking a contiguous share. Subnormal inputs take the exact integer path (db_vbad with hwexact
- * 0): the caller's process may run with flush-to-zero or denormals-are-zero set.
+ * taking a contiguous share: in AVX-512F or AVX2 vectors (apply_simd.h), or else as C over
+ * db_vapply with subnormal inputs on the exact integer path (db_vbad with hwexact 0). Every
+ * worker runs in the default floating-point environment (fpenv.h), whatever its caller set.
  *
  * A job takes a thread per 64 Ki elements, up to the online cores. DROPBLOCK_CPU_THREADS=<n>
  * runs every job on exactly n threads (the tests use it to take the threaded path on small
  * tensors). The mask pass's Philox runs in AVX-512F or AVX2 where the CPU has them
- * (philox_simd.h; DROPBLOCK_CPU_SIMD=avx512|avx2|scalar forces a path); the device's name says
- * which. */
+ * (philox_simd.h; DROPBLOCK_CPU_SIMD=avx512|avx2|scalar forces a path, for the apply pass too);
+ * the device's name says which. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "apply_simd.h"
 #include "backend.h"
+#include "fpenv.h"
 #include "kernel_params.h"
 #include "philox_simd.h"
 #include "reference.h"
@@ -154,6 +157,23 @@ static inline uint32_t apply_group(const char *in, char *out, uint64_t k, uint32
     return bad;
 }
 
+/* the fast groups [k, k1) in vectors where the CPU has them: 1 if it ran them */
+static int apply_fast(const struct cpu_work *w, uint64_t k, uint64_t k1)
+{
+#if defined(DB_APPLY_SIMD) && defined(__x86_64__)
+    const uint32_t *prm = w->prm;
+    const struct db_apply_args a = {w->in, w->out, w->mask, w->scales, prm[DBP_DTYPE],
+                                    prm[DBP_NORM] == DROPBLOCK_NORMALIZE_SAMPLE, DB_PRM64(DBP_E0),
+                                    DB_PRM64(DBP_CHW), DB_PRM64(DBP_N0)};
+    enum db_simd_path p = db_simd_path();
+    if (p == DB_SIMD_AVX512) { db_apply_fast_avx512(&a, k, k1); return 1; }
+    if (p == DB_SIMD_AVX2) { db_apply_fast_avx2(&a, k, k1); return 1; }
+#else
+    (void)w; (void)k; (void)k1;
+#endif
+    return 0;
+}
+
 /* the apply pass on elements [k0, k1) of the chunk, k0 a multiple of CPU_EPW */
 static void apply_range(const struct cpu_work *w, uint64_t k0, uint64_t k1)
 {
@@ -164,6 +184,7 @@ static void apply_range(const struct cpu_work *w, uint64_t k0, uint64_t k1)
     const uint64_t chw = DB_PRM64(DBP_CHW), e0 = DB_PRM64(DBP_E0), n0 = DB_PRM64(DBP_N0);
     const int per_sample = prm[DBP_NORM] == DROPBLOCK_NORMALIZE_SAMPLE;
     uint64_t k = k0;
+    if (k < fast && apply_fast(w, k, k1 < fast ? k1 : fast)) k = k1 < fast ? k1 : fast;
     for (; k < k1 && k < fast; k += CPU_EPW) {
         uint32_t word = w->mask[k >> 5], s = w->scales[per_sample ? (e0 + k) / chw - n0 : 0], s1 = s;
         uint64_t bnd = UINT64_MAX;
@@ -183,6 +204,9 @@ static void apply_range(const struct cpu_work *w, uint64_t k0, uint64_t k1)
 
 static void *cpu_worker(void *arg)
 {
+    /* IEEE products whatever the caller's rounding or flush-to-zero (apply_simd.h relies on it) */
+    db_fpenv fe;
+    db_fpenv_enter(&fe);
     const struct cpu_thread *ct = arg;
     const struct cpu_work *w = ct->w;
     const uint64_t T = (uint64_t)w->nthreads, t = (uint64_t)ct->t;
@@ -196,6 +220,7 @@ static void *cpu_worker(void *arg)
         if (a < b && w->phase == PH_APPLY) apply_range(w, a, b);
         if (a < b && w->phase == PH_COPY) memcpy(w->out + a, w->in + a, b - a);
     }
+    db_fpenv_leave(&fe);
     return NULL;
 }
 

@@ -39,6 +39,7 @@ static void fire_scalar(const uint64_t *blk, uint64_t run, uint32_t n, const uin
 }
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 
 /* the shared-prefix shortcut's scalar part: counters cf (first) .. cl (last) agree in their
@@ -330,7 +331,9 @@ static int supported(enum db_simd_path p)
     if (p == DB_SIMD_SCALAR) return 1;
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (p == DB_SIMD_AVX2) return __builtin_cpu_supports("avx2");
+    /* AVX2 with F16C (every such CPU has it; the apply's f16 conversions use it) */
+    unsigned a, b, c, d;
+    if (p == DB_SIMD_AVX2) return __builtin_cpu_supports("avx2") && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
     if (p == DB_SIMD_AVX512) return __builtin_cpu_supports("avx512f");
 #endif
     return 0;

@@ -10,7 +10,8 @@
  *
  * The path is chosen once a process, at its first use: DROPBLOCK_CPU_SIMD=avx512|avx2|scalar
  * forces one (the tests run each; a path the CPU lacks falls back to the next below it),
- * otherwise the best the CPU has (__builtin_cpu_supports; valgrind hides AVX-512). */
+ * otherwise the best the CPU has (__builtin_cpu_supports; valgrind hides AVX-512). The AVX2 path
+ * asks for F16C too (the CPU backend's apply, apply_simd.h, takes the same path). */
 #ifndef DB_PHILOX_SIMD_H
 #define DB_PHILOX_SIMD_H
 

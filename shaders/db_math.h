@@ -407,12 +407,12 @@ DBFN DBV_T db_vnarrow_f16(DBV_T b)
 {
     DBV_T sign = (b >> 16) & DBV(0x8000u), a = b & DBV(0x7FFFFFFFu);
     DBV_T q = (a >> 13) - DBV(112u << 10), rem = a & DBV(0x1FFFu);
-    q = q + DBV_SEL(rem > DBV(0x1000u) || (rem == DBV(0x1000u) && (q & DBV(1u)) != DBV(0u)), DBV(1u), DBV(0u));
+    q = q + DBV_SEL(DBV_OR(rem > DBV(0x1000u), DBV_AND(rem == DBV(0x1000u), (q & DBV(1u)) != DBV(0u))), DBV(1u), DBV(0u));
     /* subnormal results: shift 126 - e is 14..24 there; clamped so other lanes shift safely */
     DBV_T sh = DBV(126u) - DBV_MIN(DBV_MAX(a >> 23, DBV(102u)), DBV(112u));
     DBV_T mm = (a & DBV(0x7FFFFFu)) | DBV(0x800000u);
     DBV_T sq = mm >> sh, srem = mm & ((DBV(1u) << sh) - DBV(1u)), halfway = DBV(1u) << (sh - DBV(1u));
-    sq = sq + DBV_SEL(srem > halfway || (srem == halfway && (sq & DBV(1u)) != DBV(0u)), DBV(1u), DBV(0u));
+    sq = sq + DBV_SEL(DBV_OR(srem > halfway, DBV_AND(srem == halfway, (sq & DBV(1u)) != DBV(0u))), DBV(1u), DBV(0u));
     DBV_T r = DBV_SEL(a < DBV(0x33000000u), DBV(0u), DBV_SEL(a < DBV(0x38800000u), sq, q));
     r = DBV_SEL(a >= DBV(0x477FF000u), DBV(0x7C00u), r);
     r = DBV_SEL(a > DBV(0x7F800000u), DBV(0x7E00u), r);
@@ -441,7 +441,7 @@ DBFN DBV_T db_vapply(DBV_T x, DBV_T s, DBV_T keep, u32 dtype)
     /* kept: x * s; an infinite x stays infinite unless s is 0 */
     DBV_T yk = DBV_SEL(av == DBV(0x7F800000u), DBV_SEL(s == DBV(0u), DBV(DB_DEFAULT_NAN), v), r);
     /* dropped: (x * s) * 0, the signed zero of a finite product, NaN for an infinite one */
-    DBV_T yd = DBV_SEL(av == DBV(0x7F800000u) || (r & DBV(0x7FFFFFFFu)) == DBV(0x7F800000u), DBV(DB_DEFAULT_NAN),
+    DBV_T yd = DBV_SEL(DBV_OR(av == DBV(0x7F800000u), (r & DBV(0x7FFFFFFFu)) == DBV(0x7F800000u)), DBV(DB_DEFAULT_NAN),
                        r & DBV(0x80000000u));
     DBV_T y = DBV_SEL(av > DBV(0x7F800000u), qnan, DBV_SEL(keep != DBV(0u), yk, yd));
     if (dtype == DB_DTYPE_F16) y = db_vnarrow_f16(y);
@@ -456,7 +456,7 @@ DBFN DBV_T db_vbad(DBV_T x, u32 dtype, u32 hwexact)
     if (hwexact != 0u || dtype == DB_DTYPE_F16) return DBV(0u);
     DBV_T a = x & DBV(0x7FFFFFFFu);
     if (dtype == DB_DTYPE_BF16) a = (x << 16) & DBV(0x7FFFFFFFu);
-    return DBV_SEL(a != DBV(0u) && a < DBV(0x00800000u), DBV(1u), DBV(0u));
+    return DBV_SEL(DBV_AND(a != DBV(0u), a < DBV(0x00800000u)), DBV(1u), DBV(0u));
 }
 
 #endif

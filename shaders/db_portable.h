@@ -36,6 +36,8 @@
 #define DBV_AS_U(x) floatBitsToUint(x)
 #define DBV_TO_F(x) float(x)
 #define DBV_SEL(c, a, b) ((c) ? (a) : (b))
+#define DBV_OR(a, b) ((a) || (b))
+#define DBV_AND(a, b) ((a) && (b))
 #define DBV_MIN(a, b) min(a, b)
 #define DBV_MAX(a, b) max(a, b)
 #define DBV_FLOAT float
@@ -79,6 +81,8 @@
 #define DBV_TO_F(x) DB_CAT(convert_float, DB_VW)(x)
 /* comparisons of vectors give -1/0 lanes, which select takes */
 #define DBV_SEL(c, a, b) select((b), (a), (c))
+#define DBV_OR(a, b) ((a) || (b))
+#define DBV_AND(a, b) ((a) && (b))
 #define DBV_MIN(a, b) min(a, b)
 #define DBV_MAX(a, b) max(a, b)
 /* vectors of tensor words: CPU devices (-DDB_VLOAD) may see tensors in the caller's memory
@@ -109,7 +113,11 @@ static inline uint32_t db_as_u32(float f) { uint32_t b; memcpy(&b, &f, 4); retur
 typedef struct { uint32_t x, y, z, w; } db_u32x4;
 #define u32x4 db_u32x4
 #define MAKE_U32X4(a, b, c, d) ((db_u32x4){(a), (b), (c), (d)})
+#ifdef DB_C_VLANES
+#define DBFN static inline __attribute__((always_inline))
+#else
 #define DBFN static inline
+#endif
 #define PRECISE volatile
 /* with FLT_EVAL_METHOD 0 (x86-64 SSE, AArch64) and -ffp-contract=off a product is IEEE */
 #define VPRECISE
@@ -127,15 +135,34 @@ typedef struct { uint32_t x, y, z, w; } db_u32x4;
 static inline uint32_t db_c_add(uint32_t *p, uint32_t v) { uint32_t old = *p; *p = old + v; return old; }
 #endif
 #define MSB32(x) (31u - U32(__builtin_clz(x)))
+#ifdef DB_C_VLANES
+/* the CPU backend's apply (daemon/apply_simd.c): DB_C_VLANES 32-bit lanes in GCC/Clang generic
+ * vectors, which the file's -mavx2 or -mavx512f build maps onto registers; comparisons give
+ * -1/0 lanes as in OpenCL */
+typedef uint32_t db_vu32 __attribute__((vector_size(4 * DB_C_VLANES)));
+typedef float db_vf32 __attribute__((vector_size(4 * DB_C_VLANES)));
+#define DBV_T db_vu32
+#define DBV(x) ((db_vu32){0} + (uint32_t)(x))
+#define DBV_AS_F(x) ((db_vf32)(x))
+#define DBV_AS_U(x) ((db_vu32)(x))
+#define DBV_TO_F(x) __builtin_convertvector((x), db_vf32)
+#define DBV_SEL(c, a, b) ((((db_vu32)(c)) & (a)) | (~((db_vu32)(c)) & (b)))
+#define DBV_OR(a, b) ((a) | (b))
+#define DBV_AND(a, b) ((a) & (b))
+#define DBV_FLOAT db_vf32
+#else
 #define DBV_T uint32_t
 #define DBV(x) ((uint32_t)(x))
 #define DBV_AS_F(x) db_as_f32(x)
 #define DBV_AS_U(x) db_as_u32(x)
 #define DBV_TO_F(x) ((float)(x))
 #define DBV_SEL(c, a, b) ((c) ? (a) : (b))
-#define DBV_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define DBV_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define DBV_OR(a, b) ((a) || (b))
+#define DBV_AND(a, b) ((a) && (b))
 #define DBV_FLOAT float
+#endif
+#define DBV_MIN(a, b) DBV_SEL((a) < (b), (a), (b))
+#define DBV_MAX(a, b) DBV_SEL((a) > (b), (a), (b))
 #else
 #error "define DB_LANG_C, DB_LANG_CL or DB_LANG_GLSL"
 #endif

@@ -10,16 +10,23 @@
  * of one chunk is one submission (mask, total, scale, apply, barriers between) with no host
  * round trip; a larger one runs pass 1 chunk by chunk, the scales on the host, then pass 3.
  *
- * Memory is HOST_VISIBLE | HOST_COHERENT, mapped, kept by the device between jobs and grown
- * when a job needs more: correct on every device (on discrete GPUs the passes then read system
- * memory; staging is a later speed issue). A one-chunk job whose tensors are aligned to
- * minImportedHostPointerAlignment uses them in place through VK_EXT_external_memory_host
- * instead of copying them. With several chunks the mask bits wait on the host between pass 1
- * and pass 3 (they are 1/32 of f32 data).
+ * Buffers are kept by the device between jobs and grown when a job needs more. Where the device
+ * has memory the host cannot map (a discrete GPU: "staged"), every buffer but the parameters is
+ * DEVICE_LOCAL, so that the passes run at the device's memory speed, and the ones the host reads
+ * or writes (x, the mask, the counts, the scales) have a mapped HOST_VISIBLE twin that the
+ * submission copies from before the passes and to after them. The copy of x onto the device is
+ * recorded after the mask pass with no barrier between them (the mask pass does not read x),
+ * so the device may overlap the two. Elsewhere (integrated GPUs, CPUs) buffers are HOST_VISIBLE |
+ * HOST_COHERENT and mapped, and the passes use them directly. A one-chunk job whose tensors are
+ * aligned to minImportedHostPointerAlignment uses them through VK_EXT_external_memory_host
+ * instead of copying them on the host: the passes read and write them in place, or on a staged
+ * device the copies onto and off the device take them as source and destination. With several
+ * chunks the mask bits wait on the host between pass 1 and pass 3 (they are 1/32 of f32 data).
  *
  * Test/debug knobs: DROPBLOCK_VULKAN_MAX_BUFFER=<bytes> caps every device's max_buffer (at
  * least 256), so that small tensors take the chunked path; the tests run the matrix with 4096.
- * DROPBLOCK_VULKAN_COPY=1 never imports host memory. */
+ * DROPBLOCK_VULKAN_COPY=1 never imports host memory. DROPBLOCK_VULKAN_STAGE=1 stages every device
+ * (the tests check the staged path on lavapipe), =0 none. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -72,8 +79,10 @@ struct vk_inst {
 struct vk_buf {
     VkBuffer buf;
     VkDeviceMemory mem;
-    void *map;
+    void *map; /* the mapped memory: buf's, or on a staged device its twin's (NULL: none) */
     VkDeviceSize size;
+    VkBuffer twin; /* staged devices: the host-visible copy of a DEVICE_LOCAL buffer the host uses */
+    VkDeviceMemory twin_mem;
 };
 
 struct vk_dev {
@@ -86,6 +95,7 @@ struct vk_dev {
     uint32_t subgroup;      /* VkPhysicalDeviceSubgroupProperties::subgroupSize, 0 if unknown */
     int has_import;         /* VK_EXT_external_memory_host */
     uint64_t import_align;  /* minImportedHostPointerAlignment */
+    int staged;             /* buffers DEVICE_LOCAL, copied to and from host-visible twins */
 
     VkDevice dev;
     VkQueue queue;
@@ -514,6 +524,13 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
         d->get_host_ptr_props =
             (PFN_vkGetMemoryHostPointerPropertiesEXT)vkGetDeviceProcAddr(d->dev, "vkGetMemoryHostPointerPropertiesEXT");
     if (!d->get_host_ptr_props) d->has_import = 0;
+    /* staged where the device has memory the host cannot map (discrete GPUs) */
+    const char *stage = getenv("DROPBLOCK_VULKAN_STAGE");
+    for (uint32_t i = 0; i < d->mem.memoryTypeCount; i++) {
+        VkMemoryPropertyFlags f = d->mem.memoryTypes[i].propertyFlags;
+        if ((f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) && !(f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT)) d->staged = 1;
+    }
+    if (stage && (!strcmp(stage, "0") || !strcmp(stage, "1"))) d->staged = stage[0] == '1';
 
     VkDescriptorSetLayoutBinding b[B_N];
     for (int i = 0; i < B_N; i++)
@@ -578,9 +595,11 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
 
 static void buf_free(const struct vk_dev *d, struct vk_buf *b)
 {
-    if (b->map) vkUnmapMemory(d->dev, b->mem);
+    if (b->map) vkUnmapMemory(d->dev, b->twin ? b->twin_mem : b->mem);
     vkDestroyBuffer(d->dev, b->buf, NULL);
     vkFreeMemory(d->dev, b->mem, NULL);
+    vkDestroyBuffer(d->dev, b->twin, NULL);
+    vkFreeMemory(d->dev, b->twin_mem, NULL);
     memset(b, 0, sizeof *b);
 }
 
@@ -624,49 +643,77 @@ static int64_t host_memory_type(const struct vk_dev *d, uint32_t bits)
     return best;
 }
 
-/* A mapped storage buffer of at least size bytes (rounded up to 64). */
-static int buf_make(const struct vk_dev *d, struct vk_buf *b, uint64_t size, const char *what, char *msg, size_t len)
+/* a DEVICE_LOCAL type among bits, one the host cannot map if there is one; else any */
+static int64_t device_memory_type(const struct vk_dev *d, uint32_t bits)
+{
+    int64_t best = -1;
+    for (uint32_t i = 0; i < d->mem.memoryTypeCount; i++) {
+        VkMemoryPropertyFlags f = d->mem.memoryTypes[i].propertyFlags;
+        if (!(bits & (1u << i))) continue;
+        int rank = (f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) ? ((f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) ? 1 : 2) : 0;
+        VkMemoryPropertyFlags g = best < 0 ? 0 : d->mem.memoryTypes[best].propertyFlags;
+        int best_rank = best < 0 ? -1
+                                 : (g & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) ? ((g & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) ? 1 : 2)
+                                                                            : 0;
+        if (rank > best_rank) best = i;
+    }
+    return best;
+}
+
+/* A buffer of size bytes with its memory, host-visible (mapped into *map) or DEVICE_LOCAL. */
+static int buf_alloc(const struct vk_dev *d, VkBuffer *buf, VkDeviceMemory *mem, void **map, uint64_t size, int local,
+                     const char *what, char *msg, size_t len)
 {
     char call[128];
     VkResult r;
-    memset(b, 0, sizeof *b);
-    b->size = size < 64 ? 64 : (size + 63) & ~UINT64_C(63);
-    VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = b->size,
-                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+    VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = size,
+                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                                       VK_BUFFER_USAGE_TRANSFER_DST_BIT,
                               .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
-    if ((r = vkCreateBuffer(d->dev, &bci, NULL, &b->buf))) {
-        b->buf = VK_NULL_HANDLE;
-        snprintf(call, sizeof call, "vkCreateBuffer(%s, %llu bytes)", what, (unsigned long long)b->size);
+    if ((r = vkCreateBuffer(d->dev, &bci, NULL, buf))) {
+        *buf = VK_NULL_HANDLE;
+        snprintf(call, sizeof call, "vkCreateBuffer(%s, %llu bytes)", what, (unsigned long long)size);
         return vk_fail(msg, len, r, call);
     }
     VkMemoryRequirements req;
-    vkGetBufferMemoryRequirements(d->dev, b->buf, &req);
-    int64_t type = host_memory_type(d, req.memoryTypeBits);
+    vkGetBufferMemoryRequirements(d->dev, *buf, &req);
+    int64_t type = local ? device_memory_type(d, req.memoryTypeBits) : host_memory_type(d, req.memoryTypeBits);
     if (type < 0) {
-        db_msg(msg, len, "%s: no host-visible coherent memory type for a storage buffer", what);
-        buf_free(d, b);
+        db_msg(msg, len, "%s: no %s memory type for a storage buffer", what, local ? "device" : "host-visible coherent");
         return DROPBLOCK_EUNAVAILABLE;
     }
     VkMemoryAllocateInfo mai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size,
                                 .memoryTypeIndex = (uint32_t)type};
-    if ((r = vkAllocateMemory(d->dev, &mai, NULL, &b->mem))) {
-        b->mem = VK_NULL_HANDLE;
-        snprintf(call, sizeof call, "vkAllocateMemory(%s, %llu bytes)", what, (unsigned long long)req.size);
-        buf_free(d, b);
+    if ((r = vkAllocateMemory(d->dev, &mai, NULL, mem))) {
+        *mem = VK_NULL_HANDLE;
+        snprintf(call, sizeof call, "vkAllocateMemory(%s%s, %llu bytes)", what, local ? ", device-local" : "",
+                 (unsigned long long)req.size);
         return vk_fail(msg, len, r, call);
     }
-    if ((r = vkBindBufferMemory(d->dev, b->buf, b->mem, 0))) {
+    if ((r = vkBindBufferMemory(d->dev, *buf, *mem, 0))) {
         snprintf(call, sizeof call, "vkBindBufferMemory(%s)", what);
-        buf_free(d, b);
         return vk_fail(msg, len, r, call);
     }
-    if ((r = vkMapMemory(d->dev, b->mem, 0, VK_WHOLE_SIZE, 0, &b->map))) {
-        b->map = NULL;
+    if (!local && (r = vkMapMemory(d->dev, *mem, 0, VK_WHOLE_SIZE, 0, map))) {
+        *map = NULL;
         snprintf(call, sizeof call, "vkMapMemory(%s, %llu bytes)", what, (unsigned long long)req.size);
-        buf_free(d, b);
         return vk_fail(msg, len, r, call);
     }
     return DROPBLOCK_OK;
+}
+
+/* A storage buffer of at least size bytes (rounded up to 64): mapped, or where local DEVICE_LOCAL
+ * with (twin) a mapped host-visible twin of the same size. */
+static int buf_make(const struct vk_dev *d, struct vk_buf *b, uint64_t size, const char *what, int local, int twin,
+                    char *msg, size_t len)
+{
+    memset(b, 0, sizeof *b);
+    b->size = size < 64 ? 64 : (size + 63) & ~UINT64_C(63);
+    void *unused = NULL;
+    int rc = buf_alloc(d, &b->buf, &b->mem, local ? &unused : &b->map, b->size, local, what, msg, len);
+    if (!rc && local && twin) rc = buf_alloc(d, &b->twin, &b->twin_mem, &b->map, b->size, 0, what, msg, len);
+    if (rc) buf_free(d, b);
+    return rc;
 }
 
 /* The device's buffer for binding i, kept from an earlier job when large enough. */
@@ -676,7 +723,11 @@ static int buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t 
     struct vk_buf *b = &d->bufs[i];
     if (b->buf && b->size >= size) return DROPBLOCK_OK;
     if (b->buf) buf_free(d, b);
-    return buf_make(d, b, size, names[i], msg, len);
+    /* staged: the parameters stay host-visible (a few words the passes read); the host reads or
+     * writes x, the mask, the counts and the scales through twins */
+    const int local = d->staged && i != B_PRM;
+    return buf_make(d, b, size, names[i], local, local && (i == B_X || i == B_MASK || i == B_KEPT || i == B_SCALES),
+                    msg, len);
 }
 
 /* A buffer over the caller's memory (VK_EXT_external_memory_host), or 0 where the pointer, the
@@ -694,7 +745,9 @@ static int buf_import(const struct vk_dev *d, struct vk_buf *b, const void *p, u
     VkExternalMemoryBufferCreateInfo ebi = {.sType = VK_STRUCTURE_TYPE_EXTERNAL_MEMORY_BUFFER_CREATE_INFO,
                                             .handleTypes = VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT};
     VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .pNext = &ebi, .size = size,
-                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT, .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                                       VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                              .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
     if (vkCreateBuffer(d->dev, &bci, NULL, &b->buf) != VK_SUCCESS) { b->buf = VK_NULL_HANDLE; return 0; }
     VkMemoryRequirements req;
     vkGetBufferMemoryRequirements(d->dev, b->buf, &req);
@@ -776,7 +829,8 @@ static void step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
 static int submit(struct vk_dev *d, char *msg, size_t len)
 {
     VkResult r;
-    barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_HOST_BIT, VK_ACCESS_HOST_READ_BIT);
+    barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT,
+            VK_ACCESS_HOST_READ_BIT);
     if ((r = vkEndCommandBuffer(d->cmd))) return vk_fail(msg, len, r, "vkEndCommandBuffer");
     /* reset first: a failed wait of an earlier job may have left the fence in any state */
     if ((r = vkResetFences(d->dev, 1, &d->fence))) return vk_fail(msg, len, r, "vkResetFences");
@@ -788,6 +842,36 @@ static int submit(struct vk_dev *d, char *msg, size_t len)
         return rc;
     }
     return DROPBLOCK_OK;
+}
+
+/* Staged devices: records the copy of bytes from src to dst. The steps' barriers (step) order
+ * a copy before the passes recorded after it; after_passes puts one after the passes before it. */
+static void copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes)
+{
+    if (!bytes) return;
+    if (after_passes)
+        barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT);
+    VkBufferCopy c = {.srcOffset = 0, .dstOffset = 0, .size = bytes};
+    vkCmdCopyBuffer(d->cmd, src, dst, 1, &c);
+}
+
+/* the host's writes to binding i's twin (its first bytes) onto the device, before the passes */
+static void to_device(struct vk_dev *d, int i, uint64_t bytes)
+{
+    if (d->bufs[i].twin) copy(d, d->bufs[i].twin, d->bufs[i].buf, bytes, 0);
+}
+
+/* binding i's first bytes into its twin for the host, after the passes */
+static void to_host(struct vk_dev *d, int i, uint64_t bytes)
+{
+    if (d->bufs[i].twin) copy(d, d->bufs[i].buf, d->bufs[i].twin, bytes, 1);
+}
+
+/* the bytes of the counts the host reads: per sample, K, the completion words (record_mask) */
+static uint64_t kept_bytes(const uint32_t *prm)
+{
+    return (uint64_t)prm[DBP_NSAMP] * 8 + 16;
 }
 
 /* Records pass 1 of the chunk whose parameters are in the params buffer: the per-sample
@@ -897,10 +981,10 @@ static int mask_done(const struct vk_dev *d, const uint32_t *prm)
 
 /* Pass 1 of chunk ch, submitted alone, with tuning tu; where an invocation was cut short, again
  * with the worst-case tuning safe (counted in *reruns and d->mask_reruns). Its parameters are
- * left in the parameter buffer. */
+ * left in the parameter buffer, its counts and its first mask_bytes of mask bits for the host. */
 static int mask_pass(struct vk_dev *d, const struct db_plan *pl, const struct db_chunk *ch,
-                     const struct db_tuning *tu, const struct db_tuning *safe, uint64_t *reruns, char *msg,
-                     size_t len)
+                     const struct db_tuning *tu, const struct db_tuning *safe, uint64_t mask_bytes, uint64_t *reruns,
+                     char *msg, size_t len)
 {
     uint32_t *prm = d->bufs[B_PRM].map;
     int rc;
@@ -909,6 +993,8 @@ static int mask_pass(struct vk_dev *d, const struct db_plan *pl, const struct db
         db_kernel_params(pl, ch, t, prm);
         if ((rc = begin(d, msg, len))) return rc;
         record_mask(d, prm);
+        to_host(d, B_KEPT, kept_bytes(prm));
+        to_host(d, B_MASK, mask_bytes);
         if ((rc = submit(d, msg, len))) return rc;
         if (mask_done(d, prm)) return DROPBLOCK_OK;
         if (!memcmp(t, safe, sizeof *t)) break;
@@ -975,10 +1061,18 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
         else if (buf_import(d, &yi, out, pl->numel * es)) { xb = xi.buf; yb = yi.buf; }
         else buf_free(d, &xi);
     }
+    const int copy_in = !resident && !xi.buf; /* x through the x buffer's mapped memory */
+    /* staged: the passes run on the device's x buffer, x copied onto it from src (the imported
+     * tensor or the twin) and y off it to dst */
+    VkBuffer src = VK_NULL_HANDLE, dst = VK_NULL_HANDLE;
+    if (d->staged && !resident) {
+        src = xb == d->bufs[B_X].buf ? d->bufs[B_X].twin : xb;
+        dst = yb == d->bufs[B_X].buf ? d->bufs[B_X].twin : yb;
+        xb = yb = d->bufs[B_X].buf;
+    }
     bind_all(d, xb, yb);
     uint32_t *prm = d->bufs[B_PRM].map;
     const uint32_t *partial = d->bufs[B_KEPT].map;
-    const int copy_in = !resident && xb == d->bufs[B_X].buf;
 
     if (fused) {
         db_chunk_at(pl, 0, units, &ch);
@@ -986,15 +1080,20 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
         /* one submission, unless the mask pass may need a rerun (the apply may overwrite x) */
         const int alone = memcmp(&tu, &safe, sizeof tu) != 0;
         if (alone) {
-            if ((rc = mask_pass(d, pl, &ch, &tu, &safe, &reruns, msg, len))) goto done;
+            if ((rc = mask_pass(d, pl, &ch, &tu, &safe, 0, &reruns, msg, len))) goto done;
         } else {
             db_kernel_params(pl, &ch, &tu, prm);
         }
         if ((rc = begin(d, msg, len))) goto done;
         if (!alone) record_mask(d, prm);
+        if (src) copy(d, src, xb, ch.nelem * es, 0); /* beside the mask pass, which does not read x */
         step(d, d->pipes[PASS_TOTAL], 1, 0); /* after a barrier, for the mask pass of either submission */
         step(d, d->pipes[PASS_SCALE], ch.nsamp, 0);
         record_apply(d, pl, prm);
+        if (dst) copy(d, xb, dst, ch.nelem * es, 1);
+        to_host(d, B_KEPT, kept_bytes(prm));
+        to_host(d, B_SCALES, ch.nsamp * 4);
+        if (mask) to_host(d, B_MASK, (ch.nelem + 31) / 32 * 4);
         if ((rc = submit(d, msg, len))) goto done;
         if (!alone && !mask_done(d, prm)) {
             db_msg(msg, len, "the mask pass was cut short (an invocation did not run to its end)");
@@ -1030,7 +1129,8 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
     uint64_t at = 0;
     for (uint64_t q = 0; q < nchunks && !rc; q++) {
         db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        if ((rc = mask_pass(d, pl, &ch, &tu, &safe, &reruns, msg, len))) break;
+        if ((rc = mask_pass(d, pl, &ch, &tu, &safe, hmask || mask ? (ch.nelem + 31) / 32 * 4 : 0, &reruns, msg, len)))
+            break;
         for (uint64_t s = 0; s < ch.nsamp; s++)
             kept[ch.n0 + s] += (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
         if (hmask) {
@@ -1055,7 +1155,11 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
         if (hmask) memcpy(d->bufs[B_MASK].map, hmask + mofs[q], (ch.nelem + 31) / 32 * 4);
         if (copy_in) memcpy(d->bufs[B_X].map, (const char *)in + ch.e0 * es, ch.nelem * es);
         if (!(rc = begin(d, msg, len))) {
+            to_device(d, B_SCALES, ch.nsamp * 4);
+            if (hmask) to_device(d, B_MASK, (ch.nelem + 31) / 32 * 4);
+            if (src) copy(d, src, xb, ch.nelem * es, 0);
             record_apply(d, pl, prm);
+            if (dst) copy(d, xb, dst, ch.nelem * es, 1);
             rc = submit(d, msg, len);
         }
         if (rc) break;
@@ -1122,12 +1226,14 @@ static int bench_one(struct vk_dev *d, struct db_device *dev, const struct db_pl
         if (4 * (uint64_t)nvec < nwords) bench_step(d, BS_COPY_TAIL, (uint32_t)(nwords - 4 * nvec), 4 * nvec, 0, 0, 0);
     } else if (what == DB_BENCH_MASK) {
         record_mask(d, prm);
+        to_host(d, B_KEPT, kept_bytes(prm));
         /* an invocation cut short: the measure includes the rerun with the worst-case budget */
         if ((rc = submit(d, msg, len)) || mask_done(d, prm)) return rc;
         d->mask_reruns++;
         memcpy(d->bufs[B_PRM].map, prm_safe, DBP_COUNT * 4);
         if ((rc = begin(d, msg, len))) return rc;
         record_mask(d, prm_safe);
+        to_host(d, B_KEPT, kept_bytes(prm_safe));
         if ((rc = submit(d, msg, len))) return rc;
         if (mask_done(d, prm_safe)) return DROPBLOCK_OK;
         db_msg(msg, len, "the mask pass was cut short (an invocation did not run to its end) with the worst-case budget");
@@ -1186,7 +1292,8 @@ static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void 
     struct vk_buf y = {0};
     const int base = (whats & (1u << DB_BENCH_BASELINE)) != 0;
     const uint64_t words = (ch.nelem + 31) / 32 + 16;
-    if ((rc = buf_ensure(d, B_X, nwords * 4 + 64, msg, len)) || (rc = buf_make(d, &y, nwords * 4 + 64, "y", msg, len)))
+    if ((rc = buf_ensure(d, B_X, nwords * 4 + 64, msg, len)) ||
+        (rc = buf_make(d, &y, nwords * 4 + 64, "y", d->staged, 0, msg, len)))
         return rc;
     d->bufs[B_Y] = y;
     memcpy(d->bufs[B_X].map, xh, bytes);
@@ -1196,6 +1303,15 @@ static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void 
                                  base && nparts > pl->N ? nparts * 4 : pl->N * 4 + 64, words * 4};
     for (int i = 0; i < B_N && !rc; i++)
         if (i != B_X && i != B_Y) rc = buf_ensure(d, i, sizes[i], msg, len);
+    /* staged: x onto the device once (and, for DB_BENCH_XFER, on and off it each time) */
+    const uint64_t up = d->staged ? bytes : 0;
+    if (!rc && up) {
+        bind_all(d, d->bufs[B_X].buf, d->bufs[B_Y].buf);
+        if (!(rc = begin(d, msg, len))) {
+            to_device(d, B_X, up);
+            rc = submit(d, msg, len);
+        }
+    }
     /* DB_BENCH_XFER: what vk_job does with host tensors it cannot import (one chunk): x copied
      * into the mapped x buffer, the result copied out of it, here into the host yh */
     void *yh = NULL;
@@ -1209,6 +1325,11 @@ static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void 
             double t0 = db_now_us_f();
             if (w == DB_BENCH_XFER) {
                 memcpy(d->bufs[B_X].map, xh, bytes);
+                if (up && !(rc = begin(d, msg, len))) {
+                    to_device(d, B_X, up);
+                    to_host(d, B_X, up);
+                    rc = submit(d, msg, len);
+                }
                 memcpy(yh, d->bufs[B_X].map, bytes);
             } else
                 rc = bench_one(d, dev, pl, w, blp, prm, prm_safe, nwords, msg, len);

@@ -205,6 +205,10 @@ DBFN u32 db_ratio(u64 s, u64 k)
  * -DDB_C_SIMD) does the same in intrinsics (daemon/philox_simd.c); GPUs and the other C builds
  * (the test of the passes) go one block at a time. */
 #define DB_NO_RUN 0xFFFFFFFFFFFFFFFFul
+/* the CPU batches of both: queues of whole planes (db_passes.h, db_mask_planes) */
+#if (defined(DB_LANG_CL) && defined(DB_CPU)) || (defined(DB_LANG_C) && defined(DB_C_SIMD))
+#define DB_CPU_BATCHES
+#endif
 #if defined(DB_LANG_CL) && defined(DB_CPU)
 #define DB_CHAINS 6
 #define DB_BATCH 48
@@ -341,6 +345,12 @@ DBFN void db_queue_span(u64 *blk, u32 nb, u64 b0, u32 take)
 void db_philox_fire(const u64 *blk, u64 run, u32 n, const u32 *base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all,
                     u32 *fired);
 #define DB_QUEUE DB_BATCH
+/* the queue helpers of the OpenCL CPU branch (db_mask_planes), in plain C */
+DBFN void db_queue_clear(u64 *blk) { (void)blk; }
+DBFN void db_queue_span(u64 *blk, u32 nb, u64 b0, u32 take)
+{
+    for (u32 l = 0u; l < take; l++) blk[nb + l] = b0 + U64(l);
+}
 typedef struct { u32 w[DB_BATCH / 8]; } db_fired_set;
 #define DB_FIRED db_fired_set
 #define db_fired_word(f, q) ((f).w[(q)])

@@ -360,7 +360,7 @@ DBFN u64 db_tile_edge(DB_PRM_BUFS u64 g, u32 end)
     return end != 0u ? b : a;
 }
 
-#if defined(DB_LANG_CL) && defined(DB_CPU)
+#ifdef DB_CPU_BATCHES
 /* ---- CPU devices: the planes of a work item in one queue ----------------------------------
  * In the CPU shape (whole planes as tiles) a plane of a 14 x 14 map with a block of 7 holds 27
  * candidate blocks, and a batch per plane would leave 21 of its 48 lanes empty. For NCHW
@@ -473,7 +473,7 @@ DBFN void db_mask_item(DB_MASK_BUFS u64 w)
     if (t1 > U64(prm[DBP_NTILES])) t1 = U64(prm[DBP_NTILES]);
     u64 wa = (db_tile_edge(DB_PRM_ARGS t0, 0u) + 31ul) >> 5, wb = db_tile_edge(DB_PRM_ARGS t1 - 1ul, 1u) >> 5;
     if (wb < wa) wb = wa; /* inside one shared word: none its own */
-#if defined(DB_LANG_CL) && defined(DB_CPU)
+#ifdef DB_CPU_BATCHES
     if (db_mask_planes(DB_MASK_ARGS t0, t1, wa, wb) != 0u) return;
 #endif
     u64 cur = 0ul, acc = 0ul;

@@ -12,13 +12,10 @@ are not checked, only that they are there and consistent. Python standard librar
 """
 import argparse
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
+
+import testlib
 
 
 def run(args, timeout=120):
@@ -73,37 +70,17 @@ def main():
     for backend in ("opencl", "cpu"):
         device_mode_has_xfer(a.bench, backend)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        sock = os.path.join(tmp, "run", "dropblockd.sock")
-        log = open(os.path.join(tmp, "dropblockd.log"), "w+")
-        proc = subprocess.Popen([a.daemon, "--socket", sock, "--cache-dir", a.cache_dir],
-                                stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            end = time.time() + 120
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    sys.exit("test_bench: dropblockd exited with %d:\n%s" % (proc.returncode, log.read()[-3000:]))
-                try:
-                    with socket.socket(socket.AF_UNIX) as s:
-                        s.connect(sock)
-                    break
-                except OSError:
-                    if time.time() > end:
-                        sys.exit("test_bench: no daemon on %s within 120 s" % sock)
-                    time.sleep(0.1)
-            for device in ("opencl:0", "cpu:0"):
-                throughput_has_xfer(a.bench, sock, device)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                rc = proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = proc.wait()
-        if rc != 0:
-            log.seek(0)
-            sys.exit("test_bench: dropblockd exited with %d after SIGTERM:\n%s" % (rc, log.read()[-3000:]))
+    try:
+        d = testlib.Daemon(a.daemon, "--cache-dir", a.cache_dir)
+    except testlib.DaemonError as e:
+        sys.exit("test_bench: %s" % e)
+    try:
+        for device in ("opencl:0", "cpu:0"):
+            throughput_has_xfer(a.bench, d.path, device)
+    finally:
+        rc = d.stop(timeout=60, remove=True)
+    if rc != 0:
+        sys.exit("test_bench: dropblockd exited with %d after SIGTERM:\n%s" % (rc, d.logtext()))
     print("test_bench: all passed")
 
 

@@ -27,12 +27,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_cli as T  # noqa: E402  (the matrix, the .npy helpers and the comparisons)
+import testlib  # noqa: E402
 
 
 class D:
     sock = None     # the daemon's socket
-    proc = None
-    log = None
+    daemon = None   # testlib.Daemon
     devices = []    # (id, api, line) in the daemon's order
 
 
@@ -57,35 +57,20 @@ def engine(dev):
 
 
 def logtext():
-    D.log.flush()
-    with open(D.log.name) as f:
-        return f.read()[-3000:]
+    return D.daemon.logtext()
 
 
 def start_daemon(exe, cache_dir, tmp):
     D.sock = os.path.join(tmp, "run", "dropblockd.sock")    # the daemon creates run/
-    D.log = open(os.path.join(tmp, "dropblockd.log"), "w+")
-    D.proc = subprocess.Popen([exe, "--socket", D.sock, "--cache-dir", cache_dir, "--log-level", "info"],
-                              stdout=subprocess.DEVNULL, stderr=D.log)
-    end = time.time() + 120
-    while time.time() < end:
-        rc, out, err = sock_cli("status")
-        if rc == 0:
-            return
-        if D.proc.poll() is not None:
-            sys.exit("test_cli_daemon: dropblockd exited with %d:\n%s" % (D.proc.returncode, logtext()))
-        time.sleep(0.1)
-    sys.exit("test_cli_daemon: `dropblock status` did not succeed within 120 s:\n" + logtext())
+    try:
+        D.daemon = testlib.Daemon(exe, "--cache-dir", cache_dir, sock=D.sock, ready=lambda d: sock_cli("status")[0] == 0)
+    except testlib.DaemonError as e:
+        sys.exit("test_cli_daemon: %s" % e)
 
 
 def stop_daemon():
-    if D.proc and D.proc.poll() is None:
-        D.proc.terminate()
-        try:
-            D.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            D.proc.kill()
-            D.proc.wait()
+    if D.daemon:
+        D.daemon.stop(remove=True)
 
 
 DEV_LINE = re.compile(r'^(\w+):(\d+) kind=(cpu|cpu-api|integrated-gpu|discrete-gpu|other) vendor="[^"]*" '
@@ -305,7 +290,7 @@ def final_checks():
     results.append(("stop", rc == 0 and "is stopping" in out and "has stopped" in out,
                     "exit %d, %r %r" % (rc, out, err)))
     try:
-        code = D.proc.wait(30)
+        code = D.daemon.proc.wait(30)
     except subprocess.TimeoutExpired:
         code = None
     results.append(("dropblockd exits 0 after stop", code == 0, "exit %r:\n%s" % (code, logtext())))

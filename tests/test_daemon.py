@@ -15,7 +15,6 @@ import fcntl
 import json
 import mmap
 import os
-import shlex
 import signal
 import socket
 import struct
@@ -25,52 +24,30 @@ import tempfile
 import time
 import traceback
 
-PASSED, FAILED = 0, 0
-WRAPPER = shlex.split(os.environ.get("DROPBLOCK_DAEMON_WRAPPER", ""))
-# slower start-up and jobs under a wrapper such as valgrind
-SLOW = 10 if WRAPPER else 1
+from testlib import SLOW, WRAPPER, Tally, daemon_cmd
+import testlib
+
+T = Tally()
+check = T.check
 
 
-def daemon_cmd(exe, *args):
-    return [*WRAPPER, exe, *args]
+class Daemon(testlib.Daemon):
+    """dropblockd on sockdir/d.sock (a new temporary directory by default), ready once it
+    answers hello."""
 
-
-def check(cond, what):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-    else:
-        FAILED += 1
-        print("FAIL", what, flush=True)
-
-
-class Daemon:
     def __init__(self, exe, extra=(), sockdir=None, env=None):
-        self.dir = sockdir or tempfile.mkdtemp(prefix="dbd-")
-        self.path = os.path.join(self.dir, "d.sock")
-        self.log = open(os.path.join(self.dir, "log"), "w+")
-        self.proc = subprocess.Popen(daemon_cmd(exe, "--socket", self.path, "--log-level", "info", *extra),
-                                     stdout=subprocess.DEVNULL, stderr=self.log,
-                                     env=None if env is None else {**os.environ, **env})
-        for _ in range(600 * SLOW):
-            if os.path.exists(self.path):
-                try:
-                    c = Client(self.path)
-                    ok = (c.call({"op": "hello"}) or {}).get("ok")
-                    c.close()
-                    if ok:
-                        return
-                except OSError:
-                    pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("dropblockd exited: " + self.logtext())
-            time.sleep(0.05)
-        raise RuntimeError("dropblockd did not start: " + self.logtext())
+        super().__init__(exe, *extra, sock=os.path.join(sockdir, "d.sock") if sockdir else None, env=env,
+                         ready=Daemon.answers, timeout=30)
 
-    def logtext(self):
-        self.log.flush()
-        with open(self.log.name) as f:
-            return f.read()[-3000:]
+    @staticmethod
+    def answers(d):
+        try:
+            c = Client(d.path)
+            ok = (c.call({"op": "hello"}) or {}).get("ok")
+            c.close()
+            return ok
+        except OSError:
+            return False
 
     def fds(self):
         return len(os.listdir("/proc/%d/fd" % self.proc.pid))
@@ -88,15 +65,6 @@ class Daemon:
             time.sleep(0.05)
         return self.fds() <= baseline
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30 * SLOW)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 class Client:
@@ -924,8 +892,8 @@ def main():
               lambda: test_faults(a.daemon, ref) if a.fault_injection == "on" else test_faults_ignored(a.daemon, ref),
               lambda: test_client_killed_mid_job(a.daemon, ref)):
         t()
-    print("test_daemon: %d passed, %d failed" % (PASSED, FAILED))
-    return 1 if FAILED else 0
+    print("test_daemon: %d passed, %d failed" % (T.passed, T.failed))
+    return 1 if T.failed else 0
 
 
 if __name__ == "__main__":

@@ -31,17 +31,10 @@ import sys
 import tempfile
 import time
 
-PASSED, FAILED = 0, 0
+import testlib
 
-
-def check(cond, what):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-    else:
-        FAILED += 1
-        print("FAIL", what, flush=True)
-    return cond
+T = testlib.Tally()
+check = T.check
 
 
 def note(msg):
@@ -622,8 +615,8 @@ def main():
             except Exception as e:  # a crash is one failure, and the other groups still run
                 import traceback
                 check(False, "%s crashed: %s\n%s" % (name, e, traceback.format_exc()))
-    print("test_deploy: %d passed, %d failed" % (PASSED, FAILED))
-    return 1 if FAILED else 0
+    print("test_deploy: %d passed, %d failed" % (T.passed, T.failed))
+    return 1 if T.failed else 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,17 +25,11 @@ import time
 import traceback
 from fractions import Fraction
 
-PASSED, FAILED, NOTES = 0, 0, []
+import testlib
 
-
-def check(cond, what):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-    else:
-        FAILED += 1
-        print("FAIL", what, flush=True)
-    return cond
+T = testlib.Tally()
+check = T.check
+NOTES = []
 
 
 def raises(fn, code, contains=""):
@@ -274,44 +267,18 @@ def check_pip_install(source_dir, env):
 
 
 # ---------------------------------------------------------------- the daemon
-class Daemon:
-    def __init__(self, exe, cache_dir):
-        self.dir = tempfile.mkdtemp(prefix="dbpy-")
-        self.path = os.path.join(self.dir, "d.sock")
-        self.log = open(os.path.join(self.dir, "log"), "w+")
-        args = [exe, "--socket", self.path, "--log-level", "info"]
-        if cache_dir:
-            args += ["--cache-dir", cache_dir]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.log)
-        import dropblock
-        end = time.time() + 120
-        while time.time() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError("dropblockd exited: " + self.logtext())
-            if os.path.exists(self.path):
-                try:
-                    dropblock.Client(self.path).close()
-                    return
-                except dropblock.Error:
-                    pass
-            time.sleep(0.05)
-        raise RuntimeError("dropblockd did not start: " + self.logtext())
+def start_daemon(exe, cache_dir):
+    """dropblockd on a temporary socket, ready once libdropblock connects to it."""
+    import dropblock
 
-    def logtext(self):
-        self.log.flush()
-        with open(self.log.name) as f:
-            return f.read()[-3000:]
+    def connects(d):
+        try:
+            dropblock.Client(d.path).close()
+            return True
+        except dropblock.Error:
+            return False
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        return self.proc.returncode
+    return testlib.Daemon(exe, *(["--cache-dir", cache_dir] if cache_dir else []), ready=connects)
 
 
 # ---------------------------------------------------------------- checks with NumPy
@@ -614,15 +581,15 @@ def main():
     except ImportError:
         for n in NOTES:
             print("NOTE", n)
-        print("%d passed, %d failed (without NumPy)" % (PASSED, FAILED))
-        if FAILED:
+        print("%d passed, %d failed (without NumPy)" % (T.passed, T.failed))
+        if T.failed:
             return 1
         print("SKIP: NumPy is not installed for %s: the array and job tests need it "
               "(scripts/install-deps.sh installs it: python3 -m pip install numpy)" % sys.executable)
         return 77
     cases = make_cases(ref)
     print("reference cases computed in %.1f s" % (time.time() - t0), flush=True)
-    d = Daemon(a.daemon, a.cache_dir)
+    d = start_daemon(a.daemon, a.cache_dir)
     try:
         with dropblock.Client(d.path) as client:
             devs = check_misc(np, client, "daemon", ref)
@@ -641,12 +608,12 @@ def main():
         check(False, "unexpected exception")
         print("daemon log:", d.logtext())
     finally:
-        rc = d.stop()
+        rc = d.stop(remove=True)
         check(rc == 0, "the daemon stopped cleanly (%r)" % rc)
     for n in NOTES:
         print("NOTE", n)
-    print("%d passed, %d failed in %.1f s" % (PASSED, FAILED, time.time() - t0))
-    return 1 if FAILED else 0
+    print("%d passed, %d failed in %.1f s" % (T.passed, T.failed, time.time() - t0))
+    return 1 if T.failed else 0
 
 
 if __name__ == "__main__":

@@ -155,9 +155,9 @@ DBFN void db_drop(DB_DROP_BUFS DB_TILE_ARGS, u32 i, u32 j)
         if (prm[DBP_LAYOUT] == 0u) {
             if (span < 32u) db_clear_short(DB_BITS_ARGS row + U64(wlo), span, wa, wb);
             else db_mark_bits(DB_BITS_ARGS row + U64(wlo), row + whi, wa, wb, 0u);
-        } else {
-            u64 C = DB_PRM64(DBP_C);
-            for (u64 w = U64(wlo); w <= whi; w++) db_mark_bits(DB_BITS_ARGS row + w * C, row + w * C, wa, wb, 0u);
+        } else { /* NHWC: one bit a column, C apart (the word's own test inline: drops are hot there) */
+            u64 C = DB_PRM64(DBP_C), bit = row + U64(wlo) * C;
+            for (u64 w = U64(wlo); w <= whi; w++, bit += C) db_mark_word(DB_BITS_ARGS bit >> 5, 1u << U32(bit & 31ul), wa, wb, 0u);
         }
     }
 }

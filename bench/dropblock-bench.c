@@ -163,9 +163,11 @@ static int device_mode(const struct opts *o)
         goto out;
     }
     db_fill_tf_uniform(p->dtype, 1, 2, n, x);
+    char paths[256];
+    db_engine_device_paths(e, (size_t)dev, paths, sizeof paths);
     if (!o->json)
-        printf("device %s: %s / %s / %s\nshape %llux%llux%llux%llu %s %s, block %llux%llu, rate %g: %llu bytes\n",
-               info->id, info->vendor, info->name, info->driver, (unsigned long long)p->shape[0],
+        printf("device %s: %s / %s / %s\npaths %s\nshape %llux%llux%llux%llu %s %s, block %llux%llu, rate %g: %llu bytes\n",
+               info->id, info->vendor, info->name, info->driver, paths, (unsigned long long)p->shape[0],
                (unsigned long long)p->shape[1], (unsigned long long)p->shape[2], (unsigned long long)p->shape[3],
                dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0],
                (unsigned long long)p->block[1], (double)p->rate, (unsigned long long)bytes);
@@ -209,9 +211,10 @@ static int device_mode(const struct opts *o)
         if (fig[F_BASELINE] > 0 && fig[F_OP] > 0) printf("baseline/op  %12.3f\n", fig[F_BASELINE] / fig[F_OP]);
         if (check >= 0) printf("check        %12s\n", check ? "bit-exact" : "MISMATCH");
     } else {
-        printf("{\"backend\": \"%s\", \"device\": \"%s\", \"name\": \"%s\", \"shape\": [%llu, %llu, %llu, %llu], "
+        printf("{\"backend\": \"%s\", \"device\": \"%s\", \"name\": \"%s\", \"paths\": \"%s\", "
+               "\"shape\": [%llu, %llu, %llu, %llu], "
                "\"layout\": \"%s\", \"dtype\": \"%s\", \"block\": [%llu, %llu], \"rate\": %g, \"reps\": %d, \"bytes\": %llu",
-               o->backend, info->id, info->name, (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
+               o->backend, info->id, info->name, paths, (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
                (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], dropblock_layout_name(p->layout),
                dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0], (unsigned long long)p->block[1],
                (double)p->rate, o->reps, (unsigned long long)bytes);

@@ -58,6 +58,10 @@ struct backend_ops {
                  double *us, char *msg, size_t len);
     /* Frees the device's state (prepared or not). */
     void (*release)(struct db_device *dev);
+    /* How the prepared device runs jobs, as space-separated key=value words (memory=zero-copy,
+     * f16=hardware, ...): the daemon logs it at start, the benchmark prints it, the tests check
+     * that the fast paths expected on PoCL, lavapipe and the CPU backend are the ones taken. */
+    void (*describe)(const struct db_device *dev, char *buf, size_t len);
 };
 
 extern const struct backend_ops db_backend_cpu;

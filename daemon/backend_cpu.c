@@ -392,4 +392,17 @@ done:
     return rc;
 }
 
-const struct backend_ops db_backend_cpu = {"cpu", cpu_enumerate, cpu_prepare, cpu_run, cpu_bench, cpu_release};
+static void cpu_describe(const struct db_device *dev, char *buf, size_t len)
+{
+    const struct cpu_dev *cd = dev->priv;
+    enum db_simd_path p = db_simd_path();
+#if defined(DB_APPLY_SIMD) && defined(__x86_64__)
+    const char *apply = p == DB_SIMD_SCALAR ? "scalar" : db_simd_name(p);
+#else
+    const char *apply = "scalar";
+#endif
+    snprintf(buf, len, "memory=host mask=%s apply=%s threads=%d", db_simd_name(p), apply, cd->threads);
+}
+
+const struct backend_ops db_backend_cpu = {"cpu", cpu_enumerate, cpu_prepare, cpu_run, cpu_bench, cpu_release,
+                                           cpu_describe};

@@ -1611,4 +1611,15 @@ done:
     return rc;
 }
 
-const struct backend_ops db_backend_opencl = {"opencl", ocl_enumerate, ocl_prepare, ocl_run, ocl_bench, ocl_release};
+static void ocl_describe(const struct db_device *dev, char *buf, size_t len)
+{
+    const struct ocl_dev *od = dev->priv;
+    /* staged: jobs over one slice go through the pinned slots overlapped, smaller ones by plain copies */
+    snprintf(buf, len, "memory=%s f16=%s subnormals=%s mask=%s vector=%ux%u work-groups=%zu/%zu/%zu",
+             od->zero_copy ? "zero-copy" : "staged", od->hwhalf ? "hardware" : "integer",
+             od->hwexact ? "hardware" : "fixup", od->cpu ? "cpu-batches" : "gpu-blocks", od->vw, od->vpw, od->wg_mask,
+             od->wg_small, od->wg_apply);
+}
+
+const struct backend_ops db_backend_opencl = {"opencl", ocl_enumerate, ocl_prepare, ocl_run, ocl_bench, ocl_release,
+                                              ocl_describe};

@@ -1345,4 +1345,12 @@ static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void 
     return rc;
 }
 
-const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate, vk_prepare, vk_run, vk_bench, vk_release};
+static void vk_describe(const struct db_device *dev, char *buf, size_t len)
+{
+    const struct vk_dev *d = dev->priv;
+    snprintf(buf, len, "memory=%s import=%s work-group=%u subgroup=%u", d->staged ? "staged" : "host-visible",
+             d->has_import ? "yes" : "no", d->local, d->subgroup);
+}
+
+const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate, vk_prepare, vk_run, vk_bench, vk_release,
+                                              vk_describe};

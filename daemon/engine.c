@@ -245,6 +245,12 @@ void db_engine_device_info(const struct db_engine *e, size_t i, dropblock_device
     out->healthy = db_engine_healthy(e, i, NULL, 0);
 }
 
+void db_engine_device_paths(const struct db_engine *e, size_t i, char *buf, size_t len)
+{
+    if (len) buf[0] = 0;
+    if (i < e->n && len) e->slots[i].dev.ops->describe(&e->slots[i].dev, buf, len);
+}
+
 /* Marks a device unhealthy for good (s->lock held, so one writer). */
 static void mark_unhealthy(struct db_engine *e, struct db_slot *s, const char *why)
 {

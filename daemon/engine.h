@@ -35,6 +35,8 @@ size_t db_engine_device_count(const struct db_engine *e);
 const dropblock_device_info *db_engine_device(const struct db_engine *e, size_t i);
 /* A copy of the device's info with healthy as of now. */
 void db_engine_device_info(const struct db_engine *e, size_t i, dropblock_device_info *out);
+/* How the device runs jobs (its backend's describe: key=value words), "" for a bad index. */
+void db_engine_device_paths(const struct db_engine *e, size_t i, char *buf, size_t len);
 
 /* Health: 1 until the device fails for good (its backend returned DROPBLOCK_EUNAVAILABLE, or an
  * injected "vanish"); then 0 for the engine's life, and why (if not NULL) gets the reason. Any

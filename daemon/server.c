@@ -1191,8 +1191,10 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < db_engine_device_count(s->engine); i++) {
         const dropblock_device_info *d = db_engine_device(s->engine, i);
-        logmsg(s, LOG_INFO, "device %s: %s %s (%s, driver %s)", d->id, d->vendor, d->name,
-               dropblock_device_kind_name(d->kind), d->driver);
+        char paths[256];
+        db_engine_device_paths(s->engine, i, paths, sizeof paths);
+        logmsg(s, LOG_INFO, "device %s: %s %s (%s, driver %s): %s", d->id, d->vendor, d->name,
+               dropblock_device_kind_name(d->kind), d->driver, paths);
     }
     if (jobs_start(&s->jobs, s->engine, s->loop, on_job_done, s, msg, sizeof msg)) {
         fprintf(stderr, "dropblockd: %s\n", msg);

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""dropblock-bench's host<->device copy figure, in device mode and through a daemon.
+"""dropblock-bench's host<->device copy figure, in device mode and through a daemon, and the
+paths each device reports taking.
 
   test_bench.py --bench build/bench/dropblock-bench --daemon build/daemon/dropblockd --cache-dir DIR
 
@@ -8,18 +9,27 @@ Device mode on PoCL and on the built-in CPU backend, a tiny shape: the --json li
 other figures. Then a daemon on a socket in a temporary directory: `--socket S --throughput` on
 opencl:0 and on cpu:0 (a tiny shape) reports, besides the end-to-end figures, the same device's copy
 bandwidth measured in-process (xfer_us, xfer_gbs) and e2e_over_xfer = gbps / xfer_gbs. Timings
-are not checked, only that they are there and consistent. Python standard library only.
+are not checked, only that they are there and consistent.
+
+The `paths` words (the backend's describe) must name the fast paths expected here, so that a
+fast path silently turned off fails a test even though the bits stay right: PoCL zero-copy with
+hardware f16 conversions and the CPU mask batches (staged under DROPBLOCK_OPENCL_COPY=1, the GPU
+kernel shape under DROPBLOCK_OPENCL_SHAPE=gpu), lavapipe host-visible with import (staged under
+DROPBLOCK_VULKAN_STAGE=1), the CPU backend's mask and apply on one SIMD path (the forced one
+where the CPU has it). Python standard library only.
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 
 import testlib
 
 
-def run(args, timeout=120):
-    p = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+def run(args, timeout=120, env=None):
+    p = subprocess.run([str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                       env=None if env is None else {**os.environ, **env})
     if p.returncode != 0:
         sys.exit("test_bench: %s exited %d:\n%s%s" % (" ".join(map(str, args)), p.returncode, p.stdout.decode(),
                                                       p.stderr.decode()))
@@ -46,6 +56,36 @@ def device_mode_has_xfer(bench, backend):
     print("ok device mode %s: xfer_us %g, xfer_gbs %g" % (backend, us, gbs))
 
 
+def paths(bench, backend, env=None):
+    j = run([bench, "--backend", backend, "--shape", "1,2,8,8", "--block", "3", "--reps", "1", "--json"], env=env)
+    words = dict(w.split("=", 1) for w in j.get("paths", "").split() if "=" in w)
+    if not words:
+        sys.exit("test_bench: %s: no paths in %s" % (backend, json.dumps(j)))
+    return words
+
+
+def expect_paths(bench, backend, want, env=None):
+    got = paths(bench, backend, env)
+    bad = {k: v for k, v in want.items() if got.get(k) not in (v if isinstance(v, tuple) else (v,))}
+    if bad:
+        sys.exit("test_bench: %s%s: paths %s, want %s" % (backend, " " + str(env) if env else "", got, want))
+    print("ok paths %s%s: %s" % (backend, " " + str(env) if env else "", " ".join("%s=%s" % kv for kv in got.items())))
+
+
+def paths_as_expected(bench):
+    expect_paths(bench, "opencl", {"memory": "zero-copy", "f16": "hardware", "mask": "cpu-batches"})
+    expect_paths(bench, "opencl", {"memory": "staged"}, {"DROPBLOCK_OPENCL_COPY": "1"})
+    expect_paths(bench, "opencl", {"mask": "gpu-blocks"}, {"DROPBLOCK_OPENCL_SHAPE": "gpu"})
+    expect_paths(bench, "vulkan", {"memory": "host-visible", "import": "yes"})
+    expect_paths(bench, "vulkan", {"memory": "staged"}, {"DROPBLOCK_VULKAN_STAGE": "1"})
+    simd = ("avx512", "avx2", "scalar")
+    best = paths(bench, "cpu")
+    if best.get("mask") not in simd or best.get("apply") != best.get("mask"):
+        sys.exit("test_bench: cpu: mask and apply on one SIMD path: %s" % best)
+    for forced in simd[simd.index(best["mask"]):]:  # the paths this CPU has
+        expect_paths(bench, "cpu", {"mask": forced, "apply": forced}, {"DROPBLOCK_CPU_SIMD": forced})
+
+
 def throughput_has_xfer(bench, sock, device):
     j = run([bench, "--socket", sock, "--throughput", "--device", device, "--shape", "2,16,16,16", "--reps", "3",
              "--json"])
@@ -69,6 +109,7 @@ def main():
 
     for backend in ("opencl", "cpu"):
         device_mode_has_xfer(a.bench, backend)
+    paths_as_expected(a.bench)
 
     try:
         d = testlib.Daemon(a.daemon, "--cache-dir", a.cache_dir)

@@ -107,7 +107,18 @@ static inline float db_as_f32(uint32_t b) { float f; memcpy(&f, &b, 4); return f
 static inline uint32_t db_as_u32(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
 #define AS_F32(x) db_as_f32(x)
 #define AS_U32(x) db_as_u32(x)
+#ifdef __POPCNT__
 #define POPCOUNT(x) U32(__builtin_popcount(x))
+#else
+/* without -mpopcnt __builtin_popcount is a call into libgcc: the mask pass counts every word */
+static inline uint32_t db_popcount32(uint32_t x)
+{
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    return (((x + (x >> 4)) & 0x0F0F0F0Fu) * 0x01010101u) >> 24;
+}
+#define POPCOUNT(x) db_popcount32(x)
+#endif
 #define TO_F32(x) ((float)(x))
 #define FMAX(a, b) ((a) > (b) ? (a) : (b))
 typedef struct { uint32_t x, y, z, w; } db_u32x4;

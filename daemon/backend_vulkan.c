@@ -26,7 +26,8 @@
  * Test/debug knobs: DROPBLOCK_VULKAN_MAX_BUFFER=<bytes> caps every device's max_buffer (at
  * least 256), so that small tensors take the chunked path; the tests run the matrix with 4096.
  * DROPBLOCK_VULKAN_COPY=1 never imports host memory. DROPBLOCK_VULKAN_STAGE=1 stages every device
- * (the tests check the staged path on lavapipe), =0 none. */
+ * (the tests check the staged path on lavapipe), =0 none. DROPBLOCK_VULKAN_FIXUP=1 takes the
+ * subnormal fixup pass even where the probe found the device exact. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -41,6 +42,7 @@
 #include <vulkan/vulkan.h>
 
 #include "backend.h"
+#include "fp.h"
 #include "kernel_params.h"
 
 #include "spv_apply.h"
@@ -57,6 +59,7 @@
 #include "spv_exact.h"
 #include "spv_fixup.h"
 #include "spv_mask.h"
+#include "spv_probe.h"
 #include "spv_scale.h"
 #include "spv_total.h"
 
@@ -96,6 +99,7 @@ struct vk_dev {
     int has_import;         /* VK_EXT_external_memory_host */
     uint64_t import_align;  /* minImportedHostPointerAlignment */
     int staged;             /* buffers DEVICE_LOCAL, copied to and from host-visible twins */
+    int hwexact;            /* probe_exact found subnormal products exact: no fixup pass */
 
     VkDevice dev;
     VkQueue queue;
@@ -484,6 +488,8 @@ static void choose_tuning(struct vk_dev *d)
     d->item_cands = cpu ? 2048 : 256;
 }
 
+static int probe_exact(struct vk_dev *d);
+
 static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg, char *msg, size_t len)
 {
     struct vk_dev *d = dev->priv;
@@ -590,6 +596,8 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
     if ((r = vkAllocateCommandBuffers(d->dev, &cai, &d->cmd))) return vk_fail(msg, len, r, "vkAllocateCommandBuffers");
     VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     if ((r = vkCreateFence(d->dev, &fci, NULL, &d->fence))) return vk_fail(msg, len, r, "vkCreateFence");
+    const char *fixup = getenv("DROPBLOCK_VULKAN_FIXUP");
+    d->hwexact = probe_exact(d) && !(fixup && !strcmp(fixup, "1"));
     return DROPBLOCK_OK;
 }
 
@@ -812,6 +820,9 @@ static int begin(struct vk_dev *d, char *msg, size_t len)
                                     .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
     if ((r = vkBeginCommandBuffer(d->cmd, &cbi))) return vk_fail(msg, len, r, "vkBeginCommandBuffer");
     vkCmdBindDescriptorSets(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->layout, 0, 1, &d->set, 0, NULL);
+    /* apply.comp's hwexact (the benchmark's steps push their own words) */
+    const uint32_t push[4] = {(uint32_t)d->hwexact, 0, 0, 0};
+    vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
     return DROPBLOCK_OK;
 }
 
@@ -887,12 +898,58 @@ static void record_mask(struct vk_dev *d, const uint32_t *prm)
 static void record_apply(struct vk_dev *d, const struct db_plan *pl, const uint32_t *prm)
 {
     uint64_t groups = prm[DBP_GROUPS], fast = groups * prm[DBP_EPW], nelem = (uint64_t)prm[DBP_NELEM];
-    int fix = groups && pl->p.dtype != DROPBLOCK_F16;
+    int fix = groups && pl->p.dtype != DROPBLOCK_F16 && !d->hwexact;
     uint64_t fwords = (fast + 31) / 32;
     if (fix) vkCmdFillBuffer(d->cmd, d->bufs[B_FIXUP].buf, 0, (fwords * 4 + 63) & ~UINT64_C(63), 0);
     if (groups) step(d, d->pipes[PASS_APPLY], groups, 0);
     if (fast < nelem) step(d, d->pipes[PASS_EXACT], pl->p.dtype == DROPBLOCK_F32 ? nelem - fast : (nelem - fast + 1) / 2, 0);
     if (fix) step(d, d->pipes[PASS_FIXUP], fwords, 0);
+}
+
+/* Whether the device's fast apply keeps subnormal f32 products exact: apply.comp's probe
+ * variant on subnormal inputs (every magnitude class, both signs) and scales 1 to 2^40, against
+ * core/fp.h (as the OpenCL backend's probe_exact). Any failure on the way: not exact. */
+static int probe_exact(struct vk_dev *d)
+{
+    enum { NP = 256 };
+    static const uint32_t sc[8] = {0x3F800000u, 0x3F8CCCCDu, 0x3FC00000u, 0x40400000u,
+                                   0x41A00001u, 0x4B7FFFFFu, 0x53800000u, 0x3F800001u};
+    static const struct spv probe = {db_spv_probe, sizeof db_spv_probe, "probe"};
+    uint32_t x[NP], s[NP];
+    for (int i = 0; i < NP; i++) {
+        uint32_t m = (UINT32_C(0x7FFFFF) >> (i % 23)) ^ (uint32_t)(i * 2654435761u >> 9);
+        x[i] = ((uint32_t)(i & 64) << 25) | (m & 0x7FFFFFu ? m & 0x7FFFFFu : 1u);
+        s[i] = sc[i % 8];
+    }
+    char msg[256];
+    VkPipeline pipe = VK_NULL_HANDLE;
+    struct vk_buf y = {0};
+    int ok = make_pipeline(d, &probe, &pipe) == VK_SUCCESS;
+    /* every binding needs a buffer for the descriptor set; the jobs grow them later */
+    for (int i = 0; ok && i < B_N; i++)
+        if (i != B_Y) ok = !buf_ensure(d, i, i == B_X || i == B_SCALES ? sizeof x : 64, msg, sizeof msg);
+    ok = ok && !buf_make(d, &y, sizeof x, "probe", d->staged, d->staged, msg, sizeof msg);
+    if (ok) {
+        memcpy(d->bufs[B_X].map, x, sizeof x);
+        memcpy(d->bufs[B_SCALES].map, s, sizeof s);
+        bind_all(d, d->bufs[B_X].buf, y.buf);
+        ok = !begin(d, msg, sizeof msg);
+    }
+    if (ok) {
+        to_device(d, B_X, sizeof x);
+        to_device(d, B_SCALES, sizeof s);
+        const uint32_t push[4] = {0, NP, 0, 0};
+        barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+        vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
+        vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
+        vkCmdDispatch(d->cmd, groups_for(d, NP), 1, 1);
+        if (y.twin) copy(d, y.buf, y.twin, sizeof x, 1);
+        ok = !submit(d, msg, sizeof msg);
+    }
+    for (int i = 0; ok && i < NP; i++) ok = ((const uint32_t *)y.map)[i] == db_mul32(x[i], s[i]);
+    if (y.buf) buf_free(d, &y);
+    if (pipe) vkDestroyPipeline(d->dev, pipe, NULL);
+    return ok;
 }
 
 /* ---- run ------------------------------------------------------------------------------- */
@@ -1348,8 +1405,9 @@ static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void 
 static void vk_describe(const struct db_device *dev, char *buf, size_t len)
 {
     const struct vk_dev *d = dev->priv;
-    snprintf(buf, len, "memory=%s import=%s work-group=%u subgroup=%u", d->staged ? "staged" : "host-visible",
-             d->has_import ? "yes" : "no", d->local, d->subgroup);
+    snprintf(buf, len, "memory=%s import=%s subnormals=%s work-group=%u subgroup=%u",
+             d->staged ? "staged" : "host-visible", d->has_import ? "yes" : "no", d->hwexact ? "hardware" : "fixup",
+             d->local, d->subgroup);
 }
 
 const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate, vk_prepare, vk_run, vk_bench, vk_release,

@@ -1,12 +1,28 @@
 #version 450
 /* apply.comp: pass 3, fast: invocation q takes tensor words 4q .. 4q + 3 (four f32 elements or
  * eight f16/bf16 ones) of the first DBP_GROUPS * DBP_EPW elements, as one 16-byte vector, with
- * db_vapply. Lanes db_vbad reports keep x and are marked in fixup for fixup.comp (Vulkan does
- * not promise to keep subnormals). x and y may be one buffer (in place). */
+ * db_vapply. Unless the device was found to keep subnormal products exact (the push constant
+ * hwexact, from the probe below), lanes db_vbad reports keep x and are marked in fixup for
+ * fixup.comp (Vulkan does not promise to keep subnormals). x and y may be one buffer (in place).
+ *
+ * With -DPROBE=1 the probe instead: y[i] = db_vapply(x[i], scales[i], kept) for i < n (push
+ * constant), which the host compares with core/fp.h's product at device setup. */
 #extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
 #extension GL_GOOGLE_include_directive : require
 #include "db_glsl.h"
 
+layout(push_constant) uniform Push { uint hwexact, n; } pc;
+
+#if PROBE
+layout(std430, set = 0, binding = 4) readonly buffer X { uint x[]; };
+layout(std430, set = 0, binding = 5) writeonly buffer Y { uint y[]; };
+
+void main()
+{
+    for (u64 i = U64(gl_GlobalInvocationID.x); i < U64(pc.n); i += DB_STRIDE)
+        y[IX(i)] = db_vapply(x[IX(i)], scales[IX(i)], 1u, DB_DTYPE_F32);
+}
+#else
 layout(std430, set = 0, binding = 4) readonly buffer X { uvec4 x[]; };
 layout(std430, set = 0, binding = 5) writeonly buffer Y { uvec4 y[]; };
 
@@ -39,13 +55,13 @@ void main()
             if (dtype == DB_DTYPE_F32) {
                 uint k = k0 + l;
                 yw = db_vapply(xw, scale_of(k, k0, s0, s1, bnd), (word >> l) & 1u, dtype);
-                if (db_vbad(xw, dtype, 0u) != 0u) { yw = xw; bad |= 1u << l; }
+                if (db_vbad(xw, dtype, pc.hwexact) != 0u) { yw = xw; bad |= 1u << l; }
             } else {
                 uint lo = xw & 0xFFFFu, hi = xw >> 16, k = k0 + 2u * l;
                 uint ylo = db_vapply(lo, scale_of(k, k0, s0, s1, bnd), (word >> (2u * l)) & 1u, dtype);
                 uint yhi = db_vapply(hi, scale_of(k + 1u, k0, s0, s1, bnd), (word >> (2u * l + 1u)) & 1u, dtype);
-                if (db_vbad(lo, dtype, 0u) != 0u) { ylo = lo; bad |= 1u << (2u * l); }
-                if (db_vbad(hi, dtype, 0u) != 0u) { yhi = hi; bad |= 2u << (2u * l); }
+                if (db_vbad(lo, dtype, pc.hwexact) != 0u) { ylo = lo; bad |= 1u << (2u * l); }
+                if (db_vbad(hi, dtype, pc.hwexact) != 0u) { yhi = hi; bad |= 2u << (2u * l); }
                 yw = ylo | (yhi << 16);
             }
             yv[l] = yw;
@@ -54,3 +70,4 @@ void main()
         if (bad != 0u) atomicOr(fixup[k0 >> 5], bad << sh);
     }
 }
+#endif

@@ -13,9 +13,10 @@ are not checked, only that they are there and consistent.
 
 The `paths` words (the backend's describe) must name the fast paths expected here, so that a
 fast path silently turned off fails a test even though the bits stay right: PoCL zero-copy with
-hardware f16 conversions and the CPU mask batches (staged under DROPBLOCK_OPENCL_COPY=1, the GPU
-kernel shape under DROPBLOCK_OPENCL_SHAPE=gpu), lavapipe host-visible with import (staged under
-DROPBLOCK_VULKAN_STAGE=1), the CPU backend's mask and apply on one SIMD path (the forced one
+hardware f16 conversions, subnormal products and the CPU mask batches (staged under
+DROPBLOCK_OPENCL_COPY=1, the GPU kernel shape under DROPBLOCK_OPENCL_SHAPE=gpu, the fixup pass
+under DROPBLOCK_OPENCL_FIXUP=1), lavapipe host-visible with import and subnormal products
+(staged under DROPBLOCK_VULKAN_STAGE=1, the fixup pass under DROPBLOCK_VULKAN_FIXUP=1), the CPU backend's mask and apply on one SIMD path (the forced one
 where the CPU has it). Python standard library only.
 """
 import argparse
@@ -73,10 +74,13 @@ def expect_paths(bench, backend, want, env=None):
 
 
 def paths_as_expected(bench):
-    expect_paths(bench, "opencl", {"memory": "zero-copy", "f16": "hardware", "mask": "cpu-batches"})
+    expect_paths(bench, "opencl", {"memory": "zero-copy", "f16": "hardware", "subnormals": "hardware",
+                                   "mask": "cpu-batches"})
+    expect_paths(bench, "opencl", {"subnormals": "fixup"}, {"DROPBLOCK_OPENCL_FIXUP": "1"})
     expect_paths(bench, "opencl", {"memory": "staged"}, {"DROPBLOCK_OPENCL_COPY": "1"})
     expect_paths(bench, "opencl", {"mask": "gpu-blocks"}, {"DROPBLOCK_OPENCL_SHAPE": "gpu"})
-    expect_paths(bench, "vulkan", {"memory": "host-visible", "import": "yes"})
+    expect_paths(bench, "vulkan", {"memory": "host-visible", "import": "yes", "subnormals": "hardware"})
+    expect_paths(bench, "vulkan", {"subnormals": "fixup"}, {"DROPBLOCK_VULKAN_FIXUP": "1"})
     expect_paths(bench, "vulkan", {"memory": "staged"}, {"DROPBLOCK_VULKAN_STAGE": "1"})
     simd = ("avx512", "avx2", "scalar")
     best = paths(bench, "cpu")

@@ -54,7 +54,7 @@ struct ocl_buf {
     uint64_t size;
 };
 
-enum { K_MASK, K_TOTAL, K_SCALE, K_EXACT, K_FIXUP, K_PROBE, K_PROBE_HALF, K_N };
+enum { K_MASK, K_SCALE, K_EXACT, K_FIXUP, K_PROBE, K_PROBE_HALF, K_N };
 /* fast apply kernels by [dtype][per-sample scale][fixup]; f16 needs no fixup */
 static const char *const apply_names[3][2][2] = {
     {{"db_apply_f32", "db_apply_f32_x"}, {"db_apply_f32_s", "db_apply_f32_sx"}},
@@ -64,7 +64,7 @@ static const char *const apply_names[3][2][2] = {
 /* f16 through the device's conversions, by [per-sample scale]: where probe_half passes they
  * take the place of k_apply[DROPBLOCK_F16][s][0] (the integer kernels move here) */
 static const char *const apply_half_names[2] = {"db_apply_f16h", "db_apply_f16h_s"};
-static const char *const kernel_names[K_N] = {"db_mask",  "db_total", "db_scale",     "db_apply_exact",
+static const char *const kernel_names[K_N] = {"db_mask", "db_scale", "db_apply_exact",
                                               "db_fixup", "db_probe", "db_probe_half"};
 
 enum { BK_COPY, BK_COPY_TAIL, BK_BERNOULLI, BK_PAD, BK_POOL, BK_ONE_MINUS, BK_SUM_NOISE, BK_SUM_PART, BK_SCALE, BK_MUL, BK_N };
@@ -1336,10 +1336,6 @@ static int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in,
     }
     if (j.fused) {
         cl_mem a[3] = {od->prm.m, od->kept.m, od->scales.m};
-        size_t one = 1;
-        CK(set_args(od->k[K_TOTAL], 2, a), "clSetKernelArg(db_total)");
-        CK(clEnqueueNDRangeKernel(od->queue, od->k[K_TOTAL], 1, NULL, &one, &one, 0, NULL, NULL),
-           "clEnqueueNDRangeKernel(db_total)");
         CK(set_args(od->k[K_SCALE], 3, a), "clSetKernelArg(db_scale)");
         CK(launch_round(od, od->k[K_SCALE], od->wg_small, pl->N), "clEnqueueNDRangeKernel(db_scale)");
         CK(clEnqueueReadBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)pl->N * 4, dscales, 0, NULL, NULL),

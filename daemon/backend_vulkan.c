@@ -61,11 +61,10 @@
 #include "spv_mask.h"
 #include "spv_probe.h"
 #include "spv_scale.h"
-#include "spv_total.h"
 
 #include "db_baseline_params.h"
 
-enum { PASS_MASK, PASS_TOTAL, PASS_SCALE, PASS_APPLY, PASS_EXACT, PASS_FIXUP, PASS_N };
+enum { PASS_MASK, PASS_SCALE, PASS_APPLY, PASS_EXACT, PASS_FIXUP, PASS_N };
 /* bench.comp's steps: the copy, torchvision's kernels, the copy's tail */
 enum { BS_COPY, BS_BERNOULLI, BS_PAD, BS_POOL, BS_ONE_MINUS, BS_SUM_NOISE, BS_SUM_PART, BS_SCALE, BS_MUL, BS_COPY_TAIL, BS_N };
 /* descriptor bindings, as declared in the shaders (db_glsl.h); bench.comp reuses them, and
@@ -343,8 +342,8 @@ static int vk_enumerate(const struct db_backend_config *cfg, struct db_device *o
 /* FNV-1a of the embedded SPIR-V: a rebuilt shader starts a new file instead of piling its
  * pipelines onto the old ones in the same cache */
 static const struct spv { const uint32_t *code; size_t size; const char *name; } pass_spv[PASS_N] = {
-    {db_spv_mask, sizeof db_spv_mask, "mask"},    {db_spv_total, sizeof db_spv_total, "total"},
-    {db_spv_scale, sizeof db_spv_scale, "scale"}, {db_spv_apply, sizeof db_spv_apply, "apply"},
+    {db_spv_mask, sizeof db_spv_mask, "mask"},    {db_spv_scale, sizeof db_spv_scale, "scale"},
+    {db_spv_apply, sizeof db_spv_apply, "apply"},
     {db_spv_exact, sizeof db_spv_exact, "exact"}, {db_spv_fixup, sizeof db_spv_fixup, "fixup"},
 };
 static const struct spv bench_spv[BS_N] = {
@@ -889,7 +888,7 @@ static uint64_t kept_bytes(const uint32_t *prm)
  * counts zeroed, then the mask pass, which adds to them. */
 static void record_mask(struct vk_dev *d, const uint32_t *prm)
 {
-    /* the counts, then the total pass's K and mask.comp's two completion words */
+    /* the counts, two spare words (K once) and mask.comp's two completion words */
     vkCmdFillBuffer(d->cmd, d->bufs[B_KEPT].buf, 0, ((uint64_t)prm[DBP_NSAMP] * 8 + 16 + 63) & ~UINT64_C(63), 0);
     step(d, d->pipes[PASS_MASK], db_mask_items(prm), 0);
 }
@@ -1144,8 +1143,7 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
         if ((rc = begin(d, msg, len))) goto done;
         if (!alone) record_mask(d, prm);
         if (src) copy(d, src, xb, ch.nelem * es, 0); /* beside the mask pass, which does not read x */
-        step(d, d->pipes[PASS_TOTAL], 1, 0); /* after a barrier, for the mask pass of either submission */
-        step(d, d->pipes[PASS_SCALE], ch.nsamp, 0);
+        step(d, d->pipes[PASS_SCALE], ch.nsamp, 0); /* after a barrier, for the mask pass of either submission */
         record_apply(d, pl, prm);
         if (dst) copy(d, xb, dst, ch.nelem * es, 1);
         to_host(d, B_KEPT, kept_bytes(prm));

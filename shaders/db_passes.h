@@ -493,20 +493,22 @@ DBFN void db_mask_item(DB_MASK_BUFS u64 w)
 
 /* Total pass, one work item, for a chunk that is the whole tensor: K, the sum of the
  * ns = prm[DBP_NSAMP] per-sample counts, into kept[2 ns] (low) and kept[2 ns + 1]. */
-DBFN void db_total_kept(DB_TOTAL_BUFS u32 ns)
+/* Scale pass, work item s of a chunk that is the whole tensor, compat none: the samples' scale
+ * bits as db_plan_scales computes them, so that the apply pass needs no trip to the host, in
+ * one launch: global, item 0 sums K over the samples' counts and writes every sample's scale
+ * (the other items do nothing); sample, item s its own; none, 1. */
+DBFN void db_scale_item(DB_SCALE_BUFS u32 s)
 {
-    u64 K = 0ul;
-    for (u32 s = 0u; s < ns; s++) K += U64(kept[IX(2u * s)]) | (U64(kept[IX(2u * s + 1u)]) << 32);
-    kept[IX(2u * ns)] = U32(K);
-    kept[IX(2u * ns + 1u)] = U32(K >> 32);
-}
-
-/* Scale pass, sample s of a chunk that is the whole tensor, compat none: its scale bits, as
- * db_plan_scales computes them, so that the apply pass needs no trip to the host. */
-DBFN void db_scale_sample(DB_SCALE_BUFS u32 s)
-{
-    u32 ns = prm[DBP_NSAMP], v = 0x3F800000u; /* DROPBLOCK_NORMALIZE_NONE */
-    if (prm[DBP_NORM] == 0u) v = db_ratio(DB_PRM64(DBP_NUMEL), U64(kept[IX(2u * ns)]) | (U64(kept[IX(2u * ns + 1u)]) << 32));
+    u32 ns = prm[DBP_NSAMP];
+    if (prm[DBP_NORM] == 0u) {
+        if (s != 0u) return;
+        u64 K = 0ul;
+        for (u32 t = 0u; t < ns; t++) K += U64(kept[IX(2u * t)]) | (U64(kept[IX(2u * t + 1u)]) << 32);
+        u32 v = db_ratio(DB_PRM64(DBP_NUMEL), K);
+        for (u32 t = 0u; t < ns; t++) scales[IX(t)] = v;
+        return;
+    }
+    u32 v = 0x3F800000u; /* DROPBLOCK_NORMALIZE_NONE */
     if (prm[DBP_NORM] == 1u) v = db_ratio(DB_PRM64(DBP_CHW), U64(kept[IX(2u * s)]) | (U64(kept[IX(2u * s + 1u)]) << 32));
     scales[IX(s)] = v;
 }

@@ -38,17 +38,11 @@ __kernel void db_mask(__global const uint *prm, __global uint *mask, __global ui
     if (w * prm[DBP_TPW] < (ulong)prm[DBP_NTILES]) db_mask_item(prm, mask, kept, w);
 }
 
-/* Pass 2b, the scales on the device (whole tensor in one chunk, compat none): K in one work
- * item, then each sample's scale. */
-__kernel void db_total(__global const uint *prm, __global uint *kept)
-{
-    if (get_global_id(0) == 0) db_total_kept(kept, prm[DBP_NSAMP]);
-}
-
+/* Pass 2b, the scales on the device (whole tensor in one chunk, compat none): db_scale_item. */
 __kernel void db_scale(__global const uint *prm, __global const uint *kept, __global uint *scales)
 {
     uint s = (uint)get_global_id(0);
-    if (s < prm[DBP_NSAMP]) db_scale_sample(prm, kept, scales, s);
+    if (s < prm[DBP_NSAMP]) db_scale_item(prm, kept, scales, s);
 }
 
 /* Lanes bad != 0 as bits, lane l at bit l * stride + offset (rare: fixup kernels only). */

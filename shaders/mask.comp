@@ -3,7 +3,7 @@
  * their kept bits added to their samples' counts in kept (db_mask_item, db_passes.h).
  *
  * Completion: each invocation that took tiles adds one to kept[2 ns + 2] (ns = DBP_NSAMP; the
- * word after the total pass's K, zeroed with the counts) once it has run to its end. lavapipe
+ * word after two spare ones, zeroed with the counts) once it has run to its end. lavapipe
  * does not stop an invocation whose loops have run 65535 iterations in all: from then on every
  * loop of it ends after its first iteration and the code after the loops still runs. So the
  * invocation proves it was not cut by a last loop that must go round twice (its bound reads

@@ -75,8 +75,7 @@ static int run_passes(void *ctx, const dropblock_params *p, const void *in, void
         for (uint64_t w = 0; w < db_mask_items(prm); w++) db_mask_item(prm, masks[q], partial, w);
         for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] += partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
         if (on_device) {
-            db_total_kept(partial, prm[DBP_NSAMP]);
-            for (uint32_t s = 0; s < prm[DBP_NSAMP]; s++) db_scale_sample(prm, partial, dscales, s);
+            for (uint32_t s = 0; s < prm[DBP_NSAMP]; s++) db_scale_item(prm, partial, dscales, s);
         }
         free(partial);
     }

@@ -11,9 +11,9 @@
  * round trip; a larger one runs pass 1 chunk by chunk, the scales on the host, then pass 3.
  *
  * Buffers are kept by the device between jobs and grown when a job needs more. Where the device
- * has memory the host cannot map (a discrete GPU: "staged"), every buffer but the parameters is
- * DEVICE_LOCAL, so that the passes run at the device's memory speed, and the ones the host reads
- * or writes (x, the mask, the counts, the scales) have a mapped HOST_VISIBLE twin that the
+ * has memory the host cannot map (a discrete GPU: "staged"), every buffer is DEVICE_LOCAL, so
+ * that the passes run at the device's memory speed, and the ones the host reads or writes (the
+ * parameter words, x, the mask, the counts, the scales) have a mapped HOST_VISIBLE twin that the
  * submission copies from before the passes and to after them. The copy of x onto the device is
  * recorded after the mask pass with no barrier between them (the mask pass does not read x),
  * so the device may overlap the two. Elsewhere (integrated GPUs, CPUs) buffers are HOST_VISIBLE |
@@ -730,11 +730,12 @@ static int buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t 
     struct vk_buf *b = &d->bufs[i];
     if (b->buf && b->size >= size) return DROPBLOCK_OK;
     if (b->buf) buf_free(d, b);
-    /* staged: the parameters stay host-visible (a few words the passes read); the host reads or
-     * writes x, the mask, the counts and the scales through twins */
-    const int local = d->staged && i != B_PRM;
-    return buf_make(d, b, size, names[i], local, local && (i == B_X || i == B_MASK || i == B_KEPT || i == B_SCALES),
-                    msg, len);
+    /* staged: all on the device (every invocation reads the parameter words: over PCIe that would
+     * be a read of system memory each); the host reads or writes the parameters, x, the mask,
+     * the counts and the scales through twins */
+    const int local = d->staged;
+    return buf_make(d, b, size, names[i], local,
+                    local && (i == B_PRM || i == B_X || i == B_MASK || i == B_KEPT || i == B_SCALES), msg, len);
 }
 
 /* A buffer over the caller's memory (VK_EXT_external_memory_host), or 0 where the pointer, the
@@ -819,6 +820,13 @@ static int begin(struct vk_dev *d, char *msg, size_t len)
                                     .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
     if ((r = vkBeginCommandBuffer(d->cmd, &cbi))) return vk_fail(msg, len, r, "vkBeginCommandBuffer");
     vkCmdBindDescriptorSets(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->layout, 0, 1, &d->set, 0, NULL);
+    /* staged: the parameter words the host has written, onto the device before any pass */
+    const struct vk_buf *prm = &d->bufs[B_PRM];
+    if (prm->twin) {
+        VkBufferCopy c = {.srcOffset = 0, .dstOffset = 0, .size = prm->size};
+        vkCmdCopyBuffer(d->cmd, prm->twin, prm->buf, 1, &c);
+        barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+    }
     /* apply.comp's hwexact (the benchmark's steps push their own words) */
     const uint32_t push[4] = {(uint32_t)d->hwexact, 0, 0, 0};
     vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);

@@ -654,15 +654,14 @@ static int64_t host_memory_type(const struct vk_dev *d, uint32_t bits)
 static int64_t device_memory_type(const struct vk_dev *d, uint32_t bits)
 {
     int64_t best = -1;
+    int best_rank = -1;
     for (uint32_t i = 0; i < d->mem.memoryTypeCount; i++) {
         VkMemoryPropertyFlags f = d->mem.memoryTypes[i].propertyFlags;
-        if (!(bits & (1u << i))) continue;
-        int rank = (f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) ? ((f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) ? 1 : 2) : 0;
-        VkMemoryPropertyFlags g = best < 0 ? 0 : d->mem.memoryTypes[best].propertyFlags;
-        int best_rank = best < 0 ? -1
-                                 : (g & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) ? ((g & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) ? 1 : 2)
-                                                                            : 0;
-        if (rank > best_rank) best = i;
+        int rank = !(f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) ? 0 : (f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) ? 1 : 2;
+        if ((bits & (1u << i)) && rank > best_rank) {
+            best = i;
+            best_rank = rank;
+        }
     }
     return best;
 }
@@ -812,6 +811,30 @@ static void barrier(VkCommandBuffer cmd, VkPipelineStageFlags src_stage, VkPipel
     vkCmdPipelineBarrier(cmd, src_stage, dst_stage, 0, 1, &mb, 0, NULL, 0, NULL);
 }
 
+/* Staged devices: records the copy of bytes from src to dst. The steps' barriers (step) order
+ * a copy before the passes recorded after it; after_passes puts one after the passes before it. */
+static void copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes)
+{
+    if (!bytes) return;
+    if (after_passes)
+        barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT);
+    VkBufferCopy c = {.srcOffset = 0, .dstOffset = 0, .size = bytes};
+    vkCmdCopyBuffer(d->cmd, src, dst, 1, &c);
+}
+
+/* the host's writes to binding i's twin (its first bytes) onto the device, before the passes */
+static void to_device(struct vk_dev *d, int i, uint64_t bytes)
+{
+    if (d->bufs[i].twin) copy(d, d->bufs[i].twin, d->bufs[i].buf, bytes, 0);
+}
+
+/* binding i's first bytes into its twin for the host, after the passes */
+static void to_host(struct vk_dev *d, int i, uint64_t bytes)
+{
+    if (d->bufs[i].twin) copy(d, d->bufs[i].buf, d->bufs[i].twin, bytes, 1);
+}
+
 static int begin(struct vk_dev *d, char *msg, size_t len)
 {
     VkResult r;
@@ -820,11 +843,10 @@ static int begin(struct vk_dev *d, char *msg, size_t len)
                                     .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
     if ((r = vkBeginCommandBuffer(d->cmd, &cbi))) return vk_fail(msg, len, r, "vkBeginCommandBuffer");
     vkCmdBindDescriptorSets(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->layout, 0, 1, &d->set, 0, NULL);
-    /* staged: the parameter words the host has written, onto the device before any pass */
-    const struct vk_buf *prm = &d->bufs[B_PRM];
-    if (prm->twin) {
-        VkBufferCopy c = {.srcOffset = 0, .dstOffset = 0, .size = prm->size};
-        vkCmdCopyBuffer(d->cmd, prm->twin, prm->buf, 1, &c);
+    /* staged: the parameter words the host has written, onto the device before any pass (a
+     * benchmark step may come first with no barrier of its own) */
+    if (d->bufs[B_PRM].twin) {
+        to_device(d, B_PRM, d->bufs[B_PRM].size);
         barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
     }
     /* apply.comp's hwexact (the benchmark's steps push their own words) */
@@ -860,30 +882,6 @@ static int submit(struct vk_dev *d, char *msg, size_t len)
         return rc;
     }
     return DROPBLOCK_OK;
-}
-
-/* Staged devices: records the copy of bytes from src to dst. The steps' barriers (step) order
- * a copy before the passes recorded after it; after_passes puts one after the passes before it. */
-static void copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes)
-{
-    if (!bytes) return;
-    if (after_passes)
-        barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-                VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT);
-    VkBufferCopy c = {.srcOffset = 0, .dstOffset = 0, .size = bytes};
-    vkCmdCopyBuffer(d->cmd, src, dst, 1, &c);
-}
-
-/* the host's writes to binding i's twin (its first bytes) onto the device, before the passes */
-static void to_device(struct vk_dev *d, int i, uint64_t bytes)
-{
-    if (d->bufs[i].twin) copy(d, d->bufs[i].twin, d->bufs[i].buf, bytes, 0);
-}
-
-/* binding i's first bytes into its twin for the host, after the passes */
-static void to_host(struct vk_dev *d, int i, uint64_t bytes)
-{
-    if (d->bufs[i].twin) copy(d, d->bufs[i].buf, d->bufs[i].twin, bytes, 1);
 }
 
 /* the bytes of the counts the host reads: per sample, K, the completion words (record_mask) */

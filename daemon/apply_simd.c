@@ -24,13 +24,18 @@
 /* one straight-line body per dtype: nothing here is worth a call */
 #define INLINE static inline __attribute__((always_inline))
 
+/* each lane's index in the group, vector v */
+INLINE DBV_T lanes(int v)
+{
+    DBV_T lane;
+    for (int l = 0; l < DB_C_VLANES; l++) lane[l] = (uint32_t)(v * DB_C_VLANES + l);
+    return lane;
+}
+
 /* the 32 lanes' m (1.0f kept, +0 dropped) from the mask word, per vector */
 INLINE void keep_lanes(uint32_t word, DBV_T m[NV])
 {
-    DBV_T lane;
-    for (int l = 0; l < DB_C_VLANES; l++) lane[l] = (uint32_t)l;
-    for (int v = 0; v < NV; v++)
-        m[v] = (DBV(0u) - ((DBV(word) >> (lane + DBV(v * DB_C_VLANES))) & DBV(1u))) & DBV(0x3F800000u);
+    for (int v = 0; v < NV; v++) m[v] = (DBV(0u) - ((DBV(word) >> lanes(v)) & DBV(1u))) & DBV(0x3F800000u);
 }
 
 /* (x * s) * m on float32 bits */
@@ -42,9 +47,7 @@ INLINE DBV_T apply(DBV_T x, DBV_T s, DBV_T m)
 /* scale lanes: s, and s1 from lane bnd of the group on (bnd >= 32: s everywhere) */
 INLINE void scale_lanes(uint32_t s, uint32_t s1, uint32_t bnd, DBV_T sc[NV])
 {
-    DBV_T lane;
-    for (int l = 0; l < DB_C_VLANES; l++) lane[l] = (uint32_t)l;
-    for (int v = 0; v < NV; v++) sc[v] = DBV_SEL(lane + DBV(v * DB_C_VLANES) >= DBV(bnd), DBV(s1), DBV(s));
+    for (int v = 0; v < NV; v++) sc[v] = DBV_SEL(lanes(v) >= DBV(bnd), DBV(s1), DBV(s));
 }
 
 typedef uint16_t db_vu16 __attribute__((vector_size(2 * DB_C_VLANES)));

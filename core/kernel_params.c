@@ -184,3 +184,14 @@ int db_baseline_params(const struct db_plan *pl, uint32_t blp[BLP_COUNT], uint64
     *nparts = 2 * (pl->numel / BL_SEG) + 64; /* part[0], then every level of partial sums */
     return DROPBLOCK_OK;
 }
+
+void db_probe_subnormals(uint32_t *x, uint32_t *s, int n)
+{
+    static const uint32_t sc[8] = {0x3F800000u, 0x3F8CCCCDu, 0x3FC00000u, 0x40400000u,
+                                   0x41A00001u, 0x4B7FFFFFu, 0x53800000u, 0x3F800001u};
+    for (int i = 0; i < n; i++) {
+        uint32_t m = (UINT32_C(0x7FFFFF) >> (i % 23)) ^ (uint32_t)((uint32_t)i * 2654435761u >> 9);
+        x[i] = ((uint32_t)(i & 64) << 25) | (m & 0x7FFFFFu ? m & 0x7FFFFFu : 1u);
+        s[i] = sc[i % 8];
+    }
+}

@@ -67,4 +67,9 @@ static inline uint64_t db_mask_items(const uint32_t *prm) { return ((uint64_t)pr
 int db_baseline_params(const struct db_plan *pl, uint32_t blp[BLP_COUNT], uint64_t *npad, uint64_t *nparts, char *msg,
                        size_t len);
 
+/* The subnormal probe both GPU backends run at device setup (their probe_exact): n subnormal
+ * float32 inputs x of every magnitude class and both signs, with scales s from 1 to 2^40; the
+ * device's fast-apply product of each must equal core/fp.h's db_mul32(x, s). */
+void db_probe_subnormals(uint32_t *x, uint32_t *s, int n);
+
 #endif

@@ -695,19 +695,13 @@ static cl_int launch_exact(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t 
     return e;
 }
 
-/* Whether the device's fast apply keeps subnormal f32 products exact: db_probe on subnormal
- * inputs (every magnitude class, both signs) and scales 1 to 2^40, against core/fp.h. */
+/* Whether the device's fast apply keeps subnormal f32 products exact: db_probe on
+ * db_probe_subnormals' inputs, against core/fp.h. */
 static int probe_exact(struct ocl_dev *od)
 {
     enum { NP = 256 };
-    static const uint32_t sc[8] = {0x3F800000u, 0x3F8CCCCDu, 0x3FC00000u, 0x40400000u,
-                                   0x41A00001u, 0x4B7FFFFFu, 0x53800000u, 0x3F800001u};
     uint32_t x[NP], s[NP], y[NP];
-    for (int i = 0; i < NP; i++) {
-        uint32_t m = (UINT32_C(0x7FFFFF) >> (i % 23)) ^ (uint32_t)(i * 2654435761u >> 9);
-        x[i] = ((uint32_t)(i & 64) << 25) | (m & 0x7FFFFFu ? m & 0x7FFFFFu : 1u);
-        s[i] = sc[i % 8];
-    }
+    db_probe_subnormals(x, s, NP);
     cl_int e;
     cl_mem b[3];
     for (int i = 0; i < 3; i++) {

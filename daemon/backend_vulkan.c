@@ -912,20 +912,14 @@ static void record_apply(struct vk_dev *d, const struct db_plan *pl, const uint3
 }
 
 /* Whether the device's fast apply keeps subnormal f32 products exact: apply.comp's probe
- * variant on subnormal inputs (every magnitude class, both signs) and scales 1 to 2^40, against
- * core/fp.h (as the OpenCL backend's probe_exact). Any failure on the way: not exact. */
+ * variant on db_probe_subnormals' inputs, against core/fp.h (as the OpenCL backend's
+ * probe_exact). Any failure on the way: not exact. */
 static int probe_exact(struct vk_dev *d)
 {
     enum { NP = 256 };
-    static const uint32_t sc[8] = {0x3F800000u, 0x3F8CCCCDu, 0x3FC00000u, 0x40400000u,
-                                   0x41A00001u, 0x4B7FFFFFu, 0x53800000u, 0x3F800001u};
     static const struct spv probe = {db_spv_probe, sizeof db_spv_probe, "probe"};
     uint32_t x[NP], s[NP];
-    for (int i = 0; i < NP; i++) {
-        uint32_t m = (UINT32_C(0x7FFFFF) >> (i % 23)) ^ (uint32_t)(i * 2654435761u >> 9);
-        x[i] = ((uint32_t)(i & 64) << 25) | (m & 0x7FFFFFu ? m & 0x7FFFFFu : 1u);
-        s[i] = sc[i % 8];
-    }
+    db_probe_subnormals(x, s, NP);
     char msg[256];
     VkPipeline pipe = VK_NULL_HANDLE;
     struct vk_buf y = {0};

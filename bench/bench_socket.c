@@ -157,11 +157,12 @@ static int bench_crossover(dropblock_t *h, const char *device, int reps, int jso
         r[n].cpu_us = p50[0];
         r[n].dev_us = p50[1];
         if (!json) printf("%10llu %12.1f %12.1f\n", (unsigned long long)r[n].bytes, p50[0], p50[1]);
-        if (lost_at < 0 && p50[0] > p50[1]) lost_at = n;
+        if (p50[0] > p50[1]) { if (lost_at < 0) lost_at = n; }
+        else lost_at = -1; /* the CPU won again: go on, as the daemon's ladder does */
         n++;
     }
-    /* the daemon's rule on the first crossing: the rungs above it only show it holds */
-    uint64_t thr = sj_choose(r, lost_at < 0 ? n : lost_at + 1);
+    /* the daemon's rule: the crossing above the largest size the CPU won */
+    uint64_t thr = sj_choose(r, n, 8, SJ_DEFAULT_BYTES);
     printf("crossover cpu:0 vs %s: auto jobs of at most %llu bytes are faster on cpu:0 (round trips through the "
            "daemon)\n", device, (unsigned long long)thr);
     if (json) {

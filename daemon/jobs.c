@@ -237,8 +237,9 @@ int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *o
     for (size_t k = 0; k < alloc / 4; k++) x[k] = (float)(k % 251) / 251.0f;
     memset(y, 0, alloc);
 
-    /* warm-up, rung by rung: which rungs to time (up to one past the first the device wins,
-     * to see the crossing from both sides), and what a round of them costs */
+    /* warm-up, rung by rung: which rungs to time (up to one past the first of the rungs the
+     * device wins from there on, to see the crossing from both sides), and what a round of them
+     * costs */
     double round_us = 0;
     int n = 0, won = -1;
     out->why = JOBS_SMALL_OK;
@@ -259,7 +260,11 @@ int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *o
         if (i > 0 && (double)(db_now_us() - t0) + (round_us + pair_us) * REPS > (double)budget_us) break;
         round_us += pair_us;
         n = i + 1;
-        if (won < 0 && median(c, WARMUP) > median(d, WARMUP)) won = i;
+        /* the device's win counts only while it keeps winning: a rung the CPU wins again
+         * above it (noise, or load) sends the ladder on, since the threshold never ends below a
+         * size the CPU won (sj_choose) */
+        if (median(c, WARMUP) > median(d, WARMUP)) { if (won < 0) won = i; }
+        else won = -1;
     }
     if (n == 0) {
         free(x); free(y);
@@ -296,7 +301,7 @@ int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *o
     out->n = n;
     out->reps = reps;
     out->elapsed_us = db_now_us() - t0;
-    out->bytes = sj_choose(out->ladder, out->n);
+    out->bytes = sj_choose(out->ladder, out->n, JOBS_SMALL_RUNGS, SJ_DEFAULT_BYTES);
     out->why = JOBS_SMALL_OK;
     return 0;
 }

@@ -47,10 +47,12 @@ void jobs_set_small_job_bytes(struct jobs *js, uint64_t bytes);
 /* The small-job threshold, measured (dropblockd --small-job-bytes auto): jobs of a growing
  * size (JOBS_SMALL_RUNGS at most, 66 bytes to 4.3 MB, each 4x the last) on the built-in CPU
  * backend and on the device a large "auto" job goes to, on the calling thread. First 5 warm-up
- * pairs per size, size after size, up to one size past the first the device wins (and as far as
- * the budget allows); then up to 11 rounds, each running every size once on both (so that other
- * load on the machine weighs on all alike), while rounds fit in budget_us; medians; the threshold
- * is sj_choose's crossover. The device's times are its engine calls, without the hand-off to its
+ * pairs per size, size after size, up to one size past the first of the sizes the device wins
+ * from there on (and as far as the budget allows); then up to 11 rounds, each running every size
+ * once on both (so that other load on the machine weighs on all alike), while rounds fit in
+ * budget_us; medians; the threshold is sj_choose's crossover, never below the largest size the
+ * CPU won, and at least SJ_DEFAULT_BYTES when the ladder was cut short with the CPU still
+ * winning. The device's times are its engine calls, without the hand-off to its
  * worker thread and back that a queued job also pays, so the threshold errs towards the device.
  * Call it before any job is submitted.
  * 0 with out filled; -1 when there is nothing to compare (no built-in CPU backend, or the

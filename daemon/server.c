@@ -45,7 +45,7 @@ static const char *const small_sources[] = {"measured", "option", "fallback"};
  * nothing to measure (the default device is the built-in CPU backend: the bound on the jobs run
  * inline on the loop thread). */
 #define SMALL_BUDGET_US 1000000
-#define SMALL_FALLBACK_BYTES 65536
+#define SMALL_FALLBACK_BYTES SJ_DEFAULT_BYTES
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 struct outbuf {

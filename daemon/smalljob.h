@@ -15,15 +15,23 @@ struct sj_rung {
     double cpu_us, dev_us;
 };
 
-/* The threshold from a ladder of rungs in ascending size: the crossover, where the CPU backend
- * stops being at least as fast as the device.
- *   - the CPU loses at the first rung:              0 (never the CPU)
- *   - it wins at rungs 0..k-1 and loses at rung k:  the size where the straight line between the
- *     two rungs' differences (device - CPU) crosses zero, between bytes[k-1] and bytes[k]
- *   - it wins at every rung:                        the largest rung's bytes (never extrapolated)
- * The first crossing counts (a rung that the CPU wins again above it is noise or a cache
- * effect, not a reason to send larger jobs to the CPU). A rung that could not be measured ends
- * the ladder there; an empty ladder gives 0. */
-uint64_t sj_choose(const struct sj_rung *r, int n);
+/* The threshold from a ladder of n rungs in ascending size, of a full ladder of `full` rungs:
+ * the crossover, where the CPU backend stops being at least as fast as the device, never below
+ * the largest rung the CPU won.
+ *   - the CPU loses every rung:                       0 (never the CPU)
+ *   - the largest rung it wins is k, and it loses k+1: the size where the straight line between
+ *     the two rungs' differences (device - CPU) crosses zero, in [bytes[k], bytes[k+1])
+ *   - it wins the last rung of a full ladder:         that rung's bytes (never extrapolated)
+ *   - it wins the last rung of a ladder cut short (fewer than `full` rungs, e.g. the time budget
+ *     ran out, or a rung could not be measured) with no loss above: fallback, or that rung's
+ *     bytes if larger (a ladder that stopped early says nothing about the sizes above it)
+ * A rung the CPU loses below one it wins (noise, another process on the cores) does not pull the
+ * threshold under the won rung. A rung that could not be measured (a timing below 0 or NaN)
+ * ends the ladder there, as cut short; nothing measured at all gives fallback. */
+uint64_t sj_choose(const struct sj_rung *r, int n, int full, uint64_t fallback);
+
+/* The documented default threshold (docs/protocol.md, small_jobs): what a ladder cut short or
+ * not measured at all falls back to; also the bound on the jobs run inline on the loop thread. */
+#define SJ_DEFAULT_BYTES UINT64_C(65536)
 
 #endif

@@ -6,6 +6,16 @@
 
 Forward and backward both go through the engine: the backward pass regenerates the forward's
 mask from (seed, stream) with mode "backward", so nothing but the stream number is kept for it.
+
+Seeds: a DropBlock2d built without a seed draws one from torch's default generator, so
+torch.manual_seed before building the model sets (and reproduces) every layer's masks, and two
+layers of the same shape drop different masks; an explicit seed gives exactly the masks of
+(seed, stream + k * stream_step) at the k-th call, whatever torch's generator holds.
+torch.utils.checkpoint (use_reentrant True or False) runs a forward again during backward: each
+training call draws a token from torch's generator, which checkpoint saves and restores, and a
+call that draws the token of a recent call reuses that call's stream instead of taking the next,
+so the recomputed forward has the first one's mask and the gradients are those of a run without
+checkpointing.
 Tensors must be on the CPU, float32, float16 or bfloat16; channels_last tensors in layout "NCHW"
 run as NHWC without a copy. Needs NumPy as well.
 """
@@ -94,6 +104,16 @@ def dropblock2d(x, rate, block_size, seed=0, stream=0, layout="NCHW", normalize=
 
 
 _DEFAULT = None
+# training calls remembered per module for recomputation (torch.utils.checkpoint): tokens of the
+# last this many calls, e.g. the micro-batches of one gradient-accumulation step
+_REPLAY = 1024
+
+
+def _draw_u64():
+    """64 random bits from torch's default CPU generator (what torch.manual_seed sets and
+    torch.utils.checkpoint saves and restores)."""
+    hi, lo = _torch.randint(0, 1 << 32, (2,), dtype=_torch.int64).tolist()
+    return (hi << 32) | lo
 
 
 def _default_client():
@@ -107,17 +127,24 @@ def _default_client():
 class DropBlock2d(_torch.nn.Module):
     """DropBlock2D (Ghiasi et al. 2018) run by dropblockd, bit-exact with docs/semantics.md.
 
-    rate, block_size (B or (BH, BW)), seed, layout ("NCHW": (N, C, H, W) tensors, also
-    channels_last ones; "NHWC": (N, H, W, C) tensors), normalize, share, compat: as in
+    rate, block_size (B or (BH, BW)), layout ("NCHW": (N, C, H, W) tensors, also channels_last
+    ones; "NHWC": (N, H, W, C) tensors), normalize, share, compat: as in
     dropblock.Client.dropblock2d. client: a dropblock.Client to use; else one is opened on first
     use, to `socket` (None: the default socket), or to the in-process engine with local=True.
+
+    seed: None (the default) draws a 64-bit seed from torch's default generator when the layer is
+    built, so torch.manual_seed before building the model sets and reproduces it, and layers of
+    the same shape drop different masks; the drawn seed is saved in the state dict. An explicit
+    seed (0 ... 2^64-1) is used as given. `module.seed` is the seed in use.
 
     The k-th training-mode call (k = 0, 1, ...) uses stream `stream + k * stream_step`; with DDP or
     Horovod pass stream=rank, stream_step=world_size so every rank draws its own masks. The next
     stream is `module.stream`, saved in the state dict. eval(): the identity (the input itself).
-    Set `module.rate` to change the rate (e.g. from dropblock.schedule_rate)."""
+    Under torch.utils.checkpoint the recomputed forward reuses its first run's stream (it draws
+    the same token from torch's generator, which checkpoint restores), so it does not count as a
+    call. Set `module.rate` to change the rate (e.g. from dropblock.schedule_rate)."""
 
-    def __init__(self, rate, block_size, seed=0, layout="NCHW", normalize="global", share=(), compat="none",
+    def __init__(self, rate, block_size, seed=None, layout="NCHW", normalize="global", share=(), compat="none",
                  client=None, socket=None, stream=0, stream_step=1, local=False, device="auto"):
         super().__init__()
         rate = float(rate)
@@ -127,7 +154,9 @@ class DropBlock2d(_torch.nn.Module):
             raise _invalid("layout %r: must be NCHW or NHWC" % (layout,))
         self.rate = rate
         self.block_size = tuple(block_size) if isinstance(block_size, (tuple, list)) else block_size
-        self.seed = _u64(seed, "seed")
+        self.seed_drawn = seed is None
+        self.seed = _draw_u64() if seed is None else _u64(seed, "seed")
+        self._replay = {}  # token -> stream of recent training calls (insertion-ordered)
         self.layout = str(layout).upper()
         self.normalize = normalize
         self.share = share if isinstance(share, str) else tuple(share)
@@ -151,17 +180,29 @@ class DropBlock2d(_torch.nn.Module):
     def forward(self, x):
         if not self.training:
             return x
-        stream = self.stream
-        self.stream = (stream + self.stream_step) & ((1 << 64) - 1)
+        token = _draw_u64()
+        stream = self._replay.get(token)
+        if stream is None:  # a new call, not a recomputation of a recent one
+            stream = self.stream
+            self.stream = (stream + self.stream_step) & ((1 << 64) - 1)
+            self._replay[token] = stream
+            if len(self._replay) > _REPLAY:
+                del self._replay[next(iter(self._replay))]
         return dropblock2d(x, self.rate, self.block_size, seed=self.seed, stream=stream, layout=self.layout,
                            normalize=self.normalize, share=self.share, compat=self.compat, client=self.client,
                            device=self.device_id)
 
     def get_extra_state(self):
-        return {"stream": self.stream}
+        state = {"stream": self.stream}
+        if self.seed_drawn:
+            state["seed"] = self.seed
+        return state
 
     def set_extra_state(self, state):
         self.stream = _u64(state["stream"], "stream")
+        if self.seed_drawn and "seed" in state:  # an explicit seed stays as given
+            self.seed = _u64(state["seed"], "seed")
+        self._replay = {}
 
     def __getstate__(self):
         # a connection cannot be copied or pickled: a copy opens its own on first use, to the same
@@ -169,6 +210,12 @@ class DropBlock2d(_torch.nn.Module):
         state = self.__dict__.copy()
         state["_client"] = None
         return state
+
+    def __setstate__(self, state):
+        # modules pickled before seeds were drawn and recomputations replayed
+        state.setdefault("seed_drawn", False)
+        state.setdefault("_replay", {})
+        super().__setstate__(state)
 
     def extra_repr(self):
         return "rate=%g, block_size=%r, seed=%d, layout=%s, normalize=%s, stream=%d" % (

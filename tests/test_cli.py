@@ -4,8 +4,11 @@
   test_cli.py --cli build/client/dropblock [--spec-dir DIR] [--backends cpu,opencl,vulkan]
 
 For every backend that `dropblock devices --local` lists (or --backends), each case runs as
-`dropblock run --local --backend B ... --format hex|dec` and as `dropblock_ref.py ... --format
-hex|dec` with the same flags; stdout must be byte-identical. Then the tool's own behaviour:
+`dropblock run --local --backend B ... --format hex|dec`, and its stdout must be byte-identical to
+`dropblock_ref.py ... --format hex|dec` with the same flags: that output is committed in
+tests/refvectors/cli.json (refvectors.py; tools/gen_refvectors.py makes it from the questions in
+reference_requests()), and also computed live where the spec is found ($DROPBLOCK_SPEC_DIR or
+--spec-dir, else ../shared/spec beside the source tree). Then the tool's own behaviour:
 exit status 2 and a message for bad arguments, .npy input/output round trips (with a small .npy
 writer and reader here, so numpy is not needed), the packed mask file, and malformed .npy files.
 $DROPBLOCK_SOCKET points at a path where no daemon is, for the no-daemon messages; the same
@@ -14,7 +17,6 @@ Python standard library only.
 """
 import argparse
 import concurrent.futures as cf
-import importlib.util
 import json
 import os
 import struct
@@ -22,13 +24,15 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import refvectors  # noqa: E402
+
 U64_MAX = (1 << 64) - 1
 
 
 class Ctx:
     cli = None
-    spec_dir = None
-    ref = None          # the dropblock_ref module, for inputs and masks
+    ref = None          # refvectors.Reference("cli"): dropblock_ref.py's output, inputs and masks
     tmp = None
 
 
@@ -42,7 +46,8 @@ def cli(*args):
 
 
 def ref_cli(args):
-    return run([sys.executable, os.path.join(Ctx.spec_dir, "dropblock_ref.py")] + [str(a) for a in args])
+    """(rc, stdout, stderr) of `dropblock_ref.py ARGS`."""
+    return Ctx.ref.cli(args)
 
 
 # ---------------------------------------------------------------- reference comparisons
@@ -153,11 +158,13 @@ def physical(shape, layout):
     return (N, C, H, W) if layout == "NCHW" else (N, H, W, C)
 
 
+def size(shape):
+    return shape[0] * shape[1] * shape[2] * shape[3]
+
+
 def tf_input(shape, dtype, s0, s1):
-    """The bits of `--input tf-uniform:s0,s1` (physical order), from the spec module."""
-    enc = Ctx.ref.ENC[dtype][0]
-    n = shape[0] * shape[1] * shape[2] * shape[3]
-    return [enc(v) for v in Ctx.ref.tf_stateless_uniform(n, s0, s1)]
+    """The bits of `--input tf-uniform:s0,s1` (physical order), from the spec."""
+    return Ctx.ref.tf_input(size(shape), dtype, s0, s1)
 
 
 def pack(bits, dtype):
@@ -167,16 +174,29 @@ def pack(bits, dtype):
 DESCR = {"f32": "<f4", "f16": "<f2", "bf16": "<u2"}
 
 
+NPY_SHAPE, NPY_SEEDS = (2, 3, 6, 5), (12, 34)
+
+
+def npy_flags(layout):
+    return ["--block", "3,2", "--rate", "0.3", "--seed", "99", "--layout", layout]
+
+
+def npy_ref_args(layout, dtype):
+    """The reference's run with the round trip's input given as tf-uniform."""
+    return (npy_flags(layout) + ["--shape", ",".join(map(str, NPY_SHAPE))] +
+            ["--dtype", dtype, "--input", "tf-uniform:%d,%d" % NPY_SEEDS])
+
+
 def npy_roundtrip(backend, layout, dtype, give_dtype, give_shape, engine=None):
-    shape, s0, s1 = (2, 3, 6, 5), 12, 34
-    flags = ["--block", "3,2", "--rate", "0.3", "--seed", "99", "--layout", layout]
+    shape, (s0, s1) = NPY_SHAPE, NPY_SEEDS
+    flags = npy_flags(layout)
     sflag = ["--shape", ",".join(map(str, shape))]
     x = tf_input(shape, dtype, s0, s1)
     path = os.path.join(Ctx.tmp, "in-%s-%s-%s-%d%d.npy" % (backend, layout, dtype, give_dtype, give_shape))
     outp = path.replace("in-", "out-")
     with open(path, "wb") as f:
         f.write(npy_bytes(DESCR[dtype], physical(shape, layout), pack(x, dtype)))
-    rrc, rout, rerr = ref_cli(flags + sflag + ["--dtype", dtype, "--input", "tf-uniform:%d,%d" % (s0, s1)])
+    rrc, rout, rerr = ref_cli(npy_ref_args(layout, dtype))
     if rrc:
         return False, "reference failed: " + rerr[-300:]
     args = ["run"] + (engine or local_engine(backend)) + flags + ["--input", path, "--output", outp, "--format", "hex"]
@@ -312,8 +332,13 @@ def help_checks():
     ]
 
 
+# the .npy checks' input is tf-uniform:1,2 of this shape; the reference's run of it
+NPY_ERR_SHAPE = (1, 2, 4, 5)
+NPY_ERR_REF = ["--shape", "1,2,4,5", "--rate", "0.3", "--block", "2", "--input", "tf-uniform:1,2"]
+
+
 def npy_error_checks():
-    shape, dtype = (1, 2, 4, 5), "f32"
+    shape, dtype = NPY_ERR_SHAPE, "f32"
     x = pack(tf_input(shape, dtype, 1, 2), dtype)
     good = npy_bytes("<f4", shape, x)
 
@@ -326,7 +351,7 @@ def npy_error_checks():
     def ok_same(path, extra=()):
         rc, out, err = cli("run", "--local", "--backend", "cpu", "--input", path, "--rate", "0.3", "--block", "2",
                            "--format", "hex", *extra)
-        rrc, rout, _ = ref_cli(["--shape", "1,2,4,5", "--rate", "0.3", "--block", "2", "--input", "tf-uniform:1,2"])
+        rrc, rout, _ = ref_cli(NPY_ERR_REF)
         return (rc == 0 and out == rout), "exit %d %s" % (rc, err.strip())
 
     run_in = lambda p, *extra: ["run", "--local", "--backend", "cpu", "--input", p, *extra]
@@ -469,26 +494,39 @@ def schedule_checks():
     return checks
 
 
+MASK_SHAPE = (2, 3, 7, 9)
+
+
 def mask_check(backend, engine=None):
-    shape, flags = (2, 3, 7, 9), ["--block", "3,2", "--rate", "0.3", "--seed", "5", "--stream", "6"]
+    shape, flags = MASK_SHAPE, ["--block", "3,2", "--rate", "0.3", "--seed", "5", "--stream", "6"]
     path = os.path.join(Ctx.tmp, "mask-%s.bin" % backend)
     rc, out, err = cli("run", *(engine or local_engine(backend)), "--shape", ",".join(map(str, shape)), *flags,
                        "--mask", path, "--format", "hex")
     if rc:
         return False, "exit %d: %s" % (rc, err.strip())
-    N, C, H, W = shape
-    keep = Ctx.ref.keep_mask(N, C, H, W, Ctx.ref.f32(0.3), (3, 2), 5, 6)
-    bits = [keep[a][b][h][w] for a in range(N) for b in range(C) for h in range(H) for w in range(W)]
-    want = bytearray((len(bits) + 7) // 8)
-    for i, b in enumerate(bits):
-        want[i >> 3] |= b << (i & 7)
+    want = Ctx.ref.keep_mask(shape, 0.3, (3, 2), 5, 6)     # packed: bit i of byte i/8
     with open(path, "rb") as f:
         got = f.read()
-    if got != bytes(want):
+    if got != want:
         return False, "mask file (%d bytes) differs from the spec's keep mask (%d bytes)" % (len(got), len(want))
-    if json.loads(out)["kept"] != sum(bits):
+    if json.loads(out)["kept"] != sum(bin(b).count("1") for b in want):
         return False, "kept differs from the mask's ones"
     return True, ""
+
+
+def reference_requests():
+    """Every question this suite asks dropblock_ref.py (tools/gen_refvectors.py answers them)."""
+    R = refvectors
+    reqs = [R.cli_request(f + ["--format", fmt]) for _, f, fmt in matrix()]
+    for layout in ("NCHW", "NHWC"):
+        for dtype in ("f32", "f16", "bf16"):
+            reqs.append(R.cli_request(npy_ref_args(layout, dtype)))
+            reqs.append(dict(R.input_request(dtype, *NPY_SEEDS), n=size(NPY_SHAPE)))
+    for dtype in ("f32", "f16", "bf16"):
+        reqs.append(dict(R.input_request(dtype, 1, 2), n=size(NPY_ERR_SHAPE)))
+    reqs.append(R.cli_request(NPY_ERR_REF))
+    reqs.append(R.mask_request(MASK_SHAPE, 0.3, (3, 2), 5, 6))
+    return reqs
 
 
 def discover_backends():
@@ -506,17 +544,15 @@ def discover_backends():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cli", required=True)
-    ap.add_argument("--spec-dir", default=os.environ.get("DROPBLOCK_SPEC_DIR"))
+    ap.add_argument("--spec-dir", help="dropblock_ref.py's folder (default: $DROPBLOCK_SPEC_DIR, else "
+                    "../shared/spec beside the source tree, where it exists)")
     ap.add_argument("--backends", help="comma list; default: every backend `dropblock devices --local` lists")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
     a = ap.parse_args()
-    if not a.spec_dir or not os.path.exists(os.path.join(a.spec_dir, "dropblock_ref.py")):
-        sys.exit("test_cli: dropblock_ref.py not found (pass --spec-dir or set DROPBLOCK_SPEC_DIR)")
     os.environ.setdefault("POCL_CACHE_DIR", os.path.join(tempfile.gettempdir(), "pocl-cli"))
-    Ctx.cli, Ctx.spec_dir = os.path.abspath(a.cli), a.spec_dir
-    spec = importlib.util.spec_from_file_location("dropblock_ref", os.path.join(a.spec_dir, "dropblock_ref.py"))
-    Ctx.ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(Ctx.ref)
+    Ctx.cli = os.path.abspath(a.cli)
+    Ctx.ref = refvectors.Reference("cli", a.spec_dir)
+    print("test_cli: " + Ctx.ref.describe())
 
     listed, listing = discover_backends()
     backends = a.backends.split(",") if a.backends else listed

@@ -7,7 +7,8 @@
 Starts the daemon on a socket in a temporary directory and waits for `dropblock --socket S
 status` to answer (the readiness probe of deploy/). On every device the daemon lists, each case of
 test_cli.py's matrix runs as `dropblock --socket S run --device ID ... --format hex|dec` and must
-print dropblock_ref.py's line byte for byte; .npy round trips and the packed mask go through the
+print dropblock_ref.py's line byte for byte (committed in tests/refvectors/cli.json, and computed
+live too where the spec is found, as in test_cli.py); .npy round trips and the packed mask go through the
 daemon's shared memory too. Then: device selection (--backend, --device N), the socket path rules
 ($DROPBLOCK_SOCKET, $XDG_RUNTIME_DIR), devices, status (text and --json), error exits, no daemon
 (a missing socket, a stale socket file: exit 1 and how to start one), and finally `dropblock stop`:
@@ -15,7 +16,6 @@ the daemon exits 0 and removes its socket. Python standard library only.
 """
 import argparse
 import concurrent.futures as cf
-import importlib.util
 import json
 import os
 import re
@@ -26,6 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import refvectors  # noqa: E402
 import test_cli as T  # noqa: E402  (the matrix, the .npy helpers and the comparisons)
 import testlib  # noqa: E402
 
@@ -147,9 +148,17 @@ def selection_checks():
     return checks
 
 
+SOCKET_RULE_FLAGS = ["--shape", "2,3,9,7", "--block", "3,2", "--rate", "0.2", "--seed", "42", "--stream", "5",
+                     "--format", "hex"]
+
+
+def reference_requests():
+    """test_cli.py's questions to dropblock_ref.py and the socket rules' one."""
+    return T.reference_requests() + [refvectors.cli_request(SOCKET_RULE_FLAGS)]
+
+
 def socket_rule_checks(tmp):
-    flags = ["--shape", "2,3,9,7", "--block", "3,2", "--rate", "0.2", "--seed", "42", "--stream", "5",
-             "--format", "hex"]
+    flags = SOCKET_RULE_FLAGS
     ref = T.ref_cli(flags)
 
     def env_socket():
@@ -305,17 +314,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cli", required=True)
     ap.add_argument("--daemon", required=True)
-    ap.add_argument("--spec-dir", default=os.environ.get("DROPBLOCK_SPEC_DIR"))
+    ap.add_argument("--spec-dir", help="dropblock_ref.py's folder (default: $DROPBLOCK_SPEC_DIR, else "
+                    "../shared/spec beside the source tree, where it exists)")
     ap.add_argument("--cache-dir", help="the daemon's kernel cache (default: a temporary directory)")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
     a = ap.parse_args()
-    if not a.spec_dir or not os.path.exists(os.path.join(a.spec_dir, "dropblock_ref.py")):
-        sys.exit("test_cli_daemon: dropblock_ref.py not found (pass --spec-dir or set DROPBLOCK_SPEC_DIR)")
     os.environ.setdefault("POCL_CACHE_DIR", os.path.join(tempfile.gettempdir(), "pocl-cli"))
-    T.Ctx.cli, T.Ctx.spec_dir = os.path.abspath(a.cli), a.spec_dir
-    spec = importlib.util.spec_from_file_location("dropblock_ref", os.path.join(a.spec_dir, "dropblock_ref.py"))
-    T.Ctx.ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(T.Ctx.ref)
+    T.Ctx.cli = os.path.abspath(a.cli)
+    T.Ctx.ref = refvectors.Reference("cli", a.spec_dir)
+    print("test_cli_daemon: " + T.Ctx.ref.describe(), flush=True)
 
     passed = failed = 0
     with tempfile.TemporaryDirectory(prefix="test_cli_daemon.") as tmp, cf.ThreadPoolExecutor(a.jobs) as pool:

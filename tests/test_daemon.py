@@ -3,9 +3,12 @@
 
 Each bad input must get an error naming the problem (or its connection closed) while a second
 client keeps getting exact results, and the daemon's descriptor count must come back to its
-baseline. Expected bits come from ../shared/spec/dropblock_ref.py, never from the daemon.
+baseline. Expected bits come from the executable spec, dropblock_ref.py, never from the daemon:
+committed in tests/refvectors/daemon.json for the jobs reference_requests() lists
+(tools/gen_refvectors.py), and computed live too where the spec is found (--spec-dir, else
+$DROPBLOCK_SPEC_DIR, else ../shared/spec beside the source tree).
 
-  test_daemon.py --daemon build/daemon/dropblockd --spec-dir ../shared/spec
+  test_daemon.py --daemon build/daemon/dropblockd [--spec-dir ../shared/spec]
 
 $DROPBLOCK_DAEMON_WRAPPER (e.g. "valgrind --error-exitcode=99 ...") is put before every daemon
 command line; a daemon that exits non-zero (a valgrind error) fails the test.
@@ -25,6 +28,7 @@ import time
 import traceback
 
 from testlib import SLOW, WRAPPER, Tally, daemon_cmd
+import refvectors
 import testlib
 
 T = Tally()
@@ -126,26 +130,40 @@ class Client:
         return r, m
 
 
-class Reference:
-    """Expected bits from the executable spec (dropblock_ref.py)."""
+# ---------------------------------------------------------------- the reference's jobs
+# Every job whose bits a test checks; the reference runs each on tf-uniform:0,1 input.
+# exact_job's default job keeps every output bit; its sweeps of other seeds (a job after each bad
+# input, one per fault step) keep a SHA-256 of the output: the tests compare whole outputs.
+BAD_INPUT_SEEDS = range(1000, 1040)         # test_bad_inputs: one job after each of its 40 bad inputs
+FAULT_SEEDS = range(101, 111)               # test_faults: the jobs sent to the victim and alloc devices
+FAULT_OTHER_SEEDS = range(1101, 1111)       # test_faults: the other client's jobs meanwhile
+FAULT_AUTO = [((2, 3, 9, 7), "NCHW", "f32"), ((1, 4, 16, 16), "NHWC", "f16"), ((3, 2, 8, 12), "NCHW", "bf16")]
+FAULT_AUTO_SEEDS = range(200, 224)          # test_faults: 24 auto jobs after the vanish
+MANY_CLIENTS = [("NCHW", "f32", "none"), ("NHWC", "f16", "none"), ("NCHW", "bf16", "none"), ("NHWC", "f32", "keras_cv")]
+BIG_JOB = dict(shape=(8, 16, 64, 64), rate=0.2, block=(7, 7), seed=3, stream=0, tile=1024)   # 2 MiB
 
-    def __init__(self, spec_dir):
-        sys.path.insert(0, spec_dir)
-        import dropblock_ref  # noqa: E402
-        self.ref = dropblock_ref
 
-    def case(self, shape, layout="NCHW", dtype="f32", rate=0.1, block=(3, 3), seed=0, stream=0, compat="none",
-             normalize="global"):
-        r = self.ref
-        enc, _ = r.ENC[dtype]
-        n = shape[0] * shape[1] * shape[2] * shape[3]
-        x = [enc(v) for v in r.tf_stateless_uniform(n, 0, 1)]
-        if compat == "keras_cv":
-            y, kept, total, scale = r.keras_cv_dropblock2d(x, shape, layout, dtype, rate, block, seed, stream)
-        else:
-            y, kept, total, scale = r.dropblock2d(x, shape, layout, dtype, rate, block, seed, stream, normalize)
-        fmt = "<%d%s" % (n, "I" if dtype == "f32" else "H")
-        return struct.pack(fmt, *x), struct.pack(fmt, *y), kept, total, "0x%08x" % r.f32_bits(scale)
+def exact_request(shape=(2, 3, 9, 7), layout="NCHW", dtype="f32", rate=0.2, block=(3, 2), seed=None, stream=5,
+                  compat="none"):
+    """exact_job's job: seed 42 with every output bit, another seed with the output's SHA-256."""
+    return refvectors.run_request(shape, layout, dtype, rate, tuple(block), 42 if seed is None else seed, stream,
+                                  compat=compat, digest=seed is not None)
+
+
+def many_clients_request(i):
+    layout, dtype, compat = MANY_CLIENTS[i]
+    return refvectors.run_request((2, 3, 7 + i, 9), layout, dtype, 0.3, (3, 2), 11 + i, 2, compat=compat)
+
+
+def reference_requests():
+    """Every question this suite asks dropblock_ref.py (tools/gen_refvectors.py answers them)."""
+    seeds = [None, 0, 1, 2, 7, 8, *BAD_INPUT_SEEDS, *FAULT_SEEDS, *FAULT_OTHER_SEEDS]
+    reqs = [exact_request(seed=s) for s in seeds] + [exact_request(rate=0.0)]
+    reqs += [exact_request(shape, layout, dtype, seed=s)
+             for k, s in enumerate(FAULT_AUTO_SEEDS) for shape, layout, dtype in [FAULT_AUTO[k % 3]]]
+    reqs += [many_clients_request(i) for i in range(len(MANY_CLIENTS))]
+    reqs.append(refvectors.run_request(**BIG_JOB, digest=True))
+    return reqs
 
 
 def job(region, shape, offset=0, out_offset=None, **kw):
@@ -157,19 +175,17 @@ def job(region, shape, offset=0, out_offset=None, **kw):
     return req
 
 
-def exact_job(c, m, region, ref, shape=(2, 3, 9, 7), **kw):
-    """Runs one job out of place and compares every bit with the reference."""
-    layout, dtype = kw.get("layout", "NCHW"), kw.get("dtype", "f32")
-    block = kw.get("block", [3, 2])
-    x, y, kept, total, scale = ref.case(shape, layout, dtype, kw.get("rate", 0.2), tuple(block), kw.get("seed", 42),
-                                        kw.get("stream", 5), kw.get("compat", "none"))
+def exact_job(c, m, region, ref, device="auto", **kw):
+    """Runs one job (exact_request(**kw)) out of place and compares every bit with the reference."""
+    q = exact_request(**kw)
+    want = ref.ask(q)
+    x = want.x_bytes
     m[0:len(x)] = x
     out = 1 << 16
-    r = c.call(job(region, shape, 0, out, rate=kw.get("rate", 0.2), block=block, seed=kw.get("seed", 42),
-                   stream=kw.get("stream", 5), layout=layout, dtype=dtype, compat=kw.get("compat", "none"),
-                   device=kw.get("device", "auto")))
-    ok = (r is not None and r.get("ok") and r["kept"] == kept and r["total"] == total and r["scale_bits"] == scale
-          and m[out:out + len(y)] == y)
+    r = c.call(job(region, q["shape"], 0, out, rate=q["rate"], block=q["block"], seed=q["seed"], stream=q["stream"],
+                   layout=q["layout"], dtype=q["dtype"], compat=q["compat"], device=device))
+    ok = (r is not None and r.get("ok") and r["kept"] == want.kept and r["total"] == want.total
+          and r["scale_bits"] == want.scale_hex and want.y_matches(m[out:out + len(x)]))
     return ok, r
 
 
@@ -188,6 +204,7 @@ def test_bad_inputs(exe, ref):
         ok, r = exact_job(good, gm, rg["region"], ref)
         check(ok, "the second client's first job is exact: %s" % r)
         baseline = d.fds()
+        seeds = iter(BAD_INPUT_SEEDS)
 
         def bad(send, code, words, what, closes=False):
             c = Client(d.path)
@@ -202,7 +219,7 @@ def test_bad_inputs(exe, ref):
                     expect_error(r, code, words, what)
             finally:
                 c.close()
-            ok, r2 = exact_job(good, gm, rg["region"], ref, seed=hash(what) & 0xFFFF)
+            ok, r2 = exact_job(good, gm, rg["region"], ref, seed=next(seeds))
             check(ok, "after %s the other client still gets exact results: %s" % (what, r2))
 
         bad(lambda c: (c.send_raw(struct.pack("<I", 0)), c.recv())[1], "invalid_argument", ["frame length 0"],
@@ -326,11 +343,11 @@ def test_many_clients(exe, ref):
     d = Daemon(exe, ["--max-inflight-jobs", "1024"])
     try:
         cases = []
-        for i, (layout, dtype, compat) in enumerate([("NCHW", "f32", "none"), ("NHWC", "f16", "none"),
-                                                     ("NCHW", "bf16", "none"), ("NHWC", "f32", "keras_cv")]):
+        for i, (layout, dtype, compat) in enumerate(MANY_CLIENTS):
             shape = (2, 3, 7 + i, 9)
-            x, y, kept, total, scale = ref.case(shape, layout, dtype, 0.3, (3, 2), 11 + i, 2, compat)
-            cases.append((shape, layout, dtype, compat, x, y, kept, total, scale, 11 + i))
+            want = ref.ask(many_clients_request(i))
+            cases.append((shape, layout, dtype, compat, want.x_bytes, want, want.kept, want.total, want.scale_hex,
+                          11 + i))
         clients = [Client(d.path) for _ in range(16)]
         slot = 1 << 12
         regions = []
@@ -360,7 +377,7 @@ def test_many_clients(exe, ref):
                     continue
                 shape, layout, dtype, compat, x, y, kept, total, scale, seed = cases[(ci + k) % 4]
                 o = 2 * slot * k + slot
-                exact += (r["kept"], r["total"], r["scale_bits"]) == (kept, total, scale) and m[o:o + len(y)] == y
+                exact += (r["kept"], r["total"], r["scale_bits"]) == (kept, total, scale) and y.y_matches(m[o:o + len(x)])
             lost += 50 - len(seen)
         check(exact == 800 and lost == 0, "16 x 50 jobs: %d exact, %d lost, %d refused as busy" % (exact, lost, busy))
         for c in clients:
@@ -421,13 +438,14 @@ def test_limits_and_region_lifetime(exe, ref):
         check(replies[11].get("ok") is False and "bytes" in replies[11]["error"]["message"],
               "a job past --max-client-bytes is refused: %s" % replies[11])
         # unregister while the job runs: the job still completes with exact bits
-        x, y, kept, total, scale = ref.case((8, 16, 64, 64), "NCHW", "f32", 0.2, (7, 7), 3, 0)
+        big = ref.ask(refvectors.run_request(**BIG_JOB, digest=True))
+        x, kept = big.x_bytes, big.kept
         m[0:len(x)] = x
         c.send({"v": 1, "id": 20, **job(r["region"], (8, 16, 64, 64), out_offset=len(x), rate=0.2, block=7, seed=3)})
         c.send({"v": 1, "id": 21, "op": "region.unregister", "region": r["region"]})
         replies = {x["id"]: x for x in (c.recv() for _ in range(2))}
         check(replies[21]["ok"], "unregister answered while a job runs on the region")
-        check(replies[20]["ok"] and replies[20]["kept"] == kept and m[len(x):2 * len(x)] == y,
+        check(replies[20]["ok"] and replies[20]["kept"] == kept and big.y_matches(m[len(x):2 * len(x)]),
               "the job on the unregistered region finished exactly: %s" % {k: v for k, v in replies[20].items()
                                                                           if k != "timing_us"})
         r2 = c.call(job(r["region"], (1, 1, 4, 4)))
@@ -587,10 +605,11 @@ def test_faults(exe, ref):
         rg, gm = good.region(1 << 17)
         c = Client(d.path)
         r, m = c.region(1 << 17)
-        seed = [100]
+        seeds = iter(FAULT_SEEDS)
+        seed = [None]
 
         def run(dev, **kw):
-            seed[0] += 1
+            seed[0] = kw.pop("seed", None) or next(seeds)
             return exact_job(c, m, r["region"], ref, device=dev, seed=seed[0], **kw)
 
         # the other client's jobs must not change the victim's job numbering: a third device
@@ -644,10 +663,9 @@ def test_faults(exe, ref):
 
         # auto goes to the others: sizes, dtypes and layouts vary; all exact, none on the victim
         used, exact = set(), 0
-        cases = [((2, 3, 9, 7), "NCHW", "f32"), ((1, 4, 16, 16), "NHWC", "f16"), ((3, 2, 8, 12), "NCHW", "bf16")]
         for k in range(24):
-            shape, layout, dtype = cases[k % 3]
-            ok, rr = run("auto", shape=shape, layout=layout, dtype=dtype)
+            shape, layout, dtype = FAULT_AUTO[k % 3]
+            ok, rr = run("auto", shape=shape, layout=layout, dtype=dtype, seed=FAULT_AUTO_SEEDS[k])
             exact += ok
             if rr and rr.get("ok"):
                 used.add(rr["device"])
@@ -880,11 +898,13 @@ def test_peer_credentials(exe):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--daemon", required=True)
-    ap.add_argument("--spec-dir", default=os.environ.get("DROPBLOCK_SPEC_DIR"))
+    ap.add_argument("--spec-dir", help="dropblock_ref.py's folder (default: $DROPBLOCK_SPEC_DIR, else "
+                    "../shared/spec beside the source tree, where it exists)")
     ap.add_argument("--fault-injection", choices=("on", "off"), default="on",
                     help="whether the daemon was built with -Dfault_injection=true")
     a = ap.parse_args()
-    ref = Reference(a.spec_dir)
+    ref = refvectors.Reference("daemon", a.spec_dir)
+    print("test_daemon: " + ref.describe(), flush=True)
     for t in (lambda: test_bad_inputs(a.daemon, ref), lambda: test_many_clients(a.daemon, ref),
               lambda: test_sigterm_with_queue(a.daemon, ref), lambda: test_limits_and_region_lifetime(a.daemon, ref),
               lambda: test_client_that_never_reads(a.daemon, ref), lambda: test_stale_socket_and_second_daemon(a.daemon),

@@ -2,13 +2,15 @@
 """The Python package (python/dropblock) over libdropblock, against a dropblockd on a temporary
 socket and the in-process engine.
 
-Expected bits come from ../shared/spec/dropblock_ref.py (DROPBLOCK_SPEC_DIR), never from the
-daemon; schedules are checked against exact rational arithmetic; the ctypes structs against the
+Expected bits come from the executable spec, dropblock_ref.py, never from the daemon: committed
+in tests/refvectors/python.json for the cases reference_requests() lists (tools/gen_refvectors.py),
+and computed live too where the spec is found (--spec-dir, else $DROPBLOCK_SPEC_DIR, else
+../shared/spec beside the source tree); schedules are checked against exact rational arithmetic; the ctypes structs against the
 compiler's layout (py_abi). Needs NumPy for the array and job checks: without it those are
 skipped (exit 77, meson's skip code) after the rest has passed. The PyTorch part runs only where
 torch can be imported.
 
-  DROPBLOCK_LIBRARY=build/client/libdropblock.so DROPBLOCK_SPEC_DIR=../shared/spec \
+  DROPBLOCK_LIBRARY=build/client/libdropblock.so \
   test_python.py --daemon build/daemon/dropblockd --abi build/tests/py_abi --source-dir .
 """
 import argparse
@@ -25,6 +27,7 @@ import time
 import traceback
 from fractions import Fraction
 
+import refvectors
 import testlib
 
 T = testlib.Tally()
@@ -55,49 +58,25 @@ def section(name):
 
 
 # ---------------------------------------------------------------- the reference
-def load_ref(spec_dir):
-    spec = importlib.util.spec_from_file_location("dropblock_ref", os.path.join(spec_dir, "dropblock_ref.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 class Case:
-    """One request and its expected output bits (physical order), from dropblock_ref.py."""
+    """One request and its expected output bits (physical order), from dropblock_ref.py through
+    ref, a refvectors.Reference (a refvectors.Recorder only collects the request)."""
 
     def __init__(self, ref, name, shape, layout="NCHW", dtype="f32", rate=0.1, block=7, seed=0, stream=0,
                  normalize="global", share=(), compat="none", training=True, input_seed=(0, 1), negate=False):
         self.name, self.shape, self.layout, self.dtype = name, shape, layout, dtype
         self.rate, self.block, self.seed, self.stream = rate, block, seed, stream
         self.normalize, self.share, self.compat, self.training = normalize, tuple(share), compat, training
-        N, C, H, W = shape
-        n = N * C * H * W
-        enc, _ = ref.ENC[dtype]
-        vals = ref.tf_stateless_uniform(n, *input_seed)
-        if negate:  # signs, so that -0 for dropped negatives is checked too
-            vals = [v - 0.5 for v in vals]
-        self.x_bits = [enc(v) for v in vals]
-        blk = (block, block) if isinstance(block, int) else tuple(block)
-        if compat == "keras_cv":
-            y, kept, total, scale = ref.keras_cv_dropblock2d(self.x_bits, shape, layout, dtype, rate, blk, seed, stream,
-                                                             training)
-        else:
-            y, kept, total, scale = ref.dropblock2d(self.x_bits, shape, layout, dtype, rate, blk, seed, stream,
-                                                    normalize, "channels" in share, "batch" in share, training)
-        self.y_bits, self.kept, self.total, self.scale_bits = y, kept, total, ref.f32_bits(scale)
-        self.keep = None
-        if compat == "none" and training and rate != 0:
-            keep = ref.keep_mask(N, C, H, W, rate, blk, seed, stream, "channels" in share, "batch" in share)
-            packed = bytearray((n + 7) // 8)
-            i = 0
-            for a in keep:
-                for b in a:
-                    for row in b:
-                        for bit in row:
-                            if bit:
-                                packed[i >> 3] |= 1 << (i & 7)
-                            i += 1
-            self.keep = bytes(packed)
+        # the input: tf-uniform:S0,S1 (minus 0.5 where negate: signs, so that -0 for dropped
+        # negatives is checked too); the packed keep mask where there is one
+        self.request = refvectors.run_request(shape, layout, dtype, rate, block, seed, stream, normalize,
+                                              "channels" in share, "batch" in share, compat, training, input_seed,
+                                              negate, mask=compat == "none" and training and rate != 0)
+        want = ref.ask(self.request)
+        if want is None:
+            return
+        self.x_bits, self.y_bits, self.kept, self.total = want.x, want.y, want.kept, want.total
+        self.scale_bits, self.keep = want.scale_bits, want.keep
 
     def physical_shape(self):
         N, C, H, W = self.shape
@@ -155,10 +134,10 @@ def check_abi(abi_exe):
 def check_schedules(ref):
     import dropblock
     section("schedules against exact rational arithmetic")
-    f32 = ref.f32
+    f32, f32_bits = refvectors.f32, refvectors.f32_bits
 
     def rn32(q):
-        return 0.0 if q == 0 else ref.rne_f32_of_fraction(q)
+        return 0.0 if q == 0 else ref.rne_f32(q)
 
     targets = [0.0, 0.1, 0.25, 1.0, 0.3, 1e-45, 1.1754942e-38, 0.9999999, 0.07]
     pairs = [(0, 10), (1, 10), (3, 10), (9, 10), (10, 10), (11, 10), (5, 0), (0, 0), (1, 3), (2, 3),
@@ -169,18 +148,18 @@ def check_schedules(ref):
         for s, n in pairs:
             want = t32 if n == 0 or s >= n else rn32(Fraction(t32) * s / n)
             got = dropblock.schedule_linear(t, s, n)
-            if ref.f32_bits(got) != ref.f32_bits(want):
+            if f32_bits(got) != f32_bits(want):
                 bad += 1
                 print("  linear(%r, %d, %d): got %r, want %r" % (t, s, n, got, want))
             for g in range(0, 5):
                 w = want if g == 0 else rn32(Fraction(want) / 4 ** (4 - g))
                 r = dropblock.schedule_rate(t, s, n, g)
-                if ref.f32_bits(r) != ref.f32_bits(w):
+                if f32_bits(r) != f32_bits(w):
                     bad += 1
                     print("  rate(%r, %d, %d, %d): got %r, want %r" % (t, s, n, g, r, w))
         for g in range(1, 5):
             w = rn32(Fraction(t32) / 4 ** (4 - g))
-            if ref.f32_bits(dropblock.schedule_group(t, g)) != ref.f32_bits(w):
+            if f32_bits(dropblock.schedule_group(t, g)) != f32_bits(w):
                 bad += 1
                 print("  group(%r, %d)" % (t, g))
     check(bad == 0, "every schedule value is the correctly rounded float32 (%d wrong)" % bad)
@@ -334,9 +313,13 @@ def check_cases(np, client, cases, label, devices):
                     check(m2 is mm and mm.tobytes() == case.keep, what + ": mask= an array")
 
 
+def misc_case(ref):
+    return Case(ref, "f32", (1, 2, 6, 5), "NCHW", "f32", 0.3, 2, seed=11, stream=4)
+
+
 def check_misc(np, client, label, ref):
     section("%s: views, dtypes, errors" % label)
-    case = Case(ref, "f32", (1, 2, 6, 5), "NCHW", "f32", 0.3, 2, seed=11, stream=4)
+    case = misc_case(ref)
     x = case.x(np)
     # a non-contiguous input is copied, a view inside a client.array is used where it is
     big = client.array((2,) + x.shape[1:], "f32")
@@ -468,10 +451,14 @@ def check_lifecycle(np, dropblock, sock):
     watcher.close()
 
 
+def thread_cases(ref):
+    return [Case(ref, "t%d" % i, (1, 2, 8, 8), "NCHW", "f32", 0.3, 3, seed=i, stream=i) for i in range(4)]
+
+
 def check_threads(np, client, ref):
     section("threads share a client")
     import threading
-    cases = [Case(ref, "t%d" % i, (1, 2, 8, 8), "NCHW", "f32", 0.3, 3, seed=i, stream=i) for i in range(4)]
+    cases = thread_cases(ref)
     errors = []
 
     def work(case):
@@ -493,6 +480,24 @@ def check_threads(np, client, ref):
     check(not errors, "4 threads x 10 jobs, exact bits and per-thread last_result: %r" % errors[:3])
 
 
+def torch_cases(ref, dtype):
+    """The torch part's forward case and the dy whose forward is its gradient."""
+    return (Case(ref, "torch " + dtype, (2, 3, 8, 6), "NCHW", dtype, 0.25, 3, seed=77, stream=10, negate=True),
+            Case(ref, "torch dy " + dtype, (2, 3, 8, 6), "NCHW", dtype, 0.25, 3, seed=77, stream=10,
+                 input_seed=(5, 6)))
+
+
+def reference_requests():
+    """Every question this suite asks dropblock_ref.py (tools/gen_refvectors.py answers them)."""
+    rec = refvectors.Recorder()
+    make_cases(rec)
+    misc_case(rec)
+    thread_cases(rec)
+    for dtype in ("f32", "f16", "bf16"):
+        torch_cases(rec, dtype)
+    return rec.requests
+
+
 def check_torch(np, client, ref):
     try:
         import torch
@@ -503,9 +508,7 @@ def check_torch(np, client, ref):
     import dropblock.torch as dbt
     section("dropblock.torch.DropBlock2d (torch %s) against the reference" % torch.__version__)
     for dtype, tdt in (("f32", torch.float32), ("f16", torch.float16), ("bf16", torch.bfloat16)):
-        case = Case(ref, "torch " + dtype, (2, 3, 8, 6), "NCHW", dtype, 0.25, 3, seed=77, stream=10, negate=True)
-        dy_case = Case(ref, "torch dy " + dtype, (2, 3, 8, 6), "NCHW", dtype, 0.25, 3, seed=77, stream=10,
-                       input_seed=(5, 6))
+        case, dy_case = torch_cases(ref, dtype)
         m = dbt.DropBlock2d(0.25, 3, seed=77, stream=10, stream_step=2, client=client)
         x_np = case.x(np)
         x = torch.from_numpy(x_np.view(np.int16) if dtype == "bf16" else x_np.copy())
@@ -558,17 +561,16 @@ def main():
     ap.add_argument("--abi", required=True)
     ap.add_argument("--source-dir", required=True)
     ap.add_argument("--cache-dir")
-    ap.add_argument("--spec-dir", default=os.environ.get("DROPBLOCK_SPEC_DIR"))
+    ap.add_argument("--spec-dir", help="dropblock_ref.py's folder (default: $DROPBLOCK_SPEC_DIR, else "
+                    "../shared/spec beside the source tree, where it exists)")
     a = ap.parse_args()
-    if not a.spec_dir or not os.path.exists(os.path.join(a.spec_dir, "dropblock_ref.py")):
-        print("dropblock_ref.py not found: set DROPBLOCK_SPEC_DIR or --spec-dir")
-        return 1
     if not os.environ.get("DROPBLOCK_LIBRARY"):
         print("set DROPBLOCK_LIBRARY to libdropblock's path")
         return 1
     sys.path.insert(0, os.path.join(a.source_dir, "python"))
     import dropblock
-    ref = load_ref(a.spec_dir)
+    ref = refvectors.Reference("python", a.spec_dir)
+    print(ref.describe(), flush=True)
     env = dict(os.environ)
     t0 = time.time()
     check_abi(a.abi)

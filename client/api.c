@@ -5,6 +5,7 @@
 
 #include "handle.h"
 #include "plan.h"
+#include "sysmem.h"
 
 void dropblock_close(dropblock_t *h)
 {
@@ -21,11 +22,26 @@ int dropblock_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, 
     return h->remote ? remote_devices(h, infos, cap, count) : local_devices(h, infos, cap, count);
 }
 
-int dropblock_alloc(dropblock_t *h, size_t bytes, void **ptr)
+int dropblock_alloc(dropblock_t *h, size_t bytes, void **ptr) { return dropblock_alloc_msg(h, bytes, ptr, NULL, 0); }
+
+int dropblock_alloc_msg(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len)
 {
+    if (msg && msg_len) msg[0] = 0;
     if (ptr) *ptr = NULL;
-    if (!h || !ptr || bytes == 0) return DROPBLOCK_EINVAL;
-    return h->remote ? remote_alloc(h, bytes, ptr) : local_alloc(h, bytes, ptr);
+    if (!h || !ptr || bytes == 0) {
+        db_msg(msg, msg_len, "%s", !h ? "handle is NULL" : !ptr ? "ptr is NULL" : "bytes is 0");
+        return DROPBLOCK_EINVAL;
+    }
+    return h->remote ? remote_alloc(h, bytes, ptr, msg, msg_len) : local_alloc(h, bytes, ptr, msg, msg_len);
+}
+
+int dropblock_get_limits(dropblock_t *h, dropblock_limits *out)
+{
+    if (!h || !out) return DROPBLOCK_EINVAL;
+    if (h->remote) return remote_limits(h, out);
+    out->max_region_bytes = out->max_client_bytes = out->max_client_jobs = UINT64_MAX;
+    out->mem_available = db_mem_available();
+    return DROPBLOCK_OK;
 }
 
 int dropblock_free(dropblock_t *h, void *ptr)
@@ -62,9 +78,19 @@ int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, 
     if (rc) return rc;
     if (!h->remote) return local_run(h, p, input, output, mask, device, res);
     dropblock_ticket *t = NULL;
-    rc = remote_submit(h, 1, p, input, output, mask, device, &t, res->message, sizeof res->message);
+    int timeout = remote_job_timeout(h);
+    /* without a timeout the caller reads its own reply (the fast path); with one, the
+     * receiver thread does, and the wait is bounded */
+    rc = remote_submit(h, timeout < 0, p, input, output, mask, device, &t, res->message, sizeof res->message);
     if (rc) return rc;
-    return remote_wait(h, t, -1, res);
+    rc = remote_wait(h, t, timeout, res);
+    if (rc == DROPBLOCK_ETIMEDOUT) {
+        remote_abandon(h, t);
+        db_msg(res->message, sizeof res->message, "no reply to the job within %d ms (the connection's job_timeout_ms); "
+               "the daemon may still write its output and mask", timeout);
+        rc = DROPBLOCK_EUNAVAILABLE;
+    }
+    return rc;
 }
 
 int dropblock_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,

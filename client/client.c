@@ -38,6 +38,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,11 +46,11 @@
 #include "handle.h"
 #include "plan.h"
 #include "protocol.h"
+#include "sysmem.h"
 
 #define NBUCKETS 256 /* tickets by id */
 #define RBUF_CAP (4 + PROTO_MAX_FRAME)
 enum { READER_NONE, READER_RX, READER_CALLER };
-#define HELLO_TIMEOUT_MS 120000
 
 struct region {
     uint32_t id;   /* on the current connection */
@@ -90,6 +91,9 @@ struct db_conn {
     size_t nregions, cap_regions;
 
     long spin_us; /* DROPBLOCK_SPIN_US at connect: how long a reader polls before it sleeps */
+    int timeout_ms, job_timeout_ms; /* dropblock_connect_options; -1: none */
+    /* the daemon's limits from its last hello (lock) */
+    uint64_t max_region_bytes, max_client_bytes, max_client_jobs;
 };
 
 /* Default reader spin: a small job's reply comes back in tens of microseconds, and a thread that
@@ -651,7 +655,8 @@ static int request(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeou
         ticket_remove(h->conn, t); /* a late reply finds no ticket and is dropped */
         pthread_mutex_unlock(&h->conn->lock);
         rc = DROPBLOCK_EUNAVAILABLE;
-        db_msg(msg, len, "no reply within %d s", timeout_ms / 1000);
+        db_msg(msg, len, "dropblockd at %s sent no reply within %d ms (the connection's timeout_ms)", h->conn->path,
+               timeout_ms);
     } else if (!rc) {
         rc = t->rc;
         if (rc) db_msg(msg, len, "%s", t->res.message);
@@ -709,12 +714,17 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int read_exact(int fd, void *buf, size_t len, int64_t deadline, char *why, size_t wl)
+/* deadline < 0: none; *timed_out is set when it passed */
+static int read_exact(int fd, void *buf, size_t len, int64_t deadline, int *timed_out, char *why, size_t wl)
 {
     size_t have = 0;
     while (have < len) {
-        int64_t left = deadline - now_ms();
-        if (left <= 0) { db_msg(why, wl, "no reply within %d s", HELLO_TIMEOUT_MS / 1000); return -1; }
+        int64_t left = deadline < 0 ? -1 : deadline - now_ms();
+        if (deadline >= 0 && left <= 0) {
+            *timed_out = 1;
+            db_msg(why, wl, "no reply");
+            return -1;
+        }
         struct pollfd pfd = {fd, POLLIN, 0};
         int pr = poll(&pfd, 1, left > INT32_MAX ? INT32_MAX : (int)left);
         if (pr < 0 && errno == EINTR) continue;
@@ -731,9 +741,11 @@ static int read_exact(int fd, void *buf, size_t len, int64_t deadline, char *why
 
 /* One request and its reply on a private connection: the reply (caller deletes) or NULL with
  * *code and why. An error reply with a null id (the daemon refusing the peer) sets refused. */
-static cJSON *private_call(int sock, cJSON *req, uint64_t id, int fd, int *code, int *refused, char *why, size_t wl)
+static cJSON *private_call(int sock, cJSON *req, uint64_t id, int fd, int timeout_ms, int *code, int *refused,
+                           char *why, size_t wl)
 {
     *refused = 0;
+    int timed_out = 0;
     *code = DROPBLOCK_EUNAVAILABLE;
     if (!req || !cJSON_AddNumberToObject(req, "id", (double)id)) {
         cJSON_Delete(req);
@@ -746,7 +758,7 @@ static cJSON *private_call(int sock, cJSON *req, uint64_t id, int fd, int *code,
     if (!frame) { *code = DROPBLOCK_EEXHAUSTED; db_msg(why, wl, "out of memory for a request"); return NULL; }
     int err = send_frame(sock, frame, flen, fd, &sent);
     free(frame);
-    int64_t deadline = now_ms() + HELLO_TIMEOUT_MS;
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     unsigned char head[4];
     if (err && err != EPIPE && err != ECONNRESET) {
         db_msg(why, wl, "cannot send: %s", strerror(err));
@@ -754,7 +766,10 @@ static cJSON *private_call(int sock, cJSON *req, uint64_t id, int fd, int *code,
     }
     /* after EPIPE a refusal may still be there to read */
     for (;;) {
-        if (read_exact(sock, head, 4, deadline, why, wl)) return NULL;
+        if (read_exact(sock, head, 4, deadline, &timed_out, why, wl)) {
+            if (timed_out) db_msg(why, wl, "no reply within %d ms (the timeout)", timeout_ms);
+            return NULL;
+        }
         uint32_t len = 0;
         if (proto_frame_peek(head, 4, &len) == PROTO_FRAME_BAD) {
             db_msg(why, wl, "dropblockd sent a frame of %u bytes (the protocol allows 1 to %u)", len, PROTO_MAX_FRAME);
@@ -762,7 +777,11 @@ static cJSON *private_call(int sock, cJSON *req, uint64_t id, int fd, int *code,
         }
         char *body = malloc(len);
         if (!body) { *code = DROPBLOCK_EEXHAUSTED; db_msg(why, wl, "out of memory for a reply"); return NULL; }
-        if (read_exact(sock, body, len, deadline, why, wl)) { free(body); return NULL; }
+        if (read_exact(sock, body, len, deadline, &timed_out, why, wl)) {
+            if (timed_out) db_msg(why, wl, "half a reply within %d ms (the timeout)", timeout_ms);
+            free(body);
+            return NULL;
+        }
         cJSON *r = parse_json(body, len);
         free(body);
         if (!cJSON_IsObject(r)) {
@@ -801,21 +820,41 @@ static int open_socket(struct db_conn *c, cJSON **hello, int *code, char *msg, s
     memset(&sa, 0, sizeof sa);
     sa.sun_family = AF_UNIX;
     memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        db_msg(msg, len, "cannot connect to dropblockd at %s: %s; start one with `dropblockd --socket %s` or run with --local",
-               c->path, strerror(errno), c->path);
+    /* non-blocking: a Unix socket's connect() blocks while the listener's backlog is full (a
+     * daemon that accepts nobody); EAGAIN is retried until the timeout instead */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int64_t deadline = c->timeout_ms < 0 ? -1 : now_ms() + c->timeout_ms;
+    int rc = fd < 0 ? -1 : 0;
+    while (fd >= 0 && (rc = connect(fd, (struct sockaddr *)&sa, sizeof sa)) < 0 &&
+           (errno == EINTR || errno == EAGAIN) && (deadline < 0 || now_ms() < deadline))
+        if (errno == EAGAIN) poll(NULL, 0, 5);
+    if (rc < 0) {
+        if (fd >= 0 && errno == EAGAIN)
+            db_msg(msg, len, "cannot connect to dropblockd at %s: its listen backlog stayed full for %d ms (the "
+                   "timeout): the daemon accepts no connections", c->path, c->timeout_ms);
+        else
+            db_msg(msg, len, "cannot connect to dropblockd at %s: %s; start one with `dropblockd --socket %s` or run "
+                   "with --local", c->path, strerror(errno), c->path);
         if (fd >= 0) close(fd);
         *code = DROPBLOCK_EUNAVAILABLE;
         return -1;
     }
+    /* blocking again (the readers poll first); sends bounded by the timeout, so a daemon that
+     * stops reading cannot hold a sender forever */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    if (c->timeout_ms > 0) {
+        struct timeval tv = {c->timeout_ms / 1000, (c->timeout_ms % 1000) * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
     char why[224];
     int refused = 0;
-    /* bounded: a socket that is not dropblockd may never answer (the daemon itself answers once
-     * its devices are ready, which can take seconds the first time kernels are built) */
-    cJSON *reply = private_call(fd, new_request("hello"), 1, -1, code, &refused, why, sizeof why);
+    /* bounded: a socket that is not dropblockd, or a daemon that is stuck, may never answer */
+    cJSON *reply = private_call(fd, new_request("hello"), 1, -1, c->timeout_ms, code, &refused, why, sizeof why);
     if (!reply) {
         if (refused) db_msg(msg, len, "dropblockd at %s refused the connection: %s", c->path, why);
+        else if (*code == DROPBLOCK_EUNAVAILABLE && !strncmp(why, "no reply within", 15))
+            db_msg(msg, len, "dropblockd at %s accepted the connection but sent %s to hello (a daemon still setting "
+                   "up its devices, a stuck one, or not dropblockd)", c->path, why);
         else db_msg(msg, len, "dropblockd at %s: hello failed: %s", c->path, why);
         close(fd);
         return -1;
@@ -837,6 +876,18 @@ static int open_socket(struct db_conn *c, cJSON **hello, int *code, char *msg, s
         close(fd);
         return -1;
     }
+    /* the limits this connection's allocations and jobs are checked against first (a daemon
+     * that gives none: no client-side check) */
+    const cJSON *lim = field(reply, "limits");
+    uint64_t v[3] = {UINT64_MAX, UINT64_MAX, UINT64_MAX};
+    static const char *const names[3] = {"max_region_bytes", "max_client_bytes", "max_client_jobs"};
+    for (int i = 0; i < 3; i++)
+        if (proto_get_u64(field(lim, names[i]), names[i], &v[i], NULL, 0)) v[i] = UINT64_MAX;
+    pthread_mutex_lock(&c->lock);
+    c->max_region_bytes = v[0];
+    c->max_client_bytes = v[1];
+    c->max_client_jobs = v[2];
+    pthread_mutex_unlock(&c->lock);
     if (hello) *hello = reply;
     else cJSON_Delete(reply);
     return fd;
@@ -858,11 +909,34 @@ static int start_receiver(struct db_conn *c, char *msg, size_t len)
     return DROPBLOCK_OK;
 }
 
+void dropblock_connect_options_init(dropblock_connect_options *opt)
+{
+    if (!opt) return;
+    opt->socket_path = NULL;
+    opt->timeout_ms = DROPBLOCK_DEFAULT_TIMEOUT_MS;
+    opt->job_timeout_ms = -1;
+}
+
 int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, size_t len)
 {
+    dropblock_connect_options o;
+    dropblock_connect_options_init(&o);
+    o.socket_path = socket_path;
+    return dropblock_connect_opts(out, &o, msg, len);
+}
+
+int dropblock_connect_opts(dropblock_t **out, const dropblock_connect_options *opt, char *msg, size_t len)
+{
     if (msg && len) msg[0] = 0;
-    if (!out) return DROPBLOCK_EINVAL;
+    if (!out || !opt) return DROPBLOCK_EINVAL;
     *out = NULL;
+    if (opt->timeout_ms < -1 || opt->job_timeout_ms < -1) {
+        db_msg(msg, len, "%s %d: must be -1 (no limit) or a number of milliseconds >= 0",
+               opt->timeout_ms < -1 ? "timeout_ms" : "job_timeout_ms",
+               opt->timeout_ms < -1 ? opt->timeout_ms : opt->job_timeout_ms);
+        return DROPBLOCK_EINVAL;
+    }
+    const char *socket_path = opt->socket_path;
     char path[4096];
     if (socket_path) snprintf(path, sizeof path, "%s", socket_path);
     else dropblock_default_socket(path, sizeof path);
@@ -884,6 +958,8 @@ int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, siz
     h->conn = c;
     c->fd = -1;
     c->gen = 1;
+    c->timeout_ms = opt->timeout_ms;
+    c->job_timeout_ms = opt->job_timeout_ms;
     snprintf(c->path, sizeof c->path, "%s", path);
     const char *spin = getenv("DROPBLOCK_SPIN_US");
     char *end = NULL;
@@ -985,7 +1061,7 @@ static int reconnect(struct db_conn *c, char *msg, size_t len)
         cJSON *req = new_request("region.register");
         if (req) cJSON_AddNumberToObject(req, "fds", 1);
         int refused;
-        cJSON *reply = private_call(fd, req, 2 + i, c->regions[i].fd, &rc, &refused, why, sizeof why);
+        cJSON *reply = private_call(fd, req, 2 + i, c->regions[i].fd, c->timeout_ms, &rc, &refused, why, sizeof why);
         uint64_t rid = 0, size = 0;
         if (reply && (proto_get_u64(field(reply, "region"), "region", &rid, NULL, 0) || rid > UINT32_MAX ||
                       proto_get_u64(field(reply, "size"), "size", &size, NULL, 0) || size != c->regions[i].size)) {
@@ -1057,7 +1133,7 @@ int remote_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, siz
     int rc = ensure_connected(h, NULL, 0);
     if (rc) return rc;
     cJSON *reply = NULL;
-    rc = request(h, new_request("devices"), -1, NULL, -1, &reply, NULL, 0);
+    rc = request(h, new_request("devices"), -1, NULL, h->conn->timeout_ms, &reply, NULL, 0);
     if (!rc && parse_devices(reply, infos, cap, count)) rc = DROPBLOCK_EINTERNAL;
     cJSON_Delete(reply);
     return rc;
@@ -1071,14 +1147,31 @@ static int errno_code(int e)
                : DROPBLOCK_EINTERNAL;
 }
 
-int remote_alloc(dropblock_t *h, size_t bytes, void **ptr)
+int remote_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len)
 {
     struct db_conn *c = h->conn;
-    int rc = ensure_connected(h, NULL, 0);
+    int rc = ensure_connected(h, msg, msg_len);
     if (rc) return rc;
+    /* nothing is allocated that the daemon would refuse or the machine cannot hold: memfd pages
+     * are not counted in anyone's RSS, so an oversized one makes the OOM killer pick others */
+    pthread_mutex_lock(&c->lock);
+    uint64_t max_region = c->max_region_bytes;
+    pthread_mutex_unlock(&c->lock);
+    char b[64], l[64];
+    if ((uint64_t)bytes > max_region) {
+        db_fmt_bytes(b, sizeof b, bytes);
+        db_fmt_bytes(l, sizeof l, max_region);
+        db_msg(msg, msg_len, "shared memory of %s: above the daemon's max_region_bytes, %s (dropblockd "
+               "--max-region-bytes)", b, l);
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    if ((rc = db_mem_check(bytes, "shared memory", msg, msg_len))) return rc;
     if (bytes > (size_t)INT64_MAX) return DROPBLOCK_EEXHAUSTED;
     int fd = memfd_create("dropblock", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0) return errno_code(errno);
+    if (fd < 0) {
+        db_msg(msg, msg_len, "memfd_create: %s", strerror(errno));
+        return errno_code(errno);
+    }
     /* real pages now, so running out shows here and not as SIGBUS inside a job */
     int e;
     do e = posix_fallocate(fd, 0, (off_t)bytes); while (e == EINTR);
@@ -1088,18 +1181,22 @@ int remote_alloc(dropblock_t *h, size_t bytes, void **ptr)
     if (!e && base == MAP_FAILED) e = errno;
     if (e) {
         close(fd);
+        db_fmt_bytes(b, sizeof b, bytes);
+        db_msg(msg, msg_len, "shared memory of %s: %s", b, strerror(e));
         return errno_code(e);
     }
     cJSON *req = new_request("region.register");
     if (req) cJSON_AddNumberToObject(req, "fds", 1);
     cJSON *reply = NULL;
-    char msg[256];
     uint64_t gen = 0;
-    rc = request(h, req, fd, &gen, -1, &reply, msg, sizeof msg);
+    rc = request(h, req, fd, &gen, c->timeout_ms, &reply, msg, msg_len);
     uint64_t rid = 0, size = 0;
     if (!rc && (proto_get_u64(field(reply, "region"), "region", &rid, NULL, 0) || rid > UINT32_MAX ||
                 proto_get_u64(field(reply, "size"), "size", &size, NULL, 0) || size != bytes))
+    {
         rc = DROPBLOCK_EINTERNAL; /* cannot happen with a v1 daemon */
+        db_msg(msg, msg_len, "the region.register reply does not match the region");
+    }
     cJSON_Delete(reply);
     if (!rc) {
         pthread_mutex_lock(&c->region_lock);
@@ -1114,6 +1211,7 @@ int remote_alloc(dropblock_t *h, size_t bytes, void **ptr)
         if (c->gen != gen) {
             /* the connection it was registered on broke and was replaced meanwhile */
             rc = DROPBLOCK_EUNAVAILABLE;
+            db_msg(msg, msg_len, "connection to dropblockd lost and re-established during the allocation");
         } else if (c->nregions < c->cap_regions) {
             c->regions[c->nregions].id = (uint32_t)rid;
             c->regions[c->nregions].base = base;
@@ -1122,6 +1220,7 @@ int remote_alloc(dropblock_t *h, size_t bytes, void **ptr)
             c->nregions++;
         } else {
             rc = DROPBLOCK_EEXHAUSTED; /* the daemon keeps the region until we disconnect */
+            db_msg(msg, msg_len, "out of memory for the region list");
         }
         pthread_mutex_unlock(&c->region_lock);
     }
@@ -1156,7 +1255,7 @@ int remote_free(dropblock_t *h, void *ptr)
     cJSON *reply = NULL;
     char msg[256];
     /* only on the connection that knows the id; never reconnects (a new one does not have it) */
-    int rc = request(h, req, -1, &gen, -1, &reply, msg, sizeof msg);
+    int rc = request(h, req, -1, &gen, c->timeout_ms, &reply, msg, sizeof msg);
     cJSON_Delete(reply);
     munmap(r.base, r.size);
     close(r.fd);
@@ -1325,12 +1424,34 @@ int remote_wait(dropblock_t *h, dropblock_ticket *t, int timeout_ms, dropblock_r
     return rc;
 }
 
+void remote_abandon(dropblock_t *h, dropblock_ticket *t)
+{
+    pthread_mutex_lock(&h->conn->lock);
+    ticket_remove(h->conn, t); /* a late reply finds no ticket and is dropped */
+    pthread_mutex_unlock(&h->conn->lock);
+    ticket_free(t);
+}
+
+int remote_limits(dropblock_t *h, dropblock_limits *out)
+{
+    struct db_conn *c = h->conn;
+    pthread_mutex_lock(&c->lock);
+    out->max_region_bytes = c->max_region_bytes;
+    out->max_client_bytes = c->max_client_bytes;
+    out->max_client_jobs = c->max_client_jobs;
+    pthread_mutex_unlock(&c->lock);
+    out->mem_available = db_mem_available();
+    return DROPBLOCK_OK;
+}
+
+int remote_job_timeout(const dropblock_t *h) { return h->conn->job_timeout_ms; }
+
 /* ---------------------------------------------------------------- status and shutdown */
 int remote_status(dropblock_t *h, char *json, size_t len)
 {
     cJSON *reply = NULL;
     int rc = ensure_connected(h, NULL, 0);
-    if (!rc) rc = request(h, new_request("status"), -1, NULL, -1, &reply, NULL, 0);
+    if (!rc) rc = request(h, new_request("status"), -1, NULL, h->conn->timeout_ms, &reply, NULL, 0);
     if (rc) return rc;
     char *text = cJSON_PrintUnformatted(reply);
     cJSON_Delete(reply);
@@ -1346,7 +1467,7 @@ int remote_shutdown(dropblock_t *h, char *msg, size_t len)
 {
     cJSON *reply = NULL;
     int rc = ensure_connected(h, msg, len);
-    if (!rc) rc = request(h, new_request("shutdown"), -1, NULL, -1, &reply, msg, len);
+    if (!rc) rc = request(h, new_request("shutdown"), -1, NULL, h->conn->timeout_ms, &reply, msg, len);
     cJSON_Delete(reply);
     return rc;
 }

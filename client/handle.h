@@ -52,7 +52,7 @@ struct dropblock_ticket {
 /* local.c */
 void local_close(dropblock_t *h);
 int local_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count);
-int local_alloc(dropblock_t *h, size_t bytes, void **ptr);
+int local_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len);
 int local_free(dropblock_t *h, void *ptr);
 int local_run(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
               const char *device, dropblock_result *res);
@@ -62,16 +62,18 @@ int local_wait(dropblock_t *h, dropblock_ticket *t, dropblock_result *res);
 int local_status(dropblock_t *h, char *json, size_t len);
 
 /* client.c */
-int remote_connect(dropblock_t *h, const char *socket_path, char *msg, size_t msg_len);
 void remote_close(dropblock_t *h);
 int remote_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count);
-int remote_alloc(dropblock_t *h, size_t bytes, void **ptr);
+int remote_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len);
+int remote_limits(dropblock_t *h, dropblock_limits *out);
+int remote_job_timeout(const dropblock_t *h); /* dropblock_connect_options.job_timeout_ms */
 int remote_free(dropblock_t *h, void *ptr);
 /* submit with a message for the errors found before anything is sent */
 /* sync: the caller calls remote_wait(h, t, -1, ...) at once (dropblock_run) */
 int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const void *input, void *output, void *mask,
                   const char *device, dropblock_ticket **ticket, char *msg, size_t msg_len);
 int remote_wait(dropblock_t *h, dropblock_ticket *t, int timeout_ms, dropblock_result *res);
+void remote_abandon(dropblock_t *h, dropblock_ticket *t); /* a ticket nobody waits for any more */
 int remote_status(dropblock_t *h, char *json, size_t len);
 int remote_shutdown(dropblock_t *h, char *msg, size_t msg_len);
 

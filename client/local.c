@@ -6,7 +6,9 @@
 
 #include "engine.h"
 #include "handle.h"
+#include "plan.h"
 #include "protocol.h"
+#include "sysmem.h"
 
 int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, char *msg, size_t len)
 {
@@ -44,11 +46,20 @@ int local_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size
     return DROPBLOCK_OK;
 }
 
-int local_alloc(dropblock_t *h, size_t bytes, void **ptr)
+int local_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len)
 {
     void *p = NULL;
+    /* refused before anything is touched: with overcommit the allocation itself may succeed
+     * and the zero fill below then wake the OOM killer */
+    int rc = db_mem_check(bytes, "engine memory", msg, msg_len);
+    if (rc) return rc;
     /* 64 bytes: a cache line, and what the wide loads of every backend like */
-    if (posix_memalign(&p, 64, bytes)) return DROPBLOCK_EEXHAUSTED;
+    if (posix_memalign(&p, 64, bytes)) {
+        char b[64];
+        db_fmt_bytes(b, sizeof b, bytes);
+        db_msg(msg, msg_len, "engine memory of %s: out of memory", b);
+        return DROPBLOCK_EEXHAUSTED;
+    }
     memset(p, 0, bytes);
     pthread_mutex_lock(&h->lock);
     if (h->nallocs == h->cap_allocs) {
@@ -57,6 +68,7 @@ int local_alloc(dropblock_t *h, size_t bytes, void **ptr)
         if (!n) {
             pthread_mutex_unlock(&h->lock);
             free(p);
+            db_msg(msg, msg_len, "out of memory for the allocation list");
             return DROPBLOCK_EEXHAUSTED;
         }
         h->allocs = n;

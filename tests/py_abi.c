@@ -30,6 +30,14 @@ int main(void)
     S(dropblock_local_options);
     F(dropblock_local_options, backends); F(dropblock_local_options, cache_dir);
     E();
+    S(dropblock_connect_options);
+    F(dropblock_connect_options, socket_path); F(dropblock_connect_options, timeout_ms);
+    F(dropblock_connect_options, job_timeout_ms);
+    E();
+    S(dropblock_limits);
+    F(dropblock_limits, max_region_bytes); F(dropblock_limits, max_client_bytes);
+    F(dropblock_limits, max_client_jobs); F(dropblock_limits, mem_available);
+    E();
     printf(",\"enum_size\":%zu}\n", sizeof(dropblock_layout));
     return 0;
 }

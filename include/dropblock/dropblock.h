@@ -183,6 +183,25 @@ int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, 
  * dropblock_free never reconnect. */
 int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, size_t msg_len);
 
+/* How long a connection waits for the daemon. dropblock_connect uses the defaults. */
+#define DROPBLOCK_DEFAULT_TIMEOUT_MS 10000
+typedef struct dropblock_connect_options {
+    const char *socket_path; /* NULL: dropblock_default_socket */
+    int timeout_ms;     /* connect(), the first hello and every other request's reply (devices, status,
+                         * alloc and free, shutdown): DROPBLOCK_DEFAULT_TIMEOUT_MS; -1: no limit */
+    int job_timeout_ms; /* dropblock_run's wait for its job: -1 (the default): no limit */
+} dropblock_connect_options;
+
+void dropblock_connect_options_init(dropblock_connect_options *opt);
+
+/* dropblock_connect with options. A daemon that accepts the connection but does not answer
+ * within timeout_ms gives DROPBLOCK_EUNAVAILABLE naming the timeout (so does a request later on);
+ * a socket whose listen backlog stays full as long gives the same. A job of dropblock_run that
+ * gets no reply within job_timeout_ms gives DROPBLOCK_EUNAVAILABLE too: its reply is dropped
+ * when it comes, and until the daemon is done with the job it may still write the output and
+ * mask (leave them alone, or close the handle, before reusing that memory). */
+int dropblock_connect_opts(dropblock_t **out, const dropblock_connect_options *opt, char *msg, size_t msg_len);
+
 /* Closes the handle: a connection's regions are unregistered (the daemon drops them with the
  * connection) and unmapped, the local engine's memory is freed, tickets not yet waited for are
  * dropped. */
@@ -199,6 +218,21 @@ int dropblock_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, 
  * (a memfd sized with posix_fallocate, sealed F_SEAL_SHRINK|F_SEAL_GROW, mapped here and
  * registered with the daemon), for the local engine ordinary memory. Zero-filled. */
 int dropblock_alloc(dropblock_t *h, size_t bytes, void **ptr);
+/* dropblock_alloc with the reason for a failure in msg. Nothing is allocated for a size that
+ * cannot be used: above the daemon's max_region_bytes (from its hello), or above the memory
+ * this machine has available now (/proc/meminfo's MemAvailable, within the memory cgroup's limit), gives
+ * DROPBLOCK_EEXHAUSTED naming the limit and the numbers. */
+int dropblock_alloc_msg(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len);
+
+/* What a handle can take, for checking a job's size before allocating anything. */
+typedef struct dropblock_limits {
+    uint64_t max_region_bytes; /* one dropblock_alloc (the daemon's limit; UINT64_MAX locally) */
+    uint64_t max_client_bytes; /* tensor bytes this connection may have in flight: one job's
+                                * input + output (when apart) + mask (UINT64_MAX locally) */
+    uint64_t max_client_jobs;  /* jobs in flight on this connection (UINT64_MAX locally) */
+    uint64_t mem_available;    /* memory available on this machine now (UINT64_MAX: unknown) */
+} dropblock_limits;
+int dropblock_get_limits(dropblock_t *h, dropblock_limits *out);
 /* Releases memory from dropblock_alloc (unregisters the region; running jobs keep theirs).
  * DROPBLOCK_EINVAL for a pointer that is not the start of such memory. On a lost connection the
  * memory is still unmapped and free returns 0: the daemon dropped the region with it. */

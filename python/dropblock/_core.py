@@ -169,9 +169,12 @@ class _Handle:
         self.acquire()
         try:
             p = ctypes.c_void_p()
-            rc = lib().dropblock_alloc(self.ptr, nbytes, ctypes.byref(p))
+            msg = ctypes.create_string_buffer(512)
+            # refused before anything is allocated when the daemon's limits or the machine's
+            # available memory cannot take it (resource_exhausted, naming the limit)
+            rc = lib().dropblock_alloc_msg(self.ptr, nbytes, ctypes.byref(p), msg, len(msg))
             if rc:
-                raise _error(rc, "dropblock_alloc of %d bytes failed" % nbytes)
+                raise _error(rc, msg.value or ("dropblock_alloc of %d bytes failed" % nbytes))
             with self.lock:
                 self.allocs[p.value] = nbytes
             return _Memory(self, p.value, nbytes)
@@ -288,6 +291,19 @@ def _dtype_of_array(x, dtype):
 
 # ---- the client ---------------------------------------------------------------------------
 
+def _timeout_ms(name, seconds):
+    """A timeout in seconds (None: no limit) as dropblock_connect_options takes it."""
+    if seconds is None:
+        return -1
+    try:
+        s = float(seconds)
+    except (TypeError, ValueError):
+        raise _invalid("%s %r: must be a number of seconds or None" % (name, seconds)) from None
+    if not (0 < s <= 86400):
+        raise _invalid("%s %r: must be more than 0 and at most 86400 seconds, or None (no limit)" % (name, seconds))
+    return max(1, int(round(s * 1000)))
+
+
 class Client:
     """A connection to dropblockd, or the in-process engine.
 
@@ -295,12 +311,17 @@ class Client:
     Client("/path/d.sock")     connects to that socket
     Client(local=True)         opens the in-process engine (backends="cpu,opencl,vulkan" or a part)
 
+    timeout (seconds, default 10; None: no limit) bounds connecting, the first hello and every
+    reply but a job's: a daemon that accepts and never answers raises DropblockError
+    (unavailable) naming it. job_timeout (default None: no limit) bounds each job's wait; after it
+    the daemon may still write the job's output.
+
     Use it from one process (not across fork) and from any number of threads. close(), or a
     `with` block, ends it: at once when no client.array is alive any more, otherwise when the last
     one is garbage collected (arrays never dangle); no new job or array is accepted after close.
     """
 
-    def __init__(self, socket=None, local=False, backends=None, cache_dir=None):
+    def __init__(self, socket=None, local=False, backends=None, cache_dir=None, timeout=10.0, job_timeout=None):
         L = lib()
         h = ctypes.c_void_p()
         msg = ctypes.create_string_buffer(512)
@@ -314,8 +335,9 @@ class Client:
             if backends is not None or cache_dir is not None:
                 raise _invalid("backends and cache_dir are options of the local engine (local=True); "
                                "the daemon's devices are chosen with dropblockd --devices")
-            path = None if socket is None else os.fsencode(socket)
-            rc = L.dropblock_connect(ctypes.byref(h), path, msg, len(msg))
+            opt = _lib.ConnectOptions(None if socket is None else os.fsencode(socket),
+                                      _timeout_ms("timeout", timeout), _timeout_ms("job_timeout", job_timeout))
+            rc = L.dropblock_connect_opts(ctypes.byref(h), ctypes.byref(opt), msg, len(msg))
         if rc:
             raise _error(rc, msg.value)
         self.socket = None if socket is None else os.fsdecode(socket)

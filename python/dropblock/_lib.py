@@ -70,8 +70,30 @@ class LocalOptions(ctypes.Structure):
     ]
 
 
+class ConnectOptions(ctypes.Structure):
+    """struct dropblock_connect_options"""
+    _fields_ = [
+        ("socket_path", ctypes.c_char_p),
+        ("timeout_ms", ctypes.c_int),
+        ("job_timeout_ms", ctypes.c_int),
+    ]
+
+
+class Limits(ctypes.Structure):
+    """struct dropblock_limits"""
+    _fields_ = [
+        ("max_region_bytes", ctypes.c_uint64),
+        ("max_client_bytes", ctypes.c_uint64),
+        ("max_client_jobs", ctypes.c_uint64),
+        ("mem_available", ctypes.c_uint64),
+    ]
+
+
+DEFAULT_TIMEOUT_MS = 10000  # DROPBLOCK_DEFAULT_TIMEOUT_MS
+
 STRUCTS = {"dropblock_params": Params, "dropblock_result": Result,
-           "dropblock_device_info": DeviceInfo, "dropblock_local_options": LocalOptions}
+           "dropblock_device_info": DeviceInfo, "dropblock_local_options": LocalOptions,
+           "dropblock_connect_options": ConnectOptions, "dropblock_limits": Limits}
 
 # enum values and names (dropblock.h)
 LAYOUTS = {"NCHW": 0, "NHWC": 1}
@@ -102,10 +124,14 @@ _PROTOTYPES = {
     "dropblock_device_kind_name": (ctypes.c_char_p, [c_enum]),
     "dropblock_open_local": (ctypes.c_int, [_P(_handle_p), _P(LocalOptions), ctypes.c_char_p, ctypes.c_size_t]),
     "dropblock_connect": (ctypes.c_int, [_P(_handle_p), ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]),
+    "dropblock_connect_opts": (ctypes.c_int, [_P(_handle_p), _P(ConnectOptions), ctypes.c_char_p, ctypes.c_size_t]),
+    "dropblock_get_limits": (ctypes.c_int, [_handle_p, _P(Limits)]),
     "dropblock_close": (None, [_handle_p]),
     "dropblock_is_remote": (ctypes.c_int, [_handle_p]),
     "dropblock_devices": (ctypes.c_int, [_handle_p, _P(DeviceInfo), ctypes.c_size_t, _P(ctypes.c_size_t)]),
     "dropblock_alloc": (ctypes.c_int, [_handle_p, ctypes.c_size_t, _P(ctypes.c_void_p)]),
+    "dropblock_alloc_msg": (ctypes.c_int, [_handle_p, ctypes.c_size_t, _P(ctypes.c_void_p), ctypes.c_char_p,
+                                           ctypes.c_size_t]),
     "dropblock_free": (ctypes.c_int, [_handle_p, ctypes.c_void_p]),
     "dropblock_run": (ctypes.c_int, [_handle_p, _P(Params), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                      ctypes.c_char_p, _P(Result)]),

@@ -72,6 +72,10 @@ static const char *const bench_names[BK_N] = {"bl_copy", "bl_copy_tail", "k_bl_b
                                               "k_bl_one_minus", "k_bl_sum_noise", "k_bl_sum_part", "k_bl_scale", "k_bl_mul"};
 
 #define STAGE_SLOTS 3 /* pinned slots each way, for the staged copies */
+#define VARIANTS_MAX 96 /* launch shapes recorded (see "warm-up"); more are counted as cold */
+/* PoCL compiles a kernel anew for a grid of this many work items or more (its "small grid"
+ * specialization covers fewer) */
+#define SMALL_GRID 65535
 
 struct ocl_dev {
     cl_platform_id platform;
@@ -102,6 +106,11 @@ struct ocl_dev {
     /* the benchmark's program, built on its first use */
     cl_program bench_program;
     cl_kernel bk[BK_N];
+    /* launch shapes seen (see "warm-up"): what the driver may compile per kernel */
+    struct ocl_variant { cl_kernel k; size_t local; unsigned char goffs0, small; } variants[VARIANTS_MAX];
+    int nvariants;
+    int warm;              /* the warm-up is done: a shape first launched from now on is "cold" */
+    uint64_t cold;         /* shapes first launched by a job, after the warm-up (each may have paid a compile) */
     /* the staged copy path (see "staged copies"), set up on its first use */
     cl_command_queue q_up, q_down; /* uploads and downloads; the passes stay on queue */
     struct ocl_stage { cl_mem m; void *p; } st_in[STAGE_SLOTS], st_out[STAGE_SLOTS]; /* pinned, mapped once */
@@ -675,12 +684,40 @@ static cl_int set_args(cl_kernel k, int n, const cl_mem *args)
     return e;
 }
 
+/* ---- warm-up ------------------------------------------------------------------------------
+ * Drivers may compile a kernel lazily at its first launch, and again for each launch shape they
+ * specialize on: PoCL (CPU) builds a work-group function per (kernel, work-group size, global
+ * offset zero or not, grid under SMALL_GRID work items or not) at the first launch of that
+ * shape, from 0.1 to 0.3 s each (then kept in its own cache, POCL_CACHE_DIR). So that no job pays
+ * that, prepare launches every kernel a job can use in every shape a job can launch it with
+ * (warm_up), on scratch buffers; every launch goes through enqueue_nd, which records its shape,
+ * and a shape first seen after the warm-up counts as cold (describe: cold=N; tests/test_warmup.c
+ * runs jobs of every kind and checks that it stays 0). */
+static void note_shape(struct ocl_dev *od, cl_kernel k, size_t off, size_t global, size_t local)
+{
+    unsigned char goffs0 = off == 0, small = global < SMALL_GRID;
+    for (int i = 0; i < BK_N; i++)
+        if (od->bk[i] == k) return; /* the benchmark's kernels are not a job's */
+    for (int i = 0; i < od->nvariants; i++) {
+        const struct ocl_variant *v = &od->variants[i];
+        if (v->k == k && v->local == local && v->goffs0 == goffs0 && v->small == small) return;
+    }
+    if (od->warm) od->cold++;
+    if (od->nvariants < VARIANTS_MAX) od->variants[od->nvariants++] = (struct ocl_variant){k, local, goffs0, small};
+}
+
+/* clEnqueueNDRangeKernel on the passes' queue, one dimension, the shape noted */
+static cl_int enqueue_nd(struct ocl_dev *od, cl_kernel k, size_t off, size_t global, size_t local)
+{
+    note_shape(od, k, off, global, local);
+    return clEnqueueNDRangeKernel(od->queue, k, 1, off ? &off : NULL, &global, &local, 0, NULL, NULL);
+}
+
 /* n work items of k (arguments set), in groups of wg with a rounded-up global size */
 static cl_int launch_round(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t n)
 {
     if (n == 0) return CL_SUCCESS;
-    size_t global = (size_t)((n + wg - 1) / wg * wg);
-    return clEnqueueNDRangeKernel(od->queue, k, 1, NULL, &global, &wg, 0, NULL, NULL);
+    return enqueue_nd(od, k, 0, (size_t)((n + wg - 1) / wg * wg), wg);
 }
 
 /* exactly n work items of k, for kernels without a bounds check: whole groups of wg, then the
@@ -688,10 +725,10 @@ static cl_int launch_round(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t 
  * specialise on the group size, PoCL among them, compile a kernel for every remainder) */
 static cl_int launch_exact(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t n)
 {
-    size_t whole = (size_t)(n / wg * wg), rest = (size_t)(n - whole), one = 1;
+    size_t whole = (size_t)(n / wg * wg), rest = (size_t)(n - whole);
     cl_int e = CL_SUCCESS;
-    if (whole) e = clEnqueueNDRangeKernel(od->queue, k, 1, NULL, &whole, &wg, 0, NULL, NULL);
-    if (e == CL_SUCCESS && rest) e = clEnqueueNDRangeKernel(od->queue, k, 1, &whole, &rest, &one, 0, NULL, NULL);
+    if (whole) e = enqueue_nd(od, k, 0, whole, wg);
+    if (e == CL_SUCCESS && rest) e = enqueue_nd(od, k, whole, rest, 1);
     return e;
 }
 
@@ -780,6 +817,80 @@ static int probe_half(struct ocl_dev *od)
     return ok && !(force && !strcmp(force, "1"));
 }
 
+/* Launches every kernel a job can use, in every shape a job can launch it with (see
+ * "warm-up"), on scratch buffers: with these parameter words the mask, scale, exact and fixup
+ * kernels return at once, and the fast apply kernels (no bounds check) run over a scratch
+ * tensor, one scale for all. Then waits, so that the driver has built them all. 0, or an
+ * OpenCL error (the device is then not used). */
+static cl_int warm_up(struct ocl_dev *od)
+{
+    const size_t wa = od->wg_apply, big_a = (SMALL_GRID + wa - 1) / wa * wa;
+    const size_t item = (size_t)od->vw * od->vpw * 4; /* bytes a fast apply work item takes */
+    uint32_t prm[DBP_COUNT];
+    memset(prm, 0, sizeof prm);
+    prm[DBP_TPW] = 1;                /* no tiles: the mask pass does nothing */
+    prm[DBP_CHW + 1] = UINT32_C(1) << 30; /* one sample (2^62 elements): every element takes scale 0 */
+    cl_int e = CL_SUCCESS;
+    cl_mem p = clCreateBuffer(od->ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, sizeof prm, prm, &e);
+    if (e != CL_SUCCESS) return e;
+    cl_mem x = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE, (big_a + wa + 1) * item, NULL, &e);
+    cl_mem m = e == CL_SUCCESS ? clCreateBuffer(od->ctx, CL_MEM_READ_WRITE, (big_a + wa + 1) * item, NULL, &e) : NULL;
+    cl_mem sc = e == CL_SUCCESS ? clCreateBuffer(od->ctx, CL_MEM_READ_WRITE, 64, NULL, &e) : NULL;
+    if (e == CL_SUCCESS) {
+        uint32_t one = 0x3F800000u;
+        e = clEnqueueFillBuffer(od->queue, sc, &one, sizeof one, 0, 64, 0, NULL, NULL);
+    }
+    /* the mask pass and the scales: launch_round's shapes (the scales never pass SMALL_GRID:
+     * DB_DEVICE_SCALE_MAX_SAMPLES) */
+    cl_mem am[3] = {p, m, sc}, as[3] = {p, sc, sc};
+    if (e == CL_SUCCESS) e = set_args(od->k[K_MASK], 3, am);
+    if (e == CL_SUCCESS) e = enqueue_nd(od, od->k[K_MASK], 0, od->wg_mask, od->wg_mask);
+    if (e == CL_SUCCESS) e = enqueue_nd(od, od->k[K_MASK], 0, (SMALL_GRID + od->wg_mask - 1) / od->wg_mask * od->wg_mask,
+                                        od->wg_mask);
+    if (e == CL_SUCCESS) e = set_args(od->k[K_SCALE], 3, as);
+    if (e == CL_SUCCESS) e = enqueue_nd(od, od->k[K_SCALE], 0, od->wg_small, od->wg_small);
+    /* the exact tail and the fixup: launch_round's shapes, and launch_range's where the staged
+     * path may run */
+    const size_t ws = od->wg_small, big_s = (SMALL_GRID + ws - 1) / ws * ws;
+    for (int f = 0; f < 2 && e == CL_SUCCESS; f++) {
+        cl_kernel k = f ? od->k[K_FIXUP] : od->k[K_EXACT];
+        if (f && od->hwexact) break;
+        cl_mem a[5] = {p, m, sc, x, f ? m : x};
+        e = set_args(k, 5, a);
+        if (e == CL_SUCCESS) e = enqueue_nd(od, k, 0, ws, ws);
+        if (e == CL_SUCCESS) e = enqueue_nd(od, k, 0, big_s, ws);
+        if (!od->zero_copy) {
+            if (e == CL_SUCCESS) e = enqueue_nd(od, k, ws, ws, ws);
+            if (e == CL_SUCCESS) e = enqueue_nd(od, k, ws, big_s, ws);
+            if (e == CL_SUCCESS) e = enqueue_nd(od, k, 1, 1, 1);
+        }
+    }
+    /* the fast apply of each dtype and scale kind, with or without the fixup as this device
+     * runs it: launch_exact's shapes (whole groups, and the rest in groups of one at an offset
+     * or alone), and launch_range's */
+    for (int i = 0; i < 6 && e == CL_SUCCESS; i++) {
+        int dt = i / 2, ps = i % 2, fix = !od->hwexact && dt != DROPBLOCK_F16;
+        cl_kernel k = od->k_apply[dt][ps][fix];
+        cl_mem a[6] = {p, m, sc, x, x, m};
+        e = set_args(k, 6, a);
+        if (e == CL_SUCCESS) e = enqueue_nd(od, k, 0, wa, wa);
+        if (e == CL_SUCCESS) e = enqueue_nd(od, k, 0, big_a, wa);
+        if (e == CL_SUCCESS) e = enqueue_nd(od, k, 0, 1, 1);
+        if (e == CL_SUCCESS) e = enqueue_nd(od, k, 1, 1, 1);
+        if (!od->zero_copy) {
+            if (e == CL_SUCCESS) e = enqueue_nd(od, k, wa, wa, wa);
+            if (e == CL_SUCCESS) e = enqueue_nd(od, k, wa, big_a, wa);
+        }
+    }
+    if (e == CL_SUCCESS) e = clFinish(od->queue);
+    if (sc) clReleaseMemObject(sc);
+    if (m) clReleaseMemObject(m);
+    if (x) clReleaseMemObject(x);
+    clReleaseMemObject(p);
+    od->warm = 1;
+    return e;
+}
+
 static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cfg, char *msg, size_t len)
 {
     struct ocl_dev *od = dev->priv;
@@ -824,6 +935,11 @@ static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cf
             od->k_apply[DROPBLOCK_F16][s][0] = od->k_apply_half[s];
             od->k_apply_half[s] = t;
         }
+    if ((e = warm_up(od)) != CL_SUCCESS) {
+        int rc = cl_fail(msg, len, "warming up the kernels", e);
+        teardown(od);
+        return rc;
+    }
     return DROPBLOCK_OK;
 }
 
@@ -1080,11 +1196,11 @@ static uint64_t stage_slice(const struct ocl_dev *od, const struct job *j, size_
  * the rest in groups of one (launch_exact's rule, at a global offset). */
 static cl_int launch_range(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t a, uint64_t b)
 {
-    size_t off = (size_t)a, whole = (size_t)((b - a) / wg * wg), rest = (size_t)(b - a) - whole, one = 1;
+    size_t off = (size_t)a, whole = (size_t)((b - a) / wg * wg), rest = (size_t)(b - a) - whole;
     cl_int e = CL_SUCCESS;
-    if (whole) e = clEnqueueNDRangeKernel(od->queue, k, 1, &off, &whole, &wg, 0, NULL, NULL);
+    if (whole) e = enqueue_nd(od, k, off, whole, wg);
     off += whole;
-    if (e == CL_SUCCESS && rest) e = clEnqueueNDRangeKernel(od->queue, k, 1, &off, &rest, &one, 0, NULL, NULL);
+    if (e == CL_SUCCESS && rest) e = enqueue_nd(od, k, off, rest, 1);
     return e;
 }
 
@@ -1605,10 +1721,11 @@ static void ocl_describe(const struct db_device *dev, char *buf, size_t len)
 {
     const struct ocl_dev *od = dev->priv;
     /* staged: jobs over one slice go through the pinned slots overlapped, smaller ones by plain copies */
-    snprintf(buf, len, "memory=%s f16=%s subnormals=%s mask=%s vector=%ux%u work-groups=%zu/%zu/%zu",
+    /* warmed: launch shapes built at setup; cold: shapes a job launched first (see "warm-up") */
+    snprintf(buf, len, "memory=%s f16=%s subnormals=%s mask=%s vector=%ux%u work-groups=%zu/%zu/%zu warmed=%d cold=%llu",
              od->zero_copy ? "zero-copy" : "staged", od->hwhalf ? "hardware" : "integer",
              od->hwexact ? "hardware" : "fixup", od->cpu ? "cpu-batches" : "gpu-blocks", od->vw, od->vpw, od->wg_mask,
-             od->wg_small, od->wg_apply);
+             od->wg_small, od->wg_apply, od->warm ? od->nvariants : 0, (unsigned long long)od->cold);
 }
 
 const struct backend_ops db_backend_opencl = {"opencl", ocl_enumerate, ocl_prepare, ocl_run, ocl_bench, ocl_release,

@@ -121,6 +121,11 @@ struct vk_dev {
     uint64_t mask_reruns;   /* mask passes rerun with the worst-case budget (mask_pass) */
     /* buffers kept between jobs, by binding (B_Y is B_X: the apply runs in place) */
     struct vk_buf bufs[B_N];
+    /* warm-up (warm_up): passes dispatched at least once (bit 1 << PASS_*), and those a job
+     * dispatched first, after the warm-up (each may have paid the driver's compile) */
+    unsigned dispatched;
+    int warm;
+    uint64_t cold;
 };
 
 static const char *vk_result_name(VkResult r, char *buf, size_t len)
@@ -488,6 +493,7 @@ static void choose_tuning(struct vk_dev *d)
 }
 
 static int probe_exact(struct vk_dev *d);
+static int warm_up(struct vk_dev *d, char *msg, size_t len);
 
 static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg, char *msg, size_t len)
 {
@@ -597,7 +603,7 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
     if ((r = vkCreateFence(d->dev, &fci, NULL, &d->fence))) return vk_fail(msg, len, r, "vkCreateFence");
     const char *fixup = getenv("DROPBLOCK_VULKAN_FIXUP");
     d->hwexact = probe_exact(d) && !(fixup && !strcmp(fixup, "1"));
-    return DROPBLOCK_OK;
+    return warm_up(d, msg, len);
 }
 
 static void buf_free(const struct vk_dev *d, struct vk_buf *b)
@@ -861,6 +867,11 @@ static void step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
     if (!first)
         barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
                 VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+    for (int i = 0; i < PASS_N; i++)
+        if (pipe == d->pipes[i] && !(d->dispatched & 1u << i)) {
+            d->dispatched |= 1u << i;
+            if (d->warm) d->cold++;
+        }
     vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
     vkCmdDispatch(d->cmd, groups_for(d, n), 1, 1);
 }
@@ -949,6 +960,26 @@ static int probe_exact(struct vk_dev *d)
     if (y.buf) buf_free(d, &y);
     if (pipe) vkDestroyPipeline(d->dev, pipe, NULL);
     return ok;
+}
+
+/* Dispatches every pass once on an empty chunk (no tiles, samples or elements: each returns at
+ * once), in one submission. Drivers may compile a pipeline at its first dispatch rather than at
+ * vkCreateComputePipelines: lavapipe JITs each shader then, 0.2 to 1.5 s for the mask pass, which
+ * the first job would otherwise pay. step counts a pass first dispatched after this as cold
+ * (describe: cold=N; tests/test_warmup.c checks that jobs of every kind leave it 0). */
+static int warm_up(struct vk_dev *d, char *msg, size_t len)
+{
+    int rc = buf_ensure(d, B_PRM, DBP_COUNT * 4, msg, len);
+    if (rc) return rc;
+    uint32_t *prm = d->bufs[B_PRM].map;
+    memset(prm, 0, d->bufs[B_PRM].size);
+    prm[DBP_TPW] = 1; /* no tiles, one a work item */
+    bind_all(d, d->bufs[B_X].buf, d->bufs[B_X].buf);
+    if ((rc = begin(d, msg, len))) return rc;
+    for (int i = 0; i < PASS_N; i++) step(d, d->pipes[i], 1, i == 0);
+    if ((rc = submit(d, msg, len))) return rc;
+    d->warm = 1;
+    return DROPBLOCK_OK;
 }
 
 /* ---- run ------------------------------------------------------------------------------- */
@@ -1403,9 +1434,10 @@ static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void 
 static void vk_describe(const struct db_device *dev, char *buf, size_t len)
 {
     const struct vk_dev *d = dev->priv;
-    snprintf(buf, len, "memory=%s import=%s subnormals=%s work-group=%u subgroup=%u",
+    /* warmed: passes dispatched at setup; cold: passes a job dispatched first (warm_up) */
+    snprintf(buf, len, "memory=%s import=%s subnormals=%s work-group=%u subgroup=%u warmed=%d cold=%llu",
              d->staged ? "staged" : "host-visible", d->has_import ? "yes" : "no", d->hwexact ? "hardware" : "fixup",
-             d->local, d->subgroup);
+             d->local, d->subgroup, d->warm ? PASS_N : 0, (unsigned long long)d->cold);
 }
 
 const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate, vk_prepare, vk_run, vk_bench, vk_release,

@@ -39,6 +39,7 @@ show() { echo "\$ $*"; "$@"; }
 
 echo "== 1. start dropblockd on a private socket (log: $log)"
 echo "\$ $daemon --socket $sock --cache-dir $build/kernel-cache &"
+t_start=$(date +%s%N)
 "$daemon" --socket "$sock" --cache-dir "$build/kernel-cache" 2>"$log" &
 pid=$!
 for i in $(seq 1 600); do
@@ -47,6 +48,9 @@ for i in $(seq 1 600); do
   [ "$i" -lt 600 ] || { echo "demo: dropblockd did not answer within 60 s" >&2; exit 1; }
   sleep 0.1
 done
+t_ready=$(date +%s%N)
+echo "  it answered after $(( (t_ready - t_start) / 1000000 )) ms: devices set up, every kernel built (or loaded"
+echo "  from the caches) and launched once, the small-job threshold measured"
 echo "\$ $cli --socket $sock status   # answers: exit 0"
 "$cli" --socket "$sock" status | head -n 1
 echo
@@ -117,7 +121,14 @@ fi
 echo
 echo "== 5. a ResNet-sized tensor: 64x1024x14x14 f32 (51 MiB), block 7, rate 0.1, through the socket"
 echo "   (input and output in shared memory from dropblock_alloc; the daemon picks the device: auto)"
-show "$cli" --socket "$sock" run --shape 64,1024,14,14 --rate 0.1 --block 7 --seed 42 --input tf-uniform:0,1
+show "$cli" --socket "$sock" run --shape 64,1024,14,14 --rate 0.1 --block 7 --seed 42 --input tf-uniform:0,1 \
+  | tee "$dir/first.txt"
+echo "\$ $cli --socket $sock run … --stream 1   # a later job (the next training step's mask)"
+"$cli" --socket "$sock" run --shape 64,1024,14,14 --rate 0.1 --block 7 --seed 42 --stream 1 \
+  --input tf-uniform:0,1 >"$dir/later.txt"
+job_us() { sed -n 's/^time job \([0-9]*\) us.*/\1/p' "$1"; }
+echo "  first job $(job_us "$dir/first.txt") us, a later one $(job_us "$dir/later.txt") us (no compile in either:"
+echo "  the daemon built and launched every kernel variant when it set the devices up)"
 
 echo
 echo "== 6. the daemon's counters, then stop it"

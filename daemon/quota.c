@@ -102,7 +102,13 @@ void quota_derive(struct quota *l, const struct quota_machine *m, char *msg, siz
              QUOTA_FDS_PER_CLIENT, (unsigned long long)m->fds_open, QUOTA_FD_RESERVE);
         l->max_clients = fit;
     }
-    if (!l->max_uid_clients) l->max_uid_clients = l->max_clients / 4 ? l->max_clients / 4 : 1;
+    /* a quarter each, so that one uid leaves room for three; but at least 32 (a training job's
+     * workers) where that still leaves half to the others */
+    if (!l->max_uid_clients) {
+        l->max_uid_clients = l->max_clients / 4;
+        if (l->max_uid_clients < min_u64(32, l->max_clients / 2)) l->max_uid_clients = min_u64(32, l->max_clients / 2);
+        if (!l->max_uid_clients) l->max_uid_clients = 1;
+    }
     if (l->max_uid_clients > l->max_clients) l->max_uid_clients = l->max_clients;
 
     /* regions: one mapping each */

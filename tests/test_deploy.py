@@ -146,6 +146,10 @@ def test_systemd_units(src, daemon, known_opts):
     check(any(k == "CapabilityBoundingSet" for k, _ in svc.get("Service", []))
           and values(svc, "Service", "CapabilityBoundingSet") == [], "service: CapabilityBoundingSet= (empty)")
     check(values(svc, "Service", "AmbientCapabilities") == [], "service: no ambient capabilities")
+    nofile = last(svc, "Service", "LimitNOFILE") or "0"
+    check(nofile.split(":")[0].isdigit() and int(nofile.split(":")[0]) >= 16384,
+          "service: LimitNOFILE raises systemd's soft limit of 1024 (the daemon sizes --max-clients from it): %s"
+          % nofile)
     fams = " ".join(values(svc, "Service", "RestrictAddressFamilies")).split()
     check(fams == ["AF_UNIX"], "service: RestrictAddressFamilies=AF_UNIX only, got %s" % fams)
     check(last(svc, "Service", "MemoryDenyWriteExecute") in (None, "no"),

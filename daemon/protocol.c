@@ -87,6 +87,274 @@ int proto_check_envelope(const cJSON *req, const char **op, char *msg, size_t le
     return DROPBLOCK_OK;
 }
 
+/* ---------------------------------------------------------------- wire hygiene */
+/* The length of the UTF-8 sequence at s (n bytes left): 1 to 4, or 0 when it is not valid. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0], lo = 0x80, hi = 0xBF;
+    size_t k;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) k = 2;
+    else if (c >= 0xE0 && c <= 0xEF) { k = 3; lo = c == 0xE0 ? 0xA0 : 0x80; hi = c == 0xED ? 0x9F : 0xBF; }
+    else if (c >= 0xF0 && c <= 0xF4) { k = 4; lo = c == 0xF0 ? 0x90 : 0x80; hi = c == 0xF4 ? 0x8F : 0xBF; }
+    else return 0;
+    if (n < k || s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < k; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    return k;
+}
+
+int proto_utf8_valid(const char *s, size_t n, size_t *bad)
+{
+    const unsigned char *b = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_seq(b + i, n - i);
+        if (!k) {
+            if (bad) *bad = i;
+            return 0;
+        }
+        i += k;
+    }
+    return 1;
+}
+
+/* The longest prefix of s, at most max bytes, that does not cut a UTF-8 sequence. */
+static int utf8_cut(const char *s, size_t max)
+{
+    const unsigned char *b = (const unsigned char *)s;
+    size_t n = strlen(s), i = 0;
+    while (i < n) {
+        size_t k = utf8_seq(b + i, n - i);
+        if (!k) k = 1;
+        if (i + k > max) break;
+        i += k;
+    }
+    return (int)i;
+}
+
+size_t proto_quote(char *out, size_t cap, const char *s, size_t n)
+{
+    const unsigned char *b = (const unsigned char *)s;
+    size_t o = 0;
+    out[o++] = '"';
+    for (size_t i = 0; i < n;) {
+        char piece[16];
+        size_t k = utf8_seq(b + i, n - i), pl;
+        unsigned cp = k == 2 ? (unsigned)(b[i] & 0x1F) << 6 | (b[i + 1] & 0x3F)
+                    : k == 3 ? (unsigned)(b[i] & 0x0F) << 12 | (unsigned)(b[i + 1] & 0x3F) << 6 | (b[i + 2] & 0x3F)
+                             : b[i];
+        if (!k) { pl = (size_t)snprintf(piece, sizeof piece, "\\x%02x", b[i]); k = 1; }
+        else if (cp == '"' || cp == '\\') { piece[0] = '\\'; piece[1] = (char)cp; pl = 2; }
+        else if (cp == '\n') { memcpy(piece, "\\n", 2); pl = 2; }
+        else if (cp == '\r') { memcpy(piece, "\\r", 2); pl = 2; }
+        else if (cp == '\t') { memcpy(piece, "\\t", 2); pl = 2; }
+        else if (cp < 0x20 || cp == 0x7F || (k == 2 && cp < 0xA0) || (k == 3 && (cp == 0x2028 || cp == 0x2029)))
+            pl = (size_t)snprintf(piece, sizeof piece, "\\u%04x", cp);
+        else { memcpy(piece, b + i, k); pl = k; }
+        if (o + pl + 5 > cap) { /* room for ..." and the NUL */
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        memcpy(out + o, piece, pl);
+        o += pl;
+        i += k;
+    }
+    out[o++] = '"';
+    out[o] = 0;
+    return o;
+}
+
+const cJSON *proto_echo_id(const cJSON *req)
+{
+    const cJSON *id = cJSON_IsObject(req) ? cJSON_GetObjectItemCaseSensitive(req, "id") : NULL;
+    if (cJSON_IsNumber(id) && id->valuedouble >= 0 && id->valuedouble < 9007199254740992.0 &&
+        id->valuedouble == floor(id->valuedouble))
+        return id;
+    if (cJSON_IsString(id) && strlen(id->valuestring) <= PROTO_MAX_ID) return id;
+    return NULL;
+}
+
+static int json_ws(unsigned c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+/* Levels of nesting whose keys a message names (deeper ones are elided). */
+#define SCAN_DEPTH 16
+
+/* Appends key (raw JSON text, n bytes) to the path in p (cap bytes). */
+static void path_add(char *p, size_t cap, const char *key, size_t n)
+{
+    size_t l = strlen(p);
+    if (n > 40) n = 40;
+    char k[48];
+    memcpy(k, key, n);
+    k[n] = 0;
+    snprintf(p + l, cap - l, "%s%.*s", l ? "." : "", utf8_cut(k, n), k);
+}
+
+/* The strings and the bytes between the tokens of b[start, end), a JSON text cJSON parsed (so
+ * its tokens are well formed, though cJSON lets through what RFC 8259 forbids): each string
+ * valid UTF-8 without NUL or raw control bytes, only JSON whitespace outside strings. *id_bad
+ * is set where the bad string is a key of the top-level object or the value of its "id". */
+static int scan_text(const unsigned char *b, size_t start, size_t end, int *id_bad, char *msg, size_t len)
+{
+    size_t key_s[SCAN_DEPTH], key_n[SCAN_DEPTH]; /* the last key seen at each level (0: none) */
+    int depth = 0;
+    for (size_t i = start; i < end; i++) {
+        unsigned c = b[i];
+        if (c == '{' || c == '[') {
+            if (depth < SCAN_DEPTH) key_n[depth] = 0;
+            depth++;
+            continue;
+        }
+        if (c == '}' || c == ']') { depth--; continue; }
+        if (c != '"') {
+            if (c < 0x20 && !json_ws(c)) {
+                db_msg(msg, len, "%s 0x%02x outside a string at byte %zu (JSON allows only space, tab, CR and LF "
+                       "between tokens)", c ? "a control byte" : "a NUL byte", c, i);
+                return DROPBLOCK_EINVAL;
+            }
+            continue;
+        }
+        const char *problem = NULL;
+        char ctl[48];
+        size_t j = i + 1, at = 0;
+        while (j < end && b[j] != '"') {
+            if (b[j] == '\\') {
+                if (!problem && j + 5 < end && b[j + 1] == 'u' && !memcmp(b + j + 2, "0000", 4)) {
+                    problem = "a NUL character (\\u0000)";
+                    at = j;
+                }
+                j += 2;
+                continue;
+            }
+            size_t k = b[j] < 0x20 ? 0 : utf8_seq(b + j, end - j);
+            if (!k && !problem) {
+                snprintf(ctl, sizeof ctl, "a raw control byte 0x%02x (escape it as \\u%04x)", b[j], b[j]);
+                problem = !b[j] ? "a NUL byte" : b[j] < 0x20 ? ctl : "invalid UTF-8";
+                at = j;
+            }
+            j += k ? k : 1;
+        }
+        size_t q = j + 1;
+        while (q < end && json_ws(b[q])) q++;
+        int is_key = q < end && b[q] == ':';
+        if (problem) {
+            char path[160] = "";
+            int levels = is_key ? depth - 1 : depth;
+            for (int d = 0; d < levels && d < SCAN_DEPTH; d++)
+                if (key_n[d]) path_add(path, sizeof path, (const char *)b + key_s[d], key_n[d]);
+            if (levels > SCAN_DEPTH) path_add(path, sizeof path, "...", 3);
+            if (is_key)
+                db_msg(msg, len, "a key %s%s: %s at byte %zu (strings must be valid UTF-8 without NUL)",
+                       path[0] ? "in " : "at the top level", path, problem, at);
+            else
+                db_msg(msg, len, "%s: %s at byte %zu (strings must be valid UTF-8 without NUL)",
+                       path[0] ? path : "a string", problem, at);
+            *id_bad = depth <= 0 || (depth == 1 && (is_key || (key_n[0] == 2 && !memcmp(b + key_s[0], "id", 2))));
+            return DROPBLOCK_EINVAL;
+        }
+        if (is_key && depth >= 1 && depth <= SCAN_DEPTH) {
+            key_s[depth - 1] = i + 1;
+            key_n[depth - 1] = j - i - 1;
+        }
+        i = j; /* the closing quote */
+    }
+    return DROPBLOCK_OK;
+}
+
+static int cmp_key(const void *a, const void *b)
+{
+    return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+/* The first key that appears twice in one object at or below it: 1 with *dup the key and path
+ * the object's place, 0 when none, -1 out of memory. */
+static int find_duplicate(const cJSON *it, char *path, size_t cap, const char **dup)
+{
+    if (!cJSON_IsObject(it) && !cJSON_IsArray(it)) return 0;
+    size_t n = 0, plen = strlen(path);
+    for (const cJSON *c = it->child; c; c = c->next) n++;
+    if (cJSON_IsObject(it) && n > 1) {
+        if (n <= 32) {
+            for (const cJSON *a = it->child; a; a = a->next)
+                for (const cJSON *c = a->next; c; c = c->next)
+                    if (!strcmp(a->string, c->string)) { *dup = a->string; return 1; }
+        } else {
+            const cJSON **keys = malloc(n * sizeof *keys);
+            if (!keys) return -1;
+            size_t i = 0;
+            for (const cJSON *c = it->child; c; c = c->next) keys[i++] = c;
+            qsort(keys, n, sizeof *keys, cmp_key);
+            for (i = 1; i < n && strcmp(keys[i - 1]->string, keys[i]->string); i++) {}
+            *dup = i < n ? keys[i]->string : NULL;
+            free(keys);
+            if (*dup) return 1;
+        }
+    }
+    size_t idx = 0;
+    for (const cJSON *c = it->child; c; c = c->next, idx++) {
+        if (!cJSON_IsObject(c) && !cJSON_IsArray(c)) continue;
+        if (cJSON_IsObject(it)) {
+            path[plen] = 0;
+            path_add(path, cap, c->string, strlen(c->string));
+        } else {
+            snprintf(path + plen, cap - plen, "[%zu]", idx);
+        }
+        int rc = find_duplicate(c, path, cap, dup);
+        if (rc) return rc;
+    }
+    path[plen] = 0;
+    return 0;
+}
+
+int proto_open_request(const char *data, size_t len, cJSON **req_out, const cJSON **id, const char **op, char *msg,
+                       size_t mlen)
+{
+    *req_out = NULL;
+    *id = NULL;
+    *op = NULL;
+    const char *end = NULL;
+    cJSON *req = cJSON_ParseWithLengthOpts(data, len, &end, 0);
+    if (!req) {
+        const char *at = cJSON_GetErrorPtr();
+        if (at && at >= data && at <= data + len) db_msg(msg, mlen, "invalid JSON near byte %zu", (size_t)(at - data));
+        else db_msg(msg, mlen, "invalid JSON");
+        return DROPBLOCK_EINVAL;
+    }
+    *req_out = req;
+    const unsigned char *b = (const unsigned char *)data;
+    size_t stop = (size_t)(end - data), start = len >= 3 && !memcmp(b, "\xEF\xBB\xBF", 3) ? 3 : 0; /* cJSON skips a BOM */
+    int id_bad = 0, rc = scan_text(b, start, stop, &id_bad, msg, mlen);
+    if (!rc) {
+        while (stop < len && json_ws(b[stop])) stop++;
+        if (stop < len) {
+            db_msg(msg, mlen, "trailing bytes after the JSON value at byte %zu (a frame holds exactly one JSON object)",
+                   stop);
+            rc = DROPBLOCK_EINVAL;
+        }
+    }
+    if (!rc) {
+        char path[160] = "";
+        const char *dup = NULL;
+        int found = find_duplicate(req, path, sizeof path, &dup);
+        if (found < 0) {
+            db_msg(msg, mlen, "out of memory checking the request's keys");
+            rc = DROPBLOCK_EEXHAUSTED;
+        } else if (found) {
+            char q[64];
+            proto_quote(q, sizeof q, dup, strlen(dup));
+            db_msg(msg, mlen, "duplicate key %s %s%s (a key may appear once per object)", q,
+                   path[0] ? "in " : "at the top level", path);
+            rc = DROPBLOCK_EINVAL;
+            for (const cJSON *c = cJSON_IsObject(req) ? req->child : NULL, *first = NULL; c; c = c->next)
+                if (!strcmp(c->string, "id")) { if (first) id_bad = 1; first = c; }
+        }
+    }
+    if (!rc) rc = proto_check_envelope(req, op, msg, mlen);
+    if (!id_bad) *id = proto_echo_id(req);
+    return rc;
+}
+
 static int get_string_enum(const cJSON *req, const char *field, int (*parse)(const char *), const char *allowed,
                            int *out, char *msg, size_t len)
 {
@@ -241,7 +509,11 @@ cJSON *proto_error(const cJSON *id, int code, const char *message)
     cJSON *e = cJSON_AddObjectToObject(o, "error");
     const char *name = dropblock_error_name(code);
     cJSON_AddStringToObject(e, "code", name && code ? name : "internal");
-    cJSON_AddStringToObject(e, "message", message ? message : "");
+    char *m = strdup(message ? message : "");
+    size_t n = m ? strlen(m) : 0, bad;
+    while (m && !proto_utf8_valid(m, n, &bad)) m[bad] = '?'; /* a message cut in the middle of a character */
+    cJSON_AddStringToObject(e, "message", m ? m : "out of memory");
+    free(m);
     return o;
 }
 

@@ -39,10 +39,37 @@ int proto_get_u64(const cJSON *it, const char *field, uint64_t *out, char *msg, 
 /* Checks v, op and id of a request. *op receives the op name. */
 int proto_check_envelope(const cJSON *req, const char **op, char *msg, size_t len);
 
+/* The first steps of every request (docs/protocol.md, "Frames"): the len bytes at data must be
+ * exactly one JSON value (nothing but whitespace after it), every string in it (keys too) valid
+ * UTF-8 without NUL (raw or \u0000) or raw control bytes, no key twice in one object (at any
+ * depth), and the value a request envelope (proto_check_envelope). Returns DROPBLOCK_OK with
+ * *req the request and *op its op, or an error code with a message naming the problem (the byte
+ * offset, the key). Either way *id is the id to echo in the reply (NULL: null, when there is no
+ * acceptable id or the problem may lie in the id itself), and *req, where not NULL, is the
+ * caller's to free (*id and *op point into it). */
+int proto_open_request(const char *data, size_t len, cJSON **req, const cJSON **id, const char **op, char *msg,
+                       size_t mlen);
+
+/* The request's id when it is one protocol v1 accepts (an integer in [0, 2^53) or a string of
+ * at most PROTO_MAX_ID bytes), else NULL. */
+const cJSON *proto_echo_id(const cJSON *req);
+
+/* Whether the n bytes at s are valid UTF-8 (RFC 3629: no overlong forms, surrogates or code
+ * points above U+10FFFF); where not, *bad (if not NULL) gets the offset of the first bad byte. */
+int proto_utf8_valid(const char *s, size_t n, size_t *bad);
+
+/* The one escaping helper for client-supplied text in the log: s (n bytes) as a double-quoted
+ * JSON-style string in out (cap >= 8 bytes, NUL-terminated): '"' and '\' escaped, control bytes
+ * (C0, DEL, C1, U+2028, U+2029) as \n, \t, \uXXXX..., a byte that is not valid UTF-8 as \xNN;
+ * text that does not fit ends in ..." . The result is one line of valid UTF-8. Returns its length. */
+size_t proto_quote(char *out, size_t cap, const char *s, size_t n);
+
 /* Parses a dropblock2d request into params, tensor references and the device. */
 int proto_parse_job(const cJSON *req, struct proto_job *job, char *msg, size_t len);
 
-/* Replies: a new object {"v":1,"id":id}, the caller adds fields; id may be NULL (null). */
+/* Replies: a new object {"v":1,"id":id}, the caller adds fields; id may be NULL (null). The
+ * message of proto_error is made valid UTF-8 (a byte that is not becomes '?': a message cut in
+ * the middle of a character), so every reply is valid JSON text. */
 cJSON *proto_reply(const cJSON *id, int ok);
 cJSON *proto_error(const cJSON *id, int code, const char *message);
 void proto_add_u64(cJSON *obj, const char *name, uint64_t v);

@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -854,6 +855,101 @@ static int engine_alloc(dropblock_t *h, uint64_t bytes, const char *what, void *
     return rc;
 }
 
+/* ---- progress on a terminal -------------------------------------------------------------
+ * A job that takes longer than PROGRESS_AFTER_S shows one line on stderr, rewritten in place
+ * while it runs and cleared when it ends: the elapsed time, the device and the pass its job is
+ * in, as dropblock_status tells them (the daemon's status op or the local engine's device list:
+ * a device running a job has "pass"; the daemon also counts "running" jobs). Only when stderr
+ * is a terminal: piped or redirected, nothing extra is printed. The job runs on a thread of its
+ * own so that the line moves while it waits. */
+#define PROGRESS_AFTER_S 1.0
+#define PROGRESS_EVERY_MS 250
+
+struct bg_job {
+    dropblock_t *h;
+    const dropblock_params *p;
+    const void *x;
+    void *y, *mask;
+    const char *device;
+    dropblock_result *res;
+    int rc, done;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+};
+
+static void *bg_job_main(void *arg)
+{
+    struct bg_job *b = arg;
+    int rc = dropblock_run(b->h, b->p, b->x, b->y, b->mask, b->device, b->res);
+    pthread_mutex_lock(&b->lock);
+    b->rc = rc;
+    b->done = 1;
+    pthread_cond_signal(&b->cond);
+    pthread_mutex_unlock(&b->lock);
+    return NULL;
+}
+
+/* "ID (PASS)" of the devices running a job (device: only that id), joined, into buf; "" if none
+ * is known. */
+static void running_devices(dropblock_t *h, const char *device, char *buf, size_t len)
+{
+    char json[1 << 14];
+    size_t o = 0;
+    buf[0] = 0;
+    if (dropblock_status(h, json, sizeof json)) return;
+    cJSON *j = cJSON_Parse(json);
+    const cJSON *d, *devs = cJSON_GetObjectItemCaseSensitive(j, "devices");
+    cJSON_ArrayForEach(d, devs) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(d, "id");
+        const cJSON *pass = cJSON_GetObjectItemCaseSensitive(d, "pass");
+        if (!cJSON_IsString(id) || (device && strcmp(device, id->valuestring))) continue;
+        if (!cJSON_IsString(pass) && json_num(d, "running") < 1) continue;
+        int k = snprintf(buf + o, len - o, "%s%s%s%s%s", o ? ", " : "", id->valuestring,
+                         cJSON_IsString(pass) ? " (" : "", cJSON_IsString(pass) ? pass->valuestring : "",
+                         cJSON_IsString(pass) ? ")" : "");
+        if (k < 0 || (size_t)k >= len - o) break;
+        o += (size_t)k;
+    }
+    cJSON_Delete(j);
+}
+
+/* dropblock_run, with the progress line on a terminal (see above). */
+static int run_with_progress(dropblock_t *h, const dropblock_params *p, const void *x, void *y, void *mask,
+                             const char *device, dropblock_result *res)
+{
+    if (!isatty(STDERR_FILENO)) return dropblock_run(h, p, x, y, mask, device, res);
+    struct bg_job b = {h, p, x, y, mask, device, res, 0, 0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+    pthread_t t;
+    if (pthread_create(&t, NULL, bg_job_main, &b)) return dropblock_run(h, p, x, y, mask, device, res);
+    const double t0 = now_s();
+    int shown = 0;
+    pthread_mutex_lock(&b.lock);
+    while (!b.done) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += PROGRESS_EVERY_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+        pthread_cond_timedwait(&b.cond, &b.lock, &until);
+        double el = now_s() - t0;
+        if (b.done || el < PROGRESS_AFTER_S) continue;
+        pthread_mutex_unlock(&b.lock);
+        char where[256];
+        running_devices(h, device, where, sizeof where);
+        fprintf(stderr, "\rdropblock: running %.1f s%s%s\033[K", el, where[0] ? " on " : "",
+                where[0] ? where : device ? device : "");
+        fflush(stderr);
+        shown = 1;
+        pthread_mutex_lock(&b.lock);
+    }
+    pthread_mutex_unlock(&b.lock);
+    pthread_join(t, NULL);
+    if (shown) {
+        fputs("\r\033[K", stderr); /* the line goes: the summary follows on stdout */
+        fflush(stderr);
+    }
+    return b.rc;
+}
+
 static int cmd_run(int argc, char **argv, struct engine_opts eo)
 {
     struct run_args a;
@@ -896,7 +992,7 @@ static int cmd_run(int argc, char **argv, struct engine_opts eo)
     }
     dropblock_result res;
     double t0 = now_s();
-    int rc = dropblock_run(h, p, x, y, mask, id[0] ? id : NULL, &res);
+    int rc = run_with_progress(h, p, x, y, mask, id[0] ? id : NULL, &res);
     double wall = now_s() - t0;
     if (rc) {
         err("run failed%s%s: %s", res.device[0] ? " on " : "", res.device,

@@ -144,7 +144,11 @@ int local_status(dropblock_t *h, char *json, size_t len)
     for (size_t i = 0; devs && i < db_engine_device_count(h->engine); i++) {
         dropblock_device_info info;
         db_engine_device_info(h->engine, i, &info);
-        cJSON_AddItemToArray(devs, proto_device_json(&info));
+        cJSON *d = proto_device_json(&info);
+        char pass[64];
+        db_engine_progress(h->engine, i, pass, sizeof pass);
+        if (d && pass[0]) cJSON_AddStringToObject(d, "pass", pass); /* a job is running on it */
+        cJSON_AddItemToArray(devs, d);
     }
     char *text = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);

@@ -8,7 +8,9 @@
 #define DROPBLOCK_DAEMON_BACKEND_H
 
 #include <dropblock/dropblock.h>
+#include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "plan.h"
 
@@ -30,11 +32,27 @@ enum db_bench_what {
     DB_BENCH_N
 };
 
+/* What a device's running job is doing, for progress displays (db_engine_progress). */
+enum db_pass { DB_PASS_IDLE, DB_PASS_RUNNING, DB_PASS_MASK, DB_PASS_SCALES, DB_PASS_APPLY };
+
 struct db_device {
     dropblock_device_info info; /* id is set by the engine */
     const struct backend_ops *ops;
     void *priv;                 /* the backend's state for this device */
+    /* the running job's pass (enum db_pass) and, in a pass over several chunks, the chunk
+     * (1-based) of nchunks: the engine sets RUNNING and IDLE around a job, a backend's run may
+     * say more with db_progress; any thread reads them */
+    _Atomic int pass;
+    _Atomic unsigned long long chunk, nchunks;
 };
+
+static inline void db_progress(struct db_device *dev, enum db_pass pass, uint64_t chunk, uint64_t nchunks)
+{
+    if (!dev) return;
+    dev->chunk = chunk;
+    dev->nchunks = nchunks;
+    dev->pass = pass;
+}
 
 struct backend_ops {
     const char *name; /* "cpu", "opencl", "vulkan" */

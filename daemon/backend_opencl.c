@@ -862,6 +862,7 @@ static cl_int warm_up(struct ocl_dev *od)
         if (!od->zero_copy) {
             if (e == CL_SUCCESS) e = enqueue_nd(od, k, ws, ws, ws);
             if (e == CL_SUCCESS) e = enqueue_nd(od, k, ws, big_s, ws);
+            if (e == CL_SUCCESS) e = enqueue_nd(od, k, 0, 1, 1); /* a range's rest alone, from 0 or not */
             if (e == CL_SUCCESS) e = enqueue_nd(od, k, 1, 1, 1);
         }
     }

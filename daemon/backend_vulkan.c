@@ -1214,6 +1214,7 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
     }
     uint64_t at = 0;
     for (uint64_t q = 0; q < nchunks && !rc; q++) {
+        db_progress(dev, DB_PASS_MASK, q + 1, nchunks);
         db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
         if ((rc = mask_pass(d, pl, &ch, &tu, &safe, hmask || mask ? (ch.nelem + 31) / 32 * 4 : 0, &reruns, msg, len)))
             break;
@@ -1230,11 +1231,13 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
         db_msg(msg, len, "DROPBLOCK_VULKAN_MASK_FAULT=%u: no mask pass was rerun", (unsigned)fault);
         rc = DROPBLOCK_EINTERNAL;
     }
+    db_progress(dev, DB_PASS_SCALES, 0, 0);
     if (!rc) rc = db_plan_scales(pl, kept, scales, res);
     const uint64_t t2 = db_now_us();
 
     /* pass 3: y = (x * scale) * keep, chunk by chunk */
     for (uint64_t q = 0; q < nchunks && !rc; q++) {
+        db_progress(dev, DB_PASS_APPLY, q + 1, nchunks);
         db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
         db_kernel_params(pl, &ch, &tu, prm);
         memcpy(d->bufs[B_SCALES].map, scales + ch.n0, ch.nsamp * 4);

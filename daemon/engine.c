@@ -245,6 +245,22 @@ void db_engine_device_info(const struct db_engine *e, size_t i, dropblock_device
     out->healthy = db_engine_healthy(e, i, NULL, 0);
 }
 
+void db_engine_progress(const struct db_engine *e, size_t i, char *buf, size_t len)
+{
+    static const char *const names[] = {"", "running", "mask pass", "scales", "apply pass"};
+    if (!len) return;
+    buf[0] = 0;
+    if (i >= e->n) return;
+    const struct db_device *d = &e->slots[i].dev;
+    int pass = d->pass;
+    unsigned long long chunk = d->chunk, n = d->nchunks;
+    if (pass < 0 || pass > DB_PASS_APPLY) return;
+    if (n > 1 && chunk)
+        snprintf(buf, len, "%s, chunk %llu of %llu", names[pass], chunk, n);
+    else
+        snprintf(buf, len, "%s", names[pass]);
+}
+
 void db_engine_device_paths(const struct db_engine *e, size_t i, char *buf, size_t len)
 {
     if (len) buf[0] = 0;
@@ -375,7 +391,9 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
             break;
         }
         default:
+            db_progress(&s->dev, DB_PASS_RUNNING, 0, 0);
             rc = s->dev.ops->run(&s->dev, &pl, in, out, mask, res);
+            db_progress(&s->dev, DB_PASS_IDLE, 0, 0);
             if (rc == DROPBLOCK_EUNAVAILABLE) {
                 /* the device is gone (lost by its driver): no job goes to it again */
                 char why[200];

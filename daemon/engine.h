@@ -38,6 +38,10 @@ void db_engine_device_info(const struct db_engine *e, size_t i, dropblock_device
 /* How the device runs jobs (its backend's describe: key=value words), "" for a bad index. */
 void db_engine_device_paths(const struct db_engine *e, size_t i, char *buf, size_t len);
 
+/* What the device's running job is doing, for progress displays: "" when idle, else "running",
+ * or where the backend says, e.g. "mask pass, chunk 2 of 3" or "apply pass". Any thread. */
+void db_engine_progress(const struct db_engine *e, size_t i, char *buf, size_t len);
+
 /* Health: 1 until the device fails for good (its backend returned DROPBLOCK_EUNAVAILABLE, or an
  * injected "vanish"); then 0 for the engine's life, and why (if not NULL) gets the reason. Any
  * thread. */

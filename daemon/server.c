@@ -299,6 +299,9 @@ static void op_status(struct client *c, const cJSON *id)
         if (!healthy) cJSON_AddStringToObject(d, "unhealthy_reason", why);
         proto_add_u64(d, "queued", st.queued);
         proto_add_u64(d, "running", st.running);
+        char pass[64];
+        db_engine_progress(s->engine, (size_t)i, pass, sizeof pass);
+        if (pass[0]) cJSON_AddStringToObject(d, "pass", pass); /* what its running job is doing */
         proto_add_u64(d, "completed", st.completed);
         proto_add_u64(d, "failed", st.failed);
         proto_add_u64(d, "busy_us", st.busy_us);

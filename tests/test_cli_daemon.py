@@ -134,13 +134,13 @@ def selection_checks():
     n = len(D.devices)
     checks += [
         ("select: --device %d (past the list)" % n,
-         lambda: T.expect_fail(["--socket", D.sock, "run", "--shape", "1,1,4,4", "--device", str(n)], 1,
+         lambda: T.expect_fail(["--socket", D.sock, "run", "--shape", "1,1,4,4", "--device", str(n)], 2,
                                ["only %d devices" % n, "dropblock devices"])),
         ("select: an unknown id", lambda: T.expect_fail(["--socket", D.sock, "run", "--shape", "1,1,4,4",
-                                                         "--device", "vulkan:97"], 1, ["vulkan:97", "not found"])),
+                                                         "--device", "vulkan:97"], 2, ["vulkan:97", "not found"])),
         ("select: --backend cpu --device 5",
          lambda: T.expect_fail(["run", "--socket", D.sock, "--shape", "1,1,4,4", "--backend", "cpu", "--device", "5"],
-                               1, ["only", "cpu device"])),
+                               2, ["only", "cpu device"])),
         ("select: --backend and another API's id",
          lambda: T.expect_fail(["run", "--socket", D.sock, "--shape", "1,1,4,4", "--backend", "cpu", "--device",
                                 "opencl:0"], 2, ["not a device of --backend cpu"])),

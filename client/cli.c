@@ -12,8 +12,9 @@
  * once for both: its tensors come from dropblock_alloc (shared memfd regions on a connection).
  * Flags and defaults are those of spec/dropblock_ref.py, and --format prints its JSON line byte
  * for byte, so `dropblock run ... --format hex` and `dropblock_ref.py ... --format hex` compare
- * with a string equality. Exit status: 0 done, 1 failure (no daemon, no device, job or I/O
- * error), 2 bad arguments or an invalid request; messages go to stderr, prefixed "dropblock: ". */
+ * with a string equality. Exit status (EXIT_STATUS_HELP): 0 done, 1 a failure at run time (no
+ * daemon, device, job or I/O error), 2 bad usage or bad input (arguments, an invalid request, a
+ * bad .npy input, an unknown device); messages go to stderr, prefixed "dropblock: ". */
 #include <dropblock/dropblock.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -31,6 +32,17 @@
 #include "reference.h"
 
 enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+/* the exit statuses, in dropblock --help and dropblock run --help (and README's CLI section) */
+#define EXIT_STATUS_HELP \
+    "exit status:\n" \
+    "  0  done\n" \
+    "  1  a failure at run time: no daemon reachable, no device of the API asked for, a job or\n" \
+    "     device failure, an I/O error (an --input that cannot be opened or read, an --output or\n" \
+    "     --mask that cannot be written)\n" \
+    "  2  bad usage or bad input: an unknown command or option, a bad value, an invalid request,\n" \
+    "     an .npy --input that is not usable (truncated, big-endian, a bad header, a dtype other\n" \
+    "     than f32, f16 or bf16 or than --dtype), a --device the daemon or engine does not have\n"
 
 static const char usage_main[] =
     "usage: dropblock [--socket PATH | --local] COMMAND [options]\n"
@@ -56,8 +68,7 @@ static const char usage_main[] =
     "\n"
     "Start a daemon with `dropblockd --socket PATH &` (dropblockd --help; docs/deploy.md for systemd\n"
     "and Kubernetes).\n"
-    "exit status: 0 done, 1 failure (no daemon, no device, job or I/O error), 2 bad arguments or\n"
-    "invalid request\n";
+    EXIT_STATUS_HELP;
 
 static const char usage_run[] =
     "usage: dropblock run [--socket PATH | --local] [options]\n"
@@ -97,8 +108,7 @@ static const char usage_run[] =
     "  --format hex|dec         print dropblock_ref.py's JSON line (values as bit patterns or decimals);\n"
     "                           without --format and --output a short summary is printed\n"
     "\n"
-    "exit status: 0 done, 1 failure (no daemon, no device, job or I/O error), 2 bad arguments or\n"
-    "invalid request\n";
+    EXIT_STATUS_HELP;
 
 static const char usage_devices[] =
     "usage: dropblock devices [--socket PATH | --local] [--backend cpu|opencl|vulkan]\n"
@@ -716,8 +726,10 @@ static int load_input(struct run_args *a, void **x)
     int rc = db_npy_read(a->input, a->dtype_given ? (int)p->dtype : -1, &dtype, dims, &nd, x, &nbytes, msg, sizeof msg);
     if (rc) {
         err("--input %s", msg);
-        /* a valid file of another dtype than --dtype asks for is an argument problem */
-        return rc == DROPBLOCK_ERANGE ? EXIT_USAGE : EXIT_FAIL;
+        /* what is in the file (truncated, big-endian, a bad header, a dtype other than the one
+         * asked for) is bad input; a file that cannot be opened or read, or memory, a failure */
+        return rc == DROPBLOCK_EINVAL || rc == DROPBLOCK_ERANGE ? EXIT_USAGE : EXIT_FAIL;
+
     }
     const char *order = p->layout == DROPBLOCK_NCHW ? "N,C,H,W" : "N,H,W,C";
     if (nd != 4) {
@@ -790,6 +802,20 @@ static void print_summary(const struct run_args *a, const dropblock_result *r, c
  * integrated one over a CPU driver over the built-in CPU. */
 static int kind_rank(dropblock_device_kind k) { return k == DROPBLOCK_DEVICE_OTHER ? 0 : (int)k; }
 
+/* An id the daemon or engine does not have is bad input (exit 2), as any other bad argument. */
+static int known_device(const char *arg, const char *id, const dropblock_device_info *d, size_t n, const char *list)
+{
+    char ids[256] = "";
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(d[i].id, id)) return 0;
+        size_t l = strlen(ids);
+        snprintf(ids + l, sizeof ids - l, "%s%s", i ? ", " : "", d[i].id);
+    }
+    err("--device %s: %s%snot found (devices: %s; %s lists them)", arg, strcmp(arg, id) ? id : "",
+        strcmp(arg, id) ? " " : "", n ? ids : "none", list);
+    return EXIT_USAGE;
+}
+
 /* --device: "auto", an id, or a number (with --backend the N-th device of that API, else of the
  * list). With --local, --backend opened only that API, so auto stays auto and N is the id B:N;
  * the daemon has all of its devices, so --backend picks among those of its API here. */
@@ -813,11 +839,14 @@ static int resolve_device(const struct run_args *a, const dropblock_device_info 
         return 0;
     }
     if (!parse_u64(a->device, &k)) {
-        if (b && !remote) { snprintf(id, len, "%s:%llu", b, (unsigned long long)k); return 0; }
+        if (b && !remote) {
+            snprintf(id, len, "%s:%llu", b, (unsigned long long)k);
+            return known_device(a->device, id, d, n, list);
+        }
         if (b) {
             if (k >= nb) {
                 err("--device %s: the daemon has only %zu %s device%s (%s)", a->device, nb, b, nb == 1 ? "" : "s", list);
-                return EXIT_FAIL;
+                return EXIT_USAGE;
             }
             for (size_t i = 0; i < n; i++)
                 if (!strcmp(d[i].api, b) && !k--) { snprintf(id, len, "%s", d[i].id); break; }
@@ -825,7 +854,7 @@ static int resolve_device(const struct run_args *a, const dropblock_device_info 
         }
         if (k >= n) {
             err("--device %s: there are only %zu devices (%s)", a->device, n, list);
-            return EXIT_FAIL;
+            return EXIT_USAGE;
         }
         snprintf(id, len, "%s", d[k].id);
         return 0;
@@ -840,7 +869,7 @@ static int resolve_device(const struct run_args *a, const dropblock_device_info 
         return EXIT_USAGE;
     }
     snprintf(id, len, "%s", a->device);
-    return 0;
+    return known_device(a->device, id, d, n, list);
 }
 
 /* Engine memory for a tensor (shared with the daemon on a connection). */

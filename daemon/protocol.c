@@ -191,14 +191,19 @@ static void path_add(char *p, size_t cap, const char *key, size_t n)
     snprintf(p + l, cap - l, "%s%.*s", l ? "." : "", utf8_cut(k, n), k);
 }
 
-/* The strings and the bytes between the tokens of b[start, end), a JSON text cJSON parsed (so
- * its tokens are well formed, though cJSON lets through what RFC 8259 forbids): each string
- * valid UTF-8 without NUL or raw control bytes, only JSON whitespace outside strings. *id_bad
- * is set where the bad string is a key of the top-level object or the value of its "id". */
-static int scan_text(const unsigned char *b, size_t start, size_t end, int *id_bad, char *msg, size_t len)
+/* The strings and the bytes between the tokens of b[start, end), the JSON text cJSON parsed
+ * into req (so its tokens are well formed, though cJSON lets through what RFC 8259 forbids):
+ * each string valid UTF-8 without NUL or raw control bytes, only JSON whitespace outside
+ * strings. The whole text is scanned; the message names the first problem, and *id_bad is set
+ * where any bad string is a key of the top-level object or the value of its "id" (the
+ * top-level members are followed in req, whose order is the text's, so an "id" key spelled
+ * with escapes counts too). */
+static int scan_text(const unsigned char *b, size_t start, size_t end, const cJSON *req, int *id_bad, char *msg,
+                     size_t len)
 {
     size_t key_s[SCAN_DEPTH], key_n[SCAN_DEPTH]; /* the last key seen at each level (0: none) */
-    int depth = 0;
+    const cJSON *member = NULL;                   /* the top-level member being scanned */
+    int depth = 0, rc = DROPBLOCK_OK;
     for (size_t i = start; i < end; i++) {
         unsigned c = b[i];
         if (c == '{' || c == '[') {
@@ -208,10 +213,10 @@ static int scan_text(const unsigned char *b, size_t start, size_t end, int *id_b
         }
         if (c == '}' || c == ']') { depth--; continue; }
         if (c != '"') {
-            if (c < 0x20 && !json_ws(c)) {
+            if (c < 0x20 && !json_ws(c) && !rc) {
                 db_msg(msg, len, "%s 0x%02x outside a string at byte %zu (JSON allows only space, tab, CR and LF "
                        "between tokens)", c ? "a control byte" : "a NUL byte", c, i);
-                return DROPBLOCK_EINVAL;
+                rc = DROPBLOCK_EINVAL;
             }
             continue;
         }
@@ -236,22 +241,26 @@ static int scan_text(const unsigned char *b, size_t start, size_t end, int *id_b
             j += k ? k : 1;
         }
         size_t q = j + 1;
-        while (q < end && json_ws(b[q])) q++;
+        while (q < end && b[q] <= 0x20) q++; /* what cJSON skips between tokens */
         int is_key = q < end && b[q] == ':';
+        if (is_key && depth == 1 && cJSON_IsObject(req)) member = member ? member->next : req->child;
         if (problem) {
-            char path[160] = "";
-            int levels = is_key ? depth - 1 : depth;
-            for (int d = 0; d < levels && d < SCAN_DEPTH; d++)
-                if (key_n[d]) path_add(path, sizeof path, (const char *)b + key_s[d], key_n[d]);
-            if (levels > SCAN_DEPTH) path_add(path, sizeof path, "...", 3);
-            if (is_key)
-                db_msg(msg, len, "a key %s%s: %s at byte %zu (strings must be valid UTF-8 without NUL)",
-                       path[0] ? "in " : "at the top level", path, problem, at);
-            else
-                db_msg(msg, len, "%s: %s at byte %zu (strings must be valid UTF-8 without NUL)",
-                       path[0] ? path : "a string", problem, at);
-            *id_bad = depth <= 0 || (depth == 1 && (is_key || (key_n[0] == 2 && !memcmp(b + key_s[0], "id", 2))));
-            return DROPBLOCK_EINVAL;
+            if (depth <= 0 || (depth == 1 && (is_key || (member && member->string && !strcmp(member->string, "id")))))
+                *id_bad = 1;
+            if (!rc) {
+                char path[160] = "";
+                int levels = is_key ? depth - 1 : depth;
+                for (int d = 0; d < levels && d < SCAN_DEPTH; d++)
+                    if (key_n[d]) path_add(path, sizeof path, (const char *)b + key_s[d], key_n[d]);
+                if (levels > SCAN_DEPTH) path_add(path, sizeof path, "...", 3);
+                if (is_key)
+                    db_msg(msg, len, "a key %s%s: %s at byte %zu (strings must be valid UTF-8 without NUL)",
+                           path[0] ? "in " : "at the top level", path, problem, at);
+                else
+                    db_msg(msg, len, "%s: %s at byte %zu (strings must be valid UTF-8 without NUL)",
+                           path[0] ? path : "a string", problem, at);
+                rc = DROPBLOCK_EINVAL;
+            }
         }
         if (is_key && depth >= 1 && depth <= SCAN_DEPTH) {
             key_s[depth - 1] = i + 1;
@@ -259,7 +268,7 @@ static int scan_text(const unsigned char *b, size_t start, size_t end, int *id_b
         }
         i = j; /* the closing quote */
     }
-    return DROPBLOCK_OK;
+    return rc;
 }
 
 static int cmp_key(const void *a, const void *b)
@@ -324,7 +333,12 @@ int proto_open_request(const char *data, size_t len, cJSON **req_out, const cJSO
     *req_out = req;
     const unsigned char *b = (const unsigned char *)data;
     size_t stop = (size_t)(end - data), start = len >= 3 && !memcmp(b, "\xEF\xBB\xBF", 3) ? 3 : 0; /* cJSON skips a BOM */
-    int id_bad = 0, rc = scan_text(b, start, stop, &id_bad, msg, mlen);
+    int id_bad = 0, rc = scan_text(b, start, stop, req, &id_bad, msg, mlen);
+    /* an id given twice is not echoed, whatever else is wrong */
+    int nid = 0;
+    for (const cJSON *c = cJSON_IsObject(req) ? req->child : NULL; c; c = c->next)
+        nid += c->string && !strcmp(c->string, "id");
+    if (nid > 1) id_bad = 1;
     if (!rc) {
         while (stop < len && json_ws(b[stop])) stop++;
         if (stop < len) {
@@ -346,8 +360,6 @@ int proto_open_request(const char *data, size_t len, cJSON **req_out, const cJSO
             db_msg(msg, mlen, "duplicate key %s %s%s (a key may appear once per object)", q,
                    path[0] ? "in " : "at the top level", path);
             rc = DROPBLOCK_EINVAL;
-            for (const cJSON *c = cJSON_IsObject(req) ? req->child : NULL, *first = NULL; c; c = c->next)
-                if (!strcmp(c->string, "id")) { if (first) id_bad = 1; first = c; }
         }
     }
     if (!rc) rc = proto_check_envelope(req, op, msg, mlen);

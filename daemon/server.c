@@ -202,9 +202,13 @@ static void client_send(struct client *c, cJSON *obj)
     free(frame);
 }
 
+/* Error messages name what the client sent (an op, a device id, a key): the log gets them
+ * quoted and escaped (proto_quote), so no request can write a line of its own there. */
 static void send_error(struct client *c, const cJSON *id, int code, const char *message)
 {
-    logmsg(c->srv, LOG_INFO, "client=%llu error %s: %s", (unsigned long long)c->id, dropblock_error_name(code), message);
+    char q[700];
+    proto_quote(q, sizeof q, message, strlen(message));
+    logmsg(c->srv, LOG_INFO, "client=%llu error %s: %s", (unsigned long long)c->id, dropblock_error_name(code), q);
     client_send(c, proto_error(id, code, message));
 }
 
@@ -492,8 +496,11 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
     s->inflight_jobs++;
     s->inflight_bytes += bytes;
     s->submitted++;
+    char qid[160];
+    if (cJSON_IsString(id)) proto_quote(qid, sizeof qid, id->valuestring, strlen(id->valuestring));
+    else snprintf(qid, sizeof qid, "%s", j->id_json);
     logmsg(s, LOG_DEBUG, "client=%llu job=%llu id=%s queued on %s", (unsigned long long)c->id,
-           (unsigned long long)j->seq, j->id_json, db_engine_device(s->engine, (size_t)dev)->id);
+           (unsigned long long)j->seq, qid, db_engine_device(s->engine, (size_t)dev)->id);
     if (jobs_run_inline(s->jobs, j)) on_job_done(j, s);
     else jobs_submit(s->jobs, j);
 }
@@ -504,25 +511,14 @@ static void handle_frame(struct client *c, const char *data, size_t len)
 {
     struct server *s = c->srv;
     char msg[256];
-    cJSON *req = cJSON_ParseWithLength(data, len);
-    if (!req) {
-        const char *at = cJSON_GetErrorPtr();
-        if (at && at >= data && at <= data + len) snprintf(msg, sizeof msg, "invalid JSON near byte %zu", (size_t)(at - data));
-        else snprintf(msg, sizeof msg, "invalid JSON");
-        send_error(c, NULL, DROPBLOCK_EINVAL, msg);
-        return;
-    }
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
+    /* one JSON object, strings valid UTF-8 without NUL, no duplicate keys, a valid envelope;
+     * the error echoes the id only where it is an acceptable one and not itself the problem */
+    cJSON *req = NULL;
+    const cJSON *id = NULL;
     const char *op = NULL;
-    int rc = proto_check_envelope(req, &op, msg, sizeof msg);
+    int rc = proto_open_request(data, len, &req, &id, &op, msg, sizeof msg);
     if (rc) {
-        /* echo the id only if it is one we accept */
-        const cJSON *echo = NULL;
-        if (id && cJSON_IsNumber(id) && id->valuedouble >= 0 && id->valuedouble < 9007199254740992.0 &&
-            id->valuedouble == (double)(uint64_t)id->valuedouble)
-            echo = id;
-        if (id && cJSON_IsString(id) && strlen(id->valuestring) <= PROTO_MAX_ID) echo = id;
-        send_error(c, echo, rc, msg);
+        send_error(c, id, rc, msg);
         cJSON_Delete(req);
         return;
     }
@@ -1173,9 +1169,16 @@ int main(int argc, char **argv)
 
     int act = activated_socket(s);
     if (act < 0) return 1;
-    char path[sizeof s->socket_path];
+    char path[PATH_MAX + 64];
     if (socket_opt) snprintf(path, sizeof path, "%s", socket_opt);
     else dropblock_default_socket(path, sizeof path);
+    /* a path sun_path cannot hold is refused, never served truncated (as the client refuses it) */
+    if (!act && (!path[0] || strlen(path) >= sizeof s->socket_path)) {
+        fprintf(stderr, "dropblockd: %s \"%.200s%s\": a Unix socket path must be 1 to %zu bytes; this one has %zu\n",
+                socket_opt ? "--socket" : "socket path", path, strlen(path) > 200 ? "..." : "",
+                sizeof s->socket_path - 1, strlen(path));
+        return 2;
+    }
     const char *xdg = getenv("XDG_RUNTIME_DIR");
     int private_dir = socket_opt || (xdg && *xdg && !getenv("DROPBLOCK_SOCKET"));
     if (!act && check_socket_path(path) < 0) return 1;

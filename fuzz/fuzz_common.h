@@ -5,6 +5,7 @@
 #define DROPBLOCK_FUZZ_COMMON_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

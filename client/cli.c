@@ -30,6 +30,7 @@
 #include "format.h"
 #include "npy.h"
 #include "reference.h"
+#include "sysmem.h"
 
 enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
@@ -63,6 +64,9 @@ static const char usage_main[] =
     "  --socket PATH  the daemon's socket (default $DROPBLOCK_SOCKET, else\n"
     "                 $XDG_RUNTIME_DIR/dropblock/dropblockd.sock, else /run/dropblock/dropblockd.sock)\n"
     "  --local        run and devices: the engine inside this process, no daemon\n"
+    "  --timeout S    seconds to wait for connecting, the daemon's hello and each reply but a job's\n"
+    "                 (default 10; \"none\": no limit); past it: exit 1 naming the timeout\n"
+    "  --job-timeout S  seconds to wait for a job's reply (default none: jobs may run long)\n"
     "  --help         this text\n"
     "  --version      the tool's version\n"
     "\n"
@@ -79,6 +83,7 @@ static const char usage_run[] =
     "engine:\n"
     "  --socket PATH            the daemon's socket (default: see dropblock --help)\n"
     "  --local                  run in this process instead of through the daemon\n"
+    "  --timeout S, --job-timeout S  as in dropblock --help (default 10 s; none)\n"
     "  --backend B              cpu, opencl or vulkan: only that API's devices (default: all); without\n"
     "                           --device the best device of that API, ranked as auto ranks them\n"
     "  --device N|ID            an id such as opencl:0, or a number: with --backend the N-th device of\n"
@@ -254,7 +259,25 @@ struct engine_opts {
     int local;
     const char *socket;  /* NULL: dropblock_default_socket() */
     const char *backend; /* NULL: all */
+    int timeout_ms;      /* --timeout: connect, hello and every reply but a job's (-1: none) */
+    int job_timeout_ms;  /* --job-timeout: a job's reply (-1, the default: none) */
 };
+
+/* --timeout/--job-timeout S: seconds (a decimal number, at most a day) or "none". */
+static int parse_timeout(const char *name, const char *v, int *ms)
+{
+    if (!strcmp(v, "none")) { *ms = -1; return 0; }
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !(x > 0) || x > 86400) {
+        err("%s %s: must be a number of seconds (0 < S <= 86400) or none", name, v);
+        return -1;
+    }
+    *ms = (int)(x * 1000 + 0.5);
+    if (*ms < 1) *ms = 1;
+    return 0;
+}
 
 static int check_backend(const char *b)
 {
@@ -322,7 +345,12 @@ static int open_engine(const struct engine_opts *o, dropblock_t **h, int hint_lo
     }
     char buf[4096];
     const char *path = socket_path(o, buf, sizeof buf);
-    int rc = dropblock_connect(h, path, msg, sizeof msg);
+    dropblock_connect_options co;
+    dropblock_connect_options_init(&co);
+    co.socket_path = path;
+    co.timeout_ms = o->timeout_ms;
+    co.job_timeout_ms = o->job_timeout_ms;
+    int rc = dropblock_connect_opts(h, &co, msg, sizeof msg);
     if (!rc) return 0;
     *h = NULL;
     /* nothing listens there: say so, and how to start a daemon (the library's message is
@@ -605,7 +633,8 @@ struct run_args {
 
 enum {
     O_LOCAL, O_SOCKET, O_BACKEND, O_DEVICE, O_SHAPE, O_LAYOUT, O_DTYPE, O_RATE, O_BLOCK, O_SEED, O_STREAM,
-    O_NORMALIZE, O_SHARE_C, O_SHARE_N, O_COMPAT, O_BACKWARD, O_EVAL, O_INPUT, O_OUTPUT, O_MASK, O_FORMAT, O_HELP
+    O_NORMALIZE, O_SHARE_C, O_SHARE_N, O_COMPAT, O_BACKWARD, O_EVAL, O_INPUT, O_OUTPUT, O_MASK, O_FORMAT, O_HELP,
+    O_TIMEOUT, O_JOB_TIMEOUT
 };
 static const struct opt run_table[] = {
     [O_LOCAL] = {"--local", 0}, [O_SOCKET] = {"--socket", 1}, [O_BACKEND] = {"--backend", 1},
@@ -614,7 +643,8 @@ static const struct opt run_table[] = {
     [O_STREAM] = {"--stream", 1}, [O_NORMALIZE] = {"--normalize", 1}, [O_SHARE_C] = {"--share-channels", 0},
     [O_SHARE_N] = {"--share-batch", 0}, [O_COMPAT] = {"--compat", 1}, [O_BACKWARD] = {"--backward", 0},
     [O_EVAL] = {"--eval", 0}, [O_INPUT] = {"--input", 1}, [O_OUTPUT] = {"--output", 1}, [O_MASK] = {"--mask", 1},
-    [O_FORMAT] = {"--format", 1}, [O_HELP] = {"--help", 0}, {NULL, 0}};
+    [O_FORMAT] = {"--format", 1}, [O_HELP] = {"--help", 0}, [O_TIMEOUT] = {"--timeout", 1},
+    [O_JOB_TIMEOUT] = {"--job-timeout", 1}, {NULL, 0}};
 
 /* Returns -1 to go on, else an exit status (0 after --help). */
 static int parse_run(int argc, char **argv, struct run_args *a)
@@ -682,6 +712,8 @@ static int parse_run(int argc, char **argv, struct run_args *a)
             a->format = !strcmp(v, "hex");
             break;
         case O_HELP: fputs(usage_run, stdout); return 0;
+        case O_TIMEOUT: if (parse_timeout("--timeout", v, &a->eo.timeout_ms)) return EXIT_USAGE; break;
+        case O_JOB_TIMEOUT: if (parse_timeout("--job-timeout", v, &a->eo.job_timeout_ms)) return EXIT_USAGE; break;
         }
     }
     if (check_backend(a->eo.backend) || check_engine(&a->eo)) return EXIT_USAGE;
@@ -729,7 +761,6 @@ static int load_input(struct run_args *a, void **x)
         /* what is in the file (truncated, big-endian, a bad header, a dtype other than the one
          * asked for) is bad input; a file that cannot be opened or read, or memory, a failure */
         return rc == DROPBLOCK_EINVAL || rc == DROPBLOCK_ERANGE ? EXIT_USAGE : EXIT_FAIL;
-
     }
     const char *order = p->layout == DROPBLOCK_NCHW ? "N,C,H,W" : "N,H,W,C";
     if (nd != 4) {
@@ -875,13 +906,37 @@ static int resolve_device(const struct run_args *a, const dropblock_device_info 
 /* Engine memory for a tensor (shared with the daemon on a connection). */
 static int engine_alloc(dropblock_t *h, uint64_t bytes, const char *what, void **p)
 {
-    int rc = bytes > SIZE_MAX ? DROPBLOCK_EEXHAUSTED : dropblock_alloc(h, (size_t)bytes, p);
+    char msg[512] = "";
+    int rc = bytes > SIZE_MAX ? DROPBLOCK_EEXHAUSTED : dropblock_alloc_msg(h, (size_t)bytes, p, msg, sizeof msg);
     if (rc) {
-        err("cannot allocate %llu bytes of %s memory for the %s: %s", (unsigned long long)bytes,
-            dropblock_is_remote(h) ? "shared" : "engine", what, dropblock_strerror(rc));
+        err("cannot allocate the %s: %s (%s)", what, msg[0] ? msg : dropblock_strerror(rc), dropblock_error_name(rc));
         *p = NULL;
     }
     return rc;
+}
+
+/* The whole job's memory against the daemon's limits and the machine before any of it is
+ * allocated: input and output apart, and the mask. 0, or -1 having said why. */
+static int check_job_memory(dropblock_t *h, uint64_t bytes, uint64_t mbytes)
+{
+    dropblock_limits l;
+    if (dropblock_get_limits(h, &l)) return 0;
+    uint64_t total = bytes > (UINT64_MAX - mbytes) / 2 ? UINT64_MAX : 2 * bytes + mbytes;
+    char t[64], m[64];
+    db_fmt_bytes(t, sizeof t, total);
+    if (total > l.max_client_bytes) {
+        db_fmt_bytes(m, sizeof m, l.max_client_bytes);
+        err("the job needs %s in flight (input, output%s): above the daemon's max_client_bytes, %s "
+            "(dropblockd --max-client-bytes) (resource_exhausted)", t, mbytes ? " and mask" : "", m);
+        return -1;
+    }
+    if (total > l.mem_available) {
+        db_fmt_bytes(m, sizeof m, l.mem_available);
+        err("the job needs %s of %s memory (input, output%s): more than this machine has available, %s "
+            "(resource_exhausted)", t, dropblock_is_remote(h) ? "shared" : "engine", mbytes ? " and mask" : "", m);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- progress on a terminal -------------------------------------------------------------
@@ -1005,6 +1060,7 @@ static int cmd_run(int argc, char **argv, struct engine_opts eo)
     if (!(devs = list_devices(h, &ndev))) { err("cannot list the devices: out of memory"); goto out; }
     if ((st = resolve_device(&a, devs, ndev, id, sizeof id))) goto out;
     st = EXIT_FAIL;
+    if (check_job_memory(h, bytes, a.mask ? mbytes : 0)) goto out;
     /* distinct input and output buffers: the input stays intact, whatever a backend does in place */
     if (engine_alloc(h, bytes, "input", &x) || engine_alloc(h, bytes, "output", &y) ||
         (a.mask && engine_alloc(h, mbytes, "mask", &mask)))
@@ -1060,8 +1116,10 @@ out:
 
 int main(int argc, char **argv)
 {
-    static const struct opt table[] = {{"--local", 0}, {"--socket", 1}, {"--help", 0}, {"--version", 0}, {NULL, 0}};
-    struct engine_opts eo = {0, NULL, NULL};
+    static const struct opt table[] = {{"--local", 0},   {"--socket", 1},      {"--help", 0},
+                                       {"--version", 0}, {"--timeout", 1},     {"--job-timeout", 1},
+                                       {NULL, 0}};
+    struct engine_opts eo = {0, NULL, NULL, DROPBLOCK_DEFAULT_TIMEOUT_MS, -1};
     int i = 1;
     for (; i < argc; i++) {
         const char *v;
@@ -1071,6 +1129,8 @@ int main(int argc, char **argv)
         if (k == 0) eo.local = 1;
         else if (k == 1) eo.socket = v;
         else if (k == 2) { fputs(usage_main, stdout); return 0; }
+        else if (k == 4) { if (parse_timeout("--timeout", v, &eo.timeout_ms)) return EXIT_USAGE; }
+        else if (k == 5) { if (parse_timeout("--job-timeout", v, &eo.job_timeout_ms)) return EXIT_USAGE; }
         else { printf("dropblock %d.%d (protocol %d)\n", DROPBLOCK_VERSION_MAJOR, DROPBLOCK_VERSION_MINOR,
                       DROPBLOCK_PROTOCOL_VERSION); return 0; }
     }

@@ -25,10 +25,11 @@
 
 #include "engine.h"
 #include "jobs.h"
+#include "quota.h"
 #include "protocol.h"
 #include "regions.h"
 
-#define MAX_PENDING_FDS 16
+#define MAX_PENDING_FDS QUOTA_PENDING_FDS
 #define RBUF_CAP (4 + PROTO_MAX_FRAME)
 #define MAX_ALLOW 32
 /* Replies queued for a client that is not reading: past this, the daemon stops reading its
@@ -71,6 +72,8 @@ struct client {
     size_t wq_bytes;
     int want_write; /* the uv_poll events now asked for */
     struct region_table regions;
+    uint64_t mapped;      /* bytes of its regions */
+    struct uid_use *use;  /* its uid's share of the daemon's limits */
     struct job *jobs; /* in flight (queued or running), linked by cprev/cnext */
     uint64_t jobs_inflight, bytes_inflight;
     int closed;      /* no more reading or replying */
@@ -96,7 +99,11 @@ struct server {
     uint64_t t_start;
     uint64_t next_client_id, next_job_seq;
     /* limits */
-    uint64_t max_jobs, max_bytes, max_client_jobs, max_client_bytes, max_regions, max_region_bytes;
+    uint64_t max_jobs, max_bytes, max_client_jobs, max_client_bytes, max_regions;
+    struct quota lim;           /* connections, regions and mapped bytes, in total and per uid */
+    struct quota_machine machine;
+    struct quota_use use;
+    int reserve_fd;              /* /dev/null, given up to accept and refuse when out of descriptors */
     uint64_t small_job_bytes;
     int small_source; /* SMALL_* */
     struct jobs_small small;
@@ -246,6 +253,14 @@ static void client_close(struct client *c, const char *why)
     }
     c->wq_tail = NULL;
     s->nregions -= c->regions.count;
+    s->use.clients--;
+    s->use.regions -= c->regions.count;
+    s->use.mapped -= c->mapped;
+    c->use->clients--;
+    c->use->regions -= c->regions.count;
+    c->use->mapped -= c->mapped;
+    quota_uid_release(&s->use, c->use);
+    c->use = NULL;
     region_table_clear(&c->regions); /* jobs still running hold their own references */
     for (struct job *j = c->jobs; j; j = j->cnext) atomic_store(&j->cancelled, 1);
     uv_poll_stop(&c->poll);
@@ -269,7 +284,13 @@ static void op_hello(struct client *c, const cJSON *id, int with_limits)
         proto_add_u64(l, "max_inflight_bytes", s->max_bytes);
         proto_add_u64(l, "max_client_bytes", s->max_client_bytes);
         proto_add_u64(l, "max_regions", s->max_regions);
-        proto_add_u64(l, "max_region_bytes", s->max_region_bytes);
+        proto_add_u64(l, "max_region_bytes", s->lim.max_region_bytes);
+        proto_add_u64(l, "max_clients", s->lim.max_clients);
+        proto_add_u64(l, "max_uid_clients", s->lim.max_uid_clients);
+        proto_add_u64(l, "max_total_regions", s->lim.max_total_regions);
+        proto_add_u64(l, "max_uid_regions", s->lim.max_uid_regions);
+        proto_add_u64(l, "max_mapped_bytes", s->lim.max_mapped_bytes);
+        proto_add_u64(l, "max_uid_mapped_bytes", s->lim.max_uid_mapped_bytes);
     }
     cJSON *devs = cJSON_AddArrayToObject(r, "devices");
     for (size_t i = 0; i < db_engine_device_count(s->engine); i++) {
@@ -287,6 +308,10 @@ static void op_status(struct client *c, const cJSON *id)
     cJSON_AddNumberToObject(r, "uptime_s", (double)(db_now_us() - s->t_start) / 1e6);
     proto_add_u64(r, "clients", s->nclients);
     proto_add_u64(r, "regions", s->nregions);
+    proto_add_u64(r, "mapped_bytes", s->use.mapped);
+    uint64_t nuids = 0;
+    for (const struct uid_use *e = s->use.uids; e; e = e->next) nuids++;
+    proto_add_u64(r, "uids", nuids);
     cJSON *jo = cJSON_AddObjectToObject(r, "jobs");
     uint64_t queued = 0, running = 0;
     cJSON *devs = cJSON_CreateArray();
@@ -353,8 +378,16 @@ static void op_register(struct client *c, const cJSON *id, int fd)
         send_error(c, id, DROPBLOCK_EEXHAUSTED, msg);
         return;
     }
+    /* the size first (region_map says what is wrong with a descriptor that has none) */
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 &&
+        (code = quota_check_region(&s->lim, &s->use, c->use, (uint64_t)st.st_size, msg, sizeof msg))) {
+        close(fd);
+        send_error(c, id, code, msg);
+        return;
+    }
     uint32_t rid = ++c->regions.next_id;
-    struct region *r = region_map(fd, rid, s->max_region_bytes, &code, msg, sizeof msg);
+    struct region *r = region_map(fd, rid, s->lim.max_region_bytes, &code, msg, sizeof msg);
     if (!r) { send_error(c, id, code, msg); return; }
     if (region_table_add(&c->regions, r)) {
         region_unref(r);
@@ -362,6 +395,11 @@ static void op_register(struct client *c, const cJSON *id, int fd)
         return;
     }
     s->nregions++;
+    s->use.regions++;
+    s->use.mapped += r->size;
+    c->use->regions++;
+    c->use->mapped += r->size;
+    c->mapped += r->size;
     logmsg(s, LOG_DEBUG, "client=%llu region %u registered (%llu bytes%s)", (unsigned long long)c->id, rid,
            (unsigned long long)r->size, r->writable ? "" : ", read-only");
     cJSON *o = proto_reply(id, 1);
@@ -377,12 +415,20 @@ static void op_unregister(struct client *c, const cJSON *id, const cJSON *req)
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(req, "region");
     if (!it) { send_error(c, id, DROPBLOCK_EINVAL, "region: missing"); return; }
     if (proto_get_u64(it, "region", &rid, msg, sizeof msg)) { send_error(c, id, DROPBLOCK_EINVAL, msg); return; }
-    if (rid > UINT32_MAX || region_table_remove(&c->regions, (uint32_t)rid)) {
+    struct region *r = rid > UINT32_MAX ? NULL : region_table_find(&c->regions, (uint32_t)rid);
+    uint64_t size = r ? r->size : 0;
+    if (!r || region_table_remove(&c->regions, (uint32_t)rid)) {
         snprintf(msg, sizeof msg, "region %llu: not registered on this connection", (unsigned long long)rid);
         send_error(c, id, DROPBLOCK_ENOTFOUND, msg);
         return;
     }
-    c->srv->nregions--;
+    struct server *s = c->srv;
+    s->nregions--;
+    s->use.regions--;
+    s->use.mapped -= size;
+    c->use->regions--;
+    c->use->mapped -= size;
+    c->mapped -= size;
     client_send(c, proto_reply(id, 1));
 }
 
@@ -609,10 +655,11 @@ static void client_read(struct client *c)
             return;
         }
         /* collect descriptors first, so every path below can close them */
-        int overflow = 0;
+        int overflow = 0, got = 0;
         for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
             if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
             int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            got += k;
             int *fds = (int *)CMSG_DATA(cm);
             for (int i = 0; i < k; i++) {
                 int fd;
@@ -621,7 +668,21 @@ static void client_read(struct client *c)
                 else { close(fd); overflow = 1; }
             }
         }
-        if (mh.msg_flags & MSG_CTRUNC) { protocol_fatal(c, "ancillary data truncated (too many descriptors at once)"); return; }
+        if (mh.msg_flags & MSG_CTRUNC) {
+            /* room for MAX_PENDING_FDS and fewer came: the kernel could not install them here
+             * (the daemon's descriptor table is full), which is not the peer's doing */
+            if (got < MAX_PENDING_FDS) {
+                logmsg(c->srv, LOG_ERROR, "client=%llu: descriptors sent with a frame were lost: the daemon is out of "
+                       "file descriptors", (unsigned long long)c->id);
+                send_error(c, NULL, DROPBLOCK_EEXHAUSTED, "dropblockd could not receive the descriptors sent with a "
+                           "frame: it is out of file descriptors (its limits should prevent this; please report it)");
+                client_flush(c);
+                client_close(c, "descriptors lost: the daemon is out of file descriptors");
+            } else {
+                protocol_fatal(c, "ancillary data truncated: more than 16 descriptors sent with one frame");
+            }
+            return;
+        }
         if (overflow) { protocol_fatal(c, "more than 16 descriptors waiting unclaimed"); return; }
         if (n == 0) { client_close(c, "end of stream"); return; }
         c->rlen += (size_t)n;
@@ -691,6 +752,16 @@ static int allowed(struct server *s, int fd, uid_t uid, gid_t gid)
 
 static void on_accept_resume(uv_timer_t *t);
 
+/* One error frame to a connection the daemon will not serve, then it is closed. */
+static void refuse(struct server *s, int fd, int code, const char *m, const char *who)
+{
+    size_t len = 0;
+    char *f = proto_frame(proto_error(NULL, code, m), &len);
+    if (f) { ssize_t w = send(fd, f, len, MSG_NOSIGNAL | MSG_DONTWAIT); (void)w; free(f); }
+    close(fd);
+    logmsg(s, LOG_WARN, "refused %s: %s", who, m);
+}
+
 static void on_listen(uv_poll_t *h, int status, int events)
 {
     struct server *s = h->data;
@@ -698,6 +769,17 @@ static void on_listen(uv_poll_t *h, int status, int events)
     if (status < 0 || s->shutting_down) return;
     for (;;) {
         int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0 && errno == EMFILE && s->reserve_fd >= 0) {
+            /* the limits leave descriptors free, but should something else have taken them, the
+             * reserve lets the daemon still tell the peer why instead of leaving it waiting */
+            close(s->reserve_fd);
+            fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd >= 0) refuse(s, fd, DROPBLOCK_EEXHAUSTED, "dropblockd is out of file descriptors; try again later",
+                                "a connection");
+            s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            if (fd >= 0) continue;
+            errno = EMFILE;
+        }
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -714,25 +796,33 @@ static void on_listen(uv_poll_t *h, int status, int events)
             close(fd);
             continue;
         }
+        char who[64], m[200];
+        snprintf(who, sizeof who, "peer pid %d uid %u", (int)cr.pid, (unsigned)cr.uid);
         if (!allowed(s, fd, cr.uid, cr.gid)) {
-            char m[160];
             snprintf(m, sizeof m, "uid %u / gid %u is not allowed to use this daemon (see --allow-uid, --allow-gid)",
                      (unsigned)cr.uid, (unsigned)cr.gid);
-            size_t len = 0;
-            char *f = proto_frame(proto_error(NULL, DROPBLOCK_EPERM, m), &len);
-            if (f) { ssize_t w = send(fd, f, len, MSG_NOSIGNAL | MSG_DONTWAIT); (void)w; free(f); }
-            close(fd);
-            logmsg(s, LOG_WARN, "rejected peer pid %d: %s", (int)cr.pid, m);
+            refuse(s, fd, DROPBLOCK_EPERM, m, who);
+            continue;
+        }
+        struct uid_use *use = quota_uid(&s->use, cr.uid);
+        int code = use ? quota_check_client(&s->lim, &s->use, use, m, sizeof m) : DROPBLOCK_EEXHAUSTED;
+        if (code) {
+            if (!use) snprintf(m, sizeof m, "dropblockd is out of memory accepting a connection");
+            refuse(s, fd, code, m, who);
+            quota_uid_release(&s->use, use);
             continue;
         }
         struct client *c = calloc(1, sizeof *c);
         unsigned char *rbuf = malloc(RBUF_CAP);
         if (!c || !rbuf || uv_poll_init(s->loop, &c->poll, fd)) {
             free(c); free(rbuf);
-            close(fd);
-            logmsg(s, LOG_ERROR, "out of memory accepting a client");
+            refuse(s, fd, DROPBLOCK_EEXHAUSTED, "dropblockd is out of memory accepting a connection", who);
+            quota_uid_release(&s->use, use);
             continue;
         }
+        c->use = use;
+        use->clients++;
+        s->use.clients++;
         c->srv = s;
         c->fd = fd;
         c->rbuf = rbuf;
@@ -1036,7 +1126,9 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: dropblockd [--socket PATH] [--devices LIST] [--allow-uid U,...] [--allow-gid G,...]\n"
             "                  [--max-inflight-jobs N] [--max-inflight-bytes B] [--max-client-jobs N]\n"
-            "                  [--max-client-bytes B] [--max-regions N] [--small-job-bytes B|auto] [--cache-dir DIR]\n"
+            "                  [--max-client-bytes B] [--max-regions N] [--max-clients N] [--max-uid-clients N]\n"
+            "                  [--max-total-regions N] [--max-uid-regions N] [--max-mapped-bytes B]\n"
+            "                  [--max-uid-mapped-bytes B] [--max-region-bytes B] [--small-job-bytes B|auto] [--cache-dir DIR]\n"
             "                  [--log-level L]\n"
             "Serves DropBlock2D jobs over a Unix socket (protocol: docs/protocol.md) until SIGTERM/SIGINT.\n"
             "  --socket PATH          default $DROPBLOCK_SOCKET, else $XDG_RUNTIME_DIR/dropblock/dropblockd.sock,\n"
@@ -1048,6 +1140,18 @@ static void usage(FILE *f)
             "  --max-inflight-jobs N  jobs queued or running, all clients (default 256); --max-client-jobs (64)\n"
             "  --max-inflight-bytes B tensor bytes in flight, all clients (default 8 GiB); --max-client-bytes (4 GiB)\n"
             "  --max-regions N        regions per connection (default 256)\n"
+            "  --max-clients N        connections at once, all uids (default: what the descriptor limit holds\n"
+            "                         at 17 descriptors a connection, at most 4096; the soft RLIMIT_NOFILE is\n"
+            "                         raised to the hard one at start); --max-uid-clients (a quarter of it,\n"
+            "                         or up to 32 where that leaves half)\n"
+            "  --max-total-regions N  regions of all clients (default: what vm.max_map_count leaves, less the\n"
+            "                         daemon's own mappings and 8192 reserved); --max-uid-regions (a quarter)\n"
+            "  --max-mapped-bytes B   bytes of all regions (default: physical memory, or the memory cgroup's\n"
+            "                         limit); --max-uid-mapped-bytes (half of it)\n"
+            "  --max-region-bytes B   one region (default: physical memory)\n"
+            "                         A connection over a cap gets one resource_exhausted error naming it and\n"
+            "                         is closed; a region over one is refused. Caps above what the machine\n"
+            "                         holds are lowered at start, with a warning. (docs/security.md)\n"
             "  --small-job-bytes B|auto \"auto\" jobs of at most B bytes (tensors + mask) run on the built-in CPU\n"
             "                         backend, on the loop thread when it is idle; 0: never. auto (the default):\n"
             "                         B is measured at start-up (about 1 s at most), the size where the default\n"
@@ -1101,7 +1205,7 @@ int main(int argc, char **argv)
     s->max_bytes = UINT64_C(8) << 30;
     s->max_client_bytes = UINT64_C(4) << 30;
     s->max_regions = 256;
-    s->max_region_bytes = UINT64_C(1) << 40;
+    s->reserve_fd = -1;
     s->small_job_bytes = SMALL_FALLBACK_BYTES;
     s->small_source = SMALL_AUTO;
     s->allow_uid[s->n_allow_uid++] = getuid();
@@ -1114,6 +1218,10 @@ int main(int argc, char **argv)
         {"max-regions", required_argument, 0, 'r'},     {"cache-dir", required_argument, 0, 'c'},
         {"log-level", required_argument, 0, 'l'},       {"help", no_argument, 0, 'h'},
         {"small-job-bytes", required_argument, 0, 'S'},
+        {"max-clients", required_argument, 0, 256},     {"max-uid-clients", required_argument, 0, 257},
+        {"max-total-regions", required_argument, 0, 258}, {"max-uid-regions", required_argument, 0, 259},
+        {"max-mapped-bytes", required_argument, 0, 260}, {"max-uid-mapped-bytes", required_argument, 0, 261},
+        {"max-region-bytes", required_argument, 0, 262},
         {"version", no_argument, 0, 'V'},               {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1127,6 +1235,13 @@ int main(int argc, char **argv)
         case 'J': if (parse_u64_opt("--max-client-jobs", optarg, &s->max_client_jobs)) return 2; break;
         case 'B': if (parse_u64_opt("--max-client-bytes", optarg, &s->max_client_bytes)) return 2; break;
         case 'r': if (parse_u64_opt("--max-regions", optarg, &s->max_regions)) return 2; break;
+        case 256: if (parse_u64_opt("--max-clients", optarg, &s->lim.max_clients)) return 2; break;
+        case 257: if (parse_u64_opt("--max-uid-clients", optarg, &s->lim.max_uid_clients)) return 2; break;
+        case 258: if (parse_u64_opt("--max-total-regions", optarg, &s->lim.max_total_regions)) return 2; break;
+        case 259: if (parse_u64_opt("--max-uid-regions", optarg, &s->lim.max_uid_regions)) return 2; break;
+        case 260: if (parse_u64_opt("--max-mapped-bytes", optarg, &s->lim.max_mapped_bytes)) return 2; break;
+        case 261: if (parse_u64_opt("--max-uid-mapped-bytes", optarg, &s->lim.max_uid_mapped_bytes)) return 2; break;
+        case 262: if (parse_u64_opt("--max-region-bytes", optarg, &s->lim.max_region_bytes)) return 2; break;
         case 'c': cache_dir = optarg; break;
         case 'S': {
             if (!strcmp(optarg, "auto")) { s->small_source = SMALL_AUTO; break; }
@@ -1156,6 +1271,10 @@ int main(int argc, char **argv)
     }
     if (optind < argc) { fprintf(stderr, "dropblockd: unexpected argument %s\n", argv[optind]); usage(stderr); return 2; }
     signal(SIGPIPE, SIG_IGN);
+    /* descriptors: the soft limit up to the hard one before the drivers open theirs */
+    char lim_msg[1024];
+    quota_probe(&s->machine, lim_msg, sizeof lim_msg);
+    if (lim_msg[0]) logmsg(s, LOG_WARN, "%s", lim_msg);
 #ifdef __GLIBC__
     /* glibc raises its mmap threshold (and with it the trim threshold) to the largest block
      * freed, up to 32 MiB: the tensor-sized buffers of the backends and drivers then stay in the
@@ -1209,6 +1328,21 @@ int main(int argc, char **argv)
     }
     if (s->small_source == SMALL_AUTO) measure_small_jobs(s);
     jobs_set_small_job_bytes(s->jobs, s->small_job_bytes);
+    /* the caps, from what the devices and drivers left of the descriptors and mappings */
+    struct quota_machine now;
+    quota_probe(&now, lim_msg, sizeof lim_msg);
+    quota_derive(&s->lim, &now, lim_msg, sizeof lim_msg);
+    if (lim_msg[0]) logmsg(s, LOG_WARN, "limits: %s", lim_msg);
+    s->machine = now;
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    logmsg(s, LOG_INFO, "limits: %llu connections (%llu per uid; %llu descriptors, %llu open), %llu regions (%llu per "
+           "uid, %llu per connection; vm.max_map_count %llu), %llu mapped bytes (%llu per uid), regions of at most "
+           "%llu bytes", (unsigned long long)s->lim.max_clients, (unsigned long long)s->lim.max_uid_clients,
+           (unsigned long long)now.nofile, (unsigned long long)now.fds_open,
+           (unsigned long long)s->lim.max_total_regions, (unsigned long long)s->lim.max_uid_regions,
+           (unsigned long long)s->max_regions, (unsigned long long)now.max_map_count,
+           (unsigned long long)s->lim.max_mapped_bytes, (unsigned long long)s->lim.max_uid_mapped_bytes,
+           (unsigned long long)s->lim.max_region_bytes);
     if (!act && listen_on(s, path, private_dir) < 0) {
         jobs_stop(s->jobs);
         uv_run(s->loop, UV_RUN_NOWAIT);
@@ -1229,5 +1363,7 @@ int main(int argc, char **argv)
 
     db_engine_close(s->engine);
     uv_loop_close(s->loop);
+    if (s->reserve_fd >= 0) close(s->reserve_fd);
+    quota_use_clear(&s->use);
     return 0;
 }

@@ -411,20 +411,7 @@ def f32_bits(x):
 
 def rn32(q):
     """The float32 bits nearest the nonnegative Fraction q, ties to even: exact, no float math."""
-    from fractions import Fraction
-    if q == 0:
-        return 0
-    e = q.numerator.bit_length() - q.denominator.bit_length()
-    while Fraction(2) ** e > q:
-        e -= 1
-    while Fraction(2) ** (e + 1) <= q:
-        e += 1
-    e = max(e, -126)                       # subnormals share the smallest normal's ulp
-    a = q / Fraction(2) ** (e - 23)
-    n, r = divmod(a.numerator, a.denominator)
-    if 2 * r > a.denominator or (2 * r == a.denominator and n % 2):
-        n += 1
-    return f32_bits(float(n * Fraction(2) ** (e - 23)))
+    return f32_bits(refvectors.rne_f32(q))
 
 
 def schedule_oracle(rate, step=None, steps=None, group=None):

@@ -59,6 +59,22 @@ def run(cmd, timeout=30, env=None, **kw):
     return r
 
 
+def python_part(code, timeout=30):
+    """Runs code in a Python with the package; None (and says why) where it cannot load here: no
+    NumPy, or a sanitizer build of libdropblock that must come first in a process (ASan, TSan)."""
+    if os.environ.get("TSAN_OPTIONS") or os.environ.get("ASAN_OPTIONS"):
+        print("  skip the Python part: a sanitizer run (.ci/run), whose libdropblock Python cannot load")
+        return None
+    r = run([sys.executable, "-c", code], timeout=timeout)
+    if "No module named 'numpy'" in r.stderr:
+        print("  skip the Python part: no NumPy")
+        return None
+    if "runtime does not come first" in r.stderr or "ThreadSanitizer" in r.stderr:
+        print("  skip the Python part: libdropblock is a sanitizer build, which Python cannot load")
+        return None
+    return r
+
+
 def client_json(r):
     try:
         return json.loads(r.stdout.strip().splitlines()[-1])
@@ -137,10 +153,8 @@ def test_huge(a, vec):
                 "    print('allocated')\n"
                 "except dropblock.Error as e:\n"
                 "    print(e.code, '|', e)\n") % (os.path.join(SRC, "python"), d.path)
-        r = run([sys.executable, "-c", code])
-        if "No module named 'numpy'" in r.stderr:
-            print("  skip the Python part: no NumPy")
-        else:
+        r = python_part(code)
+        if r is not None:
             check(r.stdout.startswith("resource_exhausted |") and "max_region_bytes" in r.stdout,
                   "Python client.array: dropblock.Error resource_exhausted naming the limit: %s %s" %
                   (r.stdout.strip(), r.stderr.strip()[-300:]))
@@ -498,10 +512,8 @@ def test_timeouts(a):
                 "    print('connected')\n"
                 "except dropblock.Error as e:\n"
                 "    print(e.code, '|', e)\n") % (os.path.join(SRC, "python"), s.path)
-        r = run([sys.executable, "-c", code], timeout=30)
-        if "No module named 'numpy'" in r.stderr:
-            print("  skip the Python part: no NumPy")
-        else:
+        r = python_part(code)
+        if r is not None:
             check(r.stdout.startswith("unavailable |") and "500 ms" in r.stdout,
                   "Python Client(timeout=0.5): dropblock.Error unavailable naming the timeout: %s %s" %
                   (r.stdout.strip(), r.stderr.strip()[-300:]))

@@ -10,6 +10,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The library's exported functions: libdropblock is built with -fvisibility=hidden, so only what
+ * is marked here leaves the shared object (tests/test_symbols.py). */
+#if defined(__GNUC__) || defined(__clang__)
+#define DROPBLOCK_API __attribute__((visibility("default")))
+#else
+#define DROPBLOCK_API
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -32,11 +40,11 @@ enum dropblock_error {
 };
 
 /* A short fixed description of an error code ("invalid argument", ...). */
-const char *dropblock_strerror(int code);
+DROPBLOCK_API const char *dropblock_strerror(int code);
 /* The wire name of an error code ("invalid_argument", ...); NULL for an unknown code. */
-const char *dropblock_error_name(int code);
+DROPBLOCK_API const char *dropblock_error_name(int code);
 /* The code of a wire name; DROPBLOCK_EINTERNAL for an unknown one. */
-int dropblock_error_from_name(const char *name);
+DROPBLOCK_API int dropblock_error_from_name(const char *name);
 
 typedef enum { DROPBLOCK_NCHW = 0, DROPBLOCK_NHWC = 1 } dropblock_layout;
 typedef enum { DROPBLOCK_F32 = 0, DROPBLOCK_F16 = 1, DROPBLOCK_BF16 = 2 } dropblock_dtype;
@@ -70,28 +78,28 @@ typedef struct dropblock_params {
     int training;            /* 0: the identity */
 } dropblock_params;
 
-void dropblock_params_init(dropblock_params *p);
+DROPBLOCK_API void dropblock_params_init(dropblock_params *p);
 
 /* Checks every rule of SPEC.md section 1; on error writes a message naming the field and the
  * allowed range into msg (if msg_len > 0) and returns DROPBLOCK_EINVAL. */
-int dropblock_params_validate(const dropblock_params *p, char *msg, size_t msg_len);
+DROPBLOCK_API int dropblock_params_validate(const dropblock_params *p, char *msg, size_t msg_len);
 
 /* Sizes of a request: elements, bytes of one tensor, bytes of the packed mask. 0 on overflow
  * (an invalid shape). */
-uint64_t dropblock_numel(const dropblock_params *p);
-uint64_t dropblock_tensor_bytes(const dropblock_params *p);
-uint64_t dropblock_mask_bytes(const dropblock_params *p);
-size_t dropblock_dtype_size(dropblock_dtype t);
+DROPBLOCK_API uint64_t dropblock_numel(const dropblock_params *p);
+DROPBLOCK_API uint64_t dropblock_tensor_bytes(const dropblock_params *p);
+DROPBLOCK_API uint64_t dropblock_mask_bytes(const dropblock_params *p);
+DROPBLOCK_API size_t dropblock_dtype_size(dropblock_dtype t);
 
 /* Names used by the CLI, the wire protocol and error messages; parse returns -1 when unknown. */
-const char *dropblock_layout_name(dropblock_layout l);
-const char *dropblock_dtype_name(dropblock_dtype t);
-const char *dropblock_normalize_name(dropblock_normalize n);
-const char *dropblock_compat_name(dropblock_compat c);
-int dropblock_parse_layout(const char *s);
-int dropblock_parse_dtype(const char *s);
-int dropblock_parse_normalize(const char *s);
-int dropblock_parse_compat(const char *s);
+DROPBLOCK_API const char *dropblock_layout_name(dropblock_layout l);
+DROPBLOCK_API const char *dropblock_dtype_name(dropblock_dtype t);
+DROPBLOCK_API const char *dropblock_normalize_name(dropblock_normalize n);
+DROPBLOCK_API const char *dropblock_compat_name(dropblock_compat c);
+DROPBLOCK_API int dropblock_parse_layout(const char *s);
+DROPBLOCK_API int dropblock_parse_dtype(const char *s);
+DROPBLOCK_API int dropblock_parse_normalize(const char *s);
+DROPBLOCK_API int dropblock_parse_compat(const char *s);
 
 /* ---- schedules ---------------------------------------------------------------------------
  * Drop rates that change during training; the result goes into dropblock_params.rate. Pure
@@ -111,11 +119,11 @@ int dropblock_parse_compat(const char *s);
  *
  * Errors (DROPBLOCK_EINVAL, *rate set to NaN): target NaN or outside [0, 1], group outside 1..4,
  * rate NULL. */
-int dropblock_schedule_linear(float target, uint64_t step, uint64_t total_steps, float *rate);
-int dropblock_schedule_group(float target, int group, float *rate);
+DROPBLOCK_API int dropblock_schedule_linear(float target, uint64_t step, uint64_t total_steps, float *rate);
+DROPBLOCK_API int dropblock_schedule_group(float target, int group, float *rate);
 /* The ramp, then (group 1..4) the group scaling, as the reference orders them; group 0: the
  * ramp alone. NaN for invalid arguments (which dropblock_params_validate rejects). */
-float dropblock_schedule_rate(float target, uint64_t step, uint64_t total_steps, int group);
+DROPBLOCK_API float dropblock_schedule_rate(float target, uint64_t step, uint64_t total_steps, int group);
 
 /* What a job reports (SPEC.md section 4). */
 typedef struct dropblock_result {
@@ -128,7 +136,7 @@ typedef struct dropblock_result {
 
 /* The daemon's socket path when none is given: $DROPBLOCK_SOCKET, else
  * $XDG_RUNTIME_DIR/dropblock/dropblockd.sock, else /run/dropblock/dropblockd.sock. */
-void dropblock_default_socket(char *buf, size_t len);
+DROPBLOCK_API void dropblock_default_socket(char *buf, size_t len);
 
 /* ---- devices ---------------------------------------------------------------------------- */
 typedef enum {
@@ -154,7 +162,7 @@ typedef struct dropblock_device_info {
                            * and "auto" never picks it. Added last, after global_mem. */
 } dropblock_device_info;
 
-const char *dropblock_device_kind_name(dropblock_device_kind k);
+DROPBLOCK_API const char *dropblock_device_kind_name(dropblock_device_kind k);
 
 /* ---- handles ----------------------------------------------------------------------------
  * A handle is either the in-process engine (dropblock_open_local) or a connection to the daemon
@@ -169,7 +177,7 @@ typedef struct dropblock_local_options {
 
 /* Opens the in-process engine: enumerates the devices of the chosen backends and prepares
  * their kernels. A backend that has no usable device is skipped; the CPU one always works. */
-int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, char *msg, size_t msg_len);
+DROPBLOCK_API int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, char *msg, size_t msg_len);
 
 /* Connects to dropblockd at socket_path (NULL: dropblock_default_socket). DROPBLOCK_EUNAVAILABLE
  * with a message saying how to start one when nothing answers; a peer the daemon does not allow
@@ -181,7 +189,7 @@ int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, 
  * memory: the caller's pointers stay valid) and the call goes on; when none answers, the call
  * returns DROPBLOCK_EUNAVAILABLE saying so, and the next call tries again. dropblock_wait and
  * dropblock_free never reconnect. */
-int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, size_t msg_len);
+DROPBLOCK_API int dropblock_connect(dropblock_t **out, const char *socket_path, char *msg, size_t msg_len);
 
 /* How long a connection waits for the daemon. dropblock_connect uses the defaults. */
 #define DROPBLOCK_DEFAULT_TIMEOUT_MS 10000
@@ -192,7 +200,7 @@ typedef struct dropblock_connect_options {
     int job_timeout_ms; /* dropblock_run's wait for its job: -1 (the default): no limit */
 } dropblock_connect_options;
 
-void dropblock_connect_options_init(dropblock_connect_options *opt);
+DROPBLOCK_API void dropblock_connect_options_init(dropblock_connect_options *opt);
 
 /* dropblock_connect with options. A daemon that accepts the connection but does not answer
  * within timeout_ms gives DROPBLOCK_EUNAVAILABLE naming the timeout (so does a request later on);
@@ -200,29 +208,29 @@ void dropblock_connect_options_init(dropblock_connect_options *opt);
  * gets no reply within job_timeout_ms gives DROPBLOCK_EUNAVAILABLE too: its reply is dropped
  * when it comes, and until the daemon is done with the job it may still write the output and
  * mask (leave them alone, or close the handle, before reusing that memory). */
-int dropblock_connect_opts(dropblock_t **out, const dropblock_connect_options *opt, char *msg, size_t msg_len);
+DROPBLOCK_API int dropblock_connect_opts(dropblock_t **out, const dropblock_connect_options *opt, char *msg, size_t msg_len);
 
 /* Closes the handle: a connection's regions are unregistered (the daemon drops them with the
  * connection) and unmapped, the local engine's memory is freed, tickets not yet waited for are
  * dropped. */
-void dropblock_close(dropblock_t *h);
+DROPBLOCK_API void dropblock_close(dropblock_t *h);
 
 /* 1 for a daemon connection, 0 for the in-process engine. */
-int dropblock_is_remote(const dropblock_t *h);
+DROPBLOCK_API int dropblock_is_remote(const dropblock_t *h);
 
 /* Devices of the engine or daemon, in order, with their health as of now (a connection asks the
  * daemon each time); *count receives the number, infos up to cap. */
-int dropblock_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count);
+DROPBLOCK_API int dropblock_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count);
 
 /* Tensor memory the engine reads and writes without copies: for a connection a shared region
  * (a memfd sized with posix_fallocate, sealed F_SEAL_SHRINK|F_SEAL_GROW, mapped here and
  * registered with the daemon), for the local engine ordinary memory. Zero-filled. */
-int dropblock_alloc(dropblock_t *h, size_t bytes, void **ptr);
+DROPBLOCK_API int dropblock_alloc(dropblock_t *h, size_t bytes, void **ptr);
 /* dropblock_alloc with the reason for a failure in msg. Nothing is allocated for a size that
  * cannot be used: above the daemon's max_region_bytes (from its hello), or above the memory
  * this machine has available now (/proc/meminfo's MemAvailable, within the memory cgroup's limit), gives
  * DROPBLOCK_EEXHAUSTED naming the limit and the numbers. */
-int dropblock_alloc_msg(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len);
+DROPBLOCK_API int dropblock_alloc_msg(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len);
 
 /* What a handle can take, for checking a job's size before allocating anything. */
 typedef struct dropblock_limits {
@@ -232,11 +240,11 @@ typedef struct dropblock_limits {
     uint64_t max_client_jobs;  /* jobs in flight on this connection (UINT64_MAX locally) */
     uint64_t mem_available;    /* memory available on this machine now (UINT64_MAX: unknown) */
 } dropblock_limits;
-int dropblock_get_limits(dropblock_t *h, dropblock_limits *out);
+DROPBLOCK_API int dropblock_get_limits(dropblock_t *h, dropblock_limits *out);
 /* Releases memory from dropblock_alloc (unregisters the region; running jobs keep theirs).
  * DROPBLOCK_EINVAL for a pointer that is not the start of such memory. On a lost connection the
  * memory is still unmapped and free returns 0: the daemon dropped the region with it. */
-int dropblock_free(dropblock_t *h, void *ptr);
+DROPBLOCK_API int dropblock_free(dropblock_t *h, void *ptr);
 
 /* Runs one job and waits for it. input and output hold tensor_bytes(p) bytes each and may be
  * the same (in place); mask, when not NULL, receives mask_bytes(p) bytes: bit
@@ -244,8 +252,8 @@ int dropblock_free(dropblock_t *h, void *ptr);
  * memory from dropblock_alloc (DROPBLOCK_EINVAL naming the one that does not). device: "auto",
  * an id such as "opencl:0", or NULL for auto. res (may be NULL) receives K, S, the scale bits,
  * the device and timings, or the error message. */
-int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, void *output,
-                  void *mask, const char *device, dropblock_result *res);
+DROPBLOCK_API int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input,
+                                void *output, void *mask, const char *device, dropblock_result *res);
 
 /* Asynchronous form: submit returns at once with a ticket (the local engine runs the job before
  * returning); wait blocks up to timeout_ms (-1: forever, 0: poll) for it. wait returns
@@ -254,16 +262,16 @@ int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, 
  * dropblock_alloc, a lost connection) come from submit itself, with no ticket and no message:
  * dropblock_run gives the same errors with their message. */
 typedef struct dropblock_ticket dropblock_ticket;
-int dropblock_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output,
-                     void *mask, const char *device, dropblock_ticket **ticket);
-int dropblock_wait(dropblock_t *h, dropblock_ticket *ticket, int timeout_ms, dropblock_result *res);
+DROPBLOCK_API int dropblock_submit(dropblock_t *h, const dropblock_params *p, const void *input,
+                                   void *output, void *mask, const char *device, dropblock_ticket **ticket);
+DROPBLOCK_API int dropblock_wait(dropblock_t *h, dropblock_ticket *ticket, int timeout_ms, dropblock_result *res);
 
 /* The daemon's status op as JSON text (counters, queues, per-device throughput); the local
  * engine gives its device list. DROPBLOCK_ERANGE if len is too small. */
-int dropblock_status(dropblock_t *h, char *json, size_t len);
+DROPBLOCK_API int dropblock_status(dropblock_t *h, char *json, size_t len);
 
 /* Asks the daemon to stop as on SIGTERM (only the daemon's own uid may). */
-int dropblock_shutdown(dropblock_t *h, char *msg, size_t msg_len);
+DROPBLOCK_API int dropblock_shutdown(dropblock_t *h, char *msg, size_t msg_len);
 
 #ifdef __cplusplus
 }

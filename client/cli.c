@@ -48,7 +48,7 @@ enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
 static const char usage_main[] =
     "usage: dropblock [--socket PATH | --local] COMMAND [options]\n"
     "\n"
-    "DropBlock2D (spec/SPEC.md) on the CPU, OpenCL and Vulkan devices of this machine, through the\n"
+    "DropBlock2D (docs/semantics.md) on the CPU, OpenCL and Vulkan devices of this machine, through the\n"
     "dropblockd daemon (default) or in this process (--local).\n"
     "\n"
     "commands:\n"

@@ -1,4 +1,4 @@
-/* fp.h: float formats of SPEC.md section 4, by integer arithmetic so the result does not depend
+/* fp.h: docs/semantics.md's float formats ("Scale and output"), in integers so the result does not depend
  * on the host's floating-point environment: f16 (IEEE binary16) and bf16 to and from float32
  * bits, and float32 multiply/divide with the NaN rules of the reference (x86 SSE, which
  * dropblock_ref.py runs on): a NaN operand comes back quieted with its sign and payload, an

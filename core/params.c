@@ -1,4 +1,4 @@
-/* params.c: request defaults, names, sizes and validation (SPEC.md section 1). */
+/* params.c: request defaults, names, sizes and validation (docs/semantics.md, "Request fields"). */
 #include <dropblock/dropblock.h>
 #include <math.h>
 #include <stdarg.h>

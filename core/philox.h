@@ -1,4 +1,4 @@
-/* philox.h: Philox4x32-10 (Random123, TensorFlow), SPEC.md section 3. */
+/* philox.h: Philox4x32-10 (Random123, TensorFlow), docs/semantics.md "Philox4x32-10". */
 #ifndef DROPBLOCK_CORE_PHILOX_H
 #define DROPBLOCK_CORE_PHILOX_H
 

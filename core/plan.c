@@ -1,4 +1,5 @@
-/* plan.c: gamma, thresholds, the generic mask rule and the exact scales (SPEC.md 2, 4, 5). */
+/* plan.c: gamma, thresholds, the generic mask rule and the exact scales (docs/semantics.md: "The
+ * mask (canonical)", "Scale and output", "The exact keras_cv rules"). */
 #include "plan.h"
 
 #include <string.h>

@@ -1,6 +1,7 @@
 /* plan.h: everything derived from a request before any backend runs it.
  *
- * Both mask definitions of SPEC.md (canonical section 3 and keras_cv section 5) reduce to one
+ * Both mask definitions of docs/semantics.md ("The mask (canonical)" and "The exact keras_cv
+ * rules") reduce to one
  * generic rule, which every GPU kernel implements:
  *   - a candidate (n, c, i, j) exists for ilo <= i <= ihi and jlo <= j <= jhi;
  *   - its random word is Philox4x32-10(counter = base + (e >> 2), key)[e & 3] with
@@ -9,7 +10,7 @@
  *   - a fired candidate drops output rows h in [i - down, i + up] and columns w in
  *     [j - right, j + left] (clipped to the map): equivalently output (h, w) looks at
  *     candidate rows [h - up, h + down] and columns [w - left, w + right].
- * The CPU reference (reference.c) does not use this: it follows SPEC.md literally, so that it
+ * The CPU reference (reference.c) does not use this: it follows docs/semantics.md literally, so that it
  * checks the plan as well as the kernels. */
 #ifndef DROPBLOCK_CORE_PLAN_H
 #define DROPBLOCK_CORE_PLAN_H
@@ -42,7 +43,7 @@ struct db_plan {
  * a message for requests that only the plan can reject (keras_cv's division by zero). */
 int db_plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, size_t msg_len);
 
-/* gamma and threshold of SPEC.md section 2 (exposed for tests). */
+/* gamma and threshold of docs/semantics.md, "The mask (canonical)" (exposed for tests). */
 float db_gamma(float rate, uint64_t H, uint64_t W, uint64_t bh, uint64_t bw);
 uint64_t db_threshold(float gamma);
 

@@ -1,4 +1,4 @@
-/* reference.c: DropBlock2D on the CPU, literally as SPEC.md says it. */
+/* reference.c: DropBlock2D on the CPU, literally as docs/semantics.md says it. */
 #include "reference.h"
 
 #include <stdlib.h>
@@ -52,7 +52,8 @@ static void reference_mask(const struct db_plan *pl, uint8_t *keep, uint64_t *ke
     float keep_rate = 0;
     uint64_t T = 0;
     if (pl->keras) {
-        /* SPEC.md 5: counter = seed + stream*256*numel + f/4 (128-bit), key 0 */
+        /* docs/semantics.md, "The exact keras_cv rules":
+         * counter = seed + stream*256*numel + f/4 (128-bit), key 0 */
         unsigned __int128 base = (unsigned __int128)p->seed + (unsigned __int128)p->stream * 256u * pl->numel;
         for (int i = 0; i < 4; i++) src.base[i] = (uint32_t)(base >> (32 * i));
         keep_rate = pl->keras_keep;

@@ -1,4 +1,4 @@
-/* reference.h: the CPU reference of SPEC.md, the oracle of every test and the built-in CPU
+/* reference.h: the CPU reference of docs/semantics.md, the oracle of every test and the built-in CPU
  * backend. It follows the spec literally (candidates, blocks, float32 steps) and shares with the
  * GPU path only gamma/threshold and the exact S/K, which committed vectors check. */
 #ifndef DROPBLOCK_CORE_REFERENCE_H
@@ -12,7 +12,8 @@
 int db_reference_run(const dropblock_params *p, const void *in, void *out, void *mask, uint32_t *scales,
                      dropblock_result *res);
 
-/* tf.random.stateless_uniform(n values, seed=[s0, s1]) as float32 bits (SPEC.md section 6). */
+/* tf.random.stateless_uniform(n values, seed=[s0, s1]) as float32 bits (docs/semantics.md,
+ * "Fixed test vectors"). */
 void db_tf_uniform(uint64_t s0, uint64_t s1, uint64_t n, uint32_t *out);
 
 /* The tf-uniform input of dropblock_ref.py: n values rounded to the dtype, in physical order.

@@ -1,6 +1,7 @@
 /* apply_simd.c: the CPU backend's apply pass (apply_simd.h) on whole vector registers.
  *
- * SPEC.md's y = (x * scale) * m as two hardware products, lane by lane, in DB_C_VLANES-lane
+ * y = (x * scale) * m (docs/semantics.md, "Scale and output") as two hardware products, lane by
+ * lane, in DB_C_VLANES-lane
  * generic vectors (db_portable.h's C vector mode). That is bit for bit db_apply_bits on x86-64
  * in the default MXCSR (the caller's threads run here with it: backend_cpu.c): the reference's
  * float32 rules are SSE's (core/fp.h: a NaN operand comes back quieted with its sign and

@@ -1,4 +1,4 @@
-/* db_passes.h: the passes of DESIGN.md as functions in db_portable.h's subset, shared by the
+/* db_passes.h: the passes of docs/design.md as functions in db_portable.h's subset, shared by the
  * OpenCL kernels (dropblock.cl), the Vulkan shaders (*.comp) and the C test of the algorithm.
  * Buffers are named prm (parameter words), mask (the chunk's keep bits), kept (the chunk's
  * kept count per sample, two words each, zeroed before the mask pass) and scales (per-sample

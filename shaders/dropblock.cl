@@ -1,4 +1,4 @@
-/* dropblock.cl: the passes of DESIGN.md for OpenCL C 1.2. The pass bodies live in db_passes.h
+/* dropblock.cl: the passes of docs/design.md for OpenCL C 1.2. The pass bodies live in db_passes.h
  * (shared with the Vulkan shaders and checked in C by tests/test_passes.c); this file binds
  * buffers and work items to them and moves the data of the fast apply in vectors.
  *

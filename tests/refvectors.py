@@ -7,7 +7,8 @@ The suites never load dropblock_ref.py themselves; they ask a Reference:
     .run(shape, layout, ...)       a DropBlock2D request on a tf-uniform input: a Run (input bits,
                                    output bits or their SHA-256, kept, total, scale, keep mask)
     .tf_input(n, dtype, s0, s1)    the bits of `--input tf-uniform:S0,S1` (physical order)
-    .keep_mask(shape, ...)         the packed keep mask of SPEC.md 4 (bit i of byte i/8)
+    .keep_mask(shape, ...)         the packed keep mask, bit i of byte i/8
+                                   (docs/semantics.md, "Scale and output")
     .ask(request)                  the answer to one of the *_request dicts below
     .rne_f32(q)                    the float32 nearest a nonnegative Fraction, ties to even
   *_request(...)                   the same questions as plain dicts: each suite lists every one it

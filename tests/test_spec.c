@@ -1,4 +1,4 @@
-/* test_spec: properties SPEC.md states outright, checked on the CPU reference.
+/* test_spec: properties docs/semantics.md states outright, checked on the CPU reference.
  * (The GPU backends are held to the reference bit for bit by test_backends.) */
 #include <math.h>
 #include <stdio.h>
@@ -25,7 +25,7 @@ static dropblock_params params(uint64_t n, uint64_t c, uint64_t h, uint64_t w, f
     return p;
 }
 
-/* SPEC.md 6: tf.random.stateless_uniform((1,4,4,1), seed=[0,1]) */
+/* docs/semantics.md, "Fixed test vectors": tf.random.stateless_uniform((1,4,4,1), seed=[0,1]) */
 static void test_tf_uniform_matches_spec(void)
 {
     static const double doc[16] = {0.08216608, 0.40928006, 0.39318466, 0.3162533, 0.34717774, 0.73199546,
@@ -37,7 +37,7 @@ static void test_tf_uniform_matches_spec(void)
         CHECK(fabs((double)db_f32(got[i]) - doc[i]) <= 1e-7, "value %d: %.9g, spec %.9g", i, (double)db_f32(got[i]), doc[i]);
 }
 
-/* SPEC.md 6: 1x1x7x7, rate 1, block 7 -> all zeros, K = 0, scale 0 */
+/* docs/semantics.md, "Fixed test vectors": 1x1x7x7, rate 1, block 7 -> all zeros, K = 0, scale 0 */
 static void test_full_block_rate_one_gives_zeros(void)
 {
     dropblock_params p = params(1, 1, 7, 7, 1.0f, 7, 7);

@@ -13,7 +13,8 @@ One vector per file:
   training}, input_tf_uniform ([S0, S1] as strings, when the input is that; null otherwise),
   ref_args (dropblock_ref.py flags that give the same result, when there are such), input (hex
   bit patterns in physical order), and either expected {kept, total, scale_bits, values, mask}
-  (mask: the packed keep mask of SPEC.md 4 as hex bytes, canonical mode only, else null) or
+  (mask: the packed keep mask of docs/semantics.md, "Scale and output", as hex bytes, canonical
+  mode only, else null) or
   error {code, reference_message} for a request the reference rejects.
 """
 import argparse
@@ -130,7 +131,7 @@ def matrix():
             case("keras_cv-1x1-maps", (2, 3, 1, 1), rate="0.5", block=1, seed=40, compat="keras_cv", **L),
             case("keras_cv-prime-width", (1, 2, 5, 37), rate="0.3", block=(3, 4), seed=41, compat="keras_cv", **L),
         ]
-    # SPEC.md 6: the documented uniform values, and a fully dropped 7x7 map
+    # docs/semantics.md, "Fixed test vectors": the documented uniform values, and a fully dropped 7x7 map
     cases += [
         case("spec6-tf-uniform-0-1", (1, 1, 4, 4), layout="NHWC", rate="0", block=1, tfu=(0, 1)),
         case("spec6-1x1x7x7-rate-1-block-7", (1, 1, 7, 7), rate="1", block=7, x=[0x3F800000] * 49),
@@ -203,7 +204,8 @@ def run_case(ref, c):
 
 
 def export_mask(ref, c, rate):
-    """SPEC.md 4's packed mask: bit ((n*C+c)*H+h)*W+w, LSB first, 1 = kept; all ones for the identity."""
+    """The packed mask of docs/semantics.md, "Scale and output": bit ((n*C+c)*H+h)*W+w, LSB first,
+    1 = kept; all ones for the identity."""
     N, C, H, W = c["shape"]
     n = N * C * H * W
     if not c["training"] or rate == 0:

@@ -3,7 +3,7 @@
  * One API for two engines: an in-process engine (dropblock_open_local: the CPU, OpenCL and
  * Vulkan backends inside the caller) and the daemon over its Unix socket (dropblock_connect).
  * Every call returns 0 or a negative DROPBLOCK_E* code; nothing aborts or prints. The exact semantics of a
- * request are those of docs/semantics.md (SPEC.md). */
+ * request are those of docs/semantics.md. */
 #ifndef DROPBLOCK_DROPBLOCK_H
 #define DROPBLOCK_DROPBLOCK_H
 
@@ -59,7 +59,7 @@ typedef enum { DROPBLOCK_COMPAT_NONE = 0, DROPBLOCK_COMPAT_KERAS_CV = 1 } dropbl
 #define DROPBLOCK_SHARE_CHANNELS 1u /* one mask for all channels of a sample */
 #define DROPBLOCK_SHARE_BATCH 2u    /* one mask for all samples */
 
-/* Limits of SPEC.md section 1. */
+/* Limits of docs/semantics.md, "Request fields". */
 #define DROPBLOCK_MAX_ELEMENTS (UINT64_C(1) << 40)
 #define DROPBLOCK_MAX_PLANE (UINT64_C(1) << 31)
 
@@ -69,7 +69,7 @@ typedef struct dropblock_params {
     dropblock_layout layout; /* physical order of the buffers */
     dropblock_dtype dtype;
     float rate;              /* 0 <= rate <= 1 */
-    uint64_t block[2];       /* bh, bw, each >= 1; clamped to the map (SPEC.md section 2) */
+    uint64_t block[2];       /* bh, bw, each >= 1; clamped to the map (docs/semantics.md) */
     uint64_t seed, stream;
     dropblock_normalize normalize;
     unsigned share;          /* DROPBLOCK_SHARE_* bits */
@@ -80,7 +80,7 @@ typedef struct dropblock_params {
 
 DROPBLOCK_API void dropblock_params_init(dropblock_params *p);
 
-/* Checks every rule of SPEC.md section 1; on error writes a message naming the field and the
+/* Checks every rule of docs/semantics.md's "Request fields"; on error writes a message naming the field and the
  * allowed range into msg (if msg_len > 0) and returns DROPBLOCK_EINVAL. */
 DROPBLOCK_API int dropblock_params_validate(const dropblock_params *p, char *msg, size_t msg_len);
 
@@ -125,7 +125,7 @@ DROPBLOCK_API int dropblock_schedule_group(float target, int group, float *rate)
  * ramp alone. NaN for invalid arguments (which dropblock_params_validate rejects). */
 DROPBLOCK_API float dropblock_schedule_rate(float target, uint64_t step, uint64_t total_steps, int group);
 
-/* What a job reports (SPEC.md section 4). */
+/* What a job reports (docs/semantics.md, "Scale and output"). */
 typedef struct dropblock_result {
     uint64_t kept, total; /* K and S over the whole tensor */
     uint32_t scale_bits;  /* float32 bits of the scale (sample 0's for "sample"; keras_cv: percent) */

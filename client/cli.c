@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dropblock_version.h"
 #include "format.h"
 #include "npy.h"
 #include "reference.h"
@@ -1131,8 +1132,7 @@ int main(int argc, char **argv)
         else if (k == 2) { fputs(usage_main, stdout); return 0; }
         else if (k == 4) { if (parse_timeout("--timeout", v, &eo.timeout_ms)) return EXIT_USAGE; }
         else if (k == 5) { if (parse_timeout("--job-timeout", v, &eo.job_timeout_ms)) return EXIT_USAGE; }
-        else { printf("dropblock %d.%d (protocol %d)\n", DROPBLOCK_VERSION_MAJOR, DROPBLOCK_VERSION_MINOR,
-                      DROPBLOCK_PROTOCOL_VERSION); return 0; }
+        else { printf("dropblock %s (protocol %d)\n", DROPBLOCK_VERSION_STRING, DROPBLOCK_PROTOCOL_VERSION); return 0; }
     }
     if (i >= argc) { fputs(usage_main, stderr); return EXIT_USAGE; }
     const char *cmd = argv[i++];

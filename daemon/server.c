@@ -23,6 +23,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "dropblock_version.h"
 #include "engine.h"
 #include "jobs.h"
 #include "quota.h"
@@ -276,7 +277,7 @@ static void op_hello(struct client *c, const cJSON *id, int with_limits)
     cJSON *r = proto_reply(id, 1);
     if (with_limits) {
         cJSON_AddNumberToObject(r, "protocol", PROTO_VERSION);
-        cJSON_AddStringToObject(r, "version", "0.1.0");
+        cJSON_AddStringToObject(r, "version", DROPBLOCK_VERSION_STRING);
         cJSON *l = cJSON_AddObjectToObject(r, "limits");
         proto_add_u64(l, "max_frame", PROTO_MAX_FRAME);
         proto_add_u64(l, "max_inflight_jobs", s->max_jobs);
@@ -1265,7 +1266,7 @@ int main(int argc, char **argv)
             break;
         }
         case 'h': usage(stdout); return 0;
-        case 'V': printf("dropblockd 0.1.0 (protocol %d)\n", PROTO_VERSION); return 0;
+        case 'V': printf("dropblockd %s (protocol %d)\n", DROPBLOCK_VERSION_STRING, PROTO_VERSION); return 0;
         default: usage(stderr); return 2;
         }
     }

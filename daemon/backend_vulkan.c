@@ -67,9 +67,10 @@
 enum { PASS_MASK, PASS_SCALE, PASS_APPLY, PASS_EXACT, PASS_FIXUP, PASS_N };
 /* bench.comp's steps: the copy, torchvision's kernels, the copy's tail */
 enum { BS_COPY, BS_BERNOULLI, BS_PAD, BS_POOL, BS_ONE_MINUS, BS_SUM_NOISE, BS_SUM_PART, BS_SCALE, BS_MUL, BS_COPY_TAIL, BS_N };
-/* descriptor bindings, as declared in the shaders (db_glsl.h); bench.comp reuses them, and
+/* descriptor bindings: the shaders' numbers (db_params.h DBB_*); bench.comp reuses them, and
  * B_AUX is its alone */
-enum { B_PRM, B_MASK, B_AUX, B_KEPT, B_X, B_Y, B_SCALES, B_FIXUP, B_N };
+enum { B_PRM = DBB_PRM, B_MASK = DBB_MASK, B_AUX = DBB_AUX, B_KEPT = DBB_KEPT, B_X = DBB_X, B_Y = DBB_Y,
+       B_SCALES = DBB_SCALES, B_FIXUP = DBB_FIXUP, B_N = DBB_COUNT };
 #define CACHE_FILE_MAX (UINT64_C(256) << 20)
 #define PUSH_BYTES 16u
 
@@ -1262,8 +1263,8 @@ static int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan 
 
 done:
     if (reruns)
-        fprintf(stderr, "dropblockd: vulkan: %llu mask pass(es) of a job cut short by the loop limit, rerun with the worst-case budget (%llu so far)\n",
-                (unsigned long long)reruns, (unsigned long long)d->mask_reruns);
+        db_dev_log(dev, "%llu mask pass(es) of a job cut short by the loop limit, rerun with the worst-case budget (%llu so far)",
+                   (unsigned long long)reruns, (unsigned long long)d->mask_reruns);
     if (xi.buf) buf_free(d, &xi);
     if (yi.buf) buf_free(d, &yi);
     free(hmask);
@@ -1426,8 +1427,8 @@ static int vk_bench(struct db_device *dev, const struct db_plan *pl, const void 
         }
     free(yh);
     if (d->mask_reruns != reruns0)
-        fprintf(stderr, "dropblockd: vulkan: %llu benchmark mask pass(es) cut short by the loop limit, rerun with the worst-case budget\n",
-                (unsigned long long)(d->mask_reruns - reruns0));
+        db_dev_log(dev, "%llu benchmark mask pass(es) cut short by the loop limit, rerun with the worst-case budget",
+                   (unsigned long long)(d->mask_reruns - reruns0));
     vkQueueWaitIdle(d->queue);
     buf_free(d, &y);
     memset(&d->bufs[B_Y], 0, sizeof d->bufs[B_Y]);

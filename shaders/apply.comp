@@ -14,8 +14,8 @@
 layout(push_constant) uniform Push { uint hwexact, n; } pc;
 
 #if PROBE
-layout(std430, set = 0, binding = 4) readonly buffer X { uint x[]; };
-layout(std430, set = 0, binding = 5) writeonly buffer Y { uint y[]; };
+layout(std430, set = 0, binding = DBB_X) readonly buffer X { uint x[]; };
+layout(std430, set = 0, binding = DBB_Y) writeonly buffer Y { uint y[]; };
 
 void main()
 {
@@ -23,8 +23,8 @@ void main()
         y[IX(i)] = db_vapply(x[IX(i)], scales[IX(i)], 1u, DB_DTYPE_F32);
 }
 #else
-layout(std430, set = 0, binding = 4) readonly buffer X { uvec4 x[]; };
-layout(std430, set = 0, binding = 5) writeonly buffer Y { uvec4 y[]; };
+layout(std430, set = 0, binding = DBB_X) readonly buffer X { uvec4 x[]; };
+layout(std430, set = 0, binding = DBB_Y) writeonly buffer Y { uvec4 y[]; };
 
 /* element k's scale: sample boundaries are found once per invocation (host: CHW >= EPW) */
 uint scale_of(uint k, uint k0, uint s0, uint s1, u64 bnd)

@@ -2,24 +2,25 @@
 /* bench.comp: what only bench/dropblock-bench runs, one pipeline per BENCH_STEP (-D at build
  * time): 0 the copy that is the roofline (one 16-byte vector an invocation, as apply.comp),
  * 1.. the kernels of torchvision's method (db_baseline.h). Push constants: n (invocations),
- * then src, nin, dst for the partial sums. Bindings: 0 params, 1 noise, 2 padded, 3 pooled,
- * 6 part, 4 x, 5 y. */
+ * then src, nin, dst for the partial sums. Bindings (db_params.h): params on DBB_PRM, noise on
+ * DBB_MASK, padded on DBB_AUX, pooled on DBB_KEPT, part on DBB_SCALES, x and y on DBB_X, DBB_Y. */
 #extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
 #extension GL_GOOGLE_include_directive : require
 #define DB_LANG_GLSL
+#include "db_params.h"
 
 layout(local_size_x_id = 0) in;
 layout(push_constant) uniform Push { uint n, src, nin, dst; } pc;
 
-layout(std430, set = 0, binding = 0) readonly buffer Prm { uint prm[]; };
-layout(std430, set = 0, binding = 1) buffer Noise { uint noise[]; };
-layout(std430, set = 0, binding = 2) buffer Padded { uint padded[]; };
-layout(std430, set = 0, binding = 3) buffer Pooled { uint pooled[]; };
-layout(std430, set = 0, binding = 6) buffer Part { uint part[]; };
-layout(std430, set = 0, binding = 4) readonly buffer X { uint x[]; };
-layout(std430, set = 0, binding = 5) writeonly buffer Y { uint y[]; };
-layout(std430, set = 0, binding = 4) readonly buffer X4 { uvec4 x4[]; };
-layout(std430, set = 0, binding = 5) writeonly buffer Y4 { uvec4 y4[]; };
+layout(std430, set = 0, binding = DBB_PRM) readonly buffer Prm { uint prm[]; };
+layout(std430, set = 0, binding = DBB_MASK) buffer Noise { uint noise[]; };
+layout(std430, set = 0, binding = DBB_AUX) buffer Padded { uint padded[]; };
+layout(std430, set = 0, binding = DBB_KEPT) buffer Pooled { uint pooled[]; };
+layout(std430, set = 0, binding = DBB_SCALES) buffer Part { uint part[]; };
+layout(std430, set = 0, binding = DBB_X) readonly buffer X { uint x[]; };
+layout(std430, set = 0, binding = DBB_Y) writeonly buffer Y { uint y[]; };
+layout(std430, set = 0, binding = DBB_X) readonly buffer X4 { uvec4 x4[]; };
+layout(std430, set = 0, binding = DBB_Y) writeonly buffer Y4 { uvec4 y4[]; };
 
 #include "db_baseline.h"
 

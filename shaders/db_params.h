@@ -1,5 +1,6 @@
 /* db_params.h: indices of the parameter words of the GPU passes (db_passes.h), shared by the
- * kernels and the host (core/kernel_params.c). Plain defines: valid C, OpenCL C and GLSL. */
+ * kernels and the host (core/kernel_params.c), and the Vulkan binding numbers. Plain defines:
+ * valid C, OpenCL C and GLSL. */
 #ifndef DB_PARAMS_H
 #define DB_PARAMS_H
 
@@ -50,5 +51,19 @@
 #define DBP_NC 58      /* channel tiles: ceil(C / TILEC) (1 for NCHW, whose groups are planes) */
 #define DBP_TPW 59     /* mask tiles a work item takes, one after another (a device choice) */
 #define DBP_COUNT 60
+
+/* Vulkan descriptor bindings (set 0) of the passes' storage buffers: the numbers the shaders
+ * declare (db_glsl.h, apply.comp, exact.comp, fixup.comp, bench.comp) and backend_vulkan.c's
+ * descriptor set layout uses. AUX is bench.comp's alone; bench.comp puts its other buffers on
+ * the pass bindings (noise on MASK, pooled on KEPT, partial sums on SCALES). */
+#define DBB_PRM 0
+#define DBB_MASK 1
+#define DBB_AUX 2
+#define DBB_KEPT 3
+#define DBB_X 4
+#define DBB_Y 5
+#define DBB_SCALES 6
+#define DBB_FIXUP 7
+#define DBB_COUNT 8
 
 #endif

@@ -7,8 +7,8 @@
 #extension GL_GOOGLE_include_directive : require
 #include "db_glsl.h"
 
-layout(std430, set = 0, binding = 4) readonly buffer X { uint x[]; };
-layout(std430, set = 0, binding = 5) writeonly buffer Y { uint y[]; };
+layout(std430, set = 0, binding = DBB_X) readonly buffer X { uint x[]; };
+layout(std430, set = 0, binding = DBB_Y) writeonly buffer Y { uint y[]; };
 
 void main()
 {

@@ -5,7 +5,7 @@
 #extension GL_GOOGLE_include_directive : require
 #include "db_glsl.h"
 
-layout(std430, set = 0, binding = 5) buffer Y { uint y[]; };
+layout(std430, set = 0, binding = DBB_Y) buffer Y { uint y[]; };
 
 void main()
 {

@@ -44,7 +44,14 @@ struct db_device {
      * say more with db_progress; any thread reads them */
     _Atomic int pass;
     _Atomic unsigned long long chunk, nchunks;
+    /* db_engine_open's log callback (NULL: none), set by the engine before prepare: a backend
+     * reports through db_dev_log, never on stderr (the library promises to print nothing) */
+    void (*log)(void *ctx, const char *line);
+    void *log_ctx;
 };
+
+/* One line to the device's log callback, prefixed with the device's id; nothing without one. */
+void db_dev_log(const struct db_device *dev, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static inline void db_progress(struct db_device *dev, enum db_pass pass, uint64_t chunk, uint64_t nchunks)
 {

@@ -2,6 +2,7 @@
 #include "engine.h"
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +70,19 @@ static void logf_(void (*log)(void *, const char *), void *ctx, const char *fmt,
     char line[768];
     snprintf(line, sizeof line, fmt, a, b);
     log(ctx, line);
+}
+
+void db_dev_log(const struct db_device *dev, const char *fmt, ...)
+{
+    if (!dev || !dev->log) return;
+    char line[768];
+    int n = snprintf(line, sizeof line, "%s: ", dev->info.id);
+    if (n < 0 || (size_t)n >= sizeof line) n = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    va_end(ap);
+    dev->log(dev->log_ctx, line);
 }
 
 /* Parses $DROPBLOCK_FAULTS (engine.h): KIND:DEVICE:N[,KIND:DEVICE:N...]. */
@@ -170,6 +184,8 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *vis
                 ops->release(d);
                 continue;
             }
+            d->log = log;
+            d->log_ctx = log_ctx;
             why[0] = 0;
             if (ops->prepare(d, &e->cfg, why, sizeof why)) {
                 logf_(log, log_ctx, "%s: skipped: %s", d->info.id, why);

@@ -48,6 +48,10 @@ struct db_device {
      * reports through db_dev_log, never on stderr (the library promises to print nothing) */
     void (*log)(void *ctx, const char *line);
     void *log_ctx;
+    /* DROPBLOCK_FAULTS "lost" at this job (engine.h; set by the engine around run): the OpenCL and
+     * Vulkan backends fail the job as their API does for a device that is gone
+     * (CL_DEVICE_NOT_AVAILABLE, VK_ERROR_DEVICE_LOST), through their usual error mapping */
+    int inject_lost;
 };
 
 /* One line to the device's log callback, prefixed with the device's id; nothing without one. */

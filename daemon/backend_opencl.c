@@ -146,9 +146,19 @@ static const char *cl_err_name(cl_int e)
     }
 }
 
-/* Out-of-memory style failures are the caller's resource problem, the rest are ours. */
+/* Out-of-memory style failures are the caller's resource problem; a device that is gone is
+ * DROPBLOCK_EUNAVAILABLE, which makes the engine mark it unhealthy for good (docs/reliability.md),
+ * as VK_ERROR_DEVICE_LOST does on Vulkan; the rest are ours. Gone: CL_DEVICE_NOT_AVAILABLE, and
+ * CL_INVALID_CONTEXT / CL_INVALID_COMMAND_QUEUE, since the context and queues are this backend's
+ * own, created at prepare and held until release: from a job they mean the driver tore them down
+ * (a reset, a context lost). CL_OUT_OF_RESOURCES stays resource_exhausted: NVIDIA's driver also
+ * answers it after a context loss (a faulting kernel), but foremost it is a shortage that passes,
+ * and unhealthy is for the rest of the engine's life, so the ambiguous code retires no device
+ * (a device that is really gone then fails each job, with the driver's code in the message). */
 static int cl_code(cl_int e)
 {
+    if (e == CL_DEVICE_NOT_AVAILABLE || e == CL_INVALID_CONTEXT || e == CL_INVALID_COMMAND_QUEUE)
+        return DROPBLOCK_EUNAVAILABLE;
     return (e == CL_MEM_OBJECT_ALLOCATION_FAILURE || e == CL_OUT_OF_RESOURCES || e == CL_OUT_OF_HOST_MEMORY ||
             e == CL_INVALID_BUFFER_SIZE)
                ? DROPBLOCK_EEXHAUSTED
@@ -1549,6 +1559,9 @@ static int ocl_run(struct db_device *dev, const struct db_plan *pl, const void *
 {
     struct ocl_dev *od = dev->priv;
     if (!od || !od->program) { db_msg(res->message, sizeof res->message, "OpenCL device not prepared"); return DROPBLOCK_EINTERNAL; }
+    if (dev->inject_lost) /* DROPBLOCK_FAULTS "lost" (engine.h): what the driver answers for a device that is gone */
+        return cl_fail(res->message, sizeof res->message, "clEnqueueNDRangeKernel(db_mask), injected fault",
+                       CL_DEVICE_NOT_AVAILABLE);
     return ocl_job(od, pl, in, out, mask, NULL, NULL, res, res->message, sizeof res->message);
 }
 

@@ -1277,6 +1277,8 @@ done:
 static int vk_run(struct db_device *dev, const struct db_plan *pl, const void *in, void *out, void *mask,
                   dropblock_result *res)
 {
+    if (dev->inject_lost) /* DROPBLOCK_FAULTS "lost" (engine.h): what the driver answers for a device that is gone */
+        return vk_fail(res->message, sizeof res->message, VK_ERROR_DEVICE_LOST, "vkQueueSubmit, injected fault");
     return vk_job(dev->priv, dev, pl, in, out, mask, 0, res, res->message, sizeof res->message);
 }
 

@@ -11,8 +11,8 @@
 #define DB_MAX_DEVICES 64
 #define DB_MAX_FAULTS 32
 
-enum { FAULT_FAIL, FAULT_ALLOC, FAULT_VANISH };
-static const char *const fault_names[] = {"fail", "alloc", "vanish"};
+enum { FAULT_FAIL, FAULT_ALLOC, FAULT_VANISH, FAULT_LOST, FAULT_N };
+static const char *const fault_names[FAULT_N] = {"fail", "alloc", "vanish", "lost"};
 
 struct db_fault {
     int kind;
@@ -106,9 +106,9 @@ static int parse_faults(const char *spec, struct db_fault *out, int *n, char *ms
         if (!why) {
             *first = 0;
             *last = 0;
-            for (int k = 0; k < 3; k++)
+            for (int k = 0; k < FAULT_N; k++)
                 if (!strcmp(entry, fault_names[k])) kind = k;
-            if (kind < 0) why = "KIND must be fail, alloc or vanish";
+            if (kind < 0) why = "KIND must be fail, alloc, vanish or lost";
         }
         char *stop = NULL;
         unsigned long long at = 0;
@@ -215,6 +215,11 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *vis
         if (!s) {
             logf_(log, log_ctx, "DROPBLOCK_FAULTS: no device %s here; its %s fault is ignored", faults[f].dev,
                   fault_names[faults[f].kind]);
+            continue;
+        }
+        if (faults[f].kind == FAULT_LOST && !strcmp(s->dev.ops->name, "cpu")) {
+            logf_(log, log_ctx, "DROPBLOCK_FAULTS: device %s has no device API to lose; its %s fault is ignored",
+                  s->dev.info.id, fault_names[faults[f].kind]);
             continue;
         }
         s->faults[s->nfaults++] = faults[f];
@@ -389,7 +394,9 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
         rc = DROPBLOCK_EUNAVAILABLE;
     } else {
         uint64_t n = probe ? s->njobs : ++s->njobs;
-        switch (probe ? -1 : fault_at(s, n)) {
+        int fault = probe ? -1 : fault_at(s, n);
+        s->dev.inject_lost = fault == FAULT_LOST; /* run below, its API failing as for a lost device */
+        switch (fault) {
         case FAULT_FAIL:
             db_msg(res->message, sizeof res->message, "device %s failed the job: injected fault", id);
             rc = DROPBLOCK_EINTERNAL;
@@ -410,6 +417,7 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
             db_progress(&s->dev, DB_PASS_RUNNING, 0, 0);
             rc = s->dev.ops->run(&s->dev, &pl, in, out, mask, res);
             db_progress(&s->dev, DB_PASS_IDLE, 0, 0);
+            s->dev.inject_lost = 0;
             if (rc == DROPBLOCK_EUNAVAILABLE) {
                 /* the device is gone (lost by its driver): no job goes to it again */
                 char why[200];

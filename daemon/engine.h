@@ -24,6 +24,10 @@ struct db_engine;
  *     alloc   DROPBLOCK_EEXHAUSTED  "device vulkan:0 could not allocate the job's buffers: injected fault"
  *     vanish  DROPBLOCK_EUNAVAILABLE, and the device is unhealthy from then on (as when its
  *             backend returns DROPBLOCK_EUNAVAILABLE: a lost device)
+ *     lost    the job runs, but the backend's API answers as for a lost device (OpenCL:
+ *             CL_DEVICE_NOT_AVAILABLE, Vulkan: VK_ERROR_DEVICE_LOST): the backend's own error
+ *             mapping gives DROPBLOCK_EUNAVAILABLE and the device is unhealthy from then on;
+ *             CPU devices have no API to lose (the entry is logged and ignored)
  * A malformed list fails open with DROPBLOCK_EINVAL; an entry naming a device this engine does
  * not have is logged and ignored. Without fault injection built in the variable is ignored. */
 int db_engine_open(struct db_engine **out, const char *backends, const char *visible, const char *cache_dir,

@@ -696,6 +696,35 @@ def test_faults(exe, ref):
         check(False, "all-vanished test crashed: " + traceback.format_exc())
     finally:
         check(d.stop() == 0, "SIGTERM exits 0")
+    # "lost": the job runs and the device API answers as for a device that is gone; each backend's
+    # own error mapping makes it unavailable and the engine marks the device unhealthy
+    lost = [(g, code) for g, code in (("opencl:0", "CL_DEVICE_NOT_AVAILABLE"), ("vulkan:0", "VK_ERROR_DEVICE_LOST"))
+            if g in ids]
+    if lost:
+        faults = ",".join("lost:%s:1" % g for g, _ in lost)
+        print("lost-device test: DROPBLOCK_FAULTS=%s" % faults)
+        d = Daemon(exe, ["--devices", ",".join(["cpu:0"] + [g for g, _ in lost])], env={"DROPBLOCK_FAULTS": faults})
+        try:
+            c = Client(d.path)
+            r, m = c.region(1 << 17)
+            for g, code in lost:
+                ok, rr = exact_job(c, m, r["region"], ref, device=g)
+                expect_error(rr, "unavailable", ["device %s" % g, code, "injected fault", "marked unhealthy"],
+                             "%s job 1 (its API reports it lost)" % g)
+                ok, rr = exact_job(c, m, r["region"], ref, device=g)
+                expect_error(rr, "unavailable", ["device %s is unavailable" % g, "unhealthy", code],
+                             "a job sent to %s after it was lost" % g)
+            sd = {x["id"]: x for x in c.call({"op": "status"})["devices"]}
+            for g, code in lost:
+                check(sd[g]["healthy"] is False and code in sd[g].get("unhealthy_reason", ""),
+                      "status: %s unhealthy, the reason naming %s: %s" % (g, code, sd[g]))
+            ok, rr = exact_job(c, m, r["region"], ref)
+            check(ok and rr["device"] == "cpu:0", "auto after the losses runs exact on cpu:0: %s" % rr)
+            c.close()
+        except Exception:
+            check(False, "lost-device test crashed: " + traceback.format_exc())
+        finally:
+            check(d.stop() == 0, "SIGTERM exits 0")
     # a malformed list stops the daemon before it opens any device
     for bad in ("explode:cpu:0:1", "fail:cpu:0", "fail:cpu:0:0", "fail::3"):
         r = subprocess.run(daemon_cmd(exe, "--socket", os.path.join(tempfile.mkdtemp(prefix="dbd-"), "d.sock")),

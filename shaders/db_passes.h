@@ -236,6 +236,33 @@ DBFN u64 db_tile_chan(DB_PRM_BUFS u64 g, u64 grp)
     return (rt - db_udiv(rt, NC) * NC) * U64(prm[DBP_TILEC]);
 }
 
+/* Tile g of group grp as the chunk has it: db_tile_box's rows clipped to the chunk's units
+ * [U0, U1) (h1 = h0 when none is left; the tiles of a chunk each keep at least one), its
+ * columns as they are. */
+DBFN u32x4 db_tile_rows(DB_PRM_BUFS u64 g, u64 grp)
+{
+    u32x4 box = db_tile_box(DB_PRM_ARGS g, grp);
+    u32 h0 = box.x, h1 = box.y;
+    u64 gh = grp * U64(prm[DBP_H]), u0 = DB_PRM64(DBP_U0), u1 = DB_PRM64(DBP_U1);
+    if (u0 > gh + U64(h0)) h0 = U32(u0 - gh);
+    if (u1 < gh + U64(h1)) h1 = u1 > gh + U64(h0) ? U32(u1 - gh) : h0;
+    return MAKE_U32X4(h0, h1, box.z, box.w);
+}
+
+/* The first bit (end 0) or the end bit (end 1), in the chunk, of the tile of group grp with
+ * rows and columns box (db_tile_rows) and, for NHWC channel tiles (NC > 1), first channel c0:
+ * its bits are contiguous (whole rows, or the columns of its one row, or the channels of its
+ * one row and column). */
+DBFN u64 db_tile_bit(DB_PRM_BUFS u64 grp, u32x4 box, u64 c0, u32 end)
+{
+    u64 C = DB_PRM64(DBP_C), W = U64(prm[DBP_W]), gh = grp * U64(prm[DBP_H]), E0 = DB_PRM64(DBP_E0);
+    u64 ue = prm[DBP_LAYOUT] != 0u ? W * C : W, cw = prm[DBP_LAYOUT] != 0u ? C : 1ul;
+    u64 a = (gh + U64(box.x)) * ue + U64(box.z) * cw - E0;
+    if (U64(prm[DBP_NC]) > 1ul) /* channels c0 .. the channel tile's end */
+        return end != 0u ? a + (C - c0 <= U64(prm[DBP_TILEC]) ? C : c0 + U64(prm[DBP_TILEC])) : a + c0;
+    return end != 0u ? (gh + U64(box.y - 1u)) * ue + U64(box.w) * cw - E0 : a;
+}
+
 /* The sample (from the chunk's first) that tile g belongs to. */
 DBFN u64 db_tile_sample(DB_PRM_BUFS u64 g)
 {
@@ -252,22 +279,15 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
     u32 H = prm[DBP_H], W = prm[DBP_W], nhwc = prm[DBP_LAYOUT];
     u64 NC = U64(prm[DBP_NC]);
     u64 grp = db_tile_group(DB_PRM_ARGS g);
-    u32x4 box = db_tile_box(DB_PRM_ARGS g, grp);
+    u32x4 box = db_tile_rows(DB_PRM_ARGS g, grp);
     u32 h0 = box.x, h1 = box.y, w0 = box.z, w1 = box.w;
-    /* rows of the group inside the chunk's units [U0, U1) */
-    u64 gh = grp * U64(H), u0 = DB_PRM64(DBP_U0), u1 = DB_PRM64(DBP_U1);
-    if (u0 > gh + U64(h0)) h0 = U32(u0 - gh);
-    if (u1 < gh + U64(h1)) h1 = u1 > gh + U64(h0) ? U32(u1 - gh) : h0;
     if (h0 >= h1) return 0u;
-    u64 ue = nhwc != 0u ? U64(W) * C : U64(W), cw = nhwc != 0u ? C : 1ul;
-    u64 E0 = DB_PRM64(DBP_E0);
+    u64 gh = grp * U64(H), ue = nhwc != 0u ? U64(W) * C : U64(W);
     u64 n = nhwc != 0u ? grp : db_udiv(grp, C);
     u64 c0 = nhwc != 0u ? db_tile_chan(DB_PRM_ARGS g, grp) : grp - n * C, c1 = c0 + 1ul;
     if (nhwc != 0u) c1 = NC == 1ul || C - c0 <= U64(prm[DBP_TILEC]) ? C : c0 + U64(prm[DBP_TILEC]);
-    /* the tile's bits: whole rows, or (one row) its columns, or (one row, one column, NHWC) its
-     * channels: contiguous in every case, and all kept to start with */
-    u64 a = (gh + U64(h0)) * ue + U64(w0) * cw - E0, b = (gh + U64(h1 - 1u)) * ue + U64(w1) * cw - E0;
-    if (NC > 1ul) { b = a + c1; a += c0; }
+    /* the tile's bits, all kept to start with */
+    u64 a = db_tile_bit(DB_PRM_ARGS grp, box, c0, 0u), b = db_tile_bit(DB_PRM_ARGS grp, box, c0, 1u);
     db_mark_bits(DB_BITS_ARGS a, b - 1ul, wa, wb, 1u);
 
     /* candidates whose block reaches rows [h0, h1), columns [w0, w1) */
@@ -341,23 +361,8 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
 /* The first bit (end 0) or the end bit (end 1) of tile g in the chunk (db_mask_tile's a, b). */
 DBFN u64 db_tile_edge(DB_PRM_BUFS u64 g, u32 end)
 {
-    u64 C = DB_PRM64(DBP_C);
-    u32 H = prm[DBP_H], W = prm[DBP_W], nhwc = prm[DBP_LAYOUT];
-    u64 NC = U64(prm[DBP_NC]);
     u64 grp = db_tile_group(DB_PRM_ARGS g);
-    u32x4 box = db_tile_box(DB_PRM_ARGS g, grp);
-    u32 h0 = box.x, h1 = box.y, w0 = box.z, w1 = box.w;
-    u64 gh = grp * U64(H), u0 = DB_PRM64(DBP_U0), u1 = DB_PRM64(DBP_U1);
-    if (u0 > gh + U64(h0)) h0 = U32(u0 - gh);
-    if (u1 < gh + U64(h1)) h1 = U32(u1 - gh);
-    u64 ue = nhwc != 0u ? U64(W) * C : U64(W), cw = nhwc != 0u ? C : 1ul;
-    u64 a = (gh + U64(h0)) * ue + U64(w0) * cw - DB_PRM64(DBP_E0), b = (gh + U64(h1 - 1u)) * ue + U64(w1) * cw - DB_PRM64(DBP_E0);
-    if (NC > 1ul) {
-        u64 c0 = db_tile_chan(DB_PRM_ARGS g, grp);
-        b = a + (C - c0 <= U64(prm[DBP_TILEC]) ? C : c0 + U64(prm[DBP_TILEC]));
-        a += c0;
-    }
-    return end != 0u ? b : a;
+    return db_tile_bit(DB_PRM_ARGS grp, db_tile_rows(DB_PRM_ARGS g, grp), db_tile_chan(DB_PRM_ARGS g, grp), end);
 }
 
 #ifdef DB_CPU_BATCHES

@@ -27,6 +27,7 @@
 
 #include "bench_socket.h"
 
+#include "clock.h"
 #include "engine.h"
 #include "reference.h"
 

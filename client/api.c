@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "handle.h"
+#include "msg.h"
 #include "plan.h"
 #include "sysmem.h"
 

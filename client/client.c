@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include "handle.h"
+#include "msg.h"
 #include "plan.h"
 #include "protocol.h"
 #include "sysmem.h"

@@ -6,6 +6,7 @@
 
 #include "engine.h"
 #include "handle.h"
+#include "msg.h"
 #include "plan.h"
 #include "protocol.h"
 #include "sysmem.h"

@@ -1,22 +1,13 @@
 /* params.c: request defaults, names, sizes and validation (docs/semantics.md, "Request fields"). */
 #include <dropblock/dropblock.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "msg.h"
 #include "plan.h"
-
-void db_msg(char *msg, size_t len, const char *fmt, ...)
-{
-    if (!msg || !len) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, len, fmt, ap);
-    va_end(ap);
-}
 
 static const char *const error_names[] = {"ok", "invalid_argument", "not_found", "out_of_range",
                                           "resource_exhausted", "unavailable", "permission_denied",

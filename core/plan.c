@@ -6,6 +6,7 @@
 
 #include "fp.h"
 #include "fpenv.h"
+#include "msg.h"
 
 typedef unsigned __int128 u128;
 

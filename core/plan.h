@@ -74,7 +74,4 @@ void db_mask_export_flat(const struct db_plan *pl, const uint32_t *words, uint64
 /* Output for the identity (copies unless in place). */
 void db_identity(const struct db_plan *pl, const void *in, void *out, void *mask, dropblock_result *res);
 
-/* msg helper: snprintf into (msg, len) if len > 0. */
-void db_msg(char *msg, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
 #endif

@@ -6,6 +6,7 @@
 
 #include "fp.h"
 #include "fpenv.h"
+#include "msg.h"
 #include "philox.h"
 #include "plan.h"
 

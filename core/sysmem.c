@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "msg.h"
 #include "plan.h"
 
 /* One "Key: N kB" line of /proc/meminfo in bytes; UINT64_MAX when absent. */

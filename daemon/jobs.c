@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
+#include "msg.h"
 #include "smalljob.h"
 
 struct worker {

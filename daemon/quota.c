@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "msg.h"
 #include "plan.h"
 #include "sysmem.h"
 

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "msg.h"
 #include "plan.h"
 
 static const char *kind_of(mode_t m)

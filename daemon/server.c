@@ -23,9 +23,11 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "clock.h"
 #include "dropblock_version.h"
 #include "engine.h"
 #include "jobs.h"
+#include "msg.h"
 #include "quota.h"
 #include "protocol.h"
 #include "regions.h"

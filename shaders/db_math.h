@@ -202,7 +202,7 @@ DBFN u32 db_ratio(u64 s, u64 k)
  * (-DDB_CPU) keep the ten rounds of 48 blocks in six independent chains of 8-lane vectors, the
  * shape in which they run them on SIMD units with each multiply's latency hidden by the other
  * chains (six was the fastest on AVX-512, four and eight slower); the CPU backend (C with
- * -DDB_C_SIMD) does the same in intrinsics (daemon/philox_simd.c); GPUs and the other C builds
+ * -DDB_C_SIMD) does the same in intrinsics (engine/philox_simd.c); GPUs and the other C builds
  * (the test of the passes) go one block at a time. */
 #define DB_NO_RUN 0xFFFFFFFFFFFFFFFFul
 /* the CPU batches of both: queues of whole planes (db_passes.h, db_mask_planes) */
@@ -339,7 +339,7 @@ DBFN void db_queue_span(u64 *blk, u32 nb, u64 b0, u32 take)
     for (u32 l = 0u; l < take; l += 8u, v += 8ul) vstore8(v, 0, blk + nb + l);
 }
 #elif defined(DB_LANG_C) && defined(DB_C_SIMD)
-/* the CPU backend (backend_cpu.c): the same batches in explicit SIMD, daemon/philox_simd.c
+/* the CPU backend (backend_cpu.c): the same batches in explicit SIMD, engine/philox_simd.c
  * (declared here, not included: the kernels' sources are embedded with their includes) */
 #define DB_BATCH 48
 void db_philox_fire(const u64 *blk, u64 run, u32 n, const u32 *base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all,

@@ -1,10 +1,10 @@
 /* db_params.h: indices of the parameter words of the GPU passes (db_passes.h), shared by the
- * kernels and the host (core/kernel_params.c), and the Vulkan binding numbers. Plain defines:
+ * kernels and the host (engine/kernel_params.c), and the Vulkan binding numbers. Plain defines:
  * valid C, OpenCL C and GLSL. */
 #ifndef DB_PARAMS_H
 #define DB_PARAMS_H
 
-/* Parameter words (core/kernel_params.c fills them); 64-bit values take two words, low first.
+/* Parameter words (engine/kernel_params.c fills them); 64-bit values take two words, low first.
  * A unit is one physical row of the tensor (W elements for NCHW, W*C for NHWC); a group is
  * what one mask tile covers across its rows: one (n, c) plane for NCHW, one sample n (all
  * channels) for NHWC, so unit = group * H + h in both layouts. */

@@ -147,7 +147,7 @@ static inline uint32_t db_c_add(uint32_t *p, uint32_t v) { uint32_t old = *p; *p
 #endif
 #define MSB32(x) (31u - U32(__builtin_clz(x)))
 #ifdef DB_C_VLANES
-/* the CPU backend's apply (daemon/apply_simd.c): DB_C_VLANES 32-bit lanes in GCC/Clang generic
+/* the CPU backend's apply (engine/apply_simd.c): DB_C_VLANES 32-bit lanes in GCC/Clang generic
  * vectors, which the file's -mavx2 or -mavx512f build maps onto registers; comparisons give
  * -1/0 lanes as in OpenCL */
 typedef uint32_t db_vu32 __attribute__((vector_size(4 * DB_C_VLANES)));

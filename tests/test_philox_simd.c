@@ -1,4 +1,4 @@
-/* test_philox_simd: the CPU backend's candidate words in SIMD (daemon/philox_simd.h) equal
+/* test_philox_simd: the CPU backend's candidate words in SIMD (engine/philox_simd.h) equal
  * core's Philox4x32-10 (core/philox.h) fire bit for fire bit on every path this CPU runs
  * (AVX-512F, AVX2, scalar): runs and queues of 1 to DB_SIMD_BATCH blocks, counters whose upper
  * words change inside a batch (carries out of each word) and ones that share them, thresholds

@@ -1,7 +1,7 @@
 /* engine.h: the devices of all backends behind one list, device choice, and the job entry
  * point shared by the daemon's workers and the in-process client (dropblock_open_local). */
-#ifndef DROPBLOCK_DAEMON_ENGINE_H
-#define DROPBLOCK_DAEMON_ENGINE_H
+#ifndef DROPBLOCK_ENGINE_ENGINE_H
+#define DROPBLOCK_ENGINE_ENGINE_H
 
 #include <dropblock/dropblock.h>
 

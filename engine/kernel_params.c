@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+#include "msg.h"
+
 #define DB_CHUNK_CAP (UINT64_C(1) << 30)
 /* room for what does not grow with the units of a chunk (a mask word, two tiles, a sample) */
 #define DB_CHUNK_SLACK 64

@@ -4,8 +4,8 @@
  * releases everything. The engine (engine.c) owns the device list, serialises jobs per
  * device, and handles validation and the identity before a backend sees a job. All OpenCL
  * calls live in backend_opencl.c and all Vulkan calls in backend_vulkan.c. */
-#ifndef DROPBLOCK_DAEMON_BACKEND_H
-#define DROPBLOCK_DAEMON_BACKEND_H
+#ifndef DROPBLOCK_ENGINE_BACKEND_H
+#define DROPBLOCK_ENGINE_BACKEND_H
 
 #include <dropblock/dropblock.h>
 #include <stdatomic.h>
@@ -96,10 +96,5 @@ struct backend_ops {
 extern const struct backend_ops db_backend_cpu;
 extern const struct backend_ops db_backend_opencl;
 extern const struct backend_ops db_backend_vulkan;
-
-/* microseconds on a monotonic clock, for timing_us */
-uint64_t db_now_us(void);
-/* the same, with sub-microsecond resolution, for the benchmark */
-double db_now_us_f(void);
 
 #endif

@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
+#include "msg.h"
+
 #define DB_MAX_DEVICES 64
 #define DB_MAX_FAULTS 32
 

@@ -24,8 +24,10 @@
 
 #include "apply_simd.h"
 #include "backend.h"
+#include "clock.h"
 #include "fpenv.h"
 #include "kernel_params.h"
+#include "msg.h"
 #include "philox_simd.h"
 #include "reference.h"
 
@@ -40,20 +42,6 @@
 #include "db_passes.h"
 #pragma GCC diagnostic pop
 _Static_assert(DB_BATCH == DB_SIMD_BATCH, "db_math.h's C SIMD batch is philox_simd.h's");
-
-uint64_t db_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-double db_now_us_f(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
 
 #define CPU_MAX_THREADS 64
 #define CPU_EPW 32 /* elements of a fast-apply group: one mask word */

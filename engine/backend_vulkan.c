@@ -42,8 +42,10 @@
 #include <vulkan/vulkan.h>
 
 #include "backend.h"
+#include "clock.h"
 #include "fp.h"
 #include "kernel_params.h"
+#include "msg.h"
 
 #include "spv_apply.h"
 #include "spv_bench0.h"

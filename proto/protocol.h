@@ -1,7 +1,7 @@
 /* protocol.h: wire protocol v1 (docs/protocol.md): frames, field parsing with errors that
  * name the field, and replies. Pure functions over cJSON: no sockets here. */
-#ifndef DROPBLOCK_DAEMON_PROTOCOL_H
-#define DROPBLOCK_DAEMON_PROTOCOL_H
+#ifndef DROPBLOCK_PROTO_PROTOCOL_H
+#define DROPBLOCK_PROTO_PROTOCOL_H
 
 #include <cjson/cJSON.h>
 #include <dropblock/dropblock.h>

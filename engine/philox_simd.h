@@ -12,8 +12,8 @@
  * forces one (the tests run each; a path the CPU lacks falls back to the next below it),
  * otherwise the best the CPU has (__builtin_cpu_supports; valgrind hides AVX-512). The AVX2 path
  * asks for F16C too (the CPU backend's apply, apply_simd.h, takes the same path). */
-#ifndef DB_PHILOX_SIMD_H
-#define DB_PHILOX_SIMD_H
+#ifndef DROPBLOCK_ENGINE_PHILOX_SIMD_H
+#define DROPBLOCK_ENGINE_PHILOX_SIMD_H
 
 #include <stdint.h>
 

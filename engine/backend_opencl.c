@@ -32,9 +32,11 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "clock.h"
 #include "db_baseline_params.h"
 #include "fp.h"
 #include "kernel_params.h"
+#include "msg.h"
 
 #ifndef CL_PLATFORM_NOT_FOUND_KHR
 #define CL_PLATFORM_NOT_FOUND_KHR -1001

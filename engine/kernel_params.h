@@ -1,6 +1,6 @@
 /* kernel_params.h: chunking and the parameter words of the GPU passes (shaders/db_passes.h). */
-#ifndef DROPBLOCK_CORE_KERNEL_PARAMS_H
-#define DROPBLOCK_CORE_KERNEL_PARAMS_H
+#ifndef DROPBLOCK_ENGINE_KERNEL_PARAMS_H
+#define DROPBLOCK_ENGINE_KERNEL_PARAMS_H
 
 #include "plan.h"
 

@@ -8,8 +8,8 @@
  * Each call runs the groups [k, k1), on a thread whose MXCSR is the default (0x1F80: backend_cpu.c
  * sets it in its workers), subnormal inputs included. The path is philox_simd.h's
  * (DROPBLOCK_CPU_SIMD), chosen by backend_cpu.c. */
-#ifndef DB_APPLY_SIMD_H
-#define DB_APPLY_SIMD_H
+#ifndef DROPBLOCK_ENGINE_APPLY_SIMD_H
+#define DROPBLOCK_ENGINE_APPLY_SIMD_H
 
 #include <stdint.h>
 

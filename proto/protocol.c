@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "msg.h"
 #include "plan.h"
 
 int proto_frame_peek(const unsigned char *buf, size_t len, uint32_t *flen)

@@ -1295,92 +1295,6 @@ static int locate(struct db_conn *c, const char *what, const void *ptr, uint64_t
 }
 
 /* ---------------------------------------------------------------- jobs */
-/* Text being built: appends stop (and bad is set) when it would not fit. */
-struct text {
-    char *buf;
-    size_t len, cap;
-    int bad;
-};
-
-static void put(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(struct text *t, const char *fmt, ...)
-{
-    if (t->bad) return;
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
-    va_end(ap);
-    if (k < 0 || (size_t)k >= t->cap - t->len) t->bad = 1;
-    else t->len += (size_t)k;
-}
-
-/* A u64 as protocol v1 writes it: a number below 2^53, else a decimal string. */
-static void put_u64(struct text *t, uint64_t v)
-{
-    put(t, v < (UINT64_C(1) << 53) ? "%llu" : "\"%llu\"", (unsigned long long)v);
-}
-
-/* A JSON string (quotes, backslashes and control characters escaped). */
-static void put_string(struct text *t, const char *s)
-{
-    put(t, "\"");
-    for (; *s && !t->bad; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') put(t, "\\%c", ch);
-        else if (ch < 0x20) put(t, "\\u%04x", ch);
-        else if (t->len + 1 < t->cap) t->buf[t->len++] = (char)ch, t->buf[t->len] = 0;
-        else t->bad = 1;
-    }
-    put(t, "\"");
-}
-
-static void put_tensor(struct text *t, const char *name, uint32_t rid, uint64_t off)
-{
-    put(t, ",\"%s\":{\"region\":%u,\"offset\":", name, rid);
-    put_u64(t, off);
-    put(t, "}");
-}
-
-/* The dropblock2d request of docs/protocol.md, as text for frame_with_id (the same fields
- * cJSON would print, written directly: this is every job's path); NULL without memory. */
-static char *job_request(const dropblock_params *p, const uint32_t rid[3], const uint64_t off[3], int has_mask,
-                         const char *device)
-{
-    const char *dev = device && *device ? device : "auto";
-    struct text t = {NULL, 0, 1024 + 6 * strlen(dev), 0};
-    if (!(t.buf = malloc(t.cap))) return NULL;
-    t.buf[0] = 0;
-    put(&t, "{\"v\":%d,\"op\":\"dropblock2d\"", PROTO_VERSION);
-    put_tensor(&t, "input", rid[0], off[0]);
-    put_tensor(&t, "output", rid[1], off[1]);
-    if (has_mask) put_tensor(&t, "mask", rid[2], off[2]);
-    put(&t, ",\"shape\":[");
-    for (int i = 0; i < 4; i++) {
-        if (i) put(&t, ",");
-        put_u64(&t, p->shape[i]);
-    }
-    put(&t, "],\"layout\":\"%s\",\"dtype\":\"%s\"", dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype));
-    /* a float widened to double prints exactly in 17 digits and narrows back to the same float */
-    put(&t, ",\"rate\":%.17g,\"block\":[", (double)p->rate);
-    put_u64(&t, p->block[0]);
-    put(&t, ",");
-    put_u64(&t, p->block[1]);
-    put(&t, "],\"seed\":");
-    put_u64(&t, p->seed);
-    put(&t, ",\"stream\":");
-    put_u64(&t, p->stream);
-    put(&t, ",\"normalize\":\"%s\",\"share\":[%s%s%s]", dropblock_normalize_name(p->normalize),
-        (p->share & DROPBLOCK_SHARE_CHANNELS) ? "\"channels\"" : "",
-        (p->share & DROPBLOCK_SHARE_CHANNELS) && (p->share & DROPBLOCK_SHARE_BATCH) ? "," : "",
-        (p->share & DROPBLOCK_SHARE_BATCH) ? "\"batch\"" : "");
-    put(&t, ",\"mode\":\"%s\",\"compat\":\"%s\",\"training\":%s,\"device\":",
-        p->mode == DROPBLOCK_BACKWARD ? "backward" : "forward", dropblock_compat_name(p->compat),
-        p->training ? "true" : "false");
-    put_string(&t, dev);
-    if (t.bad) { free(t.buf); return NULL; }
-    return t.buf;
-}
-
 int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const void *input, void *output, void *mask,
                   const char *device, dropblock_ticket **ticket, char *msg, size_t len)
 {
@@ -1404,7 +1318,7 @@ int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const voi
         return DROPBLOCK_EEXHAUSTED;
     }
     t->sync = sync;
-    rc = send_request_text(h, t, job_request(p, rid, off, mask != NULL, device), &gen, msg, len);
+    rc = send_request_text(h, t, proto_write_job_request(p, rid, off, mask != NULL, device), &gen, msg, len);
     if (rc) {
         ticket_free(t);
         return rc;

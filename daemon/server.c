@@ -864,34 +864,18 @@ static void on_idle_trim(uv_timer_t *t)
 #endif
 }
 
-/* A u64 as protocol v1 writes it (a number below 2^53, else a decimal string). */
-static int fmt_u64(char *buf, size_t len, uint64_t v)
-{
-    return snprintf(buf, len, v < (UINT64_C(1) << 53) ? "%llu" : "\"%llu\"", (unsigned long long)v);
-}
-
-/* A job's success reply, written straight into its frame: the same JSON as proto_reply and
- * proto_add_u64 would give, without building and printing a cJSON tree on the loop thread for
- * every job (the latency of small jobs). */
+/* A job's success reply, written straight into its frame (proto_write_job_reply): no cJSON tree
+ * built and printed on the loop thread for every job (the latency of small jobs). */
 static void send_job_reply(struct client *c, const struct job *j, const char *dev)
 {
-    char frame[1024], n[7][32];
-    uint64_t v[7] = {j->res.kept, j->res.total, j->t_start > j->t_submit ? j->t_start - j->t_submit : 0,
-                     j->res.timing_us[0], j->res.timing_us[1], j->res.timing_us[2], j->res.timing_us[3]};
-    for (int i = 0; i < 7; i++) fmt_u64(n[i], sizeof n[i], v[i]);
-    /* device ids are the engine's own ("opencl:0"): nothing in them needs escaping */
-    int k = snprintf(frame + 4, sizeof frame - 4,
-                     "{\"v\":%d,\"id\":%s,\"ok\":true,\"kept\":%s,\"total\":%s,\"scale_bits\":\"0x%08x\",\"device\":\"%s\","
-                     "\"timing_us\":{\"queue\":%s,\"mask\":%s,\"scale\":%s,\"apply\":%s,\"total\":%s}}",
-                     PROTO_VERSION, j->id_json, n[0], n[1], j->res.scale_bits, dev, n[2], n[3], n[4], n[5], n[6]);
-    if (k < 0 || (size_t)k >= sizeof frame - 4) {
+    char frame[1024];
+    size_t n = proto_write_job_reply(frame, sizeof frame, j->id_json, &j->res,
+                                     j->t_start > j->t_submit ? j->t_start - j->t_submit : 0, dev);
+    if (!n) {
         client_close(c, "a reply did not fit its buffer");
         return;
     }
-    uint32_t len = (uint32_t)k;
-    frame[0] = (char)(len & 0xFF); frame[1] = (char)((len >> 8) & 0xFF);
-    frame[2] = (char)((len >> 16) & 0xFF); frame[3] = (char)((len >> 24) & 0xFF);
-    client_send_frame(c, frame, (size_t)k + 4);
+    client_send_frame(c, frame, n);
 }
 
 static void on_job_done(struct job *j, void *ctx)

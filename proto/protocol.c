@@ -2,6 +2,7 @@
 #include "protocol.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -572,4 +573,116 @@ cJSON *proto_device_json(const dropblock_device_info *d)
     proto_add_u64(o, "global_mem", d->global_mem);
     cJSON_AddBoolToObject(o, "healthy", d->healthy != 0);
     return o;
+}
+
+/* ---------------------------------------------------------------- job request and reply */
+/* Text being built: appends stop (and bad is set) when it would not fit. */
+struct text {
+    char *buf;
+    size_t len, cap;
+    int bad;
+};
+
+static void put(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct text *t, const char *fmt, ...)
+{
+    if (t->bad) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
+    va_end(ap);
+    if (k < 0 || (size_t)k >= t->cap - t->len) t->bad = 1;
+    else t->len += (size_t)k;
+}
+
+/* A u64 as protocol v1 writes it: a number below 2^53, else a decimal string. */
+static void put_u64(struct text *t, uint64_t v)
+{
+    put(t, v < (UINT64_C(1) << 53) ? "%llu" : "\"%llu\"", (unsigned long long)v);
+}
+
+/* A JSON string (quotes, backslashes and control characters escaped). */
+static void put_string(struct text *t, const char *s)
+{
+    put(t, "\"");
+    for (; *s && !t->bad; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') put(t, "\\%c", ch);
+        else if (ch < 0x20) put(t, "\\u%04x", ch);
+        else if (t->len + 1 < t->cap) t->buf[t->len++] = (char)ch, t->buf[t->len] = 0;
+        else t->bad = 1;
+    }
+    put(t, "\"");
+}
+
+static void put_tensor(struct text *t, const char *name, uint32_t rid, uint64_t off)
+{
+    put(t, ",\"%s\":{\"region\":%u,\"offset\":", name, rid);
+    put_u64(t, off);
+    put(t, "}");
+}
+
+char *proto_write_job_request(const dropblock_params *p, const uint32_t rid[3], const uint64_t off[3], int has_mask,
+                              const char *device)
+{
+    const char *dev = device && *device ? device : "auto";
+    struct text t = {NULL, 0, 1024 + 6 * strlen(dev), 0};
+    if (!(t.buf = malloc(t.cap))) return NULL;
+    t.buf[0] = 0;
+    put(&t, "{\"v\":%d,\"op\":\"dropblock2d\"", PROTO_VERSION);
+    put_tensor(&t, "input", rid[0], off[0]);
+    put_tensor(&t, "output", rid[1], off[1]);
+    if (has_mask) put_tensor(&t, "mask", rid[2], off[2]);
+    put(&t, ",\"shape\":[");
+    for (int i = 0; i < 4; i++) {
+        if (i) put(&t, ",");
+        put_u64(&t, p->shape[i]);
+    }
+    put(&t, "],\"layout\":\"%s\",\"dtype\":\"%s\"", dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype));
+    /* a float widened to double prints exactly in 17 digits and narrows back to the same float */
+    put(&t, ",\"rate\":%.17g,\"block\":[", (double)p->rate);
+    put_u64(&t, p->block[0]);
+    put(&t, ",");
+    put_u64(&t, p->block[1]);
+    put(&t, "],\"seed\":");
+    put_u64(&t, p->seed);
+    put(&t, ",\"stream\":");
+    put_u64(&t, p->stream);
+    put(&t, ",\"normalize\":\"%s\",\"share\":[%s%s%s]", dropblock_normalize_name(p->normalize),
+        (p->share & DROPBLOCK_SHARE_CHANNELS) ? "\"channels\"" : "",
+        (p->share & DROPBLOCK_SHARE_CHANNELS) && (p->share & DROPBLOCK_SHARE_BATCH) ? "," : "",
+        (p->share & DROPBLOCK_SHARE_BATCH) ? "\"batch\"" : "");
+    put(&t, ",\"mode\":\"%s\",\"compat\":\"%s\",\"training\":%s,\"device\":",
+        p->mode == DROPBLOCK_BACKWARD ? "backward" : "forward", dropblock_compat_name(p->compat),
+        p->training ? "true" : "false");
+    put_string(&t, dev);
+    if (t.bad) { free(t.buf); return NULL; }
+    return t.buf;
+}
+
+size_t proto_write_job_reply(char *frame, size_t cap, const char *id_json, const dropblock_result *res,
+                             uint64_t queue_us, const char *device)
+{
+    if (cap < 4) return 0;
+    struct text t = {frame + 4, 0, cap - 4, 0};
+    const uint64_t v[7] = {res->kept, res->total, queue_us, res->timing_us[0], res->timing_us[1], res->timing_us[2],
+                           res->timing_us[3]};
+    put(&t, "{\"v\":%d,\"id\":%s,\"ok\":true,\"kept\":", PROTO_VERSION, id_json);
+    put_u64(&t, v[0]);
+    put(&t, ",\"total\":");
+    put_u64(&t, v[1]);
+    /* device ids are the engine's own ("opencl:0"): nothing in them needs escaping */
+    put(&t, ",\"scale_bits\":\"0x%08x\",\"device\":\"%s\",\"timing_us\":{\"queue\":", res->scale_bits, device);
+    put_u64(&t, v[2]);
+    static const char *const names[4] = {"mask", "scale", "apply", "total"};
+    for (int i = 0; i < 4; i++) {
+        put(&t, ",\"%s\":", names[i]);
+        put_u64(&t, v[3 + i]);
+    }
+    put(&t, "}}");
+    if (t.bad) return 0;
+    const uint32_t len = (uint32_t)t.len;
+    frame[0] = (char)(len & 0xFF); frame[1] = (char)((len >> 8) & 0xFF);
+    frame[2] = (char)((len >> 16) & 0xFF); frame[3] = (char)((len >> 24) & 0xFF);
+    return t.len + 4;
 }

@@ -79,4 +79,18 @@ char *proto_frame(cJSON *obj, size_t *len);
 
 cJSON *proto_device_json(const dropblock_device_info *d);
 
+/* Every job's path, written directly instead of through a cJSON tree (the same fields, in the
+ * same order and the same bytes as cJSON would print them): */
+/* The dropblock2d request of docs/protocol.md for the tensors at (rid[i], off[i]) (input,
+ * output, then the mask where has_mask), as JSON text without its closing brace: the sender
+ * appends ",\"id\":N}". A malloc'd string; NULL without memory. */
+char *proto_write_job_request(const dropblock_params *p, const uint32_t rid[3], const uint64_t off[3], int has_mask,
+                              const char *device);
+/* A job's success reply, as a frame (4-byte little-endian length + JSON) in frame (cap bytes):
+ * the JSON proto_reply and proto_add_u64 would give for id_json (the request's id as JSON text),
+ * res's kept, total, scale_bits and timings, queue_us and the device id (the engine's own: not
+ * escaped). Returns the frame's length, or 0 when it does not fit in cap. */
+size_t proto_write_job_reply(char *frame, size_t cap, const char *id_json, const dropblock_result *res,
+                             uint64_t queue_us, const char *device);
+
 #endif

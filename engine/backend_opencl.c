@@ -24,17 +24,15 @@
 #include <CL/cl_ext.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "backend.h"
 #include "clock.h"
 #include "db_baseline_params.h"
 #include "fp.h"
+#include "kernel_cache.h"
 #include "kernel_params.h"
 #include "msg.h"
 
@@ -316,31 +314,18 @@ static int ocl_enumerate(const struct db_backend_config *cfg, struct db_device *
 }
 
 /* ---- program cache ---------------------------------------------------------------------
- * One file per (source, build options, platform, device, driver) under cfg->cache_dir, named by
- * the 64-bit hash of that key. Layout: a 40-byte header (magic "DBOCLBIN", format version u32,
- * u32 0, key hash u64, binary length u64, FNV-1a-64 of the binary u64, host byte order), then
- * the binary. Written to a temporary file and renamed into place, so readers see a whole file
- * or none; on load everything is checked, and any failure means a rebuild from source. */
+ * One entry per (source, build options, platform, device, driver) under cfg->cache_dir, named by
+ * the 64-bit hash of that key, in kernel_cache.c's checked format (magic "DBOCLBIN"): a load
+ * that fails any check means a rebuild from source, whose binary then replaces the entry. */
 
 #define CACHE_MAGIC "DBOCLBIN"
-#define CACHE_VERSION 1u
-#define CACHE_HDR 40
-#define CACHE_MAX_BINARY (UINT64_C(256) << 20)
-
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) { h ^= b[i]; h *= UINT64_C(0x100000001b3); }
-    return h;
-}
-#define FNV_INIT UINT64_C(0xcbf29ce484222325)
 
 /* Hashes each part with its length so that no two different keys concatenate alike. */
 static uint64_t fnv_part(uint64_t h, const char *s)
 {
     uint64_t l = s ? strlen(s) : 0;
-    h = fnv1a(h, &l, sizeof l);
-    return s ? fnv1a(h, s, l) : h;
+    h = db_kcache_hash(h, &l, sizeof l);
+    return s ? db_kcache_hash(h, s, l) : h;
 }
 
 static uint64_t cache_key(struct ocl_dev *od)
@@ -349,8 +334,8 @@ static uint64_t cache_key(struct ocl_dev *od)
     char *dn = dev_str(od->device, CL_DEVICE_NAME);
     char *dv = dev_str(od->device, CL_DEVICE_VERSION);
     char *drv = dev_str(od->device, CL_DRIVER_VERSION);
-    uint64_t h = FNV_INIT;
-    h = fnv1a(h, db_opencl_source, db_opencl_source_len);
+    uint64_t h = DB_KCACHE_HASH_INIT;
+    h = db_kcache_hash(h, db_opencl_source, db_opencl_source_len);
     h = fnv_part(h, od->build_options);
     h = fnv_part(h, pv);
     h = fnv_part(h, dn);
@@ -363,98 +348,6 @@ static uint64_t cache_key(struct ocl_dev *od)
 static void cache_path(char *buf, size_t len, const char *dir, uint64_t key)
 {
     snprintf(buf, len, "%s/opencl-%016llx.bin", dir, (unsigned long long)key);
-}
-
-/* mkdir -p with mode 0700 for the parts it creates. */
-static int mkdir_p(const char *dir)
-{
-    char p[1024];
-    size_t n = strlen(dir);
-    if (n == 0 || n >= sizeof p) return -1;
-    memcpy(p, dir, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (p[i] == '/' || p[i] == 0) {
-            char c = p[i];
-            p[i] = 0;
-            if (mkdir(p, 0700) && errno != EEXIST) return -1;
-            p[i] = c;
-        }
-    }
-    struct stat st;
-    return stat(dir, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
-}
-
-static int read_full(int fd, void *buf, size_t n)
-{
-    char *b = buf;
-    while (n) {
-        ssize_t r = read(fd, b, n);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
-        b += r; n -= (size_t)r;
-    }
-    return 0;
-}
-
-static int write_full(int fd, const void *buf, size_t n)
-{
-    const char *b = buf;
-    while (n) {
-        ssize_t r = write(fd, b, n);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
-        b += r; n -= (size_t)r;
-    }
-    return 0;
-}
-
-/* The cached binary for key, malloc'd, or NULL when missing or not exactly as written. */
-static unsigned char *cache_load(const char *path, uint64_t key, size_t *blen)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return NULL;
-    unsigned char *bin = NULL;
-    unsigned char h[CACHE_HDR];
-    struct stat st;
-    uint32_t ver;
-    uint64_t k, l, sum;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || read_full(fd, h, sizeof h)) goto bad;
-    memcpy(&ver, h + 8, 4);
-    memcpy(&k, h + 16, 8);
-    memcpy(&l, h + 24, 8);
-    memcpy(&sum, h + 32, 8);
-    if (memcmp(h, CACHE_MAGIC, 8) || ver != CACHE_VERSION || k != key || l == 0 || l > CACHE_MAX_BINARY ||
-        (uint64_t)st.st_size != CACHE_HDR + l)
-        goto bad;
-    if (!(bin = malloc((size_t)l)) || read_full(fd, bin, (size_t)l) || fnv1a(FNV_INIT, bin, (size_t)l) != sum) goto bad;
-    close(fd);
-    *blen = (size_t)l;
-    return bin;
-bad:
-    free(bin);
-    close(fd);
-    return NULL;
-}
-
-/* Best effort: a cache that cannot be written only costs a rebuild next time. */
-static void cache_store(const char *dir, const char *path, uint64_t key, const unsigned char *bin, size_t blen)
-{
-    if (blen == 0 || blen > CACHE_MAX_BINARY || mkdir_p(dir)) return;
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s/.opencl-XXXXXX", dir);
-    int fd = mkstemp(tmp);
-    if (fd < 0) return;
-    unsigned char h[CACHE_HDR] = {0};
-    uint32_t ver = CACHE_VERSION;
-    uint64_t l = blen, sum = fnv1a(FNV_INIT, bin, blen);
-    memcpy(h, CACHE_MAGIC, 8);
-    memcpy(h + 8, &ver, 4);
-    memcpy(h + 16, &key, 8);
-    memcpy(h + 24, &l, 8);
-    memcpy(h + 32, &sum, 8);
-    int ok = !write_full(fd, h, sizeof h) && !write_full(fd, bin, blen) && !fsync(fd);
-    if (close(fd)) ok = 0;
-    if (!ok || rename(tmp, path)) unlink(tmp);
 }
 
 /* The device's program binary after a build, malloc'd. */
@@ -594,7 +487,7 @@ static int make_kernels(struct ocl_dev *od, char *msg, size_t len)
 static int load_cached(struct ocl_dev *od, const char *path, uint64_t key)
 {
     size_t blen = 0;
-    unsigned char *bin = cache_load(path, key, &blen);
+    unsigned char *bin = db_kcache_load(path, CACHE_MAGIC, key, &blen);
     if (!bin) return 0;
     cl_int e, st = CL_SUCCESS;
     const unsigned char *bins[1] = {bin};
@@ -936,7 +829,7 @@ static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cf
         if (dir) { /* (re)write the entry: it was missing, stale or bad */
             size_t blen = 0;
             unsigned char *bin = program_binary(od->program, &blen);
-            if (bin) cache_store(dir, path, key, bin, blen);
+            if (bin) db_kcache_store(dir, path, CACHE_MAGIC, key, bin, blen);
             free(bin);
         }
     }

@@ -44,6 +44,7 @@
 #include "backend.h"
 #include "clock.h"
 #include "fp.h"
+#include "kernel_cache.h"
 #include "kernel_params.h"
 #include "msg.h"
 
@@ -73,7 +74,6 @@ enum { BS_COPY, BS_BERNOULLI, BS_PAD, BS_POOL, BS_ONE_MINUS, BS_SUM_NOISE, BS_SU
  * B_AUX is its alone */
 enum { B_PRM = DBB_PRM, B_MASK = DBB_MASK, B_AUX = DBB_AUX, B_KEPT = DBB_KEPT, B_X = DBB_X, B_Y = DBB_Y,
        B_SCALES = DBB_SCALES, B_FIXUP = DBB_FIXUP, B_N = DBB_COUNT };
-#define CACHE_FILE_MAX (UINT64_C(256) << 20)
 #define PUSH_BYTES 16u
 
 struct vk_inst {
@@ -372,7 +372,20 @@ static uint64_t spirv_hash(void)
     return h;
 }
 
-/* cache file keyed by the shaders and by everything that makes a driver reject a cache */
+#define CACHE_MAGIC "DBVKPIPE"
+
+/* the entry's key: the shaders and everything that makes a driver reject a cache */
+static uint64_t cache_key(const struct vk_dev *d)
+{
+    uint64_t spv = spirv_hash();
+    uint64_t h = db_kcache_hash(DB_KCACHE_HASH_INIT, &spv, sizeof spv);
+    h = db_kcache_hash(h, d->props.pipelineCacheUUID, VK_UUID_SIZE);
+    h = db_kcache_hash(h, &d->props.vendorID, sizeof d->props.vendorID);
+    h = db_kcache_hash(h, &d->props.deviceID, sizeof d->props.deviceID);
+    return db_kcache_hash(h, &d->props.driverVersion, sizeof d->props.driverVersion);
+}
+
+/* cache file named by the parts of its key */
 static void cache_path(const struct vk_dev *d, const char *dir, char *buf, size_t len)
 {
     char uuid[33];
@@ -381,48 +394,24 @@ static void cache_path(const struct vk_dev *d, const char *dir, char *buf, size_
              spirv_hash(), uuid, d->props.vendorID, d->props.deviceID, d->props.driverVersion);
 }
 
-static int mkdir_p(const char *dir)
-{
-    char p[1024];
-    size_t l = strlen(dir);
-    if (l == 0 || l >= sizeof p) return -1;
-    memcpy(p, dir, l + 1);
-    for (size_t i = 1; i <= l; i++) {
-        if (p[i] != '/' && p[i] != 0) continue;
-        char c = p[i];
-        p[i] = 0;
-        /* private: cached pipelines are code the driver will run */
-        if (mkdir(p, 0700) && errno != EEXIST) return -1;
-        p[i] = c;
-    }
-    return 0;
-}
-
-/* The file's bytes if its header matches this device (the driver checks again), else NULL. */
+/* The pipeline cache data of the entry at path (kernel_cache.c checks the entry) if the data's
+ * own header matches this device (the driver checks again), else NULL. */
 static void *cache_load(const struct vk_dev *d, const char *path, size_t *size)
 {
-    *size = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    void *buf = NULL;
-    long l = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
-    if (l >= 16 + VK_UUID_SIZE && (uint64_t)l <= CACHE_FILE_MAX && !fseek(f, 0, SEEK_SET) && (buf = malloc((size_t)l)) &&
-        fread(buf, 1, (size_t)l, f) == (size_t)l) {
-        uint32_t h[4];
+    void *buf = db_kcache_load(path, CACHE_MAGIC, cache_key(d), size);
+    uint32_t h[4];
+    if (buf && *size >= 16 + VK_UUID_SIZE) {
         memcpy(h, buf, sizeof h);
         if (h[0] >= 16 + VK_UUID_SIZE && h[1] == VK_PIPELINE_CACHE_HEADER_VERSION_ONE && h[2] == d->props.vendorID &&
-            h[3] == d->props.deviceID && !memcmp((char *)buf + 16, d->props.pipelineCacheUUID, VK_UUID_SIZE)) {
-            *size = (size_t)l;
-            fclose(f);
+            h[3] == d->props.deviceID && !memcmp((char *)buf + 16, d->props.pipelineCacheUUID, VK_UUID_SIZE))
             return buf;
-        }
     }
     free(buf);
-    fclose(f);
+    *size = 0;
     return NULL;
 }
 
-/* Writes the cache through a temporary file and a rename, so readers never see half a file.
+/* Writes the cache's data as the entry at path when it differs from what was loaded (old).
  * Failure only costs the next start its compile time, so it is silent. */
 static void cache_save(const struct vk_dev *d, const char *dir, const char *path, const void *old, size_t old_size)
 {
@@ -431,23 +420,8 @@ static void cache_save(const struct vk_dev *d, const char *dir, const char *path
     void *data = malloc(size);
     if (!data) return;
     VkResult r = vkGetPipelineCacheData(d->dev, d->cache, &size, data);
-    if (r != VK_SUCCESS || (old && old_size == size && !memcmp(old, data, size)) || mkdir_p(dir)) {
-        free(data);
-        return;
-    }
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-        size_t done = 0;
-        while (done < size) {
-            ssize_t w = write(fd, (char *)data + done, size - done);
-            if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) break;
-            done += (size_t)w;
-        }
-        if (close(fd) || done != size || rename(tmp, path)) unlink(tmp);
-    }
+    if (r == VK_SUCCESS && !(old && old_size == size && !memcmp(old, data, size)))
+        db_kcache_store(dir, path, CACHE_MAGIC, cache_key(d), data, size);
     free(data);
 }
 

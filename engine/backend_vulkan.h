@@ -1,0 +1,131 @@
+/* backend_vulkan.h: what the Vulkan backend's files share (private to engine/backend_vulkan.c,
+ * vulkan_device.c, vulkan_memory.c and vulkan_bench.c): the pass, benchmark-step and binding
+ * numbers, the device's state, and the functions one file calls in another.
+ *
+ *   vulkan_device.c  errors, enumerate, pipelines, tuning, release, recording and submitting,
+ *                    the subnormal probe and the warm-up
+ *   vulkan_memory.c  memory types, buffers (kept, twins, imports), bindings, staged copies
+ *   vulkan_bench.c   the benchmark: bench.comp's pipelines and measures
+ *   backend_vulkan.c the pipeline cache, prepare, the job (run) and the vtable */
+#ifndef DROPBLOCK_ENGINE_BACKEND_VULKAN_H
+#define DROPBLOCK_ENGINE_BACKEND_VULKAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <vulkan/vulkan.h>
+
+#include "backend.h"
+#include "kernel_params.h"
+
+enum { PASS_MASK, PASS_SCALE, PASS_APPLY, PASS_EXACT, PASS_FIXUP, PASS_N };
+/* bench.comp's steps: the copy, torchvision's kernels, the copy's tail */
+enum { BS_COPY, BS_BERNOULLI, BS_PAD, BS_POOL, BS_ONE_MINUS, BS_SUM_NOISE, BS_SUM_PART, BS_SCALE, BS_MUL, BS_COPY_TAIL, BS_N };
+/* descriptor bindings: the shaders' numbers (db_params.h DBB_*); bench.comp reuses them, and
+ * B_AUX is its alone */
+enum { B_PRM = DBB_PRM, B_MASK = DBB_MASK, B_AUX = DBB_AUX, B_KEPT = DBB_KEPT, B_X = DBB_X, B_Y = DBB_Y,
+       B_SCALES = DBB_SCALES, B_FIXUP = DBB_FIXUP, B_N = DBB_COUNT };
+#define PUSH_BYTES 16u
+
+struct vk_inst {
+    VkInstance inst;
+    int refs; /* devices alive from this instance; enumerate and release run on the engine's thread */
+};
+
+struct vk_buf {
+    VkBuffer buf;
+    VkDeviceMemory mem;
+    void *map; /* the mapped memory: buf's, or on a staged device its twin's (NULL: none) */
+    VkDeviceSize size;
+    VkBuffer twin; /* staged devices: the host-visible copy of a DEVICE_LOCAL buffer the host uses */
+    VkDeviceMemory twin_mem;
+};
+
+struct vk_dev {
+    struct vk_inst *vi;
+    VkPhysicalDevice pd;
+    VkPhysicalDeviceProperties props;
+    VkPhysicalDeviceMemoryProperties mem;
+    int has_int64;
+    int64_t qfam; /* -1: no compute queue */
+    uint32_t subgroup;      /* VkPhysicalDeviceSubgroupProperties::subgroupSize, 0 if unknown */
+    int has_import;         /* VK_EXT_external_memory_host */
+    uint64_t import_align;  /* minImportedHostPointerAlignment */
+    int staged;             /* buffers DEVICE_LOCAL, copied to and from host-visible twins */
+    int hwexact;            /* probe_exact found subnormal products exact: no fixup pass */
+
+    VkDevice dev;
+    VkQueue queue;
+    VkDescriptorSetLayout dsl;
+    VkPipelineLayout layout;
+    VkPipeline pipes[PASS_N];
+    VkPipeline bench[BS_N]; /* made on the first benchmark */
+    VkPipelineCache cache;
+    VkDescriptorPool dpool;
+    VkDescriptorSet set;
+    VkCommandPool cpool;
+    VkCommandBuffer cmd;
+    VkFence fence;
+    PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;
+    /* tuning (prepare) */
+    uint32_t local;         /* work-group size of every pipeline */
+    uint32_t tile_rows;     /* mask rows a tile */
+    uint32_t cand_budget;   /* candidates a tile, about */
+    uint32_t item_cands;    /* candidates an invocation of the mask pass, about */
+    uint64_t mask_reruns;   /* mask passes rerun with the worst-case budget (mask_pass) */
+    /* buffers kept between jobs, by binding (B_Y is B_X: the apply runs in place) */
+    struct vk_buf bufs[B_N];
+    /* warm-up (warm_up): passes dispatched at least once (bit 1 << PASS_*), and those a job
+     * dispatched first, after the warm-up (each may have paid the driver's compile) */
+    unsigned dispatched;
+    int warm;
+    uint64_t cold;
+};
+
+/* SPIR-V compiled into the binary */
+struct spv {
+    const uint32_t *code;
+    size_t size;
+    const char *name;
+};
+extern const struct spv vk_bench_spv[BS_N]; /* vulkan_bench.c */
+
+/* vulkan_device.c */
+int vk_fail(char *msg, size_t len, VkResult r, const char *what);
+int vk_enumerate(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg, size_t len);
+VkResult vk_make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *out);
+void vk_choose_tuning(struct vk_dev *d);
+void vk_release(struct db_device *dev);
+int vk_begin(struct vk_dev *d, char *msg, size_t len);
+void vk_step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first);
+int vk_submit(struct vk_dev *d, char *msg, size_t len);
+int vk_probe_exact(struct vk_dev *d);
+int vk_warm_up(struct vk_dev *d, char *msg, size_t len);
+
+/* vulkan_memory.c */
+int vk_buf_make(const struct vk_dev *d, struct vk_buf *b, uint64_t size, const char *what, int local, int twin,
+                char *msg, size_t len);
+int vk_buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t len);
+int vk_buf_import(const struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t bytes);
+void vk_bind_all(struct vk_dev *d, VkBuffer xb, VkBuffer yb);
+void vk_buf_free(const struct vk_dev *d, struct vk_buf *b);
+uint32_t vk_groups_for(const struct vk_dev *d, uint64_t n);
+void vk_barrier(VkCommandBuffer cmd, VkPipelineStageFlags src_stage, VkPipelineStageFlags dst_stage,
+                VkAccessFlags dst_access);
+void vk_copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes);
+void vk_to_device(struct vk_dev *d, int i, uint64_t bytes);
+void vk_to_host(struct vk_dev *d, int i, uint64_t bytes);
+
+/* vulkan_bench.c */
+int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup, int reps,
+             double *us, char *msg, size_t len);
+
+/* backend_vulkan.c: the job and what the benchmark's mask measure shares with it */
+uint64_t vk_kept_bytes(const uint32_t *prm);
+void vk_record_mask(struct vk_dev *d, const uint32_t *prm);
+struct db_tuning vk_job_tuning(const struct vk_dev *d, const struct db_plan *pl, int safe);
+int vk_mask_done(const struct vk_dev *d, const uint32_t *prm);
+int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, const void *in, void *out, void *mask,
+           int resident, dropblock_result *res, char *msg, size_t len);
+
+#endif

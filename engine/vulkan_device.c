@@ -1,0 +1,421 @@
+/* vulkan_device.c: the Vulkan backend's devices (see backend_vulkan.c for the design): VkResult
+ * names and codes, enumerate (the instance shared by its devices, each device's properties, its
+ * compute queue and memory), pipelines and the work-group tuning, release, recording and
+ * submitting a command buffer, and what prepare runs last: the subnormal probe and the warm-up. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_vulkan.h"
+#include "fp.h"
+#include "msg.h"
+
+#include "spv_probe.h"
+
+static const char *vk_result_name(VkResult r, char *buf, size_t len)
+{
+    switch (r) {
+#define NAME(x) case x: return #x;
+    NAME(VK_SUCCESS) NAME(VK_NOT_READY) NAME(VK_TIMEOUT) NAME(VK_EVENT_SET) NAME(VK_EVENT_RESET)
+    NAME(VK_INCOMPLETE) NAME(VK_ERROR_OUT_OF_HOST_MEMORY) NAME(VK_ERROR_OUT_OF_DEVICE_MEMORY)
+    NAME(VK_ERROR_INITIALIZATION_FAILED) NAME(VK_ERROR_DEVICE_LOST) NAME(VK_ERROR_MEMORY_MAP_FAILED)
+    NAME(VK_ERROR_LAYER_NOT_PRESENT) NAME(VK_ERROR_EXTENSION_NOT_PRESENT) NAME(VK_ERROR_FEATURE_NOT_PRESENT)
+    NAME(VK_ERROR_INCOMPATIBLE_DRIVER) NAME(VK_ERROR_TOO_MANY_OBJECTS) NAME(VK_ERROR_FORMAT_NOT_SUPPORTED)
+    NAME(VK_ERROR_FRAGMENTED_POOL) NAME(VK_ERROR_OUT_OF_POOL_MEMORY) NAME(VK_ERROR_INVALID_EXTERNAL_HANDLE)
+#undef NAME
+    default:
+        snprintf(buf, len, "VkResult %d", (int)r);
+        return buf;
+    }
+}
+
+/* "what: VK_ERROR_..." into msg; the DROPBLOCK_E* code for r */
+int vk_fail(char *msg, size_t len, VkResult r, const char *what)
+{
+    char tmp[32];
+    db_msg(msg, len, "%s: %s", what, vk_result_name(r, tmp, sizeof tmp));
+    if (r == VK_ERROR_OUT_OF_HOST_MEMORY || r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_TOO_MANY_OBJECTS)
+        return DROPBLOCK_EEXHAUSTED;
+    if (r == VK_ERROR_DEVICE_LOST) return DROPBLOCK_EUNAVAILABLE;
+    return DROPBLOCK_EINTERNAL;
+}
+
+static void inst_unref(struct vk_inst *vi)
+{
+    if (vi && --vi->refs == 0) {
+        vkDestroyInstance(vi->inst, NULL);
+        free(vi);
+    }
+}
+
+
+/* ---- enumerate ------------------------------------------------------------------------- */
+
+static void vendor_name(uint32_t id, char *buf, size_t len)
+{
+    switch (id) {
+    case 0x10DE: snprintf(buf, len, "NVIDIA"); break;
+    case 0x1002: snprintf(buf, len, "AMD"); break;
+    case 0x8086: snprintf(buf, len, "Intel"); break;
+    case 0x10005: snprintf(buf, len, "Mesa"); break;
+    default: snprintf(buf, len, "0x%04" PRIx32, id); break;
+    }
+}
+
+static int has_extension(VkPhysicalDevice pd, const char *name)
+{
+    uint32_t n = 0;
+    if (vkEnumerateDeviceExtensionProperties(pd, NULL, &n, NULL) != VK_SUCCESS || n == 0) return 0;
+    VkExtensionProperties *e = calloc(n, sizeof *e);
+    if (!e) return 0;
+    int found = 0;
+    VkResult r = vkEnumerateDeviceExtensionProperties(pd, NULL, &n, e);
+    if (r == VK_SUCCESS || r == VK_INCOMPLETE)
+        for (uint32_t i = 0; i < n && !found; i++) found = !strcmp(e[i].extensionName, name);
+    free(e);
+    return found;
+}
+
+/* DROPBLOCK_VULKAN_MAX_BUFFER, or UINT64_MAX when unset or unreadable */
+static uint64_t env_max_buffer(void)
+{
+    const char *s = getenv("DROPBLOCK_VULKAN_MAX_BUFFER");
+    if (!s || !*s) return UINT64_MAX;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || end == s) return UINT64_MAX;
+    return v < 256 ? 256 : (uint64_t)v; /* the parameter words alone take 184 bytes */
+}
+
+static void describe(struct vk_dev *d, dropblock_device_info *info)
+{
+    VkPhysicalDevice pd = d->pd;
+    vkGetPhysicalDeviceProperties(pd, &d->props);
+    vkGetPhysicalDeviceMemoryProperties(pd, &d->mem);
+    VkPhysicalDeviceFeatures feat;
+    vkGetPhysicalDeviceFeatures(pd, &feat);
+    d->has_int64 = feat.shaderInt64 == VK_TRUE;
+
+    /* a compute queue; one without graphics may run beside a display's work */
+    d->qfam = -1;
+    uint32_t nq = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(pd, &nq, NULL);
+    VkQueueFamilyProperties *qf = nq ? calloc(nq, sizeof *qf) : NULL;
+    if (qf) {
+        vkGetPhysicalDeviceQueueFamilyProperties(pd, &nq, qf);
+        for (uint32_t i = 0; i < nq; i++) {
+            if (!(qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) || qf[i].queueCount == 0) continue;
+            if (d->qfam < 0 || !(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)) d->qfam = i;
+            if (!(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)) break;
+        }
+        free(qf);
+    }
+
+    d->has_import = has_extension(pd, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
+    const VkPhysicalDeviceProperties *p = &d->props;
+    snprintf(info->api, sizeof info->api, "vulkan");
+    vendor_name(p->vendorID, info->vendor, sizeof info->vendor);
+    snprintf(info->name, sizeof info->name, "%s", p->deviceName);
+    switch (p->deviceType) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: info->kind = DROPBLOCK_DEVICE_DISCRETE; break;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: info->kind = DROPBLOCK_DEVICE_INTEGRATED; break;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU: info->kind = DROPBLOCK_DEVICE_CPU_API; break;
+    default: info->kind = DROPBLOCK_DEVICE_OTHER; break;
+    }
+    if (p->vendorID == 0x10DE) /* NVIDIA packs 10.8.8.6 bits */
+        snprintf(info->driver, sizeof info->driver, "%u.%u.%u", p->driverVersion >> 22,
+                 (p->driverVersion >> 14) & 0xFFu, (p->driverVersion >> 6) & 0xFFu);
+    else
+        snprintf(info->driver, sizeof info->driver, "%u.%u.%u", VK_VERSION_MAJOR(p->driverVersion),
+                 VK_VERSION_MINOR(p->driverVersion), VK_VERSION_PATCH(p->driverVersion));
+    uint64_t maxbuf = p->limits.maxStorageBufferRange;
+    info->uuid[0] = 0;
+
+    /* the 1.1 property structures may only be asked of a 1.1 device */
+    if (p->apiVersion >= VK_API_VERSION_1_1) {
+        VkPhysicalDeviceDriverProperties drv = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
+        VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+        VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+        VkPhysicalDeviceExternalMemoryHostPropertiesEXT hp = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT, .pNext = &sg};
+        VkPhysicalDeviceIDProperties idp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_ID_PROPERTIES,
+                                            .pNext = d->has_import ? (void *)&hp : (void *)&sg};
+        m3.pNext = &idp;
+        int have_drv = p->apiVersion >= VK_API_VERSION_1_2 || has_extension(pd, VK_KHR_DRIVER_PROPERTIES_EXTENSION_NAME);
+        if (have_drv) drv.pNext = &m3;
+        VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                          .pNext = have_drv ? (void *)&drv : (void *)&m3};
+        vkGetPhysicalDeviceProperties2(pd, &p2);
+        d->subgroup = sg.subgroupSize;
+        d->import_align = hp.minImportedHostPointerAlignment;
+        if (d->import_align == 0 || (d->import_align & (d->import_align - 1))) d->has_import = 0;
+        if (have_drv && drv.driverName[0])
+            snprintf(info->driver, sizeof info->driver, "%s%s%s", drv.driverName, drv.driverInfo[0] ? " " : "",
+                     drv.driverInfo);
+        const uint8_t *u = idp.deviceUUID;
+        snprintf(info->uuid, sizeof info->uuid,
+                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3],
+                 u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+        if (m3.maxMemoryAllocationSize < maxbuf) maxbuf = m3.maxMemoryAllocationSize;
+    }
+    uint64_t cap = env_max_buffer();
+    if (cap < maxbuf) maxbuf = cap;
+    /* a multiple of 4, so that buffers rounded up to whole words stay within the limit */
+    info->max_buffer = maxbuf & ~UINT64_C(3);
+    info->global_mem = 0;
+    for (uint32_t i = 0; i < d->mem.memoryHeapCount; i++)
+        if ((d->mem.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) && d->mem.memoryHeaps[i].size > info->global_mem)
+            info->global_mem = d->mem.memoryHeaps[i].size;
+}
+
+int vk_enumerate(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg, size_t len)
+{
+    (void)cfg;
+    VkApplicationInfo app = {
+        .sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
+        .pApplicationName = "dropblockd",
+        .applicationVersion = VK_MAKE_VERSION(DROPBLOCK_VERSION_MAJOR, DROPBLOCK_VERSION_MINOR, 0),
+        .pEngineName = "dropblockd",
+        .engineVersion = VK_MAKE_VERSION(DROPBLOCK_VERSION_MAJOR, DROPBLOCK_VERSION_MINOR, 0),
+        .apiVersion = VK_API_VERSION_1_1,
+    };
+    VkInstanceCreateInfo ici = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, .pApplicationInfo = &app};
+    VkInstance inst;
+    VkResult r = vkCreateInstance(&ici, NULL, &inst);
+    if (r != VK_SUCCESS) {
+        /* no driver is not an error: the machine simply has no Vulkan device */
+        vk_fail(msg, len, r, "vkCreateInstance");
+        return 0;
+    }
+    uint32_t n = 0;
+    r = vkEnumeratePhysicalDevices(inst, &n, NULL);
+    VkPhysicalDevice *pds = r == VK_SUCCESS && n ? calloc(n, sizeof *pds) : NULL;
+    struct vk_inst *vi = pds ? calloc(1, sizeof *vi) : NULL;
+    if (r != VK_SUCCESS || n == 0 || !vi) {
+        if (r != VK_SUCCESS) vk_fail(msg, len, r, "vkEnumeratePhysicalDevices");
+        else if (n == 0) db_msg(msg, len, "no Vulkan physical device");
+        else db_msg(msg, len, "out of memory");
+        free(pds);
+        vkDestroyInstance(inst, NULL);
+        return 0;
+    }
+    vi->inst = inst;
+    r = vkEnumeratePhysicalDevices(inst, &n, pds);
+    int k = 0;
+    if (r == VK_SUCCESS || r == VK_INCOMPLETE) {
+        for (uint32_t i = 0; i < n && (size_t)k < cap; i++) {
+            struct vk_dev *d = calloc(1, sizeof *d);
+            if (!d) break;
+            d->vi = vi;
+            vi->refs++;
+            d->pd = pds[i];
+            memset(&out[k], 0, sizeof out[k]);
+            describe(d, &out[k].info);
+            out[k].ops = &db_backend_vulkan;
+            out[k].priv = d;
+            k++;
+        }
+    } else {
+        vk_fail(msg, len, r, "vkEnumeratePhysicalDevices");
+    }
+    free(pds);
+    if (vi->refs == 0) {
+        vkDestroyInstance(inst, NULL);
+        free(vi);
+    }
+    return k;
+}
+
+
+/* ---- pipelines and tuning ---------------------------------------------------------- */
+
+/* A compute pipeline of spv with the work-group size d->local (specialization constant 0). */
+VkResult vk_make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *out)
+{
+    VkShaderModuleCreateInfo smi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = spv->size,
+                                    .pCode = spv->code};
+    VkShaderModule sm;
+    VkResult r = vkCreateShaderModule(d->dev, &smi, NULL, &sm);
+    if (r) return r;
+    VkSpecializationMapEntry me = {.constantID = 0, .offset = 0, .size = sizeof(uint32_t)};
+    VkSpecializationInfo si = {.mapEntryCount = 1, .pMapEntries = &me, .dataSize = sizeof d->local, .pData = &d->local};
+    VkComputePipelineCreateInfo cpi = {
+        .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+        .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+                  .module = sm, .pName = "main", .pSpecializationInfo = &si},
+        .layout = d->layout,
+    };
+    r = vkCreateComputePipelines(d->dev, d->cache, 1, &cpi, NULL, out);
+    if (r) *out = VK_NULL_HANDLE;
+    vkDestroyShaderModule(d->dev, sm, NULL);
+    return r;
+}
+
+
+/* ---- tuning ----------------------------------------------------------------------------
+ * Work groups of four subgroups (the queried subgroup size, 64 to 256 invocations); mask tiles
+ * as tall as 2048 candidates allow on CPU devices (lavapipe runs invocations as SIMD lanes of a
+ * few threads, so every Philox word is best made once, but it ends an invocation whose loops
+ * pass 65535 iterations), of 8 rows and at most 4096 candidates on GPUs, for parallelism; small
+ * tiles several to an invocation. */
+void vk_choose_tuning(struct vk_dev *d)
+{
+    uint32_t sg = d->subgroup ? d->subgroup : 32, local = 4 * sg;
+    if (local < 64) local = 64;
+    if (local > 256) local = 256;
+    if (local > d->props.limits.maxComputeWorkGroupSize[0]) local = d->props.limits.maxComputeWorkGroupSize[0];
+    if (local > d->props.limits.maxComputeWorkGroupInvocations) local = d->props.limits.maxComputeWorkGroupInvocations;
+    d->local = local ? local : 1;
+    int cpu = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+    d->tile_rows = cpu ? UINT32_MAX : 8;
+    d->cand_budget = cpu ? 2048 : 4096;
+    d->item_cands = cpu ? 2048 : 256;
+}
+
+
+/* ---- release ------------------------------------------------------------------------- */
+
+void vk_release(struct db_device *dev)
+{
+    struct vk_dev *d = dev->priv;
+    if (!d) return;
+    if (d->dev) {
+        vkDeviceWaitIdle(d->dev); /* nothing should run, but never free under the GPU */
+        for (int i = 0; i < B_N; i++)
+            if (i != B_Y) vk_buf_free(d, &d->bufs[i]);
+        vkDestroyFence(d->dev, d->fence, NULL);
+        vkDestroyCommandPool(d->dev, d->cpool, NULL); /* frees the command buffer */
+        vkDestroyDescriptorPool(d->dev, d->dpool, NULL); /* frees the set */
+        for (int i = 0; i < PASS_N; i++) vkDestroyPipeline(d->dev, d->pipes[i], NULL);
+        for (int i = 0; i < BS_N; i++) vkDestroyPipeline(d->dev, d->bench[i], NULL);
+        vkDestroyPipelineCache(d->dev, d->cache, NULL);
+        vkDestroyPipelineLayout(d->dev, d->layout, NULL);
+        vkDestroyDescriptorSetLayout(d->dev, d->dsl, NULL);
+        vkDestroyDevice(d->dev, NULL);
+    }
+    inst_unref(d->vi);
+    free(d);
+    dev->priv = NULL;
+}
+
+/* ---- submitting ---------------------------------------------------------------------- */
+
+int vk_begin(struct vk_dev *d, char *msg, size_t len)
+{
+    VkResult r;
+    if ((r = vkResetCommandBuffer(d->cmd, 0))) return vk_fail(msg, len, r, "vkResetCommandBuffer");
+    VkCommandBufferBeginInfo cbi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                    .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+    if ((r = vkBeginCommandBuffer(d->cmd, &cbi))) return vk_fail(msg, len, r, "vkBeginCommandBuffer");
+    vkCmdBindDescriptorSets(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->layout, 0, 1, &d->set, 0, NULL);
+    /* staged: the parameter words the host has written, onto the device before any pass (a
+     * benchmark step may come first with no barrier of its own) */
+    if (d->bufs[B_PRM].twin) {
+        vk_to_device(d, B_PRM, d->bufs[B_PRM].size);
+        vk_barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+    }
+    /* apply.comp's hwexact (the benchmark's steps push their own words) */
+    const uint32_t push[4] = {(uint32_t)d->hwexact, 0, 0, 0};
+    vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
+    return DROPBLOCK_OK;
+}
+
+/* Records pipe over n invocations after a barrier on the previous work (first: none). */
+void vk_step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
+{
+    if (!first)
+        vk_barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+    for (int i = 0; i < PASS_N; i++)
+        if (pipe == d->pipes[i] && !(d->dispatched & 1u << i)) {
+            d->dispatched |= 1u << i;
+            if (d->warm) d->cold++;
+        }
+    vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
+    vkCmdDispatch(d->cmd, vk_groups_for(d, n), 1, 1);
+}
+
+/* Ends the recording, submits it and waits; its writes are then visible to the host. */
+int vk_submit(struct vk_dev *d, char *msg, size_t len)
+{
+    VkResult r;
+    vk_barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT,
+            VK_ACCESS_HOST_READ_BIT);
+    if ((r = vkEndCommandBuffer(d->cmd))) return vk_fail(msg, len, r, "vkEndCommandBuffer");
+    /* reset first: a failed wait of an earlier job may have left the fence in any state */
+    if ((r = vkResetFences(d->dev, 1, &d->fence))) return vk_fail(msg, len, r, "vkResetFences");
+    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &d->cmd};
+    if ((r = vkQueueSubmit(d->queue, 1, &si, d->fence))) return vk_fail(msg, len, r, "vkQueueSubmit");
+    if ((r = vkWaitForFences(d->dev, 1, &d->fence, VK_TRUE, UINT64_MAX))) {
+        int rc = vk_fail(msg, len, r, "vkWaitForFences");
+        vkQueueWaitIdle(d->queue); /* the buffers are reused next: never under a running pass */
+        return rc;
+    }
+    return DROPBLOCK_OK;
+}
+
+
+/* Whether the device's fast apply keeps subnormal f32 products exact: apply.comp's probe
+ * variant on db_probe_subnormals' inputs, against core/fp.h (as the OpenCL backend's
+ * probe_exact). Any failure on the way: not exact. */
+int vk_probe_exact(struct vk_dev *d)
+{
+    enum { NP = 256 };
+    static const struct spv probe = {db_spv_probe, sizeof db_spv_probe, "probe"};
+    uint32_t x[NP], s[NP];
+    db_probe_subnormals(x, s, NP);
+    char msg[256];
+    VkPipeline pipe = VK_NULL_HANDLE;
+    struct vk_buf y = {0};
+    int ok = vk_make_pipeline(d, &probe, &pipe) == VK_SUCCESS;
+    /* every binding needs a buffer for the descriptor set; the jobs grow them later */
+    for (int i = 0; ok && i < B_N; i++)
+        if (i != B_Y) ok = !vk_buf_ensure(d, i, i == B_X || i == B_SCALES ? sizeof x : 64, msg, sizeof msg);
+    ok = ok && !vk_buf_make(d, &y, sizeof x, "probe", d->staged, d->staged, msg, sizeof msg);
+    if (ok) {
+        memcpy(d->bufs[B_X].map, x, sizeof x);
+        memcpy(d->bufs[B_SCALES].map, s, sizeof s);
+        vk_bind_all(d, d->bufs[B_X].buf, y.buf);
+        ok = !vk_begin(d, msg, sizeof msg);
+    }
+    if (ok) {
+        vk_to_device(d, B_X, sizeof x);
+        vk_to_device(d, B_SCALES, sizeof s);
+        const uint32_t push[4] = {0, NP, 0, 0};
+        vk_barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+        vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
+        vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
+        vkCmdDispatch(d->cmd, vk_groups_for(d, NP), 1, 1);
+        if (y.twin) vk_copy(d, y.buf, y.twin, sizeof x, 1);
+        ok = !vk_submit(d, msg, sizeof msg);
+    }
+    for (int i = 0; ok && i < NP; i++) ok = ((const uint32_t *)y.map)[i] == db_mul32(x[i], s[i]);
+    if (y.buf) vk_buf_free(d, &y);
+    if (pipe) vkDestroyPipeline(d->dev, pipe, NULL);
+    return ok;
+}
+
+/* Dispatches every pass once on an empty chunk (no tiles, samples or elements: each returns at
+ * once), in one submission. Drivers may compile a pipeline at its first dispatch rather than at
+ * vkCreateComputePipelines: lavapipe JITs each shader then, 0.2 to 1.5 s for the mask pass, which
+ * the first job would otherwise pay. step counts a pass first dispatched after this as cold
+ * (describe: cold=N; tests/test_warmup.c checks that jobs of every kind leave it 0). */
+int vk_warm_up(struct vk_dev *d, char *msg, size_t len)
+{
+    int rc = vk_buf_ensure(d, B_PRM, DBP_COUNT * 4, msg, len);
+    if (rc) return rc;
+    uint32_t *prm = d->bufs[B_PRM].map;
+    memset(prm, 0, d->bufs[B_PRM].size);
+    prm[DBP_TPW] = 1; /* no tiles, one a work item */
+    vk_bind_all(d, d->bufs[B_X].buf, d->bufs[B_X].buf);
+    if ((rc = vk_begin(d, msg, len))) return rc;
+    for (int i = 0; i < PASS_N; i++) vk_step(d, d->pipes[i], 1, i == 0);
+    if ((rc = vk_submit(d, msg, len))) return rc;
+    d->warm = 1;
+    return DROPBLOCK_OK;
+}
+

@@ -171,6 +171,13 @@ static int cl_fail(char *msg, size_t len, const char *what, cl_int e)
     return cl_code(e);
 }
 
+/* 0 when e is CL_SUCCESS, else cl_fail's code with what and e in msg: the callers write
+ * "if ((rc = cl_check(clX(...), "clX", msg, len))) goto done;", their cleanup after done. */
+static int cl_check(cl_int e, const char *what, char *msg, size_t len)
+{
+    return e == CL_SUCCESS ? DROPBLOCK_OK : cl_fail(msg, len, what, e);
+}
+
 /* ---- device queries ------------------------------------------------------------------- */
 
 /* A string property, malloc'd (NULL when the query fails or memory runs out). */
@@ -861,12 +868,6 @@ static void ocl_release(struct db_device *dev)
 
 /* ---- run ------------------------------------------------------------------------------ */
 
-#define CK(call, what)                                                                                     \
-    do {                                                                                                   \
-        cl_int e_ = (call);                                                                                \
-        if (e_ != CL_SUCCESS) { rc = cl_fail(msg, len, what, e_); goto done; }                            \
-    } while (0)
-
 /* Samples a chunk of per units can touch, at most. */
 static uint64_t samples_bound(const struct db_plan *pl, uint64_t per)
 {
@@ -1258,12 +1259,17 @@ static int stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_
     }
     st.ap = st.up + st.ns;
     st.dn = st.ap + st.ns;
-    CK(ensure_staging(od, L * es), "clCreateBuffer(staging)");
-    CK(ensure_buf(od, &od->data, ((j->max_elem * es + 3) & ~UINT64_C(3)) + 64), "clCreateBuffer(data)");
-    if (!od->hwexact && j->pl->p.dtype != DROPBLOCK_F16)
-        CK(ensure_buf(od, &od->fixup, (j->max_elem + 31) / 32 * 4), "clCreateBuffer(fixup)");
-    if (!j->fused) CK(clEnqueueMarkerWithWaitList(od->queue, 0, NULL, &mask_ev), "clEnqueueMarkerWithWaitList(mask)");
-    CK(clFlush(od->queue), "clFlush(db_mask)");
+    if ((rc = cl_check(ensure_staging(od, L * es), "clCreateBuffer(staging)", msg, len))) goto done;
+    if ((rc = cl_check(ensure_buf(od, &od->data, ((j->max_elem * es + 3) & ~UINT64_C(3)) + 64), "clCreateBuffer(data)",
+                       msg, len)))
+        goto done;
+    if (!od->hwexact && j->pl->p.dtype != DROPBLOCK_F16 &&
+        (rc = cl_check(ensure_buf(od, &od->fixup, (j->max_elem + 31) / 32 * 4), "clCreateBuffer(fixup)", msg, len)))
+        goto done;
+    if (!j->fused && (rc = cl_check(clEnqueueMarkerWithWaitList(od->queue, 0, NULL, &mask_ev),
+                                    "clEnqueueMarkerWithWaitList(mask)", msg, len)))
+        goto done;
+    if ((rc = cl_check(clFlush(od->queue), "clFlush(db_mask)", msg, len))) goto done;
     for (uint64_t k = 0; k <= st.ns; k++) {
         /* the scales, once the mask passes are done: at once when an apply must go before the
          * next upload (the previous chunk's slice in the device buffer), or at the end; else
@@ -1271,12 +1277,13 @@ static int stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_
         int need = k == st.ns || (k >= st.spc && st.napplied <= k - st.spc);
         if (!st.scales_ready && !need) {
             cl_int status = CL_QUEUED;
-            CK(clGetEventInfo(mask_ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL),
-               "clGetEventInfo(mask)");
+            if ((rc = cl_check(clGetEventInfo(mask_ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status, NULL),
+                               "clGetEventInfo(mask)", msg, len)))
+                goto done;
             need = status <= CL_COMPLETE;
         }
         if (!st.scales_ready && need) {
-            CK(clWaitForEvents(1, &mask_ev), "clWaitForEvents(db_mask)");
+            if ((rc = cl_check(clWaitForEvents(1, &mask_ev), "clWaitForEvents(db_mask)", msg, len))) goto done;
             t[0] = db_now_us() - t_start;
             uint64_t t0 = db_now_us();
             if ((rc = host_scales(j, partial, kept, scales, res))) goto done;
@@ -1285,16 +1292,21 @@ static int stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_
         }
         if (st.scales_ready && !t[2]) t[2] = db_now_us();
         /* applies of the slices uploaded so far; at the end, all of them */
-        while (st.scales_ready && st.napplied < k) CK(stage_apply(&st, st.napplied), "enqueue(staged apply)");
-        if (k < st.ns) CK(stage_upload(&st, k), "enqueue(staged upload)");
+        while (st.scales_ready && st.napplied < k)
+            if ((rc = cl_check(stage_apply(&st, st.napplied), "enqueue(staged apply)", msg, len))) goto done;
+        if (k < st.ns && (rc = cl_check(stage_upload(&st, k), "enqueue(staged upload)", msg, len))) goto done;
     }
     for (uint64_t q = 0; q < j->nchunks && words; q++) {
         chunk_of(j, q, &last);
-        CK(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0, (size_t)((last.nelem + 31) / 32 * 4),
-                               words + q * j->max_words, 0, NULL, NULL),
-           "clEnqueueReadBuffer(mask)");
+        if ((rc = cl_check(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0,
+                                               (size_t)((last.nelem + 31) / 32 * 4), words + q * j->max_words, 0, NULL,
+                                               NULL),
+                           "clEnqueueReadBuffer(mask)", msg, len)))
+            goto done;
     }
-    while (st.nconsumed < st.ns) CK(stage_consume(&st, st.nconsumed++), "clWaitForEvents(staged download)");
+    while (st.nconsumed < st.ns)
+        if ((rc = cl_check(stage_consume(&st, st.nconsumed++), "clWaitForEvents(staged download)", msg, len)))
+            goto done;
 done:
     clFinish(od->q_up);
     clFinish(od->queue);
@@ -1333,10 +1345,12 @@ static int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in,
         rc = DROPBLOCK_EEXHAUSTED;
         goto done;
     }
-    CK(ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)");
-    CK(ensure_buf(od, &od->kept, j.max_samp * 8 + 8), "clCreateBuffer(kept)");
-    CK(ensure_buf(od, &od->scales, (j.fused ? pl->N : j.max_samp) * 4), "clCreateBuffer(scales)");
-    CK(ensure_masks(od, j.nchunks, j.max_words), "clCreateBuffer(mask)");
+    if ((rc = cl_check(ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)", msg, len))) goto done;
+    if ((rc = cl_check(ensure_buf(od, &od->kept, j.max_samp * 8 + 8), "clCreateBuffer(kept)", msg, len))) goto done;
+    if ((rc = cl_check(ensure_buf(od, &od->scales, (j.fused ? pl->N : j.max_samp) * 4), "clCreateBuffer(scales)", msg,
+                       len)))
+        goto done;
+    if ((rc = cl_check(ensure_masks(od, j.nchunks, j.max_words), "clCreateBuffer(mask)", msg, len))) goto done;
 
     /* pass 1 per chunk; the host arrays written and read here live until the final
      * clFinish, so every transfer can be non-blocking on the in-order queue */
@@ -1345,19 +1359,24 @@ static int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in,
         chunk_of(&j, q, &ch);
         uint32_t *prm = prms + q * DBP_COUNT;
         db_kernel_params(pl, &ch, &j.tu, prm);
-        CK(enqueue_mask(od, prm, od->masks[q].m), "enqueue(db_mask)");
-        CK(clEnqueueReadBuffer(od->queue, od->kept.m, CL_FALSE, 0, (size_t)ch.nsamp * 8, partial + q * j.max_samp * 2,
-                               0, NULL, NULL),
-           "clEnqueueReadBuffer(kept)");
+        if ((rc = cl_check(enqueue_mask(od, prm, od->masks[q].m), "enqueue(db_mask)", msg, len))) goto done;
+        if ((rc = cl_check(clEnqueueReadBuffer(od->queue, od->kept.m, CL_FALSE, 0, (size_t)ch.nsamp * 8,
+                                               partial + q * j.max_samp * 2, 0, NULL, NULL),
+                           "clEnqueueReadBuffer(kept)", msg, len)))
+            goto done;
     }
     if (j.fused) {
         cl_mem a[3] = {od->prm.m, od->kept.m, od->scales.m};
-        CK(set_args(od->k[K_SCALE], 3, a), "clSetKernelArg(db_scale)");
-        CK(launch_round(od, od->k[K_SCALE], od->wg_small, pl->N), "clEnqueueNDRangeKernel(db_scale)");
-        CK(clEnqueueReadBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)pl->N * 4, dscales, 0, NULL, NULL),
-           "clEnqueueReadBuffer(scales)");
+        if ((rc = cl_check(set_args(od->k[K_SCALE], 3, a), "clSetKernelArg(db_scale)", msg, len))) goto done;
+        if ((rc = cl_check(launch_round(od, od->k[K_SCALE], od->wg_small, pl->N), "clEnqueueNDRangeKernel(db_scale)",
+                           msg, len)))
+            goto done;
+        if ((rc = cl_check(
+                 clEnqueueReadBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)pl->N * 4, dscales, 0, NULL, NULL),
+                 "clEnqueueReadBuffer(scales)", msg, len)))
+            goto done;
     } else if (!L) {
-        CK(clFinish(od->queue), "clFinish(db_mask)");
+        if ((rc = cl_check(clFinish(od->queue), "clFinish(db_mask)", msg, len))) goto done;
         t_mask = db_now_us() - t_start;
         uint64_t t0 = db_now_us();
         rc = host_scales(&j, partial, kept, scales, res);
@@ -1390,31 +1409,41 @@ static int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in,
                 x = xs[q];
                 y = xin == yout ? xs[q] : ys[q];
             } else { /* copy in, apply in place, copy out */
-                CK(ensure_buf(od, &od->data, ((j.max_elem * es + 3) & ~UINT64_C(3)) + 64), "clCreateBuffer(data)");
-                CK(clEnqueueWriteBuffer(od->queue, od->data.m, CL_FALSE, 0, (size_t)bytes, xin, 0, NULL, NULL),
-                   "clEnqueueWriteBuffer(x)");
+                if ((rc = cl_check(ensure_buf(od, &od->data, ((j.max_elem * es + 3) & ~UINT64_C(3)) + 64),
+                                   "clCreateBuffer(data)", msg, len)))
+                    goto done;
+                if ((rc = cl_check(
+                         clEnqueueWriteBuffer(od->queue, od->data.m, CL_FALSE, 0, (size_t)bytes, xin, 0, NULL, NULL),
+                         "clEnqueueWriteBuffer(x)", msg, len)))
+                    goto done;
                 x = y = od->data.m;
             }
         }
-        CK(clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL),
-           "clEnqueueWriteBuffer(params)");
-        if (!j.fused)
-            CK(clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4, scales + ch.n0, 0, NULL,
-                                    NULL),
-               "clEnqueueWriteBuffer(scales)");
-        CK(enqueue_apply(od, pl, prm, od->masks[q].m, x, y), "enqueue(db_apply)");
+        if ((rc = cl_check(clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL),
+                           "clEnqueueWriteBuffer(params)", msg, len)))
+            goto done;
+        if (!j.fused && (rc = cl_check(clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4,
+                                                            scales + ch.n0, 0, NULL, NULL),
+                                       "clEnqueueWriteBuffer(scales)", msg, len)))
+            goto done;
+        if ((rc = cl_check(enqueue_apply(od, pl, prm, od->masks[q].m, x, y), "enqueue(db_apply)", msg, len))) goto done;
         if (!xres && y == od->data.m) {
-            CK(clEnqueueReadBuffer(od->queue, y, CL_FALSE, 0, (size_t)bytes, yout, 0, NULL, NULL), "clEnqueueReadBuffer(y)");
+            if ((rc = cl_check(clEnqueueReadBuffer(od->queue, y, CL_FALSE, 0, (size_t)bytes, yout, 0, NULL, NULL),
+                               "clEnqueueReadBuffer(y)", msg, len)))
+                goto done;
         } else if (!xres) { /* makes the device's writes visible in the caller's memory */
             void *p = clEnqueueMapBuffer(od->queue, y, CL_FALSE, CL_MAP_READ, 0, (size_t)bytes, 0, NULL, NULL, NULL);
-            if (p) CK(clEnqueueUnmapMemObject(od->queue, y, p, 0, NULL, NULL), "clEnqueueUnmapMemObject(y)");
+            if (p && (rc = cl_check(clEnqueueUnmapMemObject(od->queue, y, p, 0, NULL, NULL),
+                                    "clEnqueueUnmapMemObject(y)", msg, len)))
+                goto done;
         }
-        if (mask)
-            CK(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0, (size_t)((ch.nelem + 31) / 32 * 4),
-                                   words + q * j.max_words, 0, NULL, NULL),
-               "clEnqueueReadBuffer(mask)");
+        if (mask && (rc = cl_check(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0,
+                                                       (size_t)((ch.nelem + 31) / 32 * 4), words + q * j.max_words, 0,
+                                                       NULL, NULL),
+                                   "clEnqueueReadBuffer(mask)", msg, len)))
+            goto done;
     }
-    CK(clFinish(od->queue), "clFinish(db_apply)");
+    if ((rc = cl_check(clFinish(od->queue), "clFinish(db_apply)", msg, len))) goto done;
 applied:
     if (j.fused) {
         /* K for the reply, and the host's exact scales as a check of the device's */
@@ -1533,22 +1562,31 @@ static int bench_one(struct ocl_dev *od, const struct db_plan *pl, int what, cl_
     if (what == DB_BENCH_COPY) {
         uint64_t vwords = (uint64_t)od->vw * od->vpw, groups = nwords / vwords;
         cl_mem a[2] = {x, y};
-        CK(set_args(od->bk[BK_COPY], 2, a), "clSetKernelArg(bl_copy)");
-        CK(launch_exact(od, od->bk[BK_COPY], od->wg_apply, groups), "clEnqueueNDRangeKernel(bl_copy)");
+        if ((rc = cl_check(set_args(od->bk[BK_COPY], 2, a), "clSetKernelArg(bl_copy)", msg, len))) goto done;
+        if ((rc = cl_check(launch_exact(od, od->bk[BK_COPY], od->wg_apply, groups), "clEnqueueNDRangeKernel(bl_copy)",
+                           msg, len)))
+            goto done;
         if (groups * vwords < nwords) {
             cl_uint first = (cl_uint)(groups * vwords), n = (cl_uint)nwords;
-            CK(set_args(od->bk[BK_COPY_TAIL], 2, a), "clSetKernelArg(bl_copy_tail)");
-            CK(clSetKernelArg(od->bk[BK_COPY_TAIL], 2, sizeof first, &first), "clSetKernelArg(bl_copy_tail)");
-            CK(clSetKernelArg(od->bk[BK_COPY_TAIL], 3, sizeof n, &n), "clSetKernelArg(bl_copy_tail)");
-            CK(launch_round(od, od->bk[BK_COPY_TAIL], od->wg_small, n - first), "clEnqueueNDRangeKernel(bl_copy_tail)");
+            if ((rc = cl_check(set_args(od->bk[BK_COPY_TAIL], 2, a), "clSetKernelArg(bl_copy_tail)", msg, len)))
+                goto done;
+            if ((rc = cl_check(clSetKernelArg(od->bk[BK_COPY_TAIL], 2, sizeof first, &first),
+                               "clSetKernelArg(bl_copy_tail)", msg, len)))
+                goto done;
+            if ((rc = cl_check(clSetKernelArg(od->bk[BK_COPY_TAIL], 3, sizeof n, &n), "clSetKernelArg(bl_copy_tail)",
+                               msg, len)))
+                goto done;
+            if ((rc = cl_check(launch_round(od, od->bk[BK_COPY_TAIL], od->wg_small, n - first),
+                               "clEnqueueNDRangeKernel(bl_copy_tail)", msg, len)))
+                goto done;
         }
     } else if (what == DB_BENCH_MASK) {
-        CK(enqueue_mask(od, prm, od->masks[0].m), "enqueue(db_mask)");
+        if ((rc = cl_check(enqueue_mask(od, prm, od->masks[0].m), "enqueue(db_mask)", msg, len))) goto done;
     } else {
         cl_mem bufs[7] = {bl[0], bl[1], bl[2], bl[3], bl[4], x, y};
-        CK(enqueue_baseline(od, bufs, blp, nwords), "enqueue(baseline)");
+        if ((rc = cl_check(enqueue_baseline(od, bufs, blp, nwords), "enqueue(baseline)", msg, len))) goto done;
     }
-    CK(clFinish(od->queue), "clFinish");
+    if ((rc = cl_check(clFinish(od->queue), "clFinish", msg, len))) goto done;
 done:
     return rc;
 }
@@ -1558,8 +1596,12 @@ done:
 static int bench_xfer(struct ocl_dev *od, cl_mem x, const void *xh, void *yh, uint64_t bytes, char *msg, size_t len)
 {
     int rc = DROPBLOCK_OK;
-    CK(clEnqueueWriteBuffer(od->queue, x, CL_FALSE, 0, (size_t)bytes, xh, 0, NULL, NULL), "clEnqueueWriteBuffer(xfer)");
-    CK(clEnqueueReadBuffer(od->queue, x, CL_TRUE, 0, (size_t)bytes, yh, 0, NULL, NULL), "clEnqueueReadBuffer(xfer)");
+    if ((rc = cl_check(clEnqueueWriteBuffer(od->queue, x, CL_FALSE, 0, (size_t)bytes, xh, 0, NULL, NULL),
+                       "clEnqueueWriteBuffer(xfer)", msg, len)))
+        goto done;
+    if ((rc = cl_check(clEnqueueReadBuffer(od->queue, x, CL_TRUE, 0, (size_t)bytes, yh, 0, NULL, NULL),
+                       "clEnqueueReadBuffer(xfer)", msg, len)))
+        goto done;
 done:
     return rc;
 }
@@ -1585,15 +1627,17 @@ static int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void
     uint32_t blp[BLP_COUNT] = {0}, prm[DBP_COUNT];
     struct job j;
     struct db_chunk ch;
-    CK(ensure_buf(od, &x, nwords * 4 + 64), "clCreateBuffer(x)");
-    CK(ensure_buf(od, &y, nwords * 4 + 64), "clCreateBuffer(y)");
-    CK(clEnqueueWriteBuffer(od->queue, x.m, CL_TRUE, 0, (size_t)bytes, xh, 0, NULL, NULL), "clEnqueueWriteBuffer(x)");
+    if ((rc = cl_check(ensure_buf(od, &x, nwords * 4 + 64), "clCreateBuffer(x)", msg, len))) goto done;
+    if ((rc = cl_check(ensure_buf(od, &y, nwords * 4 + 64), "clCreateBuffer(y)", msg, len))) goto done;
+    if ((rc = cl_check(clEnqueueWriteBuffer(od->queue, x.m, CL_TRUE, 0, (size_t)bytes, xh, 0, NULL, NULL),
+                       "clEnqueueWriteBuffer(x)", msg, len)))
+        goto done;
     if ((rc = plan_job(od, pl, &j, msg, len))) goto done;
     chunk_of(&j, 0, &ch);
     db_kernel_params(pl, &ch, &j.tu, prm);
-    CK(ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)");
-    CK(ensure_buf(od, &od->kept, j.max_samp * 8 + 8), "clCreateBuffer(kept)");
-    CK(ensure_masks(od, 1, j.max_words), "clCreateBuffer(mask)");
+    if ((rc = cl_check(ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)", msg, len))) goto done;
+    if ((rc = cl_check(ensure_buf(od, &od->kept, j.max_samp * 8 + 8), "clCreateBuffer(kept)", msg, len))) goto done;
+    if ((rc = cl_check(ensure_masks(od, 1, j.max_words), "clCreateBuffer(mask)", msg, len))) goto done;
     if (whats & (1u << DB_BENCH_BASELINE)) {
         uint64_t npad, nparts;
         if (db_baseline_params(pl, blp, &npad, &nparts, msg, len)) {
@@ -1602,11 +1646,12 @@ static int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void
         } else {
             const uint64_t sizes[5] = {BLP_COUNT * 4, pl->numel * 4, npad * 4, pl->numel * 4, nparts * 4};
             for (int i = 0; i < 5; i++) {
-                CK(ensure_buf(od, &bl[i], sizes[i]), "clCreateBuffer(baseline)");
+                if ((rc = cl_check(ensure_buf(od, &bl[i], sizes[i]), "clCreateBuffer(baseline)", msg, len))) goto done;
                 blm[i] = bl[i].m;
             }
-            CK(clEnqueueWriteBuffer(od->queue, bl[0].m, CL_TRUE, 0, sizeof blp, blp, 0, NULL, NULL),
-               "clEnqueueWriteBuffer(baseline params)");
+            if ((rc = cl_check(clEnqueueWriteBuffer(od->queue, bl[0].m, CL_TRUE, 0, sizeof blp, blp, 0, NULL, NULL),
+                               "clEnqueueWriteBuffer(baseline params)", msg, len)))
+                goto done;
         }
     }
     for (int r = -warmup; r < reps && !rc; r++)

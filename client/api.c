@@ -1,5 +1,5 @@
 /* api.c: the public handle calls of dropblock.h: the argument checks both kinds share, then
- * dispatch to the in-process engine (local.c) or the daemon connection (client.c). */
+ * dispatch to the in-process engine (local.c) or the daemon connection (conn.c, remote.c). */
 #include <dropblock/dropblock.h>
 #include <string.h>
 

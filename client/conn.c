@@ -1,5 +1,6 @@
-/* client.c: a connection to dropblockd (dropblock_connect): the Unix socket, protocol v1 framing
- * (docs/protocol.md), memfd regions for dropblock_alloc, and requests in flight.
+/* conn.c: a connection to dropblockd (dropblock_connect): the Unix socket, protocol v1 framing
+ * (docs/protocol.md), requests in flight, reconnecting and closing; the ops over it (devices,
+ * memfd regions for dropblock_alloc, jobs, status, shutdown) are remote.c's (conn.h).
  *
  * Every request is a ticket registered under a per-connection id before its frame is sent; the
  * thread reading the socket completes the matching ticket (any order, as the daemon answers).
@@ -43,65 +44,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "conn.h"
 #include "handle.h"
 #include "msg.h"
 #include "plan.h"
 #include "protocol.h"
 #include "sysmem.h"
-
-#define NBUCKETS 256 /* tickets by id */
-#define RBUF_CAP (4 + PROTO_MAX_FRAME)
-enum { READER_NONE, READER_RX, READER_CALLER };
-
-struct region {
-    uint32_t id;   /* on the current connection */
-    uint8_t *base;
-    size_t size;
-    int fd;        /* the memfd, kept to register the region again after a reconnect */
-};
-
-struct db_conn {
-    int fd;       /* written under send_lock and lock (and region_lock) on a reconnect */
-    uint64_t gen; /* the connection's generation: 1, then +1 per reconnect (same locks as fd) */
-    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    pthread_t rx;
-    int rx_started; /* reconnect_lock or the only thread (connect, close) */
-    pthread_condattr_t condattr; /* CLOCK_MONOTONIC for dropblock_wait's timeout */
-
-    pthread_mutex_t reconnect_lock; /* one reconnect at a time */
-
-    pthread_mutex_t lock; /* the buckets, ticket completion, the broken state and who reads */
-    dropblock_ticket *buckets[NBUCKETS];
-    uint64_t next_id;
-    int broken, err_code;
-    int closing;          /* remote_close: the receiver thread ends */
-    int reader;           /* READER_*: who reads the socket (and owns rbuf) now */
-    uint64_t nasync;      /* tickets in flight that no caller reads for (not sync) */
-    uint64_t nlead_waiting; /* sync callers waiting for the socket to be free */
-    pthread_cond_t rx_cond;   /* the receiver: read, or end */
-    pthread_cond_t idle_cond; /* broadcast when nobody reads any more (reconnect waits for it) */
-    unsigned char *rbuf;  /* received bytes not yet a whole frame: the reader's */
-    size_t rlen;
-    char err_msg[256];    /* what calls fail with once broken */
-    char daemon_msg[224]; /* the daemon's own words when it closed the connection with an error */
-
-    pthread_mutex_t send_lock; /* one frame at a time */
-
-    pthread_mutex_t region_lock;
-    struct region *regions;
-    size_t nregions, cap_regions;
-
-    long spin_us; /* DROPBLOCK_SPIN_US at connect: how long a reader polls before it sleeps */
-    int timeout_ms, job_timeout_ms; /* dropblock_connect_options; -1: none */
-    /* the daemon's limits from its last hello (lock) */
-    uint64_t max_region_bytes, max_client_bytes, max_client_jobs;
-};
-
-/* Default reader spin: a small job's reply comes back in tens of microseconds, and a thread that
- * sleeps for it waits for the kernel to wake its (often idle) CPU as well (measured on a 2-vCPU
- * VM, idle: p50 52 us round trip sleeping at once, 22 us spinning up to 50 us first). */
-#define DEFAULT_SPIN_US 50L
-#define MAX_SPIN_US 100000L
 
 /* cJSON 1.7 resets a global error pointer on every parse: receivers of different connections
  * must not parse at the same time. */
@@ -140,7 +88,7 @@ static void ticket_uncount(struct db_conn *c, dropblock_ticket *t)
     }
 }
 
-static void ticket_remove(struct db_conn *c, dropblock_ticket *t)
+void conn_ticket_remove(struct db_conn *c, dropblock_ticket *t)
 {
     ticket_uncount(c, t);
     if (t->prev) t->prev->next = t->next;
@@ -165,7 +113,7 @@ static void ticket_complete(struct db_conn *c, dropblock_ticket *t, int rc, cons
     pthread_cond_signal(&t->cond);
 }
 
-static dropblock_ticket *ticket_new(dropblock_t *h, int is_job)
+dropblock_ticket *conn_ticket_new(dropblock_t *h, int is_job)
 {
     dropblock_ticket *t = calloc(1, sizeof *t);
     if (!t) return NULL;
@@ -175,7 +123,7 @@ static dropblock_ticket *ticket_new(dropblock_t *h, int is_job)
     return t;
 }
 
-static void ticket_free(dropblock_ticket *t)
+void conn_ticket_free(dropblock_ticket *t)
 {
     pthread_cond_destroy(&t->cond);
     cJSON_Delete(t->reply);
@@ -201,7 +149,6 @@ static void conn_break(struct db_conn *c, int code, const char *fmt, ...)
 }
 
 /* ---------------------------------------------------------------- replies */
-static const cJSON *field(const cJSON *o, const char *name) { return cJSON_GetObjectItemCaseSensitive(o, name); }
 
 static void copy_string(char *dst, size_t cap, const cJSON *o, const char *name)
 {
@@ -426,7 +373,7 @@ static void check_idle(struct db_conn *c)
 }
 
 /* ---------------------------------------------------------------- requests */
-static cJSON *new_request(const char *op)
+cJSON *conn_new_request(const char *op)
 {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
@@ -502,7 +449,7 @@ static int send_request(dropblock_t *h, dropblock_ticket *t, cJSON *req, int fd,
 }
 
 /* send_request for a request given as text (body, consumed: see frame_with_id). */
-static int send_request_text(dropblock_t *h, dropblock_ticket *t, char *body, uint64_t *gen, char *msg, size_t len)
+int conn_send_text(dropblock_t *h, dropblock_ticket *t, char *body, uint64_t *gen, char *msg, size_t len)
 {
     if (!body) {
         db_msg(msg, len, "out of memory for a request");
@@ -560,7 +507,7 @@ static int send_request_any(dropblock_t *h, dropblock_ticket *t, cJSON *req, cha
         pthread_mutex_unlock(&c->send_lock);
         if (stale) {
             pthread_mutex_lock(&c->lock);
-            ticket_remove(c, t);
+            conn_ticket_remove(c, t);
             rc = t->done && t->rc ? t->rc : DROPBLOCK_EUNAVAILABLE;
             db_msg(msg, len, "%s", t->done && t->res.message[0] ? t->res.message : "connection to dropblockd lost");
             pthread_mutex_unlock(&c->lock);
@@ -570,7 +517,7 @@ static int send_request_any(dropblock_t *h, dropblock_ticket *t, cJSON *req, cha
         if (err && sent > 0) {
             /* half a frame is on the wire: nothing after it can be understood */
             pthread_mutex_lock(&c->lock);
-            ticket_remove(c, t);
+            conn_ticket_remove(c, t);
             conn_break(c, DROPBLOCK_EUNAVAILABLE, "connection to dropblockd lost: a send failed midway: %s", strerror(err));
             db_msg(msg, len, "%s", c->err_msg);
             rc = c->err_code;
@@ -589,14 +536,14 @@ static int send_request_any(dropblock_t *h, dropblock_ticket *t, cJSON *req, cha
     free(frame);
     if (rc) {
         pthread_mutex_lock(&c->lock);
-        ticket_remove(c, t);
+        conn_ticket_remove(c, t);
         pthread_mutex_unlock(&c->lock);
     }
     return rc;
 }
 
 /* Waits for t; ETIMEDOUT leaves it in flight, anything else takes it out of the table. */
-static int wait_ticket(struct db_conn *c, dropblock_ticket *t, int timeout_ms)
+int conn_wait_ticket(struct db_conn *c, dropblock_ticket *t, int timeout_ms)
 {
     pthread_mutex_lock(&c->lock);
     if (t->sync && timeout_ms < 0) {
@@ -632,18 +579,18 @@ static int wait_ticket(struct db_conn *c, dropblock_ticket *t, int timeout_ms)
             if (pthread_cond_timedwait(&t->cond, &c->lock, &dl) == ETIMEDOUT) break;
     }
     int done = t->done;
-    if (done) ticket_remove(c, t);
+    if (done) conn_ticket_remove(c, t);
     pthread_mutex_unlock(&c->lock);
     return done ? DROPBLOCK_OK : DROPBLOCK_ETIMEDOUT;
 }
 
 /* One request, waited for up to timeout_ms (-1: as long as the connection lives): the reply
  * (caller deletes) or the error with msg. */
-static int request(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeout_ms, cJSON **reply, char *msg,
-                   size_t len)
+int conn_request(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeout_ms, cJSON **reply, char *msg,
+                 size_t len)
 {
     *reply = NULL;
-    dropblock_ticket *t = ticket_new(h, 0);
+    dropblock_ticket *t = conn_ticket_new(h, 0);
     if (!t) {
         cJSON_Delete(req);
         db_msg(msg, len, "out of memory for a request");
@@ -651,9 +598,9 @@ static int request(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeou
     }
     t->sync = timeout_ms < 0;
     int rc = send_request(h, t, req, fd, gen, msg, len);
-    if (!rc && wait_ticket(h->conn, t, timeout_ms) == DROPBLOCK_ETIMEDOUT) {
+    if (!rc && conn_wait_ticket(h->conn, t, timeout_ms) == DROPBLOCK_ETIMEDOUT) {
         pthread_mutex_lock(&h->conn->lock);
-        ticket_remove(h->conn, t); /* a late reply finds no ticket and is dropped */
+        conn_ticket_remove(h->conn, t); /* a late reply finds no ticket and is dropped */
         pthread_mutex_unlock(&h->conn->lock);
         rc = DROPBLOCK_EUNAVAILABLE;
         db_msg(msg, len, "dropblockd at %s sent no reply within %d ms (the connection's timeout_ms)", h->conn->path,
@@ -664,7 +611,7 @@ static int request(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeou
         *reply = t->reply;
         t->reply = NULL;
     }
-    ticket_free(t);
+    conn_ticket_free(t);
     return rc;
 }
 
@@ -677,7 +624,7 @@ static dropblock_device_kind parse_kind(const char *s)
 }
 
 /* The device list of a hello or devices reply into infos (up to cap); -1 without one. */
-static int parse_devices(const cJSON *reply, dropblock_device_info *infos, size_t cap, size_t *count)
+int conn_parse_devices(const cJSON *reply, dropblock_device_info *infos, size_t cap, size_t *count)
 {
     const cJSON *devs = field(reply, "devices");
     if (!cJSON_IsArray(devs)) return -1;
@@ -850,7 +797,7 @@ static int open_socket(struct db_conn *c, cJSON **hello, int *code, char *msg, s
     char why[224];
     int refused = 0;
     /* bounded: a socket that is not dropblockd, or a daemon that is stuck, may never answer */
-    cJSON *reply = private_call(fd, new_request("hello"), 1, -1, c->timeout_ms, code, &refused, why, sizeof why);
+    cJSON *reply = private_call(fd, conn_new_request("hello"), 1, -1, c->timeout_ms, code, &refused, why, sizeof why);
     if (!reply) {
         if (refused) db_msg(msg, len, "dropblockd at %s refused the connection: %s", c->path, why);
         else if (*code == DROPBLOCK_EUNAVAILABLE && !strncmp(why, "no reply within", 15))
@@ -866,7 +813,7 @@ static int open_socket(struct db_conn *c, cJSON **hello, int *code, char *msg, s
         db_msg(msg, len, "dropblockd at %s speaks protocol %g; this library speaks %d", c->path,
                cJSON_IsNumber(proto) ? proto->valuedouble : 0.0, PROTO_VERSION);
         *code = DROPBLOCK_EUNAVAILABLE;
-    } else if (parse_devices(reply, NULL, 0, &ndev)) {
+    } else if (conn_parse_devices(reply, NULL, 0, &ndev)) {
         db_msg(msg, len, "dropblockd at %s: the hello reply has no device list", c->path);
         *code = DROPBLOCK_EINTERNAL;
     } else {
@@ -1011,7 +958,7 @@ void remote_close(dropblock_t *h)
         while (c->buckets[i]) {
             dropblock_ticket *t = c->buckets[i];
             c->buckets[i] = t->next;
-            ticket_free(t);
+            conn_ticket_free(t);
         }
     for (size_t i = 0; i < c->nregions; i++) {
         munmap(c->regions[i].base, c->regions[i].size);
@@ -1059,7 +1006,7 @@ static int reconnect(struct db_conn *c, char *msg, size_t len)
     rc = ids ? DROPBLOCK_OK : DROPBLOCK_EEXHAUSTED;
     if (!ids) db_msg(why, sizeof why, "out of memory");
     for (size_t i = 0; !rc && i < c->nregions; i++) {
-        cJSON *req = new_request("region.register");
+        cJSON *req = conn_new_request("region.register");
         if (req) cJSON_AddNumberToObject(req, "fds", 1);
         int refused;
         cJSON *reply = private_call(fd, req, 2 + i, c->regions[i].fd, c->timeout_ms, &rc, &refused, why, sizeof why);
@@ -1112,7 +1059,7 @@ static int reconnect(struct db_conn *c, char *msg, size_t len)
 
 /* For every call that needs the daemon: 0 when the connection is up, or up again after one
  * attempt to reconnect; else the error with msg. */
-static int ensure_connected(dropblock_t *h, char *msg, size_t len)
+int conn_ensure(dropblock_t *h, char *msg, size_t len)
 {
     struct db_conn *c = h->conn;
     check_idle(c);
@@ -1126,263 +1073,5 @@ static int ensure_connected(dropblock_t *h, char *msg, size_t len)
     pthread_mutex_unlock(&c->lock);
     int rc = broken ? reconnect(c, msg, len) : DROPBLOCK_OK; /* another thread may have done it */
     pthread_mutex_unlock(&c->reconnect_lock);
-    return rc;
-}
-
-int remote_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count)
-{
-    int rc = ensure_connected(h, NULL, 0);
-    if (rc) return rc;
-    cJSON *reply = NULL;
-    rc = request(h, new_request("devices"), -1, NULL, h->conn->timeout_ms, &reply, NULL, 0);
-    if (!rc && parse_devices(reply, infos, cap, count)) rc = DROPBLOCK_EINTERNAL;
-    cJSON_Delete(reply);
-    return rc;
-}
-
-/* ---------------------------------------------------------------- regions */
-static int errno_code(int e)
-{
-    return e == ENOSPC || e == EFBIG || e == ENOMEM || e == EMFILE || e == ENFILE || e == EAGAIN
-               ? DROPBLOCK_EEXHAUSTED
-               : DROPBLOCK_EINTERNAL;
-}
-
-int remote_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len)
-{
-    struct db_conn *c = h->conn;
-    int rc = ensure_connected(h, msg, msg_len);
-    if (rc) return rc;
-    /* nothing is allocated that the daemon would refuse or the machine cannot hold: memfd pages
-     * are not counted in anyone's RSS, so an oversized one makes the OOM killer pick others */
-    pthread_mutex_lock(&c->lock);
-    uint64_t max_region = c->max_region_bytes;
-    pthread_mutex_unlock(&c->lock);
-    char b[64], l[64];
-    if ((uint64_t)bytes > max_region) {
-        db_fmt_bytes(b, sizeof b, bytes);
-        db_fmt_bytes(l, sizeof l, max_region);
-        db_msg(msg, msg_len, "shared memory of %s: above the daemon's max_region_bytes, %s (dropblockd "
-               "--max-region-bytes)", b, l);
-        return DROPBLOCK_EEXHAUSTED;
-    }
-    if ((rc = db_mem_check(bytes, "shared memory", msg, msg_len))) return rc;
-    if (bytes > (size_t)INT64_MAX) return DROPBLOCK_EEXHAUSTED;
-    int fd = memfd_create("dropblock", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0) {
-        db_msg(msg, msg_len, "memfd_create: %s", strerror(errno));
-        return errno_code(errno);
-    }
-    /* real pages now, so running out shows here and not as SIGBUS inside a job */
-    int e;
-    do e = posix_fallocate(fd, 0, (off_t)bytes); while (e == EINTR);
-    /* the daemon needs F_SEAL_SHRINK so the region can never shrink under it */
-    if (!e && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) e = errno;
-    void *base = e ? MAP_FAILED : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (!e && base == MAP_FAILED) e = errno;
-    if (e) {
-        close(fd);
-        db_fmt_bytes(b, sizeof b, bytes);
-        db_msg(msg, msg_len, "shared memory of %s: %s", b, strerror(e));
-        return errno_code(e);
-    }
-    cJSON *req = new_request("region.register");
-    if (req) cJSON_AddNumberToObject(req, "fds", 1);
-    cJSON *reply = NULL;
-    uint64_t gen = 0;
-    rc = request(h, req, fd, &gen, c->timeout_ms, &reply, msg, msg_len);
-    uint64_t rid = 0, size = 0;
-    if (!rc && (proto_get_u64(field(reply, "region"), "region", &rid, NULL, 0) || rid > UINT32_MAX ||
-                proto_get_u64(field(reply, "size"), "size", &size, NULL, 0) || size != bytes))
-    {
-        rc = DROPBLOCK_EINTERNAL; /* cannot happen with a v1 daemon */
-        db_msg(msg, msg_len, "the region.register reply does not match the region");
-    }
-    cJSON_Delete(reply);
-    if (!rc) {
-        pthread_mutex_lock(&c->region_lock);
-        if (c->nregions == c->cap_regions) {
-            size_t cap = c->cap_regions ? c->cap_regions * 2 : 16;
-            struct region *n = realloc(c->regions, cap * sizeof *n);
-            if (n) {
-                c->regions = n;
-                c->cap_regions = cap;
-            }
-        }
-        if (c->gen != gen) {
-            /* the connection it was registered on broke and was replaced meanwhile */
-            rc = DROPBLOCK_EUNAVAILABLE;
-            db_msg(msg, msg_len, "connection to dropblockd lost and re-established during the allocation");
-        } else if (c->nregions < c->cap_regions) {
-            c->regions[c->nregions].id = (uint32_t)rid;
-            c->regions[c->nregions].base = base;
-            c->regions[c->nregions].size = bytes;
-            c->regions[c->nregions].fd = fd;
-            c->nregions++;
-        } else {
-            rc = DROPBLOCK_EEXHAUSTED; /* the daemon keeps the region until we disconnect */
-            db_msg(msg, msg_len, "out of memory for the region list");
-        }
-        pthread_mutex_unlock(&c->region_lock);
-    }
-    if (rc) {
-        munmap(base, bytes);
-        close(fd);
-        return rc;
-    }
-    *ptr = base;
-    return DROPBLOCK_OK;
-}
-
-int remote_free(dropblock_t *h, void *ptr)
-{
-    struct db_conn *c = h->conn;
-    struct region r;
-    uint64_t gen = 0;
-    int found = 0;
-    pthread_mutex_lock(&c->region_lock);
-    for (size_t i = 0; i < c->nregions; i++)
-        if (c->regions[i].base == ptr) {
-            r = c->regions[i];
-            c->regions[i] = c->regions[--c->nregions];
-            gen = c->gen;
-            found = 1;
-            break;
-        }
-    pthread_mutex_unlock(&c->region_lock);
-    if (!found) return DROPBLOCK_EINVAL; /* not from dropblock_alloc on this handle, or freed already */
-    cJSON *req = new_request("region.unregister");
-    if (req) cJSON_AddNumberToObject(req, "region", r.id);
-    cJSON *reply = NULL;
-    char msg[256];
-    /* only on the connection that knows the id; never reconnects (a new one does not have it) */
-    int rc = request(h, req, -1, &gen, c->timeout_ms, &reply, msg, sizeof msg);
-    cJSON_Delete(reply);
-    munmap(r.base, r.size);
-    close(r.fd);
-    if (rc) {
-        /* a lost connection took the region with it on the daemon's side: the memory is released */
-        pthread_mutex_lock(&c->lock);
-        if (c->broken || c->gen != gen) rc = DROPBLOCK_OK;
-        pthread_mutex_unlock(&c->lock);
-    }
-    return rc;
-}
-
-/* Where a tensor lies: the region that holds all of its bytes, and the offset there. */
-static int locate(struct db_conn *c, const char *what, const void *ptr, uint64_t bytes, uint32_t *rid,
-                  uint64_t *off, char *msg, size_t len)
-{
-    uintptr_t p = (uintptr_t)ptr;
-    for (size_t i = 0; i < c->nregions; i++) {
-        const struct region *r = &c->regions[i];
-        uintptr_t b = (uintptr_t)r->base;
-        if (p < b || p - b >= r->size) continue;
-        uint64_t o = (uint64_t)(p - b);
-        if (bytes > r->size - o) {
-            db_msg(msg, len, "%s is not inside memory from dropblock_alloc (its %llu bytes start %llu bytes into a "
-                   "%zu-byte allocation and run past its end)", what, (unsigned long long)bytes,
-                   (unsigned long long)o, r->size);
-            return DROPBLOCK_EINVAL;
-        }
-        *rid = r->id;
-        *off = o;
-        return DROPBLOCK_OK;
-    }
-    db_msg(msg, len, "%s is not inside memory from dropblock_alloc (%p is in none of this connection's %zu "
-           "allocations; the daemon can only reach shared memory from dropblock_alloc)", what, ptr, c->nregions);
-    return DROPBLOCK_EINVAL;
-}
-
-/* ---------------------------------------------------------------- jobs */
-int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const void *input, void *output, void *mask,
-                  const char *device, dropblock_ticket **ticket, char *msg, size_t len)
-{
-    struct db_conn *c = h->conn;
-    uint64_t tb = dropblock_tensor_bytes(p), mb = dropblock_mask_bytes(p);
-    uint32_t rid[3] = {0, 0, 0};
-    uint64_t off[3] = {0, 0, 0};
-    int rc = ensure_connected(h, msg, len);
-    if (rc) return rc;
-    /* the region ids belong to one connection: the request goes on that one or nowhere */
-    pthread_mutex_lock(&c->region_lock);
-    uint64_t gen = c->gen;
-    rc = locate(c, "input", input, tb, &rid[0], &off[0], msg, len);
-    if (!rc) rc = locate(c, "output", output, tb, &rid[1], &off[1], msg, len);
-    if (!rc && mask) rc = locate(c, "mask", mask, mb, &rid[2], &off[2], msg, len);
-    pthread_mutex_unlock(&c->region_lock);
-    if (rc) return rc;
-    dropblock_ticket *t = ticket_new(h, 1);
-    if (!t) {
-        db_msg(msg, len, "out of memory for a request");
-        return DROPBLOCK_EEXHAUSTED;
-    }
-    t->sync = sync;
-    rc = send_request_text(h, t, proto_write_job_request(p, rid, off, mask != NULL, device), &gen, msg, len);
-    if (rc) {
-        ticket_free(t);
-        return rc;
-    }
-    *ticket = t;
-    return DROPBLOCK_OK;
-}
-
-int remote_wait(dropblock_t *h, dropblock_ticket *t, int timeout_ms, dropblock_result *res)
-{
-    if (wait_ticket(h->conn, t, timeout_ms) == DROPBLOCK_ETIMEDOUT) {
-        db_msg(res->message, sizeof res->message, "the job is still running after %d ms", timeout_ms);
-        return DROPBLOCK_ETIMEDOUT;
-    }
-    *res = t->res;
-    int rc = t->rc;
-    ticket_free(t);
-    return rc;
-}
-
-void remote_abandon(dropblock_t *h, dropblock_ticket *t)
-{
-    pthread_mutex_lock(&h->conn->lock);
-    ticket_remove(h->conn, t); /* a late reply finds no ticket and is dropped */
-    pthread_mutex_unlock(&h->conn->lock);
-    ticket_free(t);
-}
-
-int remote_limits(dropblock_t *h, dropblock_limits *out)
-{
-    struct db_conn *c = h->conn;
-    pthread_mutex_lock(&c->lock);
-    out->max_region_bytes = c->max_region_bytes;
-    out->max_client_bytes = c->max_client_bytes;
-    out->max_client_jobs = c->max_client_jobs;
-    pthread_mutex_unlock(&c->lock);
-    out->mem_available = db_mem_available();
-    return DROPBLOCK_OK;
-}
-
-int remote_job_timeout(const dropblock_t *h) { return h->conn->job_timeout_ms; }
-
-/* ---------------------------------------------------------------- status and shutdown */
-int remote_status(dropblock_t *h, char *json, size_t len)
-{
-    cJSON *reply = NULL;
-    int rc = ensure_connected(h, NULL, 0);
-    if (!rc) rc = request(h, new_request("status"), -1, NULL, h->conn->timeout_ms, &reply, NULL, 0);
-    if (rc) return rc;
-    char *text = cJSON_PrintUnformatted(reply);
-    cJSON_Delete(reply);
-    if (!text) return DROPBLOCK_EEXHAUSTED;
-    size_t n = strlen(text);
-    if (n + 1 > len) rc = DROPBLOCK_ERANGE;
-    else memcpy(json, text, n + 1);
-    cJSON_free(text);
-    return rc;
-}
-
-int remote_shutdown(dropblock_t *h, char *msg, size_t len)
-{
-    cJSON *reply = NULL;
-    int rc = ensure_connected(h, msg, len);
-    if (!rc) rc = request(h, new_request("shutdown"), -1, NULL, h->conn->timeout_ms, &reply, msg, len);
-    cJSON_Delete(reply);
     return rc;
 }

@@ -1,0 +1,278 @@
+/* remote.c: libdropblock's calls on a connection to dropblockd (conn.c has the connection):
+ * devices, memfd regions for dropblock_alloc and dropblock_free, jobs (submit, wait, abandon),
+ * the daemon's limits, status and shutdown. */
+#include <dropblock/dropblock.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "handle.h"
+#include "msg.h"
+#include "plan.h"
+#include "protocol.h"
+#include "sysmem.h"
+
+int remote_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count)
+{
+    int rc = conn_ensure(h, NULL, 0);
+    if (rc) return rc;
+    cJSON *reply = NULL;
+    rc = conn_request(h, conn_new_request("devices"), -1, NULL, h->conn->timeout_ms, &reply, NULL, 0);
+    if (!rc && conn_parse_devices(reply, infos, cap, count)) rc = DROPBLOCK_EINTERNAL;
+    cJSON_Delete(reply);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- regions */
+static int errno_code(int e)
+{
+    return e == ENOSPC || e == EFBIG || e == ENOMEM || e == EMFILE || e == ENFILE || e == EAGAIN
+               ? DROPBLOCK_EEXHAUSTED
+               : DROPBLOCK_EINTERNAL;
+}
+
+int remote_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len)
+{
+    struct db_conn *c = h->conn;
+    int rc = conn_ensure(h, msg, msg_len);
+    if (rc) return rc;
+    /* nothing is allocated that the daemon would refuse or the machine cannot hold: memfd pages
+     * are not counted in anyone's RSS, so an oversized one makes the OOM killer pick others */
+    pthread_mutex_lock(&c->lock);
+    uint64_t max_region = c->max_region_bytes;
+    pthread_mutex_unlock(&c->lock);
+    char b[64], l[64];
+    if ((uint64_t)bytes > max_region) {
+        db_fmt_bytes(b, sizeof b, bytes);
+        db_fmt_bytes(l, sizeof l, max_region);
+        db_msg(msg, msg_len, "shared memory of %s: above the daemon's max_region_bytes, %s (dropblockd "
+               "--max-region-bytes)", b, l);
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    if ((rc = db_mem_check(bytes, "shared memory", msg, msg_len))) return rc;
+    if (bytes > (size_t)INT64_MAX) return DROPBLOCK_EEXHAUSTED;
+    int fd = memfd_create("dropblock", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        db_msg(msg, msg_len, "memfd_create: %s", strerror(errno));
+        return errno_code(errno);
+    }
+    /* real pages now, so running out shows here and not as SIGBUS inside a job */
+    int e;
+    do e = posix_fallocate(fd, 0, (off_t)bytes); while (e == EINTR);
+    /* the daemon needs F_SEAL_SHRINK so the region can never shrink under it */
+    if (!e && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) e = errno;
+    void *base = e ? MAP_FAILED : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (!e && base == MAP_FAILED) e = errno;
+    if (e) {
+        close(fd);
+        db_fmt_bytes(b, sizeof b, bytes);
+        db_msg(msg, msg_len, "shared memory of %s: %s", b, strerror(e));
+        return errno_code(e);
+    }
+    cJSON *req = conn_new_request("region.register");
+    if (req) cJSON_AddNumberToObject(req, "fds", 1);
+    cJSON *reply = NULL;
+    uint64_t gen = 0;
+    rc = conn_request(h, req, fd, &gen, c->timeout_ms, &reply, msg, msg_len);
+    uint64_t rid = 0, size = 0;
+    if (!rc && (proto_get_u64(field(reply, "region"), "region", &rid, NULL, 0) || rid > UINT32_MAX ||
+                proto_get_u64(field(reply, "size"), "size", &size, NULL, 0) || size != bytes))
+    {
+        rc = DROPBLOCK_EINTERNAL; /* cannot happen with a v1 daemon */
+        db_msg(msg, msg_len, "the region.register reply does not match the region");
+    }
+    cJSON_Delete(reply);
+    if (!rc) {
+        pthread_mutex_lock(&c->region_lock);
+        if (c->nregions == c->cap_regions) {
+            size_t cap = c->cap_regions ? c->cap_regions * 2 : 16;
+            struct region *n = realloc(c->regions, cap * sizeof *n);
+            if (n) {
+                c->regions = n;
+                c->cap_regions = cap;
+            }
+        }
+        if (c->gen != gen) {
+            /* the connection it was registered on broke and was replaced meanwhile */
+            rc = DROPBLOCK_EUNAVAILABLE;
+            db_msg(msg, msg_len, "connection to dropblockd lost and re-established during the allocation");
+        } else if (c->nregions < c->cap_regions) {
+            c->regions[c->nregions].id = (uint32_t)rid;
+            c->regions[c->nregions].base = base;
+            c->regions[c->nregions].size = bytes;
+            c->regions[c->nregions].fd = fd;
+            c->nregions++;
+        } else {
+            rc = DROPBLOCK_EEXHAUSTED; /* the daemon keeps the region until we disconnect */
+            db_msg(msg, msg_len, "out of memory for the region list");
+        }
+        pthread_mutex_unlock(&c->region_lock);
+    }
+    if (rc) {
+        munmap(base, bytes);
+        close(fd);
+        return rc;
+    }
+    *ptr = base;
+    return DROPBLOCK_OK;
+}
+
+int remote_free(dropblock_t *h, void *ptr)
+{
+    struct db_conn *c = h->conn;
+    struct region r;
+    uint64_t gen = 0;
+    int found = 0;
+    pthread_mutex_lock(&c->region_lock);
+    for (size_t i = 0; i < c->nregions; i++)
+        if (c->regions[i].base == ptr) {
+            r = c->regions[i];
+            c->regions[i] = c->regions[--c->nregions];
+            gen = c->gen;
+            found = 1;
+            break;
+        }
+    pthread_mutex_unlock(&c->region_lock);
+    if (!found) return DROPBLOCK_EINVAL; /* not from dropblock_alloc on this handle, or freed already */
+    cJSON *req = conn_new_request("region.unregister");
+    if (req) cJSON_AddNumberToObject(req, "region", r.id);
+    cJSON *reply = NULL;
+    char msg[256];
+    /* only on the connection that knows the id; never reconnects (a new one does not have it) */
+    int rc = conn_request(h, req, -1, &gen, c->timeout_ms, &reply, msg, sizeof msg);
+    cJSON_Delete(reply);
+    munmap(r.base, r.size);
+    close(r.fd);
+    if (rc) {
+        /* a lost connection took the region with it on the daemon's side: the memory is released */
+        pthread_mutex_lock(&c->lock);
+        if (c->broken || c->gen != gen) rc = DROPBLOCK_OK;
+        pthread_mutex_unlock(&c->lock);
+    }
+    return rc;
+}
+
+/* Where a tensor lies: the region that holds all of its bytes, and the offset there. */
+static int locate(struct db_conn *c, const char *what, const void *ptr, uint64_t bytes, uint32_t *rid,
+                  uint64_t *off, char *msg, size_t len)
+{
+    uintptr_t p = (uintptr_t)ptr;
+    for (size_t i = 0; i < c->nregions; i++) {
+        const struct region *r = &c->regions[i];
+        uintptr_t b = (uintptr_t)r->base;
+        if (p < b || p - b >= r->size) continue;
+        uint64_t o = (uint64_t)(p - b);
+        if (bytes > r->size - o) {
+            db_msg(msg, len, "%s is not inside memory from dropblock_alloc (its %llu bytes start %llu bytes into a "
+                   "%zu-byte allocation and run past its end)", what, (unsigned long long)bytes,
+                   (unsigned long long)o, r->size);
+            return DROPBLOCK_EINVAL;
+        }
+        *rid = r->id;
+        *off = o;
+        return DROPBLOCK_OK;
+    }
+    db_msg(msg, len, "%s is not inside memory from dropblock_alloc (%p is in none of this connection's %zu "
+           "allocations; the daemon can only reach shared memory from dropblock_alloc)", what, ptr, c->nregions);
+    return DROPBLOCK_EINVAL;
+}
+
+/* ---------------------------------------------------------------- jobs */
+int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const void *input, void *output, void *mask,
+                  const char *device, dropblock_ticket **ticket, char *msg, size_t len)
+{
+    struct db_conn *c = h->conn;
+    uint64_t tb = dropblock_tensor_bytes(p), mb = dropblock_mask_bytes(p);
+    uint32_t rid[3] = {0, 0, 0};
+    uint64_t off[3] = {0, 0, 0};
+    int rc = conn_ensure(h, msg, len);
+    if (rc) return rc;
+    /* the region ids belong to one connection: the request goes on that one or nowhere */
+    pthread_mutex_lock(&c->region_lock);
+    uint64_t gen = c->gen;
+    rc = locate(c, "input", input, tb, &rid[0], &off[0], msg, len);
+    if (!rc) rc = locate(c, "output", output, tb, &rid[1], &off[1], msg, len);
+    if (!rc && mask) rc = locate(c, "mask", mask, mb, &rid[2], &off[2], msg, len);
+    pthread_mutex_unlock(&c->region_lock);
+    if (rc) return rc;
+    dropblock_ticket *t = conn_ticket_new(h, 1);
+    if (!t) {
+        db_msg(msg, len, "out of memory for a request");
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    t->sync = sync;
+    rc = conn_send_text(h, t, proto_write_job_request(p, rid, off, mask != NULL, device), &gen, msg, len);
+    if (rc) {
+        conn_ticket_free(t);
+        return rc;
+    }
+    *ticket = t;
+    return DROPBLOCK_OK;
+}
+
+int remote_wait(dropblock_t *h, dropblock_ticket *t, int timeout_ms, dropblock_result *res)
+{
+    if (conn_wait_ticket(h->conn, t, timeout_ms) == DROPBLOCK_ETIMEDOUT) {
+        db_msg(res->message, sizeof res->message, "the job is still running after %d ms", timeout_ms);
+        return DROPBLOCK_ETIMEDOUT;
+    }
+    *res = t->res;
+    int rc = t->rc;
+    conn_ticket_free(t);
+    return rc;
+}
+
+void remote_abandon(dropblock_t *h, dropblock_ticket *t)
+{
+    pthread_mutex_lock(&h->conn->lock);
+    conn_ticket_remove(h->conn, t); /* a late reply finds no ticket and is dropped */
+    pthread_mutex_unlock(&h->conn->lock);
+    conn_ticket_free(t);
+}
+
+int remote_limits(dropblock_t *h, dropblock_limits *out)
+{
+    struct db_conn *c = h->conn;
+    pthread_mutex_lock(&c->lock);
+    out->max_region_bytes = c->max_region_bytes;
+    out->max_client_bytes = c->max_client_bytes;
+    out->max_client_jobs = c->max_client_jobs;
+    pthread_mutex_unlock(&c->lock);
+    out->mem_available = db_mem_available();
+    return DROPBLOCK_OK;
+}
+
+int remote_job_timeout(const dropblock_t *h) { return h->conn->job_timeout_ms; }
+
+/* ---------------------------------------------------------------- status and shutdown */
+int remote_status(dropblock_t *h, char *json, size_t len)
+{
+    cJSON *reply = NULL;
+    int rc = conn_ensure(h, NULL, 0);
+    if (!rc) rc = conn_request(h, conn_new_request("status"), -1, NULL, h->conn->timeout_ms, &reply, NULL, 0);
+    if (rc) return rc;
+    char *text = cJSON_PrintUnformatted(reply);
+    cJSON_Delete(reply);
+    if (!text) return DROPBLOCK_EEXHAUSTED;
+    size_t n = strlen(text);
+    if (n + 1 > len) rc = DROPBLOCK_ERANGE;
+    else memcpy(json, text, n + 1);
+    cJSON_free(text);
+    return rc;
+}
+
+int remote_shutdown(dropblock_t *h, char *msg, size_t len)
+{
+    cJSON *reply = NULL;
+    int rc = conn_ensure(h, msg, len);
+    if (!rc) rc = conn_request(h, conn_new_request("shutdown"), -1, NULL, h->conn->timeout_ms, &reply, msg, len);
+    cJSON_Delete(reply);
+    return rc;
+}

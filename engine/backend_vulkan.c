@@ -135,61 +135,8 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
 {
     struct vk_dev *d = dev->priv;
     VkResult r;
-    if (d->props.apiVersion < VK_API_VERSION_1_1) {
-        db_msg(msg, len, "Vulkan 1.1 required, device has %u.%u", VK_VERSION_MAJOR(d->props.apiVersion),
-               VK_VERSION_MINOR(d->props.apiVersion));
-        return DROPBLOCK_EUNAVAILABLE;
-    }
-    if (!d->has_int64) {
-        db_msg(msg, len, "device lacks the shaderInt64 feature (the passes use 64-bit integers)");
-        return DROPBLOCK_EUNAVAILABLE;
-    }
-    if (d->qfam < 0) {
-        db_msg(msg, len, "device has no compute queue");
-        return DROPBLOCK_EUNAVAILABLE;
-    }
-    vk_choose_tuning(d);
-
-    float prio = 1.0f;
-    VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
-                                   .queueFamilyIndex = (uint32_t)d->qfam, .queueCount = 1, .pQueuePriorities = &prio};
-    VkPhysicalDeviceFeatures feat = {.shaderInt64 = VK_TRUE};
-    const char *exts[2] = {VK_KHR_EXTERNAL_MEMORY_EXTENSION_NAME, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME};
-    VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .queueCreateInfoCount = 1,
-                              .pQueueCreateInfos = &qci, .pEnabledFeatures = &feat};
-    /* VK_KHR_external_memory is core in 1.1: only the host extension is named */
-    if (d->has_import) {
-        dci.enabledExtensionCount = 1;
-        dci.ppEnabledExtensionNames = &exts[1];
-    }
-    if ((r = vkCreateDevice(d->pd, &dci, NULL, &d->dev))) {
-        d->dev = VK_NULL_HANDLE;
-        return vk_fail(msg, len, r, "vkCreateDevice");
-    }
-    vkGetDeviceQueue(d->dev, (uint32_t)d->qfam, 0, &d->queue);
-    if (d->has_import)
-        d->get_host_ptr_props =
-            (PFN_vkGetMemoryHostPointerPropertiesEXT)vkGetDeviceProcAddr(d->dev, "vkGetMemoryHostPointerPropertiesEXT");
-    if (!d->get_host_ptr_props) d->has_import = 0;
-    /* staged where the device has memory the host cannot map (discrete GPUs) */
-    const char *stage = getenv("DROPBLOCK_VULKAN_STAGE");
-    for (uint32_t i = 0; i < d->mem.memoryTypeCount; i++) {
-        VkMemoryPropertyFlags f = d->mem.memoryTypes[i].propertyFlags;
-        if ((f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) && !(f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT)) d->staged = 1;
-    }
-    if (stage && (!strcmp(stage, "0") || !strcmp(stage, "1"))) d->staged = stage[0] == '1';
-
-    VkDescriptorSetLayoutBinding b[B_N];
-    for (int i = 0; i < B_N; i++)
-        b[i] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)i, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                              .descriptorCount = 1, .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
-    VkDescriptorSetLayoutCreateInfo dli = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
-                                           .bindingCount = B_N, .pBindings = b};
-    if ((r = vkCreateDescriptorSetLayout(d->dev, &dli, NULL, &d->dsl))) return vk_fail(msg, len, r, "vkCreateDescriptorSetLayout");
-    VkPushConstantRange pcr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .offset = 0, .size = PUSH_BYTES};
-    VkPipelineLayoutCreateInfo pli = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO, .setLayoutCount = 1,
-                                      .pSetLayouts = &d->dsl, .pushConstantRangeCount = 1, .pPushConstantRanges = &pcr};
-    if ((r = vkCreatePipelineLayout(d->dev, &pli, NULL, &d->layout))) return vk_fail(msg, len, r, "vkCreatePipelineLayout");
+    int ready = vk_prepare_device(d, msg, len);
+    if (ready) return ready;
 
     /* the pipeline cache: any unreadable or foreign file just means starting empty */
     char dir[1024] = "", path[1100] = "";
@@ -220,26 +167,7 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
     free(old);
     if (rc) return rc;
 
-    VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = B_N};
-    VkDescriptorPoolCreateInfo dpi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = 1,
-                                      .poolSizeCount = 1, .pPoolSizes = &ps};
-    if ((r = vkCreateDescriptorPool(d->dev, &dpi, NULL, &d->dpool))) return vk_fail(msg, len, r, "vkCreateDescriptorPool");
-    VkDescriptorSetAllocateInfo dai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO, .descriptorPool = d->dpool,
-                                       .descriptorSetCount = 1, .pSetLayouts = &d->dsl};
-    if ((r = vkAllocateDescriptorSets(d->dev, &dai, &d->set))) return vk_fail(msg, len, r, "vkAllocateDescriptorSets");
-
-    VkCommandPoolCreateInfo cpci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
-                                    .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
-                                    .queueFamilyIndex = (uint32_t)d->qfam};
-    if ((r = vkCreateCommandPool(d->dev, &cpci, NULL, &d->cpool))) return vk_fail(msg, len, r, "vkCreateCommandPool");
-    VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = d->cpool,
-                                       .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1};
-    if ((r = vkAllocateCommandBuffers(d->dev, &cai, &d->cmd))) return vk_fail(msg, len, r, "vkAllocateCommandBuffers");
-    VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
-    if ((r = vkCreateFence(d->dev, &fci, NULL, &d->fence))) return vk_fail(msg, len, r, "vkCreateFence");
-    const char *fixup = getenv("DROPBLOCK_VULKAN_FIXUP");
-    d->hwexact = vk_probe_exact(d) && !(fixup && !strcmp(fixup, "1"));
-    return vk_warm_up(d, msg, len);
+    return vk_prepare_submission(d, msg, len);
 }
 
 /* the bytes of the counts the host reads: per sample, K, the completion words (vk_record_mask) */
@@ -379,26 +307,38 @@ static int mask_pass(struct vk_dev *d, const struct db_plan *pl, const struct db
     return DROPBLOCK_EINTERNAL;
 }
 
-/* The job from x to y: in/out in host memory, or (bench, resident) the device's x/y buffers
- * already hold x. */
-int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, const void *in, void *out,
-                  void *mask, int resident, dropblock_result *res, char *msg, size_t len)
-{
-    const uint64_t t0 = db_now_us();
-    const size_t es = dropblock_dtype_size(pl->p.dtype);
-    const uint64_t units = db_units(pl);
-    const struct db_tuning tu = vk_job_tuning(d, pl, 0), safe = vk_job_tuning(d, pl, 1);
-    const uint32_t fault = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? mask_fault() : 0;
-    uint64_t reruns = 0;
-    uint64_t per = chunk_units(pl, dev->info.max_buffer, msg, len);
-    if (!per) return DROPBLOCK_EEXHAUSTED;
-    const uint64_t nchunks = (units + per - 1) / per;
-    if (resident && nchunks != 1) {
-        db_msg(msg, len, "the tensor takes %llu chunks on this device; the benchmark takes one", (unsigned long long)nchunks);
-        return DROPBLOCK_EINVAL;
-    }
+/* A job's state between its parts (vk_job): the plan's chunks, the tunings, the tensors'
+ * buffers and the host's counts, scales and mask bits. */
+struct job {
+    struct vk_dev *d;
+    struct db_device *dev;
+    const struct db_plan *pl;
+    const void *in;
+    void *out, *mask;
+    dropblock_result *res;
+    size_t es;
+    uint64_t units, per, nchunks;
+    struct db_tuning tu, safe;
+    uint32_t fault;   /* DROPBLOCK_VULKAN_MASK_FAULT on a CPU device, else 0 */
+    uint64_t reruns;  /* mask passes of this job rerun with the worst-case budget */
+    int fused;        /* one chunk, one submission with the device's scale pass */
+    int copy_in;      /* x through the x buffer's mapped memory */
+    VkBuffer xb;      /* the buffer the passes run on */
+    VkBuffer src, dst; /* staged: x copied onto xb from src, y off it to dst (else VK_NULL_HANDLE) */
+    struct vk_buf xi, yi; /* the caller's tensors, imported */
+    uint64_t *kept;
+    uint32_t *scales;
+    uint32_t *hmask; /* the mask of every chunk, between the passes, when there are several */
+};
 
-    /* every chunk fits buffers sized for the largest one */
+/* The job's host arrays and device buffers, every chunk fitting buffers sized for the largest
+ * one; x and y imported where they can be; the descriptor set bound. */
+static int job_setup(struct job *j, int resident, char *msg, size_t len)
+{
+    struct vk_dev *d = j->d;
+    const struct db_plan *pl = j->pl;
+    const uint64_t units = j->units, per = j->per, nchunks = j->nchunks;
+    const size_t es = j->es;
     struct db_chunk ch;
     uint64_t max_elem = 0, max_samp = 0;
     for (uint64_t q = 0; q < nchunks; q++) {
@@ -407,129 +347,144 @@ int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, co
         if (ch.nsamp > max_samp) max_samp = ch.nsamp;
     }
     const uint64_t max_words = (max_elem + 31) / 32;
-    const int fused = nchunks == 1 && !pl->keras && max_samp <= DB_DEVICE_SCALE_MAX_SAMPLES;
+    const int fused = j->fused = nchunks == 1 && !pl->keras && max_samp <= DB_DEVICE_SCALE_MAX_SAMPLES;
 
     int rc = DROPBLOCK_OK;
-    struct vk_buf xi = {0}, yi = {0}; /* the caller's tensors, imported */
-    uint64_t *kept = calloc(pl->N, sizeof *kept);
-    uint32_t *scales = calloc(pl->N, sizeof *scales);
-    uint32_t *hmask = NULL; /* the mask of every chunk, between the passes, when there are several */
+    j->kept = calloc(pl->N, sizeof *j->kept);
+    j->scales = calloc(pl->N, sizeof *j->scales);
     if (nchunks > 1 && units * db_unit_elems(pl) / 32 + nchunks < SIZE_MAX / 4)
-        hmask = malloc((units * db_unit_elems(pl) / 32 + nchunks) * 4);
-    if (!kept || !scales || (nchunks > 1 && !hmask)) {
+        j->hmask = malloc((units * db_unit_elems(pl) / 32 + nchunks) * 4);
+    if (!j->kept || !j->scales || (nchunks > 1 && !j->hmask)) {
         db_msg(msg, len, "out of host memory for the mask of %llu elements", (unsigned long long)pl->numel);
-        rc = DROPBLOCK_EEXHAUSTED;
-        goto done;
+        return DROPBLOCK_EEXHAUSTED;
     }
     const uint64_t sizes[B_N] = {DBP_COUNT * 4, max_words * 4 + 64, 64, max_samp * 8 + 80,
                                  ((max_elem * es + 3) & ~UINT64_C(3)) + 64, 0, (fused ? pl->N : max_samp) * 4,
                                  max_words * 4 + 64};
     for (int i = 0; i < B_N && !rc; i++)
         if (i != B_Y && !(resident && i == B_X)) rc = vk_buf_ensure(d, i, sizes[i], msg, len);
-    if (rc) goto done;
+    if (rc) return rc;
     VkBuffer xb = d->bufs[B_X].buf, yb = xb;
     if (resident) {
         yb = d->bufs[B_Y].buf;
-    } else if (nchunks == 1 && vk_buf_import(d, &xi, in, pl->numel * es)) {
-        if (in == out) yb = xb = xi.buf;
-        else if (vk_buf_import(d, &yi, out, pl->numel * es)) { xb = xi.buf; yb = yi.buf; }
-        else vk_buf_free(d, &xi);
+    } else if (nchunks == 1 && vk_buf_import(d, &j->xi, j->in, pl->numel * es)) {
+        if (j->in == j->out) yb = xb = j->xi.buf;
+        else if (vk_buf_import(d, &j->yi, j->out, pl->numel * es)) { xb = j->xi.buf; yb = j->yi.buf; }
+        else vk_buf_free(d, &j->xi);
     }
-    const int copy_in = !resident && !xi.buf; /* x through the x buffer's mapped memory */
+    j->copy_in = !resident && !j->xi.buf;
     /* staged: the passes run on the device's x buffer, x copied onto it from src (the imported
      * tensor or the twin) and y off it to dst */
-    VkBuffer src = VK_NULL_HANDLE, dst = VK_NULL_HANDLE;
+    j->src = j->dst = VK_NULL_HANDLE;
     if (d->staged && !resident) {
-        src = xb == d->bufs[B_X].buf ? d->bufs[B_X].twin : xb;
-        dst = yb == d->bufs[B_X].buf ? d->bufs[B_X].twin : yb;
+        j->src = xb == d->bufs[B_X].buf ? d->bufs[B_X].twin : xb;
+        j->dst = yb == d->bufs[B_X].buf ? d->bufs[B_X].twin : yb;
         xb = yb = d->bufs[B_X].buf;
     }
     vk_bind_all(d, xb, yb);
+    j->xb = xb;
+    return DROPBLOCK_OK;
+}
+
+/* One chunk that the device's scale pass takes: mask, scales and apply in one submission (two
+ * where the mask pass may need a rerun), the scales checked against the host's exact ones. */
+static int job_fused(struct job *j, char *msg, size_t len)
+{
+    struct vk_dev *d = j->d;
+    const struct db_plan *pl = j->pl;
+    const size_t es = j->es;
+    const VkBuffer xb = j->xb, src = j->src, dst = j->dst;
     uint32_t *prm = d->bufs[B_PRM].map;
     const uint32_t *partial = d->bufs[B_KEPT].map;
-
-    if (fused) {
-        db_chunk_at(pl, 0, units, &ch);
-        if (copy_in) memcpy(d->bufs[B_X].map, in, ch.nelem * es);
-        /* one submission, unless the mask pass may need a rerun (the apply may overwrite x) */
-        const int alone = memcmp(&tu, &safe, sizeof tu) != 0;
-        if (alone) {
-            if ((rc = mask_pass(d, pl, &ch, &tu, &safe, 0, &reruns, msg, len))) goto done;
-        } else {
-            db_kernel_params(pl, &ch, &tu, prm);
-        }
-        if ((rc = vk_begin(d, msg, len))) goto done;
-        if (!alone) vk_record_mask(d, prm);
-        if (src) vk_copy(d, src, xb, ch.nelem * es, 0); /* beside the mask pass, which does not read x */
-        vk_step(d, d->pipes[PASS_SCALE], ch.nsamp, 0); /* after a barrier, for the mask pass of either submission */
-        record_apply(d, pl, prm);
-        if (dst) vk_copy(d, xb, dst, ch.nelem * es, 1);
-        vk_to_host(d, B_KEPT, vk_kept_bytes(prm));
-        vk_to_host(d, B_SCALES, ch.nsamp * 4);
-        if (mask) vk_to_host(d, B_MASK, (ch.nelem + 31) / 32 * 4);
-        if ((rc = vk_submit(d, msg, len))) goto done;
-        if (!alone && !vk_mask_done(d, prm)) {
-            db_msg(msg, len, "the mask pass was cut short (an invocation did not run to its end)");
-            rc = DROPBLOCK_EINTERNAL;
-            goto done;
-        }
-        for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] = (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
-        if (fault && !reruns) {
-            db_msg(msg, len, "DROPBLOCK_VULKAN_MASK_FAULT=%u: no mask pass was rerun", (unsigned)fault);
-            rc = DROPBLOCK_EINTERNAL;
-            goto done;
-        }
-        if ((rc = db_plan_scales(pl, kept, scales, res))) goto done;
-        if (memcmp(scales, d->bufs[B_SCALES].map, pl->N * 4)) {
-            db_msg(msg, len, "the device's scale 0x%08x differs from the exact 0x%08x",
-                   ((const uint32_t *)d->bufs[B_SCALES].map)[0], scales[0]);
-            rc = DROPBLOCK_EINTERNAL;
-            goto done;
-        }
-        if (copy_in) memcpy(out, d->bufs[B_X].map, ch.nelem * es);
-        if (mask) db_mask_export_flat(pl, d->bufs[B_MASK].map, ch.e0, ch.nelem, mask);
-        res->timing_us[0] = res->timing_us[1] = res->timing_us[2] = 0; /* one submission: not separable */
-        goto done;
+    struct db_chunk ch;
+    int rc;
+    db_chunk_at(pl, 0, j->units, &ch);
+    if (j->copy_in) memcpy(d->bufs[B_X].map, j->in, ch.nelem * es);
+    /* one submission, unless the mask pass may need a rerun (the apply may overwrite x) */
+    const int alone = memcmp(&j->tu, &j->safe, sizeof j->tu) != 0;
+    if (alone) {
+        if ((rc = mask_pass(d, pl, &ch, &j->tu, &j->safe, 0, &j->reruns, msg, len))) return rc;
+    } else {
+        db_kernel_params(pl, &ch, &j->tu, prm);
     }
-
-    /* pass 1: mask bits and counts, chunk by chunk */
-    uint64_t *mofs = hmask ? calloc(nchunks, sizeof *mofs) : NULL; /* each chunk's words in hmask */
-    if (hmask && !mofs) {
-        db_msg(msg, len, "out of host memory");
-        rc = DROPBLOCK_EEXHAUSTED;
-        goto done;
+    if ((rc = vk_begin(d, msg, len))) return rc;
+    if (!alone) vk_record_mask(d, prm);
+    if (src) vk_copy(d, src, xb, ch.nelem * es, 0); /* beside the mask pass, which does not read x */
+    vk_step(d, d->pipes[PASS_SCALE], ch.nsamp, 0); /* after a barrier, for the mask pass of either submission */
+    record_apply(d, pl, prm);
+    if (dst) vk_copy(d, xb, dst, ch.nelem * es, 1);
+    vk_to_host(d, B_KEPT, vk_kept_bytes(prm));
+    vk_to_host(d, B_SCALES, ch.nsamp * 4);
+    if (j->mask) vk_to_host(d, B_MASK, (ch.nelem + 31) / 32 * 4);
+    if ((rc = vk_submit(d, msg, len))) return rc;
+    if (!alone && !vk_mask_done(d, prm)) {
+        db_msg(msg, len, "the mask pass was cut short (an invocation did not run to its end)");
+        return DROPBLOCK_EINTERNAL;
     }
+    for (uint64_t s = 0; s < ch.nsamp; s++) j->kept[ch.n0 + s] = (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
+    if (j->fault && !j->reruns) {
+        db_msg(msg, len, "DROPBLOCK_VULKAN_MASK_FAULT=%u: no mask pass was rerun", (unsigned)j->fault);
+        return DROPBLOCK_EINTERNAL;
+    }
+    if ((rc = db_plan_scales(pl, j->kept, j->scales, j->res))) return rc;
+    if (memcmp(j->scales, d->bufs[B_SCALES].map, pl->N * 4)) {
+        db_msg(msg, len, "the device's scale 0x%08x differs from the exact 0x%08x",
+               ((const uint32_t *)d->bufs[B_SCALES].map)[0], j->scales[0]);
+        return DROPBLOCK_EINTERNAL;
+    }
+    if (j->copy_in) memcpy(j->out, d->bufs[B_X].map, ch.nelem * es);
+    if (j->mask) db_mask_export_flat(pl, d->bufs[B_MASK].map, ch.e0, ch.nelem, j->mask);
+    j->res->timing_us[0] = j->res->timing_us[1] = j->res->timing_us[2] = 0; /* one submission: not separable */
+    return DROPBLOCK_OK;
+}
+
+/* pass 1 of a chunked job: mask bits and counts, chunk by chunk; each chunk's mask bits kept in
+ * hmask at mofs[q] when there is an hmask */
+static int job_masks(struct job *j, uint64_t *mofs, char *msg, size_t len)
+{
+    struct vk_dev *d = j->d;
+    const struct db_plan *pl = j->pl;
+    const uint64_t units = j->units, per = j->per, nchunks = j->nchunks;
+    const uint32_t *partial = d->bufs[B_KEPT].map;
+    struct db_chunk ch;
+    int rc = DROPBLOCK_OK;
     uint64_t at = 0;
     for (uint64_t q = 0; q < nchunks && !rc; q++) {
-        db_progress(dev, DB_PASS_MASK, q + 1, nchunks);
+        db_progress(j->dev, DB_PASS_MASK, q + 1, nchunks);
         db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        if ((rc = mask_pass(d, pl, &ch, &tu, &safe, hmask || mask ? (ch.nelem + 31) / 32 * 4 : 0, &reruns, msg, len)))
+        if ((rc = mask_pass(d, pl, &ch, &j->tu, &j->safe, j->hmask || j->mask ? (ch.nelem + 31) / 32 * 4 : 0,
+                            &j->reruns, msg, len)))
             break;
         for (uint64_t s = 0; s < ch.nsamp; s++)
-            kept[ch.n0 + s] += (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
-        if (hmask) {
+            j->kept[ch.n0 + s] += (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
+        if (j->hmask) {
             mofs[q] = at;
-            memcpy(hmask + at, d->bufs[B_MASK].map, (ch.nelem + 31) / 32 * 4);
+            memcpy(j->hmask + at, d->bufs[B_MASK].map, (ch.nelem + 31) / 32 * 4);
             at += (ch.nelem + 31) / 32;
         }
     }
-    const uint64_t t1 = db_now_us();
-    if (!rc && fault && !reruns) {
-        db_msg(msg, len, "DROPBLOCK_VULKAN_MASK_FAULT=%u: no mask pass was rerun", (unsigned)fault);
-        rc = DROPBLOCK_EINTERNAL;
-    }
-    db_progress(dev, DB_PASS_SCALES, 0, 0);
-    if (!rc) rc = db_plan_scales(pl, kept, scales, res);
-    const uint64_t t2 = db_now_us();
+    return rc;
+}
 
-    /* pass 3: y = (x * scale) * keep, chunk by chunk */
+/* pass 3 of a chunked job: y = (x * scale) * keep, chunk by chunk */
+static int job_applies(struct job *j, const uint64_t *mofs, char *msg, size_t len)
+{
+    struct vk_dev *d = j->d;
+    const struct db_plan *pl = j->pl;
+    const uint64_t units = j->units, per = j->per, nchunks = j->nchunks;
+    const size_t es = j->es;
+    const VkBuffer xb = j->xb, src = j->src, dst = j->dst;
+    uint32_t *prm = d->bufs[B_PRM].map;
+    const uint32_t *hmask = j->hmask;
+    struct db_chunk ch;
+    int rc = DROPBLOCK_OK;
     for (uint64_t q = 0; q < nchunks && !rc; q++) {
-        db_progress(dev, DB_PASS_APPLY, q + 1, nchunks);
+        db_progress(j->dev, DB_PASS_APPLY, q + 1, nchunks);
         db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        db_kernel_params(pl, &ch, &tu, prm);
-        memcpy(d->bufs[B_SCALES].map, scales + ch.n0, ch.nsamp * 4);
+        db_kernel_params(pl, &ch, &j->tu, prm);
+        memcpy(d->bufs[B_SCALES].map, j->scales + ch.n0, ch.nsamp * 4);
         if (hmask) memcpy(d->bufs[B_MASK].map, hmask + mofs[q], (ch.nelem + 31) / 32 * 4);
-        if (copy_in) memcpy(d->bufs[B_X].map, (const char *)in + ch.e0 * es, ch.nelem * es);
+        if (j->copy_in) memcpy(d->bufs[B_X].map, (const char *)j->in + ch.e0 * es, ch.nelem * es);
         if (!(rc = vk_begin(d, msg, len))) {
             vk_to_device(d, B_SCALES, ch.nsamp * 4);
             if (hmask) vk_to_device(d, B_MASK, (ch.nelem + 31) / 32 * 4);
@@ -539,23 +494,66 @@ int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, co
             rc = vk_submit(d, msg, len);
         }
         if (rc) break;
-        if (copy_in) memcpy((char *)out + ch.e0 * es, d->bufs[B_X].map, ch.nelem * es);
-        if (mask) db_mask_export_flat(pl, hmask ? hmask + mofs[q] : d->bufs[B_MASK].map, ch.e0, ch.nelem, mask);
+        if (j->copy_in) memcpy((char *)j->out + ch.e0 * es, d->bufs[B_X].map, ch.nelem * es);
+        if (j->mask) db_mask_export_flat(pl, hmask ? hmask + mofs[q] : d->bufs[B_MASK].map, ch.e0, ch.nelem, j->mask);
     }
-    free(mofs);
-    res->timing_us[0] = t1 - t0; /* buffers, mask and count passes */
-    res->timing_us[1] = t2 - t1;
-    res->timing_us[2] = db_now_us() - t2;
+    return rc;
+}
 
-done:
-    if (reruns)
+/* A job of several chunks (or one the device's scale pass does not take): pass 1 chunk by
+ * chunk, the scales on the host, then pass 3 chunk by chunk; timings of the three from t0. */
+static int job_chunked(struct job *j, uint64_t t0, char *msg, size_t len)
+{
+    uint64_t *mofs = j->hmask ? calloc(j->nchunks, sizeof *mofs) : NULL; /* each chunk's words in hmask */
+    if (j->hmask && !mofs) {
+        db_msg(msg, len, "out of host memory");
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    int rc = job_masks(j, mofs, msg, len);
+    const uint64_t t1 = db_now_us();
+    if (!rc && j->fault && !j->reruns) {
+        db_msg(msg, len, "DROPBLOCK_VULKAN_MASK_FAULT=%u: no mask pass was rerun", (unsigned)j->fault);
+        rc = DROPBLOCK_EINTERNAL;
+    }
+    db_progress(j->dev, DB_PASS_SCALES, 0, 0);
+    if (!rc) rc = db_plan_scales(j->pl, j->kept, j->scales, j->res);
+    const uint64_t t2 = db_now_us();
+    if (!rc) rc = job_applies(j, mofs, msg, len);
+    free(mofs);
+    j->res->timing_us[0] = t1 - t0; /* buffers, mask and count passes */
+    j->res->timing_us[1] = t2 - t1;
+    j->res->timing_us[2] = db_now_us() - t2;
+    return rc;
+}
+
+/* The job from x to y: in/out in host memory, or (bench, resident) the device's x/y buffers
+ * already hold x. */
+int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, const void *in, void *out,
+           void *mask, int resident, dropblock_result *res, char *msg, size_t len)
+{
+    const uint64_t t0 = db_now_us();
+    struct job j = {.d = d, .dev = dev, .pl = pl, .in = in, .out = out, .mask = mask, .res = res,
+                    .es = dropblock_dtype_size(pl->p.dtype), .units = db_units(pl)};
+    j.tu = vk_job_tuning(d, pl, 0);
+    j.safe = vk_job_tuning(d, pl, 1);
+    j.fault = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? mask_fault() : 0;
+    j.per = chunk_units(pl, dev->info.max_buffer, msg, len);
+    if (!j.per) return DROPBLOCK_EEXHAUSTED;
+    j.nchunks = (j.units + j.per - 1) / j.per;
+    if (resident && j.nchunks != 1) {
+        db_msg(msg, len, "the tensor takes %llu chunks on this device; the benchmark takes one", (unsigned long long)j.nchunks);
+        return DROPBLOCK_EINVAL;
+    }
+    int rc = job_setup(&j, resident, msg, len);
+    if (!rc) rc = j.fused ? job_fused(&j, msg, len) : job_chunked(&j, t0, msg, len);
+    if (j.reruns)
         db_dev_log(dev, "%llu mask pass(es) of a job cut short by the loop limit, rerun with the worst-case budget (%llu so far)",
-                   (unsigned long long)reruns, (unsigned long long)d->mask_reruns);
-    if (xi.buf) vk_buf_free(d, &xi);
-    if (yi.buf) vk_buf_free(d, &yi);
-    free(hmask);
-    free(kept);
-    free(scales);
+                   (unsigned long long)j.reruns, (unsigned long long)d->mask_reruns);
+    if (j.xi.buf) vk_buf_free(d, &j.xi);
+    if (j.yi.buf) vk_buf_free(d, &j.yi);
+    free(j.hmask);
+    free(j.kept);
+    free(j.scales);
     res->timing_us[3] = db_now_us() - t0;
     return rc;
 }

@@ -3,7 +3,7 @@
  * numbers, the device's state, and the functions one file calls in another.
  *
  *   vulkan_device.c  errors, enumerate, pipelines, tuning, release, recording and submitting,
- *                    the subnormal probe and the warm-up
+ *                    prepare's device and its submission objects, the subnormal probe and the warm-up
  *   vulkan_memory.c  memory types, buffers (kept, twins, imports), bindings, staged copies
  *   vulkan_bench.c   the benchmark: bench.comp's pipelines and measures
  *   backend_vulkan.c the pipeline cache, prepare, the job (run) and the vtable */
@@ -94,13 +94,12 @@ extern const struct spv vk_bench_spv[BS_N]; /* vulkan_bench.c */
 int vk_fail(char *msg, size_t len, VkResult r, const char *what);
 int vk_enumerate(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg, size_t len);
 VkResult vk_make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *out);
-void vk_choose_tuning(struct vk_dev *d);
 void vk_release(struct db_device *dev);
 int vk_begin(struct vk_dev *d, char *msg, size_t len);
 void vk_step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first);
 int vk_submit(struct vk_dev *d, char *msg, size_t len);
-int vk_probe_exact(struct vk_dev *d);
-int vk_warm_up(struct vk_dev *d, char *msg, size_t len);
+int vk_prepare_device(struct vk_dev *d, char *msg, size_t len);
+int vk_prepare_submission(struct vk_dev *d, char *msg, size_t len);
 
 /* vulkan_memory.c */
 int vk_buf_make(const struct vk_dev *d, struct vk_buf *b, uint64_t size, const char *what, int local, int twin,

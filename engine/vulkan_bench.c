@@ -101,6 +101,10 @@ static int bench_one(struct vk_dev *d, struct db_device *dev, const struct db_pl
     return vk_submit(d, msg, len);
 }
 
+/* The benchmark (engine.h's DB_BENCH_*) of pl on x = xh: each measure in whats warmup times
+ * unrecorded, then reps times into us. About 85 lines in one: the buffers it sets up (x and y
+ * resident, the baseline's on the pass bindings) are what its loop measures on and what it
+ * gives back at its end. */
 int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup,
                     int reps, double *us, char *msg, size_t len)
 {

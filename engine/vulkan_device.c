@@ -262,7 +262,7 @@ VkResult vk_make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *o
  * few threads, so every Philox word is best made once, but it ends an invocation whose loops
  * pass 65535 iterations), of 8 rows and at most 4096 candidates on GPUs, for parallelism; small
  * tiles several to an invocation. */
-void vk_choose_tuning(struct vk_dev *d)
+static void vk_choose_tuning(struct vk_dev *d)
 {
     uint32_t sg = d->subgroup ? d->subgroup : 32, local = 4 * sg;
     if (local < 64) local = 64;
@@ -362,7 +362,7 @@ int vk_submit(struct vk_dev *d, char *msg, size_t len)
 /* Whether the device's fast apply keeps subnormal f32 products exact: apply.comp's probe
  * variant on db_probe_subnormals' inputs, against core/fp.h (as the OpenCL backend's
  * probe_exact). Any failure on the way: not exact. */
-int vk_probe_exact(struct vk_dev *d)
+static int vk_probe_exact(struct vk_dev *d)
 {
     enum { NP = 256 };
     static const struct spv probe = {db_spv_probe, sizeof db_spv_probe, "probe"};
@@ -404,7 +404,7 @@ int vk_probe_exact(struct vk_dev *d)
  * vkCreateComputePipelines: lavapipe JITs each shader then, 0.2 to 1.5 s for the mask pass, which
  * the first job would otherwise pay. step counts a pass first dispatched after this as cold
  * (describe: cold=N; tests/test_warmup.c checks that jobs of every kind leave it 0). */
-int vk_warm_up(struct vk_dev *d, char *msg, size_t len)
+static int vk_warm_up(struct vk_dev *d, char *msg, size_t len)
 {
     int rc = vk_buf_ensure(d, B_PRM, DBP_COUNT * 4, msg, len);
     if (rc) return rc;
@@ -419,3 +419,116 @@ int vk_warm_up(struct vk_dev *d, char *msg, size_t len)
     return DROPBLOCK_OK;
 }
 
+/* ---- prepare ---------------------------------------------------------------------------
+ * backend_vulkan.c's vk_prepare: vk_prepare_device, the pipeline cache and the pipelines,
+ * vk_prepare_submission. */
+
+/* whether the device can run the passes at all */
+static int check_device(const struct vk_dev *d, char *msg, size_t len)
+{
+    if (d->props.apiVersion < VK_API_VERSION_1_1) {
+        db_msg(msg, len, "Vulkan 1.1 required, device has %u.%u", VK_VERSION_MAJOR(d->props.apiVersion),
+               VK_VERSION_MINOR(d->props.apiVersion));
+        return DROPBLOCK_EUNAVAILABLE;
+    }
+    if (!d->has_int64) {
+        db_msg(msg, len, "device lacks the shaderInt64 feature (the passes use 64-bit integers)");
+        return DROPBLOCK_EUNAVAILABLE;
+    }
+    if (d->qfam < 0) {
+        db_msg(msg, len, "device has no compute queue");
+        return DROPBLOCK_EUNAVAILABLE;
+    }
+    return DROPBLOCK_OK;
+}
+
+/* the logical device with one compute queue (and VK_EXT_external_memory_host where offered),
+ * staged or not */
+static int make_device(struct vk_dev *d, char *msg, size_t len)
+{
+    VkResult r;
+    float prio = 1.0f;
+    VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
+                                   .queueFamilyIndex = (uint32_t)d->qfam, .queueCount = 1, .pQueuePriorities = &prio};
+    VkPhysicalDeviceFeatures feat = {.shaderInt64 = VK_TRUE};
+    const char *exts[2] = {VK_KHR_EXTERNAL_MEMORY_EXTENSION_NAME, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME};
+    VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .queueCreateInfoCount = 1,
+                              .pQueueCreateInfos = &qci, .pEnabledFeatures = &feat};
+    /* VK_KHR_external_memory is core in 1.1: only the host extension is named */
+    if (d->has_import) {
+        dci.enabledExtensionCount = 1;
+        dci.ppEnabledExtensionNames = &exts[1];
+    }
+    if ((r = vkCreateDevice(d->pd, &dci, NULL, &d->dev))) {
+        d->dev = VK_NULL_HANDLE;
+        return vk_fail(msg, len, r, "vkCreateDevice");
+    }
+    vkGetDeviceQueue(d->dev, (uint32_t)d->qfam, 0, &d->queue);
+    if (d->has_import)
+        d->get_host_ptr_props =
+            (PFN_vkGetMemoryHostPointerPropertiesEXT)vkGetDeviceProcAddr(d->dev, "vkGetMemoryHostPointerPropertiesEXT");
+    if (!d->get_host_ptr_props) d->has_import = 0;
+    /* staged where the device has memory the host cannot map (discrete GPUs) */
+    const char *stage = getenv("DROPBLOCK_VULKAN_STAGE");
+    for (uint32_t i = 0; i < d->mem.memoryTypeCount; i++) {
+        VkMemoryPropertyFlags f = d->mem.memoryTypes[i].propertyFlags;
+        if ((f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) && !(f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT)) d->staged = 1;
+    }
+    if (stage && (!strcmp(stage, "0") || !strcmp(stage, "1"))) d->staged = stage[0] == '1';
+    return DROPBLOCK_OK;
+}
+
+/* the descriptor set layout of the storage buffers the passes share, and the pipeline layout */
+static int make_layouts(struct vk_dev *d, char *msg, size_t len)
+{
+    VkResult r;
+    VkDescriptorSetLayoutBinding b[B_N];
+    for (int i = 0; i < B_N; i++)
+        b[i] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)i, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                              .descriptorCount = 1, .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
+    VkDescriptorSetLayoutCreateInfo dli = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+                                           .bindingCount = B_N, .pBindings = b};
+    if ((r = vkCreateDescriptorSetLayout(d->dev, &dli, NULL, &d->dsl))) return vk_fail(msg, len, r, "vkCreateDescriptorSetLayout");
+    VkPushConstantRange pcr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .offset = 0, .size = PUSH_BYTES};
+    VkPipelineLayoutCreateInfo pli = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO, .setLayoutCount = 1,
+                                      .pSetLayouts = &d->dsl, .pushConstantRangeCount = 1, .pPushConstantRanges = &pcr};
+    if ((r = vkCreatePipelineLayout(d->dev, &pli, NULL, &d->layout))) return vk_fail(msg, len, r, "vkCreatePipelineLayout");
+    return DROPBLOCK_OK;
+}
+
+/* What prepare needs before the pipelines: the checks, the tuning, the device and layouts. */
+int vk_prepare_device(struct vk_dev *d, char *msg, size_t len)
+{
+    int rc = check_device(d, msg, len);
+    if (rc) return rc;
+    vk_choose_tuning(d);
+    if ((rc = make_device(d, msg, len))) return rc;
+    return make_layouts(d, msg, len);
+}
+
+/* What prepare does after the pipelines: the descriptor set, the command buffer and its fence,
+ * then the subnormal probe and the warm-up. */
+int vk_prepare_submission(struct vk_dev *d, char *msg, size_t len)
+{
+    VkResult r;
+    VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = B_N};
+    VkDescriptorPoolCreateInfo dpi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = 1,
+                                      .poolSizeCount = 1, .pPoolSizes = &ps};
+    if ((r = vkCreateDescriptorPool(d->dev, &dpi, NULL, &d->dpool))) return vk_fail(msg, len, r, "vkCreateDescriptorPool");
+    VkDescriptorSetAllocateInfo dai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO, .descriptorPool = d->dpool,
+                                       .descriptorSetCount = 1, .pSetLayouts = &d->dsl};
+    if ((r = vkAllocateDescriptorSets(d->dev, &dai, &d->set))) return vk_fail(msg, len, r, "vkAllocateDescriptorSets");
+
+    VkCommandPoolCreateInfo cpci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                    .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
+                                    .queueFamilyIndex = (uint32_t)d->qfam};
+    if ((r = vkCreateCommandPool(d->dev, &cpci, NULL, &d->cpool))) return vk_fail(msg, len, r, "vkCreateCommandPool");
+    VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = d->cpool,
+                                       .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1};
+    if ((r = vkAllocateCommandBuffers(d->dev, &cai, &d->cmd))) return vk_fail(msg, len, r, "vkAllocateCommandBuffers");
+    VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    if ((r = vkCreateFence(d->dev, &fci, NULL, &d->fence))) return vk_fail(msg, len, r, "vkCreateFence");
+    const char *fixup = getenv("DROPBLOCK_VULKAN_FIXUP");
+    d->hwexact = vk_probe_exact(d) && !(fixup && !strcmp(fixup, "1"));
+    return vk_warm_up(d, msg, len);
+}

@@ -3,7 +3,8 @@
  * A backend enumerates its devices, prepares its kernels once per device, runs jobs and
  * releases everything. The engine (engine.c) owns the device list, serialises jobs per
  * device, and handles validation and the identity before a backend sees a job. All OpenCL
- * calls live in backend_opencl.c and all Vulkan calls in backend_vulkan.c. */
+ * calls live in backend_opencl.c and its opencl_*.c, all Vulkan calls in backend_vulkan.c and
+ * its vulkan_*.c. */
 #ifndef DROPBLOCK_ENGINE_BACKEND_H
 #define DROPBLOCK_ENGINE_BACKEND_H
 

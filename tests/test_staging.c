@@ -1,4 +1,4 @@
-/* test_staging: OpenCL's staged copy path (engine/backend_opencl.c, "staged copies") gives the
+/* test_staging: OpenCL's staged copy path (engine/opencl_staging.c, "staged copies") gives the
  * CPU reference's bits, whatever the slice: x moved through pinned slots in slices, the applies
  * and the copies overlapped on three queues.
  *   test_staging [--require]

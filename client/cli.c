@@ -21,7 +21,6 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,9 +31,6 @@
 #include "cli.h"
 #include "dropblock_version.h"
 #include "format.h"
-#include "npy.h"
-#include "reference.h"
-#include "sysmem.h"
 
 static const char usage_main[] =
     "usage: dropblock [--socket PATH | --local] COMMAND [options]\n"

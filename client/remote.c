@@ -15,7 +15,6 @@
 #include "conn.h"
 #include "handle.h"
 #include "msg.h"
-#include "plan.h"
 #include "protocol.h"
 #include "sysmem.h"
 
@@ -36,6 +35,38 @@ static int errno_code(int e)
     return e == ENOSPC || e == EFBIG || e == ENOMEM || e == EMFILE || e == ENFILE || e == EAGAIN
                ? DROPBLOCK_EEXHAUSTED
                : DROPBLOCK_EINTERNAL;
+}
+
+/* A region registered on connection gen into the handle's list (region_lock taken here). */
+static int add_region(struct db_conn *c, uint64_t gen, uint32_t rid, void *base, size_t bytes, int fd, char *msg,
+                      size_t msg_len)
+{
+    int rc = DROPBLOCK_OK;
+    pthread_mutex_lock(&c->region_lock);
+    if (c->nregions == c->cap_regions) {
+        size_t cap = c->cap_regions ? c->cap_regions * 2 : 16;
+        struct region *n = realloc(c->regions, cap * sizeof *n);
+        if (n) {
+            c->regions = n;
+            c->cap_regions = cap;
+        }
+    }
+    if (c->gen != gen) {
+        /* the connection it was registered on broke and was replaced meanwhile */
+        rc = DROPBLOCK_EUNAVAILABLE;
+        db_msg(msg, msg_len, "connection to dropblockd lost and re-established during the allocation");
+    } else if (c->nregions < c->cap_regions) {
+        c->regions[c->nregions].id = rid;
+        c->regions[c->nregions].base = base;
+        c->regions[c->nregions].size = bytes;
+        c->regions[c->nregions].fd = fd;
+        c->nregions++;
+    } else {
+        rc = DROPBLOCK_EEXHAUSTED; /* the daemon keeps the region until we disconnect */
+        db_msg(msg, msg_len, "out of memory for the region list");
+    }
+    pthread_mutex_unlock(&c->region_lock);
+    return rc;
 }
 
 int remote_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len)
@@ -89,32 +120,7 @@ int remote_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg
         db_msg(msg, msg_len, "the region.register reply does not match the region");
     }
     cJSON_Delete(reply);
-    if (!rc) {
-        pthread_mutex_lock(&c->region_lock);
-        if (c->nregions == c->cap_regions) {
-            size_t cap = c->cap_regions ? c->cap_regions * 2 : 16;
-            struct region *n = realloc(c->regions, cap * sizeof *n);
-            if (n) {
-                c->regions = n;
-                c->cap_regions = cap;
-            }
-        }
-        if (c->gen != gen) {
-            /* the connection it was registered on broke and was replaced meanwhile */
-            rc = DROPBLOCK_EUNAVAILABLE;
-            db_msg(msg, msg_len, "connection to dropblockd lost and re-established during the allocation");
-        } else if (c->nregions < c->cap_regions) {
-            c->regions[c->nregions].id = (uint32_t)rid;
-            c->regions[c->nregions].base = base;
-            c->regions[c->nregions].size = bytes;
-            c->regions[c->nregions].fd = fd;
-            c->nregions++;
-        } else {
-            rc = DROPBLOCK_EEXHAUSTED; /* the daemon keeps the region until we disconnect */
-            db_msg(msg, msg_len, "out of memory for the region list");
-        }
-        pthread_mutex_unlock(&c->region_lock);
-    }
+    if (!rc) rc = add_region(c, gen, (uint32_t)rid, base, bytes, fd, msg, msg_len);
     if (rc) {
         munmap(base, bytes);
         close(fd);

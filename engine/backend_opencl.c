@@ -288,7 +288,171 @@ int ocl_host_scales(const struct job *j, const uint32_t *partial, uint64_t *kept
     return db_plan_scales(j->pl, kept, scales, res);
 }
 
-/* The job from x to y: in/out in host memory, or (bench) xres/yres already on the device. */
+/* A job's host memory: allocated for the job, freed by job_mem_free. */
+struct job_mem {
+    uint32_t *prms;             /* parameter words, DBP_COUNT a chunk */
+    uint32_t *partial;          /* each chunk's per-sample kept counts as read back (two u32 a sample) */
+    uint64_t *kept;             /* K per sample */
+    uint32_t *scales, *dscales; /* the host's exact scales; the device's (fused) */
+    uint32_t *words;            /* the chunks' mask words, where the mask is wanted */
+    cl_mem *xs, *ys;            /* the caller's memory used in place, per chunk */
+};
+
+static int job_mem_alloc(struct job_mem *m, const struct job *j, int want_mask, char *msg, size_t len)
+{
+    const uint64_t N = j->pl->N;
+    m->prms = malloc(j->nchunks * DBP_COUNT * 4);
+    m->partial = malloc(j->nchunks * j->max_samp * 8);
+    m->kept = calloc(N, sizeof *m->kept);
+    m->scales = calloc(N, sizeof *m->scales);
+    m->dscales = calloc(N, sizeof *m->dscales);
+    m->words = want_mask ? malloc(j->max_words * 4 * j->nchunks) : NULL;
+    m->xs = calloc(j->nchunks, sizeof *m->xs);
+    m->ys = calloc(j->nchunks, sizeof *m->ys);
+    if (!m->prms || !m->partial || !m->kept || !m->scales || !m->dscales || (want_mask && !m->words) || !m->xs ||
+        !m->ys) {
+        db_msg(msg, len, "out of host memory for %llu chunks", (unsigned long long)j->nchunks);
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    return DROPBLOCK_OK;
+}
+
+static void job_mem_free(struct ocl_dev *od, const struct job *j, struct job_mem *m)
+{
+    /* nothing may still use host memory we are about to free (non-blocking transfers) */
+    clFinish(od->queue);
+    if (od->q_up) clFinish(od->q_up);
+    if (od->q_down) clFinish(od->q_down);
+    for (uint64_t q = 0; m->xs && m->ys && q < j->nchunks; q++) {
+        if (m->xs[q]) clReleaseMemObject(m->xs[q]);
+        if (m->ys[q]) clReleaseMemObject(m->ys[q]);
+    }
+    free(m->xs); free(m->ys);
+    free(m->prms); free(m->partial); free(m->kept); free(m->scales); free(m->dscales); free(m->words);
+}
+
+/* The device buffers every job uses, kept by the device: parameters, counts, scales, masks. */
+static int job_buffers(struct ocl_dev *od, const struct job *j, char *msg, size_t len)
+{
+    int rc;
+    if ((rc = ocl_check(ocl_ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)", msg, len))) return rc;
+    if ((rc = ocl_check(ocl_ensure_buf(od, &od->kept, j->max_samp * 8 + 8), "clCreateBuffer(kept)", msg, len)))
+        return rc;
+    if ((rc = ocl_check(ocl_ensure_buf(od, &od->scales, (j->fused ? j->pl->N : j->max_samp) * 4),
+                        "clCreateBuffer(scales)", msg, len)))
+        return rc;
+    return ocl_check(ocl_ensure_masks(od, j->nchunks, j->max_words), "clCreateBuffer(mask)", msg, len);
+}
+
+/* Pass 1 per chunk, enqueued with the read-back of its counts; the host arrays written and read
+ * here live until job_mem_free's clFinish, so every transfer can be non-blocking on the
+ * in-order queue. */
+static int mask_passes(struct ocl_dev *od, const struct job *j, struct job_mem *m, char *msg, size_t len)
+{
+    int rc = DROPBLOCK_OK;
+    struct db_chunk ch;
+    for (uint64_t q = 0; q < j->nchunks && !rc; q++) {
+        ocl_chunk_of(j, q, &ch);
+        uint32_t *prm = m->prms + q * DBP_COUNT;
+        db_kernel_params(j->pl, &ch, &j->tu, prm);
+        if ((rc = ocl_check(ocl_enqueue_mask(od, prm, od->masks[q].m), "enqueue(db_mask)", msg, len))) break;
+        rc = ocl_check(clEnqueueReadBuffer(od->queue, od->kept.m, CL_FALSE, 0, (size_t)ch.nsamp * 8,
+                                           m->partial + q * j->max_samp * 2, 0, NULL, NULL),
+                       "clEnqueueReadBuffer(kept)", msg, len);
+    }
+    return rc;
+}
+
+/* A fused job's scales on the device, after its mask pass in the same queue, read back into
+ * dscales for the check of fused_check. */
+static int device_scales(struct ocl_dev *od, const struct job *j, uint32_t *dscales, char *msg, size_t len)
+{
+    const uint64_t N = j->pl->N;
+    cl_mem a[3] = {od->prm.m, od->kept.m, od->scales.m};
+    int rc;
+    if ((rc = ocl_check(ocl_set_args(od->k[K_SCALE], 3, a), "clSetKernelArg(db_scale)", msg, len))) return rc;
+    if ((rc = ocl_check(ocl_launch_round(od, od->k[K_SCALE], od->wg_small, N), "clEnqueueNDRangeKernel(db_scale)",
+                        msg, len)))
+        return rc;
+    return ocl_check(clEnqueueReadBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)N * 4, dscales, 0, NULL, NULL),
+                     "clEnqueueReadBuffer(scales)", msg, len);
+}
+
+/* Pass 3 of chunk q, unstaged: from x to y in place where the caller's memory can be used
+ * (xs/ys), else copied in, applied in od->data and copied out; with xres/yres (bench) on the
+ * resident buffers. Then the chunk's mask words are read where wanted. */
+static int apply_chunk(struct ocl_dev *od, const struct job *j, uint64_t q, size_t es, const void *in, void *out,
+                       cl_mem xres, cl_mem yres, struct job_mem *m, char *msg, size_t len)
+{
+    struct db_chunk ch;
+    ocl_chunk_of(j, q, &ch);
+    const uint32_t *prm = m->prms + q * DBP_COUNT;
+    const uint64_t bytes = ch.nelem * es;
+    const char *xin = xres ? NULL : (const char *)in + ch.e0 * es;
+    char *yout = xres ? NULL : (char *)out + ch.e0 * es;
+    cl_mem x = xres, y = yres;
+    int rc;
+    if (!xres) {
+        m->xs[q] = wrap_host(od, xin, bytes, xin != yout);
+        m->ys[q] = xin == yout ? NULL : wrap_host(od, yout, bytes, 0);
+        if (m->xs[q] && (xin == yout || m->ys[q])) {
+            x = m->xs[q];
+            y = xin == yout ? m->xs[q] : m->ys[q];
+        } else { /* copy in, apply in place, copy out */
+            if ((rc = ocl_check(ocl_ensure_buf(od, &od->data, ((j->max_elem * es + 3) & ~UINT64_C(3)) + 64),
+                                "clCreateBuffer(data)", msg, len)))
+                return rc;
+            if ((rc = ocl_check(
+                     clEnqueueWriteBuffer(od->queue, od->data.m, CL_FALSE, 0, (size_t)bytes, xin, 0, NULL, NULL),
+                     "clEnqueueWriteBuffer(x)", msg, len)))
+                return rc;
+            x = y = od->data.m;
+        }
+    }
+    if ((rc = ocl_check(clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL),
+                        "clEnqueueWriteBuffer(params)", msg, len)))
+        return rc;
+    if (!j->fused && (rc = ocl_check(clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4,
+                                                          m->scales + ch.n0, 0, NULL, NULL),
+                                     "clEnqueueWriteBuffer(scales)", msg, len)))
+        return rc;
+    if ((rc = ocl_check(enqueue_apply(od, j->pl, prm, od->masks[q].m, x, y), "enqueue(db_apply)", msg, len)))
+        return rc;
+    if (!xres && y == od->data.m) {
+        if ((rc = ocl_check(clEnqueueReadBuffer(od->queue, y, CL_FALSE, 0, (size_t)bytes, yout, 0, NULL, NULL),
+                            "clEnqueueReadBuffer(y)", msg, len)))
+            return rc;
+    } else if (!xres) { /* makes the device's writes visible in the caller's memory */
+        void *p = clEnqueueMapBuffer(od->queue, y, CL_FALSE, CL_MAP_READ, 0, (size_t)bytes, 0, NULL, NULL, NULL);
+        if (p && (rc = ocl_check(clEnqueueUnmapMemObject(od->queue, y, p, 0, NULL, NULL), "clEnqueueUnmapMemObject(y)",
+                                 msg, len)))
+            return rc;
+    }
+    if (!m->words) return DROPBLOCK_OK;
+    return ocl_check(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0, (size_t)((ch.nelem + 31) / 32 * 4),
+                                         m->words + q * j->max_words, 0, NULL, NULL),
+                     "clEnqueueReadBuffer(mask)", msg, len);
+}
+
+/* A fused job, applied: K for the reply, and the host's exact scales as a check of the device's. */
+static int fused_check(const struct job *j, struct job_mem *m, dropblock_result *res, char *msg, size_t len)
+{
+    struct db_chunk ch;
+    ocl_chunk_of(j, 0, &ch);
+    for (uint64_t s = 0; s < ch.nsamp; s++)
+        m->kept[ch.n0 + s] = (uint64_t)m->partial[2 * s] | ((uint64_t)m->partial[2 * s + 1] << 32);
+    int rc = db_plan_scales(j->pl, m->kept, m->scales, res);
+    if (rc) return rc;
+    if (memcmp(m->scales, m->dscales, j->pl->N * 4)) {
+        db_msg(msg, len, "the device's scale 0x%08x differs from the exact 0x%08x", m->dscales[0], m->scales[0]);
+        return DROPBLOCK_EINTERNAL;
+    }
+    return DROPBLOCK_OK;
+}
+
+/* The job from x to y: in/out in host memory, or (bench) xres/yres already on the device. Pass 1
+ * per chunk; the scales on the device (fused: one chunk, in the same queue) or on the host; pass
+ * 3 staged in slices (opencl_staging.c) or per chunk. */
 int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *out, void *mask,
             cl_mem xres, cl_mem yres, dropblock_result *res, char *msg, size_t len)
 {
@@ -302,150 +466,47 @@ int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *
                (unsigned long long)j.nchunks);
         return DROPBLOCK_EINVAL;
     }
-    uint32_t *prms = malloc(j.nchunks * DBP_COUNT * 4);
-    uint32_t *partial = malloc(j.nchunks * j.max_samp * 8);
-    uint64_t *kept = calloc(pl->N, sizeof *kept);
-    uint32_t *scales = calloc(pl->N, sizeof *scales), *dscales = calloc(pl->N, sizeof *scales);
-    uint32_t *words = mask ? malloc(j.max_words * 4 * j.nchunks) : NULL;
-    cl_mem *xs = calloc(j.nchunks, sizeof *xs), *ys = calloc(j.nchunks, sizeof *ys);
+    struct job_mem m = {0};
     uint64_t t_mask = 0, t_scale = 0, t_apply = 0;
     const uint64_t L = ocl_stage_slice(od, &j, es, xres != NULL); /* 0: unstaged */
-    if (!prms || !partial || !kept || !scales || !dscales || (mask && !words) || !xs || !ys) {
-        db_msg(msg, len, "out of host memory for %llu chunks", (unsigned long long)j.nchunks);
-        rc = DROPBLOCK_EEXHAUSTED;
+    if ((rc = job_mem_alloc(&m, &j, mask != NULL, msg, len)) || (rc = job_buffers(od, &j, msg, len)) ||
+        (rc = mask_passes(od, &j, &m, msg, len)))
         goto done;
-    }
-    if ((rc = ocl_check(ocl_ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)", msg, len))) goto done;
-    if ((rc = ocl_check(ocl_ensure_buf(od, &od->kept, j.max_samp * 8 + 8), "clCreateBuffer(kept)", msg, len)))
-        goto done;
-    if ((rc = ocl_check(ocl_ensure_buf(od, &od->scales, (j.fused ? pl->N : j.max_samp) * 4), "clCreateBuffer(scales)",
-                        msg, len)))
-        goto done;
-    if ((rc = ocl_check(ocl_ensure_masks(od, j.nchunks, j.max_words), "clCreateBuffer(mask)", msg, len))) goto done;
-
-    /* pass 1 per chunk; the host arrays written and read here live until the final
-     * clFinish, so every transfer can be non-blocking on the in-order queue */
-    struct db_chunk ch;
-    for (uint64_t q = 0; q < j.nchunks; q++) {
-        ocl_chunk_of(&j, q, &ch);
-        uint32_t *prm = prms + q * DBP_COUNT;
-        db_kernel_params(pl, &ch, &j.tu, prm);
-        if ((rc = ocl_check(ocl_enqueue_mask(od, prm, od->masks[q].m), "enqueue(db_mask)", msg, len))) goto done;
-        if ((rc = ocl_check(clEnqueueReadBuffer(od->queue, od->kept.m, CL_FALSE, 0, (size_t)ch.nsamp * 8,
-                                                partial + q * j.max_samp * 2, 0, NULL, NULL),
-                            "clEnqueueReadBuffer(kept)", msg, len)))
-            goto done;
-    }
     if (j.fused) {
-        cl_mem a[3] = {od->prm.m, od->kept.m, od->scales.m};
-        if ((rc = ocl_check(ocl_set_args(od->k[K_SCALE], 3, a), "clSetKernelArg(db_scale)", msg, len))) goto done;
-        if ((rc = ocl_check(ocl_launch_round(od, od->k[K_SCALE], od->wg_small, pl->N),
-                            "clEnqueueNDRangeKernel(db_scale)", msg, len)))
-            goto done;
-        if ((rc = ocl_check(
-                 clEnqueueReadBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)pl->N * 4, dscales, 0, NULL, NULL),
-                 "clEnqueueReadBuffer(scales)", msg, len)))
-            goto done;
+        if ((rc = device_scales(od, &j, m.dscales, msg, len))) goto done;
     } else if (!L) {
         if ((rc = ocl_check(clFinish(od->queue), "clFinish(db_mask)", msg, len))) goto done;
         t_mask = db_now_us() - t_start;
         uint64_t t0 = db_now_us();
-        rc = ocl_host_scales(&j, partial, kept, scales, res);
+        rc = ocl_host_scales(&j, m.partial, m.kept, m.scales, res);
         t_scale = db_now_us() - t0;
         if (rc) goto done;
     }
     if (L) { /* pass 3 in slices through pinned memory, overlapped with the copies */
         uint64_t t[3] = {0, 0, 0};
-        rc = ocl_stage_run(od, &j, es, L, in, out, prms, partial, kept, scales, words, t_start, t, res, msg, len);
+        rc = ocl_stage_run(od, &j, es, L, in, out, m.prms, m.partial, m.kept, m.scales, m.words, t_start, t, res, msg,
+                           len);
         if (rc) goto done;
         t_mask = t[0];
         t_scale = t[1];
         t_apply = t[2];
-        goto applied;
+    } else { /* pass 3 per chunk */
+        t_apply = db_now_us();
+        for (uint64_t q = 0; q < j.nchunks && !rc; q++)
+            rc = apply_chunk(od, &j, q, es, in, out, xres, yres, &m, msg, len);
+        if (rc || (rc = ocl_check(clFinish(od->queue), "clFinish(db_apply)", msg, len))) goto done;
     }
-
-    /* pass 3 per chunk */
-    t_apply = db_now_us();
-    for (uint64_t q = 0; q < j.nchunks; q++) {
-        ocl_chunk_of(&j, q, &ch);
-        const uint32_t *prm = prms + q * DBP_COUNT;
-        const uint64_t bytes = ch.nelem * es;
-        const char *xin = xres ? NULL : (const char *)in + ch.e0 * es;
-        char *yout = xres ? NULL : (char *)out + ch.e0 * es;
-        cl_mem x = xres, y = yres;
-        if (!xres) {
-            xs[q] = wrap_host(od, xin, bytes, xin != yout);
-            ys[q] = xin == yout ? NULL : wrap_host(od, yout, bytes, 0);
-            if (xs[q] && (xin == yout || ys[q])) {
-                x = xs[q];
-                y = xin == yout ? xs[q] : ys[q];
-            } else { /* copy in, apply in place, copy out */
-                if ((rc = ocl_check(ocl_ensure_buf(od, &od->data, ((j.max_elem * es + 3) & ~UINT64_C(3)) + 64),
-                                    "clCreateBuffer(data)", msg, len)))
-                    goto done;
-                if ((rc = ocl_check(
-                         clEnqueueWriteBuffer(od->queue, od->data.m, CL_FALSE, 0, (size_t)bytes, xin, 0, NULL, NULL),
-                         "clEnqueueWriteBuffer(x)", msg, len)))
-                    goto done;
-                x = y = od->data.m;
-            }
-        }
-        if ((rc = ocl_check(clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL),
-                            "clEnqueueWriteBuffer(params)", msg, len)))
-            goto done;
-        if (!j.fused && (rc = ocl_check(clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4,
-                                                             scales + ch.n0, 0, NULL, NULL),
-                                        "clEnqueueWriteBuffer(scales)", msg, len)))
-            goto done;
-        if ((rc = ocl_check(enqueue_apply(od, pl, prm, od->masks[q].m, x, y), "enqueue(db_apply)", msg, len)))
-            goto done;
-        if (!xres && y == od->data.m) {
-            if ((rc = ocl_check(clEnqueueReadBuffer(od->queue, y, CL_FALSE, 0, (size_t)bytes, yout, 0, NULL, NULL),
-                                "clEnqueueReadBuffer(y)", msg, len)))
-                goto done;
-        } else if (!xres) { /* makes the device's writes visible in the caller's memory */
-            void *p = clEnqueueMapBuffer(od->queue, y, CL_FALSE, CL_MAP_READ, 0, (size_t)bytes, 0, NULL, NULL, NULL);
-            if (p && (rc = ocl_check(clEnqueueUnmapMemObject(od->queue, y, p, 0, NULL, NULL),
-                                     "clEnqueueUnmapMemObject(y)", msg, len)))
-                goto done;
-        }
-        if (mask && (rc = ocl_check(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0,
-                                                        (size_t)((ch.nelem + 31) / 32 * 4), words + q * j.max_words, 0,
-                                                        NULL, NULL),
-                                    "clEnqueueReadBuffer(mask)", msg, len)))
-            goto done;
-    }
-    if ((rc = ocl_check(clFinish(od->queue), "clFinish(db_apply)", msg, len))) goto done;
-applied:
-    if (j.fused) {
-        /* K for the reply, and the host's exact scales as a check of the device's */
-        ocl_chunk_of(&j, 0, &ch);
-        for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] = (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
-        if ((rc = db_plan_scales(pl, kept, scales, res))) goto done;
-        if (memcmp(scales, dscales, pl->N * 4)) {
-            db_msg(msg, len, "the device's scale 0x%08x differs from the exact 0x%08x", dscales[0], scales[0]);
-            rc = DROPBLOCK_EINTERNAL;
-            goto done;
-        }
-    }
+    if (j.fused && (rc = fused_check(&j, &m, res, msg, len))) goto done;
+    struct db_chunk ch;
     for (uint64_t q = 0; q < j.nchunks && mask; q++) {
         ocl_chunk_of(&j, q, &ch);
-        db_mask_export_flat(pl, words + q * j.max_words, ch.e0, ch.nelem, mask);
+        db_mask_export_flat(pl, m.words + q * j.max_words, ch.e0, ch.nelem, mask);
     }
     res->timing_us[0] = t_mask;
     res->timing_us[1] = t_scale;
     res->timing_us[2] = j.fused ? 0 : db_now_us() - t_apply;
 done:
-    /* nothing may still use host memory we are about to free (non-blocking transfers) */
-    clFinish(od->queue);
-    if (od->q_up) clFinish(od->q_up);
-    if (od->q_down) clFinish(od->q_down);
-    for (uint64_t q = 0; xs && ys && q < j.nchunks; q++) {
-        if (xs[q]) clReleaseMemObject(xs[q]);
-        if (ys[q]) clReleaseMemObject(ys[q]);
-    }
-    free(xs); free(ys);
-    free(prms); free(partial); free(kept); free(scales); free(dscales); free(words);
+    job_mem_free(od, &j, &m);
     res->timing_us[3] = db_now_us() - t_start;
     return rc;
 }

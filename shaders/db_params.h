@@ -53,7 +53,7 @@
 #define DBP_COUNT 60
 
 /* Vulkan descriptor bindings (set 0) of the passes' storage buffers: the numbers the shaders
- * declare (db_glsl.h, apply.comp, exact.comp, fixup.comp, bench.comp) and backend_vulkan.c's
+ * declare (db_glsl.h, apply.comp, exact.comp, fixup.comp, bench.comp) and vulkan_device.c's
  * descriptor set layout uses. AUX is bench.comp's alone; bench.comp puts its other buffers on
  * the pass bindings (noise on MASK, pooled on KEPT, partial sums on SCALES). */
 #define DBB_PRM 0

@@ -17,6 +17,33 @@
 
 #include "db_params.h"
 
+#ifndef DB_BATCH
+/* no batch provided (db_math.h, "candidate words in batches"): one block at a time, at most 8
+ * a batch (the test of the passes), 1 in GLSL */
+#if defined(DB_LANG_GLSL)
+#define DB_BATCH 1
+#define DB_BLK_ARR u64 blk[DB_BATCH]
+#else
+#define DB_BATCH 8
+#define DB_BLK_ARR const u64 *blk
+#endif
+#define DB_QUEUE DB_BATCH
+#define DB_FIRED u32
+#define db_fired_word(f, q) (f)
+#define db_fired_any(f) (f)
+DBFN u32 db_fire_batch(DB_BLK_ARR, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all)
+{
+    u32 bits = 0u; /* DB_BATCH <= 8: one word */
+    for (u32 l = 0u; l < n; l++) {
+        u32x4 w = db_philox(db_ctr_add(base, run != DB_NO_RUN ? run + U64(l) : blk[l]), k0, k1);
+        u32 f = (all != 0u || (w.x & wmask) < thr ? 1u : 0u) | (all != 0u || (w.y & wmask) < thr ? 2u : 0u) |
+                (all != 0u || (w.z & wmask) < thr ? 4u : 0u) | (all != 0u || (w.w & wmask) < thr ? 8u : 0u);
+        bits |= f << (4u * l);
+    }
+    return bits;
+}
+#endif
+
 #if defined(DB_LANG_GLSL)
 #define DB_MASK_BUFS
 #define DB_MASK_ARGS

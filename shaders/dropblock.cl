@@ -5,7 +5,7 @@
  * The host builds it per device with -DDB_VW=<lanes> -DDB_VPW=<vectors per work item>: CPU
  * devices take the device's native int vector width in lanes (16 with AVX-512) and enough
  * vectors that a work item covers one mask word of f32, plus -DDB_VLOAD (db_portable.h) and
- * -DDB_CPU (the mask pass's vector batches, db_math.h); GPUs take 4 lanes and one vector
+ * -DDB_CPU (the mask pass's vector batches, db_philox_cl.h); GPUs take 4 lanes and one vector
  * (16-byte loads). The dtype, the per-sample scale, the fixup and f16's conversions (integers,
  * or the device's where a probe found them exact) are separate kernels, not run-time branches,
  * so that CPU compilers vectorize the work-item loop of each.
@@ -17,6 +17,12 @@
 #endif
 #ifndef DB_VPW
 #define DB_VPW 1
+#endif
+/* db_math.h first and unconditionally: tools/embed_source.py inlines each header once, where
+ * it is first included */
+#include "db_math.h"
+#ifdef DB_CPU
+#include "db_philox_cl.h"
 #endif
 #include "db_passes.h"
 

@@ -1,6 +1,7 @@
 /* conn.h: what the two halves of a connection to dropblockd share (private to client/):
- *   - conn.c:   the connection: tickets, reading and completing replies, sending requests,
- *               connecting, reconnecting, closing (its header comment has the design)
+ *   - conn.c:   the connection: tickets, reading and completing replies, sending requests
+ *               (its header comment has the design)
+ *   - connect.c: connecting (the socket, hello), reconnecting, closing
  *   - remote.c: the remote ops over it: devices, regions (alloc/free), jobs (submit/wait),
  *               limits, status, shutdown */
 #ifndef DROPBLOCK_CLIENT_CONN_H
@@ -92,5 +93,21 @@ void conn_ticket_remove(struct db_conn *c, dropblock_ticket *t);
 int conn_send_text(dropblock_t *h, dropblock_ticket *t, char *body, uint64_t *gen, char *msg, size_t len);
 /* Waits for t; ETIMEDOUT leaves it in flight, anything else takes it out of the table. */
 int conn_wait_ticket(struct db_conn *c, dropblock_ticket *t, int timeout_ms);
+
+/* What connect.c uses of conn.c: */
+/* One frame's JSON, parsed under the lock cJSON needs (NULL if it is not JSON). */
+cJSON *conn_parse_json(const char *data, size_t len);
+/* Writes a whole frame; fd (if >= 0) rides on its first byte. 0 or errno; *sent says how far. */
+int conn_send_frame(int sock, const char *buf, size_t len, int fd, size_t *sent);
+/* An error reply's code and message. */
+int conn_parse_error(const cJSON *r, char *msg, size_t len);
+/* Marks the connection broken (the first reason wins) and fails every ticket in flight (lock
+ * held). */
+void conn_break(struct db_conn *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Starts c->rx, the connection's receiver thread (connect, reconnect). */
+int conn_start_receiver(struct db_conn *c, char *msg, size_t len);
+/* Before a call sends anything (lock not held): reads what the daemon sent meanwhile, without
+ * waiting, when nobody reads (conn.c has the details). */
+void conn_check_idle(struct db_conn *c);
 
 #endif

@@ -735,20 +735,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s DROPBLOCKD [KERNEL_CACHE_DIR]\n", argv[0]);
         return 2;
     }
-    setvbuf(stdout, NULL, _IOLBF, 0);
     daemon_exe = argv[1];
-    const char *wrapper = getenv("DROPBLOCK_DAEMON_WRAPPER");
-    if (wrapper && *wrapper) slow = 10;
-    /* PoCL writes its kernel cache under POCL_CACHE_DIR; never into a home that may be read-only */
-    if (!getenv("POCL_CACHE_DIR")) {
-        mkdir("/tmp/pocl-client", 0700);
-        setenv("POCL_CACHE_DIR", "/tmp/pocl-client", 1);
-    }
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/dbclient-XXXXXX");
-    if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
-    snprintf(sock_path, sizeof sock_path, "%s/d.sock", tmpdir);
     char cache_buf[256];
-    snprintf(cache_buf, sizeof cache_buf, "%s/cache", tmpdir);
+    if (tu_test_start("client", &slow, tmpdir, sizeof tmpdir, sock_path, sizeof sock_path, cache_buf, sizeof cache_buf))
+        return 1;
     cache_dir = argc > 2 ? argv[2] : cache_buf;
     double t0 = tu_now_s();
 

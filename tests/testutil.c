@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -25,6 +26,25 @@ uint64_t tu_rng_next(uint64_t *s)
     *s ^= *s >> 7;
     *s ^= *s << 17;
     return *s;
+}
+
+int tu_test_start(const char *name, int *slow, char *tmpdir, size_t tmpdir_len, char *sock, size_t sock_len,
+                  char *cache, size_t cache_len)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    const char *wrapper = getenv("DROPBLOCK_DAEMON_WRAPPER");
+    if (wrapper && *wrapper) *slow = 10;
+    if (!getenv("POCL_CACHE_DIR")) {
+        char pocl[64];
+        snprintf(pocl, sizeof pocl, "/tmp/pocl-%s", name);
+        mkdir(pocl, 0700);
+        setenv("POCL_CACHE_DIR", pocl, 1);
+    }
+    snprintf(tmpdir, tmpdir_len, "/tmp/db%s-XXXXXX", name);
+    if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return -1; }
+    snprintf(sock, sock_len, "%s/d.sock", tmpdir);
+    snprintf(cache, cache_len, "%s/cache", tmpdir);
+    return 0;
 }
 
 pid_t tu_daemon_start(const char *who, const char *exe, const char *sock, const char *cache_dir,

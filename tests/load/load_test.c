@@ -25,7 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -374,18 +373,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "load_test: --clients 1..256, --jobs >= 1, --warmup >= 0\n");
         return 2;
     }
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    const char *wrapper = getenv("DROPBLOCK_DAEMON_WRAPPER");
-    if (wrapper && *wrapper) slow = 10;
-    if (!getenv("POCL_CACHE_DIR")) {
-        mkdir("/tmp/pocl-load", 0700);
-        setenv("POCL_CACHE_DIR", "/tmp/pocl-load", 1);
-    }
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/dbload-XXXXXX");
-    if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
-    snprintf(sock_path, sizeof sock_path, "%s/d.sock", tmpdir);
     char cache_buf[128];
-    snprintf(cache_buf, sizeof cache_buf, "%s/cache", tmpdir);
+    if (tu_test_start("load", &slow, tmpdir, sizeof tmpdir, sock_path, sizeof sock_path, cache_buf, sizeof cache_buf))
+        return 1;
     if (!cache_dir) cache_dir = cache_buf;
 
     int failed = 0;

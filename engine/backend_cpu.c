@@ -37,11 +37,10 @@
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 #define DB_LANG_C
 #define DB_C_THREADS
-#define DB_C_SIMD /* db_fire_batch in vectors: philox_simd.c */
+#include "philox_simd_batch.h" /* db_fire_batch in vectors (philox_simd.c), before the passes */
 #include "db_baseline.h"
 #include "db_passes.h"
 #pragma GCC diagnostic pop
-_Static_assert(DB_BATCH == DB_SIMD_BATCH, "db_math.h's C SIMD batch is philox_simd.h's");
 
 #define CPU_MAX_THREADS 64
 #define CPU_EPW 32 /* elements of a fast-apply group: one mask word */

@@ -1,6 +1,6 @@
-/* philox_simd.h: the CPU backend's candidate words (shaders/db_math.h, db_fire_batch with
- * DB_C_SIMD) in explicit SIMD: Philox4x32-10 on DB_SIMD_BATCH counters at a time in AVX-512F or
- * AVX2 vectors, or one block at a time where neither runs (or off x86-64).
+/* philox_simd.h: the CPU backend's candidate words (shaders/db_math.h, db_fire_batch as
+ * philox_simd_batch.h provides it) in explicit SIMD: Philox4x32-10 on DB_SIMD_BATCH counters at
+ * a time in AVX-512F or AVX2 vectors, or one block at a time where neither runs (or off x86-64).
  *
  * db_philox_fire runs the counters base + blk[l] for the n queued blocks (1 <= n <=
  * DB_SIMD_BATCH; or, where run is not DB_NO_RUN, base + run + l, blk unread) under key (k0, k1)

@@ -202,41 +202,10 @@ DBFN u32 db_ratio(u64 s, u64 k)
  * batch (DB_BATCH, DB_QUEUE, DB_FIRED, db_fired_word, db_fired_any, db_fire_batch, and for the
  * queues of whole planes DB_CPU_BATCHES, db_queue_clear, db_queue_span) after this header and
  * before db_passes.h: CPU devices under OpenCL in vectors (db_philox_cl.h, included by
- * dropblock.cl with -DDB_CPU), the CPU backend in intrinsics (engine/philox_simd.c); where none
- * is provided (GPUs, the test of the passes) db_passes.h goes one block at a time. */
+ * dropblock.cl with -DDB_CPU), the CPU backend in intrinsics (engine/philox_simd_batch.h,
+ * included by backend_cpu.c); where none is provided (GPUs, the test of the passes)
+ * db_passes.h goes one block at a time. Nothing here is defined outside shaders/. */
 #define DB_NO_RUN 0xFFFFFFFFFFFFFFFFul
-#if defined(DB_LANG_C) && defined(DB_C_SIMD)
-#define DB_CPU_BATCHES
-/* the CPU backend (backend_cpu.c): the same batches in explicit SIMD, engine/philox_simd.c
- * (declared here, not included: the kernels' sources are embedded with their includes) */
-#define DB_BATCH 48
-void db_philox_fire(const u64 *blk, u64 run, u32 n, const u32 *base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all,
-                    u32 *fired);
-#define DB_QUEUE DB_BATCH
-/* the queue helpers of the OpenCL CPU branch (db_mask_planes), in plain C */
-DBFN void db_queue_clear(u64 *blk) { (void)blk; }
-DBFN void db_queue_span(u64 *blk, u32 nb, u64 b0, u32 take)
-{
-    for (u32 l = 0u; l < take; l++) blk[nb + l] = b0 + U64(l);
-}
-typedef struct { u32 w[DB_BATCH / 8]; } db_fired_set;
-#define DB_FIRED db_fired_set
-#define db_fired_word(f, q) ((f).w[(q)])
-DBFN u32 db_fired_any(db_fired_set f)
-{
-    u32 a = 0u;
-    for (u32 q = 0u; q < U32(DB_BATCH / 8); q++) a |= f.w[q];
-    return a;
-}
-DBFN db_fired_set db_fire_batch(const u64 *blk, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u32 wmask, u32 thr,
-                                u32 all)
-{
-    const u32 b[4] = {base.x, base.y, base.z, base.w};
-    db_fired_set f;
-    db_philox_fire(blk, run, n, b, k0, k1, wmask, thr, all, f.w);
-    return f;
-}
-#endif
 
 /* ---- the fast apply --------------------------------------------------------------------
  * Branch-free forms over DBV_T lanes (db_portable.h: a vector in OpenCL, a scalar elsewhere),

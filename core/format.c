@@ -36,8 +36,8 @@ int db_print_result(FILE *f, const dropblock_result *res, dropblock_dtype t, con
         }
         if (hex) snprintf(s, sizeof s, t == DROPBLOCK_F32 ? "0x%08x" : "0x%04x", bits);
         else db_format_f32(s, sizeof s, t == DROPBLOCK_F32 ? bits
-                                         : t == DROPBLOCK_F16 ? db_f16_to_f32((uint16_t)bits)
-                                                              : db_bf16_to_f32((uint16_t)bits));
+                                         : t == DROPBLOCK_F16 ? db_ref_f16_to_f32((uint16_t)bits)
+                                                              : db_ref_bf16_to_f32((uint16_t)bits));
         fprintf(f, "%s\"%s\"", i ? ", " : "", s);
     }
     fprintf(f, "]}\n");

@@ -17,7 +17,7 @@ static inline void db_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2]
 }
 
 /* ctr = base + v as 128-bit little-endian integers. */
-static inline void db_ctr_add(const uint32_t base[4], uint64_t v, uint32_t ctr[4])
+static inline void db_ref_ctr_add(const uint32_t base[4], uint64_t v, uint32_t ctr[4])
 {
     uint64_t s = (uint64_t)base[0] + (uint32_t)v;
     ctr[0] = (uint32_t)s;

@@ -139,8 +139,8 @@ static int plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t 
         }
         volatile float percent = (float)K / (float)pl->numel;
         uint32_t pb = db_bits(percent), d = pb;
-        if (p->dtype == DROPBLOCK_F16) d = db_f16_to_f32(db_f32_to_f16(pb));
-        if (p->dtype == DROPBLOCK_BF16) d = db_bf16_to_f32(db_f32_to_bf16(pb));
+        if (p->dtype == DROPBLOCK_F16) d = db_ref_f16_to_f32(db_ref_f32_to_f16(pb));
+        if (p->dtype == DROPBLOCK_BF16) d = db_ref_bf16_to_f32(db_ref_f32_to_bf16(pb));
         if ((d & 0x7FFFFFFFu) == 0) {
             db_msg(res->message, sizeof res->message,
                    "compat keras_cv: the kept fraction %g rounds to 0 in f16, where keras-cv divides by zero",

@@ -23,7 +23,7 @@ static uint32_t word_at(struct word_source *s, uint64_t e)
     uint64_t blk = e >> 2;
     if (!s->have || blk != s->blk) {
         uint32_t ctr[4];
-        db_ctr_add(s->base, blk, ctr);
+        db_ref_ctr_add(s->base, blk, ctr);
         db_philox4x32_10(ctr, s->key, s->out);
         s->blk = blk;
         s->have = 1;
@@ -118,20 +118,20 @@ static uint32_t load_x(const void *buf, dropblock_dtype t, uint64_t i)
     if (t == DROPBLOCK_F32) { uint32_t b; memcpy(&b, (const char *)buf + 4 * i, 4); return b; }
     uint16_t h;
     memcpy(&h, (const char *)buf + 2 * i, 2);
-    return t == DROPBLOCK_F16 ? db_f16_to_f32(h) : db_bf16_to_f32(h);
+    return t == DROPBLOCK_F16 ? db_ref_f16_to_f32(h) : db_ref_bf16_to_f32(h);
 }
 
 static uint32_t round_to(dropblock_dtype t, uint32_t b)
 {
-    if (t == DROPBLOCK_F16) return db_f16_to_f32(db_f32_to_f16(b));
-    if (t == DROPBLOCK_BF16) return db_bf16_to_f32(db_f32_to_bf16(b));
+    if (t == DROPBLOCK_F16) return db_ref_f16_to_f32(db_ref_f32_to_f16(b));
+    if (t == DROPBLOCK_BF16) return db_ref_bf16_to_f32(db_ref_f32_to_bf16(b));
     return b;
 }
 
 static void store_y(void *buf, dropblock_dtype t, uint64_t i, uint32_t b)
 {
     if (t == DROPBLOCK_F32) { memcpy((char *)buf + 4 * i, &b, 4); return; }
-    uint16_t h = t == DROPBLOCK_F16 ? db_f32_to_f16(b) : db_f32_to_bf16(b);
+    uint16_t h = t == DROPBLOCK_F16 ? db_ref_f32_to_f16(b) : db_ref_f32_to_bf16(b);
     memcpy((char *)buf + 2 * i, &h, 2);
 }
 
@@ -208,7 +208,7 @@ void db_tf_uniform(uint64_t s0, uint64_t s1, uint64_t n, uint32_t *out)
     const uint32_t key[2] = {mix[0], mix[1]}, base[4] = {0, 0, mix[2], mix[3]};
     for (uint64_t blk = 0; blk * 4 < n; blk++) {
         uint32_t ctr[4], w[4];
-        db_ctr_add(base, blk, ctr);
+        db_ref_ctr_add(base, blk, ctr);
         db_philox4x32_10(ctr, key, w);
         for (int k = 0; k < 4 && blk * 4 + k < n; k++) out[blk * 4 + k] = uint32_to_float_bits(w[k]);
     }

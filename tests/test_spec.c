@@ -159,7 +159,8 @@ static void test_no_nan_or_inf_from_finite_input(void)
             for (uint64_t i = 0; i < n; i++) {
                 uint32_t b = 0;
                 memcpy(&b, (char *)y + i * es, es);
-                if (p.dtype != DROPBLOCK_F32) b = p.dtype == DROPBLOCK_F16 ? db_f16_to_f32((uint16_t)b) : db_bf16_to_f32((uint16_t)b);
+                if (p.dtype != DROPBLOCK_F32)
+                    b = p.dtype == DROPBLOCK_F16 ? db_ref_f16_to_f32((uint16_t)b) : db_ref_bf16_to_f32((uint16_t)b);
                 if ((b & 0x7F800000u) == 0x7F800000u) { bad++; printf("  non-finite output in trial %d\n", t); break; }
             }
         } else if (p.compat != DROPBLOCK_COMPAT_KERAS_CV) {

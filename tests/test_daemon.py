@@ -14,6 +14,7 @@ $DROPBLOCK_DAEMON_WRAPPER (e.g. "valgrind --error-exitcode=99 ...") is put befor
 command line; a daemon that exits non-zero (a valgrind error) fails the test.
 """
 import argparse
+import contextlib
 import fcntl
 import json
 import mmap
@@ -33,6 +34,22 @@ import testlib
 
 T = Tally()
 check = T.check
+
+
+@contextlib.contextmanager
+def guarded(d, what, log_tail=False):
+    """A test's body on daemon d: a crash in it is a failed check ("<what> test crashed"); after it
+    d gets SIGTERM and must exit 0 (log_tail: the failure shows the status and the daemon's log)."""
+    try:
+        yield
+    except Exception:
+        check(False, what + " test crashed: " + traceback.format_exc())
+    finally:
+        rc = d.stop()
+        if log_tail:
+            check(rc == 0, "SIGTERM exits 0 (got %s); log tail: %s" % (rc, d.logtext() if rc else ""))
+        else:
+            check(rc == 0, "SIGTERM exits 0")
 
 
 class Daemon(testlib.Daemon):
@@ -197,7 +214,7 @@ def expect_error(r, code, words, what):
 
 def test_bad_inputs(exe, ref):
     d = Daemon(exe)
-    try:
+    with guarded(d, "bad-input", log_tail=True):
         good = Client(d.path)
         rg, gm = good.region(1 << 17)
         check(rg["ok"], "register a sealed memfd: %s" % rg)
@@ -330,18 +347,13 @@ def test_bad_inputs(exe, ref):
         check(d.wait_fds(baseline, 30), "descriptor count back to baseline %d (now %d)" % (baseline, d.fds()))
         check(d.proc.poll() is None, "the daemon survived every bad input")
         good.close()
-    except Exception:
-        check(False, "bad-input test crashed: " + traceback.format_exc())
-    finally:
-        rc = d.stop()
-        check(rc == 0, "SIGTERM exits 0 (got %s); log tail: %s" % (rc, d.logtext() if rc else ""))
-        check(not os.path.exists(d.path), "the socket is removed at exit")
+    check(not os.path.exists(d.path), "the socket is removed at exit")
 
 
 def test_many_clients(exe, ref):
     """16 clients x 50 mixed jobs at once, pipelined, all exact, none lost."""
     d = Daemon(exe, ["--max-inflight-jobs", "1024"])
-    try:
+    with guarded(d, "many-clients"):
         cases = []
         for i, (layout, dtype, compat) in enumerate(MANY_CLIENTS):
             shape = (2, 3, 7 + i, 9)
@@ -382,10 +394,6 @@ def test_many_clients(exe, ref):
         check(exact == 800 and lost == 0, "16 x 50 jobs: %d exact, %d lost, %d refused as busy" % (exact, lost, busy))
         for c in clients:
             c.close()
-    except Exception:
-        check(False, "many-clients test crashed: " + traceback.format_exc())
-    finally:
-        check(d.stop() == 0, "SIGTERM exits 0")
 
 
 def test_sigterm_with_queue(exe, ref):
@@ -420,7 +428,7 @@ def test_limits_and_region_lifetime(exe, ref):
     under a running job stays mapped until the job is done."""
     d = Daemon(exe, ["--devices", "cpu", "--max-client-jobs", "2", "--max-client-bytes", str(40 << 20),
                      "--small-job-bytes", "0"])
-    try:
+    with guarded(d, "limits"):
         c = Client(d.path)
         r, m = c.region(48 << 20)
         big = job(r["region"], (16, 64, 64, 64), rate=0.2, block=7)   # 16 MiB in place
@@ -451,17 +459,13 @@ def test_limits_and_region_lifetime(exe, ref):
         r2 = c.call(job(r["region"], (1, 1, 4, 4)))
         expect_error(r2, "not_found", ["not registered"], "a job on the unregistered region")
         c.close()
-    except Exception:
-        check(False, "limits test crashed: " + traceback.format_exc())
-    finally:
-        check(d.stop() == 0, "SIGTERM exits 0")
 
 
 def test_client_that_never_reads(exe, ref):
     """A client that floods requests and never reads its replies stops being read (backpressure):
     the daemon's memory stays bounded and other clients keep getting exact results."""
     d = Daemon(exe)
-    try:
+    with guarded(d, "flood"):
         good = Client(d.path)
         rg, gm = good.region(1 << 17)
         rss0 = int(open("/proc/%d/status" % d.proc.pid).read().split("VmRSS:")[1].split()[0])
@@ -484,10 +488,6 @@ def test_client_that_never_reads(exe, ref):
         ok, r = exact_job(good, gm, rg["region"], ref)
         check(ok, "another client is served during the flood: %s" % r)
         flood.close()
-    except Exception:
-        check(False, "flood test crashed: " + traceback.format_exc())
-    finally:
-        check(d.stop() == 0, "SIGTERM exits 0")
 
 
 def test_small_job_threshold(exe):
@@ -496,7 +496,7 @@ def test_small_job_threshold(exe):
     and the start-up log report it; an explicit byte count (0 included) is taken as given; with
     nothing to compare (only the built-in CPU backend) a fixed bound is used and said so."""
     d = Daemon(exe)
-    try:
+    with guarded(d, "small-job threshold"):
         c = Client(d.path)
         st = c.call({"op": "status"})
         devs = [x["id"] for x in st["devices"]]
@@ -535,36 +535,24 @@ def test_small_job_threshold(exe):
             check(sj and sj.get("source") == "fallback" and sj.get("max_bytes") == 65536
                   and (only_cpu or "longer than its time budget" in d.logtext()),
                   "without a device to compare the threshold is the fixed fallback: %s (devices %s)" % (sj, devs))
-    except Exception:
-        check(False, "small-job threshold test crashed: " + traceback.format_exc())
-    finally:
-        check(d.stop() == 0, "SIGTERM exits 0")
 
     for arg, want in (("12345", 12345), ("0", 0)):
         d = Daemon(exe, ["--small-job-bytes", arg])
-        try:
+        with guarded(d, "small-job option"):
             c = Client(d.path)
             sj = c.call({"op": "status"}).get("small_jobs") or {}
             c.close()
             check(sj.get("max_bytes") == want and sj.get("source") == "option" and "ladder" not in sj,
                   "--small-job-bytes %s is taken as given, nothing measured: %s" % (arg, sj))
-        except Exception:
-            check(False, "small-job option test crashed: " + traceback.format_exc())
-        finally:
-            check(d.stop() == 0, "SIGTERM exits 0")
 
     d = Daemon(exe, ["--devices", "cpu", "--small-job-bytes", "auto"])
-    try:
+    with guarded(d, "small-job fallback"):
         c = Client(d.path)
         sj = c.call({"op": "status"}).get("small_jobs") or {}
         c.close()
         check(sj.get("source") == "fallback" and sj.get("max_bytes") == 65536,
               "only the built-in CPU backend: nothing to measure, the fixed bound: %s" % sj)
         check("not measured" in d.logtext(), "the log says it was not measured")
-    except Exception:
-        check(False, "small-job fallback test crashed: " + traceback.format_exc())
-    finally:
-        check(d.stop() == 0, "SIGTERM exits 0")
 
     for bad in ("-1", "12k", "automatic"):
         p = subprocess.run(daemon_cmd(exe, "--socket", "/nonexistent/x.sock", "--small-job-bytes", bad),
@@ -599,7 +587,7 @@ def test_faults(exe, ref):
     print("fault test: devices %s, DROPBLOCK_FAULTS=%s" % (ids, faults))
     # no small-job shortcut: every auto job is chosen among all healthy devices
     d = Daemon(exe, ["--small-job-bytes", "0"], env={"DROPBLOCK_FAULTS": faults})
-    try:
+    with guarded(d, "fault", log_tail=True):
         log = d.logtext()
         check("DROPBLOCK_FAULTS: device %s: injected fault \"fail\" at its job 2" % victim in log,
               "the daemon logs the armed faults: %s" % log[-600:])
@@ -677,14 +665,9 @@ def test_faults(exe, ref):
         check(d.proc.poll() is None, "the daemon keeps serving")
         c.close()
         good.close()
-    except Exception:
-        check(False, "fault test crashed: " + traceback.format_exc())
-    finally:
-        rc = d.stop()
-        check(rc == 0, "SIGTERM exits 0 (got %s); log tail: %s" % (rc, d.logtext() if rc else ""))
     # every device of a daemon vanished: auto says so
     d = Daemon(exe, ["--devices", "cpu"], env={"DROPBLOCK_FAULTS": "vanish:cpu:0:1"})
-    try:
+    with guarded(d, "all-vanished"):
         c = Client(d.path)
         r, m = c.region(1 << 17)
         ok, rr = exact_job(c, m, r["region"], ref)
@@ -694,10 +677,6 @@ def test_faults(exe, ref):
         ok, rr = exact_job(c, m, r["region"], ref, rate=0.0)  # the identity: still refused for a device that is gone
         expect_error(rr, "unavailable", ["no healthy device"], "an identity job with no healthy device left")
         c.close()
-    except Exception:
-        check(False, "all-vanished test crashed: " + traceback.format_exc())
-    finally:
-        check(d.stop() == 0, "SIGTERM exits 0")
     # "lost": the job runs and the device API answers as for a device that is gone; each backend's
     # own error mapping makes it unavailable and the engine marks the device unhealthy
     lost = [(g, code) for g, code in (("opencl:0", "CL_DEVICE_NOT_AVAILABLE"), ("vulkan:0", "VK_ERROR_DEVICE_LOST"))
@@ -706,7 +685,7 @@ def test_faults(exe, ref):
         faults = ",".join("lost:%s:1" % g for g, _ in lost)
         print("lost-device test: DROPBLOCK_FAULTS=%s" % faults)
         d = Daemon(exe, ["--devices", ",".join(["cpu:0"] + [g for g, _ in lost])], env={"DROPBLOCK_FAULTS": faults})
-        try:
+        with guarded(d, "lost-device"):
             c = Client(d.path)
             r, m = c.region(1 << 17)
             for g, code in lost:
@@ -723,10 +702,6 @@ def test_faults(exe, ref):
             ok, rr = exact_job(c, m, r["region"], ref)
             check(ok and rr["device"] == "cpu:0", "auto after the losses runs exact on cpu:0: %s" % rr)
             c.close()
-        except Exception:
-            check(False, "lost-device test crashed: " + traceback.format_exc())
-        finally:
-            check(d.stop() == 0, "SIGTERM exits 0")
     # a malformed list stops the daemon before it opens any device
     for bad in ("explode:cpu:0:1", "fail:cpu:0", "fail:cpu:0:0", "fail::3"):
         r = subprocess.run(daemon_cmd(exe, "--socket", os.path.join(tempfile.mkdtemp(prefix="dbd-"), "d.sock")),
@@ -791,7 +766,7 @@ def test_client_killed_mid_job(exe, ref):
     descriptors, region mappings, regions and clients return to the baseline, and the other
     client's jobs stay exact."""
     d = Daemon(exe)
-    try:
+    with guarded(d, "killed-client"):
         good = Client(d.path)
         rg, gm = good.region(1 << 17)
         ok, r = exact_job(good, gm, rg["region"], ref)
@@ -829,10 +804,6 @@ def test_client_killed_mid_job(exe, ref):
             check(d.memfd_maps() == base_maps,
                   "round %d: region mappings back to %d (now %d)" % (round_, base_maps, d.memfd_maps()))
         good.close()
-    except Exception:
-        check(False, "killed-client test crashed: " + traceback.format_exc())
-    finally:
-        check(d.stop() == 0, "SIGTERM exits 0")
 
 
 def test_stale_socket_and_second_daemon(exe):

@@ -528,18 +528,54 @@ def discover_backends():
     return found, out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arg_parser(doc):
+    """The arguments this test and test_cli_daemon.py both take (--cli, --spec-dir, -j); each adds
+    its own."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cli", required=True)
     ap.add_argument("--spec-dir", help="dropblock_ref.py's folder (default: $DROPBLOCK_SPEC_DIR, else "
                     "../shared/spec beside the source tree, where it exists)")
-    ap.add_argument("--backends", help="comma list; default: every backend `dropblock devices --local` lists")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
-    a = ap.parse_args()
+    return ap
+
+
+def setup(a, name):
+    """After the arguments: PoCL's cache (when not set), the tool and the reference (said by name)."""
     os.environ.setdefault("POCL_CACHE_DIR", os.path.join(tempfile.gettempdir(), "pocl-cli"))
     Ctx.cli = os.path.abspath(a.cli)
     Ctx.ref = refvectors.Reference("cli", a.spec_dir)
-    print("test_cli: " + Ctx.ref.describe())
+    print(name + ": " + Ctx.ref.describe(), flush=True)
+
+
+def run_checks(pool, checks):
+    """checks ((name, fn), fn giving (ok, why)) run on pool: (name, ok, why) in their order, each
+    as it is done; a crash in a check is a failure of that check, not of the run."""
+    futures = [(name, pool.submit(fn)) for name, fn in checks]
+    for name, fut in futures:
+        try:
+            ok, why = fut.result()
+        except Exception as e:     # a crash in a check is a failure of that check, not of the run
+            ok, why = False, "%s: %s" % (type(e).__name__, e)
+        yield name, ok, why
+
+
+def tally(results):
+    """(passed, failed) of (name, ok, why) results, each failure printed as it comes."""
+    passed = failed = 0
+    for name, ok, why in results:
+        if ok:
+            passed += 1
+        else:
+            failed += 1
+            print("FAIL %s: %s" % (name, why))
+    return passed, failed
+
+
+def main():
+    ap = arg_parser(__doc__)
+    ap.add_argument("--backends", help="comma list; default: every backend `dropblock devices --local` lists")
+    a = ap.parse_args()
+    setup(a, "test_cli")
 
     listed, listing = discover_backends()
     backends = a.backends.split(",") if a.backends else listed
@@ -565,18 +601,7 @@ def main():
                            lambda b=b: npy_roundtrip(b, "NHWC", "f16", True, True)))
             checks.append(("%s: --mask" % b, lambda b=b: mask_check(b)))
         checks += bad_arg_checks() + help_checks() + npy_error_checks() + schedule_checks()
-        futures = [(name, pool.submit(fn)) for name, fn in checks]
-        passed = failed = 0
-        for name, fut in futures:
-            try:
-                ok, why = fut.result()
-            except Exception as e:     # a crash in a check is a failure of that check, not of the run
-                ok, why = False, "%s: %s" % (type(e).__name__, e)
-            if ok:
-                passed += 1
-            else:
-                failed += 1
-                print("FAIL %s: %s" % (name, why))
+        passed, failed = tally(run_checks(pool, checks))
     print("test_cli: %d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 

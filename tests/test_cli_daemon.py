@@ -14,7 +14,6 @@ daemon's shared memory too. Then: device selection (--backend, --device N), the 
 (a missing socket, a stale socket file: exit 1 and how to start one), and finally `dropblock stop`:
 the daemon exits 0 and removes its socket. Python standard library only.
 """
-import argparse
 import concurrent.futures as cf
 import json
 import os
@@ -311,18 +310,11 @@ def final_checks():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cli", required=True)
+    ap = T.arg_parser(__doc__)
     ap.add_argument("--daemon", required=True)
-    ap.add_argument("--spec-dir", help="dropblock_ref.py's folder (default: $DROPBLOCK_SPEC_DIR, else "
-                    "../shared/spec beside the source tree, where it exists)")
     ap.add_argument("--cache-dir", help="the daemon's kernel cache (default: a temporary directory)")
-    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
     a = ap.parse_args()
-    os.environ.setdefault("POCL_CACHE_DIR", os.path.join(tempfile.gettempdir(), "pocl-cli"))
-    T.Ctx.cli = os.path.abspath(a.cli)
-    T.Ctx.ref = refvectors.Reference("cli", a.spec_dir)
-    print("test_cli_daemon: " + T.Ctx.ref.describe(), flush=True)
+    T.setup(a, "test_cli_daemon")
 
     passed = failed = 0
     with tempfile.TemporaryDirectory(prefix="test_cli_daemon.") as tmp, cf.ThreadPoolExecutor(a.jobs) as pool:
@@ -348,21 +340,9 @@ def main():
                                                                                         False, engine(d))))
                 checks.append(("%s: --mask" % dev, lambda d=dev: T.mask_check("daemon-" + d, engine(d))))
             checks += selection_checks() + socket_rule_checks(tmp) + no_daemon_checks(tmp) + info_checks()
-            futures = [(name, pool.submit(fn)) for name, fn in checks]
-            results = []
-            for name, fut in futures:
-                try:
-                    ok, why = fut.result()
-                except Exception as e:     # a crash in a check is a failure of that check, not of the run
-                    ok, why = False, "%s: %s" % (type(e).__name__, e)
-                results.append((name, ok, why))
+            results = list(T.run_checks(pool, checks))
             results += final_checks()
-            for name, ok, why in results:
-                if ok:
-                    passed += 1
-                else:
-                    failed += 1
-                    print("FAIL %s: %s" % (name, why))
+            passed, failed = T.tally(results)
         finally:
             stop_daemon()
     print("test_cli_daemon: %d passed, %d failed (%.1f s)" % (passed, failed, time.time() - t0))

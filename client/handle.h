@@ -61,7 +61,7 @@ int local_submit(dropblock_t *h, const dropblock_params *p, const void *input, v
 int local_wait(dropblock_t *h, dropblock_ticket *t, dropblock_result *res);
 int local_status(dropblock_t *h, char *json, size_t len);
 
-/* conn.c (remote_close) and remote.c (the rest) */
+/* connect.c (remote_close) and remote.c (the rest) */
 void remote_close(dropblock_t *h);
 int remote_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count);
 int remote_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len);

@@ -241,19 +241,20 @@ static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const voi
     const uint64_t t0 = db_now_us();
     const size_t es = dropblock_dtype_size(pl->p.dtype);
     const struct db_tuning tu = {UINT32_MAX, CPU_EPW, 0, 4096};
-    uint64_t per = db_chunk_units(pl, UINT64_C(1) << 30, res->message, sizeof res->message);
-    if (!per) return DROPBLOCK_EEXHAUSTED;
-    const uint64_t units = db_units(pl), nchunks = (units + per - 1) / per;
+    /* the plan's chunks of at most 1 GiB; ck.fused is for the GPU backends' device scale pass */
+    struct db_chunking ck;
+    int rc = db_job_chunks(pl, UINT64_C(1) << 30, 0, &ck, res->message, sizeof res->message);
+    if (rc) return rc;
+    const uint64_t nchunks = ck.nchunks;
     const int threads = threads_for(cd, pl->numel);
     uint32_t *prms = malloc(nchunks * DBP_COUNT * 4);
     uint32_t **masks = calloc(nchunks, sizeof *masks);
     uint64_t *kept = calloc(pl->N, sizeof *kept);
     uint32_t *scales = calloc(pl->N, sizeof *scales), *partial = NULL;
-    int rc = DROPBLOCK_OK;
     struct db_chunk ch;
     if (!prms || !masks || !kept || !scales) goto oom;
     for (uint64_t q = 0; q < nchunks; q++) {
-        db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
+        db_job_chunk(pl, &ck, q, &ch);
         uint32_t *prm = prms + q * DBP_COUNT;
         db_kernel_params(pl, &ch, &tu, prm);
         free(partial);
@@ -268,7 +269,7 @@ static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const voi
     if ((rc = db_plan_scales(pl, kept, scales, res))) goto done;
     const uint64_t t2 = db_now_us();
     for (uint64_t q = 0; q < nchunks; q++) {
-        db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
+        db_job_chunk(pl, &ck, q, &ch);
         struct cpu_work w = {PH_APPLY, threads, pl, prms + q * DBP_COUNT, masks[q], NULL, scales + ch.n0,
                              (const char *)in + ch.e0 * es, (char *)out + ch.e0 * es, ch.nelem};
         if ((uint64_t)w.nthreads * CPU_EPW > w.n) w.nthreads = 1;

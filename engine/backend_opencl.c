@@ -156,14 +156,6 @@ static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cf
 
 /* ---- run ------------------------------------------------------------------------------ */
 
-/* Samples a chunk of per units can touch, at most. */
-static uint64_t samples_bound(const struct db_plan *pl, uint64_t per)
-{
-    uint64_t CH = pl->C * pl->H, rows = per * db_unit_rows(pl);
-    uint64_t b = (rows + CH - 1) / CH + 1;
-    return b < pl->N ? b : pl->N;
-}
-
 static struct db_tuning job_tuning(const struct ocl_dev *od, const struct db_plan *pl)
 {
     uint32_t epv = pl->p.dtype == DROPBLOCK_F32 ? od->vw : 2 * od->vw; /* elements a vector */
@@ -176,22 +168,10 @@ int ocl_plan_job(struct ocl_dev *od, const struct db_plan *pl, struct job *j, ch
     memset(j, 0, sizeof *j);
     j->pl = pl;
     j->tu = job_tuning(od, pl);
-    j->units = db_units(pl);
-    j->per = db_chunk_units(pl, od->max_buffer, msg, len);
-    if (!j->per) return DROPBLOCK_EEXHAUSTED;
-    /* the per-sample partial counts (8 bytes a sample) must fit in a buffer too */
-    while (j->per > 1 && samples_bound(pl, j->per) * 8 > od->max_buffer) j->per /= 2;
-    j->nchunks = (j->units + j->per - 1) / j->per;
-    struct db_chunk ch;
-    for (uint64_t q = 0; q < j->nchunks; q++) {
-        db_chunk_at(pl, q * j->per, (q + 1) * j->per < j->units ? (q + 1) * j->per : j->units, &ch);
-        if (ch.nelem > j->max_elem) j->max_elem = ch.nelem;
-        if (ch.nsamp > j->max_samp) j->max_samp = ch.nsamp;
-    }
-    j->max_words = (j->max_elem + 31) / 32;
-    j->fused = j->nchunks == 1 && !pl->keras && j->max_samp <= DB_DEVICE_SCALE_MAX_SAMPLES;
-    if (j->nchunks > SIZE_MAX / sizeof(struct ocl_buf) || j->nchunks > SIZE_MAX / (DBP_COUNT * 4) ||
-        j->max_samp > SIZE_MAX / 8 || j->max_words > SIZE_MAX / 4) {
+    int rc = db_job_chunks(pl, od->max_buffer, 0, &j->ck, msg, len);
+    if (rc) return rc;
+    if (j->ck.nchunks > SIZE_MAX / sizeof(struct ocl_buf) || j->ck.nchunks > SIZE_MAX / (DBP_COUNT * 4) ||
+        j->ck.max_samp > SIZE_MAX / 8 || j->ck.max_words > SIZE_MAX / 4) {
         db_msg(msg, len, "job too large for this host");
         return DROPBLOCK_EEXHAUSTED;
     }
@@ -200,7 +180,7 @@ int ocl_plan_job(struct ocl_dev *od, const struct db_plan *pl, struct job *j, ch
 
 void ocl_chunk_of(const struct job *j, uint64_t q, struct db_chunk *ch)
 {
-    db_chunk_at(j->pl, q * j->per, (q + 1) * j->per < j->units ? (q + 1) * j->per : j->units, ch);
+    db_job_chunk(j->pl, &j->ck, q, ch);
 }
 
 /* One mask buffer per chunk, all of them holding max_words, kept by the device. */
@@ -280,9 +260,9 @@ int ocl_host_scales(const struct job *j, const uint32_t *partial, uint64_t *kept
                     dropblock_result *res)
 {
     struct db_chunk ch;
-    for (uint64_t q = 0; q < j->nchunks; q++) {
+    for (uint64_t q = 0; q < j->ck.nchunks; q++) {
         ocl_chunk_of(j, q, &ch);
-        const uint32_t *pp = partial + q * j->max_samp * 2;
+        const uint32_t *pp = partial + q * j->ck.max_samp * 2;
         for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] += (uint64_t)pp[2 * s] | ((uint64_t)pp[2 * s + 1] << 32);
     }
     return db_plan_scales(j->pl, kept, scales, res);
@@ -301,17 +281,17 @@ struct job_mem {
 static int job_mem_alloc(struct job_mem *m, const struct job *j, int want_mask, char *msg, size_t len)
 {
     const uint64_t N = j->pl->N;
-    m->prms = malloc(j->nchunks * DBP_COUNT * 4);
-    m->partial = malloc(j->nchunks * j->max_samp * 8);
+    m->prms = malloc(j->ck.nchunks * DBP_COUNT * 4);
+    m->partial = malloc(j->ck.nchunks * j->ck.max_samp * 8);
     m->kept = calloc(N, sizeof *m->kept);
     m->scales = calloc(N, sizeof *m->scales);
     m->dscales = calloc(N, sizeof *m->dscales);
-    m->words = want_mask ? malloc(j->max_words * 4 * j->nchunks) : NULL;
-    m->xs = calloc(j->nchunks, sizeof *m->xs);
-    m->ys = calloc(j->nchunks, sizeof *m->ys);
+    m->words = want_mask ? malloc(j->ck.max_words * 4 * j->ck.nchunks) : NULL;
+    m->xs = calloc(j->ck.nchunks, sizeof *m->xs);
+    m->ys = calloc(j->ck.nchunks, sizeof *m->ys);
     if (!m->prms || !m->partial || !m->kept || !m->scales || !m->dscales || (want_mask && !m->words) || !m->xs ||
         !m->ys) {
-        db_msg(msg, len, "out of host memory for %llu chunks", (unsigned long long)j->nchunks);
+        db_msg(msg, len, "out of host memory for %llu chunks", (unsigned long long)j->ck.nchunks);
         return DROPBLOCK_EEXHAUSTED;
     }
     return DROPBLOCK_OK;
@@ -323,7 +303,7 @@ static void job_mem_free(struct ocl_dev *od, const struct job *j, struct job_mem
     clFinish(od->queue);
     if (od->q_up) clFinish(od->q_up);
     if (od->q_down) clFinish(od->q_down);
-    for (uint64_t q = 0; m->xs && m->ys && q < j->nchunks; q++) {
+    for (uint64_t q = 0; m->xs && m->ys && q < j->ck.nchunks; q++) {
         if (m->xs[q]) clReleaseMemObject(m->xs[q]);
         if (m->ys[q]) clReleaseMemObject(m->ys[q]);
     }
@@ -336,12 +316,12 @@ static int job_buffers(struct ocl_dev *od, const struct job *j, char *msg, size_
 {
     int rc;
     if ((rc = ocl_check(ocl_ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)", msg, len))) return rc;
-    if ((rc = ocl_check(ocl_ensure_buf(od, &od->kept, j->max_samp * 8 + 8), "clCreateBuffer(kept)", msg, len)))
+    if ((rc = ocl_check(ocl_ensure_buf(od, &od->kept, j->ck.max_samp * 8 + 8), "clCreateBuffer(kept)", msg, len)))
         return rc;
-    if ((rc = ocl_check(ocl_ensure_buf(od, &od->scales, (j->fused ? j->pl->N : j->max_samp) * 4),
+    if ((rc = ocl_check(ocl_ensure_buf(od, &od->scales, (j->ck.fused ? j->pl->N : j->ck.max_samp) * 4),
                         "clCreateBuffer(scales)", msg, len)))
         return rc;
-    return ocl_check(ocl_ensure_masks(od, j->nchunks, j->max_words), "clCreateBuffer(mask)", msg, len);
+    return ocl_check(ocl_ensure_masks(od, j->ck.nchunks, j->ck.max_words), "clCreateBuffer(mask)", msg, len);
 }
 
 /* Pass 1 per chunk, enqueued with the read-back of its counts; the host arrays written and read
@@ -351,13 +331,13 @@ static int mask_passes(struct ocl_dev *od, const struct job *j, struct job_mem *
 {
     int rc = DROPBLOCK_OK;
     struct db_chunk ch;
-    for (uint64_t q = 0; q < j->nchunks && !rc; q++) {
+    for (uint64_t q = 0; q < j->ck.nchunks && !rc; q++) {
         ocl_chunk_of(j, q, &ch);
         uint32_t *prm = m->prms + q * DBP_COUNT;
         db_kernel_params(j->pl, &ch, &j->tu, prm);
         if ((rc = ocl_check(ocl_enqueue_mask(od, prm, od->masks[q].m), "enqueue(db_mask)", msg, len))) break;
         rc = ocl_check(clEnqueueReadBuffer(od->queue, od->kept.m, CL_FALSE, 0, (size_t)ch.nsamp * 8,
-                                           m->partial + q * j->max_samp * 2, 0, NULL, NULL),
+                                           m->partial + q * j->ck.max_samp * 2, 0, NULL, NULL),
                        "clEnqueueReadBuffer(kept)", msg, len);
     }
     return rc;
@@ -399,7 +379,7 @@ static int apply_chunk(struct ocl_dev *od, const struct job *j, uint64_t q, size
             x = m->xs[q];
             y = xin == yout ? m->xs[q] : m->ys[q];
         } else { /* copy in, apply in place, copy out */
-            if ((rc = ocl_check(ocl_ensure_buf(od, &od->data, ((j->max_elem * es + 3) & ~UINT64_C(3)) + 64),
+            if ((rc = ocl_check(ocl_ensure_buf(od, &od->data, ((j->ck.max_elem * es + 3) & ~UINT64_C(3)) + 64),
                                 "clCreateBuffer(data)", msg, len)))
                 return rc;
             if ((rc = ocl_check(
@@ -412,7 +392,7 @@ static int apply_chunk(struct ocl_dev *od, const struct job *j, uint64_t q, size
     if ((rc = ocl_check(clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL),
                         "clEnqueueWriteBuffer(params)", msg, len)))
         return rc;
-    if (!j->fused && (rc = ocl_check(clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4,
+    if (!j->ck.fused && (rc = ocl_check(clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4,
                                                           m->scales + ch.n0, 0, NULL, NULL),
                                      "clEnqueueWriteBuffer(scales)", msg, len)))
         return rc;
@@ -430,7 +410,7 @@ static int apply_chunk(struct ocl_dev *od, const struct job *j, uint64_t q, size
     }
     if (!m->words) return DROPBLOCK_OK;
     return ocl_check(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0, (size_t)((ch.nelem + 31) / 32 * 4),
-                                         m->words + q * j->max_words, 0, NULL, NULL),
+                                         m->words + q * j->ck.max_words, 0, NULL, NULL),
                      "clEnqueueReadBuffer(mask)", msg, len);
 }
 
@@ -461,9 +441,9 @@ int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *
     struct job j;
     int rc = ocl_plan_job(od, pl, &j, msg, len);
     if (rc) return rc;
-    if (xres && j.nchunks != 1) {
+    if (xres && j.ck.nchunks != 1) {
         db_msg(msg, len, "the tensor takes %llu chunks on this device; the benchmark takes one",
-               (unsigned long long)j.nchunks);
+               (unsigned long long)j.ck.nchunks);
         return DROPBLOCK_EINVAL;
     }
     struct job_mem m = {0};
@@ -472,7 +452,7 @@ int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *
     if ((rc = job_mem_alloc(&m, &j, mask != NULL, msg, len)) || (rc = job_buffers(od, &j, msg, len)) ||
         (rc = mask_passes(od, &j, &m, msg, len)))
         goto done;
-    if (j.fused) {
+    if (j.ck.fused) {
         if ((rc = device_scales(od, &j, m.dscales, msg, len))) goto done;
     } else if (!L) {
         if ((rc = ocl_check(clFinish(od->queue), "clFinish(db_mask)", msg, len))) goto done;
@@ -492,19 +472,19 @@ int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *
         t_apply = t[2];
     } else { /* pass 3 per chunk */
         t_apply = db_now_us();
-        for (uint64_t q = 0; q < j.nchunks && !rc; q++)
+        for (uint64_t q = 0; q < j.ck.nchunks && !rc; q++)
             rc = apply_chunk(od, &j, q, es, in, out, xres, yres, &m, msg, len);
         if (rc || (rc = ocl_check(clFinish(od->queue), "clFinish(db_apply)", msg, len))) goto done;
     }
-    if (j.fused && (rc = fused_check(&j, &m, res, msg, len))) goto done;
+    if (j.ck.fused && (rc = fused_check(&j, &m, res, msg, len))) goto done;
     struct db_chunk ch;
-    for (uint64_t q = 0; q < j.nchunks && mask; q++) {
+    for (uint64_t q = 0; q < j.ck.nchunks && mask; q++) {
         ocl_chunk_of(&j, q, &ch);
-        db_mask_export_flat(pl, m.words + q * j.max_words, ch.e0, ch.nelem, mask);
+        db_mask_export_flat(pl, m.words + q * j.ck.max_words, ch.e0, ch.nelem, mask);
     }
     res->timing_us[0] = t_mask;
     res->timing_us[1] = t_scale;
-    res->timing_us[2] = j.fused ? 0 : db_now_us() - t_apply;
+    res->timing_us[2] = j.ck.fused ? 0 : db_now_us() - t_apply;
 done:
     job_mem_free(od, &j, &m);
     res->timing_us[3] = db_now_us() - t_start;

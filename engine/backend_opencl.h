@@ -86,9 +86,7 @@ struct ocl_dev {
 struct job {
     const struct db_plan *pl;
     struct db_tuning tu;
-    uint64_t per, nchunks, units;
-    uint64_t max_elem, max_samp, max_words;
-    int fused; /* one chunk, compat none, not too many samples: scales on the device, no host round trip */
+    struct db_chunking ck; /* the plan's chunks (db_job_chunks); ck.fused: scales on the device, no host round trip */
 };
 
 /* opencl_device.c */

@@ -199,25 +199,6 @@ static void record_apply(struct vk_dev *d, const struct db_plan *pl, const uint3
 
 /* ---- run ------------------------------------------------------------------------------- */
 
-/* Units per chunk: db_chunk_units, also so that the 8-byte per-sample partials of a chunk fit
- * in one buffer (a chunk of L >= 2 rows touches at most (L-2)/CH + 2 samples). */
-static uint64_t chunk_units(const struct db_plan *pl, uint64_t max_buffer, char *msg, size_t len)
-{
-    uint64_t per = db_chunk_units(pl, max_buffer, msg, len);
-    if (!per) return 0;
-    uint64_t smax = (max_buffer < (UINT64_C(1) << 30) ? max_buffer : (UINT64_C(1) << 30)) / 8;
-    uint64_t CH = pl->C * pl->H, ur = db_unit_rows(pl);
-    /* lim >= 1 whenever smax >= 2, since CH >= ur */
-    uint64_t lim = smax < 2 ? 0 : (smax - 1 > UINT64_MAX / CH ? per : (smax - 1) * CH / ur);
-    if (lim == 0) {
-        db_msg(msg, len, "the device's %llu-byte buffer limit cannot hold a chunk's per-sample counts",
-               (unsigned long long)max_buffer);
-        return 0;
-    }
-    if (lim < per) per = lim;
-    return per;
-}
-
 /* lavapipe ends every loop of an invocation once its loops have run 65535 iterations in all
  * (mask.comp): the mask pass plans for at most MASK_LOOP_BUDGET of them an invocation. A fired
  * candidate costs about rows x (3 columns + 1) + 16 iterations when dropping its block (NHWC
@@ -317,11 +298,10 @@ struct job {
     void *out, *mask;
     dropblock_result *res;
     size_t es;
-    uint64_t units, per, nchunks;
+    struct db_chunking ck; /* the plan's chunks (db_job_chunks) */
     struct db_tuning tu, safe;
     uint32_t fault;   /* DROPBLOCK_VULKAN_MASK_FAULT on a CPU device, else 0 */
     uint64_t reruns;  /* mask passes of this job rerun with the worst-case budget */
-    int fused;        /* one chunk, one submission with the device's scale pass */
     int copy_in;      /* x through the x buffer's mapped memory */
     VkBuffer xb;      /* the buffer the passes run on */
     VkBuffer src, dst; /* staged: x copied onto xb from src, y off it to dst (else VK_NULL_HANDLE) */
@@ -337,17 +317,10 @@ static int job_setup(struct job *j, int resident, char *msg, size_t len)
 {
     struct vk_dev *d = j->d;
     const struct db_plan *pl = j->pl;
-    const uint64_t units = j->units, per = j->per, nchunks = j->nchunks;
+    const uint64_t units = j->ck.units, nchunks = j->ck.nchunks;
     const size_t es = j->es;
-    struct db_chunk ch;
-    uint64_t max_elem = 0, max_samp = 0;
-    for (uint64_t q = 0; q < nchunks; q++) {
-        db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
-        if (ch.nelem > max_elem) max_elem = ch.nelem;
-        if (ch.nsamp > max_samp) max_samp = ch.nsamp;
-    }
-    const uint64_t max_words = (max_elem + 31) / 32;
-    const int fused = j->fused = nchunks == 1 && !pl->keras && max_samp <= DB_DEVICE_SCALE_MAX_SAMPLES;
+    const uint64_t max_elem = j->ck.max_elem, max_samp = j->ck.max_samp, max_words = j->ck.max_words;
+    const int fused = j->ck.fused;
 
     int rc = DROPBLOCK_OK;
     j->kept = calloc(pl->N, sizeof *j->kept);
@@ -398,7 +371,7 @@ static int job_fused(struct job *j, char *msg, size_t len)
     const uint32_t *partial = d->bufs[B_KEPT].map;
     struct db_chunk ch;
     int rc;
-    db_chunk_at(pl, 0, j->units, &ch);
+    db_job_chunk(pl, &j->ck, 0, &ch);
     if (j->copy_in) memcpy(d->bufs[B_X].map, j->in, ch.nelem * es);
     /* one submission, unless the mask pass may need a rerun (the apply may overwrite x) */
     const int alone = memcmp(&j->tu, &j->safe, sizeof j->tu) != 0;
@@ -444,14 +417,14 @@ static int job_masks(struct job *j, uint64_t *mofs, char *msg, size_t len)
 {
     struct vk_dev *d = j->d;
     const struct db_plan *pl = j->pl;
-    const uint64_t units = j->units, per = j->per, nchunks = j->nchunks;
+    const uint64_t nchunks = j->ck.nchunks;
     const uint32_t *partial = d->bufs[B_KEPT].map;
     struct db_chunk ch;
     int rc = DROPBLOCK_OK;
     uint64_t at = 0;
     for (uint64_t q = 0; q < nchunks && !rc; q++) {
         db_progress(j->dev, DB_PASS_MASK, q + 1, nchunks);
-        db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
+        db_job_chunk(pl, &j->ck, q, &ch);
         if ((rc = mask_pass(d, pl, &ch, &j->tu, &j->safe, j->hmask || j->mask ? (ch.nelem + 31) / 32 * 4 : 0,
                             &j->reruns, msg, len)))
             break;
@@ -471,7 +444,7 @@ static int job_applies(struct job *j, const uint64_t *mofs, char *msg, size_t le
 {
     struct vk_dev *d = j->d;
     const struct db_plan *pl = j->pl;
-    const uint64_t units = j->units, per = j->per, nchunks = j->nchunks;
+    const uint64_t nchunks = j->ck.nchunks;
     const size_t es = j->es;
     const VkBuffer xb = j->xb, src = j->src, dst = j->dst;
     uint32_t *prm = d->bufs[B_PRM].map;
@@ -480,7 +453,7 @@ static int job_applies(struct job *j, const uint64_t *mofs, char *msg, size_t le
     int rc = DROPBLOCK_OK;
     for (uint64_t q = 0; q < nchunks && !rc; q++) {
         db_progress(j->dev, DB_PASS_APPLY, q + 1, nchunks);
-        db_chunk_at(pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
+        db_job_chunk(pl, &j->ck, q, &ch);
         db_kernel_params(pl, &ch, &j->tu, prm);
         memcpy(d->bufs[B_SCALES].map, j->scales + ch.n0, ch.nsamp * 4);
         if (hmask) memcpy(d->bufs[B_MASK].map, hmask + mofs[q], (ch.nelem + 31) / 32 * 4);
@@ -504,7 +477,7 @@ static int job_applies(struct job *j, const uint64_t *mofs, char *msg, size_t le
  * chunk, the scales on the host, then pass 3 chunk by chunk; timings of the three from t0. */
 static int job_chunked(struct job *j, uint64_t t0, char *msg, size_t len)
 {
-    uint64_t *mofs = j->hmask ? calloc(j->nchunks, sizeof *mofs) : NULL; /* each chunk's words in hmask */
+    uint64_t *mofs = j->hmask ? calloc(j->ck.nchunks, sizeof *mofs) : NULL; /* each chunk's words in hmask */
     if (j->hmask && !mofs) {
         db_msg(msg, len, "out of host memory");
         return DROPBLOCK_EEXHAUSTED;
@@ -533,19 +506,18 @@ int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, co
 {
     const uint64_t t0 = db_now_us();
     struct job j = {.d = d, .dev = dev, .pl = pl, .in = in, .out = out, .mask = mask, .res = res,
-                    .es = dropblock_dtype_size(pl->p.dtype), .units = db_units(pl)};
+                    .es = dropblock_dtype_size(pl->p.dtype)};
     j.tu = vk_job_tuning(d, pl, 0);
     j.safe = vk_job_tuning(d, pl, 1);
     j.fault = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? mask_fault() : 0;
-    j.per = chunk_units(pl, dev->info.max_buffer, msg, len);
-    if (!j.per) return DROPBLOCK_EEXHAUSTED;
-    j.nchunks = (j.units + j.per - 1) / j.per;
-    if (resident && j.nchunks != 1) {
-        db_msg(msg, len, "the tensor takes %llu chunks on this device; the benchmark takes one", (unsigned long long)j.nchunks);
+    int rc = db_job_chunks(pl, dev->info.max_buffer, 0, &j.ck, msg, len);
+    if (rc) return rc;
+    if (resident && j.ck.nchunks != 1) {
+        db_msg(msg, len, "the tensor takes %llu chunks on this device; the benchmark takes one", (unsigned long long)j.ck.nchunks);
         return DROPBLOCK_EINVAL;
     }
-    int rc = job_setup(&j, resident, msg, len);
-    if (!rc) rc = j.fused ? job_fused(&j, msg, len) : job_chunked(&j, t0, msg, len);
+    rc = job_setup(&j, resident, msg, len);
+    if (!rc) rc = j.ck.fused ? job_fused(&j, msg, len) : job_chunked(&j, t0, msg, len);
     if (j.reruns)
         db_dev_log(dev, "%llu mask pass(es) of a job cut short by the loop limit, rerun with the worst-case budget (%llu so far)",
                    (unsigned long long)j.reruns, (unsigned long long)d->mask_reruns);

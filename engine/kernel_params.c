@@ -30,6 +30,39 @@ uint64_t db_chunk_units(const struct db_plan *pl, uint64_t max_bytes, char *msg,
     return units < all ? units : all;
 }
 
+int db_job_chunks(const struct db_plan *pl, uint64_t max_buffer, uint64_t max_units, struct db_chunking *ck, char *msg,
+                  size_t len)
+{
+    memset(ck, 0, sizeof *ck);
+    ck->units = db_units(pl);
+    uint64_t per = db_chunk_units(pl, max_buffer, msg, len);
+    if (!per) return DROPBLOCK_EEXHAUSTED;
+    /* the 8-byte per-sample partials of a chunk in one buffer too: a chunk of L >= 2 rows
+     * touches at most (L-2)/CH + 2 samples, so L <= (smax - 1) CH rows do */
+    const uint64_t smax = (max_buffer < DB_CHUNK_CAP ? max_buffer : DB_CHUNK_CAP) / 8;
+    const uint64_t CH = pl->C * pl->H, ur = db_unit_rows(pl);
+    /* lim >= 1 whenever smax >= 2, since CH >= ur */
+    const uint64_t lim = smax < 2 ? 0 : (smax - 1 > UINT64_MAX / CH ? per : (smax - 1) * CH / ur);
+    if (lim == 0) {
+        db_msg(msg, len, "the device's %llu-byte buffer limit cannot hold a chunk's per-sample counts",
+               (unsigned long long)max_buffer);
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    if (lim < per) per = lim;
+    if (max_units && max_units < per) per = max_units;
+    ck->per = per;
+    ck->nchunks = (ck->units + per - 1) / per;
+    struct db_chunk ch;
+    for (uint64_t q = 0; q < ck->nchunks; q++) {
+        db_job_chunk(pl, ck, q, &ch);
+        if (ch.nelem > ck->max_elem) ck->max_elem = ch.nelem;
+        if (ch.nsamp > ck->max_samp) ck->max_samp = ch.nsamp;
+    }
+    ck->max_words = (ck->max_elem + 31) / 32;
+    ck->fused = ck->nchunks == 1 && !pl->keras && ck->max_samp <= DB_DEVICE_SCALE_MAX_SAMPLES;
+    return DROPBLOCK_OK;
+}
+
 void db_chunk_at(const struct db_plan *pl, uint64_t u0, uint64_t u1, struct db_chunk *ch)
 {
     const uint64_t ur = db_unit_rows(pl), ue = db_unit_elems(pl), CH = pl->C * pl->H;

@@ -23,6 +23,48 @@ uint64_t db_chunk_units(const struct db_plan *pl, uint64_t max_bytes, char *msg,
 
 void db_chunk_at(const struct db_plan *pl, uint64_t u0, uint64_t u1, struct db_chunk *ch);
 
+/* Jobs of one chunk in compat none take their scales on the device (no host round trip) up to
+ * this many samples: one work item sums the per-sample counts into K. */
+#define DB_DEVICE_SCALE_MAX_SAMPLES 16384
+
+/* The one plan of a job's chunks (db_job_chunks), used by every backend's job and by the tests'
+ * host flow (tests/test_passes.c), so that they cannot drift apart. Until issue 12 item 2 there
+ * were four copies:
+ *   - cpu_job (backend_cpu.c): per = db_chunk_units(1 GiB); no partial-count limit (host
+ *     memory) and no fused path (the scales always on the host);
+ *   - ocl_plan_job (backend_opencl.c): per = db_chunk_units(max_buffer), then halved while a
+ *     chunk's 8-byte per-sample partials (samples_bound) exceeded max_buffer; fused = one chunk,
+ *     compat none, at most DB_DEVICE_SCALE_MAX_SAMPLES samples;
+ *   - vk_job/chunk_units (backend_vulkan.c): per = db_chunk_units(max_buffer), capped by a
+ *     closed formula (a chunk of L rows touches at most (L-2)/CH + 2 samples) so the partials
+ *     fit min(max_buffer, 1 GiB); the fused decision as OpenCL's, in job_setup;
+ *   - run_passes (tests/test_passes.c): per from the variant or the whole tensor, and a fused
+ *     check without the DB_DEVICE_SCALE_MAX_SAMPLES limit.
+ * Now: per = db_chunk_units(max_buffer) capped by Vulkan's closed formula (which also meets
+ * OpenCL's condition, and without halving below what is needed) and by max_units (the tests'
+ * forced chunk sizes; 0: no cap); fused as OpenCL's and Vulkan's. The CPU backend passes 1 GiB
+ * and ignores fused (it has no device scale pass). The cut never changes the output's bits. */
+struct db_chunking {
+    uint64_t units;      /* the tensor's units (db_units) */
+    uint64_t per;        /* units a chunk (the last may have fewer) */
+    uint64_t nchunks;
+    uint64_t max_elem, max_samp, max_words; /* the largest chunk's elements, samples and mask words */
+    int fused;           /* one chunk, compat none, at most DB_DEVICE_SCALE_MAX_SAMPLES samples: the
+                          * scales on the device, checked against the host's */
+};
+
+/* Plans the chunks of a job on a device of max_buffer bytes a buffer, at most max_units units a
+ * chunk (0: no cap). DROPBLOCK_EEXHAUSTED with a message when a unit, or a chunk's per-sample
+ * counts, cannot fit. */
+int db_job_chunks(const struct db_plan *pl, uint64_t max_buffer, uint64_t max_units, struct db_chunking *ck, char *msg,
+                  size_t len);
+
+/* Chunk q of a planned job. */
+static inline void db_job_chunk(const struct db_plan *pl, const struct db_chunking *ck, uint64_t q, struct db_chunk *ch)
+{
+    db_chunk_at(pl, q * ck->per, (q + 1) * ck->per < ck->units ? (q + 1) * ck->per : ck->units, ch);
+}
+
 /* Device choices that shape the passes' work, carried in the parameter words. */
 struct db_tuning {
     uint32_t tile_rows;   /* mask rows per tile (>= 1; capped at H): CPUs take whole planes, GPUs few rows */
@@ -42,10 +84,6 @@ struct db_tile {
     uint64_t chans;
 };
 void db_tile_shape(const struct db_plan *pl, const struct db_tuning *tu, struct db_tile *t);
-
-/* Jobs of one chunk in compat none take their scales on the device (no host round trip) up to
- * this many samples: one work item sums the per-sample counts into K. */
-#define DB_DEVICE_SCALE_MAX_SAMPLES 16384
 
 /* Whether the fast apply kernels (db_vapply) can take the job: compat none, and for per-sample
  * scales samples of at least epw elements (so a work item meets at most one sample boundary). */

@@ -159,9 +159,9 @@ int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, u
     ocl_chunk_of(&j, 0, &ch);
     db_kernel_params(pl, &ch, &j.tu, prm);
     if ((rc = ocl_check(ocl_ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)", msg, len))) goto done;
-    if ((rc = ocl_check(ocl_ensure_buf(od, &od->kept, j.max_samp * 8 + 8), "clCreateBuffer(kept)", msg, len)))
+    if ((rc = ocl_check(ocl_ensure_buf(od, &od->kept, j.ck.max_samp * 8 + 8), "clCreateBuffer(kept)", msg, len)))
         goto done;
-    if ((rc = ocl_check(ocl_ensure_masks(od, 1, j.max_words), "clCreateBuffer(mask)", msg, len))) goto done;
+    if ((rc = ocl_check(ocl_ensure_masks(od, 1, j.ck.max_words), "clCreateBuffer(mask)", msg, len))) goto done;
     if (whats & (1u << DB_BENCH_BASELINE)) {
         uint64_t npad, nparts;
         if (db_baseline_params(pl, blp, &npad, &nparts, msg, len)) {

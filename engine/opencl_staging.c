@@ -105,7 +105,7 @@ uint64_t ocl_stage_slice(const struct ocl_dev *od, const struct job *j, size_t e
         if (end && !*end && v > 0) want = v;
     }
     uint64_t epw = j->tu.epw ? j->tu.epw : 1, g = 32 / gcd64(32, epw) * epw; /* lcm(32, epw) */
-    uint64_t n = want / es / g * g, chunk = (j->max_elem + g - 1) / g * g;
+    uint64_t n = want / es / g * g, chunk = (j->ck.max_elem + g - 1) / g * g;
     if (n < g) n = g;
     if (n > chunk) n = chunk; /* no slot larger than a chunk */
     return j->pl->numel > n ? n : 0;
@@ -215,7 +215,7 @@ static cl_int stage_apply(struct staged *st, uint64_t k)
     cl_int e = CL_SUCCESS;
     if (s0 == 0) {
         e = clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL);
-        if (e == CL_SUCCESS && !st->j->fused)
+        if (e == CL_SUCCESS && !st->j->ck.fused)
             e = clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4, st->scales + ch.n0, 0,
                                      NULL, NULL);
         uint64_t fwords = ((uint64_t)prm[DBP_GROUPS] * prm[DBP_EPW] + 31) / 32;
@@ -245,11 +245,11 @@ int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L
 {
     int rc = DROPBLOCK_OK;
     struct db_chunk last;
-    ocl_chunk_of(j, j->nchunks - 1, &last);
+    ocl_chunk_of(j, j->ck.nchunks - 1, &last);
     struct staged st = {.od = od, .j = j, .es = es, .in = in, .out = out, .prms = prms, .L = L, .scales = scales,
-                        .scales_ready = j->fused};
-    st.spc = (j->max_elem + L - 1) / L; /* every chunk but the last is full */
-    st.ns = (j->nchunks - 1) * st.spc + (last.nelem + L - 1) / L;
+                        .scales_ready = j->ck.fused};
+    st.spc = (j->ck.max_elem + L - 1) / L; /* every chunk but the last is full */
+    st.ns = (j->ck.nchunks - 1) * st.spc + (last.nelem + L - 1) / L;
     cl_event mask_ev = NULL;
     st.up = calloc(3 * st.ns, sizeof(cl_event));
     if (!st.up) {
@@ -259,14 +259,14 @@ int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L
     st.ap = st.up + st.ns;
     st.dn = st.ap + st.ns;
     if ((rc = ocl_check(ensure_staging(od, L * es), "clCreateBuffer(staging)", msg, len))) goto done;
-    if ((rc = ocl_check(ocl_ensure_buf(od, &od->data, ((j->max_elem * es + 3) & ~UINT64_C(3)) + 64),
+    if ((rc = ocl_check(ocl_ensure_buf(od, &od->data, ((j->ck.max_elem * es + 3) & ~UINT64_C(3)) + 64),
                         "clCreateBuffer(data)", msg, len)))
         goto done;
     if (!od->hwexact && j->pl->p.dtype != DROPBLOCK_F16 &&
-        (rc = ocl_check(ocl_ensure_buf(od, &od->fixup, (j->max_elem + 31) / 32 * 4), "clCreateBuffer(fixup)", msg,
+        (rc = ocl_check(ocl_ensure_buf(od, &od->fixup, (j->ck.max_elem + 31) / 32 * 4), "clCreateBuffer(fixup)", msg,
                         len)))
         goto done;
-    if (!j->fused && (rc = ocl_check(clEnqueueMarkerWithWaitList(od->queue, 0, NULL, &mask_ev),
+    if (!j->ck.fused && (rc = ocl_check(clEnqueueMarkerWithWaitList(od->queue, 0, NULL, &mask_ev),
                                      "clEnqueueMarkerWithWaitList(mask)", msg, len)))
         goto done;
     if ((rc = ocl_check(clFlush(od->queue), "clFlush(db_mask)", msg, len))) goto done;
@@ -295,10 +295,10 @@ int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L
             if ((rc = ocl_check(stage_apply(&st, st.napplied), "enqueue(staged apply)", msg, len))) goto done;
         if (k < st.ns && (rc = ocl_check(stage_upload(&st, k), "enqueue(staged upload)", msg, len))) goto done;
     }
-    for (uint64_t q = 0; q < j->nchunks && words; q++) {
+    for (uint64_t q = 0; q < j->ck.nchunks && words; q++) {
         ocl_chunk_of(j, q, &last);
         if ((rc = ocl_check(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0,
-                                                (size_t)((last.nelem + 31) / 32 * 4), words + q * j->max_words, 0, NULL,
+                                                (size_t)((last.nelem + 31) / 32 * 4), words + q * j->ck.max_words, 0, NULL,
                                                 NULL),
                             "clEnqueueReadBuffer(mask)", msg, len)))
             goto done;

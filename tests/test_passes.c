@@ -56,16 +56,18 @@ static int run_passes(void *ctx, const dropblock_params *p, const void *in, void
     if (pl.identity) { db_identity(&pl, in, out, maskout, res); return 0; }
     const size_t es = dropblock_dtype_size(p->dtype);
     const struct db_tuning tu = {v->tile_rows, v->epw * (p->dtype == DROPBLOCK_F32 ? 1u : 2u), v->budget, v->item};
-    uint64_t units = db_units(&pl), per = v->per ? (uint64_t)v->per : units;
-    uint64_t nchunks = (units + per - 1) / per;
+    /* the backends' plan of the chunks (a host buffer has no limit), the variant's size forced */
+    struct db_chunking ck;
+    if ((rc = db_job_chunks(&pl, UINT64_MAX, (uint64_t)v->per, &ck, res->message, sizeof res->message))) return rc;
+    const uint64_t nchunks = ck.nchunks;
     uint32_t **masks = calloc(nchunks, sizeof *masks);
     uint64_t *kept = calloc(pl.N, sizeof *kept);
     uint32_t *scales = calloc(pl.N, sizeof *scales), *dscales = calloc(pl.N, sizeof *dscales);
     uint32_t prm[DBP_COUNT];
     struct db_chunk ch;
-    const int on_device = nchunks == 1 && !pl.keras; /* the backends' fused path */
+    const int on_device = ck.fused; /* the backends' fused path */
     for (uint64_t q = 0; q < nchunks; q++) {
-        db_chunk_at(&pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
+        db_job_chunk(&pl, &ck, q, &ch);
         db_kernel_params(&pl, &ch, &tu, prm);
         /* mask words start as garbage, as reused device buffers do */
         uint64_t words = (ch.nelem + 31) / 32;
@@ -85,7 +87,7 @@ static int run_passes(void *ctx, const dropblock_params *p, const void *in, void
         rc = DROPBLOCK_EINTERNAL;
     }
     for (uint64_t q = 0; q < nchunks && !rc; q++) {
-        db_chunk_at(&pl, q * per, (q + 1) * per < units ? (q + 1) * per : units, &ch);
+        db_job_chunk(&pl, &ck, q, &ch);
         db_kernel_params(&pl, &ch, &tu, prm);
         const uint32_t *sc = scales + ch.n0;
         uint64_t fast = (uint64_t)prm[DBP_GROUPS] * prm[DBP_EPW];
@@ -167,6 +169,65 @@ static int check_conversions(void)
     return fails;
 }
 
+/* db_job_chunks, the one plan of a job's chunks every backend takes, on random shapes and
+ * buffer limits: the chunks cover the tensor, each fits the limit (data, mask words, the 8-byte
+ * per-sample counts), max_elem/max_samp are the largest chunk's, and fused is one chunk of
+ * compat none within DB_DEVICE_SCALE_MAX_SAMPLES. */
+static int check_job_chunks(void)
+{
+    int fails = 0;
+    for (int i = 0; i < 3000 && fails < 5; i++) {
+        struct db_plan pl;
+        memset(&pl, 0, sizeof pl);
+        pl.N = 1 + next64() % (i % 4 == 0 ? 20000 : 8);
+        pl.C = 1 + next64() % 16;
+        pl.H = 1 + next64() % 16;
+        pl.W = 1 + next64() % 100;
+        if (pl.N * pl.C * pl.H * pl.W > 400000) pl.N = 1 + 400000 / (pl.C * pl.H * pl.W);
+        pl.numel = pl.N * pl.C * pl.H * pl.W;
+        pl.p.layout = next64() % 2 ? DROPBLOCK_NHWC : DROPBLOCK_NCHW;
+        pl.p.dtype = (dropblock_dtype)(next64() % 3);
+        pl.keras = next64() % 4 == 0;
+        const uint64_t maxbuf = i % 10 == 0 ? UINT64_MAX : 16 + next64() % (i % 3 ? 4096 : 1 << 20);
+        const uint64_t max_units = i % 5 == 0 ? 1 + next64() % 7 : 0;
+        const uint64_t limit = maxbuf < (UINT64_C(1) << 30) ? maxbuf : UINT64_C(1) << 30;
+        const size_t es = dropblock_dtype_size(pl.p.dtype);
+        struct db_chunking ck;
+        char msg[256];
+        if (db_job_chunks(&pl, maxbuf, max_units, &ck, msg, sizeof msg)) {
+            /* only where one unit's data (or its mask, or its per-sample counts) cannot fit */
+            if (maxbuf == UINT64_MAX || db_unit_elems(&pl) * es + 64 <= limit / 2) {
+                printf("FAIL job_chunks %llux%llux%llux%llu limit %llu: %s\n", (unsigned long long)pl.N,
+                       (unsigned long long)pl.C, (unsigned long long)pl.H, (unsigned long long)pl.W,
+                       (unsigned long long)maxbuf, msg);
+                fails++;
+            }
+            continue;
+        }
+        uint64_t me = 0, ms = 0, covered = 0;
+        int bad = ck.units != db_units(&pl) || ck.per == 0 || (max_units && ck.per > max_units) ||
+                  ck.nchunks != (ck.units + ck.per - 1) / ck.per;
+        for (uint64_t q = 0; q < ck.nchunks && !bad; q++) {
+            struct db_chunk ch;
+            db_job_chunk(&pl, &ck, q, &ch);
+            bad = ch.u0 != covered || ch.nelem * es > limit || (ch.nelem + 31) / 32 * 4 > limit || ch.nsamp * 8 > limit ||
+                  ch.nsamp > UINT32_MAX;
+            covered = ch.u1;
+            if (ch.nelem > me) me = ch.nelem;
+            if (ch.nsamp > ms) ms = ch.nsamp;
+        }
+        bad = bad || covered != ck.units || me != ck.max_elem || ms != ck.max_samp || ck.max_words != (me + 31) / 32 ||
+              ck.fused != (ck.nchunks == 1 && !pl.keras && ms <= DB_DEVICE_SCALE_MAX_SAMPLES);
+        if (bad) {
+            printf("FAIL job_chunks %llux%llux%llux%llu limit %llu: per %llu, %llu chunks\n", (unsigned long long)pl.N,
+                   (unsigned long long)pl.C, (unsigned long long)pl.H, (unsigned long long)pl.W,
+                   (unsigned long long)maxbuf, (unsigned long long)ck.per, (unsigned long long)ck.nchunks);
+            fails++;
+        }
+    }
+    return fails;
+}
+
 /* db_vapply against db_apply_bits for the scales it takes (0, 1 and normal >= 1), inputs of
  * every class, both keep bits and every dtype */
 static int check_vapply(void)
@@ -209,6 +270,7 @@ int main(void)
     n++; if ((f = check_add_kept())) fails++;
     n++; if ((f = check_conversions())) fails++;
     n++; if ((f = check_vapply())) fails++;
+    n++; if ((f = check_job_chunks())) fails++;
     printf("test_passes: %d passed, %d failed\n", n - fails, fails);
     return fails ? 1 : 0;
 }

@@ -59,6 +59,18 @@ def run(cmd, timeout=30, env=None, **kw):
     return r
 
 
+def python_call(expr):
+    """A script that evaluates expr with the package and prints "done", or "CODE | message" for
+    the dropblock.Error it raises."""
+    return ("import sys; sys.path.insert(0, %r)\n"
+            "import dropblock\n"
+            "try:\n"
+            "    %s\n"
+            "    print('done')\n"
+            "except dropblock.Error as e:\n"
+            "    print(e.code, '|', e)\n") % (os.path.join(SRC, "python"), expr)
+
+
 def python_part(code, timeout=30):
     """Runs code in a Python with the package; None (and says why) where it cannot load here: no
     NumPy, or a sanitizer build of libdropblock that must come first in a process (ASan, TSan)."""
@@ -145,15 +157,7 @@ def test_huge(a, vec):
         j = client_json(run([a.client, "alloc", d.path, str(1 << 20)]))
         check(j["rc"] == "ok", "C: an ordinary 1 MiB allocation still works: %s" % j)
         # Python: client.array
-        code = ("import sys; sys.path.insert(0, %r)\n"
-                "import dropblock\n"
-                "c = dropblock.Client(%r)\n"
-                "try:\n"
-                "    c.array((1000, 1000, 1000, 1000))\n"
-                "    print('allocated')\n"
-                "except dropblock.Error as e:\n"
-                "    print(e.code, '|', e)\n") % (os.path.join(SRC, "python"), d.path)
-        r = python_part(code)
+        r = python_part(python_call("dropblock.Client(%r).array((1000, 1000, 1000, 1000))" % d.path))
         if r is not None:
             check(r.stdout.startswith("resource_exhausted |") and "max_region_bytes" in r.stdout,
                   "Python client.array: dropblock.Error resource_exhausted naming the limit: %s %s" %
@@ -505,14 +509,7 @@ def test_timeouts(a):
         r = run([a.cli, "--socket", s.path, "--timeout", "0", "devices"], timeout=30)
         check(r.returncode == 2 and "--timeout" in r.stderr, "CLI --timeout 0 is bad usage: %d %s" %
               (r.returncode, r.stderr.strip()))
-        code = ("import sys; sys.path.insert(0, %r)\n"
-                "import dropblock\n"
-                "try:\n"
-                "    dropblock.Client(%r, timeout=0.5)\n"
-                "    print('connected')\n"
-                "except dropblock.Error as e:\n"
-                "    print(e.code, '|', e)\n") % (os.path.join(SRC, "python"), s.path)
-        r = python_part(code)
+        r = python_part(python_call("dropblock.Client(%r, timeout=0.5)" % s.path))
         if r is not None:
             check(r.stdout.startswith("unavailable |") and "500 ms" in r.stdout,
                   "Python Client(timeout=0.5): dropblock.Error unavailable naming the timeout: %s %s" %

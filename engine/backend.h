@@ -13,10 +13,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "knobs.h"
 #include "plan.h"
 
 struct db_backend_config {
     const char *cache_dir; /* where compiled kernels are kept; NULL or "" disables the cache */
+    /* the engine's knobs (knobs.h), read at open; a backend keeps the pointer (the engine
+     * outlives its devices) and reads it when it needs a value, never the environment */
+    const struct db_knobs *knobs;
 };
 
 struct backend_ops;

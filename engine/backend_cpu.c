@@ -53,15 +53,13 @@ struct cpu_dev {
 
 static int cpu_enumerate(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg, size_t len)
 {
-    (void)cfg;
     if (cap < 1) return 0;
     struct cpu_dev *cd = calloc(1, sizeof *cd);
     if (!cd) { db_msg(msg, len, "out of memory"); return DROPBLOCK_EEXHAUSTED; }
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    const char *env = getenv("DROPBLOCK_CPU_THREADS");
-    if (env && atoi(env) > 0) n = atoi(env);
+    if (cfg->knobs->cpu_threads) n = cfg->knobs->cpu_threads;
     cd->threads = n < 1 ? 1 : n > CPU_MAX_THREADS ? CPU_MAX_THREADS : (int)n;
-    cd->forced = env && atoi(env) > 0;
+    cd->forced = cfg->knobs->cpu_threads > 0;
     memset(out, 0, sizeof *out);
     snprintf(out->info.api, sizeof out->info.api, "cpu");
     snprintf(out->info.vendor, sizeof out->info.vendor, "dropblockd");

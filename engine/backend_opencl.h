@@ -46,6 +46,7 @@ struct ocl_dev {
     cl_platform_id platform;
     cl_device_id device;
     uint64_t max_buffer; /* after the DROPBLOCK_OPENCL_MAX_BUFFER cap */
+    const struct db_knobs *knobs; /* the engine's (knobs.h) */
     cl_context ctx;
     cl_command_queue queue;
     cl_program program;

@@ -207,17 +207,6 @@ static void record_apply(struct vk_dev *d, const struct db_plan *pl, const uint3
 #define MASK_LOOP_BUDGET 24000u
 #define MASK_CAND_COST 4u
 
-/* DROPBLOCK_VULKAN_MASK_FAULT (tests): on CPU devices the first try of every mask pass takes
- * that many candidates an invocation whatever the loop limit, and a job none of whose mask
- * passes then had to be rerun fails, so that a test proves the completion check; 0 when unset */
-static uint32_t mask_fault(void)
-{
-    const char *s = getenv("DROPBLOCK_VULKAN_MASK_FAULT");
-    char *end;
-    unsigned long v = s && *s ? strtoul(s, &end, 10) : 0;
-    return s && *s && !*end && v <= UINT32_MAX ? (uint32_t)v : 0;
-}
-
 /* The job's tuning. On CPU devices, safe: so few candidates an invocation that its loops stay
  * within the budget even if every candidate fires; else as many as the expected fires allow
  * (n p + 8 sqrt(n p) + 16 of them, p the firing probability T / (wmask + 1), T / 2^32 or for
@@ -228,7 +217,7 @@ struct db_tuning vk_job_tuning(const struct vk_dev *d, const struct db_plan *pl,
     /* apply.comp: one 16-byte vector an invocation */
     struct db_tuning tu = {d->tile_rows, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, d->cand_budget, d->item_cands};
     if (d->props.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU) return tu;
-    const uint32_t fault = safe ? 0 : mask_fault();
+    const uint32_t fault = safe ? 0 : d->knobs->vulkan_mask_fault;
     if (fault) {
         tu.cand_budget = tu.item_cands = fault;
         return tu;
@@ -509,7 +498,7 @@ int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, co
                     .es = dropblock_dtype_size(pl->p.dtype)};
     j.tu = vk_job_tuning(d, pl, 0);
     j.safe = vk_job_tuning(d, pl, 1);
-    j.fault = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? mask_fault() : 0;
+    j.fault = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? d->knobs->vulkan_mask_fault : 0;
     int rc = db_job_chunks(pl, dev->info.max_buffer, 0, &j.ck, msg, len);
     if (rc) return rc;
     if (resident && j.ck.nchunks != 1) {

@@ -44,6 +44,7 @@ struct vk_buf {
 struct vk_dev {
     struct vk_inst *vi;
     VkPhysicalDevice pd;
+    const struct db_knobs *knobs; /* the engine's (knobs.h) */
     VkPhysicalDeviceProperties props;
     VkPhysicalDeviceMemoryProperties mem;
     int has_int64;

@@ -38,6 +38,7 @@ struct db_engine {
     struct db_slot slots[DB_MAX_DEVICES];
     size_t n;
     struct db_backend_config cfg;
+    struct db_knobs knobs;
     char cache_dir[512];
     void (*log)(void *ctx, const char *line);
     void *log_ctx;
@@ -171,6 +172,8 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *vis
     if (cache_dir) snprintf(e->cache_dir, sizeof e->cache_dir, "%s", cache_dir);
     else db_default_cache_dir(e->cache_dir, sizeof e->cache_dir);
     e->cfg.cache_dir = e->cache_dir[0] ? e->cache_dir : NULL;
+    db_knobs_read(&e->knobs, log, log_ctx);
+    e->cfg.knobs = &e->knobs;
     if (!visible) visible = getenv("DROPBLOCK_VISIBLE_DEVICES");
     if (visible && !*visible) visible = NULL;
     for (size_t b = 0; b < sizeof all_backends / sizeof *all_backends; b++) {
@@ -233,6 +236,8 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *vis
     *out = e;
     return DROPBLOCK_OK;
 }
+
+struct db_knobs *db_engine_knobs(struct db_engine *e) { return &e->knobs; }
 
 void db_engine_close(struct db_engine *e)
 {

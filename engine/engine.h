@@ -34,6 +34,10 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *vis
                    void (*log)(void *ctx, const char *line), void *log_ctx, char *msg, size_t len);
 void db_engine_close(struct db_engine *e);
 
+/* The knobs the engine read at open (knobs.h), which its backends consult: a test may change
+ * them between jobs, never while one runs. */
+struct db_knobs *db_engine_knobs(struct db_engine *e);
+
 size_t db_engine_device_count(const struct db_engine *e);
 /* The device as found at open: its healthy field stays 1 (see db_engine_healthy). */
 const dropblock_device_info *db_engine_device(const struct db_engine *e, size_t i);

@@ -2,7 +2,6 @@
  * queries and enumerate, the kernels' shape, build and work-group sizes, the buffers a device
  * keeps, launches (each recording its shape, see "warm-up"), the probes, the warm-up, teardown
  * and release. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,18 +134,7 @@ static int has_ext(const char *list, const char *ext)
     return 0;
 }
 
-static uint64_t env_max_buffer(void)
-{
-    const char *v = getenv("DROPBLOCK_OPENCL_MAX_BUFFER");
-    if (!v || !*v) return 0;
-    char *end;
-    errno = 0;
-    unsigned long long b = strtoull(v, &end, 10);
-    if (errno || *end || b == 0) return 0; /* ignored unless a positive byte count */
-    return (uint64_t)b;
-}
-
-static void fill_info(struct db_device *out, cl_device_id d)
+static void fill_info(struct db_device *out, cl_device_id d, const struct db_knobs *knobs)
 {
     dropblock_device_info *in = &out->info;
     snprintf(in->api, sizeof in->api, "opencl");
@@ -179,7 +167,7 @@ static void fill_info(struct db_device *out, cl_device_id d)
     }
     cl_ulong v = 0;
     if (clGetDeviceInfo(d, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof v, &v, NULL) == CL_SUCCESS) in->max_buffer = v;
-    uint64_t cap = env_max_buffer();
+    uint64_t cap = knobs->opencl_max_buffer;
     if (cap && cap < in->max_buffer) in->max_buffer = cap;
     v = 0;
     if (clGetDeviceInfo(d, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof v, &v, NULL) == CL_SUCCESS) in->global_mem = v;
@@ -188,7 +176,6 @@ static void fill_info(struct db_device *out, cl_device_id d)
 int ocl_enumerate(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg,
                   size_t len)
 {
-    (void)cfg;
     cl_uint np = 0;
     cl_int e = clGetPlatformIDs(0, NULL, &np);
     /* no ICD or no platform is "no devices", not a failure */
@@ -215,7 +202,8 @@ int ocl_enumerate(const struct db_backend_config *cfg, struct db_device *out, si
             memset(&out[n], 0, sizeof out[n]);
             od->platform = plats[p];
             od->device = devs[i];
-            fill_info(&out[n], devs[i]);
+            od->knobs = cfg->knobs;
+            fill_info(&out[n], devs[i], cfg->knobs);
             od->max_buffer = out[n].info.max_buffer;
             out[n].ops = &db_backend_opencl;
             out[n].priv = od;
@@ -286,10 +274,8 @@ void ocl_choose_shape(struct ocl_dev *od)
     od->cpu = (type & CL_DEVICE_TYPE_CPU) != 0;
     /* DROPBLOCK_OPENCL_SHAPE=gpu gives a CPU device the GPU shape (tests: the GPU kernels'
      * configuration compiled and checked on PoCL) */
-    const char *shape = getenv("DROPBLOCK_OPENCL_SHAPE");
-    if (shape && !strcmp(shape, "gpu")) od->cpu = 0;
-    const char *copy = getenv("DROPBLOCK_OPENCL_COPY");
-    od->zero_copy = od->cpu && !(copy && !strcmp(copy, "1"));
+    if (od->knobs->opencl_shape_gpu) od->cpu = 0;
+    od->zero_copy = od->cpu && !od->knobs->opencl_copy;
     if (od->cpu) {
         od->vw = nat >= 16 ? 16 : nat >= 8 ? 8 : 4;
         od->vpw = 32 / od->vw;
@@ -503,8 +489,7 @@ int ocl_probe_exact(struct ocl_dev *od)
              clEnqueueReadBuffer(od->queue, b[2], CL_TRUE, 0, sizeof y, y, 0, NULL, NULL) == CL_SUCCESS;
     for (int i = 0; i < NP && ok; i++) ok = y[i] == db_mul32(x[i], s[i]);
     for (int i = 0; i < 3; i++) clReleaseMemObject(b[i]);
-    const char *force = getenv("DROPBLOCK_OPENCL_FIXUP");
-    return ok && !(force && !strcmp(force, "1"));
+    return ok && !od->knobs->opencl_fixup;
 }
 
 /* Whether the fast f16 apply through the device's conversions (db_hwiden, db_happly,
@@ -562,8 +547,7 @@ int ocl_probe_half(struct ocl_dev *od)
     for (int i = 0; i < 5; i++)
         if (b[i]) clReleaseMemObject(b[i]);
     free(h); free(f); free(keep); free(fw); free(hn);
-    const char *force = getenv("DROPBLOCK_OPENCL_FIXUP");
-    return ok && !(force && !strcmp(force, "1"));
+    return ok && !od->knobs->opencl_fixup;
 }
 
 /* Launches every kernel a job can use, in every shape a job can launch it with (see

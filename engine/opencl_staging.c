@@ -97,13 +97,7 @@ static uint64_t gcd64(uint64_t a, uint64_t b)
 uint64_t ocl_stage_slice(const struct ocl_dev *od, const struct job *j, size_t es, int resident)
 {
     if (od->zero_copy || resident) return 0;
-    uint64_t want = STAGE_DEFAULT;
-    const char *env = getenv("DROPBLOCK_OPENCL_STAGE_BYTES");
-    if (env && *env) {
-        char *end = NULL;
-        unsigned long long v = strtoull(env, &end, 10);
-        if (end && !*end && v > 0) want = v;
-    }
+    uint64_t want = od->knobs->opencl_stage_bytes ? od->knobs->opencl_stage_bytes : STAGE_DEFAULT;
     uint64_t epw = j->tu.epw ? j->tu.epw : 1, g = 32 / gcd64(32, epw) * epw; /* lcm(32, epw) */
     uint64_t n = want / es / g * g, chunk = (j->ck.max_elem + g - 1) / g * g;
     if (n < g) n = g;

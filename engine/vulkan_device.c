@@ -2,7 +2,6 @@
  * names and codes, enumerate (the instance shared by its devices, each device's properties, its
  * compute queue and memory), pipelines and the work-group tuning, release, recording and
  * submitting a command buffer, and what prepare runs last: the subnormal probe and the warm-up. */
-#include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -79,18 +78,6 @@ static int has_extension(VkPhysicalDevice pd, const char *name)
     return found;
 }
 
-/* DROPBLOCK_VULKAN_MAX_BUFFER, or UINT64_MAX when unset or unreadable */
-static uint64_t env_max_buffer(void)
-{
-    const char *s = getenv("DROPBLOCK_VULKAN_MAX_BUFFER");
-    if (!s || !*s) return UINT64_MAX;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || end == s) return UINT64_MAX;
-    return v < 256 ? 256 : (uint64_t)v; /* the parameter words alone take 184 bytes */
-}
-
 static void describe(struct vk_dev *d, dropblock_device_info *info)
 {
     VkPhysicalDevice pd = d->pd;
@@ -162,8 +149,8 @@ static void describe(struct vk_dev *d, dropblock_device_info *info)
                  u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
         if (m3.maxMemoryAllocationSize < maxbuf) maxbuf = m3.maxMemoryAllocationSize;
     }
-    uint64_t cap = env_max_buffer();
-    if (cap < maxbuf) maxbuf = cap;
+    uint64_t cap = d->knobs->vulkan_max_buffer;
+    if (cap && cap < maxbuf) maxbuf = cap;
     /* a multiple of 4, so that buffers rounded up to whole words stay within the limit */
     info->max_buffer = maxbuf & ~UINT64_C(3);
     info->global_mem = 0;
@@ -174,7 +161,6 @@ static void describe(struct vk_dev *d, dropblock_device_info *info)
 
 int vk_enumerate(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg, size_t len)
 {
-    (void)cfg;
     VkApplicationInfo app = {
         .sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
         .pApplicationName = "dropblockd",
@@ -211,6 +197,7 @@ int vk_enumerate(const struct db_backend_config *cfg, struct db_device *out, siz
             struct vk_dev *d = calloc(1, sizeof *d);
             if (!d) break;
             d->vi = vi;
+            d->knobs = cfg->knobs;
             vi->refs++;
             d->pd = pds[i];
             memset(&out[k], 0, sizeof out[k]);
@@ -469,12 +456,11 @@ static int make_device(struct vk_dev *d, char *msg, size_t len)
             (PFN_vkGetMemoryHostPointerPropertiesEXT)vkGetDeviceProcAddr(d->dev, "vkGetMemoryHostPointerPropertiesEXT");
     if (!d->get_host_ptr_props) d->has_import = 0;
     /* staged where the device has memory the host cannot map (discrete GPUs) */
-    const char *stage = getenv("DROPBLOCK_VULKAN_STAGE");
     for (uint32_t i = 0; i < d->mem.memoryTypeCount; i++) {
         VkMemoryPropertyFlags f = d->mem.memoryTypes[i].propertyFlags;
         if ((f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) && !(f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT)) d->staged = 1;
     }
-    if (stage && (!strcmp(stage, "0") || !strcmp(stage, "1"))) d->staged = stage[0] == '1';
+    if (d->knobs->vulkan_stage >= 0) d->staged = d->knobs->vulkan_stage;
     return DROPBLOCK_OK;
 }
 
@@ -528,7 +514,6 @@ int vk_prepare_submission(struct vk_dev *d, char *msg, size_t len)
     if ((r = vkAllocateCommandBuffers(d->dev, &cai, &d->cmd))) return vk_fail(msg, len, r, "vkAllocateCommandBuffers");
     VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     if ((r = vkCreateFence(d->dev, &fci, NULL, &d->fence))) return vk_fail(msg, len, r, "vkCreateFence");
-    const char *fixup = getenv("DROPBLOCK_VULKAN_FIXUP");
-    d->hwexact = vk_probe_exact(d) && !(fixup && !strcmp(fixup, "1"));
+    d->hwexact = vk_probe_exact(d) && !d->knobs->vulkan_fixup;
     return vk_warm_up(d, msg, len);
 }

@@ -118,9 +118,8 @@ int vk_buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t len)
  * size or the driver does not allow one; the tensor is then copied. */
 int vk_buf_import(const struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t bytes)
 {
-    const char *copy = getenv("DROPBLOCK_VULKAN_COPY");
     memset(b, 0, sizeof *b);
-    if (!d->has_import || (copy && !strcmp(copy, "1")) || ((uintptr_t)p & (d->import_align - 1)) || bytes % 4)
+    if (!d->has_import || d->knobs->vulkan_copy || ((uintptr_t)p & (d->import_align - 1)) || bytes % 4)
         return 0;
     uint64_t size = (bytes + d->import_align - 1) & ~(d->import_align - 1);
     VkMemoryHostPointerPropertiesEXT hp = {.sType = VK_STRUCTURE_TYPE_MEMORY_HOST_POINTER_PROPERTIES_EXT};

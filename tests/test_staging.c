@@ -134,7 +134,7 @@ int main(int argc, char **argv)
             printf("device %s, %s\n", db_engine_device(e, d)->id, setups[s].name);
             fflush(stdout);
             for (size_t sl = 0; sl < sizeof slices / sizeof *slices; sl++) {
-                setenv("DROPBLOCK_OPENCL_STAGE_BYTES", slices[sl], 1);
+                db_engine_knobs(e)->opencl_stage_bytes = strtoull(slices[sl], NULL, 10);
                 for (int i = 0; i < ncases; i++)
                     for (int ip = 0; ip < 2; ip++) {
                         struct ctx c = {e, (int)d, ip};

@@ -1,0 +1,115 @@
+/* test_knobs: the DROPBLOCK_* backend knobs read once into struct db_knobs (engine/knobs.c):
+ * each knob's values, unset ones at their defaults, and every unreadable value reported through
+ * the log callback by name and ignored. The expectations are the documented meanings
+ * (knobs.h), written out by hand. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "knobs.h"
+
+static int passed, failed;
+static char logged[4096];
+
+#define CHECK_EQ(got, want, what) do { \
+        unsigned long long g_ = (unsigned long long)(got), w_ = (unsigned long long)(want); \
+        if (g_ == w_) passed++; \
+        else { failed++; printf("FAIL %s: got %llu, want %llu\n", what, g_, w_); } \
+    } while (0)
+
+static void log_line(void *ctx, const char *line)
+{
+    (void)ctx;
+    size_t n = strlen(logged);
+    snprintf(logged + n, sizeof logged - n, "%s\n", line);
+}
+
+static const char *const names[] = {
+    "DROPBLOCK_CPU_THREADS",   "DROPBLOCK_OPENCL_MAX_BUFFER", "DROPBLOCK_OPENCL_SHAPE",     "DROPBLOCK_OPENCL_COPY",
+    "DROPBLOCK_OPENCL_FIXUP",  "DROPBLOCK_OPENCL_STAGE_BYTES", "DROPBLOCK_VULKAN_MAX_BUFFER", "DROPBLOCK_VULKAN_STAGE",
+    "DROPBLOCK_VULKAN_COPY",   "DROPBLOCK_VULKAN_FIXUP",      "DROPBLOCK_VULKAN_MASK_FAULT",
+};
+
+static void clear(void)
+{
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) unsetenv(names[i]);
+    logged[0] = 0;
+}
+
+static void expect_logged(const char *what)
+{
+    if (strstr(logged, what)) passed++;
+    else { failed++; printf("FAIL the log lacks \"%s\"; it has:\n%s", what, logged); }
+}
+
+int main(void)
+{
+    struct db_knobs k;
+    clear();
+    db_knobs_read(&k, log_line, NULL);
+    CHECK_EQ(k.cpu_threads, 0, "unset: CPU threads");
+    CHECK_EQ(k.opencl_max_buffer, 0, "unset: OpenCL max buffer");
+    CHECK_EQ(k.vulkan_max_buffer, 0, "unset: Vulkan max buffer");
+    CHECK_EQ(k.vulkan_stage, -1, "unset: Vulkan staging is the device's choice");
+    CHECK_EQ(k.opencl_copy + k.opencl_fixup + k.opencl_shape_gpu + k.vulkan_copy + k.vulkan_fixup, 0, "unset flags");
+    CHECK_EQ(k.opencl_stage_bytes + k.vulkan_mask_fault, 0, "unset counts");
+    CHECK_EQ(strlen(logged), 0, "nothing logged when nothing is set");
+
+    clear();
+    setenv("DROPBLOCK_CPU_THREADS", "3", 1);
+    setenv("DROPBLOCK_OPENCL_MAX_BUFFER", "4096", 1);
+    setenv("DROPBLOCK_OPENCL_SHAPE", "gpu", 1);
+    setenv("DROPBLOCK_OPENCL_COPY", "1", 1);
+    setenv("DROPBLOCK_OPENCL_FIXUP", "1", 1);
+    setenv("DROPBLOCK_OPENCL_STAGE_BYTES", "300", 1);
+    setenv("DROPBLOCK_VULKAN_MAX_BUFFER", "100", 1);
+    setenv("DROPBLOCK_VULKAN_STAGE", "0", 1);
+    setenv("DROPBLOCK_VULKAN_COPY", "1", 1);
+    setenv("DROPBLOCK_VULKAN_FIXUP", "0", 1);
+    setenv("DROPBLOCK_VULKAN_MASK_FAULT", "1000000", 1);
+    db_knobs_read(&k, log_line, NULL);
+    CHECK_EQ(k.cpu_threads, 3, "CPU threads");
+    CHECK_EQ(k.opencl_max_buffer, 4096, "OpenCL max buffer");
+    CHECK_EQ(k.opencl_shape_gpu, 1, "OpenCL GPU shape");
+    CHECK_EQ(k.opencl_copy, 1, "OpenCL copy");
+    CHECK_EQ(k.opencl_fixup, 1, "OpenCL fixup");
+    CHECK_EQ(k.opencl_stage_bytes, 300, "OpenCL slice");
+    CHECK_EQ(k.vulkan_max_buffer, 256, "Vulkan max buffer: at least the parameter words' 256 bytes");
+    CHECK_EQ(k.vulkan_stage, 0, "Vulkan staging off");
+    CHECK_EQ(k.vulkan_copy, 1, "Vulkan copy");
+    CHECK_EQ(k.vulkan_fixup, 0, "Vulkan fixup \"0\"");
+    CHECK_EQ(k.vulkan_mask_fault, 1000000, "Vulkan mask fault");
+    CHECK_EQ(strlen(logged), 0, "nothing logged for readable values");
+
+    clear();
+    setenv("DROPBLOCK_CPU_THREADS", "-2", 1);
+    setenv("DROPBLOCK_OPENCL_MAX_BUFFER", "4k", 1);
+    setenv("DROPBLOCK_OPENCL_SHAPE", "cpu", 1);
+    setenv("DROPBLOCK_OPENCL_STAGE_BYTES", "0", 1);
+    setenv("DROPBLOCK_VULKAN_MAX_BUFFER", "99999999999999999999999", 1);
+    setenv("DROPBLOCK_VULKAN_STAGE", "yes", 1);
+    setenv("DROPBLOCK_VULKAN_MASK_FAULT", "4294967296", 1);
+    db_knobs_read(&k, log_line, NULL);
+    CHECK_EQ(k.cpu_threads, 0, "negative CPU threads ignored");
+    CHECK_EQ(k.opencl_max_buffer, 0, "\"4k\" ignored");
+    CHECK_EQ(k.opencl_shape_gpu, 0, "shape other than gpu ignored");
+    CHECK_EQ(k.opencl_stage_bytes, 0, "a zero slice ignored");
+    CHECK_EQ(k.vulkan_max_buffer, 0, "an overflowing count ignored");
+    CHECK_EQ(k.vulkan_stage, -1, "staging \"yes\" ignored");
+    CHECK_EQ(k.vulkan_mask_fault, 0, "a mask fault past 32 bits ignored");
+    expect_logged("DROPBLOCK_CPU_THREADS=\"-2\": not a positive whole number in range; ignored");
+    expect_logged("DROPBLOCK_OPENCL_MAX_BUFFER=\"4k\"");
+    expect_logged("DROPBLOCK_OPENCL_SHAPE=\"cpu\": must be gpu or 0; ignored");
+    expect_logged("DROPBLOCK_OPENCL_STAGE_BYTES=\"0\"");
+    expect_logged("DROPBLOCK_VULKAN_MAX_BUFFER=\"99999999999999999999999\"");
+    expect_logged("DROPBLOCK_VULKAN_STAGE=\"yes\": must be 0 or 1; ignored");
+    expect_logged("DROPBLOCK_VULKAN_MASK_FAULT=\"4294967296\"");
+
+    clear();
+    setenv("DROPBLOCK_OPENCL_COPY", "true", 1);
+    db_knobs_read(&k, NULL, NULL); /* no log callback: still ignored, nothing to call */
+    CHECK_EQ(k.opencl_copy, 0, "copy \"true\" ignored without a log");
+
+    printf("test_knobs: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

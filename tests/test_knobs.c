@@ -36,6 +36,13 @@ static void clear(void)
     logged[0] = 0;
 }
 
+/* sets each name=value pair of a NULL-terminated list, after clearing every knob */
+static void set_only(const char *const *pairs)
+{
+    clear();
+    for (; *pairs; pairs += 2) setenv(pairs[0], pairs[1], 1);
+}
+
 static void expect_logged(const char *what)
 {
     if (strstr(logged, what)) passed++;
@@ -55,18 +62,12 @@ int main(void)
     CHECK_EQ(k.opencl_stage_bytes + k.vulkan_mask_fault, 0, "unset counts");
     CHECK_EQ(strlen(logged), 0, "nothing logged when nothing is set");
 
-    clear();
-    setenv("DROPBLOCK_CPU_THREADS", "3", 1);
-    setenv("DROPBLOCK_OPENCL_MAX_BUFFER", "4096", 1);
-    setenv("DROPBLOCK_OPENCL_SHAPE", "gpu", 1);
-    setenv("DROPBLOCK_OPENCL_COPY", "1", 1);
-    setenv("DROPBLOCK_OPENCL_FIXUP", "1", 1);
-    setenv("DROPBLOCK_OPENCL_STAGE_BYTES", "300", 1);
-    setenv("DROPBLOCK_VULKAN_MAX_BUFFER", "100", 1);
-    setenv("DROPBLOCK_VULKAN_STAGE", "0", 1);
-    setenv("DROPBLOCK_VULKAN_COPY", "1", 1);
-    setenv("DROPBLOCK_VULKAN_FIXUP", "0", 1);
-    setenv("DROPBLOCK_VULKAN_MASK_FAULT", "1000000", 1);
+    static const char *const readable[] = {
+        "DROPBLOCK_CPU_THREADS", "3", "DROPBLOCK_OPENCL_MAX_BUFFER", "4096", "DROPBLOCK_OPENCL_SHAPE", "gpu",
+        "DROPBLOCK_OPENCL_COPY", "1", "DROPBLOCK_OPENCL_FIXUP", "1", "DROPBLOCK_OPENCL_STAGE_BYTES", "300",
+        "DROPBLOCK_VULKAN_MAX_BUFFER", "100", "DROPBLOCK_VULKAN_STAGE", "0", "DROPBLOCK_VULKAN_COPY", "1",
+        "DROPBLOCK_VULKAN_FIXUP", "0", "DROPBLOCK_VULKAN_MASK_FAULT", "1000000", NULL};
+    set_only(readable);
     db_knobs_read(&k, log_line, NULL);
     CHECK_EQ(k.cpu_threads, 3, "CPU threads");
     CHECK_EQ(k.opencl_max_buffer, 4096, "OpenCL max buffer");
@@ -81,14 +82,11 @@ int main(void)
     CHECK_EQ(k.vulkan_mask_fault, 1000000, "Vulkan mask fault");
     CHECK_EQ(strlen(logged), 0, "nothing logged for readable values");
 
-    clear();
-    setenv("DROPBLOCK_CPU_THREADS", "-2", 1);
-    setenv("DROPBLOCK_OPENCL_MAX_BUFFER", "4k", 1);
-    setenv("DROPBLOCK_OPENCL_SHAPE", "cpu", 1);
-    setenv("DROPBLOCK_OPENCL_STAGE_BYTES", "0", 1);
-    setenv("DROPBLOCK_VULKAN_MAX_BUFFER", "99999999999999999999999", 1);
-    setenv("DROPBLOCK_VULKAN_STAGE", "yes", 1);
-    setenv("DROPBLOCK_VULKAN_MASK_FAULT", "4294967296", 1);
+    static const char *const unreadable[] = {
+        "DROPBLOCK_CPU_THREADS", "-2", "DROPBLOCK_OPENCL_MAX_BUFFER", "4k", "DROPBLOCK_OPENCL_SHAPE", "cpu",
+        "DROPBLOCK_OPENCL_STAGE_BYTES", "0", "DROPBLOCK_VULKAN_MAX_BUFFER", "99999999999999999999999",
+        "DROPBLOCK_VULKAN_STAGE", "yes", "DROPBLOCK_VULKAN_MASK_FAULT", "4294967296", NULL};
+    set_only(unreadable);
     db_knobs_read(&k, log_line, NULL);
     CHECK_EQ(k.cpu_threads, 0, "negative CPU threads ignored");
     CHECK_EQ(k.opencl_max_buffer, 0, "\"4k\" ignored");
@@ -105,8 +103,8 @@ int main(void)
     expect_logged("DROPBLOCK_VULKAN_STAGE=\"yes\": must be 0 or 1; ignored");
     expect_logged("DROPBLOCK_VULKAN_MASK_FAULT=\"4294967296\"");
 
-    clear();
-    setenv("DROPBLOCK_OPENCL_COPY", "true", 1);
+    static const char *const copy_true[] = {"DROPBLOCK_OPENCL_COPY", "true", NULL};
+    set_only(copy_true);
     db_knobs_read(&k, NULL, NULL); /* no log callback: still ignored, nothing to call */
     CHECK_EQ(k.opencl_copy, 0, "copy \"true\" ignored without a log");
 

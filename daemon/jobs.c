@@ -167,50 +167,7 @@ int jobs_pick(struct jobs *js, const char *device, uint64_t bytes, char *msg, si
 }
 
 /* ---- the small-job threshold, measured ----------------------------------------------------- */
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* The ladder's jobs: f32 NCHW 1 x C x 32 x 32 (the first two rungs 1 x 1 x 4 x 4 and
- * 1 x 1 x 16 x 16), block 3, rate 0.1; each 4x the last. */
-static void rung_params(int i, dropblock_params *p)
-{
-    dropblock_params_init(p);
-    p->shape[0] = 1;
-    if (i == 0) { p->shape[1] = 1; p->shape[2] = p->shape[3] = 4; }
-    else if (i == 1) { p->shape[1] = 1; p->shape[2] = p->shape[3] = 16; }
-    else { p->shape[1] = UINT64_C(1) << (2 * (i - 2)); p->shape[2] = p->shape[3] = 32; }
-    p->rate = 0.1f;
-    p->block[0] = p->block[1] = 3;
-    p->seed = 42;
-}
-
-/* One job of rung i on each device, CPU first: 0, or -1 if one failed. */
-static int probe_pair(struct jobs *js, const struct jobs_small *m, int i, uint64_t stream, const float *x, float *y,
-                      double *cpu_us, double *dev_us)
-{
-    dropblock_params p;
-    rung_params(i, &p);
-    p.stream = stream; /* a new mask each time, as in training */
-    dropblock_result res;
-    uint64_t a = db_now_us();
-    if (db_engine_run_probe(js->engine, m->cpu, &p, x, y, &res)) return -1;
-    uint64_t b = db_now_us();
-    if (db_engine_run_probe(js->engine, m->dev, &p, x, y, &res)) return -1;
-    uint64_t c = db_now_us();
-    *cpu_us = (double)(b - a);
-    *dev_us = (double)(c - b);
-    return 0;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
+/* The pair to compare is the jobs' choice (jobs_pick); sj_measure times the ladder on it. */
 int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *out)
 {
     memset(out, 0, sizeof *out);
@@ -223,89 +180,7 @@ int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *o
     js->small_bytes = saved;
     if (out->cpu < 0 || dev < 0 || cpu_builtin(js, dev)) { out->why = JOBS_SMALL_NOTHING; return -1; }
     out->dev = dev;
-    enum { WARMUP = 5, REPS = 11 };
-    const uint64_t t0 = db_now_us();
-    /* one pair of buffers for every rung, page-aligned as memfd regions are (so the device takes
-     * its zero-copy path if it has one) */
-    dropblock_params big;
-    rung_params(JOBS_SMALL_RUNGS - 1, &big);
-    size_t alloc = (size_t)((dropblock_tensor_bytes(&big) + 4095) / 4096 * 4096);
-    float *x = aligned_alloc(4096, alloc), *y = aligned_alloc(4096, alloc);
-    if (!x || !y) {
-        free(x); free(y);
-        out->why = JOBS_SMALL_FAILED;
-        return -1;
-    }
-    for (size_t k = 0; k < alloc / 4; k++) x[k] = (float)(k % 251) / 251.0f;
-    memset(y, 0, alloc);
-
-    /* warm-up, rung by rung: which rungs to time (up to one past the first of the rungs the
-     * device wins from there on, to see the crossing from both sides), and what a round of them
-     * costs */
-    double round_us = 0;
-    int n = 0, won = -1;
-    out->why = JOBS_SMALL_OK;
-    for (int i = 0; i < JOBS_SMALL_RUNGS && (won < 0 || i <= won + 1); i++) {
-        uint64_t a = db_now_us();
-        double c[WARMUP], d[WARMUP];
-        int ok = 1;
-        for (int r = 0; ok && r < WARMUP; r++) {
-            ok = !probe_pair(js, out, i, (uint64_t)r, x, y, &c[r], &d[r]);
-            if (ok && db_now_us() - t0 > 2 * budget_us) { out->why = JOBS_SMALL_LATE; ok = 0; }
-        }
-        if (!ok) {
-            if (out->why == JOBS_SMALL_OK) out->why = JOBS_SMALL_FAILED;
-            break;
-        }
-        double pair_us = (double)(db_now_us() - a) / WARMUP;
-        /* the rounds below must fit the budget with this rung in them */
-        if (i > 0 && (double)(db_now_us() - t0) + (round_us + pair_us) * REPS > (double)budget_us) break;
-        round_us += pair_us;
-        n = i + 1;
-        /* the device's win counts only while it keeps winning: a rung the CPU wins again
-         * above it (noise, or load) sends the ladder on, since the threshold never ends below a
-         * size the CPU won (sj_choose) */
-        if (median(c, WARMUP) > median(d, WARMUP)) { if (won < 0) won = i; }
-        else won = -1;
-    }
-    if (n == 0) {
-        free(x); free(y);
-        if (out->why == JOBS_SMALL_OK) out->why = JOBS_SMALL_FAILED;
-        return -1;
-    }
-    /* the timed rounds: every rung once per round, CPU and device alternating, so that other
-     * load on the machine falls on all of them alike */
-    double cpu[JOBS_SMALL_RUNGS][REPS], devt[JOBS_SMALL_RUNGS][REPS];
-    int reps = 0;
-    for (int r = 0; r < REPS; r++) {
-        uint64_t a = db_now_us();
-        int ok = 1;
-        for (int i = 0; ok && i < n; i++)
-            ok = !probe_pair(js, out, i, (uint64_t)(WARMUP + r), x, y, &cpu[i][r], &devt[i][r]);
-        if (!ok) break;
-        reps++;
-        uint64_t now = db_now_us();
-        if (now - t0 + (now - a) > budget_us) break; /* no time for another round */
-    }
-    free(x);
-    free(y);
-    if (reps == 0) {
-        out->why = JOBS_SMALL_FAILED;
-        return -1;
-    }
-    for (int i = 0; i < n; i++) {
-        dropblock_params p;
-        rung_params(i, &p);
-        out->ladder[i].bytes = dropblock_tensor_bytes(&p) + dropblock_mask_bytes(&p);
-        out->ladder[i].cpu_us = median(cpu[i], reps);
-        out->ladder[i].dev_us = median(devt[i], reps);
-    }
-    out->n = n;
-    out->reps = reps;
-    out->elapsed_us = db_now_us() - t0;
-    out->bytes = sj_choose(out->ladder, out->n, JOBS_SMALL_RUNGS, SJ_DEFAULT_BYTES);
-    out->why = JOBS_SMALL_OK;
-    return 0;
+    return sj_measure(js->engine, budget_us, out);
 }
 
 int jobs_run_inline(struct jobs *js, struct job *j)

@@ -44,32 +44,13 @@ int jobs_start(struct jobs **out, struct db_engine *e, uv_loop_t *loop, jobs_don
  * DROPBLOCK_ENOTFOUND (unknown id) or DROPBLOCK_EUNAVAILABLE (no healthy device). */
 int jobs_pick(struct jobs *js, const char *device, uint64_t bytes, char *msg, size_t len);
 void jobs_set_small_job_bytes(struct jobs *js, uint64_t bytes);
-/* The small-job threshold, measured (dropblockd --small-job-bytes auto): jobs of a growing
- * size (JOBS_SMALL_RUNGS at most, 66 bytes to 4.3 MB, each 4x the last) on the built-in CPU
- * backend and on the device a large "auto" job goes to, on the calling thread. First 5 warm-up
- * pairs per size, size after size, up to one size past the first of the sizes the device wins
- * from there on (and as far as the budget allows); then up to 11 rounds, each running every size
- * once on both (so that other load on the machine weighs on all alike), while rounds fit in
- * budget_us; medians; the threshold is sj_choose's crossover, never below the largest size the
- * CPU won, and at least SJ_DEFAULT_BYTES when the ladder was cut short with the CPU still
- * winning. The device's times are its engine calls, without the hand-off to its
- * worker thread and back that a queued job also pays, so the threshold errs towards the device.
- * Call it before any job is submitted.
+/* The small-job threshold, measured (dropblockd --small-job-bytes auto) between the built-in
+ * CPU backend and the device a large "auto" job goes to, on the calling thread: sj_measure
+ * (smalljob.h) says how. Call it before any job is submitted.
  * 0 with out filled; -1 when there is nothing to compare (no built-in CPU backend, or the
  * default device is that backend: out->dev < 0) or not even the first size could be timed (a
  * job failed, or it took more than twice the budget, e.g. under valgrind): out->why says. The
  * probes are not counted as the devices' jobs (db_engine_run_probe). */
-#define JOBS_SMALL_RUNGS 8
-struct jobs_small {
-    int cpu, dev;       /* the device indices compared (-1: none) */
-    int n;              /* rungs measured */
-    int reps;           /* timed rounds (the medians' sample size) */
-    struct sj_rung ladder[JOBS_SMALL_RUNGS];
-    uint64_t bytes;     /* the threshold chosen */
-    uint64_t elapsed_us;
-    int why;            /* JOBS_SMALL_*: measured, or why not */
-};
-enum { JOBS_SMALL_OK, JOBS_SMALL_NOTHING, JOBS_SMALL_FAILED, JOBS_SMALL_LATE };
 int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *out);
 /* Runs a small job on the calling (loop) thread when its device is the built-in CPU backend and
  * is idle: 1 if it ran (the caller completes it), 0 if it must be queued. Saves two thread

@@ -412,13 +412,10 @@ static int get_tensor(const cJSON *req, const char *field, struct proto_tensor *
     return DROPBLOCK_OK;
 }
 
-int proto_parse_job(const cJSON *req, struct proto_job *job, char *msg, size_t len)
+/* shape: 4 positive integers */
+static int get_shape(const cJSON *req, dropblock_params *p, char *msg, size_t len)
 {
-    memset(job, 0, sizeof *job);
-    dropblock_params *p = &job->p;
-    dropblock_params_init(p);
     int rc;
-    /* shape: 4 positive integers */
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(req, "shape");
     if (!cJSON_IsArray(shape) || cJSON_GetArraySize(shape) != 4) {
         db_msg(msg, len, "shape: must be an array of 4 integers (N, C, H, W)%s",
@@ -434,6 +431,13 @@ int proto_parse_job(const cJSON *req, struct proto_job *job, char *msg, size_t l
         }
         if ((rc = proto_get_u64(d, dims[i], &p->shape[i], msg, len))) return rc;
     }
+    return DROPBLOCK_OK;
+}
+
+/* rate, block (one size or [bh, bw]), seed and stream */
+static int get_rate_block_seed(const cJSON *req, dropblock_params *p, char *msg, size_t len)
+{
+    int rc;
     const cJSON *rate = cJSON_GetObjectItemCaseSensitive(req, "rate");
     if (!cJSON_IsNumber(rate)) { db_msg(msg, len, "rate: missing or not a number"); return DROPBLOCK_EINVAL; }
     if (!(rate->valuedouble >= 0.0 && rate->valuedouble <= 1.0)) {
@@ -456,7 +460,13 @@ int proto_parse_job(const cJSON *req, struct proto_job *job, char *msg, size_t l
     if ((rc = proto_get_u64(seed, "seed", &p->seed, msg, len))) return rc;
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(req, "stream");
     if (stream && (rc = proto_get_u64(stream, "stream", &p->stream, msg, len))) return rc;
-    int v;
+    return DROPBLOCK_OK;
+}
+
+/* layout, dtype, normalize, mode and compat: optional names, absent ones keep the defaults */
+static int get_enums(const cJSON *req, dropblock_params *p, char *msg, size_t len)
+{
+    int rc, v;
     v = p->layout;
     if ((rc = get_string_enum(req, "layout", parse_layout_exact, "NCHW or NHWC", &v, msg, len))) return rc;
     p->layout = (dropblock_layout)v;
@@ -472,6 +482,12 @@ int proto_parse_job(const cJSON *req, struct proto_job *job, char *msg, size_t l
     v = p->compat;
     if ((rc = get_string_enum(req, "compat", dropblock_parse_compat, "none or keras_cv", &v, msg, len))) return rc;
     p->compat = (dropblock_compat)v;
+    return DROPBLOCK_OK;
+}
+
+/* share and training: optional */
+static int get_share_training(const cJSON *req, dropblock_params *p, char *msg, size_t len)
+{
     const cJSON *share = cJSON_GetObjectItemCaseSensitive(req, "share");
     if (share) {
         if (!cJSON_IsArray(share)) { db_msg(msg, len, "share: must be an array of \"channels\" and/or \"batch\""); return DROPBLOCK_EINVAL; }
@@ -487,6 +503,13 @@ int proto_parse_job(const cJSON *req, struct proto_job *job, char *msg, size_t l
         if (!cJSON_IsBool(training)) { db_msg(msg, len, "training: must be true or false"); return DROPBLOCK_EINVAL; }
         p->training = cJSON_IsTrue(training);
     }
+    return DROPBLOCK_OK;
+}
+
+/* device ("auto" when absent), then the tensors: input required, output defaults to it (in place) */
+static int get_device_tensors(const cJSON *req, struct proto_job *job, char *msg, size_t len)
+{
+    int rc;
     const cJSON *device = cJSON_GetObjectItemCaseSensitive(req, "device");
     snprintf(job->device, sizeof job->device, "auto");
     if (device) {
@@ -500,7 +523,21 @@ int proto_parse_job(const cJSON *req, struct proto_job *job, char *msg, size_t l
     if (!job->input.present) { db_msg(msg, len, "input: missing ({\"region\": R, \"offset\": O})"); return DROPBLOCK_EINVAL; }
     if ((rc = get_tensor(req, "output", &job->output, msg, len))) return rc;
     if (!job->output.present) job->output = job->input;
-    if ((rc = get_tensor(req, "mask", &job->mask, msg, len))) return rc;
+    return get_tensor(req, "mask", &job->mask, msg, len);
+}
+
+/* the field groups in a fixed order: a request with several errors gets the first one's message */
+int proto_parse_job(const cJSON *req, struct proto_job *job, char *msg, size_t len)
+{
+    memset(job, 0, sizeof *job);
+    dropblock_params *p = &job->p;
+    dropblock_params_init(p);
+    int rc;
+    if ((rc = get_shape(req, p, msg, len))) return rc;
+    if ((rc = get_rate_block_seed(req, p, msg, len))) return rc;
+    if ((rc = get_enums(req, p, msg, len))) return rc;
+    if ((rc = get_share_training(req, p, msg, len))) return rc;
+    if ((rc = get_device_tensors(req, job, msg, len))) return rc;
     if ((rc = dropblock_params_validate(p, msg, len))) return rc;
     struct db_plan pl;
     return db_plan_init(&pl, p, msg, len);

@@ -178,122 +178,170 @@ static int bench_crossover(dropblock_t *h, const char *device, int reps, int jso
     return 0;
 }
 
-int bench_socket(int argc, char **argv)
+/* What the daemon modes were asked for on the command line. */
+struct sock_args {
+    const char *path, *device, *dtype;
+    int latency, throughput, crossover, json, reps;
+    uint64_t shape[4];
+};
+
+/* Returns -1 to go on, else an exit status. */
+static int parse_sock_args(int argc, char **argv, struct sock_args *a)
 {
-    const char *path = NULL, *device = "auto", *dtype = "f32";
-    int latency = 0, throughput = 0, crossover = 0, json = 0, reps = 0;
-    uint64_t shape[4] = {0};
+    memset(a, 0, sizeof *a);
+    a->device = "auto";
+    a->dtype = "f32";
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--socket") && v) { path = v; i++; }
-        else if (!strcmp(a, "--latency")) latency = 1;
-        else if (!strcmp(a, "--throughput")) throughput = 1;
-        else if (!strcmp(a, "--crossover")) crossover = 1;
-        else if (!strcmp(a, "--json")) json = 1;
-        else if (!strcmp(a, "--device") && v) { device = v; i++; }
-        else if (!strcmp(a, "--dtype") && v) { dtype = v; i++; }
-        else if (!strcmp(a, "--reps") && v) { reps = atoi(v); i++; }
-        else if (!strcmp(a, "--shape") && v) {
-            if (parse_shape(v, shape)) { fprintf(stderr, "dropblock-bench: --shape %s: want N,C,H,W\n", v); return 2; }
+        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(s, "--socket") && v) { a->path = v; i++; }
+        else if (!strcmp(s, "--latency")) a->latency = 1;
+        else if (!strcmp(s, "--throughput")) a->throughput = 1;
+        else if (!strcmp(s, "--crossover")) a->crossover = 1;
+        else if (!strcmp(s, "--json")) a->json = 1;
+        else if (!strcmp(s, "--device") && v) { a->device = v; i++; }
+        else if (!strcmp(s, "--dtype") && v) { a->dtype = v; i++; }
+        else if (!strcmp(s, "--reps") && v) { a->reps = atoi(v); i++; }
+        else if (!strcmp(s, "--shape") && v) {
+            if (parse_shape(v, a->shape)) { fprintf(stderr, "dropblock-bench: --shape %s: want N,C,H,W\n", v); return 2; }
             i++;
         } else {
             fprintf(stderr, "dropblock-bench: unknown argument %s\n"
                     "usage: dropblock-bench --socket PATH --latency|--throughput|--crossover [--device ID] [--reps N]"
-                    " [--shape N,C,H,W] [--dtype f32|f16|bf16] [--json]\n", a);
+                    " [--shape N,C,H,W] [--dtype f32|f16|bf16] [--json]\n", s);
             return 2;
         }
     }
-    if (latency + throughput + crossover != 1) {
+    if (a->latency + a->throughput + a->crossover != 1) {
         fprintf(stderr, "dropblock-bench: give one of --latency, --throughput or --crossover with --socket\n");
         return 2;
     }
-    char msg[512];
-    if (crossover) {
-        dropblock_t *h;
-        int rc = dropblock_connect(&h, path, msg, sizeof msg);
-        if (rc) { fprintf(stderr, "dropblock-bench: %s\n", msg); return 1; }
-        rc = bench_crossover(h, device, reps > 0 ? reps : 400, json);
-        dropblock_close(h);
-        return rc;
-    }
-    dropblock_params p;
-    dropblock_params_init(&p);
-    if (latency) { p.shape[0] = 1; p.shape[1] = 1; p.shape[2] = 4; p.shape[3] = 4; p.block[0] = p.block[1] = 2; }
-    else { p.shape[0] = 64; p.shape[1] = 1024; p.shape[2] = 14; p.shape[3] = 14; }
-    if (shape[0]) memcpy(p.shape, shape, sizeof shape);
-    int dt = dropblock_parse_dtype(dtype);
-    if (dt < 0) { fprintf(stderr, "dropblock-bench: --dtype %s: must be f32, f16 or bf16\n", dtype); return 2; }
-    p.dtype = (dropblock_dtype)dt;
-    if (dropblock_params_validate(&p, msg, sizeof msg)) { fprintf(stderr, "dropblock-bench: %s\n", msg); return 2; }
-    if (reps <= 0) reps = latency ? 5000 : 20;
+    return -1;
+}
 
-    dropblock_t *h;
-    int rc = dropblock_connect(&h, path, msg, sizeof msg);
-    if (rc) { fprintf(stderr, "dropblock-bench: %s\n", msg); return 1; }
-    uint64_t bytes = dropblock_tensor_bytes(&p);
-    void *x, *y;
-    if (dropblock_alloc(h, bytes, &x) || dropblock_alloc(h, bytes, &y)) {
-        fprintf(stderr, "dropblock-bench: cannot allocate %llu bytes of shared memory twice\n", (unsigned long long)bytes);
-        dropblock_close(h);
-        return 1;
-    }
-    db_fill_tf_uniform(p.dtype, 0, 1, dropblock_numel(&p), x);
-    double *t = calloc((size_t)reps, sizeof *t);
-    dropblock_result res;
-    int warm = latency ? 500 : 3;
+/* The job of --latency or --throughput, checked before any connection; 0 or an exit status. */
+static int sock_params(struct sock_args *a, dropblock_params *p)
+{
+    char msg[512];
+    dropblock_params_init(p);
+    if (a->latency) { p->shape[0] = 1; p->shape[1] = 1; p->shape[2] = 4; p->shape[3] = 4; p->block[0] = p->block[1] = 2; }
+    else { p->shape[0] = 64; p->shape[1] = 1024; p->shape[2] = 14; p->shape[3] = 14; }
+    if (a->shape[0]) memcpy(p->shape, a->shape, sizeof a->shape);
+    int dt = dropblock_parse_dtype(a->dtype);
+    if (dt < 0) { fprintf(stderr, "dropblock-bench: --dtype %s: must be f32, f16 or bf16\n", a->dtype); return 2; }
+    p->dtype = (dropblock_dtype)dt;
+    if (dropblock_params_validate(p, msg, sizeof msg)) { fprintf(stderr, "dropblock-bench: %s\n", msg); return 2; }
+    if (a->reps <= 0) a->reps = a->latency ? 5000 : 20;
+    return 0;
+}
+
+/* reps timed round trips of p after warm untimed ones, into t; res is the last job's. */
+static int time_jobs(dropblock_t *h, dropblock_params *p, void *x, void *y, const char *device, int warm, int reps,
+                     double *t, dropblock_result *res)
+{
     for (int i = 0; i < warm + reps; i++) {
-        p.stream = (uint64_t)i; /* a new mask every call, as in training */
+        p->stream = (uint64_t)i; /* a new mask every call, as in training */
         double t0 = now_us();
-        rc = dropblock_run(h, &p, x, y, NULL, device, &res);
+        int rc = dropblock_run(h, p, x, y, NULL, device, res);
         double dt_us = now_us() - t0;
         if (rc) {
-            fprintf(stderr, "dropblock-bench: job failed: %s: %s\n", dropblock_strerror(rc), res.message);
-            free(t);
-            dropblock_close(h);
+            fprintf(stderr, "dropblock-bench: job failed: %s: %s\n", dropblock_strerror(rc), res->message);
             return 1;
         }
         if (i >= warm) t[i - warm] = dt_us;
+    }
+    return 0;
+}
+
+static void print_latency(const struct sock_args *a, const dropblock_params *p, const dropblock_result *res,
+                          double p50, double p99, double mean)
+{
+    printf("latency %llux%llux%llux%llu %s on %s: p50 %.1f us, p99 %.1f us, mean %.1f us over %d round trips\n",
+           (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
+           (unsigned long long)p->shape[3], a->dtype, res->device, p50, p99, mean, a->reps);
+    if (a->json)
+        printf("{\"mode\":\"latency\",\"device\":\"%s\",\"shape\":[%llu,%llu,%llu,%llu],\"dtype\":\"%s\",\"reps\":%d,"
+               "\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f}\n", res->device,
+               (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
+               (unsigned long long)p->shape[3], a->dtype, a->reps, p50, p99, mean);
+}
+
+/* The end-to-end figure, then the same bytes host to device and back through the same API, in
+ * this process, and their ratio. */
+static void print_throughput(const struct sock_args *a, const dropblock_params *p, const void *x,
+                             const dropblock_result *res, double p50)
+{
+    uint64_t bytes = dropblock_tensor_bytes(p);
+    double gbps = 2.0 * (double)bytes / p50 / 1e3; /* read x + write y */
+    printf("throughput %llux%llux%llux%llu %s on %s: median %.0f us end to end, %.2f GB/s (x read + y written); "
+           "device time %llu us\n", (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
+           (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], a->dtype, res->device, p50, gbps,
+           (unsigned long long)res->timing_us[3]);
+    char why[640];
+    double xus = xfer_median(res->device, p, x, a->reps, why, sizeof why);
+    double xgbps = xus > 0 ? 2.0 * (double)bytes / xus / 1e3 : -1, ratio = xgbps > 0 ? gbps / xgbps : -1;
+    if (xus < 0) printf("host<->device copy on %s: not timed: %s\n", res->device, why);
+    else
+        printf("host<->device copy on %s (in-process, the same API, host to device then back): median %.1f us, "
+               "%.2f GB/s; end to end / copy %.3f\n", res->device, xus, xgbps, ratio);
+    if (a->json) {
+        printf("{\"mode\":\"throughput\",\"device\":\"%s\",\"shape\":[%llu,%llu,%llu,%llu],\"dtype\":\"%s\",\"reps\":%d,"
+               "\"median_us\":%.0f,\"gbps\":%.3f,\"device_us\":%llu", res->device,
+               (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
+               (unsigned long long)p->shape[3], a->dtype, a->reps, p50, gbps, (unsigned long long)res->timing_us[3]);
+        if (xus < 0) printf(",\"xfer_us\":null,\"xfer_gbs\":null,\"e2e_over_xfer\":null}\n");
+        else printf(",\"xfer_us\":%.1f,\"xfer_gbs\":%.3f,\"e2e_over_xfer\":%.3f}\n", xus, xgbps, ratio);
+    }
+}
+
+/* --latency or --throughput on the connected daemon h. */
+static int bench_jobs(dropblock_t *h, const struct sock_args *a, dropblock_params *p)
+{
+    int reps = a->reps;
+    uint64_t bytes = dropblock_tensor_bytes(p);
+    void *x, *y;
+    if (dropblock_alloc(h, bytes, &x) || dropblock_alloc(h, bytes, &y)) {
+        fprintf(stderr, "dropblock-bench: cannot allocate %llu bytes of shared memory twice\n", (unsigned long long)bytes);
+        return 1;
+    }
+    db_fill_tf_uniform(p->dtype, 0, 1, dropblock_numel(p), x);
+    double *t = calloc((size_t)reps, sizeof *t);
+    dropblock_result res;
+    if (time_jobs(h, p, x, y, a->device, a->latency ? 500 : 3, reps, t, &res)) {
+        free(t);
+        return 1;
     }
     qsort(t, (size_t)reps, sizeof *t, cmp_double);
     double mean = 0;
     for (int i = 0; i < reps; i++) mean += t[i];
     mean /= reps;
     double p50 = pct(t, reps, 0.5), p99 = pct(t, reps, 0.99);
-    if (latency) {
-        printf("latency %llux%llux%llux%llu %s on %s: p50 %.1f us, p99 %.1f us, mean %.1f us over %d round trips\n",
-               (unsigned long long)p.shape[0], (unsigned long long)p.shape[1], (unsigned long long)p.shape[2],
-               (unsigned long long)p.shape[3], dtype, res.device, p50, p99, mean, reps);
-        if (json)
-            printf("{\"mode\":\"latency\",\"device\":\"%s\",\"shape\":[%llu,%llu,%llu,%llu],\"dtype\":\"%s\",\"reps\":%d,"
-                   "\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f}\n", res.device,
-                   (unsigned long long)p.shape[0], (unsigned long long)p.shape[1], (unsigned long long)p.shape[2],
-                   (unsigned long long)p.shape[3], dtype, reps, p50, p99, mean);
-    } else {
-        double gbps = 2.0 * (double)bytes / p50 / 1e3; /* read x + write y */
-        printf("throughput %llux%llux%llux%llu %s on %s: median %.0f us end to end, %.2f GB/s (x read + y written); "
-               "device time %llu us\n", (unsigned long long)p.shape[0], (unsigned long long)p.shape[1],
-               (unsigned long long)p.shape[2], (unsigned long long)p.shape[3], dtype, res.device, p50, gbps,
-               (unsigned long long)res.timing_us[3]);
-        /* the same bytes host to device and back through the same API, in this process */
-        char why[640];
-        double xus = xfer_median(res.device, &p, x, reps, why, sizeof why);
-        double xgbps = xus > 0 ? 2.0 * (double)bytes / xus / 1e3 : -1, ratio = xgbps > 0 ? gbps / xgbps : -1;
-        if (xus < 0) printf("host<->device copy on %s: not timed: %s\n", res.device, why);
-        else
-            printf("host<->device copy on %s (in-process, the same API, host to device then back): median %.1f us, "
-                   "%.2f GB/s; end to end / copy %.3f\n", res.device, xus, xgbps, ratio);
-        if (json) {
-            printf("{\"mode\":\"throughput\",\"device\":\"%s\",\"shape\":[%llu,%llu,%llu,%llu],\"dtype\":\"%s\",\"reps\":%d,"
-                   "\"median_us\":%.0f,\"gbps\":%.3f,\"device_us\":%llu", res.device,
-                   (unsigned long long)p.shape[0], (unsigned long long)p.shape[1], (unsigned long long)p.shape[2],
-                   (unsigned long long)p.shape[3], dtype, reps, p50, gbps, (unsigned long long)res.timing_us[3]);
-            if (xus < 0) printf(",\"xfer_us\":null,\"xfer_gbs\":null,\"e2e_over_xfer\":null}\n");
-            else printf(",\"xfer_us\":%.1f,\"xfer_gbs\":%.3f,\"e2e_over_xfer\":%.3f}\n", xus, xgbps, ratio);
-        }
-    }
+    if (a->latency) print_latency(a, p, &res, p50, p99, mean);
+    else print_throughput(a, p, x, &res, p50);
     free(t);
     dropblock_free(h, x);
     dropblock_free(h, y);
-    dropblock_close(h);
     return 0;
+}
+
+int bench_socket(int argc, char **argv)
+{
+    struct sock_args a;
+    int rc = parse_sock_args(argc, argv, &a);
+    if (rc >= 0) return rc;
+    char msg[512];
+    dropblock_t *h;
+    if (a.crossover) {
+        rc = dropblock_connect(&h, a.path, msg, sizeof msg);
+        if (rc) { fprintf(stderr, "dropblock-bench: %s\n", msg); return 1; }
+        rc = bench_crossover(h, a.device, a.reps > 0 ? a.reps : 400, a.json);
+        dropblock_close(h);
+        return rc;
+    }
+    dropblock_params p;
+    if ((rc = sock_params(&a, &p))) return rc;
+    rc = dropblock_connect(&h, a.path, msg, sizeof msg);
+    if (rc) { fprintf(stderr, "dropblock-bench: %s\n", msg); return 1; }
+    rc = bench_jobs(h, &a, &p);
+    dropblock_close(h);
+    return rc;
 }

@@ -138,20 +138,120 @@ static void print_num(double v, int digits)
     else printf("%.*f", digits, v);
 }
 
-static int device_mode(const struct opts *o)
+/* The engine of --backend and its --device'th device; 0 or an exit status. */
+static int open_device(const struct opts *o, struct db_engine **e, int *dev)
 {
-    struct db_engine *e;
     char msg[512];
-    if (db_engine_open(&e, o->backend, NULL, NULL, NULL, NULL, msg, sizeof msg)) {
+    if (db_engine_open(e, o->backend, NULL, NULL, NULL, NULL, msg, sizeof msg)) {
         fprintf(stderr, "dropblock-bench: %s\n", msg);
         return 1;
     }
-    int dev = find_device(e, o->backend, o->device);
-    if (dev < 0) {
+    *dev = find_device(*e, o->backend, o->device);
+    if (*dev < 0) {
         fprintf(stderr, "dropblock-bench: no %s device %d\n", o->backend, o->device);
-        db_engine_close(e);
+        db_engine_close(*e);
         return 1;
     }
+    return 0;
+}
+
+static void print_header(const dropblock_device_info *info, const char *paths, const dropblock_params *p,
+                         uint64_t bytes)
+{
+    printf("device %s: %s / %s / %s\npaths %s\nshape %llux%llux%llux%llu %s %s, block %llux%llu, rate %g: %llu bytes\n",
+           info->id, info->vendor, info->name, info->driver, paths, (unsigned long long)p->shape[0],
+           (unsigned long long)p->shape[1], (unsigned long long)p->shape[2], (unsigned long long)p->shape[3],
+           dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0],
+           (unsigned long long)p->block[1], (double)p->rate, (unsigned long long)bytes);
+}
+
+/* fig[F_COPY .. F_XFER]: the device measures in one call, interleaved round by round. */
+static void device_figures(struct db_engine *e, int dev, const struct opts *o, const void *x, double fig[F_N])
+{
+    char msg[512];
+    double *all = calloc((size_t)DB_BENCH_N * (size_t)o->reps, sizeof *all);
+    static const int what_of[F_RUN] = {DB_BENCH_COPY,     DB_BENCH_OP,  DB_BENCH_BACKWARD, DB_BENCH_MASK,
+                                       DB_BENCH_BASELINE, DB_BENCH_XFER};
+    msg[0] = 0;
+    int r = all ? db_engine_bench(e, dev, &o->p, x, (1u << DB_BENCH_N) - 1, o->warmup, o->reps, all, msg, sizeof msg)
+                : DROPBLOCK_EEXHAUSTED;
+    if (r) fprintf(stderr, "dropblock-bench: %s\n", all ? msg : "out of memory");
+    else if (msg[0]) fprintf(stderr, "dropblock-bench: %s\n", msg);
+    for (int f = 0; f < F_RUN; f++) fig[f] = r || all[what_of[f] * o->reps] < 0 ? -1 : median(all + what_of[f] * o->reps, o->reps);
+    free(all);
+}
+
+/* fig[F_RUN]: the whole job from host memory to host memory, t holding --reps timings. */
+static void run_figure(struct db_engine *e, int dev, const struct opts *o, const void *x, void *y, double *t,
+                       double fig[F_N])
+{
+    dropblock_result res;
+    int r = 0;
+    for (int i = -o->warmup; i < o->reps && !r; i++) {
+        double t0 = db_now_us_f();
+        r = db_engine_run(e, dev, &o->p, x, y, NULL, &res);
+        if (i >= 0) t[i] = db_now_us_f() - t0;
+    }
+    if (r) fprintf(stderr, "dropblock-bench: run_us: %s\n", res.message);
+    fig[F_RUN] = r ? -1 : median(t, o->reps);
+}
+
+/* --check: 1 when one more run matches the CPU reference bit for bit, 0 when not. */
+static int check_run(struct db_engine *e, int dev, const dropblock_params *p, const void *x, void *y, uint64_t bytes)
+{
+    dropblock_result want, got;
+    void *ref = malloc(bytes);
+    int check = ref && !db_reference_run(p, x, ref, NULL, NULL, &want) && !db_engine_run(e, dev, p, x, y, NULL, &got) &&
+                !memcmp(ref, y, bytes) && want.kept == got.kept && want.scale_bits == got.scale_bits;
+    free(ref);
+    return check;
+}
+
+static void print_figures(const double fig[F_N], int check, double gb)
+{
+    for (int f = 0; f < F_N; f++) {
+        printf("%-12s ", fig_names[f]);
+        if (fig[f] < 0) printf("%12s\n", "-");
+        else if (f == F_MASK) printf("%12.1f\n", fig[f]);
+        else printf("%12.1f  %7.2f GB/s\n", fig[f], gb / fig[f]);
+    }
+    if (fig[F_COPY] > 0 && fig[F_OP] > 0) printf("copy/op      %12.3f\n", fig[F_COPY] / fig[F_OP]);
+    if (fig[F_BASELINE] > 0 && fig[F_OP] > 0) printf("baseline/op  %12.3f\n", fig[F_BASELINE] / fig[F_OP]);
+    if (check >= 0) printf("check        %12s\n", check ? "bit-exact" : "MISMATCH");
+}
+
+static void print_json(const struct opts *o, const dropblock_device_info *info, const char *paths, uint64_t bytes,
+                       const double fig[F_N], int check, double gb)
+{
+    const dropblock_params *p = &o->p;
+    printf("{\"backend\": \"%s\", \"device\": \"%s\", \"name\": \"%s\", \"paths\": \"%s\", "
+           "\"shape\": [%llu, %llu, %llu, %llu], "
+           "\"layout\": \"%s\", \"dtype\": \"%s\", \"block\": [%llu, %llu], \"rate\": %g, \"reps\": %d, \"bytes\": %llu",
+           o->backend, info->id, info->name, paths, (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
+           (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], dropblock_layout_name(p->layout),
+           dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0], (unsigned long long)p->block[1],
+           (double)p->rate, o->reps, (unsigned long long)bytes);
+    for (int f = 0; f < F_N; f++) {
+        printf(", \"%s\": ", fig_names[f]);
+        print_num(fig[f], 1);
+        if (f != F_MASK) {
+            printf(", \"%.*s_gbs\": ", (int)(strlen(fig_names[f]) - 3), fig_names[f]);
+            print_num(fig[f] > 0 ? gb / fig[f] : -1, 2);
+        }
+    }
+    printf(", \"copy_over_op\": ");
+    print_num(fig[F_COPY] > 0 && fig[F_OP] > 0 ? fig[F_COPY] / fig[F_OP] : -1, 3);
+    printf(", \"baseline_over_op\": ");
+    print_num(fig[F_BASELINE] > 0 && fig[F_OP] > 0 ? fig[F_BASELINE] / fig[F_OP] : -1, 2);
+    if (check >= 0) printf(", \"check\": %s", check ? "true" : "false");
+    printf("}\n");
+}
+
+static int device_mode(const struct opts *o)
+{
+    struct db_engine *e;
+    int dev;
+    if (open_device(o, &e, &dev)) return 1;
     const dropblock_device_info *info = db_engine_device(e, (size_t)dev);
     const dropblock_params *p = &o->p;
     const uint64_t n = dropblock_numel(p), bytes = dropblock_tensor_bytes(p);
@@ -166,74 +266,14 @@ static int device_mode(const struct opts *o)
     db_fill_tf_uniform(p->dtype, 1, 2, n, x);
     char paths[256];
     db_engine_device_paths(e, (size_t)dev, paths, sizeof paths);
-    if (!o->json)
-        printf("device %s: %s / %s / %s\npaths %s\nshape %llux%llux%llux%llu %s %s, block %llux%llu, rate %g: %llu bytes\n",
-               info->id, info->vendor, info->name, info->driver, paths, (unsigned long long)p->shape[0],
-               (unsigned long long)p->shape[1], (unsigned long long)p->shape[2], (unsigned long long)p->shape[3],
-               dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0],
-               (unsigned long long)p->block[1], (double)p->rate, (unsigned long long)bytes);
+    if (!o->json) print_header(info, paths, p, bytes);
     /* the device measures in one call, interleaved round by round; then the whole job */
-    double *all = calloc((size_t)DB_BENCH_N * (size_t)o->reps, sizeof *all);
-    static const int what_of[F_RUN] = {DB_BENCH_COPY,     DB_BENCH_OP,  DB_BENCH_BACKWARD, DB_BENCH_MASK,
-                                       DB_BENCH_BASELINE, DB_BENCH_XFER};
-    msg[0] = 0;
-    int r = all ? db_engine_bench(e, dev, p, x, (1u << DB_BENCH_N) - 1, o->warmup, o->reps, all, msg, sizeof msg)
-                : DROPBLOCK_EEXHAUSTED;
-    if (r) fprintf(stderr, "dropblock-bench: %s\n", all ? msg : "out of memory");
-    else if (msg[0]) fprintf(stderr, "dropblock-bench: %s\n", msg);
-    for (int f = 0; f < F_RUN; f++) fig[f] = r || all[what_of[f] * o->reps] < 0 ? -1 : median(all + what_of[f] * o->reps, o->reps);
-    free(all);
-    dropblock_result res;
-    r = 0;
-    for (int i = -o->warmup; i < o->reps && !r; i++) {
-        double t0 = db_now_us_f();
-        r = db_engine_run(e, dev, p, x, y, NULL, &res);
-        if (i >= 0) t[i] = db_now_us_f() - t0;
-    }
-    if (r) fprintf(stderr, "dropblock-bench: run_us: %s\n", res.message);
-    fig[F_RUN] = r ? -1 : median(t, o->reps);
-    int check = -1;
-    if (o->check) {
-        dropblock_result want, got;
-        void *ref = malloc(bytes);
-        check = ref && !db_reference_run(p, x, ref, NULL, NULL, &want) && !db_engine_run(e, dev, p, x, y, NULL, &got) &&
-                !memcmp(ref, y, bytes) && want.kept == got.kept && want.scale_bits == got.scale_bits;
-        free(ref);
-    }
+    device_figures(e, dev, o, x, fig);
+    run_figure(e, dev, o, x, y, t, fig);
+    int check = o->check ? check_run(e, dev, p, x, y, bytes) : -1;
     const double gb = 2.0 * (double)bytes / 1e3; /* GB/s = gb / microseconds */
-    if (!o->json) {
-        for (int f = 0; f < F_N; f++) {
-            printf("%-12s ", fig_names[f]);
-            if (fig[f] < 0) printf("%12s\n", "-");
-            else if (f == F_MASK) printf("%12.1f\n", fig[f]);
-            else printf("%12.1f  %7.2f GB/s\n", fig[f], gb / fig[f]);
-        }
-        if (fig[F_COPY] > 0 && fig[F_OP] > 0) printf("copy/op      %12.3f\n", fig[F_COPY] / fig[F_OP]);
-        if (fig[F_BASELINE] > 0 && fig[F_OP] > 0) printf("baseline/op  %12.3f\n", fig[F_BASELINE] / fig[F_OP]);
-        if (check >= 0) printf("check        %12s\n", check ? "bit-exact" : "MISMATCH");
-    } else {
-        printf("{\"backend\": \"%s\", \"device\": \"%s\", \"name\": \"%s\", \"paths\": \"%s\", "
-               "\"shape\": [%llu, %llu, %llu, %llu], "
-               "\"layout\": \"%s\", \"dtype\": \"%s\", \"block\": [%llu, %llu], \"rate\": %g, \"reps\": %d, \"bytes\": %llu",
-               o->backend, info->id, info->name, paths, (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
-               (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], dropblock_layout_name(p->layout),
-               dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0], (unsigned long long)p->block[1],
-               (double)p->rate, o->reps, (unsigned long long)bytes);
-        for (int f = 0; f < F_N; f++) {
-            printf(", \"%s\": ", fig_names[f]);
-            print_num(fig[f], 1);
-            if (f != F_MASK) {
-                printf(", \"%.*s_gbs\": ", (int)(strlen(fig_names[f]) - 3), fig_names[f]);
-                print_num(fig[f] > 0 ? gb / fig[f] : -1, 2);
-            }
-        }
-        printf(", \"copy_over_op\": ");
-        print_num(fig[F_COPY] > 0 && fig[F_OP] > 0 ? fig[F_COPY] / fig[F_OP] : -1, 3);
-        printf(", \"baseline_over_op\": ");
-        print_num(fig[F_BASELINE] > 0 && fig[F_OP] > 0 ? fig[F_BASELINE] / fig[F_OP] : -1, 2);
-        if (check >= 0) printf(", \"check\": %s", check ? "true" : "false");
-        printf("}\n");
-    }
+    if (!o->json) print_figures(fig, check, gb);
+    else print_json(o, info, paths, bytes, fig, check, gb);
     if (check == 0) rc = 1;
 out:
     free(x); free(y); free(t);

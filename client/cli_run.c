@@ -85,13 +85,66 @@ static const struct opt run_table[] = {
     [O_FORMAT] = {"--format", 1}, [O_HELP] = {"--help", 0}, [O_TIMEOUT] = {"--timeout", 1},
     [O_JOB_TIMEOUT] = {"--job-timeout", 1}, {NULL, 0}};
 
+/* An option of the job's parameters (k from --shape to --eval): 0, or EXIT_USAGE for a bad value. */
+static int parse_param(int k, const char *v, struct run_args *a)
+{
+    dropblock_params *p = &a->p;
+    int x;
+    switch (k) {
+    case O_SHAPE:
+        if (parse_u64_list(v, p->shape, 4, 4) < 0) {
+            err("--shape %s: must be four unsigned integers N,C,H,W", v);
+            return EXIT_USAGE;
+        }
+        a->have_shape = 1;
+        break;
+    case O_LAYOUT:
+        /* exact names, as dropblock_ref.py's choices (the API's parser also takes lower case) */
+        if (strcmp(v, "NCHW") && strcmp(v, "NHWC")) { err("--layout %s: must be NCHW or NHWC", v); return EXIT_USAGE; }
+        p->layout = (dropblock_layout)dropblock_parse_layout(v);
+        break;
+    case O_DTYPE:
+        if ((x = dropblock_parse_dtype(v)) < 0) { err("--dtype %s: must be f32, f16 or bf16", v); return EXIT_USAGE; }
+        p->dtype = (dropblock_dtype)x;
+        a->dtype_given = 1;
+        break;
+    case O_RATE:
+        if (parse_rate(v, &p->rate)) { err("--rate %s: not a decimal number", v); return EXIT_USAGE; }
+        break;
+    case O_BLOCK:
+        if ((x = parse_u64_list(v, p->block, 1, 2)) < 0) {
+            err("--block %s: must be B or BH,BW (unsigned integers)", v);
+            return EXIT_USAGE;
+        }
+        if (x == 1) p->block[1] = p->block[0];
+        break;
+    case O_SEED: if (parse_u64_opt("--seed", v, &p->seed)) return EXIT_USAGE; break;
+    case O_STREAM: if (parse_u64_opt("--stream", v, &p->stream)) return EXIT_USAGE; break;
+    case O_NORMALIZE:
+        if ((x = dropblock_parse_normalize(v)) < 0) {
+            err("--normalize %s: must be global, sample or none", v);
+            return EXIT_USAGE;
+        }
+        p->normalize = (dropblock_normalize)x;
+        break;
+    case O_SHARE_C: p->share |= DROPBLOCK_SHARE_CHANNELS; break;
+    case O_SHARE_N: p->share |= DROPBLOCK_SHARE_BATCH; break;
+    case O_COMPAT:
+        if ((x = dropblock_parse_compat(v)) < 0) { err("--compat %s: must be none or keras_cv", v); return EXIT_USAGE; }
+        p->compat = (dropblock_compat)x;
+        break;
+    case O_BACKWARD: p->mode = DROPBLOCK_BACKWARD; break;
+    case O_EVAL: p->training = 0; break;
+    }
+    return 0;
+}
+
 /* Returns -1 to go on, else an exit status (0 after --help). */
 static int parse_run(int argc, char **argv, struct run_args *a)
 {
-    dropblock_params *p = &a->p;
     for (int i = 0; i < argc; i++) {
         const char *v;
-        int k = next_opt(run_table, argc, argv, &i, &v), x;
+        int k = next_opt(run_table, argc, argv, &i, &v);
         if (k == -2) { err("run: unexpected argument \"%s\" (see dropblock run --help)", argv[i]); return EXIT_USAGE; }
         if (k < 0) return EXIT_USAGE;
         switch (k) {
@@ -99,50 +152,6 @@ static int parse_run(int argc, char **argv, struct run_args *a)
         case O_SOCKET: a->eo.socket = v; break;
         case O_BACKEND: a->eo.backend = v; break;
         case O_DEVICE: a->device = v; break;
-        case O_SHAPE:
-            if (parse_u64_list(v, p->shape, 4, 4) < 0) {
-                err("--shape %s: must be four unsigned integers N,C,H,W", v);
-                return EXIT_USAGE;
-            }
-            a->have_shape = 1;
-            break;
-        case O_LAYOUT:
-            /* exact names, as dropblock_ref.py's choices (the API's parser also takes lower case) */
-            if (strcmp(v, "NCHW") && strcmp(v, "NHWC")) { err("--layout %s: must be NCHW or NHWC", v); return EXIT_USAGE; }
-            p->layout = (dropblock_layout)dropblock_parse_layout(v);
-            break;
-        case O_DTYPE:
-            if ((x = dropblock_parse_dtype(v)) < 0) { err("--dtype %s: must be f32, f16 or bf16", v); return EXIT_USAGE; }
-            p->dtype = (dropblock_dtype)x;
-            a->dtype_given = 1;
-            break;
-        case O_RATE:
-            if (parse_rate(v, &p->rate)) { err("--rate %s: not a decimal number", v); return EXIT_USAGE; }
-            break;
-        case O_BLOCK:
-            if ((x = parse_u64_list(v, p->block, 1, 2)) < 0) {
-                err("--block %s: must be B or BH,BW (unsigned integers)", v);
-                return EXIT_USAGE;
-            }
-            if (x == 1) p->block[1] = p->block[0];
-            break;
-        case O_SEED: if (parse_u64_opt("--seed", v, &p->seed)) return EXIT_USAGE; break;
-        case O_STREAM: if (parse_u64_opt("--stream", v, &p->stream)) return EXIT_USAGE; break;
-        case O_NORMALIZE:
-            if ((x = dropblock_parse_normalize(v)) < 0) {
-                err("--normalize %s: must be global, sample or none", v);
-                return EXIT_USAGE;
-            }
-            p->normalize = (dropblock_normalize)x;
-            break;
-        case O_SHARE_C: p->share |= DROPBLOCK_SHARE_CHANNELS; break;
-        case O_SHARE_N: p->share |= DROPBLOCK_SHARE_BATCH; break;
-        case O_COMPAT:
-            if ((x = dropblock_parse_compat(v)) < 0) { err("--compat %s: must be none or keras_cv", v); return EXIT_USAGE; }
-            p->compat = (dropblock_compat)x;
-            break;
-        case O_BACKWARD: p->mode = DROPBLOCK_BACKWARD; break;
-        case O_EVAL: p->training = 0; break;
         case O_INPUT: a->input = v; break;
         case O_OUTPUT: a->output = v; break;
         case O_MASK: a->mask = v; break;
@@ -153,6 +162,7 @@ static int parse_run(int argc, char **argv, struct run_args *a)
         case O_HELP: fputs(usage_run, stdout); return 0;
         case O_TIMEOUT: if (parse_timeout("--timeout", v, &a->eo.timeout_ms)) return EXIT_USAGE; break;
         case O_JOB_TIMEOUT: if (parse_timeout("--job-timeout", v, &a->eo.job_timeout_ms)) return EXIT_USAGE; break;
+        default: if (parse_param(k, v, a)) return EXIT_USAGE; break;
         }
     }
     if (check_backend(a->eo.backend) || check_engine(&a->eo)) return EXIT_USAGE;
@@ -473,6 +483,49 @@ static int run_with_progress(dropblock_t *h, const dropblock_params *p, const vo
     return b.rc;
 }
 
+/* x from the tf-uniform generator, or from the file load_input read (freed here); -1 on failure. */
+static int fill_input(const struct run_args *a, void **file, void *x)
+{
+    const dropblock_params *p = &a->p;
+    if (a->tf_uniform) {
+        if (db_fill_tf_uniform(p->dtype, a->tf_seed[0], a->tf_seed[1], dropblock_numel(p), x)) {
+            err("out of memory generating the tf-uniform input");
+            return -1;
+        }
+    } else {
+        memcpy(x, *file, (size_t)dropblock_tensor_bytes(p));
+        free(*file);
+        *file = NULL;
+    }
+    return 0;
+}
+
+/* The job's outputs: --output, --mask, then --format's listing or the summary; an exit status. */
+static int write_results(const struct run_args *a, const dropblock_result *res, const void *y, const void *mask,
+                         const dropblock_device_info *devs, size_t ndev, double wall)
+{
+    const dropblock_params *p = &a->p;
+    if (a->output) {
+        uint64_t phys[4];
+        char msg[512];
+        physical_shape(p, phys);
+        if (db_npy_write(a->output, p->dtype, phys, 4, y, msg, sizeof msg)) { err("--output %s", msg); return EXIT_FAIL; }
+    }
+    if (a->mask && write_file(a->mask, mask, dropblock_mask_bytes(p))) return EXIT_FAIL;
+    if (a->format >= 0) {
+        if (db_print_result(stdout, res, p->dtype, y, dropblock_numel(p), a->format)) {
+            err("write error on stdout");
+            return EXIT_FAIL;
+        }
+    } else if (!a->output) {
+        const dropblock_device_info *dev = NULL;
+        for (size_t i = 0; i < ndev; i++)
+            if (!strcmp(devs[i].id, res->device)) dev = &devs[i];
+        print_summary(a, res, dev, wall);
+    }
+    return fflush(stdout) ? (err("write error on stdout: %s", strerror(errno)), EXIT_FAIL) : 0;
+}
+
 int cmd_run(int argc, char **argv, struct engine_opts eo)
 {
     struct run_args a;
@@ -491,7 +544,7 @@ int cmd_run(int argc, char **argv, struct engine_opts eo)
      * with or without a daemon */
     if ((st = load_input(&a, &file)) >= 0) return st;
     dropblock_params *p = &a.p;
-    uint64_t bytes = dropblock_tensor_bytes(p), n = dropblock_numel(p), mbytes = dropblock_mask_bytes(p);
+    uint64_t bytes = dropblock_tensor_bytes(p), mbytes = dropblock_mask_bytes(p);
     if ((st = open_engine(&a.eo, &h, 1))) goto out;
     size_t ndev;
     char id[64];
@@ -504,16 +557,7 @@ int cmd_run(int argc, char **argv, struct engine_opts eo)
     if (engine_alloc(h, bytes, "input", &x) || engine_alloc(h, bytes, "output", &y) ||
         (a.mask && engine_alloc(h, mbytes, "mask", &mask)))
         goto out;
-    if (a.tf_uniform) {
-        if (db_fill_tf_uniform(p->dtype, a.tf_seed[0], a.tf_seed[1], n, x)) {
-            err("out of memory generating the tf-uniform input");
-            goto out;
-        }
-    } else {
-        memcpy(x, file, (size_t)bytes);
-        free(file);
-        file = NULL;
-    }
+    if (fill_input(&a, &file, x)) goto out;
     dropblock_result res;
     double t0 = now_s();
     int rc = run_with_progress(h, p, x, y, mask, id[0] ? id : NULL, &res);
@@ -525,22 +569,7 @@ int cmd_run(int argc, char **argv, struct engine_opts eo)
         st = rc == DROPBLOCK_EINVAL ? EXIT_USAGE : EXIT_FAIL;
         goto out;
     }
-    if (a.output) {
-        uint64_t phys[4];
-        char msg[512];
-        physical_shape(p, phys);
-        if (db_npy_write(a.output, p->dtype, phys, 4, y, msg, sizeof msg)) { err("--output %s", msg); goto out; }
-    }
-    if (a.mask && write_file(a.mask, mask, mbytes)) goto out;
-    if (a.format >= 0) {
-        if (db_print_result(stdout, &res, p->dtype, y, n, a.format)) { err("write error on stdout"); goto out; }
-    } else if (!a.output) {
-        const dropblock_device_info *dev = NULL;
-        for (size_t i = 0; i < ndev; i++)
-            if (!strcmp(devs[i].id, res.device)) dev = &devs[i];
-        print_summary(&a, &res, dev, wall);
-    }
-    st = fflush(stdout) ? (err("write error on stdout: %s", strerror(errno)), EXIT_FAIL) : 0;
+    st = write_results(&a, &res, y, mask, devs, ndev, wall);
 out:
     free(devs);
     if (h) {

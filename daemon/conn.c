@@ -184,6 +184,41 @@ static void protocol_fatal(struct client *c, const char *message)
 }
 
 /* ---------------------------------------------------------------- clients: reading */
+/* The descriptors that came with a read, onto c's pending ones; -1 when the connection went. */
+static int take_fds(struct client *c, struct msghdr *mh)
+{
+    int overflow = 0, got = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+        int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        got += k;
+        int *fds = (int *)CMSG_DATA(cm);
+        for (int i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, &fds[i], sizeof fd);
+            if (c->nfds < MAX_PENDING_FDS) c->fds[c->nfds++] = fd;
+            else { close(fd); overflow = 1; }
+        }
+    }
+    if (mh->msg_flags & MSG_CTRUNC) {
+        /* room for MAX_PENDING_FDS and fewer came: the kernel could not install them here
+         * (the daemon's descriptor table is full), which is not the peer's doing */
+        if (got < MAX_PENDING_FDS) {
+            logmsg(c->srv, LOG_ERROR, "client=%llu: descriptors sent with a frame were lost: the daemon is out of "
+                   "file descriptors", (unsigned long long)c->id);
+            send_error(c, NULL, DROPBLOCK_EEXHAUSTED, "dropblockd could not receive the descriptors sent with a "
+                       "frame: it is out of file descriptors (its limits should prevent this; please report it)");
+            client_flush(c);
+            client_close(c, "descriptors lost: the daemon is out of file descriptors");
+        } else {
+            protocol_fatal(c, "ancillary data truncated: more than 16 descriptors sent with one frame");
+        }
+        return -1;
+    }
+    if (overflow) { protocol_fatal(c, "more than 16 descriptors waiting unclaimed"); return -1; }
+    return 0;
+}
+
 static void client_read(struct client *c)
 {
     while (!c->closed && c->wq_bytes <= MAX_QUEUED_REPLY_BYTES) {
@@ -205,35 +240,7 @@ static void client_read(struct client *c)
             return;
         }
         /* collect descriptors first, so every path below can close them */
-        int overflow = 0, got = 0;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-            int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            got += k;
-            int *fds = (int *)CMSG_DATA(cm);
-            for (int i = 0; i < k; i++) {
-                int fd;
-                memcpy(&fd, &fds[i], sizeof fd);
-                if (c->nfds < MAX_PENDING_FDS) c->fds[c->nfds++] = fd;
-                else { close(fd); overflow = 1; }
-            }
-        }
-        if (mh.msg_flags & MSG_CTRUNC) {
-            /* room for MAX_PENDING_FDS and fewer came: the kernel could not install them here
-             * (the daemon's descriptor table is full), which is not the peer's doing */
-            if (got < MAX_PENDING_FDS) {
-                logmsg(c->srv, LOG_ERROR, "client=%llu: descriptors sent with a frame were lost: the daemon is out of "
-                       "file descriptors", (unsigned long long)c->id);
-                send_error(c, NULL, DROPBLOCK_EEXHAUSTED, "dropblockd could not receive the descriptors sent with a "
-                           "frame: it is out of file descriptors (its limits should prevent this; please report it)");
-                client_flush(c);
-                client_close(c, "descriptors lost: the daemon is out of file descriptors");
-            } else {
-                protocol_fatal(c, "ancillary data truncated: more than 16 descriptors sent with one frame");
-            }
-            return;
-        }
-        if (overflow) { protocol_fatal(c, "more than 16 descriptors waiting unclaimed"); return; }
+        if (take_fds(c, &mh)) return;
         if (n == 0) { client_close(c, "end of stream"); return; }
         c->rlen += (size_t)n;
         size_t pos = 0;
@@ -312,6 +319,39 @@ static void refuse(struct server *s, int fd, int code, const char *m, const char
     logmsg(s, LOG_WARN, "refused %s: %s", who, m);
 }
 
+/* A client for the accepted, admitted connection fd, polled for reading; refused when out of memory. */
+static void add_client(struct server *s, int fd, const struct ucred *cr, struct uid_use *use, const char *who)
+{
+    struct client *c = calloc(1, sizeof *c);
+    unsigned char *rbuf = malloc(RBUF_CAP);
+    if (!c || !rbuf || uv_poll_init(s->loop, &c->poll, fd)) {
+        free(c); free(rbuf);
+        refuse(s, fd, DROPBLOCK_EEXHAUSTED, "dropblockd is out of memory accepting a connection", who);
+        quota_uid_release(&s->use, use);
+        return;
+    }
+    c->use = use;
+    use->clients++;
+    s->use.clients++;
+    c->srv = s;
+    c->fd = fd;
+    c->rbuf = rbuf;
+    c->id = ++s->next_client_id;
+    c->uid = cr->uid;
+    c->gid = cr->gid;
+    c->pid = cr->pid;
+    c->poll.data = c;
+    c->handle_open = 1;
+    c->next = s->clients;
+    if (s->clients) s->clients->prev = c;
+    s->clients = c;
+    s->nclients++;
+    c->want_write = UV_READABLE;
+    uv_poll_start(&c->poll, UV_READABLE, on_client_io);
+    logmsg(s, LOG_INFO, "client=%llu connected (pid %d, uid %u)", (unsigned long long)c->id, (int)cr->pid,
+           (unsigned)cr->uid);
+}
+
 void on_listen(uv_poll_t *h, int status, int events)
 {
     struct server *s = h->data;
@@ -362,34 +402,7 @@ void on_listen(uv_poll_t *h, int status, int events)
             quota_uid_release(&s->use, use);
             continue;
         }
-        struct client *c = calloc(1, sizeof *c);
-        unsigned char *rbuf = malloc(RBUF_CAP);
-        if (!c || !rbuf || uv_poll_init(s->loop, &c->poll, fd)) {
-            free(c); free(rbuf);
-            refuse(s, fd, DROPBLOCK_EEXHAUSTED, "dropblockd is out of memory accepting a connection", who);
-            quota_uid_release(&s->use, use);
-            continue;
-        }
-        c->use = use;
-        use->clients++;
-        s->use.clients++;
-        c->srv = s;
-        c->fd = fd;
-        c->rbuf = rbuf;
-        c->id = ++s->next_client_id;
-        c->uid = cr.uid;
-        c->gid = cr.gid;
-        c->pid = cr.pid;
-        c->poll.data = c;
-        c->handle_open = 1;
-        c->next = s->clients;
-        if (s->clients) s->clients->prev = c;
-        s->clients = c;
-        s->nclients++;
-        c->want_write = UV_READABLE;
-        uv_poll_start(&c->poll, UV_READABLE, on_client_io);
-        logmsg(s, LOG_INFO, "client=%llu connected (pid %d, uid %u)", (unsigned long long)c->id, (int)cr.pid,
-               (unsigned)cr.uid);
+        add_client(s, fd, &cr, use, who);
     }
 }
 

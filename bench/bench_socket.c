@@ -4,7 +4,7 @@
  *                 to the host<->device copy bandwidth of the same device through the same API,
  *                 measured in-process with the engine afterwards (DB_BENCH_XFER), and their ratio
  *   --crossover:  round-trip p50 by job size on the built-in CPU backend (cpu:0) and on a device,
- *                 the daemon's small-job ladder (daemon/jobs.c) seen from a client, and where
+ *                 the daemon's small-job ladder (daemon/smalljob_measure.c) seen from a client, and where
  *                 the device gets faster (daemon/smalljob.h's rule)
  * Medians over warmed-up repetitions; these machines are noisy, so no single timing counts. */
 #include "bench_socket.h"
@@ -107,7 +107,7 @@ static double xfer_median(const char *id, const dropblock_params *p, const void 
     return med;
 }
 
-/* --crossover: the ladder of daemon/jobs.c (f32 1x1x4x4, 1x1x16x16, then 1xCx32x32 with C = 1, 4,
+/* --crossover: the ladder of daemon/smalljob_measure.c (f32 1x1x4x4, 1x1x16x16, then 1xCx32x32 with C = 1, 4,
  * ... 1024), each size's round trip on cpu:0 and on the device, up to the first size the device
  * wins and one more. */
 static int bench_crossover(dropblock_t *h, const char *device, int reps, int json)

@@ -139,23 +139,88 @@ static int parse_faults(const char *spec, struct db_fault *out, int *n, char *ms
     return DROPBLOCK_OK;
 }
 
+/* Checks the backends list (NULL: all of them). */
+static int check_backends(const char *backends, char *msg, size_t len)
+{
+    if (!backends) return DROPBLOCK_OK;
+    for (const char *s = backends; *s;) {
+        const char *end = strchr(s, ',');
+        size_t l = end ? (size_t)(end - s) : strlen(s);
+        if (!((l == 3 && !strncmp(s, "cpu", 3)) || (l == 6 && !strncmp(s, "opencl", 6)) ||
+              (l == 6 && !strncmp(s, "vulkan", 6)))) {
+            db_msg(msg, len, "backend \"%.*s\": must be cpu, opencl or vulkan", (int)l, s);
+            return DROPBLOCK_EINVAL;
+        }
+        if (!end) break;
+        s = end + 1;
+    }
+    return DROPBLOCK_OK;
+}
+
+/* Opens backend ops's devices, those visible, and adds those it prepares to e's slots. */
+static void open_backend(struct db_engine *e, const struct backend_ops *ops, const char *visible)
+{
+    struct db_device found[DB_MAX_DEVICES];
+    char why[512] = "";
+    int k = ops->enumerate(&e->cfg, found, DB_MAX_DEVICES - e->n, why, sizeof why);
+    if (k < 0) { logf_(e->log, e->log_ctx, "%s: no devices: %s", ops->name, why); return; }
+    for (int i = 0; i < k; i++) {
+        struct db_device *d = &found[i];
+        snprintf(d->info.id, sizeof d->info.id, "%s:%d", ops->name, i);
+        if (visible && !in_list(visible, d->info.id) && !in_list(visible, ops->name)) {
+            ops->release(d);
+            continue;
+        }
+        d->log = e->log;
+        d->log_ctx = e->log_ctx;
+        why[0] = 0;
+        if (ops->prepare(d, &e->cfg, why, sizeof why)) {
+            logf_(e->log, e->log_ctx, "%s: skipped: %s", d->info.id, why);
+            ops->release(d);
+            continue;
+        }
+        struct db_slot *s = &e->slots[e->n++];
+        s->dev = *d;
+        pthread_mutex_init(&s->lock, NULL);
+        atomic_init(&s->busy, 0);
+        atomic_init(&s->healthy, 1);
+        s->dev.info.healthy = 1;
+    }
+}
+
+/* Gives the open devices their DROPBLOCK_FAULTS entries; one naming no device here is logged. */
+static void attach_faults(struct db_engine *e, const struct db_fault *faults, int nfaults)
+{
+    for (int f = 0; f < nfaults; f++) {
+        struct db_slot *s = NULL;
+        for (size_t i = 0; i < e->n && !s; i++)
+            if (!strcmp(e->slots[i].dev.info.id, faults[f].dev)) s = &e->slots[i];
+        char at[32];
+        snprintf(at, sizeof at, "%llu", (unsigned long long)faults[f].at);
+        if (!s) {
+            logf_(e->log, e->log_ctx, "DROPBLOCK_FAULTS: no device %s here; its %s fault is ignored", faults[f].dev,
+                  fault_names[faults[f].kind]);
+            continue;
+        }
+        if (faults[f].kind == FAULT_LOST && !strcmp(s->dev.ops->name, "cpu")) {
+            logf_(e->log, e->log_ctx,
+                  "DROPBLOCK_FAULTS: device %s has no device API to lose; its %s fault is ignored", s->dev.info.id,
+                  fault_names[faults[f].kind]);
+            continue;
+        }
+        s->faults[s->nfaults++] = faults[f];
+        char what[64];
+        snprintf(what, sizeof what, "\"%s\" at its job %s", fault_names[faults[f].kind], at);
+        logf_(e->log, e->log_ctx, "DROPBLOCK_FAULTS: device %s: injected fault %s", s->dev.info.id, what);
+    }
+}
+
 int db_engine_open(struct db_engine **out, const char *backends, const char *visible, const char *cache_dir,
                    void (*log)(void *ctx, const char *line), void *log_ctx, char *msg, size_t len)
 {
     *out = NULL;
-    if (backends) {
-        for (const char *s = backends; *s;) {
-            const char *end = strchr(s, ',');
-            size_t l = end ? (size_t)(end - s) : strlen(s);
-            if (!((l == 3 && !strncmp(s, "cpu", 3)) || (l == 6 && !strncmp(s, "opencl", 6)) ||
-                  (l == 6 && !strncmp(s, "vulkan", 6)))) {
-                db_msg(msg, len, "backend \"%.*s\": must be cpu, opencl or vulkan", (int)l, s);
-                return DROPBLOCK_EINVAL;
-            }
-            if (!end) break;
-            s = end + 1;
-        }
-    }
+    int rc = check_backends(backends, msg, len);
+    if (rc) return rc;
     /* checked before any device is opened: a typo fails fast */
     struct db_fault faults[DB_MAX_FAULTS];
     int nfaults = 0;
@@ -176,63 +241,15 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *vis
     e->cfg.knobs = &e->knobs;
     if (!visible) visible = getenv("DROPBLOCK_VISIBLE_DEVICES");
     if (visible && !*visible) visible = NULL;
-    for (size_t b = 0; b < sizeof all_backends / sizeof *all_backends; b++) {
-        const struct backend_ops *ops = all_backends[b];
-        if (!in_list(backends, ops->name)) continue;
-        struct db_device found[DB_MAX_DEVICES];
-        char why[512] = "";
-        int k = ops->enumerate(&e->cfg, found, DB_MAX_DEVICES - e->n, why, sizeof why);
-        if (k < 0) { logf_(log, log_ctx, "%s: no devices: %s", ops->name, why); continue; }
-        for (int i = 0; i < k; i++) {
-            struct db_device *d = &found[i];
-            snprintf(d->info.id, sizeof d->info.id, "%s:%d", ops->name, i);
-            if (visible && !in_list(visible, d->info.id) && !in_list(visible, ops->name)) {
-                ops->release(d);
-                continue;
-            }
-            d->log = log;
-            d->log_ctx = log_ctx;
-            why[0] = 0;
-            if (ops->prepare(d, &e->cfg, why, sizeof why)) {
-                logf_(log, log_ctx, "%s: skipped: %s", d->info.id, why);
-                ops->release(d);
-                continue;
-            }
-            struct db_slot *s = &e->slots[e->n++];
-            s->dev = *d;
-            pthread_mutex_init(&s->lock, NULL);
-            atomic_init(&s->busy, 0);
-            atomic_init(&s->healthy, 1);
-            s->dev.info.healthy = 1;
-        }
-    }
+    for (size_t b = 0; b < sizeof all_backends / sizeof *all_backends; b++)
+        if (in_list(backends, all_backends[b]->name)) open_backend(e, all_backends[b], visible);
     if (e->n == 0) {
         db_msg(msg, len, "no usable device (backends %s%s%s)", backends ? backends : "all",
                visible ? ", DROPBLOCK_VISIBLE_DEVICES=" : "", visible ? visible : "");
         free(e);
         return DROPBLOCK_ENOTFOUND;
     }
-    for (int f = 0; f < nfaults; f++) {
-        struct db_slot *s = NULL;
-        for (size_t i = 0; i < e->n && !s; i++)
-            if (!strcmp(e->slots[i].dev.info.id, faults[f].dev)) s = &e->slots[i];
-        char at[32];
-        snprintf(at, sizeof at, "%llu", (unsigned long long)faults[f].at);
-        if (!s) {
-            logf_(log, log_ctx, "DROPBLOCK_FAULTS: no device %s here; its %s fault is ignored", faults[f].dev,
-                  fault_names[faults[f].kind]);
-            continue;
-        }
-        if (faults[f].kind == FAULT_LOST && !strcmp(s->dev.ops->name, "cpu")) {
-            logf_(log, log_ctx, "DROPBLOCK_FAULTS: device %s has no device API to lose; its %s fault is ignored",
-                  s->dev.info.id, fault_names[faults[f].kind]);
-            continue;
-        }
-        s->faults[s->nfaults++] = faults[f];
-        char what[64];
-        snprintf(what, sizeof what, "\"%s\" at its job %s", fault_names[faults[f].kind], at);
-        logf_(log, log_ctx, "DROPBLOCK_FAULTS: device %s: injected fault %s", s->dev.info.id, what);
-    }
+    attach_faults(e, faults, nfaults);
     *out = e;
     return DROPBLOCK_OK;
 }
@@ -359,10 +376,10 @@ static int fault_at(const struct db_slot *s, uint64_t n)
     return -1;
 }
 
-static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
-                      dropblock_result *res, int try_only, int probe)
+/* The checks of a job before it waits for its device: into res, the device's id and what fails; pl, its plan. */
+static int check_job(struct db_engine *e, int dev, const dropblock_params *p, const void *in, const void *out,
+                     struct db_plan *pl, dropblock_result *res)
 {
-    memset(res, 0, sizeof *res);
     if (dev < 0 || (size_t)dev >= e->n) {
         db_msg(res->message, sizeof res->message, "device index %d out of range", dev);
         return DROPBLOCK_ENOTFOUND;
@@ -371,8 +388,7 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
     snprintf(res->device, sizeof res->device, "%s", s->dev.info.id);
     int rc = dropblock_params_validate(p, res->message, sizeof res->message);
     if (rc) return rc;
-    struct db_plan pl;
-    if ((rc = db_plan_init(&pl, p, res->message, sizeof res->message))) return rc;
+    if ((rc = db_plan_init(pl, p, res->message, sizeof res->message))) return rc;
     if (!in || !out) {
         db_msg(res->message, sizeof res->message, "%s buffer is NULL", in ? "output" : "input");
         return DROPBLOCK_EINVAL;
@@ -381,6 +397,74 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
         unavailable_msg(s, res->message, sizeof res->message);
         return DROPBLOCK_EUNAVAILABLE;
     }
+    return DROPBLOCK_OK;
+}
+
+/* The backend's run of the device's job n; a failure names the device. */
+static int run_backend(struct db_engine *e, struct db_slot *s, const struct db_plan *pl, const void *in, void *out,
+                       void *mask, dropblock_result *res, uint64_t n)
+{
+    const char *id = s->dev.info.id;
+    db_progress(&s->dev, DB_PASS_RUNNING, 0, 0);
+    int rc = s->dev.ops->run(&s->dev, pl, in, out, mask, res);
+    db_progress(&s->dev, DB_PASS_IDLE, 0, 0);
+    s->dev.inject_lost = 0;
+    if (rc == DROPBLOCK_EUNAVAILABLE) {
+        /* the device is gone (lost by its driver): no job goes to it again */
+        char why[200];
+        snprintf(why, sizeof why, "its driver lost it at its job %llu: %s", (unsigned long long)n, res->message);
+        mark_unhealthy(e, s, why);
+    }
+    /* a failure names the device whatever the backend wrote */
+    if (rc && rc != DROPBLOCK_EINVAL && !strstr(res->message, id)) {
+        char m[sizeof res->message];
+        snprintf(m, sizeof m, "%s", res->message);
+        db_msg(res->message, sizeof res->message, "device %s: %s%s", id, m[0] ? m : dropblock_strerror(rc),
+               rc == DROPBLOCK_EUNAVAILABLE ? " (it is marked unhealthy)" : "");
+    }
+    return rc;
+}
+
+/* A job on its device, s->lock held: an injected fault, or the backend's run. */
+static int run_locked(struct db_engine *e, struct db_slot *s, const struct db_plan *pl, const void *in, void *out,
+                      void *mask, dropblock_result *res, int probe)
+{
+    const char *id = s->dev.info.id;
+    if (!atomic_load_explicit(&s->healthy, memory_order_relaxed)) {
+        /* it failed while this job waited for it */
+        unavailable_msg(s, res->message, sizeof res->message);
+        return DROPBLOCK_EUNAVAILABLE;
+    }
+    uint64_t n = probe ? s->njobs : ++s->njobs;
+    int fault = probe ? -1 : fault_at(s, n);
+    s->dev.inject_lost = fault == FAULT_LOST; /* run below, its API failing as for a lost device */
+    switch (fault) {
+    case FAULT_FAIL:
+        db_msg(res->message, sizeof res->message, "device %s failed the job: injected fault", id);
+        return DROPBLOCK_EINTERNAL;
+    case FAULT_ALLOC:
+        db_msg(res->message, sizeof res->message, "device %s could not allocate the job's buffers: injected fault", id);
+        return DROPBLOCK_EEXHAUSTED;
+    case FAULT_VANISH: {
+        char why[96];
+        snprintf(why, sizeof why, "it vanished at its job %llu: injected fault", (unsigned long long)n);
+        mark_unhealthy(e, s, why);
+        db_msg(res->message, sizeof res->message, "device %s is unavailable: %s; it is marked unhealthy", id, why);
+        return DROPBLOCK_EUNAVAILABLE;
+    }
+    default:
+        return run_backend(e, s, pl, in, out, mask, res, n);
+    }
+}
+
+static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
+                      dropblock_result *res, int try_only, int probe)
+{
+    memset(res, 0, sizeof *res);
+    struct db_plan pl;
+    int rc = check_job(e, dev, p, in, out, &pl, res);
+    if (rc) return rc;
+    struct db_slot *s = &e->slots[dev];
     if (mask) memset(mask, 0, dropblock_mask_bytes(p));
     if (pl.identity) {
         uint64_t t0 = db_now_us();
@@ -395,52 +479,7 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
         atomic_fetch_add(&s->busy, 1);
         pthread_mutex_lock(&s->lock);
     }
-    const char *id = s->dev.info.id;
-    if (!atomic_load_explicit(&s->healthy, memory_order_relaxed)) {
-        /* it failed while this job waited for it */
-        unavailable_msg(s, res->message, sizeof res->message);
-        rc = DROPBLOCK_EUNAVAILABLE;
-    } else {
-        uint64_t n = probe ? s->njobs : ++s->njobs;
-        int fault = probe ? -1 : fault_at(s, n);
-        s->dev.inject_lost = fault == FAULT_LOST; /* run below, its API failing as for a lost device */
-        switch (fault) {
-        case FAULT_FAIL:
-            db_msg(res->message, sizeof res->message, "device %s failed the job: injected fault", id);
-            rc = DROPBLOCK_EINTERNAL;
-            break;
-        case FAULT_ALLOC:
-            db_msg(res->message, sizeof res->message, "device %s could not allocate the job's buffers: injected fault", id);
-            rc = DROPBLOCK_EEXHAUSTED;
-            break;
-        case FAULT_VANISH: {
-            char why[96];
-            snprintf(why, sizeof why, "it vanished at its job %llu: injected fault", (unsigned long long)n);
-            mark_unhealthy(e, s, why);
-            db_msg(res->message, sizeof res->message, "device %s is unavailable: %s; it is marked unhealthy", id, why);
-            rc = DROPBLOCK_EUNAVAILABLE;
-            break;
-        }
-        default:
-            db_progress(&s->dev, DB_PASS_RUNNING, 0, 0);
-            rc = s->dev.ops->run(&s->dev, &pl, in, out, mask, res);
-            db_progress(&s->dev, DB_PASS_IDLE, 0, 0);
-            s->dev.inject_lost = 0;
-            if (rc == DROPBLOCK_EUNAVAILABLE) {
-                /* the device is gone (lost by its driver): no job goes to it again */
-                char why[200];
-                snprintf(why, sizeof why, "its driver lost it at its job %llu: %s", (unsigned long long)n, res->message);
-                mark_unhealthy(e, s, why);
-            }
-            /* a failure names the device whatever the backend wrote */
-            if (rc && rc != DROPBLOCK_EINVAL && !strstr(res->message, id)) {
-                char m[sizeof res->message];
-                snprintf(m, sizeof m, "%s", res->message);
-                db_msg(res->message, sizeof res->message, "device %s: %s%s", id, m[0] ? m : dropblock_strerror(rc),
-                       rc == DROPBLOCK_EUNAVAILABLE ? " (it is marked unhealthy)" : "");
-            }
-        }
-    }
+    rc = run_locked(e, s, &pl, in, out, mask, res, probe);
     pthread_mutex_unlock(&s->lock);
     atomic_fetch_sub(&s->busy, 1);
     return rc;

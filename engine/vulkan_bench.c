@@ -101,19 +101,67 @@ static int bench_one(struct vk_dev *d, struct db_device *dev, const struct db_pl
     return vk_submit(d, msg, len);
 }
 
+/* bench.comp's steps' pipelines, made on the first benchmark */
+static int bench_pipelines(struct vk_dev *d, char *msg, size_t len)
+{
+    int rc = DROPBLOCK_OK;
+    VkResult r;
+    for (int i = 0; i < BS_N && !rc; i++)
+        if (!d->bench[i] && (r = vk_make_pipeline(d, &vk_bench_spv[i], &d->bench[i]))) rc = vk_fail(msg, len, r, vk_bench_spv[i].name);
+    return rc;
+}
+
+/* The pass bindings' buffers for vk_bench (chunk ch), x (bytes) and y already resident: the
+ * baseline's, when whats has it, with noise on mask, padded on aux, pooled on kept, part on scales */
+static int bench_buffers(struct vk_dev *d, const struct db_plan *pl, const struct db_chunk *ch, unsigned whats,
+                         uint64_t npad, uint64_t nparts, uint64_t bytes, char *msg, size_t len)
+{
+    const int base = (whats & (1u << DB_BENCH_BASELINE)) != 0;
+    const uint64_t words = (ch->nelem + 31) / 32 + 16;
+    const uint64_t sizes[B_N] = {DBP_COUNT * 4 > BLP_COUNT * 4 ? DBP_COUNT * 4 : BLP_COUNT * 4,
+                                 base && pl->numel > words ? pl->numel * 4 : words * 4, base ? npad * 4 : 64,
+                                 base && pl->numel > ch->nsamp * 2 + 20 ? pl->numel * 4 : ch->nsamp * 8 + 80, 0, 0,
+                                 base && nparts > pl->N ? nparts * 4 : pl->N * 4 + 64, words * 4};
+    int rc = DROPBLOCK_OK;
+    for (int i = 0; i < B_N && !rc; i++)
+        if (i != B_X && i != B_Y) rc = vk_buf_ensure(d, i, sizes[i], msg, len);
+    /* staged: x onto the device once (and, for DB_BENCH_XFER, on and off it each time) */
+    const uint64_t up = d->staged ? bytes : 0;
+    if (!rc && up) {
+        vk_bind_all(d, d->bufs[B_X].buf, d->bufs[B_Y].buf);
+        if (!(rc = vk_begin(d, msg, len))) {
+            vk_to_device(d, B_X, up);
+            rc = vk_submit(d, msg, len);
+        }
+    }
+    return rc;
+}
+
+/* One DB_BENCH_XFER measure: what vk_job does with host tensors it cannot import (one chunk): x
+ * copied into the mapped x buffer, the result copied out of it, here into the host yh */
+static int bench_xfer(struct vk_dev *d, const void *xh, void *yh, uint64_t bytes, char *msg, size_t len)
+{
+    const uint64_t up = d->staged ? bytes : 0;
+    int rc = DROPBLOCK_OK;
+    memcpy(d->bufs[B_X].map, xh, bytes);
+    if (up && !(rc = vk_begin(d, msg, len))) {
+        vk_to_device(d, B_X, up);
+        vk_to_host(d, B_X, up);
+        rc = vk_submit(d, msg, len);
+    }
+    memcpy(yh, d->bufs[B_X].map, bytes);
+    return rc;
+}
+
 /* The benchmark (engine.h's DB_BENCH_*) of pl on x = xh: each measure in whats warmup times
- * unrecorded, then reps times into us. About 85 lines in one: the buffers it sets up (x and y
- * resident, the baseline's on the pass bindings) are what its loop measures on and what it
- * gives back at its end. */
+ * unrecorded, then reps times into us. x and y are resident for its loop (y owns its memory for
+ * the bench only) and given back at its end. */
 int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup,
                     int reps, double *us, char *msg, size_t len)
 {
     struct vk_dev *d = dev->priv;
     const uint64_t bytes = pl->numel * dropblock_dtype_size(pl->p.dtype), nwords = (bytes + 3) / 4;
-    int rc = DROPBLOCK_OK;
-    VkResult r;
-    for (int i = 0; i < BS_N && !rc; i++)
-        if (!d->bench[i] && (r = vk_make_pipeline(d, &vk_bench_spv[i], &d->bench[i]))) rc = vk_fail(msg, len, r, vk_bench_spv[i].name);
+    int rc = bench_pipelines(d, msg, len);
     if (rc) return rc;
     if (bytes > dev->info.max_buffer || pl->numel >= (UINT64_C(1) << 32)) {
         db_msg(msg, len, "the benchmark takes tensors of one device buffer (%llu bytes)",
@@ -132,34 +180,14 @@ int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, un
     db_chunk_at(pl, 0, db_units(pl), &ch);
     db_kernel_params(pl, &ch, &tu, prm);
     db_kernel_params(pl, &ch, &safe, prm_safe);
-    /* x and y resident in the device's x and y buffers (y owns its memory for the bench only);
-     * the baseline's buffers on the pass bindings: noise on mask, padded on aux, pooled on kept,
-     * part on scales */
+    /* x and y resident in the device's x and y buffers */
     struct vk_buf y = {0};
-    const int base = (whats & (1u << DB_BENCH_BASELINE)) != 0;
-    const uint64_t words = (ch.nelem + 31) / 32 + 16;
     if ((rc = vk_buf_ensure(d, B_X, nwords * 4 + 64, msg, len)) ||
         (rc = vk_buf_make(d, &y, nwords * 4 + 64, "y", d->staged, 0, msg, len)))
         return rc;
     d->bufs[B_Y] = y;
     memcpy(d->bufs[B_X].map, xh, bytes);
-    const uint64_t sizes[B_N] = {DBP_COUNT * 4 > BLP_COUNT * 4 ? DBP_COUNT * 4 : BLP_COUNT * 4,
-                                 base && pl->numel > words ? pl->numel * 4 : words * 4, base ? npad * 4 : 64,
-                                 base && pl->numel > ch.nsamp * 2 + 20 ? pl->numel * 4 : ch.nsamp * 8 + 80, 0, 0,
-                                 base && nparts > pl->N ? nparts * 4 : pl->N * 4 + 64, words * 4};
-    for (int i = 0; i < B_N && !rc; i++)
-        if (i != B_X && i != B_Y) rc = vk_buf_ensure(d, i, sizes[i], msg, len);
-    /* staged: x onto the device once (and, for DB_BENCH_XFER, on and off it each time) */
-    const uint64_t up = d->staged ? bytes : 0;
-    if (!rc && up) {
-        vk_bind_all(d, d->bufs[B_X].buf, d->bufs[B_Y].buf);
-        if (!(rc = vk_begin(d, msg, len))) {
-            vk_to_device(d, B_X, up);
-            rc = vk_submit(d, msg, len);
-        }
-    }
-    /* DB_BENCH_XFER: what vk_job does with host tensors it cannot import (one chunk): x copied
-     * into the mapped x buffer, the result copied out of it, here into the host yh */
+    rc = bench_buffers(d, pl, &ch, whats, npad, nparts, bytes, msg, len);
     void *yh = NULL;
     if (!rc && (whats & (1u << DB_BENCH_XFER)) && !(yh = malloc((size_t)bytes))) {
         db_msg(msg, len, "out of host memory");
@@ -169,16 +197,8 @@ int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, un
         for (int w = 0; w < DB_BENCH_N && !rc; w++) {
             if (!(whats & (1u << w))) continue;
             double t0 = db_now_us_f();
-            if (w == DB_BENCH_XFER) {
-                memcpy(d->bufs[B_X].map, xh, bytes);
-                if (up && !(rc = vk_begin(d, msg, len))) {
-                    vk_to_device(d, B_X, up);
-                    vk_to_host(d, B_X, up);
-                    rc = vk_submit(d, msg, len);
-                }
-                memcpy(yh, d->bufs[B_X].map, bytes);
-            } else
-                rc = bench_one(d, dev, pl, w, blp, prm, prm_safe, nwords, msg, len);
+            if (w == DB_BENCH_XFER) rc = bench_xfer(d, xh, yh, bytes, msg, len);
+            else rc = bench_one(d, dev, pl, w, blp, prm, prm_safe, nwords, msg, len);
             if (rep >= 0) us[w * reps + rep] = db_now_us_f() - t0;
         }
     free(yh);
@@ -190,4 +210,3 @@ int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, un
     memset(&d->bufs[B_Y], 0, sizeof d->bufs[B_Y]);
     return rc;
 }
-

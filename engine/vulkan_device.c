@@ -78,32 +78,26 @@ static int has_extension(VkPhysicalDevice pd, const char *name)
     return found;
 }
 
-static void describe(struct vk_dev *d, dropblock_device_info *info)
+/* a compute queue; one without graphics may run beside a display's work */
+static void pick_queue(struct vk_dev *d)
 {
-    VkPhysicalDevice pd = d->pd;
-    vkGetPhysicalDeviceProperties(pd, &d->props);
-    vkGetPhysicalDeviceMemoryProperties(pd, &d->mem);
-    VkPhysicalDeviceFeatures feat;
-    vkGetPhysicalDeviceFeatures(pd, &feat);
-    d->has_int64 = feat.shaderInt64 == VK_TRUE;
-
-    /* a compute queue; one without graphics may run beside a display's work */
     d->qfam = -1;
     uint32_t nq = 0;
-    vkGetPhysicalDeviceQueueFamilyProperties(pd, &nq, NULL);
+    vkGetPhysicalDeviceQueueFamilyProperties(d->pd, &nq, NULL);
     VkQueueFamilyProperties *qf = nq ? calloc(nq, sizeof *qf) : NULL;
-    if (qf) {
-        vkGetPhysicalDeviceQueueFamilyProperties(pd, &nq, qf);
-        for (uint32_t i = 0; i < nq; i++) {
-            if (!(qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) || qf[i].queueCount == 0) continue;
-            if (d->qfam < 0 || !(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)) d->qfam = i;
-            if (!(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)) break;
-        }
-        free(qf);
+    if (!qf) return;
+    vkGetPhysicalDeviceQueueFamilyProperties(d->pd, &nq, qf);
+    for (uint32_t i = 0; i < nq; i++) {
+        if (!(qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) || qf[i].queueCount == 0) continue;
+        if (d->qfam < 0 || !(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)) d->qfam = i;
+        if (!(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)) break;
     }
+    free(qf);
+}
 
-    d->has_import = has_extension(pd, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
-    const VkPhysicalDeviceProperties *p = &d->props;
+/* info's api, vendor, name, kind and driver from the 1.0 properties */
+static void describe_props(const VkPhysicalDeviceProperties *p, dropblock_device_info *info)
+{
     snprintf(info->api, sizeof info->api, "vulkan");
     vendor_name(p->vendorID, info->vendor, sizeof info->vendor);
     snprintf(info->name, sizeof info->name, "%s", p->deviceName);
@@ -119,36 +113,55 @@ static void describe(struct vk_dev *d, dropblock_device_info *info)
     else
         snprintf(info->driver, sizeof info->driver, "%u.%u.%u", VK_VERSION_MAJOR(p->driverVersion),
                  VK_VERSION_MINOR(p->driverVersion), VK_VERSION_PATCH(p->driverVersion));
+}
+
+/* The 1.1 properties (the device must be 1.1): the subgroup size, the import alignment, the
+ * driver's name, the UUID; *maxbuf lowered to the largest allocation */
+static void describe_props11(struct vk_dev *d, dropblock_device_info *info, uint64_t *maxbuf)
+{
+    const VkPhysicalDeviceProperties *p = &d->props;
+    VkPhysicalDeviceDriverProperties drv = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
+    VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+    VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    VkPhysicalDeviceExternalMemoryHostPropertiesEXT hp = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT, .pNext = &sg};
+    VkPhysicalDeviceIDProperties idp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_ID_PROPERTIES,
+                                        .pNext = d->has_import ? (void *)&hp : (void *)&sg};
+    m3.pNext = &idp;
+    int have_drv = p->apiVersion >= VK_API_VERSION_1_2 || has_extension(d->pd, VK_KHR_DRIVER_PROPERTIES_EXTENSION_NAME);
+    if (have_drv) drv.pNext = &m3;
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                      .pNext = have_drv ? (void *)&drv : (void *)&m3};
+    vkGetPhysicalDeviceProperties2(d->pd, &p2);
+    d->subgroup = sg.subgroupSize;
+    d->import_align = hp.minImportedHostPointerAlignment;
+    if (d->import_align == 0 || (d->import_align & (d->import_align - 1))) d->has_import = 0;
+    if (have_drv && drv.driverName[0])
+        snprintf(info->driver, sizeof info->driver, "%s%s%s", drv.driverName, drv.driverInfo[0] ? " " : "",
+                 drv.driverInfo);
+    const uint8_t *u = idp.deviceUUID;
+    snprintf(info->uuid, sizeof info->uuid,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3],
+             u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+    if (m3.maxMemoryAllocationSize < *maxbuf) *maxbuf = m3.maxMemoryAllocationSize;
+}
+
+static void describe(struct vk_dev *d, dropblock_device_info *info)
+{
+    VkPhysicalDevice pd = d->pd;
+    vkGetPhysicalDeviceProperties(pd, &d->props);
+    vkGetPhysicalDeviceMemoryProperties(pd, &d->mem);
+    VkPhysicalDeviceFeatures feat;
+    vkGetPhysicalDeviceFeatures(pd, &feat);
+    d->has_int64 = feat.shaderInt64 == VK_TRUE;
+    pick_queue(d);
+    d->has_import = has_extension(pd, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
+    const VkPhysicalDeviceProperties *p = &d->props;
+    describe_props(p, info);
     uint64_t maxbuf = p->limits.maxStorageBufferRange;
     info->uuid[0] = 0;
-
     /* the 1.1 property structures may only be asked of a 1.1 device */
-    if (p->apiVersion >= VK_API_VERSION_1_1) {
-        VkPhysicalDeviceDriverProperties drv = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
-        VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
-        VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
-        VkPhysicalDeviceExternalMemoryHostPropertiesEXT hp = {
-            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT, .pNext = &sg};
-        VkPhysicalDeviceIDProperties idp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_ID_PROPERTIES,
-                                            .pNext = d->has_import ? (void *)&hp : (void *)&sg};
-        m3.pNext = &idp;
-        int have_drv = p->apiVersion >= VK_API_VERSION_1_2 || has_extension(pd, VK_KHR_DRIVER_PROPERTIES_EXTENSION_NAME);
-        if (have_drv) drv.pNext = &m3;
-        VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
-                                          .pNext = have_drv ? (void *)&drv : (void *)&m3};
-        vkGetPhysicalDeviceProperties2(pd, &p2);
-        d->subgroup = sg.subgroupSize;
-        d->import_align = hp.minImportedHostPointerAlignment;
-        if (d->import_align == 0 || (d->import_align & (d->import_align - 1))) d->has_import = 0;
-        if (have_drv && drv.driverName[0])
-            snprintf(info->driver, sizeof info->driver, "%s%s%s", drv.driverName, drv.driverInfo[0] ? " " : "",
-                     drv.driverInfo);
-        const uint8_t *u = idp.deviceUUID;
-        snprintf(info->uuid, sizeof info->uuid,
-                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3],
-                 u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
-        if (m3.maxMemoryAllocationSize < maxbuf) maxbuf = m3.maxMemoryAllocationSize;
-    }
+    if (p->apiVersion >= VK_API_VERSION_1_1) describe_props11(d, info, &maxbuf);
     uint64_t cap = d->knobs->vulkan_max_buffer;
     if (cap && cap < maxbuf) maxbuf = cap;
     /* a multiple of 4, so that buffers rounded up to whole words stay within the limit */

@@ -231,6 +231,60 @@ static inline uint32_t unpack8(uint32_t m)
     return r;
 }
 
+/* fire_avx2's parts: always inlined, with its target, so GCC makes the one function's code (objdump -d) */
+#define AVX2_INLINE AVX2 static inline __attribute__((always_inline))
+
+/* Philox's ten rounds on CP chains; when shared, rounds 1 and 2 from shared_upper's t */
+AVX2_INLINE void rounds256(__m256i *c0, __m256i *c1, __m256i *c2, __m256i *c3, int shared, const uint32_t *t,
+                           uint32_t ka, uint32_t kb, __m256i ma, __m256i mb)
+{
+    if (shared) {
+        const __m256i t0 = _mm256_set1_epi32((int)t[0]), t1 = _mm256_set1_epi32((int)t[1]);
+        const __m256i t2 = _mm256_set1_epi32((int)t[2]), t3 = _mm256_set1_epi32((int)t[3]);
+#pragma GCC unroll 4
+        for (int q = 0; q < CP; q++) {
+            __m256i h0, l0, h1, l1;
+            MUL256(c0[q], ma, h0, l0) /* round 1: c2 = hi ^ c3 ^ k1, c3 = lo */
+            MUL256(_mm256_xor_si256(h0, t0), mb, h1, l1) /* round 2 */
+            c0[q] = _mm256_xor_si256(h1, t1);
+            c1[q] = l1;
+            c2[q] = _mm256_xor_si256(l0, t2);
+            c3[q] = t3;
+        }
+    } else {
+#pragma GCC unroll 2
+        for (int r = 0; r < 2; r++) {
+            const __m256i a = _mm256_set1_epi32((int)(ka + (uint32_t)r * WA));
+            const __m256i b = _mm256_set1_epi32((int)(kb + (uint32_t)r * WB));
+#pragma GCC unroll 4
+            for (int q = 0; q < CP; q++) ROUND256(c0[q], c1[q], c2[q], c3[q], a, b)
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 2; r < 10; r++) {
+        const __m256i a = _mm256_set1_epi32((int)(ka + (uint32_t)r * WA));
+        const __m256i b = _mm256_set1_epi32((int)(kb + (uint32_t)r * WB));
+#pragma GCC unroll 4
+        for (int q = 0; q < CP; q++) ROUND256(c0[q], c1[q], c2[q], c3[q], a, b)
+    }
+}
+
+/* group g's words into w; m, the least word lane by lane so far, and theirs */
+AVX2_INLINE __m256i keep256(__m256i (*w)[4], int g, __m256i m, const __m256i *c0, const __m256i *c1,
+                            const __m256i *c2, const __m256i *c3)
+{
+#pragma GCC unroll 4
+    for (int q = 0; q < CP; q++) {
+        const int v = g * CP + q;
+        m = _mm256_min_epu32(m, _mm256_min_epu32(_mm256_min_epu32(c0[q], c1[q]), _mm256_min_epu32(c2[q], c3[q])));
+        w[v][0] = c0[q];
+        w[v][1] = c1[q];
+        w[v][2] = c2[q];
+        w[v][3] = c3[q];
+    }
+    return m;
+}
+
 AVX2 static void fire_avx2(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t k0,
                            uint32_t k1, uint32_t wmask, uint32_t thr, uint32_t all, uint32_t *fired)
 {
@@ -264,44 +318,8 @@ AVX2 static void fire_avx2(const uint64_t *blk, uint64_t run, uint32_t n, const 
             c2[q] = PACK256(a2, b2);
             c3[q] = PACK256(a3, b3);
         }
-        if (shared) {
-            const __m256i t0 = _mm256_set1_epi32((int)t[0]), t1 = _mm256_set1_epi32((int)t[1]);
-            const __m256i t2 = _mm256_set1_epi32((int)t[2]), t3 = _mm256_set1_epi32((int)t[3]);
-#pragma GCC unroll 4
-            for (int q = 0; q < CP; q++) {
-                __m256i h0, l0, h1, l1;
-                MUL256(c0[q], ma, h0, l0) /* round 1: c2 = hi ^ c3 ^ k1, c3 = lo */
-                MUL256(_mm256_xor_si256(h0, t0), mb, h1, l1) /* round 2 */
-                c0[q] = _mm256_xor_si256(h1, t1);
-                c1[q] = l1;
-                c2[q] = _mm256_xor_si256(l0, t2);
-                c3[q] = t3;
-            }
-        } else {
-#pragma GCC unroll 2
-            for (int r = 0; r < 2; r++) {
-                const __m256i a = _mm256_set1_epi32((int)(ka + (uint32_t)r * WA));
-                const __m256i b = _mm256_set1_epi32((int)(kb + (uint32_t)r * WB));
-#pragma GCC unroll 4
-                for (int q = 0; q < CP; q++) ROUND256(c0[q], c1[q], c2[q], c3[q], a, b)
-            }
-        }
-#pragma GCC unroll 8
-        for (int r = 2; r < 10; r++) {
-            const __m256i a = _mm256_set1_epi32((int)(ka + (uint32_t)r * WA));
-            const __m256i b = _mm256_set1_epi32((int)(kb + (uint32_t)r * WB));
-#pragma GCC unroll 4
-            for (int q = 0; q < CP; q++) ROUND256(c0[q], c1[q], c2[q], c3[q], a, b)
-        }
-#pragma GCC unroll 4
-        for (int q = 0; q < CP; q++) {
-            const int v = g * CP + q;
-            m = _mm256_min_epu32(m, _mm256_min_epu32(_mm256_min_epu32(c0[q], c1[q]), _mm256_min_epu32(c2[q], c3[q])));
-            w[v][0] = c0[q];
-            w[v][1] = c1[q];
-            w[v][2] = c2[q];
-            w[v][3] = c3[q];
-        }
+        rounds256(c0, c1, c2, c3, shared, t, ka, kb, ma, mb);
+        m = keep256(w, g, m, c0, c1, c2, c3);
     }
     memset(fired, 0, NW * 4);
     const __m256i th = _mm256_set1_epi32((int)thr);

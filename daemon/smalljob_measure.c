@@ -125,7 +125,7 @@ static int time_rounds(struct sj_run *m, int n, double cpu[][REPS], double dev[]
         uint64_t a = db_now_us();
         int ok = 1;
         for (int i = 0; ok && i < n; i++)
-            ok = !probe_pair(m, i, (uint64_t)(WARMUP + r), &cpu[i][r], &dev[i][r]);
+            ok = !probe_pair(m, i, (uint64_t)WARMUP + (uint64_t)r, &cpu[i][r], &dev[i][r]);
         if (!ok) break;
         reps++;
         uint64_t now = db_now_us();

@@ -28,7 +28,7 @@
 /* each lane's index in the group, vector v */
 INLINE DBV_T lanes(int v)
 {
-    DBV_T lane;
+    DBV_T lane = {0}; /* every lane is set below; the compiler drops the zeroing */
     for (int l = 0; l < DB_C_VLANES; l++) lane[l] = (uint32_t)(v * DB_C_VLANES + l);
     return lane;
 }

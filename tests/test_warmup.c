@@ -106,7 +106,10 @@ static int print_new(const char *before, const char *now)
 static int job(struct db_engine *e, int dev, const dropblock_params *p, int in_place, uint64_t *us)
 {
     uint64_t bytes = dropblock_tensor_bytes(p), n = dropblock_numel(p);
-    void *x = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096), *y = in_place ? x : aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+    size_t alloc = (bytes + 4095) / 4096 * 4096;
+    void *x = aligned_alloc(4096, alloc);
+    void *y = x;
+    if (!in_place) y = aligned_alloc(4096, alloc);
     uint8_t *mask = calloc(1, dropblock_mask_bytes(p) + 1);
     int ok = x && y && mask;
     dropblock_result r;

@@ -3,7 +3,7 @@ BUILD ?= build
 MESON_OPTS ?=
 export POCL_CACHE_DIR ?= $(CURDIR)/$(BUILD)/pocl-cache
 
-.PHONY: all build deps test demo fuzz clean
+.PHONY: all build deps test demo fuzz lint format clean
 
 all: build
 
@@ -21,6 +21,15 @@ test: build
 
 demo: build
 	@bash scripts/demo.sh $(BUILD)
+
+# the style and static checks (test suite `style`): `make format` lays the C sources out as
+# .clang-format says, `make lint` runs cppcheck (TIDY=1: clang-tidy too, over compile_commands.json)
+format:
+	git ls-files '*.c' '*.h' '*.cl' | xargs clang-format-14 -i
+
+lint: build
+	bash scripts/lint.sh $(BUILD) $(if $(TIDY),--tidy)
+	bash scripts/check-style.sh
 
 # libFuzzer on the frame reader, the request parser/validator and the .npy reader, each for
 # FUZZ_SECONDS (default 60), starting from the committed corpus in fuzz/corpus/.

@@ -41,7 +41,9 @@ static double pct(const double *sorted, int n, double p)
 static int parse_shape(const char *s, uint64_t shape[4])
 {
     return sscanf(s, "%llu,%llu,%llu,%llu", (unsigned long long *)&shape[0], (unsigned long long *)&shape[1],
-                  (unsigned long long *)&shape[2], (unsigned long long *)&shape[3]) == 4 ? 0 : -1;
+                  (unsigned long long *)&shape[2], (unsigned long long *)&shape[3]) == 4
+               ? 0
+               : -1;
 }
 
 /* The p50 of reps round trips of p on each of two devices, alternating (warm first). */
@@ -57,7 +59,8 @@ static int time_pair(dropblock_t *h, dropblock_params *p, void *x, void *y, cons
             int rc = dropblock_run(h, p, x, y, NULL, dev[d], &res);
             double dt = now_us() - t0;
             if (rc) {
-                fprintf(stderr, "dropblock-bench: job on %s failed: %s: %s\n", dev[d], dropblock_strerror(rc), res.message);
+                fprintf(stderr, "dropblock-bench: job on %s failed: %s: %s\n", dev[d], dropblock_strerror(rc),
+                        res.message);
                 free(t);
                 return -1;
             }
@@ -117,14 +120,20 @@ static int bench_crossover(dropblock_t *h, const char *device, int reps, int jso
         /* the device a large auto job goes to: the best kind other than the built-in CPU */
         dropblock_device_info infos[32];
         size_t n = 0;
-        if (dropblock_devices(h, infos, 32, &n)) { fprintf(stderr, "dropblock-bench: cannot list devices\n"); return 1; }
+        if (dropblock_devices(h, infos, 32, &n)) {
+            fprintf(stderr, "dropblock-bench: cannot list devices\n");
+            return 1;
+        }
         int best = -1;
         for (size_t i = 0; i < n && i < 32; i++)
             if (infos[i].healthy && infos[i].kind != DROPBLOCK_DEVICE_CPU &&
                 (best < 0 || (infos[i].kind != DROPBLOCK_DEVICE_OTHER &&
                               (infos[best].kind == DROPBLOCK_DEVICE_OTHER || infos[i].kind > infos[best].kind))))
                 best = (int)i;
-        if (best < 0) { fprintf(stderr, "dropblock-bench: no device besides the built-in CPU to compare\n"); return 1; }
+        if (best < 0) {
+            fprintf(stderr, "dropblock-bench: no device besides the built-in CPU to compare\n");
+            return 1;
+        }
         snprintf(devbuf, sizeof devbuf, "%s", infos[best].id);
         device = devbuf;
     }
@@ -143,9 +152,16 @@ static int bench_crossover(dropblock_t *h, const char *device, int reps, int jso
         dropblock_params p;
         dropblock_params_init(&p);
         p.shape[0] = 1;
-        if (i == 0) { p.shape[1] = 1; p.shape[2] = p.shape[3] = 4; }
-        else if (i == 1) { p.shape[1] = 1; p.shape[2] = p.shape[3] = 16; }
-        else { p.shape[1] = UINT64_C(1) << (2 * (i - 2)); p.shape[2] = p.shape[3] = 32; }
+        if (i == 0) {
+            p.shape[1] = 1;
+            p.shape[2] = p.shape[3] = 4;
+        } else if (i == 1) {
+            p.shape[1] = 1;
+            p.shape[2] = p.shape[3] = 16;
+        } else {
+            p.shape[1] = UINT64_C(1) << (2 * (i - 2));
+            p.shape[2] = p.shape[3] = 32;
+        }
         p.rate = 0.1f;
         p.block[0] = p.block[1] = 3;
         p.seed = 42;
@@ -157,14 +173,16 @@ static int bench_crossover(dropblock_t *h, const char *device, int reps, int jso
         r[n].cpu_us = p50[0];
         r[n].dev_us = p50[1];
         if (!json) printf("%10llu %12.1f %12.1f\n", (unsigned long long)r[n].bytes, p50[0], p50[1]);
-        if (p50[0] > p50[1]) { if (lost_at < 0) lost_at = n; }
-        else lost_at = -1; /* the CPU won again: go on, as the daemon's ladder does */
+        if (p50[0] > p50[1]) {
+            if (lost_at < 0) lost_at = n;
+        } else lost_at = -1; /* the CPU won again: go on, as the daemon's ladder does */
         n++;
     }
     /* the daemon's rule: the crossing above the largest size the CPU won */
     uint64_t thr = sj_choose(r, n, 8, SJ_DEFAULT_BYTES);
     printf("crossover cpu:0 vs %s: auto jobs of at most %llu bytes are faster on cpu:0 (round trips through the "
-           "daemon)\n", device, (unsigned long long)thr);
+           "daemon)\n",
+           device, (unsigned long long)thr);
     if (json) {
         printf("{\"mode\":\"crossover\",\"cpu\":\"cpu:0\",\"device\":\"%s\",\"threshold_bytes\":%llu,\"ladder\":[",
                device, (unsigned long long)thr);
@@ -193,21 +211,34 @@ static int parse_sock_args(int argc, char **argv, struct sock_args *a)
     a->dtype = "f32";
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(s, "--socket") && v) { a->path = v; i++; }
-        else if (!strcmp(s, "--latency")) a->latency = 1;
+        if (!strcmp(s, "--socket") && v) {
+            a->path = v;
+            i++;
+        } else if (!strcmp(s, "--latency")) a->latency = 1;
         else if (!strcmp(s, "--throughput")) a->throughput = 1;
         else if (!strcmp(s, "--crossover")) a->crossover = 1;
         else if (!strcmp(s, "--json")) a->json = 1;
-        else if (!strcmp(s, "--device") && v) { a->device = v; i++; }
-        else if (!strcmp(s, "--dtype") && v) { a->dtype = v; i++; }
-        else if (!strcmp(s, "--reps") && v) { a->reps = atoi(v); i++; }
-        else if (!strcmp(s, "--shape") && v) {
-            if (parse_shape(v, a->shape)) { fprintf(stderr, "dropblock-bench: --shape %s: want N,C,H,W\n", v); return 2; }
+        else if (!strcmp(s, "--device") && v) {
+            a->device = v;
+            i++;
+        } else if (!strcmp(s, "--dtype") && v) {
+            a->dtype = v;
+            i++;
+        } else if (!strcmp(s, "--reps") && v) {
+            a->reps = atoi(v);
+            i++;
+        } else if (!strcmp(s, "--shape") && v) {
+            if (parse_shape(v, a->shape)) {
+                fprintf(stderr, "dropblock-bench: --shape %s: want N,C,H,W\n", v);
+                return 2;
+            }
             i++;
         } else {
-            fprintf(stderr, "dropblock-bench: unknown argument %s\n"
+            fprintf(stderr,
+                    "dropblock-bench: unknown argument %s\n"
                     "usage: dropblock-bench --socket PATH --latency|--throughput|--crossover [--device ID] [--reps N]"
-                    " [--shape N,C,H,W] [--dtype f32|f16|bf16] [--json]\n", s);
+                    " [--shape N,C,H,W] [--dtype f32|f16|bf16] [--json]\n",
+                    s);
             return 2;
         }
     }
@@ -223,13 +254,29 @@ static int sock_params(struct sock_args *a, dropblock_params *p)
 {
     char msg[512];
     dropblock_params_init(p);
-    if (a->latency) { p->shape[0] = 1; p->shape[1] = 1; p->shape[2] = 4; p->shape[3] = 4; p->block[0] = p->block[1] = 2; }
-    else { p->shape[0] = 64; p->shape[1] = 1024; p->shape[2] = 14; p->shape[3] = 14; }
+    if (a->latency) {
+        p->shape[0] = 1;
+        p->shape[1] = 1;
+        p->shape[2] = 4;
+        p->shape[3] = 4;
+        p->block[0] = p->block[1] = 2;
+    } else {
+        p->shape[0] = 64;
+        p->shape[1] = 1024;
+        p->shape[2] = 14;
+        p->shape[3] = 14;
+    }
     if (a->shape[0]) memcpy(p->shape, a->shape, sizeof a->shape);
     int dt = dropblock_parse_dtype(a->dtype);
-    if (dt < 0) { fprintf(stderr, "dropblock-bench: --dtype %s: must be f32, f16 or bf16\n", a->dtype); return 2; }
+    if (dt < 0) {
+        fprintf(stderr, "dropblock-bench: --dtype %s: must be f32, f16 or bf16\n", a->dtype);
+        return 2;
+    }
     p->dtype = (dropblock_dtype)dt;
-    if (dropblock_params_validate(p, msg, sizeof msg)) { fprintf(stderr, "dropblock-bench: %s\n", msg); return 2; }
+    if (dropblock_params_validate(p, msg, sizeof msg)) {
+        fprintf(stderr, "dropblock-bench: %s\n", msg);
+        return 2;
+    }
     if (a->reps <= 0) a->reps = a->latency ? 5000 : 20;
     return 0;
 }
@@ -252,17 +299,17 @@ static int time_jobs(dropblock_t *h, dropblock_params *p, void *x, void *y, cons
     return 0;
 }
 
-static void print_latency(const struct sock_args *a, const dropblock_params *p, const dropblock_result *res,
-                          double p50, double p99, double mean)
+static void print_latency(const struct sock_args *a, const dropblock_params *p, const dropblock_result *res, double p50,
+                          double p99, double mean)
 {
     printf("latency %llux%llux%llux%llu %s on %s: p50 %.1f us, p99 %.1f us, mean %.1f us over %d round trips\n",
            (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
            (unsigned long long)p->shape[3], a->dtype, res->device, p50, p99, mean, a->reps);
     if (a->json)
         printf("{\"mode\":\"latency\",\"device\":\"%s\",\"shape\":[%llu,%llu,%llu,%llu],\"dtype\":\"%s\",\"reps\":%d,"
-               "\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f}\n", res->device,
-               (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
-               (unsigned long long)p->shape[3], a->dtype, a->reps, p50, p99, mean);
+               "\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f}\n",
+               res->device, (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
+               (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], a->dtype, a->reps, p50, p99, mean);
 }
 
 /* The end-to-end figure, then the same bytes host to device and back through the same API, in
@@ -273,21 +320,24 @@ static void print_throughput(const struct sock_args *a, const dropblock_params *
     uint64_t bytes = dropblock_tensor_bytes(p);
     double gbps = 2.0 * (double)bytes / p50 / 1e3; /* read x + write y */
     printf("throughput %llux%llux%llux%llu %s on %s: median %.0f us end to end, %.2f GB/s (x read + y written); "
-           "device time %llu us\n", (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
-           (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], a->dtype, res->device, p50, gbps,
-           (unsigned long long)res->timing_us[3]);
+           "device time %llu us\n",
+           (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
+           (unsigned long long)p->shape[3], a->dtype, res->device, p50, gbps, (unsigned long long)res->timing_us[3]);
     char why[640];
     double xus = xfer_median(res->device, p, x, a->reps, why, sizeof why);
     double xgbps = xus > 0 ? 2.0 * (double)bytes / xus / 1e3 : -1, ratio = xgbps > 0 ? gbps / xgbps : -1;
     if (xus < 0) printf("host<->device copy on %s: not timed: %s\n", res->device, why);
     else
         printf("host<->device copy on %s (in-process, the same API, host to device then back): median %.1f us, "
-               "%.2f GB/s; end to end / copy %.3f\n", res->device, xus, xgbps, ratio);
+               "%.2f GB/s; end to end / copy %.3f\n",
+               res->device, xus, xgbps, ratio);
     if (a->json) {
-        printf("{\"mode\":\"throughput\",\"device\":\"%s\",\"shape\":[%llu,%llu,%llu,%llu],\"dtype\":\"%s\",\"reps\":%d,"
-               "\"median_us\":%.0f,\"gbps\":%.3f,\"device_us\":%llu", res->device,
-               (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
-               (unsigned long long)p->shape[3], a->dtype, a->reps, p50, gbps, (unsigned long long)res->timing_us[3]);
+        printf(
+            "{\"mode\":\"throughput\",\"device\":\"%s\",\"shape\":[%llu,%llu,%llu,%llu],\"dtype\":\"%s\",\"reps\":%d,"
+            "\"median_us\":%.0f,\"gbps\":%.3f,\"device_us\":%llu",
+            res->device, (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
+            (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], a->dtype, a->reps, p50, gbps,
+            (unsigned long long)res->timing_us[3]);
         if (xus < 0) printf(",\"xfer_us\":null,\"xfer_gbs\":null,\"e2e_over_xfer\":null}\n");
         else printf(",\"xfer_us\":%.1f,\"xfer_gbs\":%.3f,\"e2e_over_xfer\":%.3f}\n", xus, xgbps, ratio);
     }
@@ -300,7 +350,8 @@ static int bench_jobs(dropblock_t *h, const struct sock_args *a, dropblock_param
     uint64_t bytes = dropblock_tensor_bytes(p);
     void *x, *y;
     if (dropblock_alloc(h, bytes, &x) || dropblock_alloc(h, bytes, &y)) {
-        fprintf(stderr, "dropblock-bench: cannot allocate %llu bytes of shared memory twice\n", (unsigned long long)bytes);
+        fprintf(stderr, "dropblock-bench: cannot allocate %llu bytes of shared memory twice\n",
+                (unsigned long long)bytes);
         return 1;
     }
     db_fill_tf_uniform(p->dtype, 0, 1, dropblock_numel(p), x);
@@ -332,7 +383,10 @@ int bench_socket(int argc, char **argv)
     dropblock_t *h;
     if (a.crossover) {
         rc = dropblock_connect(&h, a.path, msg, sizeof msg);
-        if (rc) { fprintf(stderr, "dropblock-bench: %s\n", msg); return 1; }
+        if (rc) {
+            fprintf(stderr, "dropblock-bench: %s\n", msg);
+            return 1;
+        }
         rc = bench_crossover(h, a.device, a.reps > 0 ? a.reps : 400, a.json);
         dropblock_close(h);
         return rc;
@@ -340,7 +394,10 @@ int bench_socket(int argc, char **argv)
     dropblock_params p;
     if ((rc = sock_params(&a, &p))) return rc;
     rc = dropblock_connect(&h, a.path, msg, sizeof msg);
-    if (rc) { fprintf(stderr, "dropblock-bench: %s\n", msg); return 1; }
+    if (rc) {
+        fprintf(stderr, "dropblock-bench: %s\n", msg);
+        return 1;
+    }
     rc = bench_jobs(h, &a, &p);
     dropblock_close(h);
     return rc;

@@ -15,9 +15,9 @@
  * memory (dropblock_run's path).
  * Each figure is the median of --reps timed runs after --warmup untimed ones (PoCL compiles a
  * kernel on its first launch); the device measures run interleaved, one of each per round, so
- * that other load on the machine weighs on all of them alike. GB/s counts one read of x and one write of y. --check compares
- * one run_us output with the CPU reference bit for bit. With --json the last line is one JSON
- * object with every figure (null where a backend cannot time one).
+ * that other load on the machine weighs on all of them alike. GB/s counts one read of x and one write of y. --check
+ * compares one run_us output with the CPU reference bit for bit. With --json the last line is one JSON object with
+ * every figure (null where a backend cannot time one).
  *
  * The daemon modes (--socket PATH --latency / --throughput / --crossover) time round trips and
  * shared-memory jobs through a running dropblockd with libdropblock (bench_socket.c). */
@@ -75,11 +75,13 @@ static int parse(int argc, char **argv, struct opts *o)
     int have_shape = 0, have_block = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        /* clang-format off */
         if (!strcmp(a, "--json")) { o->json = 1; continue; }
         if (!strcmp(a, "--check")) { o->check = 1; continue; }
         if (!strcmp(a, "--latency")) { o->mode = MODE_LATENCY; continue; }
         if (!strcmp(a, "--throughput")) { o->mode = MODE_THROUGHPUT; continue; }
         if (!strcmp(a, "--crossover")) { o->mode = MODE_CROSSOVER; continue; }
+        /* clang-format on */
         if (!v) return -1;
         i++;
         if (!strcmp(a, "--backend")) o->backend = v;
@@ -170,14 +172,15 @@ static void device_figures(struct db_engine *e, int dev, const struct opts *o, c
 {
     char msg[512];
     double *all = calloc((size_t)DB_BENCH_N * (size_t)o->reps, sizeof *all);
-    static const int what_of[F_RUN] = {DB_BENCH_COPY,     DB_BENCH_OP,  DB_BENCH_BACKWARD, DB_BENCH_MASK,
-                                       DB_BENCH_BASELINE, DB_BENCH_XFER};
+    static const int what_of[F_RUN] = {DB_BENCH_COPY, DB_BENCH_OP,       DB_BENCH_BACKWARD,
+                                       DB_BENCH_MASK, DB_BENCH_BASELINE, DB_BENCH_XFER};
     msg[0] = 0;
     int r = all ? db_engine_bench(e, dev, &o->p, x, (1u << DB_BENCH_N) - 1, o->warmup, o->reps, all, msg, sizeof msg)
                 : DROPBLOCK_EEXHAUSTED;
     if (r) fprintf(stderr, "dropblock-bench: %s\n", all ? msg : "out of memory");
     else if (msg[0]) fprintf(stderr, "dropblock-bench: %s\n", msg);
-    for (int f = 0; f < F_RUN; f++) fig[f] = r || all[what_of[f] * o->reps] < 0 ? -1 : median(all + what_of[f] * o->reps, o->reps);
+    for (int f = 0; f < F_RUN; f++)
+        fig[f] = r || all[what_of[f] * o->reps] < 0 ? -1 : median(all + what_of[f] * o->reps, o->reps);
     free(all);
 }
 
@@ -224,13 +227,14 @@ static void print_json(const struct opts *o, const dropblock_device_info *info, 
                        const double fig[F_N], int check, double gb)
 {
     const dropblock_params *p = &o->p;
-    printf("{\"backend\": \"%s\", \"device\": \"%s\", \"name\": \"%s\", \"paths\": \"%s\", "
-           "\"shape\": [%llu, %llu, %llu, %llu], "
-           "\"layout\": \"%s\", \"dtype\": \"%s\", \"block\": [%llu, %llu], \"rate\": %g, \"reps\": %d, \"bytes\": %llu",
-           o->backend, info->id, info->name, paths, (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
-           (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], dropblock_layout_name(p->layout),
-           dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0], (unsigned long long)p->block[1],
-           (double)p->rate, o->reps, (unsigned long long)bytes);
+    printf(
+        "{\"backend\": \"%s\", \"device\": \"%s\", \"name\": \"%s\", \"paths\": \"%s\", "
+        "\"shape\": [%llu, %llu, %llu, %llu], "
+        "\"layout\": \"%s\", \"dtype\": \"%s\", \"block\": [%llu, %llu], \"rate\": %g, \"reps\": %d, \"bytes\": %llu",
+        o->backend, info->id, info->name, paths, (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
+        (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], dropblock_layout_name(p->layout),
+        dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0], (unsigned long long)p->block[1],
+        (double)p->rate, o->reps, (unsigned long long)bytes);
     for (int f = 0; f < F_N; f++) {
         printf(", \"%s\": ", fig_names[f]);
         print_num(fig[f], 1);
@@ -276,7 +280,9 @@ static int device_mode(const struct opts *o)
     else print_json(o, info, paths, bytes, fig, check, gb);
     if (check == 0) rc = 1;
 out:
-    free(x); free(y); free(t);
+    free(x);
+    free(y);
+    free(t);
     db_engine_close(e);
     return rc;
 }

@@ -53,8 +53,8 @@ int dropblock_free(dropblock_t *h, void *ptr)
 }
 
 /* What run and submit check before either kind sees the job: the same messages everywhere. */
-static int check_job(const dropblock_t *h, const dropblock_params *p, const void *input, const void *output,
-                     char *msg, size_t len)
+static int check_job(const dropblock_t *h, const dropblock_params *p, const void *input, const void *output, char *msg,
+                     size_t len)
 {
     if (!h || !p) {
         db_msg(msg, len, "%s is NULL", h ? "params" : "handle");
@@ -87,8 +87,10 @@ int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, 
     rc = remote_wait(h, t, timeout, res);
     if (rc == DROPBLOCK_ETIMEDOUT) {
         remote_abandon(h, t);
-        db_msg(res->message, sizeof res->message, "no reply to the job within %d ms (the connection's job_timeout_ms); "
-               "the daemon may still write its output and mask", timeout);
+        db_msg(res->message, sizeof res->message,
+               "no reply to the job within %d ms (the connection's job_timeout_ms); "
+               "the daemon may still write its output and mask",
+               timeout);
         rc = DROPBLOCK_EUNAVAILABLE;
     }
     return rc;
@@ -112,7 +114,9 @@ int dropblock_wait(dropblock_t *h, dropblock_ticket *ticket, int timeout_ms, dro
     memset(res, 0, sizeof *res);
     if (!h || !ticket || ticket->owner != h) {
         db_msg(res->message, sizeof res->message, "%s",
-               !h ? "handle is NULL" : !ticket ? "ticket is NULL" : "the ticket belongs to another handle");
+               !h        ? "handle is NULL"
+               : !ticket ? "ticket is NULL"
+                         : "the ticket belongs to another handle");
         return DROPBLOCK_EINVAL;
     }
     return h->remote ? remote_wait(h, ticket, timeout_ms, res) : local_wait(h, ticket, res);

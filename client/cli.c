@@ -58,8 +58,7 @@ static const char usage_main[] =
     "  --version      the tool's version\n"
     "\n"
     "Start a daemon with `dropblockd --socket PATH &` (dropblockd --help; docs/deploy.md for systemd\n"
-    "and Kubernetes).\n"
-    EXIT_STATUS_HELP;
+    "and Kubernetes).\n" EXIT_STATUS_HELP;
 
 static const char usage_devices[] =
     "usage: dropblock devices [--socket PATH | --local] [--backend cpu|opencl|vulkan]\n"
@@ -132,12 +131,18 @@ int next_opt(const struct opt *table, int argc, char **argv, int *i, const char 
     for (int k = 0; table[k].name; k++) {
         if (strlen(table[k].name) != nl || strncmp(table[k].name, a, nl)) continue;
         if (!table[k].takes_value) {
-            if (eq) { err("%s takes no value (got \"%s\")", table[k].name, eq + 1); return -1; }
+            if (eq) {
+                err("%s takes no value (got \"%s\")", table[k].name, eq + 1);
+                return -1;
+            }
             return k;
         }
         if (eq) *value = eq + 1;
         else if (*i + 1 < argc) *value = argv[++*i];
-        else { err("%s needs a value", table[k].name); return -1; }
+        else {
+            err("%s needs a value", table[k].name);
+            return -1;
+        }
         return k;
     }
     err("unknown option %.*s (see --help)", (int)nl, a);
@@ -200,7 +205,10 @@ int parse_rate(const char *s, float *r)
 /* --timeout/--job-timeout S: seconds (a decimal number, at most a day) or "none". */
 int parse_timeout(const char *name, const char *v, int *ms)
 {
-    if (!strcmp(v, "none")) { *ms = -1; return 0; }
+    if (!strcmp(v, "none")) {
+        *ms = -1;
+        return 0;
+    }
     char *end;
     errno = 0;
     double x = strtod(v, &end);
@@ -314,7 +322,10 @@ dropblock_device_info *list_devices(dropblock_t *h, size_t *count)
     size_t n = 0;
     if (dropblock_devices(h, NULL, 0, &n)) return NULL;
     dropblock_device_info *d = calloc(n ? n : 1, sizeof *d);
-    if (d && dropblock_devices(h, d, n, &n)) { free(d); d = NULL; }
+    if (d && dropblock_devices(h, d, n, &n)) {
+        free(d);
+        d = NULL;
+    }
     *count = n;
     return d;
 }
@@ -326,7 +337,10 @@ static int cmd_devices(int argc, char **argv, struct engine_opts eo)
     for (int i = 0; i < argc; i++) {
         const char *v;
         int k = next_opt(table, argc, argv, &i, &v);
-        if (k == -2) { err("devices: unexpected argument \"%s\"", argv[i]); return EXIT_USAGE; }
+        if (k == -2) {
+            err("devices: unexpected argument \"%s\"", argv[i]);
+            return EXIT_USAGE;
+        }
         if (k < 0) return EXIT_USAGE;
         switch (k) {
         case 0: eo.local = 1; break;
@@ -341,7 +355,11 @@ static int cmd_devices(int argc, char **argv, struct engine_opts eo)
     if (st) return st;
     size_t n;
     dropblock_device_info *d = list_devices(h, &n);
-    if (!d) { err("cannot list the devices: out of memory"); dropblock_close(h); return EXIT_FAIL; }
+    if (!d) {
+        err("cannot list the devices: out of memory");
+        dropblock_close(h);
+        return EXIT_FAIL;
+    }
     for (size_t i = 0; i < n; i++) {
         /* the local engine was opened with --backend's API only; the daemon has all of its own */
         if (eo.backend && strcmp(d[i].api, eo.backend)) continue;
@@ -351,7 +369,10 @@ static int cmd_devices(int argc, char **argv, struct engine_opts eo)
     }
     free(d);
     dropblock_close(h);
-    if (fflush(stdout)) { err("write error on stdout: %s", strerror(errno)); return EXIT_FAIL; }
+    if (fflush(stdout)) {
+        err("write error on stdout: %s", strerror(errno));
+        return EXIT_FAIL;
+    }
     return 0;
 }
 
@@ -371,12 +392,20 @@ static int daemon_cmd_args(const char *cmd, const char *usage, const struct opt 
     for (int i = 0; i < argc; i++) {
         const char *v;
         int k = next_opt(table, argc, argv, &i, &v);
-        if (k == -2) { err("%s: unexpected argument \"%s\" (see dropblock %s --help)", cmd, argv[i], cmd); return EXIT_USAGE; }
+        if (k == -2) {
+            err("%s: unexpected argument \"%s\" (see dropblock %s --help)", cmd, argv[i], cmd);
+            return EXIT_USAGE;
+        }
         if (k < 0) return EXIT_USAGE;
         if (k == 0) eo->socket = v;
-        else if (k == 1) { fputs(usage, stdout); return 0; }
-        else if (k == 2) eo->local = 1;
-        else { *extra_value = v; *extra_given = 1; }
+        else if (k == 1) {
+            fputs(usage, stdout);
+            return 0;
+        } else if (k == 2) eo->local = 1;
+        else {
+            *extra_value = v;
+            *extra_given = 1;
+        }
     }
     if (eo->local) {
         err("%s asks the daemon; --local has none (dropblock --local devices lists this process's devices)", cmd);
@@ -408,7 +437,12 @@ static int cmd_status(int argc, char **argv, struct engine_opts eo)
         return EXIT_FAIL;
     }
     cJSON *j = cJSON_Parse(text);
-    if (!j) { err("dropblockd at %s: the status reply is not JSON", path); free(text); free(devs); return EXIT_FAIL; }
+    if (!j) {
+        err("dropblockd at %s: the status reply is not JSON", path);
+        free(text);
+        free(devs);
+        return EXIT_FAIL;
+    }
     if (json_only) {
         printf("%s\n", text);
     } else {
@@ -423,7 +457,8 @@ static int cmd_status(int argc, char **argv, struct engine_opts eo)
                json_num(jobs, "failed"), json_num(jobs, "rejected"), json_num(jobs, "queued"),
                json_num(jobs, "running"), json_num(j, "inflight_bytes"));
         const cJSON *d;
-        cJSON_ArrayForEach(d, dl) {
+        cJSON_ArrayForEach(d, dl)
+        {
             const cJSON *id = cJSON_GetObjectItemCaseSensitive(d, "id");
             const char *name = "";
             for (size_t i = 0; i < ndev && cJSON_IsString(id); i++)
@@ -452,7 +487,10 @@ static int cmd_status(int argc, char **argv, struct engine_opts eo)
     cJSON_Delete(j);
     free(text);
     free(devs);
-    if (fflush(stdout)) { err("write error on stdout: %s", strerror(errno)); return EXIT_FAIL; }
+    if (fflush(stdout)) {
+        err("write error on stdout: %s", strerror(errno));
+        return EXIT_FAIL;
+    }
     return 0;
 }
 
@@ -481,23 +519,32 @@ static int cmd_stop(int argc, char **argv, struct engine_opts eo)
         return EXIT_FAIL;
     }
     printf("dropblockd at %s is stopping: no new connections, queued jobs answered unavailable, running jobs "
-           "finish\n", path);
+           "finish\n",
+           path);
     fflush(stdout);
     /* the daemon closes every connection once its running jobs are done, just before it exits:
      * a status request on ours fails from then on */
     int closed = 0;
     char tmp[16384];
     while (timeout_s && now_s() - t0 < (double)timeout_s) {
-        if (dropblock_status(h, tmp, sizeof tmp) == DROPBLOCK_EUNAVAILABLE) { closed = 1; break; }
+        if (dropblock_status(h, tmp, sizeof tmp) == DROPBLOCK_EUNAVAILABLE) {
+            closed = 1;
+            break;
+        }
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
     dropblock_close(h);
-    if (closed) printf("dropblockd at %s has stopped: it closed its connections after %.0f ms\n", path,
-                       (now_s() - t0) * 1e3);
-    else if (timeout_s) printf("dropblockd at %s is still finishing its running jobs after %llu s; it exits when "
-                               "they are done\n", path, (unsigned long long)timeout_s);
-    if (fflush(stdout)) { err("write error on stdout: %s", strerror(errno)); return EXIT_FAIL; }
+    if (closed)
+        printf("dropblockd at %s has stopped: it closed its connections after %.0f ms\n", path, (now_s() - t0) * 1e3);
+    else if (timeout_s)
+        printf("dropblockd at %s is still finishing its running jobs after %llu s; it exits when "
+               "they are done\n",
+               path, (unsigned long long)timeout_s);
+    if (fflush(stdout)) {
+        err("write error on stdout: %s", strerror(errno));
+        return EXIT_FAIL;
+    }
     return 0;
 }
 
@@ -506,7 +553,7 @@ static int cmd_schedule(int argc, char **argv)
 {
     enum { S_RATE, S_LINEAR, S_STEP, S_STEPS, S_GROUP, S_FORMAT, S_HELP };
     static const struct opt table[] = {
-        [S_RATE] = {"--rate", 1}, [S_LINEAR] = {"--linear", 0}, [S_STEP] = {"--step", 1}, [S_STEPS] = {"--steps", 1},
+        [S_RATE] = {"--rate", 1},   [S_LINEAR] = {"--linear", 0}, [S_STEP] = {"--step", 1}, [S_STEPS] = {"--steps", 1},
         [S_GROUP] = {"--group", 1}, [S_FORMAT] = {"--format", 1}, [S_HELP] = {"--help", 0}, {NULL, 0}};
     const char *rate_s = NULL;
     float rate = 0.0f;
@@ -515,33 +562,54 @@ static int cmd_schedule(int argc, char **argv)
     for (int i = 0; i < argc; i++) {
         const char *v;
         int k = next_opt(table, argc, argv, &i, &v);
-        if (k == -2) { err("schedule: unexpected argument \"%s\" (see dropblock schedule --help)", argv[i]); return EXIT_USAGE; }
+        if (k == -2) {
+            err("schedule: unexpected argument \"%s\" (see dropblock schedule --help)", argv[i]);
+            return EXIT_USAGE;
+        }
         if (k < 0) return EXIT_USAGE;
         switch (k) {
         case S_RATE:
-            if (parse_rate(v, &rate)) { err("--rate %s: not a decimal number", v); return EXIT_USAGE; }
+            if (parse_rate(v, &rate)) {
+                err("--rate %s: not a decimal number", v);
+                return EXIT_USAGE;
+            }
             rate_s = v;
             break;
         case S_LINEAR: linear = 1; break;
-        case S_STEP: if (parse_u64_opt("--step", v, &step)) return EXIT_USAGE; have_step = 1; break;
-        case S_STEPS: if (parse_u64_opt("--steps", v, &steps)) return EXIT_USAGE; have_steps = 1; break;
+        case S_STEP:
+            if (parse_u64_opt("--step", v, &step)) return EXIT_USAGE;
+            have_step = 1;
+            break;
+        case S_STEPS:
+            if (parse_u64_opt("--steps", v, &steps)) return EXIT_USAGE;
+            have_steps = 1;
+            break;
         case S_GROUP:
-            if (parse_u64(v, &g) || g < 1 || g > 4) { err("--group %s: must be 1, 2, 3 or 4", v); return EXIT_USAGE; }
+            if (parse_u64(v, &g) || g < 1 || g > 4) {
+                err("--group %s: must be 1, 2, 3 or 4", v);
+                return EXIT_USAGE;
+            }
             group = (int)g;
             break;
         case S_FORMAT:
-            if (strcmp(v, "hex") && strcmp(v, "dec")) { err("--format %s: must be hex or dec", v); return EXIT_USAGE; }
+            if (strcmp(v, "hex") && strcmp(v, "dec")) {
+                err("--format %s: must be hex or dec", v);
+                return EXIT_USAGE;
+            }
             hex = !strcmp(v, "hex");
             break;
         case S_HELP: fputs(usage_schedule, stdout); return 0;
         }
     }
+    /* clang-format off */
     if (!rate_s) { err("schedule: --rate is required (see dropblock schedule --help)"); return EXIT_USAGE; }
     if (!linear && !group) { err("schedule: give --linear, --group or both (see dropblock schedule --help)"); return EXIT_USAGE; }
     if (linear && (!have_step || !have_steps)) { err("schedule: --linear needs --step and --steps"); return EXIT_USAGE; }
     if (!linear && (have_step || have_steps)) { err("schedule: --step and --steps go with --linear"); return EXIT_USAGE; }
+    /* clang-format on */
     float r = rate;
-    if ((linear && dropblock_schedule_linear(r, step, steps, &r)) || (group && dropblock_schedule_group(r, group, &r))) {
+    if ((linear && dropblock_schedule_linear(r, step, steps, &r)) ||
+        (group && dropblock_schedule_group(r, group, &r))) {
         err("--rate %s: must be in [0, 1]", rate_s);
         return EXIT_USAGE;
     }
@@ -551,15 +619,17 @@ static int cmd_schedule(int argc, char **argv)
     if (hex) snprintf(buf, sizeof buf, "0x%08x", bits);
     else db_format_f32(buf, sizeof buf, bits);
     printf("%s\n", buf);
-    if (fflush(stdout)) { err("write error on stdout: %s", strerror(errno)); return EXIT_FAIL; }
+    if (fflush(stdout)) {
+        err("write error on stdout: %s", strerror(errno));
+        return EXIT_FAIL;
+    }
     return 0;
 }
 
 int main(int argc, char **argv)
 {
-    static const struct opt table[] = {{"--local", 0},   {"--socket", 1},      {"--help", 0},
-                                       {"--version", 0}, {"--timeout", 1},     {"--job-timeout", 1},
-                                       {NULL, 0}};
+    static const struct opt table[] = {{"--local", 0},   {"--socket", 1},      {"--help", 0}, {"--version", 0},
+                                       {"--timeout", 1}, {"--job-timeout", 1}, {NULL, 0}};
     struct engine_opts eo = {0, NULL, NULL, DROPBLOCK_DEFAULT_TIMEOUT_MS, -1};
     int i = 1;
     for (; i < argc; i++) {
@@ -567,14 +637,19 @@ int main(int argc, char **argv)
         int k = next_opt(table, argc, argv, &i, &v);
         if (k == -2) break;
         if (k < 0) return EXIT_USAGE;
+        /* clang-format off */
         if (k == 0) eo.local = 1;
         else if (k == 1) eo.socket = v;
         else if (k == 2) { fputs(usage_main, stdout); return 0; }
         else if (k == 4) { if (parse_timeout("--timeout", v, &eo.timeout_ms)) return EXIT_USAGE; }
         else if (k == 5) { if (parse_timeout("--job-timeout", v, &eo.job_timeout_ms)) return EXIT_USAGE; }
         else { printf("dropblock %s (protocol %d)\n", DROPBLOCK_VERSION_STRING, DROPBLOCK_PROTOCOL_VERSION); return 0; }
+        /* clang-format on */
     }
-    if (i >= argc) { fputs(usage_main, stderr); return EXIT_USAGE; }
+    if (i >= argc) {
+        fputs(usage_main, stderr);
+        return EXIT_USAGE;
+    }
     const char *cmd = argv[i++];
     if (!strcmp(cmd, "run")) return cmd_run(argc - i, argv + i, eo);
     if (!strcmp(cmd, "devices")) return cmd_devices(argc - i, argv + i, eo);
@@ -583,9 +658,13 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "schedule")) return cmd_schedule(argc - i, argv + i);
     if (!strcmp(cmd, "help")) {
         const char *what = i < argc ? argv[i] : "";
-        fputs(!strcmp(what, "run") ? usage_run : !strcmp(what, "devices") ? usage_devices
-              : !strcmp(what, "status") ? usage_status : !strcmp(what, "stop") ? usage_stop
-              : !strcmp(what, "schedule") ? usage_schedule : usage_main, stdout);
+        fputs(!strcmp(what, "run")        ? usage_run
+              : !strcmp(what, "devices")  ? usage_devices
+              : !strcmp(what, "status")   ? usage_status
+              : !strcmp(what, "stop")     ? usage_stop
+              : !strcmp(what, "schedule") ? usage_schedule
+                                          : usage_main,
+              stdout);
         return 0;
     }
     err("unknown command \"%s\" (commands: run, devices, status, stop, schedule; see dropblock --help)", cmd);

@@ -57,8 +57,7 @@ const char usage_run[] =
     "  --mask FILE.bin          write the packed keep mask: bit ((n*C+c)*H+h)*W+w, LSB first, 1 = kept\n"
     "  --format hex|dec         print dropblock_ref.py's JSON line (values as bit patterns or decimals);\n"
     "                           without --format and --output a short summary is printed\n"
-    "\n"
-    EXIT_STATUS_HELP;
+    "\n" EXIT_STATUS_HELP;
 
 /* ---- dropblock run ------------------------------------------------------------------------ */
 struct run_args {
@@ -70,6 +69,7 @@ struct run_args {
     uint64_t tf_seed[2];
 };
 
+/* clang-format off */
 enum {
     O_LOCAL, O_SOCKET, O_BACKEND, O_DEVICE, O_SHAPE, O_LAYOUT, O_DTYPE, O_RATE, O_BLOCK, O_SEED, O_STREAM,
     O_NORMALIZE, O_SHARE_C, O_SHARE_N, O_COMPAT, O_BACKWARD, O_EVAL, O_INPUT, O_OUTPUT, O_MASK, O_FORMAT, O_HELP,
@@ -84,6 +84,7 @@ static const struct opt run_table[] = {
     [O_EVAL] = {"--eval", 0}, [O_INPUT] = {"--input", 1}, [O_OUTPUT] = {"--output", 1}, [O_MASK] = {"--mask", 1},
     [O_FORMAT] = {"--format", 1}, [O_HELP] = {"--help", 0}, [O_TIMEOUT] = {"--timeout", 1},
     [O_JOB_TIMEOUT] = {"--job-timeout", 1}, {NULL, 0}};
+/* clang-format on */
 
 /* An option of the job's parameters (k from --shape to --eval): 0, or EXIT_USAGE for a bad value. */
 static int parse_param(int k, const char *v, struct run_args *a)
@@ -100,16 +101,25 @@ static int parse_param(int k, const char *v, struct run_args *a)
         break;
     case O_LAYOUT:
         /* exact names, as dropblock_ref.py's choices (the API's parser also takes lower case) */
-        if (strcmp(v, "NCHW") && strcmp(v, "NHWC")) { err("--layout %s: must be NCHW or NHWC", v); return EXIT_USAGE; }
+        if (strcmp(v, "NCHW") && strcmp(v, "NHWC")) {
+            err("--layout %s: must be NCHW or NHWC", v);
+            return EXIT_USAGE;
+        }
         p->layout = (dropblock_layout)dropblock_parse_layout(v);
         break;
     case O_DTYPE:
-        if ((x = dropblock_parse_dtype(v)) < 0) { err("--dtype %s: must be f32, f16 or bf16", v); return EXIT_USAGE; }
+        if ((x = dropblock_parse_dtype(v)) < 0) {
+            err("--dtype %s: must be f32, f16 or bf16", v);
+            return EXIT_USAGE;
+        }
         p->dtype = (dropblock_dtype)x;
         a->dtype_given = 1;
         break;
     case O_RATE:
-        if (parse_rate(v, &p->rate)) { err("--rate %s: not a decimal number", v); return EXIT_USAGE; }
+        if (parse_rate(v, &p->rate)) {
+            err("--rate %s: not a decimal number", v);
+            return EXIT_USAGE;
+        }
         break;
     case O_BLOCK:
         if ((x = parse_u64_list(v, p->block, 1, 2)) < 0) {
@@ -118,8 +128,12 @@ static int parse_param(int k, const char *v, struct run_args *a)
         }
         if (x == 1) p->block[1] = p->block[0];
         break;
-    case O_SEED: if (parse_u64_opt("--seed", v, &p->seed)) return EXIT_USAGE; break;
-    case O_STREAM: if (parse_u64_opt("--stream", v, &p->stream)) return EXIT_USAGE; break;
+    case O_SEED:
+        if (parse_u64_opt("--seed", v, &p->seed)) return EXIT_USAGE;
+        break;
+    case O_STREAM:
+        if (parse_u64_opt("--stream", v, &p->stream)) return EXIT_USAGE;
+        break;
     case O_NORMALIZE:
         if ((x = dropblock_parse_normalize(v)) < 0) {
             err("--normalize %s: must be global, sample or none", v);
@@ -130,7 +144,10 @@ static int parse_param(int k, const char *v, struct run_args *a)
     case O_SHARE_C: p->share |= DROPBLOCK_SHARE_CHANNELS; break;
     case O_SHARE_N: p->share |= DROPBLOCK_SHARE_BATCH; break;
     case O_COMPAT:
-        if ((x = dropblock_parse_compat(v)) < 0) { err("--compat %s: must be none or keras_cv", v); return EXIT_USAGE; }
+        if ((x = dropblock_parse_compat(v)) < 0) {
+            err("--compat %s: must be none or keras_cv", v);
+            return EXIT_USAGE;
+        }
         p->compat = (dropblock_compat)x;
         break;
     case O_BACKWARD: p->mode = DROPBLOCK_BACKWARD; break;
@@ -145,7 +162,10 @@ static int parse_run(int argc, char **argv, struct run_args *a)
     for (int i = 0; i < argc; i++) {
         const char *v;
         int k = next_opt(run_table, argc, argv, &i, &v);
-        if (k == -2) { err("run: unexpected argument \"%s\" (see dropblock run --help)", argv[i]); return EXIT_USAGE; }
+        if (k == -2) {
+            err("run: unexpected argument \"%s\" (see dropblock run --help)", argv[i]);
+            return EXIT_USAGE;
+        }
         if (k < 0) return EXIT_USAGE;
         switch (k) {
         case O_LOCAL: a->eo.local = 1; break;
@@ -156,13 +176,22 @@ static int parse_run(int argc, char **argv, struct run_args *a)
         case O_OUTPUT: a->output = v; break;
         case O_MASK: a->mask = v; break;
         case O_FORMAT:
-            if (strcmp(v, "hex") && strcmp(v, "dec")) { err("--format %s: must be hex or dec", v); return EXIT_USAGE; }
+            if (strcmp(v, "hex") && strcmp(v, "dec")) {
+                err("--format %s: must be hex or dec", v);
+                return EXIT_USAGE;
+            }
             a->format = !strcmp(v, "hex");
             break;
         case O_HELP: fputs(usage_run, stdout); return 0;
-        case O_TIMEOUT: if (parse_timeout("--timeout", v, &a->eo.timeout_ms)) return EXIT_USAGE; break;
-        case O_JOB_TIMEOUT: if (parse_timeout("--job-timeout", v, &a->eo.job_timeout_ms)) return EXIT_USAGE; break;
-        default: if (parse_param(k, v, a)) return EXIT_USAGE; break;
+        case O_TIMEOUT:
+            if (parse_timeout("--timeout", v, &a->eo.timeout_ms)) return EXIT_USAGE;
+            break;
+        case O_JOB_TIMEOUT:
+            if (parse_timeout("--job-timeout", v, &a->eo.job_timeout_ms)) return EXIT_USAGE;
+            break;
+        default:
+            if (parse_param(k, v, a)) return EXIT_USAGE;
+            break;
         }
     }
     if (check_backend(a->eo.backend) || check_engine(&a->eo)) return EXIT_USAGE;
@@ -173,8 +202,17 @@ static int parse_run(int argc, char **argv, struct run_args *a)
 static void physical_shape(const dropblock_params *p, uint64_t d[4])
 {
     const uint64_t *s = p->shape;
-    if (p->layout == DROPBLOCK_NCHW) { d[0] = s[0]; d[1] = s[1]; d[2] = s[2]; d[3] = s[3]; }
-    else { d[0] = s[0]; d[1] = s[2]; d[2] = s[3]; d[3] = s[1]; }
+    if (p->layout == DROPBLOCK_NCHW) {
+        d[0] = s[0];
+        d[1] = s[1];
+        d[2] = s[2];
+        d[3] = s[3];
+    } else {
+        d[0] = s[0];
+        d[1] = s[2];
+        d[2] = s[3];
+        d[3] = s[1];
+    }
 }
 
 /* Reads --input and completes the request: a tf-uniform input is only checked here (its values
@@ -191,9 +229,15 @@ static int load_input(struct run_args *a, void **x)
             err("--input %s: must be tf-uniform:S0,S1 with two unsigned 64-bit integers, or an .npy file", a->input);
             return EXIT_USAGE;
         }
-        if (!a->have_shape) { err("--shape is required unless --input is an .npy file"); return EXIT_USAGE; }
+        if (!a->have_shape) {
+            err("--shape is required unless --input is an .npy file");
+            return EXIT_USAGE;
+        }
         char msg[256];
-        if (dropblock_params_validate(p, msg, sizeof msg)) { err("%s", msg); return EXIT_USAGE; }
+        if (dropblock_params_validate(p, msg, sizeof msg)) {
+            err("%s", msg);
+            return EXIT_USAGE;
+        }
         if (dropblock_tensor_bytes(p) > SIZE_MAX) {
             err("out of memory for a %llu-byte input", (unsigned long long)dropblock_tensor_bytes(p));
             return EXIT_FAIL;
@@ -218,19 +262,26 @@ static int load_input(struct run_args *a, void **x)
         goto usage;
     }
     uint64_t logical[4] = {dims[0], dims[1], dims[2], dims[3]};
-    if (p->layout == DROPBLOCK_NHWC) { logical[1] = dims[3]; logical[2] = dims[1]; logical[3] = dims[2]; }
+    if (p->layout == DROPBLOCK_NHWC) {
+        logical[1] = dims[3];
+        logical[2] = dims[1];
+        logical[3] = dims[2];
+    }
     if (a->have_shape && memcmp(logical, p->shape, sizeof logical)) {
         err("--shape %llu,%llu,%llu,%llu does not match %s: its %s shape (%llu, %llu, %llu, %llu) is N,C,H,W = "
-            "%llu,%llu,%llu,%llu", (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
-            (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], a->input, order,
-            (unsigned long long)dims[0], (unsigned long long)dims[1], (unsigned long long)dims[2],
-            (unsigned long long)dims[3], (unsigned long long)logical[0], (unsigned long long)logical[1],
-            (unsigned long long)logical[2], (unsigned long long)logical[3]);
+            "%llu,%llu,%llu,%llu",
+            (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
+            (unsigned long long)p->shape[3], a->input, order, (unsigned long long)dims[0], (unsigned long long)dims[1],
+            (unsigned long long)dims[2], (unsigned long long)dims[3], (unsigned long long)logical[0],
+            (unsigned long long)logical[1], (unsigned long long)logical[2], (unsigned long long)logical[3]);
         goto usage;
     }
     memcpy(p->shape, logical, sizeof logical);
     p->dtype = (dropblock_dtype)dtype;
-    if (dropblock_params_validate(p, msg, sizeof msg)) { err("--input %s: %s", a->input, msg); goto usage; }
+    if (dropblock_params_validate(p, msg, sizeof msg)) {
+        err("--input %s: %s", a->input, msg);
+        goto usage;
+    }
     return -1;
 usage:
     free(*x);
@@ -241,11 +292,21 @@ usage:
 static int write_file(const char *path, const void *buf, uint64_t n)
 {
     FILE *f = fopen(path, "wb");
-    if (!f) { err("%s: cannot create: %s", path, strerror(errno)); return -1; }
+    if (!f) {
+        err("%s: cannot create: %s", path, strerror(errno));
+        return -1;
+    }
     int ok = fwrite(buf, 1, (size_t)n, f) == n;
     int e = errno;
-    if (fclose(f) && ok) { ok = 0; e = errno; }
-    if (!ok) { err("%s: write failed: %s", path, strerror(e)); remove(path); return -1; }
+    if (fclose(f) && ok) {
+        ok = 0;
+        e = errno;
+    }
+    if (!ok) {
+        err("%s: write failed: %s", path, strerror(e));
+        remove(path);
+        return -1;
+    }
     return 0;
 }
 
@@ -255,7 +316,8 @@ static void print_summary(const struct run_args *a, const dropblock_result *r, c
     const dropblock_params *p = &a->p;
     printf("device %s", r->device);
     if (dev) printf(" (%s: %s)", dropblock_device_kind_name(dev->kind), dev->name);
-    printf("\nrequest %llux%llux%llux%llu %s %s, rate %g, block %llux%llu, seed %llu, stream %llu, normalize %s%s%s%s%s%s\n",
+    printf("\nrequest %llux%llux%llux%llu %s %s, rate %g, block %llux%llu, seed %llu, stream %llu, normalize "
+           "%s%s%s%s%s%s\n",
            (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
            (unsigned long long)p->shape[3], dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype),
            (double)p->rate, (unsigned long long)p->block[0], (unsigned long long)p->block[1],
@@ -325,11 +387,15 @@ static int resolve_device(const struct run_args *a, const dropblock_device_info 
         }
         if (b) {
             if (k >= nb) {
-                err("--device %s: the daemon has only %zu %s device%s (%s)", a->device, nb, b, nb == 1 ? "" : "s", list);
+                err("--device %s: the daemon has only %zu %s device%s (%s)", a->device, nb, b, nb == 1 ? "" : "s",
+                    list);
                 return EXIT_USAGE;
             }
             for (size_t i = 0; i < n; i++)
-                if (!strcmp(d[i].api, b) && !k--) { snprintf(id, len, "%s", d[i].id); break; }
+                if (!strcmp(d[i].api, b) && !k--) {
+                    snprintf(id, len, "%s", d[i].id);
+                    break;
+                }
             return 0;
         }
         if (k >= n) {
@@ -376,13 +442,15 @@ static int check_job_memory(dropblock_t *h, uint64_t bytes, uint64_t mbytes)
     if (total > l.max_client_bytes) {
         db_fmt_bytes(m, sizeof m, l.max_client_bytes);
         err("the job needs %s in flight (input, output%s): above the daemon's max_client_bytes, %s "
-            "(dropblockd --max-client-bytes) (resource_exhausted)", t, mbytes ? " and mask" : "", m);
+            "(dropblockd --max-client-bytes) (resource_exhausted)",
+            t, mbytes ? " and mask" : "", m);
         return -1;
     }
     if (total > l.mem_available) {
         db_fmt_bytes(m, sizeof m, l.mem_available);
         err("the job needs %s of %s memory (input, output%s): more than this machine has available, %s "
-            "(resource_exhausted)", t, dropblock_is_remote(h) ? "shared" : "engine", mbytes ? " and mask" : "", m);
+            "(resource_exhausted)",
+            t, dropblock_is_remote(h) ? "shared" : "engine", mbytes ? " and mask" : "", m);
         return -1;
     }
     return 0;
@@ -432,14 +500,15 @@ static void running_devices(dropblock_t *h, const char *device, char *buf, size_
     if (dropblock_status(h, json, sizeof json)) return;
     cJSON *j = cJSON_Parse(json);
     const cJSON *d, *devs = cJSON_GetObjectItemCaseSensitive(j, "devices");
-    cJSON_ArrayForEach(d, devs) {
+    cJSON_ArrayForEach(d, devs)
+    {
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(d, "id");
         const cJSON *pass = cJSON_GetObjectItemCaseSensitive(d, "pass");
         if (!cJSON_IsString(id) || (device && strcmp(device, id->valuestring))) continue;
         if (!cJSON_IsString(pass) && json_num(d, "running") < 1) continue;
-        int k = snprintf(buf + o, len - o, "%s%s%s%s%s", o ? ", " : "", id->valuestring,
-                         cJSON_IsString(pass) ? " (" : "", cJSON_IsString(pass) ? pass->valuestring : "",
-                         cJSON_IsString(pass) ? ")" : "");
+        int k =
+            snprintf(buf + o, len - o, "%s%s%s%s%s", o ? ", " : "", id->valuestring, cJSON_IsString(pass) ? " (" : "",
+                     cJSON_IsString(pass) ? pass->valuestring : "", cJSON_IsString(pass) ? ")" : "");
         if (k < 0 || (size_t)k >= len - o) break;
         o += (size_t)k;
     }
@@ -461,7 +530,10 @@ static int run_with_progress(dropblock_t *h, const dropblock_params *p, const vo
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_nsec += PROGRESS_EVERY_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) { until.tv_sec++; until.tv_nsec -= 1000000000L; }
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
         pthread_cond_timedwait(&b.cond, &b.lock, &until);
         double el = now_s() - t0;
         if (b.done || el < PROGRESS_AFTER_S) continue;
@@ -469,7 +541,9 @@ static int run_with_progress(dropblock_t *h, const dropblock_params *p, const vo
         char where[256];
         running_devices(h, device, where, sizeof where);
         fprintf(stderr, "\rdropblock: running %.1f s%s%s\033[K", el, where[0] ? " on " : "",
-                where[0] ? where : device ? device : "");
+                where[0] ? where
+                : device ? device
+                         : "");
         fflush(stderr);
         shown = 1;
         pthread_mutex_lock(&b.lock);
@@ -509,7 +583,10 @@ static int write_results(const struct run_args *a, const dropblock_result *res, 
         uint64_t phys[4];
         char msg[512];
         physical_shape(p, phys);
-        if (db_npy_write(a->output, p->dtype, phys, 4, y, msg, sizeof msg)) { err("--output %s", msg); return EXIT_FAIL; }
+        if (db_npy_write(a->output, p->dtype, phys, 4, y, msg, sizeof msg)) {
+            err("--output %s", msg);
+            return EXIT_FAIL;
+        }
     }
     if (a->mask && write_file(a->mask, mask, dropblock_mask_bytes(p))) return EXIT_FAIL;
     if (a->format >= 0) {
@@ -549,7 +626,10 @@ int cmd_run(int argc, char **argv, struct engine_opts eo)
     size_t ndev;
     char id[64];
     st = EXIT_FAIL;
-    if (!(devs = list_devices(h, &ndev))) { err("cannot list the devices: out of memory"); goto out; }
+    if (!(devs = list_devices(h, &ndev))) {
+        err("cannot list the devices: out of memory");
+        goto out;
+    }
     if ((st = resolve_device(&a, devs, ndev, id, sizeof id))) goto out;
     st = EXIT_FAIL;
     if (check_job_memory(h, bytes, a.mask ? mbytes : 0)) goto out;

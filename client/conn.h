@@ -22,10 +22,10 @@
 enum { READER_NONE, READER_RX, READER_CALLER };
 
 struct region {
-    uint32_t id;   /* on the current connection */
+    uint32_t id; /* on the current connection */
     uint8_t *base;
     size_t size;
-    int fd;        /* the memfd, kept to register the region again after a reconnect */
+    int fd; /* the memfd, kept to register the region again after a reconnect */
 };
 
 struct db_conn {
@@ -33,7 +33,7 @@ struct db_conn {
     uint64_t gen; /* the connection's generation: 1, then +1 per reconnect (same locks as fd) */
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     pthread_t rx;
-    int rx_started; /* reconnect_lock or the only thread (connect, close) */
+    int rx_started;              /* reconnect_lock or the only thread (connect, close) */
     pthread_condattr_t condattr; /* CLOCK_MONOTONIC for dropblock_wait's timeout */
 
     pthread_mutex_t reconnect_lock; /* one reconnect at a time */
@@ -42,13 +42,13 @@ struct db_conn {
     dropblock_ticket *buckets[NBUCKETS];
     uint64_t next_id;
     int broken, err_code;
-    int closing;          /* remote_close: the receiver thread ends */
-    int reader;           /* READER_*: who reads the socket (and owns rbuf) now */
-    uint64_t nasync;      /* tickets in flight that no caller reads for (not sync) */
-    uint64_t nlead_waiting; /* sync callers waiting for the socket to be free */
+    int closing;              /* remote_close: the receiver thread ends */
+    int reader;               /* READER_*: who reads the socket (and owns rbuf) now */
+    uint64_t nasync;          /* tickets in flight that no caller reads for (not sync) */
+    uint64_t nlead_waiting;   /* sync callers waiting for the socket to be free */
     pthread_cond_t rx_cond;   /* the receiver: read, or end */
     pthread_cond_t idle_cond; /* broadcast when nobody reads any more (reconnect waits for it) */
-    unsigned char *rbuf;  /* received bytes not yet a whole frame: the reader's */
+    unsigned char *rbuf;      /* received bytes not yet a whole frame: the reader's */
     size_t rlen;
     char err_msg[256];    /* what calls fail with once broken */
     char daemon_msg[224]; /* the daemon's own words when it closed the connection with an error */
@@ -59,7 +59,7 @@ struct db_conn {
     struct region *regions;
     size_t nregions, cap_regions;
 
-    long spin_us; /* DROPBLOCK_SPIN_US at connect: how long a reader polls before it sleeps */
+    long spin_us;                   /* DROPBLOCK_SPIN_US at connect: how long a reader polls before it sleeps */
     int timeout_ms, job_timeout_ms; /* dropblock_connect_options; -1: none */
     /* the daemon's limits from its last hello (lock) */
     uint64_t max_region_bytes, max_client_bytes, max_client_jobs;

@@ -45,12 +45,21 @@ static int read_exact(int fd, void *buf, size_t len, int64_t deadline, int *time
         struct pollfd pfd = {fd, POLLIN, 0};
         int pr = poll(&pfd, 1, left > INT32_MAX ? INT32_MAX : (int)left);
         if (pr < 0 && errno == EINTR) continue;
-        if (pr < 0) { db_msg(why, wl, "poll: %s", strerror(errno)); return -1; }
+        if (pr < 0) {
+            db_msg(why, wl, "poll: %s", strerror(errno));
+            return -1;
+        }
         if (pr == 0) continue;
         ssize_t n = recv(fd, (char *)buf + have, len - have, 0);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) { db_msg(why, wl, "%s", strerror(errno)); return -1; }
-        if (n == 0) { db_msg(why, wl, "the daemon closed the connection"); return -1; }
+        if (n < 0) {
+            db_msg(why, wl, "%s", strerror(errno));
+            return -1;
+        }
+        if (n == 0) {
+            db_msg(why, wl, "the daemon closed the connection");
+            return -1;
+        }
         have += (size_t)n;
     }
     return 0;
@@ -72,7 +81,11 @@ static cJSON *private_call(int sock, cJSON *req, uint64_t id, int fd, int timeou
     }
     size_t flen = 0, sent = 0;
     char *frame = proto_frame(req, &flen);
-    if (!frame) { *code = DROPBLOCK_EEXHAUSTED; db_msg(why, wl, "out of memory for a request"); return NULL; }
+    if (!frame) {
+        *code = DROPBLOCK_EEXHAUSTED;
+        db_msg(why, wl, "out of memory for a request");
+        return NULL;
+    }
     int err = conn_send_frame(sock, frame, flen, fd, &sent);
     free(frame);
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
@@ -93,7 +106,11 @@ static cJSON *private_call(int sock, cJSON *req, uint64_t id, int fd, int timeou
             return NULL;
         }
         char *body = malloc(len);
-        if (!body) { *code = DROPBLOCK_EEXHAUSTED; db_msg(why, wl, "out of memory for a reply"); return NULL; }
+        if (!body) {
+            *code = DROPBLOCK_EEXHAUSTED;
+            db_msg(why, wl, "out of memory for a reply");
+            return NULL;
+        }
         if (read_exact(sock, body, len, deadline, &timed_out, why, wl)) {
             if (timed_out) db_msg(why, wl, "half a reply within %d ms (the timeout)", timeout_ms);
             free(body);
@@ -146,11 +163,15 @@ static int dial(struct db_conn *c, int *code, char *msg, size_t len)
         if (errno == EAGAIN) poll(NULL, 0, 5);
     if (rc < 0) {
         if (fd >= 0 && errno == EAGAIN)
-            db_msg(msg, len, "cannot connect to dropblockd at %s: its listen backlog stayed full for %d ms (the "
-                   "timeout): the daemon accepts no connections", c->path, c->timeout_ms);
+            db_msg(msg, len,
+                   "cannot connect to dropblockd at %s: its listen backlog stayed full for %d ms (the "
+                   "timeout): the daemon accepts no connections",
+                   c->path, c->timeout_ms);
         else
-            db_msg(msg, len, "cannot connect to dropblockd at %s: %s; start one with `dropblockd --socket %s` or run "
-                   "with --local", c->path, strerror(errno), c->path);
+            db_msg(msg, len,
+                   "cannot connect to dropblockd at %s: %s; start one with `dropblockd --socket %s` or run "
+                   "with --local",
+                   c->path, strerror(errno), c->path);
         if (fd >= 0) close(fd);
         *code = DROPBLOCK_EUNAVAILABLE;
         return -1;
@@ -195,8 +216,10 @@ static int open_socket(struct db_conn *c, cJSON **hello, int *code, char *msg, s
     if (!reply) {
         if (refused) db_msg(msg, len, "dropblockd at %s refused the connection: %s", c->path, why);
         else if (*code == DROPBLOCK_EUNAVAILABLE && !strncmp(why, "no reply within", 15))
-            db_msg(msg, len, "dropblockd at %s accepted the connection but sent %s to hello (a daemon still setting "
-                   "up its devices, a stuck one, or not dropblockd)", c->path, why);
+            db_msg(msg, len,
+                   "dropblockd at %s accepted the connection but sent %s to hello (a daemon still setting "
+                   "up its devices, a stuck one, or not dropblockd)",
+                   c->path, why);
         else db_msg(msg, len, "dropblockd at %s: hello failed: %s", c->path, why);
         close(fd);
         return -1;
@@ -451,4 +474,3 @@ int conn_ensure(dropblock_t *h, char *msg, size_t len)
     pthread_mutex_unlock(&c->reconnect_lock);
     return rc;
 }
-

@@ -23,7 +23,7 @@ struct dropblock {
     int remote;
     /* local */
     struct db_engine *engine;
-    pthread_mutex_t lock;           /* allocs and tickets below */
+    pthread_mutex_t lock; /* allocs and tickets below */
     struct local_alloc *allocs;
     size_t nallocs, cap_allocs;
     struct dropblock_ticket *tickets; /* not yet waited for, freed by close */
@@ -38,10 +38,10 @@ struct dropblock_ticket {
     struct dropblock_ticket *prev, *next; /* a connection's id bucket, or the local handle's list */
     dropblock_t *owner;
     uint64_t id;
-    uint64_t gen; /* remote: the connection generation it was sent on */
-    int is_job;   /* the reply fills res; otherwise it is kept whole in reply */
-    int sync;     /* remote: its caller waits for it at once, without a timeout, reading the socket itself */
-    int counted;  /* remote: counted in the connection's nasync (not sync, not done) */
+    uint64_t gen;     /* remote: the connection generation it was sent on */
+    int is_job;       /* the reply fills res; otherwise it is kept whole in reply */
+    int sync;         /* remote: its caller waits for it at once, without a timeout, reading the socket itself */
+    int counted;      /* remote: counted in the connection's nasync (not sync, not done) */
     int lead_waiting; /* remote: its caller waits for its reply or for the socket to read */
     int done, rc;
     dropblock_result res;

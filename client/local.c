@@ -16,9 +16,16 @@ int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, 
     if (!out) return DROPBLOCK_EINVAL;
     *out = NULL;
     dropblock_t *h = calloc(1, sizeof *h);
-    if (!h) { db_msg(msg, len, "out of memory"); return DROPBLOCK_EEXHAUSTED; }
-    int rc = db_engine_open(&h->engine, opt ? opt->backends : NULL, NULL, opt ? opt->cache_dir : NULL, NULL, NULL, msg, len);
-    if (rc) { free(h); return rc; }
+    if (!h) {
+        db_msg(msg, len, "out of memory");
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    int rc =
+        db_engine_open(&h->engine, opt ? opt->backends : NULL, NULL, opt ? opt->cache_dir : NULL, NULL, NULL, msg, len);
+    if (rc) {
+        free(h);
+        return rc;
+    }
     pthread_mutex_init(&h->lock, NULL);
     *out = h;
     return DROPBLOCK_OK;
@@ -127,7 +134,8 @@ int local_submit(dropblock_t *h, const dropblock_params *p, const void *input, v
 int local_wait(dropblock_t *h, dropblock_ticket *t, dropblock_result *res)
 {
     pthread_mutex_lock(&h->lock);
-    if (t->prev) t->prev->next = t->next; else h->tickets = t->next;
+    if (t->prev) t->prev->next = t->next;
+    else h->tickets = t->next;
     if (t->next) t->next->prev = t->prev;
     pthread_mutex_unlock(&h->lock);
     *res = t->res;

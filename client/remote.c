@@ -32,9 +32,8 @@ int remote_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, siz
 /* ---------------------------------------------------------------- regions */
 static int errno_code(int e)
 {
-    return e == ENOSPC || e == EFBIG || e == ENOMEM || e == EMFILE || e == ENFILE || e == EAGAIN
-               ? DROPBLOCK_EEXHAUSTED
-               : DROPBLOCK_EINTERNAL;
+    return e == ENOSPC || e == EFBIG || e == ENOMEM || e == EMFILE || e == ENFILE || e == EAGAIN ? DROPBLOCK_EEXHAUSTED
+                                                                                                 : DROPBLOCK_EINTERNAL;
 }
 
 /* A region registered on connection gen into the handle's list (region_lock taken here). */
@@ -83,8 +82,10 @@ int remote_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg
     if ((uint64_t)bytes > max_region) {
         db_fmt_bytes(b, sizeof b, bytes);
         db_fmt_bytes(l, sizeof l, max_region);
-        db_msg(msg, msg_len, "shared memory of %s: above the daemon's max_region_bytes, %s (dropblockd "
-               "--max-region-bytes)", b, l);
+        db_msg(msg, msg_len,
+               "shared memory of %s: above the daemon's max_region_bytes, %s (dropblockd "
+               "--max-region-bytes)",
+               b, l);
         return DROPBLOCK_EEXHAUSTED;
     }
     if ((rc = db_mem_check(bytes, "shared memory", msg, msg_len))) return rc;
@@ -96,7 +97,8 @@ int remote_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg
     }
     /* real pages now, so running out shows here and not as SIGBUS inside a job */
     int e;
-    do e = posix_fallocate(fd, 0, (off_t)bytes); while (e == EINTR);
+    do e = posix_fallocate(fd, 0, (off_t)bytes);
+    while (e == EINTR);
     /* the daemon needs F_SEAL_SHRINK so the region can never shrink under it */
     if (!e && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) e = errno;
     void *base = e ? MAP_FAILED : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -114,8 +116,7 @@ int remote_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg
     rc = conn_request(h, req, fd, &gen, c->timeout_ms, &reply, msg, msg_len);
     uint64_t rid = 0, size = 0;
     if (!rc && (proto_get_u64(field(reply, "region"), "region", &rid, NULL, 0) || rid > UINT32_MAX ||
-                proto_get_u64(field(reply, "size"), "size", &size, NULL, 0) || size != bytes))
-    {
+                proto_get_u64(field(reply, "size"), "size", &size, NULL, 0) || size != bytes)) {
         rc = DROPBLOCK_EINTERNAL; /* cannot happen with a v1 daemon */
         db_msg(msg, msg_len, "the region.register reply does not match the region");
     }
@@ -166,8 +167,8 @@ int remote_free(dropblock_t *h, void *ptr)
 }
 
 /* Where a tensor lies: the region that holds all of its bytes, and the offset there. */
-static int locate(struct db_conn *c, const char *what, const void *ptr, uint64_t bytes, uint32_t *rid,
-                  uint64_t *off, char *msg, size_t len)
+static int locate(struct db_conn *c, const char *what, const void *ptr, uint64_t bytes, uint32_t *rid, uint64_t *off,
+                  char *msg, size_t len)
 {
     uintptr_t p = (uintptr_t)ptr;
     for (size_t i = 0; i < c->nregions; i++) {
@@ -176,17 +177,20 @@ static int locate(struct db_conn *c, const char *what, const void *ptr, uint64_t
         if (p < b || p - b >= r->size) continue;
         uint64_t o = (uint64_t)(p - b);
         if (bytes > r->size - o) {
-            db_msg(msg, len, "%s is not inside memory from dropblock_alloc (its %llu bytes start %llu bytes into a "
-                   "%zu-byte allocation and run past its end)", what, (unsigned long long)bytes,
-                   (unsigned long long)o, r->size);
+            db_msg(msg, len,
+                   "%s is not inside memory from dropblock_alloc (its %llu bytes start %llu bytes into a "
+                   "%zu-byte allocation and run past its end)",
+                   what, (unsigned long long)bytes, (unsigned long long)o, r->size);
             return DROPBLOCK_EINVAL;
         }
         *rid = r->id;
         *off = o;
         return DROPBLOCK_OK;
     }
-    db_msg(msg, len, "%s is not inside memory from dropblock_alloc (%p is in none of this connection's %zu "
-           "allocations; the daemon can only reach shared memory from dropblock_alloc)", what, ptr, c->nregions);
+    db_msg(msg, len,
+           "%s is not inside memory from dropblock_alloc (%p is in none of this connection's %zu "
+           "allocations; the daemon can only reach shared memory from dropblock_alloc)",
+           what, ptr, c->nregions);
     return DROPBLOCK_EINVAL;
 }
 

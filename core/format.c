@@ -9,8 +9,14 @@
 void db_format_f32(char *buf, size_t len, uint32_t bits)
 {
     float v = db_f32(bits);
-    if (db_is_nan32(bits)) { snprintf(buf, len, "nan"); return; }
-    if (db_is_inf32(bits)) { snprintf(buf, len, bits >> 31 ? "-inf" : "inf"); return; }
+    if (db_is_nan32(bits)) {
+        snprintf(buf, len, "nan");
+        return;
+    }
+    if (db_is_inf32(bits)) {
+        snprintf(buf, len, bits >> 31 ? "-inf" : "inf");
+        return;
+    }
     char t[64];
     for (int p = 1; p <= 9; p++) {
         snprintf(t, sizeof t, "%.*g", p, (double)v);
@@ -35,9 +41,11 @@ int db_print_result(FILE *f, const dropblock_result *res, dropblock_dtype t, con
             bits = h;
         }
         if (hex) snprintf(s, sizeof s, t == DROPBLOCK_F32 ? "0x%08x" : "0x%04x", bits);
-        else db_format_f32(s, sizeof s, t == DROPBLOCK_F32 ? bits
-                                         : t == DROPBLOCK_F16 ? db_ref_f16_to_f32((uint16_t)bits)
-                                                              : db_ref_bf16_to_f32((uint16_t)bits));
+        else
+            db_format_f32(s, sizeof s,
+                          t == DROPBLOCK_F32   ? bits
+                          : t == DROPBLOCK_F16 ? db_ref_f16_to_f32((uint16_t)bits)
+                                               : db_ref_bf16_to_f32((uint16_t)bits));
         fprintf(f, "%s\"%s\"", i ? ", " : "", s);
     }
     fprintf(f, "]}\n");

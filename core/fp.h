@@ -11,8 +11,18 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float db_f32(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
-static inline uint32_t db_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+static inline float db_f32(uint32_t b)
+{
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+static inline uint32_t db_bits(float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return b;
+}
 static inline int db_is_nan32(uint32_t b) { return (b & 0x7FFFFFFFu) > 0x7F800000u; }
 static inline int db_is_inf32(uint32_t b) { return (b & 0x7FFFFFFFu) == 0x7F800000u; }
 
@@ -27,7 +37,10 @@ static inline uint32_t db_ref_f16_to_f32(uint16_t h)
     if (e == 0) {
         if (m == 0) return sign;
         e = 113; /* 127 - 15 + 1 */
-        while (!(m & 0x400u)) { m <<= 1; e--; }
+        while (!(m & 0x400u)) {
+            m <<= 1;
+            e--;
+        }
         return sign | (e << 23) | ((m & 0x3FFu) << 13);
     }
     return sign | ((e + 112) << 23) | (m << 13);
@@ -40,8 +53,8 @@ static inline uint16_t db_ref_f32_to_f16(uint32_t b)
     uint32_t sign = (b >> 16) & 0x8000u, a = b & 0x7FFFFFFFu;
     if (a > 0x7F800000u) return (uint16_t)(sign | 0x7E00u);
     if (a >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u); /* >= 65520 rounds to inf */
-    if (a < 0x38800000u) { /* below 2^-14: subnormal half or zero */
-        if (a < 0x33000000u) return (uint16_t)sign; /* <= 2^-25 rounds to 0 (tie to even) */
+    if (a < 0x38800000u) {                                   /* below 2^-14: subnormal half or zero */
+        if (a < 0x33000000u) return (uint16_t)sign;          /* <= 2^-25 rounds to 0 (tie to even) */
         uint32_t e = a >> 23, m = (a & 0x7FFFFFu) | 0x800000u;
         uint32_t shift = 126 - e; /* value = m * 2^(e-150); half ulp = 2^-24 -> m >> (126-e) */
         uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), halfway = 1u << (shift - 1);

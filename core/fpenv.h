@@ -13,7 +13,10 @@
 #if defined(__x86_64__) && defined(__SSE__)
 #include <xmmintrin.h>
 
-typedef struct { unsigned csr; int changed; } db_fpenv;
+typedef struct {
+    unsigned csr;
+    int changed;
+} db_fpenv;
 #define DB_MXCSR_CONTROL 0xFFC0u /* the control bits (the low six are sticky exception flags) */
 #define DB_MXCSR_DEFAULT 0x1F80u /* all exceptions masked, nearest even, no FTZ/DAZ */
 static inline void db_fpenv_enter(db_fpenv *e)
@@ -29,8 +32,14 @@ static inline void db_fpenv_leave(const db_fpenv *e)
 #else
 #include <fenv.h>
 
-typedef struct { fenv_t saved; } db_fpenv;
-static inline void db_fpenv_enter(db_fpenv *e) { fegetenv(&e->saved); fesetenv(FE_DFL_ENV); }
+typedef struct {
+    fenv_t saved;
+} db_fpenv;
+static inline void db_fpenv_enter(db_fpenv *e)
+{
+    fegetenv(&e->saved);
+    fesetenv(FE_DFL_ENV);
+}
 static inline void db_fpenv_leave(const db_fpenv *e) { fesetenv(&e->saved); }
 #endif
 

@@ -67,7 +67,10 @@ static void skip_ws(struct cur *c)
 static int at(struct cur *c, char ch)
 {
     skip_ws(c);
-    if (c->s < c->end && *c->s == ch) { c->s++; return 1; }
+    if (c->s < c->end && *c->s == ch) {
+        c->s++;
+        return 1;
+    }
     return 0;
 }
 
@@ -100,8 +103,16 @@ static int parse_bool(struct cur *c, int *v)
 {
     skip_ws(c);
     size_t left = (size_t)(c->end - c->s);
-    if (left >= 4 && !memcmp(c->s, "True", 4)) { c->s += 4; *v = 1; return DROPBLOCK_OK; }
-    if (left >= 5 && !memcmp(c->s, "False", 5)) { c->s += 5; *v = 0; return DROPBLOCK_OK; }
+    if (left >= 4 && !memcmp(c->s, "True", 4)) {
+        c->s += 4;
+        *v = 1;
+        return DROPBLOCK_OK;
+    }
+    if (left >= 5 && !memcmp(c->s, "False", 5)) {
+        c->s += 5;
+        *v = 0;
+        return DROPBLOCK_OK;
+    }
     return bad(c, "expected True or False");
 }
 
@@ -144,8 +155,10 @@ static int descr_dtype(const char *d, int want, int *dtype, char *msg, size_t ml
     const char *kind = d[0] == '<' || d[0] == '>' || d[0] == '=' || d[0] == '|' ? d + 1 : d;
     int known = !strcmp(kind, "f4") || !strcmp(kind, "f2") || !strcmp(kind, "u2");
     if (known && d[0] == '>') {
-        db_msg(msg, ml, "dtype '%s' is big-endian; only little-endian data is supported "
-               "(convert with arr.astype(arr.dtype.newbyteorder('<')))", d);
+        db_msg(msg, ml,
+               "dtype '%s' is big-endian; only little-endian data is supported "
+               "(convert with arr.astype(arr.dtype.newbyteorder('<')))",
+               d);
         return DROPBLOCK_EINVAL;
     }
     if (!known || d[0] != '<') {
@@ -155,10 +168,12 @@ static int descr_dtype(const char *d, int want, int *dtype, char *msg, size_t ml
     int t = !strcmp(kind, "f4") ? DROPBLOCK_F32 : !strcmp(kind, "f2") ? DROPBLOCK_F16 : DROPBLOCK_BF16;
     if (t == DROPBLOCK_BF16 && want != DROPBLOCK_BF16) {
         if (want < 0)
-            db_msg(msg, ml, "dtype '<u2' (uint16) is read only as bf16, and only when bf16 is asked for "
+            db_msg(msg, ml,
+                   "dtype '<u2' (uint16) is read only as bf16, and only when bf16 is asked for "
                    "explicitly (--dtype bf16)");
         else
-            db_msg(msg, ml, "dtype '<u2' holds bf16, but %s was asked for", dropblock_dtype_name((dropblock_dtype)want));
+            db_msg(msg, ml, "dtype '<u2' holds bf16, but %s was asked for",
+                   dropblock_dtype_name((dropblock_dtype)want));
         return DROPBLOCK_ERANGE;
     }
     if (want >= 0 && t != want) {
@@ -221,7 +236,9 @@ int db_npy_parse_header(const void *buf, size_t len, int want_dtype, int *dtype,
     if (c.s != c.end) return bad(&c, "text after the dict");
     if (!have_descr || !have_fortran || !have_shape) {
         db_msg(msg, ml, "malformed .npy header: key '%s' is missing",
-               !have_descr ? "descr" : !have_fortran ? "fortran_order" : "shape");
+               !have_descr     ? "descr"
+               : !have_fortran ? "fortran_order"
+                               : "shape");
         return DROPBLOCK_EINVAL;
     }
     if (fortran) {
@@ -246,8 +263,8 @@ int db_npy_parse_header(const void *buf, size_t len, int want_dtype, int *dtype,
     return DROPBLOCK_OK;
 }
 
-int db_npy_read(const char *path, int want_dtype, int *dtype, uint64_t *shape, int *ndim, void **data,
-                uint64_t *nbytes, char *msg, size_t ml)
+int db_npy_read(const char *path, int want_dtype, int *dtype, uint64_t *shape, int *ndim, void **data, uint64_t *nbytes,
+                char *msg, size_t ml)
 {
     *data = NULL;
     *nbytes = 0;
@@ -267,7 +284,11 @@ int db_npy_read(const char *path, int want_dtype, int *dtype, uint64_t *shape, i
     /* The preamble is at most 12 bytes; a short read here only matters if the header needs them. */
     if ((rc = npy_preamble(pre_buf, got, &pre, &hlen, why, sizeof why))) goto fail;
     hdr = malloc(pre + hlen);
-    if (!hdr) { db_msg(why, sizeof why, "out of memory for the header"); rc = DROPBLOCK_EEXHAUSTED; goto fail; }
+    if (!hdr) {
+        db_msg(why, sizeof why, "out of memory for the header");
+        rc = DROPBLOCK_EEXHAUSTED;
+        goto fail;
+    }
     memcpy(hdr, pre_buf, got);
     if (got < pre + hlen) got += fread(hdr + got, 1, pre + hlen - got, f);
     uint64_t off, bytes;
@@ -275,8 +296,9 @@ int db_npy_read(const char *path, int want_dtype, int *dtype, uint64_t *shape, i
     if (regular && (uint64_t)st.st_size != off + bytes) {
         /* checked before allocating, so a corrupt shape cannot ask for terabytes */
         uint64_t have = (uint64_t)st.st_size - off;
-        db_msg(why, sizeof why, "%s: the shape needs %llu data bytes, the file has %llu", have < bytes ? "truncated file"
-               : "extra bytes after the data", (unsigned long long)bytes, (unsigned long long)have);
+        db_msg(why, sizeof why, "%s: the shape needs %llu data bytes, the file has %llu",
+               have < bytes ? "truncated file" : "extra bytes after the data", (unsigned long long)bytes,
+               (unsigned long long)have);
         rc = DROPBLOCK_EINVAL;
         goto fail;
     }
@@ -346,8 +368,8 @@ size_t db_npy_header(char *buf, size_t cap, dropblock_dtype t, const uint64_t *s
     return total;
 }
 
-int db_npy_write(const char *path, dropblock_dtype t, const uint64_t *shape, int ndim, const void *data,
-                 char *msg, size_t ml)
+int db_npy_write(const char *path, dropblock_dtype t, const uint64_t *shape, int ndim, const void *data, char *msg,
+                 size_t ml)
 {
     char hdr[640];
     size_t hl = db_npy_header(hdr, sizeof hdr, t, shape, ndim);
@@ -370,7 +392,10 @@ int db_npy_write(const char *path, dropblock_dtype t, const uint64_t *shape, int
     }
     int ok = fwrite(hdr, 1, hl, f) == hl && (bytes == 0 || fwrite(data, 1, (size_t)bytes, f) == bytes);
     int err = errno;
-    if (fclose(f) != 0 && ok) { ok = 0; err = errno; }
+    if (fclose(f) != 0 && ok) {
+        ok = 0;
+        err = errno;
+    }
     if (!ok) {
         remove(path);
         db_msg(msg, ml, "%s: write failed: %s", path, strerror(err));

@@ -27,8 +27,8 @@ int db_npy_parse_header(const void *buf, size_t len, int want_dtype, int *dtype,
  * bytes after the data). *data is malloc'ed (caller frees), *nbytes its size. Errors as above,
  * plus DROPBLOCK_ENOTFOUND when the file cannot be opened, DROPBLOCK_EEXHAUSTED without memory
  * and DROPBLOCK_EINTERNAL on a read error. */
-int db_npy_read(const char *path, int want_dtype, int *dtype, uint64_t *shape, int *ndim, void **data,
-                uint64_t *nbytes, char *msg, size_t msg_len);
+int db_npy_read(const char *path, int want_dtype, int *dtype, uint64_t *shape, int *ndim, void **data, uint64_t *nbytes,
+                char *msg, size_t msg_len);
 
 /* Builds the header numpy writes for a C-order array: version 1.0, the dict padded with spaces
  * and a newline so that the data starts at a multiple of 64 bytes. Returns the header length,
@@ -37,7 +37,7 @@ size_t db_npy_header(char *buf, size_t cap, dropblock_dtype t, const uint64_t *s
 
 /* Writes a .npy file (bf16 as '<u2'). A partly written file is removed. Returns DROPBLOCK_OK,
  * DROPBLOCK_EINVAL for bad arguments, DROPBLOCK_EINTERNAL on an I/O error (message names the file). */
-int db_npy_write(const char *path, dropblock_dtype t, const uint64_t *shape, int ndim, const void *data,
-                 char *msg, size_t msg_len);
+int db_npy_write(const char *path, dropblock_dtype t, const uint64_t *shape, int ndim, const void *data, char *msg,
+                 size_t msg_len);
 
 #endif

@@ -9,12 +9,12 @@
 #include "msg.h"
 #include "plan.h"
 
-static const char *const error_names[] = {"ok", "invalid_argument", "not_found", "out_of_range",
-                                          "resource_exhausted", "unavailable", "permission_denied",
-                                          "internal", "timeout"};
-static const char *const error_texts[] = {"success", "invalid argument", "not found", "out of range",
-                                          "resource exhausted", "unavailable", "permission denied",
-                                          "internal error", "timed out"};
+static const char *const error_names[] = {
+    "ok",          "invalid_argument",  "not_found", "out_of_range", "resource_exhausted",
+    "unavailable", "permission_denied", "internal",  "timeout"};
+static const char *const error_texts[] = {"success",           "invalid argument",   "not found",
+                                          "out of range",      "resource exhausted", "unavailable",
+                                          "permission denied", "internal error",     "timed out"};
 
 const char *dropblock_error_name(int code)
 {
@@ -108,14 +108,13 @@ int dropblock_params_validate(const dropblock_params *p, char *msg, size_t len)
             return DROPBLOCK_EINVAL;
         }
     if (!dropblock_numel(p)) {
-        db_msg(msg, len, "shape %llu x %llu x %llu x %llu has more than 2^40 elements",
-               (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
-               (unsigned long long)p->shape[2], (unsigned long long)p->shape[3]);
+        db_msg(msg, len, "shape %llu x %llu x %llu x %llu has more than 2^40 elements", (unsigned long long)p->shape[0],
+               (unsigned long long)p->shape[1], (unsigned long long)p->shape[2], (unsigned long long)p->shape[3]);
         return DROPBLOCK_EINVAL;
     }
     if (p->shape[2] * p->shape[3] > DROPBLOCK_MAX_PLANE) {
-        db_msg(msg, len, "map H x W = %llu x %llu has more than 2^31 elements",
-               (unsigned long long)p->shape[2], (unsigned long long)p->shape[3]);
+        db_msg(msg, len, "map H x W = %llu x %llu has more than 2^31 elements", (unsigned long long)p->shape[2],
+               (unsigned long long)p->shape[3]);
         return DROPBLOCK_EINVAL;
     }
     if ((unsigned)p->layout > DROPBLOCK_NHWC) {

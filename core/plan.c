@@ -32,12 +32,21 @@ uint32_t db_ratio_f32_bits(uint64_t s, uint64_t k)
     if (s == 0 || k == 0) return 0;
     u128 num = s, den = k;
     int e = 0;
-    while (num < (den << 23)) { num <<= 1; e--; }
-    while (num >= (den << 24)) { den <<= 1; e++; }
+    while (num < (den << 23)) {
+        num <<= 1;
+        e--;
+    }
+    while (num >= (den << 24)) {
+        den <<= 1;
+        e++;
+    }
     uint64_t m = (uint64_t)(num / den);
     u128 rem = num % den;
     if (2 * rem > den || (2 * rem == den && (m & 1))) m++;
-    if (m == (UINT64_C(1) << 24)) { m >>= 1; e++; }
+    if (m == (UINT64_C(1) << 24)) {
+        m >>= 1;
+        e++;
+    }
     return (uint32_t)((e + 23 + 127) << 23) | (uint32_t)(m & 0x7FFFFFu);
 }
 
@@ -59,7 +68,10 @@ static int plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, s
 {
     memset(pl, 0, sizeof *pl);
     pl->p = *p;
-    pl->N = p->shape[0]; pl->C = p->shape[1]; pl->H = p->shape[2]; pl->W = p->shape[3];
+    pl->N = p->shape[0];
+    pl->C = p->shape[1];
+    pl->H = p->shape[2];
+    pl->W = p->shape[3];
     pl->numel = pl->N * pl->C * pl->H * pl->W;
     pl->bh = p->block[0] < pl->H ? p->block[0] : pl->H;
     pl->bw = p->block[1] < pl->W ? p->block[1] : pl->W;
@@ -70,15 +82,22 @@ static int plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, s
         pl->gamma = db_gamma(p->rate, H, W, pl->bh, pl->bw);
         pl->threshold = db_threshold(pl->gamma);
         pl->wmask = 0xFFFFFFFFu;
-        pl->key[0] = (uint32_t)p->seed; pl->key[1] = (uint32_t)(p->seed >> 32);
-        pl->base[2] = (uint32_t)p->stream; pl->base[3] = (uint32_t)(p->stream >> 32);
-        pl->sW = 1; pl->sH = W;
+        pl->key[0] = (uint32_t)p->seed;
+        pl->key[1] = (uint32_t)(p->seed >> 32);
+        pl->base[2] = (uint32_t)p->stream;
+        pl->base[3] = (uint32_t)(p->stream >> 32);
+        pl->sW = 1;
+        pl->sH = W;
         pl->sC = (p->share & DROPBLOCK_SHARE_CHANNELS) ? 0 : H * W;
         pl->sN = (p->share & DROPBLOCK_SHARE_BATCH) ? 0 : C * H * W;
-        pl->ilo = 0; pl->ihi = (int64_t)(H - pl->bh);
-        pl->jlo = 0; pl->jhi = (int64_t)(W - pl->bw);
-        pl->up = (uint32_t)(pl->bh - 1); pl->down = 0;
-        pl->left = (uint32_t)(pl->bw - 1); pl->right = 0;
+        pl->ilo = 0;
+        pl->ihi = (int64_t)(H - pl->bh);
+        pl->jlo = 0;
+        pl->jhi = (int64_t)(W - pl->bw);
+        pl->up = (uint32_t)(pl->bh - 1);
+        pl->down = 0;
+        pl->left = (uint32_t)(pl->bw - 1);
+        pl->right = 0;
         return DROPBLOCK_OK;
     }
     /* keras_cv: gamma's area term uses the clamped block, the valid-count term the raw one */
@@ -87,7 +106,8 @@ static int plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, s
     const int neg_w = bw > dw, neg_h = bh > dh;
     const u128 mag_w = neg_w ? bw - dw : dw - bw, mag_h = neg_h ? bh - dh : dh - bh;
     if (!pl->identity && (mag_w == 0 || mag_h == 0)) {
-        db_msg(msg, len, "compat keras_cv: block %llux%llu on a %llux%llu map makes keras-cv divide by zero "
+        db_msg(msg, len,
+               "compat keras_cv: block %llux%llu on a %llux%llu map makes keras-cv divide by zero "
                "((W-bw+1)*(H-bh+1) = 0); use compat none, which drops the whole map",
                (unsigned long long)bh, (unsigned long long)bw, (unsigned long long)H, (unsigned long long)W);
         return DROPBLOCK_EINVAL;
@@ -103,13 +123,17 @@ static int plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, s
     while (lo < hi) {
         uint64_t mid = (lo + hi) / 2;
         volatile float s = keep + (float)mid * 0x1p-23f;
-        if (s < 1.0f) lo = mid + 1; else hi = mid;
+        if (s < 1.0f) lo = mid + 1;
+        else hi = mid;
     }
     pl->threshold = lo;
     pl->wmask = 0x7FFFFFu;
     u128 base = (u128)p->seed + (u128)p->stream * 256u * pl->numel;
     set_u128(pl->base, base);
-    pl->sC = 1; pl->sW = C; pl->sH = W * C; pl->sN = H * W * C;
+    pl->sC = 1;
+    pl->sW = C;
+    pl->sH = W * C;
+    pl->sN = H * W * C;
     /* keras-cv's valid centres, with its h < W comparison */
     pl->ilo = (int64_t)(pl->bh / 2);
     int64_t hend = (int64_t)W - (int64_t)((pl->bh - 1) / 2);
@@ -119,8 +143,10 @@ static int plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, s
     pl->jhi = (int64_t)W - (int64_t)((pl->bw - 1) / 2) - 1;
     /* min-pool window of the raw block with SAME padding: rows h-ph .. h-ph+bh-1 */
     uint64_t ph = (bh - 1) / 2, pw = (bw - 1) / 2;
-    pl->up = clip32(ph, H); pl->down = clip32(bh - 1 - ph, H);
-    pl->left = clip32(pw, W); pl->right = clip32(bw - 1 - pw, W);
+    pl->up = clip32(ph, H);
+    pl->down = clip32(bh - 1 - ph, H);
+    pl->left = clip32(pw, W);
+    pl->right = clip32(bw - 1 - pw, W);
     return DROPBLOCK_OK;
 }
 

@@ -21,17 +21,17 @@
 struct db_plan {
     dropblock_params p;
     uint64_t N, C, H, W, numel;
-    uint64_t bh, bw;      /* clamped block */
-    int identity;         /* training = false or rate = 0: output bits = input bits */
-    int keras;            /* compat = keras_cv */
+    uint64_t bh, bw; /* clamped block */
+    int identity;    /* training = false or rate = 0: output bits = input bits */
+    int keras;       /* compat = keras_cv */
 
     /* the generic mask rule above */
     uint32_t key[2];
-    uint32_t base[4];     /* 128-bit little-endian words */
+    uint32_t base[4]; /* 128-bit little-endian words */
     uint64_t sN, sC, sH, sW;
     uint32_t wmask;
-    uint64_t threshold;   /* <= 2^32 */
-    int64_t ilo, ihi, jlo, jhi; /* inclusive; empty when hi < lo */
+    uint64_t threshold;             /* <= 2^32 */
+    int64_t ilo, ihi, jlo, jhi;     /* inclusive; empty when hi < lo */
     uint32_t up, down, left, right; /* clipped to H or W */
 
     /* gamma (canonical) or the keep rate (keras_cv), for reports */
@@ -54,22 +54,23 @@ uint32_t db_ratio_f32_bits(uint64_t s, uint64_t k);
  * multiplier, or for keras_cv the divisor rounded to the dtype). Fills res->kept, total,
  * scale_bits. Returns DROPBLOCK_EINVAL with a message where keras_cv would give NaN or divide
  * by zero. */
-int db_plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t *scale_bits,
-                   dropblock_result *res);
+int db_plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t *scale_bits, dropblock_result *res);
 
 /* Chunks, shared by the GPU backends: a contiguous range of whole physical rows of the tensor
  * (a "unit": W elements for NCHW, W*C for NHWC). A chunk's internal mask is flat: bit k (LSB
  * first in 32-bit words) keeps the chunk's element k in physical order. */
 static inline uint64_t db_row_words(const struct db_plan *pl) { return (pl->W + 31) / 32; }
 static inline uint64_t db_unit_rows(const struct db_plan *pl) { return pl->p.layout == DROPBLOCK_NHWC ? pl->C : 1; }
-static inline uint64_t db_unit_elems(const struct db_plan *pl) { return pl->p.layout == DROPBLOCK_NHWC ? pl->W * pl->C : pl->W; }
+static inline uint64_t db_unit_elems(const struct db_plan *pl)
+{
+    return pl->p.layout == DROPBLOCK_NHWC ? pl->W * pl->C : pl->W;
+}
 static inline uint64_t db_units(const struct db_plan *pl) { return pl->numel / db_unit_elems(pl); }
 
 /* Converts a chunk's flat mask (elements [e0, e0 + nelem) in physical order) into the exported
  * packed mask (bit ((n*C + c)*H + h)*W + w, LSB first). out must hold dropblock_mask_bytes and
  * be zeroed first. */
-void db_mask_export_flat(const struct db_plan *pl, const uint32_t *words, uint64_t e0, uint64_t nelem,
-                         uint8_t *out);
+void db_mask_export_flat(const struct db_plan *pl, const uint32_t *words, uint64_t e0, uint64_t nelem, uint8_t *out);
 
 /* Output for the identity (copies unless in place). */
 void db_identity(const struct db_plan *pl, const void *in, void *out, void *mask, dropblock_result *res);

@@ -59,14 +59,18 @@ static void reference_mask(const struct db_plan *pl, uint8_t *keep, uint64_t *ke
         for (int i = 0; i < 4; i++) src.base[i] = (uint32_t)(base >> (32 * i));
         keep_rate = pl->keras_keep;
     } else {
-        src.key[0] = (uint32_t)p->seed; src.key[1] = (uint32_t)(p->seed >> 32);
-        src.base[2] = (uint32_t)p->stream; src.base[3] = (uint32_t)(p->stream >> 32);
+        src.key[0] = (uint32_t)p->seed;
+        src.key[1] = (uint32_t)(p->seed >> 32);
+        src.base[2] = (uint32_t)p->stream;
+        src.base[3] = (uint32_t)(p->stream >> 32);
         T = db_threshold(db_gamma(p->rate, H, W, bh, bw));
     }
     /* keras-cv's SAME min-pool over the raw block: rows h-ph .. h-ph+bh-1, clipped to the map */
     const uint64_t ph = (p->block[0] - 1) / 2, pw = (p->block[1] - 1) / 2;
-    const int64_t kup = (int64_t)(ph < H ? ph : H), kdown = (int64_t)(p->block[0] - 1 - ph < H ? p->block[0] - 1 - ph : H);
-    const int64_t kleft = (int64_t)(pw < W ? pw : W), kright = (int64_t)(p->block[1] - 1 - pw < W ? p->block[1] - 1 - pw : W);
+    const int64_t kup = (int64_t)(ph < H ? ph : H),
+                  kdown = (int64_t)(p->block[0] - 1 - ph < H ? p->block[0] - 1 - ph : H);
+    const int64_t kleft = (int64_t)(pw < W ? pw : W),
+                  kright = (int64_t)(p->block[1] - 1 - pw < W ? p->block[1] - 1 - pw : W);
     for (uint64_t n = 0; n < N; n++) {
         kept_n[n] = 0;
         for (uint64_t c = 0; c < C; c++) {
@@ -77,7 +81,8 @@ static void reference_mask(const struct db_plan *pl, uint8_t *keep, uint64_t *ke
                 for (uint64_t j = 0; j < W; j++) {
                     int fired = 0;
                     if (pl->keras) {
-                        int valid = bw / 2 <= j && j < W - (bw - 1) / 2 && bh / 2 <= i && (int64_t)i < (int64_t)W - (int64_t)((bh - 1) / 2);
+                        int valid = bw / 2 <= j && j < W - (bw - 1) / 2 && bh / 2 <= i &&
+                                    (int64_t)i < (int64_t)W - (int64_t)((bh - 1) / 2);
                         uint64_t f = ((n * H + i) * W + j) * C + c;
                         uint32_t m = word_at(&src, f) & 0x7FFFFFu; /* Uint32ToFloat(w) = m * 2^-23 */
                         volatile float a = (valid ? 0.0f : 1.0f) + keep_rate;
@@ -115,7 +120,11 @@ static void reference_mask(const struct db_plan *pl, uint8_t *keep, uint64_t *ke
 
 static uint32_t load_x(const void *buf, dropblock_dtype t, uint64_t i)
 {
-    if (t == DROPBLOCK_F32) { uint32_t b; memcpy(&b, (const char *)buf + 4 * i, 4); return b; }
+    if (t == DROPBLOCK_F32) {
+        uint32_t b;
+        memcpy(&b, (const char *)buf + 4 * i, 4);
+        return b;
+    }
     uint16_t h;
     memcpy(&h, (const char *)buf + 2 * i, 2);
     return t == DROPBLOCK_F16 ? db_ref_f16_to_f32(h) : db_ref_bf16_to_f32(h);
@@ -130,7 +139,10 @@ static uint32_t round_to(dropblock_dtype t, uint32_t b)
 
 static void store_y(void *buf, dropblock_dtype t, uint64_t i, uint32_t b)
 {
-    if (t == DROPBLOCK_F32) { memcpy((char *)buf + 4 * i, &b, 4); return; }
+    if (t == DROPBLOCK_F32) {
+        memcpy((char *)buf + 4 * i, &b, 4);
+        return;
+    }
     uint16_t h = t == DROPBLOCK_F16 ? db_ref_f32_to_f16(b) : db_ref_f32_to_bf16(b);
     memcpy((char *)buf + 2 * i, &h, 2);
 }
@@ -144,7 +156,8 @@ static int reference_run(const dropblock_params *p, const void *in, void *out, v
     if ((rc = db_plan_init(&pl, p, res->message, sizeof res->message))) return rc;
     if (pl.identity) {
         db_identity(&pl, in, out, mask, res);
-        if (scales) for (uint64_t n = 0; n < pl.N; n++) scales[n] = 0x3F800000u;
+        if (scales)
+            for (uint64_t n = 0; n < pl.N; n++) scales[n] = 0x3F800000u;
         return DROPBLOCK_OK;
     }
     const uint64_t mbytes = dropblock_mask_bytes(p);
@@ -153,7 +166,10 @@ static int reference_run(const dropblock_params *p, const void *in, void *out, v
     uint32_t *scale = calloc(pl.N, sizeof *scale);
     uint32_t *sat = malloc((pl.H + 1) * (pl.W + 1) * sizeof *sat);
     if (!keep || !kept_n || !scale || !sat) {
-        free(keep); free(kept_n); free(scale); free(sat);
+        free(keep);
+        free(kept_n);
+        free(scale);
+        free(sat);
         db_msg(res->message, sizeof res->message, "out of host memory for a %llu-element job",
                (unsigned long long)pl.numel);
         return DROPBLOCK_EEXHAUSTED;
@@ -178,7 +194,10 @@ static int reference_run(const dropblock_params *p, const void *in, void *out, v
         if (mask) memcpy(mask, keep, mbytes);
         if (scales) memcpy(scales, scale, pl.N * sizeof *scale);
     }
-    free(keep); free(kept_n); free(scale); free(sat);
+    free(keep);
+    free(kept_n);
+    free(scale);
+    free(sat);
     return rc;
 }
 
@@ -216,7 +235,10 @@ void db_tf_uniform(uint64_t s0, uint64_t s1, uint64_t n, uint32_t *out)
 
 int db_fill_tf_uniform(dropblock_dtype t, uint64_t s0, uint64_t s1, uint64_t n, void *buf)
 {
-    if (t == DROPBLOCK_F32) { db_tf_uniform(s0, s1, n, buf); return DROPBLOCK_OK; }
+    if (t == DROPBLOCK_F32) {
+        db_tf_uniform(s0, s1, n, buf);
+        return DROPBLOCK_OK;
+    }
     uint32_t *all = malloc(n ? n * 4 : 4);
     if (!all) return DROPBLOCK_EEXHAUSTED;
     db_tf_uniform(s0, s1, n, all);

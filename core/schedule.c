@@ -15,10 +15,7 @@
 #include <math.h>
 #include <string.h>
 
-static int rate_ok(float r)
-{
-    return !isnan(r) && r >= 0.0f && r <= 1.0f;
-}
+static int rate_ok(float r) { return !isnan(r) && r >= 0.0f && r <= 1.0f; }
 
 /* m * 2^e == x for a finite x >= 0, with m < 2^24 an integer. */
 static void decompose(float x, uint32_t *m, int *e)
@@ -26,8 +23,14 @@ static void decompose(float x, uint32_t *m, int *e)
     uint32_t bits;
     memcpy(&bits, &x, 4);
     uint32_t biased = (bits >> 23) & 0xff, frac = bits & 0x7fffff;
-    if (biased == 0) { *m = frac; *e = -149; }                     /* zero or subnormal */
-    else { *m = frac | 0x800000u; *e = (int)biased - 150; }
+    if (biased == 0) {
+        *m = frac;
+        *e = -149;
+    } /* zero or subnormal */
+    else {
+        *m = frac | 0x800000u;
+        *e = (int)biased - 150;
+    }
 }
 
 /* RN32(m * s / n * 2^e) for 0 < s <= n, m < 2^24. */
@@ -48,7 +51,10 @@ static float ramp(uint32_t m, int e, uint64_t s, uint64_t n)
         uint64_t carry = r >> 63;
         r = (r << 1) | bit;
         q <<= 1;
-        if (carry || r >= n) { r -= n; q |= 1; } /* modulo 2^64: the true 2r + bit < 2n */
+        if (carry || r >= n) {
+            r -= n;
+            q |= 1;
+        } /* modulo 2^64: the true 2r + bit < 2n */
         if (i < 0) frac_bits++;
     }
     /* the integer part is at most m < 2^24, so fraction bits always follow and 2^25 <= q < 2^26:
@@ -63,8 +69,14 @@ int dropblock_schedule_linear(float target, uint64_t step, uint64_t total_steps,
     if (!rate) return DROPBLOCK_EINVAL;
     *rate = NAN;
     if (!rate_ok(target)) return DROPBLOCK_EINVAL;
-    if (total_steps == 0 || step >= total_steps) { *rate = target; return DROPBLOCK_OK; }
-    if (step == 0 || target == 0.0f) { *rate = 0.0f; return DROPBLOCK_OK; }
+    if (total_steps == 0 || step >= total_steps) {
+        *rate = target;
+        return DROPBLOCK_OK;
+    }
+    if (step == 0 || target == 0.0f) {
+        *rate = 0.0f;
+        return DROPBLOCK_OK;
+    }
     uint32_t m;
     int e;
     decompose(target, &m, &e);

@@ -91,18 +91,29 @@ void client_send_frame(struct client *c, const char *frame, size_t len)
     if (!c->wq_head) {
         /* nothing queued: straight to the socket, no copy (the common case of a reply) */
         ssize_t n;
-        do n = send(c->fd, frame, len, MSG_NOSIGNAL | MSG_DONTWAIT); while (n < 0 && errno == EINTR);
-        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { client_close(c, "the peer stopped reading"); return; }
-        if (n > 0) { frame += n; len -= (size_t)n; }
+        do n = send(c->fd, frame, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            client_close(c, "the peer stopped reading");
+            return;
+        }
+        if (n > 0) {
+            frame += n;
+            len -= (size_t)n;
+        }
         if (!len) return;
     }
     struct outbuf *b = malloc(sizeof *b + len);
-    if (!b) { client_close(c, "out of memory for a reply"); return; }
+    if (!b) {
+        client_close(c, "out of memory for a reply");
+        return;
+    }
     memcpy(b->data, frame, len);
     b->len = len;
     b->off = 0;
     b->next = NULL;
-    if (c->wq_tail) c->wq_tail->next = b; else c->wq_head = b;
+    if (c->wq_tail) c->wq_tail->next = b;
+    else c->wq_head = b;
     c->wq_tail = b;
     c->wq_bytes += len;
     if (client_flush(c) < 0) client_close(c, "the peer stopped reading");
@@ -149,7 +160,8 @@ void client_close(struct client *c, const char *why)
     struct server *s = c->srv;
     c->closed = 1;
     logmsg(s, LOG_INFO, "client=%llu disconnected (%s)", (unsigned long long)c->id, why);
-    if (c->prev) c->prev->next = c->next; else s->clients = c->next;
+    if (c->prev) c->prev->next = c->next;
+    else s->clients = c->next;
     if (c->next) c->next->prev = c->prev;
     s->nclients--;
     for (int i = 0; i < c->nfds; i++) close(c->fds[i]);
@@ -197,16 +209,22 @@ static int take_fds(struct client *c, struct msghdr *mh)
             int fd;
             memcpy(&fd, &fds[i], sizeof fd);
             if (c->nfds < MAX_PENDING_FDS) c->fds[c->nfds++] = fd;
-            else { close(fd); overflow = 1; }
+            else {
+                close(fd);
+                overflow = 1;
+            }
         }
     }
     if (mh->msg_flags & MSG_CTRUNC) {
         /* room for MAX_PENDING_FDS and fewer came: the kernel could not install them here
          * (the daemon's descriptor table is full), which is not the peer's doing */
         if (got < MAX_PENDING_FDS) {
-            logmsg(c->srv, LOG_ERROR, "client=%llu: descriptors sent with a frame were lost: the daemon is out of "
-                   "file descriptors", (unsigned long long)c->id);
-            send_error(c, NULL, DROPBLOCK_EEXHAUSTED, "dropblockd could not receive the descriptors sent with a "
+            logmsg(c->srv, LOG_ERROR,
+                   "client=%llu: descriptors sent with a frame were lost: the daemon is out of "
+                   "file descriptors",
+                   (unsigned long long)c->id);
+            send_error(c, NULL, DROPBLOCK_EEXHAUSTED,
+                       "dropblockd could not receive the descriptors sent with a "
                        "frame: it is out of file descriptors (its limits should prevent this; please report it)");
             client_flush(c);
             client_close(c, "descriptors lost: the daemon is out of file descriptors");
@@ -215,7 +233,10 @@ static int take_fds(struct client *c, struct msghdr *mh)
         }
         return -1;
     }
-    if (overflow) { protocol_fatal(c, "more than 16 descriptors waiting unclaimed"); return -1; }
+    if (overflow) {
+        protocol_fatal(c, "more than 16 descriptors waiting unclaimed");
+        return -1;
+    }
     return 0;
 }
 
@@ -241,7 +262,10 @@ static void client_read(struct client *c)
         }
         /* collect descriptors first, so every path below can close them */
         if (take_fds(c, &mh)) return;
-        if (n == 0) { client_close(c, "end of stream"); return; }
+        if (n == 0) {
+            client_close(c, "end of stream");
+            return;
+        }
         c->rlen += (size_t)n;
         size_t pos = 0;
         uint32_t flen = 0;
@@ -269,8 +293,14 @@ static void client_read(struct client *c)
 static void on_client_io(uv_poll_t *h, int status, int events)
 {
     struct client *c = h->data;
-    if (status < 0) { client_close(c, uv_strerror(status)); return; }
-    if (events & UV_WRITABLE && client_flush(c) < 0) { client_close(c, "the peer stopped reading"); return; }
+    if (status < 0) {
+        client_close(c, uv_strerror(status));
+        return;
+    }
+    if (events & UV_WRITABLE && client_flush(c) < 0) {
+        client_close(c, "the peer stopped reading");
+        return;
+    }
     if (events & UV_READABLE) client_read(c);
 }
 
@@ -314,7 +344,11 @@ static void refuse(struct server *s, int fd, int code, const char *m, const char
 {
     size_t len = 0;
     char *f = proto_frame(proto_error(NULL, code, m), &len);
-    if (f) { ssize_t w = send(fd, f, len, MSG_NOSIGNAL | MSG_DONTWAIT); (void)w; free(f); }
+    if (f) {
+        ssize_t w = send(fd, f, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+        free(f);
+    }
     close(fd);
     logmsg(s, LOG_WARN, "refused %s: %s", who, m);
 }
@@ -325,7 +359,8 @@ static void add_client(struct server *s, int fd, const struct ucred *cr, struct 
     struct client *c = calloc(1, sizeof *c);
     unsigned char *rbuf = malloc(RBUF_CAP);
     if (!c || !rbuf || uv_poll_init(s->loop, &c->poll, fd)) {
-        free(c); free(rbuf);
+        free(c);
+        free(rbuf);
         refuse(s, fd, DROPBLOCK_EEXHAUSTED, "dropblockd is out of memory accepting a connection", who);
         quota_uid_release(&s->use, use);
         return;
@@ -364,8 +399,9 @@ void on_listen(uv_poll_t *h, int status, int events)
              * reserve lets the daemon still tell the peer why instead of leaving it waiting */
             close(s->reserve_fd);
             fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (fd >= 0) refuse(s, fd, DROPBLOCK_EEXHAUSTED, "dropblockd is out of file descriptors; try again later",
-                                "a connection");
+            if (fd >= 0)
+                refuse(s, fd, DROPBLOCK_EEXHAUSTED, "dropblockd is out of file descriptors; try again later",
+                       "a connection");
             s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
             if (fd >= 0) continue;
             errno = EMFILE;

@@ -37,7 +37,8 @@ static void push_done(struct jobs *js, struct job *j)
 {
     pthread_mutex_lock(&js->done_lock);
     j->next = NULL;
-    if (js->done_tail) js->done_tail->next = j; else js->done_head = j;
+    if (js->done_tail) js->done_tail->next = j;
+    else js->done_head = j;
     js->done_tail = j;
     pthread_mutex_unlock(&js->done_lock);
     uv_async_send(&js->async);
@@ -83,7 +84,8 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&w->lock);
         w->st.running--;
         if (j->ran) {
-            if (j->rc) w->st.failed++; else w->st.completed++;
+            if (j->rc) w->st.failed++;
+            else w->st.completed++;
             w->st.busy_us += busy;
             w->st.bytes += j->bytes;
         }
@@ -95,11 +97,14 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int jobs_start(struct jobs **out, struct db_engine *e, uv_loop_t *loop, jobs_done_fn done, void *ctx,
-               char *msg, size_t len)
+int jobs_start(struct jobs **out, struct db_engine *e, uv_loop_t *loop, jobs_done_fn done, void *ctx, char *msg,
+               size_t len)
 {
     struct jobs *js = calloc(1, sizeof *js);
-    if (!js) { db_msg(msg, len, "out of memory"); return DROPBLOCK_EEXHAUSTED; }
+    if (!js) {
+        db_msg(msg, len, "out of memory");
+        return DROPBLOCK_EEXHAUSTED;
+    }
     js->engine = e;
     js->done = done;
     js->ctx = ctx;
@@ -141,8 +146,7 @@ static int cpu_builtin(const struct jobs *js, int dev)
 
 int jobs_pick(struct jobs *js, const char *device, uint64_t bytes, char *msg, size_t len)
 {
-    if (device && *device && strcmp(device, "auto"))
-        return db_engine_pick(js->engine, device, msg, len);
+    if (device && *device && strcmp(device, "auto")) return db_engine_pick(js->engine, device, msg, len);
     if (bytes <= js->small_bytes)
         for (int i = 0; i < js->n; i++)
             if (cpu_builtin(js, i) && db_engine_healthy(js->engine, (size_t)i, NULL, 0)) return i;
@@ -156,7 +160,9 @@ int jobs_pick(struct jobs *js, const char *device, uint64_t bytes, char *msg, si
         uint64_t load = js->w[i].st.queued + js->w[i].st.running;
         pthread_mutex_unlock(&js->w[i].lock);
         if (kind > best_kind || (kind == best_kind && load < best_load)) {
-            best = i; best_kind = kind; best_load = load;
+            best = i;
+            best_kind = kind;
+            best_load = load;
         }
     }
     if (best < 0) {
@@ -173,12 +179,18 @@ int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *o
     memset(out, 0, sizeof *out);
     out->cpu = out->dev = -1;
     for (int i = 0; i < js->n; i++)
-        if (cpu_builtin(js, i) && db_engine_healthy(js->engine, (size_t)i, NULL, 0)) { out->cpu = i; break; }
+        if (cpu_builtin(js, i) && db_engine_healthy(js->engine, (size_t)i, NULL, 0)) {
+            out->cpu = i;
+            break;
+        }
     uint64_t saved = js->small_bytes;
     js->small_bytes = 0;
     int dev = jobs_pick(js, "auto", UINT64_MAX, NULL, 0); /* where a large auto job goes */
     js->small_bytes = saved;
-    if (out->cpu < 0 || dev < 0 || cpu_builtin(js, dev)) { out->why = JOBS_SMALL_NOTHING; return -1; }
+    if (out->cpu < 0 || dev < 0 || cpu_builtin(js, dev)) {
+        out->why = JOBS_SMALL_NOTHING;
+        return -1;
+    }
     out->dev = dev;
     return sj_measure(js->engine, budget_us, out);
 }
@@ -197,7 +209,8 @@ int jobs_run_inline(struct jobs *js, struct job *j)
     j->rc = rc;
     j->ran = 1;
     pthread_mutex_lock(&w->lock);
-    if (rc) w->st.failed++; else w->st.completed++;
+    if (rc) w->st.failed++;
+    else w->st.completed++;
     w->st.busy_us += db_now_us() - j->t_start;
     w->st.bytes += j->bytes;
     pthread_mutex_unlock(&w->lock);
@@ -209,7 +222,8 @@ void jobs_submit(struct jobs *js, struct job *j)
     struct worker *w = &js->w[j->dev];
     j->next = NULL;
     pthread_mutex_lock(&w->lock);
-    if (w->tail) w->tail->next = j; else w->head = j;
+    if (w->tail) w->tail->next = j;
+    else w->head = j;
     w->tail = j;
     w->st.queued++;
     pthread_cond_signal(&w->cond);

@@ -15,18 +15,18 @@
 struct client;
 
 struct job {
-    struct job *next;           /* queue links (worker side) */
-    struct job *cprev, *cnext;  /* the client's in-flight list (loop thread only) */
-    struct client *client;      /* loop thread only */
-    char *id_json;              /* the request's id, serialised, to echo */
-    uint64_t seq;               /* daemon-wide job number, for logs */
+    struct job *next;          /* queue links (worker side) */
+    struct job *cprev, *cnext; /* the client's in-flight list (loop thread only) */
+    struct client *client;     /* loop thread only */
+    char *id_json;             /* the request's id, serialised, to echo */
+    uint64_t seq;              /* daemon-wide job number, for logs */
     dropblock_params p;
     struct region *rin, *rout, *rmask; /* references held while the job lives */
     void *in, *out, *mask;
     int dev;
-    uint64_t bytes;             /* counted against the in-flight limits */
+    uint64_t bytes; /* counted against the in-flight limits */
     uint64_t t_submit, t_start;
-    atomic_int cancelled;       /* the client went away: skip if not started */
+    atomic_int cancelled; /* the client went away: skip if not started */
     int ran;
     int rc;
     dropblock_result res;
@@ -36,8 +36,8 @@ struct jobs;
 
 typedef void (*jobs_done_fn)(struct job *j, void *ctx);
 
-int jobs_start(struct jobs **out, struct db_engine *e, uv_loop_t *loop, jobs_done_fn done, void *ctx,
-               char *msg, size_t len);
+int jobs_start(struct jobs **out, struct db_engine *e, uv_loop_t *loop, jobs_done_fn done, void *ctx, char *msg,
+               size_t len);
 /* "auto"/NULL: the built-in CPU backend for jobs of at most the small-job size (moving them to
  * a device costs more than the work), else the best kind of device, then the shortest queue,
  * among the healthy devices only; or an id (healthy or not). The index, or with msg

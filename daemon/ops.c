@@ -141,7 +141,10 @@ static void op_register(struct client *c, const cJSON *id, int fd)
     }
     uint32_t rid = ++c->regions.next_id;
     struct region *r = region_map(fd, rid, s->lim.max_region_bytes, &code, msg, sizeof msg);
-    if (!r) { send_error(c, id, code, msg); return; }
+    if (!r) {
+        send_error(c, id, code, msg);
+        return;
+    }
     if (region_table_add(&c->regions, r)) {
         region_unref(r);
         send_error(c, id, DROPBLOCK_EEXHAUSTED, "region.register: out of memory");
@@ -166,8 +169,14 @@ static void op_unregister(struct client *c, const cJSON *id, const cJSON *req)
     char msg[256];
     uint64_t rid;
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(req, "region");
-    if (!it) { send_error(c, id, DROPBLOCK_EINVAL, "region: missing"); return; }
-    if (proto_get_u64(it, "region", &rid, msg, sizeof msg)) { send_error(c, id, DROPBLOCK_EINVAL, msg); return; }
+    if (!it) {
+        send_error(c, id, DROPBLOCK_EINVAL, "region: missing");
+        return;
+    }
+    if (proto_get_u64(it, "region", &rid, msg, sizeof msg)) {
+        send_error(c, id, DROPBLOCK_EINVAL, msg);
+        return;
+    }
     struct region *r = rid > UINT32_MAX ? NULL : region_table_find(&c->regions, (uint32_t)rid);
     uint64_t size = r ? r->size : 0;
     if (!r || region_table_remove(&c->regions, (uint32_t)rid)) {
@@ -208,10 +217,7 @@ static int resolve(struct client *c, const char *what, const struct proto_tensor
     return DROPBLOCK_OK;
 }
 
-static int overlaps(const uint8_t *a, uint64_t na, const uint8_t *b, uint64_t nb)
-{
-    return a < b + nb && b < a + na;
-}
+static int overlaps(const uint8_t *a, uint64_t na, const uint8_t *b, uint64_t nb) { return a < b + nb && b < a + na; }
 
 /* Whether one more job of `bytes` would pass the jobs or bytes in flight, the client's or the
  * daemon's (msg says which). */
@@ -225,9 +231,10 @@ static int over_inflight(const struct client *c, uint64_t bytes, char *msg, size
         return 1;
     }
     if (c->bytes_inflight + bytes > s->max_client_bytes || s->inflight_bytes + bytes > s->max_bytes) {
-        snprintf(msg, len, "%llu more bytes in flight would pass the %s limit of %llu bytes",
-                 (unsigned long long)bytes, c->bytes_inflight + bytes > s->max_client_bytes ? "per-client" : "daemon",
-                 (unsigned long long)(c->bytes_inflight + bytes > s->max_client_bytes ? s->max_client_bytes : s->max_bytes));
+        snprintf(
+            msg, len, "%llu more bytes in flight would pass the %s limit of %llu bytes", (unsigned long long)bytes,
+            c->bytes_inflight + bytes > s->max_client_bytes ? "per-client" : "daemon",
+            (unsigned long long)(c->bytes_inflight + bytes > s->max_client_bytes ? s->max_client_bytes : s->max_bytes));
         return 1;
     }
     return 0;
@@ -239,7 +246,11 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
     char msg[256];
     struct proto_job pj;
     int rc = proto_parse_job(req, &pj, msg, sizeof msg);
-    if (rc) { s->rejected++; send_error(c, id, rc, msg); return; }
+    if (rc) {
+        s->rejected++;
+        send_error(c, id, rc, msg);
+        return;
+    }
     if (s->shutting_down) {
         s->rejected++;
         send_error(c, id, DROPBLOCK_EUNAVAILABLE, "the daemon is shutting down");
@@ -247,7 +258,11 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
     }
     uint64_t tb = dropblock_tensor_bytes(&pj.p), mb = dropblock_mask_bytes(&pj.p);
     int dev = jobs_pick(s->jobs, pj.device, tb + mb, msg, sizeof msg);
-    if (dev < 0) { s->rejected++; send_error(c, id, dev, msg); return; }
+    if (dev < 0) {
+        s->rejected++;
+        send_error(c, id, dev, msg);
+        return;
+    }
     struct region *rin, *rout, *rmask = NULL;
     uint8_t *in, *out, *mask = NULL;
     if ((rc = resolve(c, "input", &pj.input, tb, 0, &rin, &in, msg, sizeof msg)) ||
@@ -261,7 +276,8 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
      * a shifted overlap would read values already overwritten */
     if (in != out && overlaps(in, tb, out, tb)) {
         s->rejected++;
-        send_error(c, id, DROPBLOCK_EINVAL, "output: overlaps the input without being the same bytes (in place needs output = input)");
+        send_error(c, id, DROPBLOCK_EINVAL,
+                   "output: overlaps the input without being the same bytes (in place needs output = input)");
         return;
     }
     if (mask && (overlaps(mask, mb, in, tb) || overlaps(mask, mb, out, tb))) {
@@ -287,10 +303,17 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
     j->id_json = idtext;
     j->seq = ++s->next_job_seq;
     j->p = pj.p;
-    j->rin = rin; region_ref(rin);
-    j->rout = rout; region_ref(rout);
-    if (rmask) { j->rmask = rmask; region_ref(rmask); }
-    j->in = in; j->out = out; j->mask = mask;
+    j->rin = rin;
+    region_ref(rin);
+    j->rout = rout;
+    region_ref(rout);
+    if (rmask) {
+        j->rmask = rmask;
+        region_ref(rmask);
+    }
+    j->in = in;
+    j->out = out;
+    j->mask = mask;
     j->dev = dev;
     j->bytes = bytes;
     j->t_submit = db_now_us();
@@ -332,14 +355,16 @@ void handle_frame(struct client *c, const char *data, size_t len)
     uint64_t nfds = 0;
     const cJSON *fdsit = cJSON_GetObjectItemCaseSensitive(req, "fds");
     if (fdsit && (proto_get_u64(fdsit, "fds", &nfds, msg, sizeof msg) || nfds > MAX_PENDING_FDS)) {
-        if (nfds > MAX_PENDING_FDS) snprintf(msg, sizeof msg, "fds %llu: at most %d", (unsigned long long)nfds, MAX_PENDING_FDS);
+        if (nfds > MAX_PENDING_FDS)
+            snprintf(msg, sizeof msg, "fds %llu: at most %d", (unsigned long long)nfds, MAX_PENDING_FDS);
         send_error(c, id, DROPBLOCK_EINVAL, msg);
         cJSON_Delete(req);
         return;
     }
     int taken[MAX_PENDING_FDS], ntaken = 0;
     if (nfds > (uint64_t)c->nfds) {
-        snprintf(msg, sizeof msg, "fds: %llu declared, %d received with the frame (send them as SCM_RIGHTS on its first byte)",
+        snprintf(msg, sizeof msg,
+                 "fds: %llu declared, %d received with the frame (send them as SCM_RIGHTS on its first byte)",
                  (unsigned long long)nfds, c->nfds);
         for (int i = 0; i < c->nfds; i++) close(c->fds[i]);
         c->nfds = 0;
@@ -378,8 +403,10 @@ void handle_frame(struct client *c, const char *data, size_t len)
             begin_shutdown(s, why);
         }
     } else {
-        snprintf(msg, sizeof msg, "op \"%.40s\": unknown (ops: hello, devices, status, region.register, "
-                 "region.unregister, dropblock2d, shutdown)", op);
+        snprintf(msg, sizeof msg,
+                 "op \"%.40s\": unknown (ops: hello, devices, status, region.register, "
+                 "region.unregister, dropblock2d, shutdown)",
+                 op);
         send_error(c, id, DROPBLOCK_ENOTFOUND, msg);
     }
     cJSON_Delete(req);
@@ -417,7 +444,8 @@ void on_job_done(struct job *j, void *ctx)
 {
     struct server *s = ctx;
     struct client *c = j->client;
-    if (j->cprev) j->cprev->cnext = j->cnext; else c->jobs = j->cnext;
+    if (j->cprev) j->cprev->cnext = j->cnext;
+    else c->jobs = j->cnext;
     if (j->cnext) j->cnext->cprev = j->cprev;
     c->jobs_inflight--;
     c->bytes_inflight -= j->bytes;
@@ -496,7 +524,4 @@ void begin_shutdown(struct server *s, const char *why)
     maybe_finish_shutdown(s);
 }
 
-void on_signal(uv_signal_t *h, int signum)
-{
-    begin_shutdown(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
-}
+void on_signal(uv_signal_t *h, int signum) { begin_shutdown(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT"); }

@@ -58,8 +58,9 @@ void quota_probe(struct quota_machine *m, char *msg, size_t len)
             struct rlimit want = {rl.rlim_max, rl.rlim_max};
             /* select() users cap at FD_SETSIZE, but libuv polls with epoll: no such cap */
             if (setrlimit(RLIMIT_NOFILE, &want) == 0) rl = want;
-            else db_msg(msg, len, "cannot raise the descriptor limit from %llu to %llu: %s",
-                        (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max, strerror(errno));
+            else
+                db_msg(msg, len, "cannot raise the descriptor limit from %llu to %llu: %s",
+                       (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max, strerror(errno));
         }
         m->nofile = rl.rlim_cur == RLIM_INFINITY ? UINT64_C(1) << 20 : (uint64_t)rl.rlim_cur;
         m->nofile_hard = rl.rlim_max == RLIM_INFINITY ? UINT64_C(1) << 20 : (uint64_t)rl.rlim_max;
@@ -79,7 +80,10 @@ static void note(char *msg, size_t len, const char *fmt, ...)
 {
     size_t o = strlen(msg);
     if (o + 3 >= len) return;
-    if (o) { memcpy(msg + o, "; ", 3); o += 2; }
+    if (o) {
+        memcpy(msg + o, "; ", 3);
+        o += 2;
+    }
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg + o, len - o, fmt, ap);
@@ -97,7 +101,8 @@ void quota_derive(struct quota *l, const struct quota_machine *m, char *msg, siz
     if (fit < 1) fit = 1;
     if (!l->max_clients) l->max_clients = min_u64(fit, 4096);
     else if (l->max_clients > fit) {
-        note(msg, len, "--max-clients %llu lowered to %llu: %llu descriptors (RLIMIT_NOFILE) hold no more clients "
+        note(msg, len,
+             "--max-clients %llu lowered to %llu: %llu descriptors (RLIMIT_NOFILE) hold no more clients "
              "of %d descriptors each beside the %llu in use and %d reserved; raise LimitNOFILE",
              (unsigned long long)l->max_clients, (unsigned long long)fit, (unsigned long long)m->nofile,
              QUOTA_FDS_PER_CLIENT, (unsigned long long)m->fds_open, QUOTA_FD_RESERVE);
@@ -117,10 +122,11 @@ void quota_derive(struct quota *l, const struct quota_machine *m, char *msg, siz
     fit = m->max_map_count > used ? m->max_map_count - used : 1;
     if (!l->max_total_regions) l->max_total_regions = fit;
     else if (l->max_total_regions > fit) {
-        note(msg, len, "--max-total-regions %llu lowered to %llu: vm.max_map_count %llu holds no more beside the "
-             "%llu mappings in use and %d reserved", (unsigned long long)l->max_total_regions,
-             (unsigned long long)fit, (unsigned long long)m->max_map_count, (unsigned long long)m->maps,
-             QUOTA_MAP_RESERVE);
+        note(msg, len,
+             "--max-total-regions %llu lowered to %llu: vm.max_map_count %llu holds no more beside the "
+             "%llu mappings in use and %d reserved",
+             (unsigned long long)l->max_total_regions, (unsigned long long)fit, (unsigned long long)m->max_map_count,
+             (unsigned long long)m->maps, QUOTA_MAP_RESERVE);
         l->max_total_regions = fit;
     }
     if (!l->max_uid_regions) l->max_uid_regions = l->max_total_regions / 4 ? l->max_total_regions / 4 : 1;
@@ -166,8 +172,7 @@ void quota_use_clear(struct quota_use *u)
     }
 }
 
-int quota_check_client(const struct quota *l, const struct quota_use *u, const struct uid_use *e, char *msg,
-                        size_t len)
+int quota_check_client(const struct quota *l, const struct quota_use *u, const struct uid_use *e, char *msg, size_t len)
 {
     if (u->clients >= l->max_clients) {
         db_msg(msg, len, "dropblockd already serves %llu connections (--max-clients); try again when one closes",
@@ -183,37 +188,46 @@ int quota_check_client(const struct quota *l, const struct quota_use *u, const s
 }
 
 int quota_check_region(const struct quota *l, const struct quota_use *u, const struct uid_use *e, uint64_t bytes,
-                        char *msg, size_t len)
+                       char *msg, size_t len)
 {
     char b[64], c[64];
     db_fmt_bytes(b, sizeof b, bytes);
     if (bytes > l->max_region_bytes) {
         db_fmt_bytes(c, sizeof c, l->max_region_bytes);
-        db_msg(msg, len, "region.register: a region of %s is above the daemon's max_region_bytes, %s "
-               "(--max-region-bytes)", b, c);
+        db_msg(msg, len,
+               "region.register: a region of %s is above the daemon's max_region_bytes, %s "
+               "(--max-region-bytes)",
+               b, c);
         return DROPBLOCK_EEXHAUSTED;
     }
     if (u->regions >= l->max_total_regions) {
-        db_msg(msg, len, "region.register: the daemon holds %llu regions of all clients, its limit "
-               "(--max-total-regions); free some (dropblock_free) and retry", (unsigned long long)u->regions);
+        db_msg(msg, len,
+               "region.register: the daemon holds %llu regions of all clients, its limit "
+               "(--max-total-regions); free some (dropblock_free) and retry",
+               (unsigned long long)u->regions);
         return DROPBLOCK_EEXHAUSTED;
     }
     if (e->regions >= l->max_uid_regions) {
-        db_msg(msg, len, "region.register: uid %u holds %llu regions over all its connections, its limit "
-               "(--max-uid-regions); free some (dropblock_free) and retry", (unsigned)e->uid,
-               (unsigned long long)e->regions);
+        db_msg(msg, len,
+               "region.register: uid %u holds %llu regions over all its connections, its limit "
+               "(--max-uid-regions); free some (dropblock_free) and retry",
+               (unsigned)e->uid, (unsigned long long)e->regions);
         return DROPBLOCK_EEXHAUSTED;
     }
     if (bytes > l->max_mapped_bytes - min_u64(u->mapped, l->max_mapped_bytes)) {
         db_fmt_bytes(c, sizeof c, l->max_mapped_bytes);
-        db_msg(msg, len, "region.register: %s more would pass the daemon's limit of %s mapped for all clients "
-               "(--max-mapped-bytes)", b, c);
+        db_msg(msg, len,
+               "region.register: %s more would pass the daemon's limit of %s mapped for all clients "
+               "(--max-mapped-bytes)",
+               b, c);
         return DROPBLOCK_EEXHAUSTED;
     }
     if (bytes > l->max_uid_mapped_bytes - min_u64(e->mapped, l->max_uid_mapped_bytes)) {
         db_fmt_bytes(c, sizeof c, l->max_uid_mapped_bytes);
-        db_msg(msg, len, "region.register: %s more would pass uid %u's limit of %s mapped over all its "
-               "connections (--max-uid-mapped-bytes)", b, (unsigned)e->uid, c);
+        db_msg(msg, len,
+               "region.register: %s more would pass uid %u's limit of %s mapped over all its "
+               "connections (--max-uid-mapped-bytes)",
+               b, (unsigned)e->uid, c);
         return DROPBLOCK_EEXHAUSTED;
     }
     return DROPBLOCK_OK;

@@ -63,9 +63,9 @@ void quota_use_clear(struct quota_use *u);
 
 /* Whether a new connection of uid e may be accepted: 0, or the error message naming the cap. */
 int quota_check_client(const struct quota *l, const struct quota_use *u, const struct uid_use *e, char *msg,
-                        size_t len);
+                       size_t len);
 /* Whether a region of bytes may be mapped for uid e: 0, or the error message naming the cap. */
 int quota_check_region(const struct quota *l, const struct quota_use *u, const struct uid_use *e, uint64_t bytes,
-                        char *msg, size_t len);
+                       char *msg, size_t len);
 
 #endif

@@ -40,12 +40,15 @@ struct region *region_map(int fd, uint32_t id, uint64_t max_bytes, int *code, ch
     }
     int seals = fcntl(fd, F_GET_SEALS);
     if (seals < 0) {
-        db_msg(msg, len, "region.register: the descriptor cannot be sealed (not a memfd created with "
-               "MFD_ALLOW_SEALING): %s", strerror(errno));
+        db_msg(msg, len,
+               "region.register: the descriptor cannot be sealed (not a memfd created with "
+               "MFD_ALLOW_SEALING): %s",
+               strerror(errno));
         goto out;
     }
     if (!(seals & F_SEAL_SHRINK)) {
-        db_msg(msg, len, "region.register: the memfd is not sealed with F_SEAL_SHRINK; add the seal "
+        db_msg(msg, len,
+               "region.register: the memfd is not sealed with F_SEAL_SHRINK; add the seal "
                "(fcntl F_ADD_SEALS) so it can never shrink under the daemon");
         goto out;
     }

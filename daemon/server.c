@@ -100,9 +100,12 @@ static int listen_on(struct server *s, const char *path, int dir_private)
         return -1;
     }
     if (check_socket_path(path) < 0) return -1; /* again: the engine start took a while */
-    unlink(path);                                /* a stale socket: nothing answers on it */
+    unlink(path);                               /* a stale socket: nothing answers on it */
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) { perror("dropblockd: socket"); return -1; }
+    if (fd < 0) {
+        perror("dropblockd: socket");
+        return -1;
+    }
     mode_t old = umask(0117); /* the socket is born 0660: no window with looser modes */
     int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
     umask(old);
@@ -156,9 +159,10 @@ static void measure_small_jobs(struct server *s)
         s->small_job_bytes = SMALL_FALLBACK_BYTES;
         logmsg(s, LOG_INFO, "small jobs: auto jobs of at most %llu bytes run on the built-in CPU backend (%s)",
                (unsigned long long)s->small_job_bytes,
-               m->why == JOBS_SMALL_NOTHING ? "not measured: the default device is the built-in CPU backend, or there is none"
-               : m->why == JOBS_SMALL_LATE  ? "not measured: the ladder's first size took longer than its time budget"
-                                            : "not measured: a job of the ladder's first size failed");
+               m->why == JOBS_SMALL_NOTHING
+                   ? "not measured: the default device is the built-in CPU backend, or there is none"
+               : m->why == JOBS_SMALL_LATE ? "not measured: the ladder's first size took longer than its time budget"
+                                           : "not measured: a job of the ladder's first size failed");
         return;
     }
     s->small_source = SMALL_MEASURED;
@@ -171,10 +175,11 @@ static void measure_small_jobs(struct server *s)
         if (k < 0) break;
         o += (size_t)k;
     }
-    logmsg(s, LOG_INFO, "small jobs: auto jobs of at most %llu bytes run on %s, larger ones on %s (measured in %llu ms; "
-           "bytes cpu/device median of %d: %s)", (unsigned long long)m->bytes,
-           db_engine_device(s->engine, (size_t)m->cpu)->id, db_engine_device(s->engine, (size_t)m->dev)->id,
-           (unsigned long long)(m->elapsed_us / 1000), m->reps, lad);
+    logmsg(s, LOG_INFO,
+           "small jobs: auto jobs of at most %llu bytes run on %s, larger ones on %s (measured in %llu ms; "
+           "bytes cpu/device median of %d: %s)",
+           (unsigned long long)m->bytes, db_engine_device(s->engine, (size_t)m->cpu)->id,
+           db_engine_device(s->engine, (size_t)m->dev)->id, (unsigned long long)(m->elapsed_us / 1000), m->reps, lad);
 }
 
 /* ---------------------------------------------------------------- options */
@@ -185,7 +190,8 @@ static void usage(FILE *f)
             "                  [--max-inflight-jobs N] [--max-inflight-bytes B] [--max-client-jobs N]\n"
             "                  [--max-client-bytes B] [--max-regions N] [--max-clients N] [--max-uid-clients N]\n"
             "                  [--max-total-regions N] [--max-uid-regions N] [--max-mapped-bytes B]\n"
-            "                  [--max-uid-mapped-bytes B] [--max-region-bytes B] [--small-job-bytes B|auto] [--cache-dir DIR]\n"
+            "                  [--max-uid-mapped-bytes B] [--max-region-bytes B] [--small-job-bytes B|auto] "
+            "[--cache-dir DIR]\n"
             "                  [--log-level L]\n"
             "Serves DropBlock2D jobs over a Unix socket (protocol: docs/protocol.md) until SIGTERM/SIGINT.\n"
             "  --socket PATH          default $DROPBLOCK_SOCKET, else $XDG_RUNTIME_DIR/dropblock/dropblockd.sock,\n"
@@ -238,8 +244,15 @@ static int parse_ids(const char *list, int gid, struct server *s)
         char *end;
         unsigned long v = strtoul(t, &end, 10);
         if (end == t || *end) {
-            if (gid) { struct group *g = getgrnam(t); if (!g) goto bad; v = g->gr_gid; }
-            else { struct passwd *p = getpwnam(t); if (!p) goto bad; v = p->pw_uid; }
+            if (gid) {
+                struct group *g = getgrnam(t);
+                if (!g) goto bad;
+                v = g->gr_gid;
+            } else {
+                struct passwd *p = getpwnam(t);
+                if (!p) goto bad;
+                v = p->pw_uid;
+            }
         }
         if (gid && s->n_allow_gid < MAX_ALLOW) s->allow_gid[s->n_allow_gid++] = (gid_t)v;
         if (!gid && s->n_allow_uid < MAX_ALLOW) s->allow_uid[s->n_allow_uid++] = (uid_t)v;
@@ -270,7 +283,10 @@ static void set_defaults(struct server *s)
 /* --small-job-bytes B|auto */
 static int parse_small_opt(const char *v, struct server *s)
 {
-    if (!strcmp(v, "auto")) { s->small_source = SMALL_AUTO; return 0; }
+    if (!strcmp(v, "auto")) {
+        s->small_source = SMALL_AUTO;
+        return 0;
+    }
     char *end;
     errno = 0;
     unsigned long long x = strtoull(v, &end, 10);
@@ -289,7 +305,10 @@ static int parse_level_opt(const char *v, struct server *s)
     int lv = -1;
     for (int i = 0; i < 4; i++)
         if (!strcmp(v, level_names[i])) lv = i;
-    if (lv < 0) { fprintf(stderr, "dropblockd: --log-level %s: must be error, warn, info or debug\n", v); return -1; }
+    if (lv < 0) {
+        fprintf(stderr, "dropblockd: --log-level %s: must be error, warn, info or debug\n", v);
+        return -1;
+    }
     s->log_level = lv;
     return 0;
 }
@@ -302,6 +321,7 @@ struct start_opts {
 /* The options into s and so: -1 to go on, else the exit status (0 after --help or --version). */
 static int parse_options(int argc, char **argv, struct server *s, struct start_opts *so)
 {
+    /* clang-format off */
     static const struct option opts[] = {
         {"socket", required_argument, 0, 's'},          {"devices", required_argument, 0, 'd'},
         {"allow-uid", required_argument, 0, 'u'},       {"allow-gid", required_argument, 0, 'g'},
@@ -340,9 +360,14 @@ static int parse_options(int argc, char **argv, struct server *s, struct start_o
         case 'h': usage(stdout); return 0;
         case 'V': printf("dropblockd %s (protocol %d)\n", DROPBLOCK_VERSION_STRING, PROTO_VERSION); return 0;
         default: usage(stderr); return 2;
+            /* clang-format on */
         }
     }
-    if (optind < argc) { fprintf(stderr, "dropblockd: unexpected argument %s\n", argv[optind]); usage(stderr); return 2; }
+    if (optind < argc) {
+        fprintf(stderr, "dropblockd: unexpected argument %s\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
     return -1;
 }
 
@@ -409,9 +434,11 @@ static void set_limits(struct server *s)
     if (lim_msg[0]) logmsg(s, LOG_WARN, "limits: %s", lim_msg);
     s->machine = now;
     s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    logmsg(s, LOG_INFO, "limits: %llu connections (%llu per uid; %llu descriptors, %llu open), %llu regions (%llu per "
+    logmsg(s, LOG_INFO,
+           "limits: %llu connections (%llu per uid; %llu descriptors, %llu open), %llu regions (%llu per "
            "uid, %llu per connection; vm.max_map_count %llu), %llu mapped bytes (%llu per uid), regions of at most "
-           "%llu bytes", (unsigned long long)s->lim.max_clients, (unsigned long long)s->lim.max_uid_clients,
+           "%llu bytes",
+           (unsigned long long)s->lim.max_clients, (unsigned long long)s->lim.max_uid_clients,
            (unsigned long long)now.nofile, (unsigned long long)now.fds_open,
            (unsigned long long)s->lim.max_total_regions, (unsigned long long)s->lim.max_uid_regions,
            (unsigned long long)s->max_regions, (unsigned long long)now.max_map_count,

@@ -42,9 +42,9 @@ struct client {
     size_t wq_bytes;
     int want_write; /* the uv_poll events now asked for */
     struct region_table regions;
-    uint64_t mapped;      /* bytes of its regions */
-    struct uid_use *use;  /* its uid's share of the daemon's limits */
-    struct job *jobs; /* in flight (queued or running), linked by cprev/cnext */
+    uint64_t mapped;     /* bytes of its regions */
+    struct uid_use *use; /* its uid's share of the daemon's limits */
+    struct job *jobs;    /* in flight (queued or running), linked by cprev/cnext */
     uint64_t jobs_inflight, bytes_inflight;
     int closed;      /* no more reading or replying */
     int handle_open; /* the poll handle still needs its close callback */
@@ -70,10 +70,10 @@ struct server {
     uint64_t next_client_id, next_job_seq;
     /* limits */
     uint64_t max_jobs, max_bytes, max_client_jobs, max_client_bytes, max_regions;
-    struct quota lim;           /* connections, regions and mapped bytes, in total and per uid */
+    struct quota lim; /* connections, regions and mapped bytes, in total and per uid */
     struct quota_machine machine;
     struct quota_use use;
-    int reserve_fd;              /* /dev/null, given up to accept and refuse when out of descriptors */
+    int reserve_fd; /* /dev/null, given up to accept and refuse when out of descriptors */
     uint64_t small_job_bytes;
     int small_source; /* SMALL_* */
     struct jobs_small small;

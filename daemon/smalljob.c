@@ -3,7 +3,7 @@
 
 uint64_t sj_choose(const struct sj_rung *r, int n, int full, uint64_t fallback)
 {
-    int m = 0, won = -1; /* rungs measured (a prefix); the largest the CPU won */
+    int m = 0, won = -1;                                       /* rungs measured (a prefix); the largest the CPU won */
     while (m < n && r[m].cpu_us >= 0 && r[m].dev_us >= 0) m++; /* not measured (NaN too) ends it */
     if (m == 0) return fallback;
     for (int i = 0; i < m; i++)

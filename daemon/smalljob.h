@@ -38,13 +38,13 @@ uint64_t sj_choose(const struct sj_rung *r, int n, int full, uint64_t fallback);
 /* A measurement's ladder and outcome (jobs_measure_small, jobs.h). */
 #define JOBS_SMALL_RUNGS 8
 struct jobs_small {
-    int cpu, dev;       /* the device indices compared (-1: none) */
-    int n;              /* rungs measured */
-    int reps;           /* timed rounds (the medians' sample size) */
+    int cpu, dev; /* the device indices compared (-1: none) */
+    int n;        /* rungs measured */
+    int reps;     /* timed rounds (the medians' sample size) */
     struct sj_rung ladder[JOBS_SMALL_RUNGS];
-    uint64_t bytes;     /* the threshold chosen */
+    uint64_t bytes; /* the threshold chosen */
     uint64_t elapsed_us;
-    int why;            /* JOBS_SMALL_*: measured, or why not */
+    int why; /* JOBS_SMALL_*: measured, or why not */
 };
 enum { JOBS_SMALL_OK, JOBS_SMALL_NOTHING, JOBS_SMALL_FAILED, JOBS_SMALL_LATE };
 

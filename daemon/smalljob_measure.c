@@ -36,9 +36,16 @@ static void rung_params(int i, dropblock_params *p)
 {
     dropblock_params_init(p);
     p->shape[0] = 1;
-    if (i == 0) { p->shape[1] = 1; p->shape[2] = p->shape[3] = 4; }
-    else if (i == 1) { p->shape[1] = 1; p->shape[2] = p->shape[3] = 16; }
-    else { p->shape[1] = UINT64_C(1) << (2 * (i - 2)); p->shape[2] = p->shape[3] = 32; }
+    if (i == 0) {
+        p->shape[1] = 1;
+        p->shape[2] = p->shape[3] = 4;
+    } else if (i == 1) {
+        p->shape[1] = 1;
+        p->shape[2] = p->shape[3] = 16;
+    } else {
+        p->shape[1] = UINT64_C(1) << (2 * (i - 2));
+        p->shape[2] = p->shape[3] = 32;
+    }
     p->rate = 0.1f;
     p->block[0] = p->block[1] = 3;
     p->seed = 42;
@@ -71,7 +78,8 @@ static int alloc_buffers(struct sj_run *m)
     m->x = aligned_alloc(4096, alloc);
     m->y = aligned_alloc(4096, alloc);
     if (!m->x || !m->y) {
-        free(m->x); free(m->y);
+        free(m->x);
+        free(m->y);
         m->x = m->y = NULL;
         return -1;
     }
@@ -85,8 +93,14 @@ static int alloc_buffers(struct sj_run *m)
 static int warm_rung(struct sj_run *m, int i, double *c, double *d)
 {
     for (int r = 0; r < WARMUP; r++) {
-        if (probe_pair(m, i, (uint64_t)r, &c[r], &d[r])) { m->out->why = JOBS_SMALL_FAILED; return -1; }
-        if (db_now_us() - m->t0 > 2 * m->budget_us) { m->out->why = JOBS_SMALL_LATE; return -1; }
+        if (probe_pair(m, i, (uint64_t)r, &c[r], &d[r])) {
+            m->out->why = JOBS_SMALL_FAILED;
+            return -1;
+        }
+        if (db_now_us() - m->t0 > 2 * m->budget_us) {
+            m->out->why = JOBS_SMALL_LATE;
+            return -1;
+        }
     }
     return 0;
 }
@@ -110,8 +124,9 @@ static int warm_up(struct sj_run *m)
         /* the device's win counts only while it keeps winning: a rung the CPU wins again
          * above it (noise, or load) sends the ladder on, since the threshold never ends below a
          * size the CPU won (sj_choose) */
-        if (median(c, WARMUP) > median(d, WARMUP)) { if (won < 0) won = i; }
-        else won = -1;
+        if (median(c, WARMUP) > median(d, WARMUP)) {
+            if (won < 0) won = i;
+        } else won = -1;
     }
     return n;
 }
@@ -157,7 +172,8 @@ int sj_measure(struct db_engine *e, uint64_t budget_us, struct jobs_small *out)
     out->why = JOBS_SMALL_OK;
     int n = warm_up(&m);
     if (n == 0) {
-        free(m.x); free(m.y);
+        free(m.x);
+        free(m.y);
         if (out->why == JOBS_SMALL_OK) out->why = JOBS_SMALL_FAILED;
         return -1;
     }

@@ -40,10 +40,7 @@ INLINE void keep_lanes(uint32_t word, DBV_T m[NV])
 }
 
 /* (x * s) * m on float32 bits */
-INLINE DBV_T apply(DBV_T x, DBV_T s, DBV_T m)
-{
-    return DBV_AS_U((DBV_AS_F(x) * DBV_AS_F(s)) * DBV_AS_F(m));
-}
+INLINE DBV_T apply(DBV_T x, DBV_T s, DBV_T m) { return DBV_AS_U((DBV_AS_F(x) * DBV_AS_F(s)) * DBV_AS_F(m)); }
 
 /* scale lanes: s, and s1 from lane bnd of the group on (bnd >= 32: s everywhere) */
 INLINE void scale_lanes(uint32_t s, uint32_t s1, uint32_t bnd, DBV_T sc[NV])
@@ -112,7 +109,10 @@ INLINE void run(const struct db_apply_args *a, uint64_t k, uint64_t k1, const ui
     /* one scale a sample: the sample of element k and where the next begins (chunk-relative) */
     uint64_t si = (a->e0 + k) / a->chw, next = (si + 1) * a->chw - a->e0;
     for (; k < k1; k += 32) {
-        while (next <= k) { si++; next += a->chw; }
+        while (next <= k) {
+            si++;
+            next += a->chw;
+        }
         uint32_t s = a->scales[si - a->n0];
         if (next < k + 32) scale_lanes(s, a->scales[si + 1 - a->n0], (uint32_t)(next - k), sc);
         else scale_lanes(s, s, 32u, sc);

@@ -43,7 +43,7 @@ enum db_pass { DB_PASS_IDLE, DB_PASS_RUNNING, DB_PASS_MASK, DB_PASS_SCALES, DB_P
 struct db_device {
     dropblock_device_info info; /* id is set by the engine */
     const struct backend_ops *ops;
-    void *priv;                 /* the backend's state for this device */
+    void *priv; /* the backend's state for this device */
     /* the running job's pass (enum db_pass) and, in a pass over several chunks, the chunk
      * (1-based) of nchunks: the engine sets RUNNING and IDLE around a job, a backend's run may
      * say more with db_progress; any thread reads them */

@@ -43,7 +43,7 @@
 #pragma GCC diagnostic pop
 
 #define CPU_MAX_THREADS 64
-#define CPU_EPW 32 /* elements of a fast-apply group: one mask word */
+#define CPU_EPW 32                         /* elements of a fast-apply group: one mask word */
 #define CPU_PER_THREAD (UINT64_C(1) << 16) /* elements worth a thread's start (tens of microseconds) */
 
 struct cpu_dev {
@@ -55,7 +55,10 @@ static int cpu_enumerate(const struct db_backend_config *cfg, struct db_device *
 {
     if (cap < 1) return 0;
     struct cpu_dev *cd = calloc(1, sizeof *cd);
-    if (!cd) { db_msg(msg, len, "out of memory"); return DROPBLOCK_EEXHAUSTED; }
+    if (!cd) {
+        db_msg(msg, len, "out of memory");
+        return DROPBLOCK_EEXHAUSTED;
+    }
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     if (cfg->knobs->cpu_threads) n = cfg->knobs->cpu_threads;
     cd->threads = n < 1 ? 1 : n > CPU_MAX_THREADS ? CPU_MAX_THREADS : (int)n;
@@ -75,7 +78,10 @@ static int cpu_enumerate(const struct db_backend_config *cfg, struct db_device *
 
 static int cpu_prepare(struct db_device *dev, const struct db_backend_config *cfg, char *msg, size_t len)
 {
-    (void)dev; (void)cfg; (void)msg; (void)len;
+    (void)dev;
+    (void)cfg;
+    (void)msg;
+    (void)len;
     return DROPBLOCK_OK;
 }
 
@@ -86,13 +92,13 @@ enum { PH_MASK, PH_APPLY, PH_COPY };
 struct cpu_work {
     int phase, nthreads;
     const struct db_plan *pl;
-    const uint32_t *prm;  /* the chunk's parameter words */
-    uint32_t *mask;       /* the chunk's keep bits */
-    uint32_t *kept;       /* two words a sample of the chunk */
+    const uint32_t *prm;    /* the chunk's parameter words */
+    uint32_t *mask;         /* the chunk's keep bits */
+    uint32_t *kept;         /* two words a sample of the chunk */
     const uint32_t *scales; /* the chunk's first sample on */
-    const char *in;       /* the chunk's elements (or, PH_COPY, bytes) */
+    const char *in;         /* the chunk's elements (or, PH_COPY, bytes) */
     char *out;
-    uint64_t n;           /* mask work items, elements (apply) or bytes (copy) */
+    uint64_t n; /* mask work items, elements (apply) or bytes (copy) */
 };
 
 struct cpu_thread {
@@ -107,10 +113,7 @@ static uint32_t load_elem(const char *p, size_t es, uint64_t i)
     return v;
 }
 
-static void store_elem(char *p, size_t es, uint64_t i, uint32_t v)
-{
-    memcpy(p + i * es, &v, es);
-}
+static void store_elem(char *p, size_t es, uint64_t i, uint32_t v) { memcpy(p + i * es, &v, es); }
 
 /* One group of CPU_EPW elements from k, kept bits word, scales s (s1 from element bnd on):
  * dtype a constant where inlined, so that each loop is straight-line code the compiler can
@@ -147,14 +150,28 @@ static int apply_fast(const struct cpu_work *w, uint64_t k, uint64_t k1)
 {
 #if defined(DB_APPLY_SIMD) && defined(__x86_64__)
     const uint32_t *prm = w->prm;
-    const struct db_apply_args a = {w->in, w->out, w->mask, w->scales, prm[DBP_DTYPE],
-                                    prm[DBP_NORM] == DROPBLOCK_NORMALIZE_SAMPLE, DB_PRM64(DBP_E0),
-                                    DB_PRM64(DBP_CHW), DB_PRM64(DBP_N0)};
+    const struct db_apply_args a = {w->in,
+                                    w->out,
+                                    w->mask,
+                                    w->scales,
+                                    prm[DBP_DTYPE],
+                                    prm[DBP_NORM] == DROPBLOCK_NORMALIZE_SAMPLE,
+                                    DB_PRM64(DBP_E0),
+                                    DB_PRM64(DBP_CHW),
+                                    DB_PRM64(DBP_N0)};
     enum db_simd_path p = db_simd_path();
-    if (p == DB_SIMD_AVX512) { db_apply_fast_avx512(&a, k, k1); return 1; }
-    if (p == DB_SIMD_AVX2) { db_apply_fast_avx2(&a, k, k1); return 1; }
+    if (p == DB_SIMD_AVX512) {
+        db_apply_fast_avx512(&a, k, k1);
+        return 1;
+    }
+    if (p == DB_SIMD_AVX2) {
+        db_apply_fast_avx2(&a, k, k1);
+        return 1;
+    }
 #else
-    (void)w; (void)k; (void)k1;
+    (void)w;
+    (void)k;
+    (void)k1;
 #endif
     return 0;
 }
@@ -177,12 +194,13 @@ static void apply_range(const struct cpu_work *w, uint64_t k0, uint64_t k1)
             bnd = ((e0 + k) / chw + 1) * chw - e0;
             if (bnd < k + CPU_EPW) s1 = w->scales[(e0 + k) / chw + 1 - n0];
         }
-        uint32_t bad = dtype == DB_DTYPE_F32 ? apply_group(w->in, w->out, k, word, s, s1, bnd, DB_DTYPE_F32)
+        uint32_t bad = dtype == DB_DTYPE_F32   ? apply_group(w->in, w->out, k, word, s, s1, bnd, DB_DTYPE_F32)
                        : dtype == DB_DTYPE_F16 ? apply_group(w->in, w->out, k, word, s, s1, bnd, DB_DTYPE_F16)
                                                : apply_group(w->in, w->out, k, word, s, s1, bnd, DB_DTYPE_BF16);
         for (uint32_t l = 0; bad && l < CPU_EPW; l++) /* out holds x there, in place or not */
             if ((bad >> l) & 1u)
-                store_elem(w->out, es, k + l, db_apply_elem(prm, w->mask, w->scales, k + l, load_elem(w->out, es, k + l)));
+                store_elem(w->out, es, k + l,
+                           db_apply_elem(prm, w->mask, w->scales, k + l, load_elem(w->out, es, k + l)));
     }
     for (; k < k1; k++) store_elem(w->out, es, k, db_apply_elem(prm, w->mask, w->scales, k, load_elem(w->in, es, k)));
 }
@@ -260,7 +278,8 @@ static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const voi
         struct cpu_work w = {PH_MASK, threads, pl, prm, masks[q], partial, NULL, NULL, NULL, db_mask_items(prm)};
         if ((uint64_t)w.nthreads > w.n) w.nthreads = (int)w.n;
         run_threads(&w);
-        for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] += partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
+        for (uint64_t s = 0; s < ch.nsamp; s++)
+            kept[ch.n0 + s] += partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
     }
     const uint64_t t1 = db_now_us();
     if (mask_only) goto done;
@@ -268,8 +287,16 @@ static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const voi
     const uint64_t t2 = db_now_us();
     for (uint64_t q = 0; q < nchunks; q++) {
         db_job_chunk(pl, &ck, q, &ch);
-        struct cpu_work w = {PH_APPLY, threads, pl, prms + q * DBP_COUNT, masks[q], NULL, scales + ch.n0,
-                             (const char *)in + ch.e0 * es, (char *)out + ch.e0 * es, ch.nelem};
+        struct cpu_work w = {PH_APPLY,
+                             threads,
+                             pl,
+                             prms + q * DBP_COUNT,
+                             masks[q],
+                             NULL,
+                             scales + ch.n0,
+                             (const char *)in + ch.e0 * es,
+                             (char *)out + ch.e0 * es,
+                             ch.nelem};
         if ((uint64_t)w.nthreads * CPU_EPW > w.n) w.nthreads = 1;
         run_threads(&w);
         if (mask) db_mask_export_flat(pl, masks[q], ch.e0, ch.nelem, mask);
@@ -279,11 +306,16 @@ static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const voi
     res->timing_us[2] = db_now_us() - t2;
     goto done;
 oom:
-    db_msg(res->message, sizeof res->message, "out of host memory for a %llu-element job", (unsigned long long)pl->numel);
+    db_msg(res->message, sizeof res->message, "out of host memory for a %llu-element job",
+           (unsigned long long)pl->numel);
     rc = DROPBLOCK_EEXHAUSTED;
 done:
     for (uint64_t q = 0; masks && q < nchunks; q++) free(masks[q]);
-    free(masks); free(prms); free(kept); free(scales); free(partial);
+    free(masks);
+    free(prms);
+    free(kept);
+    free(scales);
+    free(partial);
     res->timing_us[3] = db_now_us() - t0;
     return rc;
 }
@@ -356,8 +388,8 @@ static int cpu_bench(struct db_device *dev, const struct db_plan *pl, const void
             dropblock_result res;
             memset(&res, 0, sizeof res);
             if (w == DB_BENCH_COPY) {
-                struct cpu_work cw = {PH_COPY, threads_for(cd, pl->numel), pl, NULL, NULL, NULL, NULL, (const char *)xw,
-                                      (char *)y, bytes};
+                struct cpu_work cw = {PH_COPY, threads_for(cd, pl->numel), pl,        NULL, NULL, NULL,
+                                      NULL,    (const char *)xw,           (char *)y, bytes};
                 run_threads(&cw);
             } else if (w == DB_BENCH_OP || w == DB_BENCH_BACKWARD) {
                 rc = cpu_run(dev, w == DB_BENCH_OP ? pl : &bw, xw, y, NULL, &res);
@@ -374,7 +406,12 @@ static int cpu_bench(struct db_device *dev, const struct db_plan *pl, const void
             if (r >= 0) us[w * reps + r] = db_now_us_f() - t0;
         }
 done:
-    free(xw); free(y); free(noise); free(padded); free(pooled); free(part);
+    free(xw);
+    free(y);
+    free(noise);
+    free(padded);
+    free(pooled);
+    free(part);
     return rc;
 }
 
@@ -390,5 +427,5 @@ static void cpu_describe(const struct db_device *dev, char *buf, size_t len)
     snprintf(buf, len, "memory=host mask=%s apply=%s threads=%d", db_simd_name(p), apply, cd->threads);
 }
 
-const struct backend_ops db_backend_cpu = {"cpu", cpu_enumerate, cpu_prepare, cpu_run, cpu_bench, cpu_release,
-                                           cpu_describe};
+const struct backend_ops db_backend_cpu = {"cpu",     cpu_enumerate, cpu_prepare, cpu_run,
+                                           cpu_bench, cpu_release,   cpu_describe};

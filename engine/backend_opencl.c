@@ -57,7 +57,10 @@ static uint64_t cache_key(struct ocl_dev *od)
     h = fnv_part(h, dn);
     h = fnv_part(h, dv);
     h = fnv_part(h, drv);
-    free(pv); free(dn); free(dv); free(drv);
+    free(pv);
+    free(dn);
+    free(dv);
+    free(drv);
     return h;
 }
 
@@ -74,7 +77,10 @@ static unsigned char *program_binary(cl_program prog, size_t *blen)
     unsigned char *bin = malloc(n);
     if (!bin) return NULL;
     unsigned char *ptrs[1] = {bin};
-    if (clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof ptrs, ptrs, NULL) != CL_SUCCESS) { free(bin); return NULL; }
+    if (clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof ptrs, ptrs, NULL) != CL_SUCCESS) {
+        free(bin);
+        return NULL;
+    }
     *blen = n;
     return bin;
 }
@@ -105,13 +111,19 @@ static int load_cached(struct ocl_dev *od, const char *path, uint64_t key)
 static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cfg, char *msg, size_t len)
 {
     struct ocl_dev *od = dev->priv;
-    if (!od) { db_msg(msg, len, "device was not enumerated"); return DROPBLOCK_EINTERNAL; }
+    if (!od) {
+        db_msg(msg, len, "device was not enumerated");
+        return DROPBLOCK_EINTERNAL;
+    }
     if (od->program) return DROPBLOCK_OK;
     ocl_choose_shape(od);
     cl_int e;
     cl_context_properties props[3] = {CL_CONTEXT_PLATFORM, (cl_context_properties)od->platform, 0};
     od->ctx = clCreateContext(props, 1, &od->device, NULL, NULL, &e);
-    if (e != CL_SUCCESS) { od->ctx = NULL; return ocl_fail(msg, len, "clCreateContext", e); }
+    if (e != CL_SUCCESS) {
+        od->ctx = NULL;
+        return ocl_fail(msg, len, "clCreateContext", e);
+    }
     od->queue = clCreateCommandQueue(od->ctx, od->device, 0, &e); /* in order: the passes rely on it */
     if (e != CL_SUCCESS) {
         od->queue = NULL;
@@ -130,7 +142,10 @@ static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cf
     }
     if (!cached) {
         int rc = ocl_build_from_source(od, msg, len);
-        if (rc) { ocl_teardown(od); return rc; }
+        if (rc) {
+            ocl_teardown(od);
+            return rc;
+        }
         if (dir) { /* (re)write the entry: it was missing, stale or bad */
             size_t blen = 0;
             unsigned char *bin = program_binary(od->program, &blen);
@@ -178,10 +193,7 @@ int ocl_plan_job(struct ocl_dev *od, const struct db_plan *pl, struct job *j, ch
     return DROPBLOCK_OK;
 }
 
-void ocl_chunk_of(const struct job *j, uint64_t q, struct db_chunk *ch)
-{
-    db_job_chunk(j->pl, &j->ck, q, ch);
-}
+void ocl_chunk_of(const struct job *j, uint64_t q, struct db_chunk *ch) { db_job_chunk(j->pl, &j->ck, q, ch); }
 
 /* One mask buffer per chunk, all of them holding max_words, kept by the device. */
 cl_int ocl_ensure_masks(struct ocl_dev *od, uint64_t n, uint64_t words)
@@ -205,7 +217,8 @@ cl_int ocl_enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem maskbuf)
     cl_uint zero = 0;
     cl_int e = clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL);
     if (e == CL_SUCCESS)
-        e = clEnqueueFillBuffer(od->queue, od->kept.m, &zero, sizeof zero, 0, (size_t)prm[DBP_NSAMP] * 8, 0, NULL, NULL);
+        e = clEnqueueFillBuffer(od->queue, od->kept.m, &zero, sizeof zero, 0, (size_t)prm[DBP_NSAMP] * 8, 0, NULL,
+                                NULL);
     cl_mem a[3] = {od->prm.m, maskbuf, od->kept.m};
     if (e == CL_SUCCESS) e = ocl_set_args(od->k[K_MASK], 3, a);
     if (e == CL_SUCCESS) e = ocl_launch_round(od, od->k[K_MASK], od->wg_mask, db_mask_items(prm));
@@ -213,8 +226,8 @@ cl_int ocl_enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem maskbuf)
 }
 
 /* Enqueues the apply pass of a chunk from x to y (device buffers of the chunk, maybe the same). */
-static cl_int enqueue_apply(struct ocl_dev *od, const struct db_plan *pl, const uint32_t *prm, cl_mem maskbuf,
-                            cl_mem x, cl_mem y)
+static cl_int enqueue_apply(struct ocl_dev *od, const struct db_plan *pl, const uint32_t *prm, cl_mem maskbuf, cl_mem x,
+                            cl_mem y)
 {
     cl_int e = CL_SUCCESS;
     uint64_t groups = prm[DBP_GROUPS], fast = groups * prm[DBP_EPW], nelem = (uint64_t)prm[DBP_NELEM];
@@ -263,7 +276,8 @@ int ocl_host_scales(const struct job *j, const uint32_t *partial, uint64_t *kept
     for (uint64_t q = 0; q < j->ck.nchunks; q++) {
         ocl_chunk_of(j, q, &ch);
         const uint32_t *pp = partial + q * j->ck.max_samp * 2;
-        for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] += (uint64_t)pp[2 * s] | ((uint64_t)pp[2 * s + 1] << 32);
+        for (uint64_t s = 0; s < ch.nsamp; s++)
+            kept[ch.n0 + s] += (uint64_t)pp[2 * s] | ((uint64_t)pp[2 * s + 1] << 32);
     }
     return db_plan_scales(j->pl, kept, scales, res);
 }
@@ -307,8 +321,14 @@ static void job_mem_free(struct ocl_dev *od, const struct job *j, struct job_mem
         if (m->xs[q]) clReleaseMemObject(m->xs[q]);
         if (m->ys[q]) clReleaseMemObject(m->ys[q]);
     }
-    free(m->xs); free(m->ys);
-    free(m->prms); free(m->partial); free(m->kept); free(m->scales); free(m->dscales); free(m->words);
+    free(m->xs);
+    free(m->ys);
+    free(m->prms);
+    free(m->partial);
+    free(m->kept);
+    free(m->scales);
+    free(m->dscales);
+    free(m->words);
 }
 
 /* The device buffers every job uses, kept by the device: parameters, counts, scales, masks. */
@@ -351,8 +371,8 @@ static int device_scales(struct ocl_dev *od, const struct job *j, uint32_t *dsca
     cl_mem a[3] = {od->prm.m, od->kept.m, od->scales.m};
     int rc;
     if ((rc = ocl_check(ocl_set_args(od->k[K_SCALE], 3, a), "clSetKernelArg(db_scale)", msg, len))) return rc;
-    if ((rc = ocl_check(ocl_launch_round(od, od->k[K_SCALE], od->wg_small, N), "clEnqueueNDRangeKernel(db_scale)",
-                        msg, len)))
+    if ((rc = ocl_check(ocl_launch_round(od, od->k[K_SCALE], od->wg_small, N), "clEnqueueNDRangeKernel(db_scale)", msg,
+                        len)))
         return rc;
     return ocl_check(clEnqueueReadBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)N * 4, dscales, 0, NULL, NULL),
                      "clEnqueueReadBuffer(scales)", msg, len);
@@ -393,11 +413,10 @@ static int apply_chunk(struct ocl_dev *od, const struct job *j, uint64_t q, size
                         "clEnqueueWriteBuffer(params)", msg, len)))
         return rc;
     if (!j->ck.fused && (rc = ocl_check(clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4,
-                                                          m->scales + ch.n0, 0, NULL, NULL),
-                                     "clEnqueueWriteBuffer(scales)", msg, len)))
+                                                             m->scales + ch.n0, 0, NULL, NULL),
+                                        "clEnqueueWriteBuffer(scales)", msg, len)))
         return rc;
-    if ((rc = ocl_check(enqueue_apply(od, j->pl, prm, od->masks[q].m, x, y), "enqueue(db_apply)", msg, len)))
-        return rc;
+    if ((rc = ocl_check(enqueue_apply(od, j->pl, prm, od->masks[q].m, x, y), "enqueue(db_apply)", msg, len))) return rc;
     if (!xres && y == od->data.m) {
         if ((rc = ocl_check(clEnqueueReadBuffer(od->queue, y, CL_FALSE, 0, (size_t)bytes, yout, 0, NULL, NULL),
                             "clEnqueueReadBuffer(y)", msg, len)))
@@ -433,8 +452,8 @@ static int fused_check(const struct job *j, struct job_mem *m, dropblock_result 
 /* The job from x to y: in/out in host memory, or (bench) xres/yres already on the device. Pass 1
  * per chunk; the scales on the device (fused: one chunk, in the same queue) or on the host; pass
  * 3 staged in slices (opencl_staging.c) or per chunk. */
-int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *out, void *mask,
-            cl_mem xres, cl_mem yres, dropblock_result *res, char *msg, size_t len)
+int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *out, void *mask, cl_mem xres,
+            cl_mem yres, dropblock_result *res, char *msg, size_t len)
 {
     const uint64_t t_start = db_now_us();
     const size_t es = dropblock_dtype_size(pl->p.dtype);
@@ -495,7 +514,10 @@ static int ocl_run(struct db_device *dev, const struct db_plan *pl, const void *
                    dropblock_result *res)
 {
     struct ocl_dev *od = dev->priv;
-    if (!od || !od->program) { db_msg(res->message, sizeof res->message, "OpenCL device not prepared"); return DROPBLOCK_EINTERNAL; }
+    if (!od || !od->program) {
+        db_msg(res->message, sizeof res->message, "OpenCL device not prepared");
+        return DROPBLOCK_EINTERNAL;
+    }
     if (dev->inject_lost) /* DROPBLOCK_FAULTS "lost" (engine.h): what the driver answers for a device that is gone */
         return ocl_fail(res->message, sizeof res->message, "clEnqueueNDRangeKernel(db_mask), injected fault",
                         CL_DEVICE_NOT_AVAILABLE);
@@ -507,11 +529,12 @@ static void ocl_describe(const struct db_device *dev, char *buf, size_t len)
     const struct ocl_dev *od = dev->priv;
     /* staged: jobs over one slice go through the pinned slots overlapped, smaller ones by plain copies */
     /* warmed: launch shapes built at setup; cold: shapes a job launched first (see "warm-up") */
-    snprintf(buf, len, "memory=%s f16=%s subnormals=%s mask=%s vector=%ux%u work-groups=%zu/%zu/%zu warmed=%d cold=%llu",
+    snprintf(buf, len,
+             "memory=%s f16=%s subnormals=%s mask=%s vector=%ux%u work-groups=%zu/%zu/%zu warmed=%d cold=%llu",
              od->zero_copy ? "zero-copy" : "staged", od->hwhalf ? "hardware" : "integer",
              od->hwexact ? "hardware" : "fixup", od->cpu ? "cpu-batches" : "gpu-blocks", od->vw, od->vpw, od->wg_mask,
              od->wg_small, od->wg_apply, od->warm ? od->nvariants : 0, (unsigned long long)od->cold);
 }
 
-const struct backend_ops db_backend_opencl = {"opencl", ocl_enumerate, ocl_prepare, ocl_run, ocl_bench, ocl_release,
-                                              ocl_describe};
+const struct backend_ops db_backend_opencl = {"opencl",  ocl_enumerate, ocl_prepare, ocl_run,
+                                              ocl_bench, ocl_release,   ocl_describe};

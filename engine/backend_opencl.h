@@ -34,9 +34,11 @@ struct ocl_buf {
 /* the passes' kernels (opencl_device.c names them), the fast apply ones apart in k_apply */
 enum { K_MASK, K_SCALE, K_EXACT, K_FIXUP, K_PROBE, K_PROBE_HALF, K_N };
 /* bench.cl's kernels (opencl_bench.c names them) */
+/* clang-format off */
 enum { BK_COPY, BK_COPY_TAIL, BK_BERNOULLI, BK_PAD, BK_POOL, BK_ONE_MINUS, BK_SUM_NOISE, BK_SUM_PART, BK_SCALE, BK_MUL, BK_N };
+/* clang-format on */
 
-#define STAGE_SLOTS 3 /* pinned slots each way, for the staged copies */
+#define STAGE_SLOTS 3   /* pinned slots each way, for the staged copies */
 #define VARIANTS_MAX 96 /* launch shapes recorded (see "warm-up" in opencl_device.c); more are counted as cold */
 /* PoCL compiles a kernel anew for a grid of this many work items or more (its "small grid"
  * specialization covers fewer) */
@@ -45,7 +47,7 @@ enum { BK_COPY, BK_COPY_TAIL, BK_BERNOULLI, BK_PAD, BK_POOL, BK_ONE_MINUS, BK_SU
 struct ocl_dev {
     cl_platform_id platform;
     cl_device_id device;
-    uint64_t max_buffer; /* after the DROPBLOCK_OPENCL_MAX_BUFFER cap */
+    uint64_t max_buffer;          /* after the DROPBLOCK_OPENCL_MAX_BUFFER cap */
     const struct db_knobs *knobs; /* the engine's (knobs.h) */
     cl_context ctx;
     cl_command_queue queue;
@@ -55,16 +57,16 @@ struct ocl_dev {
     cl_kernel k_apply_half[2];
     /* tuning (prepare): kernel shape and work-group sizes */
     char build_options[128];
-    int cpu;               /* a CPU device: host memory is its memory */
-    int zero_copy;         /* tensors used in place with CL_MEM_USE_HOST_PTR */
-    int hwexact;           /* db_probe found subnormal products exact: no fixup pass */
-    int hwhalf;            /* db_probe_half found the f16 conversions exact: f16 kernels swapped */
-    uint32_t vw, vpw;      /* fast apply: lanes a vector, vectors a work item */
-    uint32_t tile_rows;    /* mask rows a tile */
-    uint32_t cand_budget;  /* candidates a tile, about (0: no limit) */
-    uint32_t item_cands;   /* candidates a mask work item, about (small tiles go several to an item) */
+    int cpu;              /* a CPU device: host memory is its memory */
+    int zero_copy;        /* tensors used in place with CL_MEM_USE_HOST_PTR */
+    int hwexact;          /* db_probe found subnormal products exact: no fixup pass */
+    int hwhalf;           /* db_probe_half found the f16 conversions exact: f16 kernels swapped */
+    uint32_t vw, vpw;     /* fast apply: lanes a vector, vectors a work item */
+    uint32_t tile_rows;   /* mask rows a tile */
+    uint32_t cand_budget; /* candidates a tile, about (0: no limit) */
+    uint32_t item_cands;  /* candidates a mask work item, about (small tiles go several to an item) */
     size_t wg_mask, wg_small, wg_apply;
-    uint64_t mem_align;    /* CL_DEVICE_MEM_BASE_ADDR_ALIGN, bytes */
+    uint64_t mem_align; /* CL_DEVICE_MEM_BASE_ADDR_ALIGN, bytes */
     /* buffers kept between jobs */
     struct ocl_buf prm, kept, scales, data, fixup;
     struct ocl_buf *masks; /* one per chunk of the largest job so far */
@@ -73,14 +75,21 @@ struct ocl_dev {
     cl_program bench_program;
     cl_kernel bk[BK_N];
     /* launch shapes seen (see "warm-up" in opencl_device.c): what the driver may compile per kernel */
-    struct ocl_variant { cl_kernel k; size_t local; unsigned char goffs0, small; } variants[VARIANTS_MAX];
+    struct ocl_variant {
+        cl_kernel k;
+        size_t local;
+        unsigned char goffs0, small;
+    } variants[VARIANTS_MAX];
     int nvariants;
-    int warm;              /* the warm-up is done: a shape first launched from now on is "cold" */
-    uint64_t cold;         /* shapes first launched by a job, after the warm-up (each may have paid a compile) */
+    int warm;      /* the warm-up is done: a shape first launched from now on is "cold" */
+    uint64_t cold; /* shapes first launched by a job, after the warm-up (each may have paid a compile) */
     /* the staged copy path (see "staged copies" in opencl_staging.c), set up on its first use */
     cl_command_queue q_up, q_down; /* uploads and downloads; the passes stay on queue */
-    struct ocl_stage { cl_mem m; void *p; } st_in[STAGE_SLOTS], st_out[STAGE_SLOTS]; /* pinned, mapped once */
-    uint64_t stage_size;           /* bytes a slot */
+    struct ocl_stage {
+        cl_mem m;
+        void *p;
+    } st_in[STAGE_SLOTS], st_out[STAGE_SLOTS]; /* pinned, mapped once */
+    uint64_t stage_size;                       /* bytes a slot */
 };
 
 /* The job as a sequence of chunks, and what it needs (ocl_plan_job). */

@@ -62,8 +62,8 @@
  * pipelines onto the old ones in the same cache */
 static const struct spv pass_spv[PASS_N] = {
     {db_spv_mask, sizeof db_spv_mask, "mask"},    {db_spv_scale, sizeof db_spv_scale, "scale"},
-    {db_spv_apply, sizeof db_spv_apply, "apply"},
-    {db_spv_exact, sizeof db_spv_exact, "exact"}, {db_spv_fixup, sizeof db_spv_fixup, "fixup"},
+    {db_spv_apply, sizeof db_spv_apply, "apply"}, {db_spv_exact, sizeof db_spv_exact, "exact"},
+    {db_spv_fixup, sizeof db_spv_fixup, "fixup"},
 };
 
 static uint64_t spirv_hash(void)
@@ -147,8 +147,8 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
         cache_path(d, dir, path, sizeof path);
         old = cache_load(d, path, &old_size);
     }
-    VkPipelineCacheCreateInfo pci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO,
-                                     .initialDataSize = old_size, .pInitialData = old};
+    VkPipelineCacheCreateInfo pci = {
+        .sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO, .initialDataSize = old_size, .pInitialData = old};
     if (vkCreatePipelineCache(d->dev, &pci, NULL, &d->cache) != VK_SUCCESS) {
         pci.initialDataSize = 0;
         pci.pInitialData = NULL;
@@ -171,10 +171,7 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
 }
 
 /* the bytes of the counts the host reads: per sample, K, the completion words (vk_record_mask) */
-uint64_t vk_kept_bytes(const uint32_t *prm)
-{
-    return (uint64_t)prm[DBP_NSAMP] * 8 + 16;
-}
+uint64_t vk_kept_bytes(const uint32_t *prm) { return (uint64_t)prm[DBP_NSAMP] * 8 + 16; }
 
 /* Records pass 1 of the chunk whose parameters are in the params buffer: the per-sample
  * counts zeroed, then the mask pass, which adds to them. */
@@ -193,7 +190,8 @@ static void record_apply(struct vk_dev *d, const struct db_plan *pl, const uint3
     uint64_t fwords = (fast + 31) / 32;
     if (fix) vkCmdFillBuffer(d->cmd, d->bufs[B_FIXUP].buf, 0, (fwords * 4 + 63) & ~UINT64_C(63), 0);
     if (groups) vk_step(d, d->pipes[PASS_APPLY], groups, 0);
-    if (fast < nelem) vk_step(d, d->pipes[PASS_EXACT], pl->p.dtype == DROPBLOCK_F32 ? nelem - fast : (nelem - fast + 1) / 2, 0);
+    if (fast < nelem)
+        vk_step(d, d->pipes[PASS_EXACT], pl->p.dtype == DROPBLOCK_F32 ? nelem - fast : (nelem - fast + 1) / 2, 0);
     if (fix) vk_step(d, d->pipes[PASS_FIXUP], fwords, 0);
 }
 
@@ -254,9 +252,8 @@ int vk_mask_done(const struct vk_dev *d, const uint32_t *prm)
 /* Pass 1 of chunk ch, submitted alone, with tuning tu; where an invocation was cut short, again
  * with the worst-case tuning safe (counted in *reruns and d->mask_reruns). Its parameters are
  * left in the parameter buffer, its counts and its first mask_bytes of mask bits for the host. */
-static int mask_pass(struct vk_dev *d, const struct db_plan *pl, const struct db_chunk *ch,
-                     const struct db_tuning *tu, const struct db_tuning *safe, uint64_t mask_bytes, uint64_t *reruns,
-                     char *msg, size_t len)
+static int mask_pass(struct vk_dev *d, const struct db_plan *pl, const struct db_chunk *ch, const struct db_tuning *tu,
+                     const struct db_tuning *safe, uint64_t mask_bytes, uint64_t *reruns, char *msg, size_t len)
 {
     uint32_t *prm = d->bufs[B_PRM].map;
     int rc;
@@ -289,11 +286,11 @@ struct job {
     size_t es;
     struct db_chunking ck; /* the plan's chunks (db_job_chunks) */
     struct db_tuning tu, safe;
-    uint32_t fault;   /* DROPBLOCK_VULKAN_MASK_FAULT on a CPU device, else 0 */
-    uint64_t reruns;  /* mask passes of this job rerun with the worst-case budget */
-    int copy_in;      /* x through the x buffer's mapped memory */
-    VkBuffer xb;      /* the buffer the passes run on */
-    VkBuffer src, dst; /* staged: x copied onto xb from src, y off it to dst (else VK_NULL_HANDLE) */
+    uint32_t fault;       /* DROPBLOCK_VULKAN_MASK_FAULT on a CPU device, else 0 */
+    uint64_t reruns;      /* mask passes of this job rerun with the worst-case budget */
+    int copy_in;          /* x through the x buffer's mapped memory */
+    VkBuffer xb;          /* the buffer the passes run on */
+    VkBuffer src, dst;    /* staged: x copied onto xb from src, y off it to dst (else VK_NULL_HANDLE) */
     struct vk_buf xi, yi; /* the caller's tensors, imported */
     uint64_t *kept;
     uint32_t *scales;
@@ -320,8 +317,13 @@ static int job_setup(struct job *j, int resident, char *msg, size_t len)
         db_msg(msg, len, "out of host memory for the mask of %llu elements", (unsigned long long)pl->numel);
         return DROPBLOCK_EEXHAUSTED;
     }
-    const uint64_t sizes[B_N] = {DBP_COUNT * 4, max_words * 4 + 64, 64, max_samp * 8 + 80,
-                                 ((max_elem * es + 3) & ~UINT64_C(3)) + 64, 0, (fused ? pl->N : max_samp) * 4,
+    const uint64_t sizes[B_N] = {DBP_COUNT * 4,
+                                 max_words * 4 + 64,
+                                 64,
+                                 max_samp * 8 + 80,
+                                 ((max_elem * es + 3) & ~UINT64_C(3)) + 64,
+                                 0,
+                                 (fused ? pl->N : max_samp) * 4,
                                  max_words * 4 + 64};
     for (int i = 0; i < B_N && !rc; i++)
         if (i != B_Y && !(resident && i == B_X)) rc = vk_buf_ensure(d, i, sizes[i], msg, len);
@@ -331,8 +333,10 @@ static int job_setup(struct job *j, int resident, char *msg, size_t len)
         yb = d->bufs[B_Y].buf;
     } else if (nchunks == 1 && vk_buf_import(d, &j->xi, j->in, pl->numel * es)) {
         if (j->in == j->out) yb = xb = j->xi.buf;
-        else if (vk_buf_import(d, &j->yi, j->out, pl->numel * es)) { xb = j->xi.buf; yb = j->yi.buf; }
-        else vk_buf_free(d, &j->xi);
+        else if (vk_buf_import(d, &j->yi, j->out, pl->numel * es)) {
+            xb = j->xi.buf;
+            yb = j->yi.buf;
+        } else vk_buf_free(d, &j->xi);
     }
     j->copy_in = !resident && !j->xi.buf;
     /* staged: the passes run on the device's x buffer, x copied onto it from src (the imported
@@ -372,7 +376,7 @@ static int job_fused(struct job *j, char *msg, size_t len)
     if ((rc = vk_begin(d, msg, len))) return rc;
     if (!alone) vk_record_mask(d, prm);
     if (src) vk_copy(d, src, xb, ch.nelem * es, 0); /* beside the mask pass, which does not read x */
-    vk_step(d, d->pipes[PASS_SCALE], ch.nsamp, 0); /* after a barrier, for the mask pass of either submission */
+    vk_step(d, d->pipes[PASS_SCALE], ch.nsamp, 0);  /* after a barrier, for the mask pass of either submission */
     record_apply(d, pl, prm);
     if (dst) vk_copy(d, xb, dst, ch.nelem * es, 1);
     vk_to_host(d, B_KEPT, vk_kept_bytes(prm));
@@ -383,7 +387,8 @@ static int job_fused(struct job *j, char *msg, size_t len)
         db_msg(msg, len, "the mask pass was cut short (an invocation did not run to its end)");
         return DROPBLOCK_EINTERNAL;
     }
-    for (uint64_t s = 0; s < ch.nsamp; s++) j->kept[ch.n0 + s] = (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
+    for (uint64_t s = 0; s < ch.nsamp; s++)
+        j->kept[ch.n0 + s] = (uint64_t)partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
     if (j->fault && !j->reruns) {
         db_msg(msg, len, "DROPBLOCK_VULKAN_MASK_FAULT=%u: no mask pass was rerun", (unsigned)j->fault);
         return DROPBLOCK_EINTERNAL;
@@ -490,11 +495,17 @@ static int job_chunked(struct job *j, uint64_t t0, char *msg, size_t len)
 
 /* The job from x to y: in/out in host memory, or (bench, resident) the device's x/y buffers
  * already hold x. */
-int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, const void *in, void *out,
-           void *mask, int resident, dropblock_result *res, char *msg, size_t len)
+int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, const void *in, void *out, void *mask,
+           int resident, dropblock_result *res, char *msg, size_t len)
 {
     const uint64_t t0 = db_now_us();
-    struct job j = {.d = d, .dev = dev, .pl = pl, .in = in, .out = out, .mask = mask, .res = res,
+    struct job j = {.d = d,
+                    .dev = dev,
+                    .pl = pl,
+                    .in = in,
+                    .out = out,
+                    .mask = mask,
+                    .res = res,
                     .es = dropblock_dtype_size(pl->p.dtype)};
     j.tu = vk_job_tuning(d, pl, 0);
     j.safe = vk_job_tuning(d, pl, 1);
@@ -502,14 +513,17 @@ int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, co
     int rc = db_job_chunks(pl, dev->info.max_buffer, 0, &j.ck, msg, len);
     if (rc) return rc;
     if (resident && j.ck.nchunks != 1) {
-        db_msg(msg, len, "the tensor takes %llu chunks on this device; the benchmark takes one", (unsigned long long)j.ck.nchunks);
+        db_msg(msg, len, "the tensor takes %llu chunks on this device; the benchmark takes one",
+               (unsigned long long)j.ck.nchunks);
         return DROPBLOCK_EINVAL;
     }
     rc = job_setup(&j, resident, msg, len);
     if (!rc) rc = j.ck.fused ? job_fused(&j, msg, len) : job_chunked(&j, t0, msg, len);
     if (j.reruns)
-        db_dev_log(dev, "%llu mask pass(es) of a job cut short by the loop limit, rerun with the worst-case budget (%llu so far)",
-                   (unsigned long long)j.reruns, (unsigned long long)d->mask_reruns);
+        db_dev_log(
+            dev,
+            "%llu mask pass(es) of a job cut short by the loop limit, rerun with the worst-case budget (%llu so far)",
+            (unsigned long long)j.reruns, (unsigned long long)d->mask_reruns);
     if (j.xi.buf) vk_buf_free(d, &j.xi);
     if (j.yi.buf) vk_buf_free(d, &j.yi);
     free(j.hmask);
@@ -536,5 +550,5 @@ static void vk_describe(const struct db_device *dev, char *buf, size_t len)
              d->local, d->subgroup, d->warm ? PASS_N : 0, (unsigned long long)d->cold);
 }
 
-const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate, vk_prepare, vk_run, vk_bench, vk_release,
-                                              vk_describe};
+const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate, vk_prepare, vk_run,
+                                              vk_bench, vk_release,   vk_describe};

@@ -20,11 +20,22 @@
 
 enum { PASS_MASK, PASS_SCALE, PASS_APPLY, PASS_EXACT, PASS_FIXUP, PASS_N };
 /* bench.comp's steps: the copy, torchvision's kernels, the copy's tail */
+/* clang-format off */
 enum { BS_COPY, BS_BERNOULLI, BS_PAD, BS_POOL, BS_ONE_MINUS, BS_SUM_NOISE, BS_SUM_PART, BS_SCALE, BS_MUL, BS_COPY_TAIL, BS_N };
+/* clang-format on */
 /* descriptor bindings: the shaders' numbers (db_params.h DBB_*); bench.comp reuses them, and
  * B_AUX is its alone */
-enum { B_PRM = DBB_PRM, B_MASK = DBB_MASK, B_AUX = DBB_AUX, B_KEPT = DBB_KEPT, B_X = DBB_X, B_Y = DBB_Y,
-       B_SCALES = DBB_SCALES, B_FIXUP = DBB_FIXUP, B_N = DBB_COUNT };
+enum {
+    B_PRM = DBB_PRM,
+    B_MASK = DBB_MASK,
+    B_AUX = DBB_AUX,
+    B_KEPT = DBB_KEPT,
+    B_X = DBB_X,
+    B_Y = DBB_Y,
+    B_SCALES = DBB_SCALES,
+    B_FIXUP = DBB_FIXUP,
+    B_N = DBB_COUNT
+};
 #define PUSH_BYTES 16u
 
 struct vk_inst {
@@ -48,12 +59,12 @@ struct vk_dev {
     VkPhysicalDeviceProperties props;
     VkPhysicalDeviceMemoryProperties mem;
     int has_int64;
-    int64_t qfam; /* -1: no compute queue */
-    uint32_t subgroup;      /* VkPhysicalDeviceSubgroupProperties::subgroupSize, 0 if unknown */
-    int has_import;         /* VK_EXT_external_memory_host */
-    uint64_t import_align;  /* minImportedHostPointerAlignment */
-    int staged;             /* buffers DEVICE_LOCAL, copied to and from host-visible twins */
-    int hwexact;            /* probe_exact found subnormal products exact: no fixup pass */
+    int64_t qfam;          /* -1: no compute queue */
+    uint32_t subgroup;     /* VkPhysicalDeviceSubgroupProperties::subgroupSize, 0 if unknown */
+    int has_import;        /* VK_EXT_external_memory_host */
+    uint64_t import_align; /* minImportedHostPointerAlignment */
+    int staged;            /* buffers DEVICE_LOCAL, copied to and from host-visible twins */
+    int hwexact;           /* probe_exact found subnormal products exact: no fixup pass */
 
     VkDevice dev;
     VkQueue queue;
@@ -69,11 +80,11 @@ struct vk_dev {
     VkFence fence;
     PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;
     /* tuning (prepare) */
-    uint32_t local;         /* work-group size of every pipeline */
-    uint32_t tile_rows;     /* mask rows a tile */
-    uint32_t cand_budget;   /* candidates a tile, about */
-    uint32_t item_cands;    /* candidates an invocation of the mask pass, about */
-    uint64_t mask_reruns;   /* mask passes rerun with the worst-case budget (mask_pass) */
+    uint32_t local;       /* work-group size of every pipeline */
+    uint32_t tile_rows;   /* mask rows a tile */
+    uint32_t cand_budget; /* candidates a tile, about */
+    uint32_t item_cands;  /* candidates an invocation of the mask pass, about */
+    uint64_t mask_reruns; /* mask passes rerun with the worst-case budget (mask_pass) */
     /* buffers kept between jobs, by binding (B_Y is B_X: the apply runs in place) */
     struct vk_buf bufs[B_N];
     /* warm-up (warm_up): passes dispatched at least once (bit 1 << PASS_*), and those a job

@@ -19,17 +19,17 @@ static const char *const fault_names[FAULT_N] = {"fail", "alloc", "vanish", "los
 
 struct db_fault {
     int kind;
-    uint64_t at;   /* the device's job number, from 1 */
-    char dev[32];  /* the device id it names */
+    uint64_t at;  /* the device's job number, from 1 */
+    char dev[32]; /* the device id it names */
 };
 
 struct db_slot {
     struct db_device dev;
-    pthread_mutex_t lock; /* one job at a time per device */
-    atomic_int busy;      /* jobs running or waiting here */
-    atomic_int healthy;   /* 1 until the device fails for good */
-    char why[200];        /* why it is unhealthy: written once, before healthy drops to 0 */
-    uint64_t njobs;       /* jobs that reached the device (under lock) */
+    pthread_mutex_t lock;                  /* one job at a time per device */
+    atomic_int busy;                       /* jobs running or waiting here */
+    atomic_int healthy;                    /* 1 until the device fails for good */
+    char why[200];                         /* why it is unhealthy: written once, before healthy drops to 0 */
+    uint64_t njobs;                        /* jobs that reached the device (under lock) */
     struct db_fault faults[DB_MAX_FAULTS]; /* injected, for this device */
     int nfaults;
 };
@@ -118,12 +118,10 @@ static int parse_faults(const char *spec, struct db_fault *out, int *n, char *ms
         unsigned long long at = 0;
         if (!why) {
             at = strtoull(last + 1, &stop, 10);
-            if (!last[1] || *stop || last[1] == '-' || last[1] == '+' || at == 0)
-                why = "N must be a job number >= 1";
+            if (!last[1] || *stop || last[1] == '-' || last[1] == '+' || at == 0) why = "N must be a job number >= 1";
             else if (!first[1] || strlen(first + 1) >= sizeof out->dev)
                 why = "DEVICE must be a device id such as opencl:0";
-            else if (*n >= DB_MAX_FAULTS)
-                why = "at most 32 entries";
+            else if (*n >= DB_MAX_FAULTS) why = "at most 32 entries";
         }
         if (why) {
             db_msg(msg, len, "DROPBLOCK_FAULTS: entry \"%.*s\": %s", (int)l, s, why);
@@ -163,7 +161,10 @@ static void open_backend(struct db_engine *e, const struct backend_ops *ops, con
     struct db_device found[DB_MAX_DEVICES];
     char why[512] = "";
     int k = ops->enumerate(&e->cfg, found, DB_MAX_DEVICES - e->n, why, sizeof why);
-    if (k < 0) { logf_(e->log, e->log_ctx, "%s: no devices: %s", ops->name, why); return; }
+    if (k < 0) {
+        logf_(e->log, e->log_ctx, "%s: no devices: %s", ops->name, why);
+        return;
+    }
     for (int i = 0; i < k; i++) {
         struct db_device *d = &found[i];
         snprintf(d->info.id, sizeof d->info.id, "%s:%d", ops->name, i);
@@ -203,9 +204,8 @@ static void attach_faults(struct db_engine *e, const struct db_fault *faults, in
             continue;
         }
         if (faults[f].kind == FAULT_LOST && !strcmp(s->dev.ops->name, "cpu")) {
-            logf_(e->log, e->log_ctx,
-                  "DROPBLOCK_FAULTS: device %s has no device API to lose; its %s fault is ignored", s->dev.info.id,
-                  fault_names[faults[f].kind]);
+            logf_(e->log, e->log_ctx, "DROPBLOCK_FAULTS: device %s has no device API to lose; its %s fault is ignored",
+                  s->dev.info.id, fault_names[faults[f].kind]);
             continue;
         }
         s->faults[s->nfaults++] = faults[f];
@@ -231,7 +231,10 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *vis
     (void)parse_faults;
 #endif
     struct db_engine *e = calloc(1, sizeof *e);
-    if (!e) { db_msg(msg, len, "out of memory"); return DROPBLOCK_EEXHAUSTED; }
+    if (!e) {
+        db_msg(msg, len, "out of memory");
+        return DROPBLOCK_EEXHAUSTED;
+    }
     e->log = log;
     e->log_ctx = log_ctx;
     if (cache_dir) snprintf(e->cache_dir, sizeof e->cache_dir, "%s", cache_dir);
@@ -301,10 +304,8 @@ void db_engine_progress(const struct db_engine *e, size_t i, char *buf, size_t l
     int pass = d->pass;
     unsigned long long chunk = d->chunk, n = d->nchunks;
     if (pass < 0 || pass > DB_PASS_APPLY) return;
-    if (n > 1 && chunk)
-        snprintf(buf, len, "%s, chunk %llu of %llu", names[pass], chunk, n);
-    else
-        snprintf(buf, len, "%s", names[pass]);
+    if (n > 1 && chunk) snprintf(buf, len, "%s, chunk %llu of %llu", names[pass], chunk, n);
+    else snprintf(buf, len, "%s", names[pass]);
 }
 
 void db_engine_device_paths(const struct db_engine *e, size_t i, char *buf, size_t len)
@@ -341,7 +342,9 @@ int db_engine_pick(struct db_engine *e, const char *device, char *msg, size_t le
         int kind = e->slots[i].dev.info.kind == DROPBLOCK_DEVICE_OTHER ? 0 : (int)e->slots[i].dev.info.kind;
         int busy = atomic_load(&e->slots[i].busy);
         if (kind > best_kind || (kind == best_kind && busy < best_busy)) {
-            best = (int)i; best_kind = kind; best_busy = busy;
+            best = (int)i;
+            best_kind = kind;
+            best_busy = busy;
         }
     }
     if (best < 0) {
@@ -452,8 +455,7 @@ static int run_locked(struct db_engine *e, struct db_slot *s, const struct db_pl
         db_msg(res->message, sizeof res->message, "device %s is unavailable: %s; it is marked unhealthy", id, why);
         return DROPBLOCK_EUNAVAILABLE;
     }
-    default:
-        return run_backend(e, s, pl, in, out, mask, res, n);
+    default: return run_backend(e, s, pl, in, out, mask, res, n);
     }
 }
 

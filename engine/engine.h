@@ -72,8 +72,8 @@ int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const
 /* As db_engine_run, but returns DB_ENGINE_BUSY at once, running nothing, when the device is
  * running another job (the daemon's loop thread uses it for tiny jobs it may not wait on). */
 #define DB_ENGINE_BUSY 1
-int db_engine_try_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out,
-                      void *mask, dropblock_result *res);
+int db_engine_try_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
+                      dropblock_result *res);
 
 /* As db_engine_run, for the daemon's own measurements at start-up (the small-job threshold):
  * the job is not counted among the device's jobs, so injected faults (DROPBLOCK_FAULTS) keep

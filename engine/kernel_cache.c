@@ -14,7 +14,10 @@
 uint64_t db_kcache_hash(uint64_t h, const void *p, size_t n)
 {
     const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) { h ^= b[i]; h *= UINT64_C(0x100000001b3); }
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= UINT64_C(0x100000001b3);
+    }
     return h;
 }
 
@@ -43,7 +46,8 @@ static int io_full(int fd, void *buf, size_t n, int wr)
         ssize_t r = wr ? write(fd, b, n) : read(fd, b, n);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) return -1;
-        b += r; n -= (size_t)r;
+        b += r;
+        n -= (size_t)r;
     }
     return 0;
 }
@@ -79,8 +83,7 @@ bad:
     return NULL;
 }
 
-void db_kcache_store(const char *dir, const char *path, const char *magic, uint64_t key, const void *data,
-                     size_t len)
+void db_kcache_store(const char *dir, const char *path, const char *magic, uint64_t key, const void *data, size_t len)
 {
     if (len == 0 || len > DB_KCACHE_MAX_PAYLOAD || db_kcache_mkdir_p(dir)) return;
     char tmp[1100];

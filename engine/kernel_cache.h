@@ -32,7 +32,6 @@ void *db_kcache_load(const char *path, const char *magic, uint64_t key, size_t *
 
 /* Best effort (a cache that cannot be written only costs a rebuild next time): creates dir if
  * needed and atomically replaces path, which lies in dir, with an entry of magic, key and data. */
-void db_kcache_store(const char *dir, const char *path, const char *magic, uint64_t key, const void *data,
-                     size_t len);
+void db_kcache_store(const char *dir, const char *path, const char *magic, uint64_t key, const void *data, size_t len);
 
 #endif

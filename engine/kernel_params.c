@@ -66,9 +66,12 @@ int db_job_chunks(const struct db_plan *pl, uint64_t max_buffer, uint64_t max_un
 void db_chunk_at(const struct db_plan *pl, uint64_t u0, uint64_t u1, struct db_chunk *ch)
 {
     const uint64_t ur = db_unit_rows(pl), ue = db_unit_elems(pl), CH = pl->C * pl->H;
-    ch->u0 = u0; ch->u1 = u1;
-    ch->r0 = u0 * ur; ch->nrows = (u1 - u0) * ur;
-    ch->e0 = u0 * ue; ch->nelem = (u1 - u0) * ue;
+    ch->u0 = u0;
+    ch->u1 = u1;
+    ch->r0 = u0 * ur;
+    ch->nrows = (u1 - u0) * ur;
+    ch->e0 = u0 * ue;
+    ch->nelem = (u1 - u0) * ue;
     ch->n0 = ch->r0 / CH;
     ch->nsamp = (ch->r0 + ch->nrows - 1) / CH - ch->n0 + 1;
 }
@@ -79,10 +82,7 @@ static void put64(uint32_t *prm, int i, uint64_t v)
     prm[i + 1] = (uint32_t)(v >> 32);
 }
 
-static uint32_t clamp_end(int64_t hi_inclusive)
-{
-    return hi_inclusive < 0 ? 0u : (uint32_t)(hi_inclusive + 1);
-}
+static uint32_t clamp_end(int64_t hi_inclusive) { return hi_inclusive < 0 ? 0u : (uint32_t)(hi_inclusive + 1); }
 
 void db_tile_shape(const struct db_plan *pl, const struct db_tuning *tu, struct db_tile *tile)
 {
@@ -96,7 +96,8 @@ void db_tile_shape(const struct db_plan *pl, const struct db_tuning *tu, struct 
         if ((t + rx) * (tw + cx) > bp) t = bp / (tw + cx) > rx + 1 ? bp / (tw + cx) - rx : 1;
         if (t == 1 && (1 + rx) * (tw + cx) > bp) tw = bp / (1 + rx) > cx + 1 ? bp / (1 + rx) - cx : 1;
         if (tw > pl->W) tw = pl->W;
-        if (t == 1 && tw == 1 && tc * (1 + rx) * (1 + cx) > b) tc = b / ((1 + rx) * (1 + cx)) ? b / ((1 + rx) * (1 + cx)) : 1;
+        if (t == 1 && tw == 1 && tc * (1 + rx) * (1 + cx) > b)
+            tc = b / ((1 + rx) * (1 + cx)) ? b / ((1 + rx) * (1 + cx)) : 1;
     }
     tile->rows = (uint32_t)t;
     tile->cols = (uint32_t)tw;

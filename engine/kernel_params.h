@@ -11,9 +11,9 @@
  * for NHWC), so its elements and its mask rows are contiguous. */
 struct db_chunk {
     uint64_t u0, u1;
-    uint64_t r0, nrows;   /* mask rows */
-    uint64_t e0, nelem;   /* elements (physical order) */
-    uint64_t n0, nsamp;   /* samples touched */
+    uint64_t r0, nrows; /* mask rows */
+    uint64_t e0, nelem; /* elements (physical order) */
+    uint64_t n0, nsamp; /* samples touched */
 };
 
 /* Units per chunk so that the chunk's data, mask, count and partial-sum buffers each fit in max_bytes
@@ -45,12 +45,12 @@ void db_chunk_at(const struct db_plan *pl, uint64_t u0, uint64_t u1, struct db_c
  * forced chunk sizes; 0: no cap); fused as OpenCL's and Vulkan's. The CPU backend passes 1 GiB
  * and ignores fused (it has no device scale pass). The cut never changes the output's bits. */
 struct db_chunking {
-    uint64_t units;      /* the tensor's units (db_units) */
-    uint64_t per;        /* units a chunk (the last may have fewer) */
+    uint64_t units; /* the tensor's units (db_units) */
+    uint64_t per;   /* units a chunk (the last may have fewer) */
     uint64_t nchunks;
     uint64_t max_elem, max_samp, max_words; /* the largest chunk's elements, samples and mask words */
-    int fused;           /* one chunk, compat none, at most DB_DEVICE_SCALE_MAX_SAMPLES samples: the
-                          * scales on the device, checked against the host's */
+    int fused;                              /* one chunk, compat none, at most DB_DEVICE_SCALE_MAX_SAMPLES samples: the
+                                             * scales on the device, checked against the host's */
 };
 
 /* Plans the chunks of a job on a device of max_buffer bytes a buffer, at most max_units units a
@@ -96,7 +96,10 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const
 /* Mask tiles of a chunk, and the work items the mask pass is launched over (prm[DBP_TPW] tiles
  * each). */
 uint64_t db_chunk_tiles(const struct db_plan *pl, const struct db_chunk *ch, const struct db_tuning *tu);
-static inline uint64_t db_mask_items(const uint32_t *prm) { return ((uint64_t)prm[DBP_NTILES] + prm[DBP_TPW] - 1) / prm[DBP_TPW]; }
+static inline uint64_t db_mask_items(const uint32_t *prm)
+{
+    return ((uint64_t)prm[DBP_NTILES] + prm[DBP_TPW] - 1) / prm[DBP_TPW];
+}
 
 /* The benchmark's baseline (shaders/db_baseline.h) for a plan: its BLP_COUNT parameter words
  * and the sizes of its float32 intermediates (noise and pooled: numel; padded: npad; partial

@@ -9,8 +9,9 @@
 #include "db_baseline_params.h"
 #include "msg.h"
 
-static const char *const bench_names[BK_N] = {"bl_copy", "bl_copy_tail", "k_bl_bernoulli", "k_bl_pad", "k_bl_pool",
-                                              "k_bl_one_minus", "k_bl_sum_noise", "k_bl_sum_part", "k_bl_scale", "k_bl_mul"};
+static const char *const bench_names[BK_N] = {"bl_copy",    "bl_copy_tail",   "k_bl_bernoulli", "k_bl_pad",
+                                              "k_bl_pool",  "k_bl_one_minus", "k_bl_sum_noise", "k_bl_sum_part",
+                                              "k_bl_scale", "k_bl_mul"};
 
 /* ---- bench ---------------------------------------------------------------------------- */
 
@@ -22,7 +23,10 @@ static int bench_program(struct ocl_dev *od, char *msg, size_t len)
     for (int i = 0; i < BK_N && !rc; i++) {
         cl_int e;
         od->bk[i] = clCreateKernel(od->bench_program, bench_names[i], &e);
-        if (e != CL_SUCCESS) { od->bk[i] = NULL; rc = ocl_fail(msg, len, bench_names[i], e); }
+        if (e != CL_SUCCESS) {
+            od->bk[i] = NULL;
+            rc = ocl_fail(msg, len, bench_names[i], e);
+        }
     }
     return rc;
 }
@@ -53,7 +57,8 @@ static cl_int enqueue_baseline(struct ocl_dev *od, const cl_mem *bufs, const uin
         dst = src + nin;
         e = ocl_set_args(od->bk[BK_SUM_PART], 7, bufs);
         cl_uint a[4] = {nout, src, nin, dst};
-        for (int i = 0; i < 4 && e == CL_SUCCESS; i++) e = clSetKernelArg(od->bk[BK_SUM_PART], 7 + i, sizeof(cl_uint), &a[i]);
+        for (int i = 0; i < 4 && e == CL_SUCCESS; i++)
+            e = clSetKernelArg(od->bk[BK_SUM_PART], 7 + i, sizeof(cl_uint), &a[i]);
         if (e == CL_SUCCESS) e = ocl_launch_round(od, od->bk[BK_SUM_PART], wg, nout);
         src = dst;
         nin = nout;
@@ -129,15 +134,16 @@ done:
     return rc;
 }
 
-int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup,
-              int reps, double *us, char *msg, size_t len)
+int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup, int reps,
+              double *us, char *msg, size_t len)
 {
     struct ocl_dev *od = dev->priv;
     const uint64_t bytes = pl->numel * dropblock_dtype_size(pl->p.dtype), nwords = (bytes + 3) / 4;
     int rc = bench_program(od, msg, len);
     if (rc) return rc;
     if (bytes > od->max_buffer || pl->numel >= (UINT64_C(1) << 32)) {
-        db_msg(msg, len, "the benchmark takes tensors of one device buffer (%llu bytes)", (unsigned long long)od->max_buffer);
+        db_msg(msg, len, "the benchmark takes tensors of one device buffer (%llu bytes)",
+               (unsigned long long)od->max_buffer);
         return DROPBLOCK_EINVAL;
     }
     struct ocl_buf x = {0}, y = {0}, bl[5] = {{0}};

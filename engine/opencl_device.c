@@ -26,12 +26,13 @@ static const char *const apply_names[3][2][2] = {
 /* f16 through the device's conversions, by [per-sample scale]: where probe_half passes they
  * take the place of k_apply[DROPBLOCK_F16][s][0] (the integer kernels move here) */
 static const char *const apply_half_names[2] = {"db_apply_f16h", "db_apply_f16h_s"};
-static const char *const kernel_names[K_N] = {"db_mask", "db_scale", "db_apply_exact",
+static const char *const kernel_names[K_N] = {"db_mask",  "db_scale", "db_apply_exact",
                                               "db_fixup", "db_probe", "db_probe_half"};
 
 static const char *cl_err_name(cl_int e)
 {
     switch (e) {
+/* clang-format off */
 #define E(x) case x: return #x;
     E(CL_SUCCESS) E(CL_DEVICE_NOT_FOUND) E(CL_DEVICE_NOT_AVAILABLE) E(CL_COMPILER_NOT_AVAILABLE)
     E(CL_MEM_OBJECT_ALLOCATION_FAILURE) E(CL_OUT_OF_RESOURCES) E(CL_OUT_OF_HOST_MEMORY)
@@ -54,7 +55,8 @@ static const char *cl_err_name(cl_int e)
     E(CL_INVALID_COMPILER_OPTIONS) E(CL_INVALID_LINKER_OPTIONS) E(CL_INVALID_DEVICE_PARTITION_COUNT)
     E(CL_PLATFORM_NOT_FOUND_KHR)
 #undef E
-    default: return "unknown OpenCL error";
+            /* clang-format on */
+            default : return "unknown OpenCL error";
     }
 }
 
@@ -99,7 +101,10 @@ char *ocl_dev_str(cl_device_id d, cl_device_info what)
     if (clGetDeviceInfo(d, what, 0, NULL, &n) != CL_SUCCESS) return NULL;
     char *s = malloc(n + 1);
     if (!s) return NULL;
-    if (clGetDeviceInfo(d, what, n, s, NULL) != CL_SUCCESS) { free(s); return NULL; }
+    if (clGetDeviceInfo(d, what, n, s, NULL) != CL_SUCCESS) {
+        free(s);
+        return NULL;
+    }
     s[n] = 0;
     return s;
 }
@@ -110,7 +115,10 @@ char *ocl_plat_str(cl_platform_id p, cl_platform_info what)
     if (clGetPlatformInfo(p, what, 0, NULL, &n) != CL_SUCCESS) return NULL;
     char *s = malloc(n + 1);
     if (!s) return NULL;
-    if (clGetPlatformInfo(p, what, n, s, NULL) != CL_SUCCESS) { free(s); return NULL; }
+    if (clGetPlatformInfo(p, what, n, s, NULL) != CL_SUCCESS) {
+        free(s);
+        return NULL;
+    }
     s[n] = 0;
     return s;
 }
@@ -150,9 +158,8 @@ static void fill_info(struct db_device *out, cl_device_id d, const struct db_kno
     s = ocl_dev_str(d, CL_DEVICE_EXTENSIONS);
     unsigned char u[16];
     if (has_ext(s, "cl_khr_device_uuid") && clGetDeviceInfo(d, CL_DEVICE_UUID_KHR, sizeof u, u, NULL) == CL_SUCCESS)
-        snprintf(in->uuid, sizeof in->uuid,
-                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3],
-                 u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+        snprintf(in->uuid, sizeof in->uuid, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
     free(s);
     cl_device_type type = 0;
     cl_bool unified = CL_FALSE;
@@ -173,8 +180,7 @@ static void fill_info(struct db_device *out, cl_device_id d, const struct db_kno
     if (clGetDeviceInfo(d, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof v, &v, NULL) == CL_SUCCESS) in->global_mem = v;
 }
 
-int ocl_enumerate(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg,
-                  size_t len)
+int ocl_enumerate(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg, size_t len)
 {
     cl_uint np = 0;
     cl_int e = clGetPlatformIDs(0, NULL, &np);
@@ -182,7 +188,10 @@ int ocl_enumerate(const struct db_backend_config *cfg, struct db_device *out, si
     if (e == CL_PLATFORM_NOT_FOUND_KHR || (e == CL_SUCCESS && np == 0)) return 0;
     if (e != CL_SUCCESS) return ocl_fail(msg, len, "clGetPlatformIDs", e);
     cl_platform_id *plats = calloc(np, sizeof *plats);
-    if (!plats) { db_msg(msg, len, "out of memory"); return DROPBLOCK_EEXHAUSTED; }
+    if (!plats) {
+        db_msg(msg, len, "out of memory");
+        return DROPBLOCK_EEXHAUSTED;
+    }
     if ((e = clGetPlatformIDs(np, plats, NULL)) != CL_SUCCESS) {
         free(plats);
         return ocl_fail(msg, len, "clGetPlatformIDs", e);
@@ -194,11 +203,22 @@ int ocl_enumerate(const struct db_backend_config *cfg, struct db_device *out, si
         e = clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 0, NULL, &nd);
         if (e != CL_SUCCESS || nd == 0) continue; /* CL_DEVICE_NOT_FOUND: an empty platform */
         cl_device_id *devs = calloc(nd, sizeof *devs);
-        if (!devs) { db_msg(msg, len, "out of memory"); rc = DROPBLOCK_EEXHAUSTED; break; }
-        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, nd, devs, NULL) != CL_SUCCESS) { free(devs); continue; }
+        if (!devs) {
+            db_msg(msg, len, "out of memory");
+            rc = DROPBLOCK_EEXHAUSTED;
+            break;
+        }
+        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, nd, devs, NULL) != CL_SUCCESS) {
+            free(devs);
+            continue;
+        }
         for (cl_uint i = 0; i < nd && n < cap; i++) {
             struct ocl_dev *od = calloc(1, sizeof *od);
-            if (!od) { db_msg(msg, len, "out of memory"); rc = DROPBLOCK_EEXHAUSTED; break; }
+            if (!od) {
+                db_msg(msg, len, "out of memory");
+                rc = DROPBLOCK_EEXHAUSTED;
+                break;
+            }
             memset(&out[n], 0, sizeof out[n]);
             od->platform = plats[p];
             od->device = devs[i];
@@ -298,7 +318,8 @@ static void choose_work_groups(struct ocl_dev *od)
     size_t mult = 0;
     cl_kernel fast = od->k_apply[0][0][0];
     if (clGetKernelWorkGroupInfo(fast, od->device, CL_KERNEL_PREFERRED_WORK_GROUP_SIZE_MULTIPLE, sizeof mult, &mult,
-                                 NULL) != CL_SUCCESS || mult == 0)
+                                 NULL) != CL_SUCCESS ||
+        mult == 0)
         mult = 1;
     if (od->cpu) {
         /* PoCL runs a group on one core: groups of a few work items balance the cores */
@@ -338,12 +359,15 @@ int ocl_make_kernels(struct ocl_dev *od, char *msg, size_t len)
 }
 
 /* Builds src into *prog; on failure the build log goes into msg. */
-int ocl_build_source(struct ocl_dev *od, const char *src, size_t slen, const char *name, cl_program *prog,
-                     char *msg, size_t len)
+int ocl_build_source(struct ocl_dev *od, const char *src, size_t slen, const char *name, cl_program *prog, char *msg,
+                     size_t len)
 {
     cl_int e;
     *prog = clCreateProgramWithSource(od->ctx, 1, &src, &slen, &e);
-    if (e != CL_SUCCESS) { *prog = NULL; return ocl_fail(msg, len, "clCreateProgramWithSource", e); }
+    if (e != CL_SUCCESS) {
+        *prog = NULL;
+        return ocl_fail(msg, len, "clCreateProgramWithSource", e);
+    }
     e = clBuildProgram(*prog, 1, &od->device, od->build_options, NULL, NULL);
     if (e != CL_SUCCESS) {
         size_t ln = 0;
@@ -406,7 +430,10 @@ cl_int ocl_ensure_buf(struct ocl_dev *od, struct ocl_buf *b, uint64_t bytes)
     if (bytes > SIZE_MAX) return CL_INVALID_BUFFER_SIZE;
     cl_int e;
     b->m = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE, (size_t)bytes, NULL, &e);
-    if (e != CL_SUCCESS) { b->m = NULL; return e; }
+    if (e != CL_SUCCESS) {
+        b->m = NULL;
+        return e;
+    }
     b->size = bytes;
     return CL_SUCCESS;
 }
@@ -477,7 +504,10 @@ int ocl_probe_exact(struct ocl_dev *od)
     cl_mem b[3];
     for (int i = 0; i < 3; i++) {
         b[i] = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE | (i < 2 ? CL_MEM_COPY_HOST_PTR : 0), sizeof x,
-                              i == 0 ? (void *)x : i == 1 ? (void *)s : NULL, &e);
+                              i == 0   ? (void *)x
+                              : i == 1 ? (void *)s
+                                       : NULL,
+                              &e);
         if (e != CL_SUCCESS) {
             for (int j = 0; j < i; j++) clReleaseMemObject(b[j]);
             return 0;
@@ -520,7 +550,9 @@ int ocl_probe_half(struct ocl_dev *od)
             v = c == 0 ? lo : (lo + hi) / 2 - 2 + c;
         } else { /* half of them dropped */
             uint32_t j = k - 0x7C00;
-            v = c == 0 ? (j & 1 ? 0x7FC00000u : 0x7F800000u) : c == 1 ? 0x477FF000u + j * 0x3FFFFu : 0x33800000u + j * 0x13579u;
+            v = c == 0   ? (j & 1 ? 0x7FC00000u : 0x7F800000u)
+                : c == 1 ? 0x477FF000u + j * 0x3FFFFu
+                         : 0x33800000u + j * 0x13579u;
             keep[i] = (j >> 1) & 1;
         }
         f[i] = sign | v;
@@ -546,7 +578,11 @@ int ocl_probe_half(struct ocl_dev *od)
     }
     for (int i = 0; i < 5; i++)
         if (b[i]) clReleaseMemObject(b[i]);
-    free(h); free(f); free(keep); free(fw); free(hn);
+    free(h);
+    free(f);
+    free(keep);
+    free(fw);
+    free(hn);
     return ok && !od->knobs->opencl_fixup;
 }
 
@@ -561,7 +597,7 @@ cl_int ocl_warm_up(struct ocl_dev *od)
     const size_t item = (size_t)od->vw * od->vpw * 4; /* bytes a fast apply work item takes */
     uint32_t prm[DBP_COUNT];
     memset(prm, 0, sizeof prm);
-    prm[DBP_TPW] = 1;                /* no tiles: the mask pass does nothing */
+    prm[DBP_TPW] = 1;                     /* no tiles: the mask pass does nothing */
     prm[DBP_CHW + 1] = UINT32_C(1) << 30; /* one sample (2^62 elements): every element takes scale 0 */
     cl_int e = CL_SUCCESS;
     cl_mem p = clCreateBuffer(od->ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, sizeof prm, prm, &e);

@@ -73,9 +73,12 @@ static cl_int ensure_staging(struct ocl_dev *od, uint64_t bytes)
     for (int i = 0; i < 2 * STAGE_SLOTS && e == CL_SUCCESS; i++) {
         struct ocl_stage *s = i < STAGE_SLOTS ? &od->st_in[i] : &od->st_out[i - STAGE_SLOTS];
         s->m = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR, (size_t)bytes, NULL, &e);
-        if (e != CL_SUCCESS) { s->m = NULL; break; }
-        s->p = clEnqueueMapBuffer(od->q_up, s->m, CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, 0, (size_t)bytes, 0, NULL,
-                                  NULL, &e);
+        if (e != CL_SUCCESS) {
+            s->m = NULL;
+            break;
+        }
+        s->p = clEnqueueMapBuffer(od->q_up, s->m, CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, 0, (size_t)bytes, 0, NULL, NULL,
+                                  &e);
         if (e != CL_SUCCESS) s->p = NULL;
     }
     if (e != CL_SUCCESS) {
@@ -88,7 +91,11 @@ static cl_int ensure_staging(struct ocl_dev *od, uint64_t bytes)
 
 static uint64_t gcd64(uint64_t a, uint64_t b)
 {
-    while (b) { uint64_t t = a % b; a = b; b = t; }
+    while (b) {
+        uint64_t t = a % b;
+        a = b;
+        b = t;
+    }
     return a;
 }
 
@@ -135,12 +142,14 @@ static cl_int enqueue_apply_range(struct ocl_dev *od, const struct db_plan *pl, 
     if (e == CL_SUCCESS && s1 > fast) {
         cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, xy, xy};
         e = ocl_set_args(od->k[K_EXACT], 5, a);
-        if (e == CL_SUCCESS) e = launch_range(od, od->k[K_EXACT], od->wg_small, (s0 > fast ? s0 : fast) - fast, s1 - fast);
+        if (e == CL_SUCCESS)
+            e = launch_range(od, od->k[K_EXACT], od->wg_small, (s0 > fast ? s0 : fast) - fast, s1 - fast);
     }
     if (e == CL_SUCCESS && groups && fix && s0 < fast) {
         cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, xy, od->fixup.m};
         e = ocl_set_args(od->k[K_FIXUP], 5, a);
-        if (e == CL_SUCCESS) e = launch_range(od, od->k[K_FIXUP], od->wg_small, s0 / 32, ((s1 < fast ? s1 : fast) + 31) / 32);
+        if (e == CL_SUCCESS)
+            e = launch_range(od, od->k[K_FIXUP], od->wg_small, s0 / 32, ((s1 < fast ? s1 : fast) + 31) / 32);
     }
     return e;
 }
@@ -154,7 +163,7 @@ struct staged {
     const char *in;
     char *out;
     const uint32_t *prms;
-    uint64_t L, spc, ns;   /* elements a slice, slices a (full) chunk, slices in all */
+    uint64_t L, spc, ns; /* elements a slice, slices a (full) chunk, slices in all */
     cl_event *up, *ap, *dn;
     uint64_t napplied, nconsumed;
     int scales_ready;
@@ -192,7 +201,8 @@ static cl_int stage_consume(struct staged *st, uint64_t k)
     uint64_t s0, s1;
     slice_of(st, k, &ch, &s0, &s1);
     cl_int e = clWaitForEvents(1, &st->dn[k]);
-    if (e == CL_SUCCESS) memcpy(st->out + (ch.e0 + s0) * st->es, st->od->st_out[k % STAGE_SLOTS].p, (size_t)((s1 - s0) * st->es));
+    if (e == CL_SUCCESS)
+        memcpy(st->out + (ch.e0 + s0) * st->es, st->od->st_out[k % STAGE_SLOTS].p, (size_t)((s1 - s0) * st->es));
     return e;
 }
 
@@ -240,7 +250,14 @@ int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L
     int rc = DROPBLOCK_OK;
     struct db_chunk last;
     ocl_chunk_of(j, j->ck.nchunks - 1, &last);
-    struct staged st = {.od = od, .j = j, .es = es, .in = in, .out = out, .prms = prms, .L = L, .scales = scales,
+    struct staged st = {.od = od,
+                        .j = j,
+                        .es = es,
+                        .in = in,
+                        .out = out,
+                        .prms = prms,
+                        .L = L,
+                        .scales = scales,
                         .scales_ready = j->ck.fused};
     st.spc = (j->ck.max_elem + L - 1) / L; /* every chunk but the last is full */
     st.ns = (j->ck.nchunks - 1) * st.spc + (last.nelem + L - 1) / L;
@@ -261,7 +278,7 @@ int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L
                         len)))
         goto done;
     if (!j->ck.fused && (rc = ocl_check(clEnqueueMarkerWithWaitList(od->queue, 0, NULL, &mask_ev),
-                                     "clEnqueueMarkerWithWaitList(mask)", msg, len)))
+                                        "clEnqueueMarkerWithWaitList(mask)", msg, len)))
         goto done;
     if ((rc = ocl_check(clFlush(od->queue), "clFlush(db_mask)", msg, len))) goto done;
     for (uint64_t k = 0; k <= st.ns; k++) {
@@ -292,8 +309,8 @@ int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L
     for (uint64_t q = 0; q < j->ck.nchunks && words; q++) {
         ocl_chunk_of(j, q, &last);
         if ((rc = ocl_check(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0,
-                                                (size_t)((last.nelem + 31) / 32 * 4), words + q * j->ck.max_words, 0, NULL,
-                                                NULL),
+                                                (size_t)((last.nelem + 31) / 32 * 4), words + q * j->ck.max_words, 0,
+                                                NULL, NULL),
                             "clEnqueueReadBuffer(mask)", msg, len)))
             goto done;
     }

@@ -44,8 +44,8 @@ static void fire_scalar(const uint64_t *blk, uint64_t run, uint32_t n, const uin
 
 /* the shared-prefix shortcut's scalar part: counters cf (first) .. cl (last) agree in their
  * upper three words; t[0..3] as db_math.h's CL branch names them */
-static int shared_upper(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t ka,
-                        uint32_t kb, uint32_t t[4])
+static int shared_upper(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t ka, uint32_t kb,
+                        uint32_t t[4])
 {
     u32x4 b = MAKE_U32X4(base[0], base[1], base[2], base[3]);
     u32x4 cf = db_ctr_add(b, run != DB_NO_RUN ? run : blk[0]);
@@ -91,25 +91,25 @@ static const uint64_t *batch_blocks(const uint64_t *blk, uint64_t run, uint32_t 
 /* ---- AVX-512F: six chains of 8 lanes, their 24 words and the constants in 32 registers */
 #define C5 6
 
-#define CTR512(b, c0, c1, c2, c3)                                                                  \
-    {                                                                                              \
-        __m512i s_ = _mm512_add_epi64(bx, _mm512_and_si512(b, l32));                               \
-        c0 = s_;                                                                                   \
+#define CTR512(b, c0, c1, c2, c3) \
+    { \
+        __m512i s_ = _mm512_add_epi64(bx, _mm512_and_si512(b, l32)); \
+        c0 = s_; \
         s_ = _mm512_add_epi64(_mm512_add_epi64(_mm512_srli_epi64(s_, 32), by), _mm512_srli_epi64(b, 32)); \
-        c1 = s_;                                                                                   \
-        s_ = _mm512_add_epi64(_mm512_srli_epi64(s_, 32), bz);                                      \
-        c2 = s_;                                                                                   \
-        c3 = _mm512_add_epi64(_mm512_srli_epi64(s_, 32), bw);                                      \
+        c1 = s_; \
+        s_ = _mm512_add_epi64(_mm512_srli_epi64(s_, 32), bz); \
+        c2 = s_; \
+        c3 = _mm512_add_epi64(_mm512_srli_epi64(s_, 32), bw); \
     }
 
 /* a round: c0 = hi(p1) ^ c1 ^ k0, c1 = p1, c2 = hi(p0) ^ c3 ^ k1, c3 = p0 (one vpternlogq each) */
-#define ROUND512(c0, c1, c2, c3, k0, k1)                                                           \
-    {                                                                                              \
-        __m512i p0_ = _mm512_mul_epu32(c0, ma), p1_ = _mm512_mul_epu32(c2, mb);                    \
-        c0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1_, 32), c1, k0, 0x96);                  \
-        c1 = p1_;                                                                                  \
-        c2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0_, 32), c3, k1, 0x96);                  \
-        c3 = p0_;                                                                                  \
+#define ROUND512(c0, c1, c2, c3, k0, k1) \
+    { \
+        __m512i p0_ = _mm512_mul_epu32(c0, ma), p1_ = _mm512_mul_epu32(c2, mb); \
+        c0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1_, 32), c1, k0, 0x96); \
+        c1 = p1_; \
+        c2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0_, 32), c3, k1, 0x96); \
+        c3 = p0_; \
     }
 
 AVX512 static void fire_avx512(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base, uint32_t k0,
@@ -191,34 +191,34 @@ AVX512 static void fire_avx512(const uint64_t *blk, uint64_t run, uint32_t n, co
 #define GP (DB_SIMD_BATCH / 8 / CP) /* groups of chains a batch */
 
 /* hi and lo of the 32 x 32-bit products x * m, lane by lane */
-#define MUL256(x, m, hi, lo)                                                                       \
-    {                                                                                              \
-        __m256i e_ = _mm256_mul_epu32(x, m), o_ = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), m);   \
-        hi = _mm256_blend_epi32(_mm256_srli_epi64(e_, 32), o_, 0xAA);                              \
-        lo = _mm256_blend_epi32(e_, _mm256_slli_epi64(o_, 32), 0xAA);                              \
+#define MUL256(x, m, hi, lo) \
+    { \
+        __m256i e_ = _mm256_mul_epu32(x, m), o_ = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), m); \
+        hi = _mm256_blend_epi32(_mm256_srli_epi64(e_, 32), o_, 0xAA); \
+        lo = _mm256_blend_epi32(e_, _mm256_slli_epi64(o_, 32), 0xAA); \
     }
 
-#define ROUND256(c0, c1, c2, c3, k0, k1)                                                           \
-    {                                                                                              \
-        __m256i h0_, l0_, h1_, l1_;                                                                \
-        MUL256(c0, ma, h0_, l0_)                                                                   \
-        MUL256(c2, mb, h1_, l1_)                                                                   \
-        c0 = _mm256_xor_si256(_mm256_xor_si256(h1_, c1), k0);                                      \
-        c1 = l1_;                                                                                  \
-        c2 = _mm256_xor_si256(_mm256_xor_si256(h0_, c3), k1);                                      \
-        c3 = l0_;                                                                                  \
+#define ROUND256(c0, c1, c2, c3, k0, k1) \
+    { \
+        __m256i h0_, l0_, h1_, l1_; \
+        MUL256(c0, ma, h0_, l0_) \
+        MUL256(c2, mb, h1_, l1_) \
+        c0 = _mm256_xor_si256(_mm256_xor_si256(h1_, c1), k0); \
+        c1 = l1_; \
+        c2 = _mm256_xor_si256(_mm256_xor_si256(h0_, c3), k1); \
+        c3 = l0_; \
     }
 
 /* 4 blocks' counters base + b, in the low halves of 64-bit lanes */
-#define CTR256(b, c0, c1, c2, c3)                                                                  \
-    {                                                                                              \
-        __m256i s_ = _mm256_add_epi64(bx, _mm256_and_si256(b, l32));                               \
-        c0 = s_;                                                                                   \
+#define CTR256(b, c0, c1, c2, c3) \
+    { \
+        __m256i s_ = _mm256_add_epi64(bx, _mm256_and_si256(b, l32)); \
+        c0 = s_; \
         s_ = _mm256_add_epi64(_mm256_add_epi64(_mm256_srli_epi64(s_, 32), by), _mm256_srli_epi64(b, 32)); \
-        c1 = s_;                                                                                   \
-        s_ = _mm256_add_epi64(_mm256_srli_epi64(s_, 32), bz);                                      \
-        c2 = s_;                                                                                   \
-        c3 = _mm256_add_epi64(_mm256_srli_epi64(s_, 32), bw);                                      \
+        c1 = s_; \
+        s_ = _mm256_add_epi64(_mm256_srli_epi64(s_, 32), bz); \
+        c2 = s_; \
+        c3 = _mm256_add_epi64(_mm256_srli_epi64(s_, 32), bw); \
     }
 
 #define PACK256(a, b) _mm256_blend_epi32(a, _mm256_slli_epi64(b, 32), 0xAA)
@@ -244,7 +244,7 @@ AVX2_INLINE void rounds256(__m256i *c0, __m256i *c1, __m256i *c2, __m256i *c3, i
 #pragma GCC unroll 4
         for (int q = 0; q < CP; q++) {
             __m256i h0, l0, h1, l1;
-            MUL256(c0[q], ma, h0, l0) /* round 1: c2 = hi ^ c3 ^ k1, c3 = lo */
+            MUL256(c0[q], ma, h0, l0)                    /* round 1: c2 = hi ^ c3 ^ k1, c3 = lo */
             MUL256(_mm256_xor_si256(h0, t0), mb, h1, l1) /* round 2 */
             c0[q] = _mm256_xor_si256(h1, t1);
             c1[q] = l1;
@@ -270,8 +270,8 @@ AVX2_INLINE void rounds256(__m256i *c0, __m256i *c1, __m256i *c2, __m256i *c3, i
 }
 
 /* group g's words into w; m, the least word lane by lane so far, and theirs */
-AVX2_INLINE __m256i keep256(__m256i (*w)[4], int g, __m256i m, const __m256i *c0, const __m256i *c1,
-                            const __m256i *c2, const __m256i *c3)
+AVX2_INLINE __m256i keep256(__m256i (*w)[4], int g, __m256i m, const __m256i *c0, const __m256i *c1, const __m256i *c2,
+                            const __m256i *c3)
 {
 #pragma GCC unroll 4
     for (int q = 0; q < CP; q++) {
@@ -335,8 +335,9 @@ AVX2 static void fire_avx2(const uint64_t *blk, uint64_t run, uint32_t n, const 
         uint32_t live = live8(n, v), f = 0;
         for (int k = 0; k < 4; k++) {
             __m256i x = _mm256_xor_si256(_mm256_and_si256(w[v][k], wm), sb);
-            uint32_t fk = all ? live
-                              : live & unpack8((uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(ths, x))));
+            uint32_t fk =
+                all ? live
+                    : live & unpack8((uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(ths, x))));
             f |= spread8(fk) << k;
         }
         fired[v] = f;
@@ -376,10 +377,19 @@ enum db_simd_path db_simd_choose(const char *want)
 void db_philox_fire_on(enum db_simd_path path, const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base,
                        uint32_t k0, uint32_t k1, uint32_t wmask, uint32_t thr, uint32_t all, uint32_t *fired)
 {
-    if (n == 0u) { memset(fired, 0, NW * 4); return; }
+    if (n == 0u) {
+        memset(fired, 0, NW * 4);
+        return;
+    }
 #if defined(__x86_64__)
-    if (path == DB_SIMD_AVX512) { fire_avx512(blk, run, n, base, k0, k1, wmask, thr, all, fired); return; }
-    if (path == DB_SIMD_AVX2) { fire_avx2(blk, run, n, base, k0, k1, wmask, thr, all, fired); return; }
+    if (path == DB_SIMD_AVX512) {
+        fire_avx512(blk, run, n, base, k0, k1, wmask, thr, all, fired);
+        return;
+    }
+    if (path == DB_SIMD_AVX2) {
+        fire_avx2(blk, run, n, base, k0, k1, wmask, thr, all, fired);
+        return;
+    }
 #else
     (void)path;
 #endif

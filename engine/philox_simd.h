@@ -26,8 +26,7 @@ void db_philox_fire(const uint64_t *blk, uint64_t run, uint32_t n, const uint32_
 
 /* the same on a given path (the caller checks db_simd_supported) */
 void db_philox_fire_on(enum db_simd_path path, const uint64_t *blk, uint64_t run, uint32_t n, const uint32_t *base,
-                       uint32_t k0, uint32_t k1, uint32_t wmask, uint32_t thr, uint32_t all,
-                       uint32_t *fired);
+                       uint32_t k0, uint32_t k1, uint32_t wmask, uint32_t thr, uint32_t all, uint32_t *fired);
 
 /* 1 if this CPU (and build) runs the path */
 int db_simd_supported(enum db_simd_path path);

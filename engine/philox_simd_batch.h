@@ -26,7 +26,9 @@ DBFN void db_queue_span(u64 *blk, u32 nb, u64 b0, u32 take)
     for (u32 l = 0u; l < take; l++) blk[nb + l] = b0 + U64(l);
 }
 
-typedef struct { u32 w[DB_BATCH / 8]; } db_fired_set;
+typedef struct {
+    u32 w[DB_BATCH / 8];
+} db_fired_set;
 #define DB_FIRED db_fired_set
 #define db_fired_word(f, q) ((f).w[(q)])
 DBFN u32 db_fired_any(db_fired_set f)
@@ -35,8 +37,7 @@ DBFN u32 db_fired_any(db_fired_set f)
     for (u32 q = 0u; q < U32(DB_BATCH / 8); q++) a |= f.w[q];
     return a;
 }
-DBFN db_fired_set db_fire_batch(const u64 *blk, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u32 wmask, u32 thr,
-                                u32 all)
+DBFN db_fired_set db_fire_batch(const u64 *blk, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u32 wmask, u32 thr, u32 all)
 {
     const u32 b[4] = {base.x, base.y, base.z, base.w};
     db_fired_set f;

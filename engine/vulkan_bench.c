@@ -25,11 +25,11 @@
 /* bench.comp's steps' pipelines, made on the first benchmark; backend_vulkan.c's spirv_hash
  * hashes them with the passes */
 const struct spv vk_bench_spv[BS_N] = {
-    {db_spv_bench0, sizeof db_spv_bench0, "bench copy"},   {db_spv_bench1, sizeof db_spv_bench1, "bench bernoulli"},
-    {db_spv_bench2, sizeof db_spv_bench2, "bench pad"},    {db_spv_bench3, sizeof db_spv_bench3, "bench pool"},
-    {db_spv_bench4, sizeof db_spv_bench4, "bench 1-x"},    {db_spv_bench5, sizeof db_spv_bench5, "bench sum"},
-    {db_spv_bench6, sizeof db_spv_bench6, "bench sum2"},   {db_spv_bench7, sizeof db_spv_bench7, "bench scale"},
-    {db_spv_bench8, sizeof db_spv_bench8, "bench mul"},    {db_spv_bench9, sizeof db_spv_bench9, "bench copy tail"},
+    {db_spv_bench0, sizeof db_spv_bench0, "bench copy"}, {db_spv_bench1, sizeof db_spv_bench1, "bench bernoulli"},
+    {db_spv_bench2, sizeof db_spv_bench2, "bench pad"},  {db_spv_bench3, sizeof db_spv_bench3, "bench pool"},
+    {db_spv_bench4, sizeof db_spv_bench4, "bench 1-x"},  {db_spv_bench5, sizeof db_spv_bench5, "bench sum"},
+    {db_spv_bench6, sizeof db_spv_bench6, "bench sum2"}, {db_spv_bench7, sizeof db_spv_bench7, "bench scale"},
+    {db_spv_bench8, sizeof db_spv_bench8, "bench mul"},  {db_spv_bench9, sizeof db_spv_bench9, "bench copy tail"},
 };
 
 /* ---- bench ----------------------------------------------------------------------------- */
@@ -40,7 +40,7 @@ static void bench_step(struct vk_dev *d, int s, uint32_t n, uint32_t a, uint32_t
     uint32_t push[4] = {n, a, b, c};
     if (!first)
         vk_barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+                   VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
     vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->bench[s]);
     vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
     vkCmdDispatch(d->cmd, vk_groups_for(d, n), 1, 1);
@@ -78,7 +78,8 @@ static int bench_one(struct vk_dev *d, struct db_device *dev, const struct db_pl
         vk_to_host(d, B_KEPT, vk_kept_bytes(prm_safe));
         if ((rc = vk_submit(d, msg, len))) return rc;
         if (vk_mask_done(d, prm_safe)) return DROPBLOCK_OK;
-        db_msg(msg, len, "the mask pass was cut short (an invocation did not run to its end) with the worst-case budget");
+        db_msg(msg, len,
+               "the mask pass was cut short (an invocation did not run to its end) with the worst-case budget");
         return DROPBLOCK_EINTERNAL;
     } else {
         const uint32_t planes = blp[BLP_PLANES], n = blp[BLP_NUMEL], nnoise = planes * blp[BLP_HN] * blp[BLP_WN];
@@ -107,7 +108,8 @@ static int bench_pipelines(struct vk_dev *d, char *msg, size_t len)
     int rc = DROPBLOCK_OK;
     VkResult r;
     for (int i = 0; i < BS_N && !rc; i++)
-        if (!d->bench[i] && (r = vk_make_pipeline(d, &vk_bench_spv[i], &d->bench[i]))) rc = vk_fail(msg, len, r, vk_bench_spv[i].name);
+        if (!d->bench[i] && (r = vk_make_pipeline(d, &vk_bench_spv[i], &d->bench[i])))
+            rc = vk_fail(msg, len, r, vk_bench_spv[i].name);
     return rc;
 }
 
@@ -119,9 +121,13 @@ static int bench_buffers(struct vk_dev *d, const struct db_plan *pl, const struc
     const int base = (whats & (1u << DB_BENCH_BASELINE)) != 0;
     const uint64_t words = (ch->nelem + 31) / 32 + 16;
     const uint64_t sizes[B_N] = {DBP_COUNT * 4 > BLP_COUNT * 4 ? DBP_COUNT * 4 : BLP_COUNT * 4,
-                                 base && pl->numel > words ? pl->numel * 4 : words * 4, base ? npad * 4 : 64,
-                                 base && pl->numel > ch->nsamp * 2 + 20 ? pl->numel * 4 : ch->nsamp * 8 + 80, 0, 0,
-                                 base && nparts > pl->N ? nparts * 4 : pl->N * 4 + 64, words * 4};
+                                 base && pl->numel > words ? pl->numel * 4 : words * 4,
+                                 base ? npad * 4 : 64,
+                                 base && pl->numel > ch->nsamp * 2 + 20 ? pl->numel * 4 : ch->nsamp * 8 + 80,
+                                 0,
+                                 0,
+                                 base && nparts > pl->N ? nparts * 4 : pl->N * 4 + 64,
+                                 words * 4};
     int rc = DROPBLOCK_OK;
     for (int i = 0; i < B_N && !rc; i++)
         if (i != B_X && i != B_Y) rc = vk_buf_ensure(d, i, sizes[i], msg, len);
@@ -156,8 +162,8 @@ static int bench_xfer(struct vk_dev *d, const void *xh, void *yh, uint64_t bytes
 /* The benchmark (engine.h's DB_BENCH_*) of pl on x = xh: each measure in whats warmup times
  * unrecorded, then reps times into us. x and y are resident for its loop (y owns its memory for
  * the bench only) and given back at its end. */
-int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup,
-                    int reps, double *us, char *msg, size_t len)
+int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup, int reps,
+             double *us, char *msg, size_t len)
 {
     struct vk_dev *d = dev->priv;
     const uint64_t bytes = pl->numel * dropblock_dtype_size(pl->p.dtype), nwords = (bytes + 3) / 4;

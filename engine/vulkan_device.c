@@ -17,6 +17,7 @@
 static const char *vk_result_name(VkResult r, char *buf, size_t len)
 {
     switch (r) {
+/* clang-format off */
 #define NAME(x) case x: return #x;
     NAME(VK_SUCCESS) NAME(VK_NOT_READY) NAME(VK_TIMEOUT) NAME(VK_EVENT_SET) NAME(VK_EVENT_RESET)
     NAME(VK_INCOMPLETE) NAME(VK_ERROR_OUT_OF_HOST_MEMORY) NAME(VK_ERROR_OUT_OF_DEVICE_MEMORY)
@@ -25,8 +26,8 @@ static const char *vk_result_name(VkResult r, char *buf, size_t len)
     NAME(VK_ERROR_INCOMPATIBLE_DRIVER) NAME(VK_ERROR_TOO_MANY_OBJECTS) NAME(VK_ERROR_FORMAT_NOT_SUPPORTED)
     NAME(VK_ERROR_FRAGMENTED_POOL) NAME(VK_ERROR_OUT_OF_POOL_MEMORY) NAME(VK_ERROR_INVALID_EXTERNAL_HANDLE)
 #undef NAME
-    default:
-        snprintf(buf, len, "VkResult %d", (int)r);
+            /* clang-format on */
+            default : snprintf(buf, len, "VkResult %d", (int)r);
         return buf;
     }
 }
@@ -49,7 +50,6 @@ static void inst_unref(struct vk_inst *vi)
         free(vi);
     }
 }
-
 
 /* ---- enumerate ------------------------------------------------------------------------- */
 
@@ -140,9 +140,8 @@ static void describe_props11(struct vk_dev *d, dropblock_device_info *info, uint
         snprintf(info->driver, sizeof info->driver, "%s%s%s", drv.driverName, drv.driverInfo[0] ? " " : "",
                  drv.driverInfo);
     const uint8_t *u = idp.deviceUUID;
-    snprintf(info->uuid, sizeof info->uuid,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3],
-             u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+    snprintf(info->uuid, sizeof info->uuid, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
     if (m3.maxMemoryAllocationSize < *maxbuf) *maxbuf = m3.maxMemoryAllocationSize;
 }
 
@@ -168,7 +167,8 @@ static void describe(struct vk_dev *d, dropblock_device_info *info)
     info->max_buffer = maxbuf & ~UINT64_C(3);
     info->global_mem = 0;
     for (uint32_t i = 0; i < d->mem.memoryHeapCount; i++)
-        if ((d->mem.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) && d->mem.memoryHeaps[i].size > info->global_mem)
+        if ((d->mem.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) &&
+            d->mem.memoryHeaps[i].size > info->global_mem)
             info->global_mem = d->mem.memoryHeaps[i].size;
 }
 
@@ -230,14 +230,13 @@ int vk_enumerate(const struct db_backend_config *cfg, struct db_device *out, siz
     return k;
 }
 
-
 /* ---- pipelines and tuning ---------------------------------------------------------- */
 
 /* A compute pipeline of spv with the work-group size d->local (specialization constant 0). */
 VkResult vk_make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *out)
 {
-    VkShaderModuleCreateInfo smi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = spv->size,
-                                    .pCode = spv->code};
+    VkShaderModuleCreateInfo smi = {
+        .sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = spv->size, .pCode = spv->code};
     VkShaderModule sm;
     VkResult r = vkCreateShaderModule(d->dev, &smi, NULL, &sm);
     if (r) return r;
@@ -245,8 +244,11 @@ VkResult vk_make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *o
     VkSpecializationInfo si = {.mapEntryCount = 1, .pMapEntries = &me, .dataSize = sizeof d->local, .pData = &d->local};
     VkComputePipelineCreateInfo cpi = {
         .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
-        .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
-                  .module = sm, .pName = "main", .pSpecializationInfo = &si},
+        .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+                  .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+                  .module = sm,
+                  .pName = "main",
+                  .pSpecializationInfo = &si},
         .layout = d->layout,
     };
     r = vkCreateComputePipelines(d->dev, d->cache, 1, &cpi, NULL, out);
@@ -254,7 +256,6 @@ VkResult vk_make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *o
     vkDestroyShaderModule(d->dev, sm, NULL);
     return r;
 }
-
 
 /* ---- tuning ----------------------------------------------------------------------------
  * Work groups of four subgroups (the queried subgroup size, 64 to 256 invocations); mask tiles
@@ -276,7 +277,6 @@ static void vk_choose_tuning(struct vk_dev *d)
     d->item_cands = cpu ? 2048 : 256;
 }
 
-
 /* ---- release ------------------------------------------------------------------------- */
 
 void vk_release(struct db_device *dev)
@@ -288,7 +288,7 @@ void vk_release(struct db_device *dev)
         for (int i = 0; i < B_N; i++)
             if (i != B_Y) vk_buf_free(d, &d->bufs[i]);
         vkDestroyFence(d->dev, d->fence, NULL);
-        vkDestroyCommandPool(d->dev, d->cpool, NULL); /* frees the command buffer */
+        vkDestroyCommandPool(d->dev, d->cpool, NULL);    /* frees the command buffer */
         vkDestroyDescriptorPool(d->dev, d->dpool, NULL); /* frees the set */
         for (int i = 0; i < PASS_N; i++) vkDestroyPipeline(d->dev, d->pipes[i], NULL);
         for (int i = 0; i < BS_N; i++) vkDestroyPipeline(d->dev, d->bench[i], NULL);
@@ -316,7 +316,8 @@ int vk_begin(struct vk_dev *d, char *msg, size_t len)
      * benchmark step may come first with no barrier of its own) */
     if (d->bufs[B_PRM].twin) {
         vk_to_device(d, B_PRM, d->bufs[B_PRM].size);
-        vk_barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+        vk_barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_SHADER_READ_BIT);
     }
     /* apply.comp's hwexact (the benchmark's steps push their own words) */
     const uint32_t push[4] = {(uint32_t)d->hwexact, 0, 0, 0};
@@ -329,7 +330,7 @@ void vk_step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
 {
     if (!first)
         vk_barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-                VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+                   VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
     for (int i = 0; i < PASS_N; i++)
         if (pipe == d->pipes[i] && !(d->dispatched & 1u << i)) {
             d->dispatched |= 1u << i;
@@ -343,8 +344,8 @@ void vk_step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
 int vk_submit(struct vk_dev *d, char *msg, size_t len)
 {
     VkResult r;
-    vk_barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT,
-            VK_ACCESS_HOST_READ_BIT);
+    vk_barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+               VK_PIPELINE_STAGE_HOST_BIT, VK_ACCESS_HOST_READ_BIT);
     if ((r = vkEndCommandBuffer(d->cmd))) return vk_fail(msg, len, r, "vkEndCommandBuffer");
     /* reset first: a failed wait of an earlier job may have left the fence in any state */
     if ((r = vkResetFences(d->dev, 1, &d->fence))) return vk_fail(msg, len, r, "vkResetFences");
@@ -357,7 +358,6 @@ int vk_submit(struct vk_dev *d, char *msg, size_t len)
     }
     return DROPBLOCK_OK;
 }
-
 
 /* Whether the device's fast apply keeps subnormal f32 products exact: apply.comp's probe
  * variant on db_probe_subnormals' inputs, against core/fp.h (as the OpenCL backend's
@@ -386,7 +386,8 @@ static int vk_probe_exact(struct vk_dev *d)
         vk_to_device(d, B_X, sizeof x);
         vk_to_device(d, B_SCALES, sizeof s);
         const uint32_t push[4] = {0, NP, 0, 0};
-        vk_barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+        vk_barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_SHADER_READ_BIT);
         vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
         vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
         vkCmdDispatch(d->cmd, vk_groups_for(d, NP), 1, 1);
@@ -449,11 +450,15 @@ static int make_device(struct vk_dev *d, char *msg, size_t len)
     VkResult r;
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
-                                   .queueFamilyIndex = (uint32_t)d->qfam, .queueCount = 1, .pQueuePriorities = &prio};
+                                   .queueFamilyIndex = (uint32_t)d->qfam,
+                                   .queueCount = 1,
+                                   .pQueuePriorities = &prio};
     VkPhysicalDeviceFeatures feat = {.shaderInt64 = VK_TRUE};
     const char *exts[2] = {VK_KHR_EXTERNAL_MEMORY_EXTENSION_NAME, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME};
-    VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .queueCreateInfoCount = 1,
-                              .pQueueCreateInfos = &qci, .pEnabledFeatures = &feat};
+    VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                              .queueCreateInfoCount = 1,
+                              .pQueueCreateInfos = &qci,
+                              .pEnabledFeatures = &feat};
     /* VK_KHR_external_memory is core in 1.1: only the host extension is named */
     if (d->has_import) {
         dci.enabledExtensionCount = 1;
@@ -483,15 +488,22 @@ static int make_layouts(struct vk_dev *d, char *msg, size_t len)
     VkResult r;
     VkDescriptorSetLayoutBinding b[B_N];
     for (int i = 0; i < B_N; i++)
-        b[i] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)i, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                              .descriptorCount = 1, .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
-    VkDescriptorSetLayoutCreateInfo dli = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
-                                           .bindingCount = B_N, .pBindings = b};
-    if ((r = vkCreateDescriptorSetLayout(d->dev, &dli, NULL, &d->dsl))) return vk_fail(msg, len, r, "vkCreateDescriptorSetLayout");
+        b[i] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)i,
+                                              .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                              .descriptorCount = 1,
+                                              .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
+    VkDescriptorSetLayoutCreateInfo dli = {
+        .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO, .bindingCount = B_N, .pBindings = b};
+    if ((r = vkCreateDescriptorSetLayout(d->dev, &dli, NULL, &d->dsl)))
+        return vk_fail(msg, len, r, "vkCreateDescriptorSetLayout");
     VkPushConstantRange pcr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .offset = 0, .size = PUSH_BYTES};
-    VkPipelineLayoutCreateInfo pli = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO, .setLayoutCount = 1,
-                                      .pSetLayouts = &d->dsl, .pushConstantRangeCount = 1, .pPushConstantRanges = &pcr};
-    if ((r = vkCreatePipelineLayout(d->dev, &pli, NULL, &d->layout))) return vk_fail(msg, len, r, "vkCreatePipelineLayout");
+    VkPipelineLayoutCreateInfo pli = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+                                      .setLayoutCount = 1,
+                                      .pSetLayouts = &d->dsl,
+                                      .pushConstantRangeCount = 1,
+                                      .pPushConstantRanges = &pcr};
+    if ((r = vkCreatePipelineLayout(d->dev, &pli, NULL, &d->layout)))
+        return vk_fail(msg, len, r, "vkCreatePipelineLayout");
     return DROPBLOCK_OK;
 }
 
@@ -511,19 +523,24 @@ int vk_prepare_submission(struct vk_dev *d, char *msg, size_t len)
 {
     VkResult r;
     VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = B_N};
-    VkDescriptorPoolCreateInfo dpi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = 1,
-                                      .poolSizeCount = 1, .pPoolSizes = &ps};
-    if ((r = vkCreateDescriptorPool(d->dev, &dpi, NULL, &d->dpool))) return vk_fail(msg, len, r, "vkCreateDescriptorPool");
-    VkDescriptorSetAllocateInfo dai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO, .descriptorPool = d->dpool,
-                                       .descriptorSetCount = 1, .pSetLayouts = &d->dsl};
+    VkDescriptorPoolCreateInfo dpi = {
+        .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = 1, .poolSizeCount = 1, .pPoolSizes = &ps};
+    if ((r = vkCreateDescriptorPool(d->dev, &dpi, NULL, &d->dpool)))
+        return vk_fail(msg, len, r, "vkCreateDescriptorPool");
+    VkDescriptorSetAllocateInfo dai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+                                       .descriptorPool = d->dpool,
+                                       .descriptorSetCount = 1,
+                                       .pSetLayouts = &d->dsl};
     if ((r = vkAllocateDescriptorSets(d->dev, &dai, &d->set))) return vk_fail(msg, len, r, "vkAllocateDescriptorSets");
 
     VkCommandPoolCreateInfo cpci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
                                     .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
                                     .queueFamilyIndex = (uint32_t)d->qfam};
     if ((r = vkCreateCommandPool(d->dev, &cpci, NULL, &d->cpool))) return vk_fail(msg, len, r, "vkCreateCommandPool");
-    VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = d->cpool,
-                                       .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1};
+    VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+                                       .commandPool = d->cpool,
+                                       .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                       .commandBufferCount = 1};
     if ((r = vkAllocateCommandBuffers(d->dev, &cai, &d->cmd))) return vk_fail(msg, len, r, "vkAllocateCommandBuffers");
     VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     if ((r = vkCreateFence(d->dev, &fci, NULL, &d->fence))) return vk_fail(msg, len, r, "vkCreateFence");

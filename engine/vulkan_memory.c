@@ -49,7 +49,8 @@ static int buf_alloc(const struct vk_dev *d, VkBuffer *buf, VkDeviceMemory *mem,
 {
     char call[128];
     VkResult r;
-    VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = size,
+    VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+                              .size = size,
                               .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
                                        VK_BUFFER_USAGE_TRANSFER_DST_BIT,
                               .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
@@ -62,11 +63,12 @@ static int buf_alloc(const struct vk_dev *d, VkBuffer *buf, VkDeviceMemory *mem,
     vkGetBufferMemoryRequirements(d->dev, *buf, &req);
     int64_t type = local ? device_memory_type(d, req.memoryTypeBits) : host_memory_type(d, req.memoryTypeBits);
     if (type < 0) {
-        db_msg(msg, len, "%s: no %s memory type for a storage buffer", what, local ? "device" : "host-visible coherent");
+        db_msg(msg, len, "%s: no %s memory type for a storage buffer", what,
+               local ? "device" : "host-visible coherent");
         return DROPBLOCK_EUNAVAILABLE;
     }
-    VkMemoryAllocateInfo mai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size,
-                                .memoryTypeIndex = (uint32_t)type};
+    VkMemoryAllocateInfo mai = {
+        .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size, .memoryTypeIndex = (uint32_t)type};
     if ((r = vkAllocateMemory(d->dev, &mai, NULL, mem))) {
         *mem = VK_NULL_HANDLE;
         snprintf(call, sizeof call, "vkAllocateMemory(%s%s, %llu bytes)", what, local ? ", device-local" : "",
@@ -88,7 +90,7 @@ static int buf_alloc(const struct vk_dev *d, VkBuffer *buf, VkDeviceMemory *mem,
 /* A storage buffer of at least size bytes (rounded up to 64): mapped, or where local DEVICE_LOCAL
  * with (twin) a mapped host-visible twin of the same size. */
 int vk_buf_make(const struct vk_dev *d, struct vk_buf *b, uint64_t size, const char *what, int local, int twin,
-                    char *msg, size_t len)
+                char *msg, size_t len)
 {
     memset(b, 0, sizeof *b);
     b->size = size < 64 ? 64 : (size + 63) & ~UINT64_C(63);
@@ -111,7 +113,7 @@ int vk_buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t len)
      * the counts and the scales through twins */
     const int local = d->staged;
     return vk_buf_make(d, b, size, names[i], local,
-                    local && (i == B_PRM || i == B_X || i == B_MASK || i == B_KEPT || i == B_SCALES), msg, len);
+                       local && (i == B_PRM || i == B_X || i == B_MASK || i == B_KEPT || i == B_SCALES), msg, len);
 }
 
 /* A buffer over the caller's memory (VK_EXT_external_memory_host), or 0 where the pointer, the
@@ -119,27 +121,33 @@ int vk_buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t len)
 int vk_buf_import(const struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t bytes)
 {
     memset(b, 0, sizeof *b);
-    if (!d->has_import || d->knobs->vulkan_copy || ((uintptr_t)p & (d->import_align - 1)) || bytes % 4)
-        return 0;
+    if (!d->has_import || d->knobs->vulkan_copy || ((uintptr_t)p & (d->import_align - 1)) || bytes % 4) return 0;
     uint64_t size = (bytes + d->import_align - 1) & ~(d->import_align - 1);
     VkMemoryHostPointerPropertiesEXT hp = {.sType = VK_STRUCTURE_TYPE_MEMORY_HOST_POINTER_PROPERTIES_EXT};
     if (d->get_host_ptr_props(d->dev, VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT, p, &hp) != VK_SUCCESS)
         return 0;
     VkExternalMemoryBufferCreateInfo ebi = {.sType = VK_STRUCTURE_TYPE_EXTERNAL_MEMORY_BUFFER_CREATE_INFO,
                                             .handleTypes = VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT};
-    VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .pNext = &ebi, .size = size,
+    VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+                              .pNext = &ebi,
+                              .size = size,
                               .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
                                        VK_BUFFER_USAGE_TRANSFER_DST_BIT,
                               .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
-    if (vkCreateBuffer(d->dev, &bci, NULL, &b->buf) != VK_SUCCESS) { b->buf = VK_NULL_HANDLE; return 0; }
+    if (vkCreateBuffer(d->dev, &bci, NULL, &b->buf) != VK_SUCCESS) {
+        b->buf = VK_NULL_HANDLE;
+        return 0;
+    }
     VkMemoryRequirements req;
     vkGetBufferMemoryRequirements(d->dev, b->buf, &req);
     int64_t type = host_memory_type(d, req.memoryTypeBits & hp.memoryTypeBits);
     VkImportMemoryHostPointerInfoEXT imp = {.sType = VK_STRUCTURE_TYPE_IMPORT_MEMORY_HOST_POINTER_INFO_EXT,
                                             .handleType = VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT,
                                             .pHostPointer = (void *)p};
-    VkMemoryAllocateInfo mai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .pNext = &imp,
-                                .allocationSize = size > req.size ? size : req.size, .memoryTypeIndex = (uint32_t)type};
+    VkMemoryAllocateInfo mai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+                                .pNext = &imp,
+                                .allocationSize = size > req.size ? size : req.size,
+                                .memoryTypeIndex = (uint32_t)type};
     if (type < 0 || req.size > size || vkAllocateMemory(d->dev, &mai, NULL, &b->mem) != VK_SUCCESS) {
         b->mem = VK_NULL_HANDLE;
         vk_buf_free(d, b);
@@ -161,9 +169,12 @@ void vk_bind_all(struct vk_dev *d, VkBuffer xb, VkBuffer yb)
     for (int i = 0; i < B_N; i++) {
         VkBuffer buf = i == B_X ? xb : i == B_Y ? yb : d->bufs[i].buf;
         dbi[i] = (VkDescriptorBufferInfo){.buffer = buf, .offset = 0, .range = VK_WHOLE_SIZE};
-        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstSet = d->set,
-                                      .dstBinding = (uint32_t)i, .descriptorCount = 1,
-                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .pBufferInfo = &dbi[i]};
+        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
+                                      .dstSet = d->set,
+                                      .dstBinding = (uint32_t)i,
+                                      .descriptorCount = 1,
+                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                      .pBufferInfo = &dbi[i]};
     }
     vkUpdateDescriptorSets(d->dev, B_N, w, 0, NULL);
 }
@@ -178,7 +189,6 @@ void vk_buf_free(const struct vk_dev *d, struct vk_buf *b)
     memset(b, 0, sizeof *b);
 }
 
-
 /* ---- barriers and staged copies -------------------------------------------------------- */
 
 /* workgroups for n invocations; the shaders loop over the rest (grid stride) */
@@ -190,7 +200,7 @@ uint32_t vk_groups_for(const struct vk_dev *d, uint64_t n)
 }
 
 void vk_barrier(VkCommandBuffer cmd, VkPipelineStageFlags src_stage, VkPipelineStageFlags dst_stage,
-                    VkAccessFlags dst_access)
+                VkAccessFlags dst_access)
 {
     VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                           .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
@@ -205,7 +215,7 @@ void vk_copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int a
     if (!bytes) return;
     if (after_passes)
         vk_barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-                VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT);
+                   VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT);
     VkBufferCopy c = {.srcOffset = 0, .dstOffset = 0, .size = bytes};
     vkCmdCopyBuffer(d->cmd, src, dst, 1, &c);
 }
@@ -221,4 +231,3 @@ void vk_to_host(struct vk_dev *d, int i, uint64_t bytes)
 {
     if (d->bufs[i].twin) vk_copy(d, d->bufs[i].buf, d->bufs[i].twin, bytes, 1);
 }
-

@@ -54,9 +54,15 @@ static int fz_string(struct fz_json *j)
         /* UTF-8, RFC 3629 */
         unsigned lo = 0x80, hi = 0xBF, k;
         if (c >= 0xC2 && c <= 0xDF) k = 1;
-        else if (c >= 0xE0 && c <= 0xEF) { k = 2; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
-        else if (c >= 0xF0 && c <= 0xF4) { k = 3; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
-        else return 0;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            k = 2;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            k = 3;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else return 0;
         if ((size_t)(j->end - j->s) < k || j->s[0] < lo || j->s[0] > hi) return 0;
         for (unsigned i = 1; i < k; i++)
             if ((j->s[i] & 0xC0) != 0x80) return 0;
@@ -77,7 +83,10 @@ static int fz_number(struct fz_json *j)
     if (j->s < j->end && *j->s == '-') j->s++;
     if (j->s < j->end && *j->s == '0') j->s++;
     else if (!fz_digits(j)) return 0;
-    if (j->s < j->end && *j->s == '.') { j->s++; if (!fz_digits(j)) return 0; }
+    if (j->s < j->end && *j->s == '.') {
+        j->s++;
+        if (!fz_digits(j)) return 0;
+    }
     if (j->s < j->end && (*j->s == 'e' || *j->s == 'E')) {
         j->s++;
         if (j->s < j->end && (*j->s == '+' || *j->s == '-')) j->s++;
@@ -95,20 +104,26 @@ static int fz_value(struct fz_json *j)
     if (c == '{' || c == '[') {
         j->s++;
         fz_ws(j);
-        if (j->s < j->end && *j->s == (c == '{' ? '}' : ']')) { j->s++; ok = 1; }
-        else for (;;) {
-            if (c == '{') {
+        if (j->s < j->end && *j->s == (c == '{' ? '}' : ']')) {
+            j->s++;
+            ok = 1;
+        } else
+            for (;;) {
+                if (c == '{') {
+                    fz_ws(j);
+                    if (!fz_string(j)) break;
+                    fz_ws(j);
+                    if (j->s >= j->end || *j->s++ != ':') break;
+                }
+                if (!fz_value(j)) break;
                 fz_ws(j);
-                if (!fz_string(j)) break;
-                fz_ws(j);
-                if (j->s >= j->end || *j->s++ != ':') break;
+                if (j->s < j->end && *j->s == ',') {
+                    j->s++;
+                    continue;
+                }
+                ok = j->s < j->end && *j->s++ == (c == '{' ? '}' : ']');
+                break;
             }
-            if (!fz_value(j)) break;
-            fz_ws(j);
-            if (j->s < j->end && *j->s == ',') { j->s++; continue; }
-            ok = j->s < j->end && *j->s++ == (c == '{' ? '}' : ']');
-            break;
-        }
     } else if (c == '"') ok = fz_string(j);
     else if (c == 't') ok = fz_lit(j, "true");
     else if (c == 'f') ok = fz_lit(j, "false");

@@ -61,7 +61,10 @@ int proto_check_envelope(const cJSON *req, const char **op, char *msg, size_t le
         return DROPBLOCK_EINVAL;
     }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
-    if (!id) { db_msg(msg, len, "id: missing (every request carries a client-chosen id)"); return DROPBLOCK_EINVAL; }
+    if (!id) {
+        db_msg(msg, len, "id: missing (every request carries a client-chosen id)");
+        return DROPBLOCK_EINVAL;
+    }
     if (cJSON_IsNumber(id)) {
         double d = id->valuedouble;
         if (!(d >= 0) || d >= 9007199254740992.0 || d != floor(d)) {
@@ -84,7 +87,10 @@ int proto_check_envelope(const cJSON *req, const char **op, char *msg, size_t le
         return DROPBLOCK_EINVAL;
     }
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(req, "op");
-    if (!cJSON_IsString(o)) { db_msg(msg, len, "op: missing or not a string"); return DROPBLOCK_EINVAL; }
+    if (!cJSON_IsString(o)) {
+        db_msg(msg, len, "op: missing or not a string");
+        return DROPBLOCK_EINVAL;
+    }
     *op = o->valuestring;
     return DROPBLOCK_OK;
 }
@@ -97,9 +103,15 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     size_t k;
     if (c < 0x80) return 1;
     if (c >= 0xC2 && c <= 0xDF) k = 2;
-    else if (c >= 0xE0 && c <= 0xEF) { k = 3; lo = c == 0xE0 ? 0xA0 : 0x80; hi = c == 0xED ? 0x9F : 0xBF; }
-    else if (c >= 0xF0 && c <= 0xF4) { k = 4; lo = c == 0xF0 ? 0x90 : 0x80; hi = c == 0xF4 ? 0x8F : 0xBF; }
-    else return 0;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        k = 3;
+        lo = c == 0xE0 ? 0xA0 : 0x80;
+        hi = c == 0xED ? 0x9F : 0xBF;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        k = 4;
+        lo = c == 0xF0 ? 0x90 : 0x80;
+        hi = c == 0xF4 ? 0x8F : 0xBF;
+    } else return 0;
     if (n < k || s[1] < lo || s[1] > hi) return 0;
     for (size_t i = 2; i < k; i++)
         if ((s[i] & 0xC0) != 0x80) return 0;
@@ -142,6 +154,7 @@ size_t proto_quote(char *out, size_t cap, const char *s, size_t n)
     for (size_t i = 0; i < n;) {
         char piece[16];
         size_t k = utf8_seq(b + i, n - i), pl;
+        /* clang-format off */
         unsigned cp = k == 2 ? (unsigned)(b[i] & 0x1F) << 6 | (b[i + 1] & 0x3F)
                     : k == 3 ? (unsigned)(b[i] & 0x0F) << 12 | (unsigned)(b[i + 1] & 0x3F) << 6 | (b[i + 2] & 0x3F)
                              : b[i];
@@ -153,6 +166,7 @@ size_t proto_quote(char *out, size_t cap, const char *s, size_t n)
         else if (cp < 0x20 || cp == 0x7F || (k == 2 && cp < 0xA0) || (k == 3 && (cp == 0x2028 || cp == 0x2029)))
             pl = (size_t)snprintf(piece, sizeof piece, "\\u%04x", cp);
         else { memcpy(piece, b + i, k); pl = k; }
+        /* clang-format on */
         if (o + pl + 5 > cap) { /* room for ..." and the NUL */
             memcpy(out + o, "...", 3);
             o += 3;
@@ -204,7 +218,7 @@ static int scan_text(const unsigned char *b, size_t start, size_t end, const cJS
                      size_t len)
 {
     size_t key_s[SCAN_DEPTH], key_n[SCAN_DEPTH]; /* the last key seen at each level (0: none) */
-    const cJSON *member = NULL;                   /* the top-level member being scanned */
+    const cJSON *member = NULL;                  /* the top-level member being scanned */
     int depth = 0, rc = DROPBLOCK_OK;
     for (size_t i = start; i < end; i++) {
         unsigned c = b[i];
@@ -213,11 +227,16 @@ static int scan_text(const unsigned char *b, size_t start, size_t end, const cJS
             depth++;
             continue;
         }
-        if (c == '}' || c == ']') { depth--; continue; }
+        if (c == '}' || c == ']') {
+            depth--;
+            continue;
+        }
         if (c != '"') {
             if (c < 0x20 && !json_ws(c) && !rc) {
-                db_msg(msg, len, "%s 0x%02x outside a string at byte %zu (JSON allows only space, tab, CR and LF "
-                       "between tokens)", c ? "a control byte" : "a NUL byte", c, i);
+                db_msg(msg, len,
+                       "%s 0x%02x outside a string at byte %zu (JSON allows only space, tab, CR and LF "
+                       "between tokens)",
+                       c ? "a control byte" : "a NUL byte", c, i);
                 rc = DROPBLOCK_EINVAL;
             }
             continue;
@@ -289,7 +308,10 @@ static int find_duplicate(const cJSON *it, char *path, size_t cap, const char **
         if (n <= 32) {
             for (const cJSON *a = it->child; a; a = a->next)
                 for (const cJSON *c = a->next; c; c = c->next)
-                    if (!strcmp(a->string, c->string)) { *dup = a->string; return 1; }
+                    if (!strcmp(a->string, c->string)) {
+                        *dup = a->string;
+                        return 1;
+                    }
         } else {
             const cJSON **keys = malloc(n * sizeof *keys);
             if (!keys) return -1;
@@ -334,7 +356,8 @@ int proto_open_request(const char *data, size_t len, cJSON **req_out, const cJSO
     }
     *req_out = req;
     const unsigned char *b = (const unsigned char *)data;
-    size_t stop = (size_t)(end - data), start = len >= 3 && !memcmp(b, "\xEF\xBB\xBF", 3) ? 3 : 0; /* cJSON skips a BOM */
+    size_t stop = (size_t)(end - data),
+           start = len >= 3 && !memcmp(b, "\xEF\xBB\xBF", 3) ? 3 : 0; /* cJSON skips a BOM */
     int id_bad = 0, rc = scan_text(b, start, stop, req, &id_bad, msg, mlen);
     /* an id given twice is not echoed, whatever else is wrong */
     int nid = 0;
@@ -400,9 +423,15 @@ static int get_tensor(const cJSON *req, const char *field, struct proto_tensor *
     uint64_t region, offset = 0;
     snprintf(name, sizeof name, "%s.region", field);
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(it, "region");
-    if (!r) { db_msg(msg, len, "%s: missing", name); return DROPBLOCK_EINVAL; }
+    if (!r) {
+        db_msg(msg, len, "%s: missing", name);
+        return DROPBLOCK_EINVAL;
+    }
     if (proto_get_u64(r, name, &region, msg, len)) return DROPBLOCK_EINVAL;
-    if (region > UINT32_MAX) { db_msg(msg, len, "%s %llu: no such region", name, (unsigned long long)region); return DROPBLOCK_ENOTFOUND; }
+    if (region > UINT32_MAX) {
+        db_msg(msg, len, "%s %llu: no such region", name, (unsigned long long)region);
+        return DROPBLOCK_ENOTFOUND;
+    }
     snprintf(name, sizeof name, "%s.offset", field);
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(it, "offset");
     if (o && proto_get_u64(o, name, &offset, msg, len)) return DROPBLOCK_EINVAL;
@@ -439,16 +468,25 @@ static int get_rate_block_seed(const cJSON *req, dropblock_params *p, char *msg,
 {
     int rc;
     const cJSON *rate = cJSON_GetObjectItemCaseSensitive(req, "rate");
-    if (!cJSON_IsNumber(rate)) { db_msg(msg, len, "rate: missing or not a number"); return DROPBLOCK_EINVAL; }
+    if (!cJSON_IsNumber(rate)) {
+        db_msg(msg, len, "rate: missing or not a number");
+        return DROPBLOCK_EINVAL;
+    }
     if (!(rate->valuedouble >= 0.0 && rate->valuedouble <= 1.0)) {
         db_msg(msg, len, "rate %g: must be in [0, 1]", rate->valuedouble);
         return DROPBLOCK_EINVAL;
     }
     p->rate = (float)rate->valuedouble;
     const cJSON *block = cJSON_GetObjectItemCaseSensitive(req, "block");
-    if (!block) { db_msg(msg, len, "block: missing (an integer or [bh, bw])"); return DROPBLOCK_EINVAL; }
+    if (!block) {
+        db_msg(msg, len, "block: missing (an integer or [bh, bw])");
+        return DROPBLOCK_EINVAL;
+    }
     if (cJSON_IsArray(block)) {
-        if (cJSON_GetArraySize(block) != 2) { db_msg(msg, len, "block: an array must hold [bh, bw]"); return DROPBLOCK_EINVAL; }
+        if (cJSON_GetArraySize(block) != 2) {
+            db_msg(msg, len, "block: an array must hold [bh, bw]");
+            return DROPBLOCK_EINVAL;
+        }
         if ((rc = proto_get_u64(cJSON_GetArrayItem(block, 0), "block[0] (height)", &p->block[0], msg, len))) return rc;
         if ((rc = proto_get_u64(cJSON_GetArrayItem(block, 1), "block[1] (width)", &p->block[1], msg, len))) return rc;
     } else {
@@ -456,7 +494,10 @@ static int get_rate_block_seed(const cJSON *req, dropblock_params *p, char *msg,
         p->block[1] = p->block[0];
     }
     const cJSON *seed = cJSON_GetObjectItemCaseSensitive(req, "seed");
-    if (!seed) { db_msg(msg, len, "seed: missing (an unsigned 64-bit integer)"); return DROPBLOCK_EINVAL; }
+    if (!seed) {
+        db_msg(msg, len, "seed: missing (an unsigned 64-bit integer)");
+        return DROPBLOCK_EINVAL;
+    }
     if ((rc = proto_get_u64(seed, "seed", &p->seed, msg, len))) return rc;
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(req, "stream");
     if (stream && (rc = proto_get_u64(stream, "stream", &p->stream, msg, len))) return rc;
@@ -474,7 +515,8 @@ static int get_enums(const cJSON *req, dropblock_params *p, char *msg, size_t le
     if ((rc = get_string_enum(req, "dtype", dropblock_parse_dtype, "f32, f16 or bf16", &v, msg, len))) return rc;
     p->dtype = (dropblock_dtype)v;
     v = p->normalize;
-    if ((rc = get_string_enum(req, "normalize", dropblock_parse_normalize, "global, sample or none", &v, msg, len))) return rc;
+    if ((rc = get_string_enum(req, "normalize", dropblock_parse_normalize, "global, sample or none", &v, msg, len)))
+        return rc;
     p->normalize = (dropblock_normalize)v;
     v = p->mode;
     if ((rc = get_string_enum(req, "mode", parse_mode, "forward or backward", &v, msg, len))) return rc;
@@ -490,17 +532,27 @@ static int get_share_training(const cJSON *req, dropblock_params *p, char *msg, 
 {
     const cJSON *share = cJSON_GetObjectItemCaseSensitive(req, "share");
     if (share) {
-        if (!cJSON_IsArray(share)) { db_msg(msg, len, "share: must be an array of \"channels\" and/or \"batch\""); return DROPBLOCK_EINVAL; }
+        if (!cJSON_IsArray(share)) {
+            db_msg(msg, len, "share: must be an array of \"channels\" and/or \"batch\"");
+            return DROPBLOCK_EINVAL;
+        }
         const cJSON *s;
-        cJSON_ArrayForEach(s, share) {
+        cJSON_ArrayForEach(s, share)
+        {
             if (cJSON_IsString(s) && !strcmp(s->valuestring, "channels")) p->share |= DROPBLOCK_SHARE_CHANNELS;
             else if (cJSON_IsString(s) && !strcmp(s->valuestring, "batch")) p->share |= DROPBLOCK_SHARE_BATCH;
-            else { db_msg(msg, len, "share: entries must be \"channels\" or \"batch\""); return DROPBLOCK_EINVAL; }
+            else {
+                db_msg(msg, len, "share: entries must be \"channels\" or \"batch\"");
+                return DROPBLOCK_EINVAL;
+            }
         }
     }
     const cJSON *training = cJSON_GetObjectItemCaseSensitive(req, "training");
     if (training) {
-        if (!cJSON_IsBool(training)) { db_msg(msg, len, "training: must be true or false"); return DROPBLOCK_EINVAL; }
+        if (!cJSON_IsBool(training)) {
+            db_msg(msg, len, "training: must be true or false");
+            return DROPBLOCK_EINVAL;
+        }
         p->training = cJSON_IsTrue(training);
     }
     return DROPBLOCK_OK;
@@ -520,7 +572,10 @@ static int get_device_tensors(const cJSON *req, struct proto_job *job, char *msg
         snprintf(job->device, sizeof job->device, "%s", device->valuestring);
     }
     if ((rc = get_tensor(req, "input", &job->input, msg, len))) return rc;
-    if (!job->input.present) { db_msg(msg, len, "input: missing ({\"region\": R, \"offset\": O})"); return DROPBLOCK_EINVAL; }
+    if (!job->input.present) {
+        db_msg(msg, len, "input: missing ({\"region\": R, \"offset\": O})");
+        return DROPBLOCK_EINVAL;
+    }
     if ((rc = get_tensor(req, "output", &job->output, msg, len))) return rc;
     if (!job->output.present) job->output = job->input;
     return get_tensor(req, "mask", &job->mask, msg, len);
@@ -587,8 +642,10 @@ char *proto_frame(cJSON *obj, size_t *len)
     size_t n = strlen(text);
     char *f = malloc(n + 4);
     if (f) {
-        f[0] = (char)(n & 0xFF); f[1] = (char)((n >> 8) & 0xFF);
-        f[2] = (char)((n >> 16) & 0xFF); f[3] = (char)((n >> 24) & 0xFF);
+        f[0] = (char)(n & 0xFF);
+        f[1] = (char)((n >> 8) & 0xFF);
+        f[2] = (char)((n >> 16) & 0xFF);
+        f[3] = (char)((n >> 24) & 0xFF);
         memcpy(f + 4, text, n);
         *len = n + 4;
     }
@@ -693,7 +750,10 @@ char *proto_write_job_request(const dropblock_params *p, const uint32_t rid[3], 
         p->mode == DROPBLOCK_BACKWARD ? "backward" : "forward", dropblock_compat_name(p->compat),
         p->training ? "true" : "false");
     put_string(&t, dev);
-    if (t.bad) { free(t.buf); return NULL; }
+    if (t.bad) {
+        free(t.buf);
+        return NULL;
+    }
     return t.buf;
 }
 
@@ -702,8 +762,8 @@ size_t proto_write_job_reply(char *frame, size_t cap, const char *id_json, const
 {
     if (cap < 4) return 0;
     struct text t = {frame + 4, 0, cap - 4, 0};
-    const uint64_t v[7] = {res->kept, res->total, queue_us, res->timing_us[0], res->timing_us[1], res->timing_us[2],
-                           res->timing_us[3]};
+    const uint64_t v[7] = {res->kept,         res->total,        queue_us,         res->timing_us[0],
+                           res->timing_us[1], res->timing_us[2], res->timing_us[3]};
     put(&t, "{\"v\":%d,\"id\":%s,\"ok\":true,\"kept\":", PROTO_VERSION, id_json);
     put_u64(&t, v[0]);
     put(&t, ",\"total\":");
@@ -719,7 +779,9 @@ size_t proto_write_job_reply(char *frame, size_t cap, const char *id_json, const
     put(&t, "}}");
     if (t.bad) return 0;
     const uint32_t len = (uint32_t)t.len;
-    frame[0] = (char)(len & 0xFF); frame[1] = (char)((len >> 8) & 0xFF);
-    frame[2] = (char)((len >> 16) & 0xFF); frame[3] = (char)((len >> 24) & 0xFF);
+    frame[0] = (char)(len & 0xFF);
+    frame[1] = (char)((len >> 8) & 0xFF);
+    frame[2] = (char)((len >> 16) & 0xFF);
+    frame[3] = (char)((len >> 24) & 0xFF);
     return t.len + 4;
 }

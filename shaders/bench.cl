@@ -25,14 +25,14 @@ __kernel void bl_copy_tail(__global const uint *x, __global uint *y, uint first,
 }
 
 #define BL_ARGS prm, noise, padded, pooled, part, x, y
-#define BL_PARAMS                                                                                           \
-    __global const uint *prm, __global uint *noise, __global uint *padded, __global uint *pooled,         \
-        __global uint *part, __global const uint *x, __global uint *y
-#define BL_KERNEL(name)                                                                                     \
-    __kernel void k_##name(BL_PARAMS, uint n)                                                               \
-    {                                                                                                       \
-        uint i = (uint)get_global_id(0);                                                                    \
-        if (i < n) name(BL_ARGS, i);                                                                        \
+#define BL_PARAMS \
+    __global const uint *prm, __global uint *noise, __global uint *padded, __global uint *pooled, __global uint *part, \
+        __global const uint *x, __global uint *y
+#define BL_KERNEL(name) \
+    __kernel void k_##name(BL_PARAMS, uint n) \
+    { \
+        uint i = (uint)get_global_id(0); \
+        if (i < n) name(BL_ARGS, i); \
     }
 BL_KERNEL(bl_bernoulli)
 BL_KERNEL(bl_pad)

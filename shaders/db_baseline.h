@@ -29,8 +29,9 @@
 #else
 #define BL_GLOBAL
 #endif
-#define BL_BUFS BL_GLOBAL const u32 *prm, BL_GLOBAL u32 *noise, BL_GLOBAL u32 *padded, BL_GLOBAL u32 *pooled, \
-                BL_GLOBAL u32 *part, BL_GLOBAL const u32 *x, BL_GLOBAL u32 *y,
+#define BL_BUFS \
+    BL_GLOBAL const u32 *prm, BL_GLOBAL u32 *noise, BL_GLOBAL u32 *padded, BL_GLOBAL u32 *pooled, BL_GLOBAL u32 *part, \
+        BL_GLOBAL const u32 *x, BL_GLOBAL u32 *y,
 #endif
 
 /* noise elements 4g .. 4g + 3: one Philox call, as curand's bernoulli makes four */
@@ -60,7 +61,8 @@ DBFN void bl_pool(BL_BUFS u32 i)
     u32 plane = i / (H * W), r = i - plane * H * W, h = r / W, w = r - h * W;
     float m = 0.0f; /* the inputs are 0 or 1 */
     for (u32 a = h >= p ? h - p : 0u; a <= h + p && a < H; a++)
-        for (u32 b = w >= p ? w - p : 0u; b <= w + p && b < W; b++) m = FMAX(m, AS_F32(padded[IX((plane * H + a) * W + b)]));
+        for (u32 b = w >= p ? w - p : 0u; b <= w + p && b < W; b++)
+            m = FMAX(m, AS_F32(padded[IX((plane * H + a) * W + b)]));
     pooled[IX(i)] = AS_U32(m);
 }
 

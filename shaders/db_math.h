@@ -17,22 +17,24 @@ DBFN u32 db_sel4(u32x4 v, u32 k) { return k == 0u ? v.x : (k == 1u ? v.y : (k ==
 /* one Philox round; written out ten times below, not looped: llvmpipe (lavapipe) ends any
  * invocation whose loops run more than 65535 iterations in all, and a candidate block must not
  * spend ten of them */
-#define DB_PHILOX_ROUND(c, k0, k1)                                                                 \
-    {                                                                                              \
-        u64 p0_ = U64(0xD2511F53u) * U64(c.x);                                                     \
-        u64 p1_ = U64(0xCD9E8D57u) * U64(c.z);                                                     \
-        c = MAKE_U32X4(U32(p1_ >> 32) ^ c.y ^ k0, U32(p1_), U32(p0_ >> 32) ^ c.w ^ k1, U32(p0_));  \
-        k0 += 0x9E3779B9u;                                                                         \
-        k1 += 0xBB67AE85u;                                                                         \
+#define DB_PHILOX_ROUND(c, k0, k1) \
+    { \
+        u64 p0_ = U64(0xD2511F53u) * U64(c.x); \
+        u64 p1_ = U64(0xCD9E8D57u) * U64(c.z); \
+        c = MAKE_U32X4(U32(p1_ >> 32) ^ c.y ^ k0, U32(p1_), U32(p0_ >> 32) ^ c.w ^ k1, U32(p0_)); \
+        k0 += 0x9E3779B9u; \
+        k1 += 0xBB67AE85u; \
     }
 
 /* Philox4x32-10 on counter c, key (k0, k1) */
 DBFN u32x4 db_philox(u32x4 c, u32 k0, u32 k1)
 {
+    /* clang-format off */
     DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1)
     DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1)
     DB_PHILOX_ROUND(c, k0, k1) DB_PHILOX_ROUND(c, k0, k1)
-    return c;
+        /* clang-format on */
+        return c;
 }
 
 /* base (128-bit, 4 words) + v */
@@ -57,7 +59,10 @@ DBFN u32 db_f16_to_f32(u32 h)
     if (e == 0u) {
         if (m == 0u) return sign;
         e = 113u;
-        while ((m & 0x400u) == 0u) { m <<= 1; e -= 1u; }
+        while ((m & 0x400u) == 0u) {
+            m <<= 1;
+            e -= 1u;
+        }
         return sign | (e << 23) | ((m & 0x3FFu) << 13);
     }
     return sign | ((e + 112u) << 23) | (m << 13);
@@ -106,12 +111,19 @@ DBFN u32 db_narrow(u32 b, u32 dtype)
 DBFN u32 db_round_f32(u32 sign, u64 m, i64 e, u32 sticky)
 {
     /* normalise m to [2^26, 2^27) so that it has 24 bits plus guard, round and sticky */
-    while (m >= (1ul << 27)) { sticky |= U32(m & 1ul); m >>= 1; e += I64(1); }
-    while (m < (1ul << 26)) { m <<= 1; e -= I64(1); }
+    while (m >= (1ul << 27)) {
+        sticky |= U32(m & 1ul);
+        m >>= 1;
+        e += I64(1);
+    }
+    while (m < (1ul << 26)) {
+        m <<= 1;
+        e -= I64(1);
+    }
     /* value = m * 2^e, m has 27 bits: exponent of the leading bit is e + 26 */
     i64 ex = e + I64(26);
     if (ex > I64(127)) return sign | 0x7F800000u;
-    i64 shift = I64(3); /* bits dropped below the 24-bit mantissa */
+    i64 shift = I64(3);                          /* bits dropped below the 24-bit mantissa */
     if (ex < I64(-126)) shift += I64(-126) - ex; /* subnormal: fewer mantissa bits */
     if (shift > I64(40)) shift = I64(40);
     u64 kept = m >> U64(shift);
@@ -120,14 +132,25 @@ DBFN u32 db_round_f32(u32 sign, u64 m, i64 e, u32 sticky)
     if (rest > halfway || (rest == halfway && (sticky != 0u || (kept & 1ul) != 0ul))) kept += 1ul;
     if (ex < I64(-126)) return sign | U32(kept); /* subnormal, or the smallest normal on carry */
     /* normal: kept in [2^23, 2^24], carry may bump the exponent */
-    if (kept == (1ul << 24)) { kept >>= 1; ex += I64(1); }
+    if (kept == (1ul << 24)) {
+        kept >>= 1;
+        ex += I64(1);
+    }
     if (ex > I64(127)) return sign | 0x7F800000u;
     return sign | (U32(ex + I64(127)) << 23) | (U32(kept) & 0x7FFFFFu);
 }
 
 /* mantissa and exponent of a finite nonzero float32: value = m * 2^e */
-DBFN u64 db_mant(u32 b) { u32 ex = (b >> 23) & 0xFFu; return ex == 0u ? U64(b & 0x7FFFFFu) : U64((b & 0x7FFFFFu) | 0x800000u); }
-DBFN i64 db_expo(u32 b) { u32 ex = (b >> 23) & 0xFFu; return ex == 0u ? I64(-149) : I64(ex) - I64(150); }
+DBFN u64 db_mant(u32 b)
+{
+    u32 ex = (b >> 23) & 0xFFu;
+    return ex == 0u ? U64(b & 0x7FFFFFu) : U64((b & 0x7FFFFFu) | 0x800000u);
+}
+DBFN i64 db_expo(u32 b)
+{
+    u32 ex = (b >> 23) & 0xFFu;
+    return ex == 0u ? I64(-149) : I64(ex) - I64(150);
+}
 
 /* a * b, float32 round to nearest even with subnormals, NaN rules of core/fp.h */
 DBFN u32 db_mul(u32 a, u32 b)
@@ -156,7 +179,10 @@ DBFN u32 db_div(u32 a, u32 d)
     u64 ma = db_mant(aa), md = db_mant(d & 0x7FFFFFFFu);
     i64 e = db_expo(aa) - db_expo(d & 0x7FFFFFFFu);
     /* q = (ma << 36) / md has >= 36 - 24 + 1 bits beyond a 24-bit mantissa */
-    while (ma < md) { ma <<= 1; e -= I64(1); }
+    while (ma < md) {
+        ma <<= 1;
+        e -= I64(1);
+    }
     u64 num = ma << 36;
     u64 q = num / md, r = num - q * md;
     return db_round_f32(sign, q, e - I64(36), r != 0ul ? 1u : 0u);
@@ -188,7 +214,10 @@ DBFN u32 db_ratio(u64 s, u64 k)
     while (m < (1ul << 26)) {
         r <<= 1;
         m <<= 1;
-        if (r >= k) { m |= 1ul; r -= k; }
+        if (r >= k) {
+            m |= 1ul;
+            r -= k;
+        }
         e -= I64(1);
     }
     return db_round_f32(0u, m, e, r != 0ul ? 1u : 0u);
@@ -231,7 +260,8 @@ DBFN DBV_T db_vnarrow_f16(DBV_T b)
 {
     DBV_T sign = (b >> 16) & DBV(0x8000u), a = b & DBV(0x7FFFFFFFu);
     DBV_T q = (a >> 13) - DBV(112u << 10), rem = a & DBV(0x1FFFu);
-    q = q + DBV_SEL(DBV_OR(rem > DBV(0x1000u), DBV_AND(rem == DBV(0x1000u), (q & DBV(1u)) != DBV(0u))), DBV(1u), DBV(0u));
+    q = q +
+        DBV_SEL(DBV_OR(rem > DBV(0x1000u), DBV_AND(rem == DBV(0x1000u), (q & DBV(1u)) != DBV(0u))), DBV(1u), DBV(0u));
     /* subnormal results: shift 126 - e is 14..24 there; clamped so other lanes shift safely */
     DBV_T sh = DBV(126u) - DBV_MIN(DBV_MAX(a >> 23, DBV(102u)), DBV(112u));
     DBV_T mm = (a & DBV(0x7FFFFFu)) | DBV(0x800000u);

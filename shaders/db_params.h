@@ -8,48 +8,48 @@
  * A unit is one physical row of the tensor (W elements for NCHW, W*C for NHWC); a group is
  * what one mask tile covers across its rows: one (n, c) plane for NCHW, one sample n (all
  * channels) for NHWC, so unit = group * H + h in both layouts. */
-#define DBP_C 0        /* u64 */
+#define DBP_C 0 /* u64 */
 #define DBP_H 2
 #define DBP_W 3
-#define DBP_LAYOUT 4   /* 0 NCHW, 1 NHWC */
+#define DBP_LAYOUT 4 /* 0 NCHW, 1 NHWC */
 #define DBP_DTYPE 5
 #define DBP_KERAS 6
-#define DBP_NORM 7     /* dropblock_normalize */
-#define DBP_U0 8       /* u64: units [U0, U1) form the chunk */
-#define DBP_U1 10      /* u64 */
-#define DBP_E0 12      /* u64: first element (physical index) of the chunk */
-#define DBP_NELEM 14   /* u64: elements in the chunk */
-#define DBP_N0 16      /* u64: first sample the chunk touches */
-#define DBP_NSAMP 18   /* samples the chunk touches */
-#define DBP_CHW 19     /* u64: elements per sample */
-#define DBP_NUMEL 21   /* u64: elements of the tensor */
-#define DBP_KEY 23     /* 2 words */
-#define DBP_BASE 25    /* 4 words */
-#define DBP_SN 29      /* u64 strides of the candidate index e */
+#define DBP_NORM 7   /* dropblock_normalize */
+#define DBP_U0 8     /* u64: units [U0, U1) form the chunk */
+#define DBP_U1 10    /* u64 */
+#define DBP_E0 12    /* u64: first element (physical index) of the chunk */
+#define DBP_NELEM 14 /* u64: elements in the chunk */
+#define DBP_N0 16    /* u64: first sample the chunk touches */
+#define DBP_NSAMP 18 /* samples the chunk touches */
+#define DBP_CHW 19   /* u64: elements per sample */
+#define DBP_NUMEL 21 /* u64: elements of the tensor */
+#define DBP_KEY 23   /* 2 words */
+#define DBP_BASE 25  /* 4 words */
+#define DBP_SN 29    /* u64 strides of the candidate index e */
 #define DBP_SC 31
 #define DBP_SH 33
 #define DBP_SW 35
 #define DBP_WMASK 37
-#define DBP_THR 38     /* u64 */
-#define DBP_ILO 40     /* candidate rows [ilo, iend), columns [jlo, jend) */
+#define DBP_THR 38 /* u64 */
+#define DBP_ILO 40 /* candidate rows [ilo, iend), columns [jlo, jend) */
 #define DBP_IEND 41
 #define DBP_JLO 42
 #define DBP_JEND 43
-#define DBP_UP 44      /* output (h, w) looks at candidate rows [h-up, h+down], columns [w-left, w+right] */
+#define DBP_UP 44 /* output (h, w) looks at candidate rows [h-up, h+down], columns [w-left, w+right] */
 #define DBP_DOWN 45
 #define DBP_LEFT 46
 #define DBP_RIGHT 47
-#define DBP_TILE 48    /* mask rows per tile (a device choice) */
-#define DBP_NT 49      /* row tiles per group: ceil(H / TILE) */
-#define DBP_TA0 50     /* u64: first tile of the chunk (tile = ((group * NT + t) * NS + s) * NC + cc) */
-#define DBP_NTILES 52  /* tiles of the chunk */
-#define DBP_GROUPS 53  /* whole groups of DBP_EPW elements the fast apply kernel takes */
-#define DBP_EPW 54     /* elements per fast-apply work item (a device choice) */
-#define DBP_TILEW 55   /* columns per tile: W, or less for tiles of one row (TILE = 1) */
-#define DBP_NS 56      /* column tiles per row: ceil(W / TILEW) */
-#define DBP_TILEC 57   /* NHWC: channels per tile, C or less for tiles of one row and one column */
-#define DBP_NC 58      /* channel tiles: ceil(C / TILEC) (1 for NCHW, whose groups are planes) */
-#define DBP_TPW 59     /* mask tiles a work item takes, one after another (a device choice) */
+#define DBP_TILE 48   /* mask rows per tile (a device choice) */
+#define DBP_NT 49     /* row tiles per group: ceil(H / TILE) */
+#define DBP_TA0 50    /* u64: first tile of the chunk (tile = ((group * NT + t) * NS + s) * NC + cc) */
+#define DBP_NTILES 52 /* tiles of the chunk */
+#define DBP_GROUPS 53 /* whole groups of DBP_EPW elements the fast apply kernel takes */
+#define DBP_EPW 54    /* elements per fast-apply work item (a device choice) */
+#define DBP_TILEW 55  /* columns per tile: W, or less for tiles of one row (TILE = 1) */
+#define DBP_NS 56     /* column tiles per row: ceil(W / TILEW) */
+#define DBP_TILEC 57  /* NHWC: channels per tile, C or less for tiles of one row and one column */
+#define DBP_NC 58     /* channel tiles: ceil(C / TILEC) (1 for NCHW, whose groups are planes) */
+#define DBP_TPW 59    /* mask tiles a work item takes, one after another (a device choice) */
 #define DBP_COUNT 60
 
 /* Vulkan descriptor bindings (set 0) of the passes' storage buffers: the numbers the shaders

@@ -184,7 +184,8 @@ DBFN void db_drop(DB_DROP_BUFS DB_TILE_ARGS, u32 i, u32 j)
             else db_mark_bits(DB_BITS_ARGS row + U64(wlo), row + whi, wa, wb, 0u);
         } else { /* NHWC: one bit a column, C apart (the word's own test inline: drops are hot there) */
             u64 C = DB_PRM64(DBP_C), bit = row + U64(wlo) * C;
-            for (u64 w = U64(wlo); w <= whi; w++, bit += C) db_mark_word(DB_BITS_ARGS bit >> 5, 1u << U32(bit & 31ul), wa, wb, 0u);
+            for (u64 w = U64(wlo); w <= whi; w++, bit += C)
+                db_mark_word(DB_BITS_ARGS bit >> 5, 1u << U32(bit & 31ul), wa, wb, 0u);
         }
     }
 }
@@ -199,8 +200,8 @@ DBFN void db_drop(DB_DROP_BUFS DB_TILE_ARGS, u32 i, u32 j)
 /* Runs the queued candidate blocks blk[0..n) (or the run of n blocks from run, db_fire_batch) of
  * plane (n, c) (candidate index base ebase) and drops every fired candidate of rows
  * [ci0, ci1), columns [cj0, cj1) among them. */
-DBFN void db_flush(DB_DROP_BUFS DB_TILE_ARGS, DB_BLK_PARAM(blk), u64 run, u32 n, u64 ebase, u32 ci0, u32 ci1,
-                   u32 cj0, u32 cj1)
+DBFN void db_flush(DB_DROP_BUFS DB_TILE_ARGS, DB_BLK_PARAM(blk), u64 run, u32 n, u64 ebase, u32 ci0, u32 ci1, u32 cj0,
+                   u32 cj1)
 {
     u64 thr = DB_PRM64(DBP_THR);
     u32x4 base = MAKE_U32X4(prm[DBP_BASE], prm[DBP_BASE + 1], prm[DBP_BASE + 2], prm[DBP_BASE + 3]);
@@ -247,7 +248,8 @@ DBFN u32x4 db_tile_box(DB_PRM_BUFS u64 g, u64 grp)
     u32 H = prm[DBP_H], W = prm[DBP_W];
     u64 NC = U64(prm[DBP_NC]), NSC = U64(prm[DBP_NS]) * NC;
     u64 rt = DB_PRM64(DBP_TA0) + g - grp * (U64(prm[DBP_NT]) * NSC);
-    if (rt == 0ul) return MAKE_U32X4(0u, H > prm[DBP_TILE] ? prm[DBP_TILE] : H, 0u, W > prm[DBP_TILEW] ? prm[DBP_TILEW] : W);
+    if (rt == 0ul)
+        return MAKE_U32X4(0u, H > prm[DBP_TILE] ? prm[DBP_TILE] : H, 0u, W > prm[DBP_TILEW] ? prm[DBP_TILEW] : W);
     u64 t = db_udiv(rt, NSC), st = db_udiv(rt - t * NSC, NC);
     u32 h0 = U32(t) * prm[DBP_TILE], w0 = U32(st) * prm[DBP_TILEW];
     return MAKE_U32X4(h0, H - h0 > prm[DBP_TILE] ? h0 + prm[DBP_TILE] : H, w0,
@@ -298,8 +300,8 @@ DBFN u64 db_tile_sample(DB_PRM_BUFS u64 g)
 }
 
 /* Mask pass for tile g of the chunk: writes the keep bits of its rows (or of its columns of
- * its one row, or of its channels of one row and column); returns how many it keeps. Random words are made only for candidate blocks,
- * DB_BATCH at a time (db_fire_batch). */
+ * its one row, or of its channels of one row and column); returns how many it keeps. Random words are made only for
+ * candidate blocks, DB_BATCH at a time (db_fire_batch). */
 DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
 {
     u64 C = DB_PRM64(DBP_C);
@@ -337,7 +339,8 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
         u32 nb = 0u;
         u64 last = 0xFFFFFFFFFFFFFFFFul;
         /* unit stride: the run of blocks from the first candidate to the last (DB_TAKE_RUN) */
-        u64 run = (ebase + U64(ci0) * sH + U64(cj0)) >> 2, end = ((ebase + U64(ci1 - 1u) * sH + U64(cj1 - 1u)) >> 2) + 1ul;
+        u64 run = (ebase + U64(ci0) * sH + U64(cj0)) >> 2,
+            end = ((ebase + U64(ci1 - 1u) * sH + U64(cj1 - 1u)) >> 2) + 1ul;
         if (sW == 1ul && DB_TAKE_RUN(end - run, U64(ci1 - ci0), U64(cj1 - cj0))) {
             for (; run < end; run += U64(DB_BATCH)) {
                 u32 take = end - run < U64(DB_BATCH) ? U32(end - run) : U32(DB_BATCH);
@@ -541,7 +544,8 @@ DBFN void db_scale_item(DB_SCALE_BUFS u32 s)
         return;
     }
     u32 v = 0x3F800000u; /* DROPBLOCK_NORMALIZE_NONE */
-    if (prm[DBP_NORM] == 1u) v = db_ratio(DB_PRM64(DBP_CHW), U64(kept[IX(2u * s)]) | (U64(kept[IX(2u * s + 1u)]) << 32));
+    if (prm[DBP_NORM] == 1u)
+        v = db_ratio(DB_PRM64(DBP_CHW), U64(kept[IX(2u * s)]) | (U64(kept[IX(2u * s + 1u)]) << 32));
     scales[IX(s)] = v;
 }
 

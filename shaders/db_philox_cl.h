@@ -27,13 +27,13 @@ DBFN u32 db_fired_any(uint8 f) { return any(f != (uint8)(0u)) ? 1u : 0u; }
  * one vpmuludq-style multiply with both halves in place, and whatever the upper halves hold
  * never reaches a lower half (multiplies read the low 32 bits, XORs and adds keep them apart). */
 #define DB_L32 0xFFFFFFFFul
-#define DB_PHILOX8(c0, c1, c2, c3, k0, k1)                                                         \
-    {                                                                                              \
-        ulong8 p0_ = (c0 & DB_L32) * 0xD2511F53ul, p1_ = (c2 & DB_L32) * 0xCD9E8D57ul;             \
-        c0 = (p1_ >> 32) ^ c1 ^ k0;                                                                \
-        c1 = p1_;                                                                                  \
-        c2 = (p0_ >> 32) ^ c3 ^ k1;                                                                \
-        c3 = p0_;                                                                                  \
+#define DB_PHILOX8(c0, c1, c2, c3, k0, k1) \
+    { \
+        ulong8 p0_ = (c0 & DB_L32) * 0xD2511F53ul, p1_ = (c2 & DB_L32) * 0xCD9E8D57ul; \
+        c0 = (p1_ >> 32) ^ c1 ^ k0; \
+        c1 = p1_; \
+        c2 = (p0_ >> 32) ^ c3 ^ k1; \
+        c3 = p0_; \
     }
 
 /* counters base + b for 8 blocks, words in the low halves */
@@ -82,7 +82,7 @@ DBFN uint8 db_fire_batch(const u64 *blk, u64 run, u32 n, u32x4 base, u32 k0, u32
         ulong t2 = U64(U32(q0 >> 32) ^ (kb + 0xBB67AE85u)), t3 = q0 & DB_L32;
 #pragma unroll
         for (int q = 0; q < DB_CHAINS; q++) {
-            ulong8 p0 = (c0[q] & DB_L32) * 0xD2511F53ul; /* round 1: c2 = hi ^ c3 ^ k1, c3 = lo */
+            ulong8 p0 = (c0[q] & DB_L32) * 0xD2511F53ul;             /* round 1: c2 = hi ^ c3 ^ k1, c3 = lo */
             ulong8 p1 = (((p0 >> 32) ^ t0) & DB_L32) * 0xCD9E8D57ul; /* round 2 */
             c0[q] = (p1 >> 32) ^ t1;
             c1[q] = p1;

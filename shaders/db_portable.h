@@ -103,8 +103,18 @@
 #define U32(x) ((uint32_t)(x))
 #define U64(x) ((uint64_t)(x))
 #define I64(x) ((int64_t)(x))
-static inline float db_as_f32(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
-static inline uint32_t db_as_u32(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+static inline float db_as_f32(uint32_t b)
+{
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+static inline uint32_t db_as_u32(float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return b;
+}
 #define AS_F32(x) db_as_f32(x)
 #define AS_U32(x) db_as_u32(x)
 #ifdef __POPCNT__
@@ -121,7 +131,9 @@ static inline uint32_t db_popcount32(uint32_t x)
 #endif
 #define TO_F32(x) ((float)(x))
 #define FMAX(a, b) ((a) > (b) ? (a) : (b))
-typedef struct { uint32_t x, y, z, w; } db_u32x4;
+typedef struct {
+    uint32_t x, y, z, w;
+} db_u32x4;
 #define u32x4 db_u32x4
 #define MAKE_U32X4(a, b, c, d) ((db_u32x4){(a), (b), (c), (d)})
 #ifdef DB_C_VLANES
@@ -143,7 +155,12 @@ typedef struct { uint32_t x, y, z, w; } db_u32x4;
 #define ATOMIC_AND(arr, i, v) (arr[i] &= (v))
 #define ATOMIC_LOAD(arr, i) (arr[i])
 #define ATOMIC_ADD(arr, i, v) db_c_add(&arr[i], (v))
-static inline uint32_t db_c_add(uint32_t *p, uint32_t v) { uint32_t old = *p; *p = old + v; return old; }
+static inline uint32_t db_c_add(uint32_t *p, uint32_t v)
+{
+    uint32_t old = *p;
+    *p = old + v;
+    return old;
+}
 #endif
 #define MSB32(x) (31u - U32(__builtin_clz(x)))
 #ifdef DB_C_VLANES

@@ -67,10 +67,7 @@ inline uint db_lane_bits(DBV_T bad, uint stride, uint offset)
  * array, which the compiler keeps in registers, so that the tensors' alignment stays that of
  * DB_LOADV. db_hwiden: the 2 DB_VW halves of xv -> the float32 bits of elements 0 .. DB_VW-1
  * (*a) and DB_VW .. 2 DB_VW-1 (*b), NaN quiet without payload as db_f16_to_f32 gives it. */
-inline DBV_T db_hquiet(DBV_T v)
-{
-    return DBV_SEL((v & 0x7FFFFFFFu) > 0x7F800000u, (v & 0x80000000u) | 0x7FC00000u, v);
-}
+inline DBV_T db_hquiet(DBV_T v) { return DBV_SEL((v & 0x7FFFFFFFu) > 0x7F800000u, (v & 0x80000000u) | 0x7FC00000u, v); }
 
 inline void db_hwiden(DBV_T xv, DBV_T *a, DBV_T *b)
 {
@@ -107,8 +104,8 @@ inline DBV_T db_happly(DBV_T v, DBV_T s, DBV_T keep)
  * elements 0 .. DB_VW-1 and b the rest. fix: lanes db_vbad reports keep x and are marked in
  * fixup, one bit per element, for db_fixup. */
 inline void db_apply_fast(__global const uint *prm, __global const uint *mask, __global const uint *scales,
-                          __global const uint *x, __global uint *y, __global uint *fixup, uint g,
-                          const uint dtype, const uint per_sample, const uint fix, const uint hw)
+                          __global const uint *x, __global uint *y, __global uint *fixup, uint g, const uint dtype,
+                          const uint per_sample, const uint fix, const uint hw)
 {
     const uint epv = dtype == DB_DTYPE_F32 ? DB_VW : 2u * DB_VW; /* elements a vector */
     const uint inorder = dtype == DB_DTYPE_F16 && hw;
@@ -157,11 +154,11 @@ inline void db_apply_fast(__global const uint *prm, __global const uint *mask, _
     }
 }
 
-#define DB_APPLY_KERNEL(name, dtype, per_sample, fix, hw)                                                      \
-    __kernel void name(__global const uint *prm, __global const uint *mask, __global const uint *scales,        \
-                       __global const uint *x, __global uint *y, __global uint *fixup)                            \
-    {                                                                                                           \
-        db_apply_fast(prm, mask, scales, x, y, fixup, (uint)get_global_id(0), dtype, per_sample, fix, hw);      \
+#define DB_APPLY_KERNEL(name, dtype, per_sample, fix, hw) \
+    __kernel void name(__global const uint *prm, __global const uint *mask, __global const uint *scales, \
+                       __global const uint *x, __global uint *y, __global uint *fixup) \
+    { \
+        db_apply_fast(prm, mask, scales, x, y, fixup, (uint)get_global_id(0), dtype, per_sample, fix, hw); \
     }
 DB_APPLY_KERNEL(db_apply_f32, DB_DTYPE_F32, 0u, 0u, 0u)
 DB_APPLY_KERNEL(db_apply_f16, DB_DTYPE_F16, 0u, 0u, 0u)
@@ -224,8 +221,8 @@ __kernel void db_probe(__global const uint *x, __global const uint *s, __global 
  * vector i of h (2 DB_VW halves) into vectors 2i, 2i+1 of fw, and takes vectors 2i, 2i+1 of f
  * (float32 bits) with keep bits from k, times scale 1, to f16 in vector i of hn; the host
  * compares with core/fp.h. */
-__kernel void db_probe_half(__global const uint *h, __global const uint *f, __global const uint *k,
-                            __global uint *fw, __global uint *hn)
+__kernel void db_probe_half(__global const uint *h, __global const uint *f, __global const uint *k, __global uint *fw,
+                            __global uint *hn)
 {
     uint i = (uint)get_global_id(0);
     DBV_T a, b;

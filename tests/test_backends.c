@@ -44,7 +44,9 @@ static int run_on_device(void *c, const dropblock_params *p, const void *in, voi
     struct ctx *x = c;
     if (!x->aligned && !x->in_place) return engine_run(x, p, in, out, mask, res);
     const size_t bytes = dropblock_tensor_bytes(p), page = 4096, cap = (bytes + page - 1) / page * page;
-    char *a = x->aligned ? aligned_alloc(page, cap) : malloc(bytes), *b = x->in_place ? a : x->aligned ? aligned_alloc(page, cap) : malloc(bytes);
+    char *a = x->aligned ? aligned_alloc(page, cap) : malloc(bytes), *b = x->in_place  ? a
+                                                                          : x->aligned ? aligned_alloc(page, cap)
+                                                                                       : malloc(bytes);
     int rc = DROPBLOCK_EEXHAUSTED;
     if (a && b) {
         memcpy(a, in, bytes);
@@ -74,8 +76,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--require") && i + 1 < argc) require = argv[++i];
         else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--backend B] [--require A,B] [--filter TEXT] [--aligned] [--in-place] [--hostile-fpu]\n",
-                    argv[0]);
+            fprintf(
+                stderr,
+                "usage: %s [--backend B] [--require A,B] [--filter TEXT] [--aligned] [--in-place] [--hostile-fpu]\n",
+                argv[0]);
             return 2;
         }
     }
@@ -98,7 +102,11 @@ int main(int argc, char **argv)
             if (filter && !strstr(cases[i].name, filter)) continue;
             char why[512];
             if (test_case_compare(&cases[i], run_on_device, &c, why, sizeof why)) passed++;
-            else { failed++; dfail++; printf("FAIL %s %s: %s\n", info->id, cases[i].name, why); }
+            else {
+                failed++;
+                dfail++;
+                printf("FAIL %s %s: %s\n", info->id, cases[i].name, why);
+            }
         }
         printf("device %s: %s\n", info->id, dfail ? "FAILED" : "all cases equal the reference");
     }
@@ -108,7 +116,10 @@ int main(int argc, char **argv)
         for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
             int found = 0;
             for (size_t d = 0; d < ndev; d++) found |= !strcmp(db_engine_device(e, d)->api, tok);
-            if (!found) { printf("FAIL required API %s has no device\n", tok); failed++; }
+            if (!found) {
+                printf("FAIL required API %s has no device\n", tok);
+                failed++;
+            }
         }
     }
     db_engine_close(e);

@@ -12,14 +12,13 @@ static int add(struct test_case *out, int *n, int cap, const char *name, const d
     if (*n >= cap) return 0;
     struct test_case *t = &out[(*n)++];
     memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s %s/%s %llux%llux%llux%llu r%g b%llux%llu %s%s%s%s%s%s",
-             name, dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype),
-             (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
-             (unsigned long long)p->shape[3], (double)p->rate, (unsigned long long)p->block[0],
-             (unsigned long long)p->block[1], dropblock_normalize_name(p->normalize),
-             p->share & DROPBLOCK_SHARE_CHANNELS ? " share-c" : "", p->share & DROPBLOCK_SHARE_BATCH ? " share-n" : "",
-             p->mode == DROPBLOCK_BACKWARD ? " backward" : "", p->training ? "" : " eval",
-             p->compat == DROPBLOCK_COMPAT_KERAS_CV ? " keras_cv" : "");
+    snprintf(t->name, sizeof t->name, "%s %s/%s %llux%llux%llux%llu r%g b%llux%llu %s%s%s%s%s%s", name,
+             dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype), (unsigned long long)p->shape[0],
+             (unsigned long long)p->shape[1], (unsigned long long)p->shape[2], (unsigned long long)p->shape[3],
+             (double)p->rate, (unsigned long long)p->block[0], (unsigned long long)p->block[1],
+             dropblock_normalize_name(p->normalize), p->share & DROPBLOCK_SHARE_CHANNELS ? " share-c" : "",
+             p->share & DROPBLOCK_SHARE_BATCH ? " share-n" : "", p->mode == DROPBLOCK_BACKWARD ? " backward" : "",
+             p->training ? "" : " eval", p->compat == DROPBLOCK_COMPAT_KERAS_CV ? " keras_cv" : "");
     t->p = *p;
     t->s0 = p->seed ^ 0x5EEDu;
     t->s1 = 17;
@@ -31,9 +30,13 @@ static dropblock_params base(uint64_t n, uint64_t c, uint64_t h, uint64_t w, flo
 {
     dropblock_params p;
     dropblock_params_init(&p);
-    p.shape[0] = n; p.shape[1] = c; p.shape[2] = h; p.shape[3] = w;
+    p.shape[0] = n;
+    p.shape[1] = c;
+    p.shape[2] = h;
+    p.shape[3] = w;
     p.rate = rate;
-    p.block[0] = bh; p.block[1] = bw;
+    p.block[0] = bh;
+    p.block[1] = bw;
     p.seed = 1000 + h * 31 + w;
     p.stream = 3;
     return p;
@@ -62,7 +65,9 @@ static dropblock_params seed_keeping(dropblock_params p, const int *want)
         }
         if (ok) break;
     }
-    free(x); free(y); free(mask);
+    free(x);
+    free(y);
+    free(mask);
     return p;
 }
 
@@ -74,15 +79,15 @@ int test_cases_matrix(struct test_case *out, int cap)
             dropblock_params v[64];
             const char *names[64];
             int k = 0;
-#define CASE(nm, expr)                                                                       \
-    do {                                                                                     \
-        if (k == (int)(sizeof v / sizeof v[0])) {                                            \
-            fprintf(stderr, "test_cases: more cases than v[] holds\n");                      \
-            abort();                                                                         \
-        }                                                                                    \
-        v[k] = (expr);                                                                       \
-        names[k] = (nm);                                                                     \
-        k++;                                                                                 \
+#define CASE(nm, expr) \
+    do { \
+        if (k == (int)(sizeof v / sizeof v[0])) { \
+            fprintf(stderr, "test_cases: more cases than v[] holds\n"); \
+            abort(); \
+        } \
+        v[k] = (expr); \
+        names[k] = (nm); \
+        k++; \
     } while (0)
             CASE("odd block", base(2, 3, 9, 7, 0.2f, 3, 3));
             CASE("even block", base(2, 3, 10, 12, 0.3f, 4, 4));
@@ -102,6 +107,7 @@ int test_cases_matrix(struct test_case *out, int cap)
              * plane, not in one queue) */
             CASE("large planes", base(1, 2, 40, 41, 0.3f, 5, 4));
             dropblock_params p;
+            /* clang-format off */
             p = base(3, 4, 9, 9, 0.4f, 3, 3); p.normalize = DROPBLOCK_NORMALIZE_SAMPLE; CASE("sample", p);
             p = base(3, 4, 9, 9, 0.4f, 3, 3); p.normalize = DROPBLOCK_NORMALIZE_NONE; CASE("none", p);
             p = base(3, 4, 9, 9, 0.4f, 3, 3); p.share = DROPBLOCK_SHARE_CHANNELS; CASE("share channels", p);
@@ -137,6 +143,7 @@ int test_cases_matrix(struct test_case *out, int cap)
             CASE("every word sample scales 3/2 3", seed_keeping(p, keep21));
             p = base(1, 3, 472, 139, 0.5f, 472, 139); p.normalize = DROPBLOCK_NORMALIZE_NONE;
             CASE("every word scale 1", seed_keeping(p, keep2));
+            /* clang-format on */
 #undef CASE
             for (int i = 0; i < k; i++) {
                 v[i].layout = (dropblock_layout)layout;
@@ -193,7 +200,10 @@ int test_case_compare(const struct test_case *tc, test_runner runner, void *ctx,
     memset(&wr, 0, sizeof wr);
     memset(&gr, 0, sizeof gr);
     int ok = 0;
-    if (!x || !want || !got || !wmask || !gmask) { snprintf(why, len, "out of memory"); goto out; }
+    if (!x || !want || !got || !wmask || !gmask) {
+        snprintf(why, len, "out of memory");
+        goto out;
+    }
     int wrc = db_reference_run(p, x, want, wmask, NULL, &wr);
     int grc = runner(ctx, p, x, got, gmask, &gr);
     if (wrc || grc) {
@@ -203,14 +213,15 @@ int test_case_compare(const struct test_case *tc, test_runner runner, void *ctx,
     }
     if (wr.kept != gr.kept || wr.total != gr.total || wr.scale_bits != gr.scale_bits) {
         snprintf(why, len, "K/S/scale: reference %llu/%llu/0x%08x, backend %llu/%llu/0x%08x",
-                 (unsigned long long)wr.kept, (unsigned long long)wr.total, wr.scale_bits,
-                 (unsigned long long)gr.kept, (unsigned long long)gr.total, gr.scale_bits);
+                 (unsigned long long)wr.kept, (unsigned long long)wr.total, wr.scale_bits, (unsigned long long)gr.kept,
+                 (unsigned long long)gr.total, gr.scale_bits);
         goto out;
     }
     if (memcmp(wmask, gmask, mb)) {
         for (uint64_t i = 0; i < mb; i++)
             if (wmask[i] != gmask[i]) {
-                snprintf(why, len, "mask byte %llu: reference 0x%02x, backend 0x%02x", (unsigned long long)i, wmask[i], gmask[i]);
+                snprintf(why, len, "mask byte %llu: reference 0x%02x, backend 0x%02x", (unsigned long long)i, wmask[i],
+                         gmask[i]);
                 break;
             }
         goto out;
@@ -228,6 +239,10 @@ int test_case_compare(const struct test_case *tc, test_runner runner, void *ctx,
     }
     ok = 1;
 out:
-    free(x); free(want); free(got); free(wmask); free(gmask);
+    free(x);
+    free(want);
+    free(got);
+    free(wmask);
+    free(gmask);
     return ok;
 }

@@ -11,9 +11,9 @@
 struct test_case {
     char name[128];
     dropblock_params p;
-    uint64_t s0, s1;  /* tf-uniform input seed */
-    int specials;     /* 1: overwrite some inputs with NaN, inf, -0, subnormals, huge values;
-                       * 2: every 16-bit word in turn (f32: as the upper half) */
+    uint64_t s0, s1; /* tf-uniform input seed */
+    int specials;    /* 1: overwrite some inputs with NaN, inf, -0, subnormals, huge values;
+                      * 2: every 16-bit word in turn (f32: as the upper half) */
 };
 
 /* Fills the matrix; returns the number of cases. */

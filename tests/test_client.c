@@ -33,7 +33,10 @@ static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
 static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void check(int ok, const char *fmt, ...)
 {
-    if (ok) { atomic_fetch_add(&passed, 1); return; }
+    if (ok) {
+        atomic_fetch_add(&passed, 1);
+        return;
+    }
     atomic_fetch_add(&failed, 1);
     pthread_mutex_lock(&out_lock);
     va_list ap;
@@ -45,8 +48,6 @@ static void check(int ok, const char *fmt, ...)
     fflush(stdout);
     pthread_mutex_unlock(&out_lock);
 }
-
-
 
 /* ---------------------------------------------------------------- the daemon under test */
 static const char *daemon_exe, *cache_dir;
@@ -96,8 +97,14 @@ static int job_check(dropblock_t *h, const dropblock_params *p, const char *devi
     int ok = 0, rc;
     void *x = malloc(tb), *want = malloc(tb);
     uint8_t *wmask = calloc(1, mb);
-    if (!x || !want || !wmask) { snprintf(why, wl, "out of memory"); goto out; }
-    if ((rc = dropblock_alloc(h, size, (void **)&base))) { snprintf(why, wl, "alloc of %zu bytes: %d", size, rc); goto out; }
+    if (!x || !want || !wmask) {
+        snprintf(why, wl, "out of memory");
+        goto out;
+    }
+    if ((rc = dropblock_alloc(h, size, (void **)&base))) {
+        snprintf(why, wl, "alloc of %zu bytes: %d", size, rc);
+        goto out;
+    }
     uint8_t *in = base, *outp = base + off_out, *mask = with_mask ? base + off_mask : NULL;
     db_fill_tf_uniform(p->dtype, s0, 17, n, in);
     memcpy(x, in, tb);
@@ -130,7 +137,10 @@ static int job_check(dropblock_t *h, const dropblock_params *p, const char *devi
     } else {
         ok = 1;
     }
-    if ((rc = dropblock_free(h, base))) { ok = 0; snprintf(why, wl, "free: %d", rc); }
+    if ((rc = dropblock_free(h, base))) {
+        ok = 0;
+        snprintf(why, wl, "free: %d", rc);
+    }
 out:
     free(x);
     free(want);
@@ -142,9 +152,13 @@ static dropblock_params small_params(void)
 {
     dropblock_params p;
     dropblock_params_init(&p);
-    p.shape[0] = 2; p.shape[1] = 3; p.shape[2] = 9; p.shape[3] = 11;
+    p.shape[0] = 2;
+    p.shape[1] = 3;
+    p.shape[2] = 9;
+    p.shape[3] = 11;
     p.rate = 0.3f;
-    p.block[0] = 3; p.block[1] = 2;
+    p.block[0] = 3;
+    p.block[1] = 2;
     p.seed = 42;
     return p;
 }
@@ -169,11 +183,17 @@ static void test_connect_refused(void)
  * uid other than the daemon's may not shut it down. Children, before this process has threads. */
 static void test_permissions(void)
 {
-    if (geteuid() != 0) { printf("skip: permission checks need root (to switch uid)\n"); return; }
+    if (geteuid() != 0) {
+        printf("skip: permission checks need root (to switch uid)\n");
+        return;
+    }
     /* once hello answers, the daemon has long set the socket's own mode: ours stays */
     dropblock_t *h = NULL;
     char msg[512];
-    if (dropblock_connect(&h, sock_path, msg, sizeof msg)) { check(0, "connect: %s", msg); return; }
+    if (dropblock_connect(&h, sock_path, msg, sizeof msg)) {
+        check(0, "connect: %s", msg);
+        return;
+    }
     dropblock_close(h);
     chmod(tmpdir, 0755);
     chmod(sock_path, 0666);
@@ -239,7 +259,10 @@ static void test_basics(dropblock_t *h)
     for (int i = 0; i < 5; i++) {
         dropblock_t *c = NULL;
         char msg[256];
-        if (dropblock_connect(&c, sock_path, msg, sizeof msg)) { check(0, "connect: %s", msg); break; }
+        if (dropblock_connect(&c, sock_path, msg, sizeof msg)) {
+            check(0, "connect: %s", msg);
+            break;
+        }
         void *a = NULL, *b = NULL;
         dropblock_alloc(c, 4096, &a);
         dropblock_alloc(c, 1 << 20, &b);
@@ -270,7 +293,10 @@ static void test_every_device(dropblock_t *h)
                 int good = job_check(h, &cases[i].p, dev, variant > 0, variant != 1, variant == 2, cases[i].s0, why,
                                      sizeof why);
                 if (good) ok++;
-                else { bad++; check(0, "%s %s (variant %d): %s", dev, cases[i].name, variant, why); }
+                else {
+                    bad++;
+                    check(0, "%s %s (variant %d): %s", dev, cases[i].name, variant, why);
+                }
             }
         }
         check(ok > 0, "device %s ran jobs", dev);
@@ -283,7 +309,10 @@ static void test_errors(dropblock_t *h)
     dropblock_params p = small_params();
     uint64_t tb = dropblock_tensor_bytes(&p), mb = dropblock_mask_bytes(&p);
     uint8_t *r = NULL;
-    if (dropblock_alloc(h, 2 * tb + mb, (void **)&r)) { check(0, "alloc for the error checks"); return; }
+    if (dropblock_alloc(h, 2 * tb + mb, (void **)&r)) {
+        check(0, "alloc for the error checks");
+        return;
+    }
     dropblock_result res;
     int rc;
 
@@ -317,7 +346,8 @@ static void test_errors(dropblock_t *h)
     check(rc == DROPBLOCK_EINVAL && strstr(res.message, "overlaps"), "shifted overlap: rc %d \"%s\"", rc, res.message);
     dropblock_params k = small_params();
     k.compat = DROPBLOCK_COMPAT_KERAS_CV;
-    k.shape[2] = 3; k.block[0] = 4;
+    k.shape[2] = 3;
+    k.block[0] = 4;
     rc = dropblock_run(h, &k, r, r, NULL, NULL, &res);
     check(rc == DROPBLOCK_EINVAL && strstr(res.message, "divide by zero"), "keras_cv division by zero: rc %d \"%s\"",
           rc, res.message);
@@ -337,7 +367,10 @@ static void test_timeout(dropblock_t *h, pid_t daemon)
     p.layout = DROPBLOCK_NHWC;
     uint64_t tb = dropblock_tensor_bytes(&p), mb = dropblock_mask_bytes(&p);
     uint8_t *r = NULL;
-    if (dropblock_alloc(h, 2 * tb + mb, (void **)&r)) { check(0, "alloc for the timeout check"); return; }
+    if (dropblock_alloc(h, 2 * tb + mb, (void **)&r)) {
+        check(0, "alloc for the timeout check");
+        return;
+    }
     db_fill_tf_uniform(p.dtype, 9, 17, dropblock_numel(&p), r);
     void *want = malloc(tb);
     uint8_t *wmask = calloc(1, mb);
@@ -424,21 +457,32 @@ static int batch_check(dropblock_t *h, uint64_t *s, char *why, size_t wl)
     dropblock_ticket *t[BATCH] = {0};
     int ok = 1;
     for (int i = 0; i < BATCH && ok; i++) {
-        do p[i] = random_params(s); while (p[i].compat == DROPBLOCK_COMPAT_KERAS_CV); /* no expected errors */
+        do p[i] = random_params(s);
+        while (p[i].compat == DROPBLOCK_COMPAT_KERAS_CV); /* no expected errors */
         uint64_t tb = dropblock_tensor_bytes(&p[i]);
         want[i] = malloc(tb);
         dropblock_result wr;
-        if (!want[i] || dropblock_alloc(h, 2 * tb, (void **)&r[i])) { ok = 0; snprintf(why, wl, "alloc"); break; }
+        if (!want[i] || dropblock_alloc(h, 2 * tb, (void **)&r[i])) {
+            ok = 0;
+            snprintf(why, wl, "alloc");
+            break;
+        }
         db_fill_tf_uniform(p[i].dtype, tu_rng_next(s), 3, dropblock_numel(&p[i]), r[i]);
         db_reference_run(&p[i], r[i], want[i], NULL, NULL, &wr);
         int rc = dropblock_submit(h, &p[i], r[i], r[i] + tb, NULL, i % 2 ? "auto" : NULL, &t[i]);
-        if (rc) { ok = 0; snprintf(why, wl, "submit %d: rc %d", i, rc); }
+        if (rc) {
+            ok = 0;
+            snprintf(why, wl, "submit %d: rc %d", i, rc);
+        }
     }
     for (int i = BATCH - 1; i >= 0; i--) {
         dropblock_result gr;
         if (!t[i]) continue;
         int rc = dropblock_wait(h, t[i], -1, &gr);
-        if (ok && rc) { ok = 0; snprintf(why, wl, "batch job %d: rc %d %s", i, rc, gr.message); }
+        if (ok && rc) {
+            ok = 0;
+            snprintf(why, wl, "batch job %d: rc %d %s", i, rc, gr.message);
+        }
         if (ok && memcmp(r[i] + dropblock_tensor_bytes(&p[i]), want[i], dropblock_tensor_bytes(&p[i]))) {
             ok = 0;
             snprintf(why, wl, "batch job %d: output differs from the reference", i);
@@ -527,7 +571,8 @@ static void test_local(void)
     dropblock_submit(h, &p, r, r, NULL, NULL, &t); /* left for close */
     char json[4096];
     rc = dropblock_status(h, json, sizeof json);
-    check(rc == 0 && strstr(json, "\"devices\"") && strstr(json, "cpu:0"), "local status lists devices: %d %s", rc, json);
+    check(rc == 0 && strstr(json, "\"devices\"") && strstr(json, "cpu:0"), "local status lists devices: %d %s", rc,
+          json);
     check(dropblock_status(h, json, 4) == DROPBLOCK_ERANGE, "local status into 4 bytes is ERANGE");
     rc = dropblock_shutdown(h, msg, sizeof msg);
     check(rc == DROPBLOCK_EINVAL && strstr(msg, "not a daemon connection"), "local shutdown: rc %d \"%s\"", rc, msg);
@@ -579,7 +624,7 @@ static void *waiter_main(void *arg)
  * one of them reconnects, the others wait for it and go on. */
 struct rerun {
     dropblock_t *h;
-    uint8_t *mem;      /* allocated before the kill */
+    uint8_t *mem; /* allocated before the kill */
     dropblock_params p;
     const char *device;
     int ok;
@@ -620,7 +665,10 @@ static void test_killed(void)
 {
     static const char *const cpu_only[] = {"--devices", "cpu", NULL};
     pid_t d = daemon_start(cpu_only);
-    if (d < 0) { check(0, "second daemon"); return; }
+    if (d < 0) {
+        check(0, "second daemon");
+        return;
+    }
     int fds_before = count_fds();
     dropblock_t *h = NULL;
     char msg[512];
@@ -687,7 +735,11 @@ static void test_killed(void)
 
     /* a new daemon on the same path (all its devices): the handle reconnects on its next call */
     d = daemon_start(NULL);
-    if (d < 0) { check(0, "restarted daemon"); dropblock_close(h); return; }
+    if (d < 0) {
+        check(0, "restarted daemon");
+        dropblock_close(h);
+        return;
+    }
     pthread_t ths[NRERUN];
     for (int i = 0; i < NRERUN; i++) {
         rr[i].device = i == 0 ? NULL : i == 1 ? "cpu:0" : "auto";
@@ -695,7 +747,8 @@ static void test_killed(void)
     }
     for (int i = 0; i < NRERUN; i++) {
         pthread_join(ths[i], NULL);
-        check(rr[i].ok, "after the restart, thread %d's jobs on memory from before the kill are exact: %s", i, rr[i].why);
+        check(rr[i].ok, "after the restart, thread %d's jobs on memory from before the kill are exact: %s", i,
+              rr[i].why);
     }
     rc = dropblock_devices(h, devs, 16, &n);
     check(rc == 0 && n > 0, "devices after the restart: rc %d, %zu", rc, n);
@@ -717,18 +770,23 @@ static void test_killed(void)
     free(want);
     free(wmask);
     rc = dropblock_status(h, json, sizeof json);
-    check(rc == 0 && strstr(json, "\"regions\":5"), "status after the restart counts the 5 regions registered again: %s",
-          json);
+    check(rc == 0 && strstr(json, "\"regions\":5"),
+          "status after the restart counts the 5 regions registered again: %s", json);
     check(dropblock_free(h, r) == 0, "free after the restart");
     for (int i = 0; i < NRERUN; i++) check(dropblock_free(h, rr[i].mem) == 0, "free %d after the restart", i);
     check(dropblock_free(h, r) == DROPBLOCK_EINVAL, "free twice is still EINVAL");
     dropblock_close(h);
-    check(count_fds() == fds_before, "descriptors back to %d after close (now %d): the memfds kept for reconnects "
-          "are closed", fds_before, count_fds());
+    check(count_fds() == fds_before,
+          "descriptors back to %d after close (now %d): the memfds kept for reconnects "
+          "are closed",
+          fds_before, count_fds());
     kill(d, SIGTERM);
     int st = daemon_reap(d, 30 * slow);
     check(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the restarted daemon exits 0 on SIGTERM (0x%x)", st);
-    if (st < 0) { kill(d, SIGKILL); waitpid(d, NULL, 0); }
+    if (st < 0) {
+        kill(d, SIGKILL);
+        waitpid(d, NULL, 0);
+    }
 }
 
 int main(int argc, char **argv)

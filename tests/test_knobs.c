@@ -11,10 +11,14 @@
 static int passed, failed;
 static char logged[4096];
 
-#define CHECK_EQ(got, want, what) do { \
+#define CHECK_EQ(got, want, what) \
+    do { \
         unsigned long long g_ = (unsigned long long)(got), w_ = (unsigned long long)(want); \
         if (g_ == w_) passed++; \
-        else { failed++; printf("FAIL %s: got %llu, want %llu\n", what, g_, w_); } \
+        else { \
+            failed++; \
+            printf("FAIL %s: got %llu, want %llu\n", what, g_, w_); \
+        } \
     } while (0)
 
 static void log_line(void *ctx, const char *line)
@@ -25,9 +29,9 @@ static void log_line(void *ctx, const char *line)
 }
 
 static const char *const names[] = {
-    "DROPBLOCK_CPU_THREADS",   "DROPBLOCK_OPENCL_MAX_BUFFER", "DROPBLOCK_OPENCL_SHAPE",     "DROPBLOCK_OPENCL_COPY",
-    "DROPBLOCK_OPENCL_FIXUP",  "DROPBLOCK_OPENCL_STAGE_BYTES", "DROPBLOCK_VULKAN_MAX_BUFFER", "DROPBLOCK_VULKAN_STAGE",
-    "DROPBLOCK_VULKAN_COPY",   "DROPBLOCK_VULKAN_FIXUP",      "DROPBLOCK_VULKAN_MASK_FAULT",
+    "DROPBLOCK_CPU_THREADS",  "DROPBLOCK_OPENCL_MAX_BUFFER",  "DROPBLOCK_OPENCL_SHAPE",      "DROPBLOCK_OPENCL_COPY",
+    "DROPBLOCK_OPENCL_FIXUP", "DROPBLOCK_OPENCL_STAGE_BYTES", "DROPBLOCK_VULKAN_MAX_BUFFER", "DROPBLOCK_VULKAN_STAGE",
+    "DROPBLOCK_VULKAN_COPY",  "DROPBLOCK_VULKAN_FIXUP",       "DROPBLOCK_VULKAN_MASK_FAULT",
 };
 
 static void clear(void)
@@ -46,7 +50,10 @@ static void set_only(const char *const *pairs)
 static void expect_logged(const char *what)
 {
     if (strstr(logged, what)) passed++;
-    else { failed++; printf("FAIL the log lacks \"%s\"; it has:\n%s", what, logged); }
+    else {
+        failed++;
+        printf("FAIL the log lacks \"%s\"; it has:\n%s", what, logged);
+    }
 }
 
 int main(void)
@@ -62,11 +69,13 @@ int main(void)
     CHECK_EQ(k.opencl_stage_bytes + k.vulkan_mask_fault, 0, "unset counts");
     CHECK_EQ(strlen(logged), 0, "nothing logged when nothing is set");
 
+    /* clang-format off */
     static const char *const readable[] = {
         "DROPBLOCK_CPU_THREADS", "3", "DROPBLOCK_OPENCL_MAX_BUFFER", "4096", "DROPBLOCK_OPENCL_SHAPE", "gpu",
         "DROPBLOCK_OPENCL_COPY", "1", "DROPBLOCK_OPENCL_FIXUP", "1", "DROPBLOCK_OPENCL_STAGE_BYTES", "300",
         "DROPBLOCK_VULKAN_MAX_BUFFER", "100", "DROPBLOCK_VULKAN_STAGE", "0", "DROPBLOCK_VULKAN_COPY", "1",
         "DROPBLOCK_VULKAN_FIXUP", "0", "DROPBLOCK_VULKAN_MASK_FAULT", "1000000", NULL};
+    /* clang-format on */
     set_only(readable);
     db_knobs_read(&k, log_line, NULL);
     CHECK_EQ(k.cpu_threads, 3, "CPU threads");
@@ -82,10 +91,12 @@ int main(void)
     CHECK_EQ(k.vulkan_mask_fault, 1000000, "Vulkan mask fault");
     CHECK_EQ(strlen(logged), 0, "nothing logged for readable values");
 
+    /* clang-format off */
     static const char *const unreadable[] = {
         "DROPBLOCK_CPU_THREADS", "-2", "DROPBLOCK_OPENCL_MAX_BUFFER", "4k", "DROPBLOCK_OPENCL_SHAPE", "cpu",
         "DROPBLOCK_OPENCL_STAGE_BYTES", "0", "DROPBLOCK_VULKAN_MAX_BUFFER", "99999999999999999999999",
         "DROPBLOCK_VULKAN_STAGE", "yes", "DROPBLOCK_VULKAN_MASK_FAULT", "4294967296", NULL};
+    /* clang-format on */
     set_only(unreadable);
     db_knobs_read(&k, log_line, NULL);
     CHECK_EQ(k.cpu_threads, 0, "negative CPU threads ignored");

@@ -23,7 +23,8 @@ static int check(struct db_engine *e, const char *name, const dropblock_params *
     const uint64_t n = dropblock_numel(p), bytes = dropblock_tensor_bytes(p), mb = dropblock_mask_bytes(p);
     const size_t es = dropblock_dtype_size(p->dtype);
     if (bytes <= db_engine_device(e, 0)->max_buffer) {
-        printf("FAIL %s: the tensor (%llu bytes) fits one buffer: nothing is chunked\n", name, (unsigned long long)bytes);
+        printf("FAIL %s: the tensor (%llu bytes) fits one buffer: nothing is chunked\n", name,
+               (unsigned long long)bytes);
         return 0;
     }
     void *x = malloc(bytes), *want = malloc(bytes), *got = malloc(bytes);
@@ -79,7 +80,11 @@ static int check(struct db_engine *e, const char *name, const dropblock_params *
            gr.scale_bits);
     ok = 1;
 out:
-    free(x); free(want); free(got); free(wmask); free(gmask);
+    free(x);
+    free(want);
+    free(got);
+    free(wmask);
+    free(gmask);
     return ok;
 }
 
@@ -100,9 +105,13 @@ int main(void)
     /* 2x9x1450x1450 f32: 151 MB, two chunks, the boundary inside sample 1 */
     dropblock_params p;
     dropblock_params_init(&p);
-    p.shape[0] = 2; p.shape[1] = 9; p.shape[2] = 1450; p.shape[3] = 1450;
+    p.shape[0] = 2;
+    p.shape[1] = 9;
+    p.shape[2] = 1450;
+    p.shape[3] = 1450;
     p.rate = 0.1f;
-    p.block[0] = 7; p.block[1] = 7;
+    p.block[0] = 7;
+    p.block[1] = 7;
     p.seed = UINT64_C(0x0123456789ABCDEF);
     p.stream = 5;
     int passed = 0, failed = 0;
@@ -111,12 +120,16 @@ int main(void)
 
     /* 3x25x1000x999 f16 NHWC, per-sample scales, in place: 150 MB; rows of 24975 elements, so
      * the first chunk (2687 rows) has an odd number of 16-bit elements */
-    p.shape[0] = 3; p.shape[1] = 25; p.shape[2] = 1000; p.shape[3] = 999;
+    p.shape[0] = 3;
+    p.shape[1] = 25;
+    p.shape[2] = 1000;
+    p.shape[3] = 999;
     p.layout = DROPBLOCK_NHWC;
     p.dtype = DROPBLOCK_F16;
     p.normalize = DROPBLOCK_NORMALIZE_SAMPLE;
     p.rate = 0.25f;
-    p.block[0] = 5; p.block[1] = 3;
+    p.block[0] = 5;
+    p.block[1] = 3;
     if (check(e, "NHWC f16 3x25x1000x999 b5x3 sample in-place", &p, 1)) passed++;
     else failed++;
     db_engine_close(e);

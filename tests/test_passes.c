@@ -41,10 +41,7 @@ static uint32_t load_elem(const void *buf, size_t es, uint64_t i)
     return v;
 }
 
-static void store_elem(void *buf, size_t es, uint64_t i, uint32_t v)
-{
-    memcpy((char *)buf + i * es, &v, es);
-}
+static void store_elem(void *buf, size_t es, uint64_t i, uint32_t v) { memcpy((char *)buf + i * es, &v, es); }
 
 static int run_passes(void *ctx, const dropblock_params *p, const void *in, void *out, uint8_t *maskout,
                       dropblock_result *res)
@@ -53,7 +50,10 @@ static int run_passes(void *ctx, const dropblock_params *p, const void *in, void
     struct db_plan pl;
     int rc = db_plan_init(&pl, p, res->message, sizeof res->message);
     if (rc) return rc;
-    if (pl.identity) { db_identity(&pl, in, out, maskout, res); return 0; }
+    if (pl.identity) {
+        db_identity(&pl, in, out, maskout, res);
+        return 0;
+    }
     const size_t es = dropblock_dtype_size(p->dtype);
     const struct db_tuning tu = {v->tile_rows, v->epw * (p->dtype == DROPBLOCK_F32 ? 1u : 2u), v->budget, v->item};
     /* the backends' plan of the chunks (a host buffer has no limit), the variant's size forced */
@@ -75,7 +75,8 @@ static int run_passes(void *ctx, const dropblock_params *p, const void *in, void
         memset(masks[q], 0x5A, words * 4);
         uint32_t *partial = calloc(ch.nsamp * 2 + 2, 4);
         for (uint64_t w = 0; w < db_mask_items(prm); w++) db_mask_item(prm, masks[q], partial, w);
-        for (uint64_t s = 0; s < ch.nsamp; s++) kept[ch.n0 + s] += partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
+        for (uint64_t s = 0; s < ch.nsamp; s++)
+            kept[ch.n0 + s] += partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
         if (on_device) {
             for (uint32_t s = 0; s < prm[DBP_NSAMP]; s++) db_scale_item(prm, partial, dscales, s);
         }
@@ -114,14 +115,19 @@ static int run_passes(void *ctx, const dropblock_params *p, const void *in, void
         if (maskout) db_mask_export_flat(&pl, masks[q], ch.e0, ch.nelem, maskout);
     }
     for (uint64_t q = 0; q < nchunks; q++) free(masks[q]);
-    free(masks); free(kept); free(scales); free(dscales);
+    free(masks);
+    free(kept);
+    free(scales);
+    free(dscales);
     return rc;
 }
 
 static uint64_t rng = 0x9E3779B97F4A7C15u;
 static uint64_t next64(void)
 {
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
     return rng;
 }
 
@@ -130,7 +136,8 @@ static int check_ratio(void)
 {
     int fails = 0;
     for (int i = 0; i < 200000 && fails < 5; i++) {
-        uint64_t k = 1 + next64() % (i % 3 == 0 ? 100 : (UINT64_C(1) << (i % 41))), s = k + next64() % ((UINT64_C(1) << 40) - k);
+        uint64_t k = 1 + next64() % (i % 3 == 0 ? 100 : (UINT64_C(1) << (i % 41))),
+                 s = k + next64() % ((UINT64_C(1) << 40) - k);
         if (i % 5 == 0) s = k * (1 + next64() % 64);
         if (db_ratio(s, k) != db_ratio_f32_bits(s, k)) {
             printf("FAIL ratio %llu/%llu: device 0x%08x, host 0x%08x\n", (unsigned long long)s, (unsigned long long)k,
@@ -210,8 +217,8 @@ static int check_job_chunks(void)
         for (uint64_t q = 0; q < ck.nchunks && !bad; q++) {
             struct db_chunk ch;
             db_job_chunk(&pl, &ck, q, &ch);
-            bad = ch.u0 != covered || ch.nelem * es > limit || (ch.nelem + 31) / 32 * 4 > limit || ch.nsamp * 8 > limit ||
-                  ch.nsamp > UINT32_MAX;
+            bad = ch.u0 != covered || ch.nelem * es > limit || (ch.nelem + 31) / 32 * 4 > limit ||
+                  ch.nsamp * 8 > limit || ch.nsamp > UINT32_MAX;
             covered = ch.u1;
             if (ch.nelem > me) me = ch.nelem;
             if (ch.nsamp > ms) ms = ch.nsamp;
@@ -238,8 +245,8 @@ static int check_vapply(void)
         for (size_t si = 0; si < sizeof scales / sizeof *scales; si++)
             for (int i = 0; i < 300000; i++) {
                 uint32_t x = (uint32_t)next64();
-                if (i % 4 == 0) x &= 0x807FFFFFu;            /* zeros, subnormals */
-                if (i % 4 == 1) x |= 0x7F800000u;            /* infinities, NaNs */
+                if (i % 4 == 0) x &= 0x807FFFFFu; /* zeros, subnormals */
+                if (i % 4 == 1) x |= 0x7F800000u; /* infinities, NaNs */
                 if (dt != 0) x = i < 65536 ? (uint32_t)i : x & 0xFFFFu;
                 uint32_t keep = (uint32_t)i & 1u;
                 uint32_t want = db_apply_bits(x, scales[si], keep, 0, (uint32_t)dt);
@@ -262,15 +269,23 @@ int main(void)
             char why[512];
             int ok = test_case_compare(&cases[i], run_passes, (void *)&variants[v], why, sizeof why);
             n++;
-            if (!ok) { fails++; printf("FAIL %s (%s): %s\n", cases[i].name, variants[v].name, why); }
+            if (!ok) {
+                fails++;
+                printf("FAIL %s (%s): %s\n", cases[i].name, variants[v].name, why);
+            }
         }
     }
     int f;
-    n++; if ((f = check_ratio())) fails++;
-    n++; if ((f = check_add_kept())) fails++;
-    n++; if ((f = check_conversions())) fails++;
-    n++; if ((f = check_vapply())) fails++;
-    n++; if ((f = check_job_chunks())) fails++;
+    n++;
+    if ((f = check_ratio())) fails++;
+    n++;
+    if ((f = check_add_kept())) fails++;
+    n++;
+    if ((f = check_conversions())) fails++;
+    n++;
+    if ((f = check_vapply())) fails++;
+    n++;
+    if ((f = check_job_chunks())) fails++;
     printf("test_passes: %d passed, %d failed\n", n - fails, fails);
     return fails ? 1 : 0;
 }

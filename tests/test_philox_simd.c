@@ -16,9 +16,15 @@
 
 static int passed, failed;
 
-#define CHECK(cond, ...) do { \
+#define CHECK(cond, ...) \
+    do { \
         if (cond) passed++; \
-        else { failed++; printf("FAIL %s:%d: ", __func__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
+        else { \
+            failed++; \
+            printf("FAIL %s:%d: ", __func__, __LINE__); \
+            printf(__VA_ARGS__); \
+            printf("\n"); \
+        } \
     } while (0)
 
 static uint64_t rng = 0x9E3779B97F4A7C15u;
@@ -81,12 +87,22 @@ static void test_path(enum db_simd_path path)
         /* counters near a carry out of word 0, 1 or 2 (the shortcut's test), or not */
         switch (it % 4) {
         case 1: base[0] = 0xFFFFFFFFu - (uint32_t)(next() % 64); break;
-        case 2: base[0] = 0xFFFFFFF0u; base[1] = 0xFFFFFFFFu; break;
-        case 3: base[0] = 0xFFFFFFE0u; base[1] = 0xFFFFFFFFu; base[2] = 0xFFFFFFFFu; break;
+        case 2:
+            base[0] = 0xFFFFFFF0u;
+            base[1] = 0xFFFFFFFFu;
+            break;
+        case 3:
+            base[0] = 0xFFFFFFE0u;
+            base[1] = 0xFFFFFFFFu;
+            base[2] = 0xFFFFFFFFu;
+            break;
         }
         uint64_t blk[DB_SIMD_BATCH], b = it % 8 == 7 ? UINT64_MAX - 1000 + next() % 100 : next() >> (next() % 64);
         int gaps = it % 3 == 2;
-        for (uint32_t l = 0; l < n; l++) { blk[l] = b; b += gaps ? 1 + next() % 9 : 1; }
+        for (uint32_t l = 0; l < n; l++) {
+            blk[l] = b;
+            b += gaps ? 1 + next() % 9 : 1;
+        }
         uint32_t thr = thrs[it % 6], wmask = it % 5 == 4 ? 0x7FFFFFu : 0xFFFFFFFFu;
         if (it % 7 == 3) thr = (uint32_t)next();
         int all = it % 11 == 10;
@@ -108,7 +124,8 @@ static void test_choice(void)
     enum db_simd_path a2 = db_simd_choose("avx2"), a5 = db_simd_choose("avx512");
     CHECK(a2 == (db_simd_supported(DB_SIMD_AVX2) ? DB_SIMD_AVX2 : DB_SIMD_SCALAR), "avx2 forced: %s", db_simd_name(a2));
     CHECK(a5 == best, "avx512 forced: the best at or below it, %s", db_simd_name(a5));
-    CHECK(db_simd_path() == db_simd_choose(getenv("DROPBLOCK_CPU_SIMD")), "the process's path follows DROPBLOCK_CPU_SIMD");
+    CHECK(db_simd_path() == db_simd_choose(getenv("DROPBLOCK_CPU_SIMD")),
+          "the process's path follows DROPBLOCK_CPU_SIMD");
 }
 
 int main(void)

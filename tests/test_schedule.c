@@ -11,9 +11,15 @@
 
 static int passed, failed;
 
-#define CHECK(cond, ...) do { \
+#define CHECK(cond, ...) \
+    do { \
         if (cond) passed++; \
-        else { failed++; printf("FAIL %s:%d: ", __func__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
+        else { \
+            failed++; \
+            printf("FAIL %s:%d: ", __func__, __LINE__); \
+            printf(__VA_ARGS__); \
+            printf("\n"); \
+        } \
     } while (0)
 
 static uint32_t bits(float f)
@@ -105,8 +111,14 @@ static float oracle(float t, uint64_t s, uint64_t n)
     int e = (int)((b >> 23) & 0xff) - 150;
     u128 a = (u128)m * s, d = n; /* a < 2^64 */
     int sh = 0;
-    while (a < (d << 23)) { a <<= 1; sh++; }
-    while (a >= (d << 24)) { d <<= 1; sh--; }
+    while (a < (d << 23)) {
+        a <<= 1;
+        sh++;
+    }
+    while (a >= (d << 24)) {
+        d <<= 1;
+        sh--;
+    }
     u128 q = a / d, r = a % d;
     if (2 * r > d || (2 * r == d && (q & 1))) q++;
     return ldexpf((float)(uint64_t)q, e - sh);

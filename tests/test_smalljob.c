@@ -9,10 +9,14 @@
 
 static int passed, failed;
 
-#define CHECK_EQ(got, want, what) do { \
+#define CHECK_EQ(got, want, what) \
+    do { \
         unsigned long long g_ = (got), w_ = (want); \
         if (g_ == w_) passed++; \
-        else { failed++; printf("FAIL %s: %s: got %llu, want %llu\n", __func__, what, g_, w_); } \
+        else { \
+            failed++; \
+            printf("FAIL %s: %s: got %llu, want %llu\n", __func__, what, g_, w_); \
+        } \
     } while (0)
 
 #define N(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -84,8 +88,8 @@ static void test_a_cold_start_ladder_of_one_rung_falls_back_to_the_default(void)
 static void test_a_ladder_cut_short_keeps_a_larger_won_rung(void)
 {
     /* cut short after the CPU won 270336 bytes: never below that */
-    struct sj_rung r[] = {{66, 1, 60}, {1056, 2, 40}, {4224, 6, 51}, {16896, 24, 69}, {67584, 97, 184},
-                          {270336, 300, 400}};
+    struct sj_rung r[] = {{66, 1, 60},     {1056, 2, 40},    {4224, 6, 51},
+                          {16896, 24, 69}, {67584, 97, 184}, {270336, 300, 400}};
     CHECK_EQ(sj_choose(r, N(r), FULL, DEFAULT), 270336, "the largest rung the CPU won");
 }
 
@@ -94,8 +98,8 @@ static void test_a_rung_lost_under_load_does_not_pull_the_threshold_down(void)
     /* seen under load: another process took the core during the CPU's 1056-byte jobs, so the
      * device "won" that rung; the first crossing gave a threshold between 66 and 1056 bytes.
      * The CPU won up to 67584 (+87); it loses 270336 (-327): 67584 + 87/414 of 202752 */
-    struct sj_rung r[] = {{66, 2, 60}, {1056, 90, 40}, {4224, 6, 51}, {16896, 24, 69}, {67584, 97, 184},
-                          {270336, 422, 95}};
+    struct sj_rung r[] = {{66, 2, 60},     {1056, 90, 40},   {4224, 6, 51},
+                          {16896, 24, 69}, {67584, 97, 184}, {270336, 422, 95}};
     CHECK_EQ(sj_choose(r, N(r), FULL, DEFAULT), 110191, "crossing between 67584 and 270336");
 }
 

@@ -11,30 +11,42 @@
 
 static int passed, failed;
 
-#define CHECK(cond, ...) do { \
+#define CHECK(cond, ...) \
+    do { \
         if (cond) passed++; \
-        else { failed++; printf("FAIL %s:%d: ", __func__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
+        else { \
+            failed++; \
+            printf("FAIL %s:%d: ", __func__, __LINE__); \
+            printf(__VA_ARGS__); \
+            printf("\n"); \
+        } \
     } while (0)
 
 static dropblock_params params(uint64_t n, uint64_t c, uint64_t h, uint64_t w, float rate, uint64_t bh, uint64_t bw)
 {
     dropblock_params p;
     dropblock_params_init(&p);
-    p.shape[0] = n; p.shape[1] = c; p.shape[2] = h; p.shape[3] = w;
-    p.rate = rate; p.block[0] = bh; p.block[1] = bw;
+    p.shape[0] = n;
+    p.shape[1] = c;
+    p.shape[2] = h;
+    p.shape[3] = w;
+    p.rate = rate;
+    p.block[0] = bh;
+    p.block[1] = bw;
     return p;
 }
 
 /* docs/semantics.md, "Fixed test vectors": tf.random.stateless_uniform((1,4,4,1), seed=[0,1]) */
 static void test_tf_uniform_matches_spec(void)
 {
-    static const double doc[16] = {0.08216608, 0.40928006, 0.39318466, 0.3162533, 0.34717774, 0.73199546,
-                                   0.56369007, 0.9769211, 0.55243933, 0.13101244, 0.2941643, 0.5130266,
-                                   0.38977218, 0.80855536, 0.6040567, 0.10502195};
+    static const double doc[16] = {0.08216608, 0.40928006, 0.39318466, 0.3162533,  0.34717774, 0.73199546,
+                                   0.56369007, 0.9769211,  0.55243933, 0.13101244, 0.2941643,  0.5130266,
+                                   0.38977218, 0.80855536, 0.6040567,  0.10502195};
     uint32_t got[16];
     db_tf_uniform(0, 1, 16, got);
     for (int i = 0; i < 16; i++)
-        CHECK(fabs((double)db_f32(got[i]) - doc[i]) <= 1e-7, "value %d: %.9g, spec %.9g", i, (double)db_f32(got[i]), doc[i]);
+        CHECK(fabs((double)db_f32(got[i]) - doc[i]) <= 1e-7, "value %d: %.9g, spec %.9g", i, (double)db_f32(got[i]),
+              doc[i]);
 }
 
 /* docs/semantics.md, "Fixed test vectors": 1x1x7x7, rate 1, block 7 -> all zeros, K = 0, scale 0 */
@@ -66,7 +78,10 @@ static void test_drop_fraction_matches_valid_region_geometry(void)
         dropblock_result r;
         memset(&r, 0, sizeof r);
         p.seed = seed * 7919 + 1;
-        if (db_reference_run(&p, x, x, NULL, NULL, &r)) { CHECK(0, "run failed: %s", r.message); break; }
+        if (db_reference_run(&p, x, x, NULL, NULL, &r)) {
+            CHECK(0, "run failed: %s", r.message);
+            break;
+        }
         for (uint64_t i = 0; i < n; i++) x[i] = 1.0f;
         kept += r.kept;
         total += r.total;
@@ -94,9 +109,12 @@ static void test_dropped_regions_are_unions_of_blocks(void)
             dropblock_result r;
             memset(&r, 0, sizeof r);
             p.seed = seed;
-            if (db_reference_run(&p, x, x, mask, NULL, &r)) { bad = 1; break; }
+            if (db_reference_run(&p, x, x, mask, NULL, &r)) {
+                bad = 1;
+                break;
+            }
             for (uint64_t pl = 0; pl < 16 && !bad; pl++) {
-#define KEPT(h, w) ((mask[(pl * H * W + (h) * W + (w)) >> 3] >> ((pl * H * W + (h) * W + (w)) & 7)) & 1)
+#define KEPT(h, w) ((mask[(pl * H * W + (h)*W + (w)) >> 3] >> ((pl * H * W + (h)*W + (w)) & 7)) & 1)
                 for (uint64_t h = 0; h < H; h++)
                     for (uint64_t w = 0; w < W; w++) {
                         if (KEPT(h, w)) continue;
@@ -136,7 +154,8 @@ static void test_no_nan_or_inf_from_finite_input(void)
     int cases = 0, bad = 0;
     for (int t = 0; t < 400; t++) {
 #define RND(m) rnd(&state, (m))
-        uint64_t n_ = 1 + RND(3), c_ = 1 + RND(4), h_ = 1 + RND(12), w_ = 1 + RND(12), bh_ = 1 + RND(15), bw_ = 1 + RND(15);
+        uint64_t n_ = 1 + RND(3), c_ = 1 + RND(4), h_ = 1 + RND(12), w_ = 1 + RND(12), bh_ = 1 + RND(15),
+                 bw_ = 1 + RND(15);
         dropblock_params p = params(n_, c_, h_, w_, 0, bh_, bw_);
         static const float rates[] = {0.0f, 0.05f, 0.1f, 0.5f, 0.9f, 1.0f};
         p.rate = rates[RND(6)];
@@ -145,7 +164,11 @@ static void test_no_nan_or_inf_from_finite_input(void)
         p.normalize = (dropblock_normalize)RND(3);
         p.share = (unsigned)RND(4);
         p.seed = RND(1000000);
-        if (RND(4) == 0) { p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.normalize = DROPBLOCK_NORMALIZE_GLOBAL; p.share = 0; }
+        if (RND(4) == 0) {
+            p.compat = DROPBLOCK_COMPAT_KERAS_CV;
+            p.normalize = DROPBLOCK_NORMALIZE_GLOBAL;
+            p.share = 0;
+        }
         if (dropblock_params_validate(&p, NULL, 0)) continue;
         uint64_t n = dropblock_numel(&p);
         size_t es = dropblock_dtype_size(p.dtype);
@@ -161,7 +184,11 @@ static void test_no_nan_or_inf_from_finite_input(void)
                 memcpy(&b, (char *)y + i * es, es);
                 if (p.dtype != DROPBLOCK_F32)
                     b = p.dtype == DROPBLOCK_F16 ? db_ref_f16_to_f32((uint16_t)b) : db_ref_bf16_to_f32((uint16_t)b);
-                if ((b & 0x7F800000u) == 0x7F800000u) { bad++; printf("  non-finite output in trial %d\n", t); break; }
+                if ((b & 0x7F800000u) == 0x7F800000u) {
+                    bad++;
+                    printf("  non-finite output in trial %d\n", t);
+                    break;
+                }
             }
         } else if (p.compat != DROPBLOCK_COMPAT_KERAS_CV) {
             bad++;
@@ -188,6 +215,7 @@ static void test_every_invalid_field_is_rejected(void)
 {
     dropblock_params p, ok = params(2, 3, 8, 8, 0.1f, 3, 3);
     CHECK(dropblock_params_validate(&ok, NULL, 0) == 0, "a valid request was rejected");
+    /* clang-format off */
     for (int d = 0; d < 4; d++) { p = ok; p.shape[d] = 0; expect_invalid(p, "shape"); }
     p = ok; p.shape[0] = 1u << 20; p.shape[1] = 1u << 20; p.shape[2] = 2; p.shape[3] = 1; expect_invalid(p, "2^40");
     p = ok; p.shape[0] = UINT64_MAX; expect_invalid(p, "2^40");
@@ -207,6 +235,7 @@ static void test_every_invalid_field_is_rejected(void)
     p = ok; p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.normalize = DROPBLOCK_NORMALIZE_SAMPLE; expect_invalid(p, "normalize");
     p = ok; p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.share = DROPBLOCK_SHARE_CHANNELS; expect_invalid(p, "share");
     p = ok; p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.block[0] = 9; expect_invalid(p, "divide by zero");
+    /* clang-format on */
 }
 
 /* Exact S/K: the float32 nearest to the rational, ties to even. */

@@ -50,9 +50,13 @@ static struct test_case make(const char *name, uint64_t n, uint64_t c, uint64_t 
     struct test_case t;
     memset(&t, 0, sizeof t);
     dropblock_params_init(&t.p);
-    t.p.shape[0] = n; t.p.shape[1] = c; t.p.shape[2] = h; t.p.shape[3] = w;
+    t.p.shape[0] = n;
+    t.p.shape[1] = c;
+    t.p.shape[2] = h;
+    t.p.shape[3] = w;
     t.p.rate = rate;
-    t.p.block[0] = bh; t.p.block[1] = bw;
+    t.p.block[0] = bh;
+    t.p.block[1] = bw;
     t.p.dtype = dtype;
     t.p.layout = layout;
     t.p.seed = 77 + h * 131 + w;
@@ -142,8 +146,8 @@ int main(int argc, char **argv)
                         if (test_case_compare(&tc[i], run_on_device, &c, why, sizeof why)) passed++;
                         else {
                             failed++;
-                            printf("FAIL %s, %s, slice %s bytes%s: %s: %s\n", db_engine_device(e, d)->id, setups[s].name,
-                                   slices[sl], ip ? ", in place" : "", tc[i].name, why);
+                            printf("FAIL %s, %s, slice %s bytes%s: %s: %s\n", db_engine_device(e, d)->id,
+                                   setups[s].name, slices[sl], ip ? ", in place" : "", tc[i].name, why);
                         }
                     }
             }

@@ -27,10 +27,15 @@ static char *read_all(const char *path)
         n += fread(buf + n, 1, cap - n - 1, f);
         if (n < cap - 1) break;
         char *nb = realloc(buf, cap *= 2);
-        if (!nb) { free(buf); buf = NULL; }
-        else buf = nb;
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+        } else buf = nb;
     }
-    if (buf && ferror(f)) { free(buf); buf = NULL; }
+    if (buf && ferror(f)) {
+        free(buf);
+        buf = NULL;
+    }
     fclose(f);
     if (buf) buf[n] = 0;
     return buf;
@@ -66,7 +71,8 @@ static int bool_of(const cJSON *o, const char *key, int *out)
 static int parse_request(const cJSON *r, dropblock_params *p, char *why, size_t len)
 {
     dropblock_params_init(p);
-    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(r, "shape"), *block = cJSON_GetObjectItemCaseSensitive(r, "block");
+    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(r, "shape"),
+                *block = cJSON_GetObjectItemCaseSensitive(r, "block");
     if (cJSON_GetArraySize(shape) != 4 || cJSON_GetArraySize(block) != 2) {
         snprintf(why, len, "request: shape needs 4 numbers and block 2");
         return -1;
@@ -78,9 +84,9 @@ static int parse_request(const cJSON *r, dropblock_params *p, char *why, size_t 
     const char *mode = str_of(r, "mode"), *rate_text = str_of(r, "rate");
     uint64_t rate_bits;
     int sc, sb, training;
-    if (layout < 0 || dtype < 0 || norm < 0 || compat < 0 || !mode || !rate_text || u64_of(r, "rate_bits", &rate_bits) ||
-        u64_of(r, "seed", &p->seed) || u64_of(r, "stream", &p->stream) || bool_of(r, "share_channels", &sc) ||
-        bool_of(r, "share_batch", &sb) || bool_of(r, "training", &training)) {
+    if (layout < 0 || dtype < 0 || norm < 0 || compat < 0 || !mode || !rate_text ||
+        u64_of(r, "rate_bits", &rate_bits) || u64_of(r, "seed", &p->seed) || u64_of(r, "stream", &p->stream) ||
+        bool_of(r, "share_channels", &sc) || bool_of(r, "share_batch", &sb) || bool_of(r, "training", &training)) {
         snprintf(why, len, "request: a field is missing or malformed");
         return -1;
     }
@@ -108,7 +114,8 @@ static int parse_hex_array(const cJSON *a, size_t es, uint64_t n, void *buf)
     if (!cJSON_IsArray(a) || (uint64_t)cJSON_GetArraySize(a) != n) return -1;
     uint64_t i = 0;
     const cJSON *v;
-    cJSON_ArrayForEach(v, a) {
+    cJSON_ArrayForEach(v, a)
+    {
         if (!cJSON_IsString(v)) return -1;
         char *end;
         unsigned long b = strtoul(v->valuestring, &end, 16);
@@ -142,13 +149,19 @@ static int check_vector(const cJSON *v, char *why, size_t len)
     if (parse_request(cJSON_GetObjectItemCaseSensitive(v, "request"), &p, why, len)) return 0;
     const uint64_t n = dropblock_numel(&p), mb = dropblock_mask_bytes(&p);
     const size_t es = dropblock_dtype_size(p.dtype);
-    if (!n) { snprintf(why, len, "request: invalid shape"); return 0; }
+    if (!n) {
+        snprintf(why, len, "request: invalid shape");
+        return 0;
+    }
     void *x = calloc(n, es), *want = calloc(n, es), *y = calloc(n, es), *inplace = calloc(n, es);
     uint8_t *mask = calloc(mb, 1), *wmask = calloc(mb, 1);
     dropblock_result res;
     memset(&res, 0, sizeof res);
     int ok = 0;
-    if (!x || !want || !y || !inplace || !mask || !wmask) { snprintf(why, len, "out of memory"); goto out; }
+    if (!x || !want || !y || !inplace || !mask || !wmask) {
+        snprintf(why, len, "out of memory");
+        goto out;
+    }
     if (parse_hex_array(cJSON_GetObjectItemCaseSensitive(v, "input"), es, n, x)) {
         snprintf(why, len, "input: not %llu hex bit patterns", (unsigned long long)n);
         goto out;
@@ -164,7 +177,10 @@ static int check_vector(const cJSON *v, char *why, size_t len)
                 goto out;
             }
         }
-        if (db_fill_tf_uniform(p.dtype, s[0], s[1], n, y)) { snprintf(why, len, "out of memory"); goto out; }
+        if (db_fill_tf_uniform(p.dtype, s[0], s[1], n, y)) {
+            snprintf(why, len, "out of memory");
+            goto out;
+        }
         if (first_diff(x, y, es, n, why, len, "tf-uniform input")) goto out;
     }
     int rc = db_reference_run(&p, x, y, mask, NULL, &res);
@@ -172,17 +188,21 @@ static int check_vector(const cJSON *v, char *why, size_t len)
     if (err) {
         int code = dropblock_error_from_name(str_of(err, "code"));
         if (rc != code) {
-            snprintf(why, len, "the reference rejects it (%s: %s), expected error %d, got %d (%s)",
-                     str_of(err, "code"), str_of(err, "reference_message"), code, rc, rc ? res.message : "success");
+            snprintf(why, len, "the reference rejects it (%s: %s), expected error %d, got %d (%s)", str_of(err, "code"),
+                     str_of(err, "reference_message"), code, rc, rc ? res.message : "success");
             goto out;
         }
         ok = 1;
         goto out;
     }
-    if (rc) { snprintf(why, len, "rc %d: %s", rc, res.message); goto out; }
+    if (rc) {
+        snprintf(why, len, "rc %d: %s", rc, res.message);
+        goto out;
+    }
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(v, "expected");
     uint64_t scale_bits;
-    const cJSON *kept = cJSON_GetObjectItemCaseSensitive(e, "kept"), *total = cJSON_GetObjectItemCaseSensitive(e, "total");
+    const cJSON *kept = cJSON_GetObjectItemCaseSensitive(e, "kept"),
+                *total = cJSON_GetObjectItemCaseSensitive(e, "total");
     if (!cJSON_IsNumber(kept) || !cJSON_IsNumber(total) || u64_of(e, "scale_bits", &scale_bits) ||
         parse_hex_array(cJSON_GetObjectItemCaseSensitive(e, "values"), es, n, want)) {
         snprintf(why, len, "expected: kept, total, scale_bits or values missing or malformed");
@@ -199,12 +219,16 @@ static int check_vector(const cJSON *v, char *why, size_t len)
     if (first_diff(want, y, es, n, why, len, "output")) goto out;
     const char *mhex = str_of(e, "mask");
     if (mhex) {
-        if (strlen(mhex) != 2 * mb) { snprintf(why, len, "expected mask: not %llu bytes", (unsigned long long)mb); goto out; }
+        if (strlen(mhex) != 2 * mb) {
+            snprintf(why, len, "expected mask: not %llu bytes", (unsigned long long)mb);
+            goto out;
+        }
         for (uint64_t i = 0; i < mb; i++) {
             char two[3] = {mhex[2 * i], mhex[2 * i + 1], 0};
             wmask[i] = (uint8_t)strtoul(two, NULL, 16);
             if (wmask[i] != mask[i]) {
-                snprintf(why, len, "mask byte %llu: expected 0x%02x, got 0x%02x", (unsigned long long)i, wmask[i], mask[i]);
+                snprintf(why, len, "mask byte %llu: expected 0x%02x, got 0x%02x", (unsigned long long)i, wmask[i],
+                         mask[i]);
                 goto out;
             }
         }
@@ -218,15 +242,26 @@ static int check_vector(const cJSON *v, char *why, size_t len)
     if (first_diff(want, inplace, es, n, why, len, "in-place output")) goto out;
     ok = 1;
 out:
-    free(x); free(want); free(y); free(inplace); free(mask); free(wmask);
+    free(x);
+    free(want);
+    free(y);
+    free(inplace);
+    free(mask);
+    free(wmask);
     return ok;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) { fprintf(stderr, "usage: test_vectors DIR (tests/vectors)\n"); return 2; }
+    if (argc != 2) {
+        fprintf(stderr, "usage: test_vectors DIR (tests/vectors)\n");
+        return 2;
+    }
     DIR *d = opendir(argv[1]);
-    if (!d) { fprintf(stderr, "test_vectors: %s: %s\n", argv[1], strerror(errno)); return 1; }
+    if (!d) {
+        fprintf(stderr, "test_vectors: %s: %s\n", argv[1], strerror(errno));
+        return 1;
+    }
     char **names = NULL;
     size_t count = 0, cap = 0;
     struct dirent *de;
@@ -235,10 +270,16 @@ int main(int argc, char **argv)
         if (l < 6 || strcmp(de->d_name + l - 5, ".json")) continue;
         if (count == cap) {
             char **nn = realloc(names, (cap = cap ? 2 * cap : 256) * sizeof *names);
-            if (!nn) { fprintf(stderr, "test_vectors: out of memory\n"); return 1; }
+            if (!nn) {
+                fprintf(stderr, "test_vectors: out of memory\n");
+                return 1;
+            }
             names = nn;
         }
-        if (!(names[count++] = strdup(de->d_name))) { fprintf(stderr, "test_vectors: out of memory\n"); return 1; }
+        if (!(names[count++] = strdup(de->d_name))) {
+            fprintf(stderr, "test_vectors: out of memory\n");
+            return 1;
+        }
     }
     closedir(d);
     if (count) qsort(names, count, sizeof *names, cmp_names);
@@ -253,13 +294,19 @@ int main(int argc, char **argv)
         else if (!v) snprintf(why, sizeof why, "not valid JSON");
         else ok = check_vector(v, why, sizeof why);
         if (ok) passed++;
-        else { failed++; printf("FAIL %s: %s\n", names[i], why); }
+        else {
+            failed++;
+            printf("FAIL %s: %s\n", names[i], why);
+        }
         cJSON_Delete(v);
         free(text);
         free(names[i]);
     }
     free(names);
-    if (!count) { printf("test_vectors: no *.json vectors in %s\n", argv[1]); failed = 1; }
+    if (!count) {
+        printf("test_vectors: no *.json vectors in %s\n", argv[1]);
+        failed = 1;
+    }
     printf("test_vectors: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

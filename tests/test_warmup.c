@@ -95,7 +95,10 @@ static int print_new(const char *before, const char *now)
             line[k] = 0;
             char pat[520];
             snprintf(pat, sizeof pat, "%s\n", line);
-            if (!strstr(before, pat)) { printf("    built by a job: %s\n", line); n++; }
+            if (!strstr(before, pat)) {
+                printf("    built by a job: %s\n", line);
+                n++;
+            }
         }
         p += k + (nl ? 1 : 0);
     }
@@ -119,7 +122,10 @@ static int job(struct db_engine *e, int dev, const dropblock_params *p, int in_p
         uint64_t t0 = db_now_us();
         int rc = db_engine_run(e, dev, p, x, y, mask, &r);
         if (us) *us = db_now_us() - t0;
-        if (rc) { printf("  FAIL job: %s: %s\n", dropblock_strerror(rc), r.message); ok = 0; }
+        if (rc) {
+            printf("  FAIL job: %s: %s\n", dropblock_strerror(rc), r.message);
+            ok = 0;
+        }
     }
     free(mask);
     if (y != x) free(y);
@@ -129,7 +135,10 @@ static int job(struct db_engine *e, int dev, const dropblock_params *p, int in_p
 
 static void shape(dropblock_params *p, uint64_t n, uint64_t c, uint64_t h, uint64_t w)
 {
-    p->shape[0] = n; p->shape[1] = c; p->shape[2] = h; p->shape[3] = w;
+    p->shape[0] = n;
+    p->shape[1] = c;
+    p->shape[2] = h;
+    p->shape[3] = w;
 }
 
 /* Jobs of every kind the backends tell apart in their launches. */
@@ -153,7 +162,11 @@ static int run_jobs(struct db_engine *e, int dev)
                     p.block[0] = p.block[1] = 3;
                     p.seed = 9;
                     if (variant == 1) p.layout = DROPBLOCK_NHWC;
-                    if (variant == 2) { p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.layout = DROPBLOCK_NHWC; p.normalize = DROPBLOCK_NORMALIZE_GLOBAL; }
+                    if (variant == 2) {
+                        p.compat = DROPBLOCK_COMPAT_KERAS_CV;
+                        p.layout = DROPBLOCK_NHWC;
+                        p.normalize = DROPBLOCK_NORMALIZE_GLOBAL;
+                    }
                     if (variant == 3) p.mode = DROPBLOCK_BACKWARD;
                     if (variant == 4) p.share = DROPBLOCK_SHARE_CHANNELS | DROPBLOCK_SHARE_BATCH;
                     ok &= job(e, dev, &p, variant == 0 && s == 1, NULL);
@@ -168,11 +181,17 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend = argv[++i];
         else if (!strcmp(argv[i], "--require")) require = 1;
-        else { fprintf(stderr, "usage: test_warmup [--backend cpu|opencl|vulkan] [--require]\n"); return 2; }
+        else {
+            fprintf(stderr, "usage: test_warmup [--backend cpu|opencl|vulkan] [--require]\n");
+            return 2;
+        }
     }
     /* an empty PoCL cache of our own, so that a shape compiled by a job shows as a new directory */
     char pocl[] = "/tmp/test_warmup.XXXXXX", kcache[] = "/tmp/test_warmup_kc.XXXXXX";
-    if (!mkdtemp(pocl) || !mkdtemp(kcache)) { perror("mkdtemp"); return 1; }
+    if (!mkdtemp(pocl) || !mkdtemp(kcache)) {
+        perror("mkdtemp");
+        return 1;
+    }
     setenv("POCL_CACHE_DIR", pocl, 1);
 
     struct db_engine *e;
@@ -195,8 +214,14 @@ int main(int argc, char **argv)
         printf("%s: %s\n", info->id, paths);
         int nb = list_shapes(pocl, before, sizeof before);
         int pocl_dev = !strncmp(info->id, "opencl:", 7) && nb > 0; /* PoCL: it filled its cache at setup */
-        if (word(paths, "warmed") <= 0) { printf("  FAIL %s: no warmed=N word with N > 0: nothing warmed at setup\n", info->id); failed++; }
-        if (word(paths, "cold") != 0) { printf("  FAIL %s: cold=%lld right after setup\n", info->id, word(paths, "cold")); failed++; }
+        if (word(paths, "warmed") <= 0) {
+            printf("  FAIL %s: no warmed=N word with N > 0: nothing warmed at setup\n", info->id);
+            failed++;
+        }
+        if (word(paths, "cold") != 0) {
+            printf("  FAIL %s: cold=%lld right after setup\n", info->id, word(paths, "cold"));
+            failed++;
+        }
 
         /* the demo's job, first and again: printed, not asserted */
         dropblock_params p;

@@ -41,7 +41,10 @@ int tu_test_start(const char *name, int *slow, char *tmpdir, size_t tmpdir_len, 
         setenv("POCL_CACHE_DIR", pocl, 1);
     }
     snprintf(tmpdir, tmpdir_len, "/tmp/db%s-XXXXXX", name);
-    if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return -1; }
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return -1;
+    }
     snprintf(sock, sock_len, "%s/d.sock", tmpdir);
     snprintf(cache, cache_len, "%s/cache", tmpdir);
     return 0;

@@ -68,14 +68,14 @@ typedef struct dropblock_params {
     uint64_t shape[4];       /* logical N, C, H, W whatever the layout; each >= 1 */
     dropblock_layout layout; /* physical order of the buffers */
     dropblock_dtype dtype;
-    float rate;              /* 0 <= rate <= 1 */
-    uint64_t block[2];       /* bh, bw, each >= 1; clamped to the map (docs/semantics.md) */
+    float rate;        /* 0 <= rate <= 1 */
+    uint64_t block[2]; /* bh, bw, each >= 1; clamped to the map (docs/semantics.md) */
     uint64_t seed, stream;
     dropblock_normalize normalize;
-    unsigned share;          /* DROPBLOCK_SHARE_* bits */
-    dropblock_mode mode;     /* backward applies the same mask and scale to dy */
+    unsigned share;      /* DROPBLOCK_SHARE_* bits */
+    dropblock_mode mode; /* backward applies the same mask and scale to dy */
     dropblock_compat compat;
-    int training;            /* 0: the identity */
+    int training; /* 0: the identity */
 } dropblock_params;
 
 DROPBLOCK_API void dropblock_params_init(dropblock_params *p);
@@ -127,11 +127,11 @@ DROPBLOCK_API float dropblock_schedule_rate(float target, uint64_t step, uint64_
 
 /* What a job reports (docs/semantics.md, "Scale and output"). */
 typedef struct dropblock_result {
-    uint64_t kept, total; /* K and S over the whole tensor */
-    uint32_t scale_bits;  /* float32 bits of the scale (sample 0's for "sample"; keras_cv: percent) */
-    char device[64];      /* the device that ran it, e.g. "opencl:0" */
-    uint64_t timing_us[4];/* mask, scale, apply, total (microseconds; 0 where not measured) */
-    char message[256];    /* on failure: what went wrong, naming the field or resource */
+    uint64_t kept, total;  /* K and S over the whole tensor */
+    uint32_t scale_bits;   /* float32 bits of the scale (sample 0's for "sample"; keras_cv: percent) */
+    char device[64];       /* the device that ran it, e.g. "opencl:0" */
+    uint64_t timing_us[4]; /* mask, scale, apply, total (microseconds; 0 where not measured) */
+    char message[256];     /* on failure: what went wrong, naming the field or resource */
 } dropblock_result;
 
 /* The daemon's socket path when none is given: $DROPBLOCK_SOCKET, else
@@ -140,26 +140,26 @@ DROPBLOCK_API void dropblock_default_socket(char *buf, size_t len);
 
 /* ---- devices ---------------------------------------------------------------------------- */
 typedef enum {
-    DROPBLOCK_DEVICE_CPU = 0,        /* the built-in CPU backend */
-    DROPBLOCK_DEVICE_CPU_API = 1,    /* a CPU behind OpenCL or Vulkan (PoCL, lavapipe) */
+    DROPBLOCK_DEVICE_CPU = 0,     /* the built-in CPU backend */
+    DROPBLOCK_DEVICE_CPU_API = 1, /* a CPU behind OpenCL or Vulkan (PoCL, lavapipe) */
     DROPBLOCK_DEVICE_INTEGRATED = 2,
     DROPBLOCK_DEVICE_DISCRETE = 3,
     DROPBLOCK_DEVICE_OTHER = 4
 } dropblock_device_kind;
 
 typedef struct dropblock_device_info {
-    char id[32];          /* "cpu:0", "opencl:1", "vulkan:0" */
-    char api[16];         /* "cpu", "opencl", "vulkan" */
+    char id[32];  /* "cpu:0", "opencl:1", "vulkan:0" */
+    char api[16]; /* "cpu", "opencl", "vulkan" */
     char vendor[64];
     char name[128];
     char driver[64];
-    char uuid[40];        /* 32 hex digits with dashes where the API gives one, else "" */
+    char uuid[40]; /* 32 hex digits with dashes where the API gives one, else "" */
     dropblock_device_kind kind;
-    uint64_t max_buffer;  /* largest single buffer the device takes, bytes */
-    uint64_t global_mem;  /* device memory, bytes (0 if unknown) */
-    int healthy;          /* 1: usable; 0: the device failed (the driver lost it, or an injected
-                           * "vanish" fault): jobs sent to it get DROPBLOCK_EUNAVAILABLE naming it
-                           * and "auto" never picks it. Added last, after global_mem. */
+    uint64_t max_buffer; /* largest single buffer the device takes, bytes */
+    uint64_t global_mem; /* device memory, bytes (0 if unknown) */
+    int healthy;         /* 1: usable; 0: the device failed (the driver lost it, or an injected
+                          * "vanish" fault): jobs sent to it get DROPBLOCK_EUNAVAILABLE naming it
+                          * and "auto" never picks it. Added last, after global_mem. */
 } dropblock_device_info;
 
 DROPBLOCK_API const char *dropblock_device_kind_name(dropblock_device_kind k);
@@ -177,7 +177,8 @@ typedef struct dropblock_local_options {
 
 /* Opens the in-process engine: enumerates the devices of the chosen backends and prepares
  * their kernels. A backend that has no usable device is skipped; the CPU one always works. */
-DROPBLOCK_API int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, char *msg, size_t msg_len);
+DROPBLOCK_API int dropblock_open_local(dropblock_t **out, const dropblock_local_options *opt, char *msg,
+                                       size_t msg_len);
 
 /* Connects to dropblockd at socket_path (NULL: dropblock_default_socket). DROPBLOCK_EUNAVAILABLE
  * with a message saying how to start one when nothing answers; a peer the daemon does not allow
@@ -195,9 +196,9 @@ DROPBLOCK_API int dropblock_connect(dropblock_t **out, const char *socket_path, 
 #define DROPBLOCK_DEFAULT_TIMEOUT_MS 10000
 typedef struct dropblock_connect_options {
     const char *socket_path; /* NULL: dropblock_default_socket */
-    int timeout_ms;     /* connect(), the first hello and every other request's reply (devices, status,
-                         * alloc and free, shutdown): DROPBLOCK_DEFAULT_TIMEOUT_MS; -1: no limit */
-    int job_timeout_ms; /* dropblock_run's wait for its job: -1 (the default): no limit */
+    int timeout_ms;          /* connect(), the first hello and every other request's reply (devices, status,
+                              * alloc and free, shutdown): DROPBLOCK_DEFAULT_TIMEOUT_MS; -1: no limit */
+    int job_timeout_ms;      /* dropblock_run's wait for its job: -1 (the default): no limit */
 } dropblock_connect_options;
 
 DROPBLOCK_API void dropblock_connect_options_init(dropblock_connect_options *opt);
@@ -208,7 +209,8 @@ DROPBLOCK_API void dropblock_connect_options_init(dropblock_connect_options *opt
  * gets no reply within job_timeout_ms gives DROPBLOCK_EUNAVAILABLE too: its reply is dropped
  * when it comes, and until the daemon is done with the job it may still write the output and
  * mask (leave them alone, or close the handle, before reusing that memory). */
-DROPBLOCK_API int dropblock_connect_opts(dropblock_t **out, const dropblock_connect_options *opt, char *msg, size_t msg_len);
+DROPBLOCK_API int dropblock_connect_opts(dropblock_t **out, const dropblock_connect_options *opt, char *msg,
+                                         size_t msg_len);
 
 /* Closes the handle: a connection's regions are unregistered (the daemon drops them with the
  * connection) and unmapped, the local engine's memory is freed, tickets not yet waited for are
@@ -252,8 +254,8 @@ DROPBLOCK_API int dropblock_free(dropblock_t *h, void *ptr);
  * memory from dropblock_alloc (DROPBLOCK_EINVAL naming the one that does not). device: "auto",
  * an id such as "opencl:0", or NULL for auto. res (may be NULL) receives K, S, the scale bits,
  * the device and timings, or the error message. */
-DROPBLOCK_API int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input,
-                                void *output, void *mask, const char *device, dropblock_result *res);
+DROPBLOCK_API int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
+                                const char *device, dropblock_result *res);
 
 /* Asynchronous form: submit returns at once with a ticket (the local engine runs the job before
  * returning); wait blocks up to timeout_ms (-1: forever, 0: poll) for it. wait returns
@@ -262,8 +264,8 @@ DROPBLOCK_API int dropblock_run(dropblock_t *h, const dropblock_params *p, const
  * dropblock_alloc, a lost connection) come from submit itself, with no ticket and no message:
  * dropblock_run gives the same errors with their message. */
 typedef struct dropblock_ticket dropblock_ticket;
-DROPBLOCK_API int dropblock_submit(dropblock_t *h, const dropblock_params *p, const void *input,
-                                   void *output, void *mask, const char *device, dropblock_ticket **ticket);
+DROPBLOCK_API int dropblock_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output,
+                                   void *mask, const char *device, dropblock_ticket **ticket);
 DROPBLOCK_API int dropblock_wait(dropblock_t *h, dropblock_ticket *ticket, int timeout_ms, dropblock_result *res);
 
 /* The daemon's status op as JSON text (counters, queues, per-device throughput); the local

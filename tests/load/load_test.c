@@ -35,8 +35,6 @@
 #include "reference.h"
 #include "testutil.h"
 
-
-
 /* ---------------------------------------------------------------- the daemon */
 static const char *daemon_exe, *cache_dir;
 static char tmpdir[64], sock_path[128];
@@ -216,15 +214,18 @@ static void finish(struct client *c, struct pending *j, int rc, const dropblock_
         char what[400];
         const dropblock_params *q = &j->p;
         const char *part = (gr->kept != j->wr.kept || gr->total != j->wr.total || gr->scale_bits != j->wr.scale_bits)
-                               ? "K/S/scale" : memcmp(j->out, j->want, tb) ? "output" : "mask";
-        snprintf(what, sizeof what, " (%s differs): %llux%llux%llux%llu %s %s rate %g block %llux%llu seed %llu "
-                 "stream %llu %s share %u %s %s%s%s", part,
-                 (unsigned long long)q->shape[0], (unsigned long long)q->shape[1], (unsigned long long)q->shape[2],
-                 (unsigned long long)q->shape[3], dropblock_layout_name(q->layout), dropblock_dtype_name(q->dtype),
-                 (double)q->rate, (unsigned long long)q->block[0], (unsigned long long)q->block[1],
-                 (unsigned long long)q->seed, (unsigned long long)q->stream, dropblock_normalize_name(q->normalize),
-                 q->share, dropblock_compat_name(q->compat), q->mode ? "backward" : "forward",
-                 q->training ? "" : " eval", j->out == j->in ? " in place" : "");
+                               ? "K/S/scale"
+                           : memcmp(j->out, j->want, tb) ? "output"
+                                                         : "mask";
+        snprintf(what, sizeof what,
+                 " (%s differs): %llux%llux%llux%llu %s %s rate %g block %llux%llu seed %llu "
+                 "stream %llu %s share %u %s %s%s%s",
+                 part, (unsigned long long)q->shape[0], (unsigned long long)q->shape[1],
+                 (unsigned long long)q->shape[2], (unsigned long long)q->shape[3], dropblock_layout_name(q->layout),
+                 dropblock_dtype_name(q->dtype), (double)q->rate, (unsigned long long)q->block[0],
+                 (unsigned long long)q->block[1], (unsigned long long)q->seed, (unsigned long long)q->stream,
+                 dropblock_normalize_name(q->normalize), q->share, dropblock_compat_name(q->compat),
+                 q->mode ? "backward" : "forward", q->training ? "" : " eval", j->out == j->in ? " in place" : "");
         problem(c, "result on %s differs from the reference%s", gr->device, what);
     } else {
         c->exact++;
@@ -253,7 +254,10 @@ static void run_phase(struct client *c, int njobs, int measured)
          * largest job they have seen, which is growth by design, not a leak */
         dropblock_params p;
         dropblock_params_init(&p);
-        p.shape[0] = 4; p.shape[1] = 256; p.shape[2] = 64; p.shape[3] = 64; /* HUGE_ELEMS, f32 */
+        p.shape[0] = 4;
+        p.shape[1] = 256;
+        p.shape[2] = 64;
+        p.shape[3] = 64; /* HUGE_ELEMS, f32 */
         uint8_t *big = NULL;
         uint64_t tb = dropblock_tensor_bytes(&p);
         if (!dropblock_alloc(c->h, 2 * align64(tb) + dropblock_mask_bytes(&p) + 128, (void **)&big)) {
@@ -278,7 +282,8 @@ static void run_phase(struct client *c, int njobs, int measured)
             uint8_t *mem[3] = {0};
             for (int i = 0; i < 3; i++) {
                 dropblock_params p;
-                do p = random_params(&c->rng); while (dropblock_numel(&p) > MAX_ELEMS);
+                do p = random_params(&c->rng);
+                while (dropblock_numel(&p) > MAX_ELEMS);
                 if ((rc = dropblock_alloc(c->h, REGION_BYTES, (void **)&mem[i]))) break;
                 prepare(c, &j[i], &p, mem[i]);
                 j[i].t0 = tu_now_s();
@@ -297,7 +302,10 @@ static void run_phase(struct client *c, int njobs, int measured)
             }
             for (int i = 0; i < 3; i++)
                 if (mem[i]) dropblock_free(c->h, mem[i]);
-                else { c->errors++; problem(c, "batch alloc failed%s%s", "", ""); }
+                else {
+                    c->errors++;
+                    problem(c, "batch alloc failed%s%s", "", "");
+                }
             done += 3;
             continue;
         }
@@ -367,7 +375,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--jobs") && i + 1 < argc) jobs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cache-dir") && i + 1 < argc) cache_dir = argv[++i];
-        else { fprintf(stderr, "load_test: unknown argument %s\n", argv[i]); return 2; }
+        else {
+            fprintf(stderr, "load_test: unknown argument %s\n", argv[i]);
+            return 2;
+        }
     }
     if (nclients < 1 || nclients > 256 || jobs < 1 || warmup < 0) {
         fprintf(stderr, "load_test: --clients 1..256, --jobs >= 1, --warmup >= 0\n");

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "reference.h"
 
 static int add(struct test_case *out, int *n, int cap, const char *name, const dropblock_params *p, int specials)
@@ -28,15 +29,7 @@ static int add(struct test_case *out, int *n, int cap, const char *name, const d
 
 static dropblock_params base(uint64_t n, uint64_t c, uint64_t h, uint64_t w, float rate, uint64_t bh, uint64_t bw)
 {
-    dropblock_params p;
-    dropblock_params_init(&p);
-    p.shape[0] = n;
-    p.shape[1] = c;
-    p.shape[2] = h;
-    p.shape[3] = w;
-    p.rate = rate;
-    p.block[0] = bh;
-    p.block[1] = bw;
+    dropblock_params p = tu_params(n, c, h, w, rate, bh, bw);
     p.seed = 1000 + h * 31 + w;
     p.stream = 3;
     return p;

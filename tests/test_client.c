@@ -23,6 +23,7 @@
 
 #include <dropblock/dropblock.h>
 
+#include "check.h"
 #include "reference.h"
 #include "testutil.h"
 #include "test_cases.h"
@@ -150,15 +151,7 @@ out:
 
 static dropblock_params small_params(void)
 {
-    dropblock_params p;
-    dropblock_params_init(&p);
-    p.shape[0] = 2;
-    p.shape[1] = 3;
-    p.shape[2] = 9;
-    p.shape[3] = 11;
-    p.rate = 0.3f;
-    p.block[0] = 3;
-    p.block[1] = 2;
+    dropblock_params p = tu_params(2, 3, 9, 11, 0.3f, 3, 2);
     p.seed = 42;
     return p;
 }

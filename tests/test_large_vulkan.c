@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "clock.h"
 #include "engine.h"
 #include "reference.h"
@@ -103,15 +104,7 @@ int main(void)
            (unsigned long long)info->max_buffer);
 
     /* 2x9x1450x1450 f32: 151 MB, two chunks, the boundary inside sample 1 */
-    dropblock_params p;
-    dropblock_params_init(&p);
-    p.shape[0] = 2;
-    p.shape[1] = 9;
-    p.shape[2] = 1450;
-    p.shape[3] = 1450;
-    p.rate = 0.1f;
-    p.block[0] = 7;
-    p.block[1] = 7;
+    dropblock_params p = tu_params(2, 9, 1450, 1450, 0.1f, 7, 7);
     p.seed = UINT64_C(0x0123456789ABCDEF);
     p.stream = 5;
     int passed = 0, failed = 0;

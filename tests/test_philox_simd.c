@@ -10,22 +10,12 @@
 
 #include "philox.h"
 #include "philox_simd.h"
+#include "check.h"
 
 #define NO_RUN UINT64_MAX
 #define NW (DB_SIMD_BATCH / 8)
 
 static int passed, failed;
-
-#define CHECK(cond, ...) \
-    do { \
-        if (cond) passed++; \
-        else { \
-            failed++; \
-            printf("FAIL %s:%d: ", __func__, __LINE__); \
-            printf(__VA_ARGS__); \
-            printf("\n"); \
-        } \
-    } while (0)
 
 static uint64_t rng = 0x9E3779B97F4A7C15u;
 

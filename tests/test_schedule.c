@@ -9,18 +9,9 @@
 #include <stdio.h>
 #include <string.h>
 
-static int passed, failed;
+#include "check.h"
 
-#define CHECK(cond, ...) \
-    do { \
-        if (cond) passed++; \
-        else { \
-            failed++; \
-            printf("FAIL %s:%d: ", __func__, __LINE__); \
-            printf(__VA_ARGS__); \
-            printf("\n"); \
-        } \
-    } while (0)
+static int passed, failed;
 
 static uint32_t bits(float f)
 {

@@ -8,33 +8,9 @@
 #include "fp.h"
 #include "plan.h"
 #include "reference.h"
+#include "check.h"
 
 static int passed, failed;
-
-#define CHECK(cond, ...) \
-    do { \
-        if (cond) passed++; \
-        else { \
-            failed++; \
-            printf("FAIL %s:%d: ", __func__, __LINE__); \
-            printf(__VA_ARGS__); \
-            printf("\n"); \
-        } \
-    } while (0)
-
-static dropblock_params params(uint64_t n, uint64_t c, uint64_t h, uint64_t w, float rate, uint64_t bh, uint64_t bw)
-{
-    dropblock_params p;
-    dropblock_params_init(&p);
-    p.shape[0] = n;
-    p.shape[1] = c;
-    p.shape[2] = h;
-    p.shape[3] = w;
-    p.rate = rate;
-    p.block[0] = bh;
-    p.block[1] = bw;
-    return p;
-}
 
 /* docs/semantics.md, "Fixed test vectors": tf.random.stateless_uniform((1,4,4,1), seed=[0,1]) */
 static void test_tf_uniform_matches_spec(void)
@@ -52,7 +28,7 @@ static void test_tf_uniform_matches_spec(void)
 /* docs/semantics.md, "Fixed test vectors": 1x1x7x7, rate 1, block 7 -> all zeros, K = 0, scale 0 */
 static void test_full_block_rate_one_gives_zeros(void)
 {
-    dropblock_params p = params(1, 1, 7, 7, 1.0f, 7, 7);
+    dropblock_params p = tu_params(1, 1, 7, 7, 1.0f, 7, 7);
     float x[49], y[49];
     for (int i = 0; i < 49; i++) x[i] = 1.0f + (float)i;
     dropblock_result r;
@@ -70,7 +46,7 @@ static void test_full_block_rate_one_gives_zeros(void)
  * region geometry of the paper and torchvision). */
 static void test_drop_fraction_matches_valid_region_geometry(void)
 {
-    dropblock_params p = params(8, 64, 14, 14, 0.1f, 7, 7);
+    dropblock_params p = tu_params(8, 64, 14, 14, 0.1f, 7, 7);
     uint64_t n = dropblock_numel(&p), kept = 0, total = 0;
     float *x = malloc(n * 4);
     for (uint64_t i = 0; i < n; i++) x[i] = 1.0f;
@@ -99,7 +75,7 @@ static void test_dropped_regions_are_unions_of_blocks(void)
     static const uint64_t shapes[][4] = {{14, 14, 7, 7}, {9, 13, 2, 5}, {10, 10, 4, 4}, {5, 6, 7, 9}, {1, 9, 1, 3}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         const uint64_t H = shapes[s][0], W = shapes[s][1];
-        dropblock_params p = params(2, 8, H, W, 0.3f, shapes[s][2], shapes[s][3]);
+        dropblock_params p = tu_params(2, 8, H, W, 0.3f, shapes[s][2], shapes[s][3]);
         const uint64_t bh = p.block[0] < H ? p.block[0] : H, bw = p.block[1] < W ? p.block[1] : W;
         uint64_t n = dropblock_numel(&p);
         float *x = calloc(n, 4);
@@ -156,7 +132,7 @@ static void test_no_nan_or_inf_from_finite_input(void)
 #define RND(m) rnd(&state, (m))
         uint64_t n_ = 1 + RND(3), c_ = 1 + RND(4), h_ = 1 + RND(12), w_ = 1 + RND(12), bh_ = 1 + RND(15),
                  bw_ = 1 + RND(15);
-        dropblock_params p = params(n_, c_, h_, w_, 0, bh_, bw_);
+        dropblock_params p = tu_params(n_, c_, h_, w_, 0, bh_, bw_);
         static const float rates[] = {0.0f, 0.05f, 0.1f, 0.5f, 0.9f, 1.0f};
         p.rate = rates[RND(6)];
         p.layout = (dropblock_layout)RND(2);
@@ -213,7 +189,7 @@ static void expect_invalid(dropblock_params p, const char *field)
 
 static void test_every_invalid_field_is_rejected(void)
 {
-    dropblock_params p, ok = params(2, 3, 8, 8, 0.1f, 3, 3);
+    dropblock_params p, ok = tu_params(2, 3, 8, 8, 0.1f, 3, 3);
     CHECK(dropblock_params_validate(&ok, NULL, 0) == 0, "a valid request was rejected");
     /* clang-format off */
     for (int d = 0; d < 4; d++) { p = ok; p.shape[d] = 0; expect_invalid(p, "shape"); }

@@ -64,42 +64,35 @@ static void set_u128(uint32_t w[4], u128 v)
 
 static uint32_t clip32(uint64_t v, uint64_t lim) { return (uint32_t)(v < lim ? v : lim); }
 
-static int plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, size_t len)
+/* Our semantics (docs/semantics.md): Philox words against a threshold, blocks within the map. */
+static void plan_ours(struct db_plan *pl, const dropblock_params *p)
 {
-    memset(pl, 0, sizeof *pl);
-    pl->p = *p;
-    pl->N = p->shape[0];
-    pl->C = p->shape[1];
-    pl->H = p->shape[2];
-    pl->W = p->shape[3];
-    pl->numel = pl->N * pl->C * pl->H * pl->W;
-    pl->bh = p->block[0] < pl->H ? p->block[0] : pl->H;
-    pl->bw = p->block[1] < pl->W ? p->block[1] : pl->W;
-    pl->identity = !p->training || p->rate == 0.0f;
-    pl->keras = p->compat == DROPBLOCK_COMPAT_KERAS_CV;
     const uint64_t H = pl->H, W = pl->W, C = pl->C;
-    if (!pl->keras) {
-        pl->gamma = db_gamma(p->rate, H, W, pl->bh, pl->bw);
-        pl->threshold = db_threshold(pl->gamma);
-        pl->wmask = 0xFFFFFFFFu;
-        pl->key[0] = (uint32_t)p->seed;
-        pl->key[1] = (uint32_t)(p->seed >> 32);
-        pl->base[2] = (uint32_t)p->stream;
-        pl->base[3] = (uint32_t)(p->stream >> 32);
-        pl->sW = 1;
-        pl->sH = W;
-        pl->sC = (p->share & DROPBLOCK_SHARE_CHANNELS) ? 0 : H * W;
-        pl->sN = (p->share & DROPBLOCK_SHARE_BATCH) ? 0 : C * H * W;
-        pl->ilo = 0;
-        pl->ihi = (int64_t)(H - pl->bh);
-        pl->jlo = 0;
-        pl->jhi = (int64_t)(W - pl->bw);
-        pl->up = (uint32_t)(pl->bh - 1);
-        pl->down = 0;
-        pl->left = (uint32_t)(pl->bw - 1);
-        pl->right = 0;
-        return DROPBLOCK_OK;
-    }
+    pl->gamma = db_gamma(p->rate, H, W, pl->bh, pl->bw);
+    pl->threshold = db_threshold(pl->gamma);
+    pl->wmask = 0xFFFFFFFFu;
+    pl->key[0] = (uint32_t)p->seed;
+    pl->key[1] = (uint32_t)(p->seed >> 32);
+    pl->base[2] = (uint32_t)p->stream;
+    pl->base[3] = (uint32_t)(p->stream >> 32);
+    pl->sW = 1;
+    pl->sH = W;
+    pl->sC = (p->share & DROPBLOCK_SHARE_CHANNELS) ? 0 : H * W;
+    pl->sN = (p->share & DROPBLOCK_SHARE_BATCH) ? 0 : C * H * W;
+    pl->ilo = 0;
+    pl->ihi = (int64_t)(H - pl->bh);
+    pl->jlo = 0;
+    pl->jhi = (int64_t)(W - pl->bw);
+    pl->up = (uint32_t)(pl->bh - 1);
+    pl->down = 0;
+    pl->left = (uint32_t)(pl->bw - 1);
+    pl->right = 0;
+}
+
+/* keras_cv compatibility: its gamma, its uniform floats, its centres and SAME-padded window. */
+static int plan_keras(struct db_plan *pl, const dropblock_params *p, char *msg, size_t len)
+{
+    const uint64_t H = pl->H, W = pl->W, C = pl->C;
     /* keras_cv: gamma's area term uses the clamped block, the valid-count term the raw one */
     const uint64_t bh = p->block[0], bw = p->block[1];
     const uint64_t dh = H + 1, dw = W + 1; /* (W - bw + 1) may be negative or huge */
@@ -148,6 +141,26 @@ static int plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, s
     pl->left = clip32(pw, W);
     pl->right = clip32(bw - 1 - pw, W);
     return DROPBLOCK_OK;
+}
+
+static int plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, size_t len)
+{
+    memset(pl, 0, sizeof *pl);
+    pl->p = *p;
+    pl->N = p->shape[0];
+    pl->C = p->shape[1];
+    pl->H = p->shape[2];
+    pl->W = p->shape[3];
+    pl->numel = pl->N * pl->C * pl->H * pl->W;
+    pl->bh = p->block[0] < pl->H ? p->block[0] : pl->H;
+    pl->bw = p->block[1] < pl->W ? p->block[1] : pl->W;
+    pl->identity = !p->training || p->rate == 0.0f;
+    pl->keras = p->compat == DROPBLOCK_COMPAT_KERAS_CV;
+    if (!pl->keras) {
+        plan_ours(pl, p);
+        return DROPBLOCK_OK;
+    }
+    return plan_keras(pl, p, msg, len);
 }
 
 static int plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t *scale_bits, dropblock_result *res)

@@ -240,80 +240,64 @@ static int over_inflight(const struct client *c, uint64_t bytes, char *msg, size
     return 0;
 }
 
-static void op_job(struct client *c, const cJSON *id, const cJSON *req)
+/* Where a job's tensors and mask are: the client's regions, resolved and checked for overlaps. */
+struct job_memory {
+    struct region *rin, *rout, *rmask;
+    uint8_t *in, *out, *mask;
+};
+
+/* 0, or an error code with msg naming the tensor at fault. */
+static int job_memory(struct client *c, const struct proto_job *pj, uint64_t tb, uint64_t mb, struct job_memory *m,
+                      char *msg, size_t len)
 {
-    struct server *s = c->srv;
-    char msg[256];
-    struct proto_job pj;
-    int rc = proto_parse_job(req, &pj, msg, sizeof msg);
-    if (rc) {
-        s->rejected++;
-        send_error(c, id, rc, msg);
-        return;
-    }
-    if (s->shutting_down) {
-        s->rejected++;
-        send_error(c, id, DROPBLOCK_EUNAVAILABLE, "the daemon is shutting down");
-        return;
-    }
-    uint64_t tb = dropblock_tensor_bytes(&pj.p), mb = dropblock_mask_bytes(&pj.p);
-    int dev = jobs_pick(s->jobs, pj.device, tb + mb, msg, sizeof msg);
-    if (dev < 0) {
-        s->rejected++;
-        send_error(c, id, dev, msg);
-        return;
-    }
-    struct region *rin, *rout, *rmask = NULL;
-    uint8_t *in, *out, *mask = NULL;
-    if ((rc = resolve(c, "input", &pj.input, tb, 0, &rin, &in, msg, sizeof msg)) ||
-        (rc = resolve(c, "output", &pj.output, tb, 1, &rout, &out, msg, sizeof msg)) ||
-        (pj.mask.present && (rc = resolve(c, "mask", &pj.mask, mb, 1, &rmask, &mask, msg, sizeof msg)))) {
-        s->rejected++;
-        send_error(c, id, rc, msg);
-        return;
-    }
+    int rc;
+    m->rmask = NULL;
+    m->mask = NULL;
+    if ((rc = resolve(c, "input", &pj->input, tb, 0, &m->rin, &m->in, msg, len)) ||
+        (rc = resolve(c, "output", &pj->output, tb, 1, &m->rout, &m->out, msg, len)) ||
+        (pj->mask.present && (rc = resolve(c, "mask", &pj->mask, mb, 1, &m->rmask, &m->mask, msg, len))))
+        return rc;
     /* the chunked backends read each piece of x before writing that piece of y: in place works,
      * a shifted overlap would read values already overwritten */
-    if (in != out && overlaps(in, tb, out, tb)) {
-        s->rejected++;
-        send_error(c, id, DROPBLOCK_EINVAL,
-                   "output: overlaps the input without being the same bytes (in place needs output = input)");
-        return;
+    if (m->in != m->out && overlaps(m->in, tb, m->out, tb)) {
+        db_msg(msg, len, "output: overlaps the input without being the same bytes (in place needs output = input)");
+        return DROPBLOCK_EINVAL;
     }
-    if (mask && (overlaps(mask, mb, in, tb) || overlaps(mask, mb, out, tb))) {
-        s->rejected++;
-        send_error(c, id, DROPBLOCK_EINVAL, "mask: overlaps the input or output tensor");
-        return;
+    if (m->mask && (overlaps(m->mask, mb, m->in, tb) || overlaps(m->mask, mb, m->out, tb))) {
+        db_msg(msg, len, "mask: overlaps the input or output tensor");
+        return DROPBLOCK_EINVAL;
     }
-    uint64_t bytes = tb + (out != in ? tb : 0) + (mask ? mb : 0);
-    if (over_inflight(c, bytes, msg, sizeof msg)) {
-        s->rejected++;
-        send_error(c, id, DROPBLOCK_EEXHAUSTED, msg);
-        return;
-    }
+    return DROPBLOCK_OK;
+}
+
+/* The job, holding its regions, on the client's in-flight list and counted; NULL when out of
+ * memory. */
+static struct job *job_new(struct client *c, const cJSON *id, const struct proto_job *pj, const struct job_memory *m,
+                           int dev, uint64_t bytes)
+{
+    struct server *s = c->srv;
     struct job *j = calloc(1, sizeof *j);
     char *idtext = cJSON_PrintUnformatted(id); /* the id alone (number or string), as JSON */
     if (!j || !idtext) {
         free(j);
         cJSON_free(idtext);
-        send_error(c, id, DROPBLOCK_EEXHAUSTED, "out of memory for the job");
-        return;
+        return NULL;
     }
     j->client = c;
     j->id_json = idtext;
     j->seq = ++s->next_job_seq;
-    j->p = pj.p;
-    j->rin = rin;
-    region_ref(rin);
-    j->rout = rout;
-    region_ref(rout);
-    if (rmask) {
-        j->rmask = rmask;
-        region_ref(rmask);
+    j->p = pj->p;
+    j->rin = m->rin;
+    region_ref(m->rin);
+    j->rout = m->rout;
+    region_ref(m->rout);
+    if (m->rmask) {
+        j->rmask = m->rmask;
+        region_ref(m->rmask);
     }
-    j->in = in;
-    j->out = out;
-    j->mask = mask;
+    j->in = m->in;
+    j->out = m->out;
+    j->mask = m->mask;
     j->dev = dev;
     j->bytes = bytes;
     j->t_submit = db_now_us();
@@ -327,6 +311,43 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
     s->inflight_jobs++;
     s->inflight_bytes += bytes;
     s->submitted++;
+    return j;
+}
+
+static void op_job(struct client *c, const cJSON *id, const cJSON *req)
+{
+    struct server *s = c->srv;
+    char msg[256];
+    struct proto_job pj;
+    int rc = proto_parse_job(req, &pj, msg, sizeof msg);
+    if (!rc && s->shutting_down) {
+        rc = DROPBLOCK_EUNAVAILABLE;
+        db_msg(msg, sizeof msg, "the daemon is shutting down");
+    }
+    uint64_t tb = 0, mb = 0, bytes = 0;
+    int dev = -1;
+    struct job_memory m = {0};
+    if (!rc) {
+        tb = dropblock_tensor_bytes(&pj.p);
+        mb = dropblock_mask_bytes(&pj.p);
+        dev = jobs_pick(s->jobs, pj.device, tb + mb, msg, sizeof msg);
+        if (dev < 0) rc = dev;
+    }
+    if (!rc) rc = job_memory(c, &pj, tb, mb, &m, msg, sizeof msg);
+    if (!rc) {
+        bytes = tb + (m.out != m.in ? tb : 0) + (m.mask ? mb : 0);
+        if (over_inflight(c, bytes, msg, sizeof msg)) rc = DROPBLOCK_EEXHAUSTED;
+    }
+    if (rc) {
+        s->rejected++;
+        send_error(c, id, rc, msg);
+        return;
+    }
+    struct job *j = job_new(c, id, &pj, &m, dev, bytes);
+    if (!j) {
+        send_error(c, id, DROPBLOCK_EEXHAUSTED, "out of memory for the job");
+        return;
+    }
     char qid[160];
     if (cJSON_IsString(id)) proto_quote(qid, sizeof qid, id->valuestring, strlen(id->valuestring));
     else snprintf(qid, sizeof qid, "%s", j->id_json);

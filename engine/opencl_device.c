@@ -527,13 +527,13 @@ int ocl_probe_exact(struct ocl_dev *od)
  * device: the widening of all 65536 f16 words, and the apply (scale 1) and narrowing of every
  * finite f16 value's float32, the midpoints to the next one (the rounding ties, up to the
  * overflow bound 0x477FF000) and their neighbours, with both signs, and of infinities, the
- * quiet NaN, huge values and tiny ones, kept and dropped. Only CPU devices use it (there the
- * integer conversions are the apply pass's bottleneck; on GPUs the pass is memory-bound either
- * way). */
+ * quiet NaN, huge values and tiny ones, kept and dropped. Every device runs it, CPUs and GPUs
+ * alike (on both the integer conversions make the f16 apply ALU-bound); where it fails, or with
+ * DROPBLOCK_OPENCL_FIXUP=1, the integer kernels stay. */
 int ocl_probe_half(struct ocl_dev *od)
 {
     enum { NH = 1 << 17, NF = 1 << 18 }; /* u32 words of halves, float32 values */
-    if (!od->cpu) return 0;
+    if (od->knobs->opencl_fixup) return 0;
     uint32_t *h = malloc(NH * 4), *f = malloc(NF * 4), *keep = malloc(NF * 4), *fw = malloc(NF * 4),
              *hn = malloc(NH * 4);
     cl_mem b[5] = {NULL, NULL, NULL, NULL, NULL};

@@ -3,7 +3,8 @@
  * numbers, the device's state, and the functions one file calls in another.
  *
  *   vulkan_device.c  errors, enumerate, pipelines, tuning, release, recording and submitting,
- *                    prepare's device and its submission objects, the subnormal probe and the warm-up
+ *                    prepare's device and its submission objects, the subnormal and f16 probes
+ *                    and the warm-up
  *   vulkan_memory.c  memory types, buffers (kept, twins, imports), bindings, staged copies
  *   vulkan_bench.c   the benchmark: bench.comp's pipelines and measures
  *   backend_vulkan.c the pipeline cache, prepare, the job (run) and the vtable */
@@ -65,6 +66,8 @@ struct vk_dev {
     uint64_t import_align; /* minImportedHostPointerAlignment */
     int staged;            /* buffers DEVICE_LOCAL, copied to and from host-visible twins */
     int hwexact;           /* probe_exact found subnormal products exact: no fixup pass */
+    int hwhalf;            /* probe_half found unpackHalf2x16/packHalf2x16 exact: apply.comp's HWHALF=1 build applies */
+    int half_probe;        /* the half probe: 1 passed, 0 failed, -1 not run (DROPBLOCK_VULKAN_FIXUP=1) */
 
     VkDevice dev;
     VkQueue queue;

@@ -1,7 +1,8 @@
 /* vulkan_device.c: the Vulkan backend's devices (see backend_vulkan.c for the design): VkResult
  * names and codes, enumerate (the instance shared by its devices, each device's properties, its
  * compute queue and memory), pipelines and the work-group tuning, release, recording and
- * submitting a command buffer, and what prepare runs last: the subnormal probe and the warm-up. */
+ * submitting a command buffer, and what prepare runs last: the subnormal and f16 probes and the
+ * warm-up. */
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -13,6 +14,8 @@
 #include "msg.h"
 
 #include "spv_probe.h"
+#include "spv_apply_half.h"
+#include "spv_probe_half.h"
 
 static const char *vk_result_name(VkResult r, char *buf, size_t len)
 {
@@ -400,6 +403,85 @@ static int vk_probe_exact(struct vk_dev *d)
     return ok;
 }
 
+/* The f16 probe's cases (as the OpenCL backend's ocl_probe_half): f[i] and keep[i] for i < NF
+ * (2^18): every finite f16 value's float32, the midpoints to the next one (the rounding ties, up
+ * to the overflow bound 0x477FF000) and their neighbours, with both signs, and infinities, the
+ * quiet NaN, huge values and tiny ones, kept and dropped. */
+static void half_cases(uint32_t *f, uint32_t *keep, uint32_t nf)
+{
+    for (uint32_t i = 0; i < nf; i++) {
+        uint32_t sign = (i & 1) << 31, k = (i >> 3) & 0x7FFF, c = (i >> 1) & 3, v;
+        keep[i] = 1;
+        if (k == 0) { /* 0, and below, at and above 2^-25, halfway to the least subnormal */
+            v = c == 0 ? 0 : 0x33000000u - 2 + c;
+        } else if (k < 0x7C00) { /* k, and below, at and above halfway to k + 1 (65536 past the largest) */
+            uint32_t lo = db_ref_f16_to_f32((uint16_t)k);
+            uint32_t hi = k == 0x7BFF ? 0x47800000u : db_ref_f16_to_f32((uint16_t)(k + 1));
+            v = c == 0 ? lo : (lo + hi) / 2 - 2 + c;
+        } else { /* half of them dropped */
+            uint32_t j = k - 0x7C00;
+            v = c == 0   ? (j & 1 ? 0x7FC00000u : 0x7F800000u)
+                : c == 1 ? 0x477FF000u + j * 0x3FFFFu
+                         : 0x33800000u + j * 0x13579u;
+            keep[i] = (j >> 1) & 1;
+        }
+        f[i] = sign | v;
+    }
+}
+
+/* Whether apply.comp's hardware f16 (unpackHalf2x16, two IEEE products, packHalf2x16 and one
+ * select for NaN) gives core/fp.h's bits on this device: its probe variant widens all 65536 f16
+ * words, and applies (scale 1) and narrows half_cases' values; against db_ref_f16_to_f32 and
+ * db_ref_f32_to_f16 of db_mul32's products. Any failure on the way: not exact (the integer
+ * conversions stay). */
+static int vk_probe_half(struct vk_dev *d)
+{
+    enum { NH = 1 << 15, NF = 1 << 18 }; /* u32 words of halves (all 65536), float32 values */
+    static const struct spv probe = {db_spv_probe_half, sizeof db_spv_probe_half, "probe half"};
+    const uint64_t xbytes = (NH + 2 * (uint64_t)NF) * 4, ybytes = (2 * NH + NF / 2) * 4;
+    char msg[256];
+    VkPipeline pipe = VK_NULL_HANDLE;
+    struct vk_buf x = {0}, y = {0};
+    int ok = vk_make_pipeline(d, &probe, &pipe) == VK_SUCCESS;
+    /* every binding needs a buffer for the descriptor set (vk_probe_exact made them); x and y
+     * are the probe's own, freed after it */
+    for (int i = 0; ok && i < B_N; i++)
+        if (i != B_Y && i != B_X) ok = !vk_buf_ensure(d, i, 64, msg, sizeof msg);
+    ok = ok && !vk_buf_make(d, &x, xbytes, "probe half", d->staged, d->staged, msg, sizeof msg);
+    ok = ok && !vk_buf_make(d, &y, ybytes, "probe half", d->staged, d->staged, msg, sizeof msg);
+    if (ok) {
+        uint32_t *xw = x.map;
+        for (uint32_t i = 0; i < NH; i++) xw[i] = 2 * i | (2 * i + 1) << 16;
+        half_cases(xw + NH, xw + NH + NF, NF);
+        vk_bind_all(d, x.buf, y.buf);
+        ok = !vk_begin(d, msg, sizeof msg);
+    }
+    if (ok) {
+        if (x.twin) vk_copy(d, x.twin, x.buf, xbytes, 0);
+        const uint32_t push[4] = {0, NF / 2, NH, 0};
+        vk_barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                   VK_ACCESS_SHADER_READ_BIT);
+        vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
+        vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
+        vkCmdDispatch(d->cmd, vk_groups_for(d, NF / 2), 1, 1);
+        if (y.twin) vk_copy(d, y.buf, y.twin, ybytes, 1);
+        ok = !vk_submit(d, msg, sizeof msg);
+    }
+    if (ok) {
+        const uint32_t *f = (const uint32_t *)x.map + NH, *keep = f + NF, *yw = y.map;
+        for (uint32_t i = 0; ok && i < 2 * NH; i++) ok = yw[i] == db_ref_f16_to_f32((uint16_t)i);
+        for (uint32_t i = 0; ok && i < NF; i++) {
+            uint32_t p = db_mul32(f[i], 0x3F800000u);
+            if (!keep[i]) p = db_mul32(p, 0);
+            ok = (uint16_t)(yw[2 * NH + i / 2] >> (16 * (i % 2))) == db_ref_f32_to_f16(p);
+        }
+    }
+    vk_buf_free(d, &x);
+    vk_buf_free(d, &y);
+    if (pipe) vkDestroyPipeline(d->dev, pipe, NULL);
+    return ok;
+}
+
 /* Dispatches every pass once on an empty chunk (no tiles, samples or elements: each returns at
  * once), in one submission. Drivers may compile a pipeline at its first dispatch rather than at
  * vkCreateComputePipelines: lavapipe JITs each shader then, 0.2 to 1.5 s for the mask pass, which
@@ -545,5 +627,19 @@ int vk_prepare_submission(struct vk_dev *d, char *msg, size_t len)
     VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     if ((r = vkCreateFence(d->dev, &fci, NULL, &d->fence))) return vk_fail(msg, len, r, "vkCreateFence");
     d->hwexact = vk_probe_exact(d) && !d->knobs->vulkan_fixup;
+    /* f16 in hardware where the half probe passes (DROPBLOCK_VULKAN_FIXUP=1: the integer path,
+     * unprobed): the apply pipeline made again from apply.comp's HWHALF=1 build, before the
+     * warm-up dispatches it */
+    d->half_probe = d->knobs->vulkan_fixup ? -1 : vk_probe_half(d);
+    d->hwhalf = 0;
+    if (d->half_probe == 1) {
+        static const struct spv apply = {db_spv_apply_half, sizeof db_spv_apply_half, "apply half"};
+        VkPipeline hw = VK_NULL_HANDLE;
+        if (vk_make_pipeline(d, &apply, &hw) == VK_SUCCESS) {
+            vkDestroyPipeline(d->dev, d->pipes[PASS_APPLY], NULL);
+            d->pipes[PASS_APPLY] = hw;
+            d->hwhalf = 1;
+        }
+    }
     return vk_warm_up(d, msg, len);
 }

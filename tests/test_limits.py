@@ -242,10 +242,13 @@ for i in range(n):
     s.settimeout(5)
     try:
         s.connect(path)
-        # the first byte of a frame, with 16 descriptors the daemon must hold unclaimed
-        s.sendmsg([b"\x10"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r] * 16))])
     except OSError as e:
         errors.append(str(e)); s.close(); continue
+    try:
+        # the first byte of a frame, with 16 descriptors the daemon must hold unclaimed
+        s.sendmsg([b"\x10"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r] * 16))])
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # a refused connection may be closed before this byte: its reply still waits to be read
     socks.append(s)
 time.sleep(0.5)
 for s in socks:

@@ -37,6 +37,20 @@ enum db_bench_what {
     DB_BENCH_N
 };
 
+/* What a device's last job asked of its API, counted by the backend as it enqueues (OpenCL) or
+ * records (Vulkan) the job: the host-side structure of a job, a fact of the code rather than a
+ * timing (tests/test_job_stats.c asserts it; issue 16 wants a one-chunk job at <= 3 launches and
+ * no transfer between them). */
+struct db_job_stats {
+    uint32_t launches;          /* kernels enqueued (OpenCL clEnqueueNDRangeKernel) or dispatches recorded (Vulkan) */
+    uint32_t transfers;         /* host<->device buffer writes, reads, copies, maps and unmaps of the job */
+    uint32_t transfers_between; /* those of them enqueued after the job's first launch and before its last */
+    uint32_t fills;             /* buffer fills (device-side zeroing: clEnqueueFillBuffer, vkCmdFillBuffer) */
+    uint32_t fills_between;     /* those of them after the first launch and before the last */
+    uint32_t submits;           /* queue submissions: clFlush and clFinish, vkQueueSubmit */
+    uint32_t waits;             /* host waits for the device: clFinish, clWaitForEvents, vkWaitForFences */
+};
+
 /* What a device's running job is doing, for progress displays (db_engine_progress). */
 enum db_pass { DB_PASS_IDLE, DB_PASS_RUNNING, DB_PASS_MASK, DB_PASS_SCALES, DB_PASS_APPLY };
 
@@ -57,6 +71,9 @@ struct db_device {
      * Vulkan backends fail the job as their API does for a device that is gone
      * (CL_DEVICE_NOT_AVAILABLE, VK_ERROR_DEVICE_LOST), through their usual error mapping */
     int inject_lost;
+    /* the last job's counts (struct db_job_stats): zeroed by the engine before run, written by
+     * the backend's run under the device's lock; db_engine_last_job_stats reads them */
+    struct db_job_stats last_job;
 };
 
 /* One line to the device's log callback, prefixed with the device's id; nothing without one. */

@@ -169,6 +169,98 @@ static int ocl_prepare(struct db_device *dev, const struct db_backend_config *cf
     return DROPBLOCK_OK;
 }
 
+/* ---- job counts ----------------------------------------------------------------------
+ * struct db_job_stats (backend.h) for the device's last job, counted at each enqueue of the job
+ * in this file and opencl_staging.c (not the warm-up's, the probes' or the benchmark's own
+ * kernels): a transfer or fill is "between" when a launch came before it and another after. */
+
+void ocl_count_launches(struct ocl_dev *od, uint32_t n)
+{
+    if (!n) return;
+    if (od->js_launched) {
+        od->js.transfers_between += od->js_pend_transfers;
+        od->js.fills_between += od->js_pend_fills;
+    }
+    od->js_pend_transfers = od->js_pend_fills = 0;
+    od->js_launched = 1;
+    od->js.launches += n;
+}
+
+void ocl_count_transfer(struct ocl_dev *od)
+{
+    od->js.transfers++;
+    od->js_pend_transfers++;
+}
+
+void ocl_count_fill(struct ocl_dev *od)
+{
+    od->js.fills++;
+    od->js_pend_fills++;
+}
+
+/* a clFlush (waits 0) or clFinish (waits 1) */
+void ocl_count_submit(struct ocl_dev *od, int waits)
+{
+    od->js.submits++;
+    od->js.waits += waits != 0;
+}
+
+/* a clWaitForEvents */
+void ocl_count_wait(struct ocl_dev *od) { od->js.waits++; }
+
+static void count_reset(struct ocl_dev *od)
+{
+    memset(&od->js, 0, sizeof od->js);
+    od->js_pend_transfers = od->js_pend_fills = 0;
+    od->js_launched = 0;
+}
+
+/* ocl_launch_round and ocl_launch_exact, counted: one enqueue, or (exact) one for the whole
+ * groups and one for the rest */
+static cl_int launch_round(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t n)
+{
+    cl_int e = ocl_launch_round(od, k, wg, n);
+    if (e == CL_SUCCESS) ocl_count_launches(od, n != 0);
+    return e;
+}
+
+static cl_int launch_exact(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t n)
+{
+    cl_int e = ocl_launch_exact(od, k, wg, n);
+    if (e == CL_SUCCESS) ocl_count_launches(od, (n / wg != 0) + (n % wg != 0));
+    return e;
+}
+
+/* clEnqueueReadBuffer and clEnqueueWriteBuffer on the passes' queue, non-blocking, counted */
+static cl_int read_buf(struct ocl_dev *od, cl_mem b, size_t off, size_t bytes, void *p)
+{
+    cl_int e = clEnqueueReadBuffer(od->queue, b, CL_FALSE, off, bytes, p, 0, NULL, NULL);
+    if (e == CL_SUCCESS) ocl_count_transfer(od);
+    return e;
+}
+
+static cl_int write_buf(struct ocl_dev *od, cl_mem b, size_t off, size_t bytes, const void *p)
+{
+    cl_int e = clEnqueueWriteBuffer(od->queue, b, CL_FALSE, off, bytes, p, 0, NULL, NULL);
+    if (e == CL_SUCCESS) ocl_count_transfer(od);
+    return e;
+}
+
+/* zeroes words 32-bit words of b on the passes' queue, counted */
+static cl_int zero_buf(struct ocl_dev *od, cl_mem b, uint64_t words)
+{
+    cl_uint zero = 0;
+    cl_int e = clEnqueueFillBuffer(od->queue, b, &zero, sizeof zero, 0, (size_t)(words * 4), 0, NULL, NULL);
+    if (e == CL_SUCCESS) ocl_count_fill(od);
+    return e;
+}
+
+static cl_int finish(struct ocl_dev *od)
+{
+    ocl_count_submit(od, 1);
+    return clFinish(od->queue);
+}
+
 /* ---- run ------------------------------------------------------------------------------ */
 
 static struct db_tuning job_tuning(const struct ocl_dev *od, const struct db_plan *pl)
@@ -214,45 +306,56 @@ cl_int ocl_ensure_masks(struct ocl_dev *od, uint64_t n, uint64_t words)
  * zeroed before it. */
 cl_int ocl_enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem maskbuf)
 {
-    cl_uint zero = 0;
-    cl_int e = clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL);
-    if (e == CL_SUCCESS)
-        e = clEnqueueFillBuffer(od->queue, od->kept.m, &zero, sizeof zero, 0, (size_t)prm[DBP_NSAMP] * 8, 0, NULL,
-                                NULL);
+    cl_int e = write_buf(od, od->prm.m, 0, DBP_COUNT * 4, prm);
+    if (e == CL_SUCCESS) e = zero_buf(od, od->kept.m, (uint64_t)prm[DBP_NSAMP] * 2);
     cl_mem a[3] = {od->prm.m, maskbuf, od->kept.m};
     if (e == CL_SUCCESS) e = ocl_set_args(od->k[K_MASK], 3, a);
-    if (e == CL_SUCCESS) e = ocl_launch_round(od, od->k[K_MASK], od->wg_mask, db_mask_items(prm));
+    if (e == CL_SUCCESS) e = launch_round(od, od->k[K_MASK], od->wg_mask, db_mask_items(prm));
     return e;
 }
 
-/* Enqueues the apply pass of a chunk from x to y (device buffers of the chunk, maybe the same). */
+/* Whether the apply of chunk prm runs the fixup pass, and its words (the fast apply's elements
+ * over 32, rounded up). */
+static uint64_t fixup_words(const struct ocl_dev *od, const struct db_plan *pl, const uint32_t *prm)
+{
+    uint64_t fast = (uint64_t)prm[DBP_GROUPS] * prm[DBP_EPW];
+    return !od->hwexact && pl->p.dtype != DROPBLOCK_F16 ? (fast + 31) / 32 : 0;
+}
+
+/* The fixup words of chunk prm zeroed, where its apply takes the fixup pass. */
+static cl_int zero_fixup(struct ocl_dev *od, const struct db_plan *pl, const uint32_t *prm)
+{
+    uint64_t fwords = fixup_words(od, pl, prm);
+    if (!fwords) return CL_SUCCESS;
+    cl_int e = ocl_ensure_buf(od, &od->fixup, fwords * 4);
+    return e == CL_SUCCESS ? zero_buf(od, od->fixup.m, fwords) : e;
+}
+
+/* Enqueues the apply pass of a chunk from x to y (device buffers of the chunk, maybe the same);
+ * the fixup words zeroed first unless zeroed (zero_fixup, before the job's first launch). */
 static cl_int enqueue_apply(struct ocl_dev *od, const struct db_plan *pl, const uint32_t *prm, cl_mem maskbuf, cl_mem x,
-                            cl_mem y)
+                            cl_mem y, int zeroed)
 {
     cl_int e = CL_SUCCESS;
     uint64_t groups = prm[DBP_GROUPS], fast = groups * prm[DBP_EPW], nelem = (uint64_t)prm[DBP_NELEM];
     int fix = !od->hwexact && pl->p.dtype != DROPBLOCK_F16;
     uint64_t fwords = (fast + 31) / 32;
     if (groups) {
-        if (fix) {
-            if ((e = ocl_ensure_buf(od, &od->fixup, fwords * 4)) != CL_SUCCESS) return e;
-            cl_uint zero = 0;
-            e = clEnqueueFillBuffer(od->queue, od->fixup.m, &zero, sizeof zero, 0, (size_t)(fwords * 4), 0, NULL, NULL);
-        }
+        if (fix && !zeroed) e = zero_fixup(od, pl, prm);
         cl_kernel k = od->k_apply[pl->p.dtype][pl->p.normalize == DROPBLOCK_NORMALIZE_SAMPLE][fix];
         cl_mem a[6] = {od->prm.m, maskbuf, od->scales.m, x, y, fix ? od->fixup.m : od->scales.m};
         if (e == CL_SUCCESS) e = ocl_set_args(k, 6, a);
-        if (e == CL_SUCCESS) e = ocl_launch_exact(od, k, od->wg_apply, groups);
+        if (e == CL_SUCCESS) e = launch_exact(od, k, od->wg_apply, groups);
     }
     if (e == CL_SUCCESS && fast < nelem) {
         cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, x, y};
         e = ocl_set_args(od->k[K_EXACT], 5, a);
-        if (e == CL_SUCCESS) e = ocl_launch_round(od, od->k[K_EXACT], od->wg_small, nelem - fast);
+        if (e == CL_SUCCESS) e = launch_round(od, od->k[K_EXACT], od->wg_small, nelem - fast);
     }
     if (e == CL_SUCCESS && groups && fix) {
         cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, y, od->fixup.m};
         e = ocl_set_args(od->k[K_FIXUP], 5, a);
-        if (e == CL_SUCCESS) e = ocl_launch_round(od, od->k[K_FIXUP], od->wg_small, fwords);
+        if (e == CL_SUCCESS) e = launch_round(od, od->k[K_FIXUP], od->wg_small, fwords);
     }
     return e;
 }
@@ -344,10 +447,10 @@ static int job_buffers(struct ocl_dev *od, const struct job *j, char *msg, size_
     return ocl_check(ocl_ensure_masks(od, j->ck.nchunks, j->ck.max_words), "clCreateBuffer(mask)", msg, len);
 }
 
-/* Pass 1 per chunk, enqueued with the read-back of its counts; the host arrays written and read
- * here live until job_mem_free's clFinish, so every transfer can be non-blocking on the
- * in-order queue. */
-static int mask_passes(struct ocl_dev *od, const struct job *j, struct job_mem *m, char *msg, size_t len)
+/* Pass 1 per chunk, enqueued with the read-back of its counts unless later (read_kept 0: a fused
+ * job reads them after its apply); the host arrays written and read here live until
+ * job_mem_free's clFinish, so every transfer can be non-blocking on the in-order queue. */
+static int mask_passes(struct ocl_dev *od, const struct job *j, struct job_mem *m, int read_kept, char *msg, size_t len)
 {
     int rc = DROPBLOCK_OK;
     struct db_chunk ch;
@@ -356,81 +459,131 @@ static int mask_passes(struct ocl_dev *od, const struct job *j, struct job_mem *
         uint32_t *prm = m->prms + q * DBP_COUNT;
         db_kernel_params(j->pl, &ch, &j->tu, prm);
         if ((rc = ocl_check(ocl_enqueue_mask(od, prm, od->masks[q].m), "enqueue(db_mask)", msg, len))) break;
-        rc = ocl_check(clEnqueueReadBuffer(od->queue, od->kept.m, CL_FALSE, 0, (size_t)ch.nsamp * 8,
-                                           m->partial + q * j->ck.max_samp * 2, 0, NULL, NULL),
-                       "clEnqueueReadBuffer(kept)", msg, len);
+        if (read_kept)
+            rc = ocl_check(read_buf(od, od->kept.m, 0, (size_t)ch.nsamp * 8, m->partial + q * j->ck.max_samp * 2),
+                           "clEnqueueReadBuffer(kept)", msg, len);
     }
     return rc;
 }
 
 /* A fused job's scales on the device, after its mask pass in the same queue, read back into
- * dscales for the check of fused_check. */
-static int device_scales(struct ocl_dev *od, const struct job *j, uint32_t *dscales, char *msg, size_t len)
+ * dscales for the check of fused_check unless later (read 0: after the apply). */
+static int device_scales(struct ocl_dev *od, const struct job *j, uint32_t *dscales, int read, char *msg, size_t len)
 {
     const uint64_t N = j->pl->N;
     cl_mem a[3] = {od->prm.m, od->kept.m, od->scales.m};
     int rc;
     if ((rc = ocl_check(ocl_set_args(od->k[K_SCALE], 3, a), "clSetKernelArg(db_scale)", msg, len))) return rc;
-    if ((rc = ocl_check(ocl_launch_round(od, od->k[K_SCALE], od->wg_small, N), "clEnqueueNDRangeKernel(db_scale)", msg,
+    if ((rc = ocl_check(launch_round(od, od->k[K_SCALE], od->wg_small, N), "clEnqueueNDRangeKernel(db_scale)", msg,
                         len)))
         return rc;
-    return ocl_check(clEnqueueReadBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)N * 4, dscales, 0, NULL, NULL),
-                     "clEnqueueReadBuffer(scales)", msg, len);
+    if (!read) return DROPBLOCK_OK;
+    return ocl_check(read_buf(od, od->scales.m, 0, (size_t)N * 4, dscales), "clEnqueueReadBuffer(scales)", msg, len);
 }
 
-/* Pass 3 of chunk q, unstaged: from x to y in place where the caller's memory can be used
- * (xs/ys), else copied in, applied in od->data and copied out; with xres/yres (bench) on the
- * resident buffers. Then the chunk's mask words are read where wanted. */
-static int apply_chunk(struct ocl_dev *od, const struct job *j, uint64_t q, size_t es, const void *in, void *out,
-                       cl_mem xres, cl_mem yres, struct job_mem *m, char *msg, size_t len)
+/* The buffers of chunk q's apply: the caller's memory in place where it can be used (xs/ys),
+ * else od->data with x copied in (enqueued here); with xres/yres (bench) the resident buffers. */
+static int chunk_buffers(struct ocl_dev *od, const struct job *j, uint64_t q, size_t es, const void *in, void *out,
+                         cl_mem xres, cl_mem yres, struct job_mem *m, cl_mem *x, cl_mem *y, char *msg, size_t len)
+{
+    struct db_chunk ch;
+    ocl_chunk_of(j, q, &ch);
+    const uint64_t bytes = ch.nelem * es;
+    *x = xres;
+    *y = yres;
+    if (xres) return DROPBLOCK_OK;
+    const char *xin = (const char *)in + ch.e0 * es;
+    char *yout = (char *)out + ch.e0 * es;
+    m->xs[q] = wrap_host(od, xin, bytes, xin != yout);
+    m->ys[q] = xin == yout ? NULL : wrap_host(od, yout, bytes, 0);
+    if (m->xs[q] && (xin == yout || m->ys[q])) {
+        *x = m->xs[q];
+        *y = xin == yout ? m->xs[q] : m->ys[q];
+        return DROPBLOCK_OK;
+    }
+    /* copy in, apply in place, copy out */
+    int rc;
+    if ((rc = ocl_check(ocl_ensure_buf(od, &od->data, ((j->ck.max_elem * es + 3) & ~UINT64_C(3)) + 64),
+                        "clCreateBuffer(data)", msg, len)))
+        return rc;
+    if ((rc = ocl_check(write_buf(od, od->data.m, 0, (size_t)bytes, xin), "clEnqueueWriteBuffer(x)", msg, len)))
+        return rc;
+    *x = *y = od->data.m;
+    return DROPBLOCK_OK;
+}
+
+/* Pass 3 of chunk q, unstaged, from x to y (chunk_buffers): its parameters written unless still
+ * in od->prm (resident: a one-chunk job's, written for its mask pass: the same words), the host's
+ * scales unless fused, the fixup words zeroed unless zeroed already; then y copied out (or made
+ * visible in the caller's memory) and the chunk's mask words read where wanted. */
+static int apply_chunk(struct ocl_dev *od, const struct job *j, uint64_t q, size_t es, void *out, cl_mem xres, cl_mem x,
+                       cl_mem y, int resident, int zeroed, struct job_mem *m, char *msg, size_t len)
 {
     struct db_chunk ch;
     ocl_chunk_of(j, q, &ch);
     const uint32_t *prm = m->prms + q * DBP_COUNT;
     const uint64_t bytes = ch.nelem * es;
-    const char *xin = xres ? NULL : (const char *)in + ch.e0 * es;
     char *yout = xres ? NULL : (char *)out + ch.e0 * es;
-    cl_mem x = xres, y = yres;
     int rc;
-    if (!xres) {
-        m->xs[q] = wrap_host(od, xin, bytes, xin != yout);
-        m->ys[q] = xin == yout ? NULL : wrap_host(od, yout, bytes, 0);
-        if (m->xs[q] && (xin == yout || m->ys[q])) {
-            x = m->xs[q];
-            y = xin == yout ? m->xs[q] : m->ys[q];
-        } else { /* copy in, apply in place, copy out */
-            if ((rc = ocl_check(ocl_ensure_buf(od, &od->data, ((j->ck.max_elem * es + 3) & ~UINT64_C(3)) + 64),
-                                "clCreateBuffer(data)", msg, len)))
-                return rc;
-            if ((rc = ocl_check(
-                     clEnqueueWriteBuffer(od->queue, od->data.m, CL_FALSE, 0, (size_t)bytes, xin, 0, NULL, NULL),
-                     "clEnqueueWriteBuffer(x)", msg, len)))
-                return rc;
-            x = y = od->data.m;
-        }
-    }
-    if ((rc = ocl_check(clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL),
-                        "clEnqueueWriteBuffer(params)", msg, len)))
+    if (!resident &&
+        (rc = ocl_check(write_buf(od, od->prm.m, 0, DBP_COUNT * 4, prm), "clEnqueueWriteBuffer(params)", msg, len)))
         return rc;
-    if (!j->ck.fused && (rc = ocl_check(clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4,
-                                                             m->scales + ch.n0, 0, NULL, NULL),
+    if (!j->ck.fused && (rc = ocl_check(write_buf(od, od->scales.m, 0, (size_t)ch.nsamp * 4, m->scales + ch.n0),
                                         "clEnqueueWriteBuffer(scales)", msg, len)))
         return rc;
-    if ((rc = ocl_check(enqueue_apply(od, j->pl, prm, od->masks[q].m, x, y), "enqueue(db_apply)", msg, len))) return rc;
+    if ((rc = ocl_check(enqueue_apply(od, j->pl, prm, od->masks[q].m, x, y, zeroed), "enqueue(db_apply)", msg, len)))
+        return rc;
     if (!xres && y == od->data.m) {
-        if ((rc = ocl_check(clEnqueueReadBuffer(od->queue, y, CL_FALSE, 0, (size_t)bytes, yout, 0, NULL, NULL),
-                            "clEnqueueReadBuffer(y)", msg, len)))
-            return rc;
+        if ((rc = ocl_check(read_buf(od, y, 0, (size_t)bytes, yout), "clEnqueueReadBuffer(y)", msg, len))) return rc;
     } else if (!xres) { /* makes the device's writes visible in the caller's memory */
         void *p = clEnqueueMapBuffer(od->queue, y, CL_FALSE, CL_MAP_READ, 0, (size_t)bytes, 0, NULL, NULL, NULL);
+        if (p) ocl_count_transfer(od);
         if (p && (rc = ocl_check(clEnqueueUnmapMemObject(od->queue, y, p, 0, NULL, NULL), "clEnqueueUnmapMemObject(y)",
                                  msg, len)))
             return rc;
+        if (p) ocl_count_transfer(od);
     }
     if (!m->words) return DROPBLOCK_OK;
-    return ocl_check(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0, (size_t)((ch.nelem + 31) / 32 * 4),
-                                         m->words + q * j->ck.max_words, 0, NULL, NULL),
-                     "clEnqueueReadBuffer(mask)", msg, len);
+    return ocl_check(
+        read_buf(od, od->masks[q].m, 0, (size_t)((ch.nelem + 31) / 32 * 4), m->words + q * j->ck.max_words),
+        "clEnqueueReadBuffer(mask)", msg, len);
+}
+
+/* A one-chunk fused job, unstaged, enqueued with nothing between its kernels but what they
+ * need: x copied in (where it is), the parameters written once (the mask, scale and apply
+ * passes of one chunk take the same words), the counts and the fixup words zeroed, all before
+ * the mask pass; a flush after it; the scales and the apply; then y copied out and the counts
+ * and the device's scales read back into pinned memory (ocl_readback; they only feed the reply
+ * and fused_check). */
+static int fused_job(struct ocl_dev *od, const struct job *j, size_t es, const void *in, void *out, cl_mem xres,
+                     cl_mem yres, struct job_mem *m, char *msg, size_t len)
+{
+    struct db_chunk ch;
+    ocl_chunk_of(j, 0, &ch);
+    const size_t kbytes = (size_t)ch.nsamp * 8, kspan = (kbytes + 63) & ~(size_t)63, sbytes = (size_t)j->pl->N * 4;
+    char *rb = ocl_readback(od, kspan + sbytes); /* pinned; NULL: into the job's memory */
+    uint32_t *partial = rb ? (uint32_t *)rb : m->partial, *dscales = rb ? (uint32_t *)(rb + kspan) : m->dscales;
+    cl_mem x, y;
+    int rc;
+    if ((rc = chunk_buffers(od, j, 0, es, in, out, xres, yres, m, &x, &y, msg, len))) return rc;
+    db_kernel_params(j->pl, &ch, &j->tu, m->prms);
+    if ((rc = ocl_check(zero_fixup(od, j->pl, m->prms), "clEnqueueFillBuffer(fixup)", msg, len)) ||
+        (rc = mask_passes(od, j, m, 0, msg, len)))
+        return rc;
+    ocl_count_submit(od, 0);
+    if ((rc = ocl_check(clFlush(od->queue), "clFlush(db_mask)", msg, len)) ||
+        (rc = device_scales(od, j, m->dscales, 0, msg, len)) ||
+        (rc = apply_chunk(od, j, 0, es, out, xres, x, y, 1, 1, m, msg, len)))
+        return rc;
+    if ((rc = ocl_check(read_buf(od, od->kept.m, 0, kbytes, partial), "clEnqueueReadBuffer(kept)", msg, len)) ||
+        (rc = ocl_check(read_buf(od, od->scales.m, 0, sbytes, dscales), "clEnqueueReadBuffer(scales)", msg, len)) ||
+        (rc = ocl_check(finish(od), "clFinish(db_apply)", msg, len)))
+        return rc;
+    if (rb) {
+        memcpy(m->partial, partial, kbytes);
+        memcpy(m->dscales, dscales, sbytes);
+    }
+    return DROPBLOCK_OK;
 }
 
 /* A fused job, applied: K for the reply, and the host's exact scales as a check of the device's. */
@@ -449,15 +602,19 @@ static int fused_check(const struct job *j, struct job_mem *m, dropblock_result 
     return DROPBLOCK_OK;
 }
 
-/* The job from x to y: in/out in host memory, or (bench) xres/yres already on the device. Pass 1
- * per chunk; the scales on the device (fused: one chunk, in the same queue) or on the host; pass
- * 3 staged in slices (opencl_staging.c) or per chunk. */
+/* The job from x to y: in/out in host memory, or (bench) xres/yres already on the device. A
+ * fused job (one chunk, scales on the device) unstaged is fused_job; else pass 1 per chunk, the
+ * scales on the device (fused, staged) or on the host, and pass 3 staged in slices
+ * (opencl_staging.c) or per chunk. A job of several chunks makes a host round trip between its
+ * passes (the scales need every chunk's counts) and writes each chunk's parameters for its mask
+ * pass and again for its apply: one parameter buffer serves all chunks. */
 int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *out, void *mask, cl_mem xres,
             cl_mem yres, dropblock_result *res, char *msg, size_t len)
 {
     const uint64_t t_start = db_now_us();
     const size_t es = dropblock_dtype_size(pl->p.dtype);
     struct job j;
+    count_reset(od);
     int rc = ocl_plan_job(od, pl, &j, msg, len);
     if (rc) return rc;
     if (xres && j.ck.nchunks != 1) {
@@ -468,32 +625,38 @@ int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *
     struct job_mem m = {0};
     uint64_t t_mask = 0, t_scale = 0, t_apply = 0;
     const uint64_t L = ocl_stage_slice(od, &j, es, xres != NULL); /* 0: unstaged */
-    if ((rc = job_mem_alloc(&m, &j, mask != NULL, msg, len)) || (rc = job_buffers(od, &j, msg, len)) ||
-        (rc = mask_passes(od, &j, &m, msg, len)))
-        goto done;
-    if (j.ck.fused) {
-        if ((rc = device_scales(od, &j, m.dscales, msg, len))) goto done;
-    } else if (!L) {
-        if ((rc = ocl_check(clFinish(od->queue), "clFinish(db_mask)", msg, len))) goto done;
-        t_mask = db_now_us() - t_start;
-        uint64_t t0 = db_now_us();
-        rc = ocl_host_scales(&j, m.partial, m.kept, m.scales, res);
-        t_scale = db_now_us() - t0;
-        if (rc) goto done;
-    }
-    if (L) { /* pass 3 in slices through pinned memory, overlapped with the copies */
-        uint64_t t[3] = {0, 0, 0};
-        rc = ocl_stage_run(od, &j, es, L, in, out, m.prms, m.partial, m.kept, m.scales, m.words, t_start, t, res, msg,
-                           len);
-        if (rc) goto done;
-        t_mask = t[0];
-        t_scale = t[1];
-        t_apply = t[2];
-    } else { /* pass 3 per chunk */
-        t_apply = db_now_us();
-        for (uint64_t q = 0; q < j.ck.nchunks && !rc; q++)
-            rc = apply_chunk(od, &j, q, es, in, out, xres, yres, &m, msg, len);
-        if (rc || (rc = ocl_check(clFinish(od->queue), "clFinish(db_apply)", msg, len))) goto done;
+    if ((rc = job_mem_alloc(&m, &j, mask != NULL, msg, len)) || (rc = job_buffers(od, &j, msg, len))) goto done;
+    if (j.ck.fused && !L) {
+        if ((rc = fused_job(od, &j, es, in, out, xres, yres, &m, msg, len))) goto done;
+    } else {
+        if ((rc = mask_passes(od, &j, &m, 1, msg, len))) goto done;
+        if (j.ck.fused) {
+            if ((rc = device_scales(od, &j, m.dscales, 1, msg, len))) goto done;
+        } else if (!L) {
+            if ((rc = ocl_check(finish(od), "clFinish(db_mask)", msg, len))) goto done;
+            t_mask = db_now_us() - t_start;
+            uint64_t t0 = db_now_us();
+            rc = ocl_host_scales(&j, m.partial, m.kept, m.scales, res);
+            t_scale = db_now_us() - t0;
+            if (rc) goto done;
+        }
+        if (L) { /* pass 3 in slices through pinned memory, overlapped with the copies */
+            uint64_t t[3] = {0, 0, 0};
+            rc = ocl_stage_run(od, &j, es, L, in, out, m.prms, m.partial, m.kept, m.scales, m.words, t_start, t, res,
+                               msg, len);
+            if (rc) goto done;
+            t_mask = t[0];
+            t_scale = t[1];
+            t_apply = t[2];
+        } else { /* pass 3 per chunk */
+            t_apply = db_now_us();
+            for (uint64_t q = 0; q < j.ck.nchunks && !rc; q++) {
+                cl_mem x, y;
+                rc = chunk_buffers(od, &j, q, es, in, out, xres, yres, &m, &x, &y, msg, len);
+                if (!rc) rc = apply_chunk(od, &j, q, es, out, xres, x, y, 0, 0, &m, msg, len);
+            }
+            if (rc || (rc = ocl_check(finish(od), "clFinish(db_apply)", msg, len))) goto done;
+        }
     }
     if (j.ck.fused && (rc = fused_check(&j, &m, res, msg, len))) goto done;
     struct db_chunk ch;
@@ -521,7 +684,9 @@ static int ocl_run(struct db_device *dev, const struct db_plan *pl, const void *
     if (dev->inject_lost) /* DROPBLOCK_FAULTS "lost" (engine.h): what the driver answers for a device that is gone */
         return ocl_fail(res->message, sizeof res->message, "clEnqueueNDRangeKernel(db_mask), injected fault",
                         CL_DEVICE_NOT_AVAILABLE);
-    return ocl_job(od, pl, in, out, mask, NULL, NULL, res, res->message, sizeof res->message);
+    int rc = ocl_job(od, pl, in, out, mask, NULL, NULL, res, res->message, sizeof res->message);
+    dev->last_job = od->js;
+    return rc;
 }
 
 static void ocl_describe(const struct db_device *dev, char *buf, size_t len)

@@ -90,6 +90,16 @@ struct ocl_dev {
         void *p;
     } st_in[STAGE_SLOTS], st_out[STAGE_SLOTS]; /* pinned, mapped once */
     uint64_t stage_size;                       /* bytes a slot */
+    /* a fused job's counts and scales read back into pinned memory (CL_MEM_ALLOC_HOST_PTR, mapped
+     * once on queue; see ocl_readback in opencl_staging.c), released with the staging slots */
+    struct ocl_stage rb;
+    uint64_t rb_size;
+    /* the running job's counts (backend.h), reset by ocl_job and counted at each enqueue of the
+     * job (ocl_count_*), copied to the device's last_job by run; transfers and fills enqueued
+     * since the last launch wait in pend_* until the next launch shows them to be between two */
+    struct db_job_stats js;
+    uint32_t js_pend_transfers, js_pend_fills;
+    int js_launched;
 };
 
 /* The job as a sequence of chunks, and what it needs (ocl_plan_job). */
@@ -125,6 +135,7 @@ void ocl_release(struct db_device *dev);
 
 /* opencl_staging.c */
 void ocl_release_staging(struct ocl_dev *od);
+void *ocl_readback(struct ocl_dev *od, uint64_t bytes);
 uint64_t ocl_stage_slice(const struct ocl_dev *od, const struct job *j, size_t es, int resident);
 int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L, const void *in, void *out,
                   const uint32_t *prms, const uint32_t *partial, uint64_t *kept, uint32_t *scales, uint32_t *words,
@@ -143,5 +154,10 @@ int ocl_host_scales(const struct job *j, const uint32_t *partial, uint64_t *kept
                     dropblock_result *res);
 int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *out, void *mask, cl_mem xres,
             cl_mem yres, dropblock_result *res, char *msg, size_t len);
+void ocl_count_launches(struct ocl_dev *od, uint32_t n);
+void ocl_count_transfer(struct ocl_dev *od);
+void ocl_count_fill(struct ocl_dev *od);
+void ocl_count_submit(struct ocl_dev *od, int waits);
+void ocl_count_wait(struct ocl_dev *od);
 
 #endif

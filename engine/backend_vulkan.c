@@ -171,6 +171,77 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
 }
 
 /* the bytes of the counts the host reads: per sample, K, the completion words (vk_record_mask) */
+/* ---- job counts -----------------------------------------------------------------------
+ * struct db_job_stats (backend.h) of the job vk_run runs, counted here as the job records its
+ * dispatches (vk_step), copies (vk_copy, vk_to_host, vk_to_device) and fills, and submits
+ * (vk_submit: one vkQueueSubmit and one vkWaitForFences), in recording order across the job's
+ * submissions; with js NULL (the benchmark's jobs) nothing is counted. */
+static _Thread_local struct {
+    struct db_job_stats *js;
+    uint32_t pend_transfers, pend_fills;
+    int launched;
+} jc;
+
+static void count_launch(void)
+{
+    if (!jc.js) return;
+    if (jc.launched) {
+        jc.js->transfers_between += jc.pend_transfers;
+        jc.js->fills_between += jc.pend_fills;
+    }
+    jc.pend_transfers = jc.pend_fills = 0;
+    jc.launched = 1;
+    jc.js->launches++;
+}
+
+static void count_transfer(void)
+{
+    if (!jc.js) return;
+    jc.js->transfers++;
+    jc.pend_transfers++;
+}
+
+static void step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
+{
+    vk_step(d, pipe, n, first);
+    count_launch();
+}
+
+static void fill(struct vk_dev *d, VkBuffer b, uint64_t bytes)
+{
+    vkCmdFillBuffer(d->cmd, b, 0, bytes, 0);
+    if (!jc.js) return;
+    jc.js->fills++;
+    jc.pend_fills++;
+}
+
+static void copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes)
+{
+    vk_copy(d, src, dst, bytes, after_passes);
+    if (bytes) count_transfer();
+}
+
+static void to_device(struct vk_dev *d, int i, uint64_t bytes)
+{
+    vk_to_device(d, i, bytes);
+    if (bytes && d->bufs[i].twin) count_transfer(); /* no twin: the host's memory is the device's */
+}
+
+static void to_host(struct vk_dev *d, int i, uint64_t bytes)
+{
+    vk_to_host(d, i, bytes);
+    if (bytes && d->bufs[i].twin) count_transfer();
+}
+
+static int submit(struct vk_dev *d, char *msg, size_t len)
+{
+    if (jc.js) {
+        jc.js->submits++;
+        jc.js->waits++;
+    }
+    return vk_submit(d, msg, len);
+}
+
 uint64_t vk_kept_bytes(const uint32_t *prm) { return (uint64_t)prm[DBP_NSAMP] * 8 + 16; }
 
 /* Records pass 1 of the chunk whose parameters are in the params buffer: the per-sample
@@ -178,8 +249,8 @@ uint64_t vk_kept_bytes(const uint32_t *prm) { return (uint64_t)prm[DBP_NSAMP] * 
 void vk_record_mask(struct vk_dev *d, const uint32_t *prm)
 {
     /* the counts, two spare words (K once) and mask.comp's two completion words */
-    vkCmdFillBuffer(d->cmd, d->bufs[B_KEPT].buf, 0, ((uint64_t)prm[DBP_NSAMP] * 8 + 16 + 63) & ~UINT64_C(63), 0);
-    vk_step(d, d->pipes[PASS_MASK], db_mask_items(prm), 0);
+    fill(d, d->bufs[B_KEPT].buf, ((uint64_t)prm[DBP_NSAMP] * 8 + 16 + 63) & ~UINT64_C(63));
+    step(d, d->pipes[PASS_MASK], db_mask_items(prm), 0);
 }
 
 /* Records pass 3 of the chunk (scales in place, after a barrier): fast, tail, fixup. */
@@ -188,11 +259,11 @@ static void record_apply(struct vk_dev *d, const struct db_plan *pl, const uint3
     uint64_t groups = prm[DBP_GROUPS], fast = groups * prm[DBP_EPW], nelem = (uint64_t)prm[DBP_NELEM];
     int fix = groups && pl->p.dtype != DROPBLOCK_F16 && !d->hwexact;
     uint64_t fwords = (fast + 31) / 32;
-    if (fix) vkCmdFillBuffer(d->cmd, d->bufs[B_FIXUP].buf, 0, (fwords * 4 + 63) & ~UINT64_C(63), 0);
-    if (groups) vk_step(d, d->pipes[PASS_APPLY], groups, 0);
+    if (fix) fill(d, d->bufs[B_FIXUP].buf, (fwords * 4 + 63) & ~UINT64_C(63));
+    if (groups) step(d, d->pipes[PASS_APPLY], groups, 0);
     if (fast < nelem)
-        vk_step(d, d->pipes[PASS_EXACT], pl->p.dtype == DROPBLOCK_F32 ? nelem - fast : (nelem - fast + 1) / 2, 0);
-    if (fix) vk_step(d, d->pipes[PASS_FIXUP], fwords, 0);
+        step(d, d->pipes[PASS_EXACT], pl->p.dtype == DROPBLOCK_F32 ? nelem - fast : (nelem - fast + 1) / 2, 0);
+    if (fix) step(d, d->pipes[PASS_FIXUP], fwords, 0);
 }
 
 /* ---- run ------------------------------------------------------------------------------- */
@@ -262,9 +333,9 @@ static int mask_pass(struct vk_dev *d, const struct db_plan *pl, const struct db
         db_kernel_params(pl, ch, t, prm);
         if ((rc = vk_begin(d, msg, len))) return rc;
         vk_record_mask(d, prm);
-        vk_to_host(d, B_KEPT, vk_kept_bytes(prm));
-        vk_to_host(d, B_MASK, mask_bytes);
-        if ((rc = vk_submit(d, msg, len))) return rc;
+        to_host(d, B_KEPT, vk_kept_bytes(prm));
+        to_host(d, B_MASK, mask_bytes);
+        if ((rc = submit(d, msg, len))) return rc;
         if (vk_mask_done(d, prm)) return DROPBLOCK_OK;
         if (!memcmp(t, safe, sizeof *t)) break;
         (*reruns)++;
@@ -375,14 +446,14 @@ static int job_fused(struct job *j, char *msg, size_t len)
     }
     if ((rc = vk_begin(d, msg, len))) return rc;
     if (!alone) vk_record_mask(d, prm);
-    if (src) vk_copy(d, src, xb, ch.nelem * es, 0); /* beside the mask pass, which does not read x */
-    vk_step(d, d->pipes[PASS_SCALE], ch.nsamp, 0);  /* after a barrier, for the mask pass of either submission */
+    if (src) copy(d, src, xb, ch.nelem * es, 0); /* beside the mask pass, which does not read x */
+    step(d, d->pipes[PASS_SCALE], ch.nsamp, 0);  /* after a barrier, for the mask pass of either submission */
     record_apply(d, pl, prm);
-    if (dst) vk_copy(d, xb, dst, ch.nelem * es, 1);
-    vk_to_host(d, B_KEPT, vk_kept_bytes(prm));
-    vk_to_host(d, B_SCALES, ch.nsamp * 4);
-    if (j->mask) vk_to_host(d, B_MASK, (ch.nelem + 31) / 32 * 4);
-    if ((rc = vk_submit(d, msg, len))) return rc;
+    if (dst) copy(d, xb, dst, ch.nelem * es, 1);
+    to_host(d, B_KEPT, vk_kept_bytes(prm));
+    to_host(d, B_SCALES, ch.nsamp * 4);
+    if (j->mask) to_host(d, B_MASK, (ch.nelem + 31) / 32 * 4);
+    if ((rc = submit(d, msg, len))) return rc;
     if (!alone && !vk_mask_done(d, prm)) {
         db_msg(msg, len, "the mask pass was cut short (an invocation did not run to its end)");
         return DROPBLOCK_EINTERNAL;
@@ -453,12 +524,12 @@ static int job_applies(struct job *j, const uint64_t *mofs, char *msg, size_t le
         if (hmask) memcpy(d->bufs[B_MASK].map, hmask + mofs[q], (ch.nelem + 31) / 32 * 4);
         if (j->copy_in) memcpy(d->bufs[B_X].map, (const char *)j->in + ch.e0 * es, ch.nelem * es);
         if (!(rc = vk_begin(d, msg, len))) {
-            vk_to_device(d, B_SCALES, ch.nsamp * 4);
-            if (hmask) vk_to_device(d, B_MASK, (ch.nelem + 31) / 32 * 4);
-            if (src) vk_copy(d, src, xb, ch.nelem * es, 0);
+            to_device(d, B_SCALES, ch.nsamp * 4);
+            if (hmask) to_device(d, B_MASK, (ch.nelem + 31) / 32 * 4);
+            if (src) copy(d, src, xb, ch.nelem * es, 0);
             record_apply(d, pl, prm);
-            if (dst) vk_copy(d, xb, dst, ch.nelem * es, 1);
-            rc = vk_submit(d, msg, len);
+            if (dst) copy(d, xb, dst, ch.nelem * es, 1);
+            rc = submit(d, msg, len);
         }
         if (rc) break;
         if (j->copy_in) memcpy((char *)j->out + ch.e0 * es, d->bufs[B_X].map, ch.nelem * es);
@@ -538,7 +609,12 @@ static int vk_run(struct db_device *dev, const struct db_plan *pl, const void *i
 {
     if (dev->inject_lost) /* DROPBLOCK_FAULTS "lost" (engine.h): what the driver answers for a device that is gone */
         return vk_fail(res->message, sizeof res->message, VK_ERROR_DEVICE_LOST, "vkQueueSubmit, injected fault");
-    return vk_job(dev->priv, dev, pl, in, out, mask, 0, res, res->message, sizeof res->message);
+    jc.js = &dev->last_job;
+    jc.pend_transfers = jc.pend_fills = 0;
+    jc.launched = 0;
+    int rc = vk_job(dev->priv, dev, pl, in, out, mask, 0, res, res->message, sizeof res->message);
+    jc.js = NULL;
+    return rc;
 }
 
 static void vk_describe(const struct db_device *dev, char *buf, size_t len)

@@ -308,6 +308,17 @@ void db_engine_progress(const struct db_engine *e, size_t i, char *buf, size_t l
     else snprintf(buf, len, "%s", names[pass]);
 }
 
+int db_engine_last_job_stats(const struct db_engine *e, size_t i, struct db_job_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (i >= e->n) return -1;
+    struct db_slot *s = (struct db_slot *)&e->slots[i]; /* the lock is the only thing changed */
+    pthread_mutex_lock(&s->lock);
+    *out = s->dev.last_job;
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
 void db_engine_device_paths(const struct db_engine *e, size_t i, char *buf, size_t len)
 {
     if (len) buf[0] = 0;
@@ -409,6 +420,7 @@ static int run_backend(struct db_engine *e, struct db_slot *s, const struct db_p
 {
     const char *id = s->dev.info.id;
     db_progress(&s->dev, DB_PASS_RUNNING, 0, 0);
+    memset(&s->dev.last_job, 0, sizeof s->dev.last_job); /* the backend's run counts into it */
     int rc = s->dev.ops->run(&s->dev, pl, in, out, mask, res);
     db_progress(&s->dev, DB_PASS_IDLE, 0, 0);
     s->dev.inject_lost = 0;

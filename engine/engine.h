@@ -46,6 +46,11 @@ void db_engine_device_info(const struct db_engine *e, size_t i, dropblock_device
 /* How the device runs jobs (its backend's describe: key=value words), "" for a bad index. */
 void db_engine_device_paths(const struct db_engine *e, size_t i, char *buf, size_t len);
 
+/* The counts of the last job device i ran (struct db_job_stats in backend.h: launches, transfers,
+ * transfers between launches, fills, submissions, waits), read under the device's lock; all zero
+ * before the first job and for the CPU backend. 0, or -1 for a bad index. */
+int db_engine_last_job_stats(const struct db_engine *e, size_t i, struct db_job_stats *out);
+
 /* What the device's running job is doing, for progress displays: "" when idle, else "running",
  * or where the backend says, e.g. "mask pass, chunk 2 of 3" or "apply pass". Any thread. */
 void db_engine_progress(const struct db_engine *e, size_t i, char *buf, size_t len);

@@ -52,9 +52,51 @@ static void release_slots(struct ocl_dev *od)
     od->stage_size = 0;
 }
 
+/* The read-back buffer, unmapped (on queue, which must still be there) and released. */
+static void release_readback(struct ocl_dev *od)
+{
+    if (od->rb.m && od->rb.p && od->queue) {
+        clEnqueueUnmapMemObject(od->queue, od->rb.m, od->rb.p, 0, NULL, NULL);
+        clFinish(od->queue);
+    }
+    if (od->rb.m) clReleaseMemObject(od->rb.m);
+    od->rb.m = NULL;
+    od->rb.p = NULL;
+    od->rb_size = 0;
+}
+
+/* ---- pinned read-backs ------------------------------------------------------------------
+ * A fused job's small read-backs (its per-sample counts and the device's scales, after the
+ * apply) go into one CL_MEM_ALLOC_HOST_PTR buffer mapped once, kept by the device and grown
+ * when needed, as the staging slots are: a DMA engine writes it without a bounce. The host
+ * pointer of at least bytes, or NULL where it could not be made (the job reads into its own
+ * memory then). Called with the passes' queue idle (its map blocks). */
+void *ocl_readback(struct ocl_dev *od, uint64_t bytes)
+{
+    if (od->rb.m && od->rb_size >= bytes) return od->rb.p;
+    release_readback(od);
+    bytes = (bytes + 4095) & ~UINT64_C(4095);
+    cl_int e;
+    od->rb.m = clCreateBuffer(od->ctx, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR, (size_t)bytes, NULL, &e);
+    if (e != CL_SUCCESS) {
+        od->rb.m = NULL;
+        return NULL;
+    }
+    od->rb.p = clEnqueueMapBuffer(od->queue, od->rb.m, CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, 0, (size_t)bytes, 0, NULL,
+                                  NULL, &e);
+    if (e != CL_SUCCESS) {
+        od->rb.p = NULL;
+        release_readback(od);
+        return NULL;
+    }
+    od->rb_size = bytes;
+    return od->rb.p;
+}
+
 void ocl_release_staging(struct ocl_dev *od)
 {
     if (od->q_down) clFinish(od->q_down);
+    release_readback(od);
     release_slots(od);
     if (od->q_down) clReleaseCommandQueue(od->q_down);
     if (od->q_up) clReleaseCommandQueue(od->q_up);
@@ -118,9 +160,9 @@ static cl_int launch_range(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t 
 {
     size_t off = (size_t)a, whole = (size_t)((b - a) / wg * wg), rest = (size_t)(b - a) - whole;
     cl_int e = CL_SUCCESS;
-    if (whole) e = ocl_enqueue_nd(od, k, off, whole, wg);
+    if (whole && (e = ocl_enqueue_nd(od, k, off, whole, wg)) == CL_SUCCESS) ocl_count_launches(od, 1);
     off += whole;
-    if (e == CL_SUCCESS && rest) e = ocl_enqueue_nd(od, k, off, rest, 1);
+    if (e == CL_SUCCESS && rest && (e = ocl_enqueue_nd(od, k, off, rest, 1)) == CL_SUCCESS) ocl_count_launches(od, 1);
     return e;
 }
 
@@ -185,13 +227,19 @@ static cl_int stage_upload(struct staged *st, uint64_t k)
     uint64_t s0, s1;
     slice_of(st, k, &ch, &s0, &s1);
     cl_int e = CL_SUCCESS;
-    if (k >= STAGE_SLOTS && (e = clWaitForEvents(1, &st->up[k - STAGE_SLOTS])) != CL_SUCCESS) return e;
+    if (k >= STAGE_SLOTS) {
+        ocl_count_wait(od);
+        if ((e = clWaitForEvents(1, &st->up[k - STAGE_SLOTS])) != CL_SUCCESS) return e;
+    }
     const size_t bytes = (size_t)((s1 - s0) * st->es);
     memcpy(od->st_in[k % STAGE_SLOTS].p, st->in + (ch.e0 + s0) * st->es, bytes);
     const cl_event *war = k >= st->spc ? &st->dn[k - st->spc] : NULL;
     e = clEnqueueWriteBuffer(od->q_up, od->data.m, CL_FALSE, (size_t)(s0 * st->es), bytes, od->st_in[k % STAGE_SLOTS].p,
                              war ? 1 : 0, war, &st->up[k]);
-    return e == CL_SUCCESS ? clFlush(od->q_up) : e;
+    if (e != CL_SUCCESS) return e;
+    ocl_count_transfer(od);
+    ocl_count_submit(od, 0);
+    return clFlush(od->q_up);
 }
 
 /* Download slot -> host y, once the download of slice k is done. */
@@ -200,6 +248,7 @@ static cl_int stage_consume(struct staged *st, uint64_t k)
     struct db_chunk ch;
     uint64_t s0, s1;
     slice_of(st, k, &ch, &s0, &s1);
+    ocl_count_wait(st->od);
     cl_int e = clWaitForEvents(1, &st->dn[k]);
     if (e == CL_SUCCESS)
         memcpy(st->out + (ch.e0 + s0) * st->es, st->od->st_out[k % STAGE_SLOTS].p, (size_t)((s1 - s0) * st->es));
@@ -207,7 +256,8 @@ static cl_int stage_consume(struct staged *st, uint64_t k)
 }
 
 /* Apply of slice k after its upload (queue), then its download into a free slot (q_down). A
- * chunk's first slice first loads the chunk's parameters (and host scales) and zeroes fixup. */
+ * chunk's first slice first loads the chunk's parameters (and host scales) and zeroes fixup: the
+ * parameters of a one-chunk job are still in od->prm from its mask pass, the same words. */
 static cl_int stage_apply(struct staged *st, uint64_t k)
 {
     struct ocl_dev *od = st->od;
@@ -218,24 +268,36 @@ static cl_int stage_apply(struct staged *st, uint64_t k)
     const uint32_t *prm = st->prms + q * DBP_COUNT;
     cl_int e = CL_SUCCESS;
     if (s0 == 0) {
-        e = clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0, NULL, NULL);
-        if (e == CL_SUCCESS && !st->j->ck.fused)
-            e = clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4, st->scales + ch.n0, 0,
-                                     NULL, NULL);
+        if (st->j->ck.nchunks > 1 && (e = clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0,
+                                                               NULL, NULL)) == CL_SUCCESS)
+            ocl_count_transfer(od);
+        if (e == CL_SUCCESS && !st->j->ck.fused &&
+            (e = clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4, st->scales + ch.n0, 0,
+                                      NULL, NULL)) == CL_SUCCESS)
+            ocl_count_transfer(od);
         uint64_t fwords = ((uint64_t)prm[DBP_GROUPS] * prm[DBP_EPW] + 31) / 32;
         cl_uint zero = 0;
-        if (e == CL_SUCCESS && fwords && !od->hwexact && pl->p.dtype != DROPBLOCK_F16)
-            e = clEnqueueFillBuffer(od->queue, od->fixup.m, &zero, sizeof zero, 0, (size_t)(fwords * 4), 0, NULL, NULL);
+        if (e == CL_SUCCESS && fwords && !od->hwexact && pl->p.dtype != DROPBLOCK_F16 &&
+            (e = clEnqueueFillBuffer(od->queue, od->fixup.m, &zero, sizeof zero, 0, (size_t)(fwords * 4), 0, NULL,
+                                     NULL)) == CL_SUCCESS)
+            ocl_count_fill(od);
     }
     if (e == CL_SUCCESS) e = clEnqueueBarrierWithWaitList(od->queue, 1, &st->up[k], NULL);
     if (e == CL_SUCCESS) e = enqueue_apply_range(od, pl, prm, od->masks[q].m, od->data.m, s0, s1);
     if (e == CL_SUCCESS) e = clEnqueueMarkerWithWaitList(od->queue, 0, NULL, &st->ap[k]);
-    if (e == CL_SUCCESS) e = clFlush(od->queue);
+    if (e == CL_SUCCESS) {
+        ocl_count_submit(od, 0);
+        e = clFlush(od->queue);
+    }
     while (e == CL_SUCCESS && st->nconsumed + STAGE_SLOTS <= k) e = stage_consume(st, st->nconsumed++);
-    if (e == CL_SUCCESS)
-        e = clEnqueueReadBuffer(od->q_down, od->data.m, CL_FALSE, (size_t)(s0 * st->es), (size_t)((s1 - s0) * st->es),
-                                od->st_out[k % STAGE_SLOTS].p, 1, &st->ap[k], &st->dn[k]);
-    if (e == CL_SUCCESS) e = clFlush(od->q_down);
+    if (e == CL_SUCCESS &&
+        (e = clEnqueueReadBuffer(od->q_down, od->data.m, CL_FALSE, (size_t)(s0 * st->es), (size_t)((s1 - s0) * st->es),
+                                 od->st_out[k % STAGE_SLOTS].p, 1, &st->ap[k], &st->dn[k])) == CL_SUCCESS)
+        ocl_count_transfer(od);
+    if (e == CL_SUCCESS) {
+        ocl_count_submit(od, 0);
+        e = clFlush(od->q_down);
+    }
     st->napplied = k + 1;
     return e;
 }
@@ -280,6 +342,7 @@ int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L
     if (!j->ck.fused && (rc = ocl_check(clEnqueueMarkerWithWaitList(od->queue, 0, NULL, &mask_ev),
                                         "clEnqueueMarkerWithWaitList(mask)", msg, len)))
         goto done;
+    ocl_count_submit(od, 0);
     if ((rc = ocl_check(clFlush(od->queue), "clFlush(db_mask)", msg, len))) goto done;
     for (uint64_t k = 0; k <= st.ns; k++) {
         /* the scales, once the mask passes are done: at once when an apply must go before the
@@ -293,6 +356,7 @@ int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L
             need = status <= CL_COMPLETE;
         }
         if (!st.scales_ready && need) {
+            ocl_count_wait(od);
             if ((rc = ocl_check(clWaitForEvents(1, &mask_ev), "clWaitForEvents(db_mask)", msg, len))) goto done;
             t[0] = db_now_us() - t_start;
             uint64_t t0 = db_now_us();
@@ -313,6 +377,7 @@ int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L
                                                 NULL, NULL),
                             "clEnqueueReadBuffer(mask)", msg, len)))
             goto done;
+        ocl_count_transfer(od);
     }
     while (st.nconsumed < st.ns)
         if ((rc = ocl_check(stage_consume(&st, st.nconsumed++), "clWaitForEvents(staged download)", msg, len)))
@@ -321,6 +386,7 @@ done:
     clFinish(od->q_up);
     clFinish(od->queue);
     clFinish(od->q_down);
+    for (int i = 0; i < 3; i++) ocl_count_submit(od, 1);
     for (uint64_t k = 0; k < 3 * st.ns; k++)
         if (st.up[k]) clReleaseEvent(st.up[k]);
     if (mask_ev) clReleaseEvent(mask_ev);

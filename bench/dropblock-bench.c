@@ -30,6 +30,7 @@
 #include "clock.h"
 #include "engine.h"
 #include "reference.h"
+#include "tile_count.h"
 
 enum mode { MODE_DEVICE, MODE_LATENCY, MODE_THROUGHPUT, MODE_CROSSOVER };
 
@@ -210,6 +211,54 @@ static int check_run(struct db_engine *e, int dev, const dropblock_params *p, co
     return check;
 }
 
+/* The job's structure on this device: the last run's launches and transfers (db_job_stats),
+ * and the mask pass's Philox blocks, candidate blocks, atomics and items for the device's
+ * tiling, counted by replaying its tile walk in C with no candidate firing (bench/tile_count.c;
+ * the structural counts: a firing candidate adds only its drops' edge-word atomics). */
+struct structure {
+    struct db_job_stats js;
+    struct db_tile_counts tc;
+    int have_tc;
+};
+
+static void job_structure(struct db_engine *e, int dev, const dropblock_params *p, struct structure *s)
+{
+    memset(s, 0, sizeof *s);
+    db_engine_last_job_stats(e, (size_t)dev, &s->js);
+    struct db_plan pl;
+    struct db_tuning tu;
+    char msg[256];
+    if (db_plan_init(&pl, p, msg, sizeof msg) || pl.identity) return;
+    db_engine_device_tuning(e, (size_t)dev, &pl, &tu);
+    s->have_tc = !db_tile_count(&pl, &tu, DB_TC_FIRE_NONE, &s->tc, msg, sizeof msg);
+    if (!s->have_tc) fprintf(stderr, "dropblock-bench: tile count: %s\n", msg);
+}
+
+static void print_structure(const struct structure *s)
+{
+    printf("launches     %12u  (transfers %u, %u of them between launches; fills %u, %u between; submits %u, "
+           "waits %u)\n",
+           s->js.launches, s->js.transfers, s->js.transfers_between, s->js.fills, s->js.fills_between, s->js.submits,
+           s->js.waits);
+    if (s->have_tc)
+        printf("philox/cand  %12.3f  (%llu Philox blocks for %llu candidate blocks; %llu atomics; %llu items)\n",
+               s->tc.philox_per_candidate, (unsigned long long)s->tc.philox_blocks,
+               (unsigned long long)s->tc.candidate_blocks, (unsigned long long)s->tc.atomics,
+               (unsigned long long)s->tc.items);
+}
+
+static void print_structure_json(const struct structure *s)
+{
+    printf(", \"launches\": %u, \"transfers\": %u, \"transfers_between\": %u, \"fills\": %u, "
+           "\"fills_between\": %u, \"submits\": %u, \"waits\": %u",
+           s->js.launches, s->js.transfers, s->js.transfers_between, s->js.fills, s->js.fills_between, s->js.submits,
+           s->js.waits);
+    if (s->have_tc) {
+        printf(", ");
+        db_tc_print_json(stdout, &s->tc);
+    }
+}
+
 static void print_figures(const double fig[F_N], int check, double gb)
 {
     for (int f = 0; f < F_N; f++) {
@@ -224,7 +273,7 @@ static void print_figures(const double fig[F_N], int check, double gb)
 }
 
 static void print_json(const struct opts *o, const dropblock_device_info *info, const char *paths, uint64_t bytes,
-                       const double fig[F_N], int check, double gb)
+                       const double fig[F_N], int check, double gb, const struct structure *st)
 {
     const dropblock_params *p = &o->p;
     printf(
@@ -248,6 +297,7 @@ static void print_json(const struct opts *o, const dropblock_device_info *info, 
     printf(", \"baseline_over_op\": ");
     print_num(fig[F_BASELINE] > 0 && fig[F_OP] > 0 ? fig[F_BASELINE] / fig[F_OP] : -1, 2);
     if (check >= 0) printf(", \"check\": %s", check ? "true" : "false");
+    print_structure_json(st);
     printf("}\n");
 }
 
@@ -274,10 +324,16 @@ static int device_mode(const struct opts *o)
     /* the device measures in one call, interleaved round by round; then the whole job */
     device_figures(e, dev, o, x, fig);
     run_figure(e, dev, o, x, y, t, fig);
+    struct structure st;
+    job_structure(e, dev, p, &st); /* of run_us's last job, before --check runs another */
     int check = o->check ? check_run(e, dev, p, x, y, bytes) : -1;
     const double gb = 2.0 * (double)bytes / 1e3; /* GB/s = gb / microseconds */
-    if (!o->json) print_figures(fig, check, gb);
-    else print_json(o, info, paths, bytes, fig, check, gb);
+    if (!o->json) {
+        print_figures(fig, check, gb);
+        print_structure(&st);
+    } else {
+        print_json(o, info, paths, bytes, fig, check, gb, &st);
+    }
     if (check == 0) rc = 1;
 out:
     free(x);

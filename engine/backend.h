@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernel_params.h"
 #include "knobs.h"
 #include "plan.h"
 
@@ -113,6 +114,10 @@ struct backend_ops {
      * f16=hardware, ...): the daemon logs it at start, the benchmark prints it, the tests check
      * that the fast paths expected on PoCL, lavapipe and the CPU backend are the ones taken. */
     void (*describe)(const struct db_device *dev, char *buf, size_t len);
+    /* The tiling the device's jobs of plan pl use (tile rows, elements a work item, candidate
+     * budget, candidates an item): the benchmark replays it in C to count the mask pass's
+     * Philox words and atomics (bench/tile_count.c). */
+    void (*tuning)(const struct db_device *dev, const struct db_plan *pl, struct db_tuning *out);
 };
 
 extern const struct backend_ops db_backend_cpu;

@@ -43,7 +43,9 @@
 #pragma GCC diagnostic pop
 
 #define CPU_MAX_THREADS 64
-#define CPU_EPW 32                         /* elements of a fast-apply group: one mask word */
+#define CPU_EPW 32 /* elements of a fast-apply group: one mask word */
+/* whole planes a tile, no candidate budget: the CPU needs no bound on a work item's loops */
+static const struct db_tuning cpu_job_tuning = {UINT32_MAX, CPU_EPW, 0, 4096};
 #define CPU_PER_THREAD (UINT64_C(1) << 16) /* elements worth a thread's start (tens of microseconds) */
 
 struct cpu_dev {
@@ -256,7 +258,7 @@ static int cpu_job(const struct cpu_dev *cd, const struct db_plan *pl, const voi
 {
     const uint64_t t0 = db_now_us();
     const size_t es = dropblock_dtype_size(pl->p.dtype);
-    const struct db_tuning tu = {UINT32_MAX, CPU_EPW, 0, 4096};
+    const struct db_tuning tu = cpu_job_tuning;
     /* the plan's chunks of at most 1 GiB; ck.fused is for the GPU backends' device scale pass */
     struct db_chunking ck;
     int rc = db_job_chunks(pl, UINT64_C(1) << 30, 0, &ck, res->message, sizeof res->message);
@@ -427,5 +429,12 @@ static void cpu_describe(const struct db_device *dev, char *buf, size_t len)
     snprintf(buf, len, "memory=host mask=%s apply=%s threads=%d", db_simd_name(p), apply, cd->threads);
 }
 
-const struct backend_ops db_backend_cpu = {"cpu",     cpu_enumerate, cpu_prepare, cpu_run,
-                                           cpu_bench, cpu_release,   cpu_describe};
+static void cpu_tuning(const struct db_device *dev, const struct db_plan *pl, struct db_tuning *out)
+{
+    (void)dev;
+    (void)pl;
+    *out = cpu_job_tuning;
+}
+
+const struct backend_ops db_backend_cpu = {"cpu",     cpu_enumerate, cpu_prepare,  cpu_run,
+                                           cpu_bench, cpu_release,   cpu_describe, cpu_tuning};

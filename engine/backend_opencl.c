@@ -701,5 +701,10 @@ static void ocl_describe(const struct db_device *dev, char *buf, size_t len)
              od->wg_small, od->wg_apply, od->warm ? od->nvariants : 0, (unsigned long long)od->cold);
 }
 
-const struct backend_ops db_backend_opencl = {"opencl",  ocl_enumerate, ocl_prepare, ocl_run,
-                                              ocl_bench, ocl_release,   ocl_describe};
+static void ocl_tuning(const struct db_device *dev, const struct db_plan *pl, struct db_tuning *out)
+{
+    *out = job_tuning(dev->priv, pl);
+}
+
+const struct backend_ops db_backend_opencl = {"opencl",  ocl_enumerate, ocl_prepare,  ocl_run,
+                                              ocl_bench, ocl_release,   ocl_describe, ocl_tuning};

@@ -163,11 +163,12 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
             rc = vk_fail(msg, len, r, what);
         }
     }
+    /* the submission set-up makes the probes' and the hardware-f16 apply's pipelines: the cache
+     * is saved after it, so that they are kept too */
+    if (!rc) rc = vk_prepare_submission(d, msg, len);
     if (!rc && d->cache && path[0]) cache_save(d, dir, path, old, old_size);
     free(old);
-    if (rc) return rc;
-
-    return vk_prepare_submission(d, msg, len);
+    return rc;
 }
 
 /* the bytes of the counts the host reads: per sample, K, the completion words (vk_record_mask) */
@@ -621,10 +622,21 @@ static void vk_describe(const struct db_device *dev, char *buf, size_t len)
 {
     const struct vk_dev *d = dev->priv;
     /* warmed: passes dispatched at setup; cold: passes a job dispatched first (vk_warm_up) */
-    snprintf(buf, len, "memory=%s import=%s subnormals=%s work-group=%u subgroup=%u warmed=%d cold=%llu",
-             d->staged ? "staged" : "host-visible", d->has_import ? "yes" : "no", d->hwexact ? "hardware" : "fixup",
-             d->local, d->subgroup, d->warm ? PASS_N : 0, (unsigned long long)d->cold);
+    /* f16: hardware where the probe passed (vk_probe_half); integer where it failed or was
+     * skipped (DROPBLOCK_VULKAN_FIXUP=1) */
+    snprintf(buf, len, "memory=%s import=%s f16=%s subnormals=%s work-group=%u subgroup=%u warmed=%d cold=%llu",
+             d->staged ? "staged" : "host-visible", d->has_import ? "yes" : "no",
+             d->hwhalf            ? "hardware"
+             : d->half_probe == 0 ? "integer-probe-failed"
+                                  : "integer",
+             d->hwexact ? "hardware" : "fixup", d->local, d->subgroup, d->warm ? PASS_N : 0,
+             (unsigned long long)d->cold);
 }
 
-const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate, vk_prepare, vk_run,
-                                              vk_bench, vk_release,   vk_describe};
+static void vk_tuning(const struct db_device *dev, const struct db_plan *pl, struct db_tuning *out)
+{
+    *out = vk_job_tuning(dev->priv, pl, 0);
+}
+
+const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate, vk_prepare,  vk_run,
+                                              vk_bench, vk_release,   vk_describe, vk_tuning};

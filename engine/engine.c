@@ -308,6 +308,13 @@ void db_engine_progress(const struct db_engine *e, size_t i, char *buf, size_t l
     else snprintf(buf, len, "%s", names[pass]);
 }
 
+int db_engine_device_tuning(const struct db_engine *e, size_t i, const struct db_plan *pl, struct db_tuning *out)
+{
+    if (i >= e->n) return -1;
+    e->slots[i].dev.ops->tuning(&e->slots[i].dev, pl, out);
+    return 0;
+}
+
 int db_engine_last_job_stats(const struct db_engine *e, size_t i, struct db_job_stats *out)
 {
     memset(out, 0, sizeof *out);

@@ -46,6 +46,9 @@ void db_engine_device_info(const struct db_engine *e, size_t i, dropblock_device
 /* How the device runs jobs (its backend's describe: key=value words), "" for a bad index. */
 void db_engine_device_paths(const struct db_engine *e, size_t i, char *buf, size_t len);
 
+/* The tiling device i's jobs of plan pl use (backend_ops.tuning); -1 for no such device. */
+int db_engine_device_tuning(const struct db_engine *e, size_t i, const struct db_plan *pl, struct db_tuning *out);
+
 /* The counts of the last job device i ran (struct db_job_stats in backend.h: launches, transfers,
  * transfers between launches, fills, submissions, waits), read under the device's lock; all zero
  * before the first job and for the CPU backend. 0, or -1 for a bad index. */

@@ -17,7 +17,11 @@ hardware f16 conversions, subnormal products and the CPU mask batches (staged un
 DROPBLOCK_OPENCL_COPY=1, the GPU kernel shape under DROPBLOCK_OPENCL_SHAPE=gpu, the fixup pass
 under DROPBLOCK_OPENCL_FIXUP=1), lavapipe host-visible with import and subnormal products
 (staged under DROPBLOCK_VULKAN_STAGE=1, the fixup pass under DROPBLOCK_VULKAN_FIXUP=1), the CPU backend's mask and apply on one SIMD path (the forced one
-where the CPU has it). Python standard library only.
+where the CPU has it); hardware f16 on the GPU shape and on lavapipe too (issue 16's probes).
+
+The job's structure (issue 16) is in the JSON of every backend, both layouts: launches and
+transfers of the last job (a one-chunk OpenCL job: 3-5 launches, nothing between them) and the
+mask pass's Philox blocks per candidate block on the device's tiling. Python standard library only.
 """
 import argparse
 import json
@@ -57,6 +61,27 @@ def device_mode_has_xfer(bench, backend):
     print("ok device mode %s: xfer_us %g, xfer_gbs %g" % (backend, us, gbs))
 
 
+def structure(bench, backend, layout, env=None):
+    """The job's structure in the JSON (issue 16): launches and transfers of the run's last job,
+    and the mask pass's Philox blocks per candidate block on the device's tiling."""
+    j = run([bench, "--backend", backend, "--shape", "2,40,14,14", "--layout", layout, "--block", "7", "--reps", "1",
+             "--json"], env=env)
+    what = "%s %s%s" % (backend, layout, " " + str(env) if env else "")
+    for k in ("launches", "transfers", "transfers_between", "fills", "submits", "philox_per_candidate",
+              "philox_blocks", "candidate_blocks", "mask_atomics", "mask_items"):
+        if not isinstance(j.get(k), (int, float)):
+            sys.exit("test_bench: %s: no %s in %s" % (what, k, json.dumps(j)))
+    if j["philox_blocks"] < j["candidate_blocks"] or j["candidate_blocks"] <= 0:
+        sys.exit("test_bench: %s: %d Philox blocks for %d candidate blocks" % (what, j["philox_blocks"],
+                                                                               j["candidate_blocks"]))
+    if backend == "opencl" and (j["transfers_between"] != 0 or j["fills_between"] != 0 or not 3 <= j["launches"] <= 5):
+        sys.exit("test_bench: %s: a one-chunk OpenCL job takes 3-5 launches and nothing between them: %s"
+                 % (what, json.dumps(j)))
+    print("ok structure %s: %d launches, %d transfers (%d between), Philox/candidate %.3f"
+          % (what, j["launches"], j["transfers"], j["transfers_between"], j["philox_per_candidate"]))
+    return j
+
+
 def paths(bench, backend, env=None):
     j = run([bench, "--backend", backend, "--shape", "1,2,8,8", "--block", "3", "--reps", "1", "--json"], env=env)
     words = dict(w.split("=", 1) for w in j.get("paths", "").split() if "=" in w)
@@ -78,9 +103,9 @@ def paths_as_expected(bench):
                                    "mask": "cpu-batches"})
     expect_paths(bench, "opencl", {"subnormals": "fixup"}, {"DROPBLOCK_OPENCL_FIXUP": "1"})
     expect_paths(bench, "opencl", {"memory": "staged"}, {"DROPBLOCK_OPENCL_COPY": "1"})
-    expect_paths(bench, "opencl", {"mask": "gpu-blocks"}, {"DROPBLOCK_OPENCL_SHAPE": "gpu"})
-    expect_paths(bench, "vulkan", {"memory": "host-visible", "import": "yes", "subnormals": "hardware"})
-    expect_paths(bench, "vulkan", {"subnormals": "fixup"}, {"DROPBLOCK_VULKAN_FIXUP": "1"})
+    expect_paths(bench, "vulkan", {"memory": "host-visible", "import": "yes", "f16": "hardware", "subnormals": "hardware"})
+    expect_paths(bench, "vulkan", {"subnormals": "fixup", "f16": "integer"}, {"DROPBLOCK_VULKAN_FIXUP": "1"})
+    expect_paths(bench, "opencl", {"mask": "gpu-blocks", "f16": "hardware"}, {"DROPBLOCK_OPENCL_SHAPE": "gpu"})
     expect_paths(bench, "vulkan", {"memory": "staged"}, {"DROPBLOCK_VULKAN_STAGE": "1"})
     simd = ("avx512", "avx2", "scalar")
     best = paths(bench, "cpu")
@@ -114,6 +139,10 @@ def main():
     for backend in ("opencl", "cpu"):
         device_mode_has_xfer(a.bench, backend)
     paths_as_expected(a.bench)
+    for layout in ("nchw", "nhwc"):
+        for backend, env in (("opencl", None), ("opencl", {"DROPBLOCK_OPENCL_SHAPE": "gpu"}), ("vulkan", None),
+                             ("cpu", None)):
+            structure(a.bench, backend, layout, env)
 
     try:
         d = testlib.Daemon(a.daemon, "--cache-dir", a.cache_dir)

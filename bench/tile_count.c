@@ -61,14 +61,14 @@ DBFN u32 db_fire_batch(const u64 *blk, u64 run, u32 n, u32x4 base, u32 k0, u32 k
 struct db_tuning db_tc_tuning_gpu(const struct db_plan *pl)
 {
     /* opencl_device.c: vw 4, vpw 1 (epw = 4 lanes of 32 bits: 4 f32 or 8 f16 elements) */
-    struct db_tuning tu = {8u, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, 4096u, 256u};
+    struct db_tuning tu = {8u, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, 4096u, 256u, 0u};
     return tu;
 }
 
 struct db_tuning db_tc_tuning_cpu(const struct db_plan *pl)
 {
     (void)pl;
-    struct db_tuning tu = {UINT32_MAX, 32u, 0u, 4096u};
+    struct db_tuning tu = {UINT32_MAX, 32u, 0u, 4096u, 0u};
     return tu;
 }
 
@@ -122,6 +122,16 @@ int db_tile_count(const struct db_plan *pl, const struct db_tuning *tu, int fire
         db_kernel_params(pl, &ch, tu, prm);
         memset(mask, 0, (ck.max_words + 1) * 4);
         memset(kept, 0, (ck.max_samp * 2 + 2) * 4);
+        if (prm[DBP_SCATTER]) { /* the GPU flow: ones, scatter, count (its scales into a scratch) */
+            memset(mask, 0xFF, (ck.max_words + 1) * 4);
+            const uint64_t items = db_scatter_items(prm), counts = db_count_items(prm);
+            uint32_t *scales = calloc(ch.nsamp + 1, 4);
+            for (uint64_t w = 0; w < items; w++) db_scatter_item(prm, mask, w);
+            for (uint64_t w = 0; w < counts && scales; w++) db_count_item(prm, mask, kept, scales, w);
+            free(scales);
+            out->items += items + counts;
+            continue;
+        }
         const uint64_t items = db_mask_items(prm);
         for (uint64_t w = 0; w < items; w++) db_mask_item(prm, mask, kept, w);
         out->items += items;
@@ -183,6 +193,7 @@ int main(int argc, char **argv)
     p.rate = 0.1f;
     p.training = 1;
     int have_shape = 0, cpu = 0, fire = DB_TC_FIRE_REAL, bad = 0;
+    unsigned long scatter = 0;
     for (int i = 1; i < argc && !bad; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--fire-none")) {
@@ -209,6 +220,7 @@ int main(int argc, char **argv)
             if (k == 1) p.block[1] = p.block[0];
         } else if (!strcmp(a, "--rate")) p.rate = strtof(v, NULL);
         else if (!strcmp(a, "--seed")) p.seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--scatter")) scatter = strtoul(v, NULL, 10);
         else if (!strcmp(a, "--tuning")) {
             cpu = !strcmp(v, "cpu");
             bad = !cpu && strcmp(v, "gpu") != 0;
@@ -217,7 +229,7 @@ int main(int argc, char **argv)
     if (bad || !have_shape) {
         fprintf(stderr,
                 "usage: %s --shape N,C,H,W --block B[,B] [--layout nchw|nhwc] [--dtype f32|f16|bf16] [--rate R]\n"
-                "          [--seed S] [--tuning gpu|cpu] [--fire-none]\n"
+                "          [--seed S] [--tuning gpu|cpu] [--scatter BLOCKS] [--fire-none]\n"
                 "prints one JSON line: the mask pass's Philox blocks, candidate blocks, atomics and work items,\n"
                 "counted by running the pass's tile walk (shaders/db_passes.h) in C with the device's tuning\n",
                 argv[0]);
@@ -228,6 +240,7 @@ int main(int argc, char **argv)
     int rc = dropblock_params_validate(&p, msg, sizeof msg);
     if (!rc) rc = db_plan_init(&pl, &p, msg, sizeof msg);
     struct db_tuning tu = cpu ? db_tc_tuning_cpu(&pl) : db_tc_tuning_gpu(&pl);
+    tu.scatter = (uint32_t)scatter; /* the scatter pass, about this many blocks an item (0: the tiles) */
     struct db_tile_counts c;
     if (!rc) rc = db_tile_count(&pl, &tu, fire, &c, msg, sizeof msg);
     if (rc) {

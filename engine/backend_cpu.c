@@ -45,7 +45,7 @@
 #define CPU_MAX_THREADS 64
 #define CPU_EPW 32 /* elements of a fast-apply group: one mask word */
 /* whole planes a tile, no candidate budget: the CPU needs no bound on a work item's loops */
-static const struct db_tuning cpu_job_tuning = {UINT32_MAX, CPU_EPW, 0, 4096};
+static const struct db_tuning cpu_job_tuning = {UINT32_MAX, CPU_EPW, 0, 4096, 0};
 #define CPU_PER_THREAD (UINT64_C(1) << 16) /* elements worth a thread's start (tens of microseconds) */
 
 struct cpu_dev {

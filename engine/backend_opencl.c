@@ -266,7 +266,7 @@ static cl_int finish(struct ocl_dev *od)
 static struct db_tuning job_tuning(const struct ocl_dev *od, const struct db_plan *pl)
 {
     uint32_t epv = pl->p.dtype == DROPBLOCK_F32 ? od->vw : 2 * od->vw; /* elements a vector */
-    struct db_tuning tu = {od->tile_rows, epv * od->vpw, od->cand_budget, od->item_cands};
+    struct db_tuning tu = {od->tile_rows, epv * od->vpw, od->cand_budget, od->item_cands, od->scatter};
     return tu;
 }
 
@@ -307,6 +307,21 @@ cl_int ocl_ensure_masks(struct ocl_dev *od, uint64_t n, uint64_t words)
 cl_int ocl_enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem maskbuf)
 {
     cl_int e = write_buf(od, od->prm.m, 0, DBP_COUNT * 4, prm);
+    if (prm[DBP_SCATTER]) { /* ones, the scatter pass, the count pass (and a fused job's scales) */
+        const uint64_t words = (((uint64_t)prm[DBP_NELEM] | (uint64_t)prm[DBP_NELEM + 1] << 32) + 31) / 32;
+        cl_uint ones = 0xFFFFFFFFu;
+        if (e == CL_SUCCESS)
+            e = clEnqueueFillBuffer(od->queue, maskbuf, &ones, sizeof ones, 0, (size_t)(words * 4), 0, NULL, NULL);
+        if (e == CL_SUCCESS) ocl_count_fill(od);
+        /* the counts and, after them, the count pass's ticket (db_count_item) */
+        if (e == CL_SUCCESS) e = zero_buf(od, od->kept.m, (uint64_t)prm[DBP_NSAMP] * 2 + 1);
+        cl_mem a[4] = {od->prm.m, maskbuf, od->kept.m, od->scales.m};
+        if (e == CL_SUCCESS) e = ocl_set_args(od->k[K_SCATTER], 2, a);
+        if (e == CL_SUCCESS) e = launch_round(od, od->k[K_SCATTER], od->wg_mask, db_scatter_items(prm));
+        if (e == CL_SUCCESS) e = ocl_set_args(od->k[K_COUNT], 4, a);
+        if (e == CL_SUCCESS) e = launch_round(od, od->k[K_COUNT], od->wg_mask, db_count_items(prm));
+        return e;
+    }
     if (e == CL_SUCCESS) e = zero_buf(od, od->kept.m, (uint64_t)prm[DBP_NSAMP] * 2);
     cl_mem a[3] = {od->prm.m, maskbuf, od->kept.m};
     if (e == CL_SUCCESS) e = ocl_set_args(od->k[K_MASK], 3, a);
@@ -468,14 +483,17 @@ static int mask_passes(struct ocl_dev *od, const struct job *j, struct job_mem *
 
 /* A fused job's scales on the device, after its mask pass in the same queue, read back into
  * dscales for the check of fused_check unless later (read 0: after the apply). */
-static int device_scales(struct ocl_dev *od, const struct job *j, uint32_t *dscales, int read, char *msg, size_t len)
+static int device_scales(struct ocl_dev *od, const struct job *j, const uint32_t *prm, uint32_t *dscales, int read,
+                         char *msg, size_t len)
 {
     const uint64_t N = j->pl->N;
     cl_mem a[3] = {od->prm.m, od->kept.m, od->scales.m};
     int rc;
-    if ((rc = ocl_check(ocl_set_args(od->k[K_SCALE], 3, a), "clSetKernelArg(db_scale)", msg, len))) return rc;
-    if ((rc = ocl_check(launch_round(od, od->k[K_SCALE], od->wg_small, N), "clEnqueueNDRangeKernel(db_scale)", msg,
-                        len)))
+    /* the scatter flow's count pass made them already (db_count_item's last item) */
+    if (!prm[DBP_SCATTER] &&
+        ((rc = ocl_check(ocl_set_args(od->k[K_SCALE], 3, a), "clSetKernelArg(db_scale)", msg, len)) ||
+         (rc = ocl_check(launch_round(od, od->k[K_SCALE], od->wg_small, N), "clEnqueueNDRangeKernel(db_scale)", msg,
+                         len))))
         return rc;
     if (!read) return DROPBLOCK_OK;
     return ocl_check(read_buf(od, od->scales.m, 0, (size_t)N * 4, dscales), "clEnqueueReadBuffer(scales)", msg, len);
@@ -572,7 +590,7 @@ static int fused_job(struct ocl_dev *od, const struct job *j, size_t es, const v
         return rc;
     ocl_count_submit(od, 0);
     if ((rc = ocl_check(clFlush(od->queue), "clFlush(db_mask)", msg, len)) ||
-        (rc = device_scales(od, j, m->dscales, 0, msg, len)) ||
+        (rc = device_scales(od, j, m->prms, m->dscales, 0, msg, len)) ||
         (rc = apply_chunk(od, j, 0, es, out, xres, x, y, 1, 1, m, msg, len)))
         return rc;
     if ((rc = ocl_check(read_buf(od, od->kept.m, 0, kbytes, partial), "clEnqueueReadBuffer(kept)", msg, len)) ||
@@ -631,7 +649,7 @@ int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *
     } else {
         if ((rc = mask_passes(od, &j, &m, 1, msg, len))) goto done;
         if (j.ck.fused) {
-            if ((rc = device_scales(od, &j, m.dscales, 1, msg, len))) goto done;
+            if ((rc = device_scales(od, &j, m.prms, m.dscales, 1, msg, len))) goto done;
         } else if (!L) {
             if ((rc = ocl_check(finish(od), "clFinish(db_mask)", msg, len))) goto done;
             t_mask = db_now_us() - t_start;

@@ -32,7 +32,7 @@ struct ocl_buf {
 };
 
 /* the passes' kernels (opencl_device.c names them), the fast apply ones apart in k_apply */
-enum { K_MASK, K_SCALE, K_EXACT, K_FIXUP, K_PROBE, K_PROBE_HALF, K_N };
+enum { K_MASK, K_SCALE, K_EXACT, K_FIXUP, K_PROBE, K_PROBE_HALF, K_SCATTER, K_COUNT, K_N };
 /* bench.cl's kernels (opencl_bench.c names them) */
 /* clang-format off */
 enum { BK_COPY, BK_COPY_TAIL, BK_BERNOULLI, BK_PAD, BK_POOL, BK_ONE_MINUS, BK_SUM_NOISE, BK_SUM_PART, BK_SCALE, BK_MUL, BK_N };
@@ -65,6 +65,8 @@ struct ocl_dev {
     uint32_t tile_rows;   /* mask rows a tile */
     uint32_t cand_budget; /* candidates a tile, about (0: no limit) */
     uint32_t item_cands;  /* candidates a mask work item, about (small tiles go several to an item) */
+    uint32_t scatter;     /* GPUs: the scatter and count passes, about this many candidate blocks an
+                           * item (db_scatter_item); 0: the tiles */
     size_t wg_mask, wg_small, wg_apply;
     uint64_t mem_align; /* CL_DEVICE_MEM_BASE_ADDR_ALIGN, bytes */
     /* buffers kept between jobs */

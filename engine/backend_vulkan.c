@@ -285,7 +285,7 @@ static void record_apply(struct vk_dev *d, const struct db_plan *pl, const uint3
 struct db_tuning vk_job_tuning(const struct vk_dev *d, const struct db_plan *pl, int safe)
 {
     /* apply.comp: one 16-byte vector an invocation */
-    struct db_tuning tu = {d->tile_rows, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, d->cand_budget, d->item_cands};
+    struct db_tuning tu = {d->tile_rows, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, d->cand_budget, d->item_cands, 0};
     if (d->props.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU) return tu;
     const uint32_t fault = safe ? 0 : d->knobs->vulkan_mask_fault;
     if (fault) {

@@ -133,6 +133,27 @@ int db_fast_apply_ok(const struct db_plan *pl, uint32_t epw)
     return pl->p.normalize != DROPBLOCK_NORMALIZE_SAMPLE || pl->C * pl->H * pl->W >= epw;
 }
 
+/* mask words a count work item takes: 2048 bits, a few hundred bytes of reads an item */
+#define DB_COUNT_WORDS 64
+
+/* The scatter pass's words (db_params.h DBP_SCATTER ..), where the tuning asks for it and the
+ * job allows it: compat none (keras_cv's candidates are strided by C), unshared masks (a shared
+ * mask's words serve several planes, which the tiles handle), and some candidates. */
+static void scatter_params(const struct db_plan *pl, const struct db_chunk *ch, const struct db_tuning *tu,
+                           uint32_t prm[DBP_COUNT])
+{
+    if (!tu->scatter || pl->keras || !pl->sN || !pl->sC || pl->sW != 1 || prm[DBP_IEND] <= prm[DBP_ILO] ||
+        prm[DBP_JEND] <= prm[DBP_JLO])
+        return;
+    const uint64_t g0 = ch->u0 / pl->H, g1 = (ch->u1 + pl->H - 1) / pl->H;
+    const uint64_t planes = (g1 - g0) * (pl->p.layout == DROPBLOCK_NHWC ? pl->C : 1);
+    const uint64_t rows = prm[DBP_IEND] - prm[DBP_ILO], row_blocks = (prm[DBP_JEND] - prm[DBP_JLO] + 3) / 4 + 1;
+    prm[DBP_SCATTER] = 1;
+    put64(prm, DBP_SROWS, planes * rows);
+    prm[DBP_SKR] = tu->scatter > row_blocks ? (uint32_t)(tu->scatter / row_blocks) : 1;
+    prm[DBP_CKW] = DB_COUNT_WORDS;
+}
+
 void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const struct db_tuning *tu,
                       uint32_t prm[DBP_COUNT])
 {
@@ -190,6 +211,8 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const
     uint32_t epw = db_fast_apply_ok(pl, tu->epw) ? tu->epw : 0;
     prm[DBP_EPW] = epw;
     prm[DBP_GROUPS] = epw ? (uint32_t)(ch->nelem / epw) : 0;
+    prm[DBP_FUSED] = ch->u0 == 0 && ch->u1 == db_units(pl) && !pl->keras && ch->nsamp <= DB_DEVICE_SCALE_MAX_SAMPLES;
+    scatter_params(pl, ch, tu, prm);
 }
 
 int db_baseline_params(const struct db_plan *pl, uint32_t blp[BLP_COUNT], uint64_t *npad, uint64_t *nparts, char *msg,

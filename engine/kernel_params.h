@@ -75,6 +75,9 @@ struct db_tuning {
                            * limit */
     uint32_t item_cands;  /* tiles are grouped into work items of about this many candidates (at
                            * most cand_budget where there is one), 0: one tile an item */
+    uint32_t scatter;     /* the scatter and count passes where they apply (db_scatter_item: compat
+                           * none, unshared masks), about this many candidate blocks a work item;
+                           * 0: the tiles always */
 };
 
 /* The tile of the passes for a plan and a device: rows, columns (W unless rows is 1) and, for
@@ -99,6 +102,19 @@ uint64_t db_chunk_tiles(const struct db_plan *pl, const struct db_chunk *ch, con
 static inline uint64_t db_mask_items(const uint32_t *prm)
 {
     return ((uint64_t)prm[DBP_NTILES] + prm[DBP_TPW] - 1) / prm[DBP_TPW];
+}
+
+/* Where prm[DBP_SCATTER]: the work items of the scatter pass (DBP_SKR candidate rows each) and
+ * of the count pass (DBP_CKW mask words each); at least one each. */
+static inline uint64_t db_scatter_items(const uint32_t *prm)
+{
+    uint64_t rows = (uint64_t)prm[DBP_SROWS] | (uint64_t)prm[DBP_SROWS + 1] << 32;
+    return (rows + prm[DBP_SKR] - 1) / prm[DBP_SKR];
+}
+static inline uint64_t db_count_items(const uint32_t *prm)
+{
+    uint64_t nelem = (uint64_t)prm[DBP_NELEM] | (uint64_t)prm[DBP_NELEM + 1] << 32;
+    return ((nelem + 31) / 32 + prm[DBP_CKW] - 1) / prm[DBP_CKW];
 }
 
 /* The benchmark's baseline (shaders/db_baseline.h) for a plan: its BLP_COUNT parameter words

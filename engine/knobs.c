@@ -6,6 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "db_params.h"
+
+/* DROPBLOCK_VULKAN_MAX_BUFFER's least: a buffer must hold the parameter words */
+_Static_assert(DBP_COUNT * 4 <= 512, "the parameter words outgrew DROPBLOCK_VULKAN_MAX_BUFFER's least, 512");
+
 struct reader {
     void (*log)(void *ctx, const char *line);
     void *ctx;
@@ -57,8 +62,8 @@ void db_knobs_read(struct db_knobs *k, void (*log)(void *ctx, const char *line),
     k->opencl_fixup = flag(&r, "DROPBLOCK_OPENCL_FIXUP", "1");
     k->opencl_stage_bytes = count(&r, "DROPBLOCK_OPENCL_STAGE_BYTES", UINT64_MAX);
     k->vulkan_max_buffer = count(&r, "DROPBLOCK_VULKAN_MAX_BUFFER", UINT64_MAX);
-    if (k->vulkan_max_buffer && k->vulkan_max_buffer < 256)
-        k->vulkan_max_buffer = 256; /* the parameter words take 184 */
+    if (k->vulkan_max_buffer && k->vulkan_max_buffer < 512)
+        k->vulkan_max_buffer = 512; /* the parameter words take DBP_COUNT * 4 = 264 */
     const char *stage = getenv("DROPBLOCK_VULKAN_STAGE");
     k->vulkan_stage = -1;
     if (stage && (!strcmp(stage, "0") || !strcmp(stage, "1"))) k->vulkan_stage = stage[0] == '1';

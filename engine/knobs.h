@@ -19,7 +19,7 @@ struct db_knobs {
     int opencl_copy;             /* DROPBLOCK_OPENCL_COPY=1: copy tensors even where they could be used in place */
     int opencl_fixup;            /* DROPBLOCK_OPENCL_FIXUP=1: the exact apply's fix-up path, whatever the probes say */
     uint64_t opencl_stage_bytes; /* DROPBLOCK_OPENCL_STAGE_BYTES: the staging slice (bytes); 0 the default */
-    uint64_t vulkan_max_buffer;  /* DROPBLOCK_VULKAN_MAX_BUFFER: a smaller largest buffer (bytes, at least 256);
+    uint64_t vulkan_max_buffer;  /* DROPBLOCK_VULKAN_MAX_BUFFER: a smaller largest buffer (bytes, at least 512);
                                   * 0 unset */
     int vulkan_stage;            /* DROPBLOCK_VULKAN_STAGE: 1 staged through device-local memory, 0 not;
                                   * -1 unset (staged where the host cannot map device memory) */

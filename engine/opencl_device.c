@@ -26,8 +26,8 @@ static const char *const apply_names[3][2][2] = {
 /* f16 through the device's conversions, by [per-sample scale]: where probe_half passes they
  * take the place of k_apply[DROPBLOCK_F16][s][0] (the integer kernels move here) */
 static const char *const apply_half_names[2] = {"db_apply_f16h", "db_apply_f16h_s"};
-static const char *const kernel_names[K_N] = {"db_mask",  "db_scale", "db_apply_exact",
-                                              "db_fixup", "db_probe", "db_probe_half"};
+static const char *const kernel_names[K_N] = {"db_mask",  "db_scale",      "db_apply_exact", "db_fixup",
+                                              "db_probe", "db_probe_half", "db_scatter",     "db_count"};
 
 static const char *cl_err_name(cl_int e)
 {
@@ -302,12 +302,14 @@ void ocl_choose_shape(struct ocl_dev *od)
         od->tile_rows = UINT32_MAX;
         od->cand_budget = 0;
         od->item_cands = 4096;
+        od->scatter = 0; /* whole planes already make each block about once, in CPU batches */
     } else {
         od->vw = 4;
         od->vpw = 1;
         od->tile_rows = 8;
         od->cand_budget = 4096;
         od->item_cands = 256;
+        od->scatter = 16;
     }
     snprintf(od->build_options, sizeof od->build_options, "-DDB_LANG_CL -DDB_VW=%u -DDB_VPW=%u%s", od->vw, od->vpw,
              od->cpu ? " -DDB_VLOAD -DDB_CPU" : "");
@@ -619,6 +621,15 @@ cl_int ocl_warm_up(struct ocl_dev *od)
                            od->wg_mask);
     if (e == CL_SUCCESS) e = ocl_set_args(od->k[K_SCALE], 3, as);
     if (e == CL_SUCCESS) e = ocl_enqueue_nd(od, od->k[K_SCALE], 0, od->wg_small, od->wg_small);
+    /* the scatter and count passes (GPU tunings): no candidate rows and no words, so they return */
+    cl_mem ac[4] = {p, m, sc, sc};
+    for (int k = K_SCATTER; k <= K_COUNT && od->scatter && e == CL_SUCCESS; k++) {
+        e = ocl_set_args(od->k[k], k == K_SCATTER ? 2 : 4, ac);
+        if (e == CL_SUCCESS) e = ocl_enqueue_nd(od, od->k[k], 0, od->wg_mask, od->wg_mask);
+        if (e == CL_SUCCESS)
+            e = ocl_enqueue_nd(od, od->k[k], 0, (SMALL_GRID + od->wg_mask - 1) / od->wg_mask * od->wg_mask,
+                               od->wg_mask);
+    }
     /* the exact tail and the fixup: ocl_launch_round's shapes, and launch_range's where the staged
      * path may run */
     const size_t ws = od->wg_small, big_s = (SMALL_GRID + ws - 1) / ws * ws;

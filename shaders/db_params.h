@@ -50,7 +50,15 @@
 #define DBP_TILEC 57  /* NHWC: channels per tile, C or less for tiles of one row and one column */
 #define DBP_NC 58     /* channel tiles: ceil(C / TILEC) (1 for NCHW, whose groups are planes) */
 #define DBP_TPW 59    /* mask tiles a work item takes, one after another (a device choice) */
-#define DBP_COUNT 60
+/* The scatter mask pass (GPU tunings, compat none, unshared masks; db_scatter_item): each
+ * candidate block's Philox words made once, by the work item of its candidate row, fired blocks
+ * cleared with atomics wherever they land; then the count pass (db_count_item). */
+#define DBP_SCATTER 60 /* 1: the scatter and count passes make the mask; 0: the tiles (db_mask_item) */
+#define DBP_SROWS 61   /* u64: candidate rows the chunk enumerates (its planes x [ILO, IEND)) */
+#define DBP_SKR 63     /* candidate rows a scatter work item takes */
+#define DBP_CKW 64     /* mask words a count work item takes */
+#define DBP_FUSED 65   /* 1: one chunk with device scales: the count pass's last item makes them */
+#define DBP_COUNT 66
 
 /* Vulkan descriptor bindings (set 0) of the passes' storage buffers: the numbers the shaders
  * declare (db_glsl.h, apply.comp, exact.comp, fixup.comp, bench.comp) and vulkan_device.c's

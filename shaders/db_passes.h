@@ -56,6 +56,7 @@ DBFN u32 db_fire_batch(DB_BLK_ARR, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u
 #define DB_TOTAL_BUFS
 #define DB_TOTAL_ARGS
 #define DB_SCALE_BUFS
+#define DB_COUNT_BUFS
 #define DB_APPLY_BUFS
 #define DB_BLK_PARAM(name) u64 name[DB_BATCH]
 #else
@@ -75,6 +76,7 @@ DBFN u32 db_fire_batch(DB_BLK_ARR, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u
 #define DB_TOTAL_BUFS DB_GLOBAL u32 *kept,
 #define DB_TOTAL_ARGS kept,
 #define DB_SCALE_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL const u32 *kept, DB_GLOBAL u32 *scales,
+#define DB_COUNT_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL const u32 *mask, DB_GLOBAL u32 *kept, DB_GLOBAL u32 *scales,
 #define DB_APPLY_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL const u32 *mask, DB_GLOBAL const u32 *scales,
 #define DB_BLK_PARAM(name) const u64 *name
 #endif
@@ -522,6 +524,117 @@ DBFN void db_mask_item(DB_MASK_BUFS u64 w)
         acc += U64(db_mask_tile(DB_DROP_ARGS t, wa, wb));
     }
     db_add_kept(DB_TOTAL_ARGS cur, acc);
+}
+
+/* ---- pass 1, GPUs: scatter, then count --------------------------------------------------
+ * The tiles above make a candidate's words once for every tile its block reaches (on a GPU's
+ * few-row tiles 2.35 times the candidate blocks at 14 x 14 with a block of 7, NHWC's one-column
+ * tiles 100 times). The scatter pass makes each candidate block's words once: the candidate
+ * rows of the chunk's planes are numbered (plane-major, rows ILO .. IEND), a work item takes
+ * DBP_SKR of them, and a row's blocks are made by its item alone (a block the previous row of
+ * the plane ends in, by that row's). A fired candidate's block is cleared wherever it lands
+ * in the chunk, with atomics (the mask was filled with ones before the pass), so no item
+ * owns words and none waits for another. The kept bits are counted after it, by the count
+ * pass. Compat none and unshared masks only (the words of a shared mask serve several planes):
+ * the tiles take the rest. */
+
+/* Scatter pass, work item w: candidate rows w SKR .. of the chunk (db_scatter_items). */
+DBFN void db_scatter_item(DB_DROP_BUFS u64 w)
+{
+    u64 C = DB_PRM64(DBP_C), U0 = DB_PRM64(DBP_U0), U1 = DB_PRM64(DBP_U1);
+    u64 sN = DB_PRM64(DBP_SN), sC = DB_PRM64(DBP_SC), sH = DB_PRM64(DBP_SH);
+    u32 H = prm[DBP_H], W = prm[DBP_W], nhwc = prm[DBP_LAYOUT];
+    u32 ilo = prm[DBP_ILO], iend = prm[DBP_IEND], jlo = prm[DBP_JLO], jend = prm[DBP_JEND];
+    u32 up = prm[DBP_UP], down = prm[DBP_DOWN];
+    u64 NI = U64(iend - ilo), R = DB_PRM64(DBP_SROWS), g0 = db_udiv(U0, U64(H));
+    u64 r0 = w * U64(prm[DBP_SKR]), r1 = r0 + U64(prm[DBP_SKR]);
+    if (r1 > R) r1 = R;
+    u64 blk[DB_QUEUE]; /* unused: the blocks go as runs */
+#if defined(DB_LANG_CL) && defined(DB_CPU)
+    db_queue_clear(blk);
+#endif
+    for (u64 r = r0; r < r1; r++) {
+        u64 p = db_udiv(r, NI), n, c, gh, ue, cbit;
+        u32 i = ilo + U32(r - p * NI);
+        if (nhwc != 0u) { /* plane p: sample g0 + p / C, channel p % C; its rows are the sample's */
+            u64 q = db_udiv(p, C);
+            n = g0 + q;
+            c = p - q * C;
+            gh = n * U64(H);
+            ue = U64(W) * C;
+            cbit = c;
+        } else {
+            u64 g = g0 + p;
+            n = db_udiv(g, C);
+            c = g - n * C;
+            gh = g * U64(H);
+            ue = U64(W);
+            cbit = 0ul;
+        }
+        /* the plane's rows in the chunk, and the candidate rows whose blocks reach them */
+        u32 hs = U0 > gh ? U32(U0 - gh) : 0u, he = U1 - gh < U64(H) ? U32(U1 - gh) : H;
+        u32 rlo = hs > up ? hs - up : 0u;
+        if (rlo < ilo) rlo = ilo;
+        u64 rhi64 = U64(he) + U64(down);
+        u32 rhi = rhi64 < U64(iend) ? U32(rhi64) : iend;
+        if (i < rlo || i >= rhi) continue;
+        u64 ebase = n * sN + c * sC, erow = ebase + U64(i) * sH;
+        u64 b0 = (erow + U64(jlo)) >> 2, b1 = (erow + U64(jend - 1u)) >> 2;
+        if (i > rlo && b0 == ((erow - sH + U64(jend - 1u)) >> 2)) b0++; /* the previous row's */
+        for (; b0 <= b1; b0 += U64(DB_BATCH)) {
+            u32 take = b1 - b0 < U64(DB_BATCH) ? U32(b1 - b0) + 1u : U32(DB_BATCH);
+            db_flush(DB_DROP_ARGS gh, hs, he, 0u, W, ue, cbit, 0ul, 0ul, blk, b0, take, ebase, rlo, rhi, jlo, jend);
+        }
+    }
+}
+
+/* Count pass, work item w: the kept bits of mask words w CKW .. (those of the chunk's
+ * elements), added to their samples' counts once per sample; in a fused job (DBP_FUSED) the
+ * last item to finish then makes the scales, as db_scale_item would in a launch of its own. */
+DBFN void db_count_item(DB_COUNT_BUFS u64 w)
+{
+    u64 nelem = DB_PRM64(DBP_NELEM), nw = (nelem + 31ul) >> 5, E0 = DB_PRM64(DBP_E0), CHW = DB_PRM64(DBP_CHW);
+    u64 N0 = DB_PRM64(DBP_N0), w0 = w * U64(prm[DBP_CKW]), w1 = w0 + U64(prm[DBP_CKW]);
+    if (w1 > nw) w1 = nw;
+    if (w0 < w1) {
+        u64 cur = db_udiv(E0 + (w0 << 5), CHW), acc = 0ul;
+        u64 next = (cur + 1ul) * CHW - E0; /* the chunk's first bit of the next sample */
+        cur -= N0;
+        for (u64 wi = w0; wi < w1; wi++) {
+            u32 word = mask[IX(wi)];
+            u64 lo = wi << 5, hi = lo + 32ul < nelem ? lo + 32ul : nelem;
+            while (lo < hi) {
+                u64 end = next < hi ? next : hi;
+                u32 nb = U32(end - lo), m = nb == 32u ? 0xFFFFFFFFu : ((1u << nb) - 1u) << U32(lo & 31ul);
+                acc += U64(POPCOUNT(word & m));
+                lo = end;
+                if (lo == next) {
+                    db_add_kept(DB_TOTAL_ARGS cur, acc);
+                    cur++;
+                    acc = 0ul;
+                    next += CHW;
+                }
+            }
+        }
+        db_add_kept(DB_TOTAL_ARGS cur, acc);
+    }
+    if (prm[DBP_FUSED] == 0u) return;
+    /* the last item: every other's counts are in (each fenced its adds before its ticket) */
+    u32 ns = prm[DBP_NSAMP];
+    DB_FENCE_GLOBAL();
+    u32 ticket = ATOMIC_ADD(kept, 2ul * U64(ns), 1u);
+    if (U64(ticket) + 1ul != (nw + U64(prm[DBP_CKW]) - 1ul) / U64(prm[DBP_CKW])) return;
+    DB_FENCE_GLOBAL();
+    u64 K = 0ul;
+    for (u32 s = 0u; s < ns && prm[DBP_NORM] == 0u; s++)
+        K += U64(ATOMIC_ADD(kept, 2ul * U64(s), 0u)) | (U64(ATOMIC_ADD(kept, 2ul * U64(s) + 1ul, 0u)) << 32);
+    u32 v = prm[DBP_NORM] == 0u ? db_ratio(DB_PRM64(DBP_NUMEL), K) : 0x3F800000u; /* global, or none */
+    for (u32 s = 0u; s < ns; s++) {
+        if (prm[DBP_NORM] == 1u)
+            v = db_ratio(CHW, U64(ATOMIC_ADD(kept, 2ul * U64(s), 0u)) |
+                                  (U64(ATOMIC_ADD(kept, 2ul * U64(s) + 1ul, 0u)) << 32));
+        scales[IX(s)] = v;
+    }
 }
 
 /* ---- pass 2: scales ---------------------------------------------------------------------- */

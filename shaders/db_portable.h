@@ -27,6 +27,7 @@
 #define ATOMIC_AND(arr, i, v) atomicAnd(arr[IX(i)], (v))
 #define ATOMIC_LOAD(arr, i) atomicOr(arr[IX(i)], 0u)
 #define ATOMIC_ADD(arr, i, v) atomicAdd(arr[IX(i)], (v))
+#define DB_FENCE_GLOBAL() memoryBarrierBuffer()
 /* index of the highest set bit of a nonzero u32 */
 #define MSB32(x) U32(findMSB(x))
 /* the fast apply's lane type: GPUs gain nothing from vectors inside an invocation */
@@ -65,6 +66,7 @@
  * be a full fence on x86) suffices, the bits read being this work item's own */
 #define ATOMIC_LOAD(arr, i) (*(volatile __global uint *)&arr[i])
 #define ATOMIC_ADD(arr, i, v) atomic_add(&arr[i], (v))
+#define DB_FENCE_GLOBAL() mem_fence(CLK_GLOBAL_MEM_FENCE)
 #define MSB32(x) (31u - clz(x))
 /* the fast apply's lane type: DB_VW 32-bit lanes (4, 8 or 16; the host passes -DDB_VW), so that
  * CPU devices get whole SIMD registers and GPUs 16-byte loads */
@@ -150,7 +152,9 @@ typedef struct {
 #define ATOMIC_AND(arr, i, v) __atomic_fetch_and(&arr[i], (v), __ATOMIC_RELAXED)
 #define ATOMIC_LOAD(arr, i) __atomic_load_n(&arr[i], __ATOMIC_RELAXED)
 #define ATOMIC_ADD(arr, i, v) __atomic_fetch_add(&arr[i], (v), __ATOMIC_RELAXED)
+#define DB_FENCE_GLOBAL() __atomic_thread_fence(__ATOMIC_SEQ_CST)
 #else /* the test runs work items one after another */
+#define DB_FENCE_GLOBAL() ((void)0)
 #define ATOMIC_OR(arr, i, v) (arr[i] |= (v))
 #define ATOMIC_AND(arr, i, v) (arr[i] &= (v))
 #define ATOMIC_LOAD(arr, i) (arr[i])

@@ -44,6 +44,21 @@ __kernel void db_mask(__global const uint *prm, __global uint *mask, __global ui
     if (w * prm[DBP_TPW] < (ulong)prm[DBP_NTILES]) db_mask_item(prm, mask, kept, w);
 }
 
+/* Pass 1 on GPUs, where prm[DBP_SCATTER]: each candidate block's words once (db_scatter_item),
+ * on a mask filled with ones; then the kept bits counted, and in a fused job the scales made
+ * by the last work item (db_count_item). */
+__kernel void db_scatter(__global const uint *prm, __global uint *mask)
+{
+    ulong w = (ulong)get_global_id(0);
+    if (w * prm[DBP_SKR] < (ulong)prm[DBP_SROWS] + ((ulong)prm[DBP_SROWS + 1] << 32)) db_scatter_item(prm, mask, w);
+}
+
+__kernel void db_count(__global const uint *prm, __global const uint *mask, __global uint *kept, __global uint *scales)
+{
+    ulong w = (ulong)get_global_id(0), nelem = (ulong)prm[DBP_NELEM] + ((ulong)prm[DBP_NELEM + 1] << 32);
+    if (w * prm[DBP_CKW] < (nelem + 31ul) / 32ul) db_count_item(prm, mask, kept, scales, w);
+}
+
 /* Pass 2b, the scales on the device (whole tensor in one chunk, compat none): db_scale_item. */
 __kernel void db_scale(__global const uint *prm, __global const uint *kept, __global uint *scales)
 {

@@ -100,7 +100,7 @@ static uint32_t cl_expected_launches(const struct cl_shape *s, const dropblock_p
 {
     uint64_t numel = dropblock_numel(p), epw = (uint64_t)(p->dtype == DROPBLOCK_F32 ? s->vw : 2 * s->vw) * s->vpw;
     uint64_t groups = numel / epw;
-    uint32_t n = 2; /* mask, scale */
+    uint32_t n = 2; /* mask and scale, or on GPUs scatter and count (which makes the scales) */
     n += groups / s->wg_apply != 0;
     n += groups % s->wg_apply != 0;
     n += groups * epw < numel;

@@ -21,17 +21,22 @@ struct variant {
     uint32_t item;           /* candidates a mask work item, 0: a tile each */
     int hwexact;             /* 0: every subnormal lane goes through the fixup */
     int per;                 /* units per chunk, 0: one chunk */
+    uint32_t scatter;        /* candidate blocks a scatter work item (db_scatter_item), 0: the tiles */
 };
 
 static const struct variant variants[] = {
-    {"planes, fast 32", 1u << 30, 32, 0, 0, 1, 0},
-    {"tiles of 1, fast 4, fixup, 3 a work item", 1, 4, 0, 60, 0, 0},
-    {"tiles of 3, exact apply, many a work item", 3, 0, 0, 100000, 1, 0},
-    {"tiles of 2, fast 8, chunks of 1 unit", 2, 8, 0, 0, 0, 1},
-    {"planes, fast 16, chunks of 3 units, 2 a work item", 1u << 30, 16, 0, 300, 1, 3},
-    {"budget 40: one-row tiles of columns, chunks of 2 units", 1u << 30, 8, 40, 40, 0, 2},
-    {"budget 200, fast 4", 8, 4, 200, 0, 1, 0},
-    {"budget 5: one-column tiles, NHWC cut into channels", 1u << 30, 8, 5, 5, 1, 0},
+    {"planes, fast 32", 1u << 30, 32, 0, 0, 1, 0, 0},
+    {"tiles of 1, fast 4, fixup, 3 a work item", 1, 4, 0, 60, 0, 0, 0},
+    {"tiles of 3, exact apply, many a work item", 3, 0, 0, 100000, 1, 0, 0},
+    {"tiles of 2, fast 8, chunks of 1 unit", 2, 8, 0, 0, 0, 1, 0},
+    {"planes, fast 16, chunks of 3 units, 2 a work item", 1u << 30, 16, 0, 300, 1, 3, 0},
+    {"budget 40: one-row tiles of columns, chunks of 2 units", 1u << 30, 8, 40, 40, 0, 2, 0},
+    {"budget 200, fast 4", 8, 4, 200, 0, 1, 0, 0},
+    {"budget 5: one-column tiles, NHWC cut into channels", 1u << 30, 8, 5, 5, 1, 0, 0},
+    {"scatter 16 blocks an item, count, fast 4", 8, 4, 4096, 256, 1, 0, 16},
+    {"scatter 1 row an item, exact apply, fixup", 8, 0, 4096, 256, 0, 0, 1},
+    {"scatter 40, chunks of 1 unit", 8, 8, 4096, 256, 1, 1, 40},
+    {"scatter 3, chunks of 3 units", 8, 4, 4096, 256, 1, 3, 3},
 };
 
 static uint32_t load_elem(const void *buf, size_t es, uint64_t i)
@@ -55,7 +60,8 @@ static int run_passes(void *ctx, const dropblock_params *p, const void *in, void
         return 0;
     }
     const size_t es = dropblock_dtype_size(p->dtype);
-    const struct db_tuning tu = {v->tile_rows, v->epw * (p->dtype == DROPBLOCK_F32 ? 1u : 2u), v->budget, v->item};
+    const struct db_tuning tu = {v->tile_rows, v->epw * (p->dtype == DROPBLOCK_F32 ? 1u : 2u), v->budget, v->item,
+                                 v->scatter};
     /* the backends' plan of the chunks (a host buffer has no limit), the variant's size forced */
     struct db_chunking ck;
     if ((rc = db_job_chunks(&pl, UINT64_MAX, (uint64_t)v->per, &ck, res->message, sizeof res->message))) return rc;
@@ -74,10 +80,16 @@ static int run_passes(void *ctx, const dropblock_params *p, const void *in, void
         masks[q] = malloc(words * 4);
         memset(masks[q], 0x5A, words * 4);
         uint32_t *partial = calloc(ch.nsamp * 2 + 2, 4);
-        for (uint64_t w = 0; w < db_mask_items(prm); w++) db_mask_item(prm, masks[q], partial, w);
+        if (prm[DBP_SCATTER]) { /* the GPU flow: ones, scatter, count (and in a fused job the scales) */
+            memset(masks[q], 0xFF, words * 4);
+            for (uint64_t w = 0; w < db_scatter_items(prm); w++) db_scatter_item(prm, masks[q], w);
+            for (uint64_t w = 0; w < db_count_items(prm); w++) db_count_item(prm, masks[q], partial, dscales, w);
+        } else {
+            for (uint64_t w = 0; w < db_mask_items(prm); w++) db_mask_item(prm, masks[q], partial, w);
+        }
         for (uint64_t s = 0; s < ch.nsamp; s++)
             kept[ch.n0 + s] += partial[2 * s] | ((uint64_t)partial[2 * s + 1] << 32);
-        if (on_device) {
+        if (on_device && !prm[DBP_SCATTER]) {
             for (uint32_t s = 0; s < prm[DBP_NSAMP]; s++) db_scale_item(prm, partial, dscales, s);
         }
         free(partial);

@@ -168,6 +168,40 @@ static void check_shape(uint64_t n, uint64_t ch, uint64_t h, uint64_t w, int nhw
     }
 }
 
+/* The scatter pass (GPU tunings since issue 16 item 1: db_scatter_item): each candidate block's
+ * words once, so Philox blocks = candidate blocks wherever a plane holds a multiple of 4
+ * elements (no block spans two planes' candidates; a block two planes share is made once for
+ * each), whatever the layout; real fires (their drops only add atomics). Work items: the
+ * candidate rows over rows an item (16 blocks / the blocks of a row, at least 1), then the
+ * count pass's 64 words an item. */
+static void check_scatter(uint64_t n, uint64_t c, uint64_t h, uint64_t w, int nhwc, int block)
+{
+    struct db_plan pl;
+    if (plan_of(&pl, n, c, h, w, nhwc, block)) {
+        CHECK(0, "no plan");
+        return;
+    }
+    struct db_tuning tu = db_tc_tuning_gpu(&pl);
+    tu.scatter = 16;
+    struct db_tile_counts k;
+    char msg[256];
+    CHECK(db_tile_count(&pl, &tu, DB_TC_FIRE_REAL, &k, msg, sizeof msg) == 0, "%s", msg);
+    const uint64_t rows = n * c * (uint64_t)(pl.ihi - pl.ilo + 1), row_blocks = (uint64_t)(pl.jhi - pl.jlo + 4) / 4 + 1;
+    const uint64_t per = 16 > row_blocks ? 16 / row_blocks : 1, words = (pl.numel + 31) / 32;
+    const char *l = nhwc ? "NHWC" : "NCHW";
+    if ((h * w) % 4 == 0)
+        CHECK(k.philox_blocks == k.candidate_blocks,
+              "scatter %llux%llux%llux%llu %s block %d: %llu Philox blocks, %llu "
+              "candidate blocks",
+              (unsigned long long)n, (unsigned long long)c, (unsigned long long)h, (unsigned long long)w, l, block,
+              (unsigned long long)k.philox_blocks, (unsigned long long)k.candidate_blocks);
+    CHECK(k.philox_blocks >= k.candidate_blocks && k.philox_blocks <= k.candidate_blocks + n * c,
+          "scatter %s block %d: %llu Philox blocks for %llu candidate blocks", l, block,
+          (unsigned long long)k.philox_blocks, (unsigned long long)k.candidate_blocks);
+    CHECK(k.items == (rows + per - 1) / per + (words + 63) / 64, "scatter %s block %d: %llu items, expected %llu", l,
+          block, (unsigned long long)k.items, (unsigned long long)((rows + per - 1) / per + (words + 63) / 64));
+}
+
 int main(void)
 {
     for (size_t i = 0; i < sizeof expect / sizeof *expect; i++) check_expect(&expect[i]);
@@ -179,6 +213,10 @@ int main(void)
             for (size_t b = 0; b < sizeof blocks / sizeof *blocks; b++)
                 for (int cpu = 0; cpu < 2; cpu++)
                     check_shape(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], nhwc, blocks[b], cpu);
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (int nhwc = 0; nhwc < 2; nhwc++)
+            for (size_t b = 0; b < sizeof blocks / sizeof *blocks; b++)
+                check_scatter(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], nhwc, blocks[b]);
     /* the JSON fragment of one job (the benchmark's) */
     struct db_plan pl;
     char msg[256];

@@ -62,22 +62,27 @@ DBFN u32 db_fire_batch(DB_BLK_ARR, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u
 #else
 #if defined(DB_LANG_CL)
 #define DB_GLOBAL __global
+/* the parameter words in constant memory: read by every work item, never written, so the
+ * compiler may keep them in registers or a constant cache instead of reloading them */
+#define DB_PRM_SPACE __constant
 #else
 #define DB_GLOBAL
+#define DB_PRM_SPACE
 #endif
-#define DB_MASK_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL u32 *mask, DB_GLOBAL u32 *kept,
+#define DB_MASK_BUFS DB_PRM_SPACE const u32 *prm, DB_GLOBAL u32 *mask, DB_GLOBAL u32 *kept,
 #define DB_MASK_ARGS prm, mask, kept,
-#define DB_PRM_BUFS DB_GLOBAL const u32 *prm,
+#define DB_PRM_BUFS DB_PRM_SPACE const u32 *prm,
 #define DB_PRM_ARGS prm,
-#define DB_DROP_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL u32 *mask,
+#define DB_DROP_BUFS DB_PRM_SPACE const u32 *prm, DB_GLOBAL u32 *mask,
 #define DB_DROP_ARGS prm, mask,
 #define DB_BITS_BUFS DB_GLOBAL u32 *mask,
 #define DB_BITS_ARGS mask,
 #define DB_TOTAL_BUFS DB_GLOBAL u32 *kept,
 #define DB_TOTAL_ARGS kept,
-#define DB_SCALE_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL const u32 *kept, DB_GLOBAL u32 *scales,
-#define DB_COUNT_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL const u32 *mask, DB_GLOBAL u32 *kept, DB_GLOBAL u32 *scales,
-#define DB_APPLY_BUFS DB_GLOBAL const u32 *prm, DB_GLOBAL const u32 *mask, DB_GLOBAL const u32 *scales,
+#define DB_SCALE_BUFS DB_PRM_SPACE const u32 *prm, DB_GLOBAL const u32 *kept, DB_GLOBAL u32 *scales,
+#define DB_COUNT_BUFS \
+    DB_PRM_SPACE const u32 *prm, DB_GLOBAL const u32 *mask, DB_GLOBAL u32 *kept, DB_GLOBAL u32 *scales,
+#define DB_APPLY_BUFS DB_PRM_SPACE const u32 *prm, DB_GLOBAL const u32 *mask, DB_GLOBAL const u32 *scales,
 #define DB_BLK_PARAM(name) const u64 *name
 #endif
 

@@ -38,7 +38,7 @@
 
 /* Pass 1: work item w's tiles -> their keep bits, their kept bits added to their samples'
  * counts. */
-__kernel void db_mask(__global const uint *prm, __global uint *mask, __global uint *kept)
+__kernel void db_mask(__constant uint *prm, __global uint *mask, __global uint *kept)
 {
     ulong w = (ulong)get_global_id(0);
     if (w * prm[DBP_TPW] < (ulong)prm[DBP_NTILES]) db_mask_item(prm, mask, kept, w);
@@ -47,20 +47,20 @@ __kernel void db_mask(__global const uint *prm, __global uint *mask, __global ui
 /* Pass 1 on GPUs, where prm[DBP_SCATTER]: each candidate block's words once (db_scatter_item),
  * on a mask filled with ones; then the kept bits counted, and in a fused job the scales made
  * by the last work item (db_count_item). */
-__kernel void db_scatter(__global const uint *prm, __global uint *mask)
+__kernel void db_scatter(__constant uint *prm, __global uint *mask)
 {
     ulong w = (ulong)get_global_id(0);
     if (w * prm[DBP_SKR] < (ulong)prm[DBP_SROWS] + ((ulong)prm[DBP_SROWS + 1] << 32)) db_scatter_item(prm, mask, w);
 }
 
-__kernel void db_count(__global const uint *prm, __global const uint *mask, __global uint *kept, __global uint *scales)
+__kernel void db_count(__constant uint *prm, __global const uint *mask, __global uint *kept, __global uint *scales)
 {
     ulong w = (ulong)get_global_id(0), nelem = (ulong)prm[DBP_NELEM] + ((ulong)prm[DBP_NELEM + 1] << 32);
     if (w * prm[DBP_CKW] < (nelem + 31ul) / 32ul) db_count_item(prm, mask, kept, scales, w);
 }
 
 /* Pass 2b, the scales on the device (whole tensor in one chunk, compat none): db_scale_item. */
-__kernel void db_scale(__global const uint *prm, __global const uint *kept, __global uint *scales)
+__kernel void db_scale(__constant uint *prm, __global const uint *kept, __global uint *scales)
 {
     uint s = (uint)get_global_id(0);
     if (s < prm[DBP_NSAMP]) db_scale_item(prm, kept, scales, s);
@@ -118,7 +118,7 @@ inline DBV_T db_happly(DBV_T v, DBV_T s, DBV_T keep)
  * b its high half; with hw (f16 only) a vector's halves are widened in order instead, a taking
  * elements 0 .. DB_VW-1 and b the rest. fix: lanes db_vbad reports keep x and are marked in
  * fixup, one bit per element, for db_fixup. */
-inline void db_apply_fast(__global const uint *prm, __global const uint *mask, __global const uint *scales,
+inline void db_apply_fast(__constant uint *prm, __global const uint *mask, __global const uint *scales,
                           __global const uint *x, __global uint *y, __global uint *fixup, uint g, const uint dtype,
                           const uint per_sample, const uint fix, const uint hw)
 {
@@ -170,7 +170,7 @@ inline void db_apply_fast(__global const uint *prm, __global const uint *mask, _
 }
 
 #define DB_APPLY_KERNEL(name, dtype, per_sample, fix, hw) \
-    __kernel void name(__global const uint *prm, __global const uint *mask, __global const uint *scales, \
+    __kernel void name(__constant uint *prm, __global const uint *mask, __global const uint *scales, \
                        __global const uint *x, __global uint *y, __global uint *fixup) \
     { \
         db_apply_fast(prm, mask, scales, x, y, fixup, (uint)get_global_id(0), dtype, per_sample, fix, hw); \
@@ -191,7 +191,7 @@ DB_APPLY_KERNEL(db_apply_f16h_s, DB_DTYPE_F16, 1u, 0u, 1u)
 /* Pass 3, exact: elements GROUPS * EPW + id of the chunk (the tail of the fast kernels, or the
  * whole chunk when they do not apply). 16-bit dtypes are addressed as ushort so that
  * neighbouring elements are never rewritten. */
-__kernel void db_apply_exact(__global const uint *prm, __global const uint *mask, __global const uint *scales,
+__kernel void db_apply_exact(__constant uint *prm, __global const uint *mask, __global const uint *scales,
                              __global const uint *x, __global uint *y)
 {
     ulong k = (ulong)prm[DBP_GROUPS] * prm[DBP_EPW] + get_global_id(0);
@@ -206,8 +206,8 @@ __kernel void db_apply_exact(__global const uint *prm, __global const uint *mask
 }
 
 /* Pass 3, fixup: the elements of fixup word f that the fast kernel left as x in y, exactly. */
-__kernel void db_fixup(__global const uint *prm, __global const uint *mask, __global const uint *scales,
-                       __global uint *y, __global const uint *fixup)
+__kernel void db_fixup(__constant uint *prm, __global const uint *mask, __global const uint *scales, __global uint *y,
+                       __global const uint *fixup)
 {
     uint f = (uint)get_global_id(0);
     if ((ulong)f * 32ul >= (ulong)prm[DBP_GROUPS] * prm[DBP_EPW]) return;

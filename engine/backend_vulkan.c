@@ -24,8 +24,15 @@
  * device the copies onto and off the device take them as source and destination. With several
  * chunks the mask bits wait on the host between pass 1 and pass 3 (they are 1/32 of f32 data).
  *
+ * On GPU tunings the mask of a job that allows it (compat none, unshared masks) is made by the
+ * scatter flow instead of the tiles: the chunk's mask words filled with ones, scatter.comp (each
+ * candidate block's Philox words once, fired blocks cleared with atomics), count.comp (the kept
+ * bits counted; in a fused job its last invocation makes the scales, so no scale pass runs).
+ *
  * Test/debug knobs: DROPBLOCK_VULKAN_MAX_BUFFER=<bytes> caps every device's max_buffer (at
- * least 256), so that small tensors take the chunked path; the tests run the matrix with 4096.
+ * least 512), so that small tensors take the chunked path; the tests run the matrix with 4096.
+ * DROPBLOCK_VULKAN_SHAPE=gpu gives a CPU device (lavapipe) the GPU tuning: the scatter flow and
+ * the GPU tiles, these still bounded by lavapipe's loop limit (vk_job_tuning).
  * DROPBLOCK_VULKAN_COPY=1 never imports host memory. DROPBLOCK_VULKAN_STAGE=1 stages every device
  * (the tests check the staged path on lavapipe), =0 none. DROPBLOCK_VULKAN_FIXUP=1 takes the
  * subnormal fixup pass even where the probe found the device exact. */
@@ -51,10 +58,12 @@
 #include "msg.h"
 
 #include "spv_apply.h"
+#include "spv_count.h"
 #include "spv_exact.h"
 #include "spv_fixup.h"
 #include "spv_mask.h"
 #include "spv_scale.h"
+#include "spv_scatter.h"
 
 /* ---- pipeline cache -------------------------------------------------------------------- */
 
@@ -63,7 +72,8 @@
 static const struct spv pass_spv[PASS_N] = {
     {db_spv_mask, sizeof db_spv_mask, "mask"},    {db_spv_scale, sizeof db_spv_scale, "scale"},
     {db_spv_apply, sizeof db_spv_apply, "apply"}, {db_spv_exact, sizeof db_spv_exact, "exact"},
-    {db_spv_fixup, sizeof db_spv_fixup, "fixup"},
+    {db_spv_fixup, sizeof db_spv_fixup, "fixup"}, {db_spv_scatter, sizeof db_spv_scatter, "scatter"},
+    {db_spv_count, sizeof db_spv_count, "count"},
 };
 
 static uint64_t spirv_hash(void)
@@ -157,6 +167,7 @@ static int vk_prepare(struct db_device *dev, const struct db_backend_config *cfg
 
     int rc = DROPBLOCK_OK;
     for (int i = 0; i < PASS_N && !rc; i++) {
+        if ((i == PASS_SCATTER || i == PASS_COUNT) && !d->scatter) continue; /* GPU tunings' alone */
         if ((r = vk_make_pipeline(d, &pass_spv[i], &d->pipes[i]))) {
             char what[96];
             snprintf(what, sizeof what, "vkCreateComputePipelines(%s)", pass_spv[i].name);
@@ -208,9 +219,9 @@ static void step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
     count_launch();
 }
 
-static void fill(struct vk_dev *d, VkBuffer b, uint64_t bytes)
+static void fill(struct vk_dev *d, VkBuffer b, uint64_t bytes, uint32_t value)
 {
-    vkCmdFillBuffer(d->cmd, b, 0, bytes, 0);
+    vkCmdFillBuffer(d->cmd, b, 0, bytes, value);
     if (!jc.js) return;
     jc.js->fills++;
     jc.pend_fills++;
@@ -246,12 +257,23 @@ static int submit(struct vk_dev *d, char *msg, size_t len)
 uint64_t vk_kept_bytes(const uint32_t *prm) { return (uint64_t)prm[DBP_NSAMP] * 8 + 16; }
 
 /* Records pass 1 of the chunk whose parameters are in the params buffer: the per-sample
- * counts zeroed, then the mask pass, which adds to them. */
+ * counts zeroed, then the mask pass, which adds to them; where prm[DBP_SCATTER] (GPU tunings),
+ * the chunk's mask words filled with ones, the scatter pass, which clears the fired blocks' bits,
+ * and the count pass, which adds the kept bits to the counts (and in a fused job, DBP_FUSED,
+ * makes the scales: no scale pass follows). */
 void vk_record_mask(struct vk_dev *d, const uint32_t *prm)
 {
-    /* the counts, two spare words (K once) and mask.comp's two completion words */
-    fill(d, d->bufs[B_KEPT].buf, ((uint64_t)prm[DBP_NSAMP] * 8 + 16 + 63) & ~UINT64_C(63));
-    step(d, d->pipes[PASS_MASK], db_mask_items(prm), 0);
+    /* the counts, two spare words (K once; the count pass's ticket, the first) and mask.comp's
+     * two completion words */
+    fill(d, d->bufs[B_KEPT].buf, ((uint64_t)prm[DBP_NSAMP] * 8 + 16 + 63) & ~UINT64_C(63), 0);
+    if (!prm[DBP_SCATTER]) {
+        step(d, d->pipes[PASS_MASK], db_mask_items(prm), 0);
+        return;
+    }
+    const uint64_t words = (((uint64_t)prm[DBP_NELEM] | (uint64_t)prm[DBP_NELEM + 1] << 32) + 31) / 32;
+    if (words) fill(d, d->bufs[B_MASK].buf, words * 4, 0xFFFFFFFFu);
+    step(d, d->pipes[PASS_SCATTER], db_scatter_items(prm), 0);
+    step(d, d->pipes[PASS_COUNT], db_count_items(prm), 0);
 }
 
 /* Records pass 3 of the chunk (scales in place, after a barrier): fast, tail, fixup. */
@@ -260,7 +282,7 @@ static void record_apply(struct vk_dev *d, const struct db_plan *pl, const uint3
     uint64_t groups = prm[DBP_GROUPS], fast = groups * prm[DBP_EPW], nelem = (uint64_t)prm[DBP_NELEM];
     int fix = groups && pl->p.dtype != DROPBLOCK_F16 && !d->hwexact;
     uint64_t fwords = (fast + 31) / 32;
-    if (fix) fill(d, d->bufs[B_FIXUP].buf, (fwords * 4 + 63) & ~UINT64_C(63));
+    if (fix) fill(d, d->bufs[B_FIXUP].buf, (fwords * 4 + 63) & ~UINT64_C(63), 0);
     if (groups) step(d, d->pipes[PASS_APPLY], groups, 0);
     if (fast < nelem)
         step(d, d->pipes[PASS_EXACT], pl->p.dtype == DROPBLOCK_F32 ? nelem - fast : (nelem - fast + 1) / 2, 0);
@@ -285,15 +307,25 @@ static void record_apply(struct vk_dev *d, const struct db_plan *pl, const uint3
 struct db_tuning vk_job_tuning(const struct vk_dev *d, const struct db_plan *pl, int safe)
 {
     /* apply.comp: one 16-byte vector an invocation */
-    struct db_tuning tu = {d->tile_rows, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, d->cand_budget, d->item_cands, 0};
+    struct db_tuning tu = {d->tile_rows, pl->p.dtype == DROPBLOCK_F32 ? 4u : 8u, d->cand_budget, d->item_cands,
+                           d->scatter};
     if (d->props.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU) return tu;
+    /* a CPU device: lavapipe's loop limit bounds the tiles, and the scatter flow of the GPU
+     * shape (DROPBLOCK_VULKAN_SHAPE=gpu) where its worst case fits (below) */
     const uint32_t fault = safe ? 0 : d->knobs->vulkan_mask_fault;
     if (fault) {
         tu.cand_budget = tu.item_cands = fault;
+        tu.scatter = 0; /* the fault is the tiles' (their completion check): the first try takes them */
         return tu;
     }
     uint64_t rows = (uint64_t)pl->up + pl->down + 1, cols = (uint64_t)pl->left + pl->right + 1;
     uint64_t cost = rows * (3 * cols + 1) + 16, fit = MASK_LOOP_BUDGET / cost;
+    /* the scatter flow has no completion check: on a CPU device it takes only jobs whose
+     * invocations stay within the budget even if every candidate fires: at most 4 candidates a
+     * block, the larger of tu.scatter and a row's blocks (db_kernel_params' DBP_SKR) */
+    const uint64_t row_blocks = ((uint64_t)pl->W + 3) / 4 + 1;
+    if (4 * (tu.scatter > row_blocks ? tu.scatter : row_blocks) * (MASK_CAND_COST + cost) > MASK_LOOP_BUDGET)
+        tu.scatter = 0;
     if (fit < 1) fit = 1;
     if (!safe) {
         /* the most candidates n (up to the defaults) whose expected work fits: binary search */
@@ -313,9 +345,11 @@ struct db_tuning vk_job_tuning(const struct vk_dev *d, const struct db_plan *pl,
 }
 
 /* Whether every invocation of the mask pass just run (parameters prm) that took tiles ran to
- * its end (mask.comp's completion count). */
+ * its end (mask.comp's completion count); the scatter flow always (its invocations' work is
+ * bounded: about DBP_SKR rows' blocks and the drops of the fired ones). */
 int vk_mask_done(const struct vk_dev *d, const uint32_t *prm)
 {
+    if (prm[DBP_SCATTER]) return 1;
     const uint64_t items = db_mask_items(prm), ran = (uint64_t)vk_groups_for(d, items) * d->local;
     const uint32_t *k = d->bufs[B_KEPT].map;
     return k[2 * (uint64_t)prm[DBP_NSAMP] + 2] == (ran < items ? ran : items);
@@ -438,17 +472,17 @@ static int job_fused(struct job *j, char *msg, size_t len)
     int rc;
     db_job_chunk(pl, &j->ck, 0, &ch);
     if (j->copy_in) memcpy(d->bufs[B_X].map, j->in, ch.nelem * es);
-    /* one submission, unless the mask pass may need a rerun (the apply may overwrite x) */
-    const int alone = memcmp(&j->tu, &j->safe, sizeof j->tu) != 0;
-    if (alone) {
-        if ((rc = mask_pass(d, pl, &ch, &j->tu, &j->safe, 0, &j->reruns, msg, len))) return rc;
-    } else {
-        db_kernel_params(pl, &ch, &j->tu, prm);
-    }
+    /* one submission, unless the mask pass may need a rerun (the apply may overwrite x): the
+     * tiles' with a tuning other than the worst case's; never the scatter flow's */
+    db_kernel_params(pl, &ch, &j->tu, prm);
+    const int alone = !prm[DBP_SCATTER] && memcmp(&j->tu, &j->safe, sizeof j->tu) != 0;
+    if (alone && (rc = mask_pass(d, pl, &ch, &j->tu, &j->safe, 0, &j->reruns, msg, len))) return rc;
     if ((rc = vk_begin(d, msg, len))) return rc;
     if (!alone) vk_record_mask(d, prm);
     if (src) copy(d, src, xb, ch.nelem * es, 0); /* beside the mask pass, which does not read x */
-    step(d, d->pipes[PASS_SCALE], ch.nsamp, 0);  /* after a barrier, for the mask pass of either submission */
+    /* after a barrier, for the mask pass of either submission; the scatter flow's count pass made
+     * the scales (prm: the parameters the mask pass last ran with) */
+    if (!prm[DBP_SCATTER]) step(d, d->pipes[PASS_SCALE], ch.nsamp, 0);
     record_apply(d, pl, prm);
     if (dst) copy(d, xb, dst, ch.nelem * es, 1);
     to_host(d, B_KEPT, vk_kept_bytes(prm));
@@ -629,8 +663,7 @@ static void vk_describe(const struct db_device *dev, char *buf, size_t len)
              d->hwhalf            ? "hardware"
              : d->half_probe == 0 ? "integer-probe-failed"
                                   : "integer",
-             d->hwexact ? "hardware" : "fixup", d->local, d->subgroup, d->warm ? PASS_N : 0,
-             (unsigned long long)d->cold);
+             d->hwexact ? "hardware" : "fixup", d->local, d->subgroup, d->warm, (unsigned long long)d->cold);
 }
 
 static void vk_tuning(const struct db_device *dev, const struct db_plan *pl, struct db_tuning *out)

@@ -19,7 +19,9 @@
 #include "backend.h"
 #include "kernel_params.h"
 
-enum { PASS_MASK, PASS_SCALE, PASS_APPLY, PASS_EXACT, PASS_FIXUP, PASS_N };
+/* the passes' pipelines; PASS_SCATTER and PASS_COUNT (scatter.comp, count.comp) are made and
+ * warmed only on GPU tunings (d->scatter) */
+enum { PASS_MASK, PASS_SCALE, PASS_APPLY, PASS_EXACT, PASS_FIXUP, PASS_SCATTER, PASS_COUNT, PASS_N };
 /* bench.comp's steps: the copy, torchvision's kernels, the copy's tail */
 /* clang-format off */
 enum { BS_COPY, BS_BERNOULLI, BS_PAD, BS_POOL, BS_ONE_MINUS, BS_SUM_NOISE, BS_SUM_PART, BS_SCALE, BS_MUL, BS_COPY_TAIL, BS_N };
@@ -87,13 +89,15 @@ struct vk_dev {
     uint32_t tile_rows;   /* mask rows a tile */
     uint32_t cand_budget; /* candidates a tile, about */
     uint32_t item_cands;  /* candidates an invocation of the mask pass, about */
+    uint32_t scatter;     /* candidate blocks an invocation of the scatter pass, about (struct db_tuning's
+                           * scatter); 0: the tiles always (CPU devices) */
     uint64_t mask_reruns; /* mask passes rerun with the worst-case budget (mask_pass) */
     /* buffers kept between jobs, by binding (B_Y is B_X: the apply runs in place) */
     struct vk_buf bufs[B_N];
     /* warm-up (warm_up): passes dispatched at least once (bit 1 << PASS_*), and those a job
      * dispatched first, after the warm-up (each may have paid the driver's compile) */
     unsigned dispatched;
-    int warm;
+    int warm; /* the passes the warm-up dispatched (0: none yet) */
     uint64_t cold;
 };
 

@@ -70,5 +70,6 @@ void db_knobs_read(struct db_knobs *k, void (*log)(void *ctx, const char *line),
     else if (stage && *stage) ignored(&r, "DROPBLOCK_VULKAN_STAGE", stage, "must be 0 or 1");
     k->vulkan_copy = flag(&r, "DROPBLOCK_VULKAN_COPY", "1");
     k->vulkan_fixup = flag(&r, "DROPBLOCK_VULKAN_FIXUP", "1");
+    k->vulkan_shape_gpu = flag(&r, "DROPBLOCK_VULKAN_SHAPE", "gpu");
     k->vulkan_mask_fault = (uint32_t)count(&r, "DROPBLOCK_VULKAN_MASK_FAULT", UINT32_MAX);
 }

@@ -25,6 +25,7 @@ struct db_knobs {
                                   * -1 unset (staged where the host cannot map device memory) */
     int vulkan_copy;             /* DROPBLOCK_VULKAN_COPY=1: never import the caller's memory */
     int vulkan_fixup;            /* DROPBLOCK_VULKAN_FIXUP=1: the exact apply's fix-up path */
+    int vulkan_shape_gpu;        /* DROPBLOCK_VULKAN_SHAPE=gpu: a CPU device gets the GPU tuning (scatter pass) */
     uint32_t vulkan_mask_fault;  /* DROPBLOCK_VULKAN_MASK_FAULT: candidates an invocation in the first try of
                                   * every mask pass on CPU devices, a job none of whose passes was rerun
                                   * failing (tests of the completion check); 0 unset */

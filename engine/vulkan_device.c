@@ -265,7 +265,8 @@ VkResult vk_make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *o
  * as tall as 2048 candidates allow on CPU devices (lavapipe runs invocations as SIMD lanes of a
  * few threads, so every Philox word is best made once, but it ends an invocation whose loops
  * pass 65535 iterations), of 8 rows and at most 4096 candidates on GPUs, for parallelism; small
- * tiles several to an invocation. */
+ * tiles several to an invocation; on GPUs the scatter pass (each candidate block's words once)
+ * where a job allows it, about 16 blocks an invocation. */
 static void vk_choose_tuning(struct vk_dev *d)
 {
     uint32_t sg = d->subgroup ? d->subgroup : 32, local = 4 * sg;
@@ -274,10 +275,13 @@ static void vk_choose_tuning(struct vk_dev *d)
     if (local > d->props.limits.maxComputeWorkGroupSize[0]) local = d->props.limits.maxComputeWorkGroupSize[0];
     if (local > d->props.limits.maxComputeWorkGroupInvocations) local = d->props.limits.maxComputeWorkGroupInvocations;
     d->local = local ? local : 1;
-    int cpu = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+    /* DROPBLOCK_VULKAN_SHAPE=gpu: a CPU device gets the GPU tuning (tests: the scatter pass on
+     * lavapipe; vk_job_tuning still keeps its mask tiles within lavapipe's loop limit) */
+    int cpu = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU && !d->knobs->vulkan_shape_gpu;
     d->tile_rows = cpu ? UINT32_MAX : 8;
     d->cand_budget = cpu ? 2048 : 4096;
     d->item_cands = cpu ? 2048 : 256;
+    d->scatter = cpu ? 0 : 16; /* whole planes already make each block about once on CPUs */
 }
 
 /* ---- release ------------------------------------------------------------------------- */
@@ -482,23 +486,26 @@ static int vk_probe_half(struct vk_dev *d)
     return ok;
 }
 
-/* Dispatches every pass once on an empty chunk (no tiles, samples or elements: each returns at
- * once), in one submission. Drivers may compile a pipeline at its first dispatch rather than at
- * vkCreateComputePipelines: lavapipe JITs each shader then, 0.2 to 1.5 s for the mask pass, which
- * the first job would otherwise pay. step counts a pass first dispatched after this as cold
- * (describe: cold=N; tests/test_warmup.c checks that jobs of every kind leave it 0). */
+/* Dispatches every pass made (the scatter and count passes on GPU tunings alone) once on an
+ * empty chunk (no tiles, rows, samples or elements: each returns at once), in one submission.
+ * Drivers may compile a pipeline at its first dispatch rather than at vkCreateComputePipelines:
+ * lavapipe JITs each shader then, 0.2 to 1.5 s for the mask pass, which the first job would
+ * otherwise pay. step counts a pass first dispatched after this as cold (describe: cold=N;
+ * tests/test_warmup.c checks that jobs of every kind leave it 0). */
 static int vk_warm_up(struct vk_dev *d, char *msg, size_t len)
 {
     int rc = vk_buf_ensure(d, B_PRM, DBP_COUNT * 4, msg, len);
     if (rc) return rc;
     uint32_t *prm = d->bufs[B_PRM].map;
     memset(prm, 0, d->bufs[B_PRM].size);
-    prm[DBP_TPW] = 1; /* no tiles, one a work item */
+    prm[DBP_TPW] = prm[DBP_SKR] = prm[DBP_CKW] = 1; /* no tiles, rows or words, one a work item */
     vk_bind_all(d, d->bufs[B_X].buf, d->bufs[B_X].buf);
     if ((rc = vk_begin(d, msg, len))) return rc;
-    for (int i = 0; i < PASS_N; i++) vk_step(d, d->pipes[i], 1, i == 0);
+    int n = 0;
+    for (int i = 0; i < PASS_N; i++)
+        if (d->pipes[i]) vk_step(d, d->pipes[i], 1, n++ == 0); /* the scatter passes where made */
     if ((rc = vk_submit(d, msg, len))) return rc;
-    d->warm = 1;
+    d->warm = n;
     return DROPBLOCK_OK;
 }
 

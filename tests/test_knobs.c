@@ -31,7 +31,7 @@ static void log_line(void *ctx, const char *line)
 static const char *const names[] = {
     "DROPBLOCK_CPU_THREADS",  "DROPBLOCK_OPENCL_MAX_BUFFER",  "DROPBLOCK_OPENCL_SHAPE",      "DROPBLOCK_OPENCL_COPY",
     "DROPBLOCK_OPENCL_FIXUP", "DROPBLOCK_OPENCL_STAGE_BYTES", "DROPBLOCK_VULKAN_MAX_BUFFER", "DROPBLOCK_VULKAN_STAGE",
-    "DROPBLOCK_VULKAN_COPY",  "DROPBLOCK_VULKAN_FIXUP",       "DROPBLOCK_VULKAN_MASK_FAULT",
+    "DROPBLOCK_VULKAN_COPY",  "DROPBLOCK_VULKAN_FIXUP",       "DROPBLOCK_VULKAN_MASK_FAULT", "DROPBLOCK_VULKAN_SHAPE",
 };
 
 static void clear(void)
@@ -65,7 +65,8 @@ int main(void)
     CHECK_EQ(k.opencl_max_buffer, 0, "unset: OpenCL max buffer");
     CHECK_EQ(k.vulkan_max_buffer, 0, "unset: Vulkan max buffer");
     CHECK_EQ(k.vulkan_stage, -1, "unset: Vulkan staging is the device's choice");
-    CHECK_EQ(k.opencl_copy + k.opencl_fixup + k.opencl_shape_gpu + k.vulkan_copy + k.vulkan_fixup, 0, "unset flags");
+    CHECK_EQ(k.opencl_copy + k.opencl_fixup + k.opencl_shape_gpu + k.vulkan_copy + k.vulkan_fixup + k.vulkan_shape_gpu,
+             0, "unset flags");
     CHECK_EQ(k.opencl_stage_bytes + k.vulkan_mask_fault, 0, "unset counts");
     CHECK_EQ(strlen(logged), 0, "nothing logged when nothing is set");
 
@@ -74,7 +75,7 @@ int main(void)
         "DROPBLOCK_CPU_THREADS", "3", "DROPBLOCK_OPENCL_MAX_BUFFER", "4096", "DROPBLOCK_OPENCL_SHAPE", "gpu",
         "DROPBLOCK_OPENCL_COPY", "1", "DROPBLOCK_OPENCL_FIXUP", "1", "DROPBLOCK_OPENCL_STAGE_BYTES", "300",
         "DROPBLOCK_VULKAN_MAX_BUFFER", "100", "DROPBLOCK_VULKAN_STAGE", "0", "DROPBLOCK_VULKAN_COPY", "1",
-        "DROPBLOCK_VULKAN_FIXUP", "0", "DROPBLOCK_VULKAN_MASK_FAULT", "1000000", NULL};
+        "DROPBLOCK_VULKAN_FIXUP", "0", "DROPBLOCK_VULKAN_MASK_FAULT", "1000000", "DROPBLOCK_VULKAN_SHAPE", "gpu", NULL};
     /* clang-format on */
     set_only(readable);
     db_knobs_read(&k, log_line, NULL);
@@ -89,13 +90,15 @@ int main(void)
     CHECK_EQ(k.vulkan_copy, 1, "Vulkan copy");
     CHECK_EQ(k.vulkan_fixup, 0, "Vulkan fixup \"0\"");
     CHECK_EQ(k.vulkan_mask_fault, 1000000, "Vulkan mask fault");
+    CHECK_EQ(k.vulkan_shape_gpu, 1, "Vulkan GPU shape");
     CHECK_EQ(strlen(logged), 0, "nothing logged for readable values");
 
     /* clang-format off */
     static const char *const unreadable[] = {
         "DROPBLOCK_CPU_THREADS", "-2", "DROPBLOCK_OPENCL_MAX_BUFFER", "4k", "DROPBLOCK_OPENCL_SHAPE", "cpu",
         "DROPBLOCK_OPENCL_STAGE_BYTES", "0", "DROPBLOCK_VULKAN_MAX_BUFFER", "99999999999999999999999",
-        "DROPBLOCK_VULKAN_STAGE", "yes", "DROPBLOCK_VULKAN_MASK_FAULT", "4294967296", NULL};
+        "DROPBLOCK_VULKAN_STAGE", "yes", "DROPBLOCK_VULKAN_MASK_FAULT", "4294967296", "DROPBLOCK_VULKAN_SHAPE", "cpu",
+        NULL};
     /* clang-format on */
     set_only(unreadable);
     db_knobs_read(&k, log_line, NULL);
@@ -106,6 +109,7 @@ int main(void)
     CHECK_EQ(k.vulkan_max_buffer, 0, "an overflowing count ignored");
     CHECK_EQ(k.vulkan_stage, -1, "staging \"yes\" ignored");
     CHECK_EQ(k.vulkan_mask_fault, 0, "a mask fault past 32 bits ignored");
+    CHECK_EQ(k.vulkan_shape_gpu, 0, "Vulkan shape other than gpu ignored");
     expect_logged("DROPBLOCK_CPU_THREADS=\"-2\": not a positive whole number in range; ignored");
     expect_logged("DROPBLOCK_OPENCL_MAX_BUFFER=\"4k\"");
     expect_logged("DROPBLOCK_OPENCL_SHAPE=\"cpu\": must be gpu or 0; ignored");
@@ -113,6 +117,7 @@ int main(void)
     expect_logged("DROPBLOCK_VULKAN_MAX_BUFFER=\"99999999999999999999999\"");
     expect_logged("DROPBLOCK_VULKAN_STAGE=\"yes\": must be 0 or 1; ignored");
     expect_logged("DROPBLOCK_VULKAN_MASK_FAULT=\"4294967296\"");
+    expect_logged("DROPBLOCK_VULKAN_SHAPE=\"cpu\": must be gpu or 0; ignored");
 
     static const char *const copy_true[] = {"DROPBLOCK_OPENCL_COPY", "true", NULL};
     set_only(copy_true);

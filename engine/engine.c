@@ -427,7 +427,7 @@ static int run_backend(struct db_engine *e, struct db_slot *s, const struct db_p
 {
     const char *id = s->dev.info.id;
     db_progress(&s->dev, DB_PASS_RUNNING, 0, 0);
-    memset(&s->dev.last_job, 0, sizeof s->dev.last_job); /* the backend's run counts into it */
+    s->dev.last_job = (struct db_job_stats){0}; /* the backend's run counts into it */
     int rc = s->dev.ops->run(&s->dev, pl, in, out, mask, res);
     db_progress(&s->dev, DB_PASS_IDLE, 0, 0);
     s->dev.inject_lost = 0;

@@ -287,26 +287,39 @@ int ocl_plan_job(struct ocl_dev *od, const struct db_plan *pl, struct job *j, ch
 
 void ocl_chunk_of(const struct job *j, uint64_t q, struct db_chunk *ch) { db_job_chunk(j->pl, &j->ck, q, ch); }
 
-/* One mask buffer per chunk, all of them holding max_words, kept by the device. */
-cl_int ocl_ensure_masks(struct ocl_dev *od, uint64_t n, uint64_t words)
+/* n buffers of at least bytes each in *bufs (*nbufs of them), kept by the device (released in
+ * ocl_teardown). */
+cl_int ocl_ensure_bufs(struct ocl_dev *od, struct ocl_buf **bufs, uint64_t *nbufs, uint64_t n, uint64_t bytes)
 {
-    if (n > od->nmasks) {
-        struct ocl_buf *m = realloc(od->masks, n * sizeof *m);
+    if (n > *nbufs) {
+        struct ocl_buf *m = realloc(*bufs, n * sizeof *m);
         if (!m) return CL_OUT_OF_HOST_MEMORY;
-        memset(m + od->nmasks, 0, (n - od->nmasks) * sizeof *m);
-        od->masks = m;
-        od->nmasks = n;
+        memset(m + *nbufs, 0, (n - *nbufs) * sizeof *m);
+        *bufs = m;
+        *nbufs = n;
     }
     cl_int e = CL_SUCCESS;
-    for (uint64_t i = 0; i < n && e == CL_SUCCESS; i++) e = ocl_ensure_buf(od, &od->masks[i], words * 4);
+    for (uint64_t i = 0; i < n && e == CL_SUCCESS; i++) e = ocl_ensure_buf(od, &(*bufs)[i], bytes);
     return e;
 }
 
-/* Enqueues the mask pass of chunk prm (written to od->prm first), the per-sample counts
- * zeroed before it. */
-cl_int ocl_enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem maskbuf)
+/* One mask buffer per chunk, all of them holding max_words, kept by the device. */
+cl_int ocl_ensure_masks(struct ocl_dev *od, uint64_t n, uint64_t words)
 {
-    cl_int e = write_buf(od, od->prm.m, 0, DBP_COUNT * 4, prm);
+    return ocl_ensure_bufs(od, &od->masks, &od->nmasks, n, words * 4);
+}
+
+/* One parameter buffer per chunk (DBP_COUNT words), kept by the device. */
+cl_int ocl_ensure_prms(struct ocl_dev *od, uint64_t n)
+{
+    return ocl_ensure_bufs(od, &od->prms, &od->nprms, n, DBP_COUNT * 4);
+}
+
+/* Enqueues the mask pass of chunk prm (written to its parameter buffer prmbuf first: the only
+ * write of them in the job, the apply reads them there), the per-sample counts zeroed before it. */
+cl_int ocl_enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem prmbuf, cl_mem maskbuf)
+{
+    cl_int e = write_buf(od, prmbuf, 0, DBP_COUNT * 4, prm);
     if (prm[DBP_SCATTER]) { /* ones, the scatter pass, the count pass (and a fused job's scales) */
         const uint64_t words = (((uint64_t)prm[DBP_NELEM] | (uint64_t)prm[DBP_NELEM + 1] << 32) + 31) / 32;
         cl_uint ones = 0xFFFFFFFFu;
@@ -315,7 +328,7 @@ cl_int ocl_enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem maskbuf)
         if (e == CL_SUCCESS) ocl_count_fill(od);
         /* the counts and, after them, the count pass's ticket (db_count_item) */
         if (e == CL_SUCCESS) e = zero_buf(od, od->kept.m, (uint64_t)prm[DBP_NSAMP] * 2 + 1);
-        cl_mem a[4] = {od->prm.m, maskbuf, od->kept.m, od->scales.m};
+        cl_mem a[4] = {prmbuf, maskbuf, od->kept.m, od->scales.m};
         if (e == CL_SUCCESS) e = ocl_set_args(od->k[K_SCATTER], 2, a);
         if (e == CL_SUCCESS) e = launch_round(od, od->k[K_SCATTER], od->wg_mask, db_scatter_items(prm));
         if (e == CL_SUCCESS) e = ocl_set_args(od->k[K_COUNT], 4, a);
@@ -323,7 +336,7 @@ cl_int ocl_enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem maskbuf)
         return e;
     }
     if (e == CL_SUCCESS) e = zero_buf(od, od->kept.m, (uint64_t)prm[DBP_NSAMP] * 2);
-    cl_mem a[3] = {od->prm.m, maskbuf, od->kept.m};
+    cl_mem a[3] = {prmbuf, maskbuf, od->kept.m};
     if (e == CL_SUCCESS) e = ocl_set_args(od->k[K_MASK], 3, a);
     if (e == CL_SUCCESS) e = launch_round(od, od->k[K_MASK], od->wg_mask, db_mask_items(prm));
     return e;
@@ -346,29 +359,43 @@ static cl_int zero_fixup(struct ocl_dev *od, const struct db_plan *pl, const uin
     return e == CL_SUCCESS ? zero_buf(od, od->fixup.m, fwords) : e;
 }
 
-/* Enqueues the apply pass of a chunk from x to y (device buffers of the chunk, maybe the same);
- * the fixup words zeroed first unless zeroed (zero_fixup, before the job's first launch). */
-static cl_int enqueue_apply(struct ocl_dev *od, const struct db_plan *pl, const uint32_t *prm, cl_mem maskbuf, cl_mem x,
-                            cl_mem y, int zeroed)
+/* Enqueues the apply pass of a chunk from x to y (device buffers of the chunk, maybe the same)
+ * with its parameters in prmbuf; the fixup words zeroed first unless zeroed (zero_fixup, before
+ * the job's first launch). CPU devices: the fast kernel over exactly its groups (launch_exact:
+ * whole work-groups, then the rest in groups of one), then db_apply_exact over the tail. GPU
+ * builds (-DDB_APPLY_ALL, see dropblock.cl): one launch of the fast kernel, its groups and
+ * one item more for a tail (with no groups, an item a tail element) rounded up to whole
+ * work-groups, bounds-checked in the kernel, the items past the groups doing the tail. The
+ * fixup pass, where the subnormal probe failed (or DROPBLOCK_OPENCL_FIXUP=1), stays a launch
+ * of its own after it: the one-launch apply (issue 16's 3 launches a one-chunk job: scatter,
+ * count, apply) is for devices whose probes pass. */
+static cl_int enqueue_apply(struct ocl_dev *od, const struct db_plan *pl, const uint32_t *prm, cl_mem prmbuf,
+                            cl_mem maskbuf, cl_mem x, cl_mem y, int zeroed)
 {
     cl_int e = CL_SUCCESS;
-    uint64_t groups = prm[DBP_GROUPS], fast = groups * prm[DBP_EPW], nelem = (uint64_t)prm[DBP_NELEM];
+    uint64_t groups = prm[DBP_GROUPS], fast = groups * prm[DBP_EPW],
+             nelem = (uint64_t)prm[DBP_NELEM] | (uint64_t)prm[DBP_NELEM + 1] << 32;
     int fix = !od->hwexact && pl->p.dtype != DROPBLOCK_F16;
     uint64_t fwords = (fast + 31) / 32;
-    if (groups) {
-        if (fix && !zeroed) e = zero_fixup(od, pl, prm);
-        cl_kernel k = od->k_apply[pl->p.dtype][pl->p.normalize == DROPBLOCK_NORMALIZE_SAMPLE][fix];
-        cl_mem a[6] = {od->prm.m, maskbuf, od->scales.m, x, y, fix ? od->fixup.m : od->scales.m};
+    cl_kernel k = od->k_apply[pl->p.dtype][pl->p.normalize == DROPBLOCK_NORMALIZE_SAMPLE][fix];
+    if (groups && fix && !zeroed) e = zero_fixup(od, pl, prm);
+    if (!od->cpu) { /* one launch: the fast items, then the tail's (fixup words only where groups) */
+        const uint64_t tail_items = groups ? fast < nelem : nelem - fast;
+        cl_mem a[6] = {prmbuf, maskbuf, od->scales.m, x, y, fix && groups ? od->fixup.m : od->scales.m};
+        if (e == CL_SUCCESS) e = ocl_set_args(k, 6, a);
+        if (e == CL_SUCCESS) e = launch_round(od, k, od->wg_apply, groups + tail_items);
+    } else if (groups) {
+        cl_mem a[6] = {prmbuf, maskbuf, od->scales.m, x, y, fix ? od->fixup.m : od->scales.m};
         if (e == CL_SUCCESS) e = ocl_set_args(k, 6, a);
         if (e == CL_SUCCESS) e = launch_exact(od, k, od->wg_apply, groups);
     }
-    if (e == CL_SUCCESS && fast < nelem) {
-        cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, x, y};
+    if (e == CL_SUCCESS && od->cpu && fast < nelem) {
+        cl_mem a[5] = {prmbuf, maskbuf, od->scales.m, x, y};
         e = ocl_set_args(od->k[K_EXACT], 5, a);
         if (e == CL_SUCCESS) e = launch_round(od, od->k[K_EXACT], od->wg_small, nelem - fast);
     }
     if (e == CL_SUCCESS && groups && fix) {
-        cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, y, od->fixup.m};
+        cl_mem a[5] = {prmbuf, maskbuf, od->scales.m, y, od->fixup.m};
         e = ocl_set_args(od->k[K_FIXUP], 5, a);
         if (e == CL_SUCCESS) e = launch_round(od, od->k[K_FIXUP], od->wg_small, fwords);
     }
@@ -453,7 +480,7 @@ static void job_mem_free(struct ocl_dev *od, const struct job *j, struct job_mem
 static int job_buffers(struct ocl_dev *od, const struct job *j, char *msg, size_t len)
 {
     int rc;
-    if ((rc = ocl_check(ocl_ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)", msg, len))) return rc;
+    if ((rc = ocl_check(ocl_ensure_prms(od, j->ck.nchunks), "clCreateBuffer(params)", msg, len))) return rc;
     if ((rc = ocl_check(ocl_ensure_buf(od, &od->kept, j->ck.max_samp * 8 + 8), "clCreateBuffer(kept)", msg, len)))
         return rc;
     if ((rc = ocl_check(ocl_ensure_buf(od, &od->scales, (j->ck.fused ? j->pl->N : j->ck.max_samp) * 4),
@@ -473,7 +500,8 @@ static int mask_passes(struct ocl_dev *od, const struct job *j, struct job_mem *
         ocl_chunk_of(j, q, &ch);
         uint32_t *prm = m->prms + q * DBP_COUNT;
         db_kernel_params(j->pl, &ch, &j->tu, prm);
-        if ((rc = ocl_check(ocl_enqueue_mask(od, prm, od->masks[q].m), "enqueue(db_mask)", msg, len))) break;
+        if ((rc = ocl_check(ocl_enqueue_mask(od, prm, od->prms[q].m, od->masks[q].m), "enqueue(db_mask)", msg, len)))
+            break;
         if (read_kept)
             rc = ocl_check(read_buf(od, od->kept.m, 0, (size_t)ch.nsamp * 8, m->partial + q * j->ck.max_samp * 2),
                            "clEnqueueReadBuffer(kept)", msg, len);
@@ -487,7 +515,7 @@ static int device_scales(struct ocl_dev *od, const struct job *j, const uint32_t
                          char *msg, size_t len)
 {
     const uint64_t N = j->pl->N;
-    cl_mem a[3] = {od->prm.m, od->kept.m, od->scales.m};
+    cl_mem a[3] = {od->prms[0].m, od->kept.m, od->scales.m};
     int rc;
     /* the scatter flow's count pass made them already (db_count_item's last item) */
     if (!prm[DBP_SCATTER] &&
@@ -530,12 +558,12 @@ static int chunk_buffers(struct ocl_dev *od, const struct job *j, uint64_t q, si
     return DROPBLOCK_OK;
 }
 
-/* Pass 3 of chunk q, unstaged, from x to y (chunk_buffers): its parameters written unless still
- * in od->prm (resident: a one-chunk job's, written for its mask pass: the same words), the host's
- * scales unless fused, the fixup words zeroed unless zeroed already; then y copied out (or made
- * visible in the caller's memory) and the chunk's mask words read where wanted. */
+/* Pass 3 of chunk q, unstaged, from x to y (chunk_buffers): its parameters as its mask pass
+ * wrote them (od->prms[q]: the same words, not written again), the host's scales unless fused, the fixup words zeroed
+ * unless zeroed already; then y copied out (or made visible in the caller's memory) and the chunk's mask words read
+ * where wanted. */
 static int apply_chunk(struct ocl_dev *od, const struct job *j, uint64_t q, size_t es, void *out, cl_mem xres, cl_mem x,
-                       cl_mem y, int resident, int zeroed, struct job_mem *m, char *msg, size_t len)
+                       cl_mem y, int zeroed, struct job_mem *m, char *msg, size_t len)
 {
     struct db_chunk ch;
     ocl_chunk_of(j, q, &ch);
@@ -543,13 +571,11 @@ static int apply_chunk(struct ocl_dev *od, const struct job *j, uint64_t q, size
     const uint64_t bytes = ch.nelem * es;
     char *yout = xres ? NULL : (char *)out + ch.e0 * es;
     int rc;
-    if (!resident &&
-        (rc = ocl_check(write_buf(od, od->prm.m, 0, DBP_COUNT * 4, prm), "clEnqueueWriteBuffer(params)", msg, len)))
-        return rc;
     if (!j->ck.fused && (rc = ocl_check(write_buf(od, od->scales.m, 0, (size_t)ch.nsamp * 4, m->scales + ch.n0),
                                         "clEnqueueWriteBuffer(scales)", msg, len)))
         return rc;
-    if ((rc = ocl_check(enqueue_apply(od, j->pl, prm, od->masks[q].m, x, y, zeroed), "enqueue(db_apply)", msg, len)))
+    if ((rc = ocl_check(enqueue_apply(od, j->pl, prm, od->prms[q].m, od->masks[q].m, x, y, zeroed), "enqueue(db_apply)",
+                        msg, len)))
         return rc;
     if (!xres && y == od->data.m) {
         if ((rc = ocl_check(read_buf(od, y, 0, (size_t)bytes, yout), "clEnqueueReadBuffer(y)", msg, len))) return rc;
@@ -591,7 +617,7 @@ static int fused_job(struct ocl_dev *od, const struct job *j, size_t es, const v
     ocl_count_submit(od, 0);
     if ((rc = ocl_check(clFlush(od->queue), "clFlush(db_mask)", msg, len)) ||
         (rc = device_scales(od, j, m->prms, m->dscales, 0, msg, len)) ||
-        (rc = apply_chunk(od, j, 0, es, out, xres, x, y, 1, 1, m, msg, len)))
+        (rc = apply_chunk(od, j, 0, es, out, xres, x, y, 1, m, msg, len)))
         return rc;
     if ((rc = ocl_check(read_buf(od, od->kept.m, 0, kbytes, partial), "clEnqueueReadBuffer(kept)", msg, len)) ||
         (rc = ocl_check(read_buf(od, od->scales.m, 0, sbytes, dscales), "clEnqueueReadBuffer(scales)", msg, len)) ||
@@ -624,8 +650,8 @@ static int fused_check(const struct job *j, struct job_mem *m, dropblock_result 
  * fused job (one chunk, scales on the device) unstaged is fused_job; else pass 1 per chunk, the
  * scales on the device (fused, staged) or on the host, and pass 3 staged in slices
  * (opencl_staging.c) or per chunk. A job of several chunks makes a host round trip between its
- * passes (the scales need every chunk's counts) and writes each chunk's parameters for its mask
- * pass and again for its apply: one parameter buffer serves all chunks. */
+ * passes (the scales need every chunk's counts); each chunk's parameters are written once, into
+ * the chunk's own buffer (od->prms[q]) for its mask pass, and its apply reads them there. */
 int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *out, void *mask, cl_mem xres,
             cl_mem yres, dropblock_result *res, char *msg, size_t len)
 {
@@ -671,7 +697,7 @@ int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *
             for (uint64_t q = 0; q < j.ck.nchunks && !rc; q++) {
                 cl_mem x, y;
                 rc = chunk_buffers(od, &j, q, es, in, out, xres, yres, &m, &x, &y, msg, len);
-                if (!rc) rc = apply_chunk(od, &j, q, es, out, xres, x, y, 0, 0, &m, msg, len);
+                if (!rc) rc = apply_chunk(od, &j, q, es, out, xres, x, y, 0, &m, msg, len);
             }
             if (rc || (rc = ocl_check(finish(od), "clFinish(db_apply)", msg, len))) goto done;
         }

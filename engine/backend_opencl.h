@@ -70,9 +70,13 @@ struct ocl_dev {
     size_t wg_mask, wg_small, wg_apply;
     uint64_t mem_align; /* CL_DEVICE_MEM_BASE_ADDR_ALIGN, bytes */
     /* buffers kept between jobs */
-    struct ocl_buf prm, kept, scales, data, fixup;
+    struct ocl_buf kept, scales, data, fixup;
     struct ocl_buf *masks; /* one per chunk of the largest job so far */
     uint64_t nmasks;
+    /* the parameter words, one buffer per chunk of the largest job so far: each chunk's are
+     * written once a job, before its mask pass, and its apply takes them from there */
+    struct ocl_buf *prms;
+    uint64_t nprms;
     /* the benchmark's program, built on its first use */
     cl_program bench_program;
     cl_kernel bk[BK_N];
@@ -150,8 +154,10 @@ int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, u
 /* backend_opencl.c */
 int ocl_plan_job(struct ocl_dev *od, const struct db_plan *pl, struct job *j, char *msg, size_t len);
 void ocl_chunk_of(const struct job *j, uint64_t q, struct db_chunk *ch);
+cl_int ocl_ensure_bufs(struct ocl_dev *od, struct ocl_buf **bufs, uint64_t *nbufs, uint64_t n, uint64_t bytes);
 cl_int ocl_ensure_masks(struct ocl_dev *od, uint64_t n, uint64_t words);
-cl_int ocl_enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem maskbuf);
+cl_int ocl_ensure_prms(struct ocl_dev *od, uint64_t n);
+cl_int ocl_enqueue_mask(struct ocl_dev *od, const uint32_t *prm, cl_mem prmbuf, cl_mem maskbuf);
 int ocl_host_scales(const struct job *j, const uint32_t *partial, uint64_t *kept, uint32_t *scales,
                     dropblock_result *res);
 int ocl_job(struct ocl_dev *od, const struct db_plan *pl, const void *in, void *out, void *mask, cl_mem xres,

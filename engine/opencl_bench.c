@@ -109,7 +109,8 @@ static int bench_one(struct ocl_dev *od, const struct db_plan *pl, int what, cl_
                 goto done;
         }
     } else if (what == DB_BENCH_MASK) {
-        if ((rc = ocl_check(ocl_enqueue_mask(od, prm, od->masks[0].m), "enqueue(db_mask)", msg, len))) goto done;
+        if ((rc = ocl_check(ocl_enqueue_mask(od, prm, od->prms[0].m, od->masks[0].m), "enqueue(db_mask)", msg, len)))
+            goto done;
     } else {
         cl_mem bufs[7] = {bl[0], bl[1], bl[2], bl[3], bl[4], x, y};
         if ((rc = ocl_check(enqueue_baseline(od, bufs, blp, nwords), "enqueue(baseline)", msg, len))) goto done;
@@ -164,7 +165,7 @@ int ocl_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, u
     if ((rc = ocl_plan_job(od, pl, &j, msg, len))) goto done;
     ocl_chunk_of(&j, 0, &ch);
     db_kernel_params(pl, &ch, &j.tu, prm);
-    if ((rc = ocl_check(ocl_ensure_buf(od, &od->prm, DBP_COUNT * 4), "clCreateBuffer(params)", msg, len))) goto done;
+    if ((rc = ocl_check(ocl_ensure_prms(od, 1), "clCreateBuffer(params)", msg, len))) goto done;
     if ((rc = ocl_check(ocl_ensure_buf(od, &od->kept, j.ck.max_samp * 8 + 8), "clCreateBuffer(kept)", msg, len)))
         goto done;
     if ((rc = ocl_check(ocl_ensure_masks(od, 1, j.ck.max_words), "clCreateBuffer(mask)", msg, len))) goto done;

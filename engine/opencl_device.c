@@ -312,7 +312,7 @@ void ocl_choose_shape(struct ocl_dev *od)
         od->scatter = 16;
     }
     snprintf(od->build_options, sizeof od->build_options, "-DDB_LANG_CL -DDB_VW=%u -DDB_VPW=%u%s", od->vw, od->vpw,
-             od->cpu ? " -DDB_VLOAD -DDB_CPU" : "");
+             od->cpu ? " -DDB_VLOAD -DDB_CPU" : " -DDB_APPLY_ALL");
 }
 
 static void choose_work_groups(struct ocl_dev *od)
@@ -411,12 +411,16 @@ void ocl_teardown(struct ocl_dev *od)
     if (od->bench_program) clReleaseProgram(od->bench_program);
     memset(od->bk, 0, sizeof od->bk);
     od->bench_program = NULL;
-    struct ocl_buf *bufs[] = {&od->prm, &od->kept, &od->scales, &od->data, &od->fixup};
+    struct ocl_buf *bufs[] = {&od->kept, &od->scales, &od->data, &od->fixup};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) ocl_release_buf(bufs[i]);
     for (uint64_t i = 0; i < od->nmasks; i++) ocl_release_buf(&od->masks[i]);
     free(od->masks);
     od->masks = NULL;
     od->nmasks = 0;
+    for (uint64_t i = 0; i < od->nprms; i++) ocl_release_buf(&od->prms[i]);
+    free(od->prms);
+    od->prms = NULL;
+    od->nprms = 0;
     if (od->queue) clReleaseCommandQueue(od->queue);
     if (od->ctx) clReleaseContext(od->ctx);
     od->queue = NULL;
@@ -590,9 +594,11 @@ int ocl_probe_half(struct ocl_dev *od)
 
 /* Launches every kernel a job can use, in every shape a job can launch it with (see
  * "warm-up"), on scratch buffers: with these parameter words the mask, scale, exact and fixup
- * kernels return at once, and the fast apply kernels (no bounds check) run over a scratch
- * tensor, one scale for all. Then waits, so that the driver has built them all. 0, or an
- * OpenCL error (the device is then not used). */
+ * kernels return at once, and the fast apply kernels run over a scratch tensor, one scale for
+ * all (CPU builds: no bounds check; GPU builds, -DDB_APPLY_ALL: no groups and no elements, so
+ * they return at once; a job launches them in ocl_launch_round's shapes, warmed below). Then
+ * waits, so that the driver has built them all. 0, or an OpenCL error (the device is then not
+ * used). */
 cl_int ocl_warm_up(struct ocl_dev *od)
 {
     const size_t wa = od->wg_apply, big_a = (SMALL_GRID + wa - 1) / wa * wa;

@@ -166,29 +166,30 @@ static cl_int launch_range(struct ocl_dev *od, cl_kernel k, size_t wg, uint64_t 
     return e;
 }
 
-/* Enqueues the apply pass of elements [s0, s1) of a chunk whose parameters are in od->prm,
+/* Enqueues the apply pass of elements [s0, s1) of a chunk whose parameters are in prmbuf,
  * scales in od->scales and fixup words zeroed: the same kernels as enqueue_apply, each over its
- * work items of the range. */
-static cl_int enqueue_apply_range(struct ocl_dev *od, const struct db_plan *pl, const uint32_t *prm, cl_mem maskbuf,
-                                  cl_mem xy, uint64_t s0, uint64_t s1)
+ * work items of the range (on GPU builds too the fast kernel's items here are all below its
+ * groups, and the tail is db_apply_exact's). */
+static cl_int enqueue_apply_range(struct ocl_dev *od, const struct db_plan *pl, const uint32_t *prm, cl_mem prmbuf,
+                                  cl_mem maskbuf, cl_mem xy, uint64_t s0, uint64_t s1)
 {
     cl_int e = CL_SUCCESS;
     const uint64_t groups = prm[DBP_GROUPS], epw = prm[DBP_EPW], fast = groups * epw;
     const int fix = !od->hwexact && pl->p.dtype != DROPBLOCK_F16;
     if (groups && s0 < fast) {
         cl_kernel k = od->k_apply[pl->p.dtype][pl->p.normalize == DROPBLOCK_NORMALIZE_SAMPLE][fix];
-        cl_mem a[6] = {od->prm.m, maskbuf, od->scales.m, xy, xy, fix ? od->fixup.m : od->scales.m};
+        cl_mem a[6] = {prmbuf, maskbuf, od->scales.m, xy, xy, fix ? od->fixup.m : od->scales.m};
         e = ocl_set_args(k, 6, a);
         if (e == CL_SUCCESS) e = launch_range(od, k, od->wg_apply, s0 / epw, (s1 < fast ? s1 : fast) / epw);
     }
     if (e == CL_SUCCESS && s1 > fast) {
-        cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, xy, xy};
+        cl_mem a[5] = {prmbuf, maskbuf, od->scales.m, xy, xy};
         e = ocl_set_args(od->k[K_EXACT], 5, a);
         if (e == CL_SUCCESS)
             e = launch_range(od, od->k[K_EXACT], od->wg_small, (s0 > fast ? s0 : fast) - fast, s1 - fast);
     }
     if (e == CL_SUCCESS && groups && fix && s0 < fast) {
-        cl_mem a[5] = {od->prm.m, maskbuf, od->scales.m, xy, od->fixup.m};
+        cl_mem a[5] = {prmbuf, maskbuf, od->scales.m, xy, od->fixup.m};
         e = ocl_set_args(od->k[K_FIXUP], 5, a);
         if (e == CL_SUCCESS)
             e = launch_range(od, od->k[K_FIXUP], od->wg_small, s0 / 32, ((s1 < fast ? s1 : fast) + 31) / 32);
@@ -256,8 +257,8 @@ static cl_int stage_consume(struct staged *st, uint64_t k)
 }
 
 /* Apply of slice k after its upload (queue), then its download into a free slot (q_down). A
- * chunk's first slice first loads the chunk's parameters (and host scales) and zeroes fixup: the
- * parameters of a one-chunk job are still in od->prm from its mask pass, the same words. */
+ * chunk's first slice first loads the host scales and zeroes fixup; the chunk's parameters are in
+ * od->prms[q] from its mask pass, the same words. */
 static cl_int stage_apply(struct staged *st, uint64_t k)
 {
     struct ocl_dev *od = st->od;
@@ -268,12 +269,8 @@ static cl_int stage_apply(struct staged *st, uint64_t k)
     const uint32_t *prm = st->prms + q * DBP_COUNT;
     cl_int e = CL_SUCCESS;
     if (s0 == 0) {
-        if (st->j->ck.nchunks > 1 && (e = clEnqueueWriteBuffer(od->queue, od->prm.m, CL_FALSE, 0, DBP_COUNT * 4, prm, 0,
-                                                               NULL, NULL)) == CL_SUCCESS)
-            ocl_count_transfer(od);
-        if (e == CL_SUCCESS && !st->j->ck.fused &&
-            (e = clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4, st->scales + ch.n0, 0,
-                                      NULL, NULL)) == CL_SUCCESS)
+        if (!st->j->ck.fused && (e = clEnqueueWriteBuffer(od->queue, od->scales.m, CL_FALSE, 0, (size_t)ch.nsamp * 4,
+                                                          st->scales + ch.n0, 0, NULL, NULL)) == CL_SUCCESS)
             ocl_count_transfer(od);
         uint64_t fwords = ((uint64_t)prm[DBP_GROUPS] * prm[DBP_EPW] + 31) / 32;
         cl_uint zero = 0;
@@ -283,7 +280,7 @@ static cl_int stage_apply(struct staged *st, uint64_t k)
             ocl_count_fill(od);
     }
     if (e == CL_SUCCESS) e = clEnqueueBarrierWithWaitList(od->queue, 1, &st->up[k], NULL);
-    if (e == CL_SUCCESS) e = enqueue_apply_range(od, pl, prm, od->masks[q].m, od->data.m, s0, s1);
+    if (e == CL_SUCCESS) e = enqueue_apply_range(od, pl, prm, od->prms[q].m, od->masks[q].m, od->data.m, s0, s1);
     if (e == CL_SUCCESS) e = clEnqueueMarkerWithWaitList(od->queue, 0, NULL, &st->ap[k]);
     if (e == CL_SUCCESS) {
         ocl_count_submit(od, 0);

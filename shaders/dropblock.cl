@@ -10,8 +10,10 @@
  * or the device's where a probe found them exact) are separate kernels, not run-time branches,
  * so that CPU compilers vectorize the work-item loop of each.
  *
- * Kernels whose global size is rounded up to the work-group size bounds-check their id; the
- * fast apply kernels are launched on exact sizes and do not. */
+ * Kernels whose global size is rounded up to the work-group size bounds-check their id. The
+ * fast apply kernels are launched on exact sizes and do not, except with -DDB_APPLY_ALL (GPUs):
+ * there one launch over the groups and the tail, rounded up to whole work-groups, does the
+ * whole apply (the work items past the groups take the tail's elements, exactly). */
 #ifndef DB_LANG_CL
 #define DB_LANG_CL
 #endif
@@ -169,12 +171,49 @@ inline void db_apply_fast(__constant uint *prm, __global const uint *mask, __glo
     }
 }
 
+/* Pass 3, exact: element k of the chunk (nothing past its end), db_apply_elem's bits. 16-bit
+ * dtypes are addressed as ushort so that neighbouring elements are never rewritten. */
+inline void db_apply_at(__constant uint *prm, __global const uint *mask, __global const uint *scales,
+                        __global const uint *x, __global uint *y, ulong k)
+{
+    if (k >= DB_PRM64(DBP_NELEM)) return;
+    if (prm[DBP_DTYPE] == DB_DTYPE_F32) {
+        y[k] = db_apply_elem(prm, mask, scales, k, x[k]);
+    } else {
+        __global const ushort *xh = (__global const ushort *)x;
+        __global ushort *yh = (__global ushort *)y;
+        yh[k] = (ushort)db_apply_elem(prm, mask, scales, k, (uint)xh[k]);
+    }
+}
+
+#ifdef DB_APPLY_ALL
+/* GPUs: the whole chunk's apply in one launch of at least groups + 1 work items where there is
+ * a tail (nelem > groups * EPW; the host launches one item more, or with no groups one a tail
+ * element), rounded up to the work-group size: work item g < groups as below (the uniform bounds
+ * check), the items past the groups the tail's elements from groups * EPW + (g - groups) on,
+ * striding by their number, through db_apply_at (exact: db_apply_elem's bits). The tail is
+ * under EPW elements where there are groups, and starts on a 32-bit word (EPW is even), so it
+ * never shares a word with the fast part. (A loop rather than an early return for the tail:
+ * PoCL's work-item loops keep the fast part's speed so.) */
+#define DB_APPLY_KERNEL(name, dtype, per_sample, fix, hw) \
+    __kernel void name(__constant uint *prm, __global const uint *mask, __global const uint *scales, \
+                       __global const uint *x, __global uint *y, __global uint *fixup) \
+    { \
+        ulong g = (ulong)get_global_id(0), groups = (ulong)prm[DBP_GROUPS]; \
+        if (g < groups) db_apply_fast(prm, mask, scales, x, y, fixup, (uint)g, dtype, per_sample, fix, hw); \
+        else \
+            for (ulong k = groups * prm[DBP_EPW] + (g - groups), n = DB_PRM64(DBP_NELEM); k < n; \
+                 k += (ulong)get_global_size(0) - groups) \
+                db_apply_at(prm, mask, scales, x, y, k); \
+    }
+#else
 #define DB_APPLY_KERNEL(name, dtype, per_sample, fix, hw) \
     __kernel void name(__constant uint *prm, __global const uint *mask, __global const uint *scales, \
                        __global const uint *x, __global uint *y, __global uint *fixup) \
     { \
         db_apply_fast(prm, mask, scales, x, y, fixup, (uint)get_global_id(0), dtype, per_sample, fix, hw); \
     }
+#endif
 DB_APPLY_KERNEL(db_apply_f32, DB_DTYPE_F32, 0u, 0u, 0u)
 DB_APPLY_KERNEL(db_apply_f16, DB_DTYPE_F16, 0u, 0u, 0u)
 DB_APPLY_KERNEL(db_apply_bf16, DB_DTYPE_BF16, 0u, 0u, 0u)
@@ -189,20 +228,11 @@ DB_APPLY_KERNEL(db_apply_f16h, DB_DTYPE_F16, 0u, 0u, 1u)
 DB_APPLY_KERNEL(db_apply_f16h_s, DB_DTYPE_F16, 1u, 0u, 1u)
 
 /* Pass 3, exact: elements GROUPS * EPW + id of the chunk (the tail of the fast kernels, or the
- * whole chunk when they do not apply). 16-bit dtypes are addressed as ushort so that
- * neighbouring elements are never rewritten. */
+ * whole chunk when they do not apply), db_apply_at. */
 __kernel void db_apply_exact(__constant uint *prm, __global const uint *mask, __global const uint *scales,
                              __global const uint *x, __global uint *y)
 {
-    ulong k = (ulong)prm[DBP_GROUPS] * prm[DBP_EPW] + get_global_id(0);
-    if (k >= DB_PRM64(DBP_NELEM)) return;
-    if (prm[DBP_DTYPE] == DB_DTYPE_F32) {
-        y[k] = db_apply_elem(prm, mask, scales, k, x[k]);
-    } else {
-        __global const ushort *xh = (__global const ushort *)x;
-        __global ushort *yh = (__global ushort *)y;
-        yh[k] = (ushort)db_apply_elem(prm, mask, scales, k, (uint)xh[k]);
-    }
+    db_apply_at(prm, mask, scales, x, y, (ulong)prm[DBP_GROUPS] * prm[DBP_EPW] + get_global_id(0));
 }
 
 /* Pass 3, fixup: the elements of fixup word f that the fast kernel left as x in y, exactly. */

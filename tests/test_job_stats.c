@@ -5,11 +5,20 @@
  * OpenCL, in the CPU shape and in the GPU shape (DROPBLOCK_OPENCL_SHAPE=gpu, a second engine):
  * issue 16's target, no transfer and no fill between the job's first launch and its last, one
  * flush (after the mask pass) and one wait (at the end), and exactly the launches the plan takes:
- *     1 mask + 1 scale + the fast apply (1 for whole work-groups, 1 more for a rest of groups of
- *     one: groups % wg_apply != 0) + 1 exact tail (numel % EPW != 0) + 1 fixup (subnormals=fixup,
- *     f32 and bf16, when the fast apply runs)
- * i.e. 3 where groups are whole work-groups, the tail is empty and the device's multiply is
- * exact; EPW, wg_apply and subnormals are read from the device's describe words.
+ *   CPU shape (mask=cpu-batches): 1 mask + 1 scale + the fast apply (1 for whole work-groups,
+ *     1 more for a rest of groups of one: groups % wg_apply != 0) + 1 exact tail
+ *     (numel % EPW != 0) + 1 fixup (subnormals=fixup, f32 and bf16, when the fast apply runs)
+ *   GPU shape (mask=gpu-blocks): 1 scatter + 1 count (which makes the scales) + 1 apply (the
+ *     fast kernel bounds-checked, its tail included) + the same 1 fixup
+ * i.e. 3 on the GPU shape whatever the tail where the device's multiply is exact, and on the CPU
+ * shape where groups are whole work-groups and the tail is empty; EPW, wg_apply, the mask
+ * shape and subnormals are read from the device's describe words.
+ * Then the same cases in several chunks (DROPBLOCK_OPENCL_MAX_BUFFER=4096, an engine per shape):
+ * each chunk's parameters written once (for its mask pass; its apply reads them there), so that a
+ * job's transfers are exactly 6 a chunk: the parameters, the counts read back, the host's scales
+ * written, x in and y out (copies, or a map and an unmap where used in place) and the mask words
+ * read (the chunk count from db_job_chunks, as the backend plans it; the apply rewriting the
+ * parameters made 7).
  * Vulkan: the counts are printed; what holds today is asserted (launches as the plan's
  * dispatches, one submission and one wait where the mask pass needs no separate submission).
  *   test_job_stats [--require opencl,vulkan] */
@@ -19,7 +28,11 @@
 
 #include "check.h"
 #include "engine.h"
+#include "kernel_params.h"
+#include "plan.h"
 #include "test_cases.h"
+
+#define CHUNKED_MAX_BUFFER 4096 /* DROPBLOCK_OPENCL_MAX_BUFFER of the chunked engines */
 
 static int passed, failed;
 
@@ -83,6 +96,7 @@ struct cl_shape {
     unsigned vw, vpw;
     size_t wg_apply;
     int fixup;
+    int gpu; /* mask=gpu-blocks: the GPU shape */
 };
 
 static int cl_shape_of(const char *paths, struct cl_shape *s)
@@ -93,6 +107,7 @@ static int cl_shape_of(const char *paths, struct cl_shape *s)
         sscanf(w, "work-groups=%zu/%zu/%zu", &wm, &ws, &s->wg_apply) != 3 || !s->wg_apply)
         return 0;
     s->fixup = !strncmp(f, "subnormals=fixup", 16);
+    s->gpu = strstr(paths, "mask=gpu-blocks") != NULL;
     return 1;
 }
 
@@ -101,6 +116,8 @@ static uint32_t cl_expected_launches(const struct cl_shape *s, const dropblock_p
     uint64_t numel = dropblock_numel(p), epw = (uint64_t)(p->dtype == DROPBLOCK_F32 ? s->vw : 2 * s->vw) * s->vpw;
     uint64_t groups = numel / epw;
     uint32_t n = 2; /* mask and scale, or on GPUs scatter and count (which makes the scales) */
+    if (s->gpu)     /* the apply in one launch, its tail included; the fixup apart */
+        return n + 1 + (s->fixup && groups && p->dtype != DROPBLOCK_F16);
     n += groups / s->wg_apply != 0;
     n += groups % s->wg_apply != 0;
     n += groups * epw < numel;
@@ -114,8 +131,19 @@ static void print_stats(const char *id, const char *name, const struct db_job_st
            st->launches, st->transfers, st->transfers_between, st->fills, st->fills_between, st->submits, st->waits);
 }
 
-/* every case on every OpenCL and Vulkan device of e; counts which APIs had a device */
-static void run_engine(struct db_engine *e, const char *label, int *seen_cl, int *seen_vk)
+/* the chunks of p's job on a device of max_buffer bytes, as the backend plans them; 0 on error */
+static uint64_t chunks_of(const dropblock_params *p, uint64_t max_buffer)
+{
+    struct db_plan pl;
+    struct db_chunking ck;
+    char msg[256];
+    if (db_plan_init(&pl, p, msg, sizeof msg) || db_job_chunks(&pl, max_buffer, 0, &ck, msg, sizeof msg)) return 0;
+    return ck.nchunks;
+}
+
+/* every case on every OpenCL and Vulkan device of e (chunked: only OpenCL's, each job in several
+ * chunks); counts which APIs had a device */
+static void run_engine(struct db_engine *e, const char *label, int chunked, int *seen_cl, int *seen_vk)
 {
     static struct test_case tc[16];
     int ncases = make_cases(tc);
@@ -123,6 +151,7 @@ static void run_engine(struct db_engine *e, const char *label, int *seen_cl, int
         const dropblock_device_info *info = db_engine_device(e, d);
         int cl = !strcmp(info->api, "opencl"), vk = !strcmp(info->api, "vulkan");
         if (!cl && !vk) continue;
+        if (chunked && !cl) continue;
         char paths[512];
         db_engine_device_paths(e, d, paths, sizeof paths);
         printf("device %s (%s): %s\n", info->id, label, paths);
@@ -134,6 +163,7 @@ static void run_engine(struct db_engine *e, const char *label, int *seen_cl, int
             *seen_vk = 1;
         }
         struct ctx c = {.e = e, .dev = (int)d};
+        int multi = 0; /* chunked: the cases that took several chunks */
         for (int i = 0; i < ncases; i++) {
             char why[512];
             int same = test_case_compare(&tc[i], run_on_device, &c, why, sizeof why);
@@ -142,6 +172,18 @@ static void run_engine(struct db_engine *e, const char *label, int *seen_cl, int
             const struct db_job_stats *st = &c.st;
             print_stats(info->id, tc[i].name, st);
             CHECK(st->launches >= 3, "%s %s: %u launches", info->id, tc[i].name, st->launches);
+            if (chunked) {
+                uint64_t nch = chunks_of(&tc[i].p, CHUNKED_MAX_BUFFER);
+                printf("  %s %-28s chunks=%llu\n", info->id, tc[i].name, (unsigned long long)nch);
+                if (nch < 2) continue; /* small enough for one chunk still: checked above */
+                multi++;
+                CHECK(st->transfers == 6 * nch, "%s %s: %u transfers for %llu chunks, expected %llu (6 a chunk)",
+                      info->id, tc[i].name, st->transfers, (unsigned long long)nch, (unsigned long long)(6 * nch));
+                if (sh.gpu && !sh.fixup) /* scatter, count and the one-launch apply a chunk */
+                    CHECK(st->launches == 3 * nch, "%s %s: %u launches for %llu chunks, expected %llu", info->id,
+                          tc[i].name, st->launches, (unsigned long long)nch, (unsigned long long)(3 * nch));
+                continue;
+            }
             if (cl && sh.wg_apply) {
                 uint32_t want = cl_expected_launches(&sh, &tc[i].p);
                 CHECK(st->launches == want, "%s %s: %u launches, expected %u", info->id, tc[i].name, st->launches,
@@ -157,14 +199,15 @@ static void run_engine(struct db_engine *e, const char *label, int *seen_cl, int
                 CHECK(st->submits >= 1 && st->submits == st->waits && st->fills >= 1, "%s %s: %u submits, %u waits",
                       info->id, tc[i].name, st->submits, st->waits);
         }
+        CHECK(!chunked || multi > 0, "%s (%s): no case took several chunks", info->id, label);
     }
 }
 
-static struct db_engine *open_engine(void)
+static struct db_engine *open_engine(const char *apis)
 {
     struct db_engine *e;
     char msg[512];
-    if (db_engine_open(&e, "opencl,vulkan", NULL, "", log_line, NULL, msg, sizeof msg)) {
+    if (db_engine_open(&e, apis, NULL, "", log_line, NULL, msg, sizeof msg)) {
         fprintf(stderr, "no engine: %s\n", msg);
         return NULL;
     }
@@ -183,13 +226,22 @@ int main(int argc, char **argv)
     }
     int seen_cl = 0, seen_vk = 0;
     /* the devices as the environment has them (the CPU shape on PoCL), then the GPU shape */
-    struct db_engine *e = open_engine();
+    struct db_engine *e = open_engine("opencl,vulkan");
     if (!e) return 1;
-    run_engine(e, "default shape", &seen_cl, &seen_vk);
+    run_engine(e, "default shape", 0, &seen_cl, &seen_vk);
+    db_engine_close(e);
+    /* several chunks a job (the cap is read at enumerate: set before the engine opens) */
+    setenv("DROPBLOCK_OPENCL_MAX_BUFFER", "4096", 1);
+    if (!(e = open_engine("opencl"))) return 1;
+    run_engine(e, "DROPBLOCK_OPENCL_MAX_BUFFER=4096", 1, &seen_cl, &seen_vk);
     db_engine_close(e);
     setenv("DROPBLOCK_OPENCL_SHAPE", "gpu", 1);
-    if (!(e = open_engine())) return 1;
-    run_engine(e, "DROPBLOCK_OPENCL_SHAPE=gpu", &seen_cl, &seen_vk);
+    if (!(e = open_engine("opencl"))) return 1;
+    run_engine(e, "DROPBLOCK_OPENCL_MAX_BUFFER=4096 DROPBLOCK_OPENCL_SHAPE=gpu", 1, &seen_cl, &seen_vk);
+    db_engine_close(e);
+    unsetenv("DROPBLOCK_OPENCL_MAX_BUFFER");
+    if (!(e = open_engine("opencl,vulkan"))) return 1;
+    run_engine(e, "DROPBLOCK_OPENCL_SHAPE=gpu", 0, &seen_cl, &seen_vk);
     db_engine_close(e);
     if (require) {
         CHECK(!strstr(require, "opencl") || seen_cl, "required API opencl has no device");

@@ -221,6 +221,7 @@ static void step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
 
 static void fill(struct vk_dev *d, VkBuffer b, uint64_t bytes, uint32_t value)
 {
+    vk_record(d, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT, 0);
     vkCmdFillBuffer(d->cmd, b, 0, bytes, value);
     if (!jc.js) return;
     jc.js->fills++;
@@ -284,8 +285,10 @@ static void record_apply(struct vk_dev *d, const struct db_plan *pl, const uint3
     uint64_t fwords = (fast + 31) / 32;
     if (fix) fill(d, d->bufs[B_FIXUP].buf, (fwords * 4 + 63) & ~UINT64_C(63), 0);
     if (groups) step(d, d->pipes[PASS_APPLY], groups, 0);
+    /* the tail beside the fast pass (their elements and words are apart): after its barrier */
     if (fast < nelem)
-        step(d, d->pipes[PASS_EXACT], pl->p.dtype == DROPBLOCK_F32 ? nelem - fast : (nelem - fast + 1) / 2, 0);
+        step(d, d->pipes[PASS_EXACT], pl->p.dtype == DROPBLOCK_F32 ? nelem - fast : (nelem - fast + 1) / 2,
+             groups != 0);
     if (fix) step(d, d->pipes[PASS_FIXUP], fwords, 0);
 }
 

@@ -83,6 +83,13 @@ struct vk_dev {
     VkCommandPool cpool;
     VkCommandBuffer cmd;
     VkFence fence;
+    /* the recording's barriers (vulkan_memory.c, vk_sync and vk_record) */
+    VkPipelineStageFlags bar_src; /* stages since the last barrier, with its destination stages */
+    VkAccessFlags bar_wr;         /* writes since the last barrier */
+    VkPipelineStageFlags bar_dst; /* requested: the stages that wait, and their accesses */
+    VkAccessFlags bar_dst_access;
+    VkAccessFlags sub_wr; /* writes of the submission (the host's barrier at its end) */
+    int bar_passes;       /* a command other than a copy for the host since the last barrier */
     PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;
     /* tuning (prepare) */
     uint32_t local;       /* work-group size of every pipeline */
@@ -128,8 +135,10 @@ int vk_buf_import(const struct vk_dev *d, struct vk_buf *b, const void *p, uint6
 void vk_bind_all(struct vk_dev *d, VkBuffer xb, VkBuffer yb);
 void vk_buf_free(const struct vk_dev *d, struct vk_buf *b);
 uint32_t vk_groups_for(const struct vk_dev *d, uint64_t n);
-void vk_barrier(VkCommandBuffer cmd, VkPipelineStageFlags src_stage, VkPipelineStageFlags dst_stage,
-                VkAccessFlags dst_access);
+void vk_sync(struct vk_dev *d, VkPipelineStageFlags dst_stage, VkAccessFlags dst_access);
+void vk_record(struct vk_dev *d, VkPipelineStageFlags stage, VkAccessFlags writes, int for_host);
+void vk_sync_begin(struct vk_dev *d);
+void vk_sync_host(struct vk_dev *d);
 void vk_copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes);
 void vk_to_device(struct vk_dev *d, int i, uint64_t bytes);
 void vk_to_host(struct vk_dev *d, int i, uint64_t bytes);

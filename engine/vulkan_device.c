@@ -319,12 +319,13 @@ int vk_begin(struct vk_dev *d, char *msg, size_t len)
                                     .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
     if ((r = vkBeginCommandBuffer(d->cmd, &cbi))) return vk_fail(msg, len, r, "vkBeginCommandBuffer");
     vkCmdBindDescriptorSets(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->layout, 0, 1, &d->set, 0, NULL);
-    /* staged: the parameter words the host has written, onto the device before any pass (a
-     * benchmark step may come first with no barrier of its own) */
+    /* staged: the parameter words the host has written, onto the device before any pass (the
+     * barrier is recorded before the first dispatch, even a benchmark step's with none of its
+     * own, merged with the fills' before it) */
+    vk_sync_begin(d);
     if (d->bufs[B_PRM].twin) {
         vk_to_device(d, B_PRM, d->bufs[B_PRM].size);
-        vk_barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                   VK_ACCESS_SHADER_READ_BIT);
+        vk_sync(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
     }
     /* apply.comp's hwexact (the benchmark's steps push their own words) */
     const uint32_t push[4] = {(uint32_t)d->hwexact, 0, 0, 0};
@@ -332,12 +333,13 @@ int vk_begin(struct vk_dev *d, char *msg, size_t len)
     return DROPBLOCK_OK;
 }
 
-/* Records pipe over n invocations after a barrier on the previous work (first: none). */
+/* Records pipe over n invocations after a barrier on the previous work (first: none; the
+ * parameter words' copy onto a staged device still comes before it). */
 void vk_step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
 {
     if (!first)
-        vk_barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-                   VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+        vk_sync(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
+    vk_record(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT, 0);
     for (int i = 0; i < PASS_N; i++)
         if (pipe == d->pipes[i] && !(d->dispatched & 1u << i)) {
             d->dispatched |= 1u << i;
@@ -351,8 +353,7 @@ void vk_step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
 int vk_submit(struct vk_dev *d, char *msg, size_t len)
 {
     VkResult r;
-    vk_barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-               VK_PIPELINE_STAGE_HOST_BIT, VK_ACCESS_HOST_READ_BIT);
+    vk_sync_host(d);
     if ((r = vkEndCommandBuffer(d->cmd))) return vk_fail(msg, len, r, "vkEndCommandBuffer");
     /* reset first: a failed wait of an earlier job may have left the fence in any state */
     if ((r = vkResetFences(d->dev, 1, &d->fence))) return vk_fail(msg, len, r, "vkResetFences");
@@ -393,8 +394,8 @@ static int vk_probe_exact(struct vk_dev *d)
         vk_to_device(d, B_X, sizeof x);
         vk_to_device(d, B_SCALES, sizeof s);
         const uint32_t push[4] = {0, NP, 0, 0};
-        vk_barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                   VK_ACCESS_SHADER_READ_BIT);
+        vk_sync(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+        vk_record(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT, 0);
         vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
         vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
         vkCmdDispatch(d->cmd, vk_groups_for(d, NP), 1, 1);
@@ -463,8 +464,8 @@ static int vk_probe_half(struct vk_dev *d)
     if (ok) {
         if (x.twin) vk_copy(d, x.twin, x.buf, xbytes, 0);
         const uint32_t push[4] = {0, NF / 2, NH, 0};
-        vk_barrier(d->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                   VK_ACCESS_SHADER_READ_BIT);
+        vk_sync(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
+        vk_record(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT, 0);
         vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
         vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
         vkCmdDispatch(d->cmd, vk_groups_for(d, NF / 2), 1, 1);

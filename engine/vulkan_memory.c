@@ -1,7 +1,8 @@
 /* vulkan_memory.c: the Vulkan backend's memory (see backend_vulkan.c for the design): memory
  * types, the device's buffers kept between jobs (DEVICE_LOCAL with host-visible twins on staged
  * devices, else mapped), the caller's tensors imported through VK_EXT_external_memory_host, the
- * descriptor bindings, and the staged copies between a buffer and its twin. */
+ * descriptor bindings, the recording's barriers, and the staged copies between a buffer and its
+ * twin. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,23 +200,72 @@ uint32_t vk_groups_for(const struct vk_dev *d, uint64_t n)
     return g ? (uint32_t)g : 1u;
 }
 
-void vk_barrier(VkCommandBuffer cmd, VkPipelineStageFlags src_stage, VkPipelineStageFlags dst_stage,
-                VkAccessFlags dst_access)
+/* Barriers: a command that must wait for the work recorded before it asks for one (vk_sync:
+ * the stages that wait and their accesses) and every command says what it is (vk_record: its
+ * stage and its writes). The barrier is recorded only before the next command of a stage that
+ * waits, so requests with nothing between them make one barrier, and commands that wait for
+ * nothing (fills, copies onto the device) may be recorded before it; its source scope is the
+ * stages of the commands since the last barrier with that barrier's destination stages (the
+ * chain to the work before it), its source accesses their writes. */
+void vk_sync(struct vk_dev *d, VkPipelineStageFlags dst_stage, VkAccessFlags dst_access)
 {
-    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-                          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
-                          .dstAccessMask = dst_access};
-    vkCmdPipelineBarrier(cmd, src_stage, dst_stage, 0, 1, &mb, 0, NULL, 0, NULL);
+    d->bar_dst |= dst_stage;
+    d->bar_dst_access |= dst_access;
 }
 
-/* Staged devices: records the copy of bytes from src to dst. The steps' barriers (step) order
- * a copy before the passes recorded after it; after_passes puts one after the passes before it. */
+static void barrier(struct vk_dev *d, VkPipelineStageFlags dst_stage, VkAccessFlags src_access,
+                    VkAccessFlags dst_access)
+{
+    VkMemoryBarrier mb = {
+        .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = src_access, .dstAccessMask = dst_access};
+    vkCmdPipelineBarrier(d->cmd, d->bar_src, dst_stage, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+/* Before a command of stage (writes: its access flags that write; for_host: a copy for the
+ * host after the passes, which a later copy for the host need not wait for): the barrier
+ * requested for that stage, if any. */
+void vk_record(struct vk_dev *d, VkPipelineStageFlags stage, VkAccessFlags writes, int for_host)
+{
+    if (d->bar_dst & stage) {
+        if (d->bar_src) { /* else nothing of this submission to wait for */
+            barrier(d, d->bar_dst, d->bar_wr, d->bar_dst_access);
+            d->bar_src = d->bar_dst;
+        }
+        d->bar_wr = d->bar_dst = d->bar_dst_access = 0;
+        d->bar_passes = 0;
+    }
+    d->bar_src |= stage;
+    d->bar_wr |= writes;
+    d->sub_wr |= writes;
+    d->bar_passes |= !for_host;
+}
+
+/* A new recording: no work yet to wait for. */
+void vk_sync_begin(struct vk_dev *d)
+{
+    d->bar_src = d->bar_dst = 0;
+    d->bar_wr = d->bar_dst_access = d->sub_wr = 0;
+    d->bar_passes = 0;
+}
+
+/* The end of the recording: every write of the submission made visible to the host (after the
+ * fence). */
+void vk_sync_host(struct vk_dev *d)
+{
+    if (!d->bar_src) return;
+    d->bar_src |= VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+    barrier(d, VK_PIPELINE_STAGE_HOST_BIT, d->sub_wr, VK_ACCESS_HOST_READ_BIT);
+    vk_sync_begin(d);
+}
+
+/* Staged devices: records the copy of bytes from src to dst. Copies onto the device wait for
+ * nothing (the passes that read their buffers wait for them: vk_step); after_passes: a copy for
+ * the host, after the passes before it (one barrier before a group of them). */
 void vk_copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes)
 {
     if (!bytes) return;
-    if (after_passes)
-        vk_barrier(d->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-                   VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT);
+    if (after_passes && d->bar_passes) vk_sync(d, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_READ_BIT);
+    vk_record(d, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT, after_passes);
     VkBufferCopy c = {.srcOffset = 0, .dstOffset = 0, .size = bytes};
     vkCmdCopyBuffer(d->cmd, src, dst, 1, &c);
 }

@@ -349,10 +349,11 @@ struct db_tuning vk_job_tuning(const struct vk_dev *d, const struct db_plan *pl,
 
 /* Whether every invocation of the mask pass just run (parameters prm) that took tiles ran to
  * its end (mask.comp's completion count); the scatter flow always (its invocations' work is
- * bounded: about DBP_SKR rows' blocks and the drops of the fired ones). */
+ * bounded: about DBP_SKR rows' blocks and the drops of the fired ones), and the tiles on devices
+ * that do not cut loops (GPUs: mask.comp made without the count, d->mask_done 0). */
 int vk_mask_done(const struct vk_dev *d, const uint32_t *prm)
 {
-    if (prm[DBP_SCATTER]) return 1;
+    if (prm[DBP_SCATTER] || !d->mask_done) return 1;
     const uint64_t items = db_mask_items(prm), ran = (uint64_t)vk_groups_for(d, items) * d->local;
     const uint32_t *k = d->bufs[B_KEPT].map;
     return k[2 * (uint64_t)prm[DBP_NSAMP] + 2] == (ran < items ? ran : items);

@@ -93,6 +93,7 @@ struct vk_dev {
     PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;
     /* tuning (prepare) */
     uint32_t local;       /* work-group size of every pipeline */
+    uint32_t mask_done;   /* mask.comp's completion count (CPU devices, which cut loops); 0: none (GPUs) */
     uint32_t tile_rows;   /* mask rows a tile */
     uint32_t cand_budget; /* candidates a tile, about */
     uint32_t item_cands;  /* candidates an invocation of the mask pass, about */

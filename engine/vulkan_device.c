@@ -235,7 +235,8 @@ int vk_enumerate(const struct db_backend_config *cfg, struct db_device *out, siz
 
 /* ---- pipelines and tuning ---------------------------------------------------------- */
 
-/* A compute pipeline of spv with the work-group size d->local (specialization constant 0). */
+/* A compute pipeline of spv with the work-group size d->local (specialization constant 0) and
+ * mask.comp's completion count where d->mask_done (constant 1; the other shaders have none). */
 VkResult vk_make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *out)
 {
     VkShaderModuleCreateInfo smi = {
@@ -243,8 +244,10 @@ VkResult vk_make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *o
     VkShaderModule sm;
     VkResult r = vkCreateShaderModule(d->dev, &smi, NULL, &sm);
     if (r) return r;
-    VkSpecializationMapEntry me = {.constantID = 0, .offset = 0, .size = sizeof(uint32_t)};
-    VkSpecializationInfo si = {.mapEntryCount = 1, .pMapEntries = &me, .dataSize = sizeof d->local, .pData = &d->local};
+    const uint32_t spec[2] = {d->local, d->mask_done};
+    const VkSpecializationMapEntry me[2] = {{.constantID = 0, .offset = 0, .size = sizeof(uint32_t)},
+                                            {.constantID = 1, .offset = 4, .size = sizeof(uint32_t)}};
+    VkSpecializationInfo si = {.mapEntryCount = 2, .pMapEntries = me, .dataSize = sizeof spec, .pData = spec};
     VkComputePipelineCreateInfo cpi = {
         .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
@@ -275,6 +278,8 @@ static void vk_choose_tuning(struct vk_dev *d)
     if (local > d->props.limits.maxComputeWorkGroupSize[0]) local = d->props.limits.maxComputeWorkGroupSize[0];
     if (local > d->props.limits.maxComputeWorkGroupInvocations) local = d->props.limits.maxComputeWorkGroupInvocations;
     d->local = local ? local : 1;
+    /* mask.comp's completion count where loops may be cut: lavapipe, whatever its tuning */
+    d->mask_done = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
     /* DROPBLOCK_VULKAN_SHAPE=gpu: a CPU device gets the GPU tuning (tests: the scatter pass on
      * lavapipe; vk_job_tuning still keeps its mask tiles within lavapipe's loop limit) */
     int cpu = d->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU && !d->knobs->vulkan_shape_gpu;

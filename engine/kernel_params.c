@@ -3,6 +3,7 @@
 
 #include <string.h>
 
+#include "fp.h"
 #include "msg.h"
 
 #define DB_CHUNK_CAP (UINT64_C(1) << 30)
@@ -252,5 +253,31 @@ void db_probe_subnormals(uint32_t *x, uint32_t *s, int n)
         uint32_t m = (UINT32_C(0x7FFFFF) >> (i % 23)) ^ (uint32_t)((uint32_t)i * 2654435761u >> 9);
         x[i] = ((uint32_t)(i & 64) << 25) | (m & 0x7FFFFFu ? m & 0x7FFFFFu : 1u);
         s[i] = sc[i % 8];
+    }
+}
+
+/* The f16 probe's cases, both GPU backends' (ocl_probe_half, vk_probe_half): f[i] and keep[i]
+ * for i < nf (2^18 there): every finite f16 value's float32, the midpoints to the next one (the rounding ties, up
+ * to the overflow bound 0x477FF000) and their neighbours, with both signs, and infinities, the
+ * quiet NaN, huge values and tiny ones, kept and dropped. */
+void db_probe_half_cases(uint32_t *f, uint32_t *keep, uint32_t nf)
+{
+    for (uint32_t i = 0; i < nf; i++) {
+        uint32_t sign = (i & 1) << 31, k = (i >> 3) & 0x7FFF, c = (i >> 1) & 3, v;
+        keep[i] = 1;
+        if (k == 0) { /* 0, and below, at and above 2^-25, halfway to the least subnormal */
+            v = c == 0 ? 0 : 0x33000000u - 2 + c;
+        } else if (k < 0x7C00) { /* k, and below, at and above halfway to k + 1 (65536 past the largest) */
+            uint32_t lo = db_ref_f16_to_f32((uint16_t)k);
+            uint32_t hi = k == 0x7BFF ? 0x47800000u : db_ref_f16_to_f32((uint16_t)(k + 1));
+            v = c == 0 ? lo : (lo + hi) / 2 - 2 + c;
+        } else { /* half of them dropped */
+            uint32_t j = k - 0x7C00;
+            v = c == 0   ? (j & 1 ? 0x7FC00000u : 0x7F800000u)
+                : c == 1 ? 0x477FF000u + j * 0x3FFFFu
+                         : 0x33800000u + j * 0x13579u;
+            keep[i] = (j >> 1) & 1;
+        }
+        f[i] = sign | v;
     }
 }

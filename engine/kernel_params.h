@@ -129,4 +129,10 @@ int db_baseline_params(const struct db_plan *pl, uint32_t blp[BLP_COUNT], uint64
  * device's fast-apply product of each must equal core/fp.h's db_mul32(x, s). */
 void db_probe_subnormals(uint32_t *x, uint32_t *s, int n);
 
+/* The f16 probe's cases both GPU backends run (their probe_half): float32 values f[i] with keep
+ * bits keep[i], i < nf: every finite f16 value's float32, the rounding ties and their
+ * neighbours with both signs, infinities, the quiet NaN, huge and tiny values, kept and dropped;
+ * the device's apply (scale 1) and narrowing must give core/fp.h's db_ref_f32_to_f16. */
+void db_probe_half_cases(uint32_t *f, uint32_t *keep, uint32_t nf);
+
 #endif

@@ -545,24 +545,7 @@ int ocl_probe_half(struct ocl_dev *od)
     cl_mem b[5] = {NULL, NULL, NULL, NULL, NULL};
     int ok = h && f && keep && fw && hn;
     for (uint32_t i = 0; ok && i < NH; i++) h[i] = (2 * i) % 65536 | ((2 * i + 1) % 65536) << 16;
-    for (uint32_t i = 0; ok && i < NF; i++) {
-        uint32_t sign = (i & 1) << 31, k = (i >> 3) & 0x7FFF, c = (i >> 1) & 3, v;
-        keep[i] = 1;
-        if (k == 0) { /* 0, and below, at and above 2^-25, halfway to the least subnormal */
-            v = c == 0 ? 0 : 0x33000000u - 2 + c;
-        } else if (k < 0x7C00) { /* k, and below, at and above halfway to k + 1 (65536 past the largest) */
-            uint32_t lo = db_ref_f16_to_f32((uint16_t)k);
-            uint32_t hi = k == 0x7BFF ? 0x47800000u : db_ref_f16_to_f32((uint16_t)(k + 1));
-            v = c == 0 ? lo : (lo + hi) / 2 - 2 + c;
-        } else { /* half of them dropped */
-            uint32_t j = k - 0x7C00;
-            v = c == 0   ? (j & 1 ? 0x7FC00000u : 0x7F800000u)
-                : c == 1 ? 0x477FF000u + j * 0x3FFFFu
-                         : 0x33800000u + j * 0x13579u;
-            keep[i] = (j >> 1) & 1;
-        }
-        f[i] = sign | v;
-    }
+    if (ok) db_probe_half_cases(f, keep, NF);
     cl_int e = CL_SUCCESS;
     void *src[5] = {h, f, keep, NULL, NULL};
     size_t bytes[5] = {NH * 4, NF * 4, NF * 4, NF * 4, NH * 4};

@@ -302,6 +302,34 @@ static cl_int stage_apply(struct staged *st, uint64_t k)
 /* Pass 3 of a staged job, pass 1 (and for a fused job the device's scales) already enqueued on
  * queue: slices of L elements from in to out, and the chunks' masks read into words where wanted.
  * t[0..2]: mask, scale (unfused only) and the start of the apply. */
+/* The device buffers of the staged path: the pinned slots, the chunk's data and its fixup words. */
+static int stage_buffers(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L, char *msg, size_t len)
+{
+    int rc;
+    if ((rc = ocl_check(ensure_staging(od, L * es), "clCreateBuffer(staging)", msg, len))) return rc;
+    if ((rc = ocl_check(ocl_ensure_buf(od, &od->data, ((j->ck.max_elem * es + 3) & ~UINT64_C(3)) + 64),
+                        "clCreateBuffer(data)", msg, len)))
+        return rc;
+    if (od->hwexact || j->pl->p.dtype == DROPBLOCK_F16) return DROPBLOCK_OK;
+    return ocl_check(ocl_ensure_buf(od, &od->fixup, (j->ck.max_elem + 31) / 32 * 4), "clCreateBuffer(fixup)", msg, len);
+}
+
+/* Every chunk's mask words read back into words (max_words a chunk), after its mask pass. */
+static int read_masks(struct ocl_dev *od, const struct job *j, uint32_t *words, char *msg, size_t len)
+{
+    struct db_chunk ch;
+    for (uint64_t q = 0; q < j->ck.nchunks; q++) {
+        ocl_chunk_of(j, q, &ch);
+        int rc =
+            ocl_check(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0, (size_t)((ch.nelem + 31) / 32 * 4),
+                                          words + q * j->ck.max_words, 0, NULL, NULL),
+                      "clEnqueueReadBuffer(mask)", msg, len);
+        if (rc) return rc;
+        ocl_count_transfer(od);
+    }
+    return DROPBLOCK_OK;
+}
+
 int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L, const void *in, void *out,
                   const uint32_t *prms, const uint32_t *partial, uint64_t *kept, uint32_t *scales, uint32_t *words,
                   uint64_t t_start, uint64_t t[3], dropblock_result *res, char *msg, size_t len)
@@ -328,14 +356,7 @@ int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L
     }
     st.ap = st.up + st.ns;
     st.dn = st.ap + st.ns;
-    if ((rc = ocl_check(ensure_staging(od, L * es), "clCreateBuffer(staging)", msg, len))) goto done;
-    if ((rc = ocl_check(ocl_ensure_buf(od, &od->data, ((j->ck.max_elem * es + 3) & ~UINT64_C(3)) + 64),
-                        "clCreateBuffer(data)", msg, len)))
-        goto done;
-    if (!od->hwexact && j->pl->p.dtype != DROPBLOCK_F16 &&
-        (rc = ocl_check(ocl_ensure_buf(od, &od->fixup, (j->ck.max_elem + 31) / 32 * 4), "clCreateBuffer(fixup)", msg,
-                        len)))
-        goto done;
+    if ((rc = stage_buffers(od, j, es, L, msg, len))) goto done;
     if (!j->ck.fused && (rc = ocl_check(clEnqueueMarkerWithWaitList(od->queue, 0, NULL, &mask_ev),
                                         "clEnqueueMarkerWithWaitList(mask)", msg, len)))
         goto done;
@@ -367,15 +388,7 @@ int ocl_stage_run(struct ocl_dev *od, const struct job *j, size_t es, uint64_t L
             if ((rc = ocl_check(stage_apply(&st, st.napplied), "enqueue(staged apply)", msg, len))) goto done;
         if (k < st.ns && (rc = ocl_check(stage_upload(&st, k), "enqueue(staged upload)", msg, len))) goto done;
     }
-    for (uint64_t q = 0; q < j->ck.nchunks && words; q++) {
-        ocl_chunk_of(j, q, &last);
-        if ((rc = ocl_check(clEnqueueReadBuffer(od->queue, od->masks[q].m, CL_FALSE, 0,
-                                                (size_t)((last.nelem + 31) / 32 * 4), words + q * j->ck.max_words, 0,
-                                                NULL, NULL),
-                            "clEnqueueReadBuffer(mask)", msg, len)))
-            goto done;
-        ocl_count_transfer(od);
-    }
+    if (words && (rc = read_masks(od, j, words, msg, len))) goto done;
     while (st.nconsumed < st.ns)
         if ((rc = ocl_check(stage_consume(&st, st.nconsumed++), "clWaitForEvents(staged download)", msg, len)))
             goto done;

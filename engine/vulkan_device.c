@@ -413,35 +413,9 @@ static int vk_probe_exact(struct vk_dev *d)
     return ok;
 }
 
-/* The f16 probe's cases (as the OpenCL backend's ocl_probe_half): f[i] and keep[i] for i < NF
- * (2^18): every finite f16 value's float32, the midpoints to the next one (the rounding ties, up
- * to the overflow bound 0x477FF000) and their neighbours, with both signs, and infinities, the
- * quiet NaN, huge values and tiny ones, kept and dropped. */
-static void half_cases(uint32_t *f, uint32_t *keep, uint32_t nf)
-{
-    for (uint32_t i = 0; i < nf; i++) {
-        uint32_t sign = (i & 1) << 31, k = (i >> 3) & 0x7FFF, c = (i >> 1) & 3, v;
-        keep[i] = 1;
-        if (k == 0) { /* 0, and below, at and above 2^-25, halfway to the least subnormal */
-            v = c == 0 ? 0 : 0x33000000u - 2 + c;
-        } else if (k < 0x7C00) { /* k, and below, at and above halfway to k + 1 (65536 past the largest) */
-            uint32_t lo = db_ref_f16_to_f32((uint16_t)k);
-            uint32_t hi = k == 0x7BFF ? 0x47800000u : db_ref_f16_to_f32((uint16_t)(k + 1));
-            v = c == 0 ? lo : (lo + hi) / 2 - 2 + c;
-        } else { /* half of them dropped */
-            uint32_t j = k - 0x7C00;
-            v = c == 0   ? (j & 1 ? 0x7FC00000u : 0x7F800000u)
-                : c == 1 ? 0x477FF000u + j * 0x3FFFFu
-                         : 0x33800000u + j * 0x13579u;
-            keep[i] = (j >> 1) & 1;
-        }
-        f[i] = sign | v;
-    }
-}
-
 /* Whether apply.comp's hardware f16 (unpackHalf2x16, two IEEE products, packHalf2x16 and one
  * select for NaN) gives core/fp.h's bits on this device: its probe variant widens all 65536 f16
- * words, and applies (scale 1) and narrows half_cases' values; against db_ref_f16_to_f32 and
+ * words, and applies (scale 1) and narrows db_probe_half_cases' values; against db_ref_f16_to_f32 and
  * db_ref_f32_to_f16 of db_mul32's products. Any failure on the way: not exact (the integer
  * conversions stay). */
 static int vk_probe_half(struct vk_dev *d)
@@ -462,7 +436,7 @@ static int vk_probe_half(struct vk_dev *d)
     if (ok) {
         uint32_t *xw = x.map;
         for (uint32_t i = 0; i < NH; i++) xw[i] = 2 * i | (2 * i + 1) << 16;
-        half_cases(xw + NH, xw + NH + NF, NF);
+        db_probe_half_cases(xw + NH, xw + NH + NF, NF);
         vk_bind_all(d, x.buf, y.buf);
         ok = !vk_begin(d, msg, sizeof msg);
     }

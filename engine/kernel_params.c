@@ -31,6 +31,13 @@ uint64_t db_chunk_units(const struct db_plan *pl, uint64_t max_bytes, char *msg,
     return units < all ? units : all;
 }
 
+/* Whether a chunk that is the whole tensor can have its scales made on the device: compat none
+ * (keras_cv's scale is the host's), and few enough samples for one pass over them. */
+static int scales_on_device(const struct db_plan *pl, const struct db_chunk *ch)
+{
+    return !pl->keras && ch->nsamp <= DB_DEVICE_SCALE_MAX_SAMPLES;
+}
+
 int db_job_chunks(const struct db_plan *pl, uint64_t max_buffer, uint64_t max_units, struct db_chunking *ck, char *msg,
                   size_t len)
 {
@@ -60,7 +67,8 @@ int db_job_chunks(const struct db_plan *pl, uint64_t max_buffer, uint64_t max_un
         if (ch.nsamp > ck->max_samp) ck->max_samp = ch.nsamp;
     }
     ck->max_words = (ck->max_elem + 31) / 32;
-    ck->fused = ck->nchunks == 1 && !pl->keras && ck->max_samp <= DB_DEVICE_SCALE_MAX_SAMPLES;
+    db_job_chunk(pl, ck, 0, &ch);
+    ck->fused = ck->nchunks == 1 && scales_on_device(pl, &ch);
     return DROPBLOCK_OK;
 }
 
@@ -212,7 +220,7 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const
     uint32_t epw = db_fast_apply_ok(pl, tu->epw) ? tu->epw : 0;
     prm[DBP_EPW] = epw;
     prm[DBP_GROUPS] = epw ? (uint32_t)(ch->nelem / epw) : 0;
-    prm[DBP_FUSED] = ch->u0 == 0 && ch->u1 == db_units(pl) && !pl->keras && ch->nsamp <= DB_DEVICE_SCALE_MAX_SAMPLES;
+    prm[DBP_FUSED] = ch->u0 == 0 && ch->u1 == db_units(pl) && scales_on_device(pl, ch);
     scatter_params(pl, ch, tu, prm);
 }
 

@@ -593,6 +593,12 @@ DBFN void db_scatter_item(DB_DROP_BUFS u64 w)
     }
 }
 
+/* Sample s's count as the other work items' atomics left it (an atomic read of both words). */
+DBFN u64 db_kept_fresh(DB_TOTAL_BUFS u32 s)
+{
+    return U64(ATOMIC_ADD(kept, 2ul * U64(s), 0u)) | (U64(ATOMIC_ADD(kept, 2ul * U64(s) + 1ul, 0u)) << 32);
+}
+
 /* Count pass, work item w: the kept bits of mask words w CKW .. (those of the chunk's
  * elements), added to their samples' counts once per sample; in a fused job (DBP_FUSED) the
  * last item to finish then makes the scales, as db_scale_item would in a launch of its own. */
@@ -631,13 +637,10 @@ DBFN void db_count_item(DB_COUNT_BUFS u64 w)
     if (U64(ticket) + 1ul != (nw + U64(prm[DBP_CKW]) - 1ul) / U64(prm[DBP_CKW])) return;
     DB_FENCE_GLOBAL();
     u64 K = 0ul;
-    for (u32 s = 0u; s < ns && prm[DBP_NORM] == 0u; s++)
-        K += U64(ATOMIC_ADD(kept, 2ul * U64(s), 0u)) | (U64(ATOMIC_ADD(kept, 2ul * U64(s) + 1ul, 0u)) << 32);
+    for (u32 s = 0u; s < ns && prm[DBP_NORM] == 0u; s++) K += db_kept_fresh(DB_TOTAL_ARGS s);
     u32 v = prm[DBP_NORM] == 0u ? db_ratio(DB_PRM64(DBP_NUMEL), K) : 0x3F800000u; /* global, or none */
     for (u32 s = 0u; s < ns; s++) {
-        if (prm[DBP_NORM] == 1u)
-            v = db_ratio(CHW, U64(ATOMIC_ADD(kept, 2ul * U64(s), 0u)) |
-                                  (U64(ATOMIC_ADD(kept, 2ul * U64(s) + 1ul, 0u)) << 32));
+        if (prm[DBP_NORM] == 1u) v = db_ratio(CHW, db_kept_fresh(DB_TOTAL_ARGS s));
         scales[IX(s)] = v;
     }
 }

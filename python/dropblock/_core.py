@@ -129,7 +129,10 @@ class _Handle:
     def __init__(self, ptr, remote):
         self.ptr = ptr
         self.remote = remote
-        self.lock = threading.Lock()
+        # reentrant: a _Memory's finalizer (free) runs whenever the garbage collector does,
+        # which can be on this very thread while it holds the lock (an allocation in contains
+        # or alloc); a plain Lock deadlocked there (seen in test_python's threads section)
+        self.lock = threading.RLock()
         self.allocs = {}  # base address -> size of the live allocations
         self.users = 0    # calls in progress
         self.closing = False
@@ -198,9 +201,10 @@ class _Handle:
         """Whether all of arr's bytes lie in one live allocation."""
         start, n = arr.ctypes.data, arr.nbytes
         with self.lock:
-            for base, size in self.allocs.items():
-                if base <= start and start + n <= base + size:
-                    return True
+            allocs = dict(self.allocs)  # a finalizer may free one meanwhile, on this thread
+        for base, size in allocs.items():
+            if base <= start and start + n <= base + size:
+                return True
         return False
 
 

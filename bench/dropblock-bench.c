@@ -237,9 +237,9 @@ static void job_structure(struct db_engine *e, int dev, const dropblock_params *
 static void print_structure(const struct structure *s)
 {
     printf("launches     %12u  (transfers %u, %u of them between launches; fills %u, %u between; submits %u, "
-           "waits %u)\n",
+           "waits %u; command buffers recorded %u)\n",
            s->js.launches, s->js.transfers, s->js.transfers_between, s->js.fills, s->js.fills_between, s->js.submits,
-           s->js.waits);
+           s->js.waits, s->js.recordings);
     if (s->have_tc)
         printf("philox/cand  %12.3f  (%llu Philox blocks for %llu candidate blocks; %llu atomics; %llu items)\n",
                s->tc.philox_per_candidate, (unsigned long long)s->tc.philox_blocks,
@@ -250,9 +250,9 @@ static void print_structure(const struct structure *s)
 static void print_structure_json(const struct structure *s)
 {
     printf(", \"launches\": %u, \"transfers\": %u, \"transfers_between\": %u, \"fills\": %u, "
-           "\"fills_between\": %u, \"submits\": %u, \"waits\": %u",
+           "\"fills_between\": %u, \"submits\": %u, \"waits\": %u, \"recordings\": %u",
            s->js.launches, s->js.transfers, s->js.transfers_between, s->js.fills, s->js.fills_between, s->js.submits,
-           s->js.waits);
+           s->js.waits, s->js.recordings);
     if (s->have_tc) {
         printf(", ");
         db_tc_print_json(stdout, &s->tc);

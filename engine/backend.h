@@ -50,6 +50,7 @@ struct db_job_stats {
     uint32_t fills_between;     /* those of them after the first launch and before the last */
     uint32_t submits;           /* queue submissions: clFlush and clFinish, vkQueueSubmit */
     uint32_t waits;             /* host waits for the device: clFinish, clWaitForEvents, vkWaitForFences */
+    uint32_t recordings;        /* Vulkan: command buffers recorded (a submission of a kept one: none); OpenCL: 0 */
 };
 
 /* What a device's running job is doing, for progress displays (db_engine_progress). */

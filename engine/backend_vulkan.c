@@ -221,8 +221,7 @@ static void step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
 
 static void fill(struct vk_dev *d, VkBuffer b, uint64_t bytes, uint32_t value)
 {
-    vk_record(d, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT, 0);
-    vkCmdFillBuffer(d->cmd, b, 0, bytes, value);
+    vk_fill(d, b, bytes, value);
     if (!jc.js) return;
     jc.js->fills++;
     jc.pend_fills++;
@@ -248,11 +247,13 @@ static void to_host(struct vk_dev *d, int i, uint64_t bytes)
 
 static int submit(struct vk_dev *d, char *msg, size_t len)
 {
+    int rc = vk_submit(d, msg, len);
     if (jc.js) {
         jc.js->submits++;
         jc.js->waits++;
+        jc.js->recordings += !rc && d->recorded;
     }
-    return vk_submit(d, msg, len);
+    return rc;
 }
 
 uint64_t vk_kept_bytes(const uint32_t *prm) { return (uint64_t)prm[DBP_NSAMP] * 8 + 16; }

@@ -2,10 +2,10 @@
  * vulkan_device.c, vulkan_memory.c and vulkan_bench.c): the pass, benchmark-step and binding
  * numbers, the device's state, and the functions one file calls in another.
  *
- *   vulkan_device.c  errors, enumerate, pipelines, tuning, release, recording and submitting,
- *                    prepare's device and its submission objects, the subnormal and f16 probes
- *                    and the warm-up
- *   vulkan_memory.c  memory types, buffers (kept, twins, imports), bindings, staged copies
+ *   vulkan_device.c  errors, enumerate, pipelines, tuning, release, prepare's device and its submission objects, the
+ * subnormal and f16 probes and the warm-up vulkan_memory.c  memory types, buffers (kept, twins, imports), bindings
+ *   vulkan_record.c  the commands of a submission (logged, then replayed into a command buffer
+ *                    unless a kept one holds the same), barriers, staged copies, submitting
  *   vulkan_bench.c   the benchmark: bench.comp's pipelines and measures
  *   backend_vulkan.c the pipeline cache, prepare, the job (run) and the vtable */
 #ifndef DROPBLOCK_ENGINE_BACKEND_VULKAN_H
@@ -40,6 +40,29 @@ enum {
     B_N = DBB_COUNT
 };
 #define PUSH_BYTES 16u
+/* the parameter words are a uniform buffer (resident: read through the constant path, never
+ * copied per pass), every other binding a storage buffer */
+#define vk_binding_type(i) ((i) == B_PRM ? VK_DESCRIPTOR_TYPE_UNIFORM_BUFFER : VK_DESCRIPTOR_TYPE_STORAGE_BUFFER)
+#define PRM_BYTES (DB_PRM_VEC4S * 16u) /* the uniform block's size (db_glsl.h) */
+
+/* a command of a submission's log (vulkan_record.c); compared whole with memcmp */
+enum vk_op_kind { OP_PUSH, OP_DISPATCH, OP_BARRIER, OP_FILL, OP_COPY };
+struct vk_op {
+    uint32_t kind;
+    uint32_t w[4];   /* push: the words; dispatch: groups; barrier: src and dst stages and accesses; fill: value */
+    VkPipeline pipe; /* dispatch */
+    VkBuffer a, b;   /* copy: source, destination; fill: b */
+    uint64_t bytes;  /* copy, fill */
+};
+
+/* a kept command buffer and the log it was recorded from (valid while epoch is the device's) */
+#define VK_SLOTS 4
+struct vk_slot {
+    VkCommandBuffer cmd;
+    struct vk_op *ops;
+    uint32_t nops, cap;
+    uint64_t epoch, last_use;
+};
 
 struct vk_inst {
     VkInstance inst;
@@ -81,9 +104,19 @@ struct vk_dev {
     VkDescriptorPool dpool;
     VkDescriptorSet set;
     VkCommandPool cpool;
-    VkCommandBuffer cmd;
     VkFence fence;
-    /* the recording's barriers (vulkan_memory.c, vk_sync and vk_record) */
+    /* the submission being logged and the kept command buffers (vulkan_record.c) */
+    struct vk_op *ops;
+    uint32_t nops, cap_ops;
+    int ops_failed; /* the log could not grow: vk_submit fails */
+    int pushed_own; /* a step pushed its own words: the passes' are pushed again */
+    struct vk_slot slots[VK_SLOTS];
+    uint64_t epoch;      /* bumped by vk_forget_recordings: older slots are stale */
+    uint64_t uses;       /* submissions (the slots' least recent use) */
+    int recorded;        /* the last submission recorded its command buffer (0: reused a kept one) */
+    VkBuffer bound[B_N]; /* what the descriptor set holds (vk_bind_all), where bound_ok */
+    int bound_ok;
+    /* the recording's barriers (vulkan_record.c, vk_sync and vk_record) */
     VkPipelineStageFlags bar_src; /* stages since the last barrier, with its destination stages */
     VkAccessFlags bar_wr;         /* writes since the last barrier */
     VkPipelineStageFlags bar_dst; /* requested: the stages that wait, and their accesses */
@@ -122,27 +155,32 @@ int vk_fail(char *msg, size_t len, VkResult r, const char *what);
 int vk_enumerate(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg, size_t len);
 VkResult vk_make_pipeline(struct vk_dev *d, const struct spv *spv, VkPipeline *out);
 void vk_release(struct db_device *dev);
-int vk_begin(struct vk_dev *d, char *msg, size_t len);
-void vk_step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first);
-int vk_submit(struct vk_dev *d, char *msg, size_t len);
 int vk_prepare_device(struct vk_dev *d, char *msg, size_t len);
 int vk_prepare_submission(struct vk_dev *d, char *msg, size_t len);
 
 /* vulkan_memory.c */
-int vk_buf_make(const struct vk_dev *d, struct vk_buf *b, uint64_t size, const char *what, int local, int twin,
-                char *msg, size_t len);
+int vk_buf_make(struct vk_dev *d, struct vk_buf *b, uint64_t size, const char *what, int local, int twin, char *msg,
+                size_t len);
 int vk_buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t len);
-int vk_buf_import(const struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t bytes);
+int vk_buf_import(struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t bytes);
 void vk_bind_all(struct vk_dev *d, VkBuffer xb, VkBuffer yb);
-void vk_buf_free(const struct vk_dev *d, struct vk_buf *b);
+void vk_buf_free(struct vk_dev *d, struct vk_buf *b);
+
+/* vulkan_record.c */
+int vk_record_prepare(struct vk_dev *d, char *msg, size_t len);
+void vk_record_release(struct vk_dev *d);
+void vk_forget_recordings(struct vk_dev *d);
 uint32_t vk_groups_for(const struct vk_dev *d, uint64_t n);
+int vk_begin(struct vk_dev *d, char *msg, size_t len);
 void vk_sync(struct vk_dev *d, VkPipelineStageFlags dst_stage, VkAccessFlags dst_access);
 void vk_record(struct vk_dev *d, VkPipelineStageFlags stage, VkAccessFlags writes, int for_host);
-void vk_sync_begin(struct vk_dev *d);
-void vk_sync_host(struct vk_dev *d);
+void vk_step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first);
+void vk_step_push(struct vk_dev *d, VkPipeline pipe, const uint32_t words[4], uint64_t n, int first);
+void vk_fill(struct vk_dev *d, VkBuffer b, uint64_t bytes, uint32_t value);
 void vk_copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes);
 void vk_to_device(struct vk_dev *d, int i, uint64_t bytes);
 void vk_to_host(struct vk_dev *d, int i, uint64_t bytes);
+int vk_submit(struct vk_dev *d, char *msg, size_t len);
 
 /* vulkan_bench.c */
 int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup, int reps,

@@ -37,13 +37,8 @@ const struct spv vk_bench_spv[BS_N] = {
 /* Records bench step s over n invocations, push constants n, a, b, c. */
 static void bench_step(struct vk_dev *d, int s, uint32_t n, uint32_t a, uint32_t b, uint32_t c, int first)
 {
-    uint32_t push[4] = {n, a, b, c};
-    if (!first)
-        vk_sync(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
-    vk_record(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT, 0);
-    vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->bench[s]);
-    vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
-    vkCmdDispatch(d->cmd, vk_groups_for(d, n), 1, 1);
+    const uint32_t push[4] = {n, a, b, c};
+    vk_step_push(d, d->bench[s], push, n, first);
 }
 
 /* One measure of vk_bench on the resident x (bufs[B_X]) and y (bufs[B_Y]). */

@@ -1,8 +1,7 @@
 /* vulkan_device.c: the Vulkan backend's devices (see backend_vulkan.c for the design): VkResult
  * names and codes, enumerate (the instance shared by its devices, each device's properties, its
- * compute queue and memory), pipelines and the work-group tuning, release, recording and
- * submitting a command buffer, and what prepare runs last: the subnormal and f16 probes and the
- * warm-up. */
+ * compute queue and memory), pipelines and the work-group tuning, release, and what prepare
+ * runs last: the subnormal and f16 probes and the warm-up. */
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -300,7 +299,7 @@ void vk_release(struct db_device *dev)
         for (int i = 0; i < B_N; i++)
             if (i != B_Y) vk_buf_free(d, &d->bufs[i]);
         vkDestroyFence(d->dev, d->fence, NULL);
-        vkDestroyCommandPool(d->dev, d->cpool, NULL);    /* frees the command buffer */
+        vkDestroyCommandPool(d->dev, d->cpool, NULL);    /* frees the command buffers */
         vkDestroyDescriptorPool(d->dev, d->dpool, NULL); /* frees the set */
         for (int i = 0; i < PASS_N; i++) vkDestroyPipeline(d->dev, d->pipes[i], NULL);
         for (int i = 0; i < BS_N; i++) vkDestroyPipeline(d->dev, d->bench[i], NULL);
@@ -309,67 +308,10 @@ void vk_release(struct db_device *dev)
         vkDestroyDescriptorSetLayout(d->dev, d->dsl, NULL);
         vkDestroyDevice(d->dev, NULL);
     }
+    vk_record_release(d);
     inst_unref(d->vi);
     free(d);
     dev->priv = NULL;
-}
-
-/* ---- submitting ---------------------------------------------------------------------- */
-
-int vk_begin(struct vk_dev *d, char *msg, size_t len)
-{
-    VkResult r;
-    if ((r = vkResetCommandBuffer(d->cmd, 0))) return vk_fail(msg, len, r, "vkResetCommandBuffer");
-    VkCommandBufferBeginInfo cbi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
-                                    .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
-    if ((r = vkBeginCommandBuffer(d->cmd, &cbi))) return vk_fail(msg, len, r, "vkBeginCommandBuffer");
-    vkCmdBindDescriptorSets(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->layout, 0, 1, &d->set, 0, NULL);
-    /* staged: the parameter words the host has written, onto the device before any pass (the
-     * barrier is recorded before the first dispatch, even a benchmark step's with none of its
-     * own, merged with the fills' before it) */
-    vk_sync_begin(d);
-    if (d->bufs[B_PRM].twin) {
-        vk_to_device(d, B_PRM, d->bufs[B_PRM].size);
-        vk_sync(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
-    }
-    /* apply.comp's hwexact (the benchmark's steps push their own words) */
-    const uint32_t push[4] = {(uint32_t)d->hwexact, 0, 0, 0};
-    vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
-    return DROPBLOCK_OK;
-}
-
-/* Records pipe over n invocations after a barrier on the previous work (first: none; the
- * parameter words' copy onto a staged device still comes before it). */
-void vk_step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first)
-{
-    if (!first)
-        vk_sync(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT);
-    vk_record(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT, 0);
-    for (int i = 0; i < PASS_N; i++)
-        if (pipe == d->pipes[i] && !(d->dispatched & 1u << i)) {
-            d->dispatched |= 1u << i;
-            if (d->warm) d->cold++;
-        }
-    vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
-    vkCmdDispatch(d->cmd, vk_groups_for(d, n), 1, 1);
-}
-
-/* Ends the recording, submits it and waits; its writes are then visible to the host. */
-int vk_submit(struct vk_dev *d, char *msg, size_t len)
-{
-    VkResult r;
-    vk_sync_host(d);
-    if ((r = vkEndCommandBuffer(d->cmd))) return vk_fail(msg, len, r, "vkEndCommandBuffer");
-    /* reset first: a failed wait of an earlier job may have left the fence in any state */
-    if ((r = vkResetFences(d->dev, 1, &d->fence))) return vk_fail(msg, len, r, "vkResetFences");
-    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &d->cmd};
-    if ((r = vkQueueSubmit(d->queue, 1, &si, d->fence))) return vk_fail(msg, len, r, "vkQueueSubmit");
-    if ((r = vkWaitForFences(d->dev, 1, &d->fence, VK_TRUE, UINT64_MAX))) {
-        int rc = vk_fail(msg, len, r, "vkWaitForFences");
-        vkQueueWaitIdle(d->queue); /* the buffers are reused next: never under a running pass */
-        return rc;
-    }
-    return DROPBLOCK_OK;
 }
 
 /* Whether the device's fast apply keeps subnormal f32 products exact: apply.comp's probe
@@ -399,17 +341,14 @@ static int vk_probe_exact(struct vk_dev *d)
         vk_to_device(d, B_X, sizeof x);
         vk_to_device(d, B_SCALES, sizeof s);
         const uint32_t push[4] = {0, NP, 0, 0};
-        vk_sync(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
-        vk_record(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT, 0);
-        vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
-        vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
-        vkCmdDispatch(d->cmd, vk_groups_for(d, NP), 1, 1);
+        vk_step_push(d, pipe, push, NP, 0);
         if (y.twin) vk_copy(d, y.buf, y.twin, sizeof x, 1);
         ok = !vk_submit(d, msg, sizeof msg);
     }
     for (int i = 0; ok && i < NP; i++) ok = ((const uint32_t *)y.map)[i] == db_mul32(x[i], s[i]);
     if (y.buf) vk_buf_free(d, &y);
     if (pipe) vkDestroyPipeline(d->dev, pipe, NULL);
+    vk_forget_recordings(d); /* the probe's pipeline */
     return ok;
 }
 
@@ -443,11 +382,7 @@ static int vk_probe_half(struct vk_dev *d)
     if (ok) {
         if (x.twin) vk_copy(d, x.twin, x.buf, xbytes, 0);
         const uint32_t push[4] = {0, NF / 2, NH, 0};
-        vk_sync(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_READ_BIT);
-        vk_record(d, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_ACCESS_SHADER_WRITE_BIT, 0);
-        vkCmdBindPipeline(d->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
-        vkCmdPushConstants(d->cmd, d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof push, push);
-        vkCmdDispatch(d->cmd, vk_groups_for(d, NF / 2), 1, 1);
+        vk_step_push(d, pipe, push, NF / 2, 0);
         if (y.twin) vk_copy(d, y.buf, y.twin, ybytes, 1);
         ok = !vk_submit(d, msg, sizeof msg);
     }
@@ -463,6 +398,7 @@ static int vk_probe_half(struct vk_dev *d)
     vk_buf_free(d, &x);
     vk_buf_free(d, &y);
     if (pipe) vkDestroyPipeline(d->dev, pipe, NULL);
+    vk_forget_recordings(d); /* the probe's pipeline */
     return ok;
 }
 
@@ -474,7 +410,7 @@ static int vk_probe_half(struct vk_dev *d)
  * tests/test_warmup.c checks that jobs of every kind leave it 0). */
 static int vk_warm_up(struct vk_dev *d, char *msg, size_t len)
 {
-    int rc = vk_buf_ensure(d, B_PRM, DBP_COUNT * 4, msg, len);
+    int rc = vk_buf_ensure(d, B_PRM, PRM_BYTES, msg, len);
     if (rc) return rc;
     uint32_t *prm = d->bufs[B_PRM].map;
     memset(prm, 0, d->bufs[B_PRM].size);
@@ -551,14 +487,14 @@ static int make_device(struct vk_dev *d, char *msg, size_t len)
     return DROPBLOCK_OK;
 }
 
-/* the descriptor set layout of the storage buffers the passes share, and the pipeline layout */
+/* the descriptor set layout of the buffers the passes share, and the pipeline layout */
 static int make_layouts(struct vk_dev *d, char *msg, size_t len)
 {
     VkResult r;
     VkDescriptorSetLayoutBinding b[B_N];
     for (int i = 0; i < B_N; i++)
         b[i] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)i,
-                                              .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                              .descriptorType = vk_binding_type(i),
                                               .descriptorCount = 1,
                                               .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
     VkDescriptorSetLayoutCreateInfo dli = {
@@ -591,9 +527,10 @@ int vk_prepare_device(struct vk_dev *d, char *msg, size_t len)
 int vk_prepare_submission(struct vk_dev *d, char *msg, size_t len)
 {
     VkResult r;
-    VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = B_N};
+    VkDescriptorPoolSize ps[2] = {{.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = B_N - 1},
+                                  {.type = VK_DESCRIPTOR_TYPE_UNIFORM_BUFFER, .descriptorCount = 1}};
     VkDescriptorPoolCreateInfo dpi = {
-        .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = 1, .poolSizeCount = 1, .pPoolSizes = &ps};
+        .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = 1, .poolSizeCount = 2, .pPoolSizes = ps};
     if ((r = vkCreateDescriptorPool(d->dev, &dpi, NULL, &d->dpool)))
         return vk_fail(msg, len, r, "vkCreateDescriptorPool");
     VkDescriptorSetAllocateInfo dai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
@@ -606,11 +543,8 @@ int vk_prepare_submission(struct vk_dev *d, char *msg, size_t len)
                                     .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
                                     .queueFamilyIndex = (uint32_t)d->qfam};
     if ((r = vkCreateCommandPool(d->dev, &cpci, NULL, &d->cpool))) return vk_fail(msg, len, r, "vkCreateCommandPool");
-    VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
-                                       .commandPool = d->cpool,
-                                       .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
-                                       .commandBufferCount = 1};
-    if ((r = vkAllocateCommandBuffers(d->dev, &cai, &d->cmd))) return vk_fail(msg, len, r, "vkAllocateCommandBuffers");
+    int rc = vk_record_prepare(d, msg, len);
+    if (rc) return rc;
     VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     if ((r = vkCreateFence(d->dev, &fci, NULL, &d->fence))) return vk_fail(msg, len, r, "vkCreateFence");
     d->hwexact = vk_probe_exact(d) && !d->knobs->vulkan_fixup;
@@ -624,6 +558,7 @@ int vk_prepare_submission(struct vk_dev *d, char *msg, size_t len)
         VkPipeline hw = VK_NULL_HANDLE;
         if (vk_make_pipeline(d, &apply, &hw) == VK_SUCCESS) {
             vkDestroyPipeline(d->dev, d->pipes[PASS_APPLY], NULL);
+            vk_forget_recordings(d);
             d->pipes[PASS_APPLY] = hw;
             d->hwhalf = 1;
         }

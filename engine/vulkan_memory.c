@@ -1,8 +1,7 @@
 /* vulkan_memory.c: the Vulkan backend's memory (see backend_vulkan.c for the design): memory
  * types, the device's buffers kept between jobs (DEVICE_LOCAL with host-visible twins on staged
- * devices, else mapped), the caller's tensors imported through VK_EXT_external_memory_host, the
- * descriptor bindings, the recording's barriers, and the staged copies between a buffer and its
- * twin. */
+ * devices, else mapped), the caller's tensors imported through VK_EXT_external_memory_host and
+ * the descriptor bindings. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,8 +51,8 @@ static int buf_alloc(const struct vk_dev *d, VkBuffer *buf, VkDeviceMemory *mem,
     VkResult r;
     VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
                               .size = size,
-                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-                                       VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_UNIFORM_BUFFER_BIT |
+                                       VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT,
                               .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
     if ((r = vkCreateBuffer(d->dev, &bci, NULL, buf))) {
         *buf = VK_NULL_HANDLE;
@@ -90,8 +89,8 @@ static int buf_alloc(const struct vk_dev *d, VkBuffer *buf, VkDeviceMemory *mem,
 
 /* A storage buffer of at least size bytes (rounded up to 64): mapped, or where local DEVICE_LOCAL
  * with (twin) a mapped host-visible twin of the same size. */
-int vk_buf_make(const struct vk_dev *d, struct vk_buf *b, uint64_t size, const char *what, int local, int twin,
-                char *msg, size_t len)
+int vk_buf_make(struct vk_dev *d, struct vk_buf *b, uint64_t size, const char *what, int local, int twin, char *msg,
+                size_t len)
 {
     memset(b, 0, sizeof *b);
     b->size = size < 64 ? 64 : (size + 63) & ~UINT64_C(63);
@@ -107,6 +106,7 @@ int vk_buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t len)
 {
     static const char *const names[B_N] = {"params", "mask", "bench scratch", "kept", "x", "y", "scales", "fixup"};
     struct vk_buf *b = &d->bufs[i];
+    if (i == B_PRM && size < PRM_BYTES) size = PRM_BYTES; /* the uniform block's whole size, always */
     if (b->buf && b->size >= size) return DROPBLOCK_OK;
     if (b->buf) vk_buf_free(d, b);
     /* staged: all on the device (every invocation reads the parameter words: over PCIe that would
@@ -119,7 +119,7 @@ int vk_buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t len)
 
 /* A buffer over the caller's memory (VK_EXT_external_memory_host), or 0 where the pointer, the
  * size or the driver does not allow one; the tensor is then copied. */
-int vk_buf_import(const struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t bytes)
+int vk_buf_import(struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t bytes)
 {
     memset(b, 0, sizeof *b);
     if (!d->has_import || d->knobs->vulkan_copy || ((uintptr_t)p & (d->import_align - 1)) || bytes % 4) return 0;
@@ -162,122 +162,42 @@ int vk_buf_import(const struct vk_dev *d, struct vk_buf *b, const void *p, uint6
     return 1;
 }
 
-/* Points the descriptor set at the device's buffers, x and y (maybe the same) at xb and yb. */
+/* Points the descriptor set at the device's buffers, x and y (maybe the same) at xb and yb,
+ * unless it holds them already (rewriting it makes every kept command buffer stale). */
 void vk_bind_all(struct vk_dev *d, VkBuffer xb, VkBuffer yb)
 {
+    VkBuffer bufs[B_N];
+    for (int i = 0; i < B_N; i++) bufs[i] = i == B_X ? xb : i == B_Y ? yb : d->bufs[i].buf;
+    if (d->bound_ok && !memcmp(bufs, d->bound, sizeof bufs)) return;
+    vk_forget_recordings(d);
+    memcpy(d->bound, bufs, sizeof bufs);
+    d->bound_ok = 1;
     VkDescriptorBufferInfo dbi[B_N];
     VkWriteDescriptorSet w[B_N];
     for (int i = 0; i < B_N; i++) {
-        VkBuffer buf = i == B_X ? xb : i == B_Y ? yb : d->bufs[i].buf;
+        VkBuffer buf = bufs[i];
         dbi[i] = (VkDescriptorBufferInfo){.buffer = buf, .offset = 0, .range = VK_WHOLE_SIZE};
         w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
                                       .dstSet = d->set,
                                       .dstBinding = (uint32_t)i,
                                       .descriptorCount = 1,
-                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                      .descriptorType = vk_binding_type(i),
                                       .pBufferInfo = &dbi[i]};
     }
     vkUpdateDescriptorSets(d->dev, B_N, w, 0, NULL);
 }
 
-void vk_buf_free(const struct vk_dev *d, struct vk_buf *b)
+/* (any kept command buffer may name b, and a buffer made later may get its handle: they are
+ * forgotten, and the descriptor set is written again before its next use) */
+void vk_buf_free(struct vk_dev *d, struct vk_buf *b)
 {
+    if (!b->buf && !b->twin && !b->mem && !b->twin_mem) return;
+    vk_forget_recordings(d);
+    d->bound_ok = 0;
     if (b->map) vkUnmapMemory(d->dev, b->twin ? b->twin_mem : b->mem);
     vkDestroyBuffer(d->dev, b->buf, NULL);
     vkFreeMemory(d->dev, b->mem, NULL);
     vkDestroyBuffer(d->dev, b->twin, NULL);
     vkFreeMemory(d->dev, b->twin_mem, NULL);
     memset(b, 0, sizeof *b);
-}
-
-/* ---- barriers and staged copies -------------------------------------------------------- */
-
-/* workgroups for n invocations; the shaders loop over the rest (grid stride) */
-uint32_t vk_groups_for(const struct vk_dev *d, uint64_t n)
-{
-    uint64_t g = (n + d->local - 1) / d->local, cap = d->props.limits.maxComputeWorkGroupCount[0];
-    if (g > cap) g = cap;
-    return g ? (uint32_t)g : 1u;
-}
-
-/* Barriers: a command that must wait for the work recorded before it asks for one (vk_sync:
- * the stages that wait and their accesses) and every command says what it is (vk_record: its
- * stage and its writes). The barrier is recorded only before the next command of a stage that
- * waits, so requests with nothing between them make one barrier, and commands that wait for
- * nothing (fills, copies onto the device) may be recorded before it; its source scope is the
- * stages of the commands since the last barrier with that barrier's destination stages (the
- * chain to the work before it), its source accesses their writes. */
-void vk_sync(struct vk_dev *d, VkPipelineStageFlags dst_stage, VkAccessFlags dst_access)
-{
-    d->bar_dst |= dst_stage;
-    d->bar_dst_access |= dst_access;
-}
-
-static void barrier(struct vk_dev *d, VkPipelineStageFlags dst_stage, VkAccessFlags src_access,
-                    VkAccessFlags dst_access)
-{
-    VkMemoryBarrier mb = {
-        .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = src_access, .dstAccessMask = dst_access};
-    vkCmdPipelineBarrier(d->cmd, d->bar_src, dst_stage, 0, 1, &mb, 0, NULL, 0, NULL);
-}
-
-/* Before a command of stage (writes: its access flags that write; for_host: a copy for the
- * host after the passes, which a later copy for the host need not wait for): the barrier
- * requested for that stage, if any. */
-void vk_record(struct vk_dev *d, VkPipelineStageFlags stage, VkAccessFlags writes, int for_host)
-{
-    if (d->bar_dst & stage) {
-        if (d->bar_src) { /* else nothing of this submission to wait for */
-            barrier(d, d->bar_dst, d->bar_wr, d->bar_dst_access);
-            d->bar_src = d->bar_dst;
-        }
-        d->bar_wr = d->bar_dst = d->bar_dst_access = 0;
-        d->bar_passes = 0;
-    }
-    d->bar_src |= stage;
-    d->bar_wr |= writes;
-    d->sub_wr |= writes;
-    d->bar_passes |= !for_host;
-}
-
-/* A new recording: no work yet to wait for. */
-void vk_sync_begin(struct vk_dev *d)
-{
-    d->bar_src = d->bar_dst = 0;
-    d->bar_wr = d->bar_dst_access = d->sub_wr = 0;
-    d->bar_passes = 0;
-}
-
-/* The end of the recording: every write of the submission made visible to the host (after the
- * fence). */
-void vk_sync_host(struct vk_dev *d)
-{
-    if (!d->bar_src) return;
-    d->bar_src |= VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
-    barrier(d, VK_PIPELINE_STAGE_HOST_BIT, d->sub_wr, VK_ACCESS_HOST_READ_BIT);
-    vk_sync_begin(d);
-}
-
-/* Staged devices: records the copy of bytes from src to dst. Copies onto the device wait for
- * nothing (the passes that read their buffers wait for them: vk_step); after_passes: a copy for
- * the host, after the passes before it (one barrier before a group of them). */
-void vk_copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes)
-{
-    if (!bytes) return;
-    if (after_passes && d->bar_passes) vk_sync(d, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_READ_BIT);
-    vk_record(d, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT, after_passes);
-    VkBufferCopy c = {.srcOffset = 0, .dstOffset = 0, .size = bytes};
-    vkCmdCopyBuffer(d->cmd, src, dst, 1, &c);
-}
-
-/* the host's writes to binding i's twin (its first bytes) onto the device, before the passes */
-void vk_to_device(struct vk_dev *d, int i, uint64_t bytes)
-{
-    if (d->bufs[i].twin) vk_copy(d, d->bufs[i].twin, d->bufs[i].buf, bytes, 0);
-}
-
-/* binding i's first bytes into its twin for the host, after the passes */
-void vk_to_host(struct vk_dev *d, int i, uint64_t bytes)
-{
-    if (d->bufs[i].twin) vk_copy(d, d->bufs[i].buf, d->bufs[i].twin, bytes, 1);
 }

@@ -8,9 +8,10 @@ pkgs=(
   ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd
   libvulkan-dev mesa-vulkan-drivers glslang-tools spirv-tools
   libuv1-dev libcjson-dev
-  python3-yaml
+  python3-yaml vulkan-validationlayers
 )
 # python3-yaml: tests/test_deploy.py cross-checks its own small YAML reader with PyYAML (tests only)
+# vulkan-validationlayers: the test vulkan-validation runs the Vulkan backend under the Khronos layer
 # the clang build and the sanitizer run in .ci/run
 if [ "${DROPBLOCK_DEPS_EXTRA:-}" != "" ]; then
   read -r -a extra <<< "$DROPBLOCK_DEPS_EXTRA"

@@ -104,19 +104,19 @@ uint scale_of(uint k, uint k0, uint s0, uint s1, u64 bnd)
 
 void main()
 {
-    uint groups = prm[DBP_GROUPS], dtype = prm[DBP_DTYPE];
+    uint groups = DB_P(DBP_GROUPS), dtype = DB_P(DBP_DTYPE);
     uint epv = dtype == DB_DTYPE_F32 ? 4u : 8u;
     for (u64 q64 = U64(gl_GlobalInvocationID.x); q64 < U64(groups); q64 += DB_STRIDE) {
         uint q = uint(q64), k0 = q * epv, sh = k0 & 31u;
         uint word = mask[k0 >> 5] >> sh;
         uint s0 = scales[0], s1 = s0;
         u64 bnd = 64ul;
-        if (prm[DBP_NORM] == 1u) {
+        if (DB_P(DBP_NORM) == 1u) {
             u64 E0 = DB_PRM64(DBP_E0), CHW = DB_PRM64(DBP_CHW), N0 = DB_PRM64(DBP_N0);
             u64 si = (E0 + U64(k0)) / CHW;
             bnd = (si + 1ul) * CHW - E0 - U64(k0);
             s0 = scales[IX(si - N0)];
-            s1 = si + 1ul - N0 < U64(prm[DBP_NSAMP]) ? scales[IX(si + 1ul - N0)] : s0;
+            s1 = si + 1ul - N0 < U64(DB_P(DBP_NSAMP)) ? scales[IX(si + 1ul - N0)] : s0;
         }
         uvec4 xv = x[q], yv;
         uint bad = 0u;

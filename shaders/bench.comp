@@ -8,11 +8,14 @@
 #extension GL_GOOGLE_include_directive : require
 #define DB_LANG_GLSL
 #include "db_params.h"
+#include "db_baseline_params.h"
 
 layout(local_size_x_id = 0) in;
 layout(push_constant) uniform Push { uint n, src, nin, dst; } pc;
 
-layout(std430, set = 0, binding = DBB_PRM) readonly buffer Prm { uint prm[]; };
+/* the parameter words (BLP_*) in a uniform block, as the passes' (db_glsl.h) */
+layout(std140, set = 0, binding = DBB_PRM) uniform Prm { uvec4 prm4[(BLP_COUNT + 3) / 4]; };
+#define DB_P(i) prm4[(i) >> 2][(i) & 3]
 layout(std430, set = 0, binding = DBB_MASK) buffer Noise { uint noise[]; };
 layout(std430, set = 0, binding = DBB_AUX) buffer Padded { uint padded[]; };
 layout(std430, set = 0, binding = DBB_KEPT) buffer Pooled { uint pooled[]; };

@@ -8,6 +8,6 @@
 
 void main()
 {
-    u64 words = ((U64(prm[DBP_NELEM]) | (U64(prm[DBP_NELEM + 1]) << 32)) + 31ul) >> 5;
-    for (u64 w = U64(gl_GlobalInvocationID.x); w * U64(prm[DBP_CKW]) < words; w += DB_STRIDE) db_count_item(w);
+    u64 words = ((U64(DB_P(DBP_NELEM)) | (U64(DB_P(DBP_NELEM + 1)) << 32)) + 31ul) >> 5;
+    for (u64 w = U64(gl_GlobalInvocationID.x); w * U64(DB_P(DBP_CKW)) < words; w += DB_STRIDE) db_count_item(w);
 }

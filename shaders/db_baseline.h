@@ -32,14 +32,17 @@
 #define BL_BUFS \
     BL_GLOBAL const u32 *prm, BL_GLOBAL u32 *noise, BL_GLOBAL u32 *padded, BL_GLOBAL u32 *pooled, BL_GLOBAL u32 *part, \
         BL_GLOBAL const u32 *x, BL_GLOBAL u32 *y,
+#ifndef DB_P
+#define DB_P(i) prm[i] /* GLSL: bench.comp's uniform block */
+#endif
 #endif
 
 /* noise elements 4g .. 4g + 3: one Philox call, as curand's bernoulli makes four */
 DBFN void bl_bernoulli(BL_BUFS u32 g)
 {
-    u32 n = prm[BLP_PLANES] * prm[BLP_HN] * prm[BLP_WN];
-    u32x4 w = db_philox(MAKE_U32X4(g, 0u, 0u, 0u), prm[BLP_KEY], prm[BLP_KEY + 1]);
-    float gamma = AS_F32(prm[BLP_GAMMA]);
+    u32 n = DB_P(BLP_PLANES) * DB_P(BLP_HN) * DB_P(BLP_WN);
+    u32x4 w = db_philox(MAKE_U32X4(g, 0u, 0u, 0u), DB_P(BLP_KEY), DB_P(BLP_KEY + 1));
+    float gamma = AS_F32(DB_P(BLP_GAMMA));
     for (u32 k = 0u; k < 4u && 4u * g + k < n; k++)
         noise[IX(4u * g + k)] = AS_U32(TO_F32(db_sel4(w, k) >> 8) * 5.9604644775390625e-8f < gamma ? 1.0f : 0.0f);
 }
@@ -47,7 +50,7 @@ DBFN void bl_bernoulli(BL_BUFS u32 g)
 /* padded element i of (planes, HN + 2p, WN + 2p), p = bs / 2 */
 DBFN void bl_pad(BL_BUFS u32 i)
 {
-    u32 p = prm[BLP_BS] / 2u, hn = prm[BLP_HN], wn = prm[BLP_WN], hp = hn + 2u * p, wp = wn + 2u * p;
+    u32 p = DB_P(BLP_BS) / 2u, hn = DB_P(BLP_HN), wn = DB_P(BLP_WN), hp = hn + 2u * p, wp = wn + 2u * p;
     u32 plane = i / (hp * wp), r = i - plane * hp * wp, h = r / wp, w = r - h * wp;
     u32 v = 0u;
     if (h >= p && h < p + hn && w >= p && w < p + wn) v = noise[IX((plane * hn + h - p) * wn + w - p)];
@@ -57,7 +60,7 @@ DBFN void bl_pad(BL_BUFS u32 i)
 /* pooled element i of (planes, H, W): the max of the bs x bs window, outside the map ignored */
 DBFN void bl_pool(BL_BUFS u32 i)
 {
-    u32 H = prm[BLP_H], W = prm[BLP_W], bs = prm[BLP_BS], p = bs / 2u;
+    u32 H = DB_P(BLP_H), W = DB_P(BLP_W), bs = DB_P(BLP_BS), p = bs / 2u;
     u32 plane = i / (H * W), r = i - plane * H * W, h = r / W, w = r - h * W;
     float m = 0.0f; /* the inputs are 0 or 1 */
     for (u32 a = h >= p ? h - p : 0u; a <= h + p && a < H; a++)
@@ -71,7 +74,7 @@ DBFN void bl_one_minus(BL_BUFS u32 i) { noise[IX(i)] = AS_U32(1.0f - AS_F32(pool
 /* part[1 + g] = sum of noise[g * BL_SEG ..] (the first level of noise.sum()) */
 DBFN void bl_sum_noise(BL_BUFS u32 g)
 {
-    u32 n = prm[BLP_NUMEL];
+    u32 n = DB_P(BLP_NUMEL);
     float s = 0.0f;
     for (u32 i = g * BL_SEG; i < n && i < (g + 1u) * BL_SEG; i++) s += AS_F32(noise[IX(i)]);
     part[IX(1u + g)] = AS_U32(s);
@@ -90,20 +93,20 @@ DBFN void bl_scale(BL_BUFS u32 src, u32 nin)
 {
     float s = 0.0f;
     for (u32 i = 0u; i < nin; i++) s += AS_F32(part[IX(src + i)]);
-    part[IX(0u)] = AS_U32(TO_F32(prm[BLP_NUMEL]) / (1e-6f + s));
+    part[IX(0u)] = AS_U32(TO_F32(DB_P(BLP_NUMEL)) / (1e-6f + s));
 }
 
 /* tensor word i: y = x * noise * scale (f16/bf16: the two elements of the word) */
 DBFN void bl_mul(BL_BUFS u32 i)
 {
     float sc = AS_F32(part[IX(0u)]);
-    u32 dt = prm[BLP_DTYPE];
+    u32 dt = DB_P(BLP_DTYPE);
     if (dt == DB_DTYPE_F32) {
         y[IX(i)] = AS_U32(AS_F32(x[IX(i)]) * AS_F32(noise[IX(i)]) * sc);
         return;
     }
     u32 xw = x[IX(i)], yw = 0u;
-    for (u32 h = 0u; h < 2u && 2u * i + h < prm[BLP_NUMEL]; h++) {
+    for (u32 h = 0u; h < 2u && 2u * i + h < DB_P(BLP_NUMEL); h++) {
         float v = AS_F32(db_widen((xw >> (16u * h)) & 0xFFFFu, dt)) * AS_F32(noise[IX(2u * i + h)]) * sc;
         yw |= db_narrow(AS_U32(v), dt) << (16u * h);
     }

@@ -59,6 +59,7 @@
 #define DBP_CKW 64     /* mask words a count work item takes */
 #define DBP_FUSED 65   /* 1: one chunk with device scales: the count pass's last item makes them */
 #define DBP_COUNT 66
+#define DB_PRM_VEC4S ((DBP_COUNT + 3) / 4) /* the words as GLSL's uniform block holds them (db_glsl.h) */
 
 /* Vulkan descriptor bindings (set 0) of the passes' storage buffers: the numbers the shaders
  * declare (db_glsl.h, apply.comp, exact.comp, fixup.comp, bench.comp) and vulkan_device.c's

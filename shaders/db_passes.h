@@ -84,9 +84,11 @@ DBFN u32 db_fire_batch(DB_BLK_ARR, u64 run, u32 n, u32x4 base, u32 k0, u32 k1, u
     DB_PRM_SPACE const u32 *prm, DB_GLOBAL const u32 *mask, DB_GLOBAL u32 *kept, DB_GLOBAL u32 *scales,
 #define DB_APPLY_BUFS DB_PRM_SPACE const u32 *prm, DB_GLOBAL const u32 *mask, DB_GLOBAL const u32 *scales,
 #define DB_BLK_PARAM(name) const u64 *name
+/* parameter word i (GLSL: db_glsl.h's uniform block) */
+#define DB_P(i) prm[i]
 #endif
 
-#define DB_PRM64(i) (U64(prm[(i)]) | (U64(prm[(i) + 1]) << 32))
+#define DB_PRM64(i) (U64(DB_P((i))) | (U64(DB_P((i) + 1)) << 32))
 
 /* ---- pass 1: mask ------------------------------------------------------------------------ */
 
@@ -172,21 +174,21 @@ DBFN void db_clear_short(DB_BITS_BUFS u64 lo, u32 n, u64 wa, u64 wb)
  * [w0, w1). */
 DBFN void db_drop(DB_DROP_BUFS DB_TILE_ARGS, u32 i, u32 j)
 {
-    u32 up = prm[DBP_UP], down = prm[DBP_DOWN];
+    u32 up = DB_P(DBP_UP), down = DB_P(DBP_DOWN);
     u32 r0 = i >= down ? i - down : 0u;
     if (r0 < h0) r0 = h0;
     u64 r1 = U64(i) + U64(up) + 1ul;
     if (r1 > U64(h1)) r1 = U64(h1);
-    u32 wlo = j >= prm[DBP_RIGHT] ? j - prm[DBP_RIGHT] : 0u;
+    u32 wlo = j >= DB_P(DBP_RIGHT) ? j - DB_P(DBP_RIGHT) : 0u;
     if (wlo < w0) wlo = w0;
-    u64 whi = U64(j) + U64(prm[DBP_LEFT]);
+    u64 whi = U64(j) + U64(DB_P(DBP_LEFT));
     if (whi >= U64(w1)) whi = U64(w1) - 1ul;
     if (U64(wlo) > whi) return;
     u64 E0 = DB_PRM64(DBP_E0);
     u32 span = U32(whi - U64(wlo)) + 1u;
     for (u64 h = U64(r0); h < r1; h++) {
         u64 row = (gh + h) * ue - E0 + cbit;
-        if (prm[DBP_LAYOUT] == 0u) {
+        if (DB_P(DBP_LAYOUT) == 0u) {
             if (span < 32u) db_clear_short(DB_BITS_ARGS row + U64(wlo), span, wa, wb);
             else db_mark_bits(DB_BITS_ARGS row + U64(wlo), row + whi, wa, wb, 0u);
         } else { /* NHWC: one bit a column, C apart (the word's own test inline: drops are hot there) */
@@ -211,8 +213,8 @@ DBFN void db_flush(DB_DROP_BUFS DB_TILE_ARGS, DB_BLK_PARAM(blk), u64 run, u32 n,
                    u32 cj1)
 {
     u64 thr = DB_PRM64(DBP_THR);
-    u32x4 base = MAKE_U32X4(prm[DBP_BASE], prm[DBP_BASE + 1], prm[DBP_BASE + 2], prm[DBP_BASE + 3]);
-    DB_FIRED fired = db_fire_batch(blk, run, n, base, prm[DBP_KEY], prm[DBP_KEY + 1], prm[DBP_WMASK], U32(thr),
+    u32x4 base = MAKE_U32X4(DB_P(DBP_BASE), DB_P(DBP_BASE + 1), DB_P(DBP_BASE + 2), DB_P(DBP_BASE + 3));
+    DB_FIRED fired = db_fire_batch(blk, run, n, base, DB_P(DBP_KEY), DB_P(DBP_KEY + 1), DB_P(DBP_WMASK), U32(thr),
                                    thr > 0xFFFFFFFFul ? 1u : 0u);
     if (db_fired_any(fired) == 0u) return; /* mostly */
     u64 sH = DB_PRM64(DBP_SH), sW = DB_PRM64(DBP_SW);
@@ -244,7 +246,7 @@ DBFN void db_add_kept(DB_TOTAL_BUFS u64 s, u64 v)
  * row tile, NC channel tiles a column tile. */
 DBFN u64 db_tile_group(DB_PRM_BUFS u64 g)
 {
-    return db_udiv(DB_PRM64(DBP_TA0) + g, U64(prm[DBP_NT]) * U64(prm[DBP_NS]) * U64(prm[DBP_NC]));
+    return db_udiv(DB_PRM64(DBP_TA0) + g, U64(DB_P(DBP_NT)) * U64(DB_P(DBP_NS)) * U64(DB_P(DBP_NC)));
 }
 
 /* Tile g of group grp: its rows [h0, h1) and columns [w0, w1) of the map, and its channel tile
@@ -252,24 +254,24 @@ DBFN u64 db_tile_group(DB_PRM_BUFS u64 g)
  * take no division. */
 DBFN u32x4 db_tile_box(DB_PRM_BUFS u64 g, u64 grp)
 {
-    u32 H = prm[DBP_H], W = prm[DBP_W];
-    u64 NC = U64(prm[DBP_NC]), NSC = U64(prm[DBP_NS]) * NC;
-    u64 rt = DB_PRM64(DBP_TA0) + g - grp * (U64(prm[DBP_NT]) * NSC);
+    u32 H = DB_P(DBP_H), W = DB_P(DBP_W);
+    u64 NC = U64(DB_P(DBP_NC)), NSC = U64(DB_P(DBP_NS)) * NC;
+    u64 rt = DB_PRM64(DBP_TA0) + g - grp * (U64(DB_P(DBP_NT)) * NSC);
     if (rt == 0ul)
-        return MAKE_U32X4(0u, H > prm[DBP_TILE] ? prm[DBP_TILE] : H, 0u, W > prm[DBP_TILEW] ? prm[DBP_TILEW] : W);
+        return MAKE_U32X4(0u, H > DB_P(DBP_TILE) ? DB_P(DBP_TILE) : H, 0u, W > DB_P(DBP_TILEW) ? DB_P(DBP_TILEW) : W);
     u64 t = db_udiv(rt, NSC), st = db_udiv(rt - t * NSC, NC);
-    u32 h0 = U32(t) * prm[DBP_TILE], w0 = U32(st) * prm[DBP_TILEW];
-    return MAKE_U32X4(h0, H - h0 > prm[DBP_TILE] ? h0 + prm[DBP_TILE] : H, w0,
-                      W - w0 > prm[DBP_TILEW] ? w0 + prm[DBP_TILEW] : W);
+    u32 h0 = U32(t) * DB_P(DBP_TILE), w0 = U32(st) * DB_P(DBP_TILEW);
+    return MAKE_U32X4(h0, H - h0 > DB_P(DBP_TILE) ? h0 + DB_P(DBP_TILE) : H, w0,
+                      W - w0 > DB_P(DBP_TILEW) ? w0 + DB_P(DBP_TILEW) : W);
 }
 
 /* Tile g's channel tile (NHWC): its first channel */
 DBFN u64 db_tile_chan(DB_PRM_BUFS u64 g, u64 grp)
 {
-    u64 NC = U64(prm[DBP_NC]);
+    u64 NC = U64(DB_P(DBP_NC));
     if (NC == 1ul) return 0ul;
-    u64 rt = DB_PRM64(DBP_TA0) + g - grp * (U64(prm[DBP_NT]) * U64(prm[DBP_NS]) * NC);
-    return (rt - db_udiv(rt, NC) * NC) * U64(prm[DBP_TILEC]);
+    u64 rt = DB_PRM64(DBP_TA0) + g - grp * (U64(DB_P(DBP_NT)) * U64(DB_P(DBP_NS)) * NC);
+    return (rt - db_udiv(rt, NC) * NC) * U64(DB_P(DBP_TILEC));
 }
 
 /* Tile g of group grp as the chunk has it: db_tile_box's rows clipped to the chunk's units
@@ -279,7 +281,7 @@ DBFN u32x4 db_tile_rows(DB_PRM_BUFS u64 g, u64 grp)
 {
     u32x4 box = db_tile_box(DB_PRM_ARGS g, grp);
     u32 h0 = box.x, h1 = box.y;
-    u64 gh = grp * U64(prm[DBP_H]), u0 = DB_PRM64(DBP_U0), u1 = DB_PRM64(DBP_U1);
+    u64 gh = grp * U64(DB_P(DBP_H)), u0 = DB_PRM64(DBP_U0), u1 = DB_PRM64(DBP_U1);
     if (u0 > gh + U64(h0)) h0 = U32(u0 - gh);
     if (u1 < gh + U64(h1)) h1 = u1 > gh + U64(h0) ? U32(u1 - gh) : h0;
     return MAKE_U32X4(h0, h1, box.z, box.w);
@@ -291,11 +293,11 @@ DBFN u32x4 db_tile_rows(DB_PRM_BUFS u64 g, u64 grp)
  * one row and column). */
 DBFN u64 db_tile_bit(DB_PRM_BUFS u64 grp, u32x4 box, u64 c0, u32 end)
 {
-    u64 C = DB_PRM64(DBP_C), W = U64(prm[DBP_W]), gh = grp * U64(prm[DBP_H]), E0 = DB_PRM64(DBP_E0);
-    u64 ue = prm[DBP_LAYOUT] != 0u ? W * C : W, cw = prm[DBP_LAYOUT] != 0u ? C : 1ul;
+    u64 C = DB_PRM64(DBP_C), W = U64(DB_P(DBP_W)), gh = grp * U64(DB_P(DBP_H)), E0 = DB_PRM64(DBP_E0);
+    u64 ue = DB_P(DBP_LAYOUT) != 0u ? W * C : W, cw = DB_P(DBP_LAYOUT) != 0u ? C : 1ul;
     u64 a = (gh + U64(box.x)) * ue + U64(box.z) * cw - E0;
-    if (U64(prm[DBP_NC]) > 1ul) /* channels c0 .. the channel tile's end */
-        return end != 0u ? a + (C - c0 <= U64(prm[DBP_TILEC]) ? C : c0 + U64(prm[DBP_TILEC])) : a + c0;
+    if (U64(DB_P(DBP_NC)) > 1ul) /* channels c0 .. the channel tile's end */
+        return end != 0u ? a + (C - c0 <= U64(DB_P(DBP_TILEC)) ? C : c0 + U64(DB_P(DBP_TILEC))) : a + c0;
     return end != 0u ? (gh + U64(box.y - 1u)) * ue + U64(box.w) * cw - E0 : a;
 }
 
@@ -303,7 +305,7 @@ DBFN u64 db_tile_bit(DB_PRM_BUFS u64 grp, u32x4 box, u64 c0, u32 end)
 DBFN u64 db_tile_sample(DB_PRM_BUFS u64 g)
 {
     u64 grp = db_tile_group(DB_PRM_ARGS g);
-    return (prm[DBP_LAYOUT] != 0u ? grp : db_udiv(grp, DB_PRM64(DBP_C))) - DB_PRM64(DBP_N0);
+    return (DB_P(DBP_LAYOUT) != 0u ? grp : db_udiv(grp, DB_PRM64(DBP_C))) - DB_PRM64(DBP_N0);
 }
 
 /* Mask pass for tile g of the chunk: writes the keep bits of its rows (or of its columns of
@@ -312,8 +314,8 @@ DBFN u64 db_tile_sample(DB_PRM_BUFS u64 g)
 DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
 {
     u64 C = DB_PRM64(DBP_C);
-    u32 H = prm[DBP_H], W = prm[DBP_W], nhwc = prm[DBP_LAYOUT];
-    u64 NC = U64(prm[DBP_NC]);
+    u32 H = DB_P(DBP_H), W = DB_P(DBP_W), nhwc = DB_P(DBP_LAYOUT);
+    u64 NC = U64(DB_P(DBP_NC));
     u64 grp = db_tile_group(DB_PRM_ARGS g);
     u32x4 box = db_tile_rows(DB_PRM_ARGS g, grp);
     u32 h0 = box.x, h1 = box.y, w0 = box.z, w1 = box.w;
@@ -321,21 +323,21 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
     u64 gh = grp * U64(H), ue = nhwc != 0u ? U64(W) * C : U64(W);
     u64 n = nhwc != 0u ? grp : db_udiv(grp, C);
     u64 c0 = nhwc != 0u ? db_tile_chan(DB_PRM_ARGS g, grp) : grp - n * C, c1 = c0 + 1ul;
-    if (nhwc != 0u) c1 = NC == 1ul || C - c0 <= U64(prm[DBP_TILEC]) ? C : c0 + U64(prm[DBP_TILEC]);
+    if (nhwc != 0u) c1 = NC == 1ul || C - c0 <= U64(DB_P(DBP_TILEC)) ? C : c0 + U64(DB_P(DBP_TILEC));
     /* the tile's bits, all kept to start with */
     u64 a = db_tile_bit(DB_PRM_ARGS grp, box, c0, 0u), b = db_tile_bit(DB_PRM_ARGS grp, box, c0, 1u);
     db_mark_bits(DB_BITS_ARGS a, b - 1ul, wa, wb, 1u);
 
     /* candidates whose block reaches rows [h0, h1), columns [w0, w1) */
-    u32 up = prm[DBP_UP], left = prm[DBP_LEFT];
+    u32 up = DB_P(DBP_UP), left = DB_P(DBP_LEFT);
     u32 ci0 = h0 >= up ? h0 - up : 0u;
-    if (ci0 < prm[DBP_ILO]) ci0 = prm[DBP_ILO];
-    u64 ci1_64 = U64(h1) + U64(prm[DBP_DOWN]);
-    u32 ci1 = ci1_64 < U64(prm[DBP_IEND]) ? U32(ci1_64) : prm[DBP_IEND];
+    if (ci0 < DB_P(DBP_ILO)) ci0 = DB_P(DBP_ILO);
+    u64 ci1_64 = U64(h1) + U64(DB_P(DBP_DOWN));
+    u32 ci1 = ci1_64 < U64(DB_P(DBP_IEND)) ? U32(ci1_64) : DB_P(DBP_IEND);
     u32 cj0 = w0 >= left ? w0 - left : 0u;
-    if (cj0 < prm[DBP_JLO]) cj0 = prm[DBP_JLO];
-    u64 cj1_64 = U64(w1) + U64(prm[DBP_RIGHT]);
-    u32 cj1 = cj1_64 < U64(prm[DBP_JEND]) ? U32(cj1_64) : prm[DBP_JEND];
+    if (cj0 < DB_P(DBP_JLO)) cj0 = DB_P(DBP_JLO);
+    u64 cj1_64 = U64(w1) + U64(DB_P(DBP_RIGHT));
+    u32 cj1 = cj1_64 < U64(DB_P(DBP_JEND)) ? U32(cj1_64) : DB_P(DBP_JEND);
     u64 sN = DB_PRM64(DBP_SN), sC = DB_PRM64(DBP_SC), sH = DB_PRM64(DBP_SH), sW = DB_PRM64(DBP_SW);
     for (u64 c = c0; c < c1 && ci0 < ci1 && cj0 < cj1; c++) {
         u64 ebase = n * sN + c * sC, cbit = nhwc != 0u ? c : 0ul;
@@ -414,8 +416,8 @@ DBFN u64 db_tile_edge(DB_PRM_BUFS u64 g, u32 end)
 DBFN void db_flush_planes(DB_DROP_BUFS const u64 *blk, u32 n, u64 HW, u32 H, u32 W, u64 wa, u64 wb)
 {
     u64 thr = DB_PRM64(DBP_THR);
-    u32x4 base = MAKE_U32X4(prm[DBP_BASE], prm[DBP_BASE + 1], prm[DBP_BASE + 2], prm[DBP_BASE + 3]);
-    DB_FIRED fired = db_fire_batch(blk, DB_NO_RUN, n, base, prm[DBP_KEY], prm[DBP_KEY + 1], prm[DBP_WMASK], U32(thr),
+    u32x4 base = MAKE_U32X4(DB_P(DBP_BASE), DB_P(DBP_BASE + 1), DB_P(DBP_BASE + 2), DB_P(DBP_BASE + 3));
+    DB_FIRED fired = db_fire_batch(blk, DB_NO_RUN, n, base, DB_P(DBP_KEY), DB_P(DBP_KEY + 1), DB_P(DBP_WMASK), U32(thr),
                                    thr > 0xFFFFFFFFul ? 1u : 0u);
     if (db_fired_any(fired) == 0u) return; /* mostly */
     for (u32 q = 0u; q < (U32(DB_BATCH) + 7u) / 8u; q++) {
@@ -425,7 +427,7 @@ DBFN void db_flush_planes(DB_DROP_BUFS const u64 *blk, u32 n, u64 HW, u32 H, u32
             t += 32u * q;
             u64 e = 4ul * blk[t >> 2] + U64(t & 3u), g = db_udiv(e, HW), off = e - g * HW;
             u32 i = U32(off) / W, j = U32(off) - i * W;
-            if (i >= prm[DBP_ILO] && i < prm[DBP_IEND] && j >= prm[DBP_JLO] && j < prm[DBP_JEND])
+            if (i >= DB_P(DBP_ILO) && i < DB_P(DBP_IEND) && j >= DB_P(DBP_JLO) && j < DB_P(DBP_JEND))
                 db_drop(DB_DROP_ARGS g * U64(H), 0u, H, 0u, W, U64(W), 0ul, wa, wb, i, j);
         }
     }
@@ -452,14 +454,14 @@ DBFN void db_queue_planes(DB_DROP_BUFS u64 *blk, u32 *nb, u64 b0, u64 b1, u64 HW
 DBFN u32 db_mask_planes(DB_MASK_BUFS u64 t0, u64 t1, u64 wa, u64 wb)
 {
     u64 C = DB_PRM64(DBP_C);
-    u32 H = prm[DBP_H], W = prm[DBP_W];
+    u32 H = DB_P(DBP_H), W = DB_P(DBP_W);
     u64 HW = U64(H) * U64(W);
-    if (prm[DBP_LAYOUT] != 0u || U64(prm[DBP_NT]) * U64(prm[DBP_NS]) * U64(prm[DBP_NC]) != 1ul) return 0u;
+    if (DB_P(DBP_LAYOUT) != 0u || U64(DB_P(DBP_NT)) * U64(DB_P(DBP_NS)) * U64(DB_P(DBP_NC)) != 1ul) return 0u;
     if (DB_PRM64(DBP_SW) != 1ul || DB_PRM64(DBP_SH) != U64(W) || DB_PRM64(DBP_SC) != HW || DB_PRM64(DBP_SN) != C * HW)
         return 0u;
     u64 g0 = DB_PRM64(DBP_TA0) + t0, g1 = DB_PRM64(DBP_TA0) + t1; /* planes n C + c */
     if (DB_PRM64(DBP_U0) > g0 * U64(H) || DB_PRM64(DBP_U1) < g1 * U64(H)) return 0u;
-    u32 ci0 = prm[DBP_ILO], ci1 = prm[DBP_IEND], cj0 = prm[DBP_JLO], cj1 = prm[DBP_JEND];
+    u32 ci0 = DB_P(DBP_ILO), ci1 = DB_P(DBP_IEND), cj0 = DB_P(DBP_JLO), cj1 = DB_P(DBP_JEND);
     /* a plane's run of blocks, about; from two batches on, the tile path's runs (no queue) win */
     u64 span = ci0 < ci1 && cj0 < cj1
                    ? ((U64(ci1 - 1u) * U64(W) + U64(cj1 - 1u)) >> 2) - ((U64(ci0) * U64(W) + U64(cj0)) >> 2) + 2ul
@@ -511,8 +513,8 @@ DBFN u32 db_mask_planes(DB_MASK_BUFS u64 t0, u64 t1, u64 wa, u64 wb)
  * words between an item's tiles are its own; only those at its two ends are shared). */
 DBFN void db_mask_item(DB_MASK_BUFS u64 w)
 {
-    u64 t0 = w * U64(prm[DBP_TPW]), t1 = t0 + U64(prm[DBP_TPW]);
-    if (t1 > U64(prm[DBP_NTILES])) t1 = U64(prm[DBP_NTILES]);
+    u64 t0 = w * U64(DB_P(DBP_TPW)), t1 = t0 + U64(DB_P(DBP_TPW));
+    if (t1 > U64(DB_P(DBP_NTILES))) t1 = U64(DB_P(DBP_NTILES));
     u64 wa = (db_tile_edge(DB_PRM_ARGS t0, 0u) + 31ul) >> 5, wb = db_tile_edge(DB_PRM_ARGS t1 - 1ul, 1u) >> 5;
     if (wb < wa) wb = wa; /* inside one shared word: none its own */
 #ifdef DB_CPU_BATCHES
@@ -548,11 +550,11 @@ DBFN void db_scatter_item(DB_DROP_BUFS u64 w)
 {
     u64 C = DB_PRM64(DBP_C), U0 = DB_PRM64(DBP_U0), U1 = DB_PRM64(DBP_U1);
     u64 sN = DB_PRM64(DBP_SN), sC = DB_PRM64(DBP_SC), sH = DB_PRM64(DBP_SH);
-    u32 H = prm[DBP_H], W = prm[DBP_W], nhwc = prm[DBP_LAYOUT];
-    u32 ilo = prm[DBP_ILO], iend = prm[DBP_IEND], jlo = prm[DBP_JLO], jend = prm[DBP_JEND];
-    u32 up = prm[DBP_UP], down = prm[DBP_DOWN];
+    u32 H = DB_P(DBP_H), W = DB_P(DBP_W), nhwc = DB_P(DBP_LAYOUT);
+    u32 ilo = DB_P(DBP_ILO), iend = DB_P(DBP_IEND), jlo = DB_P(DBP_JLO), jend = DB_P(DBP_JEND);
+    u32 up = DB_P(DBP_UP), down = DB_P(DBP_DOWN);
     u64 NI = U64(iend - ilo), R = DB_PRM64(DBP_SROWS), g0 = db_udiv(U0, U64(H));
-    u64 r0 = w * U64(prm[DBP_SKR]), r1 = r0 + U64(prm[DBP_SKR]);
+    u64 r0 = w * U64(DB_P(DBP_SKR)), r1 = r0 + U64(DB_P(DBP_SKR));
     if (r1 > R) r1 = R;
     u64 blk[DB_QUEUE]; /* unused: the blocks go as runs */
 #if defined(DB_LANG_CL) && defined(DB_CPU)
@@ -605,7 +607,7 @@ DBFN u64 db_kept_fresh(DB_TOTAL_BUFS u32 s)
 DBFN void db_count_item(DB_COUNT_BUFS u64 w)
 {
     u64 nelem = DB_PRM64(DBP_NELEM), nw = (nelem + 31ul) >> 5, E0 = DB_PRM64(DBP_E0), CHW = DB_PRM64(DBP_CHW);
-    u64 N0 = DB_PRM64(DBP_N0), w0 = w * U64(prm[DBP_CKW]), w1 = w0 + U64(prm[DBP_CKW]);
+    u64 N0 = DB_PRM64(DBP_N0), w0 = w * U64(DB_P(DBP_CKW)), w1 = w0 + U64(DB_P(DBP_CKW));
     if (w1 > nw) w1 = nw;
     if (w0 < w1) {
         u64 cur = db_udiv(E0 + (w0 << 5), CHW), acc = 0ul;
@@ -629,18 +631,18 @@ DBFN void db_count_item(DB_COUNT_BUFS u64 w)
         }
         db_add_kept(DB_TOTAL_ARGS cur, acc);
     }
-    if (prm[DBP_FUSED] == 0u) return;
+    if (DB_P(DBP_FUSED) == 0u) return;
     /* the last item: every other's counts are in (each fenced its adds before its ticket) */
-    u32 ns = prm[DBP_NSAMP];
+    u32 ns = DB_P(DBP_NSAMP);
     DB_FENCE_GLOBAL();
     u32 ticket = ATOMIC_ADD(kept, 2ul * U64(ns), 1u);
-    if (U64(ticket) + 1ul != (nw + U64(prm[DBP_CKW]) - 1ul) / U64(prm[DBP_CKW])) return;
+    if (U64(ticket) + 1ul != (nw + U64(DB_P(DBP_CKW)) - 1ul) / U64(DB_P(DBP_CKW))) return;
     DB_FENCE_GLOBAL();
     u64 K = 0ul;
-    for (u32 s = 0u; s < ns && prm[DBP_NORM] == 0u; s++) K += db_kept_fresh(DB_TOTAL_ARGS s);
-    u32 v = prm[DBP_NORM] == 0u ? db_ratio(DB_PRM64(DBP_NUMEL), K) : 0x3F800000u; /* global, or none */
+    for (u32 s = 0u; s < ns && DB_P(DBP_NORM) == 0u; s++) K += db_kept_fresh(DB_TOTAL_ARGS s);
+    u32 v = DB_P(DBP_NORM) == 0u ? db_ratio(DB_PRM64(DBP_NUMEL), K) : 0x3F800000u; /* global, or none */
     for (u32 s = 0u; s < ns; s++) {
-        if (prm[DBP_NORM] == 1u) v = db_ratio(CHW, db_kept_fresh(DB_TOTAL_ARGS s));
+        if (DB_P(DBP_NORM) == 1u) v = db_ratio(CHW, db_kept_fresh(DB_TOTAL_ARGS s));
         scales[IX(s)] = v;
     }
 }
@@ -648,15 +650,15 @@ DBFN void db_count_item(DB_COUNT_BUFS u64 w)
 /* ---- pass 2: scales ---------------------------------------------------------------------- */
 
 /* Total pass, one work item, for a chunk that is the whole tensor: K, the sum of the
- * ns = prm[DBP_NSAMP] per-sample counts, into kept[2 ns] (low) and kept[2 ns + 1]. */
+ * ns = DB_P(DBP_NSAMP) per-sample counts, into kept[2 ns] (low) and kept[2 ns + 1]. */
 /* Scale pass, work item s of a chunk that is the whole tensor, compat none: the samples' scale
  * bits as db_plan_scales computes them, so that the apply pass needs no trip to the host, in
  * one launch: global, item 0 sums K over the samples' counts and writes every sample's scale
  * (the other items do nothing); sample, item s its own; none, 1. */
 DBFN void db_scale_item(DB_SCALE_BUFS u32 s)
 {
-    u32 ns = prm[DBP_NSAMP];
-    if (prm[DBP_NORM] == 0u) {
+    u32 ns = DB_P(DBP_NSAMP);
+    if (DB_P(DBP_NORM) == 0u) {
         if (s != 0u) return;
         u64 K = 0ul;
         for (u32 t = 0u; t < ns; t++) K += U64(kept[IX(2u * t)]) | (U64(kept[IX(2u * t + 1u)]) << 32);
@@ -665,7 +667,7 @@ DBFN void db_scale_item(DB_SCALE_BUFS u32 s)
         return;
     }
     u32 v = 0x3F800000u; /* DROPBLOCK_NORMALIZE_NONE */
-    if (prm[DBP_NORM] == 1u)
+    if (DB_P(DBP_NORM) == 1u)
         v = db_ratio(DB_PRM64(DBP_CHW), U64(kept[IX(2u * s)]) | (U64(kept[IX(2u * s + 1u)]) << 32));
     scales[IX(s)] = v;
 }
@@ -679,7 +681,7 @@ DBFN u32 db_apply_elem(DB_APPLY_BUFS u64 k, u32 x)
 {
     u32 keep = (mask[IX(k >> 5)] >> U32(k & 31ul)) & 1u;
     u64 si = (DB_PRM64(DBP_E0) + k) / DB_PRM64(DBP_CHW) - DB_PRM64(DBP_N0);
-    return db_apply_bits(x, scales[IX(si)], keep, prm[DBP_KERAS], prm[DBP_DTYPE]);
+    return db_apply_bits(x, scales[IX(si)], keep, DB_P(DBP_KERAS), DB_P(DBP_DTYPE));
 }
 
 #endif

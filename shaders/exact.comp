@@ -12,8 +12,8 @@ layout(std430, set = 0, binding = DBB_Y) writeonly buffer Y { uint y[]; };
 
 void main()
 {
-    u64 nelem = DB_PRM64(DBP_NELEM), k0 = U64(prm[DBP_GROUPS]) * U64(prm[DBP_EPW]);
-    if (prm[DBP_DTYPE] == DB_DTYPE_F32) {
+    u64 nelem = DB_PRM64(DBP_NELEM), k0 = U64(DB_P(DBP_GROUPS)) * U64(DB_P(DBP_EPW));
+    if (DB_P(DBP_DTYPE) == DB_DTYPE_F32) {
         for (u64 k = k0 + U64(gl_GlobalInvocationID.x); k < nelem; k += DB_STRIDE) y[IX(k)] = db_apply_elem(k, x[IX(k)]);
     } else {
         u64 words = (nelem + 1ul) >> 1;

@@ -9,8 +9,8 @@ layout(std430, set = 0, binding = DBB_Y) buffer Y { uint y[]; };
 
 void main()
 {
-    u64 nwords = (U64(prm[DBP_GROUPS]) * U64(prm[DBP_EPW]) + 31ul) >> 5;
-    bool f32 = prm[DBP_DTYPE] == DB_DTYPE_F32;
+    u64 nwords = (U64(DB_P(DBP_GROUPS)) * U64(DB_P(DBP_EPW)) + 31ul) >> 5;
+    bool f32 = DB_P(DBP_DTYPE) == DB_DTYPE_F32;
     for (u64 f = U64(gl_GlobalInvocationID.x); f < nwords; f += DB_STRIDE) {
         uint bits = fixup[IX(f)];
         for (uint b = 0u; bits != 0u; b++, bits >>= 1) {

@@ -20,11 +20,11 @@ layout(constant_id = 1) const uint DB_MASK_DONE = 1u; /* the completion count (0
 
 void main()
 {
-    u64 items = (U64(prm[DBP_NTILES]) + U64(prm[DBP_TPW]) - 1ul) / U64(prm[DBP_TPW]);
+    u64 items = (U64(DB_P(DBP_NTILES)) + U64(DB_P(DBP_TPW)) - 1ul) / U64(DB_P(DBP_TPW));
     u64 w0 = U64(gl_GlobalInvocationID.x);
     for (u64 w = w0; w < items; w += DB_STRIDE) db_mask_item(w);
     if (DB_MASK_DONE != 0u && w0 < items) {
-        uint done = 2u * prm[DBP_NSAMP] + 2u, rounds = 0u;
+        uint done = 2u * DB_P(DBP_NSAMP) + 2u, rounds = 0u;
         for (uint i = 0u; i < 2u + kept[done + 1u]; i++) rounds++;
         if (rounds == 2u) atomicAdd(kept[done], 1u);
     }

@@ -7,5 +7,5 @@
 
 void main()
 {
-    for (u64 s = U64(gl_GlobalInvocationID.x); s < U64(prm[DBP_NSAMP]); s += DB_STRIDE) db_scale_item(uint(s));
+    for (u64 s = U64(gl_GlobalInvocationID.x); s < U64(DB_P(DBP_NSAMP)); s += DB_STRIDE) db_scale_item(uint(s));
 }

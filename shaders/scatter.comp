@@ -1,5 +1,5 @@
 #version 450
-/* scatter.comp: pass 1 on GPU tunings where prm[DBP_SCATTER] (compat none, unshared masks):
+/* scatter.comp: pass 1 on GPU tunings where DB_P(DBP_SCATTER) (compat none, unshared masks):
  * invocation w takes DBP_SKR candidate rows of the chunk and makes each of their blocks' Philox
  * words once, clearing every fired block's bits with atomics on a mask the host filled with
  * ones (db_scatter_item, db_passes.h); count.comp counts the kept bits after it. An
@@ -13,6 +13,6 @@
 
 void main()
 {
-    u64 rows = U64(prm[DBP_SROWS]) | (U64(prm[DBP_SROWS + 1]) << 32);
-    for (u64 w = U64(gl_GlobalInvocationID.x); w * U64(prm[DBP_SKR]) < rows; w += DB_STRIDE) db_scatter_item(w);
+    u64 rows = U64(DB_P(DBP_SROWS)) | (U64(DB_P(DBP_SROWS + 1)) << 32);
+    for (u64 w = U64(gl_GlobalInvocationID.x); w * U64(DB_P(DBP_SKR)) < rows; w += DB_STRIDE) db_scatter_item(w);
 }

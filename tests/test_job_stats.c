@@ -20,7 +20,9 @@
  * read (the chunk count from db_job_chunks, as the backend plans it; the apply rewriting the
  * parameters made 7).
  * Vulkan: the counts are printed; what holds today is asserted (launches as the plan's
- * dispatches, one submission and one wait where the mask pass needs no separate submission).
+ * dispatches, one submission and one wait where the mask pass needs no separate submission),
+ * and that the same job run again records no command buffer (issue 16 item 3: each submission
+ * takes the one kept from the first run, vulkan_record.c).
  *   test_job_stats [--require opencl,vulkan] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,8 +129,10 @@ static uint32_t cl_expected_launches(const struct cl_shape *s, const dropblock_p
 
 static void print_stats(const char *id, const char *name, const struct db_job_stats *st)
 {
-    printf("  %s %-28s launches=%u transfers=%u between=%u fills=%u fills_between=%u submits=%u waits=%u\n", id, name,
-           st->launches, st->transfers, st->transfers_between, st->fills, st->fills_between, st->submits, st->waits);
+    printf("  %s %-28s launches=%u transfers=%u between=%u fills=%u fills_between=%u submits=%u waits=%u "
+           "recordings=%u\n",
+           id, name, st->launches, st->transfers, st->transfers_between, st->fills, st->fills_between, st->submits,
+           st->waits, st->recordings);
 }
 
 /* the chunks of p's job on a device of max_buffer bytes, as the backend plans them; 0 on error */
@@ -195,9 +199,19 @@ static void run_engine(struct db_engine *e, const char *label, int chunked, int 
                 CHECK(st->submits == 2 && st->waits == 1, "%s %s: %u submits, %u waits (want a flush and a finish)",
                       info->id, tc[i].name, st->submits, st->waits);
             }
-            if (vk) /* what holds on lavapipe today: a submission per wait, the mask pass's fill before it */
+            if (vk) { /* what holds on lavapipe today: a submission per wait, the mask pass's fill before it */
                 CHECK(st->submits >= 1 && st->submits == st->waits && st->fills >= 1, "%s %s: %u submits, %u waits",
                       info->id, tc[i].name, st->submits, st->waits);
+                CHECK(st->recordings <= st->submits, "%s %s: %u recordings for %u submits", info->id, tc[i].name,
+                      st->recordings, st->submits);
+                /* the same job again (its tensors copied through the device's buffers: nothing imported
+                 * per job): every submission takes a command buffer kept from the first */
+                same = test_case_compare(&tc[i], run_on_device, &c, why, sizeof why);
+                CHECK(same && c.rc == DROPBLOCK_OK, "%s %s again: %s", info->id, tc[i].name, why);
+                print_stats(info->id, "  the same again", st);
+                CHECK(st->recordings == 0, "%s %s again: %u command buffers recorded, expected none (reused)", info->id,
+                      tc[i].name, st->recordings);
+            }
         }
         CHECK(!chunked || multi > 0, "%s (%s): no case took several chunks", info->id, label);
     }

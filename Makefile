@@ -3,7 +3,7 @@ BUILD ?= build
 MESON_OPTS ?=
 export POCL_CACHE_DIR ?= $(CURDIR)/$(BUILD)/pocl-cache
 
-.PHONY: all build deps test demo fuzz lint format clean
+.PHONY: all build deps test demo fuzz lint format clean image test-image
 
 all: build
 
@@ -18,6 +18,15 @@ build: deps $(BUILD)/build.ninja
 
 test: build
 	meson test -C $(BUILD) --print-errorlogs
+
+# the container image dropblockd:VERSION that deploy/kubernetes names, built with podman from
+# Debian's packages (deploy/container/build-image.sh, docs/deploy.md); test-image builds and checks it
+# (tests/test_image.py, suite `image`, left out of `make test`: it takes minutes)
+image:
+	bash deploy/container/build-image.sh
+
+test-image: build
+	meson test -C $(BUILD) --setup image --suite image --print-errorlogs
 
 demo: build
 	@bash scripts/demo.sh $(BUILD)

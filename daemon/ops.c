@@ -191,6 +191,7 @@ static void op_unregister(struct client *c, const cJSON *id, const cJSON *req)
     c->use->regions--;
     c->use->mapped -= size;
     c->mapped -= size;
+    db_engine_sweep(s->engine); /* idle devices let go of its import now (never waits for a job) */
     client_send(c, proto_reply(id, 1));
 }
 
@@ -440,6 +441,7 @@ static void on_idle_trim(uv_timer_t *t)
 {
     struct server *s = t->data;
     if (s->inflight_jobs) return;
+    db_engine_sweep(s->engine); /* the imports of regions gone while their devices were busy */
 #ifdef __GLIBC__
     malloc_trim(0);
 #endif

@@ -24,6 +24,13 @@ static const char *kind_of(mode_t m)
     return "not a regular file";
 }
 
+static struct region *of_host(struct db_host_region *h)
+{
+    return (struct region *)((char *)h - offsetof(struct region, host));
+}
+static void host_ref(struct db_host_region *h) { region_ref(of_host(h)); }
+static void host_unref(struct db_host_region *h) { region_unref(of_host(h)); }
+
 struct region *region_map(int fd, uint32_t id, uint64_t max_bytes, int *code, char *msg, size_t len)
 {
     struct stat st;
@@ -82,6 +89,11 @@ struct region *region_map(int fd, uint32_t id, uint64_t max_bytes, int *code, ch
     r->base = base;
     r->size = (uint64_t)st.st_size;
     r->writable = writable;
+    r->host.base = base;
+    r->host.size = r->size;
+    atomic_init(&r->host.gone, 0);
+    r->host.ref = host_ref;
+    r->host.unref = host_unref;
     *code = DROPBLOCK_OK;
 out:
     close(fd);
@@ -122,6 +134,7 @@ int region_table_remove(struct region_table *t, uint32_t id)
 {
     for (size_t i = 0; i < t->count; i++)
         if (t->items[i]->id == id) {
+            atomic_store(&t->items[i]->host.gone, 1);
             region_unref(t->items[i]);
             t->items[i] = t->items[--t->count];
             return DROPBLOCK_OK;
@@ -131,7 +144,10 @@ int region_table_remove(struct region_table *t, uint32_t id)
 
 void region_table_clear(struct region_table *t)
 {
-    for (size_t i = 0; i < t->count; i++) region_unref(t->items[i]);
+    for (size_t i = 0; i < t->count; i++) {
+        atomic_store(&t->items[i]->host.gone, 1);
+        region_unref(t->items[i]);
+    }
     free(t->items);
     memset(t, 0, sizeof *t);
 }

@@ -8,12 +8,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
+
 struct region {
     atomic_int refs;
     uint32_t id;
     uint8_t *base;
     uint64_t size;
     int writable;
+    /* the region as the engine sees it (db_engine_run_shared): a device may keep its import
+     * between jobs with a reference of its own; gone once unregistered (or its client gone), so
+     * that the device drops it at its next job or sweep and the mapping ends with the last
+     * reference */
+    struct db_host_region host;
 };
 
 /* Validates fd (a memfd with F_SEAL_SHRINK, non-empty, at most max_bytes) and maps it. The fd
@@ -31,7 +38,9 @@ struct region_table {
 
 struct region *region_table_find(const struct region_table *t, uint32_t id);
 int region_table_add(struct region_table *t, struct region *r); /* takes the reference */
-int region_table_remove(struct region_table *t, uint32_t id);   /* drops the table's reference */
+/* Both drop the table's reference and mark the regions gone (struct region's host); the caller
+ * then asks the engine to sweep (db_engine_sweep) so an idle device lets go of them at once. */
+int region_table_remove(struct region_table *t, uint32_t id);
 void region_table_clear(struct region_table *t);
 
 /* The bytes [offset, offset + bytes) of r, if they lie inside it (checked without overflow). */

@@ -53,6 +53,25 @@ struct db_job_stats {
     uint32_t recordings;        /* Vulkan: command buffers recorded (a submission of a kept one: none); OpenCL: 0 */
 };
 
+/* Host memory that outlives a job (the daemon's regions; db_engine_run_shared): a backend may
+ * keep what it made for it between jobs (Vulkan: one import of the whole range), holding a
+ * reference (ref, unref: any thread) for as long; once the owner sets gone, the backend drops it
+ * at its device's next job or sweep (db_engine_sweep), and the owner's unref that comes last
+ * unmaps it. */
+struct db_host_region {
+    void *base;
+    uint64_t size;
+    atomic_int gone;
+    void (*ref)(struct db_host_region *r);
+    void (*unref)(struct db_host_region *r);
+};
+
+/* Where a job's tensors lie: the host regions holding the input and the output (each NULL:
+ * memory of this job only). */
+struct db_job_mem {
+    struct db_host_region *in, *out;
+};
+
 /* What a device's running job is doing, for progress displays (db_engine_progress). */
 enum db_pass { DB_PASS_IDLE, DB_PASS_RUNNING, DB_PASS_MASK, DB_PASS_SCALES, DB_PASS_APPLY };
 
@@ -76,6 +95,9 @@ struct db_device {
     /* the last job's counts (struct db_job_stats): zeroed by the engine before run, written by
      * the backend's run under the device's lock; db_engine_last_job_stats reads them */
     struct db_job_stats last_job;
+    /* the running job's regions (set by the engine around run, under the device's lock; NULL:
+     * none) */
+    const struct db_job_mem *job_mem;
 };
 
 /* One line to the device's log callback, prefixed with the device's id; nothing without one. */
@@ -119,6 +141,9 @@ struct backend_ops {
      * budget, candidates an item): the benchmark replays it in C to count the mask pass's
      * Philox words and atomics (bench/tile_count.c). */
     void (*tuning)(const struct db_device *dev, const struct db_plan *pl, struct db_tuning *out);
+    /* Drops what the device keeps for host regions now gone (under the device's lock); NULL for
+     * a backend that keeps nothing. */
+    void (*sweep)(struct db_device *dev);
 };
 
 extern const struct backend_ops db_backend_cpu;

@@ -4,12 +4,15 @@
  * enumerate makes one VkInstance (Vulkan 1.1) and lists every physical device; the devices share
  * the instance through a reference count, so it lives while any of them does. prepare makes a
  * logical device with one compute queue (and VK_EXT_external_memory_host where offered), one
- * descriptor set layout whose eight storage buffers are shared by the passes (binding numbers
- * as in shaders/db_glsl.h), the compute pipelines from the SPIR-V compiled into the binary with
- * the work-group size as a specialization constant chosen from the subgroup size, and a
- * pipeline cache kept on disk under the cache directory. run follows tests/test_passes.c: a job
- * of one chunk is one submission (mask, total, scale, apply, barriers between) with no host
- * round trip; a larger one runs pass 1 chunk by chunk, the scales on the host, then pass 3.
+ * descriptor set layout shared by the passes (binding numbers as in shaders/db_glsl.h: the
+ * parameter words a uniform buffer, the rest storage buffers), the compute pipelines from the
+ * SPIR-V compiled into the binary with the work-group size as a specialization constant chosen
+ * from the subgroup size, and a pipeline cache kept on disk under the cache directory. run
+ * follows tests/test_passes.c: a job of one chunk is one submission (mask, total, scale, apply,
+ * barriers between) with no host round trip; a larger one runs pass 1 chunk by chunk, the scales
+ * on the host, then pass 3. A submission's commands are logged and a command buffer recorded
+ * from them only when none kept from an earlier job holds the same (vulkan_record.c): a job of a
+ * shape seen before, on the same buffers, submits the kept one.
  *
  * Buffers are kept by the device between jobs and grown when a job needs more. Where the device
  * has memory the host cannot map (a discrete GPU: "staged"), every buffer is DEVICE_LOCAL, so
@@ -21,7 +24,10 @@
  * HOST_COHERENT and mapped, and the passes use them directly. A one-chunk job whose tensors are
  * aligned to minImportedHostPointerAlignment uses them through VK_EXT_external_memory_host
  * instead of copying them on the host: the passes read and write them in place, or on a staged
- * device the copies onto and off the device take them as source and destination. With several
+ * device the copies onto and off the device take them as source and destination. Tensors in a
+ * host region (the daemon's, struct db_host_region) use the region's import, made on its first
+ * job and kept (VK_KEPT_IMPORTS a device, with a reference on the region) until the region is
+ * gone, bound at the tensor's offset; others are imported for their job alone. With several
  * chunks the mask bits wait on the host between pass 1 and pass 3 (they are 1/32 of f32 data).
  *
  * On GPU tunings the mask of a job that allows it (compat none, unshared masks) is made by the
@@ -227,9 +233,10 @@ static void fill(struct vk_dev *d, VkBuffer b, uint64_t bytes, uint32_t value)
     jc.pend_fills++;
 }
 
-static void copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes)
+static void copy(struct vk_dev *d, VkBuffer src, uint64_t src_off, VkBuffer dst, uint64_t dst_off, uint64_t bytes,
+                 int after_passes)
 {
-    vk_copy(d, src, dst, bytes, after_passes);
+    vk_copy_at(d, src, src_off, dst, dst_off, bytes, after_passes);
     if (bytes) count_transfer();
 }
 
@@ -397,19 +404,45 @@ struct job {
     size_t es;
     struct db_chunking ck; /* the plan's chunks (db_job_chunks) */
     struct db_tuning tu, safe;
-    uint32_t fault;       /* DROPBLOCK_VULKAN_MASK_FAULT on a CPU device, else 0 */
-    uint64_t reruns;      /* mask passes of this job rerun with the worst-case budget */
-    int copy_in;          /* x through the x buffer's mapped memory */
-    VkBuffer xb;          /* the buffer the passes run on */
-    VkBuffer src, dst;    /* staged: x copied onto xb from src, y off it to dst (else VK_NULL_HANDLE) */
-    struct vk_buf xi, yi; /* the caller's tensors, imported */
+    uint32_t fault;            /* DROPBLOCK_VULKAN_MASK_FAULT on a CPU device, else 0 */
+    uint64_t reruns;           /* mask passes of this job rerun with the worst-case budget */
+    int copy_in;               /* x through the x buffer's mapped memory */
+    VkBuffer xb;               /* the buffer the passes run on */
+    VkBuffer src, dst;         /* staged: x copied onto xb from src, y off it to dst (else VK_NULL_HANDLE) */
+    uint64_t src_off, dst_off; /* where x lies in src, y in dst */
+    struct vk_buf xi, yi;      /* the caller's tensors, imported for this job */
     uint64_t *kept;
     uint32_t *scales;
     uint32_t *hmask; /* the mask of every chunk, between the passes, when there are several */
 };
 
+/* x and y through the kept imports of the host regions that hold them (the daemon's regions:
+ * one import a region for all its jobs, vk_region_import), at offsets the device can bind; 0
+ * where either cannot be (no region, an unaligned offset or size, no import). */
+static int job_regions(struct job *j, VkBuffer *xb, uint64_t *xoff, VkBuffer *yb, uint64_t *yoff)
+{
+    struct vk_dev *d = j->d;
+    const struct db_job_mem *mem = j->dev ? j->dev->job_mem : NULL;
+    const uint64_t bytes = j->pl->numel * j->es, align = d->props.limits.minStorageBufferOffsetAlignment;
+    if (!mem || !mem->in || !mem->out || !d->has_import || d->knobs->vulkan_copy || bytes % 4) return 0;
+    const struct vk_buf *bx = vk_region_import(d, mem->in);
+    const struct vk_buf *by = mem->out == mem->in ? bx : bx ? vk_region_import(d, mem->out) : NULL;
+    /* (the second import may have taken the first's place: look it up again) */
+    if (by && mem->out != mem->in) bx = vk_region_import(d, mem->in);
+    if (!bx || !by) return 0;
+    const uint64_t xo = (uint64_t)((const char *)j->in - (const char *)mem->in->base);
+    const uint64_t yo = (uint64_t)((const char *)j->out - (const char *)mem->out->base);
+    if ((align && (xo % align || yo % align)) || xo + bytes > bx->size || yo + bytes > by->size) return 0;
+    *xb = bx->buf;
+    *yb = by->buf;
+    *xoff = xo;
+    *yoff = yo;
+    return 1;
+}
+
 /* The job's host arrays and device buffers, every chunk fitting buffers sized for the largest
- * one; x and y imported where they can be; the descriptor set bound. */
+ * one; x and y imported where they can be (kept between jobs where they lie in host regions);
+ * the descriptor set bound. */
 static int job_setup(struct job *j, int resident, char *msg, size_t len)
 {
     struct vk_dev *d = j->d;
@@ -440,25 +473,38 @@ static int job_setup(struct job *j, int resident, char *msg, size_t len)
         if (i != B_Y && !(resident && i == B_X)) rc = vk_buf_ensure(d, i, sizes[i], msg, len);
     if (rc) return rc;
     VkBuffer xb = d->bufs[B_X].buf, yb = xb;
+    uint64_t xoff = 0, yoff = 0, range = VK_WHOLE_SIZE;
+    int imported = 0;
     if (resident) {
         yb = d->bufs[B_Y].buf;
+    } else if (nchunks == 1 && (imported = job_regions(j, &xb, &xoff, &yb, &yoff))) {
+        range = (pl->numel * es + 3) & ~UINT64_C(3);
     } else if (nchunks == 1 && vk_buf_import(d, &j->xi, j->in, pl->numel * es)) {
+        imported = 1;
         if (j->in == j->out) yb = xb = j->xi.buf;
         else if (vk_buf_import(d, &j->yi, j->out, pl->numel * es)) {
             xb = j->xi.buf;
             yb = j->yi.buf;
-        } else vk_buf_free(d, &j->xi);
+        } else {
+            vk_buf_free(d, &j->xi);
+            imported = 0;
+        }
     }
-    j->copy_in = !resident && !j->xi.buf;
+    j->copy_in = !resident && !imported;
     /* staged: the passes run on the device's x buffer, x copied onto it from src (the imported
      * tensor or the twin) and y off it to dst */
     j->src = j->dst = VK_NULL_HANDLE;
+    j->src_off = j->dst_off = 0;
     if (d->staged && !resident) {
         j->src = xb == d->bufs[B_X].buf ? d->bufs[B_X].twin : xb;
         j->dst = yb == d->bufs[B_X].buf ? d->bufs[B_X].twin : yb;
+        j->src_off = xoff;
+        j->dst_off = yoff;
         xb = yb = d->bufs[B_X].buf;
+        xoff = yoff = 0;
+        range = VK_WHOLE_SIZE;
     }
-    vk_bind_all(d, xb, yb);
+    vk_bind_at(d, xb, xoff, yb, yoff, range);
     j->xb = xb;
     return DROPBLOCK_OK;
 }
@@ -484,12 +530,12 @@ static int job_fused(struct job *j, char *msg, size_t len)
     if (alone && (rc = mask_pass(d, pl, &ch, &j->tu, &j->safe, 0, &j->reruns, msg, len))) return rc;
     if ((rc = vk_begin(d, msg, len))) return rc;
     if (!alone) vk_record_mask(d, prm);
-    if (src) copy(d, src, xb, ch.nelem * es, 0); /* beside the mask pass, which does not read x */
+    if (src) copy(d, src, j->src_off, xb, 0, ch.nelem * es, 0); /* beside the mask pass, which does not read x */
     /* after a barrier, for the mask pass of either submission; the scatter flow's count pass made
      * the scales (prm: the parameters the mask pass last ran with) */
     if (!prm[DBP_SCATTER]) step(d, d->pipes[PASS_SCALE], ch.nsamp, 0);
     record_apply(d, pl, prm);
-    if (dst) copy(d, xb, dst, ch.nelem * es, 1);
+    if (dst) copy(d, xb, 0, dst, j->dst_off, ch.nelem * es, 1);
     to_host(d, B_KEPT, vk_kept_bytes(prm));
     to_host(d, B_SCALES, ch.nsamp * 4);
     if (j->mask) to_host(d, B_MASK, (ch.nelem + 31) / 32 * 4);
@@ -566,9 +612,9 @@ static int job_applies(struct job *j, const uint64_t *mofs, char *msg, size_t le
         if (!(rc = vk_begin(d, msg, len))) {
             to_device(d, B_SCALES, ch.nsamp * 4);
             if (hmask) to_device(d, B_MASK, (ch.nelem + 31) / 32 * 4);
-            if (src) copy(d, src, xb, ch.nelem * es, 0);
+            if (src) copy(d, src, j->src_off, xb, 0, ch.nelem * es, 0);
             record_apply(d, pl, prm);
-            if (dst) copy(d, xb, dst, ch.nelem * es, 1);
+            if (dst) copy(d, xb, 0, dst, j->dst_off, ch.nelem * es, 1);
             rc = submit(d, msg, len);
         }
         if (rc) break;
@@ -657,6 +703,12 @@ static int vk_run(struct db_device *dev, const struct db_plan *pl, const void *i
     return rc;
 }
 
+static void vk_sweep(struct db_device *dev)
+{
+    struct vk_dev *d = dev->priv;
+    if (d && d->dev) vk_drop_imports(d, 0);
+}
+
 static void vk_describe(const struct db_device *dev, char *buf, size_t len)
 {
     const struct vk_dev *d = dev->priv;
@@ -676,5 +728,5 @@ static void vk_tuning(const struct db_device *dev, const struct db_plan *pl, str
     *out = vk_job_tuning(dev->priv, pl, 0);
 }
 
-const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate, vk_prepare,  vk_run,
-                                              vk_bench, vk_release,   vk_describe, vk_tuning};
+const struct backend_ops db_backend_vulkan = {"vulkan",   vk_enumerate, vk_prepare, vk_run,  vk_bench,
+                                              vk_release, vk_describe,  vk_tuning,  vk_sweep};

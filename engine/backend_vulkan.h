@@ -53,6 +53,7 @@ struct vk_op {
     VkPipeline pipe; /* dispatch */
     VkBuffer a, b;   /* copy: source, destination; fill: b */
     uint64_t bytes;  /* copy, fill */
+    uint64_t a_off, b_off; /* copy: where in a and b */
 };
 
 /* a kept command buffer and the log it was recorded from (valid while epoch is the device's) */
@@ -76,6 +77,14 @@ struct vk_buf {
     VkDeviceSize size;
     VkBuffer twin; /* staged devices: the host-visible copy of a DEVICE_LOCAL buffer the host uses */
     VkDeviceMemory twin_mem;
+};
+
+/* a host region's import kept between jobs (vk_region_import), with a reference on the region */
+#define VK_KEPT_IMPORTS 8
+struct vk_kept_import {
+    struct db_host_region *r; /* NULL: a free entry */
+    struct vk_buf b;
+    uint64_t last_use;
 };
 
 struct vk_dev {
@@ -111,11 +120,14 @@ struct vk_dev {
     int ops_failed; /* the log could not grow: vk_submit fails */
     int pushed_own; /* a step pushed its own words: the passes' are pushed again */
     struct vk_slot slots[VK_SLOTS];
-    uint64_t epoch;      /* bumped by vk_forget_recordings: older slots are stale */
-    uint64_t uses;       /* submissions (the slots' least recent use) */
-    int recorded;        /* the last submission recorded its command buffer (0: reused a kept one) */
-    VkBuffer bound[B_N]; /* what the descriptor set holds (vk_bind_all), where bound_ok */
+    uint64_t epoch;           /* bumped by vk_forget_recordings: older slots are stale */
+    uint64_t uses;            /* submissions (the slots' least recent use) */
+    int recorded;             /* the last submission recorded its command buffer (0: reused a kept one) */
+    VkBuffer bound[B_N];      /* what the descriptor set holds (vk_bind_all), where bound_ok */
+    VkDeviceSize bound_at[3]; /* and x's offset, y's, their range */
     int bound_ok;
+    struct vk_kept_import kept[VK_KEPT_IMPORTS];
+    uint64_t kept_uses;
     /* the recording's barriers (vulkan_record.c, vk_sync and vk_record) */
     VkPipelineStageFlags bar_src; /* stages since the last barrier, with its destination stages */
     VkAccessFlags bar_wr;         /* writes since the last barrier */
@@ -164,7 +176,10 @@ int vk_buf_make(struct vk_dev *d, struct vk_buf *b, uint64_t size, const char *w
 int vk_buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t len);
 int vk_buf_import(struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t bytes);
 void vk_bind_all(struct vk_dev *d, VkBuffer xb, VkBuffer yb);
+void vk_bind_at(struct vk_dev *d, VkBuffer xb, uint64_t xoff, VkBuffer yb, uint64_t yoff, uint64_t range);
 void vk_buf_free(struct vk_dev *d, struct vk_buf *b);
+const struct vk_buf *vk_region_import(struct vk_dev *d, struct db_host_region *r);
+void vk_drop_imports(struct vk_dev *d, int all);
 
 /* vulkan_record.c */
 int vk_record_prepare(struct vk_dev *d, char *msg, size_t len);
@@ -178,6 +193,8 @@ void vk_step(struct vk_dev *d, VkPipeline pipe, uint64_t n, int first);
 void vk_step_push(struct vk_dev *d, VkPipeline pipe, const uint32_t words[4], uint64_t n, int first);
 void vk_fill(struct vk_dev *d, VkBuffer b, uint64_t bytes, uint32_t value);
 void vk_copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes);
+void vk_copy_at(struct vk_dev *d, VkBuffer src, uint64_t src_off, VkBuffer dst, uint64_t dst_off, uint64_t bytes,
+                int after_passes);
 void vk_to_device(struct vk_dev *d, int i, uint64_t bytes);
 void vk_to_host(struct vk_dev *d, int i, uint64_t bytes);
 int vk_submit(struct vk_dev *d, char *msg, size_t len);

@@ -423,12 +423,14 @@ static int check_job(struct db_engine *e, int dev, const dropblock_params *p, co
 
 /* The backend's run of the device's job n; a failure names the device. */
 static int run_backend(struct db_engine *e, struct db_slot *s, const struct db_plan *pl, const void *in, void *out,
-                       void *mask, dropblock_result *res, uint64_t n)
+                       void *mask, const struct db_job_mem *mem, dropblock_result *res, uint64_t n)
 {
     const char *id = s->dev.info.id;
     db_progress(&s->dev, DB_PASS_RUNNING, 0, 0);
     s->dev.last_job = (struct db_job_stats){0}; /* the backend's run counts into it */
+    s->dev.job_mem = mem;
     int rc = s->dev.ops->run(&s->dev, pl, in, out, mask, res);
+    s->dev.job_mem = NULL;
     db_progress(&s->dev, DB_PASS_IDLE, 0, 0);
     s->dev.inject_lost = 0;
     if (rc == DROPBLOCK_EUNAVAILABLE) {
@@ -449,7 +451,7 @@ static int run_backend(struct db_engine *e, struct db_slot *s, const struct db_p
 
 /* A job on its device, s->lock held: an injected fault, or the backend's run. */
 static int run_locked(struct db_engine *e, struct db_slot *s, const struct db_plan *pl, const void *in, void *out,
-                      void *mask, dropblock_result *res, int probe)
+                      void *mask, const struct db_job_mem *mem, dropblock_result *res, int probe)
 {
     const char *id = s->dev.info.id;
     if (!atomic_load_explicit(&s->healthy, memory_order_relaxed)) {
@@ -474,12 +476,21 @@ static int run_locked(struct db_engine *e, struct db_slot *s, const struct db_pl
         db_msg(res->message, sizeof res->message, "device %s is unavailable: %s; it is marked unhealthy", id, why);
         return DROPBLOCK_EUNAVAILABLE;
     }
-    default: return run_backend(e, s, pl, in, out, mask, res, n);
+    default: return run_backend(e, s, pl, in, out, mask, mem, res, n);
     }
 }
 
+/* r, if the bytes [p, p + bytes) lie inside it; else NULL (a region that does not hold the
+ * tensor is no hint at all) */
+static struct db_host_region *holding(struct db_host_region *r, const void *p, uint64_t bytes)
+{
+    if (!r) return NULL;
+    const uintptr_t b = (uintptr_t)r->base, a = (uintptr_t)p;
+    return a >= b && a - b <= r->size && bytes <= r->size - (a - b) ? r : NULL;
+}
+
 static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
-                      dropblock_result *res, int try_only, int probe)
+                      const struct db_job_mem *mem, dropblock_result *res, int try_only, int probe)
 {
     memset(res, 0, sizeof *res);
     struct db_plan pl;
@@ -500,7 +511,10 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
         atomic_fetch_add(&s->busy, 1);
         pthread_mutex_lock(&s->lock);
     }
-    rc = run_locked(e, s, &pl, in, out, mask, res, probe);
+    const uint64_t bytes = pl.numel * dropblock_dtype_size(p->dtype);
+    struct db_job_mem m = {mem ? holding(mem->in, in, bytes) : NULL, mem ? holding(mem->out, out, bytes) : NULL};
+    if (s->dev.ops->sweep) s->dev.ops->sweep(&s->dev); /* what it kept for regions gone since */
+    rc = run_locked(e, s, &pl, in, out, mask, m.in || m.out ? &m : NULL, res, probe);
     pthread_mutex_unlock(&s->lock);
     atomic_fetch_sub(&s->busy, 1);
     return rc;
@@ -508,19 +522,35 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
 int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                   dropblock_result *res)
 {
-    return engine_run(e, dev, p, in, out, mask, res, 0, 0);
+    return engine_run(e, dev, p, in, out, mask, NULL, res, 0, 0);
+}
+
+int db_engine_run_shared(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
+                         const struct db_job_mem *mem, dropblock_result *res)
+{
+    return engine_run(e, dev, p, in, out, mask, mem, res, 0, 0);
+}
+
+void db_engine_sweep(struct db_engine *e)
+{
+    for (size_t i = 0; i < e->n; i++) {
+        struct db_slot *s = &e->slots[i];
+        if (!s->dev.ops->sweep || pthread_mutex_trylock(&s->lock)) continue; /* busy: at its next job */
+        s->dev.ops->sweep(&s->dev);
+        pthread_mutex_unlock(&s->lock);
+    }
 }
 
 int db_engine_try_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                       dropblock_result *res)
 {
-    return engine_run(e, dev, p, in, out, mask, res, 1, 0);
+    return engine_run(e, dev, p, in, out, mask, NULL, res, 1, 0);
 }
 
 int db_engine_run_probe(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out,
                         dropblock_result *res)
 {
-    return engine_run(e, dev, p, in, out, NULL, res, 0, 1);
+    return engine_run(e, dev, p, in, out, NULL, NULL, res, 0, 1);
 }
 
 int db_engine_bench(struct db_engine *e, int dev, const dropblock_params *p, const void *x, unsigned whats, int warmup,

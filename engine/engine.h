@@ -77,6 +77,15 @@ void db_engine_no_healthy(const struct db_engine *e, char *msg, size_t len);
 int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                   dropblock_result *res);
 
+/* As db_engine_run, with where the tensors lie (mem: host regions that outlive the job, see
+ * struct db_host_region; a region that does not hold its tensor is ignored): a backend may keep
+ * what it makes for a region between jobs (Vulkan: its import) until the region is gone. */
+int db_engine_run_shared(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
+                         const struct db_job_mem *mem, dropblock_result *res);
+/* Every idle device drops what it keeps for host regions now gone (a busy one does before its
+ * next job). Any thread; never waits for a job. */
+void db_engine_sweep(struct db_engine *e);
+
 /* As db_engine_run, but returns DB_ENGINE_BUSY at once, running nothing, when the device is
  * running another job (the daemon's loop thread uses it for tiny jobs it may not wait on). */
 #define DB_ENGINE_BUSY 1

@@ -296,6 +296,7 @@ void vk_release(struct db_device *dev)
     if (!d) return;
     if (d->dev) {
         vkDeviceWaitIdle(d->dev); /* nothing should run, but never free under the GPU */
+        vk_drop_imports(d, 1);
         for (int i = 0; i < B_N; i++)
             if (i != B_Y) vk_buf_free(d, &d->bufs[i]);
         vkDestroyFence(d->dev, d->fence, NULL);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend_vulkan.h"
 #include "msg.h"
@@ -162,21 +163,31 @@ int vk_buf_import(struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t by
     return 1;
 }
 
-/* Points the descriptor set at the device's buffers, x and y (maybe the same) at xb and yb,
- * unless it holds them already (rewriting it makes every kept command buffer stale). */
-void vk_bind_all(struct vk_dev *d, VkBuffer xb, VkBuffer yb)
+/* Points the descriptor set at the device's buffers, x and y (maybe the same) at xb and yb. */
+void vk_bind_all(struct vk_dev *d, VkBuffer xb, VkBuffer yb) { vk_bind_at(d, xb, 0, yb, 0, VK_WHOLE_SIZE); }
+
+/* vk_bind_all with x at xoff in xb and y at yoff in yb, range bytes each (VK_WHOLE_SIZE: to the
+ * buffer's end), unless the set holds them already (rewriting it makes every kept command
+ * buffer stale). */
+void vk_bind_at(struct vk_dev *d, VkBuffer xb, uint64_t xoff, VkBuffer yb, uint64_t yoff, uint64_t range)
 {
     VkBuffer bufs[B_N];
+    const VkDeviceSize at[3] = {xoff, yoff, range};
     for (int i = 0; i < B_N; i++) bufs[i] = i == B_X ? xb : i == B_Y ? yb : d->bufs[i].buf;
-    if (d->bound_ok && !memcmp(bufs, d->bound, sizeof bufs)) return;
+    if (d->bound_ok && !memcmp(bufs, d->bound, sizeof bufs) && !memcmp(at, d->bound_at, sizeof at)) return;
     vk_forget_recordings(d);
     memcpy(d->bound, bufs, sizeof bufs);
+    memcpy(d->bound_at, at, sizeof at);
     d->bound_ok = 1;
     VkDescriptorBufferInfo dbi[B_N];
     VkWriteDescriptorSet w[B_N];
     for (int i = 0; i < B_N; i++) {
         VkBuffer buf = bufs[i];
-        dbi[i] = (VkDescriptorBufferInfo){.buffer = buf, .offset = 0, .range = VK_WHOLE_SIZE};
+        dbi[i] = (VkDescriptorBufferInfo){.buffer = buf,
+                                          .offset = i == B_X   ? xoff
+                                                    : i == B_Y ? yoff
+                                                               : 0,
+                                          .range = i == B_X || i == B_Y ? range : VK_WHOLE_SIZE};
         w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
                                       .dstSet = d->set,
                                       .dstBinding = (uint32_t)i,
@@ -200,4 +211,48 @@ void vk_buf_free(struct vk_dev *d, struct vk_buf *b)
     vkDestroyBuffer(d->dev, b->twin, NULL);
     vkFreeMemory(d->dev, b->twin_mem, NULL);
     memset(b, 0, sizeof *b);
+}
+
+/* ---- host regions' imports kept between jobs ------------------------------------------- */
+
+/* The import of region r (the whole range: the daemon's regions are page-aligned mappings)
+ * kept from an earlier job, or made now, taking a reference on r and the least recently used
+ * entry's place when all are taken; NULL where the range cannot be imported. */
+const struct vk_buf *vk_region_import(struct vk_dev *d, struct db_host_region *r)
+{
+    struct vk_kept_import *lru = &d->kept[0];
+    for (int i = 0; i < VK_KEPT_IMPORTS; i++) {
+        struct vk_kept_import *k = &d->kept[i];
+        if (k->r == r && !atomic_load(&r->gone)) {
+            k->last_use = ++d->kept_uses;
+            return &k->b;
+        }
+        if (lru->r && (!k->r || k->last_use < lru->last_use)) lru = k;
+    }
+    struct vk_buf b;
+    if (d->import_align > (uint64_t)sysconf(_SC_PAGESIZE)) return NULL; /* past the mapping's last page */
+    /* the size rounded up to the import alignment stays inside the mapping's last page where the
+     * alignment is at most a page; vk_buf_import refuses a range it cannot take */
+    if (atomic_load(&r->gone) || !vk_buf_import(d, &b, r->base, r->size & ~UINT64_C(3))) return NULL;
+    if (lru->r) {
+        vk_buf_free(d, &lru->b);
+        lru->r->unref(lru->r);
+    }
+    r->ref(r);
+    lru->r = r;
+    lru->b = b;
+    lru->last_use = ++d->kept_uses;
+    return &lru->b;
+}
+
+/* Drops the kept imports of regions now gone (all: every one, the device's release). */
+void vk_drop_imports(struct vk_dev *d, int all)
+{
+    for (int i = 0; i < VK_KEPT_IMPORTS; i++) {
+        struct vk_kept_import *k = &d->kept[i];
+        if (!k->r || (!all && !atomic_load(&k->r->gone))) continue;
+        vk_buf_free(d, &k->b);
+        k->r->unref(k->r);
+        k->r = NULL;
+    }
 }

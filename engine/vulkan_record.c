@@ -120,6 +120,13 @@ static void sync_host(struct vk_dev *d)
  * host, after the passes before it (one barrier before a group of them). */
 void vk_copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int after_passes)
 {
+    vk_copy_at(d, src, 0, dst, 0, bytes, after_passes);
+}
+
+/* vk_copy from src_off in src to dst_off in dst */
+void vk_copy_at(struct vk_dev *d, VkBuffer src, uint64_t src_off, VkBuffer dst, uint64_t dst_off, uint64_t bytes,
+                int after_passes)
+{
     if (!bytes) return;
     if (after_passes && d->bar_passes) vk_sync(d, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_READ_BIT);
     vk_record(d, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT, after_passes);
@@ -127,6 +134,8 @@ void vk_copy(struct vk_dev *d, VkBuffer src, VkBuffer dst, uint64_t bytes, int a
     if (!op) return;
     op->a = src;
     op->b = dst;
+    op->a_off = src_off;
+    op->b_off = dst_off;
     op->bytes = bytes;
 }
 
@@ -245,7 +254,7 @@ static int replay(struct vk_dev *d, VkCommandBuffer cmd, char *msg, size_t len)
         }
         case OP_FILL: vkCmdFillBuffer(cmd, op->b, 0, op->bytes, op->w[0]); break;
         case OP_COPY: {
-            VkBufferCopy c = {.srcOffset = 0, .dstOffset = 0, .size = op->bytes};
+            VkBufferCopy c = {.srcOffset = op->a_off, .dstOffset = op->b_off, .size = op->bytes};
             vkCmdCopyBuffer(cmd, op->a, op->b, 1, &c);
             break;
         }

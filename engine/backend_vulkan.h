@@ -56,10 +56,19 @@ struct vk_op {
     uint64_t a_off, b_off; /* copy: where in a and b */
 };
 
-/* a kept command buffer and the log it was recorded from (valid while epoch is the device's) */
-#define VK_SLOTS 4
+/* a submission's descriptor bindings: the buffers, x's and y's offsets and their range */
+struct vk_binding {
+    VkBuffer bufs[B_N];
+    VkDeviceSize xoff, yoff, range;
+};
+
+/* a kept command buffer, its descriptor set, and the bindings and log it was recorded from
+ * (valid while epoch is the device's) */
+#define VK_SLOTS 8
 struct vk_slot {
     VkCommandBuffer cmd;
+    VkDescriptorSet set;
+    struct vk_binding bind;
     struct vk_op *ops;
     uint32_t nops, cap;
     uint64_t epoch, last_use;
@@ -110,8 +119,7 @@ struct vk_dev {
     VkPipeline pipes[PASS_N];
     VkPipeline bench[BS_N]; /* made on the first benchmark */
     VkPipelineCache cache;
-    VkDescriptorPool dpool;
-    VkDescriptorSet set;
+    VkDescriptorPool dpool; /* the kept command buffers' sets */
     VkCommandPool cpool;
     VkFence fence;
     /* the submission being logged and the kept command buffers (vulkan_record.c) */
@@ -123,9 +131,7 @@ struct vk_dev {
     uint64_t epoch;           /* bumped by vk_forget_recordings: older slots are stale */
     uint64_t uses;            /* submissions (the slots' least recent use) */
     int recorded;             /* the last submission recorded its command buffer (0: reused a kept one) */
-    VkBuffer bound[B_N];      /* what the descriptor set holds (vk_bind_all), where bound_ok */
-    VkDeviceSize bound_at[3]; /* and x's offset, y's, their range */
-    int bound_ok;
+    struct vk_binding bind; /* the bindings of the submissions that follow (vk_bind_all) */
     struct vk_kept_import kept[VK_KEPT_IMPORTS];
     uint64_t kept_uses;
     /* the recording's barriers (vulkan_record.c, vk_sync and vk_record) */
@@ -177,6 +183,7 @@ int vk_buf_ensure(struct vk_dev *d, int i, uint64_t size, char *msg, size_t len)
 int vk_buf_import(struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t bytes);
 void vk_bind_all(struct vk_dev *d, VkBuffer xb, VkBuffer yb);
 void vk_bind_at(struct vk_dev *d, VkBuffer xb, uint64_t xoff, VkBuffer yb, uint64_t yoff, uint64_t range);
+void vk_write_set(struct vk_dev *d, VkDescriptorSet set, const struct vk_binding *b);
 void vk_buf_free(struct vk_dev *d, struct vk_buf *b);
 const struct vk_buf *vk_region_import(struct vk_dev *d, struct db_host_region *r);
 void vk_drop_imports(struct vk_dev *d, int all);

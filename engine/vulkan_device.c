@@ -301,7 +301,7 @@ void vk_release(struct db_device *dev)
             if (i != B_Y) vk_buf_free(d, &d->bufs[i]);
         vkDestroyFence(d->dev, d->fence, NULL);
         vkDestroyCommandPool(d->dev, d->cpool, NULL);    /* frees the command buffers */
-        vkDestroyDescriptorPool(d->dev, d->dpool, NULL); /* frees the set */
+        vkDestroyDescriptorPool(d->dev, d->dpool, NULL); /* frees the sets */
         for (int i = 0; i < PASS_N; i++) vkDestroyPipeline(d->dev, d->pipes[i], NULL);
         for (int i = 0; i < BS_N; i++) vkDestroyPipeline(d->dev, d->bench[i], NULL);
         vkDestroyPipelineCache(d->dev, d->cache, NULL);
@@ -528,17 +528,15 @@ int vk_prepare_device(struct vk_dev *d, char *msg, size_t len)
 int vk_prepare_submission(struct vk_dev *d, char *msg, size_t len)
 {
     VkResult r;
-    VkDescriptorPoolSize ps[2] = {{.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = B_N - 1},
-                                  {.type = VK_DESCRIPTOR_TYPE_UNIFORM_BUFFER, .descriptorCount = 1}};
-    VkDescriptorPoolCreateInfo dpi = {
-        .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = 1, .poolSizeCount = 2, .pPoolSizes = ps};
+    /* a descriptor set for each kept command buffer (vk_record_prepare) */
+    VkDescriptorPoolSize ps[2] = {{.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = (B_N - 1) * VK_SLOTS},
+                                  {.type = VK_DESCRIPTOR_TYPE_UNIFORM_BUFFER, .descriptorCount = VK_SLOTS}};
+    VkDescriptorPoolCreateInfo dpi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
+                                      .maxSets = VK_SLOTS,
+                                      .poolSizeCount = 2,
+                                      .pPoolSizes = ps};
     if ((r = vkCreateDescriptorPool(d->dev, &dpi, NULL, &d->dpool)))
         return vk_fail(msg, len, r, "vkCreateDescriptorPool");
-    VkDescriptorSetAllocateInfo dai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
-                                       .descriptorPool = d->dpool,
-                                       .descriptorSetCount = 1,
-                                       .pSetLayouts = &d->dsl};
-    if ((r = vkAllocateDescriptorSets(d->dev, &dai, &d->set))) return vk_fail(msg, len, r, "vkAllocateDescriptorSets");
 
     VkCommandPoolCreateInfo cpci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
                                     .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,

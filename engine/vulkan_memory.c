@@ -163,33 +163,35 @@ int vk_buf_import(struct vk_dev *d, struct vk_buf *b, const void *p, uint64_t by
     return 1;
 }
 
-/* Points the descriptor set at the device's buffers, x and y (maybe the same) at xb and yb. */
+/* The bindings of the submissions that follow: the device's buffers, x and y (maybe the same)
+ * at xb and yb. */
 void vk_bind_all(struct vk_dev *d, VkBuffer xb, VkBuffer yb) { vk_bind_at(d, xb, 0, yb, 0, VK_WHOLE_SIZE); }
 
 /* vk_bind_all with x at xoff in xb and y at yoff in yb, range bytes each (VK_WHOLE_SIZE: to the
- * buffer's end), unless the set holds them already (rewriting it makes every kept command
- * buffer stale). */
+ * buffer's end). A kept command buffer has its own descriptor set, written when it is recorded
+ * (vulkan_record.c): the bindings are part of what a submission must match to reuse it. */
 void vk_bind_at(struct vk_dev *d, VkBuffer xb, uint64_t xoff, VkBuffer yb, uint64_t yoff, uint64_t range)
 {
-    VkBuffer bufs[B_N];
-    const VkDeviceSize at[3] = {xoff, yoff, range};
-    for (int i = 0; i < B_N; i++) bufs[i] = i == B_X ? xb : i == B_Y ? yb : d->bufs[i].buf;
-    if (d->bound_ok && !memcmp(bufs, d->bound, sizeof bufs) && !memcmp(at, d->bound_at, sizeof at)) return;
-    vk_forget_recordings(d);
-    memcpy(d->bound, bufs, sizeof bufs);
-    memcpy(d->bound_at, at, sizeof at);
-    d->bound_ok = 1;
+    memset(&d->bind, 0, sizeof d->bind); /* compared with memcmp */
+    for (int i = 0; i < B_N; i++) d->bind.bufs[i] = i == B_X ? xb : i == B_Y ? yb : d->bufs[i].buf;
+    d->bind.xoff = xoff;
+    d->bind.yoff = yoff;
+    d->bind.range = range;
+}
+
+/* Writes set with the bindings b. */
+void vk_write_set(struct vk_dev *d, VkDescriptorSet set, const struct vk_binding *b)
+{
     VkDescriptorBufferInfo dbi[B_N];
     VkWriteDescriptorSet w[B_N];
     for (int i = 0; i < B_N; i++) {
-        VkBuffer buf = bufs[i];
-        dbi[i] = (VkDescriptorBufferInfo){.buffer = buf,
-                                          .offset = i == B_X   ? xoff
-                                                    : i == B_Y ? yoff
+        dbi[i] = (VkDescriptorBufferInfo){.buffer = b->bufs[i],
+                                          .offset = i == B_X   ? b->xoff
+                                                    : i == B_Y ? b->yoff
                                                                : 0,
-                                          .range = i == B_X || i == B_Y ? range : VK_WHOLE_SIZE};
+                                          .range = i == B_X || i == B_Y ? b->range : VK_WHOLE_SIZE};
         w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
-                                      .dstSet = d->set,
+                                      .dstSet = set,
                                       .dstBinding = (uint32_t)i,
                                       .descriptorCount = 1,
                                       .descriptorType = vk_binding_type(i),
@@ -199,12 +201,11 @@ void vk_bind_at(struct vk_dev *d, VkBuffer xb, uint64_t xoff, VkBuffer yb, uint6
 }
 
 /* (any kept command buffer may name b, and a buffer made later may get its handle: they are
- * forgotten, and the descriptor set is written again before its next use) */
+ * forgotten) */
 void vk_buf_free(struct vk_dev *d, struct vk_buf *b)
 {
     if (!b->buf && !b->twin && !b->mem && !b->twin_mem) return;
     vk_forget_recordings(d);
-    d->bound_ok = 0;
     if (b->map) vkUnmapMemory(d->dev, b->twin ? b->twin_mem : b->mem);
     vkDestroyBuffer(d->dev, b->buf, NULL);
     vkFreeMemory(d->dev, b->mem, NULL);

@@ -4,12 +4,12 @@
  * vk_begin .. vk_submit does not record into a command buffer as it goes: each command is
  * logged (struct vk_op: the pipeline, the push words, the groups, the barrier's scopes, the
  * buffers and byte counts), and vk_submit looks for a kept command buffer recorded from the same
- * log. A job of a shape seen before (the same passes, groups, buffers and sizes: its parameters
- * are in the uniform buffer, not in the commands) submits the kept one as it is; only a new
- * log is replayed into a command buffer, the least recently used of VK_SLOTS. A kept command
- * buffer is valid while everything it names is: vk_forget_recordings (any buffer or pipeline
- * destroyed, the descriptor set rewritten) bumps d->epoch, and a slot of an older epoch is never
- * reused. */
+ * log and the same descriptor bindings. A job of a shape seen before (the same passes, groups,
+ * buffers and sizes: its parameters are in the uniform buffer, not in the commands) submits the
+ * kept one as it is; only a new log is replayed into a command buffer, the least recently used
+ * of VK_SLOTS, whose own descriptor set is written with the submission's bindings then. A kept
+ * command buffer is valid while everything it names is: vk_forget_recordings (any buffer or
+ * pipeline destroyed) bumps d->epoch, and a slot of an older epoch is never reused. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,8 +38,7 @@ static struct vk_op *op_add(struct vk_dev *d, enum vk_op_kind kind)
     return op;
 }
 
-/* Every kept command buffer is stale: a buffer or pipeline it may name was destroyed, or the
- * descriptor set it binds was rewritten. */
+/* Every kept command buffer is stale: a buffer or pipeline it may name was destroyed. */
 void vk_forget_recordings(struct vk_dev *d) { d->epoch++; }
 
 /* ---- barriers -------------------------------------------------------------------------- */
@@ -228,14 +227,15 @@ int vk_begin(struct vk_dev *d, char *msg, size_t len)
     return DROPBLOCK_OK;
 }
 
-/* the log into cmd, from its beginning */
-static int replay(struct vk_dev *d, VkCommandBuffer cmd, char *msg, size_t len)
+/* the log into cmd, from its beginning, with set (written with the bindings) */
+static int replay(struct vk_dev *d, VkCommandBuffer cmd, VkDescriptorSet set, char *msg, size_t len)
 {
     VkResult r;
     if ((r = vkResetCommandBuffer(cmd, 0))) return vk_fail(msg, len, r, "vkResetCommandBuffer");
+    vk_write_set(d, set, &d->bind); /* (no submission is pending: each is waited for) */
     VkCommandBufferBeginInfo cbi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
     if ((r = vkBeginCommandBuffer(cmd, &cbi))) return vk_fail(msg, len, r, "vkBeginCommandBuffer");
-    vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->layout, 0, 1, &d->set, 0, NULL);
+    vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, d->layout, 0, 1, &set, 0, NULL);
     VkPipeline bound = VK_NULL_HANDLE;
     for (uint32_t i = 0; i < d->nops; i++) {
         const struct vk_op *op = &d->ops[i];
@@ -270,7 +270,8 @@ static int slot_for_log(struct vk_dev *d, struct vk_slot **out, char *msg, size_
     struct vk_slot *lru = &d->slots[0];
     for (int i = 0; i < VK_SLOTS; i++) {
         struct vk_slot *s = &d->slots[i];
-        if (s->epoch == d->epoch && s->nops == d->nops && !memcmp(s->ops, d->ops, d->nops * sizeof *d->ops)) {
+        if (s->epoch == d->epoch && s->nops == d->nops && !memcmp(&s->bind, &d->bind, sizeof s->bind) &&
+            !memcmp(s->ops, d->ops, d->nops * sizeof *d->ops)) {
             d->recorded = 0;
             *out = s;
             return DROPBLOCK_OK;
@@ -287,8 +288,9 @@ static int slot_for_log(struct vk_dev *d, struct vk_slot **out, char *msg, size_
         lru->ops = n;
         lru->cap = d->nops;
     }
-    int rc = replay(d, lru->cmd, msg, len);
+    int rc = replay(d, lru->cmd, lru->set, msg, len);
     if (rc) return rc;
+    lru->bind = d->bind;
     memcpy(lru->ops, d->ops, d->nops * sizeof *d->ops);
     lru->nops = d->nops;
     lru->epoch = d->epoch;
@@ -323,17 +325,29 @@ int vk_submit(struct vk_dev *d, char *msg, size_t len)
     return DROPBLOCK_OK;
 }
 
-/* The kept command buffers (allocated from the pool: destroying the pool frees them). */
+/* The kept command buffers and their descriptor sets (from the pools: destroying the pools frees
+ * them). */
 int vk_record_prepare(struct vk_dev *d, char *msg, size_t len)
 {
+    VkDescriptorSetLayout layouts[VK_SLOTS];
+    VkDescriptorSet sets[VK_SLOTS];
+    for (int i = 0; i < VK_SLOTS; i++) layouts[i] = d->dsl;
+    VkDescriptorSetAllocateInfo dai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+                                       .descriptorPool = d->dpool,
+                                       .descriptorSetCount = VK_SLOTS,
+                                       .pSetLayouts = layouts};
+    VkResult r = vkAllocateDescriptorSets(d->dev, &dai, sets);
+    if (r) return vk_fail(msg, len, r, "vkAllocateDescriptorSets");
     VkCommandBuffer cmds[VK_SLOTS];
     VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
                                        .commandPool = d->cpool,
                                        .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
                                        .commandBufferCount = VK_SLOTS};
-    VkResult r = vkAllocateCommandBuffers(d->dev, &cai, cmds);
-    if (r) return vk_fail(msg, len, r, "vkAllocateCommandBuffers");
-    for (int i = 0; i < VK_SLOTS; i++) d->slots[i].cmd = cmds[i];
+    if ((r = vkAllocateCommandBuffers(d->dev, &cai, cmds))) return vk_fail(msg, len, r, "vkAllocateCommandBuffers");
+    for (int i = 0; i < VK_SLOTS; i++) {
+        d->slots[i].cmd = cmds[i];
+        d->slots[i].set = sets[i];
+    }
     d->epoch = 1; /* a slot's 0 matches nothing */
     return DROPBLOCK_OK;
 }

@@ -128,9 +128,9 @@ struct vk_dev {
     int ops_failed; /* the log could not grow: vk_submit fails */
     int pushed_own; /* a step pushed its own words: the passes' are pushed again */
     struct vk_slot slots[VK_SLOTS];
-    uint64_t epoch;           /* bumped by vk_forget_recordings: older slots are stale */
-    uint64_t uses;            /* submissions (the slots' least recent use) */
-    int recorded;             /* the last submission recorded its command buffer (0: reused a kept one) */
+    uint64_t epoch;         /* bumped by vk_forget_recordings: older slots are stale */
+    uint64_t uses;          /* submissions (the slots' least recent use) */
+    int recorded;           /* the last submission recorded its command buffer (0: reused a kept one) */
     struct vk_binding bind; /* the bindings of the submissions that follow (vk_bind_all) */
     struct vk_kept_import kept[VK_KEPT_IMPORTS];
     uint64_t kept_uses;

@@ -377,6 +377,8 @@ def main():
     src = os.path.abspath(a.source_dir)
     image = "dropblockd:" + a.version
 
+    git = os.path.isdir(os.path.join(src, ".git")) or os.path.isfile(os.path.join(src, ".git"))
+    head = sh(["git", "-C", src, "rev-parse", "HEAD"]).stdout.strip() if git else ""
     if not a.no_build:
         t0 = time.time()
         r = subprocess.run(["bash", os.path.join(src, "deploy", "container", "build-image.sh")], cwd=src, timeout=1700)
@@ -388,15 +390,17 @@ def main():
     if not check(r.returncode == 0, "podman image inspect %s: %s" % (image, r.stderr.strip()[-300:])):
         return 1
     inspect = json.loads(r.stdout)[0]
-    if not a.no_build and os.path.isdir(os.path.join(src, ".git")):
-        epoch = int(sh(["git", "-C", src, "log", "-1", "--format=%ct"]).stdout.strip())
+    if not a.no_build and head:
+        # the commit the script built (HEAD then: others may have committed since), and its date
+        rev = (inspect["Config"].get("Labels") or {}).get("org.opencontainers.image.revision", "")
+        check(rev == head or sh(["git", "-C", src, "merge-base", "--is-ancestor", head, rev]).returncode == 0,
+              "image: revision label %s is HEAD %s, or a commit made since" % (rev, head))
+        r = sh(["git", "-C", src, "log", "-1", "--format=%ct", rev or "HEAD"])
+        epoch = int(r.stdout.strip() or 0)
         created = inspect.get("Created", "")
         want = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
-        check(created.startswith(want), "image: created at the last commit's time %s (SOURCE_DATE_EPOCH): %s"
+        check(created.startswith(want), "image: created at its commit's time %s (SOURCE_DATE_EPOCH): %s"
               % (want, created))
-        head = sh(["git", "-C", src, "rev-parse", "HEAD"]).stdout.strip()
-        check((inspect["Config"].get("Labels") or {}).get("org.opencontainers.image.revision") == head,
-              "image: revision label is HEAD %s" % head)
 
     sets = load_manifests(src)
     with tempfile.TemporaryDirectory(prefix="test_image.") as tmp:

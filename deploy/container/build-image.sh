@@ -58,8 +58,9 @@ image=${IMAGE:-dropblockd:$version}
 suite=${DEBIAN_SUITE:-bookworm}
 base=localhost/dropblockd-base:$suite
 source_kind=${IMAGE_SOURCE:-head}
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
+# one commit for the date, the label and the sources, though others may commit meanwhile
 revision=$(git rev-parse HEAD)
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct "$revision")}
 
 podman=(podman)
 [ -n "${PODMAN_STORAGE_DRIVER:-}" ] && podman+=(--storage-driver "$PODMAN_STORAGE_DRIVER")
@@ -113,7 +114,7 @@ rm -f "$work/base/rootfs.tar"
 
 mkdir "$work/src"
 case $source_kind in
-  head) git archive --format=tar HEAD | tar -x -C "$work/src" ;;
+  head) git archive --format=tar "$revision" | tar -x -C "$work/src" ;;
   worktree)
     git ls-files -z -c -o --exclude-standard | tar --null -T - --ignore-failed-read -cf - | tar -x -C "$work/src" ;;
   *) echo "build-image: IMAGE_SOURCE is head or worktree, not $source_kind" >&2; exit 2 ;;

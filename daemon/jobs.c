@@ -77,7 +77,7 @@ static void *worker_main(void *arg)
         j->t_start = db_now_us();
         if (!atomic_load(&j->cancelled)) {
             /* the regions, so that a device may keep their imports between jobs */
-            const struct db_job_mem mem = {j->rin ? &j->rin->host : NULL, j->rout ? &j->rout->host : NULL};
+            const struct db_job_mem mem = {.in = j->rin ? &j->rin->host : NULL, .out = j->rout ? &j->rout->host : NULL};
             j->rc = db_engine_run_shared(w->js->engine, w->dev, &j->p, j->in, j->out, j->mask, &mem, &j->res);
             j->ran = 1;
         }

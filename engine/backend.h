@@ -66,10 +66,28 @@ struct db_host_region {
     void (*unref)(struct db_host_region *r);
 };
 
+/* Device memory a backend allocated exportable (db_engine_export_alloc), as an importer needs it:
+ * Vulkan's VK_KHR_external_memory_fd (CUDA's cudaImportExternalMemory and HIP's take the same
+ * fields). */
+struct db_export_info {
+    int fd;                     /* the exported descriptor (the caller's to close) */
+    uint64_t size;              /* the bytes asked for */
+    uint64_t allocation_size;   /* the allocation's size: an importer allocates exactly this */
+    uint32_t memory_type_index; /* the exporting device's memory type (Vulkan importers on it use it) */
+    int dedicated;              /* made with VkMemoryDedicatedAllocateInfo: import it dedicated */
+    int host_mappable;          /* the memory type is HOST_VISIBLE: an importer may map it */
+    char handle_type[16];       /* "opaque_fd" */
+    uint8_t device_uuid[16], driver_uuid[16];
+};
+
 /* Where a job's tensors lie: the host regions holding the input and the output (each NULL:
- * memory of this job only). */
+ * memory of this job only), or device memory of the job's device (dev_in, dev_out: handles from
+ * its backend's export_alloc, at in_off and out_off; then the job's in and out pointers are
+ * NULL). */
 struct db_job_mem {
     struct db_host_region *in, *out;
+    void *dev_in, *dev_out;
+    uint64_t in_off, out_off;
 };
 
 /* What a device's running job is doing, for progress displays (db_engine_progress). */
@@ -144,6 +162,15 @@ struct backend_ops {
     /* Drops what the device keeps for host regions now gone (under the device's lock); NULL for
      * a backend that keeps nothing. */
     void (*sweep)(struct db_device *dev);
+    /* Device memory of at least bytes, exportable as a file descriptor (*handle: the backend's;
+     * info: for the importer); NULL for a backend that cannot export (then the engine says so).
+     * export_free frees it (under the device's lock, no job of the device running). */
+    int (*export_alloc)(struct db_device *dev, uint64_t bytes, void **handle, struct db_export_info *info, char *msg,
+                        size_t len);
+    void (*export_free)(struct db_device *dev, void *handle);
+    /* Whether the prepared device can export (export_alloc would not refuse for want of support),
+     * and why not into why; NULL: never. */
+    int (*can_export)(const struct db_device *dev, char *why, size_t len);
 };
 
 extern const struct backend_ops db_backend_cpu;

@@ -436,5 +436,5 @@ static void cpu_tuning(const struct db_device *dev, const struct db_plan *pl, st
     *out = cpu_job_tuning;
 }
 
-const struct backend_ops db_backend_cpu = {"cpu",       cpu_enumerate, cpu_prepare, cpu_run, cpu_bench,
-                                           cpu_release, cpu_describe,  cpu_tuning,  NULL};
+const struct backend_ops db_backend_cpu = {"cpu",        cpu_enumerate, cpu_prepare, cpu_run, cpu_bench, cpu_release,
+                                           cpu_describe, cpu_tuning,    NULL,        NULL,    NULL,      NULL};

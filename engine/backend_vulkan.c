@@ -440,9 +440,35 @@ static int job_regions(struct job *j, VkBuffer *xb, uint64_t *xoff, VkBuffer *yb
     return 1;
 }
 
+/* x and y in exported device memory (region.alloc): bound in place for one chunk at offsets the
+ * device can bind; else copied on the device, chunk by chunk, onto the x buffer and off it (as
+ * a staged device's twins are). Nothing goes through the host. */
+static int job_device_memory(struct job *j)
+{
+    struct vk_dev *d = j->d;
+    const struct db_job_mem *mem = j->dev->job_mem;
+    const struct vk_export *xe = mem->dev_in, *ye = mem->dev_out;
+    const uint64_t bytes = j->pl->numel * j->es, align = d->props.limits.minStorageBufferOffsetAlignment;
+    j->copy_in = 0;
+    j->src = j->dst = VK_NULL_HANDLE;
+    j->src_off = j->dst_off = 0;
+    if (j->ck.nchunks == 1 && bytes % 4 == 0 && (!align || (mem->in_off % align == 0 && mem->out_off % align == 0))) {
+        vk_bind_at(d, xe->buf, mem->in_off, ye->buf, mem->out_off, bytes);
+        j->xb = xe->buf;
+        return DROPBLOCK_OK;
+    }
+    j->src = xe->buf;
+    j->src_off = mem->in_off;
+    j->dst = ye->buf;
+    j->dst_off = mem->out_off;
+    j->xb = d->bufs[B_X].buf;
+    vk_bind_all(d, j->xb, j->xb);
+    return DROPBLOCK_OK;
+}
+
 /* The job's host arrays and device buffers, every chunk fitting buffers sized for the largest
- * one; x and y imported where they can be (kept between jobs where they lie in host regions);
- * the descriptor set bound. */
+ * one; x and y imported where they can be (kept between jobs where they lie in host regions),
+ * or in device memory; the descriptor set bound. */
 static int job_setup(struct job *j, int resident, char *msg, size_t len)
 {
     struct vk_dev *d = j->d;
@@ -475,6 +501,7 @@ static int job_setup(struct job *j, int resident, char *msg, size_t len)
     VkBuffer xb = d->bufs[B_X].buf, yb = xb;
     uint64_t xoff = 0, yoff = 0, range = VK_WHOLE_SIZE;
     int imported = 0;
+    if (j->dev && j->dev->job_mem && j->dev->job_mem->dev_in) return job_device_memory(j);
     if (resident) {
         yb = d->bufs[B_Y].buf;
     } else if (nchunks == 1 && (imported = job_regions(j, &xb, &xoff, &yb, &yoff))) {
@@ -612,9 +639,11 @@ static int job_applies(struct job *j, const uint64_t *mofs, char *msg, size_t le
         if (!(rc = vk_begin(d, msg, len))) {
             to_device(d, B_SCALES, ch.nsamp * 4);
             if (hmask) to_device(d, B_MASK, (ch.nelem + 31) / 32 * 4);
-            if (src) copy(d, src, j->src_off, xb, 0, ch.nelem * es, 0);
+            /* (through the twin, a chunk at a time from its start; else the chunk's place) */
+            const uint64_t at = j->copy_in ? 0 : ch.e0 * es;
+            if (src) copy(d, src, j->src_off + at, xb, 0, ch.nelem * es, 0);
             record_apply(d, pl, prm);
-            if (dst) copy(d, xb, 0, dst, j->dst_off, ch.nelem * es, 1);
+            if (dst) copy(d, xb, 0, dst, j->dst_off + at, ch.nelem * es, 1);
             rc = submit(d, msg, len);
         }
         if (rc) break;
@@ -690,6 +719,30 @@ int vk_job(struct vk_dev *d, struct db_device *dev, const struct db_plan *pl, co
     return rc;
 }
 
+/* The identity (rate 0, eval) of a job in device memory (the engine does the rest on the host):
+ * y = x by a copy on the device, unless in place. */
+static int identity_on_device(struct vk_dev *d, const struct db_job_mem *mem, const struct db_plan *pl, void *mask,
+                              dropblock_result *res)
+{
+    const uint64_t t0 = db_now_us(), bytes = pl->numel * dropblock_dtype_size(pl->p.dtype);
+    const struct vk_export *xe = mem ? mem->dev_in : NULL, *ye = mem ? mem->dev_out : NULL;
+    if (!xe || !ye) {
+        db_msg(res->message, sizeof res->message, "the identity of a job on host memory reached the device");
+        return DROPBLOCK_EINTERNAL;
+    }
+    int rc = DROPBLOCK_OK;
+    if (xe != ye || mem->in_off != mem->out_off) {
+        vk_bind_all(d, d->bufs[B_X].buf, d->bufs[B_X].buf);
+        if (!(rc = vk_begin(d, res->message, sizeof res->message))) {
+            copy(d, xe->buf, mem->in_off, ye->buf, mem->out_off, bytes, 0);
+            rc = submit(d, res->message, sizeof res->message);
+        }
+    }
+    if (!rc) db_identity(pl, NULL, NULL, mask, res); /* the mask and the counts */
+    res->timing_us[3] = db_now_us() - t0;
+    return rc;
+}
+
 static int vk_run(struct db_device *dev, const struct db_plan *pl, const void *in, void *out, void *mask,
                   dropblock_result *res)
 {
@@ -698,7 +751,8 @@ static int vk_run(struct db_device *dev, const struct db_plan *pl, const void *i
     jc.js = &dev->last_job;
     jc.pend_transfers = jc.pend_fills = 0;
     jc.launched = 0;
-    int rc = vk_job(dev->priv, dev, pl, in, out, mask, 0, res, res->message, sizeof res->message);
+    int rc = pl->identity ? identity_on_device(dev->priv, dev->job_mem, pl, mask, res)
+                          : vk_job(dev->priv, dev, pl, in, out, mask, 0, res, res->message, sizeof res->message);
     jc.js = NULL;
     return rc;
 }
@@ -728,5 +782,6 @@ static void vk_tuning(const struct db_device *dev, const struct db_plan *pl, str
     *out = vk_job_tuning(dev->priv, pl, 0);
 }
 
-const struct backend_ops db_backend_vulkan = {"vulkan",   vk_enumerate, vk_prepare, vk_run,  vk_bench,
-                                              vk_release, vk_describe,  vk_tuning,  vk_sweep};
+const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate,    vk_prepare,     vk_run,
+                                              vk_bench, vk_release,      vk_describe,    vk_tuning,
+                                              vk_sweep, vk_export_alloc, vk_export_free, vk_can_export};

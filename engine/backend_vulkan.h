@@ -6,6 +6,7 @@
  * subnormal and f16 probes and the warm-up vulkan_memory.c  memory types, buffers (kept, twins, imports), bindings
  *   vulkan_record.c  the commands of a submission (logged, then replayed into a command buffer
  *                    unless a kept one holds the same), barriers, staged copies, submitting
+ *   vulkan_export.c  device memory exported as file descriptors (region.alloc) and jobs on it
  *   vulkan_bench.c   the benchmark: bench.comp's pipelines and measures
  *   backend_vulkan.c the pipeline cache, prepare, the job (run) and the vtable */
 #ifndef DROPBLOCK_ENGINE_BACKEND_VULKAN_H
@@ -142,6 +143,9 @@ struct vk_dev {
     VkAccessFlags sub_wr; /* writes of the submission (the host's barrier at its end) */
     int bar_passes;       /* a command other than a copy for the host since the last barrier */
     PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;
+    int has_export; /* VK_KHR_external_memory_fd: region.alloc's memory (vulkan_export.c) */
+    PFN_vkGetMemoryFdKHR get_memory_fd;
+    uint8_t device_uuid[16], driver_uuid[16];
     /* tuning (prepare) */
     uint32_t local;       /* work-group size of every pipeline */
     uint32_t mask_done;   /* mask.comp's completion count (CPU devices, which cut loops); 0: none (GPUs) */
@@ -205,6 +209,17 @@ void vk_copy_at(struct vk_dev *d, VkBuffer src, uint64_t src_off, VkBuffer dst, 
 void vk_to_device(struct vk_dev *d, int i, uint64_t bytes);
 void vk_to_host(struct vk_dev *d, int i, uint64_t bytes);
 int vk_submit(struct vk_dev *d, char *msg, size_t len);
+
+/* vulkan_export.c */
+struct vk_export {
+    VkDeviceMemory mem;
+    VkBuffer buf;
+    uint64_t size; /* the bytes asked for */
+};
+int vk_export_alloc(struct db_device *dev, uint64_t bytes, void **handle, struct db_export_info *info, char *msg,
+                    size_t len);
+void vk_export_free(struct db_device *dev, void *handle);
+int vk_can_export(const struct db_device *dev, char *why, size_t len);
 
 /* vulkan_bench.c */
 int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup, int reps,

@@ -32,6 +32,11 @@ struct db_slot {
     uint64_t njobs;                        /* jobs that reached the device (under lock) */
     struct db_fault faults[DB_MAX_FAULTS]; /* injected, for this device */
     int nfaults;
+    /* exported memory given back (db_engine_export_free), freed under lock before the device's
+     * next job or at a sweep: never while a job may use it, never waiting for one */
+    pthread_mutex_t free_lock;
+    void **to_free;
+    size_t nfree, cap_free;
 };
 
 struct db_engine {
@@ -183,6 +188,7 @@ static void open_backend(struct db_engine *e, const struct backend_ops *ops, con
         struct db_slot *s = &e->slots[e->n++];
         s->dev = *d;
         pthread_mutex_init(&s->lock, NULL);
+        pthread_mutex_init(&s->free_lock, NULL);
         atomic_init(&s->busy, 0);
         atomic_init(&s->healthy, 1);
         s->dev.info.healthy = 1;
@@ -259,12 +265,24 @@ int db_engine_open(struct db_engine **out, const char *backends, const char *vis
 
 struct db_knobs *db_engine_knobs(struct db_engine *e) { return &e->knobs; }
 
+/* The exports given back on slot s, freed (s->lock held, or the engine closing). */
+static void free_exports(struct db_slot *s)
+{
+    pthread_mutex_lock(&s->free_lock);
+    for (size_t i = 0; i < s->nfree; i++) s->dev.ops->export_free(&s->dev, s->to_free[i]);
+    s->nfree = 0;
+    pthread_mutex_unlock(&s->free_lock);
+}
+
 void db_engine_close(struct db_engine *e)
 {
     if (!e) return;
     for (size_t i = 0; i < e->n; i++) {
+        free_exports(&e->slots[i]);
         e->slots[i].dev.ops->release(&e->slots[i].dev);
         pthread_mutex_destroy(&e->slots[i].lock);
+        pthread_mutex_destroy(&e->slots[i].free_lock);
+        free(e->slots[i].to_free);
     }
     free(e);
 }
@@ -399,7 +417,7 @@ static int fault_at(const struct db_slot *s, uint64_t n)
 
 /* The checks of a job before it waits for its device: into res, the device's id and what fails; pl, its plan. */
 static int check_job(struct db_engine *e, int dev, const dropblock_params *p, const void *in, const void *out,
-                     struct db_plan *pl, dropblock_result *res)
+                     int on_device, struct db_plan *pl, dropblock_result *res)
 {
     if (dev < 0 || (size_t)dev >= e->n) {
         db_msg(res->message, sizeof res->message, "device index %d out of range", dev);
@@ -410,7 +428,7 @@ static int check_job(struct db_engine *e, int dev, const dropblock_params *p, co
     int rc = dropblock_params_validate(p, res->message, sizeof res->message);
     if (rc) return rc;
     if ((rc = db_plan_init(pl, p, res->message, sizeof res->message))) return rc;
-    if (!in || !out) {
+    if (!on_device && (!in || !out)) {
         db_msg(res->message, sizeof res->message, "%s buffer is NULL", in ? "output" : "input");
         return DROPBLOCK_EINVAL;
     }
@@ -494,11 +512,18 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
 {
     memset(res, 0, sizeof *res);
     struct db_plan pl;
-    int rc = check_job(e, dev, p, in, out, &pl, res);
+    /* device memory: both tensors in it, on this device (the caller's exports of it) */
+    const int on_device = mem && (mem->dev_in || mem->dev_out);
+    if (on_device && !(mem->dev_in && mem->dev_out)) {
+        db_msg(res->message, sizeof res->message, "the %s is in device memory and the %s is not: both or neither",
+               mem->dev_in ? "input" : "output", mem->dev_in ? "output" : "input");
+        return DROPBLOCK_EINVAL;
+    }
+    int rc = check_job(e, dev, p, in, out, on_device, &pl, res);
     if (rc) return rc;
     struct db_slot *s = &e->slots[dev];
     if (mask) memset(mask, 0, dropblock_mask_bytes(p));
-    if (pl.identity) {
+    if (pl.identity && !on_device) {
         uint64_t t0 = db_now_us();
         db_identity(&pl, in, out, mask, res);
         res->timing_us[3] = db_now_us() - t0;
@@ -512,9 +537,15 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
         pthread_mutex_lock(&s->lock);
     }
     const uint64_t bytes = pl.numel * dropblock_dtype_size(p->dtype);
-    struct db_job_mem m = {mem ? holding(mem->in, in, bytes) : NULL, mem ? holding(mem->out, out, bytes) : NULL};
+    struct db_job_mem m = {0};
+    if (on_device) m = *mem;
+    else if (mem) {
+        m.in = holding(mem->in, in, bytes);
+        m.out = holding(mem->out, out, bytes);
+    }
     if (s->dev.ops->sweep) s->dev.ops->sweep(&s->dev); /* what it kept for regions gone since */
-    rc = run_locked(e, s, &pl, in, out, mask, m.in || m.out ? &m : NULL, res, probe);
+    free_exports(s);
+    rc = run_locked(e, s, &pl, in, out, mask, on_device || m.in || m.out ? &m : NULL, res, probe);
     pthread_mutex_unlock(&s->lock);
     atomic_fetch_sub(&s->busy, 1);
     return rc;
@@ -535,10 +566,68 @@ void db_engine_sweep(struct db_engine *e)
 {
     for (size_t i = 0; i < e->n; i++) {
         struct db_slot *s = &e->slots[i];
-        if (!s->dev.ops->sweep || pthread_mutex_trylock(&s->lock)) continue; /* busy: at its next job */
-        s->dev.ops->sweep(&s->dev);
+        if (!s->dev.ops->sweep && !s->dev.ops->export_free) continue;
+        if (pthread_mutex_trylock(&s->lock)) continue; /* busy: at its next job */
+        if (s->dev.ops->sweep) s->dev.ops->sweep(&s->dev);
+        free_exports(s);
         pthread_mutex_unlock(&s->lock);
     }
+}
+
+int db_engine_can_export(const struct db_engine *e, size_t i, char *why, size_t len)
+{
+    if (i >= e->n) return 0;
+    const struct db_slot *s = &e->slots[i];
+    if (!s->dev.ops->export_alloc || !s->dev.ops->can_export) {
+        db_msg(why, len, "device %s (%s) cannot export memory: only Vulkan devices with VK_KHR_external_memory_fd can",
+               s->dev.info.id, s->dev.info.api);
+        return 0;
+    }
+    return s->dev.ops->can_export(&s->dev, why, len);
+}
+
+int db_engine_export_alloc(struct db_engine *e, int dev, uint64_t bytes, void **handle, struct db_export_info *info,
+                           char *msg, size_t len)
+{
+    if (dev < 0 || (size_t)dev >= e->n) {
+        db_msg(msg, len, "device index %d out of range", dev);
+        return DROPBLOCK_ENOTFOUND;
+    }
+    struct db_slot *s = &e->slots[dev];
+    if (!db_engine_can_export(e, (size_t)dev, msg, len)) return DROPBLOCK_EINVAL;
+    if (!db_engine_healthy(e, (size_t)dev, NULL, 0)) {
+        unavailable_msg(s, msg, len);
+        return DROPBLOCK_EUNAVAILABLE;
+    }
+    if (bytes == 0) {
+        db_msg(msg, len, "0 bytes of device memory: ask for at least 1");
+        return DROPBLOCK_EINVAL;
+    }
+    /* (the backend's allocation is thread-safe against the device's running job: no lock) */
+    return s->dev.ops->export_alloc(&s->dev, bytes, handle, info, msg, len);
+}
+
+void db_engine_export_free(struct db_engine *e, int dev, void *handle)
+{
+    if (dev < 0 || (size_t)dev >= e->n || !handle) return;
+    struct db_slot *s = &e->slots[dev];
+    pthread_mutex_lock(&s->free_lock);
+    if (s->nfree == s->cap_free) {
+        size_t cap = s->cap_free ? 2 * s->cap_free : 16;
+        void **n = realloc(s->to_free, cap * sizeof *n);
+        if (!n) { /* no room to defer: free it once the device is idle (waits for its job) */
+            pthread_mutex_unlock(&s->free_lock);
+            pthread_mutex_lock(&s->lock);
+            s->dev.ops->export_free(&s->dev, handle);
+            pthread_mutex_unlock(&s->lock);
+            return;
+        }
+        s->to_free = n;
+        s->cap_free = cap;
+    }
+    s->to_free[s->nfree++] = handle;
+    pthread_mutex_unlock(&s->free_lock);
+    db_engine_sweep(e); /* at once where the device is idle */
 }
 
 int db_engine_try_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,

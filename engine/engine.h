@@ -79,12 +79,25 @@ int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const
 
 /* As db_engine_run, with where the tensors lie (mem: host regions that outlive the job, see
  * struct db_host_region; a region that does not hold its tensor is ignored): a backend may keep
- * what it makes for a region between jobs (Vulkan: its import) until the region is gone. */
+ * what it makes for a region between jobs (Vulkan: its import) until the region is gone. Or
+ * both tensors in device memory of device dev (mem's dev_in, dev_out from
+ * db_engine_export_alloc, at in_off, out_off; in and out NULL): no host copy. */
 int db_engine_run_shared(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                          const struct db_job_mem *mem, dropblock_result *res);
 /* Every idle device drops what it keeps for host regions now gone (a busy one does before its
  * next job). Any thread; never waits for a job. */
 void db_engine_sweep(struct db_engine *e);
+
+/* Device memory for a client to share (docs/protocol.md region.alloc): bytes on device dev,
+ * exportable as a file descriptor (info: the fd, the caller's, and what an importer needs),
+ * *handle naming it in struct db_job_mem. DROPBLOCK_EINVAL naming what is missing where the
+ * device cannot export. Never waits for a running job. */
+int db_engine_export_alloc(struct db_engine *e, int dev, uint64_t bytes, void **handle, struct db_export_info *info,
+                           char *msg, size_t len);
+/* Gives it back: freed before the device's next job, or at once where the device is idle. */
+void db_engine_export_free(struct db_engine *e, int dev, void *handle);
+/* Whether device i can export memory (why: what is missing, where not). */
+int db_engine_can_export(const struct db_engine *e, size_t i, char *why, size_t len);
 
 /* As db_engine_run, but returns DB_ENGINE_BUSY at once, running nothing, when the device is
  * running another job (the daemon's loop thread uses it for tiny jobs it may not wait on). */

@@ -141,6 +141,8 @@ static void describe_props11(struct vk_dev *d, dropblock_device_info *info, uint
     if (have_drv && drv.driverName[0])
         snprintf(info->driver, sizeof info->driver, "%s%s%s", drv.driverName, drv.driverInfo[0] ? " " : "",
                  drv.driverInfo);
+    memcpy(d->device_uuid, idp.deviceUUID, sizeof d->device_uuid);
+    memcpy(d->driver_uuid, idp.driverUUID, sizeof d->driver_uuid);
     const uint8_t *u = idp.deviceUUID;
     snprintf(info->uuid, sizeof info->uuid, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
              u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
@@ -157,6 +159,7 @@ static void describe(struct vk_dev *d, dropblock_device_info *info)
     d->has_int64 = feat.shaderInt64 == VK_TRUE;
     pick_queue(d);
     d->has_import = has_extension(pd, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
+    d->has_export = has_extension(pd, VK_KHR_EXTERNAL_MEMORY_FD_EXTENSION_NAME);
     const VkPhysicalDeviceProperties *p = &d->props;
     describe_props(p, info);
     uint64_t maxbuf = p->limits.maxStorageBufferRange;
@@ -460,16 +463,17 @@ static int make_device(struct vk_dev *d, char *msg, size_t len)
                                    .queueCount = 1,
                                    .pQueuePriorities = &prio};
     VkPhysicalDeviceFeatures feat = {.shaderInt64 = VK_TRUE};
-    const char *exts[2] = {VK_KHR_EXTERNAL_MEMORY_EXTENSION_NAME, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME};
+    /* VK_KHR_external_memory is core in 1.1: only the host and fd extensions are named */
+    const char *exts[2];
+    uint32_t nexts = 0;
+    if (d->has_import) exts[nexts++] = VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
+    if (d->has_export) exts[nexts++] = VK_KHR_EXTERNAL_MEMORY_FD_EXTENSION_NAME;
     VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                               .queueCreateInfoCount = 1,
                               .pQueueCreateInfos = &qci,
+                              .enabledExtensionCount = nexts,
+                              .ppEnabledExtensionNames = nexts ? exts : NULL,
                               .pEnabledFeatures = &feat};
-    /* VK_KHR_external_memory is core in 1.1: only the host extension is named */
-    if (d->has_import) {
-        dci.enabledExtensionCount = 1;
-        dci.ppEnabledExtensionNames = &exts[1];
-    }
     if ((r = vkCreateDevice(d->pd, &dci, NULL, &d->dev))) {
         d->dev = VK_NULL_HANDLE;
         return vk_fail(msg, len, r, "vkCreateDevice");
@@ -479,6 +483,8 @@ static int make_device(struct vk_dev *d, char *msg, size_t len)
         d->get_host_ptr_props =
             (PFN_vkGetMemoryHostPointerPropertiesEXT)vkGetDeviceProcAddr(d->dev, "vkGetMemoryHostPointerPropertiesEXT");
     if (!d->get_host_ptr_props) d->has_import = 0;
+    if (d->has_export) d->get_memory_fd = (PFN_vkGetMemoryFdKHR)vkGetDeviceProcAddr(d->dev, "vkGetMemoryFdKHR");
+    if (!d->get_memory_fd) d->has_export = 0;
     /* staged where the device has memory the host cannot map (discrete GPUs) */
     for (uint32_t i = 0; i < d->mem.memoryTypeCount; i++) {
         VkMemoryPropertyFlags f = d->mem.memoryTypes[i].propertyFlags;

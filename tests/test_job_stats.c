@@ -171,7 +171,7 @@ static int run_in_region(void *c, const dropblock_params *p, const void *in, voi
     if (y_at + bytes > x->r.size) return DROPBLOCK_EEXHAUSTED;
     char *base = x->r.base;
     memcpy(base + REGION_X_AT, in, bytes);
-    const struct db_job_mem mem = {&x->r, &x->r};
+    const struct db_job_mem mem = {.in = &x->r, .out = &x->r};
     x->rc = db_engine_run_shared(x->e, x->dev, p, base + REGION_X_AT, base + y_at, mask, &mem, res);
     db_engine_last_job_stats(x->e, (size_t)x->dev, &x->st);
     memcpy(out, base + y_at, bytes);

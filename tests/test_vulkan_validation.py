@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """The Vulkan backend under the Khronos validation layer: every case of test_backends (the
-default tuning, the GPU tuning, staged buffers, several chunks a job) and test_job_stats (each
-job run twice: the second submits the command buffers kept from the first) with
+default tuning, the GPU tuning, staged buffers, several chunks a job), test_job_stats (each
+job run twice: the second submits the command buffers kept from the first) and
+test_device_memory (jobs on exported memory that the test imports) with
 VK_LAYER_KHRONOS_validation enabled. Any message of the layer fails the test: invalid SPIR-V, a
 stale or invalid command buffer submitted, a descriptor of the wrong type or size, a missing
 barrier the layer can see. Skips (77) where the layer (Debian's vulkan-validationlayers) or a
 Vulkan device is absent.
 
-usage: test_vulkan_validation.py --backends PATH --job-stats PATH"""
+usage: test_vulkan_validation.py --backends PATH --job-stats PATH --device-memory PATH"""
 import argparse
 import os
 import subprocess
@@ -56,6 +57,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--backends", required=True)
     ap.add_argument("--job-stats", required=True)
+    ap.add_argument("--device-memory", required=True)
     a = ap.parse_args()
     if not layer_present():
         print("SKIP: %s not installed (Debian: vulkan-validationlayers)" % LAYER)
@@ -72,6 +74,7 @@ def main():
     for what, extra in RUNS:
         ok &= run([a.backends, "--backend", "vulkan", "--require", "vulkan"], dict(env, **extra), what)
     ok &= run([a.job_stats, "--require", "vulkan"], env, "job stats (command buffers reused)")
+    ok &= run([a.device_memory, "--require", "vulkan"], env, "device memory (exported, imported)")
     print("test_vulkan_validation: %s" % ("clean" if ok else "FAILED"))
     return 0 if ok else 1
 

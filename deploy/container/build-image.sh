@@ -8,13 +8,16 @@
 # 1. a Debian minbase from this machine's Debian apt sources (mmdebstrap), added FROM scratch as
 #    localhost/dropblockd-base:<suite>; no registry is ever asked for an image (--pull=never);
 # 2. the multi-stage Containerfile on it, from the sources of the last commit (git archive HEAD;
-#    IMAGE_SOURCE=worktree: the tracked and untracked, not ignored, files as they are now).
-# Reproducible: SOURCE_DATE_EPOCH is the last commit's time (mmdebstrap's file times, podman's
+#    IMAGE_REVISION=<commit>: that commit's; IMAGE_SOURCE=worktree: the tracked and untracked,
+#    not ignored, files as they are now).
+# Reproducible: SOURCE_DATE_EPOCH is that commit's time (mmdebstrap's file times, podman's
 # --timestamp for layers and dates, useradd's /etc/shadow), so the same commit and the same Debian
-# packages give the same image. The only network use is apt, on the Debian sources.
+# packages give the same layers, bit for bit (the image ids differ: each history entry names the
+# intermediate image of its step, and --omit-history would defeat the layer cache). The only
+# network use is apt, on the Debian sources.
 #
 # Environment: IMAGE (the tag), DEBIAN_SUITE (bookworm), DEBIAN_SOURCES (an apt sources file: the
-# machine's Debian entries by default), IMAGE_SOURCE (head|worktree), EXTRA_PACKAGES (below),
+# machine's Debian entries by default), IMAGE_REVISION, IMAGE_SOURCE (head|worktree), EXTRA_PACKAGES,
 # BUILDAH_ISOLATION (chroot: RUN steps need no OCI runtime, which crun refuses on a machine with
 # hybrid cgroups), PODMAN_STORAGE_DRIVER (podman's configured driver by default).
 set -euo pipefail
@@ -59,7 +62,7 @@ suite=${DEBIAN_SUITE:-bookworm}
 base=localhost/dropblockd-base:$suite
 source_kind=${IMAGE_SOURCE:-head}
 # one commit for the date, the label and the sources, though others may commit meanwhile
-revision=$(git rev-parse HEAD)
+revision=$(git rev-parse "${IMAGE_REVISION:-HEAD}^{commit}")
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct "$revision")}
 
 podman=(podman)

@@ -2,6 +2,7 @@
  * dispatch to the in-process engine (local.c) or the daemon connection (conn.c, remote.c). */
 #include <dropblock/dropblock.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "handle.h"
 #include "msg.h"
@@ -53,8 +54,8 @@ int dropblock_free(dropblock_t *h, void *ptr)
 }
 
 /* What run and submit check before either kind sees the job: the same messages everywhere. */
-static int check_job(const dropblock_t *h, const dropblock_params *p, const void *input, const void *output, char *msg,
-                     size_t len)
+static int check_job(const dropblock_t *h, const dropblock_params *p, const dropblock_ref *input,
+                     const dropblock_ref *output, char *msg, size_t len)
 {
     if (!h || !p) {
         db_msg(msg, len, "%s is NULL", h ? "params" : "handle");
@@ -62,27 +63,49 @@ static int check_job(const dropblock_t *h, const dropblock_params *p, const void
     }
     int rc = dropblock_params_validate(p, msg, len);
     if (rc) return rc;
-    if (!input || !output) {
-        db_msg(msg, len, "%s is NULL", input ? "output" : "input");
+    if ((!input->buffer && !input->ptr) || (!output->buffer && !output->ptr)) {
+        db_msg(msg, len, "%s is NULL", input->buffer || input->ptr ? "output" : "input");
         return DROPBLOCK_EINVAL;
     }
+    if (!input->buffer != !output->buffer) {
+        db_msg(msg, len, "the %s is in a device buffer and the %s is not: both or neither",
+               input->buffer ? "input" : "output", input->buffer ? "output" : "input");
+        return DROPBLOCK_EINVAL;
+    }
+    const uint64_t tb = dropblock_tensor_bytes(p);
+    const dropblock_ref *r[2] = {input, output};
+    for (int i = 0; i < 2; i++)
+        if (r[i]->buffer && (r[i]->offset > r[i]->buffer->size || tb > r[i]->buffer->size - r[i]->offset)) {
+            db_msg(msg, len, "%s: offset %llu + %llu bytes exceeds the device buffer's %llu bytes",
+                   i ? "output" : "input", (unsigned long long)r[i]->offset, (unsigned long long)tb,
+                   (unsigned long long)r[i]->buffer->size);
+            return DROPBLOCK_ERANGE;
+        }
     return DROPBLOCK_OK;
 }
+
+static dropblock_ref host_ref(const void *p) { return (dropblock_ref){NULL, (void *)p, 0}; }
 
 int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
                   const char *device, dropblock_result *res)
 {
+    return dropblock_run_ref(h, p, host_ref(input), host_ref(output), mask, device, res);
+}
+
+int dropblock_run_ref(dropblock_t *h, const dropblock_params *p, dropblock_ref input, dropblock_ref output, void *mask,
+                      const char *device, dropblock_result *res)
+{
     dropblock_result scratch;
     if (!res) res = &scratch;
     memset(res, 0, sizeof *res);
-    int rc = check_job(h, p, input, output, res->message, sizeof res->message);
+    int rc = check_job(h, p, &input, &output, res->message, sizeof res->message);
     if (rc) return rc;
-    if (!h->remote) return local_run(h, p, input, output, mask, device, res);
+    if (!h->remote) return local_run(h, p, &input, &output, mask, device, res);
     dropblock_ticket *t = NULL;
     int timeout = remote_job_timeout(h);
     /* without a timeout the caller reads its own reply (the fast path); with one, the
      * receiver thread does, and the wait is bounded */
-    rc = remote_submit(h, timeout < 0, p, input, output, mask, device, &t, res->message, sizeof res->message);
+    rc = remote_submit(h, timeout < 0, p, &input, &output, mask, device, &t, res->message, sizeof res->message);
     if (rc) return rc;
     rc = remote_wait(h, t, timeout, res);
     if (rc == DROPBLOCK_ETIMEDOUT) {
@@ -99,12 +122,41 @@ int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, 
 int dropblock_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
                      const char *device, dropblock_ticket **ticket)
 {
+    return dropblock_submit_ref(h, p, host_ref(input), host_ref(output), mask, device, ticket);
+}
+
+int dropblock_submit_ref(dropblock_t *h, const dropblock_params *p, dropblock_ref input, dropblock_ref output,
+                         void *mask, const char *device, dropblock_ticket **ticket)
+{
     if (!ticket) return DROPBLOCK_EINVAL;
     *ticket = NULL;
-    int rc = check_job(h, p, input, output, NULL, 0);
+    int rc = check_job(h, p, &input, &output, NULL, 0);
     if (rc) return rc;
-    return h->remote ? remote_submit(h, 0, p, input, output, mask, device, ticket, NULL, 0)
-                     : local_submit(h, p, input, output, mask, device, ticket);
+    return h->remote ? remote_submit(h, 0, p, &input, &output, mask, device, ticket, NULL, 0)
+                     : local_submit(h, p, &input, &output, mask, device, ticket);
+}
+
+int dropblock_device_alloc(dropblock_t *h, const char *device, uint64_t bytes, dropblock_device_buffer *out, char *msg,
+                           size_t msg_len)
+{
+    if (msg && msg_len) msg[0] = 0;
+    if (!h || !out || bytes == 0) {
+        db_msg(msg, msg_len, "%s", !h ? "handle is NULL" : !out ? "out is NULL" : "bytes is 0");
+        return DROPBLOCK_EINVAL;
+    }
+    memset(out, 0, sizeof *out);
+    out->fd = -1;
+    if (!device) device = "auto";
+    return h->remote ? remote_device_alloc(h, device, bytes, out, msg, msg_len)
+                     : local_device_alloc(h, device, bytes, out, msg, msg_len);
+}
+
+int dropblock_device_free(dropblock_t *h, dropblock_device_buffer *buf)
+{
+    if (!h || !buf) return DROPBLOCK_EINVAL;
+    if (buf->fd >= 0) close(buf->fd); /* never imported */
+    buf->fd = -1;
+    return h->remote ? remote_device_free(h, buf) : local_device_free(h, buf);
 }
 
 int dropblock_wait(dropblock_t *h, dropblock_ticket *ticket, int timeout_ms, dropblock_result *res)

@@ -119,6 +119,7 @@ dropblock_ticket *conn_ticket_new(dropblock_t *h, int is_job)
     }
     t->owner = h;
     t->is_job = is_job;
+    t->fd = -1;
     return t;
 }
 
@@ -126,7 +127,30 @@ void conn_ticket_free(dropblock_ticket *t)
 {
     pthread_cond_destroy(&t->cond);
     cJSON_Delete(t->reply);
+    if (t->fd >= 0) close(t->fd);
     free(t);
+}
+
+/* The reply's descriptors ("fds": n, received with its frame, first in, first claimed): the
+ * first into *fd (NULL: closed too), the rest closed. -1 when fewer came than it says. */
+static int claim_fds(struct db_conn *c, const cJSON *r, int *fd)
+{
+    const cJSON *n = field(r, "fds");
+    int want = cJSON_IsNumber(n) && n->valuedouble >= 1 && n->valuedouble <= RX_MAX_FDS ? (int)n->valuedouble : 0;
+    if (want > c->nrx_fds) return -1;
+    for (int i = 0; i < want; i++) {
+        if (i == 0 && fd) *fd = c->rx_fds[0];
+        else close(c->rx_fds[i]);
+    }
+    memmove(c->rx_fds, c->rx_fds + want, (size_t)(c->nrx_fds - want) * sizeof *c->rx_fds);
+    c->nrx_fds -= want;
+    return 0;
+}
+
+void conn_drop_fds(struct db_conn *c)
+{
+    for (int i = 0; i < c->nrx_fds; i++) close(c->rx_fds[i]);
+    c->nrx_fds = 0;
 }
 
 /* Marks the connection broken (the first reason wins) and fails every ticket in flight. */
@@ -225,8 +249,15 @@ static int handle_reply(struct db_conn *c, const char *data, size_t len, char *w
         db_msg(why, why_len, "%s", m);
         return -1;
     }
+    int fd = -1;
+    if (claim_fds(c, r, &fd)) {
+        cJSON_Delete(r);
+        db_msg(why, why_len, "dropblockd sent a reply whose descriptors did not come with it");
+        return -1;
+    }
     uint64_t idv;
     if (proto_get_u64(id, "id", &idv, NULL, 0)) {
+        if (fd >= 0) close(fd);
         cJSON_Delete(r);
         return 0;
     } /* not an id we send */
@@ -242,8 +273,11 @@ static int handle_reply(struct db_conn *c, const char *data, size_t len, char *w
             r = NULL;
             t->rc = DROPBLOCK_OK;
         }
+        t->fd = fd;
+        fd = -1;
         ticket_complete(c, t, t->rc, NULL);
     }
+    if (fd >= 0) close(fd); /* a reply nobody waits for any more */
     pthread_mutex_unlock(&c->lock);
     cJSON_Delete(r);
     return 0;
@@ -256,6 +290,31 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* recv(2) into rbuf, without waiting; the descriptors that come with the bytes (SCM_RIGHTS: a
+ * region.alloc reply's) queued in rx_fds, or closed where more than it holds came. */
+static ssize_t recv_with_fds(struct db_conn *c, int fd)
+{
+    struct iovec iov = {.iov_base = c->rbuf + c->rlen, .iov_len = RBUF_CAP - c->rlen};
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(RX_MAX_FDS * sizeof(int))];
+    } ctl;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
+    ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0) return n;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+        int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < k; i++) {
+            int rfd;
+            memcpy(&rfd, CMSG_DATA(cm) + i * sizeof(int), sizeof rfd);
+            if (c->nrx_fds < RX_MAX_FDS) c->rx_fds[c->nrx_fds++] = rfd;
+            else close(rfd);
+        }
+    }
+    return n;
+}
+
 /* One read from the socket (waiting for it) into rbuf, and every whole frame in it handled. The
  * caller is the reader (c->reader, without the lock). 0, or -1 when the connection cannot go on
  * (why says why; the caller breaks it). */
@@ -265,7 +324,7 @@ static int read_some(struct db_conn *c, int fd, char *why, size_t why_len)
     if (c->spin_us > 0) { /* a short busy wait first: see DEFAULT_SPIN_US */
         int64_t t0 = now_us();
         do {
-            n = recv(fd, c->rbuf + c->rlen, RBUF_CAP - c->rlen, MSG_DONTWAIT);
+            n = recv_with_fds(c, fd);
             if (n >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) goto got;
         } while (now_us() - t0 < c->spin_us);
     }
@@ -279,7 +338,7 @@ static int read_some(struct db_conn *c, int fd, char *why, size_t why_len)
             db_msg(why, why_len, "poll: %s", strerror(errno));
             return -1;
         }
-        n = recv(fd, c->rbuf + c->rlen, RBUF_CAP - c->rlen, MSG_DONTWAIT);
+        n = recv_with_fds(c, fd);
         if (n >= 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) break;
     }
 got:
@@ -641,6 +700,14 @@ int conn_wait_ticket(struct db_conn *c, dropblock_ticket *t, int timeout_ms)
 int conn_request(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeout_ms, cJSON **reply, char *msg,
                  size_t len)
 {
+    return conn_request_fd(h, req, fd, gen, timeout_ms, reply, NULL, msg, len);
+}
+
+/* conn_request, with the descriptor its reply carries in *rfd (-1: none; NULL: closed) */
+int conn_request_fd(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeout_ms, cJSON **reply, int *rfd,
+                    char *msg, size_t len)
+{
+    if (rfd) *rfd = -1;
     *reply = NULL;
     dropblock_ticket *t = conn_ticket_new(h, 0);
     if (!t) {
@@ -662,6 +729,10 @@ int conn_request(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeout_
         if (rc) db_msg(msg, len, "%s", t->res.message);
         *reply = t->reply;
         t->reply = NULL;
+        if (!rc && rfd) {
+            *rfd = t->fd;
+            t->fd = -1;
+        }
     }
     conn_ticket_free(t);
     return rc;

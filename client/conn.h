@@ -28,6 +28,8 @@ struct region {
     int fd; /* the memfd, kept to register the region again after a reconnect */
 };
 
+#define RX_MAX_FDS 16 /* descriptors received and not yet claimed by a reply (as the daemon's limit) */
+
 struct db_conn {
     int fd;       /* written under send_lock and lock (and region_lock) on a reconnect */
     uint64_t gen; /* the connection's generation: 1, then +1 per reconnect (same locks as fd) */
@@ -50,6 +52,8 @@ struct db_conn {
     pthread_cond_t idle_cond; /* broadcast when nobody reads any more (reconnect waits for it) */
     unsigned char *rbuf;      /* received bytes not yet a whole frame: the reader's */
     size_t rlen;
+    int rx_fds[RX_MAX_FDS]; /* descriptors received with replies, not yet claimed by one: the reader's */
+    int nrx_fds;
     char err_msg[256];    /* what calls fail with once broken */
     char daemon_msg[224]; /* the daemon's own words when it closed the connection with an error */
 
@@ -83,6 +87,11 @@ cJSON *conn_new_request(const char *op);
  * (caller deletes) or the error with msg. */
 int conn_request(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeout_ms, cJSON **reply, char *msg,
                  size_t len);
+/* conn_request, with the descriptor its reply carries in *rfd (-1: none; NULL: closed) */
+int conn_request_fd(dropblock_t *h, cJSON *req, int fd, uint64_t *gen, int timeout_ms, cJSON **reply, int *rfd,
+                    char *msg, size_t len);
+/* Closes the descriptors received and not claimed (a reconnect: the old connection's). */
+void conn_drop_fds(struct db_conn *c);
 /* The device list of a hello or devices reply into infos (up to cap); -1 without one. */
 int conn_parse_devices(const cJSON *reply, dropblock_device_info *infos, size_t cap, size_t *count);
 /* Tickets: a new one (is_job: a dropblock2d request), freed, taken out of the table (lock held). */

@@ -341,6 +341,7 @@ void remote_close(dropblock_t *h)
         pthread_join(c->rx, NULL);
     }
     if (c->fd >= 0) close(c->fd);
+    conn_drop_fds(c);
     free(c->rbuf);
     pthread_cond_destroy(&c->rx_cond);
     pthread_cond_destroy(&c->idle_cond);
@@ -437,6 +438,7 @@ static int reconnect(struct db_conn *c, char *msg, size_t len)
     int old = c->fd;
     c->fd = fd;
     c->rlen = 0; /* what the old connection left half-read */
+    conn_drop_fds(c);
     c->gen++;
     c->broken = 0;
     c->err_code = 0;

@@ -46,6 +46,7 @@ struct dropblock_ticket {
     int done, rc;
     dropblock_result res;
     cJSON *reply;
+    int fd;              /* remote: the descriptor its reply carried (region.alloc), -1: none */
     pthread_cond_t cond; /* remote: signalled when done */
 };
 
@@ -54,10 +55,13 @@ void local_close(dropblock_t *h);
 int local_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size_t *count);
 int local_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len);
 int local_free(dropblock_t *h, void *ptr);
-int local_run(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
-              const char *device, dropblock_result *res);
-int local_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
-                 const char *device, dropblock_ticket **ticket);
+int local_run(dropblock_t *h, const dropblock_params *p, const dropblock_ref *input, const dropblock_ref *output,
+              void *mask, const char *device, dropblock_result *res);
+int local_submit(dropblock_t *h, const dropblock_params *p, const dropblock_ref *input, const dropblock_ref *output,
+                 void *mask, const char *device, dropblock_ticket **ticket);
+int local_device_alloc(dropblock_t *h, const char *device, uint64_t bytes, dropblock_device_buffer *out, char *msg,
+                       size_t msg_len);
+int local_device_free(dropblock_t *h, dropblock_device_buffer *buf);
 int local_wait(dropblock_t *h, dropblock_ticket *t, dropblock_result *res);
 int local_status(dropblock_t *h, char *json, size_t len);
 
@@ -70,8 +74,12 @@ int remote_job_timeout(const dropblock_t *h); /* dropblock_connect_options.job_t
 int remote_free(dropblock_t *h, void *ptr);
 /* submit with a message for the errors found before anything is sent */
 /* sync: the caller calls remote_wait(h, t, -1, ...) at once (dropblock_run) */
-int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const void *input, void *output, void *mask,
-                  const char *device, dropblock_ticket **ticket, char *msg, size_t msg_len);
+int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const dropblock_ref *input,
+                  const dropblock_ref *output, void *mask, const char *device, dropblock_ticket **ticket, char *msg,
+                  size_t msg_len);
+int remote_device_alloc(dropblock_t *h, const char *device, uint64_t bytes, dropblock_device_buffer *out, char *msg,
+                        size_t msg_len);
+int remote_device_free(dropblock_t *h, dropblock_device_buffer *buf);
 int remote_wait(dropblock_t *h, dropblock_ticket *t, int timeout_ms, dropblock_result *res);
 void remote_abandon(dropblock_t *h, dropblock_ticket *t); /* a ticket nobody waits for any more */
 int remote_status(dropblock_t *h, char *json, size_t len);

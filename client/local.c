@@ -1,6 +1,7 @@
 /* local.c: the in-process engine behind the public API (dropblock_open_local): devices and jobs
  * of db_engine, plain aligned memory for dropblock_alloc, tickets that hold a finished result. */
 #include <dropblock/dropblock.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,6 +91,14 @@ int local_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_
     return DROPBLOCK_OK;
 }
 
+static int local_run_host(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
+                          const char *device, dropblock_result *res)
+{
+    int dev = db_engine_pick(h->engine, device, res->message, sizeof res->message);
+    if (dev < 0) return dev;
+    return db_engine_run(h->engine, dev, p, input, output, mask, res);
+}
+
 int local_free(dropblock_t *h, void *ptr)
 {
     pthread_mutex_lock(&h->lock);
@@ -104,16 +113,82 @@ int local_free(dropblock_t *h, void *ptr)
     return DROPBLOCK_EINVAL; /* not from dropblock_alloc on this handle, or freed already */
 }
 
-int local_run(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
-              const char *device, dropblock_result *res)
+int local_run(dropblock_t *h, const dropblock_params *p, const dropblock_ref *input, const dropblock_ref *output,
+              void *mask, const char *device, dropblock_result *res)
 {
-    int dev = db_engine_pick(h->engine, device, res->message, sizeof res->message);
-    if (dev < 0) return dev;
-    return db_engine_run(h->engine, dev, p, input, output, mask, res);
+    if (!input->buffer)
+        return local_run_host(h, p, (const char *)input->ptr + input->offset, (char *)output->ptr + output->offset,
+                              mask, device, res);
+    /* device buffers: the job runs on theirs */
+    const int dev = input->buffer->local_dev;
+    const char *id = db_engine_device(h->engine, (size_t)dev)->id;
+    if (!input->buffer->local || !output->buffer->local || output->buffer->local_dev != dev) {
+        db_msg(res->message, sizeof res->message, "%s",
+               !input->buffer->local || !output->buffer->local
+                   ? "a device buffer from a connection to a daemon, not from this in-process engine"
+                   : "the input and output device buffers are on two devices: one device a job");
+        return DROPBLOCK_EINVAL;
+    }
+    if (device && strcmp(device, "auto") && strcmp(device, id)) {
+        db_msg(res->message, sizeof res->message, "device \"%.40s\": the tensors are in device memory on %s", device,
+               id);
+        return DROPBLOCK_EINVAL;
+    }
+    const struct db_job_mem mem = {.dev_in = input->buffer->local,
+                                   .dev_out = output->buffer->local,
+                                   .in_off = input->offset,
+                                   .out_off = output->offset};
+    return db_engine_run_shared(h->engine, dev, p, NULL, NULL, mask, &mem, res);
 }
 
-int local_submit(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,
-                 const char *device, dropblock_ticket **ticket)
+int local_device_alloc(dropblock_t *h, const char *device, uint64_t bytes, dropblock_device_buffer *out, char *msg,
+                       size_t msg_len)
+{
+    int dev = -1;
+    if (strcmp(device, "auto")) dev = db_engine_pick(h->engine, device, msg, msg_len);
+    else
+        for (size_t i = 0; i < db_engine_device_count(h->engine) && dev < 0; i++)
+            if (db_engine_can_export(h->engine, i, NULL, 0)) dev = (int)i;
+    if (dev < 0 && !strcmp(device, "auto")) {
+        db_msg(msg, msg_len,
+               "no device of this engine can export memory (a Vulkan device whose driver has "
+               "VK_KHR_external_memory_fd)");
+        return DROPBLOCK_ENOTFOUND;
+    }
+    if (dev < 0) return dev;
+    void *handle = NULL;
+    struct db_export_info xi;
+    char m[384];
+    int rc = db_engine_export_alloc(h->engine, dev, bytes, &handle, &xi, m, sizeof m);
+    if (rc) {
+        db_msg(msg, msg_len, "%s", m);
+        return rc;
+    }
+    out->fd = xi.fd;
+    out->size = xi.size;
+    out->allocation_size = xi.allocation_size;
+    out->memory_type_index = xi.memory_type_index;
+    out->dedicated = xi.dedicated;
+    out->host_mappable = xi.host_mappable;
+    snprintf(out->handle_type, sizeof out->handle_type, "%s", xi.handle_type);
+    snprintf(out->device, sizeof out->device, "%s", db_engine_device(h->engine, (size_t)dev)->id);
+    memcpy(out->device_uuid, xi.device_uuid, sizeof out->device_uuid);
+    memcpy(out->driver_uuid, xi.driver_uuid, sizeof out->driver_uuid);
+    out->local = handle;
+    out->local_dev = dev;
+    return DROPBLOCK_OK;
+}
+
+int local_device_free(dropblock_t *h, dropblock_device_buffer *buf)
+{
+    if (!buf->local) return DROPBLOCK_EINVAL;
+    db_engine_export_free(h->engine, buf->local_dev, buf->local);
+    buf->local = NULL;
+    return DROPBLOCK_OK;
+}
+
+int local_submit(dropblock_t *h, const dropblock_params *p, const dropblock_ref *input, const dropblock_ref *output,
+                 void *mask, const char *device, dropblock_ticket **ticket)
 {
     dropblock_ticket *t = calloc(1, sizeof *t);
     if (!t) return DROPBLOCK_EEXHAUSTED;

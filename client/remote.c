@@ -195,8 +195,27 @@ static int locate(struct db_conn *c, const char *what, const void *ptr, uint64_t
 }
 
 /* ---------------------------------------------------------------- jobs */
-int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const void *input, void *output, void *mask,
-                  const char *device, dropblock_ticket **ticket, char *msg, size_t len)
+/* A reference's region and offset on connection generation gen: host memory located among the
+ * regions, a device buffer checked to belong to this connection. */
+static int place_of(struct db_conn *c, const char *what, const dropblock_ref *r, uint64_t bytes, uint64_t gen,
+                    uint32_t *rid, uint64_t *off, char *msg, size_t len)
+{
+    if (!r->buffer) return locate(c, what, (const char *)r->ptr + r->offset, bytes, rid, off, msg, len);
+    if (r->buffer->local || !r->buffer->region || r->buffer->conn_gen != gen) {
+        db_msg(msg, len, "%s: %s", what,
+               r->buffer->local ? "a device buffer of the in-process engine, not of this connection"
+                                : "a device buffer of a connection that was lost (the daemon freed it with the "
+                                  "connection): allocate it again");
+        return DROPBLOCK_EINVAL;
+    }
+    *rid = r->buffer->region;
+    *off = r->offset;
+    return DROPBLOCK_OK;
+}
+
+int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const dropblock_ref *input,
+                  const dropblock_ref *output, void *mask, const char *device, dropblock_ticket **ticket, char *msg,
+                  size_t len)
 {
     struct db_conn *c = h->conn;
     uint64_t tb = dropblock_tensor_bytes(p), mb = dropblock_mask_bytes(p);
@@ -207,8 +226,8 @@ int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const voi
     /* the region ids belong to one connection: the request goes on that one or nowhere */
     pthread_mutex_lock(&c->region_lock);
     uint64_t gen = c->gen;
-    rc = locate(c, "input", input, tb, &rid[0], &off[0], msg, len);
-    if (!rc) rc = locate(c, "output", output, tb, &rid[1], &off[1], msg, len);
+    rc = place_of(c, "input", input, tb, gen, &rid[0], &off[0], msg, len);
+    if (!rc) rc = place_of(c, "output", output, tb, gen, &rid[1], &off[1], msg, len);
     if (!rc && mask) rc = locate(c, "mask", mask, mb, &rid[2], &off[2], msg, len);
     pthread_mutex_unlock(&c->region_lock);
     if (rc) return rc;
@@ -225,6 +244,99 @@ int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const voi
     }
     *ticket = t;
     return DROPBLOCK_OK;
+}
+
+/* ---------------------------------------------------------------- device memory */
+/* the 16 bytes of "8-4-4-4-12" hex; 0 if it is not one */
+static int parse_uuid(const char *s, uint8_t out[16])
+{
+    int n = 0;
+    for (; *s && n < 32; s++) {
+        if (*s == '-') continue;
+        int v = *s >= '0' && *s <= '9' ? *s - '0' : *s >= 'a' && *s <= 'f' ? *s - 'a' + 10 : -1;
+        if (v < 0) return 0;
+        if (n % 2 == 0) out[n / 2] = (uint8_t)(v << 4);
+        else out[n / 2] |= (uint8_t)v;
+        n++;
+    }
+    return n == 32 && !*s;
+}
+
+/* the reply's fields into out; 0, or -1 where one is missing or malformed */
+static int parse_alloc_reply(const cJSON *r, dropblock_device_buffer *out)
+{
+    uint64_t region, size, asize, type;
+    const cJSON *ht = cJSON_GetObjectItemCaseSensitive(r, "handle_type"),
+                *dev = cJSON_GetObjectItemCaseSensitive(r, "device"),
+                *du = cJSON_GetObjectItemCaseSensitive(r, "device_uuid"),
+                *dr = cJSON_GetObjectItemCaseSensitive(r, "driver_uuid");
+    if (proto_get_u64(cJSON_GetObjectItemCaseSensitive(r, "region"), "region", &region, NULL, 0) ||
+        proto_get_u64(cJSON_GetObjectItemCaseSensitive(r, "size"), "size", &size, NULL, 0) ||
+        proto_get_u64(cJSON_GetObjectItemCaseSensitive(r, "allocation_size"), "allocation_size", &asize, NULL, 0) ||
+        proto_get_u64(cJSON_GetObjectItemCaseSensitive(r, "memory_type_index"), "memory_type_index", &type, NULL, 0) ||
+        !cJSON_IsString(ht) || !cJSON_IsString(dev) || !cJSON_IsString(du) || !cJSON_IsString(dr) || region == 0 ||
+        region > UINT32_MAX || type > UINT32_MAX || !parse_uuid(du->valuestring, out->device_uuid) ||
+        !parse_uuid(dr->valuestring, out->driver_uuid))
+        return -1;
+    out->region = (uint32_t)region;
+    out->size = size;
+    out->allocation_size = asize;
+    out->memory_type_index = (uint32_t)type;
+    out->dedicated = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "dedicated"));
+    out->host_mappable = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "host_mappable"));
+    snprintf(out->handle_type, sizeof out->handle_type, "%s", ht->valuestring);
+    snprintf(out->device, sizeof out->device, "%s", dev->valuestring);
+    return 0;
+}
+
+int remote_device_alloc(dropblock_t *h, const char *device, uint64_t bytes, dropblock_device_buffer *out, char *msg,
+                        size_t len)
+{
+    int rc = conn_ensure(h, msg, len);
+    if (rc) return rc;
+    cJSON *req = conn_new_request("region.alloc");
+    if (!req || !cJSON_AddStringToObject(req, "device", device)) {
+        cJSON_Delete(req);
+        db_msg(msg, len, "out of memory for a request");
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    proto_add_u64(req, "bytes", bytes);
+    cJSON *reply = NULL;
+    uint64_t gen = 0;
+    int fd = -1;
+    rc = conn_request_fd(h, req, -1, &gen, h->conn->timeout_ms, &reply, &fd, msg, len);
+    if (!rc && (fd < 0 || parse_alloc_reply(reply, out) || out->size != bytes)) {
+        db_msg(msg, len, "dropblockd's region.alloc reply %s",
+               fd < 0 ? "came without its descriptor" : "does not describe the memory asked for");
+        rc = DROPBLOCK_EINTERNAL;
+        if (fd >= 0) close(fd);
+        fd = -1;
+    }
+    cJSON_Delete(reply);
+    if (rc) return rc;
+    out->fd = fd;
+    out->conn_gen = gen;
+    return DROPBLOCK_OK;
+}
+
+int remote_device_free(dropblock_t *h, dropblock_device_buffer *buf)
+{
+    struct db_conn *c = h->conn;
+    pthread_mutex_lock(&c->lock);
+    const int lost = c->broken || c->gen != buf->conn_gen;
+    pthread_mutex_unlock(&c->lock);
+    if (!buf->region || buf->local) return DROPBLOCK_EINVAL;
+    int rc = DROPBLOCK_OK;
+    if (!lost) { /* a lost connection took the region with it: nothing to give back */
+        cJSON *req = conn_new_request("region.unregister"), *reply = NULL;
+        if (!req) return DROPBLOCK_EEXHAUSTED;
+        proto_add_u64(req, "region", buf->region);
+        uint64_t gen = buf->conn_gen;
+        rc = conn_request(h, req, -1, &gen, c->timeout_ms, &reply, NULL, 0);
+        cJSON_Delete(reply);
+    }
+    buf->region = 0;
+    return rc;
 }
 
 int remote_wait(dropblock_t *h, dropblock_ticket *t, int timeout_ms, dropblock_result *res)

@@ -25,8 +25,28 @@ const char *const level_names[4] = {"error", "warn", "info", "debug"};
 struct outbuf {
     struct outbuf *next;
     size_t len, off;
+    int fd; /* sent (SCM_RIGHTS) with the frame's first byte, then closed; -1: none */
     char data[];
 };
+
+/* send(2) of buf, with fd (>= 0) attached as SCM_RIGHTS */
+static ssize_t send_with_fd(int sock, const char *buf, size_t len, int fd)
+{
+    if (fd < 0) return send(sock, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    memset(&ctl, 0, sizeof ctl);
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    return sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
 
 /* ---------------------------------------------------------------- logging */
 void logmsg(struct server *s, int level, const char *fmt, ...)
@@ -66,11 +86,15 @@ int client_flush(struct client *c)
     int rc = 0;
     while (c->wq_head) {
         struct outbuf *b = c->wq_head;
-        ssize_t n = send(c->fd, b->data + b->off, b->len - b->off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = send_with_fd(c->fd, b->data + b->off, b->len - b->off, b->off ? -1 : b->fd);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK) rc = -1;
             break;
+        }
+        if (n > 0 && b->fd >= 0) { /* the peer has its copy */
+            close(b->fd);
+            b->fd = -1;
         }
         b->off += (size_t)n;
         c->wq_bytes -= (size_t)n;
@@ -85,32 +109,44 @@ int client_flush(struct client *c)
 }
 
 /* Sends a frame, or queues what the socket does not take now (frame is copied). */
-void client_send_frame(struct client *c, const char *frame, size_t len)
+void client_send_frame(struct client *c, const char *frame, size_t len) { client_send_frame_fd(c, frame, len, -1); }
+
+/* client_send_frame with fd (>= 0; the daemon's copy, closed once sent or the client gone)
+ * attached to the frame's first byte. */
+void client_send_frame_fd(struct client *c, const char *frame, size_t len, int fd)
 {
-    if (c->closed) return;
+    if (c->closed) {
+        if (fd >= 0) close(fd);
+        return;
+    }
     if (!c->wq_head) {
         /* nothing queued: straight to the socket, no copy (the common case of a reply) */
         ssize_t n;
-        do n = send(c->fd, frame, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        do n = send_with_fd(c->fd, frame, len, fd);
         while (n < 0 && errno == EINTR);
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            if (fd >= 0) close(fd);
             client_close(c, "the peer stopped reading");
             return;
         }
         if (n > 0) {
             frame += n;
             len -= (size_t)n;
+            if (fd >= 0) close(fd);
+            fd = -1;
         }
         if (!len) return;
     }
     struct outbuf *b = malloc(sizeof *b + len);
     if (!b) {
+        if (fd >= 0) close(fd);
         client_close(c, "out of memory for a reply");
         return;
     }
     memcpy(b->data, frame, len);
     b->len = len;
     b->off = 0;
+    b->fd = fd;
     b->next = NULL;
     if (c->wq_tail) c->wq_tail->next = b;
     else c->wq_head = b;
@@ -120,11 +156,15 @@ void client_send_frame(struct client *c, const char *frame, size_t len)
 }
 
 /* Queues a reply (obj is consumed). */
-void client_send(struct client *c, cJSON *obj)
+void client_send(struct client *c, cJSON *obj) { client_send_fd(c, obj, -1); }
+
+/* Queues a reply with fd attached (obj consumed, fd the daemon's copy: closed once sent). */
+void client_send_fd(struct client *c, cJSON *obj, int fd)
 {
     size_t len = 0;
     char *frame = proto_frame(obj, &len);
-    if (frame) client_send_frame(c, frame, len);
+    if (frame) client_send_frame_fd(c, frame, len, fd);
+    else if (fd >= 0) close(fd);
     free(frame);
 }
 
@@ -169,15 +209,17 @@ void client_close(struct client *c, const char *why)
     while (c->wq_head) {
         struct outbuf *b = c->wq_head;
         c->wq_head = b->next;
+        if (b->fd >= 0) close(b->fd);
         free(b);
     }
     c->wq_tail = NULL;
     s->nregions -= c->regions.count;
     s->use.clients--;
-    s->use.regions -= c->regions.count;
+    s->use.regions -= c->regions.count - c->device_regions; /* (device regions map nothing) */
     s->use.mapped -= c->mapped;
+    s->device_bytes -= c->device_bytes;
     c->use->clients--;
-    c->use->regions -= c->regions.count;
+    c->use->regions -= c->regions.count - c->device_regions;
     c->use->mapped -= c->mapped;
     quota_uid_release(&s->use, c->use);
     c->use = NULL;

@@ -77,7 +77,10 @@ static void *worker_main(void *arg)
         j->t_start = db_now_us();
         if (!atomic_load(&j->cancelled)) {
             /* the regions, so that a device may keep their imports between jobs */
-            const struct db_job_mem mem = {.in = j->rin ? &j->rin->host : NULL, .out = j->rout ? &j->rout->host : NULL};
+            struct db_job_mem mem = {.in = j->rin ? &j->rin->host : NULL, .out = j->rout ? &j->rout->host : NULL};
+            if (j->rin && j->rin->dev >= 0) /* device memory (region.alloc): its export handles */
+                mem = (struct db_job_mem){
+                    .dev_in = j->rin->export, .dev_out = j->rout->export, .in_off = j->in_off, .out_off = j->out_off};
             j->rc = db_engine_run_shared(w->js->engine, w->dev, &j->p, j->in, j->out, j->mask, &mem, &j->res);
             j->ran = 1;
         }

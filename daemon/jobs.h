@@ -23,6 +23,7 @@ struct job {
     dropblock_params p;
     struct region *rin, *rout, *rmask; /* references held while the job lives */
     void *in, *out, *mask;
+    uint64_t in_off, out_off; /* where in and out lie in device regions (rin->dev >= 0; in, out NULL) */
     int dev;
     uint64_t bytes; /* counted against the in-flight limits */
     uint64_t t_submit, t_start;

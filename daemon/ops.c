@@ -44,12 +44,20 @@ static void op_hello(struct client *c, const cJSON *id, int with_limits)
         proto_add_u64(l, "max_uid_regions", s->lim.max_uid_regions);
         proto_add_u64(l, "max_mapped_bytes", s->lim.max_mapped_bytes);
         proto_add_u64(l, "max_uid_mapped_bytes", s->lim.max_uid_mapped_bytes);
+        proto_add_u64(l, "max_device_bytes", s->max_device_bytes);
+        proto_add_u64(l, "max_client_device_bytes", s->max_client_device_bytes);
     }
     cJSON *devs = cJSON_AddArrayToObject(r, "devices");
     for (size_t i = 0; i < db_engine_device_count(s->engine); i++) {
         dropblock_device_info info;
         db_engine_device_info(s->engine, i, &info);
-        cJSON_AddItemToArray(devs, proto_device_json(&info));
+        cJSON *d = proto_device_json(&info);
+        /* region.alloc: whether the device can export memory, as what */
+        const int can = db_engine_can_export(s->engine, i, NULL, 0);
+        cJSON_AddBoolToObject(d, "export", can);
+        cJSON *types = cJSON_AddArrayToObject(d, "export_types");
+        if (can && types) cJSON_AddItemToArray(types, cJSON_CreateString("opaque_fd"));
+        cJSON_AddItemToArray(devs, d);
     }
     client_send(c, r);
 }
@@ -62,6 +70,7 @@ static void op_status(struct client *c, const cJSON *id)
     proto_add_u64(r, "clients", s->nclients);
     proto_add_u64(r, "regions", s->nregions);
     proto_add_u64(r, "mapped_bytes", s->use.mapped);
+    proto_add_u64(r, "device_bytes", s->device_bytes);
     uint64_t nuids = 0;
     for (const struct uid_use *e = s->use.uids; e; e = e->next) nuids++;
     proto_add_u64(r, "uids", nuids);
@@ -179,6 +188,8 @@ static void op_unregister(struct client *c, const cJSON *id, const cJSON *req)
     }
     struct region *r = rid > UINT32_MAX ? NULL : region_table_find(&c->regions, (uint32_t)rid);
     uint64_t size = r ? r->size : 0;
+    if (r && r->dev >= 0) device_region_gone(c, r); /* (r lives on while the table holds it) */
+    const int device = r && r->dev >= 0;
     if (!r || region_table_remove(&c->regions, (uint32_t)rid)) {
         snprintf(msg, sizeof msg, "region %llu: not registered on this connection", (unsigned long long)rid);
         send_error(c, id, DROPBLOCK_ENOTFOUND, msg);
@@ -186,11 +197,13 @@ static void op_unregister(struct client *c, const cJSON *id, const cJSON *req)
     }
     struct server *s = c->srv;
     s->nregions--;
-    s->use.regions--;
-    s->use.mapped -= size;
-    c->use->regions--;
-    c->use->mapped -= size;
-    c->mapped -= size;
+    if (!device) {
+        s->use.regions--;
+        s->use.mapped -= size;
+        c->use->regions--;
+        c->use->mapped -= size;
+        c->mapped -= size;
+    }
     db_engine_sweep(s->engine); /* idle devices let go of its import now (never waits for a job) */
     client_send(c, proto_reply(id, 1));
 }
@@ -214,7 +227,7 @@ static int resolve(struct client *c, const char *what, const struct proto_tensor
         return DROPBLOCK_EINVAL;
     }
     *out = r;
-    *ptr = r->base + t->offset;
+    *ptr = r->dev >= 0 ? NULL : r->base + t->offset; /* device memory: (region, offset) only */
     return DROPBLOCK_OK;
 }
 
@@ -241,11 +254,46 @@ static int over_inflight(const struct client *c, uint64_t bytes, char *msg, size
     return 0;
 }
 
-/* Where a job's tensors and mask are: the client's regions, resolved and checked for overlaps. */
+/* Where a job's tensors and mask are: the client's regions, resolved and checked for overlaps
+ * (device regions: in and out NULL, at in_off and out_off). */
 struct job_memory {
     struct region *rin, *rout, *rmask;
     uint8_t *in, *out, *mask;
+    uint64_t in_off, out_off;
 };
+
+/* A job on device memory (region.alloc): both tensors in device regions of one device, not
+ * overlapping unless the same bytes; the mask, if any, in host memory. */
+static int device_job_memory(struct client *c, const struct proto_job *pj, uint64_t tb, const struct job_memory *m,
+                             char *msg, size_t len)
+{
+    const struct server *s = c->srv;
+    if (m->rin->dev < 0 || m->rout->dev < 0) {
+        db_msg(msg, len,
+               "%s: region %u is host memory and %s region %u device memory (on %s): both tensors in device "
+               "memory or neither",
+               m->rin->dev < 0 ? "input" : "output", m->rin->dev < 0 ? pj->input.region : pj->output.region,
+               m->rin->dev < 0 ? "the output's" : "the input's", m->rin->dev < 0 ? pj->output.region : pj->input.region,
+               db_engine_device(s->engine, (size_t)(m->rin->dev < 0 ? m->rout->dev : m->rin->dev))->id);
+        return DROPBLOCK_EINVAL;
+    }
+    if (m->rin->dev != m->rout->dev) {
+        db_msg(msg, len, "output: region %u is on %s and the input's region %u on %s: one device a job",
+               pj->output.region, db_engine_device(s->engine, (size_t)m->rout->dev)->id, pj->input.region,
+               db_engine_device(s->engine, (size_t)m->rin->dev)->id);
+        return DROPBLOCK_EINVAL;
+    }
+    if (m->rmask && m->rmask->dev >= 0) {
+        db_msg(msg, len, "mask: region %u is device memory; the mask goes to host memory (a registered memfd region)",
+               pj->mask.region);
+        return DROPBLOCK_EINVAL;
+    }
+    if (m->rin == m->rout && m->in_off != m->out_off && m->in_off < m->out_off + tb && m->out_off < m->in_off + tb) {
+        db_msg(msg, len, "output: overlaps the input without being the same bytes (in place needs output = input)");
+        return DROPBLOCK_EINVAL;
+    }
+    return DROPBLOCK_OK;
+}
 
 /* 0, or an error code with msg naming the tensor at fault. */
 static int job_memory(struct client *c, const struct proto_job *pj, uint64_t tb, uint64_t mb, struct job_memory *m,
@@ -258,6 +306,9 @@ static int job_memory(struct client *c, const struct proto_job *pj, uint64_t tb,
         (rc = resolve(c, "output", &pj->output, tb, 1, &m->rout, &m->out, msg, len)) ||
         (pj->mask.present && (rc = resolve(c, "mask", &pj->mask, mb, 1, &m->rmask, &m->mask, msg, len))))
         return rc;
+    m->in_off = pj->input.offset;
+    m->out_off = pj->output.offset;
+    if (m->rin->dev >= 0 || m->rout->dev >= 0) return device_job_memory(c, pj, tb, m, msg, len);
     /* the chunked backends read each piece of x before writing that piece of y: in place works,
      * a shifted overlap would read values already overwritten */
     if (m->in != m->out && overlaps(m->in, tb, m->out, tb)) {
@@ -298,6 +349,8 @@ static struct job *job_new(struct client *c, const cJSON *id, const struct proto
     }
     j->in = m->in;
     j->out = m->out;
+    j->in_off = m->in_off;
+    j->out_off = m->out_off;
     j->mask = m->mask;
     j->dev = dev;
     j->bytes = bytes;
@@ -313,6 +366,21 @@ static struct job *job_new(struct client *c, const cJSON *id, const struct proto
     s->inflight_bytes += bytes;
     s->submitted++;
     return j;
+}
+
+/* A job on device memory runs on its region's device: "auto" resolves to it, another id is
+ * refused naming both. */
+static int job_device_of(struct client *c, const struct proto_job *pj, const struct region *r, char *msg, size_t len)
+{
+    const char *id = db_engine_device(c->srv->engine, (size_t)r->dev)->id;
+    if (strcmp(pj->device, "auto") && strcmp(pj->device, id)) {
+        db_msg(msg, len,
+               "device \"%.40s\": the tensors are in device memory on %s (region %u); run it there or "
+               "with \"auto\"",
+               pj->device, id, pj->input.region);
+        return DROPBLOCK_EINVAL;
+    }
+    return r->dev;
 }
 
 static void op_job(struct client *c, const cJSON *id, const cJSON *req)
@@ -335,8 +403,12 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
         if (dev < 0) rc = dev;
     }
     if (!rc) rc = job_memory(c, &pj, tb, mb, &m, msg, sizeof msg);
+    if (!rc && m.rin->dev >= 0) { /* device memory: its device */
+        dev = job_device_of(c, &pj, m.rin, msg, sizeof msg);
+        if (dev < 0) rc = dev;
+    }
     if (!rc) {
-        bytes = tb + (m.out != m.in ? tb : 0) + (m.mask ? mb : 0);
+        bytes = tb + (m.rout != m.rin || m.out_off != m.in_off ? tb : 0) + (m.mask ? mb : 0);
         if (over_inflight(c, bytes, msg, sizeof msg)) rc = DROPBLOCK_EEXHAUSTED;
     }
     if (rc) {
@@ -410,6 +482,7 @@ void handle_frame(struct client *c, const char *data, size_t len)
     if (!strcmp(op, "dropblock2d")) op_job(c, id, req);
     else if (!strcmp(op, "region.register")) op_register(c, id, taken[0]);
     else if (!strcmp(op, "region.unregister")) op_unregister(c, id, req);
+    else if (!strcmp(op, "region.alloc")) op_alloc(c, id, req);
     else if (!strcmp(op, "hello")) op_hello(c, id, 1);
     else if (!strcmp(op, "devices")) op_hello(c, id, 0);
     else if (!strcmp(op, "status")) op_status(c, id);
@@ -427,7 +500,7 @@ void handle_frame(struct client *c, const char *data, size_t len)
     } else {
         snprintf(msg, sizeof msg,
                  "op \"%.40s\": unknown (ops: hello, devices, status, region.register, "
-                 "region.unregister, dropblock2d, shutdown)",
+                 "region.alloc, region.unregister, dropblock2d, shutdown)",
                  op);
         send_error(c, id, DROPBLOCK_ENOTFOUND, msg);
     }

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "msg.h"
+#include "engine.h"
 #include "plan.h"
 
 static const char *kind_of(mode_t m)
@@ -89,6 +90,7 @@ struct region *region_map(int fd, uint32_t id, uint64_t max_bytes, int *code, ch
     r->base = base;
     r->size = (uint64_t)st.st_size;
     r->writable = writable;
+    r->dev = -1;
     r->host.base = base;
     r->host.size = r->size;
     atomic_init(&r->host.gone, 0);
@@ -100,12 +102,28 @@ out:
     return r;
 }
 
+struct region *region_device(struct db_engine *e, int dev, void *handle, uint32_t id, uint64_t size)
+{
+    struct region *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    atomic_init(&r->refs, 1);
+    r->id = id;
+    r->size = size;
+    r->writable = 1;
+    r->dev = dev;
+    r->export = handle;
+    r->engine = e;
+    atomic_init(&r->host.gone, 0);
+    return r;
+}
+
 void region_ref(struct region *r) { atomic_fetch_add(&r->refs, 1); }
 
 void region_unref(struct region *r)
 {
     if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
-        munmap(r->base, (size_t)r->size);
+        if (r->dev >= 0) db_engine_export_free(r->engine, r->dev, r->export); /* never waits for a job */
+        else munmap(r->base, (size_t)r->size);
         free(r);
     }
 }

@@ -13,9 +13,14 @@
 struct region {
     atomic_int refs;
     uint32_t id;
-    uint8_t *base;
+    uint8_t *base; /* the mapping (host regions); NULL for device memory */
     uint64_t size;
     int writable;
+    /* device memory (region.alloc, device_regions.c): the engine's device, its export handle,
+     * given back to the engine at the last reference; dev -1 for a mapped memfd */
+    int dev;
+    void *export;
+    struct db_engine *engine;
     /* the region as the engine sees it (db_engine_run_shared): a device may keep its import
      * between jobs with a reference of its own; gone once unregistered (or its client gone), so
      * that the device drops it at its next job or sweep and the mapping ends with the last
@@ -26,8 +31,11 @@ struct region {
 /* Validates fd (a memfd with F_SEAL_SHRINK, non-empty, at most max_bytes) and maps it. The fd
  * is closed in every case. NULL with *code and msg on failure. */
 struct region *region_map(int fd, uint32_t id, uint64_t max_bytes, int *code, char *msg, size_t len);
+/* A region over device memory the engine exported (handle on device dev, size bytes). NULL when
+ * out of memory (the caller gives the handle back). */
+struct region *region_device(struct db_engine *e, int dev, void *handle, uint32_t id, uint64_t size);
 void region_ref(struct region *r);
-void region_unref(struct region *r); /* unmaps at zero; safe from any thread */
+void region_unref(struct region *r); /* unmaps (or gives the device memory back) at zero; any thread */
 
 /* A client's regions, by id. Loop thread only. */
 struct region_table {

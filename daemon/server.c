@@ -190,8 +190,8 @@ static void usage(FILE *f)
             "                  [--max-inflight-jobs N] [--max-inflight-bytes B] [--max-client-jobs N]\n"
             "                  [--max-client-bytes B] [--max-regions N] [--max-clients N] [--max-uid-clients N]\n"
             "                  [--max-total-regions N] [--max-uid-regions N] [--max-mapped-bytes B]\n"
-            "                  [--max-uid-mapped-bytes B] [--max-region-bytes B] [--small-job-bytes B|auto] "
-            "[--cache-dir DIR]\n"
+            "                  [--max-uid-mapped-bytes B] [--max-region-bytes B] [--max-device-bytes B]\n"
+            "                  [--max-client-device-bytes B] [--small-job-bytes B|auto] [--cache-dir DIR]\n"
             "                  [--log-level L]\n"
             "Serves DropBlock2D jobs over a Unix socket (protocol: docs/protocol.md) until SIGTERM/SIGINT.\n"
             "  --socket PATH          default $DROPBLOCK_SOCKET, else $XDG_RUNTIME_DIR/dropblock/dropblockd.sock,\n"
@@ -212,6 +212,8 @@ static void usage(FILE *f)
             "  --max-mapped-bytes B   bytes of all regions (default: physical memory, or the memory cgroup's\n"
             "                         limit); --max-uid-mapped-bytes (half of it)\n"
             "  --max-region-bytes B   one region (default: physical memory)\n"
+            "  --max-device-bytes B   device memory of all clients' region.alloc regions (default: three quarters\n"
+            "                         of the largest exporting device's memory); --max-client-device-bytes (half)\n"
             "                         A connection over a cap gets one resource_exhausted error naming it and\n"
             "                         is closed; a region over one is refused. Caps above what the machine\n"
             "                         holds are lowered at start, with a warning. (docs/security.md)\n"
@@ -334,6 +336,7 @@ static int parse_options(int argc, char **argv, struct server *s, struct start_o
         {"max-total-regions", required_argument, 0, 258}, {"max-uid-regions", required_argument, 0, 259},
         {"max-mapped-bytes", required_argument, 0, 260}, {"max-uid-mapped-bytes", required_argument, 0, 261},
         {"max-region-bytes", required_argument, 0, 262},
+        {"max-device-bytes", required_argument, 0, 263}, {"max-client-device-bytes", required_argument, 0, 264},
         {"version", no_argument, 0, 'V'},               {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -354,6 +357,8 @@ static int parse_options(int argc, char **argv, struct server *s, struct start_o
         case 260: if (parse_u64_opt("--max-mapped-bytes", optarg, &s->lim.max_mapped_bytes)) return 2; break;
         case 261: if (parse_u64_opt("--max-uid-mapped-bytes", optarg, &s->lim.max_uid_mapped_bytes)) return 2; break;
         case 262: if (parse_u64_opt("--max-region-bytes", optarg, &s->lim.max_region_bytes)) return 2; break;
+        case 263: if (parse_u64_opt("--max-device-bytes", optarg, &s->max_device_bytes)) return 2; break;
+        case 264: if (parse_u64_opt("--max-client-device-bytes", optarg, &s->max_client_device_bytes)) return 2; break;
         case 'c': so->cache_dir = optarg; break;
         case 'S': if (parse_small_opt(optarg, s)) return 2; break;
         case 'l': if (parse_level_opt(optarg, s)) return 2; break;
@@ -433,6 +438,7 @@ static void set_limits(struct server *s)
     quota_derive(&s->lim, &now, lim_msg, sizeof lim_msg);
     if (lim_msg[0]) logmsg(s, LOG_WARN, "limits: %s", lim_msg);
     s->machine = now;
+    device_limits(s);
     s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     logmsg(s, LOG_INFO,
            "limits: %llu connections (%llu per uid; %llu descriptors, %llu open), %llu regions (%llu per "

@@ -42,9 +42,10 @@ struct client {
     size_t wq_bytes;
     int want_write; /* the uv_poll events now asked for */
     struct region_table regions;
-    uint64_t mapped;     /* bytes of its regions */
-    struct uid_use *use; /* its uid's share of the daemon's limits */
-    struct job *jobs;    /* in flight (queued or running), linked by cprev/cnext */
+    uint64_t mapped;                       /* bytes of its regions */
+    uint64_t device_bytes, device_regions; /* its device memory (region.alloc) */
+    struct uid_use *use;                   /* its uid's share of the daemon's limits */
+    struct job *jobs;                      /* in flight (queued or running), linked by cprev/cnext */
     uint64_t jobs_inflight, bytes_inflight;
     int closed;      /* no more reading or replying */
     int handle_open; /* the poll handle still needs its close callback */
@@ -70,6 +71,7 @@ struct server {
     uint64_t next_client_id, next_job_seq;
     /* limits */
     uint64_t max_jobs, max_bytes, max_client_jobs, max_client_bytes, max_regions;
+    uint64_t max_device_bytes, max_client_device_bytes; /* region.alloc's, all clients and each (0: derived) */
     struct quota lim; /* connections, regions and mapped bytes, in total and per uid */
     struct quota_machine machine;
     struct quota_use use;
@@ -83,6 +85,7 @@ struct server {
     /* state and counters */
     uint64_t inflight_jobs, inflight_bytes;
     uint64_t submitted, completed, failed, rejected, nregions;
+    uint64_t device_bytes; /* device memory of all clients' regions */
 };
 
 /* the names of the LOG_* levels (--log-level) */
@@ -92,8 +95,10 @@ extern const char *const level_names[4];
 void logmsg(struct server *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Sends a frame, or queues what the socket does not take now (frame is copied). */
 void client_send_frame(struct client *c, const char *frame, size_t len);
+void client_send_frame_fd(struct client *c, const char *frame, size_t len, int fd);
 /* Queues a reply (obj is consumed). */
 void client_send(struct client *c, cJSON *obj);
+void client_send_fd(struct client *c, cJSON *obj, int fd);
 /* An error reply; the message goes to the log quoted. */
 void send_error(struct client *c, const cJSON *id, int code, const char *message);
 /* Writes what the socket takes of the queued replies: -1 when the peer is gone. */
@@ -103,6 +108,14 @@ void client_close(struct client *c, const char *why);
 void client_free_if_done(struct client *c);
 /* The listening socket's poll callback: accepts, checks and refuses connections. */
 void on_listen(uv_poll_t *h, int status, int events);
+
+/* device_regions.c */
+/* region.alloc: device memory on a device that exports it, its descriptor in the reply. */
+void op_alloc(struct client *c, const cJSON *id, const cJSON *req);
+/* The device memory caps, where the options left them 0: from the exporting devices' memory. */
+void device_limits(struct server *s);
+/* A device region leaving client c (unregistered, or c closing): its bytes no longer counted. */
+void device_region_gone(struct client *c, const struct region *r);
 
 /* ops.c */
 /* One request frame's JSON, from client_read. */

@@ -12,6 +12,7 @@
 #ifndef DROPBLOCK_ENGINE_BACKEND_VULKAN_H
 #define DROPBLOCK_ENGINE_BACKEND_VULKAN_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -145,6 +146,8 @@ struct vk_dev {
     PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;
     int has_export; /* VK_KHR_external_memory_fd: region.alloc's memory (vulkan_export.c) */
     PFN_vkGetMemoryFdKHR get_memory_fd;
+    pthread_mutex_t export_lock; /* the live exports (allocated on any thread) */
+    struct vk_export *exports;
     uint8_t device_uuid[16], driver_uuid[16];
     /* tuning (prepare) */
     uint32_t local;       /* work-group size of every pipeline */
@@ -214,8 +217,10 @@ int vk_submit(struct vk_dev *d, char *msg, size_t len);
 struct vk_export {
     VkDeviceMemory mem;
     VkBuffer buf;
-    uint64_t size; /* the bytes asked for */
+    uint64_t size;                 /* the bytes asked for */
+    struct vk_export *prev, *next; /* the device's live exports (freed at its release if not before) */
 };
+void vk_export_release_all(struct vk_dev *d);
 int vk_export_alloc(struct db_device *dev, uint64_t bytes, void **handle, struct db_export_info *info, char *msg,
                     size_t len);
 void vk_export_free(struct db_device *dev, void *handle);

@@ -216,6 +216,7 @@ int vk_enumerate(const struct db_backend_config *cfg, struct db_device *out, siz
             if (!d) break;
             d->vi = vi;
             d->knobs = cfg->knobs;
+            pthread_mutex_init(&d->export_lock, NULL);
             vi->refs++;
             d->pd = pds[i];
             memset(&out[k], 0, sizeof out[k]);
@@ -300,6 +301,7 @@ void vk_release(struct db_device *dev)
     if (d->dev) {
         vkDeviceWaitIdle(d->dev); /* nothing should run, but never free under the GPU */
         vk_drop_imports(d, 1);
+        vk_export_release_all(d);
         for (int i = 0; i < B_N; i++)
             if (i != B_Y) vk_buf_free(d, &d->bufs[i]);
         vkDestroyFence(d->dev, d->fence, NULL);
@@ -313,6 +315,7 @@ void vk_release(struct db_device *dev)
         vkDestroyDevice(d->dev, NULL);
     }
     vk_record_release(d);
+    pthread_mutex_destroy(&d->export_lock);
     inst_unref(d->vi);
     free(d);
     dev->priv = NULL;

@@ -76,6 +76,34 @@ static void export_release(struct vk_dev *d, struct vk_export *x)
     free(x);
 }
 
+static void export_link(struct vk_dev *d, struct vk_export *x)
+{
+    pthread_mutex_lock(&d->export_lock);
+    x->next = d->exports;
+    if (d->exports) d->exports->prev = x;
+    d->exports = x;
+    pthread_mutex_unlock(&d->export_lock);
+}
+
+static void export_unlink(struct vk_dev *d, struct vk_export *x)
+{
+    pthread_mutex_lock(&d->export_lock);
+    if (x->prev) x->prev->next = x->next;
+    else d->exports = x->next;
+    if (x->next) x->next->prev = x->prev;
+    pthread_mutex_unlock(&d->export_lock);
+}
+
+/* at the device's release: the exports nobody gave back (an in-process caller's) */
+void vk_export_release_all(struct vk_dev *d)
+{
+    while (d->exports) {
+        struct vk_export *x = d->exports;
+        export_unlink(d, x);
+        export_release(d, x);
+    }
+}
+
 /* The buffer over the allocation, the memory (dedicated where the driver asks), bound. */
 static int export_make(struct vk_dev *d, struct vk_export *x, int dedicated, VkMemoryRequirements *req, uint32_t *type,
                        char *msg, size_t len)
@@ -157,6 +185,7 @@ int vk_export_alloc(struct db_device *dev, uint64_t bytes, void **handle, struct
     snprintf(info->handle_type, sizeof info->handle_type, "opaque_fd");
     memcpy(info->device_uuid, d->device_uuid, sizeof info->device_uuid);
     memcpy(info->driver_uuid, d->driver_uuid, sizeof info->driver_uuid);
+    export_link(d, x);
     *handle = x;
     return DROPBLOCK_OK;
 }
@@ -166,5 +195,6 @@ void vk_export_free(struct db_device *dev, void *handle)
     struct vk_dev *d = dev->priv;
     if (!d || !handle) return;
     vk_forget_recordings(d); /* kept command buffers may name its buffer */
+    export_unlink(d, handle);
     export_release(d, handle);
 }

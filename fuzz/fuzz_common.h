@@ -181,6 +181,10 @@ static void fuzz_request(const char *data, size_t len)
                 uint64_t n = dropblock_numel(&job.p);
                 if (n == 0 || n > DROPBLOCK_MAX_ELEMENTS || dropblock_tensor_bytes(&job.p) < n) abort();
             }
+        } else if (!strcmp(op, "region.alloc")) {
+            char device[64];
+            rc = proto_parse_alloc(req, device, sizeof device, &v, msg, sizeof msg);
+            if (!rc && (v == 0 || strlen(device) >= sizeof device)) abort();
         } else if (!strcmp(op, "region.unregister")) {
             const cJSON *r = cJSON_GetObjectItemCaseSensitive(req, "region");
             if (r) rc = proto_get_u64(r, "region", &v, msg, sizeof msg);

@@ -785,3 +785,24 @@ size_t proto_write_job_reply(char *frame, size_t cap, const char *id_json, const
     frame[3] = (char)((len >> 24) & 0xFF);
     return t.len + 4;
 }
+
+int proto_parse_alloc(const cJSON *req, char *device, size_t dlen, uint64_t *bytes, char *msg, size_t len)
+{
+    const cJSON *dv = cJSON_GetObjectItemCaseSensitive(req, "device");
+    const cJSON *by = cJSON_GetObjectItemCaseSensitive(req, "bytes");
+    if (dv && (!cJSON_IsString(dv) || strlen(dv->valuestring) >= dlen)) {
+        db_msg(msg, len, "device: a device id string (\"vulkan:0\") or \"auto\"");
+        return DROPBLOCK_EINVAL;
+    }
+    snprintf(device, dlen, "%s", dv ? dv->valuestring : "auto");
+    if (!by) {
+        db_msg(msg, len, "bytes: missing (the size of the device memory to allocate)");
+        return DROPBLOCK_EINVAL;
+    }
+    if (proto_get_u64(by, "bytes", bytes, msg, len)) return DROPBLOCK_EINVAL;
+    if (*bytes == 0) {
+        db_msg(msg, len, "bytes: 0; allocate at least 1 byte");
+        return DROPBLOCK_EINVAL;
+    }
+    return DROPBLOCK_OK;
+}

@@ -24,6 +24,10 @@ struct proto_job {
     char device[64];
 };
 
+/* region.alloc's request: "device" (an id or "auto", the default) into device, "bytes" (at least
+ * 1) into *bytes; 0, or DROPBLOCK_EINVAL with msg naming the field. */
+int proto_parse_alloc(const cJSON *req, char *device, size_t dlen, uint64_t *bytes, char *msg, size_t len);
+
 /* Frames: a u32 little-endian length, then that many bytes of JSON. */
 enum { PROTO_FRAME_OK, PROTO_FRAME_MORE, PROTO_FRAME_BAD };
 /* Looks at the len bytes at buf: PROTO_FRAME_MORE when they do not hold a whole frame yet,

@@ -268,6 +268,60 @@ DROPBLOCK_API int dropblock_submit(dropblock_t *h, const dropblock_params *p, co
                                    void *mask, const char *device, dropblock_ticket **ticket);
 DROPBLOCK_API int dropblock_wait(dropblock_t *h, dropblock_ticket *ticket, int timeout_ms, dropblock_result *res);
 
+/* ---- Device memory shared by file descriptor (docs/protocol.md, region.alloc) ----
+ * The daemon (or the in-process engine) allocates memory on a device that can export it (a
+ * Vulkan device whose driver has VK_KHR_external_memory_fd: dropblock's `devices` says "export")
+ * and hands over a descriptor the caller imports into its own API on the same device: Vulkan
+ * (VkImportMemoryFdInfoKHR with allocation_size, memory_type_index, and a dedicated allocation
+ * where dedicated), CUDA (cudaImportExternalMemory, cudaExternalMemoryHandleTypeOpaqueFd, size
+ * allocation_size, cudaExternalMemoryDedicated where dedicated; match the device by
+ * device_uuid), HIP (hipImportExternalMemory). Jobs then name places in it (dropblock_ref) and
+ * run on its device with no host copy. Ordering is host-synchronous: finish writing x before the
+ * job is submitted; the job's reply means y is complete and visible. */
+typedef struct dropblock_device_buffer {
+    int fd;                     /* the exported memory: an import takes it, else the caller closes it
+                                 * (-1 once taken: dropblock_device_free never closes it) */
+    uint64_t size;              /* the bytes asked for */
+    uint64_t allocation_size;   /* the size an importer allocates */
+    uint32_t memory_type_index; /* the exporting device's memory type (Vulkan importers) */
+    int dedicated;              /* import it as a dedicated allocation */
+    int host_mappable;          /* an importer may map it (HOST_VISIBLE) */
+    char handle_type[16];       /* "opaque_fd" */
+    char device[32];            /* the device it lives on, e.g. "vulkan:0" */
+    uint8_t device_uuid[16];    /* VkPhysicalDeviceIDProperties (CUDA and HIP compare device UUIDs) */
+    uint8_t driver_uuid[16];
+    /* internal: the daemon's region and the connection it belongs to, or the engine's handle */
+    uint32_t region;
+    uint64_t conn_gen;
+    void *local;
+    int local_dev;
+} dropblock_device_buffer;
+
+/* Allocates bytes of device memory on device ("auto" or NULL: the first device that can export;
+ * else an id). DROPBLOCK_EINVAL naming what is missing where the device cannot export,
+ * DROPBLOCK_EEXHAUSTED past the daemon's device-memory caps (--max-client-device-bytes,
+ * --max-device-bytes) or the device's memory. Freed by dropblock_device_free, or with the
+ * connection (the caller's import keeps its own reference to the memory). */
+DROPBLOCK_API int dropblock_device_alloc(dropblock_t *h, const char *device, uint64_t bytes,
+                                         dropblock_device_buffer *out, char *msg, size_t msg_len);
+DROPBLOCK_API int dropblock_device_free(dropblock_t *h, dropblock_device_buffer *buf);
+
+/* Where a tensor lies: buffer NULL: host memory at ptr (+ offset), from dropblock_alloc on a
+ * connection; else offset bytes into a device buffer. */
+typedef struct dropblock_ref {
+    const dropblock_device_buffer *buffer;
+    void *ptr;
+    uint64_t offset;
+} dropblock_ref;
+
+/* dropblock_run and dropblock_submit on references: input and output both in host memory or
+ * both in device buffers of one device (the job runs there: device must be NULL, "auto" or that
+ * device); mask, if any, in host memory. */
+DROPBLOCK_API int dropblock_run_ref(dropblock_t *h, const dropblock_params *p, dropblock_ref input,
+                                    dropblock_ref output, void *mask, const char *device, dropblock_result *res);
+DROPBLOCK_API int dropblock_submit_ref(dropblock_t *h, const dropblock_params *p, dropblock_ref input,
+                                       dropblock_ref output, void *mask, const char *device, dropblock_ticket **ticket);
+
 /* The daemon's status op as JSON text (counters, queues, per-device throughput); the local
  * engine gives its device list. DROPBLOCK_ERANGE if len is too small. */
 DROPBLOCK_API int dropblock_status(dropblock_t *h, char *json, size_t len);

@@ -61,6 +61,27 @@ int main(void)
     F(dropblock_limits, max_client_jobs);
     F(dropblock_limits, mem_available);
     E();
+    S(dropblock_device_buffer);
+    F(dropblock_device_buffer, fd);
+    F(dropblock_device_buffer, size);
+    F(dropblock_device_buffer, allocation_size);
+    F(dropblock_device_buffer, memory_type_index);
+    F(dropblock_device_buffer, dedicated);
+    F(dropblock_device_buffer, host_mappable);
+    F(dropblock_device_buffer, handle_type);
+    F(dropblock_device_buffer, device);
+    F(dropblock_device_buffer, device_uuid);
+    F(dropblock_device_buffer, driver_uuid);
+    F(dropblock_device_buffer, region);
+    F(dropblock_device_buffer, conn_gen);
+    F(dropblock_device_buffer, local);
+    F(dropblock_device_buffer, local_dev);
+    E();
+    S(dropblock_ref);
+    F(dropblock_ref, buffer);
+    F(dropblock_ref, ptr);
+    F(dropblock_ref, offset);
+    E();
     printf(",\"enum_size\":%zu}\n", sizeof(dropblock_layout));
     return 0;
 }

@@ -223,6 +223,79 @@ class _Memory:
         return {"shape": (self.size,), "typestr": "|u1", "data": (self.base, False), "version": 3}
 
 
+# ---- device memory (region.alloc) ---------------------------------------------------------
+
+class DeviceBuffer:
+    """Device memory shared by file descriptor (Client.device_buffer; docs/protocol.md
+    region.alloc): it lives on `device` (e.g. "vulkan:0"), and `fd` is for this process to import
+    into its own API on that device (dropblock.cuda.import_buffer for CUDA and HIP, or Vulkan's
+    VkImportMemoryFdInfoKHR with allocation_size, memory_type_index and dedicated), matched by
+    device_uuid. A successful import takes the descriptor (take_fd); an untaken one is closed by
+    free(). Jobs name places in it with tensor(); ordering is host-synchronous (finish writing
+    x before the job; the job's return means y is there). free() (or `with`, or the garbage
+    collector) gives the memory back; an import keeps its own reference."""
+
+    def __init__(self, handle, buf):
+        self._h, self._buf = handle, buf
+        self._finalizer = weakref.finalize(self, DeviceBuffer._free, handle, buf)
+
+    @staticmethod
+    def _free(handle, buf):
+        try:
+            lib().dropblock_device_free(handle.ptr, ctypes.byref(buf))
+        finally:
+            handle.release()
+
+    def free(self):
+        """Gives the memory back (running jobs keep theirs). Safe to call twice."""
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.free()
+
+    @property
+    def fd(self):
+        return self._buf.fd
+
+    def take_fd(self):
+        """The descriptor, now the caller's (an import takes it): free() no longer closes it."""
+        fd, self._buf.fd = self._buf.fd, -1
+        return fd
+
+    size = property(lambda self: self._buf.size)
+    allocation_size = property(lambda self: self._buf.allocation_size)
+    memory_type_index = property(lambda self: self._buf.memory_type_index)
+    dedicated = property(lambda self: bool(self._buf.dedicated))
+    host_mappable = property(lambda self: bool(self._buf.host_mappable))
+    handle_type = property(lambda self: self._buf.handle_type.decode())
+    device = property(lambda self: self._buf.device.decode())
+    device_uuid = property(lambda self: bytes(self._buf.device_uuid))
+    driver_uuid = property(lambda self: bytes(self._buf.driver_uuid))
+
+    def tensor(self, shape, dtype="f32", offset=0):
+        """A tensor of shape (4 integers, in the layout's order) and dtype ("f32", "f16", "bf16")
+        at offset bytes into the buffer, for Client.dropblock2d/backward."""
+        return DeviceTensor(self, offset, shape, dtype)
+
+    def __repr__(self):
+        return "DeviceBuffer(%d bytes on %s, %s, fd %d)" % (self.size, self.device, self.handle_type, self.fd)
+
+
+class DeviceTensor(collections.namedtuple("DeviceTensor", "buffer offset shape dtype")):
+    """A place in a DeviceBuffer (DeviceBuffer.tensor): what dropblock2d runs on, in place of an
+    array. Its bytes are read and written on the device only."""
+
+    @property
+    def nbytes(self):
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n * (4 if self.dtype == "f32" else 2)
+
+
 # ---- results ------------------------------------------------------------------------------
 
 class JobInfo(collections.namedtuple("JobInfo", "kept total scale scale_bits device timing_us")):
@@ -521,6 +594,62 @@ class Client:
         return self._run("backward", dy, rate, block_size, seed, stream, layout, normalize, share, compat, training,
                          out, device, mask, dtype)
 
+    def device_buffer(self, nbytes, device="auto"):
+        """nbytes of device memory on device ("auto": the first that can export) shared by file
+        descriptor: a DeviceBuffer (docs/protocol.md region.alloc)."""
+        h = self._h
+        h.acquire()  # released by the buffer's free: the handle stays open while it lives
+        buf = _lib.DeviceBuffer()
+        msg = ctypes.create_string_buffer(512)
+        try:
+            rc = lib().dropblock_device_alloc(h.ptr, str(device or "auto").encode(), _u64(nbytes, "nbytes"),
+                                              ctypes.byref(buf), msg, len(msg))
+        except BaseException:
+            h.release()
+            raise
+        if rc:
+            h.release()
+            raise _error(rc, msg.value or b"dropblock_device_alloc failed")
+        return DeviceBuffer(h, buf)
+
+    def _run_device(self, mode, x, rate, block_size, seed, stream, layout, normalize, share, compat, training, out,
+                    device, mask):
+        """dropblock2d/backward on DeviceTensors: the job runs on their device, no host copy."""
+        np = _numpy() if mask is not None and mask is not False else None
+        out = x if out is None else out
+        if not isinstance(out, DeviceTensor) or tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
+            raise _invalid("out: a DeviceTensor of x's shape %r and dtype %s (None: in place)" % (x.shape, x.dtype))
+        if x.dtype not in _lib.DTYPES:
+            raise _invalid("dtype %r: one of f32, f16, bf16" % (x.dtype,))
+        p = self._params(mode, tuple(x.shape), x.dtype, rate, block_size, seed, stream, layout, normalize, share,
+                         compat, training)
+        L = lib()
+        mask_arr = scratch = None
+        if np is not None:  # the mask goes to host memory the daemon reaches
+            mbytes = L.dropblock_mask_bytes(ctypes.byref(p))
+            scratch = self._scratch(mbytes) if self._h.remote else None
+            mask_arr = np.asarray(scratch)[:mbytes] if scratch is not None else np.empty(mbytes, np.uint8)
+        res = _lib.Result()
+        refs = [_lib.Ref(ctypes.pointer(t.buffer._buf), None, _u64(t.offset, "offset")) for t in (x, out)]
+        h = self._h
+        try:
+            h.acquire()
+            try:
+                rc = L.dropblock_run_ref(h.ptr, ctypes.byref(p), refs[0], refs[1],
+                                         None if mask_arr is None else ctypes.c_void_p(mask_arr.ctypes.data),
+                                         b"auto" if device is None else str(device).encode(), ctypes.byref(res))
+            finally:
+                h.release()
+            if rc:
+                raise _error(rc, res.message)
+            if mask_arr is not None and scratch is not None:
+                mask_arr = mask_arr.copy()
+        finally:
+            if scratch is not None:
+                self._unscratch(scratch)
+        self._tls.result = _job_info(res)
+        return (out, mask_arr) if mask_arr is not None else out
+
     def _params(self, mode, shape, dtype, rate, block_size, seed, stream, layout, normalize, share, compat, training):
         L = lib()
         p = _lib.Params()
@@ -564,6 +693,9 @@ class Client:
 
     def _run(self, mode, x, rate, block_size, seed, stream, layout, normalize, share, compat, training, out,
              device, mask, dtype):
+        if isinstance(x, DeviceTensor):
+            return self._run_device(mode, x, rate, block_size, seed, stream, layout, normalize, share, compat,
+                                    training, out, device, mask)
         np = _numpy()
         L = lib()
         if not isinstance(x, np.ndarray):

@@ -89,11 +89,41 @@ class Limits(ctypes.Structure):
     ]
 
 
+class DeviceBuffer(ctypes.Structure):
+    """struct dropblock_device_buffer"""
+    _fields_ = [
+        ("fd", ctypes.c_int),
+        ("size", ctypes.c_uint64),
+        ("allocation_size", ctypes.c_uint64),
+        ("memory_type_index", ctypes.c_uint32),
+        ("dedicated", ctypes.c_int),
+        ("host_mappable", ctypes.c_int),
+        ("handle_type", ctypes.c_char * 16),
+        ("device", ctypes.c_char * 32),
+        ("device_uuid", ctypes.c_uint8 * 16),
+        ("driver_uuid", ctypes.c_uint8 * 16),
+        ("region", ctypes.c_uint32),
+        ("conn_gen", ctypes.c_uint64),
+        ("local", ctypes.c_void_p),
+        ("local_dev", ctypes.c_int),
+    ]
+
+
+class Ref(ctypes.Structure):
+    """struct dropblock_ref"""
+    _fields_ = [
+        ("buffer", ctypes.POINTER(DeviceBuffer)),
+        ("ptr", ctypes.c_void_p),
+        ("offset", ctypes.c_uint64),
+    ]
+
+
 DEFAULT_TIMEOUT_MS = 10000  # DROPBLOCK_DEFAULT_TIMEOUT_MS
 
 STRUCTS = {"dropblock_params": Params, "dropblock_result": Result,
            "dropblock_device_info": DeviceInfo, "dropblock_local_options": LocalOptions,
-           "dropblock_connect_options": ConnectOptions, "dropblock_limits": Limits}
+           "dropblock_connect_options": ConnectOptions, "dropblock_limits": Limits,
+           "dropblock_device_buffer": DeviceBuffer, "dropblock_ref": Ref}
 
 # enum values and names (dropblock.h)
 LAYOUTS = {"NCHW": 0, "NHWC": 1}
@@ -135,6 +165,11 @@ _PROTOTYPES = {
     "dropblock_free": (ctypes.c_int, [_handle_p, ctypes.c_void_p]),
     "dropblock_run": (ctypes.c_int, [_handle_p, _P(Params), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                      ctypes.c_char_p, _P(Result)]),
+    "dropblock_device_alloc": (ctypes.c_int, [_handle_p, ctypes.c_char_p, ctypes.c_uint64, _P(DeviceBuffer),
+                                              ctypes.c_char_p, ctypes.c_size_t]),
+    "dropblock_device_free": (ctypes.c_int, [_handle_p, _P(DeviceBuffer)]),
+    "dropblock_run_ref": (ctypes.c_int, [_handle_p, _P(Params), Ref, Ref, ctypes.c_void_p, ctypes.c_char_p,
+                                         _P(Result)]),
     "dropblock_status": (ctypes.c_int, [_handle_p, ctypes.c_char_p, ctypes.c_size_t]),
     "dropblock_shutdown": (ctypes.c_int, [_handle_p, ctypes.c_char_p, ctypes.c_size_t]),
 }

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""The Python package's device memory (issue 13): Client.device_buffer on the in-process engine and
+through a daemon, its fields, jobs on DeviceTensors (dropblock_run_ref underneath) whose K, S,
+scale and mask bits equal the reference's (they depend on the parameters only, not on x, so this
+holds whatever the device memory holds: writing x needs an importer, which tests/
+test_device_regions.c is), in place and into another place, forward and backward; the refusals;
+and the handle kept open while a buffer lives. Skips (77) without NumPy or a device that can
+export.
+
+  test_python_device.py --daemon DROPBLOCKD
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import Daemon, Tally  # noqa: E402
+
+T = Tally()
+
+
+def check_client(dropblock, np, client, label):
+    try:
+        buf = client.device_buffer(1 << 20)
+    except dropblock.Error as e:
+        if e.code in ("invalid_argument", "not_found") and "export" in str(e):
+            return False
+        raise
+    T.check(buf.size == 1 << 20 and buf.allocation_size >= buf.size and buf.handle_type == "opaque_fd" and
+            buf.device.startswith("vulkan:") and len(buf.device_uuid) == 16 and buf.fd >= 0,
+            "%s: %r fields" % (label, buf))
+    shape = (2, 8, 14, 14)
+    x = buf.tensor(shape, "f32", 0)
+    y = buf.tensor(shape, "f32", 64 * 1024)
+    ref = dropblock.Client(local=True, backends="cpu")
+    host = np.ones(shape, np.float32)
+    for mode in ("forward", "backward"):
+        run = client.dropblock2d if mode == "forward" else client.backward
+        rrun = ref.dropblock2d if mode == "forward" else ref.backward
+        for out in (None, y):
+            got, gmask = run(x, 0.2, 3, seed=11, stream=4, out=out, mask=True)
+            gi = client.last_result
+            _, wmask = rrun(host, 0.2, 3, seed=11, stream=4, mask=True)
+            wi = ref.last_result
+            T.check(got is (x if out is None else y), "%s %s: returns out" % (label, mode))
+            T.check((gi.kept, gi.total, gi.scale_bits) == (wi.kept, wi.total, wi.scale_bits) and
+                    np.array_equal(gmask, wmask) and gi.device == buf.device,
+                    "%s %s out=%s: K/S/scale/mask %s against %s on %s" % (label, mode, out is not None, gi, wi,
+                                                                           gi.device))
+    for bad, words in ((lambda: client.dropblock2d(x, 0.2, 3, out=buf.tensor(shape, "f16", 0)), "out"),
+                       (lambda: client.dropblock2d(buf.tensor(shape, "f32", (1 << 20) - 16), 0.2, 3), "exceeds"),
+                       (lambda: client.dropblock2d(x, 0.2, 3, device="cpu:0"), "cpu:0")):
+        try:
+            bad()
+            T.check(False, "%s: refused (%s)" % (label, words))
+        except dropblock.Error as e:
+            T.check(words in str(e), "%s: refused naming %s: %s" % (label, words, e))
+    fd = buf.take_fd()
+    T.check(fd >= 0 and buf.fd == -1, "%s: take_fd" % label)
+    os.close(fd)
+    with client.device_buffer(4096) as b2:
+        T.check(b2.size == 4096, "%s: a second buffer" % label)
+    buf.free()
+    buf.free()
+    ref.close()
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--daemon", required=True)
+    a = ap.parse_args()
+    try:
+        import numpy as np
+    except ImportError:
+        print("SKIP: NumPy is not installed")
+        return 77
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import dropblock
+    os.environ.setdefault("VK_DRIVER_FILES", "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json")
+    with dropblock.Client(local=True, backends="vulkan,cpu", cache_dir="") as c:
+        if not check_client(dropblock, np, c, "in-process"):
+            print("SKIP: no device that can export memory")
+            return 77
+    d = Daemon(a.daemon, "--cache-dir", tempfile.mkdtemp(prefix="dbpd-"))
+    try:
+        c = dropblock.Client(socket=d.path)
+        check_client(dropblock, np, c, "daemon")
+        keep = c.device_buffer(4096)
+        c.close()  # the buffer keeps the connection until it is freed
+        T.check(c.closed and keep.size == 4096, "close with a live buffer")
+        keep.free()
+    finally:
+        T.check(d.stop(remove=True) == 0, "dropblockd exit status")
+    print("test_python_device: %d passed, %d failed" % (T.passed, T.failed))
+    return 1 if T.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,8 +2,9 @@
 # gpu-check.sh: issue 4's GPU verification in one call on a lent GPU machine (../shared/gpu/README.md):
 # the cross-backend matrix on every device, then dropblock-bench on each GPU device (OpenCL and
 # Vulkan; f32 and f16; 64x1024x14x14, 32x256x56x56, 256x1024x14x14; block 7) next to the PyTorch
-# peers, every output under $OUT. Run from the repository root after `source .gpu/setup.sh`, with
-# build/ (a release build from the development machine) and .gpu/ carried:
+# peers, then jobs on device memory imported into CUDA (issue 13), every output under $OUT. Run
+# from the repository root after `source .gpu/setup.sh`, with build/ (a release build from the
+# development machine, configured where the CUDA toolkit is, so examples/cuda is built) and .gpu/ carried:
 #   source .gpu/setup.sh && bash bench/gpu-check.sh
 set -u
 OUT=${OUT:-/tmp/gpu-check}
@@ -31,3 +32,21 @@ for b in opencl vulkan; do
 done
 echo "== torch peers"
 timeout 300 python3 .gpu/torch_peers.py 2>&1 | tee "$OUT/torch_peers.txt"
+# issue 13: device regions on the GPU. A daemon on the release build; its Vulkan device's memory
+# exported (region.alloc), imported into CUDA (examples/cuda/dropblock_cuda: cuImportExternalMemory
+# on the GPU with the same UUID), x written by CUDA, the job on it, y checked bit for bit against
+# the CPU reference, the job's time against a device-to-device copy of the same bytes
+if [ -x build/examples/dropblock_cuda ]; then
+    echo "== device regions: CUDA import, job on device memory (dropblock_cuda)"
+    sock=$(mktemp -d)/d.sock
+    build/daemon/dropblockd --socket "$sock" --devices vulkan,cpu --log-level warn 2>"$OUT/dropblockd.log" &
+    dpid=$!
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+    for t in f32 f16; do
+        for s in 64,1024,14,14 32,256,56,56; do
+            timeout 120 build/examples/dropblock_cuda --socket "$sock" --shape "$s" --dtype "$t" --reps 20 2>&1 |
+                tail -1 | tee -a "$OUT/device-regions.jsonl"
+        done
+    done
+    kill "$dpid"; wait "$dpid"
+fi

@@ -67,9 +67,57 @@ def check_client(dropblock, np, client, label):
     return True
 
 
+def check_cuda_module(dropblock, cuda_abi):
+    """dropblock.cuda without a GPU: its ctypes structs against the toolkit's cuda.h (where
+    tests/cuda_abi is built), the views' __cuda_array_interface__ and DLPack capsule over a stand-in
+    import, and a clear error where no driver is."""
+    import ctypes
+    import json
+    import subprocess
+    from dropblock import cuda
+    if cuda_abi:
+        abi = json.loads(subprocess.run([cuda_abi], capture_output=True, text=True, check=True).stdout)
+        H, B = cuda.MemoryHandleDesc, cuda.BufferDesc
+        mine = {"handle_desc": {"size": ctypes.sizeof(H), "type": H.type.offset, "handle": H.handle.offset,
+                                "size_field": H.size.offset, "flags": H.flags.offset},
+                "buffer_desc": {"size": ctypes.sizeof(B), "offset": B.offset.offset, "size_field": B.size.offset,
+                                "flags": B.flags.offset},
+                "opaque_fd": cuda.OPAQUE_FD, "dedicated": cuda.DEDICATED}
+        T.check(mine == abi, "dropblock.cuda's structs as cuda.h lays them out: %s against %s" % (mine, abi))
+    else:
+        print("note: no CUDA toolkit in the build: dropblock.cuda's structs not checked against cuda.h")
+
+    class Drv:
+        name = "cuda"
+
+    class Mem(cuda.ExternalMemory):
+        def __init__(self):
+            self.driver, self.ordinal, self.ptr, self.size, self._closed = Drv(), 0, 0x7f0000000000, 1 << 20, True
+
+    arr = Mem().array((2, 3, 4, 5), "f16", 256)
+    cai = arr.__cuda_array_interface__
+    T.check(cai["shape"] == (2, 3, 4, 5) and cai["typestr"] == "<f2" and cai["data"] == (0x7f0000000000 + 256, False)
+            and cai["version"] == 3, "__cuda_array_interface__: %s" % cai)
+    T.check(arr.__dlpack_device__() == (2, 0), "__dlpack_device__: %s" % (arr.__dlpack_device__(),))
+    cap = arr.__dlpack__()
+    T.check(type(cap).__name__ == "PyCapsule", "__dlpack__ gives a capsule: %r" % cap)
+    try:
+        Mem().array((1 << 20,), "f32")
+        T.check(False, "an array past the buffer is refused")
+    except dropblock.Error as e:
+        T.check("passes the buffer" in str(e), "an array past the buffer is refused: %s" % e)
+    if not cuda.driver_available():
+        try:
+            cuda.import_buffer(None)
+            T.check(False, "import_buffer without a driver fails")
+        except dropblock.Error as e:
+            T.check("libcuda.so.1" in str(e), "import_buffer without a driver says what is missing: %s" % e)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--daemon", required=True)
+    ap.add_argument("--cuda-abi")
     a = ap.parse_args()
     try:
         import numpy as np
@@ -79,6 +127,7 @@ def main():
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
     import dropblock
     os.environ.setdefault("VK_DRIVER_FILES", "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json")
+    check_cuda_module(dropblock, a.cuda_abi)
     with dropblock.Client(local=True, backends="vulkan,cpu", cache_dir="") as c:
         if not check_client(dropblock, np, c, "in-process"):
             print("SKIP: no device that can export memory")

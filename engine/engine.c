@@ -166,8 +166,8 @@ static void open_backend(struct db_engine *e, const struct backend_ops *ops, con
     struct db_device found[DB_MAX_DEVICES];
     char why[512] = "";
     int k = ops->enumerate(&e->cfg, found, DB_MAX_DEVICES - e->n, why, sizeof why);
-    if (k < 0) {
-        logf_(e->log, e->log_ctx, "%s: no devices: %s", ops->name, why);
+    if (k <= 0) {
+        if (k < 0 || why[0]) logf_(e->log, e->log_ctx, "%s: no devices: %s", ops->name, why);
         return;
     }
     for (int i = 0; i < k; i++) {

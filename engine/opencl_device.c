@@ -2,9 +2,11 @@
  * queries and enumerate, the kernels' shape, build and work-group sizes, the buffers a device
  * keeps, launches (each recording its shape, see "warm-up"), the probes, the warm-up, teardown
  * and release. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend_opencl.h"
 #include "fp.h"
@@ -180,6 +182,52 @@ static void fill_info(struct db_device *out, cl_device_id d, const struct db_kno
     if (clGetDeviceInfo(d, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof v, &v, NULL) == CL_SUCCESS) in->global_mem = v;
 }
 
+/* Why a platform listed no device, where it can be told: PoCL lists none when it cannot write
+ * its kernel cache ($POCL_CACHE_DIR, else $XDG_CACHE_HOME/pocl or ~/.cache/pocl), which a
+ * read-only root or home gives; anything else, just that it is empty. */
+static void empty_platform(cl_platform_id p, char *msg, size_t len)
+{
+    char name[128] = "";
+    clGetPlatformInfo(p, CL_PLATFORM_NAME, sizeof name - 1, name, NULL);
+    if (!strstr(name, "Portable Computing Language")) {
+        db_msg(msg, len, "platform \"%s\" lists no device", name);
+        return;
+    }
+    char dir[512];
+    const char *env = getenv("POCL_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (env && *env) snprintf(dir, sizeof dir, "%s", env);
+    else if (xdg && *xdg) snprintf(dir, sizeof dir, "%s/pocl", xdg);
+    else snprintf(dir, sizeof dir, "%s/.cache/pocl", home ? home : "");
+    /* the nearest folder that exists must be writable for PoCL to make (or use) it */
+    char probe[512];
+    snprintf(probe, sizeof probe, "%s", dir);
+    while (access(probe, F_OK) != 0) {
+        char *slash = strrchr(probe, '/');
+        if (!slash || slash == probe) {
+            snprintf(probe, sizeof probe, "/");
+            break;
+        }
+        *slash = 0;
+    }
+    /* writable: a folder can be made in it (access(2) says yes to root even on /proc) */
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s/.dropblock-probe-XXXXXX", strcmp(probe, "/") ? probe : "");
+    const int writable = mkdtemp(tmp) != NULL;
+    const int err = errno;
+    if (writable) rmdir(tmp);
+    char why[160];
+    if (writable) snprintf(why, sizeof why, "%s is writable, so something else is wrong", probe);
+    else snprintf(why, sizeof why, "no folder can be made in %s (%s)", probe, strerror(err));
+    db_msg(msg, len,
+           "PoCL lists no device: it needs a writable kernel cache, %s (%s), and %s; set POCL_CACHE_DIR to a "
+           "writable folder",
+           dir,
+           env && *env   ? "POCL_CACHE_DIR"
+           : xdg && *xdg ? "$XDG_CACHE_HOME/pocl"
+                         : "~/.cache/pocl",
+           why);
+}
+
 int ocl_enumerate(const struct db_backend_config *cfg, struct db_device *out, size_t cap, char *msg, size_t len)
 {
     cl_uint np = 0;
@@ -201,7 +249,10 @@ int ocl_enumerate(const struct db_backend_config *cfg, struct db_device *out, si
     for (cl_uint p = 0; p < np && n < cap && !rc; p++) {
         cl_uint nd = 0;
         e = clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 0, NULL, &nd);
-        if (e != CL_SUCCESS || nd == 0) continue; /* CL_DEVICE_NOT_FOUND: an empty platform */
+        if (e != CL_SUCCESS || nd == 0) { /* CL_DEVICE_NOT_FOUND: an empty platform (said if none has any) */
+            empty_platform(plats[p], msg, len);
+            continue;
+        }
         cl_device_id *devs = calloc(nd, sizeof *devs);
         if (!devs) {
             db_msg(msg, len, "out of memory");

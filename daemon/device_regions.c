@@ -32,13 +32,6 @@ void device_region_gone(struct client *c, const struct region *r)
     c->device_regions--;
 }
 
-/* "8-4-4-4-12" hex of a 16-byte UUID */
-static void uuid_text(char out[37], const uint8_t u[16])
-{
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3],
-             u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
-}
-
 /* The device a region.alloc names: an id, or "auto": the first healthy device that can export
  * (a discrete GPU before others, as jobs pick). -1 with the code in *code and msg. */
 static int alloc_device(struct server *s, const char *want, int *code, char *msg, size_t len)
@@ -91,8 +84,8 @@ static int within_caps(const struct client *c, uint64_t bytes, char *msg, size_t
 static cJSON *alloc_reply(const cJSON *id, const struct region *r, const char *dev, const struct db_export_info *xi)
 {
     char du[37], dr[37];
-    uuid_text(du, xi->device_uuid);
-    uuid_text(dr, xi->driver_uuid);
+    db_uuid_text(du, xi->device_uuid);
+    db_uuid_text(dr, xi->driver_uuid);
     cJSON *o = proto_reply(id, 1);
     proto_add_u64(o, "region", r->id);
     proto_add_u64(o, "size", r->size);

@@ -143,9 +143,7 @@ static void describe_props11(struct vk_dev *d, dropblock_device_info *info, uint
                  drv.driverInfo);
     memcpy(d->device_uuid, idp.deviceUUID, sizeof d->device_uuid);
     memcpy(d->driver_uuid, idp.driverUUID, sizeof d->driver_uuid);
-    const uint8_t *u = idp.deviceUUID;
-    snprintf(info->uuid, sizeof info->uuid, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+    db_uuid_text(info->uuid, idp.deviceUUID); /* (info->uuid holds 40) */
     if (m3.maxMemoryAllocationSize < *maxbuf) *maxbuf = m3.maxMemoryAllocationSize;
 }
 

@@ -80,6 +80,14 @@ struct db_export_info {
     uint8_t device_uuid[16], driver_uuid[16];
 };
 
+/* A timeline semaphore a backend made (sem_create), as an importer needs it: Vulkan's
+ * VK_KHR_external_semaphore_fd (CUDA's cudaImportExternalSemaphore and HIP's take the same). */
+struct db_semaphore_info {
+    int fd;               /* the exported descriptor (the caller's to close); -1: not exported */
+    char handle_type[16]; /* "opaque_fd", or "" where not exported */
+    uint8_t device_uuid[16], driver_uuid[16];
+};
+
 /* Where a job's tensors lie: the host regions holding the input and the output (each NULL:
  * memory of this job only), or device memory of the job's device (dev_in, dev_out: handles from
  * its backend's export_alloc, at in_off and out_off; then the job's in and out pointers are
@@ -88,6 +96,10 @@ struct db_job_mem {
     struct db_host_region *in, *out;
     void *dev_in, *dev_out;
     uint64_t in_off, out_off;
+    /* the job's wait (reached before run: the backend orders its first submission after it) and
+     * signal (set by the engine after run): the backend's semaphore handles, or NULL */
+    void *wait_sem, *signal_sem;
+    uint64_t wait_value, signal_value;
 };
 
 /* What a device's running job is doing, for progress displays (db_engine_progress). */
@@ -171,6 +183,19 @@ struct backend_ops {
     /* Whether the prepared device can export (export_alloc would not refuse for want of support),
      * and why not into why; NULL: never. */
     int (*can_export)(const struct db_device *dev, char *why, size_t len);
+    /* Timeline semaphores (initial value 0), exported as a file descriptor where exported
+     * (info: for the importer); NULL for a backend without. can_semaphore: whether the prepared
+     * device could make one (why not into why). sem_free: no job holds it. sem_wait (host, up to
+     * timeout_ns): DROPBLOCK_OK once the value is reached, DROPBLOCK_ETIMEDOUT if not yet.
+     * sem_signal: from the host, or queued (under the device's lock) after every submission so
+     * far. Any thread but queued signals. */
+    int (*can_semaphore)(const struct db_device *dev, int exported, char *why, size_t len);
+    int (*sem_create)(struct db_device *dev, int exported, void **handle, struct db_semaphore_info *info, char *msg,
+                      size_t len);
+    void (*sem_free)(struct db_device *dev, void *handle);
+    int (*sem_value)(struct db_device *dev, void *handle, uint64_t *value, char *msg, size_t len);
+    int (*sem_wait)(struct db_device *dev, void *handle, uint64_t value, uint64_t timeout_ns, char *msg, size_t len);
+    int (*sem_signal)(struct db_device *dev, void *handle, uint64_t value, int queued, char *msg, size_t len);
 };
 
 extern const struct backend_ops db_backend_cpu;

@@ -436,5 +436,11 @@ static void cpu_tuning(const struct db_device *dev, const struct db_plan *pl, st
     *out = cpu_job_tuning;
 }
 
-const struct backend_ops db_backend_cpu = {"cpu",        cpu_enumerate, cpu_prepare, cpu_run, cpu_bench, cpu_release,
-                                           cpu_describe, cpu_tuning,    NULL,        NULL,    NULL,      NULL};
+const struct backend_ops db_backend_cpu = {.name = "cpu",
+                                             .enumerate = cpu_enumerate,
+                                             .prepare = cpu_prepare,
+                                             .run = cpu_run,
+                                             .bench = cpu_bench,
+                                             .release = cpu_release,
+                                             .describe = cpu_describe,
+                                             .tuning = cpu_tuning};

@@ -750,5 +750,11 @@ static void ocl_tuning(const struct db_device *dev, const struct db_plan *pl, st
     *out = job_tuning(dev->priv, pl);
 }
 
-const struct backend_ops db_backend_opencl = {"opencl",     ocl_enumerate, ocl_prepare, ocl_run, ocl_bench, ocl_release,
-                                              ocl_describe, ocl_tuning,    NULL,        NULL,    NULL,      NULL};
+const struct backend_ops db_backend_opencl = {.name = "opencl",
+                                                .enumerate = ocl_enumerate,
+                                                .prepare = ocl_prepare,
+                                                .run = ocl_run,
+                                                .bench = ocl_bench,
+                                                .release = ocl_release,
+                                                .describe = ocl_describe,
+                                                .tuning = ocl_tuning};

@@ -751,9 +751,11 @@ static int vk_run(struct db_device *dev, const struct db_plan *pl, const void *i
     jc.js = &dev->last_job;
     jc.pend_transfers = jc.pend_fills = 0;
     jc.launched = 0;
+    vk_sem_job_begin(dev->priv, dev->job_mem);
     int rc = pl->identity ? identity_on_device(dev->priv, dev->job_mem, pl, mask, res)
                           : vk_job(dev->priv, dev, pl, in, out, mask, 0, res, res->message, sizeof res->message);
     jc.js = NULL;
+    ((struct vk_dev *)dev->priv)->wait_sem = VK_NULL_HANDLE; /* a job that failed before submitting */
     return rc;
 }
 
@@ -782,6 +784,21 @@ static void vk_tuning(const struct db_device *dev, const struct db_plan *pl, str
     *out = vk_job_tuning(dev->priv, pl, 0);
 }
 
-const struct backend_ops db_backend_vulkan = {"vulkan", vk_enumerate,    vk_prepare,     vk_run,
-                                              vk_bench, vk_release,      vk_describe,    vk_tuning,
-                                              vk_sweep, vk_export_alloc, vk_export_free, vk_can_export};
+const struct backend_ops db_backend_vulkan = {.name = "vulkan",
+                                              .enumerate = vk_enumerate,
+                                              .prepare = vk_prepare,
+                                              .run = vk_run,
+                                              .bench = vk_bench,
+                                              .release = vk_release,
+                                              .describe = vk_describe,
+                                              .tuning = vk_tuning,
+                                              .sweep = vk_sweep,
+                                              .export_alloc = vk_export_alloc,
+                                              .export_free = vk_export_free,
+                                              .can_export = vk_can_export,
+                                              .can_semaphore = vk_can_semaphore,
+                                              .sem_create = vk_sem_create,
+                                              .sem_free = vk_sem_free,
+                                              .sem_value = vk_sem_value,
+                                              .sem_wait = vk_sem_wait,
+                                              .sem_signal = vk_sem_signal};

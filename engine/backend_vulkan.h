@@ -146,8 +146,18 @@ struct vk_dev {
     PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;
     int has_export; /* VK_KHR_external_memory_fd: region.alloc's memory (vulkan_export.c) */
     PFN_vkGetMemoryFdKHR get_memory_fd;
-    pthread_mutex_t export_lock; /* the live exports (allocated on any thread) */
+    pthread_mutex_t export_lock; /* the live exports and semaphores (made on any thread) */
     struct vk_export *exports;
+    /* timeline semaphores (vulkan_semaphore.c): VK_KHR_timeline_semaphore, and exported as fds
+     * where VK_KHR_external_semaphore_fd is offered */
+    int has_timeline, has_sem_export;
+    PFN_vkGetSemaphoreFdKHR get_semaphore_fd;
+    PFN_vkGetSemaphoreCounterValueKHR sem_counter;
+    PFN_vkWaitSemaphoresKHR sem_wait;
+    PFN_vkSignalSemaphoreKHR sem_signal;
+    struct vk_sem *sems;
+    VkSemaphore wait_sem; /* the running job's wait, attached to its next submission (then cleared) */
+    uint64_t wait_value;
     uint8_t device_uuid[16], driver_uuid[16];
     /* tuning (prepare) */
     uint32_t local;       /* work-group size of every pipeline */
@@ -225,6 +235,18 @@ int vk_export_alloc(struct db_device *dev, uint64_t bytes, void **handle, struct
                     size_t len);
 void vk_export_free(struct db_device *dev, void *handle);
 int vk_can_export(const struct db_device *dev, char *why, size_t len);
+
+/* vulkan_semaphore.c */
+struct vk_sem;
+int vk_can_semaphore(const struct db_device *dev, int exported, char *why, size_t len);
+int vk_sem_create(struct db_device *dev, int exported, void **handle, struct db_semaphore_info *info, char *msg,
+                  size_t len);
+void vk_sem_free(struct db_device *dev, void *handle);
+void vk_sem_release_all(struct vk_dev *d);
+int vk_sem_value(struct db_device *dev, void *handle, uint64_t *value, char *msg, size_t len);
+int vk_sem_wait(struct db_device *dev, void *handle, uint64_t value, uint64_t timeout_ns, char *msg, size_t len);
+int vk_sem_signal(struct db_device *dev, void *handle, uint64_t value, int queued, char *msg, size_t len);
+void vk_sem_job_begin(struct vk_dev *d, const struct db_job_mem *mem);
 
 /* vulkan_bench.c */
 int vk_bench(struct db_device *dev, const struct db_plan *pl, const void *xh, unsigned whats, int warmup, int reps,

@@ -510,7 +510,6 @@ static struct db_host_region *holding(struct db_host_region *r, const void *p, u
 static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                       const struct db_job_mem *mem, dropblock_result *res, int try_only, int probe)
 {
-    memset(res, 0, sizeof *res);
     struct db_plan pl;
     /* device memory: both tensors in it, on this device (the caller's exports of it) */
     const int on_device = mem && (mem->dev_in || mem->dev_out);
@@ -543,9 +542,13 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
         m.in = holding(mem->in, in, bytes);
         m.out = holding(mem->out, out, bytes);
     }
+    if (mem) {
+        m.wait_sem = mem->wait_sem;
+        m.wait_value = mem->wait_value;
+    }
     if (s->dev.ops->sweep) s->dev.ops->sweep(&s->dev); /* what it kept for regions gone since */
     free_exports(s);
-    rc = run_locked(e, s, &pl, in, out, mask, on_device || m.in || m.out ? &m : NULL, res, probe);
+    rc = run_locked(e, s, &pl, in, out, mask, on_device || m.in || m.out || m.wait_sem ? &m : NULL, res, probe);
     pthread_mutex_unlock(&s->lock);
     atomic_fetch_sub(&s->busy, 1);
     return rc;
@@ -553,13 +556,205 @@ static int engine_run(struct db_engine *e, int dev, const dropblock_params *p, c
 int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                   dropblock_result *res)
 {
+    memset(res, 0, sizeof *res);
     return engine_run(e, dev, p, in, out, mask, NULL, res, 0, 0);
 }
 
 int db_engine_run_shared(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                          const struct db_job_mem *mem, dropblock_result *res)
 {
-    return engine_run(e, dev, p, in, out, mask, mem, res, 0, 0);
+    return db_engine_run_sync(e, dev, p, in, out, mask, mem, NULL, res);
+}
+
+/* ---- timeline semaphores (docs/protocol.md semaphore.create) -------------------------- */
+
+struct db_semaphore {
+    struct db_engine *e;
+    int dev;
+    void *bk; /* the backend's handle */
+    int exported;
+    atomic_int refs;      /* the owner's, and each job's and wait's that uses it */
+    atomic_int gone;      /* its owner freed it: waits on it end */
+    pthread_mutex_t lock; /* signals one at a time, each raising the value */
+};
+
+int db_engine_can_semaphore(const struct db_engine *e, size_t i, int exported, char *why, size_t len)
+{
+    if (i >= e->n) return 0;
+    const struct db_slot *s = &e->slots[i];
+    if (!s->dev.ops->can_semaphore) {
+        db_msg(why, len,
+               "device %s (%s) has no timeline semaphores: only Vulkan devices with VK_KHR_timeline_semaphore do",
+               s->dev.info.id, s->dev.info.api);
+        return 0;
+    }
+    return s->dev.ops->can_semaphore(&s->dev, exported, why, len);
+}
+
+int db_engine_semaphore_create(struct db_engine *e, int dev, int exported, struct db_semaphore **out,
+                               struct db_semaphore_info *info, char *msg, size_t len)
+{
+    memset(info, 0, sizeof *info);
+    info->fd = -1;
+    if (dev < 0 || (size_t)dev >= e->n) {
+        db_msg(msg, len, "device index %d out of range", dev);
+        return DROPBLOCK_ENOTFOUND;
+    }
+    struct db_slot *s = &e->slots[dev];
+    if (!db_engine_can_semaphore(e, (size_t)dev, exported, msg, len)) return DROPBLOCK_EINVAL;
+    if (!db_engine_healthy(e, (size_t)dev, NULL, 0)) {
+        unavailable_msg(s, msg, len);
+        return DROPBLOCK_EUNAVAILABLE;
+    }
+    struct db_semaphore *sem = calloc(1, sizeof *sem);
+    if (!sem) {
+        db_msg(msg, len, "out of host memory");
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    int rc = s->dev.ops->sem_create(&s->dev, exported, &sem->bk, info, msg, len);
+    if (rc) {
+        free(sem);
+        return rc;
+    }
+    sem->e = e;
+    sem->dev = dev;
+    sem->exported = exported;
+    atomic_init(&sem->refs, 1);
+    atomic_init(&sem->gone, 0);
+    pthread_mutex_init(&sem->lock, NULL);
+    *out = sem;
+    return DROPBLOCK_OK;
+}
+
+int db_engine_semaphore_device(const struct db_semaphore *sem) { return sem->dev; }
+
+static void sem_ref(struct db_semaphore *sem) { atomic_fetch_add(&sem->refs, 1); }
+
+static void sem_unref(struct db_semaphore *sem)
+{
+    if (atomic_fetch_sub(&sem->refs, 1) != 1) return;
+    struct db_slot *s = &sem->e->slots[sem->dev];
+    s->dev.ops->sem_free(&s->dev, sem->bk);
+    pthread_mutex_destroy(&sem->lock);
+    free(sem);
+}
+
+void db_engine_semaphore_free(struct db_semaphore *sem)
+{
+    if (!sem) return;
+    atomic_store(&sem->gone, 1);
+    sem_unref(sem);
+}
+
+int db_engine_semaphore_value(struct db_semaphore *sem, uint64_t *value, char *msg, size_t len)
+{
+    struct db_slot *s = &sem->e->slots[sem->dev];
+    return s->dev.ops->sem_value(&s->dev, sem->bk, value, msg, len);
+}
+
+/* Raises it to value (queued: after every submission of its device so far, its lock held). */
+static int sem_signal(struct db_semaphore *sem, uint64_t value, int queued, char *msg, size_t len)
+{
+    struct db_slot *s = &sem->e->slots[sem->dev];
+    pthread_mutex_lock(&sem->lock);
+    uint64_t now = 0;
+    int rc = s->dev.ops->sem_value(&s->dev, sem->bk, &now, msg, len);
+    if (!rc && value <= now) {
+        db_msg(msg, len, "the semaphore is at %llu already: a signal must raise it (value %llu)",
+               (unsigned long long)now, (unsigned long long)value);
+        rc = DROPBLOCK_EINVAL;
+    }
+    if (!rc) rc = s->dev.ops->sem_signal(&s->dev, sem->bk, value, queued, msg, len);
+    pthread_mutex_unlock(&sem->lock);
+    return rc;
+}
+
+int db_engine_semaphore_signal(struct db_semaphore *sem, uint64_t value, char *msg, size_t len)
+{
+    return sem_signal(sem, value, 0, msg, len);
+}
+
+int db_engine_semaphore_wait(struct db_semaphore *sem, uint64_t value, uint32_t timeout_ms, char *msg, size_t len)
+{
+    struct db_slot *s = &sem->e->slots[sem->dev];
+    const uint64_t t_end = db_now_us() + (uint64_t)timeout_ms * 1000;
+    sem_ref(sem);
+    int rc;
+    /* in slices, so that a semaphore freed by its owner (a client that left) ends the wait */
+    for (;;) {
+        if (atomic_load(&sem->gone)) {
+            db_msg(msg, len, "the semaphore was freed while a job waited for it to reach %llu",
+                   (unsigned long long)value);
+            rc = DROPBLOCK_EUNAVAILABLE;
+            break;
+        }
+        const uint64_t now = db_now_us();
+        const uint64_t slice = now >= t_end ? 0 : t_end - now < 20000 ? t_end - now : 20000;
+        rc = s->dev.ops->sem_wait(&s->dev, sem->bk, value, slice * 1000, msg, len);
+        if (rc != DROPBLOCK_ETIMEDOUT || now >= t_end) break;
+    }
+    if (rc == DROPBLOCK_ETIMEDOUT) {
+        uint64_t at = 0;
+        s->dev.ops->sem_value(&s->dev, sem->bk, &at, NULL, 0);
+        db_msg(msg, len, "the semaphore did not reach %llu within %u ms (it is at %llu)", (unsigned long long)value,
+               timeout_ms, (unsigned long long)at);
+    }
+    sem_unref(sem);
+    return rc;
+}
+
+/* The signal of a job that is over, whatever its outcome (so that a stream waiting on it never
+ * hangs): queued after the job's submissions. A failure to signal fails a job that succeeded. */
+static int signal_after(struct db_engine *e, const struct db_job_sync *sync, int rc, dropblock_result *res)
+{
+    struct db_semaphore *sem = sync->signal;
+    struct db_slot *s = &e->slots[sem->dev];
+    char m[200];
+    pthread_mutex_lock(&s->lock);
+    int src = sem_signal(sem, sync->signal_value, 1, m, sizeof m);
+    pthread_mutex_unlock(&s->lock);
+    /* a queue that cannot take it (a lost device): from the host, so that no waiter hangs */
+    if (src && src != DROPBLOCK_EINVAL) src = sem_signal(sem, sync->signal_value, 0, m, sizeof m);
+    if (src && !rc) {
+        db_msg(res->message, sizeof res->message, "signal: %s", m);
+        return src;
+    }
+    return rc;
+}
+
+int db_engine_run_sync(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
+                       const struct db_job_mem *mem, const struct db_job_sync *sync, dropblock_result *res)
+{
+    memset(res, 0, sizeof *res);
+    if (!sync || (!sync->wait && !sync->signal)) return engine_run(e, dev, p, in, out, mask, mem, res, 0, 0);
+    struct db_job_mem m = {0};
+    if (mem) m = *mem;
+    /* held for the whole job: the owner may free them meanwhile */
+    if (sync->wait) sem_ref(sync->wait);
+    if (sync->signal) sem_ref(sync->signal);
+    int rc = DROPBLOCK_OK;
+    for (int i = 0; i < 2 && !rc; i++) {
+        const struct db_semaphore *sem = i ? sync->signal : sync->wait;
+        if (sem && sem->dev != dev) {
+            db_msg(res->message, sizeof res->message, "%s: the semaphore is of device %s and the job runs on %s",
+                   i ? "signal" : "wait", e->slots[sem->dev].dev.info.id,
+                   dev >= 0 && (size_t)dev < e->n ? e->slots[dev].dev.info.id : "no device");
+            rc = DROPBLOCK_EINVAL;
+        }
+    }
+    if (!rc && sync->wait) {
+        char m2[200];
+        rc = db_engine_semaphore_wait(sync->wait, sync->wait_value, sync->wait_timeout_ms, m2, sizeof m2);
+        if (rc == DROPBLOCK_ETIMEDOUT) rc = DROPBLOCK_EUNAVAILABLE; /* nothing ran: retry once it is signalled */
+        if (rc) db_msg(res->message, sizeof res->message, "wait: %s; the job did not run", m2);
+        m.wait_sem = sync->wait->bk;
+        m.wait_value = sync->wait_value;
+    }
+    if (!rc) rc = engine_run(e, dev, p, in, out, mask, &m, res, 0, 0);
+    if (sync->signal && sync->signal->dev == dev) rc = signal_after(e, sync, rc, res);
+    if (sync->wait) sem_unref(sync->wait);
+    if (sync->signal) sem_unref(sync->signal);
+    return rc;
 }
 
 void db_engine_sweep(struct db_engine *e)
@@ -633,12 +828,14 @@ void db_engine_export_free(struct db_engine *e, int dev, void *handle)
 int db_engine_try_run(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                       dropblock_result *res)
 {
+    memset(res, 0, sizeof *res);
     return engine_run(e, dev, p, in, out, mask, NULL, res, 1, 0);
 }
 
 int db_engine_run_probe(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out,
                         dropblock_result *res)
 {
+    memset(res, 0, sizeof *res);
     return engine_run(e, dev, p, in, out, NULL, NULL, res, 0, 1);
 }
 

@@ -84,6 +84,39 @@ int db_engine_run(struct db_engine *e, int dev, const dropblock_params *p, const
  * db_engine_export_alloc, at in_off, out_off; in and out NULL): no host copy. */
 int db_engine_run_shared(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
                          const struct db_job_mem *mem, dropblock_result *res);
+/* Timeline semaphores (docs/protocol.md semaphore.create): a job may wait for one to reach a
+ * value before it reads its input, and raise one to a value once its output is complete. Made
+ * on a device (Vulkan with VK_KHR_timeline_semaphore; exported as an opaque fd where exported and
+ * VK_KHR_external_semaphore_fd is offered), initial value 0. */
+struct db_semaphore;
+int db_engine_can_semaphore(const struct db_engine *e, size_t i, int exported, char *why, size_t len);
+/* info: the fd (the caller's; -1 where not exported) and the device's UUIDs. DROPBLOCK_EINVAL
+ * naming what is missing where the device cannot. */
+int db_engine_semaphore_create(struct db_engine *e, int dev, int exported, struct db_semaphore **out,
+                               struct db_semaphore_info *info, char *msg, size_t len);
+int db_engine_semaphore_device(const struct db_semaphore *sem);
+/* The owner gives it up: waits on it end (DROPBLOCK_EUNAVAILABLE), and it is destroyed once no
+ * job uses it. */
+void db_engine_semaphore_free(struct db_semaphore *sem);
+int db_engine_semaphore_value(struct db_semaphore *sem, uint64_t *value, char *msg, size_t len);
+/* From the host; DROPBLOCK_EINVAL unless value is above the current one. Any thread. */
+int db_engine_semaphore_signal(struct db_semaphore *sem, uint64_t value, char *msg, size_t len);
+/* The host waits up to timeout_ms for value: DROPBLOCK_OK, DROPBLOCK_ETIMEDOUT, or
+ * DROPBLOCK_EUNAVAILABLE once the semaphore is freed; msg says which. Never holds the device. */
+int db_engine_semaphore_wait(struct db_semaphore *sem, uint64_t value, uint32_t timeout_ms, char *msg, size_t len);
+
+/* A job's ordering: wait (NULL: none) to reach wait_value, within wait_timeout_ms, before the job
+ * reads its input (it does not run otherwise: DROPBLOCK_EUNAVAILABLE); signal (NULL: none) raised
+ * to signal_value after the job, whatever its outcome. Both of the job's device. */
+struct db_job_sync {
+    struct db_semaphore *wait, *signal;
+    uint64_t wait_value, signal_value;
+    uint32_t wait_timeout_ms;
+};
+/* db_engine_run_shared with sync (NULL: none). */
+int db_engine_run_sync(struct db_engine *e, int dev, const dropblock_params *p, const void *in, void *out, void *mask,
+                       const struct db_job_mem *mem, const struct db_job_sync *sync, dropblock_result *res);
+
 /* Every idle device drops what it keeps for host regions now gone (a busy one does before its
  * next job). Any thread; never waits for a job. */
 void db_engine_sweep(struct db_engine *e);

@@ -158,6 +158,8 @@ static void describe(struct vk_dev *d, dropblock_device_info *info)
     pick_queue(d);
     d->has_import = has_extension(pd, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
     d->has_export = has_extension(pd, VK_KHR_EXTERNAL_MEMORY_FD_EXTENSION_NAME);
+    d->has_timeline = has_extension(pd, VK_KHR_TIMELINE_SEMAPHORE_EXTENSION_NAME);
+    d->has_sem_export = d->has_timeline && has_extension(pd, VK_KHR_EXTERNAL_SEMAPHORE_FD_EXTENSION_NAME);
     const VkPhysicalDeviceProperties *p = &d->props;
     describe_props(p, info);
     uint64_t maxbuf = p->limits.maxStorageBufferRange;
@@ -300,6 +302,7 @@ void vk_release(struct db_device *dev)
         vkDeviceWaitIdle(d->dev); /* nothing should run, but never free under the GPU */
         vk_drop_imports(d, 1);
         vk_export_release_all(d);
+        vk_sem_release_all(d);
         for (int i = 0; i < B_N; i++)
             if (i != B_Y) vk_buf_free(d, &d->bufs[i]);
         vkDestroyFence(d->dev, d->fence, NULL);
@@ -464,12 +467,23 @@ static int make_device(struct vk_dev *d, char *msg, size_t len)
                                    .queueCount = 1,
                                    .pQueuePriorities = &prio};
     VkPhysicalDeviceFeatures feat = {.shaderInt64 = VK_TRUE};
-    /* VK_KHR_external_memory is core in 1.1: only the host and fd extensions are named */
-    const char *exts[2];
+    /* VK_KHR_external_memory and _semaphore are core in 1.1: only the host and fd extensions,
+     * and timeline semaphores (core in 1.2, an extension for the 1.1 instance) are named */
+    const char *exts[4];
     uint32_t nexts = 0;
     if (d->has_import) exts[nexts++] = VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
     if (d->has_export) exts[nexts++] = VK_KHR_EXTERNAL_MEMORY_FD_EXTENSION_NAME;
+    VkPhysicalDeviceTimelineSemaphoreFeatures tl = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_TIMELINE_SEMAPHORE_FEATURES};
+    if (d->has_timeline) {
+        VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &tl};
+        vkGetPhysicalDeviceFeatures2(d->pd, &f2);
+        if (!tl.timelineSemaphore) d->has_timeline = d->has_sem_export = 0;
+    }
+    if (d->has_timeline) exts[nexts++] = VK_KHR_TIMELINE_SEMAPHORE_EXTENSION_NAME;
+    if (d->has_sem_export) exts[nexts++] = VK_KHR_EXTERNAL_SEMAPHORE_FD_EXTENSION_NAME;
+    tl.pNext = NULL;
     VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                              .pNext = d->has_timeline ? &tl : NULL,
                               .queueCreateInfoCount = 1,
                               .pQueueCreateInfos = &qci,
                               .enabledExtensionCount = nexts,
@@ -486,6 +500,15 @@ static int make_device(struct vk_dev *d, char *msg, size_t len)
     if (!d->get_host_ptr_props) d->has_import = 0;
     if (d->has_export) d->get_memory_fd = (PFN_vkGetMemoryFdKHR)vkGetDeviceProcAddr(d->dev, "vkGetMemoryFdKHR");
     if (!d->get_memory_fd) d->has_export = 0;
+    if (d->has_timeline) {
+        d->sem_counter = (PFN_vkGetSemaphoreCounterValueKHR)vkGetDeviceProcAddr(d->dev, "vkGetSemaphoreCounterValueKHR");
+        d->sem_wait = (PFN_vkWaitSemaphoresKHR)vkGetDeviceProcAddr(d->dev, "vkWaitSemaphoresKHR");
+        d->sem_signal = (PFN_vkSignalSemaphoreKHR)vkGetDeviceProcAddr(d->dev, "vkSignalSemaphoreKHR");
+        if (!d->sem_counter || !d->sem_wait || !d->sem_signal) d->has_timeline = d->has_sem_export = 0;
+    }
+    if (d->has_sem_export)
+        d->get_semaphore_fd = (PFN_vkGetSemaphoreFdKHR)vkGetDeviceProcAddr(d->dev, "vkGetSemaphoreFdKHR");
+    if (!d->get_semaphore_fd) d->has_sem_export = 0;
     /* staged where the device has memory the host cannot map (discrete GPUs) */
     for (uint32_t i = 0; i < d->mem.memoryTypeCount; i++) {
         VkMemoryPropertyFlags f = d->mem.memoryTypes[i].propertyFlags;

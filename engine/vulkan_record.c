@@ -316,7 +316,21 @@ int vk_submit(struct vk_dev *d, char *msg, size_t len)
     /* reset first: a failed wait of an earlier job may have left the fence in any state */
     if ((r = vkResetFences(d->dev, 1, &d->fence))) return vk_fail(msg, len, r, "vkResetFences");
     VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &s->cmd};
-    if ((r = vkQueueSubmit(d->queue, 1, &si, d->fence))) return vk_fail(msg, len, r, "vkQueueSubmit");
+    /* the job's wait (vulkan_semaphore.c) on its first submission: the value is already reached,
+     * the wait orders the importer's writes before the job's reads */
+    const VkPipelineStageFlags wait_stage = VK_PIPELINE_STAGE_ALL_COMMANDS_BIT;
+    VkTimelineSemaphoreSubmitInfo ts = {.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
+                                        .waitSemaphoreValueCount = 1,
+                                        .pWaitSemaphoreValues = &d->wait_value};
+    if (d->wait_sem) {
+        si.pNext = &ts;
+        si.waitSemaphoreCount = 1;
+        si.pWaitSemaphores = &d->wait_sem;
+        si.pWaitDstStageMask = &wait_stage;
+    }
+    r = vkQueueSubmit(d->queue, 1, &si, d->fence);
+    d->wait_sem = VK_NULL_HANDLE;
+    if (r) return vk_fail(msg, len, r, "vkQueueSubmit");
     if ((r = vkWaitForFences(d->dev, 1, &d->fence, VK_TRUE, UINT64_MAX))) {
         rc = vk_fail(msg, len, r, "vkWaitForFences");
         vkQueueWaitIdle(d->queue); /* the buffers are reused next: never under a running pass */

@@ -2,13 +2,14 @@
 """The Vulkan backend under the Khronos validation layer: every case of test_backends (the
 default tuning, the GPU tuning, staged buffers, several chunks a job), test_job_stats (each
 job run twice: the second submits the command buffers kept from the first) and
-test_device_memory (jobs on exported memory that the test imports) with
+test_device_memory (jobs on exported memory that the test imports) and test_semaphores (jobs
+ordered by timeline semaphores: waits on the first submission, signals after the last) with
 VK_LAYER_KHRONOS_validation enabled. Any message of the layer fails the test: invalid SPIR-V, a
 stale or invalid command buffer submitted, a descriptor of the wrong type or size, a missing
 barrier the layer can see. Skips (77) where the layer (Debian's vulkan-validationlayers) or a
 Vulkan device is absent.
 
-usage: test_vulkan_validation.py --backends PATH --job-stats PATH --device-memory PATH"""
+usage: test_vulkan_validation.py --backends PATH --job-stats PATH --device-memory PATH --semaphores PATH"""
 import argparse
 import os
 import subprocess
@@ -58,6 +59,7 @@ def main():
     ap.add_argument("--backends", required=True)
     ap.add_argument("--job-stats", required=True)
     ap.add_argument("--device-memory", required=True)
+    ap.add_argument("--semaphores", required=True)
     a = ap.parse_args()
     if not layer_present():
         print("SKIP: %s not installed (Debian: vulkan-validationlayers)" % LAYER)
@@ -75,6 +77,7 @@ def main():
         ok &= run([a.backends, "--backend", "vulkan", "--require", "vulkan"], dict(env, **extra), what)
     ok &= run([a.job_stats, "--require", "vulkan"], env, "job stats (command buffers reused)")
     ok &= run([a.device_memory, "--require", "vulkan"], env, "device memory (exported, imported)")
+    ok &= run([a.semaphores, "--require", "vulkan"], env, "timeline semaphores (waits, signals)")
     print("test_vulkan_validation: %s" % ("clean" if ok else "FAILED"))
     return 0 if ok else 1
 

@@ -224,6 +224,7 @@ void client_close(struct client *c, const char *why)
     quota_uid_release(&s->use, c->use);
     c->use = NULL;
     region_table_clear(&c->regions); /* jobs still running hold their own references */
+    client_semaphores_clear(c);      /* (and of these) */
     db_engine_sweep(s->engine);      /* idle devices let go of the regions' imports now */
     for (struct job *j = c->jobs; j; j = j->cnext) atomic_store(&j->cancelled, 1);
     uv_poll_stop(&c->poll);

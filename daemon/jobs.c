@@ -31,6 +31,10 @@ struct jobs {
     int n;
     struct worker *w;
     uint64_t small_bytes;
+    /* jobs_submit_waiting's threads: how many, and the stop that ends their waits */
+    pthread_mutex_t wait_lock;
+    pthread_cond_t wait_cond;
+    int waiting, stopping;
 };
 
 static void push_done(struct jobs *js, struct job *j)
@@ -81,7 +85,7 @@ static void *worker_main(void *arg)
             if (j->rin && j->rin->dev >= 0) /* device memory (region.alloc): its export handles */
                 mem = (struct db_job_mem){
                     .dev_in = j->rin->export, .dev_out = j->rout->export, .in_off = j->in_off, .out_off = j->out_off};
-            j->rc = db_engine_run_shared(w->js->engine, w->dev, &j->p, j->in, j->out, j->mask, &mem, &j->res);
+            j->rc = db_engine_run_sync(w->js->engine, w->dev, &j->p, j->in, j->out, j->mask, &mem, &j->sync, &j->res);
             j->ran = 1;
         }
         uint64_t busy = db_now_us() - j->t_start;
@@ -123,6 +127,8 @@ int jobs_start(struct jobs **out, struct db_engine *e, uv_loop_t *loop, jobs_don
         return DROPBLOCK_EINTERNAL;
     }
     js->async.data = js;
+    pthread_mutex_init(&js->wait_lock, NULL);
+    pthread_cond_init(&js->wait_cond, NULL);
     for (int i = 0; i < js->n; i++) {
         struct worker *w = &js->w[i];
         w->js = js;
@@ -202,7 +208,7 @@ int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *o
 
 int jobs_run_inline(struct jobs *js, struct job *j)
 {
-    if (j->bytes > js->small_bytes || !cpu_builtin(js, j->dev)) return 0;
+    if (j->bytes > js->small_bytes || !cpu_builtin(js, j->dev) || j->sync.wait || j->sync.signal) return 0;
     struct worker *w = &js->w[j->dev];
     pthread_mutex_lock(&w->lock);
     int idle = !w->head && !w->st.running;
@@ -235,6 +241,78 @@ void jobs_submit(struct jobs *js, struct job *j)
     pthread_mutex_unlock(&w->lock);
 }
 
+struct waiter {
+    struct jobs *js;
+    struct job *j;
+};
+
+/* Waits in slices (the job's client may leave, the daemon may stop meanwhile), then queues the
+ * job, or hands it back unrun with its signal raised. */
+static void *waiter_main(void *arg)
+{
+    struct waiter *wt = arg;
+    struct jobs *js = wt->js;
+    struct job *j = wt->j;
+    free(wt);
+    const uint64_t t_end = db_now_us() + (uint64_t)j->sync.wait_timeout_ms * 1000;
+    char m[200] = "";
+    int rc;
+    for (;;) {
+        pthread_mutex_lock(&js->wait_lock);
+        const int stopping = js->stopping;
+        pthread_mutex_unlock(&js->wait_lock);
+        if (stopping || atomic_load(&j->cancelled)) {
+            rc = DROPBLOCK_EUNAVAILABLE;
+            snprintf(m, sizeof m, "%s", stopping ? "the daemon is stopping" : "its client left");
+            break;
+        }
+        const uint64_t now = db_now_us();
+        const uint64_t left_ms = now >= t_end ? 0 : (t_end - now + 999) / 1000;
+        rc = db_engine_semaphore_wait(j->sync.wait, j->sync.wait_value, left_ms < 50 ? (uint32_t)left_ms : 50, m,
+                                      sizeof m);
+        if (rc != DROPBLOCK_ETIMEDOUT || now >= t_end) break;
+    }
+    if (rc == DROPBLOCK_OK) {
+        jobs_submit(js, j);
+    } else {
+        if (rc == DROPBLOCK_ETIMEDOUT)
+            snprintf(m, sizeof m, "the semaphore did not reach %llu within %u ms",
+                     (unsigned long long)j->sync.wait_value, j->sync.wait_timeout_ms);
+        db_msg(j->res.message, sizeof j->res.message, "wait: %s; the job did not run", m);
+        j->rc = DROPBLOCK_EUNAVAILABLE;
+        j->ran = 1; /* answered with its reason, not as a job the daemon never started */
+        if (j->sync.signal) db_engine_semaphore_signal(j->sync.signal, j->sync.signal_value, NULL, 0);
+        push_done(js, j);
+    }
+    pthread_mutex_lock(&js->wait_lock);
+    if (--js->waiting == 0) pthread_cond_broadcast(&js->wait_cond);
+    pthread_mutex_unlock(&js->wait_lock);
+    return NULL;
+}
+
+void jobs_submit_waiting(struct jobs *js, struct job *j)
+{
+    struct waiter *wt = malloc(sizeof *wt);
+    pthread_attr_t at;
+    pthread_t t;
+    int started = 0;
+    if (wt && !pthread_attr_init(&at)) {
+        *wt = (struct waiter){js, j};
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&at, 256 * 1024);
+        pthread_mutex_lock(&js->wait_lock);
+        js->waiting++;
+        started = !pthread_create(&t, &at, waiter_main, wt);
+        if (!started) js->waiting--;
+        pthread_mutex_unlock(&js->wait_lock);
+        pthread_attr_destroy(&at);
+    }
+    if (started) return;
+    free(wt);
+    /* no thread for it: the device's worker waits (the job's order is kept) */
+    jobs_submit(js, j);
+}
+
 struct job *jobs_take_queued(struct jobs *js)
 {
     struct job *all = NULL, **tail = &all;
@@ -257,9 +335,21 @@ void jobs_stats(struct jobs *js, int dev, struct jobs_device_stats *st)
     pthread_mutex_unlock(&js->w[dev].lock);
 }
 
+void jobs_end_waits(struct jobs *js)
+{
+    pthread_mutex_lock(&js->wait_lock);
+    js->stopping = 1;
+    pthread_mutex_unlock(&js->wait_lock);
+}
+
 void jobs_stop(struct jobs *js)
 {
     if (!js) return;
+    /* the waiting threads end within a slice of their wait, handing their jobs back */
+    jobs_end_waits(js);
+    pthread_mutex_lock(&js->wait_lock);
+    while (js->waiting) pthread_cond_wait(&js->wait_cond, &js->wait_lock);
+    pthread_mutex_unlock(&js->wait_lock);
     for (int i = 0; i < js->n; i++) {
         struct worker *w = &js->w[i];
         pthread_mutex_lock(&w->lock);
@@ -275,6 +365,8 @@ void jobs_stop(struct jobs *js)
         pthread_cond_destroy(&js->w[i].cond);
     }
     pthread_mutex_destroy(&js->done_lock);
+    pthread_mutex_destroy(&js->wait_lock);
+    pthread_cond_destroy(&js->wait_cond);
     free(js->w);
     js->w = NULL;
     /* js itself goes when the loop has closed the async handle */

@@ -24,6 +24,7 @@ struct job {
     struct region *rin, *rout, *rmask; /* references held while the job lives */
     void *in, *out, *mask;
     uint64_t in_off, out_off; /* where in and out lie in device regions (rin->dev >= 0; in, out NULL) */
+    struct db_job_sync sync;  /* its semaphores (references held while the job lives), if any */
     int dev;
     uint64_t bytes; /* counted against the in-flight limits */
     uint64_t t_submit, t_start;
@@ -58,6 +59,13 @@ int jobs_measure_small(struct jobs *js, uint64_t budget_us, struct jobs_small *o
  * hand-offs on the latency of tiny jobs without ever making the loop wait for a device. */
 int jobs_run_inline(struct jobs *js, struct job *j);
 void jobs_submit(struct jobs *js, struct job *j);
+/* As jobs_submit for a job that waits for a semaphore (j->sync.wait): a thread of its own waits
+ * for the value (never the device's worker, which other clients' jobs need), then queues it.
+ * Where the wait fails (it times out, the semaphore is freed, the client leaves, the daemon
+ * stops) the job is handed back unrun, with its signal raised from the host. */
+void jobs_submit_waiting(struct jobs *js, struct job *j);
+/* Ends every such wait (shutdown): their jobs come back unrun within a slice (50 ms). */
+void jobs_end_waits(struct jobs *js);
 /* Removes every job still queued (not running) and returns them as a list (shutdown). */
 struct job *jobs_take_queued(struct jobs *js);
 /* Stops and joins the workers; jobs still queued are handed back through done first. */

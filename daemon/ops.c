@@ -46,6 +46,8 @@ static void op_hello(struct client *c, const cJSON *id, int with_limits)
         proto_add_u64(l, "max_uid_mapped_bytes", s->lim.max_uid_mapped_bytes);
         proto_add_u64(l, "max_device_bytes", s->max_device_bytes);
         proto_add_u64(l, "max_client_device_bytes", s->max_client_device_bytes);
+        proto_add_u64(l, "max_semaphores", s->max_semaphores);
+        proto_add_u64(l, "max_semaphore_wait_ms", s->max_semaphore_wait_ms);
     }
     cJSON *devs = cJSON_AddArrayToObject(r, "devices");
     for (size_t i = 0; i < db_engine_device_count(s->engine); i++) {
@@ -57,6 +59,9 @@ static void op_hello(struct client *c, const cJSON *id, int with_limits)
         cJSON_AddBoolToObject(d, "export", can);
         cJSON *types = cJSON_AddArrayToObject(d, "export_types");
         if (can && types) cJSON_AddItemToArray(types, cJSON_CreateString("opaque_fd"));
+        /* semaphore.create: timeline semaphores, and whether they export as fds */
+        cJSON_AddBoolToObject(d, "semaphores", db_engine_can_semaphore(s->engine, i, 0, NULL, 0));
+        cJSON_AddBoolToObject(d, "semaphore_export", db_engine_can_semaphore(s->engine, i, 1, NULL, 0));
         cJSON_AddItemToArray(devs, d);
     }
     client_send(c, r);
@@ -71,6 +76,7 @@ static void op_status(struct client *c, const cJSON *id)
     proto_add_u64(r, "regions", s->nregions);
     proto_add_u64(r, "mapped_bytes", s->use.mapped);
     proto_add_u64(r, "device_bytes", s->device_bytes);
+    proto_add_u64(r, "semaphores", s->nsemaphores);
     uint64_t nuids = 0;
     for (const struct uid_use *e = s->use.uids; e; e = e->next) nuids++;
     proto_add_u64(r, "uids", nuids);
@@ -407,26 +413,40 @@ static void op_job(struct client *c, const cJSON *id, const cJSON *req)
         dev = job_device_of(c, &pj, m.rin, msg, sizeof msg);
         if (dev < 0) rc = dev;
     }
+    struct db_job_sync sync = {0};
+    if (!rc && (pj.wait.present || pj.signal.present)) {
+        /* semaphores: the job runs on their device ("auto" on host memory goes there) */
+        int sdev = strcmp(pj.device, "auto") || m.rin->dev >= 0 ? dev : -1;
+        rc = job_sync(c, &pj, &sdev, &sync, msg, sizeof msg);
+        if (!rc) dev = sdev;
+    }
     if (!rc) {
         bytes = tb + (m.rout != m.rin || m.out_off != m.in_off ? tb : 0) + (m.mask ? mb : 0);
         if (over_inflight(c, bytes, msg, sizeof msg)) rc = DROPBLOCK_EEXHAUSTED;
     }
     if (rc) {
         s->rejected++;
+        job_sync_release(&sync);
+        /* a refused job raises its signal all the same: a stream waiting on it never hangs */
+        struct db_semaphore *sig = pj.signal.present ? client_semaphore(c, pj.signal.semaphore) : NULL;
+        if (sig) db_engine_semaphore_signal(sig, pj.signal.value, NULL, 0);
         send_error(c, id, rc, msg);
         return;
     }
     struct job *j = job_new(c, id, &pj, &m, dev, bytes);
     if (!j) {
+        job_sync_release(&sync);
         send_error(c, id, DROPBLOCK_EEXHAUSTED, "out of memory for the job");
         return;
     }
+    j->sync = sync;
     char qid[160];
     if (cJSON_IsString(id)) proto_quote(qid, sizeof qid, id->valuestring, strlen(id->valuestring));
     else snprintf(qid, sizeof qid, "%s", j->id_json);
     logmsg(s, LOG_DEBUG, "client=%llu job=%llu id=%s queued on %s", (unsigned long long)c->id,
            (unsigned long long)j->seq, qid, db_engine_device(s->engine, (size_t)dev)->id);
-    if (jobs_run_inline(s->jobs, j)) on_job_done(j, s);
+    if (j->sync.wait) jobs_submit_waiting(s->jobs, j);
+    else if (jobs_run_inline(s->jobs, j)) on_job_done(j, s);
     else jobs_submit(s->jobs, j);
 }
 
@@ -483,6 +503,10 @@ void handle_frame(struct client *c, const char *data, size_t len)
     else if (!strcmp(op, "region.register")) op_register(c, id, taken[0]);
     else if (!strcmp(op, "region.unregister")) op_unregister(c, id, req);
     else if (!strcmp(op, "region.alloc")) op_alloc(c, id, req);
+    else if (!strncmp(op, "semaphore.", 10) &&
+             (!strcmp(op + 10, "create") || !strcmp(op + 10, "signal") || !strcmp(op + 10, "value") ||
+              !strcmp(op + 10, "free")))
+        op_semaphore(c, op, id, req);
     else if (!strcmp(op, "hello")) op_hello(c, id, 1);
     else if (!strcmp(op, "devices")) op_hello(c, id, 0);
     else if (!strcmp(op, "status")) op_status(c, id);
@@ -500,7 +524,8 @@ void handle_frame(struct client *c, const char *data, size_t len)
     } else {
         snprintf(msg, sizeof msg,
                  "op \"%.40s\": unknown (ops: hello, devices, status, region.register, "
-                 "region.alloc, region.unregister, dropblock2d, shutdown)",
+                 "region.alloc, region.unregister, semaphore.create, semaphore.signal, semaphore.value, "
+                 "semaphore.free, dropblock2d, shutdown)",
                  op);
         send_error(c, id, DROPBLOCK_ENOTFOUND, msg);
     }
@@ -570,6 +595,7 @@ void on_job_done(struct job *j, void *ctx)
     region_unref(j->rin);
     region_unref(j->rout);
     region_unref(j->rmask);
+    job_sync_release(&j->sync);
     cJSON_free(j->id_json);
     free(j);
     client_free_if_done(c);
@@ -609,7 +635,9 @@ void begin_shutdown(struct server *s, const char *why)
     if (s->owns_socket) unlink(s->socket_path);
     uv_timer_stop(&s->accept_pause);
     uv_timer_stop(&s->idle_trim);
-    /* queued jobs are answered `unavailable`; running ones finish and reply */
+    /* queued jobs are answered `unavailable`, and those waiting for a semaphore; running ones
+     * finish and reply */
+    jobs_end_waits(s->jobs);
     struct job *q = jobs_take_queued(s->jobs);
     while (q) {
         struct job *next = q->next;

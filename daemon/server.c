@@ -191,8 +191,8 @@ static void usage(FILE *f)
             "                  [--max-client-bytes B] [--max-regions N] [--max-clients N] [--max-uid-clients N]\n"
             "                  [--max-total-regions N] [--max-uid-regions N] [--max-mapped-bytes B]\n"
             "                  [--max-uid-mapped-bytes B] [--max-region-bytes B] [--max-device-bytes B]\n"
-            "                  [--max-client-device-bytes B] [--small-job-bytes B|auto] [--cache-dir DIR]\n"
-            "                  [--log-level L]\n"
+            "                  [--max-client-device-bytes B] [--max-semaphores N] [--max-semaphore-wait-ms MS]\n"
+            "                  [--small-job-bytes B|auto] [--cache-dir DIR] [--log-level L]\n"
             "Serves DropBlock2D jobs over a Unix socket (protocol: docs/protocol.md) until SIGTERM/SIGINT.\n"
             "  --socket PATH          default $DROPBLOCK_SOCKET, else $XDG_RUNTIME_DIR/dropblock/dropblockd.sock,\n"
             "                         else /run/dropblock/dropblockd.sock; systemd socket activation is honoured\n"
@@ -217,6 +217,9 @@ static void usage(FILE *f)
             "                         A connection over a cap gets one resource_exhausted error naming it and\n"
             "                         is closed; a region over one is refused. Caps above what the machine\n"
             "                         holds are lowered at start, with a warning. (docs/security.md)\n"
+            "  --max-semaphores N     timeline semaphores per connection (semaphore.create; default 16)\n"
+            "  --max-semaphore-wait-ms MS  the longest a job may wait for a semaphore (its wait.timeout_ms, and\n"
+            "                         the default; 60000)\n"
             "  --small-job-bytes B|auto \"auto\" jobs of at most B bytes (tensors + mask) run on the built-in CPU\n"
             "                         backend, on the loop thread when it is idle; 0: never. auto (the default):\n"
             "                         B is measured at start-up (about 1 s at most), the size where the default\n"
@@ -275,6 +278,8 @@ static void set_defaults(struct server *s)
     s->max_bytes = UINT64_C(8) << 30;
     s->max_client_bytes = UINT64_C(4) << 30;
     s->max_regions = 256;
+    s->max_semaphores = 16;
+    s->max_semaphore_wait_ms = 60000;
     s->reserve_fd = -1;
     s->small_job_bytes = SMALL_FALLBACK_BYTES;
     s->small_source = SMALL_AUTO;
@@ -337,6 +342,7 @@ static int parse_options(int argc, char **argv, struct server *s, struct start_o
         {"max-mapped-bytes", required_argument, 0, 260}, {"max-uid-mapped-bytes", required_argument, 0, 261},
         {"max-region-bytes", required_argument, 0, 262},
         {"max-device-bytes", required_argument, 0, 263}, {"max-client-device-bytes", required_argument, 0, 264},
+        {"max-semaphores", required_argument, 0, 265}, {"max-semaphore-wait-ms", required_argument, 0, 266},
         {"version", no_argument, 0, 'V'},               {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -359,6 +365,14 @@ static int parse_options(int argc, char **argv, struct server *s, struct start_o
         case 262: if (parse_u64_opt("--max-region-bytes", optarg, &s->lim.max_region_bytes)) return 2; break;
         case 263: if (parse_u64_opt("--max-device-bytes", optarg, &s->max_device_bytes)) return 2; break;
         case 264: if (parse_u64_opt("--max-client-device-bytes", optarg, &s->max_client_device_bytes)) return 2; break;
+        case 265: if (parse_u64_opt("--max-semaphores", optarg, &s->max_semaphores)) return 2; break;
+        case 266:
+            if (parse_u64_opt("--max-semaphore-wait-ms", optarg, &s->max_semaphore_wait_ms)) return 2;
+            if (s->max_semaphore_wait_ms > INT32_MAX) {
+                fprintf(stderr, "dropblockd: --max-semaphore-wait-ms %s: at most %d\n", optarg, INT32_MAX);
+                return 2;
+            }
+            break;
         case 'c': so->cache_dir = optarg; break;
         case 'S': if (parse_small_opt(optarg, s)) return 2; break;
         case 'l': if (parse_level_opt(optarg, s)) return 2; break;

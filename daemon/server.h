@@ -44,6 +44,9 @@ struct client {
     struct region_table regions;
     uint64_t mapped;                       /* bytes of its regions */
     uint64_t device_bytes, device_regions; /* its device memory (region.alloc) */
+    struct client_sem *sems;               /* its semaphores (semaphore.create) */
+    size_t nsems, cap_sems;
+    uint32_t next_sem;
     struct uid_use *use;                   /* its uid's share of the daemon's limits */
     struct job *jobs;                      /* in flight (queued or running), linked by cprev/cnext */
     uint64_t jobs_inflight, bytes_inflight;
@@ -72,6 +75,7 @@ struct server {
     /* limits */
     uint64_t max_jobs, max_bytes, max_client_jobs, max_client_bytes, max_regions;
     uint64_t max_device_bytes, max_client_device_bytes; /* region.alloc's, all clients and each (0: derived) */
+    uint64_t max_semaphores, max_semaphore_wait_ms;     /* semaphores a connection, a job's longest wait */
     struct quota lim; /* connections, regions and mapped bytes, in total and per uid */
     struct quota_machine machine;
     struct quota_use use;
@@ -86,6 +90,7 @@ struct server {
     uint64_t inflight_jobs, inflight_bytes;
     uint64_t submitted, completed, failed, rejected, nregions;
     uint64_t device_bytes; /* device memory of all clients' regions */
+    uint64_t nsemaphores;  /* of all clients */
 };
 
 /* the names of the LOG_* levels (--log-level) */
@@ -116,6 +121,22 @@ void op_alloc(struct client *c, const cJSON *id, const cJSON *req);
 void device_limits(struct server *s);
 /* A device region leaving client c (unregistered, or c closing): its bytes no longer counted. */
 void device_region_gone(struct client *c, const struct region *r);
+
+/* semaphores.c */
+struct client_sem {
+    uint32_t id;
+    struct db_semaphore *sem;
+};
+/* semaphore.create, .signal, .value and .free */
+void op_semaphore(struct client *c, const char *op, const cJSON *id, const cJSON *req);
+/* The client's semaphore id, or NULL. */
+struct db_semaphore *client_semaphore(const struct client *c, uint32_t id);
+/* A closing client's semaphores, freed (waits on them end; jobs hold their own references). */
+void client_semaphores_clear(struct client *c);
+/* A job's "wait" and "signal" resolved into sync (references held: job_sync_release), the job's
+ * device checked or chosen (*dev: -1 for "auto" before, the semaphores' device after). */
+int job_sync(struct client *c, const struct proto_job *pj, int *dev, struct db_job_sync *sync, char *msg, size_t len);
+void job_sync_release(struct db_job_sync *sync);
 
 /* ops.c */
 /* One request frame's JSON, from client_read. */

@@ -639,6 +639,12 @@ static void sem_unref(struct db_semaphore *sem)
     free(sem);
 }
 
+void db_engine_semaphore_hold(struct db_semaphore *sem) { sem_ref(sem); }
+void db_engine_semaphore_release(struct db_semaphore *sem)
+{
+    if (sem) sem_unref(sem);
+}
+
 void db_engine_semaphore_free(struct db_semaphore *sem)
 {
     if (!sem) return;

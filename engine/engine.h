@@ -95,6 +95,9 @@ int db_engine_can_semaphore(const struct db_engine *e, size_t i, int exported, c
 int db_engine_semaphore_create(struct db_engine *e, int dev, int exported, struct db_semaphore **out,
                                struct db_semaphore_info *info, char *msg, size_t len);
 int db_engine_semaphore_device(const struct db_semaphore *sem);
+/* A reference for a job that names it (the owner's free does not destroy it under the job). */
+void db_engine_semaphore_hold(struct db_semaphore *sem);
+void db_engine_semaphore_release(struct db_semaphore *sem);
 /* The owner gives it up: waits on it end (DROPBLOCK_EUNAVAILABLE), and it is destroyed once no
  * job uses it. */
 void db_engine_semaphore_free(struct db_semaphore *sem);

@@ -180,11 +180,25 @@ static void fuzz_request(const char *data, size_t len)
                 /* the sizes the daemon derives next must be consistent with validation */
                 uint64_t n = dropblock_numel(&job.p);
                 if (n == 0 || n > DROPBLOCK_MAX_ELEMENTS || dropblock_tensor_bytes(&job.p) < n) abort();
+                /* semaphores named: ids from 1, a signal above 0, a wait's timeout an int */
+                if ((job.wait.present && !job.wait.semaphore) ||
+                    (job.signal.present && (!job.signal.semaphore || !job.signal.value)) ||
+                    (job.wait.has_timeout && job.wait.timeout_ms > INT32_MAX))
+                    abort();
             }
         } else if (!strcmp(op, "region.alloc")) {
             char device[64];
             rc = proto_parse_alloc(req, device, sizeof device, &v, msg, sizeof msg);
             if (!rc && (v == 0 || strlen(device) >= sizeof device)) abort();
+        } else if (!strcmp(op, "semaphore.create")) {
+            char device[64];
+            int exported = -1;
+            rc = proto_parse_semaphore_create(req, device, sizeof device, &exported, msg, sizeof msg);
+            if (!rc && (exported < 0 || exported > 1 || strlen(device) >= sizeof device)) abort();
+        } else if (!strncmp(op, "semaphore.", 10)) {
+            uint32_t sem = 0;
+            rc = proto_parse_semaphore_ref(req, &sem, !strcmp(op, "semaphore.signal") ? &v : NULL, msg, sizeof msg);
+            if (!rc && !sem) abort();
         } else if (!strcmp(op, "region.unregister")) {
             const cJSON *r = cJSON_GetObjectItemCaseSensitive(req, "region");
             if (r) rc = proto_get_u64(r, "region", &v, msg, sizeof msg);

@@ -581,6 +581,96 @@ static int get_device_tensors(const cJSON *req, struct proto_job *job, char *msg
     return get_tensor(req, "mask", &job->mask, msg, len);
 }
 
+/* a semaphore id field (1 .. 2^32 - 1) */
+static int get_semaphore_id(const cJSON *it, const char *name, uint32_t *out, char *msg, size_t len)
+{
+    uint64_t v;
+    if (!it) {
+        db_msg(msg, len, "%s: missing (a semaphore from semaphore.create)", name);
+        return DROPBLOCK_EINVAL;
+    }
+    if (proto_get_u64(it, name, &v, msg, len)) return DROPBLOCK_EINVAL;
+    if (v == 0 || v > UINT32_MAX) {
+        db_msg(msg, len, "%s %llu: no such semaphore", name, (unsigned long long)v);
+        return DROPBLOCK_ENOTFOUND;
+    }
+    *out = (uint32_t)v;
+    return DROPBLOCK_OK;
+}
+
+/* "wait" or "signal" of a job (docs/protocol.md, "Ordering with semaphores") */
+static int get_sync(const cJSON *req, const char *field, struct proto_sync *out, char *msg, size_t len)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(req, field);
+    const int wait = !strcmp(field, "wait");
+    out->present = 0;
+    if (!it) return DROPBLOCK_OK;
+    if (!cJSON_IsObject(it)) {
+        db_msg(msg, len, "%s: must be an object {\"semaphore\": S, \"value\": V%s}", field,
+               wait ? ", \"timeout_ms\": T" : "");
+        return DROPBLOCK_EINVAL;
+    }
+    char name[32];
+    snprintf(name, sizeof name, "%s.semaphore", field);
+    int rc = get_semaphore_id(cJSON_GetObjectItemCaseSensitive(it, "semaphore"), name, &out->semaphore, msg, len);
+    if (rc) return rc;
+    snprintf(name, sizeof name, "%s.value", field);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(it, "value");
+    if (!v) {
+        db_msg(msg, len, "%s: missing (the value to %s)", name, wait ? "wait for" : "raise the semaphore to");
+        return DROPBLOCK_EINVAL;
+    }
+    if (proto_get_u64(v, name, &out->value, msg, len)) return DROPBLOCK_EINVAL;
+    if (!wait && out->value == 0) {
+        db_msg(msg, len, "%s: 0; a signal raises the semaphore (which starts at 0) to at least 1", name);
+        return DROPBLOCK_EINVAL;
+    }
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(it, "timeout_ms");
+    if (t && !wait) {
+        db_msg(msg, len, "signal.timeout_ms: a signal does not wait (timeout_ms belongs to wait)");
+        return DROPBLOCK_EINVAL;
+    }
+    if (t) {
+        if (proto_get_u64(t, "wait.timeout_ms", &out->timeout_ms, msg, len)) return DROPBLOCK_EINVAL;
+        if (out->timeout_ms > INT32_MAX) {
+            db_msg(msg, len, "wait.timeout_ms %llu: at most %d", (unsigned long long)out->timeout_ms, INT32_MAX);
+            return DROPBLOCK_EINVAL;
+        }
+        out->has_timeout = 1;
+    }
+    out->present = 1;
+    return DROPBLOCK_OK;
+}
+
+int proto_parse_semaphore_create(const cJSON *req, char *device, size_t dlen, int *exported, char *msg, size_t len)
+{
+    const cJSON *dv = cJSON_GetObjectItemCaseSensitive(req, "device");
+    const cJSON *ex = cJSON_GetObjectItemCaseSensitive(req, "export");
+    if (dv && (!cJSON_IsString(dv) || strlen(dv->valuestring) >= dlen)) {
+        db_msg(msg, len, "device: a device id string (\"vulkan:0\") or \"auto\"");
+        return DROPBLOCK_EINVAL;
+    }
+    snprintf(device, dlen, "%s", dv ? dv->valuestring : "auto");
+    if (ex && !cJSON_IsBool(ex)) {
+        db_msg(msg, len, "export: must be true (a file descriptor in the reply, the default) or false");
+        return DROPBLOCK_EINVAL;
+    }
+    *exported = !ex || cJSON_IsTrue(ex);
+    return DROPBLOCK_OK;
+}
+
+int proto_parse_semaphore_ref(const cJSON *req, uint32_t *sem, uint64_t *value, char *msg, size_t len)
+{
+    int rc = get_semaphore_id(cJSON_GetObjectItemCaseSensitive(req, "semaphore"), "semaphore", sem, msg, len);
+    if (rc || !value) return rc;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(req, "value");
+    if (!v) {
+        db_msg(msg, len, "value: missing (the value to raise the semaphore to)");
+        return DROPBLOCK_EINVAL;
+    }
+    return proto_get_u64(v, "value", value, msg, len) ? DROPBLOCK_EINVAL : DROPBLOCK_OK;
+}
+
 /* the field groups in a fixed order: a request with several errors gets the first one's message */
 int proto_parse_job(const cJSON *req, struct proto_job *job, char *msg, size_t len)
 {
@@ -588,6 +678,9 @@ int proto_parse_job(const cJSON *req, struct proto_job *job, char *msg, size_t l
     dropblock_params *p = &job->p;
     dropblock_params_init(p);
     int rc;
+    /* the signal first: a request refused for any other field still raises it (the daemon) */
+    if ((rc = get_sync(req, "signal", &job->signal, msg, len))) return rc;
+    if ((rc = get_sync(req, "wait", &job->wait, msg, len))) return rc;
     if ((rc = get_shape(req, p, msg, len))) return rc;
     if ((rc = get_rate_block_seed(req, p, msg, len))) return rc;
     if ((rc = get_enums(req, p, msg, len))) return rc;

@@ -18,15 +18,32 @@ struct proto_tensor {
     uint64_t offset;
 };
 
+/* a job's "wait" or "signal": {"semaphore": S, "value": V} (wait: and "timeout_ms") */
+struct proto_sync {
+    int present;
+    uint32_t semaphore;
+    uint64_t value;
+    int has_timeout;
+    uint64_t timeout_ms;
+};
+
 struct proto_job {
     dropblock_params p;
     struct proto_tensor input, output, mask;
     char device[64];
+    struct proto_sync wait, signal;
 };
 
 /* region.alloc's request: "device" (an id or "auto", the default) into device, "bytes" (at least
  * 1) into *bytes; 0, or DROPBLOCK_EINVAL with msg naming the field. */
 int proto_parse_alloc(const cJSON *req, char *device, size_t dlen, uint64_t *bytes, char *msg, size_t len);
+
+/* semaphore.create's request: "device" (an id or "auto", the default), "export" (a boolean, true
+ * when absent); 0, or DROPBLOCK_EINVAL with msg naming the field. */
+int proto_parse_semaphore_create(const cJSON *req, char *device, size_t dlen, int *exported, char *msg, size_t len);
+/* The "semaphore" field of semaphore.signal, .value and .free (and "value", where value is not
+ * NULL: semaphore.signal's, at least 1). */
+int proto_parse_semaphore_ref(const cJSON *req, uint32_t *sem, uint64_t *value, char *msg, size_t len);
 
 /* Frames: a u32 little-endian length, then that many bytes of JSON. */
 enum { PROTO_FRAME_OK, PROTO_FRAME_MORE, PROTO_FRAME_BAD };

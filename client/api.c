@@ -95,17 +95,24 @@ int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, 
 int dropblock_run_ref(dropblock_t *h, const dropblock_params *p, dropblock_ref input, dropblock_ref output, void *mask,
                       const char *device, dropblock_result *res)
 {
+    return dropblock_run_sync(h, p, input, output, mask, device, NULL, res);
+}
+
+int dropblock_run_sync(dropblock_t *h, const dropblock_params *p, dropblock_ref input, dropblock_ref output,
+                       void *mask, const char *device, const dropblock_sync *sync, dropblock_result *res)
+{
     dropblock_result scratch;
     if (!res) res = &scratch;
     memset(res, 0, sizeof *res);
     int rc = check_job(h, p, &input, &output, res->message, sizeof res->message);
     if (rc) return rc;
-    if (!h->remote) return local_run(h, p, &input, &output, mask, device, res);
+    if (!h->remote) return local_run(h, p, &input, &output, mask, device, sync, res);
     dropblock_ticket *t = NULL;
     int timeout = remote_job_timeout(h);
     /* without a timeout the caller reads its own reply (the fast path); with one, the
      * receiver thread does, and the wait is bounded */
-    rc = remote_submit(h, timeout < 0, p, &input, &output, mask, device, &t, res->message, sizeof res->message);
+    rc = remote_submit(h, timeout < 0, p, &input, &output, mask, device, sync, &t, res->message,
+                       sizeof res->message);
     if (rc) return rc;
     rc = remote_wait(h, t, timeout, res);
     if (rc == DROPBLOCK_ETIMEDOUT) {
@@ -128,12 +135,65 @@ int dropblock_submit(dropblock_t *h, const dropblock_params *p, const void *inpu
 int dropblock_submit_ref(dropblock_t *h, const dropblock_params *p, dropblock_ref input, dropblock_ref output,
                          void *mask, const char *device, dropblock_ticket **ticket)
 {
+    return dropblock_submit_sync(h, p, input, output, mask, device, NULL, ticket);
+}
+
+int dropblock_submit_sync(dropblock_t *h, const dropblock_params *p, dropblock_ref input, dropblock_ref output,
+                          void *mask, const char *device, const dropblock_sync *sync, dropblock_ticket **ticket)
+{
     if (!ticket) return DROPBLOCK_EINVAL;
     *ticket = NULL;
     int rc = check_job(h, p, &input, &output, NULL, 0);
     if (rc) return rc;
-    return h->remote ? remote_submit(h, 0, p, &input, &output, mask, device, ticket, NULL, 0)
-                     : local_submit(h, p, &input, &output, mask, device, ticket);
+    return h->remote ? remote_submit(h, 0, p, &input, &output, mask, device, sync, ticket, NULL, 0)
+                     : local_submit(h, p, &input, &output, mask, device, sync, ticket);
+}
+
+int dropblock_semaphore_create(dropblock_t *h, const char *device, int exported, dropblock_semaphore *out, char *msg,
+                               size_t msg_len)
+{
+    if (msg && msg_len) msg[0] = 0;
+    if (!h || !out) {
+        db_msg(msg, msg_len, "%s", !h ? "handle is NULL" : "out is NULL");
+        return DROPBLOCK_EINVAL;
+    }
+    memset(out, 0, sizeof *out);
+    out->fd = -1;
+    if (!device) device = "auto";
+    return h->remote ? remote_semaphore_create(h, device, exported != 0, out, msg, msg_len)
+                     : local_semaphore_create(h, device, exported != 0, out, msg, msg_len);
+}
+
+static int semaphore_op(dropblock_t *h, const dropblock_semaphore *s, int signal, uint64_t *value, char *msg,
+                        size_t msg_len)
+{
+    if (msg && msg_len) msg[0] = 0;
+    if (!h || !s || !value) {
+        db_msg(msg, msg_len, "%s", !h ? "handle is NULL" : !s ? "semaphore is NULL" : "value is NULL");
+        return DROPBLOCK_EINVAL;
+    }
+    return h->remote ? remote_semaphore_op(h, s, signal, value, msg, msg_len)
+                     : local_semaphore_op(h, s, signal, value, msg, msg_len);
+}
+
+int dropblock_semaphore_signal(dropblock_t *h, const dropblock_semaphore *s, uint64_t value, char *msg,
+                               size_t msg_len)
+{
+    return semaphore_op(h, s, 1, &value, msg, msg_len);
+}
+
+int dropblock_semaphore_value(dropblock_t *h, const dropblock_semaphore *s, uint64_t *value, char *msg,
+                              size_t msg_len)
+{
+    return semaphore_op(h, s, 0, value, msg, msg_len);
+}
+
+int dropblock_semaphore_free(dropblock_t *h, dropblock_semaphore *s)
+{
+    if (!h || !s) return DROPBLOCK_EINVAL;
+    if (s->fd >= 0) close(s->fd); /* never imported */
+    s->fd = -1;
+    return h->remote ? remote_semaphore_free(h, s) : local_semaphore_free(h, s);
 }
 
 int dropblock_device_alloc(dropblock_t *h, const char *device, uint64_t bytes, dropblock_device_buffer *out, char *msg,

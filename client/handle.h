@@ -56,9 +56,14 @@ int local_devices(dropblock_t *h, dropblock_device_info *infos, size_t cap, size
 int local_alloc(dropblock_t *h, size_t bytes, void **ptr, char *msg, size_t msg_len);
 int local_free(dropblock_t *h, void *ptr);
 int local_run(dropblock_t *h, const dropblock_params *p, const dropblock_ref *input, const dropblock_ref *output,
-              void *mask, const char *device, dropblock_result *res);
+              void *mask, const char *device, const dropblock_sync *sync, dropblock_result *res);
 int local_submit(dropblock_t *h, const dropblock_params *p, const dropblock_ref *input, const dropblock_ref *output,
-                 void *mask, const char *device, dropblock_ticket **ticket);
+                 void *mask, const char *device, const dropblock_sync *sync, dropblock_ticket **ticket);
+int local_semaphore_create(dropblock_t *h, const char *device, int exported, dropblock_semaphore *out, char *msg,
+                           size_t msg_len);
+int local_semaphore_op(dropblock_t *h, const dropblock_semaphore *s, int signal, uint64_t *value, char *msg,
+                       size_t msg_len);
+int local_semaphore_free(dropblock_t *h, dropblock_semaphore *s);
 int local_device_alloc(dropblock_t *h, const char *device, uint64_t bytes, dropblock_device_buffer *out, char *msg,
                        size_t msg_len);
 int local_device_free(dropblock_t *h, dropblock_device_buffer *buf);
@@ -75,8 +80,14 @@ int remote_free(dropblock_t *h, void *ptr);
 /* submit with a message for the errors found before anything is sent */
 /* sync: the caller calls remote_wait(h, t, -1, ...) at once (dropblock_run) */
 int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const dropblock_ref *input,
-                  const dropblock_ref *output, void *mask, const char *device, dropblock_ticket **ticket, char *msg,
-                  size_t msg_len);
+                  const dropblock_ref *output, void *mask, const char *device, const dropblock_sync *order,
+                  dropblock_ticket **ticket, char *msg, size_t msg_len);
+int remote_semaphore_create(dropblock_t *h, const char *device, int exported, dropblock_semaphore *out, char *msg,
+                            size_t msg_len);
+/* semaphore.signal (signal: *value in) or semaphore.value (*value out) */
+int remote_semaphore_op(dropblock_t *h, const dropblock_semaphore *s, int signal, uint64_t *value, char *msg,
+                        size_t msg_len);
+int remote_semaphore_free(dropblock_t *h, dropblock_semaphore *s);
 int remote_device_alloc(dropblock_t *h, const char *device, uint64_t bytes, dropblock_device_buffer *out, char *msg,
                         size_t msg_len);
 int remote_device_free(dropblock_t *h, dropblock_device_buffer *buf);

@@ -113,9 +113,58 @@ int local_free(dropblock_t *h, void *ptr)
     return DROPBLOCK_EINVAL; /* not from dropblock_alloc on this handle, or freed already */
 }
 
-int local_run(dropblock_t *h, const dropblock_params *p, const dropblock_ref *input, const dropblock_ref *output,
-              void *mask, const char *device, dropblock_result *res)
+/* sync's semaphores, for the engine (out: empty without), checked to be this engine's; *dev set
+ * to their device where it is -1 (or checked against it) */
+static int local_sync(const dropblock_sync *sync, struct db_job_sync *out, int *dev, struct db_engine *e,
+                      dropblock_result *res)
 {
+    memset(out, 0, sizeof *out);
+    if (!sync) return DROPBLOCK_OK;
+    const dropblock_semaphore *s[2] = {sync->wait, sync->signal};
+    for (int i = 0; i < 2; i++) {
+        if (!s[i]) continue;
+        if (!s[i]->local) {
+            db_msg(res->message, sizeof res->message, "%s: a semaphore of a connection to a daemon, not of this "
+                   "in-process engine", i ? "signal" : "wait");
+            return DROPBLOCK_EINVAL;
+        }
+        const int sd = db_engine_semaphore_device(s[i]->local);
+        if (*dev >= 0 && *dev != sd) {
+            db_msg(res->message, sizeof res->message, "%s: the semaphore is of device %s and the job runs on %s",
+                   i ? "signal" : "wait", db_engine_device(e, (size_t)sd)->id, db_engine_device(e, (size_t)*dev)->id);
+            return DROPBLOCK_EINVAL;
+        }
+        *dev = sd;
+    }
+    out->wait = sync->wait ? sync->wait->local : NULL;
+    out->wait_value = sync->wait_value;
+    out->wait_timeout_ms = sync->wait_timeout_ms ? sync->wait_timeout_ms : 60000;
+    out->signal = sync->signal ? sync->signal->local : NULL;
+    out->signal_value = sync->signal_value;
+    return DROPBLOCK_OK;
+}
+
+int local_run(dropblock_t *h, const dropblock_params *p, const dropblock_ref *input, const dropblock_ref *output,
+              void *mask, const char *device, const dropblock_sync *sync, dropblock_result *res)
+{
+    if (sync && (sync->wait || sync->signal)) {
+        /* ordered: on the semaphores' device (an id must be theirs), through the engine */
+        int dev = input->buffer ? input->buffer->local_dev : -1;
+        if (dev < 0 && device && strcmp(device, "auto")) {
+            if ((dev = db_engine_pick(h->engine, device, res->message, sizeof res->message)) < 0) return dev;
+        }
+        struct db_job_sync js;
+        int rc = local_sync(sync, &js, &dev, h->engine, res);
+        if (rc) return rc;
+        if (!input->buffer)
+            return db_engine_run_sync(h->engine, dev, p, (const char *)input->ptr + input->offset,
+                                      (char *)output->ptr + output->offset, mask, NULL, &js, res);
+        const struct db_job_mem mem = {.dev_in = input->buffer->local,
+                                       .dev_out = output->buffer ? output->buffer->local : NULL,
+                                       .in_off = input->offset,
+                                       .out_off = output->offset};
+        return db_engine_run_sync(h->engine, dev, p, NULL, NULL, mask, &mem, &js, res);
+    }
     if (!input->buffer)
         return local_run_host(h, p, (const char *)input->ptr + input->offset, (char *)output->ptr + output->offset,
                               mask, device, res);
@@ -187,15 +236,66 @@ int local_device_free(dropblock_t *h, dropblock_device_buffer *buf)
     return DROPBLOCK_OK;
 }
 
+int local_semaphore_create(dropblock_t *h, const char *device, int exported, dropblock_semaphore *out, char *msg,
+                           size_t msg_len)
+{
+    int dev = -1;
+    if (strcmp(device, "auto")) dev = db_engine_pick(h->engine, device, msg, msg_len);
+    else
+        for (size_t i = 0; i < db_engine_device_count(h->engine) && dev < 0; i++)
+            if (db_engine_can_semaphore(h->engine, i, exported, NULL, 0)) dev = (int)i;
+    if (dev < 0 && !strcmp(device, "auto")) {
+        db_msg(msg, msg_len, "no device of this engine has timeline semaphores%s", exported ? " it can export" : "");
+        return DROPBLOCK_ENOTFOUND;
+    }
+    if (dev < 0) return dev;
+    struct db_semaphore *sem;
+    struct db_semaphore_info si;
+    char m[384];
+    int rc = db_engine_semaphore_create(h->engine, dev, exported, &sem, &si, m, sizeof m);
+    if (rc) {
+        db_msg(msg, msg_len, "%s", m);
+        return rc;
+    }
+    out->fd = si.fd;
+    snprintf(out->handle_type, sizeof out->handle_type, "%s", si.handle_type);
+    snprintf(out->device, sizeof out->device, "%s", db_engine_device(h->engine, (size_t)dev)->id);
+    memcpy(out->device_uuid, si.device_uuid, sizeof out->device_uuid);
+    memcpy(out->driver_uuid, si.driver_uuid, sizeof out->driver_uuid);
+    out->local = sem;
+    return DROPBLOCK_OK;
+}
+
+int local_semaphore_op(dropblock_t *h, const dropblock_semaphore *s, int signal, uint64_t *value, char *msg,
+                       size_t msg_len)
+{
+    (void)h;
+    if (!s->local) {
+        db_msg(msg, msg_len, "a semaphore of a connection to a daemon, not of this in-process engine");
+        return DROPBLOCK_EINVAL;
+    }
+    return signal ? db_engine_semaphore_signal(s->local, *value, msg, msg_len)
+                  : db_engine_semaphore_value(s->local, value, msg, msg_len);
+}
+
+int local_semaphore_free(dropblock_t *h, dropblock_semaphore *s)
+{
+    (void)h;
+    if (!s->local) return DROPBLOCK_EINVAL;
+    db_engine_semaphore_free(s->local);
+    s->local = NULL;
+    return DROPBLOCK_OK;
+}
+
 int local_submit(dropblock_t *h, const dropblock_params *p, const dropblock_ref *input, const dropblock_ref *output,
-                 void *mask, const char *device, dropblock_ticket **ticket)
+                 void *mask, const char *device, const dropblock_sync *sync, dropblock_ticket **ticket)
 {
     dropblock_ticket *t = calloc(1, sizeof *t);
     if (!t) return DROPBLOCK_EEXHAUSTED;
     t->owner = h;
     t->is_job = 1;
     /* the engine runs in the caller: the job is finished when submit returns */
-    t->rc = local_run(h, p, input, output, mask, device, &t->res);
+    t->rc = local_run(h, p, input, output, mask, device, sync, &t->res);
     t->done = 1;
     pthread_mutex_lock(&h->lock);
     t->next = h->tickets;

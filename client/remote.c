@@ -213,9 +213,49 @@ static int place_of(struct db_conn *c, const char *what, const dropblock_ref *r,
     return DROPBLOCK_OK;
 }
 
+/* the semaphore of a job's wait or signal, on this connection */
+static int semaphore_of(const struct db_conn *c, const char *what, const dropblock_semaphore *s, uint64_t gen, char *msg,
+                        size_t len)
+{
+    (void)c;
+    if (s->local || !s->id || s->conn_gen != gen) {
+        db_msg(msg, len, "%s: %s", what,
+               s->local ? "a semaphore of the in-process engine, not of this connection"
+                        : "a semaphore of a connection that was lost (the daemon freed it with the connection): "
+                          "create it again");
+        return DROPBLOCK_EINVAL;
+    }
+    return DROPBLOCK_OK;
+}
+
+/* body (a job request without its closing brace, malloc'd) with the job's "wait" and "signal" */
+static char *with_sync(char *body, const dropblock_sync *o)
+{
+    if (!body || !o || (!o->wait && !o->signal)) return body;
+    char extra[256];
+    int n = 0;
+    if (o->wait)
+        n += snprintf(extra + n, sizeof extra - (size_t)n, ",\"wait\":{\"semaphore\":%u,\"value\":\"%llu\"",
+                      o->wait->id, (unsigned long long)o->wait_value);
+    if (o->wait && o->wait_timeout_ms)
+        n += snprintf(extra + n, sizeof extra - (size_t)n, ",\"timeout_ms\":%u", o->wait_timeout_ms);
+    if (o->wait) n += snprintf(extra + n, sizeof extra - (size_t)n, "}");
+    if (o->signal)
+        snprintf(extra + n, sizeof extra - (size_t)n, ",\"signal\":{\"semaphore\":%u,\"value\":\"%llu\"}",
+                 o->signal->id, (unsigned long long)o->signal_value);
+    size_t a = strlen(body), b = strlen(extra);
+    char *r = realloc(body, a + b + 1);
+    if (!r) {
+        free(body);
+        return NULL;
+    }
+    memcpy(r + a, extra, b + 1);
+    return r;
+}
+
 int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const dropblock_ref *input,
-                  const dropblock_ref *output, void *mask, const char *device, dropblock_ticket **ticket, char *msg,
-                  size_t len)
+                  const dropblock_ref *output, void *mask, const char *device, const dropblock_sync *order,
+                  dropblock_ticket **ticket, char *msg, size_t len)
 {
     struct db_conn *c = h->conn;
     uint64_t tb = dropblock_tensor_bytes(p), mb = dropblock_mask_bytes(p);
@@ -229,6 +269,8 @@ int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const dro
     rc = place_of(c, "input", input, tb, gen, &rid[0], &off[0], msg, len);
     if (!rc) rc = place_of(c, "output", output, tb, gen, &rid[1], &off[1], msg, len);
     if (!rc && mask) rc = locate(c, "mask", mask, mb, &rid[2], &off[2], msg, len);
+    if (!rc && order && order->wait) rc = semaphore_of(c, "wait", order->wait, gen, msg, len);
+    if (!rc && order && order->signal) rc = semaphore_of(c, "signal", order->signal, gen, msg, len);
     pthread_mutex_unlock(&c->region_lock);
     if (rc) return rc;
     dropblock_ticket *t = conn_ticket_new(h, 1);
@@ -237,7 +279,8 @@ int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const dro
         return DROPBLOCK_EEXHAUSTED;
     }
     t->sync = sync;
-    rc = conn_send_text(h, t, proto_write_job_request(p, rid, off, mask != NULL, device), &gen, msg, len);
+    rc = conn_send_text(h, t, with_sync(proto_write_job_request(p, rid, off, mask != NULL, device), order), &gen, msg,
+                        len);
     if (rc) {
         conn_ticket_free(t);
         return rc;
@@ -336,6 +379,93 @@ int remote_device_free(dropblock_t *h, dropblock_device_buffer *buf)
         cJSON_Delete(reply);
     }
     buf->region = 0;
+    return rc;
+}
+
+/* ---------------------------------------------------------------- semaphores */
+int remote_semaphore_create(dropblock_t *h, const char *device, int exported, dropblock_semaphore *out, char *msg,
+                            size_t len)
+{
+    int rc = conn_ensure(h, msg, len);
+    if (rc) return rc;
+    cJSON *req = conn_new_request("semaphore.create");
+    if (!req || !cJSON_AddStringToObject(req, "device", device) || !cJSON_AddBoolToObject(req, "export", exported)) {
+        cJSON_Delete(req);
+        db_msg(msg, len, "out of memory for a request");
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    cJSON *reply = NULL;
+    uint64_t gen = 0, sid = 0;
+    int fd = -1;
+    rc = conn_request_fd(h, req, -1, &gen, h->conn->timeout_ms, &reply, &fd, msg, len);
+    if (!rc) {
+        const cJSON *ht = cJSON_GetObjectItemCaseSensitive(reply, "handle_type"),
+                    *dev = cJSON_GetObjectItemCaseSensitive(reply, "device"),
+                    *du = cJSON_GetObjectItemCaseSensitive(reply, "device_uuid"),
+                    *dr = cJSON_GetObjectItemCaseSensitive(reply, "driver_uuid");
+        if (proto_get_u64(cJSON_GetObjectItemCaseSensitive(reply, "semaphore"), "semaphore", &sid, NULL, 0) ||
+            sid == 0 || sid > UINT32_MAX || !cJSON_IsString(ht) || !cJSON_IsString(dev) || !cJSON_IsString(du) ||
+            !cJSON_IsString(dr) || !parse_uuid(du->valuestring, out->device_uuid) ||
+            !parse_uuid(dr->valuestring, out->driver_uuid) || (exported && fd < 0)) {
+            db_msg(msg, len, "dropblockd's semaphore.create reply %s",
+                   exported && fd < 0 ? "came without its descriptor" : "is malformed");
+            rc = DROPBLOCK_EINTERNAL;
+        } else {
+            snprintf(out->handle_type, sizeof out->handle_type, "%s", ht->valuestring);
+            snprintf(out->device, sizeof out->device, "%s", dev->valuestring);
+        }
+    }
+    cJSON_Delete(reply);
+    if (rc) {
+        if (fd >= 0) close(fd);
+        return rc;
+    }
+    out->fd = fd;
+    out->id = (uint32_t)sid;
+    out->conn_gen = gen;
+    return DROPBLOCK_OK;
+}
+
+int remote_semaphore_op(dropblock_t *h, const dropblock_semaphore *s, int signal, uint64_t *value, char *msg,
+                        size_t len)
+{
+    struct db_conn *c = h->conn;
+    pthread_mutex_lock(&c->lock);
+    const uint64_t gen = c->gen;
+    pthread_mutex_unlock(&c->lock);
+    int rc = semaphore_of(c, "semaphore", s, gen, msg, len);
+    if (rc) return rc;
+    cJSON *req = conn_new_request(signal ? "semaphore.signal" : "semaphore.value"), *reply = NULL;
+    if (!req) return DROPBLOCK_EEXHAUSTED;
+    proto_add_u64(req, "semaphore", s->id);
+    if (signal) proto_add_u64(req, "value", *value);
+    uint64_t g = s->conn_gen;
+    rc = conn_request(h, req, -1, &g, c->timeout_ms, &reply, msg, len);
+    if (!rc && proto_get_u64(cJSON_GetObjectItemCaseSensitive(reply, "value"), "value", value, NULL, 0)) {
+        db_msg(msg, len, "dropblockd's %s reply has no value", signal ? "semaphore.signal" : "semaphore.value");
+        rc = DROPBLOCK_EINTERNAL;
+    }
+    cJSON_Delete(reply);
+    return rc;
+}
+
+int remote_semaphore_free(dropblock_t *h, dropblock_semaphore *s)
+{
+    struct db_conn *c = h->conn;
+    pthread_mutex_lock(&c->lock);
+    const int lost = c->broken || c->gen != s->conn_gen;
+    pthread_mutex_unlock(&c->lock);
+    if (!s->id || s->local) return DROPBLOCK_EINVAL;
+    int rc = DROPBLOCK_OK;
+    if (!lost) { /* a lost connection took it with it */
+        cJSON *req = conn_new_request("semaphore.free"), *reply = NULL;
+        if (!req) return DROPBLOCK_EEXHAUSTED;
+        proto_add_u64(req, "semaphore", s->id);
+        uint64_t gen = s->conn_gen;
+        rc = conn_request(h, req, -1, &gen, c->timeout_ms, &reply, NULL, 0);
+        cJSON_Delete(reply);
+    }
+    s->id = 0;
     return rc;
 }
 

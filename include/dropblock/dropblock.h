@@ -322,6 +322,59 @@ DROPBLOCK_API int dropblock_run_ref(dropblock_t *h, const dropblock_params *p, d
 DROPBLOCK_API int dropblock_submit_ref(dropblock_t *h, const dropblock_params *p, dropblock_ref input,
                                        dropblock_ref output, void *mask, const char *device, dropblock_ticket **ticket);
 
+/* A timeline semaphore (docs/protocol.md, "Ordering with semaphores"): a job may wait for it to
+ * reach a value before it reads its input, and raise it to a value once its output is complete,
+ * so that a GPU stream that imported it (CUDA cudaImportExternalSemaphore with
+ * cudaExternalSemaphoreHandleTypeTimelineSemaphoreFd, HIP alike, Vulkan VkImportSemaphoreFdInfoKHR
+ * on the device whose UUID is device_uuid) waits and signals on the GPU and the host never
+ * blocks. Starts at 0. */
+typedef struct dropblock_semaphore {
+    int fd;                  /* exported: the descriptor (an import takes it, else the caller closes
+                              * it; -1 once taken); -1 where not exported */
+    char handle_type[16];    /* "opaque_fd", or "" where not exported */
+    char device[32];         /* its device, e.g. "vulkan:0": jobs that name it run there */
+    uint8_t device_uuid[16]; /* VkPhysicalDeviceIDProperties */
+    uint8_t driver_uuid[16];
+    /* internal: the daemon's id and the connection it belongs to, or the engine's handle */
+    uint32_t id;
+    uint64_t conn_gen;
+    void *local;
+} dropblock_semaphore;
+
+/* Makes one on device ("auto" or NULL: the first device that can; else an id), exported as a
+ * descriptor where exported (DROPBLOCK_EINVAL naming the missing extension where the driver
+ * cannot; lavapipe cannot). Freed by dropblock_semaphore_free or with the connection. */
+DROPBLOCK_API int dropblock_semaphore_create(dropblock_t *h, const char *device, int exported,
+                                             dropblock_semaphore *out, char *msg, size_t msg_len);
+/* Raises it to value from the host (DROPBLOCK_EINVAL unless above its value), reads its value. */
+DROPBLOCK_API int dropblock_semaphore_signal(dropblock_t *h, const dropblock_semaphore *s, uint64_t value, char *msg,
+                                             size_t msg_len);
+DROPBLOCK_API int dropblock_semaphore_value(dropblock_t *h, const dropblock_semaphore *s, uint64_t *value,
+                                            char *msg, size_t msg_len);
+/* Jobs waiting on it end their wait (DROPBLOCK_EUNAVAILABLE); it goes once no job uses it. */
+DROPBLOCK_API int dropblock_semaphore_free(dropblock_t *h, dropblock_semaphore *s);
+
+/* A job's ordering: wait (NULL: none) for wait_value before it reads its input, within
+ * wait_timeout_ms (0: the daemon's longest, max_semaphore_wait_ms; past it the job does not run:
+ * DROPBLOCK_EUNAVAILABLE); signal (NULL: none) raised to signal_value once it is over, whatever
+ * its outcome. The job runs on the semaphores' device. */
+typedef struct dropblock_sync {
+    const dropblock_semaphore *wait;
+    uint64_t wait_value;
+    uint32_t wait_timeout_ms;
+    const dropblock_semaphore *signal;
+    uint64_t signal_value;
+} dropblock_sync;
+
+/* dropblock_run_ref and dropblock_submit_ref with sync (NULL: none). On the in-process engine
+ * the job runs in the caller, which waits for the semaphore itself. */
+DROPBLOCK_API int dropblock_run_sync(dropblock_t *h, const dropblock_params *p, dropblock_ref input,
+                                     dropblock_ref output, void *mask, const char *device, const dropblock_sync *sync,
+                                     dropblock_result *res);
+DROPBLOCK_API int dropblock_submit_sync(dropblock_t *h, const dropblock_params *p, dropblock_ref input,
+                                        dropblock_ref output, void *mask, const char *device,
+                                        const dropblock_sync *sync, dropblock_ticket **ticket);
+
 /* The daemon's status op as JSON text (counters, queues, per-device throughput); the local
  * engine gives its device list. DROPBLOCK_ERANGE if len is too small. */
 DROPBLOCK_API int dropblock_status(dropblock_t *h, char *json, size_t len);

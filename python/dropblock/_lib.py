@@ -2,9 +2,11 @@
 
 The library is looked for, in order, at
   1. $DROPBLOCK_LIBRARY (a path to libdropblock.so),
-  2. build/client/libdropblock.so in the build tree: in a folder above this file or above the
+  2. libdropblock.so beside this file (the package as `pip install .` at the repository root
+     builds it: meson.build's python_package option puts the library inside),
+  3. build/client/libdropblock.so in the build tree: in a folder above this file or above the
      current directory (a source checkout built with meson into "build"),
-  3. the system's libraries (ctypes.util.find_library("dropblock"), then "libdropblock.so").
+  4. the system's libraries (ctypes.util.find_library("dropblock"), then "libdropblock.so").
 """
 import ctypes
 import ctypes.util
@@ -188,8 +190,12 @@ def _candidates():
     if env:
         yield env, "$DROPBLOCK_LIBRARY"
         return  # an explicit choice is never second-guessed
+    here = os.path.dirname(os.path.abspath(__file__))
+    bundled = os.path.join(here, "libdropblock.so")
+    if os.path.exists(bundled):
+        yield bundled, "the package"
     seen = set()
-    for start in (os.path.dirname(os.path.abspath(__file__)), os.getcwd()):
+    for start in (here, os.getcwd()):
         d = start
         while d not in seen:
             seen.add(d)
@@ -230,4 +236,5 @@ def lib():
             return handle
         raise LibraryNotFound(
             "libdropblock not found; set DROPBLOCK_LIBRARY to its path (e.g. build/client/libdropblock.so "
-            "after `meson setup build && ninja -C build`) or install it. Tried:\n  " + "\n  ".join(tried))
+            "after `meson setup build && ninja -C build`) or install it (`pip install .` at the repository root "
+            "puts it inside the package). Tried:\n  " + "\n  ".join(tried))

@@ -98,8 +98,8 @@ int dropblock_run_ref(dropblock_t *h, const dropblock_params *p, dropblock_ref i
     return dropblock_run_sync(h, p, input, output, mask, device, NULL, res);
 }
 
-int dropblock_run_sync(dropblock_t *h, const dropblock_params *p, dropblock_ref input, dropblock_ref output,
-                       void *mask, const char *device, const dropblock_sync *sync, dropblock_result *res)
+int dropblock_run_sync(dropblock_t *h, const dropblock_params *p, dropblock_ref input, dropblock_ref output, void *mask,
+                       const char *device, const dropblock_sync *sync, dropblock_result *res)
 {
     dropblock_result scratch;
     if (!res) res = &scratch;
@@ -111,8 +111,7 @@ int dropblock_run_sync(dropblock_t *h, const dropblock_params *p, dropblock_ref 
     int timeout = remote_job_timeout(h);
     /* without a timeout the caller reads its own reply (the fast path); with one, the
      * receiver thread does, and the wait is bounded */
-    rc = remote_submit(h, timeout < 0, p, &input, &output, mask, device, sync, &t, res->message,
-                       sizeof res->message);
+    rc = remote_submit(h, timeout < 0, p, &input, &output, mask, device, sync, &t, res->message, sizeof res->message);
     if (rc) return rc;
     rc = remote_wait(h, t, timeout, res);
     if (rc == DROPBLOCK_ETIMEDOUT) {
@@ -176,14 +175,12 @@ static int semaphore_op(dropblock_t *h, const dropblock_semaphore *s, int signal
                      : local_semaphore_op(h, s, signal, value, msg, msg_len);
 }
 
-int dropblock_semaphore_signal(dropblock_t *h, const dropblock_semaphore *s, uint64_t value, char *msg,
-                               size_t msg_len)
+int dropblock_semaphore_signal(dropblock_t *h, const dropblock_semaphore *s, uint64_t value, char *msg, size_t msg_len)
 {
     return semaphore_op(h, s, 1, &value, msg, msg_len);
 }
 
-int dropblock_semaphore_value(dropblock_t *h, const dropblock_semaphore *s, uint64_t *value, char *msg,
-                              size_t msg_len)
+int dropblock_semaphore_value(dropblock_t *h, const dropblock_semaphore *s, uint64_t *value, char *msg, size_t msg_len)
 {
     return semaphore_op(h, s, 0, value, msg, msg_len);
 }

@@ -124,8 +124,10 @@ static int local_sync(const dropblock_sync *sync, struct db_job_sync *out, int *
     for (int i = 0; i < 2; i++) {
         if (!s[i]) continue;
         if (!s[i]->local) {
-            db_msg(res->message, sizeof res->message, "%s: a semaphore of a connection to a daemon, not of this "
-                   "in-process engine", i ? "signal" : "wait");
+            db_msg(res->message, sizeof res->message,
+                   "%s: a semaphore of a connection to a daemon, not of this "
+                   "in-process engine",
+                   i ? "signal" : "wait");
             return DROPBLOCK_EINVAL;
         }
         const int sd = db_engine_semaphore_device(s[i]->local);

@@ -214,8 +214,8 @@ static int place_of(struct db_conn *c, const char *what, const dropblock_ref *r,
 }
 
 /* the semaphore of a job's wait or signal, on this connection */
-static int semaphore_of(const struct db_conn *c, const char *what, const dropblock_semaphore *s, uint64_t gen, char *msg,
-                        size_t len)
+static int semaphore_of(const struct db_conn *c, const char *what, const dropblock_semaphore *s, uint64_t gen,
+                        char *msg, size_t len)
 {
     (void)c;
     if (s->local || !s->id || s->conn_gen != gen) {

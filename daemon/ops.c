@@ -503,9 +503,8 @@ void handle_frame(struct client *c, const char *data, size_t len)
     else if (!strcmp(op, "region.register")) op_register(c, id, taken[0]);
     else if (!strcmp(op, "region.unregister")) op_unregister(c, id, req);
     else if (!strcmp(op, "region.alloc")) op_alloc(c, id, req);
-    else if (!strncmp(op, "semaphore.", 10) &&
-             (!strcmp(op + 10, "create") || !strcmp(op + 10, "signal") || !strcmp(op + 10, "value") ||
-              !strcmp(op + 10, "free")))
+    else if (!strncmp(op, "semaphore.", 10) && (!strcmp(op + 10, "create") || !strcmp(op + 10, "signal") ||
+                                                !strcmp(op + 10, "value") || !strcmp(op + 10, "free")))
         op_semaphore(c, op, id, req);
     else if (!strcmp(op, "hello")) op_hello(c, id, 1);
     else if (!strcmp(op, "devices")) op_hello(c, id, 0);

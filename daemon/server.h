@@ -47,8 +47,8 @@ struct client {
     struct client_sem *sems;               /* its semaphores (semaphore.create) */
     size_t nsems, cap_sems;
     uint32_t next_sem;
-    struct uid_use *use;                   /* its uid's share of the daemon's limits */
-    struct job *jobs;                      /* in flight (queued or running), linked by cprev/cnext */
+    struct uid_use *use; /* its uid's share of the daemon's limits */
+    struct job *jobs;    /* in flight (queued or running), linked by cprev/cnext */
     uint64_t jobs_inflight, bytes_inflight;
     int closed;      /* no more reading or replying */
     int handle_open; /* the poll handle still needs its close callback */

@@ -437,10 +437,10 @@ static void cpu_tuning(const struct db_device *dev, const struct db_plan *pl, st
 }
 
 const struct backend_ops db_backend_cpu = {.name = "cpu",
-                                             .enumerate = cpu_enumerate,
-                                             .prepare = cpu_prepare,
-                                             .run = cpu_run,
-                                             .bench = cpu_bench,
-                                             .release = cpu_release,
-                                             .describe = cpu_describe,
-                                             .tuning = cpu_tuning};
+                                           .enumerate = cpu_enumerate,
+                                           .prepare = cpu_prepare,
+                                           .run = cpu_run,
+                                           .bench = cpu_bench,
+                                           .release = cpu_release,
+                                           .describe = cpu_describe,
+                                           .tuning = cpu_tuning};

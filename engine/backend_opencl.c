@@ -751,10 +751,10 @@ static void ocl_tuning(const struct db_device *dev, const struct db_plan *pl, st
 }
 
 const struct backend_ops db_backend_opencl = {.name = "opencl",
-                                                .enumerate = ocl_enumerate,
-                                                .prepare = ocl_prepare,
-                                                .run = ocl_run,
-                                                .bench = ocl_bench,
-                                                .release = ocl_release,
-                                                .describe = ocl_describe,
-                                                .tuning = ocl_tuning};
+                                              .enumerate = ocl_enumerate,
+                                              .prepare = ocl_prepare,
+                                              .run = ocl_run,
+                                              .bench = ocl_bench,
+                                              .release = ocl_release,
+                                              .describe = ocl_describe,
+                                              .tuning = ocl_tuning};

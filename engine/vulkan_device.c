@@ -473,7 +473,8 @@ static int make_device(struct vk_dev *d, char *msg, size_t len)
     uint32_t nexts = 0;
     if (d->has_import) exts[nexts++] = VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
     if (d->has_export) exts[nexts++] = VK_KHR_EXTERNAL_MEMORY_FD_EXTENSION_NAME;
-    VkPhysicalDeviceTimelineSemaphoreFeatures tl = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_TIMELINE_SEMAPHORE_FEATURES};
+    VkPhysicalDeviceTimelineSemaphoreFeatures tl = {.sType =
+                                                        VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_TIMELINE_SEMAPHORE_FEATURES};
     if (d->has_timeline) {
         VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &tl};
         vkGetPhysicalDeviceFeatures2(d->pd, &f2);
@@ -501,7 +502,8 @@ static int make_device(struct vk_dev *d, char *msg, size_t len)
     if (d->has_export) d->get_memory_fd = (PFN_vkGetMemoryFdKHR)vkGetDeviceProcAddr(d->dev, "vkGetMemoryFdKHR");
     if (!d->get_memory_fd) d->has_export = 0;
     if (d->has_timeline) {
-        d->sem_counter = (PFN_vkGetSemaphoreCounterValueKHR)vkGetDeviceProcAddr(d->dev, "vkGetSemaphoreCounterValueKHR");
+        d->sem_counter =
+            (PFN_vkGetSemaphoreCounterValueKHR)vkGetDeviceProcAddr(d->dev, "vkGetSemaphoreCounterValueKHR");
         d->sem_wait = (PFN_vkWaitSemaphoresKHR)vkGetDeviceProcAddr(d->dev, "vkWaitSemaphoresKHR");
         d->sem_signal = (PFN_vkSignalSemaphoreKHR)vkGetDeviceProcAddr(d->dev, "vkSignalSemaphoreKHR");
         if (!d->sem_counter || !d->sem_wait || !d->sem_signal) d->has_timeline = d->has_sem_export = 0;

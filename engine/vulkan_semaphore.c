@@ -89,7 +89,8 @@ int vk_sem_create(struct db_device *dev, int exported, void **handle, struct db_
         db_msg(msg, len, "out of host memory");
         return DROPBLOCK_EEXHAUSTED;
     }
-    VkExportSemaphoreCreateInfo ei = {.sType = VK_STRUCTURE_TYPE_EXPORT_SEMAPHORE_CREATE_INFO, .handleTypes = SEM_HANDLE};
+    VkExportSemaphoreCreateInfo ei = {.sType = VK_STRUCTURE_TYPE_EXPORT_SEMAPHORE_CREATE_INFO,
+                                      .handleTypes = SEM_HANDLE};
     VkSemaphoreTypeCreateInfo ti = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
                                     .pNext = exported ? &ei : NULL,
                                     .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE,
@@ -167,7 +168,8 @@ int vk_sem_signal(struct db_device *dev, void *handle, uint64_t value, int queue
     const struct vk_sem *s = handle;
     VkResult r;
     if (!queued) {
-        VkSemaphoreSignalInfo si = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_SIGNAL_INFO, .semaphore = s->sem, .value = value};
+        VkSemaphoreSignalInfo si = {
+            .sType = VK_STRUCTURE_TYPE_SEMAPHORE_SIGNAL_INFO, .semaphore = s->sem, .value = value};
         r = d->sem_signal(d->dev, &si);
         return r ? vk_fail(msg, len, r, "vkSignalSemaphoreKHR") : DROPBLOCK_OK;
     }

@@ -67,6 +67,58 @@ def check_client(dropblock, np, client, label):
     return True
 
 
+def check_semaphores(dropblock, np, client, label, remote):
+    """Client.semaphore and Client.submit's wait= and signal= (docs/protocol.md "Ordering with
+    semaphores"): through a daemon the submitted job waits until the host signals; its K/S/mask
+    equal the CPU reference's; a wait that times out; export where the driver can."""
+    try:
+        exp = client.semaphore()
+        T.check(exp.fd >= 0 and exp.handle_type == "opaque_fd", "%s: exported %r" % (label, exp))
+        exp.free()
+    except dropblock.Error as e:
+        T.check(e.code in ("invalid_argument", "not_found") and "export" in str(e),
+                "%s: an exported semaphore refused saying why: %s" % (label, e))
+    a, b = client.semaphore(export=False), client.semaphore(export=False)
+    T.check(a.fd == -1 and a.value == 0 and a.device.startswith("vulkan:"), "%s: %r" % (label, a))
+    shape = (2, 8, 14, 14)
+    buf = client.device_buffer(1 << 20)
+    x, y = buf.tensor(shape, "f32", 0), buf.tensor(shape, "f32", 64 * 1024)
+    client.dropblock2d(x, 0.0, 3, seed=1, training=False)  # (any bytes: the reference sees ones below)
+    if not remote:
+        a.signal(1)  # in process the job runs in submit, which waits itself
+    job = client.submit(x, 0.2, 3, seed=11, stream=4, out=y, wait=(a, 1), signal=(b, 1))
+    if remote:
+        try:
+            job.wait(0.3)
+            T.check(False, "%s: the job ran before its wait was signalled" % label)
+        except TimeoutError:
+            T.check(b.value == 0, "%s: waiting, its signal not raised" % label)
+        a.signal(1)
+    info = job.wait()
+    ref = dropblock.Client(local=True, backends="cpu")
+    ref.dropblock2d(np.ones(shape, np.float32), 0.2, 3, seed=11, stream=4)
+    wi = ref.last_result
+    T.check((info.kept, info.total, info.scale_bits) == (wi.kept, wi.total, wi.scale_bits) and b.value == 1 and
+            info.device == a.device, "%s: the ordered job %s against %s, signal %d" % (label, info, wi, b.value))
+    try:
+        client.submit(x, 0.2, 3, seed=1, wait=(a, 9, 0.1), signal=(b, 2)).wait()
+        T.check(False, "%s: a wait that times out" % label)
+    except dropblock.Error as e:
+        T.check(e.code == "unavailable" and "did not reach 9" in str(e) and b.value == 2,
+                "%s: a wait that timed out: %s" % (label, e))
+    for bad, words in ((lambda: client.submit(x, 0.2, 3, wait=(b,)), "wait"),
+                       (lambda: a.signal(1), "already")):
+        try:
+            bad()
+            T.check(False, "%s: refused (%s)" % (label, words))
+        except dropblock.Error as e:
+            T.check(words in str(e), "%s: refused naming %s: %s" % (label, words, e))
+    a.free()
+    b.free()
+    buf.free()
+    ref.close()
+
+
 def check_cuda_module(dropblock, cuda_abi):
     """dropblock.cuda without a GPU: its ctypes structs against the toolkit's cuda.h (where
     tests/cuda_abi is built), the views' __cuda_array_interface__ and DLPack capsule over a stand-in
@@ -82,7 +134,12 @@ def check_cuda_module(dropblock, cuda_abi):
                                 "size_field": H.size.offset, "flags": H.flags.offset},
                 "buffer_desc": {"size": ctypes.sizeof(B), "offset": B.offset.offset, "size_field": B.size.offset,
                                 "flags": B.flags.offset},
-                "opaque_fd": cuda.OPAQUE_FD, "dedicated": cuda.DEDICATED}
+                "opaque_fd": cuda.OPAQUE_FD, "dedicated": cuda.DEDICATED, "timeline_fd": cuda.TIMELINE_FD}
+        S, SP, WP = cuda.SemaphoreHandleDesc, cuda.SignalParams, cuda.WaitParams
+        mine["sem_desc"] = {"size": ctypes.sizeof(S), "type": S.type.offset, "handle": S.handle.offset,
+                            "flags": S.flags.offset}
+        mine["signal_params"] = {"size": ctypes.sizeof(SP), "fence": SP.params.offset, "flags": SP.flags.offset}
+        mine["wait_params"] = {"size": ctypes.sizeof(WP), "fence": WP.params.offset, "flags": WP.flags.offset}
         T.check(mine == abi, "dropblock.cuda's structs as cuda.h lays them out: %s against %s" % (mine, abi))
     else:
         print("note: no CUDA toolkit in the build: dropblock.cuda's structs not checked against cuda.h")
@@ -132,10 +189,12 @@ def main():
         if not check_client(dropblock, np, c, "in-process"):
             print("SKIP: no device that can export memory")
             return 77
+        check_semaphores(dropblock, np, c, "in-process", False)
     d = Daemon(a.daemon, "--cache-dir", tempfile.mkdtemp(prefix="dbpd-"))
     try:
         c = dropblock.Client(socket=d.path)
         check_client(dropblock, np, c, "daemon")
+        check_semaphores(dropblock, np, c, "daemon", True)
         keep = c.device_buffer(4096)
         c.close()  # the buffer keeps the connection until it is freed
         T.check(c.closed and keep.size == 4096, "close with a live buffer")

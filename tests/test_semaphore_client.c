@@ -59,8 +59,7 @@ static int run(dropblock_t *h, const char *label, int remote)
     int rc = dropblock_semaphore_create(h, a.device, 0, &b, msg, sizeof msg);
     CHECK(rc == DROPBLOCK_OK && a.fd == -1 && !a.handle_type[0], "%s: create: %d %s", label, rc, msg);
     float *x = NULL, *y = NULL;
-    if (dropblock_alloc(h, NUMEL * 4, (void **)&x) ||
-        dropblock_alloc(h, NUMEL * 4, (void **)&y)) {
+    if (dropblock_alloc(h, NUMEL * 4, (void **)&x) || dropblock_alloc(h, NUMEL * 4, (void **)&y)) {
         CHECK(0, "%s: dropblock_alloc failed", label);
         return 1;
     }

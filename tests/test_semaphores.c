@@ -101,8 +101,8 @@ static void host_side(struct db_engine *e, int dev, const char *id)
     rc = db_engine_semaphore_wait(s, 4, 1000, msg, sizeof msg);
     CHECK(rc == DROPBLOCK_OK, "%s: wait for 4 at 5: %d %s", id, rc, msg);
     rc = db_engine_semaphore_wait(s, 6, 60, msg, sizeof msg);
-    CHECK(rc == DROPBLOCK_ETIMEDOUT && strstr(msg, "did not reach 6 within 60 ms (it is at 5)"), "%s: wait for 6: %d %s",
-          id, rc, msg);
+    CHECK(rc == DROPBLOCK_ETIMEDOUT && strstr(msg, "did not reach 6 within 60 ms (it is at 5)"),
+          "%s: wait for 6: %d %s", id, rc, msg);
     db_engine_semaphore_free(s);
 }
 
@@ -146,8 +146,9 @@ static void ordered_job(struct db_engine *e, int dev, const char *id, const char
     j.p = tu_params(N, C, H, W, 0.25f, 3, 3);
     j.sync = (struct db_job_sync){.wait = a, .wait_value = 2, .signal = b, .signal_value = 9, .wait_timeout_ms = 100};
     job_main(&j);
-    CHECK(j.rc == DROPBLOCK_EUNAVAILABLE && strstr(j.res.message, "wait: the semaphore did not reach 2 within 100 ms") &&
-              value_of(b) == 9 && poisoned(y),
+    CHECK(j.rc == DROPBLOCK_EUNAVAILABLE &&
+              strstr(j.res.message, "wait: the semaphore did not reach 2 within 100 ms") && value_of(b) == 9 &&
+              poisoned(y),
           "%s, %s: a wait that timed out: %d %s", id, label, j.rc, j.res.message);
     /* a signal that would not raise b: the job ran, but fails saying so */
     j.sync = (struct db_job_sync){.signal = b, .signal_value = 9};
@@ -183,8 +184,8 @@ static void on_device(struct db_engine *e, size_t d, const char *label, const fl
     }
     struct vki *v = vki_open(xi.device_uuid, why, sizeof why);
     char *map = NULL;
-    void *imp = v ? vki_import(v, xi.fd, xi.allocation_size, xi.memory_type_index, xi.dedicated, xi.size,
-                               (void **)&map, why, sizeof why)
+    void *imp = v ? vki_import(v, xi.fd, xi.allocation_size, xi.memory_type_index, xi.dedicated, xi.size, (void **)&map,
+                               why, sizeof why)
                   : NULL;
     CHECK(imp != NULL, "%s: import: %s", info->id, why);
     if (imp) {

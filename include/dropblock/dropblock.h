@@ -344,13 +344,13 @@ typedef struct dropblock_semaphore {
 /* Makes one on device ("auto" or NULL: the first device that can; else an id), exported as a
  * descriptor where exported (DROPBLOCK_EINVAL naming the missing extension where the driver
  * cannot; lavapipe cannot). Freed by dropblock_semaphore_free or with the connection. */
-DROPBLOCK_API int dropblock_semaphore_create(dropblock_t *h, const char *device, int exported,
-                                             dropblock_semaphore *out, char *msg, size_t msg_len);
+DROPBLOCK_API int dropblock_semaphore_create(dropblock_t *h, const char *device, int exported, dropblock_semaphore *out,
+                                             char *msg, size_t msg_len);
 /* Raises it to value from the host (DROPBLOCK_EINVAL unless above its value), reads its value. */
 DROPBLOCK_API int dropblock_semaphore_signal(dropblock_t *h, const dropblock_semaphore *s, uint64_t value, char *msg,
                                              size_t msg_len);
-DROPBLOCK_API int dropblock_semaphore_value(dropblock_t *h, const dropblock_semaphore *s, uint64_t *value,
-                                            char *msg, size_t msg_len);
+DROPBLOCK_API int dropblock_semaphore_value(dropblock_t *h, const dropblock_semaphore *s, uint64_t *value, char *msg,
+                                            size_t msg_len);
 /* Jobs waiting on it end their wait (DROPBLOCK_EUNAVAILABLE); it goes once no job uses it. */
 DROPBLOCK_API int dropblock_semaphore_free(dropblock_t *h, dropblock_semaphore *s);
 

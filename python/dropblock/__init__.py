@@ -9,12 +9,13 @@
 Pure Python over libdropblock with ctypes. NumPy is needed for arrays and jobs only; the PyTorch
 module lives in dropblock.torch and is imported only on request. See python/README.md.
 """
-from ._core import (Client, DeviceBuffer, DeviceTensor, Error, JobInfo, default_socket,  # noqa: F401
-                    schedule_group, schedule_linear, schedule_rate)
+from ._core import (Client, DeviceBuffer, DeviceTensor, Error, Job, JobInfo, Semaphore,  # noqa: F401
+                    default_socket, schedule_group, schedule_linear, schedule_rate)
 from ._lib import LibraryNotFound  # noqa: F401
 
 __version__ = "0.1.0"
-__all__ = ["Client", "DeviceBuffer", "DeviceTensor", "Error", "JobInfo", "LibraryNotFound", "default_socket", "schedule_linear",
+__all__ = ["Client", "DeviceBuffer", "DeviceTensor", "Error", "Job", "JobInfo", "LibraryNotFound", "Semaphore",
+           "default_socket", "schedule_linear",
            "schedule_group", "schedule_rate", "library_path"]
 
 

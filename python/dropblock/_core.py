@@ -296,6 +296,148 @@ class DeviceTensor(collections.namedtuple("DeviceTensor", "buffer offset shape d
         return n * (4 if self.dtype == "f32" else 2)
 
 
+# ---- timeline semaphores (semaphore.create) -------------------------------------------------
+
+class _SemaphoreC(ctypes.Structure):
+    """struct dropblock_semaphore"""
+    _fields_ = [("fd", ctypes.c_int), ("handle_type", ctypes.c_char * 16), ("device", ctypes.c_char * 32),
+                ("device_uuid", ctypes.c_uint8 * 16), ("driver_uuid", ctypes.c_uint8 * 16),
+                ("id", ctypes.c_uint32), ("conn_gen", ctypes.c_uint64), ("local", ctypes.c_void_p)]
+
+
+class _SyncC(ctypes.Structure):
+    """struct dropblock_sync"""
+    _fields_ = [("wait", ctypes.POINTER(_SemaphoreC)), ("wait_value", ctypes.c_uint64),
+                ("wait_timeout_ms", ctypes.c_uint32), ("signal", ctypes.POINTER(_SemaphoreC)),
+                ("signal_value", ctypes.c_uint64)]
+
+
+_SEM_PROTOS = {
+    "dropblock_semaphore_create": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
+                                                  ctypes.POINTER(_SemaphoreC), ctypes.c_char_p, ctypes.c_size_t]),
+    "dropblock_semaphore_signal": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(_SemaphoreC), ctypes.c_uint64,
+                                                  ctypes.c_char_p, ctypes.c_size_t]),
+    "dropblock_semaphore_value": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(_SemaphoreC),
+                                                 ctypes.POINTER(ctypes.c_uint64), ctypes.c_char_p, ctypes.c_size_t]),
+    "dropblock_semaphore_free": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(_SemaphoreC)]),
+    "dropblock_submit_sync": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(_lib.Params), _lib.Ref, _lib.Ref,
+                                             ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(_SyncC),
+                                             ctypes.POINTER(ctypes.c_void_p)]),
+    "dropblock_wait": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_lib.Result)]),
+}
+
+
+def _sem_lib():
+    L = lib()
+    for name, (res, args) in _SEM_PROTOS.items():
+        f = getattr(L, name)
+        f.restype, f.argtypes = res, args
+    return L
+
+
+class Semaphore:
+    """A timeline semaphore on `device` (Client.semaphore; docs/protocol.md "Ordering with
+    semaphores"), starting at 0: a job may wait for it to reach a value and raise it to a value
+    once over (Client.submit/dropblock2d's wait= and signal=). Exported, `fd` is for this process
+    to import on the device with device_uuid (dropblock.cuda.import_semaphore for CUDA and HIP);
+    an import takes it (take_fd). signal() and value from the host; free() (or `with`, or the
+    garbage collector) gives it up."""
+
+    def __init__(self, handle, sem):
+        self._h, self._s = handle, sem
+        self._finalizer = weakref.finalize(self, Semaphore._free, handle, sem)
+
+    @staticmethod
+    def _free(handle, sem):
+        try:
+            _sem_lib().dropblock_semaphore_free(handle.ptr, ctypes.byref(sem))
+        finally:
+            handle.release()
+
+    def free(self):
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.free()
+
+    @property
+    def fd(self):
+        return self._s.fd
+
+    def take_fd(self):
+        fd, self._s.fd = self._s.fd, -1
+        return fd
+
+    handle_type = property(lambda self: self._s.handle_type.decode())
+    device = property(lambda self: self._s.device.decode())
+    device_uuid = property(lambda self: bytes(self._s.device_uuid))
+    driver_uuid = property(lambda self: bytes(self._s.driver_uuid))
+
+    def signal(self, value):
+        """Raises it to value from the host (an error unless above its value)."""
+        msg = ctypes.create_string_buffer(256)
+        rc = _sem_lib().dropblock_semaphore_signal(self._h.ptr, ctypes.byref(self._s), _u64(value, "value"), msg,
+                                                   len(msg))
+        if rc:
+            raise _error(rc, msg.value)
+
+    @property
+    def value(self):
+        v = ctypes.c_uint64()
+        msg = ctypes.create_string_buffer(256)
+        rc = _sem_lib().dropblock_semaphore_value(self._h.ptr, ctypes.byref(self._s), ctypes.byref(v), msg, len(msg))
+        if rc:
+            raise _error(rc, msg.value)
+        return v.value
+
+    def __repr__(self):
+        return "Semaphore(on %s, %s, fd %d)" % (self.device, self.handle_type or "not exported", self.fd)
+
+
+def _sync(wait, signal):
+    """wait=(Semaphore, value[, timeout_s]) and signal=(Semaphore, value) as a struct dropblock_sync
+    (and the structs it points at, kept alive with it); None without either."""
+    if wait is None and signal is None:
+        return None
+    s = _SyncC()
+    for what, arg in (("wait", wait), ("signal", signal)):
+        if arg is None:
+            continue
+        if not isinstance(arg, (tuple, list)) or len(arg) not in ((2, 3) if what == "wait" else (2,)) or \
+                not isinstance(arg[0], Semaphore):
+            raise _invalid("%s: (Semaphore, value%s)" % (what, ", timeout_s" if what == "wait" else ""))
+        setattr(s, what, ctypes.pointer(arg[0]._s))
+        setattr(s, what + "_value", _u64(arg[1], what + " value"))
+        if what == "wait" and len(arg) == 3:
+            s.wait_timeout_ms = max(1, _timeout_ms("wait timeout", arg[2]))
+    return s
+
+
+class Job:
+    """A job submitted with Client.submit: wait() returns its JobInfo once it is over (raising its
+    error), or raises TimeoutError while it runs (wait again)."""
+
+    def __init__(self, client, ticket, out):
+        self._c, self._t, self.out = client, ticket, out
+
+    def wait(self, timeout=None):
+        if self._t is None:
+            raise _invalid("wait: the job was waited for already")
+        res = _lib.Result()
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        rc = _sem_lib().dropblock_wait(self._c._h.ptr, self._t, ms, ctypes.byref(res))
+        if rc == _lib.ETIMEDOUT:
+            raise TimeoutError("the job is still running after %s s" % timeout)
+        self._t = None
+        self._c._h.release()
+        if rc:
+            raise _error(rc, res.message)
+        return _job_info(res)
+
+
 # ---- results ------------------------------------------------------------------------------
 
 class JobInfo(collections.namedtuple("JobInfo", "kept total scale scale_bits device timing_us")):
@@ -611,6 +753,54 @@ class Client:
             h.release()
             raise _error(rc, msg.value or b"dropblock_device_alloc failed")
         return DeviceBuffer(h, buf)
+
+    def semaphore(self, device="auto", export=True):
+        """A timeline semaphore on device ("auto": the first that can), exported as a descriptor
+        unless export is False (lavapipe cannot export; a host that signals needs no export)."""
+        h = self._h
+        h.acquire()  # released by the semaphore's free
+        sem = _SemaphoreC()
+        msg = ctypes.create_string_buffer(512)
+        try:
+            rc = _sem_lib().dropblock_semaphore_create(h.ptr, str(device or "auto").encode(), 1 if export else 0,
+                                                       ctypes.byref(sem), msg, len(msg))
+        except BaseException:
+            h.release()
+            raise
+        if rc:
+            h.release()
+            raise _error(rc, msg.value or b"dropblock_semaphore_create failed")
+        return Semaphore(h, sem)
+
+    def submit(self, x, rate, block_size, seed=0, stream=0, layout="NCHW", normalize="global", share=(),
+               compat="none", training=True, out=None, device="auto", mode="forward", wait=None, signal=None):
+        """dropblock2d (mode "backward": its gradient) on DeviceTensors, returning at once: a Job
+        whose wait() gives its JobInfo. wait=(Semaphore, value[, timeout_s]): the job reads x once
+        the semaphore reaches value; signal=(Semaphore, value): raised once the job is over (so a
+        GPU stream that imported it waits instead of this process)."""
+        if not isinstance(x, DeviceTensor):
+            raise _invalid("submit: x must be a DeviceTensor (Client.device_buffer(...).tensor(...))")
+        out = x if out is None else out
+        if not isinstance(out, DeviceTensor) or tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
+            raise _invalid("out: a DeviceTensor of x's shape %r and dtype %s (None: in place)" % (x.shape, x.dtype))
+        p = self._params(mode, tuple(x.shape), x.dtype, rate, block_size, seed, stream, layout, normalize, share,
+                         compat, training)
+        sync = _sync(wait, signal)
+        refs = [_lib.Ref(ctypes.pointer(t.buffer._buf), None, _u64(t.offset, "offset")) for t in (x, out)]
+        t = ctypes.c_void_p()
+        h = self._h
+        h.acquire()  # released by the job's wait
+        try:
+            rc = _sem_lib().dropblock_submit_sync(h.ptr, ctypes.byref(p), refs[0], refs[1], None,
+                                                  b"auto" if device is None else str(device).encode(),
+                                                  None if sync is None else ctypes.byref(sync), ctypes.byref(t))
+        except BaseException:
+            h.release()
+            raise
+        if rc:
+            h.release()
+            raise _error(rc, b"submit failed before the job was sent (dropblock2d gives the reason)")
+        return Job(self, t, out)
 
     def _run_device(self, mode, x, rate, block_size, seed, stream, layout, normalize, share, compat, training, out,
                     device, mask):

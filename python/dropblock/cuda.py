@@ -20,7 +20,8 @@ import threading
 
 from ._core import _invalid
 
-__all__ = ["import_buffer", "ExternalMemory", "CudaArray", "driver_available"]
+__all__ = ["import_buffer", "import_semaphore", "ExternalMemory", "ExternalSemaphore", "CudaArray",
+           "driver_available"]
 
 _DTYPES = {"f32": ("<f4", 4, (2, 32)), "f16": ("<f2", 2, (2, 16)), "bf16": ("<u2", 2, (4, 16))}
 # (typestr, bytes, (DLPack type code, bits)): kDLFloat 2, kDLBfloat 4
@@ -42,6 +43,37 @@ class BufferDesc(ctypes.Structure):
                 ("reserved", ctypes.c_uint * 16)]
 
 
+# cuda.h: CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC, _SIGNAL_PARAMS and _WAIT_PARAMS (HIP's
+# hipExternalSemaphore* structs are laid out alike)
+class _SemHandleUnion(ctypes.Union):
+    _fields_ = [("fd", ctypes.c_int), ("win32", ctypes.c_void_p * 2), ("nvSciSyncObj", ctypes.c_void_p)]
+
+
+class SemaphoreHandleDesc(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("handle", _SemHandleUnion), ("flags", ctypes.c_uint),
+                ("reserved", ctypes.c_uint * 16)]
+
+
+class _SignalInner(ctypes.Structure):
+    _fields_ = [("fence_value", ctypes.c_ulonglong), ("nvSciSync", ctypes.c_ulonglong),
+                ("keyedMutex_key", ctypes.c_ulonglong), ("reserved", ctypes.c_uint * 12)]
+
+
+class SignalParams(ctypes.Structure):
+    _fields_ = [("params", _SignalInner), ("flags", ctypes.c_uint), ("reserved", ctypes.c_uint * 16)]
+
+
+class _WaitInner(ctypes.Structure):
+    _fields_ = [("fence_value", ctypes.c_ulonglong), ("nvSciSync", ctypes.c_ulonglong),
+                ("keyedMutex_key", ctypes.c_ulonglong), ("keyedMutex_timeoutMs", ctypes.c_uint),
+                ("reserved", ctypes.c_uint * 10)]
+
+
+class WaitParams(ctypes.Structure):
+    _fields_ = [("params", _WaitInner), ("flags", ctypes.c_uint), ("reserved", ctypes.c_uint * 16)]
+
+
+TIMELINE_FD = 9  # CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD, hipExternalSemaphoreHandleTypeTimelineSemaphoreFd
 OPAQUE_FD = 1           # CU_EXTERNAL_MEMORY_HANDLE_TYPE_OPAQUE_FD, hipExternalMemoryHandleTypeOpaqueFd
 DEDICATED = 1           # CUDA_EXTERNAL_MEMORY_DEDICATED, hipExternalMemoryDedicated
 
@@ -59,6 +91,10 @@ _API = {
     "push": ("cuCtxPushCurrent_v2", None),
     "pop": ("cuCtxPopCurrent_v2", None),
     "set": (None, "hipSetDevice"),
+    "sem_import": ("cuImportExternalSemaphore", "hipImportExternalSemaphore"),
+    "sem_signal": ("cuSignalExternalSemaphoresAsync", "hipSignalExternalSemaphoresAsync"),
+    "sem_wait": ("cuWaitExternalSemaphoresAsync", "hipWaitExternalSemaphoresAsync"),
+    "sem_destroy": ("cuDestroyExternalSemaphore", "hipDestroyExternalSemaphore"),
 }
 
 
@@ -148,9 +184,8 @@ class ExternalMemory:
             pass
 
 
-def import_buffer(buf):
-    """buf (a DeviceBuffer) imported into CUDA or HIP: an ExternalMemory. Takes buf's descriptor."""
-    drv = _load()
+def _device_of(drv, obj):
+    """The ordinal and device handle of the CUDA/HIP device whose UUID is obj.device_uuid."""
     f = drv.fn
     count = ctypes.c_int()
     drv.check(f["count"](ctypes.byref(count)), "device count")
@@ -160,11 +195,19 @@ def import_buffer(buf):
         drv.check(f["get"](ctypes.byref(d), i), "device %d" % i)
         u = (ctypes.c_ubyte * 16)()
         drv.check(f["uuid"](u, d), "device %d's UUID" % i)
-        if bytes(u) == buf.device_uuid:
+        if bytes(u) == obj.device_uuid:
             ordinal, dev = i, d
             break
     if ordinal is None:
-        raise _invalid("no %s device has %s's UUID %s" % (drv.name, buf.device, buf.device_uuid.hex()))
+        raise _invalid("no %s device has %s's UUID %s" % (drv.name, obj.device, obj.device_uuid.hex()))
+    return ordinal, dev
+
+
+def import_buffer(buf):
+    """buf (a DeviceBuffer) imported into CUDA or HIP: an ExternalMemory. Takes buf's descriptor."""
+    drv = _load()
+    f = drv.fn
+    ordinal, dev = _device_of(drv, buf)
     ctx = ctypes.c_void_p()
     if drv.name == "cuda":
         drv.check(f["retain"](ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
@@ -188,6 +231,55 @@ def import_buffer(buf):
         if drv.name == "cuda":
             f["pop"](ctypes.byref(ctypes.c_void_p()))
     return ExternalMemory(buf, drv, ordinal, ptr.value, ext, ctx)
+
+
+class ExternalSemaphore:
+    """A Semaphore (Client.semaphore, exported) imported into CUDA (or HIP): signal(value, stream)
+    and wait(value, stream) enqueue on a stream (a CUstream/hipStream_t handle as an int, 0: the
+    default; torch: torch.cuda.current_stream().cuda_stream), so that the stream, not the host,
+    waits for a job's signal and the job for the stream's writes."""
+
+    def __init__(self, sem, drv, ext):
+        self.semaphore, self.driver, self._ext, self._closed = sem, drv, ext, False
+
+    def signal(self, value, stream=0):
+        p = SignalParams()
+        p.params.fence_value = int(value)
+        self.driver.check(self.driver.fn["sem_signal"](ctypes.byref(self._ext), ctypes.byref(p), 1,
+                                                       ctypes.c_void_p(stream)), "signal of the semaphore")
+
+    def wait(self, value, stream=0):
+        p = WaitParams()
+        p.params.fence_value = int(value)
+        self.driver.check(self.driver.fn["sem_wait"](ctypes.byref(self._ext), ctypes.byref(p), 1,
+                                                     ctypes.c_void_p(stream)), "wait for the semaphore")
+
+    def close(self):
+        if not self._closed:
+            self._closed = True
+            self.driver.fn["sem_destroy"](self._ext)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def import_semaphore(sem):
+    """sem (an exported Semaphore) imported into CUDA or HIP on the device with its UUID: an
+    ExternalSemaphore. Takes sem's descriptor."""
+    if sem.fd < 0:
+        raise _invalid("the semaphore was not exported (Client.semaphore(export=True)), or its descriptor was taken")
+    drv = _load()
+    _device_of(drv, sem)
+    hd = SemaphoreHandleDesc()
+    hd.type = TIMELINE_FD
+    hd.handle.fd = sem.fd
+    ext = ctypes.c_void_p()
+    drv.check(drv.fn["sem_import"](ctypes.byref(ext), ctypes.byref(hd)), "import of the semaphore's descriptor")
+    sem.take_fd()  # the driver owns it now
+    return ExternalSemaphore(sem, drv, ext)
 
 
 # ---- DLPack (dlpack.h, version 0.8 ABI: DLManagedTensor) -----------------------------------------

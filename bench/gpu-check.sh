@@ -35,7 +35,8 @@ timeout 300 python3 .gpu/torch_peers.py 2>&1 | tee "$OUT/torch_peers.txt"
 # issue 13: device regions on the GPU. A daemon on the release build; its Vulkan device's memory
 # exported (region.alloc), imported into CUDA (examples/cuda/dropblock_cuda: cuImportExternalMemory
 # on the GPU with the same UUID), x written by CUDA, the job on it, y checked bit for bit against
-# the CPU reference, the job's time against a device-to-device copy of the same bytes
+# the CPU reference, the job's time against a device-to-device copy of the same bytes; then the
+# step ordered by an exported timeline semaphore on a CUDA stream (ordered_us, ordered_exact)
 if [ -x build/examples/dropblock_cuda ]; then
     echo "== device regions: CUDA import, job on device memory (dropblock_cuda)"
     sock=$(mktemp -d)/d.sock

@@ -6,6 +6,11 @@
  * by CUDA and compared bit for bit with the CPU reference (the in-process engine's built-in CPU
  * backend on the same x). Then timings: the job (submission to reply) against a device-to-device
  * copy of the same bytes (cuMemcpyDtoD), medians of --reps, as one JSON line.
+ * Then, where the daemon's device exports timeline semaphores (docs/protocol.md "Ordering with
+ * semaphores"), the ordering a training step uses, with no host wait in the step: on a CUDA
+ * stream, x copied in from another CUDA buffer, the imported semaphore signalled to n; the job
+ * submitted with wait n and signal n + 1; the stream waits for n + 1 and copies y out. The step's
+ * time (enqueue to the stream's completion) is ordered_us, y checked bit for bit again.
  *
  * Built where the CUDA toolkit is (meson option cuda, auto); it runs only where an NVIDIA driver
  * and GPU are (bench/gpu-check.sh), and says so and exits 77 elsewhere.
@@ -80,6 +85,93 @@ static int import_buffer(dropblock_device_buffer *buf, CUdeviceptr *ptr, CUexter
     bd.offset = 0;
     bd.size = buf->size;
     CU(cuExternalMemoryGetMappedBuffer(ptr, *ext, &bd));
+    return 0;
+}
+
+/* the semaphore's descriptor imported into the current context: *ext (to destroy) */
+static int import_semaphore(dropblock_semaphore *sem, CUexternalSemaphore *ext)
+{
+    CUDA_EXTERNAL_SEMAPHORE_HANDLE_DESC hd;
+    memset(&hd, 0, sizeof hd);
+    hd.type = CU_EXTERNAL_SEMAPHORE_HANDLE_TYPE_TIMELINE_SEMAPHORE_FD;
+    hd.handle.fd = sem->fd;
+    CU(cuImportExternalSemaphore(ext, &hd));
+    sem->fd = -1; /* CUDA owns the descriptor now */
+    return 0;
+}
+
+static int stream_signal(CUexternalSemaphore ext, uint64_t value, CUstream st)
+{
+    CUDA_EXTERNAL_SEMAPHORE_SIGNAL_PARAMS sp;
+    memset(&sp, 0, sizeof sp);
+    sp.params.fence.value = value;
+    CU(cuSignalExternalSemaphoresAsync(&ext, &sp, 1, st));
+    return 0;
+}
+
+static int stream_wait(CUexternalSemaphore ext, uint64_t value, CUstream st)
+{
+    CUDA_EXTERNAL_SEMAPHORE_WAIT_PARAMS wp;
+    memset(&wp, 0, sizeof wp);
+    wp.params.fence.value = value;
+    CU(cuWaitExternalSemaphoresAsync(&ext, &wp, 1, st));
+    return 0;
+}
+
+/* The steps ordered by semaphores: *us the median step, *exact y's bits after the last; 77 where
+ * the device cannot export semaphores (*why). */
+static int ordered_steps(dropblock_t *db, const dropblock_params *p, dropblock_device_buffer *buf, CUdeviceptr base,
+                         const unsigned char *want, const dropblock_result *rr, int reps, double *us, int *exact,
+                         char *why, size_t len)
+{
+    const uint64_t tb = dropblock_tensor_bytes(p);
+    dropblock_semaphore sem;
+    if (dropblock_semaphore_create(db, buf->device, 1, &sem, why, len)) return 77;
+    CUexternalSemaphore ext;
+    if (import_semaphore(&sem, &ext)) return 1;
+    CUstream st;
+    CUdeviceptr src, dst;
+    CU(cuStreamCreate(&st, CU_STREAM_NON_BLOCKING));
+    CU(cuMemAlloc(&src, tb));
+    CU(cuMemAlloc(&dst, tb));
+    CU(cuMemcpyDtoD(src, base, tb)); /* x, as the training process's own buffer */
+    CU(cuCtxSynchronize());
+    double *t = calloc((size_t)reps, sizeof *t);
+    uint64_t n = 0;
+    dropblock_result res;
+    int rc = 0;
+    const dropblock_ref xi = {buf, NULL, 0}, yo = {buf, NULL, tb};
+    for (int r = -2; r < reps && !rc; r++) {
+        double t0 = now_us();
+        CU(cuMemcpyDtoDAsync(base, src, tb, st));
+        if (stream_signal(ext, ++n, st)) return 1;
+        dropblock_sync sync = {.wait = &sem, .wait_value = n, .signal = &sem, .signal_value = n + 1};
+        dropblock_ticket *tk = NULL;
+        if ((rc = dropblock_submit_sync(db, p, xi, yo, NULL, NULL, &sync, &tk))) break;
+        ++n;
+        if (stream_wait(ext, n, st)) return 1;
+        CU(cuMemcpyDtoDAsync(dst, base + tb, tb, st));
+        CU(cuStreamSynchronize(st));
+        double t1 = now_us();
+        rc = dropblock_wait(db, tk, -1, &res); /* the reply came meanwhile */
+        if (r >= 0) t[r] = t1 - t0;
+    }
+    if (rc) {
+        snprintf(why, len, "ordered job: %s", res.message);
+        return 1;
+    }
+    unsigned char *got = malloc(tb);
+    CU(cuMemcpyDtoH(got, dst, tb));
+    *exact = !memcmp(got, want, tb) && res.kept == rr->kept && res.scale_bits == rr->scale_bits;
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    *us = t[reps / 2];
+    free(got);
+    free(t);
+    CU(cuMemFree(src));
+    CU(cuMemFree(dst));
+    CU(cuStreamDestroy(st));
+    CU(cuDestroyExternalSemaphore(ext));
+    dropblock_semaphore_free(db, &sem);
     return 0;
 }
 
@@ -187,12 +279,30 @@ int main(int argc, char **argv)
     int exact = !rc && !memcmp(got, want, tb) && gr.kept == rr.kept && gr.scale_bits == rr.scale_bits;
     qsort(t_job, (size_t)o.reps, sizeof *t_job, cmp_double);
     qsort(t_copy, (size_t)o.reps, sizeof *t_copy, cmp_double);
+    double ordered_us = -1;
+    int ordered_exact = 0;
+    char why[384] = "";
+    int orc = ordered_steps(db, &o.p, &buf, base, want, &rr, o.reps, &ordered_us, &ordered_exact, why, sizeof why);
+    if (orc == 1) {
+        fprintf(stderr, "dropblock_cuda: %s\n", why);
+        return 1;
+    }
+    char ordered[512];
+    if (orc == 77) {
+        for (char *q = why; *q; q++)
+            if (*q == '"' || *q == '\\') *q = '\'';
+        snprintf(ordered, sizeof ordered, "\"ordered\":\"not run: %s\"", why);
+    } else {
+        snprintf(ordered, sizeof ordered, "\"ordered_us\":%.1f,\"ordered_exact\":%s", ordered_us,
+                 ordered_exact ? "true" : "false");
+    }
     printf("{\"device\":\"%s\",\"shape\":[%llu,%llu,%llu,%llu],\"dtype\":\"%s\",\"bytes\":%llu,\"job_us\":%.1f,"
-           "\"copy_us\":%.1f,\"copy_over_job\":%.3f,\"exact\":%s}\n",
+           "\"copy_us\":%.1f,\"copy_over_job\":%.3f,\"exact\":%s,%s}\n",
            buf.device, (unsigned long long)o.p.shape[0], (unsigned long long)o.p.shape[1],
            (unsigned long long)o.p.shape[2], (unsigned long long)o.p.shape[3], dropblock_dtype_name(o.p.dtype),
            (unsigned long long)tb, t_job[o.reps / 2], t_copy[o.reps / 2], t_copy[o.reps / 2] / t_job[o.reps / 2],
-           exact ? "true" : "false");
+           exact ? "true" : "false", ordered);
+    exact = exact && (orc == 77 || ordered_exact);
     CU(cuMemFree(base));
     CU(cuDestroyExternalMemory(ext));
     CU(cuCtxPopCurrent(NULL));

@@ -1,23 +1,39 @@
-"""dropblock.torch: DropBlock2D as a PyTorch module, run by dropblockd (or the local engine).
+"""dropblock.torch: DropBlock2D for PyTorch, as torch.library custom ops run by dropblockd (or the
+local engine).
 
     from dropblock.torch import DropBlock2d
-    drop = DropBlock2d(0.1, 7, seed=1234)        # connects to the default socket on first use
+    drop = DropBlock2d(0.1, 7, seed=1234)        # the process's connection to the default socket
     y = drop(x)                                  # training: a new mask per call; eval: y is x
 
-Forward and backward both go through the engine: the backward pass regenerates the forward's
-mask from (seed, stream) with mode "backward", so nothing but the stream number is kept for it.
+The ops (torch.ops.dropblock.*), with fake implementations and autograd formulas, so that
+torch.compile (one graph, no recompilation from step to step), torch.fx and torch.export see
+through the module:
+  dropblock2d(x, rate, seed, stream, block, layout, normalize, share, compat, target, device)
+  dropblock2d_backward(dy, ...same...)   the same mask and scale on dy (its own gradient)
+  next_stream(state, token)              the module's stream counter (state mutated in place)
+rate (float64), seed and stream (int64 holding the u64's bits) are one-element tensors, so their
+values are data, not constants a compiled graph guards on; target names the connection ("" the
+default socket, a socket path, "local", or a caller's Client: dropblock._shm).
+
+Forward and backward both go through the engine: the backward regenerates the forward's mask from
+(seed, stream) with mode "backward", so nothing but three scalars is saved for it.
+
+Memory: y is allocated in the connection's shared memory (a pool, recycled when the tensor dies);
+x is read where it is when it lies in that memory already (a client.array, a shared_empty
+tensor, or another layer's output), else copied once into y and the job runs in place. float64
+runs through the engine's mask and multiplies in float64 (docs/semantics.md, "float64").
 
 Seeds: a DropBlock2d built without a seed draws one from torch's default generator, so
-torch.manual_seed before building the model sets (and reproduces) every layer's masks, and two
-layers of the same shape drop different masks; an explicit seed gives exactly the masks of
-(seed, stream + k * stream_step) at the k-th call, whatever torch's generator holds.
+torch.manual_seed before building the model sets (and reproduces) every layer's masks; an
+explicit seed gives exactly the masks of (seed, stream + k * stream_step) at the k-th call.
 torch.utils.checkpoint (use_reentrant True or False) runs a forward again during backward: each
 training call draws a token from torch's generator, which checkpoint saves and restores, and a
-call that draws the token of a recent call reuses that call's stream instead of taking the next,
-so the recomputed forward has the first one's mask and the gradients are those of a run without
-checkpointing.
-Tensors must be on the CPU, float32, float16 or bfloat16; channels_last tensors in layout "NCHW"
-run as NHWC without a copy. Needs NumPy as well.
+call that draws the token of a recent call reuses that call's stream (next_stream), so the
+recomputed forward has the first one's mask and the gradients are those of a run without it;
+under torch.compile the draw is a random op of the graph, which the partitioner replays for a
+checkpointed region.
+Tensors must be on the CPU: float32, float16, bfloat16 or float64; channels_last tensors in
+layout "NCHW" run as NHWC without a copy. Needs NumPy as well.
 """
 try:
     import torch as _torch
@@ -25,103 +41,299 @@ except ImportError as e:  # pragma: no cover - depends on the machine
     raise ImportError("dropblock.torch needs PyTorch (pip install torch); the rest of the dropblock package "
                       "works without it") from e
 
+import struct
+from typing import List
+
+if not hasattr(_torch.library, "custom_op") or not hasattr(_torch.compiler, "assume_constant_result"):
+    raise ImportError("dropblock.torch needs PyTorch 2.4 or later (torch.library.custom_op); this is torch %s"
+                      % _torch.__version__)
+
+from . import _shm
 from ._core import Client, Error, _invalid, _numpy, _u64  # noqa: F401
 
-__all__ = ["DropBlock2d", "dropblock2d"]
+__all__ = ["DropBlock2d", "close_shared", "dropblock2d", "shared_client", "shared_empty"]
 
 _DTYPES = {_torch.float32: "f32", _torch.float16: "f16", _torch.bfloat16: "bf16"}
+_M64 = (1 << 64) - 1
+# training calls remembered per module for recomputation (torch.utils.checkpoint): tokens of the
+# last this many calls, e.g. the micro-batches of one gradient-accumulation step
+_REPLAY = 1024
+# DropBlock2d's counter (int64): next stream, stream_step, ring head, ring fill, then the ring's
+# tokens and their streams
+_NEXT, _STEP, _HEAD, _FILL, _RING = 0, 1, 2, 3, 4
+_STATE_LEN = _RING + 2 * _REPLAY
 
 
-def _as_numpy(t):
+def _i64(v):
+    """The int64 with the bits of the u64 v (tensors hold seeds and streams so)."""
+    v &= _M64
+    return v - (1 << 64) if v >> 63 else v
+
+
+@_torch.compiler.assume_constant_result
+def _key_for(client):
+    # run, not traced, under torch.compile (key_for takes a lock): its string is a constant
+    return _shm.key_for(client)
+
+
+def _target_of(client=None, socket=None, local=False):
+    if client is not None:
+        return _key_for(client)
+    return "local" if local else (socket or "")
+
+
+def shared_client(socket=None, local=False):
+    """This process's connection to `socket` (None: the default socket), or its local engine:
+    the one every DropBlock2d and dropblock2d call without a client of its own uses."""
+    return _shm.client_for(_target_of(socket=None if socket is None else str(socket), local=local))
+
+
+def close_shared():
+    """Closes the process's shared connections and gives back the free memory of every pool,
+    those of clients given to modules included (a client's close() completes once no memory of
+    it is held: its pool's free blocks are); the next call opens a new connection."""
+    _shm.close_shared()
+
+
+def _pool_tensor(client, size, dtype, channels_last=False):
+    """A tensor of `size` in client's pooled memory (size is logical NCHW when channels_last)."""
+    size = tuple(int(s) for s in size)
+    phys = (size[0], size[2], size[3], size[1]) if channels_last else size
+    numel = 1
+    for s in size:
+        numel *= s
+    raw = _shm.pool_for(client).take(numel * _torch.empty((), dtype=dtype).element_size())
+    t = _torch.from_numpy(raw).view(dtype).view(phys)
+    return t.permute(0, 3, 1, 2) if channels_last else t
+
+
+def shared_empty(size, dtype=_torch.float32, memory_format=_torch.contiguous_format, client=None):
+    """An uninitialized CPU tensor in shared memory the daemon reads in place (from the client's
+    pool; the process's default connection when client is None), so a DropBlock2d call on it
+    makes no copy. memory_format: contiguous_format or channels_last (4-D). The memory goes back
+    to the pool when the tensor and its views are gone."""
+    c = client if client is not None else shared_client()
+    cl = memory_format == _torch.channels_last
+    if cl and len(size) != 4:
+        raise _invalid("channels_last needs a 4-D size, not %r" % (tuple(size),))
+    if not c.is_remote:  # the local engine reads any memory
+        return _torch.empty(tuple(size), dtype=dtype, memory_format=memory_format)
+    return _pool_tensor(c, size, dtype, cl)
+
+
+# ---- the ops ------------------------------------------------------------------------------
+
+def _check(x, compat):
+    if x.dtype not in _DTYPES and x.dtype != _torch.float64:
+        raise _invalid("tensor dtype %s: must be float32, float16, bfloat16 or float64" % x.dtype)
+    if x.dim() != 4:
+        raise _invalid("tensor of shape %s: must be 4-D" % (tuple(x.shape),))
+    if x.dtype == _torch.float64 and compat != "none":
+        raise _invalid("float64 with compat %r: float64 follows the canonical semantics only (compat none)" % compat)
+
+
+def _channels_last(x, layout):
+    """Whether y is made channels_last: an NCHW request on a channels_last tensor (its NHWC bytes
+    as they are). The fake and the real implementations agree through this."""
+    return (layout.upper() == "NCHW" and not x.is_contiguous()
+            and x.is_contiguous(memory_format=_torch.channels_last))
+
+
+def _np(t):
     """A NumPy view of a contiguous CPU tensor (bfloat16 bits as uint16)."""
-    np = _numpy()
+    t = t.detach()
     if t.dtype == _torch.bfloat16:
-        return t.view(_torch.int16).numpy().view(np.uint16)
+        return t.view(_torch.int16).numpy().view(_numpy().uint16)
     return t.numpy()
 
 
-def _apply(client, mode, t, kw):
-    if t.device.type != "cpu":
-        raise _invalid("tensor on %s: dropblock.torch takes CPU tensors (move it with .cpu())" % t.device)
-    if t.dtype not in _DTYPES:
-        raise _invalid("tensor dtype %s: must be float32, float16 or bfloat16" % t.dtype)
-    if t.dim() != 4:
-        raise _invalid("tensor of shape %s: must be 4-D" % (tuple(t.shape),))
-    t = t.detach()
-    layout = kw["layout"]
-    if (layout == "NCHW" and not t.is_contiguous()
-            and t.is_contiguous(memory_format=_torch.channels_last)):
-        # channels_last: the NHWC bytes as they are
-        y = _torch.empty_like(t, memory_format=_torch.channels_last)
-        x_np, y_np, layout = _as_numpy(t.permute(0, 2, 3, 1)), _as_numpy(y.permute(0, 2, 3, 1)), "NHWC"
+def _in_shared(client, t):
+    """Whether t's bytes lie in memory of this connection (the daemon reads them in place)."""
+    contains = getattr(getattr(client, "_h", None), "contains", None)
+    return contains is not None and contains(_np(t))
+
+
+def _nhwc(t, cl):
+    return t.permute(0, 2, 3, 1) if cl else t
+
+
+def _run(mode, x, rate, seed, stream, block, layout, normalize, share, compat, target, device):
+    _check(x, compat)
+    if x.device.type != "cpu":
+        raise _invalid("tensor on %s: dropblock.torch takes CPU tensors (move it with .cpu())" % x.device)
+    client = _shm.client_for(target)
+    kw = dict(rate=float(rate.item()), block_size=tuple(int(b) for b in block), seed=int(seed.item()) & _M64,
+              stream=int(stream.item()) & _M64, normalize=normalize, share=share, compat=compat, device=device)
+    if x.dtype == _torch.float64:
+        return _run_f64(client, x, layout.upper(), kw)
+    cl = _channels_last(x, layout)
+    fmt = _torch.channels_last if cl else _torch.contiguous_format
+    if client.is_remote:
+        y = _pool_tensor(client, x.shape, x.dtype, cl)
     else:
-        t = t.contiguous()
-        y = _torch.empty_like(t, memory_format=_torch.contiguous_format)
-        x_np, y_np = _as_numpy(t), _as_numpy(y)
-    args = dict(kw, layout=layout, out=y_np, dtype=_DTYPES[t.dtype])
-    if mode == "forward":
-        client.dropblock2d(x_np, **args)
-    else:
-        client.backward(x_np, **args)
+        y = _torch.empty_like(x, memory_format=fmt)
+    xp, yp = _nhwc(x, cl), _nhwc(y, cl)
+    src = xp
+    if not xp.is_contiguous() or (client.is_remote and not _in_shared(client, xp)):
+        # the one copy, into y's shared memory; the job runs in place. NumPy's copy runs on this
+        # thread: torch's copy_ left its intra-op threads spinning, which took the cores from
+        # the daemon's job that follows (copy + job 27 ms with copy_, 15 ms with NumPy's, at
+        # 16x256x56x56 f32 on 2 cores)
+        _numpy().copyto(_np(yp), _np(xp))
+        src = yp
+    run = client.dropblock2d if mode == "forward" else client.backward
+    run(_np(src), out=_np(yp), layout="NHWC" if cl else layout.upper(), dtype=_DTYPES[x.dtype], **kw)
     return y
 
 
-class _DropBlockFunction(_torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, client, kw):
-        ctx.client, ctx.kw = client, kw
-        return _apply(client, "forward", x, kw)
+def _run_f64(client, x, layout, kw):
+    """docs/semantics.md, "float64": the engine's mask (a bf16 job in place on scratch memory:
+    the mask does not depend on x), scale = S/K rounded once to float64, y = (x * scale) * m."""
+    np = _numpy()
+    if layout == "NCHW":
+        n, c, h, w = x.shape
+    else:
+        n, h, w, c = x.shape
+    numel = n * c * h * w
+    if client.is_remote:
+        scratch = _shm.pool_for(client).take(2 * numel).view(np.uint16).reshape(n, c, h, w)
+    else:
+        scratch = np.empty((n, c, h, w), np.uint16)
+    # validates the request as for every dtype, and exports the mask
+    _, mask = client.dropblock2d(scratch, out=scratch, layout="NCHW", dtype="bf16", mask=True, **kw)
+    del scratch
+    y = _torch.empty_like(x, memory_format=_torch.channels_last if _channels_last(x, layout)
+                          else _torch.contiguous_format)
+    if struct.unpack("<f", struct.pack("<f", kw["rate"]))[0] == 0.0:
+        y.copy_(x)  # rate 0 (as float32) is the identity, bits and all, as for the other dtypes
+        return y
+    keep = _torch.from_numpy(np.unpackbits(mask, count=numel, bitorder="little")).view(n, c, h, w)
+    kept = keep.view(n, -1).sum(1, dtype=_torch.int64).tolist()
+    if kw["normalize"] == "none":
+        scales = [1.0] * n
+    elif kw["normalize"] == "global":
+        k = sum(kept)
+        scales = [0.0 if k == 0 else numel / k] * n  # int / int: correctly rounded
+    else:
+        scales = [0.0 if k == 0 else (c * h * w) / k for k in kept]
+    m = keep.to(_torch.float64)
+    if layout == "NHWC":
+        m = m.permute(0, 2, 3, 1)
+    _torch.mul(x, _torch.tensor(scales, dtype=_torch.float64).view(n, 1, 1, 1), out=y)
+    y.mul_(m)
+    return y
 
-    @staticmethod
-    def backward(ctx, dy):
-        return _Backward.apply(dy, ctx.client, ctx.kw), None, None
+
+def _fake(x, rate, seed, stream, block, layout, normalize, share, compat, target, device):
+    _check(x, compat)
+    fmt = _torch.channels_last if _channels_last(x, layout) else _torch.contiguous_format
+    return _torch.empty_like(x, memory_format=fmt)
 
 
-class _Backward(_torch.autograd.Function):
-    """The backward pass as a function of dy (itself differentiable: the same mask and scale)."""
+@_torch.library.custom_op("dropblock::dropblock2d", mutates_args=())
+def _op_forward(x: _torch.Tensor, rate: _torch.Tensor, seed: _torch.Tensor, stream: _torch.Tensor,
+                block: List[int], layout: str, normalize: str, share: str, compat: str, target: str,
+                device: str) -> _torch.Tensor:
+    """DropBlock2D of x (docs/semantics.md); rate float64, seed and stream int64 (the u64's bits)
+    one-element tensors."""
+    return _run("forward", x, rate, seed, stream, block, layout, normalize, share, compat, target, device)
 
-    @staticmethod
-    def forward(ctx, dy, client, kw):
-        ctx.client, ctx.kw = client, kw
-        return _apply(client, "backward", dy, kw)
 
-    @staticmethod
-    def backward(ctx, ddy):
-        return _Backward.apply(ddy, ctx.client, ctx.kw), None, None
+@_torch.library.custom_op("dropblock::dropblock2d_backward", mutates_args=())
+def _op_backward(dy: _torch.Tensor, rate: _torch.Tensor, seed: _torch.Tensor, stream: _torch.Tensor,
+                 block: List[int], layout: str, normalize: str, share: str, compat: str, target: str,
+                 device: str) -> _torch.Tensor:
+    """The forward's mask and scale applied to dy."""
+    return _run("backward", dy, rate, seed, stream, block, layout, normalize, share, compat, target, device)
+
+
+_op_forward.register_fake(_fake)
+_op_backward.register_fake(_fake)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[1:4])
+    ctx.args = inputs[4:]
+
+
+def _grad(ctx, g):
+    # y = x * scale * m is linear: both ops' gradient is the backward op on the incoming gradient
+    rate, seed, stream = ctx.saved_tensors
+    return (_torch.ops.dropblock.dropblock2d_backward(g, rate, seed, stream, *ctx.args),) + (None,) * 10
+
+
+_op_forward.register_autograd(_grad, setup_context=_setup)
+_op_backward.register_autograd(_grad, setup_context=_setup)
+
+
+@_torch.library.custom_op("dropblock::next_stream", mutates_args=("state",))
+def _op_next_stream(state: _torch.Tensor, token: _torch.Tensor) -> _torch.Tensor:
+    """The stream of this training call (int64 0-d) from a DropBlock2d's counter: the next one,
+    which advances the counter, unless token (two int64 words from torch's generator) is a
+    recent call's: then that call's stream. A recomputation under torch.utils.checkpoint draws
+    the same token (checkpoint restores the generator in eager mode, and the compiled graph's
+    partitioner replays the random op's state), so it gets its first run's stream."""
+    if state.dtype != _torch.int64 or state.shape != (_STATE_LEN,):
+        raise _invalid("next_stream: state must be int64 of shape (%d,)" % _STATE_LEN)
+    np = _numpy()
+    hi, lo = token.tolist()
+    tok = _i64((hi << 32) | lo)
+    host = state if state.device.type == "cpu" else state.cpu()
+    s = host.numpy()
+    fill = int(s[_FILL])
+    hits = np.flatnonzero(s[_RING:_RING + fill] == tok)
+    if hits.size:
+        stream = int(s[_RING + _REPLAY + hits[-1]])
+    else:
+        stream = int(s[_NEXT])
+        s[_NEXT] = _i64(stream + int(s[_STEP]))
+        head = int(s[_HEAD])
+        s[_RING + head], s[_RING + _REPLAY + head] = tok, stream
+        s[_HEAD], s[_FILL] = (head + 1) % _REPLAY, min(fill + 1, _REPLAY)
+    if host is not state:
+        state.copy_(host)
+    return _torch.tensor(stream, dtype=_torch.int64, device=state.device)
+
+
+@_op_next_stream.register_fake
+def _(state, token):
+    return state.new_empty(())
+
+
+def _scalar(v, dtype, what):
+    if isinstance(v, _torch.Tensor):
+        return v
+    if dtype == _torch.float64:
+        return _torch.tensor([float(v)], dtype=dtype)
+    return _torch.tensor([_i64(_u64(v, what))], dtype=dtype)
+
+
+def _block_list(block_size):
+    if isinstance(block_size, (tuple, list)):
+        if len(block_size) != 2:
+            raise _invalid("block_size %r: must be B or (BH, BW)" % (block_size,))
+        return [int(block_size[0]), int(block_size[1])]
+    return [int(block_size), int(block_size)]
+
+
+def _share_text(share):
+    return share if isinstance(share, str) else ",".join(share)
 
 
 def dropblock2d(x, rate, block_size, seed=0, stream=0, layout="NCHW", normalize="global", share=(),
                 compat="none", training=True, client=None, device="auto"):
     """Functional form: DropBlock2D of the CPU tensor x with autograd support (the identity when
-    training is False). client: a dropblock.Client (None: a connection to the default socket,
-    opened once per process)."""
+    training is False). rate, seed and stream: numbers, or one-element tensors (float64 rate,
+    int64 seed and stream holding the u64's bits), which a compiled graph takes as data instead
+    of guarding on their values (shape (1,): Dynamo re-analyses 0-d tensor inputs as scalars).
+    client: a dropblock.Client (None: the process's shared connection to the default socket)."""
     if not training:
         return x
-    kw = dict(rate=float(rate), block_size=block_size, seed=_u64(seed, "seed"), stream=_u64(stream, "stream"),
-              layout=str(layout).upper(), normalize=normalize, share=tuple(share) if not isinstance(share, str)
-              else share, compat=compat, device=device)
-    return _DropBlockFunction.apply(x, client if client is not None else _default_client(), kw)
-
-
-_DEFAULT = None
-# training calls remembered per module for recomputation (torch.utils.checkpoint): tokens of the
-# last this many calls, e.g. the micro-batches of one gradient-accumulation step
-_REPLAY = 1024
-
-
-def _draw_u64():
-    """64 random bits from torch's default CPU generator (what torch.manual_seed sets and
-    torch.utils.checkpoint saves and restores)."""
-    hi, lo = _torch.randint(0, 1 << 32, (2,), dtype=_torch.int64).tolist()
-    return (hi << 32) | lo
-
-
-def _default_client():
-    global _DEFAULT
-    import os
-    if _DEFAULT is None or _DEFAULT[0] != os.getpid() or _DEFAULT[1].closed:
-        _DEFAULT = (os.getpid(), Client())
-    return _DEFAULT[1]
+    target = _target_of(client)
+    return _torch.ops.dropblock.dropblock2d(
+        x, _scalar(rate, _torch.float64, "rate"), _scalar(seed, _torch.int64, "seed"),
+        _scalar(stream, _torch.int64, "stream"), _block_list(block_size), str(layout).upper(), normalize,
+        _share_text(share), compat, target, device)
 
 
 class DropBlock2d(_torch.nn.Module):
@@ -129,8 +341,8 @@ class DropBlock2d(_torch.nn.Module):
 
     rate, block_size (B or (BH, BW)), layout ("NCHW": (N, C, H, W) tensors, also channels_last
     ones; "NHWC": (N, H, W, C) tensors), normalize, share, compat: as in
-    dropblock.Client.dropblock2d. client: a dropblock.Client to use; else one is opened on first
-    use, to `socket` (None: the default socket), or to the in-process engine with local=True.
+    dropblock.Client.dropblock2d. client: a dropblock.Client to use; else the process's shared
+    connection to `socket` (None: the default socket), or its local engine with local=True.
 
     seed: None (the default) draws a 64-bit seed from torch's default generator when the layer is
     built, so torch.manual_seed before building the model sets and reproduces it, and layers of
@@ -142,55 +354,102 @@ class DropBlock2d(_torch.nn.Module):
     stream is `module.stream`, saved in the state dict. eval(): the identity (the input itself).
     Under torch.utils.checkpoint the recomputed forward reuses its first run's stream (it draws
     the same token from torch's generator, which checkpoint restores), so it does not count as a
-    call. Set `module.rate` to change the rate (e.g. from dropblock.schedule_rate)."""
+    call. Set `module.rate` to change the rate (e.g. from dropblock.schedule_rate): rate, seed and
+    the counter are tensors (non-persistent buffers), so a compiled model is not recompiled."""
 
     def __init__(self, rate, block_size, seed=None, layout="NCHW", normalize="global", share=(), compat="none",
                  client=None, socket=None, stream=0, stream_step=1, local=False, device="auto"):
         super().__init__()
-        rate = float(rate)
-        if not 0.0 <= rate <= 1.0:
-            raise _invalid("rate %r: must be in [0, 1]" % rate)
         if str(layout).upper() not in ("NCHW", "NHWC"):
             raise _invalid("layout %r: must be NCHW or NHWC" % (layout,))
+        self._make_buffers()
         self.rate = rate
         self.block_size = tuple(block_size) if isinstance(block_size, (tuple, list)) else block_size
         self.seed_drawn = seed is None
-        self.seed = _draw_u64() if seed is None else _u64(seed, "seed")
-        self._replay = {}  # token -> stream of recent training calls (insertion-ordered)
+        self.seed = _draw_u64() if seed is None else seed
         self.layout = str(layout).upper()
         self.normalize = normalize
         self.share = share if isinstance(share, str) else tuple(share)
         self.compat = compat
-        self.stream = _u64(stream, "stream")
-        self.stream_step = _u64(stream_step, "stream_step")
+        self.stream = stream
+        self.stream_step = stream_step
         self.device_id = device
         self.socket = socket
         self.local = local
         if client is not None:  # where a copy of the module connects to
             self.socket, self.local = client.socket, not client.is_remote
         self._client = client
+        self._target = _target_of(client, self.socket, self.local)
+
+    def _make_buffers(self):
+        # tensors, not Python numbers, so compiled graphs take them as data (no recompilation
+        # when they change); of shape (1,): Dynamo reads 0-d buffers as Python scalars and
+        # restarts its analysis to specialize them
+        self.register_buffer("_rate", _torch.zeros(1, dtype=_torch.float64), persistent=False)
+        self.register_buffer("_seed", _torch.zeros(1, dtype=_torch.int64), persistent=False)  # u64 bits
+        self.register_buffer("_streams", _torch.zeros(_STATE_LEN, dtype=_torch.int64), persistent=False)
+
+    def _apply(self, fn, *args, **kwargs):
+        # model.half() or .to(dtype) convert floating buffers: the rate stays float64, unrounded
+        rate = self.rate
+        out = super()._apply(fn, *args, **kwargs)
+        if self._rate.dtype != _torch.float64:
+            self._rate = _torch.tensor([rate], dtype=_torch.float64, device=self._rate.device)
+        return out
+
+    @property
+    def rate(self):
+        return self._rate.item()
+
+    @rate.setter
+    def rate(self, value):
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise _invalid("rate %r: must be in [0, 1]" % value)
+        self._rate.fill_(value)
+
+    @property
+    def seed(self):
+        return int(self._seed.item()) & _M64
+
+    @seed.setter
+    def seed(self, value):
+        self._seed.fill_(_i64(_u64(value, "seed")))
+
+    @property
+    def stream(self):
+        """The stream of the next training call."""
+        return int(self._streams[_NEXT].item()) & _M64
+
+    @stream.setter
+    def stream(self, value):
+        self._streams[_NEXT] = _i64(_u64(value, "stream"))
+
+    @property
+    def stream_step(self):
+        return int(self._streams[_STEP].item()) & _M64
+
+    @stream_step.setter
+    def stream_step(self, value):
+        self._streams[_STEP] = _i64(_u64(value, "stream_step"))
 
     @property
     def client(self):
-        """The dropblock.Client in use (opened on first use when none was given)."""
-        if self._client is None or self._client.closed:
-            self._client = Client(local=True) if self.local else Client(self.socket)
-        return self._client
+        """The dropblock.Client in use (the process's shared one unless one was given)."""
+        if self._client is not None and not self._client.closed:
+            return self._client
+        return _shm.client_for(_target_of(None, self.socket, self.local))
 
     def forward(self, x):
         if not self.training:
             return x
-        token = _draw_u64()
-        stream = self._replay.get(token)
-        if stream is None:  # a new call, not a recomputation of a recent one
-            stream = self.stream
-            self.stream = (stream + self.stream_step) & ((1 << 64) - 1)
-            self._replay[token] = stream
-            if len(self._replay) > _REPLAY:
-                del self._replay[next(iter(self._replay))]
-        return dropblock2d(x, self.rate, self.block_size, seed=self.seed, stream=stream, layout=self.layout,
-                           normalize=self.normalize, share=self.share, compat=self.compat, client=self.client,
-                           device=self.device_id)
+        # the token is drawn from x (new_empty) so that torch.fx records the draw: buffers are
+        # not traced values there, and a draw on constants would be made once at trace time
+        token = _torch.randint_like(x.new_empty((2,), dtype=_torch.int64), 0, 1 << 32)
+        stream = _torch.ops.dropblock.next_stream(self._streams, token)
+        return _torch.ops.dropblock.dropblock2d(
+            x, self._rate, self._seed, stream, _block_list(self.block_size), self.layout,
+            self.normalize, _share_text(self.share), self.compat, self._target, self.device_id)
 
     def get_extra_state(self):
         state = {"stream": self.stream}
@@ -199,25 +458,38 @@ class DropBlock2d(_torch.nn.Module):
         return state
 
     def set_extra_state(self, state):
-        self.stream = _u64(state["stream"], "stream")
+        self.stream = state["stream"]
         if self.seed_drawn and "seed" in state:  # an explicit seed stays as given
-            self.seed = _u64(state["seed"], "seed")
-        self._replay = {}
+            self.seed = state["seed"]
+        self._streams[_HEAD] = self._streams[_FILL] = 0  # forget the replay tokens
 
     def __getstate__(self):
-        # a connection cannot be copied or pickled: a copy opens its own on first use, to the same
-        # socket (or a local engine)
+        # a connection cannot be copied or pickled: a copy uses its process's shared connection
+        # to the same socket (or local engine)
         state = self.__dict__.copy()
         state["_client"] = None
+        state["_target"] = _target_of(None, self.socket, self.local)
         return state
 
     def __setstate__(self, state):
-        # modules pickled before seeds were drawn and recomputations replayed
+        # modules pickled before the counters were tensors kept them as attributes
+        old = {k: state.pop(k) for k in ("rate", "seed", "stream", "stream_step") if k in state}
+        state.pop("_replay", None)
         state.setdefault("seed_drawn", False)
-        state.setdefault("_replay", {})
+        state.setdefault("_target", _target_of(None, state.get("socket"), state.get("local", False)))
         super().__setstate__(state)
+        if "_streams" not in self._buffers:
+            self._make_buffers()
+            self.stream_step = 1
+            for k, v in old.items():
+                setattr(self, k, v)
 
     def extra_repr(self):
         return "rate=%g, block_size=%r, seed=%d, layout=%s, normalize=%s, stream=%d" % (
             self.rate, self.block_size, self.seed, self.layout, self.normalize, self.stream)
 
+
+def _draw_u64():
+    """64 random bits from torch's default CPU generator (what torch.manual_seed sets)."""
+    hi, lo = _torch.randint(0, 1 << 32, (2,), dtype=_torch.int64).tolist()
+    return (hi << 32) | lo

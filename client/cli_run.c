@@ -41,11 +41,16 @@ const char usage_run[] =
     "  --rate R                 drop rate in [0, 1], as float32 (default 0.1)\n"
     "  --block B|BH,BW          block size (default 7)\n"
     "  --seed S                 unsigned 64-bit seed (default 0)\n"
-    "  --stream T               unsigned 64-bit stream (default 0)\n"
+    "  --stream T               unsigned 64-bit stream (default 0); keras_cv: T earlier calls of this\n"
+    "                           size; keras3: the layer's call index\n"
+    "  --position P             compat keras_cv: the generator's position, the sum of N*H*W*C over the\n"
+    "                           layer's earlier calls (of any sizes); instead of --stream\n"
     "  --normalize global|sample|none   scale scope (default global)\n"
     "  --share-channels         one mask for all channels of a sample\n"
     "  --share-batch            one mask for all samples\n"
-    "  --compat none|keras_cv   keras_cv: bit-exact with keras_cv.layers.DropBlock2D (default none)\n"
+    "  --compat none|keras_cv|keras3   bit-exact with keras_cv.layers.DropBlock2D: keras_cv as first\n"
+    "                           published (tf.random.Generator), keras3: keras-cv 0.8+ on Keras 3's\n"
+    "                           TensorFlow backend (default none)\n"
     "  --backward               the input is the output gradient dy (same mask and scale)\n"
     "  --eval                   training = false: the identity\n"
     "data:\n"
@@ -72,14 +77,14 @@ struct run_args {
 /* clang-format off */
 enum {
     O_LOCAL, O_SOCKET, O_BACKEND, O_DEVICE, O_SHAPE, O_LAYOUT, O_DTYPE, O_RATE, O_BLOCK, O_SEED, O_STREAM,
-    O_NORMALIZE, O_SHARE_C, O_SHARE_N, O_COMPAT, O_BACKWARD, O_EVAL, O_INPUT, O_OUTPUT, O_MASK, O_FORMAT, O_HELP,
+    O_POSITION, O_NORMALIZE, O_SHARE_C, O_SHARE_N, O_COMPAT, O_BACKWARD, O_EVAL, O_INPUT, O_OUTPUT, O_MASK, O_FORMAT, O_HELP,
     O_TIMEOUT, O_JOB_TIMEOUT
 };
 static const struct opt run_table[] = {
     [O_LOCAL] = {"--local", 0}, [O_SOCKET] = {"--socket", 1}, [O_BACKEND] = {"--backend", 1},
     [O_DEVICE] = {"--device", 1}, [O_SHAPE] = {"--shape", 1}, [O_LAYOUT] = {"--layout", 1},
     [O_DTYPE] = {"--dtype", 1}, [O_RATE] = {"--rate", 1}, [O_BLOCK] = {"--block", 1}, [O_SEED] = {"--seed", 1},
-    [O_STREAM] = {"--stream", 1}, [O_NORMALIZE] = {"--normalize", 1}, [O_SHARE_C] = {"--share-channels", 0},
+    [O_STREAM] = {"--stream", 1}, [O_POSITION] = {"--position", 1}, [O_NORMALIZE] = {"--normalize", 1}, [O_SHARE_C] = {"--share-channels", 0},
     [O_SHARE_N] = {"--share-batch", 0}, [O_COMPAT] = {"--compat", 1}, [O_BACKWARD] = {"--backward", 0},
     [O_EVAL] = {"--eval", 0}, [O_INPUT] = {"--input", 1}, [O_OUTPUT] = {"--output", 1}, [O_MASK] = {"--mask", 1},
     [O_FORMAT] = {"--format", 1}, [O_HELP] = {"--help", 0}, [O_TIMEOUT] = {"--timeout", 1},
@@ -134,6 +139,10 @@ static int parse_param(int k, const char *v, struct run_args *a)
     case O_STREAM:
         if (parse_u64_opt("--stream", v, &p->stream)) return EXIT_USAGE;
         break;
+    case O_POSITION:
+        if (parse_u64_opt("--position", v, &p->position)) return EXIT_USAGE;
+        p->has_position = 1;
+        break;
     case O_NORMALIZE:
         if ((x = dropblock_parse_normalize(v)) < 0) {
             err("--normalize %s: must be global, sample or none", v);
@@ -145,7 +154,7 @@ static int parse_param(int k, const char *v, struct run_args *a)
     case O_SHARE_N: p->share |= DROPBLOCK_SHARE_BATCH; break;
     case O_COMPAT:
         if ((x = dropblock_parse_compat(v)) < 0) {
-            err("--compat %s: must be none or keras_cv", v);
+            err("--compat %s: must be none, keras_cv or keras3", v);
             return EXIT_USAGE;
         }
         p->compat = (dropblock_compat)x;
@@ -324,7 +333,9 @@ static void print_summary(const struct run_args *a, const dropblock_result *r, c
            (unsigned long long)p->seed, (unsigned long long)p->stream, dropblock_normalize_name(p->normalize),
            p->share & DROPBLOCK_SHARE_CHANNELS ? ", share channels" : "",
            p->share & DROPBLOCK_SHARE_BATCH ? ", share batch" : "",
-           p->compat == DROPBLOCK_COMPAT_KERAS_CV ? ", compat keras_cv" : "",
+           p->compat == DROPBLOCK_COMPAT_KERAS_CV ? ", compat keras_cv"
+           : p->compat == DROPBLOCK_COMPAT_KERAS3 ? ", compat keras3"
+                                                  : "",
            p->mode == DROPBLOCK_BACKWARD ? ", backward" : "", p->training ? "" : ", eval");
     float scale;
     memcpy(&scale, &r->scale_bits, 4);

@@ -58,7 +58,7 @@ void dropblock_params_init(dropblock_params *p)
 static const char *const layout_names[] = {"NCHW", "NHWC"};
 static const char *const dtype_names[] = {"f32", "f16", "bf16"};
 static const char *const normalize_names[] = {"global", "sample", "none"};
-static const char *const compat_names[] = {"none", "keras_cv"};
+static const char *const compat_names[] = {"none", "keras_cv", "keras3"};
 static const char *const kind_names[] = {"cpu", "cpu-api", "integrated-gpu", "discrete-gpu", "other"};
 
 #define NAME_OF(table, v) (((unsigned)(v) < sizeof table / sizeof *table) ? table[v] : "?")
@@ -77,7 +77,7 @@ static int parse_in(const char *const *table, int n, const char *s, int fold)
 int dropblock_parse_layout(const char *s) { return parse_in(layout_names, 2, s, 1); }
 int dropblock_parse_dtype(const char *s) { return parse_in(dtype_names, 3, s, 0); }
 int dropblock_parse_normalize(const char *s) { return parse_in(normalize_names, 3, s, 0); }
-int dropblock_parse_compat(const char *s) { return parse_in(compat_names, 2, s, 0); }
+int dropblock_parse_compat(const char *s) { return parse_in(compat_names, 3, s, 0); }
 
 size_t dropblock_dtype_size(dropblock_dtype t) { return t == DROPBLOCK_F32 ? 4 : 2; }
 
@@ -145,20 +145,30 @@ int dropblock_params_validate(const dropblock_params *p, char *msg, size_t len)
         db_msg(msg, len, "mode %d: must be forward or backward", (int)p->mode);
         return DROPBLOCK_EINVAL;
     }
-    if ((unsigned)p->compat > DROPBLOCK_COMPAT_KERAS_CV) {
-        db_msg(msg, len, "compat %d: must be none or keras_cv", (int)p->compat);
+    if ((unsigned)p->compat > DROPBLOCK_COMPAT_KERAS3) {
+        db_msg(msg, len, "compat %d: must be none, keras_cv or keras3", (int)p->compat);
         return DROPBLOCK_EINVAL;
     }
-    if (p->compat == DROPBLOCK_COMPAT_KERAS_CV) {
+    if (p->compat != DROPBLOCK_COMPAT_NONE) {
+        const char *name = dropblock_compat_name(p->compat);
         if (p->normalize != DROPBLOCK_NORMALIZE_GLOBAL) {
-            db_msg(msg, len, "compat keras_cv supports only normalize global (got %s)",
+            db_msg(msg, len, "compat %s supports only normalize global (got %s)", name,
                    dropblock_normalize_name(p->normalize));
             return DROPBLOCK_EINVAL;
         }
         if (p->share) {
-            db_msg(msg, len, "compat keras_cv supports no share (keras-cv masks each sample and channel)");
+            db_msg(msg, len, "compat %s supports no share (keras-cv masks each sample and channel)", name);
             return DROPBLOCK_EINVAL;
         }
+    }
+    if (p->has_position && p->compat != DROPBLOCK_COMPAT_KERAS_CV) {
+        db_msg(msg, len, "position: only compat keras_cv's generator has a position%s",
+               p->compat == DROPBLOCK_COMPAT_KERAS3 ? " (keras3's counts calls: give stream)" : "");
+        return DROPBLOCK_EINVAL;
+    }
+    if (p->has_position && p->stream) {
+        db_msg(msg, len, "position and stream: give one (stream k is position k*N*H*W*C)");
+        return DROPBLOCK_EINVAL;
     }
     return DROPBLOCK_OK;
 }

@@ -7,6 +7,7 @@
 #include "fp.h"
 #include "fpenv.h"
 #include "msg.h"
+#include "philox.h"
 
 typedef unsigned __int128 u128;
 
@@ -89,6 +90,25 @@ static void plan_ours(struct db_plan *pl, const dropblock_params *p)
     pl->right = 0;
 }
 
+void db_keras3_key_counter(uint64_t seed, uint64_t call, uint32_t key[2], uint32_t base[4])
+{
+    /* Keras 3's TensorFlow backend: SeedGenerator(seed) holds int64 [seed, call]; _cast_seed
+     * takes each mod (2^31 - 1) - 1 (tf.math.floormod, then int32); stateless_uniform's Philox
+     * mixes that pair with a fixed key (docs/semantics.md, "compat keras3") */
+    const int64_t m = INT64_C(2147483646);
+    const int64_t si = (int64_t)seed, ci = (int64_t)call;
+    const uint64_t s0 = (uint64_t)(((si % m) + m) % m), s1 = (uint64_t)(((ci % m) + m) % m);
+    const uint32_t mixkey[2] = {0x3EC8F720u, 0x02461E29u};
+    const uint32_t seedctr[4] = {(uint32_t)s0, (uint32_t)(s0 >> 32), (uint32_t)s1, (uint32_t)(s1 >> 32)};
+    uint32_t mix[4];
+    db_philox4x32_10(seedctr, mixkey, mix);
+    key[0] = mix[0];
+    key[1] = mix[1];
+    base[0] = base[1] = 0;
+    base[2] = mix[2];
+    base[3] = mix[3];
+}
+
 /* keras_cv compatibility: its gamma, its uniform floats, its centres and SAME-padded window. */
 static int plan_keras(struct db_plan *pl, const dropblock_params *p, char *msg, size_t len)
 {
@@ -100,9 +120,10 @@ static int plan_keras(struct db_plan *pl, const dropblock_params *p, char *msg, 
     const u128 mag_w = neg_w ? bw - dw : dw - bw, mag_h = neg_h ? bh - dh : dh - bh;
     if (!pl->identity && (mag_w == 0 || mag_h == 0)) {
         db_msg(msg, len,
-               "compat keras_cv: block %llux%llu on a %llux%llu map makes keras-cv divide by zero "
+               "compat %s: block %llux%llu on a %llux%llu map makes keras-cv divide by zero "
                "((W-bw+1)*(H-bh+1) = 0); use compat none, which drops the whole map",
-               (unsigned long long)bh, (unsigned long long)bw, (unsigned long long)H, (unsigned long long)W);
+               dropblock_compat_name(p->compat), (unsigned long long)bh, (unsigned long long)bw, (unsigned long long)H,
+               (unsigned long long)W);
         return DROPBLOCK_EINVAL;
     }
     volatile float g = p->rate * (float)(W * H);
@@ -121,8 +142,12 @@ static int plan_keras(struct db_plan *pl, const dropblock_params *p, char *msg, 
     }
     pl->threshold = lo;
     pl->wmask = 0x7FFFFFu;
-    u128 base = (u128)p->seed + (u128)p->stream * 256u * pl->numel;
-    set_u128(pl->base, base);
+    if (p->compat == DROPBLOCK_COMPAT_KERAS3) {
+        db_keras3_key_counter(p->seed, p->stream, pl->key, pl->base);
+    } else {
+        const u128 pos = p->has_position ? (u128)p->position : (u128)p->stream * pl->numel;
+        set_u128(pl->base, (u128)p->seed + pos * 256u);
+    }
     pl->sC = 1;
     pl->sW = C;
     pl->sH = W * C;
@@ -155,7 +180,7 @@ static int plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, s
     pl->bh = p->block[0] < pl->H ? p->block[0] : pl->H;
     pl->bw = p->block[1] < pl->W ? p->block[1] : pl->W;
     pl->identity = !p->training || p->rate == 0.0f;
-    pl->keras = p->compat == DROPBLOCK_COMPAT_KERAS_CV;
+    pl->keras = p->compat != DROPBLOCK_COMPAT_NONE; /* keras3: the same rules, another noise */
     if (!pl->keras) {
         plan_ours(pl, p);
         return DROPBLOCK_OK;
@@ -173,7 +198,8 @@ static int plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t 
     if (pl->keras) {
         if (K == 0) {
             db_msg(res->message, sizeof res->message,
-                   "compat keras_cv: every unit was dropped, where keras-cv returns NaN; use compat none");
+                   "compat %s: every unit was dropped, where keras-cv returns NaN; use compat none",
+                   dropblock_compat_name(p->compat));
             return DROPBLOCK_EINVAL;
         }
         volatile float percent = (float)K / (float)pl->numel;
@@ -182,8 +208,8 @@ static int plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t 
         if (p->dtype == DROPBLOCK_BF16) d = db_ref_bf16_to_f32(db_ref_f32_to_bf16(pb));
         if ((d & 0x7FFFFFFFu) == 0) {
             db_msg(res->message, sizeof res->message,
-                   "compat keras_cv: the kept fraction %g rounds to 0 in f16, where keras-cv divides by zero",
-                   (double)percent);
+                   "compat %s: the kept fraction %g rounds to 0 in f16, where keras-cv divides by zero",
+                   dropblock_compat_name(p->compat), (double)percent);
             return DROPBLOCK_EINVAL;
         }
         for (uint64_t n = 0; n < pl->N; n++) scale_bits[n] = d;

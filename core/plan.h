@@ -23,7 +23,7 @@ struct db_plan {
     uint64_t N, C, H, W, numel;
     uint64_t bh, bw; /* clamped block */
     int identity;    /* training = false or rate = 0: output bits = input bits */
-    int keras;       /* compat = keras_cv */
+    int keras;       /* compat = keras_cv or keras3 (the same rules, another noise) */
 
     /* the generic mask rule above */
     uint32_t key[2];
@@ -42,6 +42,10 @@ struct db_plan {
 /* Derives the plan; p must have passed dropblock_params_validate. Returns DROPBLOCK_EINVAL with
  * a message for requests that only the plan can reject (keras_cv's division by zero). */
 int db_plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, size_t msg_len);
+
+/* compat keras3's Philox key and counter base for the generator's call (the layer's call index)
+ * of a layer seeded with seed (docs/semantics.md, "compat keras3"). */
+void db_keras3_key_counter(uint64_t seed, uint64_t call, uint32_t key[2], uint32_t base[4]);
 
 /* gamma and threshold of docs/semantics.md, "The mask (canonical)" (exposed for tests). */
 float db_gamma(float rate, uint64_t H, uint64_t W, uint64_t bh, uint64_t bw);

@@ -52,10 +52,17 @@ static void reference_mask(const struct db_plan *pl, uint8_t *keep, uint64_t *ke
     memset(&src, 0, sizeof src);
     float keep_rate = 0;
     uint64_t T = 0;
-    if (pl->keras) {
+    if (pl->keras && p->compat == DROPBLOCK_COMPAT_KERAS3) {
+        /* docs/semantics.md, "compat keras3": tf.random.stateless_uniform with seed
+         * [seed, call] each mod 2147483646 */
+        db_keras3_key_counter(p->seed, p->stream, src.key, src.base);
+        keep_rate = pl->keras_keep;
+    } else if (pl->keras) {
         /* docs/semantics.md, "The exact keras_cv rules":
-         * counter = seed + stream*256*numel + f/4 (128-bit), key 0 */
-        unsigned __int128 base = (unsigned __int128)p->seed + (unsigned __int128)p->stream * 256u * pl->numel;
+         * counter = seed + 256 * position + f/4 (128-bit), key 0; position = stream * numel */
+        unsigned __int128 pos =
+            p->has_position ? (unsigned __int128)p->position : (unsigned __int128)p->stream * pl->numel;
+        unsigned __int128 base = (unsigned __int128)p->seed + pos * 256u;
         for (int i = 0; i < 4; i++) src.base[i] = (uint32_t)(base >> (32 * i));
         keep_rate = pl->keras_keep;
     } else {
@@ -187,6 +194,7 @@ static int reference_run(const dropblock_params *p, const void *in, void *out, v
                         uint64_t at = p->layout == DROPBLOCK_NCHW ? lbit : ((n * H + h) * W + w) * C + c;
                         uint32_t m = ((keep[lbit >> 3] >> (lbit & 7)) & 1u) ? 0x3F800000u : 0u;
                         uint32_t x = load_x(in, t, at), v;
+                        if (pl.keras && (x & 0x7F800000u) == 0u) x &= 0x80000000u; /* TF's DAZ */
                         if (pl.keras) v = round_to(t, db_div32(x, scale[n]));
                         else v = db_mul32(x, scale[n]);
                         store_y(out, t, at, db_mul32(v, m));

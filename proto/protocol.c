@@ -501,6 +501,9 @@ static int get_rate_block_seed(const cJSON *req, dropblock_params *p, char *msg,
     if ((rc = proto_get_u64(seed, "seed", &p->seed, msg, len))) return rc;
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(req, "stream");
     if (stream && (rc = proto_get_u64(stream, "stream", &p->stream, msg, len))) return rc;
+    const cJSON *position = cJSON_GetObjectItemCaseSensitive(req, "position");
+    if (position && (rc = proto_get_u64(position, "position", &p->position, msg, len))) return rc;
+    p->has_position = position != NULL;
     return DROPBLOCK_OK;
 }
 
@@ -522,7 +525,8 @@ static int get_enums(const cJSON *req, dropblock_params *p, char *msg, size_t le
     if ((rc = get_string_enum(req, "mode", parse_mode, "forward or backward", &v, msg, len))) return rc;
     p->mode = (dropblock_mode)v;
     v = p->compat;
-    if ((rc = get_string_enum(req, "compat", dropblock_parse_compat, "none or keras_cv", &v, msg, len))) return rc;
+    if ((rc = get_string_enum(req, "compat", dropblock_parse_compat, "none, keras_cv or keras3", &v, msg, len)))
+        return rc;
     p->compat = (dropblock_compat)v;
     return DROPBLOCK_OK;
 }
@@ -835,6 +839,10 @@ char *proto_write_job_request(const dropblock_params *p, const uint32_t rid[3], 
     put_u64(&t, p->seed);
     put(&t, ",\"stream\":");
     put_u64(&t, p->stream);
+    if (p->has_position) { /* compat keras_cv after calls of other sizes */
+        put(&t, ",\"position\":");
+        put_u64(&t, p->position);
+    }
     put(&t, ",\"normalize\":\"%s\",\"share\":[%s%s%s]", dropblock_normalize_name(p->normalize),
         (p->share & DROPBLOCK_SHARE_CHANNELS) ? "\"channels\"" : "",
         (p->share & DROPBLOCK_SHARE_CHANNELS) && (p->share & DROPBLOCK_SHARE_BATCH) ? "," : "",

@@ -194,6 +194,9 @@ DBFN u32 db_apply_bits(u32 x, u32 s, u32 keep, u32 keras, u32 dtype)
 {
     u32 v = db_widen(x, dtype);
     if (keras != 0u) {
+        /* TensorFlow's CPU kernels (denormals-are-zero): a float32 subnormal is read as a zero of
+         * its sign (docs/semantics.md, "The exact keras_cv rules") */
+        if ((v & 0x7F800000u) == 0u) v &= 0x80000000u;
         v = db_div(v, s);
         if (dtype != DB_DTYPE_F32) v = db_widen(db_narrow(v, dtype), dtype);
     } else {

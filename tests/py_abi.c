@@ -25,6 +25,8 @@ int main(void)
     F(dropblock_params, mode);
     F(dropblock_params, compat);
     F(dropblock_params, training);
+    F(dropblock_params, has_position);
+    F(dropblock_params, position);
     E();
     S(dropblock_result);
     F(dropblock_result, kept);

@@ -58,24 +58,24 @@ static uint64_t value_of(struct db_semaphore *s)
     return v;
 }
 
-static int poisoned(const float *y)
+static int poisoned(const void *y)
 {
     for (int i = 0; i < NUMEL; i++) {
         uint32_t b;
-        memcpy(&b, &y[i], 4);
+        memcpy(&b, (const char *)y + 4 * i, 4);
         if (b != POISON) return 0;
     }
     return 1;
 }
 
-static void poison(float *y)
+static void poison(void *y)
 {
     const uint32_t b = POISON;
-    for (int i = 0; i < NUMEL; i++) memcpy(&y[i], &b, 4);
+    for (int i = 0; i < NUMEL; i++) memcpy((char *)y + 4 * i, &b, 4);
 }
 
 /* y equals the CPU reference's output of p on x, bit for bit, with its K and S */
-static int exact(const dropblock_params *p, const float *x, const float *y, const dropblock_result *res)
+static int exact(const dropblock_params *p, const float *x, const void *y, const dropblock_result *res)
 {
     static float want[NUMEL];
     dropblock_result wr;
@@ -108,7 +108,7 @@ static void host_side(struct db_engine *e, int dev, const char *id)
 
 /* A job that waits for a (from another thread) and raises b; mem: where its tensors are (NULL:
  * host memory x, y). */
-static void ordered_job(struct db_engine *e, int dev, const char *id, const char *label, const float *x, float *y,
+static void ordered_job(struct db_engine *e, int dev, const char *id, const char *label, const float *x, void *y,
                         const float *xdev, float *ydev, const struct db_job_mem *mem)
 {
     struct db_semaphore *a, *b;
@@ -194,7 +194,7 @@ static void on_device(struct db_engine *e, size_t d, const char *label, const fl
         char l2[96];
         snprintf(l2, sizeof l2, "%s, device memory", label);
         /* the output is read from the mapping: y is a view of it */
-        ordered_job(e, (int)d, info->id, l2, x, (float *)(map + bytes), NULL, NULL, &mem);
+        ordered_job(e, (int)d, info->id, l2, x, map + bytes, NULL, NULL, &mem);
         vki_release(v, imp);
     } else close(xi.fd);
     vki_close(v);

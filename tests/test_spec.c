@@ -207,7 +207,12 @@ static void test_every_invalid_field_is_rejected(void)
     p = ok; p.normalize = (dropblock_normalize)3; expect_invalid(p, "normalize");
     p = ok; p.share = 4; expect_invalid(p, "share");
     p = ok; p.mode = (dropblock_mode)2; expect_invalid(p, "mode");
-    p = ok; p.compat = (dropblock_compat)2; expect_invalid(p, "compat");
+    p = ok; p.compat = (dropblock_compat)3; expect_invalid(p, "compat");
+    p = ok; p.compat = DROPBLOCK_COMPAT_KERAS3; p.normalize = DROPBLOCK_NORMALIZE_SAMPLE; expect_invalid(p, "keras3");
+    p = ok; p.compat = DROPBLOCK_COMPAT_KERAS3; p.block[0] = 9; expect_invalid(p, "compat keras3: block");
+    p = ok; p.has_position = 1; expect_invalid(p, "position");
+    p = ok; p.compat = DROPBLOCK_COMPAT_KERAS3; p.has_position = 1; expect_invalid(p, "counts calls");
+    p = ok; p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.has_position = 1; p.stream = 1; expect_invalid(p, "give one");
     p = ok; p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.normalize = DROPBLOCK_NORMALIZE_SAMPLE; expect_invalid(p, "normalize");
     p = ok; p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.share = DROPBLOCK_SHARE_CHANNELS; expect_invalid(p, "share");
     p = ok; p.compat = DROPBLOCK_COMPAT_KERAS_CV; p.block[0] = 9; expect_invalid(p, "divide by zero");
@@ -215,6 +220,36 @@ static void test_every_invalid_field_is_rejected(void)
 }
 
 /* Exact S/K: the float32 nearest to the rational, ties to even. */
+/* compat keras_cv's position: stream k is position k*N*H*W*C, and a position between (calls of
+ * other sizes) gives another draw; compat keras3's stream is the call index whatever the size */
+static void test_position_is_the_generator_state(void)
+{
+    static float x[2 * 3 * 9 * 9], a[2 * 3 * 9 * 9], b[2 * 3 * 9 * 9];
+    for (int i = 0; i < 2 * 3 * 9 * 9; i++) x[i] = 1.0f + (float)i;
+    dropblock_params p = tu_params(2, 3, 9, 9, 0.3f, 3, 3);
+    p.layout = DROPBLOCK_NHWC;
+    p.compat = DROPBLOCK_COMPAT_KERAS_CV;
+    p.seed = 77;
+    p.stream = 2;
+    dropblock_result r;
+    int rc = db_reference_run(&p, x, a, NULL, NULL, &r);
+    p.stream = 0;
+    p.has_position = 1;
+    p.position = 2 * 2 * 3 * 9 * 9;
+    rc |= db_reference_run(&p, x, b, NULL, NULL, &r);
+    CHECK(!rc && !memcmp(a, b, sizeof a), "keras_cv: position 2*numel gives stream 2's output");
+    p.position += 1;
+    rc = db_reference_run(&p, x, b, NULL, NULL, &r);
+    CHECK(!rc && memcmp(a, b, sizeof a), "keras_cv: another position gives another draw");
+    p.has_position = 0;
+    p.compat = DROPBLOCK_COMPAT_KERAS3;
+    p.stream = 1;
+    rc = db_reference_run(&p, x, a, NULL, NULL, &r);
+    p.stream = 2;
+    rc |= db_reference_run(&p, x, b, NULL, NULL, &r);
+    CHECK(!rc && memcmp(a, b, sizeof a), "keras3: calls 1 and 2 draw differently");
+}
+
 static void test_scale_is_the_nearest_float32(void)
 {
     CHECK(db_ratio_f32_bits(49, 49) == 0x3F800000u, "49/49");
@@ -237,6 +272,7 @@ int main(void)
     test_no_nan_or_inf_from_finite_input();
     test_every_invalid_field_is_rejected();
     test_scale_is_the_nearest_float32();
+    test_position_is_the_generator_state();
     printf("test_spec: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

@@ -54,7 +54,9 @@ typedef enum {
     DROPBLOCK_NORMALIZE_NONE = 2    /* scale 1 */
 } dropblock_normalize;
 typedef enum { DROPBLOCK_FORWARD = 0, DROPBLOCK_BACKWARD = 1 } dropblock_mode;
-typedef enum { DROPBLOCK_COMPAT_NONE = 0, DROPBLOCK_COMPAT_KERAS_CV = 1 } dropblock_compat;
+/* keras_cv: keras-cv's first DropBlock2D (tf.random.Generator); keras3: keras-cv 0.8+ under Keras 3
+ * with the TensorFlow backend (SeedGenerator, stateless uniform). docs/semantics.md. */
+typedef enum { DROPBLOCK_COMPAT_NONE = 0, DROPBLOCK_COMPAT_KERAS_CV = 1, DROPBLOCK_COMPAT_KERAS3 = 2 } dropblock_compat;
 
 #define DROPBLOCK_SHARE_CHANNELS 1u /* one mask for all channels of a sample */
 #define DROPBLOCK_SHARE_BATCH 2u    /* one mask for all samples */
@@ -76,6 +78,10 @@ typedef struct dropblock_params {
     dropblock_mode mode; /* backward applies the same mask and scale to dy */
     dropblock_compat compat;
     int training; /* 0: the identity */
+    /* compat keras_cv only: the generator's position (the sum of N*H*W*C over the layer's earlier
+     * calls, whatever their sizes) where has_position; stream k is shorthand for k*N*H*W*C */
+    int has_position;
+    uint64_t position;
 } dropblock_params;
 
 DROPBLOCK_API void dropblock_params_init(dropblock_params *p);

@@ -523,6 +523,19 @@ def _timeout_ms(name, seconds):
     return max(1, int(round(s * 1000)))
 
 
+class _Position(collections.namedtuple("_Position", "value")):
+    """compat keras_cv's generator position, carried where a stream goes (dropblock2d's position=)."""
+    __slots__ = ()
+
+
+def _stream_or_position(stream, position):
+    if position is None:
+        return stream
+    if stream:
+        raise _invalid("position and stream: give one (stream k is position k*N*H*W*C)")
+    return _Position(position)
+
+
 class Client:
     """A connection to dropblockd, or the in-process engine.
 
@@ -717,24 +730,27 @@ class Client:
 
     # -- jobs
     def dropblock2d(self, x, rate, block_size, seed=0, stream=0, layout="NCHW", normalize="global", share=(),
-                    compat="none", training=True, out=None, device="auto", mask=False, dtype=None):
+                    compat="none", training=True, out=None, device="auto", mask=False, dtype=None, position=None):
         """DropBlock2D of x (docs/semantics.md). x: a 4-D array, (N, C, H, W) for layout "NCHW",
         (N, H, W, C) for "NHWC"; float32, float16, or bfloat16 bits as uint16 with dtype="bf16".
-        block_size: B or (BH, BW). share: names among "channels", "batch". compat: "none" or
-        "keras_cv". out: an array of x's shape and dtype to write (may be x: in place); None: a new
+        block_size: B or (BH, BW). share: names among "channels", "batch". compat: "none",
+        "keras_cv" (keras-cv's first layer, tf.random.Generator) or "keras3" (keras-cv 0.8+ on
+        Keras 3's TensorFlow backend; stream is the layer's call index). position (compat
+        keras_cv, instead of stream): the generator's position, the sum of N*H*W*C over the
+        layer's earlier calls of any sizes. out: an array of x's shape and dtype to write (may be x: in place); None: a new
         array (a client.array when x is one). mask=True also returns the packed keep mask
         (uint8, bit ((n*C+c)*H+h)*W+w, least significant first, 1 = kept); an uint8 array of
         the right size is filled instead. Returns out, or (out, mask). last_result has K, S, the
         scale, the device and timings."""
-        return self._run("forward", x, rate, block_size, seed, stream, layout, normalize, share, compat, training,
-                         out, device, mask, dtype)
+        return self._run("forward", x, rate, block_size, seed, _stream_or_position(stream, position), layout,
+                         normalize, share, compat, training, out, device, mask, dtype)
 
     def backward(self, dy, rate, block_size, seed=0, stream=0, layout="NCHW", normalize="global", share=(),
-                 compat="none", training=True, out=None, device="auto", mask=False, dtype=None):
+                 compat="none", training=True, out=None, device="auto", mask=False, dtype=None, position=None):
         """The gradient of dropblock2d with the same arguments: the same mask (from seed and
-        stream) and scale applied to dy."""
-        return self._run("backward", dy, rate, block_size, seed, stream, layout, normalize, share, compat, training,
-                         out, device, mask, dtype)
+        stream or position) and scale applied to dy."""
+        return self._run("backward", dy, rate, block_size, seed, _stream_or_position(stream, position), layout,
+                         normalize, share, compat, training, out, device, mask, dtype)
 
     def device_buffer(self, nbytes, device="auto"):
         """nbytes of device memory on device ("auto": the first that can export) shared by file
@@ -864,7 +880,10 @@ class Client:
             bh = bw = block_size
         p.block[:] = [_u64(bh, "block height"), _u64(bw, "block width")]
         p.seed = _u64(seed, "seed")
-        p.stream = _u64(stream, "stream")
+        if isinstance(stream, _Position):
+            p.has_position, p.position = 1, _u64(stream.value, "position")
+        else:
+            p.stream = _u64(stream, "stream")
         p.normalize = _name(_lib.NORMALIZE, normalize, "normalize")
         if isinstance(share, str):
             share = [s for s in share.replace(",", " ").split() if s]

@@ -33,6 +33,8 @@ class Params(ctypes.Structure):
         ("mode", c_enum),
         ("compat", c_enum),
         ("training", ctypes.c_int),
+        ("has_position", ctypes.c_int),
+        ("position", ctypes.c_uint64),
     ]
 
 
@@ -132,7 +134,7 @@ LAYOUTS = {"NCHW": 0, "NHWC": 1}
 DTYPES = {"f32": 0, "f16": 1, "bf16": 2}
 NORMALIZE = {"global": 0, "sample": 1, "none": 2}
 MODES = {"forward": 0, "backward": 1}
-COMPAT = {"none": 0, "keras_cv": 1}
+COMPAT = {"none": 0, "keras_cv": 1, "keras3": 2}
 SHARE = {"channels": 1, "batch": 2}
 EINVAL, ENOTFOUND, ERANGE, EEXHAUSTED, EUNAVAILABLE, EPERM, EINTERNAL, ETIMEDOUT = range(-1, -9, -1)
 

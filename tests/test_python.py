@@ -551,8 +551,8 @@ def check_torch(np, client, ref):
     x = torch.rand(1, 2, 5, 5, dtype=torch.float32)
     y3 = m3(x)
     check(y3.shape == x.shape and m3.client.socket == client.socket, "the copy connects to the same socket")
-    check(raises(lambda: m(torch.zeros(1, 1, 4, 4, dtype=torch.float64)), "invalid_argument", "float64")
-          is not None, "torch float64 rejected")
+    check(m(torch.zeros(1, 1, 4, 4, dtype=torch.float64)).dtype == torch.float64, "torch float64 accepted")
+    dbt.close_shared()  # the deep copy used the process's shared connection
 
 
 def main():

@@ -34,6 +34,7 @@ CASES = [
     ("f32-subnormals", 0.1, 3, 11, "float32", [(1, 8, 8, 2)], True),
     ("f16-two-calls", 0.1, 3, 99, "float16", [(2, 8, 8, 3)] * 2, False),
     ("bf16-two-calls", 0.1, 3, 98, "bfloat16", [(2, 8, 8, 3)] * 2, True),
+    ("f16-subnormals", 0.1, 3, 97, "float16", [(1, 8, 8, 2)], True),
 ]
 # the layer runs in the input's dtype (dtype=: its policy), as in a float16 or bfloat16 model; with
 # the default float32 policy Keras casts such inputs to float32 first, which is the f32 case
@@ -57,6 +58,8 @@ def make_input(shape, dtype, subnormals, seed):
         flat = x.reshape(-1)
         for i, v in enumerate((1e-40, -1e-40, 1.4e-45, -3e-39, 1.1754942e-38)):
             w = np.float32(v)
+            if dtype == "float16":  # f16 subnormals (normal as float32: never flushed)
+                w = np.float16(v * 1e35 if abs(v) > 1e-44 else 6e-8)
             if dtype == "bfloat16":
                 w = (np.array([w]).view(np.uint32) & 0xFFFF0000).view(np.float32)[0]
             flat[(7 * i + 3) % flat.size] = w

@@ -2,7 +2,8 @@
 # gpu-check.sh: issue 4's GPU verification in one call on a lent GPU machine (../shared/gpu/README.md):
 # the cross-backend matrix on every device, then dropblock-bench on each GPU device (OpenCL and
 # Vulkan; f32 and f16; 64x1024x14x14, 32x256x56x56, 256x1024x14x14; block 7) next to the PyTorch
-# peers, then jobs on device memory imported into CUDA (issue 13), every output under $OUT. Run
+# peers, then jobs on device memory imported into CUDA (issue 13) and dropblock.torch on CUDA
+# tensors against timm (issue 14, bench/torch_cuda.py), every output under $OUT. Run
 # from the repository root after `source .gpu/setup.sh`, with build/ (a release build from the
 # development machine, configured where the CUDA toolkit is, so examples/cuda is built) and .gpu/ carried:
 #   source .gpu/setup.sh && bash bench/gpu-check.sh
@@ -36,18 +37,27 @@ timeout 300 python3 .gpu/torch_peers.py 2>&1 | tee "$OUT/torch_peers.txt"
 # exported (region.alloc), imported into CUDA (examples/cuda/dropblock_cuda: cuImportExternalMemory
 # on the GPU with the same UUID), x written by CUDA, the job on it, y checked bit for bit against
 # the CPU reference, the job's time against a device-to-device copy of the same bytes; then the
-# step ordered by an exported timeline semaphore on a CUDA stream (ordered_us, ordered_exact)
+# step ordered by an exported timeline semaphore on a CUDA stream (ordered_us, ordered_exact).
+# issue 14 item 2: the same daemon serves dropblock.torch on CUDA tensors (bench/torch_cuda.py):
+# a 64x1024x14x14 f32 tensor through DropBlock2d (pool of imported device memory, semaphores),
+# its route, its bits against the CPU path (f32, f16, bf16, channels_last, NHWC, backward,
+# float64), its time against timm's drop_block_fast_2d and timm >= 1.0.23's structure in pure
+# torch (and timm's own module where installed), one JSON line in torch-cuda.jsonl
+echo "== daemon for the device-region checks"
+sock=$(mktemp -d)/d.sock
+build/daemon/dropblockd --socket "$sock" --devices vulkan,cpu --log-level warn 2>"$OUT/dropblockd.log" &
+dpid=$!
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 if [ -x build/examples/dropblock_cuda ]; then
     echo "== device regions: CUDA import, job on device memory (dropblock_cuda)"
-    sock=$(mktemp -d)/d.sock
-    build/daemon/dropblockd --socket "$sock" --devices vulkan,cpu --log-level warn 2>"$OUT/dropblockd.log" &
-    dpid=$!
-    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
     for t in f32 f16; do
         for s in 64,1024,14,14 32,256,56,56; do
             timeout 120 build/examples/dropblock_cuda --socket "$sock" --shape "$s" --dtype "$t" --reps 20 2>&1 |
                 tail -1 | tee -a "$OUT/device-regions.jsonl"
         done
     done
-    kill "$dpid"; wait "$dpid"
 fi
+echo "== dropblock.torch on CUDA tensors (bench/torch_cuda.py)"
+DROPBLOCK_LIBRARY=$PWD/build/client/libdropblock.so timeout 300 python3 bench/torch_cuda.py --socket "$sock" \
+    --shape 64,1024,14,14 --reps 20 2>&1 | tee "$OUT/torch-cuda.txt" | tail -1 | tee -a "$OUT/torch-cuda.jsonl"
+kill "$dpid"; wait "$dpid"

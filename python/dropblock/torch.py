@@ -32,8 +32,18 @@ call that draws the token of a recent call reuses that call's stream (next_strea
 recomputed forward has the first one's mask and the gradients are those of a run without it;
 under torch.compile the draw is a random op of the graph, which the partitioner replays for a
 checkpointed region.
-Tensors must be on the CPU: float32, float16, bfloat16 or float64; channels_last tensors in
-layout "NCHW" run as NHWC without a copy. Needs NumPy as well.
+Tensors on the CPU or a CUDA (or ROCm) GPU: float32, float16, bfloat16 or float64;
+channels_last tensors in layout "NCHW" run as NHWC without a copy. Needs NumPy as well.
+
+CUDA tensors (dropblock._cuda_pool): the job runs on the daemon's device with the GPU's UUID, in a
+pool of its memory imported into CUDA: x is copied into a pool block on the tensor's current
+stream (device to device), the job runs in place there, and y is a tensor over the block (given
+back to the pool when y dies); no host copy. The stream and the job are ordered by an exported
+timeline semaphore (the host does not wait), or host-synchronously where the device exports
+none. Where no daemon device matches the GPU, or the memory cannot be imported, calls go through
+pinned shared host memory instead (x to the host, the CPU path, y back), with one
+FallbackWarning per process saying why. float64 GPU tensors take the engine's mask from host
+memory (one byte per element up) and multiply on the GPU.
 """
 try:
     import torch as _torch
@@ -41,6 +51,7 @@ except ImportError as e:  # pragma: no cover - depends on the machine
     raise ImportError("dropblock.torch needs PyTorch (pip install torch); the rest of the dropblock package "
                       "works without it") from e
 
+import inspect
 import struct
 from typing import List
 
@@ -48,10 +59,12 @@ if not hasattr(_torch.library, "custom_op") or not hasattr(_torch.compiler, "ass
     raise ImportError("dropblock.torch needs PyTorch 2.4 or later (torch.library.custom_op); this is torch %s"
                       % _torch.__version__)
 
-from . import _shm
+from . import _cuda_pool, _shm
 from ._core import Client, Error, _invalid, _numpy, _u64  # noqa: F401
+from ._cuda_pool import FallbackWarning  # noqa: F401
 
-__all__ = ["DropBlock2d", "close_shared", "dropblock2d", "shared_client", "shared_empty"]
+__all__ = ["DropBlock2d", "FallbackWarning", "close_shared", "cuda_route", "cuda_synchronize", "dropblock2d",
+           "shared_client", "shared_empty"]
 
 _DTYPES = {_torch.float32: "f32", _torch.float16: "f16", _torch.bfloat16: "bf16"}
 _M64 = (1 << 64) - 1
@@ -91,8 +104,31 @@ def shared_client(socket=None, local=False):
 def close_shared():
     """Closes the process's shared connections and gives back the free memory of every pool,
     those of clients given to modules included (a client's close() completes once no memory of
-    it is held: its pool's free blocks are); the next call opens a new connection."""
-    _shm.close_shared()
+    it is held: its pool's free blocks are); the next call opens a new connection. CUDA: waits
+    for the submitted jobs and gives back the device memory, semaphores and pinned memory."""
+    try:
+        _cuda_pool.close_all()
+    finally:
+        _shm.close_shared()
+
+
+def cuda_synchronize():
+    """Waits for every DropBlock job submitted for CUDA tensors (they run ordered by semaphores,
+    the host does not wait for them) and raises the first that failed. A failure is raised by
+    the next call on its route otherwise."""
+    _cuda_pool.synchronize()
+
+
+def cuda_route(x, client=None, socket=None, local=False, device="auto"):
+    """How CUDA tensors on x's GPU reach the connection (client, else the shared one for socket
+    or local): a dict with "path" ("device": the daemon's device with the GPU's UUID, its
+    "device" id and "ordering", "semaphore" or "synchronous"; "host": the fallback, and its
+    "reason") and the pool's counters."""
+    if x.device.type != "cuda":
+        raise _invalid("cuda_route: a CUDA (or ROCm) tensor, not one on %s" % x.device)
+    c = client if client is not None else shared_client(socket, local)
+    env = _cuda_pool.default_env()
+    return _cuda_pool.route_for(c, env.device_index(x), device, env).describe()
 
 
 def _pool_tensor(client, size, dtype, channels_last=False):
@@ -157,13 +193,20 @@ def _nhwc(t, cl):
     return t.permute(0, 2, 3, 1) if cl else t
 
 
+def _kw(rate, seed, stream, block, normalize, share, compat, device):
+    return dict(rate=float(rate.item()), block_size=tuple(int(b) for b in block), seed=int(seed.item()) & _M64,
+                stream=int(stream.item()) & _M64, normalize=normalize, share=share, compat=compat, device=device)
+
+
 def _run(mode, x, rate, seed, stream, block, layout, normalize, share, compat, target, device):
     _check(x, compat)
+    if x.device.type == "cuda":  # the dispatcher sends CUDA tensors to _run_cuda; a direct call too
+        return _run_cuda(mode, x, rate, seed, stream, block, layout, normalize, share, compat, target, device)
     if x.device.type != "cpu":
-        raise _invalid("tensor on %s: dropblock.torch takes CPU tensors (move it with .cpu())" % x.device)
+        raise _invalid("tensor on %s: dropblock.torch takes CPU and CUDA (or ROCm) tensors (move it with .cpu())"
+                       % x.device)
     client = _shm.client_for(target)
-    kw = dict(rate=float(rate.item()), block_size=tuple(int(b) for b in block), seed=int(seed.item()) & _M64,
-              stream=int(stream.item()) & _M64, normalize=normalize, share=share, compat=compat, device=device)
+    kw = _kw(rate, seed, stream, block, normalize, share, compat, device)
     if x.dtype == _torch.float64:
         return _run_f64(client, x, layout.upper(), kw)
     cl = _channels_last(x, layout)
@@ -186,9 +229,21 @@ def _run(mode, x, rate, seed, stream, block, layout, normalize, share, compat, t
     return y
 
 
+def _run_cuda(mode, x, rate, seed, stream, block, layout, normalize, share, compat, target, device, env=None):
+    """The ops' CUDA (and ROCm) kernel: dropblock._cuda_pool's device path or its fallback;
+    float64 through _run_f64 (the mask from the engine, the product on the GPU)."""
+    _check(x, compat)
+    client = _shm.client_for(target)
+    kw = _kw(rate, seed, stream, block, normalize, share, compat, device)
+    if x.dtype == _torch.float64:
+        return _run_f64(client, x, layout.upper(), kw)
+    return _cuda_pool.run(mode, x, kw, client, layout.upper(), _channels_last(x, layout), env)
+
+
 def _run_f64(client, x, layout, kw):
     """docs/semantics.md, "float64": the engine's mask (a bf16 job in place on scratch memory:
-    the mask does not depend on x), scale = S/K rounded once to float64, y = (x * scale) * m."""
+    the mask does not depend on x), scale = S/K rounded once to float64, y = (x * scale) * m.
+    On a GPU the mask goes up as one byte per element and the product runs there."""
     np = _numpy()
     if layout == "NCHW":
         n, c, h, w = x.shape
@@ -216,10 +271,10 @@ def _run_f64(client, x, layout, kw):
         scales = [0.0 if k == 0 else numel / k] * n  # int / int: correctly rounded
     else:
         scales = [0.0 if k == 0 else (c * h * w) / k for k in kept]
-    m = keep.to(_torch.float64)
+    m = keep.to(x.device).to(_torch.float64)
     if layout == "NHWC":
         m = m.permute(0, 2, 3, 1)
-    _torch.mul(x, _torch.tensor(scales, dtype=_torch.float64).view(n, 1, 1, 1), out=y)
+    _torch.mul(x, _torch.tensor(scales, dtype=_torch.float64).view(n, 1, 1, 1).to(x.device), out=y)
     y.mul_(m)
     return y
 
@@ -230,7 +285,13 @@ def _fake(x, rate, seed, stream, block, layout, normalize, share, compat, target
     return _torch.empty_like(x, memory_format=fmt)
 
 
-@_torch.library.custom_op("dropblock::dropblock2d", mutates_args=())
+# the ops call the daemon from the host: a CUDA graph must not capture them (inductor's
+# cudagraph trees run them outside the graphs)
+_TAGS = {"tags": (_torch.Tag.cudagraph_unsafe,)} if hasattr(_torch.Tag, "cudagraph_unsafe") and \
+    "tags" in inspect.signature(_torch.library.custom_op).parameters else {}
+
+
+@_torch.library.custom_op("dropblock::dropblock2d", mutates_args=(), **_TAGS)
 def _op_forward(x: _torch.Tensor, rate: _torch.Tensor, seed: _torch.Tensor, stream: _torch.Tensor,
                 block: List[int], layout: str, normalize: str, share: str, compat: str, target: str,
                 device: str) -> _torch.Tensor:
@@ -239,7 +300,7 @@ def _op_forward(x: _torch.Tensor, rate: _torch.Tensor, seed: _torch.Tensor, stre
     return _run("forward", x, rate, seed, stream, block, layout, normalize, share, compat, target, device)
 
 
-@_torch.library.custom_op("dropblock::dropblock2d_backward", mutates_args=())
+@_torch.library.custom_op("dropblock::dropblock2d_backward", mutates_args=(), **_TAGS)
 def _op_backward(dy: _torch.Tensor, rate: _torch.Tensor, seed: _torch.Tensor, stream: _torch.Tensor,
                  block: List[int], layout: str, normalize: str, share: str, compat: str, target: str,
                  device: str) -> _torch.Tensor:
@@ -249,6 +310,16 @@ def _op_backward(dy: _torch.Tensor, rate: _torch.Tensor, seed: _torch.Tensor, st
 
 _op_forward.register_fake(_fake)
 _op_backward.register_fake(_fake)
+
+
+@_op_forward.register_kernel("cuda")
+def _(x, rate, seed, stream, block, layout, normalize, share, compat, target, device):
+    return _run_cuda("forward", x, rate, seed, stream, block, layout, normalize, share, compat, target, device)
+
+
+@_op_backward.register_kernel("cuda")
+def _(dy, rate, seed, stream, block, layout, normalize, share, compat, target, device):
+    return _run_cuda("backward", dy, rate, seed, stream, block, layout, normalize, share, compat, target, device)
 
 
 def _setup(ctx, inputs, output):
@@ -266,7 +337,7 @@ _op_forward.register_autograd(_grad, setup_context=_setup)
 _op_backward.register_autograd(_grad, setup_context=_setup)
 
 
-@_torch.library.custom_op("dropblock::next_stream", mutates_args=("state",))
+@_torch.library.custom_op("dropblock::next_stream", mutates_args=("state",), **_TAGS)
 def _op_next_stream(state: _torch.Tensor, token: _torch.Tensor) -> _torch.Tensor:
     """The stream of this training call (int64 0-d) from a DropBlock2d's counter: the next one,
     which advances the counter, unless token (two int64 words from torch's generator) is a
@@ -322,7 +393,7 @@ def _share_text(share):
 
 def dropblock2d(x, rate, block_size, seed=0, stream=0, layout="NCHW", normalize="global", share=(),
                 compat="none", training=True, client=None, device="auto"):
-    """Functional form: DropBlock2D of the CPU tensor x with autograd support (the identity when
+    """Functional form: DropBlock2D of x (CPU or CUDA) with autograd support (the identity when
     training is False). rate, seed and stream: numbers, or one-element tensors (float64 rate,
     int64 seed and stream holding the u64's bits), which a compiled graph takes as data instead
     of guarding on their values (shape (1,): Dynamo re-analyses 0-d tensor inputs as scalars).

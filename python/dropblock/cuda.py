@@ -174,8 +174,9 @@ class ExternalMemory:
             return
         self._closed = True
         f = self.driver.fn
-        f["free"](ctypes.c_void_p(self.ptr))
-        f["destroy"](self._ext)
+        with _current(self.driver, self._ctx):
+            f["free"](ctypes.c_void_p(self.ptr))
+            f["destroy"](self._ext)
 
     def __del__(self):
         try:
@@ -233,31 +234,50 @@ def import_buffer(buf):
     return ExternalMemory(buf, drv, ordinal, ptr.value, ext, ctx)
 
 
+class _current:
+    """CUDA: ctx made current around driver calls that need one (cuImportExternalSemaphore,
+    frees and destroys); HIP: nothing (its runtime keeps a current device)."""
+
+    def __init__(self, drv, ctx):
+        self.drv, self.ctx = drv, ctx
+
+    def __enter__(self):
+        if self.drv.name == "cuda" and self.ctx is not None:
+            self.drv.check(self.drv.fn["push"](self.ctx), "cuCtxPushCurrent")
+
+    def __exit__(self, *exc):
+        if self.drv.name == "cuda" and self.ctx is not None:
+            self.drv.fn["pop"](ctypes.byref(ctypes.c_void_p()))
+
+
 class ExternalSemaphore:
     """A Semaphore (Client.semaphore, exported) imported into CUDA (or HIP): signal(value, stream)
     and wait(value, stream) enqueue on a stream (a CUstream/hipStream_t handle as an int, 0: the
     default; torch: torch.cuda.current_stream().cuda_stream), so that the stream, not the host,
     waits for a job's signal and the job for the stream's writes."""
 
-    def __init__(self, sem, drv, ext):
-        self.semaphore, self.driver, self._ext, self._closed = sem, drv, ext, False
+    def __init__(self, sem, drv, ext, ctx=None):
+        self.semaphore, self.driver, self._ext, self._ctx, self._closed = sem, drv, ext, ctx, False
 
     def signal(self, value, stream=0):
         p = SignalParams()
         p.params.fence_value = int(value)
-        self.driver.check(self.driver.fn["sem_signal"](ctypes.byref(self._ext), ctypes.byref(p), 1,
-                                                       ctypes.c_void_p(stream)), "signal of the semaphore")
+        with _current(self.driver, self._ctx):
+            self.driver.check(self.driver.fn["sem_signal"](ctypes.byref(self._ext), ctypes.byref(p), 1,
+                                                           ctypes.c_void_p(stream)), "signal of the semaphore")
 
     def wait(self, value, stream=0):
         p = WaitParams()
         p.params.fence_value = int(value)
-        self.driver.check(self.driver.fn["sem_wait"](ctypes.byref(self._ext), ctypes.byref(p), 1,
-                                                     ctypes.c_void_p(stream)), "wait for the semaphore")
+        with _current(self.driver, self._ctx):
+            self.driver.check(self.driver.fn["sem_wait"](ctypes.byref(self._ext), ctypes.byref(p), 1,
+                                                         ctypes.c_void_p(stream)), "wait for the semaphore")
 
     def close(self):
         if not self._closed:
             self._closed = True
-            self.driver.fn["sem_destroy"](self._ext)
+            with _current(self.driver, self._ctx):
+                self.driver.fn["sem_destroy"](self._ext)
 
     def __del__(self):
         try:
@@ -272,14 +292,21 @@ def import_semaphore(sem):
     if sem.fd < 0:
         raise _invalid("the semaphore was not exported (Client.semaphore(export=True)), or its descriptor was taken")
     drv = _load()
-    _device_of(drv, sem)
+    ordinal, dev = _device_of(drv, sem)
+    ctx = None
+    if drv.name == "cuda":
+        ctx = ctypes.c_void_p()
+        drv.check(drv.fn["retain"](ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
+    else:
+        drv.check(drv.fn["set"](ordinal), "hipSetDevice")
     hd = SemaphoreHandleDesc()
     hd.type = TIMELINE_FD
     hd.handle.fd = sem.fd
     ext = ctypes.c_void_p()
-    drv.check(drv.fn["sem_import"](ctypes.byref(ext), ctypes.byref(hd)), "import of the semaphore's descriptor")
+    with _current(drv, ctx):
+        drv.check(drv.fn["sem_import"](ctypes.byref(ext), ctypes.byref(hd)), "import of the semaphore's descriptor")
     sem.take_fd()  # the driver owns it now
-    return ExternalSemaphore(sem, drv, ext)
+    return ExternalSemaphore(sem, drv, ext, ctx)
 
 
 # ---- DLPack (dlpack.h, version 0.8 ABI: DLManagedTensor) -----------------------------------------

@@ -770,6 +770,9 @@ int conn_parse_devices(const cJSON *reply, dropblock_device_info *infos, size_t 
             info->global_mem = u64_or_zero(d, "global_mem");
             /* a daemon from before health reports gives no field: healthy */
             info->healthy = !cJSON_IsFalse(field(d, "healthy"));
+            info->can_export = cJSON_IsTrue(field(d, "export"));
+            info->semaphores = cJSON_IsTrue(field(d, "semaphores"));
+            info->semaphore_export = cJSON_IsTrue(field(d, "semaphore_export"));
         }
         n++;
     }

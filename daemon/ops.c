@@ -54,14 +54,9 @@ static void op_hello(struct client *c, const cJSON *id, int with_limits)
         dropblock_device_info info;
         db_engine_device_info(s->engine, i, &info);
         cJSON *d = proto_device_json(&info);
-        /* region.alloc: whether the device can export memory, as what */
-        const int can = db_engine_can_export(s->engine, i, NULL, 0);
-        cJSON_AddBoolToObject(d, "export", can);
+        /* region.alloc's handle types (export, semaphores, semaphore_export: proto_device_json) */
         cJSON *types = cJSON_AddArrayToObject(d, "export_types");
-        if (can && types) cJSON_AddItemToArray(types, cJSON_CreateString("opaque_fd"));
-        /* semaphore.create: timeline semaphores, and whether they export as fds */
-        cJSON_AddBoolToObject(d, "semaphores", db_engine_can_semaphore(s->engine, i, 0, NULL, 0));
-        cJSON_AddBoolToObject(d, "semaphore_export", db_engine_can_semaphore(s->engine, i, 1, NULL, 0));
+        if (info.can_export && types) cJSON_AddItemToArray(types, cJSON_CreateString("opaque_fd"));
         cJSON_AddItemToArray(devs, d);
     }
     client_send(c, r);

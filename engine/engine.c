@@ -310,6 +310,9 @@ void db_engine_device_info(const struct db_engine *e, size_t i, dropblock_device
     if (i >= e->n) return;
     *out = e->slots[i].dev.info;
     out->healthy = db_engine_healthy(e, i, NULL, 0);
+    out->can_export = db_engine_can_export(e, i, NULL, 0);
+    out->semaphores = db_engine_can_semaphore(e, i, 0, NULL, 0);
+    out->semaphore_export = db_engine_can_semaphore(e, i, 1, NULL, 0);
 }
 
 void db_engine_progress(const struct db_engine *e, size_t i, char *buf, size_t len)

@@ -763,6 +763,9 @@ cJSON *proto_device_json(const dropblock_device_info *d)
     proto_add_u64(o, "max_buffer", d->max_buffer);
     proto_add_u64(o, "global_mem", d->global_mem);
     cJSON_AddBoolToObject(o, "healthy", d->healthy != 0);
+    cJSON_AddBoolToObject(o, "export", d->can_export != 0);
+    cJSON_AddBoolToObject(o, "semaphores", d->semaphores != 0);
+    cJSON_AddBoolToObject(o, "semaphore_export", d->semaphore_export != 0);
     return o;
 }
 

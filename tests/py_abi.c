@@ -47,6 +47,9 @@ int main(void)
     F(dropblock_device_info, max_buffer);
     F(dropblock_device_info, global_mem);
     F(dropblock_device_info, healthy);
+    F(dropblock_device_info, can_export);
+    F(dropblock_device_info, semaphores);
+    F(dropblock_device_info, semaphore_export);
     E();
     S(dropblock_local_options);
     F(dropblock_local_options, backends);

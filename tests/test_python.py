@@ -369,7 +369,12 @@ def check_misc(np, client, label, ref):
     # devices and status
     devs = client.devices()
     check(len(devs) >= 1 and all(set(d) == {"id", "api", "vendor", "name", "driver", "uuid", "kind", "max_buffer",
-                                            "global_mem", "healthy"} for d in devs), label + ": devices() fields")
+                                            "global_mem", "healthy", "export", "semaphores", "semaphore_export"}
+                                 for d in devs), label + ": devices() fields")
+    # (lavapipe has both; only Vulkan devices can)
+    check(not any(d["export"] or d["semaphores"] or d["semaphore_export"] for d in devs if d["api"] != "vulkan") and
+          all(d["semaphores"] or not d["semaphore_export"] for d in devs),
+          label + ": export and semaphores on Vulkan devices only: %s" % devs)
     check(all(d["healthy"] is True for d in devs), label + ": every device healthy")
     check(any(d["id"] == "cpu:0" and d["kind"] == "cpu" for d in devs), label + ": devices() lists cpu:0")
     check(all(d["kind"] in ("discrete-gpu", "integrated-gpu", "cpu-api", "cpu", "other") for d in devs),

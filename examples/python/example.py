@@ -22,7 +22,7 @@ with dropblock.Client(**opts) as client:
     print("rate at step 500 of 1000, group 4: %g" % dropblock.schedule_rate(0.1, 500, 1000, group=4))
     try:
         import torch
-        from dropblock.torch import DropBlock2d      # needs PyTorch; CPU tensors, autograd
+        from dropblock.torch import DropBlock2d      # needs PyTorch; CPU or CUDA tensors, autograd
     except ImportError:
         sys.exit(0)
     drop = DropBlock2d(0.1, 7, seed=4, client=client)   # a new stream every training step

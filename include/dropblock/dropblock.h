@@ -161,11 +161,14 @@ typedef struct dropblock_device_info {
     char driver[64];
     char uuid[40]; /* 32 hex digits with dashes where the API gives one, else "" */
     dropblock_device_kind kind;
-    uint64_t max_buffer; /* largest single buffer the device takes, bytes */
-    uint64_t global_mem; /* device memory, bytes (0 if unknown) */
-    int healthy;         /* 1: usable; 0: the device failed (the driver lost it, or an injected
-                          * "vanish" fault): jobs sent to it get DROPBLOCK_EUNAVAILABLE naming it
-                          * and "auto" never picks it. Added last, after global_mem. */
+    uint64_t max_buffer;  /* largest single buffer the device takes, bytes */
+    uint64_t global_mem;  /* device memory, bytes (0 if unknown) */
+    int healthy;          /* 1: usable; 0: the device failed (the driver lost it, or an injected
+                           * "vanish" fault): jobs sent to it get DROPBLOCK_EUNAVAILABLE naming it
+                           * and "auto" never picks it. Added last, after global_mem. */
+    int can_export;       /* dropblock_device_alloc can allocate memory on it (an exportable fd) */
+    int semaphores;       /* dropblock_semaphore_create can make timeline semaphores on it */
+    int semaphore_export; /* and export them as descriptors (VK_KHR_external_semaphore_fd) */
 } dropblock_device_info;
 
 DROPBLOCK_API const char *dropblock_device_kind_name(dropblock_device_kind k);

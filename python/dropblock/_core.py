@@ -623,7 +623,9 @@ class Client:
     def devices(self):
         """The engine's or daemon's devices, in order: a list of dicts with id, api, vendor, name,
         driver, uuid, kind ("discrete-gpu", "integrated-gpu", "cpu-api", "cpu", "other"),
-        max_buffer and global_mem (bytes), healthy (False once the device failed)."""
+        max_buffer and global_mem (bytes), healthy (False once the device failed), export (device
+        memory for device_buffer), semaphores and semaphore_export (Client.semaphore, exported or
+        not)."""
         L = lib()
         cap = 16
         while True:
@@ -644,7 +646,8 @@ class Client:
             text = {f: getattr(d, f).decode("utf-8", "replace")
                     for f in ("id", "api", "vendor", "name", "driver", "uuid")}
             text.update(kind=L.dropblock_device_kind_name(d.kind).decode(), max_buffer=d.max_buffer,
-                        global_mem=d.global_mem, healthy=bool(d.healthy))
+                        global_mem=d.global_mem, healthy=bool(d.healthy), export=bool(d.can_export),
+                        semaphores=bool(d.semaphores), semaphore_export=bool(d.semaphore_export))
             out.append(text)
         return out
 

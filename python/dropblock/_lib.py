@@ -63,6 +63,9 @@ class DeviceInfo(ctypes.Structure):
         ("max_buffer", ctypes.c_uint64),
         ("global_mem", ctypes.c_uint64),
         ("healthy", ctypes.c_int),
+        ("can_export", ctypes.c_int),
+        ("semaphores", ctypes.c_int),
+        ("semaphore_export", ctypes.c_int),
     ]
 
 

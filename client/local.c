@@ -195,17 +195,7 @@ int local_run(dropblock_t *h, const dropblock_params *p, const dropblock_ref *in
 int local_device_alloc(dropblock_t *h, const char *device, uint64_t bytes, dropblock_device_buffer *out, char *msg,
                        size_t msg_len)
 {
-    int dev = -1;
-    if (strcmp(device, "auto")) dev = db_engine_pick(h->engine, device, msg, msg_len);
-    else
-        for (size_t i = 0; i < db_engine_device_count(h->engine) && dev < 0; i++)
-            if (db_engine_can_export(h->engine, i, NULL, 0)) dev = (int)i;
-    if (dev < 0 && !strcmp(device, "auto")) {
-        db_msg(msg, msg_len,
-               "no device of this engine can export memory (a Vulkan device whose driver has "
-               "VK_KHR_external_memory_fd)");
-        return DROPBLOCK_ENOTFOUND;
-    }
+    const int dev = db_engine_pick_sharing(h->engine, device, DB_SHARE_MEMORY, msg, msg_len);
     if (dev < 0) return dev;
     void *handle = NULL;
     struct db_export_info xi;
@@ -241,15 +231,8 @@ int local_device_free(dropblock_t *h, dropblock_device_buffer *buf)
 int local_semaphore_create(dropblock_t *h, const char *device, int exported, dropblock_semaphore *out, char *msg,
                            size_t msg_len)
 {
-    int dev = -1;
-    if (strcmp(device, "auto")) dev = db_engine_pick(h->engine, device, msg, msg_len);
-    else
-        for (size_t i = 0; i < db_engine_device_count(h->engine) && dev < 0; i++)
-            if (db_engine_can_semaphore(h->engine, i, exported, NULL, 0)) dev = (int)i;
-    if (dev < 0 && !strcmp(device, "auto")) {
-        db_msg(msg, msg_len, "no device of this engine has timeline semaphores%s", exported ? " it can export" : "");
-        return DROPBLOCK_ENOTFOUND;
-    }
+    const int dev = db_engine_pick_sharing(h->engine, device,
+                                           exported ? DB_SHARE_SEMAPHORE_EXPORT : DB_SHARE_SEMAPHORES, msg, msg_len);
     if (dev < 0) return dev;
     struct db_semaphore *sem;
     struct db_semaphore_info si;

@@ -214,10 +214,8 @@ static int place_of(struct db_conn *c, const char *what, const dropblock_ref *r,
 }
 
 /* the semaphore of a job's wait or signal, on this connection */
-static int semaphore_of(const struct db_conn *c, const char *what, const dropblock_semaphore *s, uint64_t gen,
-                        char *msg, size_t len)
+static int semaphore_of(const char *what, const dropblock_semaphore *s, uint64_t gen, char *msg, size_t len)
 {
-    (void)c;
     if (s->local || !s->id || s->conn_gen != gen) {
         db_msg(msg, len, "%s: %s", what,
                s->local ? "a semaphore of the in-process engine, not of this connection"
@@ -269,8 +267,8 @@ int remote_submit(dropblock_t *h, int sync, const dropblock_params *p, const dro
     rc = place_of(c, "input", input, tb, gen, &rid[0], &off[0], msg, len);
     if (!rc) rc = place_of(c, "output", output, tb, gen, &rid[1], &off[1], msg, len);
     if (!rc && mask) rc = locate(c, "mask", mask, mb, &rid[2], &off[2], msg, len);
-    if (!rc && order && order->wait) rc = semaphore_of(c, "wait", order->wait, gen, msg, len);
-    if (!rc && order && order->signal) rc = semaphore_of(c, "signal", order->signal, gen, msg, len);
+    if (!rc && order && order->wait) rc = semaphore_of("wait", order->wait, gen, msg, len);
+    if (!rc && order && order->signal) rc = semaphore_of("signal", order->signal, gen, msg, len);
     pthread_mutex_unlock(&c->region_lock);
     if (rc) return rc;
     dropblock_ticket *t = conn_ticket_new(h, 1);
@@ -362,22 +360,27 @@ int remote_device_alloc(dropblock_t *h, const char *device, uint64_t bytes, drop
     return DROPBLOCK_OK;
 }
 
-int remote_device_free(dropblock_t *h, dropblock_device_buffer *buf)
+/* Gives back what the daemon made for this connection (op with {field: id}); nothing to do
+ * where the connection of gen was lost: the daemon freed it with the connection. */
+static int give_back(dropblock_t *h, const char *op, const char *field, uint32_t id, uint64_t gen)
 {
     struct db_conn *c = h->conn;
     pthread_mutex_lock(&c->lock);
-    const int lost = c->broken || c->gen != buf->conn_gen;
+    const int lost = c->broken || c->gen != gen;
     pthread_mutex_unlock(&c->lock);
+    if (lost) return DROPBLOCK_OK;
+    cJSON *req = conn_new_request(op), *reply = NULL;
+    if (!req) return DROPBLOCK_EEXHAUSTED;
+    proto_add_u64(req, field, id);
+    int rc = conn_request(h, req, -1, &gen, c->timeout_ms, &reply, NULL, 0);
+    cJSON_Delete(reply);
+    return rc;
+}
+
+int remote_device_free(dropblock_t *h, dropblock_device_buffer *buf)
+{
     if (!buf->region || buf->local) return DROPBLOCK_EINVAL;
-    int rc = DROPBLOCK_OK;
-    if (!lost) { /* a lost connection took the region with it: nothing to give back */
-        cJSON *req = conn_new_request("region.unregister"), *reply = NULL;
-        if (!req) return DROPBLOCK_EEXHAUSTED;
-        proto_add_u64(req, "region", buf->region);
-        uint64_t gen = buf->conn_gen;
-        rc = conn_request(h, req, -1, &gen, c->timeout_ms, &reply, NULL, 0);
-        cJSON_Delete(reply);
-    }
+    int rc = give_back(h, "region.unregister", "region", buf->region, buf->conn_gen);
     buf->region = 0;
     return rc;
 }
@@ -433,7 +436,7 @@ int remote_semaphore_op(dropblock_t *h, const dropblock_semaphore *s, int signal
     pthread_mutex_lock(&c->lock);
     const uint64_t gen = c->gen;
     pthread_mutex_unlock(&c->lock);
-    int rc = semaphore_of(c, "semaphore", s, gen, msg, len);
+    int rc = semaphore_of("semaphore", s, gen, msg, len);
     if (rc) return rc;
     cJSON *req = conn_new_request(signal ? "semaphore.signal" : "semaphore.value"), *reply = NULL;
     if (!req) return DROPBLOCK_EEXHAUSTED;
@@ -451,20 +454,8 @@ int remote_semaphore_op(dropblock_t *h, const dropblock_semaphore *s, int signal
 
 int remote_semaphore_free(dropblock_t *h, dropblock_semaphore *s)
 {
-    struct db_conn *c = h->conn;
-    pthread_mutex_lock(&c->lock);
-    const int lost = c->broken || c->gen != s->conn_gen;
-    pthread_mutex_unlock(&c->lock);
     if (!s->id || s->local) return DROPBLOCK_EINVAL;
-    int rc = DROPBLOCK_OK;
-    if (!lost) { /* a lost connection took it with it */
-        cJSON *req = conn_new_request("semaphore.free"), *reply = NULL;
-        if (!req) return DROPBLOCK_EEXHAUSTED;
-        proto_add_u64(req, "semaphore", s->id);
-        uint64_t gen = s->conn_gen;
-        rc = conn_request(h, req, -1, &gen, c->timeout_ms, &reply, NULL, 0);
-        cJSON_Delete(reply);
-    }
+    int rc = give_back(h, "semaphore.free", "semaphore", s->id, s->conn_gen);
     s->id = 0;
     return rc;
 }

@@ -32,30 +32,6 @@ void device_region_gone(struct client *c, const struct region *r)
     c->device_regions--;
 }
 
-/* The device a region.alloc names: an id, or "auto": the first healthy device that can export
- * (a discrete GPU before others, as jobs pick). -1 with the code in *code and msg. */
-static int alloc_device(struct server *s, const char *want, int *code, char *msg, size_t len)
-{
-    if (strcmp(want, "auto")) {
-        int dev = db_engine_pick(s->engine, want, msg, len);
-        if (dev < 0) *code = dev;
-        return dev;
-    }
-    int best = -1;
-    for (size_t i = 0; i < db_engine_device_count(s->engine); i++) {
-        if (!db_engine_healthy(s->engine, i, NULL, 0) || !db_engine_can_export(s->engine, i, NULL, 0)) continue;
-        if (best < 0 || db_engine_device(s->engine, i)->kind < db_engine_device(s->engine, (size_t)best)->kind)
-            best = (int)i;
-    }
-    if (best < 0) {
-        *code = DROPBLOCK_ENOTFOUND;
-        db_msg(msg, len,
-               "region.alloc: no device of this daemon can export memory (a Vulkan device whose driver has "
-               "VK_KHR_external_memory_fd)");
-    }
-    return best;
-}
-
 /* whether bytes more stay within the client's and the daemon's device-memory caps (msg: which not) */
 static int within_caps(const struct client *c, uint64_t bytes, char *msg, size_t len)
 {
@@ -116,7 +92,8 @@ void op_alloc(struct client *c, const cJSON *id, const cJSON *req)
         db_msg(msg, sizeof msg, "region.alloc: this connection already has %llu regions (the limit, --max-regions)",
                (unsigned long long)s->max_regions);
     }
-    int dev = code ? -1 : alloc_device(s, device, &code, msg, sizeof msg);
+    int dev = -1;
+    if (!code && (dev = db_engine_pick_sharing(s->engine, device, DB_SHARE_MEMORY, msg, sizeof msg)) < 0) code = dev;
     if (!code && !within_caps(c, bytes, msg, sizeof msg)) code = DROPBLOCK_EEXHAUSTED;
     void *handle = NULL;
     struct db_export_info xi;

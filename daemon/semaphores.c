@@ -28,33 +28,6 @@ void client_semaphores_clear(struct client *c)
     c->nsems = c->cap_sems = 0;
 }
 
-/* The device of semaphore.create: an id, or "auto": the first healthy device with timeline
- * semaphores (exported ones where asked), a discrete GPU before others. */
-static int semaphore_device(struct server *s, const char *want, int exported, int *code, char *msg, size_t len)
-{
-    if (strcmp(want, "auto")) {
-        int dev = db_engine_pick(s->engine, want, msg, len);
-        if (dev < 0) *code = dev;
-        return dev;
-    }
-    int best = -1;
-    for (size_t i = 0; i < db_engine_device_count(s->engine); i++) {
-        if (!db_engine_healthy(s->engine, i, NULL, 0) || !db_engine_can_semaphore(s->engine, i, exported, NULL, 0))
-            continue;
-        if (best < 0 || db_engine_device(s->engine, i)->kind < db_engine_device(s->engine, (size_t)best)->kind)
-            best = (int)i;
-    }
-    if (best < 0) {
-        *code = DROPBLOCK_ENOTFOUND;
-        db_msg(msg, len, "semaphore.create: no device of this daemon has %s",
-               exported ? "timeline semaphores it can export (a Vulkan device whose driver has "
-                          "VK_KHR_timeline_semaphore and VK_KHR_external_semaphore_fd); \"export\": false needs "
-                          "only the first"
-                        : "timeline semaphores (a Vulkan device whose driver has VK_KHR_timeline_semaphore)");
-    }
-    return best;
-}
-
 static void op_create(struct client *c, const cJSON *id, const cJSON *req)
 {
     struct server *s = c->srv;
@@ -71,7 +44,11 @@ static void op_create(struct client *c, const cJSON *id, const cJSON *req)
                "semaphore.create: this connection already has %llu semaphores (the limit, --max-semaphores)",
                (unsigned long long)s->max_semaphores);
     }
-    int dev = code ? -1 : semaphore_device(s, device, exported, &code, msg, sizeof msg);
+    int dev = -1;
+    if (!code &&
+        (dev = db_engine_pick_sharing(s->engine, device, exported ? DB_SHARE_SEMAPHORE_EXPORT : DB_SHARE_SEMAPHORES,
+                                      msg, sizeof msg)) < 0)
+        code = dev;
     if (!code && c->nsems == c->cap_sems) {
         size_t cap = c->cap_sems ? 2 * c->cap_sems : 8;
         struct client_sem *n = realloc(c->sems, cap * sizeof *n);

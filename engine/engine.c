@@ -790,6 +790,30 @@ int db_engine_can_export(const struct db_engine *e, size_t i, char *why, size_t 
     return s->dev.ops->can_export(&s->dev, why, len);
 }
 
+static int can_share(const struct db_engine *e, size_t i, enum db_sharing what)
+{
+    return what == DB_SHARE_MEMORY ? db_engine_can_export(e, i, NULL, 0)
+                                   : db_engine_can_semaphore(e, i, what == DB_SHARE_SEMAPHORE_EXPORT, NULL, 0);
+}
+
+int db_engine_pick_sharing(struct db_engine *e, const char *device, enum db_sharing what, char *msg, size_t len)
+{
+    if (device && strcmp(device, "auto")) return db_engine_pick(e, device, msg, len);
+    int best = -1;
+    for (size_t i = 0; i < e->n; i++) {
+        if (!db_engine_healthy(e, i, NULL, 0) || !can_share(e, i, what)) continue;
+        if (best < 0 || e->slots[i].dev.info.kind < e->slots[best].dev.info.kind) best = (int)i;
+    }
+    if (best >= 0) return best;
+    static const char *const missing[] = {
+        "can export memory (a Vulkan device whose driver has VK_KHR_external_memory_fd)",
+        "has timeline semaphores (a Vulkan device whose driver has VK_KHR_timeline_semaphore)",
+        "has timeline semaphores it can export (a Vulkan device whose driver has VK_KHR_timeline_semaphore and "
+        "VK_KHR_external_semaphore_fd); \"export\": false needs only the first"};
+    db_msg(msg, len, "no device %s", missing[what]);
+    return DROPBLOCK_ENOTFOUND;
+}
+
 int db_engine_export_alloc(struct db_engine *e, int dev, uint64_t bytes, void **handle, struct db_export_info *info,
                            char *msg, size_t len)
 {

@@ -135,6 +135,13 @@ void db_engine_export_free(struct db_engine *e, int dev, void *handle);
 /* Whether device i can export memory (why: what is missing, where not). */
 int db_engine_can_export(const struct db_engine *e, size_t i, char *why, size_t len);
 
+/* What a client shares with a device: exported memory, timeline semaphores, exported ones. */
+enum db_sharing { DB_SHARE_MEMORY, DB_SHARE_SEMAPHORES, DB_SHARE_SEMAPHORE_EXPORT };
+/* The device for region.alloc or semaphore.create: an id as db_engine_pick, or "auto": the
+ * healthy device that can share what (a discrete GPU before others); DROPBLOCK_ENOTFOUND
+ * naming what is missing where none can. */
+int db_engine_pick_sharing(struct db_engine *e, const char *device, enum db_sharing what, char *msg, size_t len);
+
 /* As db_engine_run, but returns DB_ENGINE_BUSY at once, running nothing, when the device is
  * running another job (the daemon's loop thread uses it for tiny jobs it may not wait on). */
 #define DB_ENGINE_BUSY 1

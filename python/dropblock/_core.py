@@ -225,29 +225,25 @@ class _Memory:
 
 # ---- device memory (region.alloc) ---------------------------------------------------------
 
-class DeviceBuffer:
-    """Device memory shared by file descriptor (Client.device_buffer; docs/protocol.md
-    region.alloc): it lives on `device` (e.g. "vulkan:0"), and `fd` is for this process to import
-    into its own API on that device (dropblock.cuda.import_buffer for CUDA and HIP, or Vulkan's
-    VkImportMemoryFdInfoKHR with allocation_size, memory_type_index and dedicated), matched by
-    device_uuid. A successful import takes the descriptor (take_fd); an untaken one is closed by
-    free(). Jobs name places in it with tensor(); ordering is host-synchronous (finish writing
-    x before the job; the job's return means y is there). free() (or `with`, or the garbage
-    collector) gives the memory back; an import keeps its own reference."""
+class _Shared:
+    """What DeviceBuffer and Semaphore share: the C struct the handle filled, a descriptor for an
+    importer (fd; take_fd() when an import takes it), the device and its UUIDs, and one free
+    (free(), `with`, or the garbage collector) that keeps the handle open until then."""
+    _free_fn = None  # the C function that gives it back
 
-    def __init__(self, handle, buf):
-        self._h, self._buf = handle, buf
-        self._finalizer = weakref.finalize(self, DeviceBuffer._free, handle, buf)
+    def __init__(self, handle, c):
+        self._h, self._c = handle, c
+        self._finalizer = weakref.finalize(self, _Shared._release, self._free_fn, handle, c)
 
     @staticmethod
-    def _free(handle, buf):
+    def _release(fn, handle, c):
         try:
-            lib().dropblock_device_free(handle.ptr, ctypes.byref(buf))
+            getattr(_sem_lib(), fn)(handle.ptr, ctypes.byref(c))
         finally:
             handle.release()
 
     def free(self):
-        """Gives the memory back (running jobs keep theirs). Safe to call twice."""
+        """Gives it back (running jobs keep theirs). Safe to call twice."""
         self._finalizer()
 
     def __enter__(self):
@@ -258,22 +254,36 @@ class DeviceBuffer:
 
     @property
     def fd(self):
-        return self._buf.fd
+        return self._c.fd
 
     def take_fd(self):
         """The descriptor, now the caller's (an import takes it): free() no longer closes it."""
-        fd, self._buf.fd = self._buf.fd, -1
+        fd, self._c.fd = self._c.fd, -1
         return fd
 
-    size = property(lambda self: self._buf.size)
-    allocation_size = property(lambda self: self._buf.allocation_size)
-    memory_type_index = property(lambda self: self._buf.memory_type_index)
-    dedicated = property(lambda self: bool(self._buf.dedicated))
-    host_mappable = property(lambda self: bool(self._buf.host_mappable))
-    handle_type = property(lambda self: self._buf.handle_type.decode())
-    device = property(lambda self: self._buf.device.decode())
-    device_uuid = property(lambda self: bytes(self._buf.device_uuid))
-    driver_uuid = property(lambda self: bytes(self._buf.driver_uuid))
+    handle_type = property(lambda self: self._c.handle_type.decode())
+    device = property(lambda self: self._c.device.decode())
+    device_uuid = property(lambda self: bytes(self._c.device_uuid))
+    driver_uuid = property(lambda self: bytes(self._c.driver_uuid))
+
+
+class DeviceBuffer(_Shared):
+    """Device memory shared by file descriptor (Client.device_buffer; docs/protocol.md
+    region.alloc): it lives on `device` (e.g. "vulkan:0"), and `fd` is for this process to import
+    into its own API on that device (dropblock.cuda.import_buffer for CUDA and HIP, or Vulkan's
+    VkImportMemoryFdInfoKHR with allocation_size, memory_type_index and dedicated), matched by
+    device_uuid. A successful import takes the descriptor (take_fd); an untaken one is closed by
+    free(). Jobs name places in it with tensor(); ordering is host-synchronous (finish writing
+    x before the job; the job's return means y is there). free() (or `with`, or the garbage
+    collector) gives the memory back; an import keeps its own reference."""
+
+    _free_fn = "dropblock_device_free"
+    _buf = property(lambda self: self._c)
+    size = property(lambda self: self._c.size)
+    allocation_size = property(lambda self: self._c.allocation_size)
+    memory_type_index = property(lambda self: self._c.memory_type_index)
+    dedicated = property(lambda self: bool(self._c.dedicated))
+    host_mappable = property(lambda self: bool(self._c.host_mappable))
 
     def tensor(self, shape, dtype="f32", offset=0):
         """A tensor of shape (4 integers, in the layout's order) and dtype ("f32", "f16", "bf16")
@@ -335,7 +345,7 @@ def _sem_lib():
     return L
 
 
-class Semaphore:
+class Semaphore(_Shared):
     """A timeline semaphore on `device` (Client.semaphore; docs/protocol.md "Ordering with
     semaphores"), starting at 0: a job may wait for it to reach a value and raise it to a value
     once over (Client.submit/dropblock2d's wait= and signal=). Exported, `fd` is for this process
@@ -343,38 +353,8 @@ class Semaphore:
     an import takes it (take_fd). signal() and value from the host; free() (or `with`, or the
     garbage collector) gives it up."""
 
-    def __init__(self, handle, sem):
-        self._h, self._s = handle, sem
-        self._finalizer = weakref.finalize(self, Semaphore._free, handle, sem)
-
-    @staticmethod
-    def _free(handle, sem):
-        try:
-            _sem_lib().dropblock_semaphore_free(handle.ptr, ctypes.byref(sem))
-        finally:
-            handle.release()
-
-    def free(self):
-        self._finalizer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.free()
-
-    @property
-    def fd(self):
-        return self._s.fd
-
-    def take_fd(self):
-        fd, self._s.fd = self._s.fd, -1
-        return fd
-
-    handle_type = property(lambda self: self._s.handle_type.decode())
-    device = property(lambda self: self._s.device.decode())
-    device_uuid = property(lambda self: bytes(self._s.device_uuid))
-    driver_uuid = property(lambda self: bytes(self._s.driver_uuid))
+    _free_fn = "dropblock_semaphore_free"
+    _s = property(lambda self: self._c)
 
     def signal(self, value):
         """Raises it to value from the host (an error unless above its value)."""

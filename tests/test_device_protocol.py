@@ -20,67 +20,21 @@ Skips (77) without a device that can export (a Vulkan driver with VK_KHR_externa
   test_device_protocol.py --daemon DROPBLOCKD
 """
 import argparse
-import array
-import json
 import os
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import Daemon, Tally  # noqa: E402
+import testlib  # noqa: E402
+from testlib import Daemon, RawConn as Conn, Tally, error  # noqa: E402
 
 T = Tally()
 MIB = 1 << 20
 
 
-class Conn:
-    def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX)
-        self.s.settimeout(60)
-        self.s.connect(path)
-        self.n = 0
-
-    def req(self, o, send_fd=None):
-        self.n += 1
-        o = {"v": 1, "id": self.n, **o}
-        b = json.dumps(o).encode()
-        frame = struct.pack("<I", len(b)) + b
-        if send_fd is None:
-            self.s.sendall(frame)
-        else:
-            self.s.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [send_fd]))])
-        fds = array.array("i")
-        hdr, anc, _, _ = self.s.recvmsg(4, socket.CMSG_SPACE(16 * 4))
-        for lvl, typ, data in anc:
-            if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                fds.frombytes(data[:len(data) - len(data) % 4])
-        n = struct.unpack("<I", hdr)[0]
-        body = b""
-        while len(body) < n:
-            body += self.s.recv(n - len(body))
-        return json.loads(body), list(fds)
-
-    def close(self):
-        self.s.close()
-
-
-def error(r, code, *words):
-    e = r.get("error", {})
-    return (not r.get("ok") and e.get("code") == code and all(w in e.get("message", "") for w in words),
-            e.get("message"))
-
-
 def memfd_region(c, size):
-    fd = os.memfd_create("t", os.MFD_ALLOW_SEALING)
-    os.ftruncate(fd, size)
-    import fcntl
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
-    r, _ = c.req({"op": "region.register", "fds": 1}, send_fd=fd)
-    os.close(fd)
-    return r["region"]
+    return testlib.memfd_region(c, size)[0]
 
 
 def check_alloc_reply(c, dev):

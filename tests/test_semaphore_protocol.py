@@ -20,103 +20,19 @@ Skips (77) without a device with timeline semaphores.
   test_semaphore_protocol.py --daemon DROPBLOCKD
 """
 import argparse
-import array
-import fcntl
-import json
-import mmap
 import os
-import socket
-import struct
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import Daemon, Tally  # noqa: E402
+from testlib import Daemon, RawConn as Conn, Tally, error, memfd_region as host_region  # noqa: E402
 
 T = Tally()
 SHAPE = [2, 3, 16, 16]
 NUMEL = 2 * 3 * 16 * 16
 TB = NUMEL * 4
 POISON = b"\xad\xde\xc0\x7f" * NUMEL
-
-
-class Conn:
-    """One connection: send() returns the request's id; reply(id) reads until that reply comes,
-    keeping the others."""
-
-    def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX)
-        self.s.settimeout(90)
-        self.s.connect(path)
-        self.n = 0
-        self.kept = {}
-
-    def send(self, o, send_fd=None):
-        self.n += 1
-        b = json.dumps({"v": 1, "id": self.n, **o}).encode()
-        frame = struct.pack("<I", len(b)) + b
-        if send_fd is None:
-            self.s.sendall(frame)
-        else:
-            self.s.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [send_fd]))])
-        return self.n
-
-    def _read(self):
-        fds = array.array("i")
-        hdr, anc, _, _ = self.s.recvmsg(4, socket.CMSG_SPACE(16 * 4))
-        for lvl, typ, data in anc:
-            if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                fds.frombytes(data[:len(data) - len(data) % 4])
-        n = struct.unpack("<I", hdr)[0]
-        body = b""
-        while len(body) < n:
-            body += self.s.recv(n - len(body))
-        r = json.loads(body)
-        return r, list(fds)
-
-    def reply(self, rid):
-        while rid not in self.kept:
-            r, fds = self._read()
-            self.kept[r.get("id")] = (r, fds)
-        return self.kept.pop(rid)
-
-    def req(self, o, send_fd=None):
-        return self.reply(self.send(o, send_fd))
-
-    def pending(self, rid, wait_s=0.0):
-        """Whether rid's reply has not come within wait_s seconds."""
-        if rid in self.kept:
-            return False
-        self.s.settimeout(wait_s if wait_s > 0 else 0.001)
-        try:
-            while rid not in self.kept:
-                r, fds = self._read()
-                self.kept[r.get("id")] = (r, fds)
-        except (socket.timeout, BlockingIOError):
-            pass
-        finally:
-            self.s.settimeout(90)
-        return rid not in self.kept
-
-    def close(self):
-        self.s.close()
-
-
-def error(r, code, *words):
-    e = r.get("error", {})
-    return (not r.get("ok") and e.get("code") == code and all(w in e.get("message", "") for w in words),
-            e.get("message"))
-
-
-def host_region(c, size):
-    fd = os.memfd_create("t", os.MFD_ALLOW_SEALING)
-    os.ftruncate(fd, size)
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
-    r, _ = c.req({"op": "region.register", "fds": 1}, send_fd=fd)
-    m = mmap.mmap(fd, size)
-    os.close(fd)
-    return r["region"], m
 
 
 def value(c, sem):

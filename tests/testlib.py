@@ -3,14 +3,22 @@
   Tally        pass/fail counts; check(cond, what) prints each failure
   Daemon       a dropblockd on a socket, started, waited for and stopped
   daemon_cmd   its command line under $DROPBLOCK_DAEMON_WRAPPER (tests/valgrind.sh sets one)
+  RawConn      raw protocol frames on a connection, replies by id, descriptors both ways
+  error        whether a reply is an error of a code whose message holds some words
+  memfd_region a sealed memfd registered on a RawConn (and its mapping)
 
 Python standard library only.
 """
+import array
+import fcntl
+import json
+import mmap
 import os
 import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -106,3 +114,83 @@ class Daemon:
             if self.own_dir:
                 shutil.rmtree(self.dir, ignore_errors=True)
         return self.proc.returncode
+
+
+class RawConn:
+    """One connection speaking the protocol's frames itself: send() returns the request's id,
+    reply(id) reads until that reply comes (keeping others: a job's reply comes when it is over),
+    req() is both; descriptors go with a request (send_fd) and come back with a reply's frame."""
+
+    def __init__(self, path):
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.settimeout(90)
+        self.s.connect(path)
+        self.n = 0
+        self.kept = {}
+
+    def send(self, o, send_fd=None):
+        self.n += 1
+        b = json.dumps({"v": 1, "id": self.n, **o}).encode()
+        frame = struct.pack("<I", len(b)) + b
+        if send_fd is None:
+            self.s.sendall(frame)
+        else:
+            self.s.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [send_fd]))])
+        return self.n
+
+    def _read(self):
+        fds = array.array("i")
+        hdr, anc, _, _ = self.s.recvmsg(4, socket.CMSG_SPACE(16 * 4))
+        for lvl, typ, data in anc:
+            if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                fds.frombytes(data[:len(data) - len(data) % 4])
+        n = struct.unpack("<I", hdr)[0]
+        body = b""
+        while len(body) < n:
+            body += self.s.recv(n - len(body))
+        return json.loads(body), list(fds)
+
+    def reply(self, rid):
+        while rid not in self.kept:
+            r, fds = self._read()
+            self.kept[r.get("id")] = (r, fds)
+        return self.kept.pop(rid)
+
+    def req(self, o, send_fd=None):
+        return self.reply(self.send(o, send_fd))
+
+    def pending(self, rid, wait_s=0.0):
+        """Whether rid's reply has not come within wait_s seconds."""
+        if rid in self.kept:
+            return False
+        self.s.settimeout(wait_s if wait_s > 0 else 0.001)
+        try:
+            while rid not in self.kept:
+                r, fds = self._read()
+                self.kept[r.get("id")] = (r, fds)
+        except (socket.timeout, BlockingIOError):
+            pass
+        finally:
+            self.s.settimeout(90)
+        return rid not in self.kept
+
+    def close(self):
+        self.s.close()
+
+
+def error(r, code, *words):
+    """(whether r is an error of code whose message holds every word, the message)"""
+    e = r.get("error", {})
+    return (not r.get("ok") and e.get("code") == code and all(w in e.get("message", "") for w in words),
+            e.get("message"))
+
+
+def memfd_region(c, size):
+    """A sealed memfd of size bytes registered on RawConn c: (region id, its mapping)."""
+    fd = os.memfd_create("t", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    r, _ = c.req({"op": "region.register", "fds": 1}, send_fd=fd)
+    m = mmap.mmap(fd, size)
+    os.close(fd)
+    return r["region"], m

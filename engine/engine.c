@@ -805,12 +805,13 @@ int db_engine_pick_sharing(struct db_engine *e, const char *device, enum db_shar
         if (best < 0 || e->slots[i].dev.info.kind < e->slots[best].dev.info.kind) best = (int)i;
     }
     if (best >= 0) return best;
-    static const char *const missing[] = {
-        "can export memory (a Vulkan device whose driver has VK_KHR_external_memory_fd)",
-        "has timeline semaphores (a Vulkan device whose driver has VK_KHR_timeline_semaphore)",
-        "has timeline semaphores it can export (a Vulkan device whose driver has VK_KHR_timeline_semaphore and "
-        "VK_KHR_external_semaphore_fd); \"export\": false needs only the first"};
-    db_msg(msg, len, "no device %s", missing[what]);
+    const char *missing =
+        what == DB_SHARE_MEMORY ? "can export memory (a Vulkan device whose driver has VK_KHR_external_memory_fd)"
+        : what == DB_SHARE_SEMAPHORES
+            ? "has timeline semaphores (a Vulkan device whose driver has VK_KHR_timeline_semaphore)"
+            : "has timeline semaphores it can export (a Vulkan device whose driver has VK_KHR_timeline_semaphore "
+              "and VK_KHR_external_semaphore_fd); \"export\": false needs only the first";
+    db_msg(msg, len, "no device %s", missing);
     return DROPBLOCK_ENOTFOUND;
 }
 

@@ -84,9 +84,10 @@ size_t dropblock_dtype_size(dropblock_dtype t) { return t == DROPBLOCK_F32 ? 4 :
 uint64_t dropblock_numel(const dropblock_params *p)
 {
     uint64_t n = 1;
-    for (int i = 0; i < 4; i++) {
-        if (p->shape[i] == 0 || p->shape[i] > DROPBLOCK_MAX_ELEMENTS) return 0;
-        n *= p->shape[i];
+    const uint64_t dims[5] = {p->shape[0], p->shape[1], p->depth ? p->depth : 1, p->shape[2], p->shape[3]};
+    for (int i = 0; i < 5; i++) {
+        if (dims[i] == 0 || dims[i] > DROPBLOCK_MAX_ELEMENTS) return 0;
+        n *= dims[i];
         if (n > DROPBLOCK_MAX_ELEMENTS) return 0;
     }
     return n;
@@ -115,6 +116,16 @@ int dropblock_params_validate(const dropblock_params *p, char *msg, size_t len)
     if (p->shape[2] * p->shape[3] > DROPBLOCK_MAX_PLANE) {
         db_msg(msg, len, "map H x W = %llu x %llu has more than 2^31 elements", (unsigned long long)p->shape[2],
                (unsigned long long)p->shape[3]);
+        return DROPBLOCK_EINVAL;
+    }
+    if (p->depth > 1 && p->depth * p->shape[2] * p->shape[3] > DROPBLOCK_MAX_PLANE) {
+        db_msg(msg, len, "volume D x H x W = %llu x %llu x %llu has more than 2^31 elements",
+               (unsigned long long)p->depth, (unsigned long long)p->shape[2], (unsigned long long)p->shape[3]);
+        return DROPBLOCK_EINVAL;
+    }
+    if (p->depth > 1 && p->compat != DROPBLOCK_COMPAT_NONE) {
+        db_msg(msg, len, "compat %s: keras-cv has no 3-D layer (depth %llu)", dropblock_compat_name(p->compat),
+               (unsigned long long)p->depth);
         return DROPBLOCK_EINVAL;
     }
     if ((unsigned)p->layout > DROPBLOCK_NHWC) {

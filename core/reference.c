@@ -209,12 +209,100 @@ static int reference_run(const dropblock_params *p, const void *in, void *out, v
     return rc;
 }
 
+/* DropBlock3D (docs/semantics.md, "DropBlock3D"), literally: boxes of fired corners cleared from
+ * an all-kept mask, then the scales and y = (x * scale) * m. WORK IN PROGRESS (issue 17): the
+ * oracle the backends' 3-D passes will be checked against. */
+static int reference_run3d(const dropblock_params *p, const void *in, void *out, void *mask, uint32_t *scales,
+                           dropblock_result *res)
+{
+    int rc = dropblock_params_validate(p, res->message, sizeof res->message);
+    if (rc) return rc;
+    const uint64_t N = p->shape[0], C = p->shape[1], D = p->depth, H = p->shape[2], W = p->shape[3];
+    const uint64_t total = N * C * D * H * W, per = C * D * H * W, mbytes = dropblock_mask_bytes(p);
+    const uint64_t bd = (p->block_depth ? p->block_depth : 1) < D ? (p->block_depth ? p->block_depth : 1) : D;
+    const uint64_t bh = p->block[0] < H ? p->block[0] : H, bw = p->block[1] < W ? p->block[1] : W;
+    const dropblock_dtype t = p->dtype;
+    uint8_t *keep = malloc(mbytes);
+    uint64_t *kept_n = calloc(N, sizeof *kept_n);
+    uint32_t *scale = calloc(N, sizeof *scale);
+    if (!keep || !kept_n || !scale) {
+        free(keep);
+        free(kept_n);
+        free(scale);
+        db_msg(res->message, sizeof res->message, "out of host memory for the reference");
+        return DROPBLOCK_EEXHAUSTED;
+    }
+    memset(keep, 0xFF, mbytes);
+    if (total % 8) keep[mbytes - 1] = (uint8_t)((1u << (total % 8)) - 1);
+    if (p->training && p->rate != 0.0f) {
+        volatile float g = p->rate * (float)(D * H * W);
+        g = g / (float)(bd * bh * bw);
+        g = g / (float)((D - bd + 1) * (H - bh + 1) * (W - bw + 1));
+        const uint64_t T = db_threshold(g);
+        struct word_source src;
+        memset(&src, 0, sizeof src);
+        src.key[0] = (uint32_t)p->seed;
+        src.key[1] = (uint32_t)(p->seed >> 32);
+        src.base[2] = (uint32_t)p->stream;
+        src.base[3] = (uint32_t)(p->stream >> 32);
+        for (uint64_t n = 0; n < N; n++)
+            for (uint64_t c = 0; c < C; c++) {
+                const uint64_t nn = (p->share & DROPBLOCK_SHARE_BATCH) ? 0 : n;
+                const uint64_t cc = (p->share & DROPBLOCK_SHARE_CHANNELS) ? 0 : c;
+                for (uint64_t d0 = 0; d0 + bd <= D; d0++)
+                    for (uint64_t i = 0; i + bh <= H; i++)
+                        for (uint64_t j = 0; j + bw <= W; j++) {
+                            const uint64_t e = (((nn * C + cc) * D + d0) * H + i) * W + j;
+                            if ((uint64_t)word_at(&src, e) >= T) continue;
+                            for (uint64_t d = d0; d < d0 + bd; d++)
+                                for (uint64_t h = i; h < i + bh; h++)
+                                    for (uint64_t w = j; w < j + bw; w++) {
+                                        const uint64_t bit = (((n * C + c) * D + d) * H + h) * W + w;
+                                        keep[bit >> 3] &= (uint8_t) ~(1u << (bit & 7));
+                                    }
+                        }
+            }
+    }
+    for (uint64_t bit = 0; bit < total; bit++)
+        if ((keep[bit >> 3] >> (bit & 7)) & 1u) kept_n[bit / per]++;
+    uint64_t K = 0;
+    for (uint64_t n = 0; n < N; n++) K += kept_n[n];
+    const int identity = !p->training || p->rate == 0.0f;
+    for (uint64_t n = 0; n < N; n++)
+        scale[n] = identity || p->normalize == DROPBLOCK_NORMALIZE_NONE ? 0x3F800000u
+                   : p->normalize == DROPBLOCK_NORMALIZE_GLOBAL         ? db_ratio_f32_bits(total, K)
+                                                                        : db_ratio_f32_bits(per, kept_n[n]);
+    for (uint64_t n = 0; n < N; n++)
+        for (uint64_t c = 0; c < C; c++)
+            for (uint64_t d = 0; d < D; d++)
+                for (uint64_t h = 0; h < H; h++)
+                    for (uint64_t w = 0; w < W; w++) {
+                        const uint64_t lbit = (((n * C + c) * D + d) * H + h) * W + w;
+                        const uint64_t at =
+                            p->layout == DROPBLOCK_NCHW ? lbit : (((n * D + d) * H + h) * W + w) * C + c;
+                        if (identity) continue; /* copied whole below */
+                        const uint32_t m = ((keep[lbit >> 3] >> (lbit & 7)) & 1u) ? 0x3F800000u : 0u;
+                        store_y(out, t, at, db_mul32(db_mul32(load_x(in, t, at), scale[n]), m));
+                    }
+    if (identity && out != in) memmove(out, in, total * dropblock_dtype_size(t)); /* the bits, NaN payloads too */
+    res->kept = K;
+    res->total = total;
+    res->scale_bits = scale[0];
+    if (mask) memcpy(mask, keep, mbytes);
+    if (scales) memcpy(scales, scale, N * sizeof *scale);
+    free(keep);
+    free(kept_n);
+    free(scale);
+    return DROPBLOCK_OK;
+}
+
 int db_reference_run(const dropblock_params *p, const void *in, void *out, void *mask, uint32_t *scales,
                      dropblock_result *res)
 {
     db_fpenv fe;
     db_fpenv_enter(&fe);
-    int rc = reference_run(p, in, out, mask, scales, res);
+    int rc =
+        p->depth > 1 ? reference_run3d(p, in, out, mask, scales, res) : reference_run(p, in, out, mask, scales, res);
     db_fpenv_leave(&fe);
     return rc;
 }

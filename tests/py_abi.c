@@ -27,6 +27,8 @@ int main(void)
     F(dropblock_params, training);
     F(dropblock_params, has_position);
     F(dropblock_params, position);
+    F(dropblock_params, depth);
+    F(dropblock_params, block_depth);
     E();
     S(dropblock_result);
     F(dropblock_result, kept);

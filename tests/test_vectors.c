@@ -73,8 +73,15 @@ static int parse_request(const cJSON *r, dropblock_params *p, char *why, size_t 
     dropblock_params_init(p);
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(r, "shape"),
                 *block = cJSON_GetObjectItemCaseSensitive(r, "block");
+    const int three = cJSON_GetArraySize(shape) == 5; /* DropBlock3D: N,C,D,H,W and bd,bh,bw */
+    if (three && cJSON_GetArraySize(block) == 3) {
+        p->depth = (uint64_t)cJSON_GetArrayItem(shape, 2)->valuedouble;
+        p->block_depth = (uint64_t)cJSON_GetArrayItem(block, 0)->valuedouble;
+        cJSON_DeleteItemFromArray((cJSON *)shape, 2);
+        cJSON_DeleteItemFromArray((cJSON *)block, 0);
+    }
     if (cJSON_GetArraySize(shape) != 4 || cJSON_GetArraySize(block) != 2) {
-        snprintf(why, len, "request: shape needs 4 numbers and block 2");
+        snprintf(why, len, "request: shape needs 4 numbers and block 2 (or 5 and 3)");
         return -1;
     }
     for (int i = 0; i < 4; i++) p->shape[i] = (uint64_t)cJSON_GetArrayItem(shape, i)->valuedouble;

@@ -82,6 +82,11 @@ typedef struct dropblock_params {
      * calls, whatever their sizes) where has_position; stream k is shorthand for k*N*H*W*C */
     int has_position;
     uint64_t position;
+    /* DropBlock3D (docs/semantics.md, "DropBlock3D"): the logical tensor is (N, C, D, H, W) with
+     * D = depth and the block (block_depth, bh, bw); NCHW then means NCDHW and NHWC NDHWC. 0 or
+     * 1: DropBlock2D (which is DropBlock3D with D = 1 and block_depth 1, bit for bit).
+     * WORK IN PROGRESS (issue 17): only the CPU reference takes depth > 1 so far. */
+    uint64_t depth, block_depth;
 } dropblock_params;
 
 DROPBLOCK_API void dropblock_params_init(dropblock_params *p);

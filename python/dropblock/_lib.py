@@ -35,6 +35,8 @@ class Params(ctypes.Structure):
         ("training", ctypes.c_int),
         ("has_position", ctypes.c_int),
         ("position", ctypes.c_uint64),
+        ("depth", ctypes.c_uint64),
+        ("block_depth", ctypes.c_uint64),
     ]
 
 

@@ -11,12 +11,17 @@
 
 typedef unsigned __int128 u128;
 
+float db_gamma3d(float rate, uint64_t D, uint64_t H, uint64_t W, uint64_t bd, uint64_t bh, uint64_t bw)
+{
+    volatile float g = rate * (float)(D * H * W);
+    g = g / (float)(bd * bh * bw);
+    g = g / (float)((D - bd + 1) * (H - bh + 1) * (W - bw + 1));
+    return g;
+}
+
 float db_gamma(float rate, uint64_t H, uint64_t W, uint64_t bh, uint64_t bw)
 {
-    volatile float g = rate * (float)(H * W);
-    g = g / (float)(bh * bw);
-    g = g / (float)((H - bh + 1) * (W - bw + 1));
-    return g;
+    return db_gamma3d(rate, 1, H, W, 1, bh, bw);
 }
 
 uint64_t db_threshold(float g)
@@ -68,8 +73,8 @@ static uint32_t clip32(uint64_t v, uint64_t lim) { return (uint32_t)(v < lim ? v
 /* Our semantics (docs/semantics.md): Philox words against a threshold, blocks within the map. */
 static void plan_ours(struct db_plan *pl, const dropblock_params *p)
 {
-    const uint64_t H = pl->H, W = pl->W, C = pl->C;
-    pl->gamma = db_gamma(p->rate, H, W, pl->bh, pl->bw);
+    const uint64_t D = pl->D, H = pl->H, W = pl->W, C = pl->C;
+    pl->gamma = db_gamma3d(p->rate, D, H, W, pl->bd, pl->bh, pl->bw);
     pl->threshold = db_threshold(pl->gamma);
     pl->wmask = 0xFFFFFFFFu;
     pl->key[0] = (uint32_t)p->seed;
@@ -78,8 +83,12 @@ static void plan_ours(struct db_plan *pl, const dropblock_params *p)
     pl->base[3] = (uint32_t)(p->stream >> 32);
     pl->sW = 1;
     pl->sH = W;
-    pl->sC = (p->share & DROPBLOCK_SHARE_CHANNELS) ? 0 : H * W;
-    pl->sN = (p->share & DROPBLOCK_SHARE_BATCH) ? 0 : C * H * W;
+    pl->sD = H * W;
+    pl->sC = (p->share & DROPBLOCK_SHARE_CHANNELS) ? 0 : D * H * W;
+    pl->sN = (p->share & DROPBLOCK_SHARE_BATCH) ? 0 : C * D * H * W;
+    pl->dlo = 0;
+    pl->dhi = (int64_t)(D - pl->bd);
+    pl->dup = (uint32_t)(pl->bd - 1);
     pl->ilo = 0;
     pl->ihi = (int64_t)(H - pl->bh);
     pl->jlo = 0;
@@ -174,9 +183,11 @@ static int plan_init(struct db_plan *pl, const dropblock_params *p, char *msg, s
     pl->p = *p;
     pl->N = p->shape[0];
     pl->C = p->shape[1];
+    pl->D = p->depth > 1 ? p->depth : 1;
     pl->H = p->shape[2];
     pl->W = p->shape[3];
-    pl->numel = pl->N * pl->C * pl->H * pl->W;
+    pl->numel = pl->N * pl->C * pl->D * pl->H * pl->W;
+    pl->bd = p->block_depth > 1 ? (p->block_depth < pl->D ? p->block_depth : pl->D) : 1;
     pl->bh = p->block[0] < pl->H ? p->block[0] : pl->H;
     pl->bw = p->block[1] < pl->W ? p->block[1] : pl->W;
     pl->identity = !p->training || p->rate == 0.0f;
@@ -216,7 +227,7 @@ static int plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t 
         res->scale_bits = pb;
         return DROPBLOCK_OK;
     }
-    const uint64_t per = pl->C * pl->H * pl->W;
+    const uint64_t per = pl->C * pl->D * pl->H * pl->W;
     for (uint64_t n = 0; n < pl->N; n++) {
         uint32_t s;
         if (p->normalize == DROPBLOCK_NORMALIZE_NONE) s = 0x3F800000u;
@@ -230,7 +241,7 @@ static int plan_scales(const struct db_plan *pl, const uint64_t *kept, uint32_t 
 
 void db_mask_export_flat(const struct db_plan *pl, const uint32_t *words, uint64_t e0, uint64_t nelem, uint8_t *out)
 {
-    const uint64_t C = pl->C, H = pl->H, W = pl->W;
+    const uint64_t C = pl->C, D = pl->D, H = pl->H, W = pl->W;
     uint64_t k = 0;
     if (pl->p.layout == DROPBLOCK_NCHW && e0 % 8 == 0) {
         /* the physical order is the exported one: whole bytes, bit k of word k / 32 being bit
@@ -242,8 +253,9 @@ void db_mask_export_flat(const struct db_plan *pl, const uint32_t *words, uint64
         if (!((words[k >> 5] >> (k & 31)) & 1u)) continue;
         uint64_t p = e0 + k, bit = p; /* NCHW: the physical order is the exported one */
         if (pl->p.layout == DROPBLOCK_NHWC) {
-            uint64_t c = p % C, t = p / C, w = t % W, nh = t / W;
-            bit = ((nh / H * C + c) * H + nh % H) * W + w;
+            /* p = (((n D + d) H + h) W + w) C + c */
+            uint64_t c = p % C, t = p / C, w = t % W, ndh = t / W, h = ndh % H, nd = ndh / H;
+            bit = (((nd / D * C + c) * D + nd % D) * H + h) * W + w;
         }
         out[bit >> 3] |= (uint8_t)(1u << (bit & 7));
     }

@@ -430,12 +430,6 @@ static int check_job(struct db_engine *e, int dev, const dropblock_params *p, co
     snprintf(res->device, sizeof res->device, "%s", s->dev.info.id);
     int rc = dropblock_params_validate(p, res->message, sizeof res->message);
     if (rc) return rc;
-    if (p->depth > 1) { /* issue 17 in progress: the passes are 2-D so far */
-        db_msg(res->message, sizeof res->message,
-               "DropBlock3D (depth %llu): device %s cannot run it yet; only the CPU reference does (issue 17)",
-               (unsigned long long)p->depth, s->dev.info.id);
-        return DROPBLOCK_EINVAL;
-    }
     if ((rc = db_plan_init(pl, p, res->message, sizeof res->message))) return rc;
     if (!on_device && (!in || !out)) {
         db_msg(res->message, sizeof res->message, "%s buffer is NULL", in ? "output" : "input");

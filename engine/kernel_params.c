@@ -48,7 +48,7 @@ int db_job_chunks(const struct db_plan *pl, uint64_t max_buffer, uint64_t max_un
     /* the 8-byte per-sample partials of a chunk in one buffer too: a chunk of L >= 2 rows
      * touches at most (L-2)/CH + 2 samples, so L <= (smax - 1) CH rows do */
     const uint64_t smax = (max_buffer < DB_CHUNK_CAP ? max_buffer : DB_CHUNK_CAP) / 8;
-    const uint64_t CH = pl->C * pl->H, ur = db_unit_rows(pl);
+    const uint64_t CH = pl->C * pl->D * pl->H, ur = db_unit_rows(pl); /* rows a sample */
     /* lim >= 1 whenever smax >= 2, since CH >= ur */
     const uint64_t lim = smax < 2 ? 0 : (smax - 1 > UINT64_MAX / CH ? per : (smax - 1) * CH / ur);
     if (lim == 0) {
@@ -74,7 +74,7 @@ int db_job_chunks(const struct db_plan *pl, uint64_t max_buffer, uint64_t max_un
 
 void db_chunk_at(const struct db_plan *pl, uint64_t u0, uint64_t u1, struct db_chunk *ch)
 {
-    const uint64_t ur = db_unit_rows(pl), ue = db_unit_elems(pl), CH = pl->C * pl->H;
+    const uint64_t ur = db_unit_rows(pl), ue = db_unit_elems(pl), CH = pl->C * pl->D * pl->H;
     ch->u0 = u0;
     ch->u1 = u1;
     ch->r0 = u0 * ur;
@@ -101,12 +101,13 @@ void db_tile_shape(const struct db_plan *pl, const struct db_tuning *tu, struct 
         /* a tile of t rows, tw columns and tc planes looks at tc (t + up + down) (tw + left + right)
          * candidates: cut rows, then columns, then channels */
         const uint64_t b = tu->cand_budget, rx = (uint64_t)pl->up + pl->down, cx = (uint64_t)pl->left + pl->right;
-        const uint64_t bp = b / tc ? b / tc : 1; /* a plane's share */
+        const uint64_t sl = 1 + (uint64_t)pl->dup + pl->ddown; /* candidate slices a tile's slice sees */
+        const uint64_t bp = b / (tc * sl) ? b / (tc * sl) : 1; /* a plane's share */
         if ((t + rx) * (tw + cx) > bp) t = bp / (tw + cx) > rx + 1 ? bp / (tw + cx) - rx : 1;
         if (t == 1 && (1 + rx) * (tw + cx) > bp) tw = bp / (1 + rx) > cx + 1 ? bp / (1 + rx) - cx : 1;
         if (tw > pl->W) tw = pl->W;
-        if (t == 1 && tw == 1 && tc * (1 + rx) * (1 + cx) > b)
-            tc = b / ((1 + rx) * (1 + cx)) ? b / ((1 + rx) * (1 + cx)) : 1;
+        if (t == 1 && tw == 1 && tc * sl * (1 + rx) * (1 + cx) > b)
+            tc = b / (sl * (1 + rx) * (1 + cx)) ? b / (sl * (1 + rx) * (1 + cx)) : 1;
     }
     tile->rows = (uint32_t)t;
     tile->cols = (uint32_t)tw;
@@ -139,7 +140,7 @@ uint64_t db_chunk_tiles(const struct db_plan *pl, const struct db_chunk *ch, con
 int db_fast_apply_ok(const struct db_plan *pl, uint32_t epw)
 {
     if (pl->keras || epw == 0) return 0;
-    return pl->p.normalize != DROPBLOCK_NORMALIZE_SAMPLE || pl->C * pl->H * pl->W >= epw;
+    return pl->p.normalize != DROPBLOCK_NORMALIZE_SAMPLE || pl->C * pl->D * pl->H * pl->W >= epw;
 }
 
 /* mask words a count work item takes: 2048 bits, a few hundred bytes of reads an item */
@@ -147,11 +148,12 @@ int db_fast_apply_ok(const struct db_plan *pl, uint32_t epw)
 
 /* The scatter pass's words (db_params.h DBP_SCATTER ..), where the tuning asks for it and the
  * job allows it: compat none (keras_cv's candidates are strided by C), unshared masks (a shared
- * mask's words serve several planes, which the tiles handle), and some candidates. */
+ * mask's words serve several planes, which the tiles handle), 2-D (a 3-D block lands in several
+ * slices, which the tiles handle too), and some candidates. */
 static void scatter_params(const struct db_plan *pl, const struct db_chunk *ch, const struct db_tuning *tu,
                            uint32_t prm[DBP_COUNT])
 {
-    if (!tu->scatter || pl->keras || !pl->sN || !pl->sC || pl->sW != 1 || prm[DBP_IEND] <= prm[DBP_ILO] ||
+    if (!tu->scatter || pl->keras || pl->D > 1 || !pl->sN || !pl->sC || pl->sW != 1 || prm[DBP_IEND] <= prm[DBP_ILO] ||
         prm[DBP_JEND] <= prm[DBP_JLO])
         return;
     const uint64_t g0 = ch->u0 / pl->H, g1 = (ch->u1 + pl->H - 1) / pl->H;
@@ -184,7 +186,7 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const
     put64(prm, DBP_NELEM, ch->nelem);
     put64(prm, DBP_N0, ch->n0);
     prm[DBP_NSAMP] = (uint32_t)ch->nsamp;
-    put64(prm, DBP_CHW, pl->C * pl->H * pl->W);
+    put64(prm, DBP_CHW, pl->C * pl->D * pl->H * pl->W);
     put64(prm, DBP_NUMEL, pl->numel);
     prm[DBP_KEY] = pl->key[0];
     prm[DBP_KEY + 1] = pl->key[1];
@@ -203,6 +205,13 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const
     prm[DBP_DOWN] = pl->down;
     prm[DBP_LEFT] = pl->left;
     prm[DBP_RIGHT] = pl->right;
+    prm[DBP_D] = (uint32_t)pl->D;
+    put64(prm, DBP_GPS, db_groups_per_sample(pl));
+    put64(prm, DBP_SD, pl->sD);
+    prm[DBP_DLO] = pl->dlo < 0 ? 0u : (uint32_t)pl->dlo;
+    prm[DBP_DEND] = clamp_end(pl->dhi);
+    prm[DBP_DUP] = pl->dup;
+    prm[DBP_DDOWN] = pl->ddown;
     prm[DBP_TILE] = t.rows;
     prm[DBP_NT] = (uint32_t)nt;
     prm[DBP_TILEW] = t.cols;
@@ -213,7 +222,7 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const
     prm[DBP_NTILES] = (uint32_t)db_chunk_tiles(pl, ch, tu);
     /* tiles an item: as many as make item_cands candidates (and keep within cand_budget) */
     uint64_t cands = (t.rows + (uint64_t)pl->up + pl->down) * (t.cols + (uint64_t)pl->left + pl->right) *
-                     (pl->p.layout == DROPBLOCK_NHWC ? t.chans : 1);
+                     (pl->p.layout == DROPBLOCK_NHWC ? t.chans : 1) * (1 + (uint64_t)pl->dup + pl->ddown);
     uint64_t want = tu->item_cands, tpw = want > cands ? want / cands : 1;
     if (tu->cand_budget && tpw * cands > tu->cand_budget) tpw = tu->cand_budget / cands ? tu->cand_budget / cands : 1;
     prm[DBP_TPW] = (uint32_t)(tpw < prm[DBP_NTILES] ? tpw : (prm[DBP_NTILES] ? prm[DBP_NTILES] : 1));
@@ -228,6 +237,10 @@ int db_baseline_params(const struct db_plan *pl, uint32_t blp[BLP_COUNT], uint64
                        size_t len)
 {
     const uint64_t b = pl->bh;
+    if (pl->D > 1) {
+        db_msg(msg, len, "the baseline (torchvision's drop_block2d) takes 2-D maps only");
+        return DROPBLOCK_EINVAL;
+    }
     if (pl->bh != pl->bw || b % 2 == 0) {
         db_msg(msg, len, "the baseline (torchvision) takes odd square blocks only");
         return DROPBLOCK_EINVAL;

@@ -7,7 +7,9 @@
 /* Parameter words (engine/kernel_params.c fills them); 64-bit values take two words, low first.
  * A unit is one physical row of the tensor (W elements for NCHW, W*C for NHWC); a group is
  * what one mask tile covers across its rows: one (n, c) plane for NCHW, one sample n (all
- * channels) for NHWC, so unit = group * H + h in both layouts. */
+ * channels) for NHWC, so unit = group * H + h in both layouts. DropBlock3D (DBP_D > 1) is the
+ * same with a group per depth slice: (n, c, d) for NCDHW, (n, d) for NDHWC; a 2-D map is a
+ * volume of depth 1. */
 #define DBP_C 0 /* u64 */
 #define DBP_H 2
 #define DBP_W 3
@@ -58,7 +60,16 @@
 #define DBP_SKR 63     /* candidate rows a scatter work item takes */
 #define DBP_CKW 64     /* mask words a count work item takes */
 #define DBP_FUSED 65   /* 1: one chunk with device scales: the count pass's last item makes them */
-#define DBP_COUNT 66
+/* depth (DropBlock3D; 1 for 2-D): candidate slices [DLO, DEND); output slice d looks at
+ * candidate slices [d - DUP, d + DDOWN] */
+#define DBP_D 66
+#define DBP_GPS 67 /* u64: groups a sample (C D for NCDHW, D for NDHWC) */
+#define DBP_SD 69  /* u64: stride of the candidate index e over slices */
+#define DBP_DLO 71
+#define DBP_DEND 72
+#define DBP_DUP 73
+#define DBP_DDOWN 74
+#define DBP_COUNT 75
 #define DB_PRM_VEC4S ((DBP_COUNT + 3) / 4) /* the words as GLSL's uniform block holds them (db_glsl.h) */
 
 /* Vulkan descriptor bindings (set 0) of the passes' storage buffers: the numbers the shaders

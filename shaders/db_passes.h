@@ -305,7 +305,7 @@ DBFN u64 db_tile_bit(DB_PRM_BUFS u64 grp, u32x4 box, u64 c0, u32 end)
 DBFN u64 db_tile_sample(DB_PRM_BUFS u64 g)
 {
     u64 grp = db_tile_group(DB_PRM_ARGS g);
-    return (DB_P(DBP_LAYOUT) != 0u ? grp : db_udiv(grp, DB_PRM64(DBP_C))) - DB_PRM64(DBP_N0);
+    return db_udiv(grp, DB_PRM64(DBP_GPS)) - DB_PRM64(DBP_N0);
 }
 
 /* Mask pass for tile g of the chunk: writes the keep bits of its rows (or of its columns of
@@ -321,8 +321,11 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
     u32 h0 = box.x, h1 = box.y, w0 = box.z, w1 = box.w;
     if (h0 >= h1) return 0u;
     u64 gh = grp * U64(H), ue = nhwc != 0u ? U64(W) * C : U64(W);
-    u64 n = nhwc != 0u ? grp : db_udiv(grp, C);
-    u64 c0 = nhwc != 0u ? db_tile_chan(DB_PRM_ARGS g, grp) : grp - n * C, c1 = c0 + 1ul;
+    /* the group's sample n, slice d and (NCDHW) channel */
+    u32 D = DB_P(DBP_D);
+    u64 n = db_udiv(grp, DB_PRM64(DBP_GPS)), rest = grp - n * DB_PRM64(DBP_GPS), cd = db_udiv(rest, U64(D));
+    u32 d = U32(rest - cd * U64(D));
+    u64 c0 = nhwc != 0u ? db_tile_chan(DB_PRM_ARGS g, grp) : cd, c1 = c0 + 1ul;
     if (nhwc != 0u) c1 = NC == 1ul || C - c0 <= U64(DB_P(DBP_TILEC)) ? C : c0 + U64(DB_P(DBP_TILEC));
     /* the tile's bits, all kept to start with */
     u64 a = db_tile_bit(DB_PRM_ARGS grp, box, c0, 0u), b = db_tile_bit(DB_PRM_ARGS grp, box, c0, 1u);
@@ -338,61 +341,68 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
     if (cj0 < DB_P(DBP_JLO)) cj0 = DB_P(DBP_JLO);
     u64 cj1_64 = U64(w1) + U64(DB_P(DBP_RIGHT));
     u32 cj1 = cj1_64 < U64(DB_P(DBP_JEND)) ? U32(cj1_64) : DB_P(DBP_JEND);
-    u64 sN = DB_PRM64(DBP_SN), sC = DB_PRM64(DBP_SC), sH = DB_PRM64(DBP_SH), sW = DB_PRM64(DBP_SW);
-    for (u64 c = c0; c < c1 && ci0 < ci1 && cj0 < cj1; c++) {
-        u64 ebase = n * sN + c * sC, cbit = nhwc != 0u ? c : 0ul;
-        u64 blk[DB_QUEUE];
+    /* and slices: a tile lies in one slice d, and candidates of slices [d - up, d + down] reach it */
+    u32 dup = DB_P(DBP_DUP), dc0 = d >= dup ? d - dup : 0u;
+    if (dc0 < DB_P(DBP_DLO)) dc0 = DB_P(DBP_DLO);
+    u64 dc1_64 = U64(d) + U64(DB_P(DBP_DDOWN)) + 1ul;
+    u32 dc1 = dc1_64 < U64(DB_P(DBP_DEND)) ? U32(dc1_64) : DB_P(DBP_DEND);
+    u64 sN = DB_PRM64(DBP_SN), sC = DB_PRM64(DBP_SC), sD = DB_PRM64(DBP_SD), sH = DB_PRM64(DBP_SH),
+        sW = DB_PRM64(DBP_SW);
+    for (u32 dc = dc0; dc < dc1 && ci0 < ci1 && cj0 < cj1; dc++)
+        for (u64 c = c0; c < c1; c++) {
+            u64 ebase = n * sN + c * sC + U64(dc) * sD, cbit = nhwc != 0u ? c : 0ul;
+            u64 blk[DB_QUEUE];
 #if defined(DB_LANG_CL) && defined(DB_CPU)
-        db_queue_clear(blk);
+            db_queue_clear(blk);
 #endif
-        u32 nb = 0u;
-        u64 last = 0xFFFFFFFFFFFFFFFFul;
-        /* unit stride: the run of blocks from the first candidate to the last (DB_TAKE_RUN) */
-        u64 run = (ebase + U64(ci0) * sH + U64(cj0)) >> 2,
-            end = ((ebase + U64(ci1 - 1u) * sH + U64(cj1 - 1u)) >> 2) + 1ul;
-        if (sW == 1ul && DB_TAKE_RUN(end - run, U64(ci1 - ci0), U64(cj1 - cj0))) {
-            for (; run < end; run += U64(DB_BATCH)) {
-                u32 take = end - run < U64(DB_BATCH) ? U32(end - run) : U32(DB_BATCH);
-                db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, run, take, ebase, ci0, ci1, cj0, cj1);
+            u32 nb = 0u;
+            u64 last = 0xFFFFFFFFFFFFFFFFul;
+            /* unit stride: the run of blocks from the first candidate to the last (DB_TAKE_RUN) */
+            u64 run = (ebase + U64(ci0) * sH + U64(cj0)) >> 2,
+                end = ((ebase + U64(ci1 - 1u) * sH + U64(cj1 - 1u)) >> 2) + 1ul;
+            if (sW == 1ul && DB_TAKE_RUN(end - run, U64(ci1 - ci0), U64(cj1 - cj0))) {
+                for (; run < end; run += U64(DB_BATCH)) {
+                    u32 take = end - run < U64(DB_BATCH) ? U32(end - run) : U32(DB_BATCH);
+                    db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, run, take, ebase, ci0, ci1, cj0, cj1);
+                }
+                continue;
             }
-            continue;
-        }
-        for (u32 i = ci0; i < ci1; i++) {
-            u64 erow = ebase + U64(i) * sH, efirst = erow + U64(cj0) * sW, elast = erow + U64(cj1 - 1u) * sW;
-            if (sW == 1ul) { /* unit stride: the row's span of blocks, queued as a range */
-                u64 b0 = efirst >> 2, b1 = elast >> 2;
-                if (b0 == last) b0++;
-                last = b1;
-                while (b0 <= b1) {
-                    u32 take = U32(DB_BATCH) - nb;
-                    if (U64(take) > b1 - b0 + 1ul) take = U32(b1 - b0 + 1ul);
+            for (u32 i = ci0; i < ci1; i++) {
+                u64 erow = ebase + U64(i) * sH, efirst = erow + U64(cj0) * sW, elast = erow + U64(cj1 - 1u) * sW;
+                if (sW == 1ul) { /* unit stride: the row's span of blocks, queued as a range */
+                    u64 b0 = efirst >> 2, b1 = elast >> 2;
+                    if (b0 == last) b0++;
+                    last = b1;
+                    while (b0 <= b1) {
+                        u32 take = U32(DB_BATCH) - nb;
+                        if (U64(take) > b1 - b0 + 1ul) take = U32(b1 - b0 + 1ul);
 #if defined(DB_LANG_CL) && defined(DB_CPU)
-                    db_queue_span(blk, nb, b0, take);
+                        db_queue_span(blk, nb, b0, take);
 #else
-                    for (u32 l = 0u; l < take; l++) blk[nb + l] = b0 + U64(l);
+                        for (u32 l = 0u; l < take; l++) blk[nb + l] = b0 + U64(l);
 #endif
-                    nb += take;
-                    b0 += U64(take);
+                        nb += take;
+                        b0 += U64(take);
+                        if (nb == U32(DB_BATCH)) {
+                            db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
+                            nb = 0u;
+                        }
+                    }
+                    continue;
+                }
+                for (u64 e = efirst; e <= elast; e += sW) { /* one block per candidate */
+                    if ((e >> 2) == last) continue;
+                    last = e >> 2;
+                    blk[nb] = last;
+                    nb++;
                     if (nb == U32(DB_BATCH)) {
                         db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
                         nb = 0u;
                     }
                 }
-                continue;
             }
-            for (u64 e = efirst; e <= elast; e += sW) { /* one block per candidate */
-                if ((e >> 2) == last) continue;
-                last = e >> 2;
-                blk[nb] = last;
-                nb++;
-                if (nb == U32(DB_BATCH)) {
-                    db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
-                    nb = 0u;
-                }
-            }
+            if (nb > 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
         }
-        if (nb > 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
-    }
 
     return db_count_bits(DB_BITS_ARGS a, b - 1ul, wa, wb);
 }
@@ -456,7 +466,8 @@ DBFN u32 db_mask_planes(DB_MASK_BUFS u64 t0, u64 t1, u64 wa, u64 wb)
     u64 C = DB_PRM64(DBP_C);
     u32 H = DB_P(DBP_H), W = DB_P(DBP_W);
     u64 HW = U64(H) * U64(W);
-    if (DB_P(DBP_LAYOUT) != 0u || U64(DB_P(DBP_NT)) * U64(DB_P(DBP_NS)) * U64(DB_P(DBP_NC)) != 1ul) return 0u;
+    if (DB_P(DBP_LAYOUT) != 0u || DB_P(DBP_D) != 1u || U64(DB_P(DBP_NT)) * U64(DB_P(DBP_NS)) * U64(DB_P(DBP_NC)) != 1ul)
+        return 0u;
     if (DB_PRM64(DBP_SW) != 1ul || DB_PRM64(DBP_SH) != U64(W) || DB_PRM64(DBP_SC) != HW || DB_PRM64(DBP_SN) != C * HW)
         return 0u;
     u64 g0 = DB_PRM64(DBP_TA0) + t0, g1 = DB_PRM64(DBP_TA0) + t1; /* planes n C + c */
@@ -542,8 +553,8 @@ DBFN void db_mask_item(DB_MASK_BUFS u64 w)
  * the plane ends in, by that row's). A fired candidate's block is cleared wherever it lands
  * in the chunk, with atomics (the mask was filled with ones before the pass), so no item
  * owns words and none waits for another. The kept bits are counted after it, by the count
- * pass. Compat none and unshared masks only (the words of a shared mask serve several planes):
- * the tiles take the rest. */
+ * pass. Compat none, unshared masks and 2-D only (the words of a shared mask serve several
+ * planes, a 3-D block several slices): the tiles take the rest. */
 
 /* Scatter pass, work item w: candidate rows w SKR .. of the chunk (db_scatter_items). */
 DBFN void db_scatter_item(DB_DROP_BUFS u64 w)

@@ -13,9 +13,13 @@ static int add(struct test_case *out, int *n, int cap, const char *name, const d
     if (*n >= cap) return 0;
     struct test_case *t = &out[(*n)++];
     memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s %s/%s %llux%llux%llux%llu r%g b%llux%llu %s%s%s%s%s%s", name,
+    char depth[48] = "";
+    if (p->depth > 1 || p->block_depth > 1)
+        snprintf(depth, sizeof depth, " D%llu bd%llu", (unsigned long long)p->depth,
+                 (unsigned long long)p->block_depth);
+    snprintf(t->name, sizeof t->name, "%s %s/%s %llux%llux%llux%llu%s r%g b%llux%llu %s%s%s%s%s%s", name,
              dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype), (unsigned long long)p->shape[0],
-             (unsigned long long)p->shape[1], (unsigned long long)p->shape[2], (unsigned long long)p->shape[3],
+             (unsigned long long)p->shape[1], (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], depth,
              (double)p->rate, (unsigned long long)p->block[0], (unsigned long long)p->block[1],
              dropblock_normalize_name(p->normalize), p->share & DROPBLOCK_SHARE_CHANNELS ? " share-c" : "",
              p->share & DROPBLOCK_SHARE_BATCH ? " share-n" : "", p->mode == DROPBLOCK_BACKWARD ? " backward" : "",
@@ -32,6 +36,17 @@ static dropblock_params base(uint64_t n, uint64_t c, uint64_t h, uint64_t w, flo
     dropblock_params p = tu_params(n, c, h, w, rate, bh, bw);
     p.seed = 1000 + h * 31 + w;
     p.stream = 3;
+    return p;
+}
+
+/* DropBlock3D: an (N, C, D, H, W) volume, block (bd, bh, bw) */
+static dropblock_params base3(uint64_t n, uint64_t c, uint64_t d, uint64_t h, uint64_t w, float rate, uint64_t bd,
+                              uint64_t bh, uint64_t bw)
+{
+    dropblock_params p = base(n, c, h, w, rate, bh, bw);
+    p.depth = d;
+    p.block_depth = bd;
+    p.seed += d * 977 + bd;
     return p;
 }
 
@@ -136,6 +151,21 @@ int test_cases_matrix(struct test_case *out, int cap)
             CASE("every word sample scales 3/2 3", seed_keeping(p, keep21));
             p = base(1, 3, 472, 139, 0.5f, 472, 139); p.normalize = DROPBLOCK_NORMALIZE_NONE;
             CASE("every word scale 1", seed_keeping(p, keep2));
+            /* DropBlock3D: every path above, with candidate slices and blocks across slices */
+            CASE("3d cube", base3(2, 3, 5, 9, 7, 0.2f, 3, 3, 3));
+            CASE("3d box 2x3x1", base3(2, 3, 4, 6, 5, 0.3f, 2, 3, 1));
+            CASE("3d block >= volume", base3(2, 2, 2, 3, 4, 0.5f, 5, 7, 9));
+            CASE("3d depth 1 block depth 3", base3(2, 3, 1, 9, 7, 0.3f, 3, 3, 3));
+            CASE("3d block depth 1", base3(2, 2, 6, 8, 8, 0.3f, 1, 3, 3));
+            CASE("3d deep thin", base3(1, 2, 17, 3, 4, 0.4f, 4, 2, 2));
+            CASE("3d rate 1", base3(1, 2, 4, 5, 5, 1.0f, 2, 2, 2));
+            CASE("3d large", base3(1, 2, 6, 24, 37, 0.2f, 3, 5, 3));
+            p = base3(3, 4, 3, 5, 5, 0.4f, 2, 2, 2); p.normalize = DROPBLOCK_NORMALIZE_SAMPLE; p.share = 3; CASE("3d share both", p);
+            p = base3(3, 4, 3, 5, 5, 0.4f, 2, 2, 2); p.share = DROPBLOCK_SHARE_CHANNELS; CASE("3d share channels", p);
+            p = base3(3, 4, 3, 5, 5, 0.4f, 2, 2, 2); p.share = DROPBLOCK_SHARE_BATCH; CASE("3d share batch", p);
+            p = base3(2, 3, 4, 5, 6, 0.3f, 2, 3, 3); p.mode = DROPBLOCK_BACKWARD; CASE("3d backward", p);
+            p = base3(2, 3, 4, 5, 6, 0.3f, 2, 3, 3); p.training = 0; CASE("3d eval", p);
+            p = base3(1, 3, 3, 8, 8, 0.3f, 3, 3, 3); CASE("specials 3d", p);
             /* clang-format on */
 #undef CASE
             for (int i = 0; i < k; i++) {

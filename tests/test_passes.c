@@ -108,7 +108,7 @@ static int run_passes(void *ctx, const dropblock_params *p, const void *in, void
         /* the fast kernels, one lane at a time: the sample of each element as the OpenCL kernel
          * finds it (one boundary a work item at most) */
         for (uint64_t k = 0; k < fast; k++) {
-            uint64_t si = (ch.e0 + k) / (pl.C * pl.H * pl.W) - ch.n0;
+            uint64_t si = (ch.e0 + k) / (pl.C * pl.D * pl.H * pl.W) - ch.n0;
             uint32_t s = p->normalize == DROPBLOCK_NORMALIZE_SAMPLE ? sc[si] : sc[0];
             uint32_t x = load_elem(in, es, ch.e0 + k), keep = (masks[q][k >> 5] >> (k & 31)) & 1u;
             uint32_t y = db_vapply(x, s, keep, (uint32_t)p->dtype);
@@ -202,8 +202,9 @@ static int check_job_chunks(void)
         pl.C = 1 + next64() % 16;
         pl.H = 1 + next64() % 16;
         pl.W = 1 + next64() % 100;
-        if (pl.N * pl.C * pl.H * pl.W > 400000) pl.N = 1 + 400000 / (pl.C * pl.H * pl.W);
-        pl.numel = pl.N * pl.C * pl.H * pl.W;
+        pl.D = i % 3 == 0 ? 1 + next64() % 9 : 1; /* DropBlock3D: (d, h) rows */
+        if (pl.N * pl.C * pl.D * pl.H * pl.W > 400000) pl.N = 1 + 400000 / (pl.C * pl.D * pl.H * pl.W);
+        pl.numel = pl.N * pl.C * pl.D * pl.H * pl.W;
         pl.p.layout = next64() % 2 ? DROPBLOCK_NHWC : DROPBLOCK_NCHW;
         pl.p.dtype = (dropblock_dtype)(next64() % 3);
         pl.keras = next64() % 4 == 0;
@@ -216,9 +217,9 @@ static int check_job_chunks(void)
         if (db_job_chunks(&pl, maxbuf, max_units, &ck, msg, sizeof msg)) {
             /* only where one unit's data (or its mask, or its per-sample counts) cannot fit */
             if (maxbuf == UINT64_MAX || db_unit_elems(&pl) * es + 64 <= limit / 2) {
-                printf("FAIL job_chunks %llux%llux%llux%llu limit %llu: %s\n", (unsigned long long)pl.N,
-                       (unsigned long long)pl.C, (unsigned long long)pl.H, (unsigned long long)pl.W,
-                       (unsigned long long)maxbuf, msg);
+                printf("FAIL job_chunks %llux%llux%llux%llux%llu limit %llu: %s\n", (unsigned long long)pl.N,
+                       (unsigned long long)pl.C, (unsigned long long)pl.D, (unsigned long long)pl.H,
+                       (unsigned long long)pl.W, (unsigned long long)maxbuf, msg);
                 fails++;
             }
             continue;

@@ -84,8 +84,8 @@ typedef struct dropblock_params {
     uint64_t position;
     /* DropBlock3D (docs/semantics.md, "DropBlock3D"): the logical tensor is (N, C, D, H, W) with
      * D = depth and the block (block_depth, bh, bw); NCHW then means NCDHW and NHWC NDHWC. 0 or
-     * 1: DropBlock2D (which is DropBlock3D with D = 1 and block_depth 1, bit for bit).
-     * WORK IN PROGRESS (issue 17): only the CPU reference takes depth > 1 so far. */
+     * 1: DropBlock2D (which is DropBlock3D with D = 1 and block_depth 1, bit for bit). block_depth
+     * 0 means 1; like bh and bw it is clamped to the volume (min(bd, D)). */
     uint64_t depth, block_depth;
 } dropblock_params;
 

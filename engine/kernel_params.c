@@ -225,6 +225,9 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const
                      (pl->p.layout == DROPBLOCK_NHWC ? t.chans : 1) * (1 + (uint64_t)pl->dup + pl->ddown);
     uint64_t want = tu->item_cands, tpw = want > cands ? want / cands : 1;
     if (tu->cand_budget && tpw * cands > tu->cand_budget) tpw = tu->cand_budget / cands ? tu->cand_budget / cands : 1;
+    /* 3-D, tiles of whole slices: whole volumes a work item, so that db_mask_volumes makes each
+     * candidate's words once */
+    if (pl->D > 1 && nt * nsc == 1 && !tu->cand_budget) tpw = (tpw + pl->D - 1) / pl->D * pl->D;
     prm[DBP_TPW] = (uint32_t)(tpw < prm[DBP_NTILES] ? tpw : (prm[DBP_NTILES] ? prm[DBP_NTILES] : 1));
     uint32_t epw = db_fast_apply_ok(pl, tu->epw) ? tu->epw : 0;
     prm[DBP_EPW] = epw;
@@ -236,9 +239,10 @@ void db_kernel_params(const struct db_plan *pl, const struct db_chunk *ch, const
 int db_baseline_params(const struct db_plan *pl, uint32_t blp[BLP_COUNT], uint64_t *npad, uint64_t *nparts, char *msg,
                        size_t len)
 {
-    const uint64_t b = pl->bh;
-    if (pl->D > 1) {
-        db_msg(msg, len, "the baseline (torchvision's drop_block2d) takes 2-D maps only");
+    /* drop_block2d: a volume of depth 1, no padding in depth; drop_block3d: a cube */
+    const uint64_t b = pl->bh, bd = pl->D > 1 ? b : 1, pd = bd / 2, p = b / 2;
+    if (pl->D > 1 && (pl->bd != b || pl->bw != b || b % 2 == 0)) {
+        db_msg(msg, len, "the baseline (torchvision's drop_block3d) takes odd cube blocks only");
         return DROPBLOCK_EINVAL;
     }
     if (pl->bh != pl->bw || b % 2 == 0) {
@@ -249,19 +253,25 @@ int db_baseline_params(const struct db_plan *pl, uint32_t blp[BLP_COUNT], uint64
         db_msg(msg, len, "the baseline takes tensors of fewer than 2^32 elements");
         return DROPBLOCK_EINVAL;
     }
+    const uint64_t planes = pl->N * pl->C, dn = pl->D - bd + 1, hn = pl->H - b + 1, wn = pl->W - b + 1;
     memset(blp, 0, BLP_COUNT * sizeof *blp);
-    blp[BLP_PLANES] = (uint32_t)(pl->N * pl->C);
+    blp[BLP_PLANES] = (uint32_t)planes;
+    blp[BLP_D] = (uint32_t)pl->D;
     blp[BLP_H] = (uint32_t)pl->H;
     blp[BLP_W] = (uint32_t)pl->W;
+    blp[BLP_BD] = (uint32_t)bd;
     blp[BLP_BS] = (uint32_t)b;
-    blp[BLP_HN] = (uint32_t)(pl->H - b + 1);
-    blp[BLP_WN] = (uint32_t)(pl->W - b + 1);
+    blp[BLP_DN] = (uint32_t)dn;
+    blp[BLP_HN] = (uint32_t)hn;
+    blp[BLP_WN] = (uint32_t)wn;
     blp[BLP_KEY] = pl->key[0];
     blp[BLP_KEY + 1] = pl->key[1];
     memcpy(&blp[BLP_GAMMA], &pl->gamma, 4);
     blp[BLP_NUMEL] = (uint32_t)pl->numel;
     blp[BLP_DTYPE] = (uint32_t)pl->p.dtype;
-    *npad = pl->N * pl->C * (pl->H - b + 1 + 2 * (b / 2)) * (pl->W - b + 1 + 2 * (b / 2));
+    blp[BLP_NNOISE] = (uint32_t)(planes * dn * hn * wn);
+    *npad = planes * (dn + 2 * pd) * (hn + 2 * p) * (wn + 2 * p); /* numel: the blocks are odd */
+    blp[BLP_NPAD] = (uint32_t)*npad;
     *nparts = 2 * (pl->numel / BL_SEG) + 64; /* part[0], then every level of partial sums */
     return DROPBLOCK_OK;
 }

@@ -166,12 +166,13 @@ DBFN void db_clear_short(DB_BITS_BUFS u64 lo, u32 n, u64 wa, u64 wb)
     }
 }
 
-/* What a tile needs to drop a fired candidate's block (see db_mask_tile). */
-#define DB_TILE_ARGS u64 gh, u32 h0, u32 h1, u32 w0, u32 w1, u64 ue, u64 cbit, u64 wa, u64 wb
-#define DB_TILE_PASS gh, h0, h1, w0, w1, ue, cbit, wa, wb
+/* What a tile needs to drop a fired candidate's block (see db_mask_tile): the first unit gh of
+ * the first of nsl slices (groups) it drops into, H units apart (one but in db_mask_volumes). */
+#define DB_TILE_ARGS u64 gh, u32 nsl, u32 h0, u32 h1, u32 w0, u32 w1, u64 ue, u64 cbit, u64 wa, u64 wb
+#define DB_TILE_PASS gh, nsl, h0, h1, w0, w1, ue, cbit, wa, wb
 
 /* Clears the outputs of fired candidate (i, j) within the tile's rows [h0, h1) and columns
- * [w0, w1). */
+ * [w0, w1), in each of its nsl slices. */
 DBFN void db_drop(DB_DROP_BUFS DB_TILE_ARGS, u32 i, u32 j)
 {
     u32 up = DB_P(DBP_UP), down = DB_P(DBP_DOWN);
@@ -186,17 +187,18 @@ DBFN void db_drop(DB_DROP_BUFS DB_TILE_ARGS, u32 i, u32 j)
     if (U64(wlo) > whi) return;
     u64 E0 = DB_PRM64(DBP_E0);
     u32 span = U32(whi - U64(wlo)) + 1u;
-    for (u64 h = U64(r0); h < r1; h++) {
-        u64 row = (gh + h) * ue - E0 + cbit;
-        if (DB_P(DBP_LAYOUT) == 0u) {
-            if (span < 32u) db_clear_short(DB_BITS_ARGS row + U64(wlo), span, wa, wb);
-            else db_mark_bits(DB_BITS_ARGS row + U64(wlo), row + whi, wa, wb, 0u);
-        } else { /* NHWC: one bit a column, C apart (the word's own test inline: drops are hot there) */
-            u64 C = DB_PRM64(DBP_C), bit = row + U64(wlo) * C;
-            for (u64 w = U64(wlo); w <= whi; w++, bit += C)
-                db_mark_word(DB_BITS_ARGS bit >> 5, 1u << U32(bit & 31ul), wa, wb, 0u);
+    for (u32 sl = 0u; sl < nsl; sl++)
+        for (u64 h = U64(r0); h < r1; h++) {
+            u64 row = (gh + U64(sl) * U64(DB_P(DBP_H)) + h) * ue - E0 + cbit;
+            if (DB_P(DBP_LAYOUT) == 0u) {
+                if (span < 32u) db_clear_short(DB_BITS_ARGS row + U64(wlo), span, wa, wb);
+                else db_mark_bits(DB_BITS_ARGS row + U64(wlo), row + whi, wa, wb, 0u);
+            } else { /* NHWC: one bit a column, C apart (the word's own test inline: drops are hot there) */
+                u64 C = DB_PRM64(DBP_C), bit = row + U64(wlo) * C;
+                for (u64 w = U64(wlo); w <= whi; w++, bit += C)
+                    db_mark_word(DB_BITS_ARGS bit >> 5, 1u << U32(bit & 31ul), wa, wb, 0u);
+            }
         }
-    }
 }
 
 /* db_mask_tile takes the run of blocks from a plane's first candidate to its last (blocks
@@ -310,8 +312,10 @@ DBFN u64 db_tile_sample(DB_PRM_BUFS u64 g)
 
 /* Mask pass for tile g of the chunk: writes the keep bits of its rows (or of its columns of
  * its one row, or of its channels of one row and column); returns how many it keeps. Random words are made only for
- * candidate blocks, DB_BATCH at a time (db_fire_batch). */
-DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
+ * candidate blocks, DB_BATCH at a time (db_fire_batch). With vol (db_mask_volumes: the tile is a
+ * whole slice, its bits set already, every slice of its volume the work item's) it only drops
+ * the blocks of its own slice's candidates, in every slice they reach, and returns 0. */
+DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb, u32 vol)
 {
     u64 C = DB_PRM64(DBP_C);
     u32 H = DB_P(DBP_H), W = DB_P(DBP_W), nhwc = DB_P(DBP_LAYOUT);
@@ -329,7 +333,7 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
     if (nhwc != 0u) c1 = NC == 1ul || C - c0 <= U64(DB_P(DBP_TILEC)) ? C : c0 + U64(DB_P(DBP_TILEC));
     /* the tile's bits, all kept to start with */
     u64 a = db_tile_bit(DB_PRM_ARGS grp, box, c0, 0u), b = db_tile_bit(DB_PRM_ARGS grp, box, c0, 1u);
-    db_mark_bits(DB_BITS_ARGS a, b - 1ul, wa, wb, 1u);
+    if (vol == 0u) db_mark_bits(DB_BITS_ARGS a, b - 1ul, wa, wb, 1u);
 
     /* candidates whose block reaches rows [h0, h1), columns [w0, w1) */
     u32 up = DB_P(DBP_UP), left = DB_P(DBP_LEFT);
@@ -342,10 +346,17 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
     u64 cj1_64 = U64(w1) + U64(DB_P(DBP_RIGHT));
     u32 cj1 = cj1_64 < U64(DB_P(DBP_JEND)) ? U32(cj1_64) : DB_P(DBP_JEND);
     /* and slices: a tile lies in one slice d, and candidates of slices [d - up, d + down] reach it */
-    u32 dup = DB_P(DBP_DUP), dc0 = d >= dup ? d - dup : 0u;
+    u32 dup = DB_P(DBP_DUP), ddown = DB_P(DBP_DDOWN), dc0 = d >= dup ? d - dup : 0u;
     if (dc0 < DB_P(DBP_DLO)) dc0 = DB_P(DBP_DLO);
-    u64 dc1_64 = U64(d) + U64(DB_P(DBP_DDOWN)) + 1ul;
-    u32 dc1 = dc1_64 < U64(DB_P(DBP_DEND)) ? U32(dc1_64) : DB_P(DBP_DEND);
+    u64 dc1_64 = U64(d) + U64(ddown) + 1ul;
+    u32 dc1 = dc1_64 < U64(DB_P(DBP_DEND)) ? U32(dc1_64) : DB_P(DBP_DEND), nsl = 1u;
+    if (vol != 0u) { /* candidate slice d alone, its blocks in slices [d - ddown, d + dup] */
+        dc0 = d;
+        dc1 = d >= DB_P(DBP_DLO) && d < DB_P(DBP_DEND) ? d + 1u : d;
+        u32 s0 = d >= ddown ? d - ddown : 0u, s1 = D - 1u - d > dup ? d + dup : D - 1u;
+        gh -= U64(d - s0) * U64(H);
+        nsl = s1 - s0 + 1u;
+    }
     u64 sN = DB_PRM64(DBP_SN), sC = DB_PRM64(DBP_SC), sD = DB_PRM64(DBP_SD), sH = DB_PRM64(DBP_SH),
         sW = DB_PRM64(DBP_SW);
     for (u32 dc = dc0; dc < dc1 && ci0 < ci1 && cj0 < cj1; dc++)
@@ -404,7 +415,7 @@ DBFN u32 db_mask_tile(DB_DROP_BUFS u64 g, u64 wa, u64 wb)
             if (nb > 0u) db_flush(DB_DROP_ARGS DB_TILE_PASS, blk, DB_NO_RUN, nb, ebase, ci0, ci1, cj0, cj1);
         }
 
-    return db_count_bits(DB_BITS_ARGS a, b - 1ul, wa, wb);
+    return vol != 0u ? 0u : db_count_bits(DB_BITS_ARGS a, b - 1ul, wa, wb);
 }
 
 /* The first bit (end 0) or the end bit (end 1) of tile g in the chunk (db_mask_tile's a, b). */
@@ -438,7 +449,7 @@ DBFN void db_flush_planes(DB_DROP_BUFS const u64 *blk, u32 n, u64 HW, u32 H, u32
             u64 e = 4ul * blk[t >> 2] + U64(t & 3u), g = db_udiv(e, HW), off = e - g * HW;
             u32 i = U32(off) / W, j = U32(off) - i * W;
             if (i >= DB_P(DBP_ILO) && i < DB_P(DBP_IEND) && j >= DB_P(DBP_JLO) && j < DB_P(DBP_JEND))
-                db_drop(DB_DROP_ARGS g * U64(H), 0u, H, 0u, W, U64(W), 0ul, wa, wb, i, j);
+                db_drop(DB_DROP_ARGS g * U64(H), 1u, 0u, H, 0u, W, U64(W), 0ul, wa, wb, i, j);
         }
     }
 }
@@ -518,6 +529,37 @@ DBFN u32 db_mask_planes(DB_MASK_BUFS u64 t0, u64 t1, u64 wa, u64 wb)
 }
 #endif
 
+/* ---- DropBlock3D: whole volumes a work item ----------------------------------------------
+ * A tile lies in one slice, and a 3-D block reaches bd slices: tile by tile, a candidate's
+ * words would be made once for every slice its block reaches. Where a work item's tiles are
+ * whole slices making whole volumes (kernel_params.c rounds DBP_TPW to a multiple of D when
+ * tiles are whole slices), db_mask_volumes sets every slice's bits first, then makes each
+ * candidate's words once and drops its block in all the slices it reaches (all the item's),
+ * then counts. Returns 0 (and does nothing) where the item's tiles are not such. */
+DBFN u32 db_mask_volumes(DB_MASK_BUFS u64 t0, u64 t1, u64 wa, u64 wb)
+{
+    u64 D = U64(DB_P(DBP_D)), H = U64(DB_P(DBP_H)), g0 = DB_PRM64(DBP_TA0) + t0, g1 = DB_PRM64(DBP_TA0) + t1;
+    if (D == 1ul || U64(DB_P(DBP_NT)) * U64(DB_P(DBP_NS)) * U64(DB_P(DBP_NC)) != 1ul) return 0u;
+    if (g0 != db_udiv(g0, D) * D || g1 != db_udiv(g1, D) * D) return 0u;
+    if (DB_PRM64(DBP_U0) > g0 * H || DB_PRM64(DBP_U1) < g1 * H) return 0u;
+    for (u64 t = t0; t < t1; t++)
+        db_mark_bits(DB_BITS_ARGS db_tile_edge(DB_PRM_ARGS t, 0u), db_tile_edge(DB_PRM_ARGS t, 1u) - 1ul, wa, wb, 1u);
+    for (u64 t = t0; t < t1; t++) db_mask_tile(DB_DROP_ARGS t, wa, wb, 1u);
+    u64 cur = 0ul, acc = 0ul;
+    for (u64 t = t0; t < t1; t++) {
+        u64 s = db_tile_sample(DB_PRM_ARGS t);
+        if (s != cur) {
+            db_add_kept(DB_TOTAL_ARGS cur, acc);
+            cur = s;
+            acc = 0ul;
+        }
+        acc += U64(
+            db_count_bits(DB_BITS_ARGS db_tile_edge(DB_PRM_ARGS t, 0u), db_tile_edge(DB_PRM_ARGS t, 1u) - 1ul, wa, wb));
+    }
+    db_add_kept(DB_TOTAL_ARGS cur, acc);
+    return 1u;
+}
+
 /* Mask pass, work item w: tiles w * TPW .. of the chunk one after another, their kept bits
  * added to their samples' counts once per run of tiles of one sample (db_add_kept): small
  * tiles go in numbers, so that neither the work items nor the atomics outnumber the work (the
@@ -531,6 +573,7 @@ DBFN void db_mask_item(DB_MASK_BUFS u64 w)
 #ifdef DB_CPU_BATCHES
     if (db_mask_planes(DB_MASK_ARGS t0, t1, wa, wb) != 0u) return;
 #endif
+    if (db_mask_volumes(DB_MASK_ARGS t0, t1, wa, wb) != 0u) return;
     u64 cur = 0ul, acc = 0ul;
     for (u64 t = t0; t < t1; t++) {
         u64 s = db_tile_sample(DB_PRM_ARGS t);
@@ -539,7 +582,7 @@ DBFN void db_mask_item(DB_MASK_BUFS u64 w)
             cur = s;
             acc = 0ul;
         }
-        acc += U64(db_mask_tile(DB_DROP_ARGS t, wa, wb));
+        acc += U64(db_mask_tile(DB_DROP_ARGS t, wa, wb, 0u));
     }
     db_add_kept(DB_TOTAL_ARGS cur, acc);
 }
@@ -601,7 +644,7 @@ DBFN void db_scatter_item(DB_DROP_BUFS u64 w)
         if (i > rlo && b0 == ((erow - sH + U64(jend - 1u)) >> 2)) b0++; /* the previous row's */
         for (; b0 <= b1; b0 += U64(DB_BATCH)) {
             u32 take = b1 - b0 < U64(DB_BATCH) ? U32(b1 - b0) + 1u : U32(DB_BATCH);
-            db_flush(DB_DROP_ARGS gh, hs, he, 0u, W, ue, cbit, 0ul, 0ul, blk, b0, take, ebase, rlo, rhi, jlo, jend);
+            db_flush(DB_DROP_ARGS gh, 1u, hs, he, 0u, W, ue, cbit, 0ul, 0ul, blk, b0, take, ebase, rlo, rhi, jlo, jend);
         }
     }
 }

@@ -1,4 +1,4 @@
-/* cli_run.c: `dropblock run`, one DropBlock2D job (cli.c has the tool's overview): its options
+/* cli_run.c: `dropblock run`, one DropBlock2D or DropBlock3D job (cli.c has the tool's overview): its options
  * (parse_run), the input (random, or an .npy file: load_input), the job with progress on a
  * terminal (run_with_progress), and the output (the JSON line of dropblock_ref.py, --output and
  * --mask files). */
@@ -22,8 +22,9 @@
 const char usage_run[] =
     "usage: dropblock run [--socket PATH | --local] [options]\n"
     "\n"
-    "Runs DropBlock2D once; flags and defaults are those of spec/dropblock_ref.py. The tensors live\n"
-    "in memory from dropblock_alloc: shared with the daemon, or the engine's own with --local.\n"
+    "Runs DropBlock2D once, or DropBlock3D with a 5-D shape; flags and defaults are those of\n"
+    "spec/dropblock_ref.py. The tensors live in memory from dropblock_alloc: shared with the daemon, or\n"
+    "the engine's own with --local.\n"
     "\n"
     "engine:\n"
     "  --socket PATH            the daemon's socket (default: see dropblock --help)\n"
@@ -35,11 +36,13 @@ const char usage_run[] =
     "                           that API (with --local the id B:N), without it the N-th device of the\n"
     "                           list that dropblock devices prints (default: auto)\n"
     "request:\n"
-    "  --shape N,C,H,W          logical shape, whatever the layout (optional with an .npy input)\n"
-    "  --layout NCHW|NHWC       physical order of the tensors (default NCHW)\n"
+    "  --shape N,C,H,W          logical shape, whatever the layout (optional with an .npy input);\n"
+    "  --shape N,C,D,H,W        five dimensions: DropBlock3D over D x H x W volumes\n"
+    "  --layout NCHW|NHWC       physical order of the tensors (default NCHW); for DropBlock3D NCDHW or\n"
+    "  --layout NCDHW|NDHWC     NDHWC, where NCHW and NHWC (as in dropblock_ref.py) mean the same\n"
     "  --dtype f32|f16|bf16     element type (default f32; with an .npy input: the file's)\n"
     "  --rate R                 drop rate in [0, 1], as float32 (default 0.1)\n"
-    "  --block B|BH,BW          block size (default 7)\n"
+    "  --block B|BH,BW          block size (default 7); DropBlock3D: B (a cube) or BD,BH,BW\n"
     "  --seed S                 unsigned 64-bit seed (default 0)\n"
     "  --stream T               unsigned 64-bit stream (default 0); keras_cv: T earlier calls of this\n"
     "                           size; keras3: the layer's call index\n"
@@ -57,9 +60,11 @@ const char usage_run[] =
     "  --input tf-uniform:S0,S1|FILE.npy\n"
     "                           tf.random.stateless_uniform values in physical order (default\n"
     "                           tf-uniform:0,1), or an .npy file of the physical shape (N,C,H,W or\n"
-    "                           N,H,W,C) and dtype '<f4', '<f2', or '<u2' with --dtype bf16\n"
+    "                           N,H,W,C; 5 dimensions, N,C,D,H,W or N,D,H,W,C: DropBlock3D) and dtype\n"
+    "                           '<f4', '<f2', or '<u2' with --dtype bf16\n"
     "  --output FILE.npy        write the result, physical shape (bf16 as '<u2')\n"
-    "  --mask FILE.bin          write the packed keep mask: bit ((n*C+c)*H+h)*W+w, LSB first, 1 = kept\n"
+    "  --mask FILE.bin          write the packed keep mask: bit ((n*C+c)*H+h)*W+w, LSB first, 1 = kept;\n"
+    "                           DropBlock3D: bit (((n*C+c)*D+d)*H+h)*W+w\n"
     "  --format hex|dec         print dropblock_ref.py's JSON line (values as bit patterns or decimals);\n"
     "                           without --format and --output a short summary is printed\n"
     "\n" EXIT_STATUS_HELP;
@@ -70,7 +75,13 @@ struct run_args {
     dropblock_params p;
     const char *device, *input, *output, *mask;
     int have_shape, dtype_given, format; /* format: -1 none, 0 dec, 1 hex */
-    int tf_uniform;                      /* --input tf-uniform:S0,S1, with its seeds: */
+    int rank;                            /* 4, or 5 for DropBlock3D: --shape's, else the .npy input's */
+    uint64_t shape[5];                   /* --shape as given (N,C,H,W or N,C,D,H,W) */
+    const char *shape_arg, *block_arg, *layout_arg;
+    uint64_t block[3]; /* --block as given: block_n (0: the default 7) of B, BH,BW or BD,BH,BW */
+    int block_n;
+    int layout_3d;  /* --layout named NCDHW or NDHWC */
+    int tf_uniform; /* --input tf-uniform:S0,S1, with its seeds: */
     uint64_t tf_seed[2];
 };
 
@@ -98,19 +109,24 @@ static int parse_param(int k, const char *v, struct run_args *a)
     int x;
     switch (k) {
     case O_SHAPE:
-        if (parse_u64_list(v, p->shape, 4, 4) < 0) {
-            err("--shape %s: must be four unsigned integers N,C,H,W", v);
+        if ((x = parse_u64_list(v, a->shape, 4, 5)) < 0) {
+            err("--shape %s: must be four unsigned integers N,C,H,W, or five N,C,D,H,W for DropBlock3D", v);
             return EXIT_USAGE;
         }
+        a->rank = x;
         a->have_shape = 1;
+        a->shape_arg = v;
         break;
     case O_LAYOUT:
         /* exact names, as dropblock_ref.py's choices (the API's parser also takes lower case) */
-        if (strcmp(v, "NCHW") && strcmp(v, "NHWC")) {
-            err("--layout %s: must be NCHW or NHWC", v);
+        if (!strcmp(v, "NCHW") || !strcmp(v, "NCDHW")) p->layout = DROPBLOCK_NCHW;
+        else if (!strcmp(v, "NHWC") || !strcmp(v, "NDHWC")) p->layout = DROPBLOCK_NHWC;
+        else {
+            err("--layout %s: must be NCHW or NHWC, or for DropBlock3D NCDHW or NDHWC", v);
             return EXIT_USAGE;
         }
-        p->layout = (dropblock_layout)dropblock_parse_layout(v);
+        a->layout_3d = strlen(v) == 5;
+        a->layout_arg = v;
         break;
     case O_DTYPE:
         if ((x = dropblock_parse_dtype(v)) < 0) {
@@ -126,12 +142,12 @@ static int parse_param(int k, const char *v, struct run_args *a)
             return EXIT_USAGE;
         }
         break;
-    case O_BLOCK:
-        if ((x = parse_u64_list(v, p->block, 1, 2)) < 0) {
-            err("--block %s: must be B or BH,BW (unsigned integers)", v);
+    case O_BLOCK: /* B, BH,BW or BD,BH,BW: set_rank checks it against the shape's rank */
+        if ((a->block_n = parse_u64_list(v, a->block, 1, 3)) < 0) {
+            err("--block %s: must be B or BH,BW, or for DropBlock3D B (a cube) or BD,BH,BW (unsigned integers)", v);
             return EXIT_USAGE;
         }
-        if (x == 1) p->block[1] = p->block[0];
+        a->block_arg = v;
         break;
     case O_SEED:
         if (parse_u64_opt("--seed", v, &p->seed)) return EXIT_USAGE;
@@ -207,21 +223,99 @@ static int parse_run(int argc, char **argv, struct run_args *a)
     return -1;
 }
 
-/* Physical dims of the logical shape in the layout's order. */
-static void physical_shape(const dropblock_params *p, uint64_t d[4])
+/* The layout's name for a shape of rank 4 (NCHW, NHWC) or 5 (NCDHW, NDHWC). */
+static const char *layout_name(dropblock_layout l, int rank)
 {
-    const uint64_t *s = p->shape;
-    if (p->layout == DROPBLOCK_NCHW) {
-        d[0] = s[0];
-        d[1] = s[1];
-        d[2] = s[2];
-        d[3] = s[3];
-    } else {
-        d[0] = s[0];
-        d[1] = s[2];
-        d[2] = s[3];
-        d[3] = s[1];
+    return rank == 5 ? (l == DROPBLOCK_NHWC ? "NDHWC" : "NCDHW") : dropblock_layout_name(l);
+}
+
+/* The order of the layout's physical dimensions, as --shape and the messages write it. */
+static const char *physical_order(dropblock_layout l, int rank)
+{
+    if (rank == 5) return l == DROPBLOCK_NHWC ? "N,D,H,W,C" : "N,C,D,H,W";
+    return l == DROPBLOCK_NHWC ? "N,H,W,C" : "N,C,H,W";
+}
+
+/* The logical dims (N,C,H,W or N,C,D,H,W) of a request of that rank, from p. */
+static void logical_shape(const dropblock_params *p, int rank, uint64_t d[5])
+{
+    const uint64_t l[5] = {p->shape[0], p->shape[1], p->depth, p->shape[2], p->shape[3]};
+    for (int i = 0, k = 0; i < 5; i++)
+        if (i != 2 || rank == 5) d[k++] = l[i];
+}
+
+/* Physical dims of the logical shape in the layout's order (rank of them). */
+static void physical_shape(const dropblock_params *p, int rank, uint64_t d[5])
+{
+    uint64_t s[5];
+    logical_shape(p, rank, s);
+    memcpy(d, s, sizeof s);
+    if (p->layout == DROPBLOCK_NHWC) { /* C goes last */
+        for (int i = 1; i < rank - 1; i++) d[i] = s[i + 1];
+        d[rank - 1] = s[1];
     }
+}
+
+/* "AxBxC..." of n dims into buf. */
+static const char *dims_text(char *buf, size_t len, const uint64_t *d, int n, const char *sep)
+{
+    size_t o = 0;
+    buf[0] = 0;
+    for (int i = 0; i < n && o < len; i++) {
+        int k = snprintf(buf + o, len - o, "%s%llu", i ? sep : "", (unsigned long long)d[i]);
+        if (k < 0) break;
+        o += (size_t)k;
+    }
+    return buf;
+}
+
+/* Once the rank of the request is known (--shape's, or the .npy input's): the logical shape
+ * (N,C,H,W or N,C,D,H,W) into p, the block (B a square or a cube, BH,BW or BD,BH,BW) and the
+ * layout's name checked against it. Returns -1 to go on, else an exit status. */
+static int set_rank(struct run_args *a, int rank, const uint64_t logical[5])
+{
+    dropblock_params *p = &a->p;
+    a->rank = rank;
+    if (a->layout_3d && rank == 4) {
+        err("--layout %s goes with a 5-D shape N,C,D,H,W (DropBlock3D); a 4-D shape takes NCHW or NHWC", a->layout_arg);
+        return EXIT_USAGE;
+    }
+    if (rank == 5 && a->block_n == 2) {
+        err("--block %s: BH,BW goes with a 4-D shape; a 5-D shape N,C,D,H,W takes B (a cube) or BD,BH,BW",
+            a->block_arg);
+        return EXIT_USAGE;
+    }
+    if (rank == 4 && a->block_n == 3) {
+        err("--block %s: BD,BH,BW goes with a 5-D shape N,C,D,H,W (DropBlock3D); a 4-D shape takes B or BH,BW",
+            a->block_arg);
+        return EXIT_USAGE;
+    }
+    if (rank == 5 && logical[2] == 0) {
+        err("shape D is 0: each dimension must be >= 1");
+        return EXIT_USAGE;
+    }
+    if (rank == 5 && a->block_n == 3 && a->block[0] == 0) {
+        err("block depth 0: must be >= 1");
+        return EXIT_USAGE;
+    }
+    p->shape[0] = logical[0];
+    p->shape[1] = logical[1];
+    p->depth = rank == 5 ? logical[2] : 0;
+    p->shape[2] = logical[rank - 2];
+    p->shape[3] = logical[rank - 1];
+    const uint64_t b = a->block_n ? a->block[0] : p->block[0]; /* the default: 7 */
+    if (a->block_n == 3) {
+        p->block_depth = a->block[0];
+        p->block[0] = a->block[1];
+        p->block[1] = a->block[2];
+    } else if (a->block_n == 2) {
+        p->block[0] = a->block[0];
+        p->block[1] = a->block[1];
+    } else {
+        p->block[0] = p->block[1] = b;
+        p->block_depth = rank == 5 ? b : 0;
+    }
+    return -1;
 }
 
 /* Reads --input and completes the request: a tf-uniform input is only checked here (its values
@@ -242,6 +336,10 @@ static int load_input(struct run_args *a, void **x)
             err("--shape is required unless --input is an .npy file");
             return EXIT_USAGE;
         }
+        uint64_t logical[5];
+        memcpy(logical, a->shape, sizeof logical);
+        int st = set_rank(a, a->rank, logical);
+        if (st >= 0) return st;
         char msg[256];
         if (dropblock_params_validate(p, msg, sizeof msg)) {
             err("%s", msg);
@@ -264,28 +362,25 @@ static int load_input(struct run_args *a, void **x)
          * asked for) is bad input; a file that cannot be opened or read, or memory, a failure */
         return rc == DROPBLOCK_EINVAL || rc == DROPBLOCK_ERANGE ? EXIT_USAGE : EXIT_FAIL;
     }
-    const char *order = p->layout == DROPBLOCK_NCHW ? "N,C,H,W" : "N,H,W,C";
-    if (nd != 4) {
-        err("--input %s: the array has %d dimensions; a %s tensor needs 4 (%s)", a->input, nd,
-            dropblock_layout_name(p->layout), order);
+    if (nd != 4 && nd != 5) {
+        err("--input %s: the array has %d dimensions; a %s tensor needs 4 (%s), or 5 (%s) for DropBlock3D", a->input,
+            nd, dropblock_layout_name(p->layout), physical_order(p->layout, 4), physical_order(p->layout, 5));
         goto usage;
     }
-    uint64_t logical[4] = {dims[0], dims[1], dims[2], dims[3]};
-    if (p->layout == DROPBLOCK_NHWC) {
-        logical[1] = dims[3];
-        logical[2] = dims[1];
-        logical[3] = dims[2];
+    const char *order = physical_order(p->layout, nd);
+    uint64_t logical[5] = {dims[0], dims[1], dims[2], dims[3], nd == 5 ? dims[4] : 0};
+    if (p->layout == DROPBLOCK_NHWC) { /* C is last */
+        logical[1] = dims[nd - 1];
+        for (int i = 2; i < nd; i++) logical[i] = dims[i - 1];
     }
-    if (a->have_shape && memcmp(logical, p->shape, sizeof logical)) {
-        err("--shape %llu,%llu,%llu,%llu does not match %s: its %s shape (%llu, %llu, %llu, %llu) is N,C,H,W = "
-            "%llu,%llu,%llu,%llu",
-            (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
-            (unsigned long long)p->shape[3], a->input, order, (unsigned long long)dims[0], (unsigned long long)dims[1],
-            (unsigned long long)dims[2], (unsigned long long)dims[3], (unsigned long long)logical[0],
-            (unsigned long long)logical[1], (unsigned long long)logical[2], (unsigned long long)logical[3]);
+    if (a->have_shape && (a->rank != nd || memcmp(logical, a->shape, (size_t)nd * sizeof *logical))) {
+        char phys[128], logi[128];
+        err("--shape %s does not match %s: its %s shape (%s) is %s = %s", a->shape_arg, a->input, order,
+            dims_text(phys, sizeof phys, dims, nd, ", "), physical_order(DROPBLOCK_NCHW, nd),
+            dims_text(logi, sizeof logi, logical, nd, ","));
         goto usage;
     }
-    memcpy(p->shape, logical, sizeof logical);
+    if (set_rank(a, nd, logical) >= 0) goto usage;
     p->dtype = (dropblock_dtype)dtype;
     if (dropblock_params_validate(p, msg, sizeof msg)) {
         err("--input %s: %s", a->input, msg);
@@ -323,13 +418,16 @@ static void print_summary(const struct run_args *a, const dropblock_result *r, c
                           double wall)
 {
     const dropblock_params *p = &a->p;
+    uint64_t shape[5];
+    const uint64_t block[3] = {p->block_depth ? p->block_depth : 1, p->block[0], p->block[1]};
+    char st[128], bt[96];
+    logical_shape(p, a->rank, shape);
     printf("device %s", r->device);
     if (dev) printf(" (%s: %s)", dropblock_device_kind_name(dev->kind), dev->name);
-    printf("\nrequest %llux%llux%llux%llu %s %s, rate %g, block %llux%llu, seed %llu, stream %llu, normalize "
-           "%s%s%s%s%s%s\n",
-           (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], (unsigned long long)p->shape[2],
-           (unsigned long long)p->shape[3], dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype),
-           (double)p->rate, (unsigned long long)p->block[0], (unsigned long long)p->block[1],
+    printf("\nrequest %s %s %s, rate %g, block %s, seed %llu, stream %llu, normalize %s%s%s%s%s%s\n",
+           dims_text(st, sizeof st, shape, a->rank, "x"), layout_name(p->layout, a->rank),
+           dropblock_dtype_name(p->dtype), (double)p->rate,
+           dims_text(bt, sizeof bt, a->rank == 5 ? block : block + 1, a->rank == 5 ? 3 : 2, "x"),
            (unsigned long long)p->seed, (unsigned long long)p->stream, dropblock_normalize_name(p->normalize),
            p->share & DROPBLOCK_SHARE_CHANNELS ? ", share channels" : "",
            p->share & DROPBLOCK_SHARE_BATCH ? ", share batch" : "",
@@ -591,10 +689,10 @@ static int write_results(const struct run_args *a, const dropblock_result *res, 
 {
     const dropblock_params *p = &a->p;
     if (a->output) {
-        uint64_t phys[4];
+        uint64_t phys[5];
         char msg[512];
-        physical_shape(p, phys);
-        if (db_npy_write(a->output, p->dtype, phys, 4, y, msg, sizeof msg)) {
+        physical_shape(p, a->rank, phys);
+        if (db_npy_write(a->output, p->dtype, phys, a->rank, y, msg, sizeof msg)) {
             err("--output %s", msg);
             return EXIT_FAIL;
         }

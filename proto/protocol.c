@@ -408,7 +408,6 @@ static int get_string_enum(const cJSON *req, const char *field, int (*parse)(con
 }
 
 static int parse_mode(const char *s) { return !strcmp(s, "forward") ? 0 : !strcmp(s, "backward") ? 1 : -1; }
-static int parse_layout_exact(const char *s) { return !strcmp(s, "NCHW") ? 0 : !strcmp(s, "NHWC") ? 1 : -1; }
 
 static int get_tensor(const cJSON *req, const char *field, struct proto_tensor *t, char *msg, size_t len)
 {
@@ -441,29 +440,96 @@ static int get_tensor(const cJSON *req, const char *field, struct proto_tensor *
     return DROPBLOCK_OK;
 }
 
-/* shape: 4 positive integers */
+/* shape: 4 positive integers (N, C, H, W), or 5 (N, C, D, H, W): DropBlock3D, with p->depth = D
+ * (at least 1 here, so that from now on p->depth != 0 says the request is 5-D) */
 static int get_shape(const cJSON *req, dropblock_params *p, char *msg, size_t len)
 {
     int rc;
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(req, "shape");
-    if (!cJSON_IsArray(shape) || cJSON_GetArraySize(shape) != 4) {
-        db_msg(msg, len, "shape: must be an array of 4 integers (N, C, H, W)%s",
-               cJSON_IsArray(shape) ? "; got another length" : "");
+    const int n = cJSON_IsArray(shape) ? cJSON_GetArraySize(shape) : 0;
+    if (n != 4 && n != 5) {
+        if (cJSON_IsArray(shape))
+            db_msg(msg, len,
+                   "shape: must be an array of 4 integers (N, C, H, W), or of 5 (N, C, D, H, W) for DropBlock3D; "
+                   "got %d",
+                   n);
+        else
+            db_msg(msg, len,
+                   "shape: must be an array of 4 integers (N, C, H, W), or of 5 (N, C, D, H, W) for DropBlock3D");
         return DROPBLOCK_EINVAL;
     }
-    static const char *const dims[] = {"shape[0] (N)", "shape[1] (C)", "shape[2] (H)", "shape[3] (W)"};
-    for (int i = 0; i < 4; i++) {
+    static const char *const dims4[] = {"shape[0] (N)", "shape[1] (C)", "shape[2] (H)", "shape[3] (W)"};
+    static const char *const dims5[] = {"shape[0] (N)", "shape[1] (C)", "shape[2] (D)", "shape[3] (H)", "shape[4] (W)"};
+    uint64_t *const to4[] = {&p->shape[0], &p->shape[1], &p->shape[2], &p->shape[3]};
+    uint64_t *const to5[] = {&p->shape[0], &p->shape[1], &p->depth, &p->shape[2], &p->shape[3]};
+    for (int i = 0; i < n; i++) {
         const cJSON *d = cJSON_GetArrayItem(shape, i);
+        const char *name = n == 5 ? dims5[i] : dims4[i];
         if (cJSON_IsNumber(d) && d->valuedouble < 0) {
-            db_msg(msg, len, "%s %g: must be >= 1", dims[i], d->valuedouble);
+            db_msg(msg, len, "%s %g: must be >= 1", name, d->valuedouble);
             return DROPBLOCK_EINVAL;
         }
-        if ((rc = proto_get_u64(d, dims[i], &p->shape[i], msg, len))) return rc;
+        if ((rc = proto_get_u64(d, name, n == 5 ? to5[i] : to4[i], msg, len))) return rc;
+    }
+    if (n == 5 && p->depth == 0) { /* the other dimensions are validate's: the same words */
+        db_msg(msg, len, "shape D is 0: each dimension must be >= 1");
+        return DROPBLOCK_EINVAL;
     }
     return DROPBLOCK_OK;
 }
 
-/* rate, block (one size or [bh, bw]), seed and stream */
+/* block: an integer (a square, or a cube with a 5-D shape), [bh, bw], or with a 5-D shape
+ * [bd, bh, bw]; get_shape has run */
+static int get_block(const cJSON *req, dropblock_params *p, char *msg, size_t len)
+{
+    int rc;
+    const int three = p->depth != 0;
+    const cJSON *block = cJSON_GetObjectItemCaseSensitive(req, "block");
+    if (!block) {
+        db_msg(msg, len, "block: missing (%s)",
+               three ? "an integer (a cube) or [bd, bh, bw] with a 5-element shape" : "an integer or [bh, bw]");
+        return DROPBLOCK_EINVAL;
+    }
+    if (!cJSON_IsArray(block)) {
+        if ((rc = proto_get_u64(block, "block", &p->block[0], msg, len))) return rc;
+        p->block[1] = p->block[0];
+        if (three) p->block_depth = p->block[0];
+        return DROPBLOCK_OK;
+    }
+    const int n = cJSON_GetArraySize(block);
+    if (three && n == 2) {
+        db_msg(msg, len,
+               "block: [bh, bw] goes with a 4-element shape; a 5-element shape (N, C, D, H, W) takes an integer "
+               "(a cube) or [bd, bh, bw]");
+        return DROPBLOCK_EINVAL;
+    }
+    if (!three && n == 3) {
+        db_msg(msg, len,
+               "block: [bd, bh, bw] goes with a 5-element shape (N, C, D, H, W); a 4-element shape takes an "
+               "integer or [bh, bw]");
+        return DROPBLOCK_EINVAL;
+    }
+    if (n != (three ? 3 : 2)) {
+        db_msg(msg, len, "block: an array must hold %s (got %d elements)", three ? "[bd, bh, bw]" : "[bh, bw]", n);
+        return DROPBLOCK_EINVAL;
+    }
+    int k = 0;
+    if (three) {
+        if ((rc = proto_get_u64(cJSON_GetArrayItem(block, k++), "block[0] (depth)", &p->block_depth, msg, len)))
+            return rc;
+        if (p->block_depth == 0) { /* 0 means 1 in dropblock_params: refused here as 0 is anywhere */
+            db_msg(msg, len, "block depth 0: must be >= 1");
+            return DROPBLOCK_EINVAL;
+        }
+    }
+    if ((rc = proto_get_u64(cJSON_GetArrayItem(block, k), three ? "block[1] (height)" : "block[0] (height)",
+                            &p->block[0], msg, len)))
+        return rc;
+    return proto_get_u64(cJSON_GetArrayItem(block, k + 1), three ? "block[2] (width)" : "block[1] (width)",
+                         &p->block[1], msg, len);
+}
+
+/* rate, block, seed and stream */
 static int get_rate_block_seed(const cJSON *req, dropblock_params *p, char *msg, size_t len)
 {
     int rc;
@@ -477,22 +543,7 @@ static int get_rate_block_seed(const cJSON *req, dropblock_params *p, char *msg,
         return DROPBLOCK_EINVAL;
     }
     p->rate = (float)rate->valuedouble;
-    const cJSON *block = cJSON_GetObjectItemCaseSensitive(req, "block");
-    if (!block) {
-        db_msg(msg, len, "block: missing (an integer or [bh, bw])");
-        return DROPBLOCK_EINVAL;
-    }
-    if (cJSON_IsArray(block)) {
-        if (cJSON_GetArraySize(block) != 2) {
-            db_msg(msg, len, "block: an array must hold [bh, bw]");
-            return DROPBLOCK_EINVAL;
-        }
-        if ((rc = proto_get_u64(cJSON_GetArrayItem(block, 0), "block[0] (height)", &p->block[0], msg, len))) return rc;
-        if ((rc = proto_get_u64(cJSON_GetArrayItem(block, 1), "block[1] (width)", &p->block[1], msg, len))) return rc;
-    } else {
-        if ((rc = proto_get_u64(block, "block", &p->block[0], msg, len))) return rc;
-        p->block[1] = p->block[0];
-    }
+    if ((rc = get_block(req, p, msg, len))) return rc;
     const cJSON *seed = cJSON_GetObjectItemCaseSensitive(req, "seed");
     if (!seed) {
         db_msg(msg, len, "seed: missing (an unsigned 64-bit integer)");
@@ -507,13 +558,55 @@ static int get_rate_block_seed(const cJSON *req, dropblock_params *p, char *msg,
     return DROPBLOCK_OK;
 }
 
+const char *proto_layout_name(const dropblock_params *p)
+{
+    static const char *const names[2][2] = {{"NCHW", "NHWC"}, {"NCDHW", "NDHWC"}};
+    return (unsigned)p->layout > DROPBLOCK_NHWC ? "?" : names[p->depth > 1][p->layout];
+}
+
+/* layout: NCHW or NHWC with a 4-element shape, NCDHW or NDHWC (the same two orders with D before
+ * H) with a 5-element one; the other rank's names are refused naming the right one. get_shape
+ * has run. */
+static int get_layout(const cJSON *req, dropblock_params *p, char *msg, size_t len)
+{
+    static const char *const names[2][2] = {{"NCHW", "NHWC"}, {"NCDHW", "NDHWC"}};
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(req, "layout");
+    const int three = p->depth != 0;
+    if (!it) return DROPBLOCK_OK; /* NCHW, which is NCDHW for a 5-element shape */
+    if (!cJSON_IsString(it)) {
+        db_msg(msg, len, "layout: must be a string, %s", three ? "NCDHW or NDHWC" : "NCHW or NHWC");
+        return DROPBLOCK_EINVAL;
+    }
+    const char *s = it->valuestring;
+    for (int l = 0; l < 2; l++) {
+        if (!strcmp(s, names[three][l])) {
+            p->layout = (dropblock_layout)l;
+            return DROPBLOCK_OK;
+        }
+        if (!strcmp(s, names[!three][l])) {
+            if (three)
+                db_msg(msg, len,
+                       "layout \"%s\" goes with a 4-element shape; a 5-element shape (N, C, D, H, W) takes NCDHW "
+                       "or NDHWC (%s's order with D before H is %s)",
+                       s, s, names[1][l]);
+            else
+                db_msg(msg, len,
+                       "layout \"%s\" goes with a 5-element shape (N, C, D, H, W); a 4-element shape takes NCHW "
+                       "or NHWC (%s without D is %s)",
+                       s, s, names[0][l]);
+            return DROPBLOCK_EINVAL;
+        }
+    }
+    db_msg(msg, len, "layout \"%.32s\": must be %s", s,
+           three ? "NCDHW or NDHWC (a 5-element shape)" : "NCHW or NHWC (NCDHW or NDHWC with a 5-element shape)");
+    return DROPBLOCK_EINVAL;
+}
+
 /* layout, dtype, normalize, mode and compat: optional names, absent ones keep the defaults */
 static int get_enums(const cJSON *req, dropblock_params *p, char *msg, size_t len)
 {
     int rc, v;
-    v = p->layout;
-    if ((rc = get_string_enum(req, "layout", parse_layout_exact, "NCHW or NHWC", &v, msg, len))) return rc;
-    p->layout = (dropblock_layout)v;
+    if ((rc = get_layout(req, p, msg, len))) return rc;
     v = p->dtype;
     if ((rc = get_string_enum(req, "dtype", dropblock_parse_dtype, "f32, f16 or bf16", &v, msg, len))) return rc;
     p->dtype = (dropblock_dtype)v;
@@ -827,14 +920,23 @@ char *proto_write_job_request(const dropblock_params *p, const uint32_t rid[3], 
     put_tensor(&t, "input", rid[0], off[0]);
     put_tensor(&t, "output", rid[1], off[1]);
     if (has_mask) put_tensor(&t, "mask", rid[2], off[2]);
+    /* DropBlock3D (depth > 1): a 5-element shape, NCDHW or NDHWC and [bd, bh, bw]; a depth of 0 or 1
+     * is DropBlock2D and goes as a 4-element request, which any protocol v1 daemon reads */
+    const int three = p->depth > 1;
+    const uint64_t dims[5] = {p->shape[0], p->shape[1], p->depth, p->shape[2], p->shape[3]};
     put(&t, ",\"shape\":[");
-    for (int i = 0; i < 4; i++) {
-        if (i) put(&t, ",");
-        put_u64(&t, p->shape[i]);
+    for (int i = 0, k = 0; i < 5; i++) {
+        if (i == 2 && !three) continue;
+        if (k++) put(&t, ",");
+        put_u64(&t, dims[i]);
     }
-    put(&t, "],\"layout\":\"%s\",\"dtype\":\"%s\"", dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype));
+    put(&t, "],\"layout\":\"%s\",\"dtype\":\"%s\"", proto_layout_name(p), dropblock_dtype_name(p->dtype));
     /* a float widened to double prints exactly in 17 digits and narrows back to the same float */
     put(&t, ",\"rate\":%.17g,\"block\":[", (double)p->rate);
+    if (three) {
+        put_u64(&t, p->block_depth ? p->block_depth : 1);
+        put(&t, ",");
+    }
     put_u64(&t, p->block[0]);
     put(&t, ",");
     put_u64(&t, p->block[1]);

@@ -85,7 +85,9 @@ int proto_utf8_valid(const char *s, size_t n, size_t *bad);
  * text that does not fit ends in ..." . The result is one line of valid UTF-8. Returns its length. */
 size_t proto_quote(char *out, size_t cap, const char *s, size_t n);
 
-/* Parses a dropblock2d request into params, tensor references and the device. */
+/* Parses a dropblock2d request into params, tensor references and the device: a 4-element shape
+ * (N, C, H, W) is DropBlock2D, a 5-element one (N, C, D, H, W) DropBlock3D (p.depth = D, the block
+ * an integer cube or [bd, bh, bw], the layout NCDHW or NDHWC); docs/protocol.md. */
 int proto_parse_job(const cJSON *req, struct proto_job *job, char *msg, size_t len);
 
 /* Replies: a new object {"v":1,"id":id}, the caller adds fields; id may be NULL (null). The
@@ -99,6 +101,9 @@ void proto_add_u64(cJSON *obj, const char *name, uint64_t v);
 char *proto_frame(cJSON *obj, size_t *len);
 
 cJSON *proto_device_json(const dropblock_device_info *d);
+
+/* The wire's name of p's layout: NCHW or NHWC, and for DropBlock3D (depth > 1) NCDHW or NDHWC. */
+const char *proto_layout_name(const dropblock_params *p);
 
 /* Every job's path, written directly instead of through a cJSON tree (the same fields, in the
  * same order and the same bytes as cJSON would print them): */

@@ -11,6 +11,9 @@ reference_requests()), and also computed live where the spec is found ($DROPBLOC
 --spec-dir, else ../shared/spec beside the source tree). Then the tool's own behaviour:
 exit status 2 and a message for bad arguments, .npy input/output round trips (with a small .npy
 writer and reader here, so numpy is not needed), the packed mask file, and malformed .npy files.
+DropBlock3D: vectors of tests/vectors3d (dropblock_ref.py's dropblock3d) run from a 5-D .npy
+input (--output's 5-D .npy and --mask checked too) and from --shape N,C,D,H,W with their
+tf-uniform input, D = 1 also as the same 4-D request; the 5-D flags' refusals.
 $DROPBLOCK_SOCKET points at a path where no daemon is, for the no-daemon messages; the same
 comparisons through a running dropblockd are test_cli_daemon.py's (it imports this module).
 Python standard library only.
@@ -26,6 +29,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import refvectors  # noqa: E402
+from testlib import Vector3D  # noqa: E402
 
 U64_MAX = (1 << 64) - 1
 
@@ -243,6 +247,7 @@ def expect_fail(args, code, words, name=None):
 
 def bad_arg_checks():
     base = ["run", "--local", "--backend", "cpu", "--shape", "1,2,5,5"]
+    base5 = ["run", "--local", "--backend", "cpu", "--shape", "1,2,3,5,5"]
     two = [
         ("unknown flag", base + ["--frobnicate"], ["unknown option --frobnicate"]),
         ("--rate 2", base + ["--rate", "2"], ["rate", "[0, 1]"]),
@@ -252,7 +257,18 @@ def bad_arg_checks():
         ("--rate empty", base + ["--rate", ""], ["--rate"]),
         ("--block 0", base + ["--block", "0"], ["block", "0"]),
         ("--block 3,0", base + ["--block", "3,0"], ["block width"]),
-        ("--block 1,2,3", base + ["--block", "1,2,3"], ["--block 1,2,3"]),
+        ("--block 1,2,3", base + ["--block", "1,2,3"], ["--block 1,2,3", "5-D shape", "B or BH,BW"]),
+        ("--block 1,2,3,4", base + ["--block", "1,2,3,4"], ["--block 1,2,3,4", "BD,BH,BW"]),
+        ("3-D: --block 3,2", base5 + ["--block", "3,2"], ["--block 3,2", "5-D shape", "BD,BH,BW"]),
+        ("3-D: --block 0,2,2", base5 + ["--block", "0,2,2"], ["block depth 0"]),
+        ("3-D: --block 2,0,2", base5 + ["--block", "2,0,2"], ["block height 0"]),
+        ("3-D: --layout NCDHW, 4-D shape", base + ["--layout", "NCDHW"], ["--layout NCDHW", "5-D shape", "NCHW"]),
+        ("3-D: --layout NDHWC, 4-D shape", base + ["--layout", "NDHWC"], ["--layout NDHWC", "5-D shape"]),
+        ("3-D: --layout ncdhw", base5 + ["--layout", "ncdhw"], ["--layout ncdhw", "NCDHW or NDHWC"]),
+        ("3-D: --shape D 0", ["run", "--local", "--shape", "1,2,0,4,5"], ["shape D is 0"]),
+        ("3-D: --shape of 6", ["run", "--local", "--shape", "1,2,3,4,5,6"], ["--shape 1,2,3,4,5,6", "N,C,D,H,W"]),
+        ("3-D: D x H x W over 2^31", ["run", "--local", "--shape", "1,1,2048,1024,1025"], ["D x H x W", "2^31"]),
+        ("3-D: keras_cv", base5 + ["--compat", "keras_cv"], ["keras_cv", "3-D"]),
         ("--shape 1,2,3", ["run", "--local", "--shape", "1,2,3"], ["--shape 1,2,3", "N,C,H,W"]),
         ("--shape 0,1,1,1", ["run", "--local", "--shape", "0,1,1,1"], ["shape N is 0"]),
         ("--shape over 2^40", ["run", "--local", "--shape", "1024,1024,1024,1025"], ["2^40"]),
@@ -322,6 +338,8 @@ def help_checks():
                                           "--local"])),
         ("run --help", lambda: h(["run", "--help"], ["--shape", "--rate", "--input", "--output", "--mask",
                                                      "--format", "--device", "--backend"])),
+        ("run --help: DropBlock3D", lambda: h(["run", "--help"], ["N,C,D,H,W", "NCDHW|NDHWC", "BD,BH,BW",
+                                                                  "N,D,H,W,C", "(((n*C+c)*D+d)*H+h)*W+w"])),
         ("devices --help", lambda: h(["devices", "--help"], ["usage: dropblock devices"])),
         ("schedule in --help", lambda: h(["--help"], ["schedule", "--linear", "--group"])),
         ("schedule --help", lambda: h(["schedule", "--help"], ["--rate", "--linear", "--step", "--steps", "--group",
@@ -329,6 +347,13 @@ def help_checks():
         ("help schedule", lambda: h(["help", "schedule"], ["usage: dropblock schedule"])),
         ("summary without --format", lambda: h(["run", "--local", "--backend", "cpu", "--shape", "2,3,9,7"],
                                                ["device cpu:0", "kept K", "scale", "time"])),
+        ("summary of a 3-D job", lambda: h(["run", "--local", "--backend", "cpu", "--shape", "2,3,5,7,6", "--block",
+                                            "3", "--layout", "NHWC", "--rate", "0.2", "--seed", "1", "--stream", "2"],
+                                           ["request 2x3x5x7x6 NDHWC f32, rate 0.2, block 3x3x3, seed 1",
+                                            "kept K 974 of S 1260"])),
+        ("summary of a 3-D job with D = 1", lambda: h(["run", "--local", "--backend", "cpu", "--shape", "2,3,1,7,6",
+                                                       "--block", "2,3,1"],
+                                                      ["request 2x3x1x7x6 NCDHW f32", "block 2x3x1"])),
     ]
 
 
@@ -386,6 +411,19 @@ def npy_error_checks():
                                                                                           x))), 2, ["negative"])),
         ("npy: 3 dimensions", lambda: expect_fail(run_in(write("3d.npy", npy_bytes("<f4", (2, 4, 5), x))), 2,
                                                   ["3 dimensions"])),
+        ("npy: 6 dimensions", lambda: expect_fail(run_in(write("6d.npy", npy_bytes("<f4", (1, 2, 1, 4, 5, 1), x))), 2,
+                                                  ["6 dimensions", "N,C,H,W", "N,C,D,H,W"])),
+        ("npy: 5 dimensions with a 4-D --shape",
+         lambda: expect_fail(run_in(write("5d.npy", npy_bytes("<f4", (1, 2, 1, 4, 5), x)), "--shape", "1,2,4,5"), 2,
+                             ["--shape 1,2,4,5 does not match", "N,C,D,H,W"])),
+        ("npy: 5 dimensions NDHWC with another --shape",
+         lambda: expect_fail(run_in(write("5d2.npy", npy_bytes("<f4", (1, 2, 1, 4, 5), x)), "--shape", "1,2,1,4,5",
+                                    "--layout", "NDHWC"), 2, ["does not match", "N,D,H,W,C", "1,5,2,1,4"])),
+        ("npy: 4 dimensions with --layout NCDHW",
+         lambda: expect_fail(run_in(write("4d3.npy", good), "--layout", "NCDHW"), 2, ["--layout NCDHW", "5-D"])),
+        ("npy: 5 dimensions with --block BH,BW",
+         lambda: expect_fail(run_in(write("5d3.npy", npy_bytes("<f4", (1, 2, 1, 4, 5), x)), "--block", "2,2"), 2,
+                             ["--block 2,2", "BD,BH,BW"])),
         ("npy: huge shape in a small file",
          lambda: expect_fail(run_in(write("huge.npy", npy_bytes("<f4", (1 << 20, 1 << 20, 1 << 10, 1), x))),
                              2, ["truncated", str(1 << 52), "160"])),
@@ -501,6 +539,84 @@ def mask_check(backend, engine=None):
     return True, ""
 
 
+# ---------------------------------------------------------------- DropBlock3D (tests/vectors3d)
+# how each vector runs: from a 5-D .npy (with --output and --mask), from --shape N,C,D,H,W and its
+# tf-uniform input (the block as one integer where it is a cube, the layout by its 2-D name, which
+# dropblock_ref.py takes too), and D = 1 as the 4-D request
+VECTORS3D_NPY = ["cube-3-NDHWC-f32", "box-2x3x1-NCDHW-bf16", "share-both-NDHWC-f16", "u64-seed-stream-NCDHW-f32",
+                 "d1-is-2d-NDHWC-f16"]
+VECTORS3D_SHAPE = ["cube-3-NCDHW-f16", "normalize-sample-NDHWC-bf16", "block-gt-volume-NCDHW-f32", "eval-NDHWC-f32"]
+VECTORS3D_AS_2D = ["d1-is-2d-NCDHW-f32", "d1-is-2d-NDHWC-bf16"]
+
+
+def vec3d_flags(v, block):
+    q = v.req
+    return (["--block", block, "--rate", v.rate, "--seed", q["seed"], "--stream", q["stream"],
+             "--normalize", q["normalize"]] + (["--share-channels"] if q["share_channels"] else []) +
+            (["--share-batch"] if q["share_batch"] else []) + ([] if q["training"] else ["--eval"]))
+
+
+def vec3d_stdout_problem(v, rc, out, err):
+    if rc:
+        return "exit %d: %s" % (rc, err.strip())
+    a = json.loads(out)
+    got = (a.get("kept"), a.get("total"), a.get("scale_bits"))
+    if got != (v.kept, v.total, v.scale_bits):
+        return "kept, total, scale_bits %r, expected %r" % (got, (v.kept, v.total, v.scale_bits))
+    for i, (x, y) in enumerate(zip(a.get("values", []), v.values)):
+        if x != y:
+            return "value %d: dropblock %s, expected %s" % (i, x, y)
+    if len(a.get("values", [])) != len(v.values):
+        return "%d values, expected %d" % (len(a.get("values", [])), len(v.values))
+    return None
+
+
+def vec3d_case(backend, name, how, engine=None):
+    """One vector through the tool; how: "npy" (a 5-D .npy input, --output, --mask), "shape"
+    (--shape N,C,D,H,W with tf-uniform input) or "2d" (D = 1 as a 4-D .npy and a 4-D block)."""
+    v = Vector3D(name)
+    N, C, D, H, W = v.shape
+    eng = engine or local_engine(backend)
+    tag = "%s-%s-%s" % (backend, name, how)
+    if how == "shape":
+        cube = len(set(v.block)) == 1
+        args = (["run"] + eng + ["--shape", ",".join(map(str, v.shape)), "--layout", v.layout2d, "--dtype", v.dtype,
+                                 "--input", "tf-uniform:%d,%d" % v.tf_seeds] +
+                vec3d_flags(v, str(v.block[0]) if cube else ",".join(map(str, v.block))) + ["--format", "hex"])
+        why = vec3d_stdout_problem(v, *cli(*args))
+        return why is None, why
+    if how == "2d":
+        physical, layout, block = ((N, C, H, W) if v.layout == "NCDHW" else (N, H, W, C)), v.layout2d, v.block[1:]
+    else:
+        physical, layout, block = v.physical, v.layout, v.block
+    inp = os.path.join(Ctx.tmp, "v3d-in-%s.npy" % tag)
+    outp, maskp = inp.replace("-in-", "-out-"), inp.replace("-in-", "-mask-").replace(".npy", ".bin")
+    with open(inp, "wb") as f:
+        f.write(npy_bytes(DESCR[v.dtype], physical, v.pack(v.x)))
+    args = (["run"] + eng + ["--input", inp, "--layout", layout] + (["--dtype", "bf16"] if v.dtype == "bf16" else []) +
+            vec3d_flags(v, ",".join(map(str, block))) + ["--output", outp, "--mask", maskp, "--format", "hex"])
+    why = vec3d_stdout_problem(v, *cli(*args))
+    if why:
+        return False, why
+    with open(outp, "rb") as f:
+        descr, fortran, shp, _, data = npy_parse(f.read())
+    if (descr, fortran, shp) != (DESCR[v.dtype], False, tuple(physical)):
+        return False, "--output's header %r %r %r, expected %r of %r" % (descr, fortran, shp, DESCR[v.dtype], physical)
+    if v.unpack(data) != v.y:
+        return False, "--output's values differ from the expected ones"
+    with open(maskp, "rb") as f:
+        why = v.mask_problem(f.read())
+    return why is None, "--mask: %s" % why
+
+
+def vec3d_checks(backend, engine=None):
+    """(name, fn) of every DropBlock3D case on one backend (or, with engine, one daemon device)."""
+    cases = [(n, "npy") for n in VECTORS3D_NPY] + [(n, "shape") for n in VECTORS3D_SHAPE]
+    cases += [(n, how) for n in VECTORS3D_AS_2D for how in ("npy", "2d")]
+    return [("%s: vectors3d %s (%s)" % (backend, n, how), lambda n=n, how=how: vec3d_case(backend, n, how, engine))
+            for n, how in cases]
+
+
 def reference_requests():
     """Every question this suite asks dropblock_ref.py (tools/gen_refvectors.py answers them)."""
     R = refvectors
@@ -600,6 +716,7 @@ def main():
             checks.append(("%s: npy round trip with --shape and --dtype" % b,
                            lambda b=b: npy_roundtrip(b, "NHWC", "f16", True, True)))
             checks.append(("%s: --mask" % b, lambda b=b: mask_check(b)))
+            checks += vec3d_checks(b)
         checks += bad_arg_checks() + help_checks() + npy_error_checks() + schedule_checks()
         passed, failed = tally(run_checks(pool, checks))
     print("test_cli: %d passed, %d failed" % (passed, failed))

@@ -9,7 +9,8 @@ status` to answer (the readiness probe of deploy/). On every device the daemon l
 test_cli.py's matrix runs as `dropblock --socket S run --device ID ... --format hex|dec` and must
 print dropblock_ref.py's line byte for byte (committed in tests/refvectors/cli.json, and computed
 live too where the spec is found, as in test_cli.py); .npy round trips and the packed mask go through the
-daemon's shared memory too. Then: device selection (--backend, --device N), the socket path rules
+daemon's shared memory too, and so do test_cli.py's DropBlock3D vectors (5-element shapes on the
+wire, from libdropblock's remote path). Then: device selection (--backend, --device N), the socket path rules
 ($DROPBLOCK_SOCKET, $XDG_RUNTIME_DIR), devices, status (text and --json), error exits, no daemon
 (a missing socket, a stale socket file: exit 1 and how to start one), and finally `dropblock stop`:
 the daemon exits 0 and removes its socket. Python standard library only.
@@ -339,6 +340,7 @@ def main():
                                        lambda d=dev, l=layout, t=dtype: T.npy_roundtrip("daemon-" + d, l, t, t == "bf16",
                                                                                         False, engine(d))))
                 checks.append(("%s: --mask" % dev, lambda d=dev: T.mask_check("daemon-" + d, engine(d))))
+                checks += T.vec3d_checks("daemon-" + dev, engine(dev))
             checks += selection_checks() + socket_rule_checks(tmp) + no_daemon_checks(tmp) + info_checks()
             results = list(T.run_checks(pool, checks))
             results += final_checks()

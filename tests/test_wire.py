@@ -9,6 +9,11 @@ itself the problem, and the connection must keep serving `hello`. Client-supplie
 the log quoted and escaped: no request can write a line of its own there. And `dropblockd
 --socket PATH` with a PATH longer than sun_path holds is refused (exit 2), never served truncated.
 
+DropBlock3D's fields (docs/protocol.md, `dropblock2d`): a 5-element shape with an integer (cube)
+or [bd, bh, bw] block and the layouts NCDHW/NDHWC, each refusal of a mixed rank naming the right
+form; jobs of tests/vectors3d sent raw through a memfd region give dropblock_ref.py's bits, the
+keep mask agreeing with them; D = 1 gives the 2-D bits, sent as 5-D or as 4-D.
+
   test_wire.py --daemon build/daemon/dropblockd
 
 Python standard library only.
@@ -25,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import SLOW, Daemon, Tally, daemon_cmd  # noqa: E402
+from testlib import SLOW, Daemon, RawConn, Tally, Vector3D, daemon_cmd, error, memfd_region  # noqa: E402
 
 T = Tally()
 check = T.check
@@ -192,6 +197,126 @@ def test_log_escaping(d):
               "the %s probe's error line shows %r: %s" % (what, shown, text[-1500:]))
 
 
+def test_3d_fields(d):
+    """5-element shapes: the block and layout forms that go with them, and the refusals."""
+    c = RawConn(d.path)
+    reg, _ = memfd_region(c, 1 << 16)
+
+    def job(**kw):
+        return c.req({"op": "dropblock2d", "input": {"region": reg}, "rate": 0.3, "block": 2, "seed": 1, **kw})[0]
+    try:
+        for what, kw in (("5-D shape, integer block (a cube), default layout", dict(shape=[1, 2, 3, 4, 5])),
+                         ("[bd, bh, bw] block, NDHWC", dict(shape=[1, 2, 3, 4, 5], block=[2, 1, 3], layout="NDHWC")),
+                         ("NCDHW named", dict(shape=[2, 1, 3, 4, 5], block=[1, 2, 2], layout="NCDHW")),
+                         ("D = 1 with a deep block", dict(shape=[1, 2, 1, 4, 5], block=[9, 2, 2])),
+                         ("a 4-D job as before", dict(shape=[1, 2, 4, 5], block=[2, 3], layout="NHWC"))):
+            r = job(**kw)
+            n = 1
+            for k in kw["shape"]:
+                n *= k
+            check(r.get("ok") is True and r.get("total") == n, "%s: runs (total %d): %r" % (what, n, r))
+        for what, kw, words in (
+                ("a 3-element shape", dict(shape=[1, 4, 4]), ["shape", "4 integers", "5", "N, C, D, H, W", "got 3"]),
+                ("a 6-element shape", dict(shape=[1, 1, 1, 4, 4, 1]), ["shape", "N, C, D, H, W", "got 6"]),
+                ("D = 0", dict(shape=[1, 2, 0, 4, 5]), ["shape D is 0"]),
+                ("a negative D", dict(shape=[1, 2, -3, 4, 5]), ["shape[2] (D)", "-3"]),
+                ("a fractional W", dict(shape=[1, 2, 3, 4, 5.5]), ["shape[4] (W)"]),
+                ("[bh, bw] with a 5-D shape", dict(shape=[1, 2, 3, 4, 5], block=[2, 2]),
+                 ["block", "[bh, bw]", "5-element shape", "[bd, bh, bw]"]),
+                ("[bd, bh, bw] with a 4-D shape", dict(shape=[1, 2, 4, 5], block=[1, 2, 2]),
+                 ["block", "[bd, bh, bw]", "5-element shape", "4-element shape", "[bh, bw]"]),
+                ("a 4-element block with a 5-D shape", dict(shape=[1, 2, 3, 4, 5], block=[1, 2, 2, 2]),
+                 ["block", "[bd, bh, bw]", "4 elements"]),
+                ("block depth 0", dict(shape=[1, 2, 3, 4, 5], block=[0, 2, 2]), ["block depth 0", ">= 1"]),
+                ("block height 0 in 3-D", dict(shape=[1, 2, 3, 4, 5], block=[1, 0, 2]), ["block height 0"]),
+                ("a cube of 0", dict(shape=[1, 2, 3, 4, 5], block=0), ["block", "0"]),
+                ("a string block depth", dict(shape=[1, 2, 3, 4, 5], block=["x", 2, 2]), ["block[0] (depth)"]),
+                ("NCHW with a 5-D shape", dict(shape=[1, 2, 3, 4, 5], layout="NCHW"),
+                 ['layout "NCHW"', "5-element shape", "NCDHW"]),
+                ("NHWC with a 5-D shape", dict(shape=[1, 2, 3, 4, 5], layout="NHWC"),
+                 ['layout "NHWC"', "NDHWC"]),
+                ("NCDHW with a 4-D shape", dict(shape=[1, 2, 4, 5], layout="NCDHW"),
+                 ['layout "NCDHW"', "5-element shape", "4-element shape", "NCHW"]),
+                ("NDHWC with a 4-D shape", dict(shape=[1, 2, 4, 5], layout="NDHWC"), ['layout "NDHWC"', "NHWC"]),
+                ("an unknown layout with a 5-D shape", dict(shape=[1, 2, 3, 4, 5], layout="DHWNC"),
+                 ['layout "DHWNC"', "NCDHW or NDHWC"]),
+                ("lower-case ndhwc", dict(shape=[1, 2, 3, 4, 5], layout="ndhwc"), ['layout "ndhwc"']),
+                ("compat keras_cv in 3-D", dict(shape=[1, 2, 3, 4, 5], compat="keras_cv"),
+                 ["keras_cv", "3-D", "depth 3"]),
+                ("D x H x W over 2^31", dict(shape=[1, 1, 2048, 1024, 1025]), ["D x H x W", "2^31"]),
+                ("N x C x D x H x W over 2^40", dict(shape=[1024, 1024, 1024, 1024, 2]), ["2^40"])):
+            ok, msg = error(job(**kw), "invalid_argument", *words)
+            check(ok, "%s: invalid_argument naming %r, got %r" % (what, words, msg))
+        r = job(shape=[1, 2, 3, 4, 5])
+        check(r.get("ok") is True, "the connection still runs jobs after the refusals: %r" % r)
+    finally:
+        c.close()
+
+
+# a few of tests/vectors3d: every field of the request in use, both layouts, every dtype
+VECTORS3D_WIRE = ["cube-3-NCDHW-f32", "cube-3-NDHWC-bf16", "box-2x3x1-NDHWC-f16", "block-gt-volume-NCDHW-f32",
+                  "normalize-sample-NDHWC-f32", "share-both-NCDHW-f16", "eval-NDHWC-f32", "u64-seed-stream-NDHWC-f16"]
+D1_VECTORS = ["d1-is-2d-NCDHW-f32", "d1-is-2d-NDHWC-bf16"]
+
+
+def vector_job(c, reg, m, v, shape, layout, block):
+    """v's input through region reg (mapped as m), with this shape, layout and block: (reply,
+    output bits, mask bytes)."""
+    xb = v.pack(v.x)
+    out, mask = 1 << 14, 1 << 15
+    m[0:len(xb)] = xb
+    m[out:out + len(xb)] = b"\xee" * len(xb)
+    nm = (len(v.x) + 7) // 8
+    m[mask:mask + nm] = b"\xee" * nm
+    q = v.req
+    share = (["channels"] if q["share_channels"] else []) + (["batch"] if q["share_batch"] else [])
+    r, _ = c.req({"op": "dropblock2d", "input": {"region": reg, "offset": 0}, "output": {"region": reg, "offset": out},
+                  "mask": {"region": reg, "offset": mask}, "shape": list(shape), "layout": layout,
+                  "dtype": v.dtype, "rate": float(v.rate), "block": block, "seed": q["seed"], "stream": q["stream"],
+                  "normalize": q["normalize"], "share": share, "training": q["training"], "device": "cpu:0"})
+    return r, v.unpack(bytes(m[out:out + len(xb)])), bytes(m[mask:mask + nm])
+
+
+def vector_problem(v, r, y, mask):
+    """Why a job's reply, output and mask are not v's expected ones, or None."""
+    if not r.get("ok"):
+        # before the engine runs DropBlock3D its refusal names the depth the request carried
+        return "refused: %r" % (r.get("error"),)
+    got = (r.get("kept"), r.get("total"), r.get("scale_bits"))
+    if got != (v.kept, v.total, v.scale_bits):
+        return "kept, total, scale_bits %r, expected %r" % (got, (v.kept, v.total, v.scale_bits))
+    if y != v.y:
+        i = next(i for i in range(len(y)) if y[i] != v.y[i])
+        return "output element %d: 0x%x, expected 0x%x" % (i, y[i], v.y[i])
+    return v.mask_problem(mask)
+
+
+def test_3d_vectors(d):
+    c = RawConn(d.path)
+    reg, m = memfd_region(c, 1 << 16)
+    try:
+        for name in VECTORS3D_WIRE:
+            v = Vector3D(name)
+            r, y, mask = vector_job(c, reg, m, v, v.shape, v.layout, list(v.block))
+            why = vector_problem(v, r, y, mask)
+            check(why is None, "vectors3d %s on the wire: %s" % (name, why))
+            if len(set(v.block)) == 1:     # the same cube as one integer
+                r, y, mask = vector_job(c, reg, m, v, v.shape, v.layout, v.block[0])
+                why = vector_problem(v, r, y, mask)
+                check(why is None, "vectors3d %s with block %d: %s" % (name, v.block[0], why))
+        for name in D1_VECTORS:            # D = 1 is DropBlock2D: as 5-D, and as the same request in 4-D
+            v = Vector3D(name)
+            N, C, D, H, W = v.shape
+            for what, shape, layout, block in (("5-D", v.shape, v.layout, list(v.block)),
+                                               ("5-D, a deeper block", v.shape, v.layout, [5] + list(v.block[1:])),
+                                               ("4-D", (N, C, H, W), v.layout2d, list(v.block[1:]))):
+                r, y, mask = vector_job(c, reg, m, v, shape, layout, block)
+                why = vector_problem(v, r, y, mask)
+                check(why is None, "vectors3d %s sent %s: %s" % (name, what, why))
+    finally:
+        c.close()
+
+
 def test_socket_path_too_long(exe):
     tmp = tempfile.mkdtemp(prefix="dbw-")
     path = os.path.join(tmp, "s" * (120 - len(tmp)) + ".sock")
@@ -220,6 +345,8 @@ def main():
     try:
         test_strings_frames_and_keys(d)
         test_log_escaping(d)
+        test_3d_fields(d)
+        test_3d_vectors(d)
         check(d.proc.poll() is None, "the daemon is still running")
     finally:
         rc = d.stop()  # not remove=True: testlib reads the log as text, and it may not be UTF-8

@@ -6,6 +6,8 @@
   RawConn      raw protocol frames on a connection, replies by id, descriptors both ways
   error        whether a reply is an error of a code whose message holds some words
   memfd_region a sealed memfd registered on a RawConn (and its mapping)
+  Vector3D     a DropBlock3D bit vector of tests/vectors3d (tools/gen_vectors3d.py) and what the
+               wire and the CLI tests need of it: shapes, bits, the keep mask's consistency
 
 Python standard library only.
 """
@@ -194,3 +196,66 @@ def memfd_region(c, size):
     m = mmap.mmap(fd, size)
     os.close(fd)
     return r["region"], m
+
+
+VECTORS3D = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors3d")
+
+
+class Vector3D:
+    """tests/vectors3d/NAME.json: dropblock_ref.py's dropblock3d on an explicit input (the bits of
+    tf-uniform:S0,17 with S0 = seed ^ 0x5EED, tools/gen_vectors3d.py). shape is the logical
+    (N, C, D, H, W), layout NCDHW or NDHWC, layout2d its 4-D name (NCHW, NHWC), physical the
+    shape in the layout's order, x and y the input and expected output bits (ints, physical
+    order), block (bd, bh, bw)."""
+
+    def __init__(self, name):
+        with open(os.path.join(VECTORS3D, name + ".json")) as f:
+            v = json.load(f)
+        q, e = v["request"], v["expected"]
+        self.name, self.req = name, q
+        self.shape, self.block = tuple(q["shape"]), tuple(q["block"])
+        self.layout, self.layout2d, self.dtype = q["layout_3d"], q["layout"], q["dtype"]
+        self.rate, self.seed, self.stream = q["rate"], int(q["seed"]), int(q["stream"])
+        self.x = [int(b, 16) for b in v["input"]]
+        self.y = [int(b, 16) for b in e["values"]]
+        self.kept, self.total, self.scale_bits = e["kept"], e["total"], e["scale_bits"]
+        self.values = e["values"]
+        self.width = 4 if self.dtype == "f32" else 2
+        N, C, D, H, W = self.shape
+        self.physical = (N, C, D, H, W) if self.layout == "NCDHW" else (N, D, H, W, C)
+        self.tf_seeds = ((self.seed ^ 0x5EED) & ((1 << 64) - 1), 17)
+
+    def pack(self, bits):
+        return struct.pack("<%d%s" % (len(bits), "I" if self.width == 4 else "H"), *bits)
+
+    def unpack(self, data):
+        return list(struct.unpack("<%d%s" % (len(data) // self.width, "I" if self.width == 4 else "H"), data))
+
+    def logical_index(self, i):
+        """The mask bit (((n*C + c)*D + d)*H + h)*W + w of physical element i."""
+        N, C, D, H, W = self.shape
+        if self.layout == "NCDHW":
+            return i
+        c, t = i % C, i // C
+        w, t = t % W, t // W
+        h, t = t % H, t // H
+        d, n = t % D, t // D
+        return (((n * C + c) * D + d) * H + h) * W + w
+
+    def mask_problem(self, mask):
+        """Why the packed keep mask (bytes) does not fit the expected output, or None: its size,
+        one bit a kept element, as many as kept, and where the input is not zero, a dropped
+        element's output 0 and a kept one's not."""
+        n = len(self.x)
+        if len(mask) != (n + 7) // 8:
+            return "the mask is %d bytes, not %d" % (len(mask), (n + 7) // 8)
+        ones = sum(bin(b).count("1") for b in mask)
+        if ones != self.kept:
+            return "the mask has %d ones, kept is %d" % (ones, self.kept)
+        zero = 0x7FFFFFFF if self.width == 4 else 0x7FFF
+        for i in range(n):
+            k = self.logical_index(i)
+            bit = (mask[k >> 3] >> (k & 7)) & 1
+            if self.x[i] & zero and bit != (self.y[i] & zero != 0):
+                return "element %d (bit %d): mask %d, output 0x%x from input 0x%x" % (i, k, bit, self.y[i], self.x[i])
+        return None

@@ -1,14 +1,18 @@
 /* dropblock-bench: how close DropBlock runs to the memory roofline, on one device.
  *
- *   dropblock-bench --backend cpu|opencl|vulkan [--device N] --shape N,C,H,W
- *                   [--dtype f32|f16|bf16] --block B[,B] [--rate R] [--reps K] [--warmup W]
- *                   [--layout nchw|nhwc] [--check] [--json]
+ *   dropblock-bench --backend cpu|opencl|vulkan [--device N] --shape N,C,H,W|N,C,D,H,W
+ *                   [--dtype f32|f16|bf16] --block B|BH,BW|BD,BH,BW [--rate R] [--reps K]
+ *                   [--warmup W] [--layout nchw|nhwc] [--check] [--json]
+ *
+ * A 5-D shape is DropBlock3D (layout nchw then means NCDHW, nhwc NDHWC), its block B (a cube) or
+ * BD,BH,BW; a 4-D shape takes B (a square) or BH,BW.
  *
  * Device mode (the one mode so far) times, on the chosen device, in one run and on data
  * resident on the device: copy_us (a copy kernel of the tensor's bytes with the apply pass's
  * loads and stores: the roofline), op_us (the forward job: mask, counts, scales, apply, K read
  * back), backward_us (the same in backward mode), mask_us (the mask pass alone) and baseline_us
- * (torchvision's multi-pass method written with the same API, shaders/db_baseline.h), xfer_us
+ * (torchvision's multi-pass drop_block2d, or drop_block3d for a 5-D shape, written with the same
+ * API, shaders/db_baseline.h), xfer_us
  * (the tensor's bytes host to device and back through the API, as a job from host memory that
  * cannot be used in place copies them: OpenCL write/read buffer, Vulkan the mapped buffer's
  * copies, CPU two memcpys); also run_us, the whole in-process job from host memory to host
@@ -38,14 +42,16 @@ struct opts {
     enum mode mode;
     const char *backend, *socket;
     int device, reps, warmup, json, check;
+    int rank; /* of --shape: 4 (DropBlock2D) or 5 (DropBlock3D) */
     dropblock_params p;
 };
 
 static int usage(const char *argv0)
 {
     fprintf(stderr,
-            "usage: %s --backend cpu|opencl|vulkan [--device N] --shape N,C,H,W [--dtype f32|f16|bf16]\n"
-            "          --block B[,B] [--rate R] [--reps K] [--warmup W] [--layout nchw|nhwc] [--check] [--json]\n"
+            "usage: %s --backend cpu|opencl|vulkan [--device N] --shape N,C,H,W|N,C,D,H,W [--dtype f32|f16|bf16]\n"
+            "          --block B|BH,BW|BD,BH,BW [--rate R] [--reps K] [--warmup W] [--layout nchw|nhwc] [--check]\n"
+            "          [--json]\n"
             "       %s --socket PATH --latency|--throughput|--crossover [--device ID] [--reps K] [--json]\n",
             argv0, argv0);
     return 2;
@@ -73,7 +79,8 @@ static int parse(int argc, char **argv, struct opts *o)
     o->p.rate = 0.1f;
     o->p.training = 1;
     o->p.seed = 42;
-    int have_shape = 0, have_block = 0;
+    uint64_t shape[5], block[3];
+    int nshape = 0, nblock = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         /* clang-format off */
@@ -91,7 +98,7 @@ static int parse(int argc, char **argv, struct opts *o)
         else if (!strcmp(a, "--reps")) o->reps = atoi(v);
         else if (!strcmp(a, "--warmup")) o->warmup = atoi(v);
         else if (!strcmp(a, "--rate")) o->p.rate = strtof(v, NULL);
-        else if (!strcmp(a, "--shape")) have_shape = parse_u64_list(v, o->p.shape, 4) == 4;
+        else if (!strcmp(a, "--shape")) nshape = parse_u64_list(v, shape, 5);
         else if (!strcmp(a, "--dtype")) {
             int t = dropblock_parse_dtype(v);
             if (t < 0) return -1;
@@ -100,15 +107,53 @@ static int parse(int argc, char **argv, struct opts *o)
             int l = dropblock_parse_layout(v);
             if (l < 0) return -1;
             o->p.layout = (dropblock_layout)l;
-        } else if (!strcmp(a, "--block")) {
-            int k = parse_u64_list(v, o->p.block, 2);
-            if (k == 1) o->p.block[1] = o->p.block[0];
-            have_block = k == 1 || k == 2;
-        } else return -1;
+        } else if (!strcmp(a, "--block")) nblock = parse_u64_list(v, block, 3);
+        else return -1;
     }
     if (o->mode != MODE_DEVICE || o->socket) return o->socket ? 1 : -1;
-    if (!o->backend || !have_shape || !have_block || o->reps < 1 || o->warmup < 0) return -1;
+    if (!o->backend || o->reps < 1 || o->warmup < 0) return -1;
+    /* N,C,H,W with B or BH,BW; N,C,D,H,W with B (a cube) or BD,BH,BW */
+    o->rank = nshape;
+    if (nshape == 4) memcpy(o->p.shape, shape, sizeof o->p.shape);
+    else if (nshape == 5) {
+        const uint64_t nchw[4] = {shape[0], shape[1], shape[3], shape[4]};
+        memcpy(o->p.shape, nchw, sizeof nchw);
+        o->p.depth = shape[2];
+    } else return -1;
+    if (nblock == 1) block[2] = block[1] = block[0];
+    else if (nblock == 2 && nshape == 4) block[2] = block[1], block[1] = block[0], block[0] = 1;
+    else if (nblock != 3 || nshape != 5) return -1;
+    o->p.block_depth = nshape == 5 ? block[0] : 0;
+    o->p.block[0] = block[1];
+    o->p.block[1] = block[2];
     return 0;
+}
+
+/* the shape N,C,H,W or N,C,D,H,W (block 0), or the block BH,BW or BD,BH,BW (block 1), sep between */
+static void print_dims(const struct opts *o, int block, const char *sep)
+{
+    const dropblock_params *p = &o->p;
+    uint64_t v[5];
+    int n = 0;
+    if (block) {
+        if (o->rank == 5) v[n++] = p->block_depth ? p->block_depth : 1;
+        v[n++] = p->block[0];
+        v[n++] = p->block[1];
+    } else {
+        v[n++] = p->shape[0];
+        v[n++] = p->shape[1];
+        if (o->rank == 5) v[n++] = p->depth;
+        v[n++] = p->shape[2];
+        v[n++] = p->shape[3];
+    }
+    for (int i = 0; i < n; i++) printf("%s%llu", i ? sep : "", (unsigned long long)v[i]);
+}
+
+/* the layout's name: NCHW/NHWC, or NCDHW/NDHWC for a 5-D shape */
+static const char *layout_name(const struct opts *o)
+{
+    if (o->rank == 5) return o->p.layout == DROPBLOCK_NHWC ? "NDHWC" : "NCDHW";
+    return dropblock_layout_name(o->p.layout);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -158,14 +203,13 @@ static int open_device(const struct opts *o, struct db_engine **e, int *dev)
     return 0;
 }
 
-static void print_header(const dropblock_device_info *info, const char *paths, const dropblock_params *p,
-                         uint64_t bytes)
+static void print_header(const dropblock_device_info *info, const char *paths, const struct opts *o, uint64_t bytes)
 {
-    printf("device %s: %s / %s / %s\npaths %s\nshape %llux%llux%llux%llu %s %s, block %llux%llu, rate %g: %llu bytes\n",
-           info->id, info->vendor, info->name, info->driver, paths, (unsigned long long)p->shape[0],
-           (unsigned long long)p->shape[1], (unsigned long long)p->shape[2], (unsigned long long)p->shape[3],
-           dropblock_layout_name(p->layout), dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0],
-           (unsigned long long)p->block[1], (double)p->rate, (unsigned long long)bytes);
+    printf("device %s: %s / %s / %s\npaths %s\nshape ", info->id, info->vendor, info->name, info->driver, paths);
+    print_dims(o, 0, "x");
+    printf(" %s %s, block ", layout_name(o), dropblock_dtype_name(o->p.dtype));
+    print_dims(o, 1, "x");
+    printf(", rate %g: %llu bytes\n", (double)o->p.rate, (unsigned long long)bytes);
 }
 
 /* fig[F_COPY .. F_XFER]: the device measures in one call, interleaved round by round. */
@@ -276,14 +320,12 @@ static void print_json(const struct opts *o, const dropblock_device_info *info, 
                        const double fig[F_N], int check, double gb, const struct structure *st)
 {
     const dropblock_params *p = &o->p;
-    printf(
-        "{\"backend\": \"%s\", \"device\": \"%s\", \"name\": \"%s\", \"paths\": \"%s\", "
-        "\"shape\": [%llu, %llu, %llu, %llu], "
-        "\"layout\": \"%s\", \"dtype\": \"%s\", \"block\": [%llu, %llu], \"rate\": %g, \"reps\": %d, \"bytes\": %llu",
-        o->backend, info->id, info->name, paths, (unsigned long long)p->shape[0], (unsigned long long)p->shape[1],
-        (unsigned long long)p->shape[2], (unsigned long long)p->shape[3], dropblock_layout_name(p->layout),
-        dropblock_dtype_name(p->dtype), (unsigned long long)p->block[0], (unsigned long long)p->block[1],
-        (double)p->rate, o->reps, (unsigned long long)bytes);
+    printf("{\"backend\": \"%s\", \"device\": \"%s\", \"name\": \"%s\", \"paths\": \"%s\", \"shape\": [", o->backend,
+           info->id, info->name, paths);
+    print_dims(o, 0, ", ");
+    printf("], \"layout\": \"%s\", \"dtype\": \"%s\", \"block\": [", layout_name(o), dropblock_dtype_name(p->dtype));
+    print_dims(o, 1, ", ");
+    printf("], \"rate\": %g, \"reps\": %d, \"bytes\": %llu", (double)p->rate, o->reps, (unsigned long long)bytes);
     for (int f = 0; f < F_N; f++) {
         printf(", \"%s\": ", fig_names[f]);
         print_num(fig[f], 1);
@@ -320,7 +362,7 @@ static int device_mode(const struct opts *o)
     db_fill_tf_uniform(p->dtype, 1, 2, n, x);
     char paths[256];
     db_engine_device_paths(e, (size_t)dev, paths, sizeof paths);
-    if (!o->json) print_header(info, paths, p, bytes);
+    if (!o->json) print_header(info, paths, o, bytes);
     /* the device measures in one call, interleaved round by round; then the whole job */
     device_figures(e, dev, o, x, fig);
     run_figure(e, dev, o, x, y, t, fig);

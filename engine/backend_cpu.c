@@ -339,8 +339,7 @@ static void cpu_release(struct db_device *dev)
 static void run_baseline(const uint32_t *prm, uint32_t *noise, uint32_t *padded, uint32_t *pooled, uint32_t *part,
                          const uint32_t *x, uint32_t *y, uint64_t nwords)
 {
-    const uint32_t planes = prm[BLP_PLANES], n = prm[BLP_NUMEL], nnoise = planes * prm[BLP_HN] * prm[BLP_WN];
-    const uint32_t npad = planes * (prm[BLP_HN] + prm[BLP_BS] - 1) * (prm[BLP_WN] + prm[BLP_BS] - 1);
+    const uint32_t n = prm[BLP_NUMEL], nnoise = prm[BLP_NNOISE], npad = prm[BLP_NPAD];
     for (uint32_t g = 0; g < (nnoise + 3) / 4; g++) bl_bernoulli(prm, noise, padded, pooled, part, x, y, g);
     for (uint32_t i = 0; i < npad; i++) bl_pad(prm, noise, padded, pooled, part, x, y, i);
     for (uint32_t i = 0; i < n; i++) bl_pool(prm, noise, padded, pooled, part, x, y, i);

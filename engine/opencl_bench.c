@@ -31,12 +31,11 @@ static int bench_program(struct ocl_dev *od, char *msg, size_t len)
     return rc;
 }
 
-/* torchvision's method, kernel by kernel (shaders/db_baseline.h); bufs: prm, noise, padded,
+/* torchvision's drop_block2d or drop_block3d, kernel by kernel (shaders/db_baseline.h); bufs: prm, noise, padded,
  * pooled, part, x, y */
 static cl_int enqueue_baseline(struct ocl_dev *od, const cl_mem *bufs, const uint32_t *blp, uint64_t nwords)
 {
-    const cl_uint planes = blp[BLP_PLANES], n = blp[BLP_NUMEL], nnoise = planes * blp[BLP_HN] * blp[BLP_WN];
-    const cl_uint npad = planes * (blp[BLP_HN] + blp[BLP_BS] - 1) * (blp[BLP_WN] + blp[BLP_BS] - 1);
+    const cl_uint n = blp[BLP_NUMEL], nnoise = blp[BLP_NNOISE], npad = blp[BLP_NPAD];
     const cl_uint counts[] = {(nnoise + 3) / 4, npad, n, n};
     const int ks[] = {BK_BERNOULLI, BK_PAD, BK_POOL, BK_ONE_MINUS};
     const size_t wg = od->wg_small;

@@ -77,8 +77,7 @@ static int bench_one(struct vk_dev *d, struct db_device *dev, const struct db_pl
                "the mask pass was cut short (an invocation did not run to its end) with the worst-case budget");
         return DROPBLOCK_EINTERNAL;
     } else {
-        const uint32_t planes = blp[BLP_PLANES], n = blp[BLP_NUMEL], nnoise = planes * blp[BLP_HN] * blp[BLP_WN];
-        const uint32_t npad = planes * (blp[BLP_HN] + blp[BLP_BS] - 1) * (blp[BLP_WN] + blp[BLP_BS] - 1);
+        const uint32_t n = blp[BLP_NUMEL], nnoise = blp[BLP_NNOISE], npad = blp[BLP_NPAD];
         bench_step(d, BS_BERNOULLI, (nnoise + 3) / 4, 0, 0, 0, 1);
         bench_step(d, BS_PAD, npad, 0, 0, 0, 0);
         bench_step(d, BS_POOL, n, 0, 0, 0, 0);

@@ -21,7 +21,12 @@ where the CPU has it); hardware f16 on the GPU shape and on lavapipe too (issue 
 
 The job's structure (issue 16) is in the JSON of every backend, both layouts: launches and
 transfers of the last job (a one-chunk OpenCL job: 3-5 launches, nothing between them) and the
-mask pass's Philox blocks per candidate block on the device's tiling. Python standard library only.
+mask pass's Philox blocks per candidate block on the device's tiling.
+
+DropBlock3D (a 5-D --shape N,C,D,H,W): the JSON has a 5-element shape and a 3-element block (a
+2-D run keeps 4 and 2), --check passes against the CPU reference on every backend and both
+layouts, and the baseline (torchvision's drop_block3d) is timed for a cube block and null for
+another block. Python standard library only.
 """
 import argparse
 import json
@@ -115,6 +120,39 @@ def paths_as_expected(bench):
         expect_paths(bench, "cpu", {"mask": forced, "apply": forced}, {"DROPBLOCK_CPU_SIMD": forced})
 
 
+def dropblock3d(bench, backend, layout, block, want_block):
+    """A 5-D shape: the JSON's shape and block, --check against the CPU reference, the baseline
+    timed for an odd cube block (torchvision's drop_block3d) and null for another."""
+    j = run([bench, "--backend", backend, "--shape", "2,3,5,12,10", "--layout", layout, "--block", block, "--reps", "2",
+             "--check", "--json"])
+    what = "3-D %s %s block %s" % (backend, layout, block)
+    want = {"shape": [2, 3, 5, 12, 10], "block": want_block, "layout": {"nchw": "NCDHW", "nhwc": "NDHWC"}[layout],
+            "bytes": 2 * 3 * 5 * 12 * 10 * 4, "check": True}
+    bad = {k: j.get(k) for k, v in want.items() if j.get(k) != v}
+    if bad:
+        sys.exit("test_bench: %s: %s, want %s:\n%s" % (what, bad, want, json.dumps(j)))
+    for k in ("copy_us", "op_us", "backward_us", "mask_us", "run_us"):
+        positive(j, k, what)
+    cube = len(set(want_block)) == 1 and want_block[0] % 2 == 1
+    if cube:
+        positive(j, "baseline_us", what)
+        positive(j, "baseline_over_op", what)
+    elif j.get("baseline_us") is not None:
+        sys.exit("test_bench: %s: baseline_us %r, want null (torchvision takes odd cubes only)" % (what,
+                                                                                                   j["baseline_us"]))
+    print("ok %s: check bit-exact, op_us %g, baseline_us %s" % (what, j["op_us"], j["baseline_us"]))
+
+
+def dropblock2d_json(bench):
+    """A 4-D shape keeps its 4-element shape and 2-element block."""
+    j = run([bench, "--backend", "cpu", "--shape", "2,3,12,10", "--block", "3,5", "--reps", "1", "--check", "--json"])
+    want = {"shape": [2, 3, 12, 10], "block": [3, 5], "layout": "NCHW", "check": True}
+    bad = {k: j.get(k) for k, v in want.items() if j.get(k) != v}
+    if bad:
+        sys.exit("test_bench: 2-D: %s, want %s:\n%s" % (bad, want, json.dumps(j)))
+    print("ok 2-D JSON: shape %s block %s" % (j["shape"], j["block"]))
+
+
 def throughput_has_xfer(bench, sock, device):
     j = run([bench, "--socket", sock, "--throughput", "--device", device, "--shape", "2,16,16,16", "--reps", "3",
              "--json"])
@@ -143,6 +181,12 @@ def main():
         for backend, env in (("opencl", None), ("opencl", {"DROPBLOCK_OPENCL_SHAPE": "gpu"}), ("vulkan", None),
                              ("cpu", None)):
             structure(a.bench, backend, layout, env)
+    for backend in ("opencl", "cpu", "vulkan"):
+        for layout in ("nchw", "nhwc"):
+            dropblock3d(a.bench, backend, layout, "3", [3, 3, 3])
+    dropblock3d(a.bench, "opencl", "nchw", "5,3,3", [5, 3, 3])
+    dropblock3d(a.bench, "cpu", "nchw", "3,5,3", [3, 5, 3])
+    dropblock2d_json(a.bench)
 
     try:
         d = testlib.Daemon(a.daemon, "--cache-dir", a.cache_dir)

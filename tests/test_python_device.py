@@ -67,6 +67,45 @@ def check_client(dropblock, np, client, label):
     return True
 
 
+def check_device3d(dropblock, np, client, label):
+    """DropBlock3D on 5-D DeviceTensors (issue 17): dropblock3d, backward3d and submit; K, S,
+    scale and mask as the CPU's on ones; a 4-D method refuses a 5-D tensor."""
+    shape = (2, 3, 4, 6, 6)
+    with client.device_buffer(1 << 20) as buf:
+        x = buf.tensor(shape, "f32", 0)
+        y = buf.tensor(shape, "f32", 64 * 1024)
+        ref = dropblock.Client(local=True, backends="cpu")
+        host = np.ones(shape, np.float32)
+        for mode in ("forward", "backward"):
+            run = client.dropblock3d if mode == "forward" else client.backward3d
+            rrun = ref.dropblock3d if mode == "forward" else ref.backward3d
+            for layout in ("NCDHW", "NDHWC"):
+                try:
+                    got, gmask = run(x, 0.2, (2, 3, 3), seed=11, stream=4, out=y, mask=True, layout=layout)
+                    gi = client.last_result
+                    _, wmask = rrun(host, 0.2, (2, 3, 3), seed=11, stream=4, mask=True, layout=layout)
+                    wi = ref.last_result
+                    ok = (got is y and (gi.kept, gi.total, gi.scale_bits) == (wi.kept, wi.total, wi.scale_bits)
+                          and np.array_equal(gmask, wmask) and gi.device == buf.device)
+                except dropblock.Error as e:
+                    ok, gi, wi = False, e, None
+                T.check(ok, "%s 3-D %s %s: K/S/scale/mask %s against %s" % (label, mode, layout, gi, wi))
+        try:
+            info = client.submit(x, 0.2, 2, seed=3, out=y).wait()
+            ref.dropblock3d(host, 0.2, 2, seed=3)
+            wi = ref.last_result
+            ok = (info.kept, info.total, info.scale_bits) == (wi.kept, wi.total, wi.scale_bits)
+        except dropblock.Error as e:
+            ok, info = False, e
+        T.check(ok, "%s: submit of a 5-D DeviceTensor runs DropBlock3D (%s)" % (label, info))
+        try:
+            client.dropblock2d(x, 0.2, 3)
+            T.check(False, "%s: dropblock2d refuses a 5-D DeviceTensor" % label)
+        except dropblock.Error as e:
+            T.check("dropblock3d" in str(e), "%s: dropblock2d refuses a 5-D DeviceTensor: %s" % (label, e))
+        ref.close()
+
+
 def check_semaphores(dropblock, np, client, label, remote):
     """Client.semaphore and Client.submit's wait= and signal= (docs/protocol.md "Ordering with
     semaphores"): through a daemon the submitted job waits until the host signals; its K/S/mask
@@ -190,6 +229,7 @@ def main():
             print("SKIP: no device that can export memory")
             return 77
         check_semaphores(dropblock, np, c, "in-process", False)
+        check_device3d(dropblock, np, c, "in-process")  # a daemon's 3-D jobs wait for the wire's 5-D shape
     d = Daemon(a.daemon, "--cache-dir", tempfile.mkdtemp(prefix="dbpd-"))
     try:
         c = dropblock.Client(socket=d.path)

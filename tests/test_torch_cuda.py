@@ -57,7 +57,7 @@ except ImportError as e:
 import dropblock  # noqa: E402
 import dropblock.torch as dbt  # noqa: E402
 from dropblock import _cuda_pool as cp  # noqa: E402
-from dropblock._core import DeviceTensor, Error  # noqa: E402
+from dropblock._core import _METHODS, DeviceTensor, Error  # noqa: E402
 
 T = Tally()
 check = T.check
@@ -203,7 +203,7 @@ class FakeClient:
         self.world.log.append(("device job", kw.get("device"), x.buffer.device))
         self.world.job_devices.append(kw.get("device"))
         kw = dict(kw, device="auto")
-        run = self.real.dropblock2d if mode == "forward" else self.real.backward
+        run = getattr(self.real, _METHODS[mode, len(x.shape)])
         a, o = self._view(x), self._view(out)
         run(a, out=o, layout=layout, dtype=x.dtype, **kw)
 
@@ -218,6 +218,18 @@ class FakeClient:
             return self._job("backward", x, out or x, layout, kw)
         self.world.log.append(("host job", kw.get("device")))
         return self.real.backward(x, *a, out=out, layout=layout, **dict(kw, device="auto"))
+
+    def dropblock3d(self, x, *a, out=None, layout="NCDHW", **kw):
+        if isinstance(x, DeviceTensor):
+            return self._job("forward", x, out or x, layout, kw)
+        self.world.log.append(("host job", kw.get("device")))
+        return self.real.dropblock3d(x, *a, out=out, layout=layout, **dict(kw, device="auto"))
+
+    def backward3d(self, x, *a, out=None, layout="NCDHW", **kw):
+        if isinstance(x, DeviceTensor):
+            return self._job("backward", x, out or x, layout, kw)
+        self.world.log.append(("host job", kw.get("device")))
+        return self.real.backward3d(x, *a, out=out, layout=layout, **dict(kw, device="auto"))
 
     def submit(self, x, out=None, layout="NCHW", mode="forward", wait=None, signal=None, **kw):
         sem, n = wait
@@ -386,7 +398,10 @@ def same(a, b):
 
 def call(env, client, x, mode="forward", layout="NCHW", **kw):
     cl = dbt._channels_last(x, layout)
-    return cp.run(mode, x, dict(KW, **kw), client, layout, cl, env)
+    kw = dict(KW, **kw)
+    if x.dim() == 5:  # DropBlock3D: no compat
+        kw.pop("compat")
+    return cp.run(mode, x, kw, client, layout, cl, env)
 
 
 # ---- cases ----------------------------------------------------------------------------------
@@ -710,6 +725,26 @@ def bits_cases(real):
                             bad.append((str(dt), layout, x.is_contiguous(), mode, kw))
         check(bad == [] and world.violations == [], "%s: 54 cases bit-equal to the CPU op, strides included %r %r"
               % (label, bad[:3], world.violations))
+        # DropBlock3D: 5-D tensors, NCDHW, NDHWC and channels_last_3d, on the same route
+        bad = []
+        for dt in (torch.float32, torch.bfloat16):
+            for layout, make in (("NCDHW", lambda: torch.rand(2, 3, 4, 6, 5, generator=gen)),
+                                 ("NDHWC", lambda: torch.rand(2, 4, 6, 5, 3, generator=gen)),
+                                 ("NCDHW", lambda: torch.rand(2, 3, 4, 6, 5, generator=gen).to(
+                                     memory_format=torch.channels_last_3d))):
+                x = (make() + 0.25).to(dt)
+                for mode in ("forward", "backward"):
+                    kw = {"block_size": (2, 3, 3), "stream": 3}
+                    try:
+                        y = call(env, client, x, mode=mode, layout=layout, **kw)
+                        ok = same(y, reference(real, mode, x, layout, **kw))
+                    except Error as e:
+                        ok = False
+                        print("  ", e)
+                    if not ok:
+                        bad.append((str(dt), layout, x.is_contiguous(), mode))
+        check(bad == [] and world.violations == [], "%s: 12 DropBlock3D cases (NCDHW, NDHWC, channels_last_3d) "
+              "bit-equal to the CPU op, strides included %r %r" % (label, bad[:3], world.violations))
     # through torch.py's CUDA kernel: the arguments as the op passes them
     world, env, client = setup(real)
     x = torch.rand(3, 4, 10, 10, generator=gen) + 0.5

@@ -51,7 +51,7 @@ except ImportError as e:
 
 import dropblock  # noqa: E402
 import dropblock.torch as dbt  # noqa: E402
-from dropblock.torch import DropBlock2d, dropblock2d  # noqa: E402
+from dropblock.torch import DropBlock2d, DropBlock3d, drop_block3d, dropblock2d, dropblock3d  # noqa: E402
 
 T = Tally()
 check = T.check
@@ -306,6 +306,305 @@ def peer_cases(client):
     check(m.rate == 0.1 and m._rate.dtype == torch.float64, "model.half() keeps the rate (0.1) in float64")
     m.double()
     check(m.rate == 0.1, "model.double() keeps the rate")
+
+
+# ---- DropBlock3D (issue 17): the same op on 5-D tensors ------------------------------------------
+
+def vectors3d():
+    out = []
+    for path in sorted(glob.glob(os.path.join(HERE, "vectors3d", "*.json"))):
+        with open(path) as f:
+            out.append(json.load(f))
+    return out
+
+
+def phys3(r):
+    n, c, d, h, w = r["shape"]
+    return (n, c, d, h, w) if r["layout_3d"] == "NCDHW" else (n, d, h, w, c)
+
+
+def tensor_of(bits, dtype, shape):
+    ints = [int(b, 16) for b in bits]
+    if dtype == "f32":
+        raw = torch.tensor(np.array(ints, np.uint32).view(np.int32))
+    else:
+        raw = torch.tensor(np.array(ints, np.uint16).view(np.int16))
+    return raw.view(TORCH_FLOAT[dtype]).view(shape)
+
+
+def args3(r):
+    kw = request_args(r)
+    kw.update(block_size=tuple(r["block"]), layout=r["layout_3d"])
+    return kw
+
+
+def keep3(v, x, y):
+    """The keep mask (logical NCDHW, 0/1 int64) of a 3-D vector from its input and output: kept
+    where y is not 0 (x is never 0 in the vectors: checked)."""
+    r = v["request"]
+    t = (lambda a: a) if r["layout_3d"] == "NCDHW" else (lambda a: a.permute(0, 4, 1, 2, 3))
+    check_nz = bool((t(x).double() != 0).all())
+    return check_nz, (t(y).double() != 0).to(torch.int64).contiguous()
+
+
+def vectors3d_cases(client):
+    section("DropBlock3D: tests/vectors3d through the op")
+    vs = vectors3d()
+    check(len(vs) == 48, "%d DropBlock3D vectors found in tests/vectors3d" % len(vs))
+    bad = {"forward": [], "backward": [], "channels_last_3d": [], "float64": [], "module": []}
+    for v in vs:
+        r = v["request"]
+        label = "%s-%s-%s" % (v["name"], r["layout_3d"], r["dtype"])
+        x = tensor_of(v["input"], r["dtype"], phys3(r))
+        want = tensor_of(v["expected"]["values"], r["dtype"], phys3(r))
+        kw = args3(r)
+        try:
+            y = dropblock3d(x, client=client, **kw)
+            if not (y.shape == x.shape and np.array_equal(ibits(y), ibits(want))):
+                bad["forward"].append(label)
+            xs = torch.zeros_like(x).requires_grad_(True)
+            dropblock3d(xs, client=client, **kw).backward(x)
+            if not np.array_equal(ibits(xs.grad), ibits(want)):
+                bad["backward"].append(label)
+            if r["layout_3d"] == "NCDHW" and r["shape"][1] > 1:
+                xc = x.contiguous(memory_format=torch.channels_last_3d)
+                yc = dropblock3d(xc, client=client, **kw)
+                if not (yc.is_contiguous(memory_format=torch.channels_last_3d) and not yc.is_contiguous()
+                        and np.array_equal(ibits(yc), ibits(want))):
+                    bad["channels_last_3d"].append(label)
+            # the module: the vector's seed and stream, training as the vector's
+            m = DropBlock3d(kw["rate"], kw["block_size"], seed=kw["seed"], stream=kw["stream"], layout=r["layout_3d"],
+                            normalize=kw["normalize"], share=kw["share"], client=client)
+            m.train(kw["training"])
+            if not np.array_equal(ibits(m(x)), ibits(want)):
+                bad["module"].append(label)
+            # float64: the vector's mask (from its output), S/K in float64, (x * scale) * m
+            x64 = x.double()
+            nz, keep = keep3(v, x, want)
+            n = r["shape"][0]
+            if not r["training"] or f32(kw["rate"]) == 0.0:
+                want64 = x64
+            else:
+                kept = keep.view(n, -1).sum(1).tolist()
+                numel = keep.numel()
+                if r["normalize"] == "global":
+                    scales = [0.0 if sum(kept) == 0 else float(Fraction(numel, sum(kept)))] * n
+                elif r["normalize"] == "sample":
+                    scales = [0.0 if k == 0 else float(Fraction(numel // n, k)) for k in kept]
+                else:
+                    scales = [1.0] * n
+                mk = keep.double() if r["layout_3d"] == "NCDHW" else keep.double().permute(0, 2, 3, 4, 1)
+                want64 = (x64 * torch.tensor(scales, dtype=torch.float64).view(n, 1, 1, 1, 1)) * mk
+            y64 = dropblock3d(x64, client=client, **kw)
+            if not (nz and y64.dtype == torch.float64 and np.array_equal(ibits(y64), ibits(want64))):
+                bad["float64"].append(label)
+        except dropblock.Error as e:
+            for k in bad:
+                bad[k].append("%s: %s" % (label, e))
+    for what, text in (("forward", "dropblock3d's output bits"), ("backward", "autograd's gradient bits (backward op)"),
+                       ("channels_last_3d", "a channels_last_3d tensor (NCDHW) runs on its NDHWC bytes, y "
+                                            "channels_last_3d"),
+                       ("module", "DropBlock3d with the vector's seed and stream"),
+                       ("float64", "float64: the vector's mask, S/K in float64, (x*scale)*m")):
+        check(not bad[what], "vectors3d: %s; wrong: %s" % (text, bad[what][:4]))
+    # D = 1: the 2-D vectors as 5-D tensors with a depth-1 volume give the 2-D bits
+    bad = []
+    for v in vectors():
+        r = v["request"]
+        x = input_tensor(v)
+        x5 = x.unsqueeze(2) if r["layout"] == "NCHW" else x.unsqueeze(1)
+        kw = request_args(r)
+        kw.update(block_size=(5,) + kw["block_size"], layout="NCDHW" if r["layout"] == "NCHW" else "NDHWC")
+        if r["mode"] == "forward":
+            y = dropblock3d(x5, client=client, **kw)
+        else:
+            xs = torch.zeros_like(x5).requires_grad_(True)
+            dropblock3d(xs, client=client, **kw).backward(x5)
+            y = xs.grad
+        if not (y.shape == x5.shape and np.array_equal(ibits(y).reshape(want_bits(v).shape), want_bits(v))):
+            bad.append("%s-%s-%s" % (v["name"], r["layout"], r["dtype"]))
+    check(not bad, "D = 1: the 2-D vectors as 5-D tensors (block depth 5, clamped to 1) give the 2-D bits "
+          "through the op and autograd; wrong: %s" % bad[:6])
+
+
+def gamma_threshold3(rate, dims, blocks):
+    d, h, w = dims
+    bd, bh, bw = blocks
+    g = f32(f32(rate) * f32(d * h * w))
+    g = f32(g / f32(bd * bh * bw))
+    g = f32(g / f32((d - bd + 1) * (h - bh + 1) * (w - bw + 1)))
+    return min(int(Fraction(g) * (1 << 32)), 1 << 32)
+
+
+def peer3d_cases(client):
+    section("torchvision's DropBlock3d checks, in our words")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for layout, shape in (("NCDHW", (2, 3, 5, 6, 7)), ("NDHWC", (2, 5, 6, 7, 3))):
+            m = DropBlock3d(0.2, 3, seed=1, layout=layout, client=client)
+            x = torch.rand(shape, dtype=dtype) + 1
+            y = m(x)
+            check(y.shape == x.shape and y.dtype == dtype and bool((y == 0).any()) and bool((y != 0).any()),
+                  "DropBlock3d %s %s: the shape and dtype are kept, some dropped" % (dtype, layout))
+            m.eval()
+            check(m(x) is x, "DropBlock3d %s %s: eval() returns the input itself" % (dtype, layout))
+            z = DropBlock3d(0.0, 3, seed=1, layout=layout, client=client)(x)
+            check(np.array_equal(ibits(z), ibits(x)), "DropBlock3d %s %s: p = 0 is the identity, bit for bit"
+                  % (dtype, layout))
+            vol = shape[2:] if layout == "NCDHW" else shape[1:4]
+            for block in (vol, 9):
+                full = DropBlock3d(1.0, block, seed=2, layout=layout, client=client)(torch.ones(shape, dtype=dtype))
+                check(bool((full == 0).all()) and not bool(full.isnan().any()),
+                      "DropBlock3d %s %s: p = 1 with block %r >= the volume: all zeros, no NaN"
+                      % (dtype, layout, block))
+    # block = volume: each (n, c) volume dropped whole or kept whole
+    y = DropBlock3d(0.5, (3, 4, 5), seed=3, client=client)(torch.ones(6, 4, 3, 4, 5))
+    counts = [int(y[b, c].count_nonzero()) for b in range(6) for c in range(4)]
+    check(all(k in (0, 60) for k in counts) and 0 < counts.count(0) < 24,
+          "block = volume: every volume dropped whole or kept whole (%d of 24 dropped)" % counts.count(0))
+    # the drop fraction of many samples against the exact expectation of the spec's gamma
+    dims, b = (6, 7, 7), (2, 3, 3)
+    for p in (0.1, 0.25):
+        y = DropBlock3d(p, b, seed=4, client=client)(torch.ones(512, 1, *dims))
+        got = float((y == 0).float().mean())
+        g = Fraction(gamma_threshold3(p, dims, b), 1 << 32)
+        exp = 0.0
+        for i in range(dims[0]):
+            for j in range(dims[1]):
+                for k in range(dims[2]):
+                    cover = 1
+                    for pos, size, blk in ((i, dims[0], b[0]), (j, dims[1], b[1]), (k, dims[2], b[2])):
+                        cover *= min(pos, size - blk) - max(0, pos - blk + 1) + 1
+                    exp += 1 - float((1 - g) ** cover)
+        exp /= dims[0] * dims[1] * dims[2]
+        check(abs(got - exp) < 0.015 and abs(got - p) < 0.35 * p,
+              "p %g, 6x7x7, block 2x3x3, 512 samples: drop fraction %.4f, expected %.4f from the spec's gamma"
+              % (p, got, exp))
+    # kept values are x * scale (the float32 nearest S/K); shared channels share the mask
+    x = torch.rand(3, 4, 5, 8, 8) + 0.5
+    y = dropblock3d(x, 0.2, 3, seed=5, share=("channels",), client=client)
+    kept = y != 0
+    check(all(torch.equal(kept[:, 0], kept[:, c]) for c in range(4)) and not bool(kept.all()),
+          "share channels: every channel of a sample has the sample's 3-D mask")
+    scale = f32(float(Fraction(x.numel(), int(kept.sum()))))
+    check(torch.equal(y[kept], x[kept] * torch.tensor(scale, dtype=torch.float32)),
+          "kept values are x times the float32 nearest S/K (%g)" % scale)
+    # gradients
+    x = (torch.rand(2, 3, 4, 6, 6) + 0.5).requires_grad_(True)
+    (g,) = torch.autograd.grad(dropblock3d(x, 0.3, 2, seed=6, stream=2, client=client).sum(), x)
+    ones = dropblock3d(torch.ones(2, 3, 4, 6, 6), 0.3, 2, seed=6, stream=2, client=client)
+    check(torch.equal(g, ones), "3-D: the gradient of sum(y) is the forward applied to ones")
+    x64 = torch.rand(1, 2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    check(torch.autograd.gradcheck(lambda t: dropblock3d(t, 0.3, 2, seed=9, stream=4, client=client), (x64,)),
+          "3-D float64: torch.autograd.gradcheck")
+    # torchvision's argument names: drop_block3d(input, p, block_size, inplace, eps, training), DropBlock3d(p, ...)
+    x = torch.rand(2, 3, 4, 6, 6) + 0.5
+    y1 = drop_block3d(x, 0.2, 3, seed=7, client=client)
+    y2 = dropblock3d(x, 0.2, 3, seed=7, client=client)
+    check(torch.equal(y1, y2), "drop_block3d with a seed: dropblock3d's bits")
+    torch.manual_seed(5)
+    a = drop_block3d(x, 0.2, 3, client=client)
+    b = drop_block3d(x, 0.2, 3, client=client)
+    torch.manual_seed(5)
+    a2 = drop_block3d(x, p=0.2, block_size=3, client=client)
+    check(not torch.equal(a, b) and torch.equal(a, a2),
+          "drop_block3d without a seed: a new mask each call, drawn from torch's generator (manual_seed repeats it)")
+    check(drop_block3d(x, 0.2, 3, training=False, client=client) is x, "drop_block3d training=False: the input")
+    xi = x.clone()
+    r = drop_block3d(xi, 0.2, 3, inplace=True, eps=1e-6, seed=7, client=client)
+    check(r is xi and torch.equal(xi, y1), "drop_block3d inplace=True writes the result into the input")
+    m = DropBlock3d(p=0.2, block_size=3, inplace=True, eps=1e-6, seed=7, client=client)
+    xi = x.clone()
+    check(m(xi) is xi and torch.equal(xi, y1) and "inplace=True" in repr(m),
+          "DropBlock3d(p=, block_size=, inplace=True, eps=): torchvision's names")
+    m = DropBlock2d(p=0.2, block_size=3, seed=7, client=client)
+    check(torch.equal(m(x[:, :, 0]), dropblock2d(x[:, :, 0], 0.2, 3, seed=7, client=client)),
+          "DropBlock2d takes p= too (the same base)")
+    for fn, text in ((lambda: DropBlock3d(0.1, 3, 1234), "inplace"),
+                     (lambda: DropBlock3d(0.1, 3, layout="NCHW"), "NCDHW"),
+                     (lambda: DropBlock3d(0.1, (3, 3)), "(BD, BH, BW)"),
+                     (lambda: DropBlock3d(0.1, 3, rate=0.2, p=0.1), ""),
+                     (lambda: DropBlock3d(0.1, 3, eps=-1), "eps"),
+                     (lambda: DropBlock3d(0.1, 3, client=client)(torch.ones(2, 3, 4, 4)), "5-D"),
+                     (lambda: DropBlock2d(0.1, 3, client=client)(torch.ones(2, 3, 4, 4, 4)), "4-D"),
+                     (lambda: dropblock2d(torch.ones(2, 3, 4, 4, 4), 0.1, 3, client=client), "dropblock3d"),
+                     (lambda: dropblock3d(torch.ones(2, 3, 4, 4, 4), 0.1, 3, layout="NHWC", client=client), "NDHWC"),
+                     (lambda: torch.ops.dropblock.dropblock2d(
+                         torch.ones(2, 3, 4, 4, 4), torch.tensor([0.1], dtype=torch.float64), torch.tensor([1]),
+                         torch.tensor([0]), [3, 3, 3], "NCDHW", "global", "", "keras_cv", "local", "auto"), "keras")):
+        try:
+            fn()
+            check(False, "refused: %s" % text)
+        except TypeError as e:  # the duplicated rate
+            check(text == "", "refused: %s (%s)" % (text, e))
+        except dropblock.Error as e:
+            check(e.code == "invalid_argument" and text in e.message, "refused, naming %r: %s" % (text, e.message))
+    # shared_empty in channels_last_3d
+    t = dbt.shared_empty((2, 3, 4, 5, 6), memory_format=torch.channels_last_3d, client=client)
+    check(t.is_contiguous(memory_format=torch.channels_last_3d) and t.shape == (2, 3, 4, 5, 6),
+          "shared_empty(memory_format=channels_last_3d)")
+
+
+class Net3(torch.nn.Module):
+    def __init__(self, client, seed=None):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(3, 3, 3, padding=1)
+        self.drop = DropBlock3d(0.2, (2, 3, 3), seed=seed, client=client)
+
+    def forward(self, x):
+        return torch.relu(self.drop(self.conv(x))) + x
+
+
+def compile3d_cases(client):
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounterWithBackend
+    section("torch.compile of DropBlock3d")
+    gen = torch.Generator().manual_seed(4)
+    xs = [torch.rand(2, 3, 4, 7, 7, generator=gen) for _ in range(3)]
+    ex = torch._dynamo.explain(Net3(client, seed=1))(xs[0])
+    check(ex.graph_count == 1 and ex.graph_break_count == 0,
+          "DropBlock3d: torch._dynamo.explain: %d graph(s), %d break(s) %s"
+          % (ex.graph_count, ex.graph_break_count, [str(b.reason)[:80] for b in ex.break_reasons]))
+    torch._dynamo.reset()
+    torch.manual_seed(2)
+    model = Net3(client)
+    torch.manual_seed(2)
+    ref = Net3(client)
+    cnt = CompileCounterWithBackend("aot_eager")
+    try:
+        with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+            cm = torch.compile(model, backend=cnt, fullgraph=True)
+            got = []
+            for k, x in enumerate(xs):
+                model.drop.rate = 0.1 * (k + 1)
+                xg = x.clone().requires_grad_(True)
+                y = cm(xg)
+                y.sum().backward()
+                got.append((ibits(y), ibits(xg.grad)))
+        err = None
+    except Exception as e:
+        got, err = [], e
+    want = []
+    for k, x in enumerate(xs):
+        ref.drop.rate = 0.1 * (k + 1)
+        xg = x.clone().requires_grad_(True)
+        y = ref(xg)
+        y.sum().backward()
+        want.append((ibits(y), ibits(xg.grad)))
+    check(err is None and cnt.frame_count == 1 and len(got) == 3
+          and all(np.array_equal(g[0], w[0]) and np.array_equal(g[1], w[1]) for g, w in zip(got, want)),
+          "DropBlock3d under torch.compile (aot_eager, fullgraph): 3 steps compiled once (frames %d, %r), outputs "
+          "and gradients bit-equal to eager" % (cnt.frame_count, err))
+    torch._dynamo.reset()
+    cnt = CompileCounterWithBackend("aot_eager")
+    cf = torch.compile(lambda x: drop_block3d(x, 0.2, 3, client=client), backend=cnt, fullgraph=True)
+    try:
+        a, b = cf(xs[0]), cf(xs[0])
+        ok = a.shape == xs[0].shape and not torch.equal(a, b) and cnt.frame_count == 1
+    except Exception as e:
+        ok = False
+        print("  got", repr(e))
+    check(ok, "drop_block3d (seed drawn per call) compiles in one graph, a new mask per call")
+    torch._dynamo.reset()
 
 
 # ---- torch.compile, torch.fx, torch.export --------------------------------------------------
@@ -595,6 +894,12 @@ def main():
         state_cases(client)
         trace_cases(client)
         compile_cases(client)
+    with dropblock.Client(local=True, backends="cpu") as client:  # test_python: every device
+        for cases in (vectors3d_cases, peer3d_cases, compile3d_cases):
+            try:
+                cases(client)
+            except Exception as e:  # noqa: BLE001 - one failed section must not hide the rest
+                check(False, "%s raised %r" % (cases.__name__, e))
     if a.daemon:
         daemon_cases(a.daemon, vs)
     else:

@@ -1,5 +1,5 @@
 """The client: a handle of libdropblock (a daemon connection or the in-process engine), NumPy
-arrays in memory the engine sees, and DropBlock2D jobs. See python/README.md."""
+arrays in memory the engine sees, and DropBlock2D and DropBlock3D jobs. See python/README.md."""
 import collections
 import ctypes
 import json
@@ -286,8 +286,9 @@ class DeviceBuffer(_Shared):
     host_mappable = property(lambda self: bool(self._c.host_mappable))
 
     def tensor(self, shape, dtype="f32", offset=0):
-        """A tensor of shape (4 integers, in the layout's order) and dtype ("f32", "f16", "bf16")
-        at offset bytes into the buffer, for Client.dropblock2d/backward."""
+        """A tensor of shape (4 integers, in the layout's order; 5 for dropblock3d) and dtype ("f32",
+        "f16", "bf16") at offset bytes into the buffer, for Client.dropblock2d/backward (dropblock3d/
+        backward3d)."""
         return DeviceTensor(self, offset, shape, dtype)
 
     def __repr__(self):
@@ -400,8 +401,8 @@ class Job:
     """A job submitted with Client.submit: wait() returns its JobInfo once it is over (raising its
     error), or raises TimeoutError while it runs (wait again)."""
 
-    def __init__(self, client, ticket, out):
-        self._c, self._t, self.out = client, ticket, out
+    def __init__(self, client, ticket, out, params=None):
+        self._c, self._t, self.out, self._p = client, ticket, out, params
 
     def wait(self, timeout=None):
         if self._t is None:
@@ -415,6 +416,8 @@ class Job:
         self._c._h.release()
         if rc:
             raise _error(rc, res.message)
+        if self._p is not None:
+            _check_total(self._p, res)
         return _job_info(res)
 
 
@@ -516,6 +519,39 @@ def _stream_or_position(stream, position):
     return _Position(position)
 
 
+# DropBlock3D's layouts: the C API's NCHW and NHWC mean NCDHW and NDHWC once depth is set
+_LAYOUTS3 = {"NCDHW": _lib.LAYOUTS["NCHW"], "NDHWC": _lib.LAYOUTS["NHWC"]}
+_METHODS = {("forward", 4): "dropblock2d", ("backward", 4): "backward", ("forward", 5): "dropblock3d",
+            ("backward", 5): "backward3d"}
+_FORMS = {4: "4-D, (N, C, H, W) or (N, H, W, C) by layout", 5: "5-D, (N, C, D, H, W) or (N, D, H, W, C) by layout"}
+
+
+def _rank_of(method, shape, ranks, what="tensor"):
+    """len(shape) if it is one of ranks, else the error naming the method that takes it."""
+    try:
+        rank = len(shape)
+    except TypeError:
+        rank = -1
+    if rank in ranks:
+        return rank
+    hint = ""
+    modes = [m for (m, _), name in _METHODS.items() if name == method]
+    if rank in _FORMS and modes:  # the other method takes it
+        hint = " (%s takes %d-D %ss)" % (_METHODS[modes[0], rank], rank, what)
+    raise _invalid("%s: %s of shape %r: must be %s%s" % (method, what, tuple(shape), " or ".join(
+        _FORMS[r] for r in ranks), hint))
+
+
+def _check_total(p, res):
+    """A 3-D job must report S = N*C*D*H*W: a daemon (or libdropblock) whose wire has no depth runs
+    the first D-th of the tensor as a 2-D job, which this turns into an error instead of wrong bits."""
+    if p.depth > 1 and res.total != lib().dropblock_numel(ctypes.byref(p)):
+        raise Error("internal", "a DropBlock3D job reported %d elements, not the tensor's %d: the daemon (or "
+                    "libdropblock) does not carry the depth; update both" % (res.total,
+                                                                           lib().dropblock_numel(ctypes.byref(p))),
+                    _lib.EINTERNAL)
+
+
 class Client:
     """A connection to dropblockd, or the in-process engine.
 
@@ -596,7 +632,8 @@ class Client:
 
     @property
     def last_result(self):
-        """JobInfo of this thread's last successful dropblock2d/backward call on this client, or None."""
+        """JobInfo of this thread's last successful job (dropblock2d/3d, backward/backward3d) on this
+        client, or None."""
         return getattr(self._tls, "result", None)
 
     # -- queries
@@ -724,16 +761,36 @@ class Client:
         array (a client.array when x is one). mask=True also returns the packed keep mask
         (uint8, bit ((n*C+c)*H+h)*W+w, least significant first, 1 = kept); an uint8 array of
         the right size is filled instead. Returns out, or (out, mask). last_result has K, S, the
-        scale, the device and timings."""
-        return self._run("forward", x, rate, block_size, seed, _stream_or_position(stream, position), layout,
+        scale, the device and timings. x may be a DeviceTensor (DeviceBuffer.tensor) of 4
+        dimensions: the job runs on its device. 5-D tensors: dropblock3d."""
+        return self._run("forward", 4, x, rate, block_size, seed, _stream_or_position(stream, position), layout,
                          normalize, share, compat, training, out, device, mask, dtype)
 
     def backward(self, dy, rate, block_size, seed=0, stream=0, layout="NCHW", normalize="global", share=(),
                  compat="none", training=True, out=None, device="auto", mask=False, dtype=None, position=None):
         """The gradient of dropblock2d with the same arguments: the same mask (from seed and
         stream or position) and scale applied to dy."""
-        return self._run("backward", dy, rate, block_size, seed, _stream_or_position(stream, position), layout,
+        return self._run("backward", 4, dy, rate, block_size, seed, _stream_or_position(stream, position), layout,
                          normalize, share, compat, training, out, device, mask, dtype)
+
+    def dropblock3d(self, x, rate, block_size, seed=0, stream=0, layout="NCDHW", normalize="global", share=(),
+                    training=True, out=None, device="auto", mask=False, dtype=None):
+        """DropBlock3D of x (docs/semantics.md; torchvision's drop_block3d): dropblock2d on a
+        volume, with DropBlock2D its D = 1 case bit for bit. x: a 5-D array, (N, C, D, H, W) for
+        layout "NCDHW", (N, D, H, W, C) for "NDHWC" (or a DeviceTensor of 5 dimensions), of the
+        dtypes dropblock2d takes. block_size: B (a cube) or (BD, BH, BW), each clamped to the
+        volume. seed, stream, normalize, share, training, out, device, mask and dtype as for
+        dropblock2d; the mask's bit of (n, c, d, h, w) is (((n*C+c)*D+d)*H+h)*W+w. There is no
+        compat mode (keras-cv has no 3-D layer). Returns out, or (out, mask)."""
+        return self._run("forward", 5, x, rate, block_size, seed, stream, layout, normalize, share, "none",
+                         training, out, device, mask, dtype)
+
+    def backward3d(self, dy, rate, block_size, seed=0, stream=0, layout="NCDHW", normalize="global", share=(),
+                   training=True, out=None, device="auto", mask=False, dtype=None):
+        """The gradient of dropblock3d with the same arguments: the same mask (from seed and
+        stream) and scale applied to dy."""
+        return self._run("backward", 5, dy, rate, block_size, seed, stream, layout, normalize, share, "none",
+                         training, out, device, mask, dtype)
 
     def device_buffer(self, nbytes, device="auto"):
         """nbytes of device memory on device ("auto": the first that can export) shared by file
@@ -771,17 +828,21 @@ class Client:
             raise _error(rc, msg.value or b"dropblock_semaphore_create failed")
         return Semaphore(h, sem)
 
-    def submit(self, x, rate, block_size, seed=0, stream=0, layout="NCHW", normalize="global", share=(),
+    def submit(self, x, rate, block_size, seed=0, stream=0, layout=None, normalize="global", share=(),
                compat="none", training=True, out=None, device="auto", mode="forward", wait=None, signal=None):
         """dropblock2d (mode "backward": its gradient) on DeviceTensors, returning at once: a Job
-        whose wait() gives its JobInfo. wait=(Semaphore, value[, timeout_s]): the job reads x once
+        whose wait() gives its JobInfo; dropblock3d where x has 5 dimensions (layout None: "NCHW",
+        or "NCDHW" for 5 dimensions). wait=(Semaphore, value[, timeout_s]): the job reads x once
         the semaphore reaches value; signal=(Semaphore, value): raised once the job is over (so a
         GPU stream that imported it waits instead of this process)."""
         if not isinstance(x, DeviceTensor):
             raise _invalid("submit: x must be a DeviceTensor (Client.device_buffer(...).tensor(...))")
+        rank = _rank_of("submit", x.shape, (4, 5))
         out = x if out is None else out
         if not isinstance(out, DeviceTensor) or tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
             raise _invalid("out: a DeviceTensor of x's shape %r and dtype %s (None: in place)" % (x.shape, x.dtype))
+        if layout is None:
+            layout = "NCHW" if rank == 4 else "NCDHW"
         p = self._params(mode, tuple(x.shape), x.dtype, rate, block_size, seed, stream, layout, normalize, share,
                          compat, training)
         sync = _sync(wait, signal)
@@ -799,11 +860,12 @@ class Client:
         if rc:
             h.release()
             raise _error(rc, b"submit failed before the job was sent (dropblock2d gives the reason)")
-        return Job(self, t, out)
+        return Job(self, t, out, p)
 
-    def _run_device(self, mode, x, rate, block_size, seed, stream, layout, normalize, share, compat, training, out,
-                    device, mask):
-        """dropblock2d/backward on DeviceTensors: the job runs on their device, no host copy."""
+    def _run_device(self, mode, rank, x, rate, block_size, seed, stream, layout, normalize, share, compat, training,
+                    out, device, mask):
+        """dropblock2d/3d and their backward on DeviceTensors: the job runs on their device, no host copy."""
+        _rank_of(_METHODS[mode, rank], x.shape, (rank,))
         np = _numpy() if mask is not None and mask is not False else None
         out = x if out is None else out
         if not isinstance(out, DeviceTensor) or tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
@@ -831,6 +893,7 @@ class Client:
                 h.release()
             if rc:
                 raise _error(rc, res.message)
+            _check_total(p, res)
             if mask_arr is not None and scratch is not None:
                 mask_arr = mask_arr.copy()
         finally:
@@ -843,12 +906,22 @@ class Client:
         L = lib()
         p = _lib.Params()
         L.dropblock_params_init(ctypes.byref(p))
-        lay = _name(_lib.LAYOUTS, layout, "layout")
-        if lay == _lib.LAYOUTS["NCHW"]:
-            n, c, h, w = shape
+        if len(shape) == 5:  # DropBlock3D: the C struct's shape stays N, C, H, W, plus depth
+            lay = _name(_LAYOUTS3, layout, "layout")
+            if lay == _lib.LAYOUTS["NCHW"]:
+                n, c, d, h, w = shape
+            else:
+                n, d, h, w, c = shape
+            blocks, form = 3, "B or (BD, BH, BW)"
         else:
-            n, h, w, c = shape
+            lay = _name(_lib.LAYOUTS, layout, "layout")
+            if lay == _lib.LAYOUTS["NCHW"]:
+                n, c, h, w = shape
+            else:
+                n, h, w, c = shape
+            d, blocks, form = 1, 2, "B or (BH, BW)"
         p.shape[:] = [n, c, h, w]
+        p.depth = d
         p.layout = lay
         p.dtype = _lib.DTYPES[dtype]
         try:
@@ -856,12 +929,17 @@ class Client:
         except (TypeError, ValueError):
             raise _invalid("rate %r: must be a number in [0, 1]" % (rate,)) from None
         if isinstance(block_size, (tuple, list)):
-            if len(block_size) != 2:
-                raise _invalid("block_size %r: must be B or (BH, BW)" % (block_size,))
-            bh, bw = block_size
+            if len(block_size) != blocks:
+                raise _invalid("block_size %r: must be %s" % (block_size, form))
+            b = tuple(block_size)
         else:
-            bh = bw = block_size
-        p.block[:] = [_u64(bh, "block height"), _u64(bw, "block width")]
+            b = (block_size,) * blocks
+        if blocks == 3:  # the C struct's 0 means 1 there; a caller's 0 is an error as for bh and bw
+            p.block_depth = _u64(b[0], "block depth")
+            if p.block_depth == 0:
+                raise _invalid("block depth 0: must be >= 1")
+            b = b[1:]
+        p.block[:] = [_u64(b[0], "block height"), _u64(b[1], "block width")]
         p.seed = _u64(seed, "seed")
         if isinstance(stream, _Position):
             p.has_position, p.position = 1, _u64(stream.value, "position")
@@ -883,17 +961,17 @@ class Client:
             raise _error(rc, msg.value)
         return p
 
-    def _run(self, mode, x, rate, block_size, seed, stream, layout, normalize, share, compat, training, out,
+    def _run(self, mode, rank, x, rate, block_size, seed, stream, layout, normalize, share, compat, training, out,
              device, mask, dtype):
+        """The one implementation of dropblock2d, dropblock3d (rank 5) and their backward."""
         if isinstance(x, DeviceTensor):
-            return self._run_device(mode, x, rate, block_size, seed, stream, layout, normalize, share, compat,
+            return self._run_device(mode, rank, x, rate, block_size, seed, stream, layout, normalize, share, compat,
                                     training, out, device, mask)
         np = _numpy()
         L = lib()
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
-        if x.ndim != 4:
-            raise _invalid("array of shape %r: must be 4-D, (N, C, H, W) or (N, H, W, C) by layout" % (x.shape,))
+        _rank_of(_METHODS[mode, rank], x.shape, (rank,), "array")
         dt = _dtype_of_array(x, dtype)
         if not x.dtype.isnative:
             raise _invalid("array byte order %r: must be the machine's" % x.dtype.byteorder)
@@ -970,6 +1048,7 @@ class Client:
                 h.release()
             if rc:
                 raise _error(rc, res.message)
+            _check_total(p, res)
             for a, b in copies:
                 b[...] = a
         finally:

@@ -29,7 +29,7 @@ import weakref
 
 import torch
 
-from ._core import Error, _numpy
+from ._core import _METHODS, Error, _numpy
 
 __all__ = ["FallbackWarning", "Route", "BlockPool", "TorchEnv", "parse_uuid", "matching_devices", "route_for",
            "run", "synchronize", "close_all", "default_env"]
@@ -515,19 +515,35 @@ def _warn_once(route, x, reason, env):
 # ---- the calls ----------------------------------------------------------------------------
 
 def _phys(x, cl):
-    n, c, h, w = x.shape
-    return (n, h, w, c) if cl else tuple(x.shape)
+    """x's physical shape: N, ..., C for a channels-last x (4-D or 5-D)."""
+    s = tuple(x.shape)
+    return (s[0],) + s[2:] + (s[1],) if cl else s
 
 
 def _nhwc(t, cl):
-    return t.permute(0, 2, 3, 1) if cl else t
+    return t.permute(0, *range(2, t.dim()), 1) if cl else t
+
+
+def _from_nhwc(t, cl):
+    return t.permute(0, t.dim() - 1, *range(1, t.dim() - 1)) if cl else t
+
+
+def _cl_layout(x, cl, layout):
+    """The request's layout: the channels-last one for x's rank where x is channels_last."""
+    return ("NHWC" if x.dim() == 4 else "NDHWC") if cl else layout
+
+
+def _method(client, mode, x):
+    """dropblock2d, backward, dropblock3d or backward3d by mode and x's rank."""
+    return getattr(client, _METHODS[mode, x.dim()])
 
 
 def run(mode, x, kw, client, layout, cl, env=None):
     """DropBlock2D (mode "forward") or its backward of the GPU tensor x (float32, float16,
-    bfloat16; checked by the caller). kw: rate, block_size, seed, stream, normalize, share,
-    compat, device (the requested daemon device) as Client.dropblock2d takes them; layout the
-    request's; cl: x is channels_last under an NCHW request (it runs as NHWC, y channels_last)."""
+    bfloat16; checked by the caller); DropBlock3D for a 5-D x. kw: rate, block_size, seed, stream,
+    normalize, share, compat (4-D only), device (the requested daemon device) as
+    Client.dropblock2d/3d take them; layout the request's; cl: x is channels_last under an NCHW
+    request, or channels_last_3d under NCDHW (it runs as NHWC/NDHWC, y in x's format)."""
     env = env or default_env()
     route = route_for(client, env.device_index(x), kw.get("device", "auto"), env)
     route.reap()
@@ -562,11 +578,11 @@ def _run_device(route, mode, x, kw, layout, cl, env):
     y.copy_(_nhwc(x, cl))  # device to device, on the current stream
     dt = buf.tensor(shape, _DT[x.dtype])
     params = dict(kw, device=route.device_id)
-    lay = "NHWC" if cl else layout
+    lay = _cl_layout(x, cl, layout)
     sem = route.semaphore_for(env.stream_key(stream))
     if sem is None:
         env.synchronize(stream)  # the copy is complete before the daemon reads
-        (client.dropblock2d if mode == "forward" else client.backward)(dt, out=dt, layout=lay, **params)
+        _method(client, mode, x)(dt, out=dt, layout=lay, **params)
     else:
         route.throttle(MAX_PENDING)
         with sem.lock:
@@ -588,7 +604,7 @@ def _run_device(route, mode, x, kw, layout, cl, env):
                 raise
         with route.lock:
             route.pending.append(job)
-    return y.permute(0, 3, 1, 2) if cl else y
+    return _from_nhwc(y, cl)
 
 
 def _np(t):
@@ -609,9 +625,9 @@ def _run_host(route, mode, x, kw, layout, cl, env):
             block.event = None
         h = torch.from_numpy(block.resource.array[:nbytes]).view(x.dtype).view(shape)
         h.copy_(_nhwc(x, cl))  # device to host (waits for the stream)
-        run = client.dropblock2d if mode == "forward" else client.backward
-        run(_np(h), out=_np(h), layout="NHWC" if cl else layout, dtype=_DT[x.dtype], **kw)
-        y = torch.empty_like(x, memory_format=torch.channels_last if cl else torch.contiguous_format)
+        _method(client, mode, x)(_np(h), out=_np(h), layout=_cl_layout(x, cl, layout), dtype=_DT[x.dtype], **kw)
+        fmt = (torch.channels_last if x.dim() == 4 else torch.channels_last_3d) if cl else torch.contiguous_format
+        y = torch.empty_like(x, memory_format=fmt)
         _nhwc(y, cl).copy_(h, non_blocking=block.resource.pinned)
         block.event = env.record_event(x)
     finally:

@@ -1,9 +1,14 @@
-"""dropblock.torch: DropBlock2D for PyTorch, as torch.library custom ops run by dropblockd (or the
-local engine).
+"""dropblock.torch: DropBlock2D and DropBlock3D for PyTorch, as torch.library custom ops run by
+dropblockd (or the local engine).
 
-    from dropblock.torch import DropBlock2d
+    from dropblock.torch import DropBlock2d, DropBlock3d
     drop = DropBlock2d(0.1, 7, seed=1234)        # the process's connection to the default socket
     y = drop(x)                                  # training: a new mask per call; eval: y is x
+    y5 = DropBlock3d(0.1, (3, 5, 5))(video)      # (N, C, D, H, W); torchvision's DropBlock3d arguments
+
+DropBlock3D is the same op on a 5-D x (block [BD, BH, BW], layout NCDHW or NDHWC; channels_last_3d
+tensors run as NDHWC like channels_last ones as NHWC): DropBlock3d, dropblock3d and drop_block3d
+(torchvision's functional signature) share DropBlock2d's code, so everything below holds for it.
 
 The ops (torch.ops.dropblock.*), with fake implementations and autograd formulas, so that
 torch.compile (one graph, no recompilation from step to step), torch.fx and torch.export see
@@ -33,7 +38,8 @@ recomputed forward has the first one's mask and the gradients are those of a run
 under torch.compile the draw is a random op of the graph, which the partitioner replays for a
 checkpointed region.
 Tensors on the CPU or a CUDA (or ROCm) GPU: float32, float16, bfloat16 or float64;
-channels_last tensors in layout "NCHW" run as NHWC without a copy. Needs NumPy as well.
+channels_last tensors in layout "NCHW" run as NHWC without a copy (channels_last_3d in "NCDHW"
+as NDHWC). Needs NumPy as well.
 
 CUDA tensors (dropblock._cuda_pool): the job runs on the daemon's device with the GPU's UUID, in a
 pool of its memory imported into CUDA: x is copied into a pool block on the tensor's current
@@ -60,13 +66,16 @@ if not hasattr(_torch.library, "custom_op") or not hasattr(_torch.compiler, "ass
                       % _torch.__version__)
 
 from . import _cuda_pool, _shm
-from ._core import Client, Error, _invalid, _numpy, _u64  # noqa: F401
+from ._core import _METHODS, Client, Error, _invalid, _numpy, _u64  # noqa: F401
 from ._cuda_pool import FallbackWarning  # noqa: F401
 
-__all__ = ["DropBlock2d", "FallbackWarning", "close_shared", "cuda_route", "cuda_synchronize", "dropblock2d",
-           "shared_client", "shared_empty"]
+__all__ = ["DropBlock2d", "DropBlock3d", "FallbackWarning", "close_shared", "cuda_route", "cuda_synchronize",
+           "drop_block3d", "dropblock2d", "dropblock3d", "shared_client", "shared_empty"]
 
 _DTYPES = {_torch.float32: "f32", _torch.float16: "f16", _torch.bfloat16: "bf16"}
+# by rank: the layouts (channels first, channels last) and the channels-last memory format
+_LAYOUTS = {4: ("NCHW", "NHWC"), 5: ("NCDHW", "NDHWC")}
+_CL_FORMAT = {4: _torch.channels_last, 5: _torch.channels_last_3d}
 _M64 = (1 << 64) - 1
 # training calls remembered per module for recomputation (torch.utils.checkpoint): tokens of the
 # last this many calls, e.g. the micro-batches of one gradient-accumulation step
@@ -132,26 +141,30 @@ def cuda_route(x, client=None, socket=None, local=False, device="auto"):
 
 
 def _pool_tensor(client, size, dtype, channels_last=False):
-    """A tensor of `size` in client's pooled memory (size is logical NCHW when channels_last)."""
+    """A tensor of `size` in client's pooled memory (size is logical NC... when channels_last:
+    stored N...C, i.e. channels_last or channels_last_3d)."""
     size = tuple(int(s) for s in size)
-    phys = (size[0], size[2], size[3], size[1]) if channels_last else size
+    phys = (size[0],) + size[2:] + (size[1],) if channels_last else size
     numel = 1
     for s in size:
         numel *= s
     raw = _shm.pool_for(client).take(numel * _torch.empty((), dtype=dtype).element_size())
     t = _torch.from_numpy(raw).view(dtype).view(phys)
-    return t.permute(0, 3, 1, 2) if channels_last else t
+    return _from_nhwc(t, channels_last)
 
 
 def shared_empty(size, dtype=_torch.float32, memory_format=_torch.contiguous_format, client=None):
     """An uninitialized CPU tensor in shared memory the daemon reads in place (from the client's
-    pool; the process's default connection when client is None), so a DropBlock2d call on it
-    makes no copy. memory_format: contiguous_format or channels_last (4-D). The memory goes back
-    to the pool when the tensor and its views are gone."""
+    pool; the process's default connection when client is None), so a DropBlock2d or DropBlock3d
+    call on it makes no copy. memory_format: contiguous_format, channels_last (4-D) or
+    channels_last_3d (5-D). The memory goes back to the pool when the tensor and its views are
+    gone."""
     c = client if client is not None else shared_client()
-    cl = memory_format == _torch.channels_last
-    if cl and len(size) != 4:
-        raise _invalid("channels_last needs a 4-D size, not %r" % (tuple(size),))
+    cl = memory_format in (_torch.channels_last, _torch.channels_last_3d)
+    if cl and _CL_FORMAT.get(len(size)) != memory_format:
+        raise _invalid("%s needs a %d-D size, not %r" % (str(memory_format).replace("torch.", ""),
+                                                         4 if memory_format == _torch.channels_last else 5,
+                                                         tuple(size)))
     if not c.is_remote:  # the local engine reads any memory
         return _torch.empty(tuple(size), dtype=dtype, memory_format=memory_format)
     return _pool_tensor(c, size, dtype, cl)
@@ -159,20 +172,27 @@ def shared_empty(size, dtype=_torch.float32, memory_format=_torch.contiguous_for
 
 # ---- the ops ------------------------------------------------------------------------------
 
-def _check(x, compat):
+def _check(x, compat, layout=None):
+    """x's dtype and rank (4-D: DropBlock2D, 5-D: DropBlock3D), and the layout for that rank."""
     if x.dtype not in _DTYPES and x.dtype != _torch.float64:
         raise _invalid("tensor dtype %s: must be float32, float16, bfloat16 or float64" % x.dtype)
-    if x.dim() != 4:
-        raise _invalid("tensor of shape %s: must be 4-D" % (tuple(x.shape),))
+    if x.dim() not in _LAYOUTS:
+        raise _invalid("tensor of shape %s: must be 4-D (DropBlock2D) or 5-D (DropBlock3D)" % (tuple(x.shape),))
+    if layout is not None and layout.upper() not in _LAYOUTS[x.dim()]:
+        raise _invalid("layout %r for a %d-D tensor: must be %s" % (layout, x.dim(), " or ".join(_LAYOUTS[x.dim()])))
+    if x.dim() == 5 and compat != "none":
+        raise _invalid("compat %r: DropBlock3D has none (keras-cv has no 3-D layer)" % compat)
     if x.dtype == _torch.float64 and compat != "none":
         raise _invalid("float64 with compat %r: float64 follows the canonical semantics only (compat none)" % compat)
 
 
 def _channels_last(x, layout):
-    """Whether y is made channels_last: an NCHW request on a channels_last tensor (its NHWC bytes
-    as they are). The fake and the real implementations agree through this."""
-    return (layout.upper() == "NCHW" and not x.is_contiguous()
-            and x.is_contiguous(memory_format=_torch.channels_last))
+    """Whether y is made channels_last: a channels-first request (NCHW, NCDHW) on a channels_last
+    (channels_last_3d) tensor, run on its N...C bytes as they are. The fake and the real
+    implementations agree through this."""
+    fmt = _CL_FORMAT.get(x.dim())
+    return (fmt is not None and layout.upper() == _LAYOUTS[x.dim()][0] and not x.is_contiguous()
+            and x.is_contiguous(memory_format=fmt))
 
 
 def _np(t):
@@ -190,27 +210,41 @@ def _in_shared(client, t):
 
 
 def _nhwc(t, cl):
-    return t.permute(0, 2, 3, 1) if cl else t
+    """The channels-last tensor t (logical N, C, ...) as its physical N, ..., C view."""
+    return t.permute(0, *range(2, t.dim()), 1) if cl else t
 
 
-def _kw(rate, seed, stream, block, normalize, share, compat, device):
-    return dict(rate=float(rate.item()), block_size=tuple(int(b) for b in block), seed=int(seed.item()) & _M64,
-                stream=int(stream.item()) & _M64, normalize=normalize, share=share, compat=compat, device=device)
+def _from_nhwc(t, cl):
+    """The inverse of _nhwc."""
+    return t.permute(0, t.dim() - 1, *range(1, t.dim() - 1)) if cl else t
+
+
+def _kw(x, rate, seed, stream, block, normalize, share, compat, device):
+    kw = dict(rate=float(rate.item()), block_size=tuple(int(b) for b in block), seed=int(seed.item()) & _M64,
+              stream=int(stream.item()) & _M64, normalize=normalize, share=share, device=device)
+    if x.dim() == 4:  # DropBlock3D has no compat (_check refused one)
+        kw["compat"] = compat
+    return kw
+
+
+def _job(client, mode, x):
+    """The client's method for mode and x's rank: dropblock2d, backward, dropblock3d, backward3d."""
+    return getattr(client, _METHODS[mode, x.dim()])
 
 
 def _run(mode, x, rate, seed, stream, block, layout, normalize, share, compat, target, device):
-    _check(x, compat)
+    _check(x, compat, layout)
     if x.device.type == "cuda":  # the dispatcher sends CUDA tensors to _run_cuda; a direct call too
         return _run_cuda(mode, x, rate, seed, stream, block, layout, normalize, share, compat, target, device)
     if x.device.type != "cpu":
         raise _invalid("tensor on %s: dropblock.torch takes CPU and CUDA (or ROCm) tensors (move it with .cpu())"
                        % x.device)
     client = _shm.client_for(target)
-    kw = _kw(rate, seed, stream, block, normalize, share, compat, device)
+    kw = _kw(x, rate, seed, stream, block, normalize, share, compat, device)
     if x.dtype == _torch.float64:
         return _run_f64(client, x, layout.upper(), kw)
     cl = _channels_last(x, layout)
-    fmt = _torch.channels_last if cl else _torch.contiguous_format
+    fmt = _CL_FORMAT[x.dim()] if cl else _torch.contiguous_format
     if client.is_remote:
         y = _pool_tensor(client, x.shape, x.dtype, cl)
     else:
@@ -224,17 +258,17 @@ def _run(mode, x, rate, seed, stream, block, layout, normalize, share, compat, t
         # 16x256x56x56 f32 on 2 cores)
         _numpy().copyto(_np(yp), _np(xp))
         src = yp
-    run = client.dropblock2d if mode == "forward" else client.backward
-    run(_np(src), out=_np(yp), layout="NHWC" if cl else layout.upper(), dtype=_DTYPES[x.dtype], **kw)
+    _job(client, mode, x)(_np(src), out=_np(yp), layout=_LAYOUTS[x.dim()][1] if cl else layout.upper(),
+                          dtype=_DTYPES[x.dtype], **kw)
     return y
 
 
 def _run_cuda(mode, x, rate, seed, stream, block, layout, normalize, share, compat, target, device, env=None):
     """The ops' CUDA (and ROCm) kernel: dropblock._cuda_pool's device path or its fallback;
     float64 through _run_f64 (the mask from the engine, the product on the GPU)."""
-    _check(x, compat)
+    _check(x, compat, layout)
     client = _shm.client_for(target)
-    kw = _kw(rate, seed, stream, block, normalize, share, compat, device)
+    kw = _kw(x, rate, seed, stream, block, normalize, share, compat, device)
     if x.dtype == _torch.float64:
         return _run_f64(client, x, layout.upper(), kw)
     return _cuda_pool.run(mode, x, kw, client, layout.upper(), _channels_last(x, layout), env)
@@ -243,26 +277,29 @@ def _run_cuda(mode, x, rate, seed, stream, block, layout, normalize, share, comp
 def _run_f64(client, x, layout, kw):
     """docs/semantics.md, "float64": the engine's mask (a bf16 job in place on scratch memory:
     the mask does not depend on x), scale = S/K rounded once to float64, y = (x * scale) * m.
-    On a GPU the mask goes up as one byte per element and the product runs there."""
+    On a GPU the mask goes up as one byte per element and the product runs there. 4-D and 5-D."""
     np = _numpy()
-    if layout == "NCHW":
-        n, c, h, w = x.shape
-    else:
-        n, h, w, c = x.shape
-    numel = n * c * h * w
+    rank = x.dim()
+    first, last = _LAYOUTS[rank]
+    cl = layout == last  # the tensor is N...C
+    n, c = x.shape[0], x.shape[-1] if cl else x.shape[1]
+    logical = (n, c) + tuple(x.shape[1:-1] if cl else x.shape[2:])  # N, C, (D,) H, W
+    numel = 1
+    for s in logical:
+        numel *= s
     if client.is_remote:
-        scratch = _shm.pool_for(client).take(2 * numel).view(np.uint16).reshape(n, c, h, w)
+        scratch = _shm.pool_for(client).take(2 * numel).view(np.uint16).reshape(logical)
     else:
-        scratch = np.empty((n, c, h, w), np.uint16)
+        scratch = np.empty(logical, np.uint16)
     # validates the request as for every dtype, and exports the mask
-    _, mask = client.dropblock2d(scratch, out=scratch, layout="NCHW", dtype="bf16", mask=True, **kw)
+    _, mask = _job(client, "forward", x)(scratch, out=scratch, layout=first, dtype="bf16", mask=True, **kw)
     del scratch
-    y = _torch.empty_like(x, memory_format=_torch.channels_last if _channels_last(x, layout)
+    y = _torch.empty_like(x, memory_format=_CL_FORMAT[rank] if _channels_last(x, layout)
                           else _torch.contiguous_format)
     if struct.unpack("<f", struct.pack("<f", kw["rate"]))[0] == 0.0:
         y.copy_(x)  # rate 0 (as float32) is the identity, bits and all, as for the other dtypes
         return y
-    keep = _torch.from_numpy(np.unpackbits(mask, count=numel, bitorder="little")).view(n, c, h, w)
+    keep = _torch.from_numpy(np.unpackbits(mask, count=numel, bitorder="little")).view(logical)
     kept = keep.view(n, -1).sum(1, dtype=_torch.int64).tolist()
     if kw["normalize"] == "none":
         scales = [1.0] * n
@@ -270,18 +307,16 @@ def _run_f64(client, x, layout, kw):
         k = sum(kept)
         scales = [0.0 if k == 0 else numel / k] * n  # int / int: correctly rounded
     else:
-        scales = [0.0 if k == 0 else (c * h * w) / k for k in kept]
-    m = keep.to(x.device).to(_torch.float64)
-    if layout == "NHWC":
-        m = m.permute(0, 2, 3, 1)
-    _torch.mul(x, _torch.tensor(scales, dtype=_torch.float64).view(n, 1, 1, 1).to(x.device), out=y)
+        scales = [0.0 if k == 0 else (numel // n) / k for k in kept]
+    m = _nhwc(keep.to(x.device).to(_torch.float64), cl)
+    _torch.mul(x, _torch.tensor(scales, dtype=_torch.float64).view((n,) + (1,) * (rank - 1)).to(x.device), out=y)
     y.mul_(m)
     return y
 
 
 def _fake(x, rate, seed, stream, block, layout, normalize, share, compat, target, device):
-    _check(x, compat)
-    fmt = _torch.channels_last if _channels_last(x, layout) else _torch.contiguous_format
+    _check(x, compat, layout)
+    fmt = _CL_FORMAT[x.dim()] if _channels_last(x, layout) else _torch.contiguous_format
     return _torch.empty_like(x, memory_format=fmt)
 
 
@@ -296,7 +331,7 @@ def _op_forward(x: _torch.Tensor, rate: _torch.Tensor, seed: _torch.Tensor, stre
                 block: List[int], layout: str, normalize: str, share: str, compat: str, target: str,
                 device: str) -> _torch.Tensor:
     """DropBlock2D of x (docs/semantics.md); rate float64, seed and stream int64 (the u64's bits)
-    one-element tensors."""
+    one-element tensors. A 5-D x is DropBlock3D: block [BD, BH, BW], layout NCDHW or NDHWC."""
     return _run("forward", x, rate, seed, stream, block, layout, normalize, share, compat, target, device)
 
 
@@ -379,16 +414,34 @@ def _scalar(v, dtype, what):
     return _torch.tensor([_i64(_u64(v, what))], dtype=dtype)
 
 
-def _block_list(block_size):
+def _block_list(block_size, rank=4):
+    """[BH, BW] (rank 4) or [BD, BH, BW] (rank 5) from B or a tuple."""
+    n = rank - 2
     if isinstance(block_size, (tuple, list)):
-        if len(block_size) != 2:
-            raise _invalid("block_size %r: must be B or (BH, BW)" % (block_size,))
-        return [int(block_size[0]), int(block_size[1])]
-    return [int(block_size), int(block_size)]
+        if len(block_size) != n:
+            raise _invalid("block_size %r: must be B or %s" % (block_size, "(BH, BW)" if n == 2 else "(BD, BH, BW)"))
+        return [int(b) for b in block_size]
+    return [int(block_size)] * n
 
 
 def _share_text(share):
     return share if isinstance(share, str) else ",".join(share)
+
+
+def _rank_check(x, rank, name):
+    # torch.fx traces with Proxies, whose dim() is a node, not a number: the op checks them at run time
+    if isinstance(x, _torch.Tensor) and x.dim() != rank:
+        other = {4: "dropblock3d/DropBlock3d takes 5-D ones", 5: "dropblock2d/DropBlock2d takes 4-D ones"}[rank]
+        raise _invalid("%s takes %d-D tensors, not one of shape %s (%s)" % (name, rank, tuple(x.shape), other))
+
+
+def _functional(name, rank, x, rate, block_size, seed, stream, layout, normalize, share, compat, client, device):
+    """dropblock2d, dropblock3d and drop_block3d: the one op for both ranks."""
+    _rank_check(x, rank, name)
+    return _torch.ops.dropblock.dropblock2d(
+        x, _scalar(rate, _torch.float64, "rate"), _scalar(seed, _torch.int64, "seed"),
+        _scalar(stream, _torch.int64, "stream"), _block_list(block_size, rank), str(layout).upper(), normalize,
+        _share_text(share), compat, _target_of(client), device)
 
 
 def dropblock2d(x, rate, block_size, seed=0, stream=0, layout="NCHW", normalize="global", share=(),
@@ -397,42 +450,88 @@ def dropblock2d(x, rate, block_size, seed=0, stream=0, layout="NCHW", normalize=
     training is False). rate, seed and stream: numbers, or one-element tensors (float64 rate,
     int64 seed and stream holding the u64's bits), which a compiled graph takes as data instead
     of guarding on their values (shape (1,): Dynamo re-analyses 0-d tensor inputs as scalars).
-    client: a dropblock.Client (None: the process's shared connection to the default socket)."""
+    client: a dropblock.Client (None: the process's shared connection to the default socket).
+    5-D tensors: dropblock3d."""
     if not training:
         return x
-    target = _target_of(client)
-    return _torch.ops.dropblock.dropblock2d(
-        x, _scalar(rate, _torch.float64, "rate"), _scalar(seed, _torch.int64, "seed"),
-        _scalar(stream, _torch.int64, "stream"), _block_list(block_size), str(layout).upper(), normalize,
-        _share_text(share), compat, target, device)
+    return _functional("dropblock2d", 4, x, rate, block_size, seed, stream, layout, normalize, share, compat,
+                       client, device)
 
 
-class DropBlock2d(_torch.nn.Module):
-    """DropBlock2D (Ghiasi et al. 2018) run by dropblockd, bit-exact with docs/semantics.md.
+def dropblock3d(x, rate, block_size, seed=0, stream=0, layout="NCDHW", normalize="global", share=(),
+                training=True, client=None, device="auto"):
+    """Functional form: DropBlock3D of the 5-D x, (N, C, D, H, W) for layout "NCDHW" (also a
+    channels_last_3d tensor, run on its NDHWC bytes) or (N, D, H, W, C) for "NDHWC", with autograd
+    support; block_size B (a cube) or (BD, BH, BW). The other arguments as for dropblock2d (no
+    compat: keras-cv has no 3-D layer). Same op as dropblock2d (torch.ops.dropblock.dropblock2d
+    on a 5-D tensor), and its D = 1 case bit for bit. drop_block3d takes torchvision's arguments."""
+    if not training:
+        return x
+    return _functional("dropblock3d", 5, x, rate, block_size, seed, stream, layout, normalize, share, "none",
+                       client, device)
 
-    rate, block_size (B or (BH, BW)), layout ("NCHW": (N, C, H, W) tensors, also channels_last
-    ones; "NHWC": (N, H, W, C) tensors), normalize, share, compat: as in
-    dropblock.Client.dropblock2d. client: a dropblock.Client to use; else the process's shared
-    connection to `socket` (None: the default socket), or its local engine with local=True.
 
-    seed: None (the default) draws a 64-bit seed from torch's default generator when the layer is
-    built, so torch.manual_seed before building the model sets and reproduces it, and layers of
-    the same shape drop different masks; the drawn seed is saved in the state dict. An explicit
-    seed (0 ... 2^64-1) is used as given. `module.seed` is the seed in use.
+def drop_block3d(input, p, block_size, inplace=False, eps=1e-06, training=True, *, seed=None, stream=0,
+                 layout="NCDHW", normalize="global", share=(), client=None, device="auto"):
+    """torchvision.ops.drop_block3d's arguments on dropblock3d: p is the rate, block_size B or
+    (BD, BH, BW) (any size: even ones and ones larger than the volume are taken, clamped, where
+    torchvision raises or clips), training False (or p = 0) the identity. inplace=True writes
+    the result into input and returns it. eps is accepted for torchvision's signature and has
+    no effect: the scale is the exact S/K (0 where everything is dropped, as torchvision's
+    numel/(0 + eps) * 0 gives), not numel/(K + eps). seed None (the default) draws a new 64-bit seed from
+    torch's default generator at each call, like torchvision's global RNG (torch.manual_seed
+    reproduces it; a compiled graph draws it as a random op); a seed given is used with
+    stream as in dropblock3d."""
+    _inplace_check(inplace)
+    _eps_check(eps)
+    if not training:
+        return input
+    if seed is None:  # drawn from input (like_) so that torch.fx records the draw
+        seed = _torch.randint_like(input.new_empty((1,), dtype=_torch.int64), -(1 << 63), (1 << 63) - 1)
+    y = _functional("drop_block3d", 5, input, p, block_size, seed, stream, layout, normalize, share, "none",
+                    client, device)
+    return input.copy_(y) if inplace else y
 
-    The k-th training-mode call (k = 0, 1, ...) uses stream `stream + k * stream_step`; with DDP or
-    Horovod pass stream=rank, stream_step=world_size so every rank draws its own masks. The next
-    stream is `module.stream`, saved in the state dict. eval(): the identity (the input itself).
-    Under torch.utils.checkpoint the recomputed forward reuses its first run's stream (it draws
-    the same token from torch's generator, which checkpoint restores), so it does not count as a
-    call. Set `module.rate` to change the rate (e.g. from dropblock.schedule_rate): rate, seed and
-    the counter are tensors (non-persistent buffers), so a compiled model is not recompiled."""
 
-    def __init__(self, rate, block_size, seed=None, layout="NCHW", normalize="global", share=(), compat="none",
-                 client=None, socket=None, stream=0, stream_step=1, local=False, device="auto"):
-        super().__init__()
-        if str(layout).upper() not in ("NCHW", "NHWC"):
-            raise _invalid("layout %r: must be NCHW or NHWC" % (layout,))
+def _inplace_check(inplace):
+    # a bool only: DropBlock3d(0.1, 3, 1234) meaning a seed must not silently run in place
+    if not isinstance(inplace, bool):
+        raise _invalid("inplace %r: must be True or False (torchvision's third argument; seed= is a keyword)"
+                       % (inplace,))
+
+
+def _eps_check(eps):
+    if isinstance(eps, bool):
+        eps = None
+    try:
+        ok = float(eps) >= 0.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise _invalid("eps %r: must be a number >= 0 (torchvision's; it has no effect here)" % (eps,))
+
+
+class _DropBlockNd(_torch.nn.Module):
+    """What DropBlock2d and DropBlock3d share: everything but the rank (_RANK) and its layouts."""
+
+    _RANK = 4
+    inplace = False  # class defaults for modules pickled before these existed
+    eps = 1e-06
+
+    def _init(self, rate, block_size, seed, layout, normalize, share, compat, client, socket, stream, stream_step,
+              local, device, p, inplace, eps):
+        if p is not None:  # torchvision's name for the rate
+            if rate is not None:
+                raise _invalid("rate %r and p %r: give one (p is torchvision's name for the rate)" % (rate, p))
+            rate = p
+        if rate is None or block_size is None:
+            raise _invalid("%s needs a rate (or p) and a block_size" % type(self).__name__)
+        layouts = _LAYOUTS[self._RANK]
+        if str(layout).upper() not in layouts:
+            raise _invalid("layout %r: must be %s" % (layout, " or ".join(layouts)))
+        _inplace_check(inplace)
+        _eps_check(eps)
+        _block_list(block_size, self._RANK)  # its form, checked now
         self._make_buffers()
         self.rate = rate
         self.block_size = tuple(block_size) if isinstance(block_size, (tuple, list)) else block_size
@@ -447,6 +546,8 @@ class DropBlock2d(_torch.nn.Module):
         self.device_id = device
         self.socket = socket
         self.local = local
+        self.inplace = inplace
+        self.eps = float(eps)
         if client is not None:  # where a copy of the module connects to
             self.socket, self.local = client.socket, not client.is_remote
         self._client = client
@@ -514,13 +615,15 @@ class DropBlock2d(_torch.nn.Module):
     def forward(self, x):
         if not self.training:
             return x
+        _rank_check(x, self._RANK, type(self).__name__)
         # the token is drawn from x (new_empty) so that torch.fx records the draw: buffers are
         # not traced values there, and a draw on constants would be made once at trace time
         token = _torch.randint_like(x.new_empty((2,), dtype=_torch.int64), 0, 1 << 32)
         stream = _torch.ops.dropblock.next_stream(self._streams, token)
-        return _torch.ops.dropblock.dropblock2d(
-            x, self._rate, self._seed, stream, _block_list(self.block_size), self.layout,
+        y = _torch.ops.dropblock.dropblock2d(
+            x, self._rate, self._seed, stream, _block_list(self.block_size, self._RANK), self.layout,
             self.normalize, _share_text(self.share), self.compat, self._target, self.device_id)
+        return x.copy_(y) if self.inplace else y
 
     def get_extra_state(self):
         state = {"stream": self.stream}
@@ -556,8 +659,65 @@ class DropBlock2d(_torch.nn.Module):
                 setattr(self, k, v)
 
     def extra_repr(self):
-        return "rate=%g, block_size=%r, seed=%d, layout=%s, normalize=%s, stream=%d" % (
-            self.rate, self.block_size, self.seed, self.layout, self.normalize, self.stream)
+        return "rate=%g, block_size=%r, seed=%d, layout=%s, normalize=%s, stream=%d%s" % (
+            self.rate, self.block_size, self.seed, self.layout, self.normalize, self.stream,
+            ", inplace=True" if self.inplace else "")
+
+
+class DropBlock2d(_DropBlockNd):
+    """DropBlock2D (Ghiasi et al. 2018) run by dropblockd, bit-exact with docs/semantics.md.
+
+    rate, block_size (B or (BH, BW)), layout ("NCHW": (N, C, H, W) tensors, also channels_last
+    ones; "NHWC": (N, H, W, C) tensors), normalize, share, compat: as in
+    dropblock.Client.dropblock2d. client: a dropblock.Client to use; else the process's shared
+    connection to `socket` (None: the default socket), or its local engine with local=True.
+
+    seed: None (the default) draws a 64-bit seed from torch's default generator when the layer is
+    built, so torch.manual_seed before building the model sets and reproduces it, and layers of
+    the same shape drop different masks; the drawn seed is saved in the state dict. An explicit
+    seed (0 ... 2^64-1) is used as given. `module.seed` is the seed in use.
+
+    The k-th training-mode call (k = 0, 1, ...) uses stream `stream + k * stream_step`; with DDP or
+    Horovod pass stream=rank, stream_step=world_size so every rank draws its own masks. The next
+    stream is `module.stream`, saved in the state dict. eval(): the identity (the input itself).
+    Under torch.utils.checkpoint the recomputed forward reuses its first run's stream (it draws
+    the same token from torch's generator, which checkpoint restores), so it does not count as a
+    call. Set `module.rate` to change the rate (e.g. from dropblock.schedule_rate): rate, seed and
+    the counter are tensors (non-persistent buffers), so a compiled model is not recompiled.
+
+    torchvision's keywords: p (the rate), inplace (True: the result is written into x, which is
+    returned), eps (accepted, no effect: the scale is the exact S/K)."""
+
+    _RANK = 4
+
+    def __init__(self, rate=None, block_size=None, seed=None, layout="NCHW", normalize="global", share=(),
+                 compat="none", client=None, socket=None, stream=0, stream_step=1, local=False, device="auto", *,
+                 p=None, inplace=False, eps=1e-06):
+        super().__init__()
+        self._init(rate, block_size, seed, layout, normalize, share, compat, client, socket, stream, stream_step,
+                   local, device, p, inplace, eps)
+
+
+class DropBlock3d(_DropBlockNd):
+    """DropBlock3D run by dropblockd (torchvision's DropBlock3d; docs/semantics.md), DropBlock2d on
+    5-D tensors, with DropBlock2d as its D = 1 case bit for bit.
+
+    DropBlock3d(p, block_size) as torchvision's (rate may be given as p; block_size B, a cube, or
+    (BD, BH, BW), each clamped to the volume: no odd-size rule). layout "NCDHW": (N, C, D, H, W)
+    tensors, also channels_last_3d ones (run on their NDHWC bytes, y channels_last_3d); "NDHWC":
+    (N, D, H, W, C) tensors. inplace=True writes the result into x and returns x. eps is taken for
+    torchvision's signature and has no effect (the scale is the exact S/K). Seeds, streams,
+    eval(), checkpoint, torch.compile, state dicts, client/socket/local and device: as for
+    DropBlock2d, on the same op (torch.ops.dropblock.dropblock2d with a 5-D x). No compat mode."""
+
+    _RANK = 5
+
+    def __init__(self, rate=None, block_size=None, inplace=False, eps=1e-06, *, p=None, seed=None,
+                 layout="NCDHW", normalize="global", share=(), client=None, socket=None, stream=0, stream_step=1,
+                 local=False, device="auto"):
+        super().__init__()
+        self._init(rate, block_size, seed, layout, normalize, share, "none", client, socket, stream, stream_step,
+                   local, device, p, inplace, eps)
 
 
 def _draw_u64():

@@ -520,103 +520,103 @@ def same_bits(np, a, b):
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-def check_vectors3d(np, dropblock, source_dir):
-    """tests/vectors3d through Client.dropblock3d and backward3d on every device of the local
-    engine; the 2-D vectors (tests/vectors) sent as 3-D with D = 1 give the 2-D bits and masks."""
+def check_vectors3d(np, dropblock, source_dir, c, label):
+    """tests/vectors3d through Client.dropblock3d and backward3d on every device of c (the local
+    engine's, a daemon's); the 2-D vectors (tests/vectors) sent as 3-D with D = 1 give the 2-D
+    bits and masks."""
     vs = load_vectors(source_dir, "vectors3d")
     v2 = load_vectors(source_dir, "vectors")
     check(len(vs) == 48 and len(v2) > 100, "%d DropBlock3D and %d canonical 2-D vectors found" % (len(vs), len(v2)))
-    with dropblock.Client(local=True) as c:
-        devices = [d["id"] for d in c.devices()]
-        section("DropBlock3D: tests/vectors3d through Client.dropblock3d (local engine: %s)" % ", ".join(devices))
-        check("cpu:0" in devices, "the local engine has cpu:0 (%s)" % devices)
-        for dev in devices:
-            bad = {"forward": [], "backward": [], "mask": [], "memory": [], "error": []}
-            for v in vs:
-                r = v["request"]
-                n, c_, d, h, w = r["shape"]
-                lay = r["layout_3d"]
-                phys = (n, c_, d, h, w) if lay == "NCDHW" else (n, d, h, w, c_)
-                x, want = vector_arrays(np, v, phys)
-                kw = dict(vector_args(r), layout=lay, device=dev, dtype=r["dtype"])
-                label = "%s-%s-%s" % (v["name"], lay, r["dtype"])
-                e = v["expected"]
-                try:
-                    y, m = c.dropblock3d(x, block_size=tuple(r["block"]), mask=True, **kw)
-                    info = c.last_result
-                    if not (same_bits(np, y, want) and (info.kept, info.total, info.scale_bits) ==
-                            (e["kept"], e["total"], int(e["scale_bits"], 16))
-                            and (info.device == dev or not r["training"])):
-                        bad["forward"].append(label)
-                    # backward: the same mask and scale on dy (here dy = x)
-                    if not same_bits(np, c.backward3d(x, block_size=tuple(r["block"]), **kw), want):
-                        bad["backward"].append(label)
-                    if r["training"] and float(kw["rate"]) != 0:
-                        # bit (((n*C+c)*D+d)*H+h)*W+w: 1 where y is not 0, wherever x is not 0
-                        t = (lambda a: a) if lay == "NCDHW" else (lambda a: a.transpose(0, 4, 1, 2, 3))
-                        zero = {"f32": np.uint32(0x7FFFFFFF), "f16": np.uint16(0x7FFF), "bf16": np.uint16(0x7FFF)}
-                        ut = np.uint32 if r["dtype"] == "f32" else np.uint16
-                        xl = (t(x).view(ut) & zero[r["dtype"]]).reshape(-1) != 0
-                        yl = (t(y).view(ut) & zero[r["dtype"]]).reshape(-1) != 0
-                        keep = np.unpackbits(m, count=x.size, bitorder="little").astype(bool)
-                        if m.size != (x.size + 7) // 8 or not np.array_equal(keep[xl], yl[xl]) or yl[~xl].any():
-                            bad["mask"].append(label)
-                    # in place, out=, a client.array
-                    xp = x.copy()
-                    o = np.full_like(x, 7)
-                    xs = c.array(x.shape, r["dtype"])
-                    xs[...] = x
-                    if not (c.dropblock3d(xp, block_size=tuple(r["block"]), out=xp, **kw) is xp
-                            and same_bits(np, xp, want)
-                            and c.dropblock3d(x, block_size=tuple(r["block"]), out=o, **kw) is o
-                            and same_bits(np, o, want)
-                            and same_bits(np, c.dropblock3d(xs, block_size=tuple(r["block"]), **kw), want)):
-                        bad["memory"].append(label)
-                except dropblock.Error as err:
-                    bad["error"].append("%s: %s" % (label, err))
-            for what, text in (("forward", "output bits, K, S, scale bits, device"),
-                               ("backward", "backward3d bits (the same mask and scale on dy)"),
-                               ("mask", "mask=True: the keep bits of the output"),
-                               ("memory", "in place, out= and a client.array input")):
-                check(not bad[what] and not bad["error"], "%s: %d vectors3d, %s; wrong: %s %s"
-                      % (dev, len(vs), text, bad[what][:6], bad["error"][:2]))
-            # D = 1: the 2-D vectors as (N, C, 1, H, W) / (N, 1, H, W, C) with a block depth that
-            # clamps to 1 give the 2-D bits, K, S, scale and mask
-            bad = []
-            for v in v2:
-                r = v["request"]
-                n, c_, h, w = r["shape"]
-                nchw = r["layout"] == "NCHW"
-                x, want = vector_arrays(np, v, (n, c_, 1, h, w) if nchw else (n, 1, h, w, c_))
-                e = v["expected"]
-                kw = dict(vector_args(r), layout="NCDHW" if nchw else "NDHWC", device=dev, dtype=r["dtype"])
-                run = c.dropblock3d if r["mode"] == "forward" else c.backward3d
-                try:
-                    y, m = run(x, block_size=(3,) + tuple(r["block"]), mask=True, **kw)
-                    info = c.last_result
-                    ok = (same_bits(np, y, want) and (info.kept, info.total, info.scale_bits) ==
-                          (e["kept"], e["total"], int(e["scale_bits"], 16))
-                          and (e.get("mask") is None or m.tobytes().hex() == e["mask"]))
-                except dropblock.Error as err:
-                    ok = False
-                    print("  ", err)
-                if not ok:
-                    bad.append("%s-%s-%s" % (v["name"], r["layout"], r["dtype"]))
-            check(not bad, "%s: %d 2-D vectors sent as 3-D with D = 1 (block depth 3, clamped): the 2-D bits, K, S, "
-                  "scale and mask; wrong: %s" % (dev, len(v2), bad[:6]))
-        # errors: ranks, block, layout
-        x5 = np.ones((1, 2, 3, 4, 5), np.float32)
-        E = "invalid_argument"
-        for fn, text in ((lambda: c.dropblock3d(x5[0], 0.1, 2), "5-D"),
-                         (lambda: c.dropblock2d(x5, 0.1, 2), "dropblock3d takes 5-D"),
-                         (lambda: c.backward3d(x5[0], 0.1, 2), "backward takes 4-D"),
-                         (lambda: c.dropblock3d(x5, 0.1, (2, 2)), "(BD, BH, BW)"),
-                         (lambda: c.dropblock3d(x5, 0.1, (0, 2, 2)), "block depth"),
-                         (lambda: c.dropblock3d(x5, 0.1, 2, layout="NCHW"), "NCDHW, NDHWC"),
-                         (lambda: c.dropblock3d(x5, 0.1, 2, out=np.empty((1, 2, 3, 4, 4), np.float32)), "out"),
-                         (lambda: c.dropblock3d(x5, 0.1, 2, mask=np.empty(3, np.uint8)), "mask")):
-            e = raises(fn, E, text)
-            check(e is not None, "dropblock3d: error %s containing %r" % (E, text))
+    devices = [d["id"] for d in c.devices()]
+    section("DropBlock3D: tests/vectors3d through Client.dropblock3d (%s: %s)" % (label, ", ".join(devices)))
+    check("cpu:0" in devices, "the local engine has cpu:0 (%s)" % devices)
+    for dev in devices:
+        bad = {"forward": [], "backward": [], "mask": [], "memory": [], "error": []}
+        for v in vs:
+            r = v["request"]
+            n, c_, d, h, w = r["shape"]
+            lay = r["layout_3d"]
+            phys = (n, c_, d, h, w) if lay == "NCDHW" else (n, d, h, w, c_)
+            x, want = vector_arrays(np, v, phys)
+            kw = dict(vector_args(r), layout=lay, device=dev, dtype=r["dtype"])
+            label = "%s-%s-%s" % (v["name"], lay, r["dtype"])
+            e = v["expected"]
+            try:
+                y, m = c.dropblock3d(x, block_size=tuple(r["block"]), mask=True, **kw)
+                info = c.last_result
+                if not (same_bits(np, y, want) and (info.kept, info.total, info.scale_bits) ==
+                        (e["kept"], e["total"], int(e["scale_bits"], 16))
+                        and (info.device == dev or not r["training"])):
+                    bad["forward"].append(label)
+                # backward: the same mask and scale on dy (here dy = x)
+                if not same_bits(np, c.backward3d(x, block_size=tuple(r["block"]), **kw), want):
+                    bad["backward"].append(label)
+                if r["training"] and float(kw["rate"]) != 0:
+                    # bit (((n*C+c)*D+d)*H+h)*W+w: 1 where y is not 0, wherever x is not 0
+                    t = (lambda a: a) if lay == "NCDHW" else (lambda a: a.transpose(0, 4, 1, 2, 3))
+                    zero = {"f32": np.uint32(0x7FFFFFFF), "f16": np.uint16(0x7FFF), "bf16": np.uint16(0x7FFF)}
+                    ut = np.uint32 if r["dtype"] == "f32" else np.uint16
+                    xl = (t(x).view(ut) & zero[r["dtype"]]).reshape(-1) != 0
+                    yl = (t(y).view(ut) & zero[r["dtype"]]).reshape(-1) != 0
+                    keep = np.unpackbits(m, count=x.size, bitorder="little").astype(bool)
+                    if m.size != (x.size + 7) // 8 or not np.array_equal(keep[xl], yl[xl]) or yl[~xl].any():
+                        bad["mask"].append(label)
+                # in place, out=, a client.array
+                xp = x.copy()
+                o = np.full_like(x, 7)
+                xs = c.array(x.shape, r["dtype"])
+                xs[...] = x
+                if not (c.dropblock3d(xp, block_size=tuple(r["block"]), out=xp, **kw) is xp
+                        and same_bits(np, xp, want)
+                        and c.dropblock3d(x, block_size=tuple(r["block"]), out=o, **kw) is o
+                        and same_bits(np, o, want)
+                        and same_bits(np, c.dropblock3d(xs, block_size=tuple(r["block"]), **kw), want)):
+                    bad["memory"].append(label)
+            except dropblock.Error as err:
+                bad["error"].append("%s: %s" % (label, err))
+        for what, text in (("forward", "output bits, K, S, scale bits, device"),
+                           ("backward", "backward3d bits (the same mask and scale on dy)"),
+                           ("mask", "mask=True: the keep bits of the output"),
+                           ("memory", "in place, out= and a client.array input")):
+            check(not bad[what] and not bad["error"], "%s %s: %d vectors3d, %s; wrong: %s %s"
+                  % (label, dev, len(vs), text, bad[what][:6], bad["error"][:2]))
+        # D = 1: the 2-D vectors as (N, C, 1, H, W) / (N, 1, H, W, C) with a block depth that
+        # clamps to 1 give the 2-D bits, K, S, scale and mask
+        bad = []
+        for v in v2:
+            r = v["request"]
+            n, c_, h, w = r["shape"]
+            nchw = r["layout"] == "NCHW"
+            x, want = vector_arrays(np, v, (n, c_, 1, h, w) if nchw else (n, 1, h, w, c_))
+            e = v["expected"]
+            kw = dict(vector_args(r), layout="NCDHW" if nchw else "NDHWC", device=dev, dtype=r["dtype"])
+            run = c.dropblock3d if r["mode"] == "forward" else c.backward3d
+            try:
+                y, m = run(x, block_size=(3,) + tuple(r["block"]), mask=True, **kw)
+                info = c.last_result
+                ok = (same_bits(np, y, want) and (info.kept, info.total, info.scale_bits) ==
+                      (e["kept"], e["total"], int(e["scale_bits"], 16))
+                      and (e.get("mask") is None or m.tobytes().hex() == e["mask"]))
+            except dropblock.Error as err:
+                ok = False
+                print("  ", err)
+            if not ok:
+                bad.append("%s-%s-%s" % (v["name"], r["layout"], r["dtype"]))
+        check(not bad, "%s %s: %d 2-D vectors sent as 3-D with D = 1 (block depth 3, clamped): the 2-D bits, "
+              "K, S, scale and mask; wrong: %s" % (label, dev, len(v2), bad[:6]))
+    # errors: ranks, block, layout
+    x5 = np.ones((1, 2, 3, 4, 5), np.float32)
+    E = "invalid_argument"
+    for fn, text in ((lambda: c.dropblock3d(x5[0], 0.1, 2), "5-D"),
+                     (lambda: c.dropblock2d(x5, 0.1, 2), "dropblock3d takes 5-D"),
+                     (lambda: c.backward3d(x5[0], 0.1, 2), "backward takes 4-D"),
+                     (lambda: c.dropblock3d(x5, 0.1, (2, 2)), "(BD, BH, BW)"),
+                     (lambda: c.dropblock3d(x5, 0.1, (0, 2, 2)), "block depth"),
+                     (lambda: c.dropblock3d(x5, 0.1, 2, layout="NCHW"), "NCDHW, NDHWC"),
+                     (lambda: c.dropblock3d(x5, 0.1, 2, out=np.empty((1, 2, 3, 4, 4), np.float32)), "out"),
+                     (lambda: c.dropblock3d(x5, 0.1, 2, mask=np.empty(3, np.uint8)), "mask")):
+        e = raises(fn, E, text)
+        check(e is not None, "%s dropblock3d: error %s containing %r" % (label, E, text))
 
 
 def torch_cases(ref, dtype):
@@ -737,12 +737,14 @@ def main():
             check_cases(np, client, cases, "daemon", [x["id"] for x in devs])
             check_threads(np, client, ref)
             check_torch(np, client, ref)
+            check_vectors3d(np, dropblock, a.source_dir, client, "daemon")
         check_lifecycle(np, dropblock, d.path)
         with dropblock.Client(local=True, backends="cpu", cache_dir="") as local:
             check(not local.is_remote, "local=True: the in-process engine")
             check_misc(np, local, "local", ref)
             check_cases(np, local, cases, "local", ["cpu:0"])
-        check_vectors3d(np, dropblock, a.source_dir)
+        with dropblock.Client(local=True) as local:  # every backend
+            check_vectors3d(np, dropblock, a.source_dir, local, "local engine")
         check(raises(lambda: dropblock.Client(d.path, backends="cpu"), "invalid_argument", "local") is not None,
               "backends without local=True")
     except Exception:

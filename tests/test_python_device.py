@@ -229,12 +229,13 @@ def main():
             print("SKIP: no device that can export memory")
             return 77
         check_semaphores(dropblock, np, c, "in-process", False)
-        check_device3d(dropblock, np, c, "in-process")  # a daemon's 3-D jobs wait for the wire's 5-D shape
+        check_device3d(dropblock, np, c, "in-process")
     d = Daemon(a.daemon, "--cache-dir", tempfile.mkdtemp(prefix="dbpd-"))
     try:
         c = dropblock.Client(socket=d.path)
         check_client(dropblock, np, c, "daemon")
         check_semaphores(dropblock, np, c, "daemon", True)
+        check_device3d(dropblock, np, c, "daemon")
         keep = c.device_buffer(4096)
         c.close()  # the buffer keeps the connection until it is freed
         T.check(c.closed and keep.size == 4096, "close with a live buffer")

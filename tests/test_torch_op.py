@@ -801,6 +801,7 @@ def daemon_cases(exe, vs):
         vector_cases(client, "daemon, x in ordinary memory", vs)
         vector_cases(client, "daemon, x in shared memory", [v for v in vs if v["request"]["dtype"] == "f32"],
                      shared=True)
+        vectors3d_cases(client)  # DropBlock3D through the daemon: the wire's 5-D shape
         copy_cases(client, d.path)
         # a caller's own client: its close() ends its connection (the pool holds no memory of it)
         with dropblock.Client(d.path) as own:

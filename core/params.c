@@ -109,8 +109,11 @@ int dropblock_params_validate(const dropblock_params *p, char *msg, size_t len)
             return DROPBLOCK_EINVAL;
         }
     if (!dropblock_numel(p)) {
-        db_msg(msg, len, "shape %llu x %llu x %llu x %llu has more than 2^40 elements", (unsigned long long)p->shape[0],
-               (unsigned long long)p->shape[1], (unsigned long long)p->shape[2], (unsigned long long)p->shape[3]);
+        char depth[32] = "";
+        if (p->depth > 1) snprintf(depth, sizeof depth, " x %llu", (unsigned long long)p->depth);
+        db_msg(msg, len, "shape %llu x %llu%s x %llu x %llu has more than 2^40 elements",
+               (unsigned long long)p->shape[0], (unsigned long long)p->shape[1], depth, (unsigned long long)p->shape[2],
+               (unsigned long long)p->shape[3]);
         return DROPBLOCK_EINVAL;
     }
     if (p->shape[2] * p->shape[3] > DROPBLOCK_MAX_PLANE) {

@@ -333,9 +333,10 @@ struct db_tuning vk_job_tuning(const struct vk_dev *d, const struct db_plan *pl,
     uint64_t cost = rows * (3 * cols + 1) + 16, fit = MASK_LOOP_BUDGET / cost;
     /* the scatter flow has no completion check: on a CPU device it takes only jobs whose
      * invocations stay within the budget even if every candidate fires: at most 4 candidates a
-     * block, the larger of tu.scatter and a row's blocks (db_kernel_params' DBP_SKR) */
-    const uint64_t row_blocks = ((uint64_t)pl->W + 3) / 4 + 1;
-    if (4 * (tu.scatter > row_blocks ? tu.scatter : row_blocks) * (MASK_CAND_COST + cost) > MASK_LOOP_BUDGET)
+     * block, the larger of tu.scatter and a row's blocks (db_kernel_params' DBP_SKR), each
+     * clearing its block in every slice it reaches (3-D) */
+    const uint64_t row_blocks = ((uint64_t)pl->W + 3) / 4 + 1, slices = 1 + (uint64_t)pl->dup + pl->ddown;
+    if (4 * (tu.scatter > row_blocks ? tu.scatter : row_blocks) * (MASK_CAND_COST + cost * slices) > MASK_LOOP_BUDGET)
         tu.scatter = 0;
     if (fit < 1) fit = 1;
     if (!safe) {

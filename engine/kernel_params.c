@@ -148,19 +148,21 @@ int db_fast_apply_ok(const struct db_plan *pl, uint32_t epw)
 
 /* The scatter pass's words (db_params.h DBP_SCATTER ..), where the tuning asks for it and the
  * job allows it: compat none (keras_cv's candidates are strided by C), unshared masks (a shared
- * mask's words serve several planes, which the tiles handle), 2-D (a 3-D block lands in several
- * slices, which the tiles handle too), and some candidates. */
+ * mask's words serve several planes, which the tiles handle), and some candidates. */
 static void scatter_params(const struct db_plan *pl, const struct db_chunk *ch, const struct db_tuning *tu,
                            uint32_t prm[DBP_COUNT])
 {
-    if (!tu->scatter || pl->keras || pl->D > 1 || !pl->sN || !pl->sC || pl->sW != 1 || prm[DBP_IEND] <= prm[DBP_ILO] ||
+    if (!tu->scatter || pl->keras || !pl->sN || !pl->sC || pl->sW != 1 || prm[DBP_IEND] <= prm[DBP_ILO] ||
         prm[DBP_JEND] <= prm[DBP_JLO])
         return;
-    const uint64_t g0 = ch->u0 / pl->H, g1 = (ch->u1 + pl->H - 1) / pl->H;
-    const uint64_t planes = (g1 - g0) * (pl->p.layout == DROPBLOCK_NHWC ? pl->C : 1);
+    /* the chunk's groups (slices) [g0, g1), and the candidate slices whose blocks reach them */
+    const uint64_t g0 = ch->u0 / pl->H, g1 = (ch->u1 + pl->H - 1) / pl->H, groups = pl->N * db_groups_per_sample(pl);
+    const uint64_t sg0 = g0 > pl->dup ? g0 - pl->dup : 0, sg1 = g1 + pl->ddown < groups ? g1 + pl->ddown : groups;
+    const uint64_t planes = (sg1 - sg0) * (pl->p.layout == DROPBLOCK_NHWC ? pl->C : 1);
     const uint64_t rows = prm[DBP_IEND] - prm[DBP_ILO], row_blocks = (prm[DBP_JEND] - prm[DBP_JLO] + 3) / 4 + 1;
     prm[DBP_SCATTER] = 1;
     put64(prm, DBP_SROWS, planes * rows);
+    put64(prm, DBP_SG0, sg0);
     prm[DBP_SKR] = tu->scatter > row_blocks ? (uint32_t)(tu->scatter / row_blocks) : 1;
     prm[DBP_CKW] = DB_COUNT_WORDS;
 }

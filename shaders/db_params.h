@@ -56,7 +56,7 @@
  * candidate block's Philox words made once, by the work item of its candidate row, fired blocks
  * cleared with atomics wherever they land; then the count pass (db_count_item). */
 #define DBP_SCATTER 60 /* 1: the scatter and count passes make the mask; 0: the tiles (db_mask_item) */
-#define DBP_SROWS 61   /* u64: candidate rows the chunk enumerates (its planes x [ILO, IEND)) */
+#define DBP_SROWS 61   /* u64: candidate rows the chunk enumerates (planes from DBP_SG0 on x [ILO, IEND)) */
 #define DBP_SKR 63     /* candidate rows a scatter work item takes */
 #define DBP_CKW 64     /* mask words a count work item takes */
 #define DBP_FUSED 65   /* 1: one chunk with device scales: the count pass's last item makes them */
@@ -69,7 +69,8 @@
 #define DBP_DEND 72
 #define DBP_DUP 73
 #define DBP_DDOWN 74
-#define DBP_COUNT 75
+#define DBP_SG0 75 /* u64: the scatter's first candidate group (slice), its candidate rows' planes on */
+#define DBP_COUNT 77
 #define DB_PRM_VEC4S ((DBP_COUNT + 3) / 4) /* the words as GLSL's uniform block holds them (db_glsl.h) */
 
 /* Vulkan descriptor bindings (set 0) of the passes' storage buffers: the numbers the shaders

@@ -187,9 +187,15 @@ DBFN void db_drop(DB_DROP_BUFS DB_TILE_ARGS, u32 i, u32 j)
     if (U64(wlo) > whi) return;
     u64 E0 = DB_PRM64(DBP_E0);
     u32 span = U32(whi - U64(wlo)) + 1u;
-    for (u32 sl = 0u; sl < nsl; sl++)
-        for (u64 h = U64(r0); h < r1; h++) {
-            u64 row = (gh + U64(sl) * U64(DB_P(DBP_H)) + h) * ue - E0 + cbit;
+    u64 U0 = DB_PRM64(DBP_U0), U1 = DB_PRM64(DBP_U1);
+    for (u32 sl = 0u; sl < nsl; sl++) {
+        u64 gs = gh + U64(sl) * U64(DB_P(DBP_H)), hs = U64(r0), he = r1;
+        if (nsl > 1u) { /* several slices: each one's rows in the chunk (the scatter's chunk ends) */
+            if (U0 > gs + hs) hs = U0 - gs;
+            if (U1 < gs + he) he = U1 > gs ? U1 - gs : 0ul;
+        }
+        for (u64 h = hs; h < he; h++) {
+            u64 row = (gs + h) * ue - E0 + cbit;
             if (DB_P(DBP_LAYOUT) == 0u) {
                 if (span < 32u) db_clear_short(DB_BITS_ARGS row + U64(wlo), span, wa, wb);
                 else db_mark_bits(DB_BITS_ARGS row + U64(wlo), row + whi, wa, wb, 0u);
@@ -199,6 +205,7 @@ DBFN void db_drop(DB_DROP_BUFS DB_TILE_ARGS, u32 i, u32 j)
                     db_mark_word(DB_BITS_ARGS bit >> 5, 1u << U32(bit & 31ul), wa, wb, 0u);
             }
         }
+    }
 }
 
 /* db_mask_tile takes the run of blocks from a plane's first candidate to its last (blocks
@@ -596,8 +603,9 @@ DBFN void db_mask_item(DB_MASK_BUFS u64 w)
  * the plane ends in, by that row's). A fired candidate's block is cleared wherever it lands
  * in the chunk, with atomics (the mask was filled with ones before the pass), so no item
  * owns words and none waits for another. The kept bits are counted after it, by the count
- * pass. Compat none, unshared masks and 2-D only (the words of a shared mask serve several
- * planes, a 3-D block several slices): the tiles take the rest. */
+ * pass. Compat none and unshared masks only (the words of a shared mask serve several planes):
+ * the tiles take the rest. In 3-D the candidate rows are those of the candidate slices whose
+ * blocks reach the chunk's (DBP_SG0 on), and a block is cleared in each slice it reaches. */
 
 /* Scatter pass, work item w: candidate rows w SKR .. of the chunk (db_scatter_items). */
 DBFN void db_scatter_item(DB_DROP_BUFS u64 w)
@@ -606,8 +614,9 @@ DBFN void db_scatter_item(DB_DROP_BUFS u64 w)
     u64 sN = DB_PRM64(DBP_SN), sC = DB_PRM64(DBP_SC), sH = DB_PRM64(DBP_SH);
     u32 H = DB_P(DBP_H), W = DB_P(DBP_W), nhwc = DB_P(DBP_LAYOUT);
     u32 ilo = DB_P(DBP_ILO), iend = DB_P(DBP_IEND), jlo = DB_P(DBP_JLO), jend = DB_P(DBP_JEND);
-    u32 up = DB_P(DBP_UP), down = DB_P(DBP_DOWN);
-    u64 NI = U64(iend - ilo), R = DB_PRM64(DBP_SROWS), g0 = db_udiv(U0, U64(H));
+    u32 up = DB_P(DBP_UP), down = DB_P(DBP_DOWN), D = DB_P(DBP_D), dup = DB_P(DBP_DUP), ddown = DB_P(DBP_DDOWN);
+    u64 NI = U64(iend - ilo), R = DB_PRM64(DBP_SROWS), sg0 = DB_PRM64(DBP_SG0), GPS = DB_PRM64(DBP_GPS);
+    u64 ga = db_udiv(U0, U64(H)), gb = db_udiv(U1 - 1ul, U64(H)); /* the chunk's groups, inclusive */
     u64 r0 = w * U64(DB_P(DBP_SKR)), r1 = r0 + U64(DB_P(DBP_SKR));
     if (r1 > R) r1 = R;
     u64 blk[DB_QUEUE]; /* unused: the blocks go as runs */
@@ -615,36 +624,43 @@ DBFN void db_scatter_item(DB_DROP_BUFS u64 w)
     db_queue_clear(blk);
 #endif
     for (u64 r = r0; r < r1; r++) {
-        u64 p = db_udiv(r, NI), n, c, gh, ue, cbit;
+        u64 p = db_udiv(r, NI), grp, c = 0ul, ue = U64(W), cbit = 0ul;
         u32 i = ilo + U32(r - p * NI);
-        if (nhwc != 0u) { /* plane p: sample g0 + p / C, channel p % C; its rows are the sample's */
+        if (nhwc != 0u) { /* plane p: group sg0 + p / C (a sample's slice), channel p % C */
             u64 q = db_udiv(p, C);
-            n = g0 + q;
+            grp = sg0 + q;
             c = p - q * C;
-            gh = n * U64(H);
             ue = U64(W) * C;
             cbit = c;
         } else {
-            u64 g = g0 + p;
-            n = db_udiv(g, C);
-            c = g - n * C;
-            gh = g * U64(H);
-            ue = U64(W);
-            cbit = 0ul;
+            grp = sg0 + p;
         }
-        /* the plane's rows in the chunk, and the candidate rows whose blocks reach them */
-        u32 hs = U0 > gh ? U32(U0 - gh) : 0u, he = U1 - gh < U64(H) ? U32(U1 - gh) : H;
+        u64 n = db_udiv(grp, GPS), rest = grp - n * GPS, cd = db_udiv(rest, U64(D));
+        u32 dc = U32(rest - cd * U64(D));
+        if (nhwc == 0u) c = cd;
+        if (dc < DB_P(DBP_DLO) || dc >= DB_P(DBP_DEND)) continue;
+        /* the slices its blocks reach [ta, tb] (groups) within the chunk's */
+        u32 s0 = dc >= ddown ? dc - ddown : 0u, s1 = D - 1u - dc > dup ? dc + dup : D - 1u;
+        u64 ta = grp - U64(dc - s0), tb = grp + U64(s1 - dc);
+        if (ta < ga) ta = ga;
+        if (tb > gb) tb = gb;
+        if (ta > tb) continue;
+        /* their rows in the chunk (all of them across several slices: db_drop clips to the
+         * chunk), and the candidate rows whose blocks reach them */
+        u64 gh = ta * U64(H), gl = tb * U64(H);
+        u32 hs = U0 > gh && ta == tb ? U32(U0 - gh) : 0u, he = U1 - gl < U64(H) && ta == tb ? U32(U1 - gl) : H;
         u32 rlo = hs > up ? hs - up : 0u;
         if (rlo < ilo) rlo = ilo;
         u64 rhi64 = U64(he) + U64(down);
         u32 rhi = rhi64 < U64(iend) ? U32(rhi64) : iend;
         if (i < rlo || i >= rhi) continue;
-        u64 ebase = n * sN + c * sC, erow = ebase + U64(i) * sH;
+        u64 ebase = n * sN + c * sC + U64(dc) * DB_PRM64(DBP_SD), erow = ebase + U64(i) * sH;
         u64 b0 = (erow + U64(jlo)) >> 2, b1 = (erow + U64(jend - 1u)) >> 2;
         if (i > rlo && b0 == ((erow - sH + U64(jend - 1u)) >> 2)) b0++; /* the previous row's */
         for (; b0 <= b1; b0 += U64(DB_BATCH)) {
             u32 take = b1 - b0 < U64(DB_BATCH) ? U32(b1 - b0) + 1u : U32(DB_BATCH);
-            db_flush(DB_DROP_ARGS gh, 1u, hs, he, 0u, W, ue, cbit, 0ul, 0ul, blk, b0, take, ebase, rlo, rhi, jlo, jend);
+            db_flush(DB_DROP_ARGS gh, U32(tb - ta) + 1u, hs, he, 0u, W, ue, cbit, 0ul, 0ul, blk, b0, take, ebase, rlo,
+                     rhi, jlo, jend);
         }
     }
 }

@@ -196,6 +196,12 @@ static void test_every_invalid_field_is_rejected(void)
     p = ok; p.shape[0] = 1u << 20; p.shape[1] = 1u << 20; p.shape[2] = 2; p.shape[3] = 1; expect_invalid(p, "2^40");
     p = ok; p.shape[0] = UINT64_MAX; expect_invalid(p, "2^40");
     p = ok; p.shape[2] = 1u << 16; p.shape[3] = (1u << 15) + 1; expect_invalid(p, "2^31");
+    /* DropBlock3D: the volume's sizes, D in the message; no keras_cv mode */
+    p = ok; p.depth = 1u << 20; p.shape[0] = 1u << 20; p.shape[2] = 1; p.shape[3] = 1; expect_invalid(p, "x 1048576 x");
+    p = ok; p.depth = UINT64_MAX; expect_invalid(p, "2^40");
+    p = ok; p.depth = 1u << 10; p.shape[2] = 1u << 11; p.shape[3] = (1u << 10) + 1; p.shape[0] = p.shape[1] = 1; expect_invalid(p, "volume D x H x W");
+    p = ok; p.depth = 4; p.compat = DROPBLOCK_COMPAT_KERAS_CV; expect_invalid(p, "no 3-D layer");
+    p = ok; p.depth = 4; p.compat = DROPBLOCK_COMPAT_KERAS3; expect_invalid(p, "no 3-D layer");
     p = ok; p.layout = (dropblock_layout)2; expect_invalid(p, "layout");
     p = ok; p.dtype = (dropblock_dtype)3; expect_invalid(p, "dtype");
     p = ok; p.rate = -0.1f; expect_invalid(p, "rate");

@@ -264,8 +264,9 @@ DROPBLOCK_API int dropblock_free(dropblock_t *h, void *ptr);
 
 /* Runs one job and waits for it. input and output hold tensor_bytes(p) bytes each and may be
  * the same (in place); mask, when not NULL, receives mask_bytes(p) bytes: bit
- * ((n*C+c)*H+h)*W+w, least significant first, 1 = kept. On a connection all three must lie in
- * memory from dropblock_alloc (DROPBLOCK_EINVAL naming the one that does not). device: "auto",
+ * ((n*C+c)*H+h)*W+w (3-D: (((n*C+c)*D+d)*H+h)*W+w), least significant first, 1 = kept. On a
+ * connection all three must lie in memory from dropblock_alloc (DROPBLOCK_EINVAL naming the one
+ * that does not). device: "auto",
  * an id such as "opencl:0", or NULL for auto. res (may be NULL) receives K, S, the scale bits,
  * the device and timings, or the error message. */
 DROPBLOCK_API int dropblock_run(dropblock_t *h, const dropblock_params *p, const void *input, void *output, void *mask,

@@ -74,26 +74,28 @@ struct db_tuning db_tc_tuning_cpu(const struct db_plan *pl)
 
 uint64_t db_tc_candidate_blocks(const struct db_plan *pl)
 {
-    if (pl->identity || pl->ihi < pl->ilo || pl->jhi < pl->jlo) return 0;
-    const uint64_t i0 = (uint64_t)pl->ilo, i1 = (uint64_t)pl->ihi, j0 = (uint64_t)pl->jlo, j1 = (uint64_t)pl->jhi;
-    /* candidate e = n sN + c sC + i sH + j sW, strides >= 0: the largest at the far corner */
-    const uint64_t emax = (pl->N - 1) * pl->sN + (pl->C - 1) * pl->sC + i1 * pl->sH + j1 * pl->sW;
+    if (pl->identity || pl->dhi < pl->dlo || pl->ihi < pl->ilo || pl->jhi < pl->jlo) return 0;
+    const uint64_t d0 = (uint64_t)pl->dlo, d1 = (uint64_t)pl->dhi, i0 = (uint64_t)pl->ilo, i1 = (uint64_t)pl->ihi;
+    const uint64_t j0 = (uint64_t)pl->jlo, j1 = (uint64_t)pl->jhi;
+    /* candidate e = n sN + c sC + d sD + i sH + j sW, strides >= 0: the largest at the far corner */
+    const uint64_t emax = (pl->N - 1) * pl->sN + (pl->C - 1) * pl->sC + d1 * pl->sD + i1 * pl->sH + j1 * pl->sW;
     const uint64_t nb = (emax >> 2) + 1;
     uint64_t *seen = calloc((nb + 63) / 64, 8);
     if (!seen) return 0;
     uint64_t count = 0;
     for (uint64_t n = 0; n < pl->N; n++)
         for (uint64_t c = 0; c < pl->C; c++)
-            for (uint64_t i = i0; i <= i1; i++) {
-                const uint64_t row = n * pl->sN + c * pl->sC + i * pl->sH;
-                for (uint64_t j = j0; j <= j1; j++) {
-                    const uint64_t b = (row + j * pl->sW) >> 2, bit = UINT64_C(1) << (b & 63);
-                    if (!(seen[b >> 6] & bit)) {
-                        seen[b >> 6] |= bit;
-                        count++;
+            for (uint64_t d = d0; d <= d1; d++)
+                for (uint64_t i = i0; i <= i1; i++) {
+                    const uint64_t row = n * pl->sN + c * pl->sC + d * pl->sD + i * pl->sH;
+                    for (uint64_t j = j0; j <= j1; j++) {
+                        const uint64_t b = (row + j * pl->sW) >> 2, bit = UINT64_C(1) << (b & 63);
+                        if (!(seen[b >> 6] & bit)) {
+                            seen[b >> 6] |= bit;
+                            count++;
+                        }
                     }
                 }
-            }
     free(seen);
     return count;
 }

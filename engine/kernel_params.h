@@ -120,7 +120,7 @@ static inline uint64_t db_count_items(const uint32_t *prm)
 /* The benchmark's baseline (shaders/db_baseline.h) for a plan: its BLP_COUNT parameter words
  * and the sizes of its float32 intermediates (noise and pooled: numel; padded: npad; partial
  * sums: nparts words). DROPBLOCK_EINVAL with a message where torchvision would refuse the block
- * (even or not square) or the tensor has 2^32 elements or more. */
+ * (even, not square, or in 3-D not a cube) or the tensor has 2^32 elements or more. */
 int db_baseline_params(const struct db_plan *pl, uint32_t blp[BLP_COUNT], uint64_t *npad, uint64_t *nparts, char *msg,
                        size_t len);
 

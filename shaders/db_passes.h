@@ -541,9 +541,9 @@ DBFN u32 db_mask_planes(DB_MASK_BUFS u64 t0, u64 t1, u64 wa, u64 wb)
  * words would be made once for every slice its block reaches. Where a work item's tiles are
  * whole slices making whole volumes (kernel_params.c rounds DBP_TPW to a multiple of D when
  * tiles are whole slices), db_mask_volumes sets every slice's bits first, then makes each
- * candidate's words once and drops its block in all the slices it reaches (all the item's),
- * then counts. Returns 0 (and does nothing) where the item's tiles are not such. */
-DBFN u32 db_mask_volumes(DB_MASK_BUFS u64 t0, u64 t1, u64 wa, u64 wb)
+ * candidate's words once and drops its block in all the slices it reaches (all the item's);
+ * db_mask_item counts them. Returns 0 (and does nothing) where the item's tiles are not such. */
+DBFN u32 db_mask_volumes(DB_DROP_BUFS u64 t0, u64 t1, u64 wa, u64 wb)
 {
     u64 D = U64(DB_P(DBP_D)), H = U64(DB_P(DBP_H)), g0 = DB_PRM64(DBP_TA0) + t0, g1 = DB_PRM64(DBP_TA0) + t1;
     if (D == 1ul || U64(DB_P(DBP_NT)) * U64(DB_P(DBP_NS)) * U64(DB_P(DBP_NC)) != 1ul) return 0u;
@@ -552,18 +552,6 @@ DBFN u32 db_mask_volumes(DB_MASK_BUFS u64 t0, u64 t1, u64 wa, u64 wb)
     for (u64 t = t0; t < t1; t++)
         db_mark_bits(DB_BITS_ARGS db_tile_edge(DB_PRM_ARGS t, 0u), db_tile_edge(DB_PRM_ARGS t, 1u) - 1ul, wa, wb, 1u);
     for (u64 t = t0; t < t1; t++) db_mask_tile(DB_DROP_ARGS t, wa, wb, 1u);
-    u64 cur = 0ul, acc = 0ul;
-    for (u64 t = t0; t < t1; t++) {
-        u64 s = db_tile_sample(DB_PRM_ARGS t);
-        if (s != cur) {
-            db_add_kept(DB_TOTAL_ARGS cur, acc);
-            cur = s;
-            acc = 0ul;
-        }
-        acc += U64(
-            db_count_bits(DB_BITS_ARGS db_tile_edge(DB_PRM_ARGS t, 0u), db_tile_edge(DB_PRM_ARGS t, 1u) - 1ul, wa, wb));
-    }
-    db_add_kept(DB_TOTAL_ARGS cur, acc);
     return 1u;
 }
 
@@ -580,7 +568,7 @@ DBFN void db_mask_item(DB_MASK_BUFS u64 w)
 #ifdef DB_CPU_BATCHES
     if (db_mask_planes(DB_MASK_ARGS t0, t1, wa, wb) != 0u) return;
 #endif
-    if (db_mask_volumes(DB_MASK_ARGS t0, t1, wa, wb) != 0u) return;
+    u32 vol = db_mask_volumes(DB_DROP_ARGS t0, t1, wa, wb); /* 1: the tiles' bits made, to count */
     u64 cur = 0ul, acc = 0ul;
     for (u64 t = t0; t < t1; t++) {
         u64 s = db_tile_sample(DB_PRM_ARGS t);
@@ -589,7 +577,9 @@ DBFN void db_mask_item(DB_MASK_BUFS u64 w)
             cur = s;
             acc = 0ul;
         }
-        acc += U64(db_mask_tile(DB_DROP_ARGS t, wa, wb, 0u));
+        acc += vol != 0u ? U64(db_count_bits(DB_BITS_ARGS db_tile_edge(DB_PRM_ARGS t, 0u),
+                                             db_tile_edge(DB_PRM_ARGS t, 1u) - 1ul, wa, wb))
+                         : U64(db_mask_tile(DB_DROP_ARGS t, wa, wb, 0u));
     }
     db_add_kept(DB_TOTAL_ARGS cur, acc);
 }

@@ -33,6 +33,7 @@
 
 #include "clock.h"
 #include "engine.h"
+#include "format.h"
 #include "reference.h"
 #include "tile_count.h"
 
@@ -149,13 +150,6 @@ static void print_dims(const struct opts *o, int block, const char *sep)
     for (int i = 0; i < n; i++) printf("%s%llu", i ? sep : "", (unsigned long long)v[i]);
 }
 
-/* the layout's name: NCHW/NHWC, or NCDHW/NDHWC for a 5-D shape */
-static const char *layout_name(const struct opts *o)
-{
-    if (o->rank == 5) return o->p.layout == DROPBLOCK_NHWC ? "NDHWC" : "NCDHW";
-    return dropblock_layout_name(o->p.layout);
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -207,7 +201,7 @@ static void print_header(const dropblock_device_info *info, const char *paths, c
 {
     printf("device %s: %s / %s / %s\npaths %s\nshape ", info->id, info->vendor, info->name, info->driver, paths);
     print_dims(o, 0, "x");
-    printf(" %s %s, block ", layout_name(o), dropblock_dtype_name(o->p.dtype));
+    printf(" %s %s, block ", db_layout_name(o->p.layout, o->rank == 5), dropblock_dtype_name(o->p.dtype));
     print_dims(o, 1, "x");
     printf(", rate %g: %llu bytes\n", (double)o->p.rate, (unsigned long long)bytes);
 }
@@ -323,7 +317,8 @@ static void print_json(const struct opts *o, const dropblock_device_info *info, 
     printf("{\"backend\": \"%s\", \"device\": \"%s\", \"name\": \"%s\", \"paths\": \"%s\", \"shape\": [", o->backend,
            info->id, info->name, paths);
     print_dims(o, 0, ", ");
-    printf("], \"layout\": \"%s\", \"dtype\": \"%s\", \"block\": [", layout_name(o), dropblock_dtype_name(p->dtype));
+    printf("], \"layout\": \"%s\", \"dtype\": \"%s\", \"block\": [", db_layout_name(o->p.layout, o->rank == 5),
+           dropblock_dtype_name(p->dtype));
     print_dims(o, 1, ", ");
     printf("], \"rate\": %g, \"reps\": %d, \"bytes\": %llu", (double)p->rate, o->reps, (unsigned long long)bytes);
     for (int f = 0; f < F_N; f++) {

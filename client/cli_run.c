@@ -223,12 +223,6 @@ static int parse_run(int argc, char **argv, struct run_args *a)
     return -1;
 }
 
-/* The layout's name for a shape of rank 4 (NCHW, NHWC) or 5 (NCDHW, NDHWC). */
-static const char *layout_name(dropblock_layout l, int rank)
-{
-    return rank == 5 ? (l == DROPBLOCK_NHWC ? "NDHWC" : "NCDHW") : dropblock_layout_name(l);
-}
-
 /* The order of the layout's physical dimensions, as --shape and the messages write it. */
 static const char *physical_order(dropblock_layout l, int rank)
 {
@@ -425,7 +419,7 @@ static void print_summary(const struct run_args *a, const dropblock_result *r, c
     printf("device %s", r->device);
     if (dev) printf(" (%s: %s)", dropblock_device_kind_name(dev->kind), dev->name);
     printf("\nrequest %s %s %s, rate %g, block %s, seed %llu, stream %llu, normalize %s%s%s%s%s%s\n",
-           dims_text(st, sizeof st, shape, a->rank, "x"), layout_name(p->layout, a->rank),
+           dims_text(st, sizeof st, shape, a->rank, "x"), db_layout_name(p->layout, a->rank == 5),
            dropblock_dtype_name(p->dtype), (double)p->rate,
            dims_text(bt, sizeof bt, a->rank == 5 ? block : block + 1, a->rank == 5 ? 3 : 2, "x"),
            (unsigned long long)p->seed, (unsigned long long)p->stream, dropblock_normalize_name(p->normalize),

@@ -6,6 +6,12 @@
 
 #include "fp.h"
 
+const char *db_layout_name(dropblock_layout l, int three)
+{
+    static const char *const names[2][2] = {{"NCHW", "NHWC"}, {"NCDHW", "NDHWC"}};
+    return (unsigned)l > DROPBLOCK_NHWC ? "?" : names[three != 0][l];
+}
+
 void db_format_f32(char *buf, size_t len, uint32_t bits)
 {
     float v = db_f32(bits);

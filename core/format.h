@@ -6,6 +6,10 @@
 #include <dropblock/dropblock.h>
 #include <stdio.h>
 
+/* The layout's name for a 2-D request (NCHW, NHWC) or, three != 0, a 3-D one (NCDHW, NDHWC);
+ * "?" for a value that is no layout. */
+const char *db_layout_name(dropblock_layout l, int three);
+
 /* Shortest decimal that reads back as the same float32, as dropblock_ref.py prints it. */
 void db_format_f32(char *buf, size_t len, uint32_t bits);
 

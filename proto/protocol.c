@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "format.h"
 #include "msg.h"
 #include "plan.h"
 
@@ -558,18 +559,11 @@ static int get_rate_block_seed(const cJSON *req, dropblock_params *p, char *msg,
     return DROPBLOCK_OK;
 }
 
-const char *proto_layout_name(const dropblock_params *p)
-{
-    static const char *const names[2][2] = {{"NCHW", "NHWC"}, {"NCDHW", "NDHWC"}};
-    return (unsigned)p->layout > DROPBLOCK_NHWC ? "?" : names[p->depth > 1][p->layout];
-}
-
 /* layout: NCHW or NHWC with a 4-element shape, NCDHW or NDHWC (the same two orders with D before
  * H) with a 5-element one; the other rank's names are refused naming the right one. get_shape
  * has run. */
 static int get_layout(const cJSON *req, dropblock_params *p, char *msg, size_t len)
 {
-    static const char *const names[2][2] = {{"NCHW", "NHWC"}, {"NCDHW", "NDHWC"}};
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(req, "layout");
     const int three = p->depth != 0;
     if (!it) return DROPBLOCK_OK; /* NCHW, which is NCDHW for a 5-element shape */
@@ -579,21 +573,22 @@ static int get_layout(const cJSON *req, dropblock_params *p, char *msg, size_t l
     }
     const char *s = it->valuestring;
     for (int l = 0; l < 2; l++) {
-        if (!strcmp(s, names[three][l])) {
+        const dropblock_layout lo = (dropblock_layout)l;
+        if (!strcmp(s, db_layout_name(lo, three))) {
             p->layout = (dropblock_layout)l;
             return DROPBLOCK_OK;
         }
-        if (!strcmp(s, names[!three][l])) {
+        if (!strcmp(s, db_layout_name(lo, !three))) {
             if (three)
                 db_msg(msg, len,
                        "layout \"%s\" goes with a 4-element shape; a 5-element shape (N, C, D, H, W) takes NCDHW "
                        "or NDHWC (%s's order with D before H is %s)",
-                       s, s, names[1][l]);
+                       s, s, db_layout_name(lo, 1));
             else
                 db_msg(msg, len,
                        "layout \"%s\" goes with a 5-element shape (N, C, D, H, W); a 4-element shape takes NCHW "
                        "or NHWC (%s without D is %s)",
-                       s, s, names[0][l]);
+                       s, s, db_layout_name(lo, 0));
             return DROPBLOCK_EINVAL;
         }
     }
@@ -930,7 +925,8 @@ char *proto_write_job_request(const dropblock_params *p, const uint32_t rid[3], 
         if (k++) put(&t, ",");
         put_u64(&t, dims[i]);
     }
-    put(&t, "],\"layout\":\"%s\",\"dtype\":\"%s\"", proto_layout_name(p), dropblock_dtype_name(p->dtype));
+    put(&t, "],\"layout\":\"%s\",\"dtype\":\"%s\"", db_layout_name(p->layout, p->depth > 1),
+        dropblock_dtype_name(p->dtype));
     /* a float widened to double prints exactly in 17 digits and narrows back to the same float */
     put(&t, ",\"rate\":%.17g,\"block\":[", (double)p->rate);
     if (three) {

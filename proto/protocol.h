@@ -102,9 +102,6 @@ char *proto_frame(cJSON *obj, size_t *len);
 
 cJSON *proto_device_json(const dropblock_device_info *d);
 
-/* The wire's name of p's layout: NCHW or NHWC, and for DropBlock3D (depth > 1) NCDHW or NDHWC. */
-const char *proto_layout_name(const dropblock_params *p);
-
 /* Every job's path, written directly instead of through a cJSON tree (the same fields, in the
  * same order and the same bytes as cJSON would print them): */
 /* The dropblock2d request of docs/protocol.md for the tensors at (rid[i], off[i]) (input,
